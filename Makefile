@@ -1,0 +1,32 @@
+# The README's commands. `make demo` and `make test` are the whole set-up on a fresh machine.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: venv chromium demo test test-fast figures bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0          # the CPU wheel on this machine's disk, never a CUDA build
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+chromium:  ## Debian's chromium: kaleido PNG export and the Playwright browser tests
+	@test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium chromium-driver)
+
+demo: venv chromium
+	$(VENV)/bin/workbench model data/configs/presets/tiny-student.yaml --out runs/demo/ckpt-init
+
+test: venv chromium
+	$(PY) -m pytest -q --durations=15
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow and not browser"
+
+clean:
+	rm -rf runs stores figures .pytest_cache

@@ -1,0 +1,41 @@
+"""Shared fixtures. Tests are offline, seeded and sized for 2 CPU cores."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+from workbench.config import ModelConfig
+
+torch.set_num_threads(int(os.environ.get("WORKBENCH_TEST_THREADS", "2")))
+
+
+@pytest.fixture
+def gqa_config() -> ModelConfig:
+    """A random-weight GQA Llama small enough for 4096-token forwards in a second."""
+    return ModelConfig(vocab_size=96, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                       head_dim=16, intermediate_size=128, max_position_embeddings=8192, rope_theta=500.0)
+
+
+@pytest.fixture
+def gqa_model(gqa_config):
+    from workbench.models import build_model
+
+    return build_model(gqa_config, seed=0)
+
+
+@pytest.fixture(scope="session")
+def saved_checkpoint(tmp_path_factory):
+    """A small GQA checkpoint saved by the workbench (random weights, theta 500)."""
+    from workbench.models import build_model, save_checkpoint
+
+    cfg = ModelConfig(vocab_size=96, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                      head_dim=16, intermediate_size=128, max_position_embeddings=8192, rope_theta=500.0)
+    path = tmp_path_factory.mktemp("ckpt") / "ckpt-000010"
+    save_checkpoint(build_model(cfg, seed=1), path, {"phase": "test", "step": 10})
+    return path

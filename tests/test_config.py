@@ -1,0 +1,99 @@
+"""Config loading: every bad value gets one clear error naming the key and the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workbench import config, models
+
+CONFIGS = Path(__file__).resolve().parents[1] / "data" / "configs"
+
+GOOD = {
+    "name": "t",
+    "model": {"vocab_size": 128, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
+              "intermediate_size": 128, "max_position_embeddings": 1024, "rope_theta": 500},
+    "phases": [{"name": "short", "steps": 4, "seq_len": 256, "rope_theta": 500},
+               {"name": "long", "steps": 4, "seq_len": 1024, "rope_theta": 10000}],
+}
+
+
+def write(tmp_path, data, name="cfg.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def with_change(path_keys, value):
+    data = yaml.safe_load(yaml.safe_dump(GOOD))
+    target = data
+    for k in path_keys[:-1]:
+        target = target[k]
+    target[path_keys[-1]] = value
+    return data
+
+
+def test_good_config_loads(tmp_path):
+    cfg = config.load_run_config(write(tmp_path, GOOD))
+    assert cfg.phases[1].rope_theta == 10000.0 and isinstance(cfg.phases[1].rope_theta, float)
+    assert cfg.model.resolved_head_dim == 16
+    assert config.config_hash(cfg) == config.config_hash(config.load_run_config(write(tmp_path, GOOD)))
+
+
+@pytest.mark.parametrize("keys,value,expected", [
+    (["model", "rope_theta"], 0, "model.rope_theta: must be > 0"),
+    (["model", "rope_theta"], -5.0, "model.rope_theta: must be > 0"),
+    (["phases", 0, "rope_theta"], 0, "phases[0].rope_theta: must be > 0"),
+    (["model", "head_dim"], 15, "model.head_dim: RoPE needs an even head dim"),
+    (["model", "num_kv_heads"], 3, "model.num_kv_heads: num_heads 4 is not divisible by num_kv_heads 3"),
+    (["model", "hidden_size"], 66, "model.num_heads: hidden_size 66 is not divisible"),
+    (["model", "colour"], "red", "model: unknown key 'colour'"),
+    (["optimiser"], {}, ": unknown key 'optimiser'"),
+    (["model", "num_layers"], "two", "model.num_layers: expected an integer, got 'two'"),
+    (["model", "tie_word_embeddings"], "yes", "model.tie_word_embeddings: expected true/false"),
+    (["phases", 1, "seq_len"], 4096, "phases[1].seq_len: 4096 is beyond the model's max_position_embeddings 1024"),
+    (["phases", 0, "objective"], "kd", "phases[0].objective: 'kd' needs a teacher"),
+    (["phases", 0, "objective"], "distil", "phases[0].objective: 'distil' is not one of"),
+    (["model", "rope_scaling"], {"rope_type": "warp"}, "model.rope_scaling.rope_type: 'warp' is not one of"),
+])
+def test_bad_values_name_key_and_file(tmp_path, keys, value, expected):
+    path = write(tmp_path, with_change(keys, value), "bad-config.yaml")
+    with pytest.raises(config.ConfigError) as err:
+        config.load_run_config(path)
+    assert str(path) in str(err.value)
+    assert expected in str(err.value)
+
+
+def test_missing_key_and_missing_file(tmp_path):
+    data = yaml.safe_load(yaml.safe_dump(GOOD))
+    del data["model"]["vocab_size"]
+    with pytest.raises(config.ConfigError, match=r"model\.vocab_size: missing required key"):
+        config.load_run_config(write(tmp_path, data))
+    with pytest.raises(config.ConfigError, match="config file not found"):
+        config.load_run_config(tmp_path / "nope.yaml")
+
+
+def test_model_may_name_a_preset_file(tmp_path):
+    data = dict(GOOD, model=str(CONFIGS / "presets" / "tiny-student.yaml"))
+    cfg = config.load_run_config(write(tmp_path, data))
+    assert cfg.model.vocab_size == 128
+
+
+@pytest.mark.parametrize("preset", sorted((CONFIGS / "presets").glob("*.yaml")), ids=lambda p: p.stem)
+def test_preset_parameter_count_matches_stated_size(preset):
+    cfg = config.load_model_config(preset)
+    assert cfg.stated_params, f"{preset} must state its size"
+    assert models.count_parameters(cfg) == pytest.approx(cfg.stated_params, rel=0.03)
+
+
+def test_paper_student_is_tinyllama_shaped():
+    cfg = config.load_model_config(CONFIGS / "presets" / "paper-student-1.1b.yaml")
+    assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size) == \
+        (22, 2048, 32, 4, 5632)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_shipped_config_loads(path):
+    config.load_config(path)

@@ -1,0 +1,395 @@
+"""Llama models and checkpoints: build from a config, change theta for real, save atomically, load safely.
+
+A workbench checkpoint is a plain Hugging Face directory (``config.json`` + ``model.safetensors``) that
+``transformers.AutoModelForCausalLM.from_pretrained`` loads with no project code, plus ``manifest.json``
+(provenance; written last, so a directory without it is never complete) and optionally ``trainer/``
+(optimiser, scheduler, data cursor, RNG) for exact resume.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from safetensors import safe_open
+
+from workbench import rope
+from workbench.config import ModelConfig
+
+MANIFEST = "manifest.json"
+FORMAT = "workbench-checkpoint/1"
+WEIGHTS = "model.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory is missing, incomplete, corrupt or not a Llama model."""
+
+
+# ------------------------------------------------------------------------------------------- build
+
+
+def hf_config(cfg: ModelConfig, attn_implementation: str = "sdpa"):
+    """transformers' LlamaConfig for a ModelConfig (theta lives in ``rope_parameters``)."""
+    from transformers import LlamaConfig
+
+    rope_parameters: dict[str, Any] = {"rope_type": "default", "rope_theta": float(cfg.rope_theta)}
+    if cfg.rope_scaling:
+        rope_parameters = {**rope_parameters, **dict(cfg.rope_scaling), "rope_theta": float(cfg.rope_theta)}
+    config = LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.resolved_head_dim,
+        max_position_embeddings=cfg.max_position_embeddings,
+        rms_norm_eps=cfg.rms_norm_eps,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        initializer_range=cfg.initializer_range,
+        rope_parameters=rope_parameters,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+    config._attn_implementation = attn_implementation
+    return config
+
+
+def build_model(cfg: ModelConfig, *, seed: int | None = 0, device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"):
+    """A freshly initialised ``LlamaForCausalLM`` (seeded) for a ModelConfig."""
+    from transformers import LlamaForCausalLM
+
+    config = hf_config(cfg, attn_implementation)
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.device(device):
+        model = LlamaForCausalLM(config)
+    return model.to(dtype=dtype).eval()
+
+
+def count_parameters(cfg: ModelConfig) -> int:
+    """Parameter count of a ModelConfig, computed on the meta device (no memory)."""
+    model = build_model(cfg, seed=None, device="meta")
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_config_of(model) -> ModelConfig:
+    """The ModelConfig that describes a loaded HF Llama model."""
+    c = model.config
+    params = dict(c.rope_parameters or {})
+    theta = float(params.pop("rope_theta", 10000.0))
+    scaling = params if params.get("rope_type", "default") != "default" else None
+    return ModelConfig(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_layers=c.num_hidden_layers,
+        num_heads=c.num_attention_heads, num_kv_heads=c.num_key_value_heads,
+        intermediate_size=c.intermediate_size, max_position_embeddings=c.max_position_embeddings,
+        rope_theta=theta, rope_scaling=scaling, head_dim=getattr(c, "head_dim", None),
+        rms_norm_eps=c.rms_norm_eps, tie_word_embeddings=bool(c.tie_word_embeddings),
+    )
+
+
+# -------------------------------------------------------------------------------------------- RoPE
+
+
+def rotary_modules(model) -> list[torch.nn.Module]:
+    """Every rotary-embedding module of a model (Llama has one shared ``model.model.rotary_emb``)."""
+    return [m for m in model.modules() if hasattr(m, "inv_freq") and hasattr(m, "attention_scaling")]
+
+
+def rope_theta(model) -> float:
+    """The theta a model's config says it runs with."""
+    return float(model.config.rope_parameters["rope_theta"])
+
+
+def set_rope_theta(model, theta: float, scaling: Mapping[str, Any] | None = None) -> None:
+    """Change the RoPE base (and scaling) a model really runs with, in place.
+
+    transformers computes ``inv_freq`` once at init into non-persistent buffers, so editing the config is
+    not enough: this updates ``config.rope_parameters`` and copies freshly computed frequencies into the
+    existing rotary buffers (keeping any hooks attached to the module).
+    """
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    if not theta > 0:
+        raise ValueError(f"rope theta must be > 0, got {theta}")
+    params: dict[str, Any] = {"rope_type": "default"}
+    if scaling:
+        params.update(dict(scaling))
+    params["rope_theta"] = float(theta)
+    model.config.rope_parameters = params
+    modules = rotary_modules(model)
+    if not modules:
+        raise ValueError("model has no rotary embedding module to update")
+    for module in modules:
+        fresh = LlamaRotaryEmbedding(config=model.config, device="cpu") if _accepts_device() else \
+            LlamaRotaryEmbedding(config=model.config)
+        with torch.no_grad():
+            module.inv_freq.copy_(fresh.inv_freq.to(module.inv_freq.device))
+            module.original_inv_freq.copy_(fresh.original_inv_freq.to(module.original_inv_freq.device))
+        module.attention_scaling = fresh.attention_scaling
+        module.rope_type = fresh.rope_type
+        module.config = model.config
+        module.max_seq_len_cached = fresh.max_seq_len_cached
+        module.original_max_seq_len = fresh.original_max_seq_len
+
+
+def _accepts_device() -> bool:
+    import inspect
+
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    return "device" in inspect.signature(LlamaRotaryEmbedding.__init__).parameters
+
+
+def model_inv_freq(model) -> torch.Tensor:
+    """The frequencies the model's rotary module actually uses (not what the config claims)."""
+    return rotary_modules(model)[0].inv_freq.detach().clone()
+
+
+def interleaved_to_half_split(weight: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
+    """Permute q/k projection rows from the interleaved RoPE layout (pair j = dims 2j, 2j+1; Meta/GPT-J
+    style) to HF's half-split layout (pair j = dims j, j + d/2). ``weight`` is [num_heads*head_dim, in]."""
+    if weight.shape[0] != num_heads * head_dim:
+        raise ValueError(f"weight has {weight.shape[0]} rows, expected num_heads*head_dim = {num_heads * head_dim}")
+    w = weight.reshape(num_heads, head_dim // 2, 2, *weight.shape[1:])
+    return w.transpose(1, 2).reshape(weight.shape)
+
+
+def half_split_to_interleaved(weight: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
+    """Inverse of :func:`interleaved_to_half_split`."""
+    w = weight.reshape(num_heads, 2, head_dim // 2, *weight.shape[1:])
+    return w.transpose(1, 2).reshape(weight.shape)
+
+
+def import_interleaved_state_dict(state: Mapping[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """An HF-named Llama state dict whose q/k rows are interleaved -> the half-split layout HF expects."""
+    out = dict(state)
+    d = cfg.resolved_head_dim
+    for name, tensor in state.items():
+        if name.endswith("self_attn.q_proj.weight"):
+            out[name] = interleaved_to_half_split(tensor, cfg.num_heads, d)
+        elif name.endswith("self_attn.k_proj.weight"):
+            out[name] = interleaved_to_half_split(tensor, cfg.num_kv_heads, d)
+    return out
+
+
+# -------------------------------------------------------------------------------------- checkpoints
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    import transformers
+
+    import workbench
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "workbench": getattr(workbench, "__version__", "0")}
+
+
+def atomic_directory(final: Path, fill: Callable[[Path], None]) -> Path:
+    """Create directory ``final`` atomically: ``fill(tmp)`` writes into a sibling temp dir, every file is
+    fsynced, then the temp dir is renamed over ``final``. A crash leaves only a ``.tmp-*`` sibling."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        fill(tmp)
+        for p in sorted(tmp.rglob("*")):
+            if p.is_file():
+                with open(p, "rb+") as f:
+                    os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        old = None
+        if final.exists():
+            old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+            os.rename(final, old)
+        os.rename(tmp, final)
+        _fsync_dir(final.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def save_checkpoint(model, path: str | Path, manifest: Mapping[str, Any] | None = None,
+                    extra: Callable[[Path], None] | None = None) -> Path:
+    """Save an HF checkpoint directory atomically, with ``manifest.json`` written last.
+
+    ``manifest`` holds provenance (phase, step, objective, teacher, data, parent, config_hash ...); the
+    theta, scaling, library versions and file hashes are filled in here from the model itself. ``extra``
+    may write more files (e.g. trainer state) into the temp dir before the manifest.
+    """
+    path = Path(path)
+    params = dict(model.config.rope_parameters)
+
+    def fill(tmp: Path) -> None:
+        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        if extra is not None:
+            extra(tmp)
+        files = {p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                 for p in sorted(tmp.rglob("*")) if p.is_file()}
+        body = {
+            "format": FORMAT,
+            "rope_theta": float(params["rope_theta"]),
+            "rope_scaling": {k: v for k, v in params.items() if k != "rope_theta"},
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+            "versions": library_versions(),
+            **dict(manifest or {}),
+            "files": files,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(body, indent=2, sort_keys=True, default=str))
+
+    return atomic_directory(path, fill)
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        return json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no {MANIFEST}; not a complete workbench checkpoint "
+                              "(a save that did not finish, or a plain HF directory: use allow_plain_hf=True)") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}/{MANIFEST}: corrupt JSON ({exc})") from None
+
+
+def verify_checkpoint(path: str | Path, *, full_hash: bool = False) -> dict[str, Any]:
+    """Check a checkpoint directory is complete and intact; returns its manifest. Raises CheckpointError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: checkpoint directory not found")
+    manifest = read_manifest(path)
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{path}/{MANIFEST}: unknown format {manifest.get('format')!r}, expected {FORMAT!r}")
+    for name, meta in manifest.get("files", {}).items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"{path}: file {name} listed in the manifest is missing")
+        if f.stat().st_size != meta["bytes"]:
+            raise CheckpointError(f"{f}: size {f.stat().st_size} bytes, manifest says {meta['bytes']} (truncated or replaced)")
+        if full_hash and _sha256(f) != meta["sha256"]:
+            raise CheckpointError(f"{f}: sha256 does not match the manifest (corrupt)")
+    return manifest
+
+
+def _check_hf_dir(path: Path) -> dict[str, Any]:
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{path}: no config.json; not a Hugging Face model directory")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{cfg_file}: corrupt JSON ({exc})") from None
+    if cfg.get("model_type") != "llama":
+        raise CheckpointError(f"{cfg_file}: model_type is {cfg.get('model_type')!r}; the workbench loads Llama models only")
+    shards = sorted(path.glob("*.safetensors"))
+    if not shards:
+        raise CheckpointError(f"{path}: no *.safetensors weights")
+    for shard in shards:
+        try:
+            with safe_open(str(shard), framework="pt") as f:
+                names = list(f.keys())
+                if names:  # touch the last tensor so truncation is caught before transformers sees it
+                    f.get_slice(names[-1])
+        except Exception as exc:  # safetensors raises several types for a damaged file
+            raise CheckpointError(f"{shard}: corrupt or truncated safetensors file ({exc})") from None
+    return cfg
+
+
+def checkpoint_hash(path: str | Path) -> str:
+    """A short content hash of a checkpoint's weights (from the manifest when there is one)."""
+    path = Path(path)
+    try:
+        files = read_manifest(path).get("files", {})
+        digest = "".join(meta["sha256"] for name, meta in sorted(files.items()) if name.endswith(".safetensors"))
+        if digest:
+            return hashlib.sha256(digest.encode()).hexdigest()[:16]
+    except CheckpointError:
+        pass
+    h = hashlib.sha256()
+    for shard in sorted(path.glob("*.safetensors")):
+        h.update(_sha256(shard).encode())
+    return h.hexdigest()[:16]
+
+
+def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+         attn_implementation: str = "sdpa", allow_plain_hf: bool = False, full_hash: bool = False):
+    """Load a checkpoint -> (model, manifest). The model runs with the theta in ``config.json``.
+
+    Refuses, with one clear CheckpointError, a missing directory, a save that did not complete, a file
+    whose size or hash disagrees with the manifest, a damaged safetensors file, or a non-Llama model.
+    ``allow_plain_hf=True`` accepts any local HF Llama directory (manifest = {}).
+    """
+    from transformers import LlamaForCausalLM
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: checkpoint directory not found")
+    if (path / MANIFEST).exists() or not allow_plain_hf:
+        manifest = verify_checkpoint(path, full_hash=full_hash)
+    else:
+        manifest = {}
+    _check_hf_dir(path)
+    try:
+        model = LlamaForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation,
+                                                 local_files_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: transformers could not load it ({type(exc).__name__}: {exc})") from None
+    model.to(device).eval()
+    theta = rope_theta(model)
+    if manifest and not math.isclose(manifest["rope_theta"], theta, rel_tol=1e-9):
+        raise CheckpointError(f"{path}: config.json theta {theta} disagrees with manifest theta {manifest['rope_theta']}")
+    expected = torch.as_tensor(rope.inv_freq(theta, model.config.head_dim,
+                                             _scaling_of(model.config.rope_parameters),
+                                             max_position_embeddings=model.config.max_position_embeddings),
+                               dtype=torch.float32)
+    if not torch.allclose(model_inv_freq(model).float().cpu(), expected, rtol=1e-5):
+        raise CheckpointError(f"{path}: the rotary frequencies the model runs with do not match theta {theta}")
+    return model, manifest
+
+
+def _scaling_of(params: Mapping[str, Any]) -> dict[str, Any] | None:
+    scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    return scaling if scaling.get("rope_type", "default") != "default" else None
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints (``ckpt-*`` with a manifest) of a run directory, oldest step first."""
+    run_dir = Path(run_dir)
+    found = []
+    for p in run_dir.glob("ckpt-*"):
+        if (p / MANIFEST).is_file():
+            try:
+                found.append((int(read_manifest(p).get("step", 0)), p.name, p))
+            except CheckpointError:
+                continue
+    return [p for _, _, p in sorted(found)]
