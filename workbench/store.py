@@ -1,0 +1,175 @@
+"""The results store: xarray Datasets in a Zarr v3 directory, one group per kind of result.
+
+A store opens with plain xarray and no project code::
+
+    xr.open_zarr("runs/demo/results.zarr", group="retrieval", consolidated=False)
+
+Layout: the root group carries ``attrs["schema"] == SCHEMA``; each result kind lives in its own group
+(``retrieval``, ``traces``, ``repeated_tokens``, ``updates_weights``, ``updates_states``, ``bands``,
+``score_decomposition``, ``probes``, ``activations`` ...). Groups use named dims (``checkpoint``,
+``condition``, ``spec``, ``layer``, ``head``, ``kv_head``, ``pair``, ``position``, ``length``, ``depth``,
+``sample``, ``task`` ...). The ``pair`` dim always carries the coordinates ``wavelength`` (tokens, at the
+theta of record) and ``dims`` ("j,j+d/2"). Every group has provenance attrs (see :func:`provenance`).
+
+Writes are incremental: the first write creates a group, later writes append along one dim (new
+checkpoints, specs, conditions). Writing a coordinate value that is already there is refused, and nothing
+already written is overwritten. String coordinates are stored as object dtype so appends work.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from workbench import rope
+
+SCHEMA = "workbench-store/1"
+
+
+class StoreError(ValueError):
+    """A store of another schema, a duplicate write or an unknown group."""
+
+
+def pair_coords(theta: float, head_dim: int, scaling: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Coordinates for the ``pair`` dim: index j, its wavelength at ``theta``, and its two dims."""
+    half = head_dim // 2
+    return {
+        "pair": np.arange(half),
+        "wavelength": ("pair", rope.wavelengths(theta, head_dim, scaling)),
+        "dims": ("pair", np.array([f"{j},{j + half}" for j in range(half)], dtype=object)),
+    }
+
+
+def provenance(**extra: Any) -> dict[str, Any]:
+    """Attrs every group carries: schema, time, library versions, plus what the writer adds
+    (checkpoint hashes, theta, dtype, spec JSON ...). Non-scalar values are stored as JSON strings."""
+    import torch
+    import transformers
+
+    import workbench
+
+    attrs: dict[str, Any] = {
+        "schema": SCHEMA,
+        "written": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "versions": json.dumps({"workbench": workbench.__version__, "torch": torch.__version__,
+                                "transformers": transformers.__version__, "xarray": xr.__version__,
+                                "zarr": zarr.__version__}),
+    }
+    for key, value in extra.items():
+        attrs[key] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value, default=str)
+    return attrs
+
+
+def _objectify(ds: xr.Dataset) -> xr.Dataset:
+    """Fixed-width unicode coords/vars break Zarr appends; store strings as object dtype."""
+    for name in list(ds.variables):
+        if ds[name].dtype.kind == "U":
+            ds[name] = ds[name].astype(object)
+    return ds
+
+
+def _check_root(store: Path, create: bool) -> None:
+    if not store.exists():
+        if not create:
+            raise StoreError(f"{store}: store not found")
+        root = zarr.open_group(str(store), mode="w-", zarr_format=3)
+        root.attrs["schema"] = SCHEMA
+        return
+    try:
+        root = zarr.open_group(str(store), mode="r")
+    except Exception as exc:  # zarr raises several types for a non-store path
+        raise StoreError(f"{store}: not a Zarr store ({exc})") from None
+    schema = root.attrs.get("schema")
+    if schema != SCHEMA:
+        raise StoreError(f"{store}: store schema is {schema!r}, expected {SCHEMA!r}; refusing to touch it")
+
+
+def groups(store: str | Path) -> list[str]:
+    """Names of the result groups in a store."""
+    store = Path(store)
+    _check_root(store, create=False)
+    root = zarr.open_group(str(store), mode="r")
+    return sorted(name for name, _ in root.groups())
+
+
+def has_group(store: str | Path, group: str) -> bool:
+    store = Path(store)
+    return store.exists() and group in groups(store)
+
+
+def write(store: str | Path, group: str, ds: xr.Dataset, *, append_dim: str | None = None,
+          encoding: Mapping[str, Any] | None = None) -> Path:
+    """Write ``ds`` as ``group`` of ``store``: create the group, or append along ``append_dim``.
+
+    Refuses (StoreError, nothing written) a store of another schema, a group that exists when no
+    ``append_dim`` is given, an append whose ``append_dim`` values are already in the group, or an append
+    whose other dims/variables do not match.
+    """
+    store = Path(store)
+    _check_root(store, create=True)
+    ds = _objectify(ds.copy())
+    ds.attrs.setdefault("schema", SCHEMA)
+    exists = group in groups(store)
+    if not exists:
+        ds.to_zarr(str(store), group=group, mode="w-", zarr_format=3, consolidated=False,
+                   encoding=dict(encoding or {}))
+        return store
+    if append_dim is None:
+        raise StoreError(f"{store}/{group}: group already exists; pass append_dim to add to it")
+    old = open_group(store, group)
+    if append_dim not in old.dims:
+        raise StoreError(f"{store}/{group}: has no dim {append_dim!r} to append along (dims: {dict(old.sizes)})")
+    if append_dim in ds.coords and append_dim in old.coords:
+        clash = sorted(set(map(str, old[append_dim].values)) & set(map(str, ds[append_dim].values)))
+        if clash:
+            raise StoreError(f"{store}/{group}: {append_dim} {clash} already written; refusing to write it twice")
+    if set(old.data_vars) != set(ds.data_vars):
+        raise StoreError(f"{store}/{group}: variables differ: store has {sorted(old.data_vars)}, "
+                         f"new data has {sorted(ds.data_vars)}")
+    for dim, size in ds.sizes.items():
+        if dim != append_dim and old.sizes.get(dim) != size:
+            raise StoreError(f"{store}/{group}: dim {dim!r} has size {size}, the store has {old.sizes.get(dim)}")
+    ds.to_zarr(str(store), group=group, mode="a", append_dim=append_dim, zarr_format=3, consolidated=False)
+    return store
+
+
+def open_group(store: str | Path, group: str, *, chunks: Any = None) -> xr.Dataset:
+    """Open one group lazily (dask chunks by default when ``chunks='auto'`` or {})."""
+    store = Path(store)
+    _check_root(store, create=False)
+    if group not in groups(store):
+        raise StoreError(f"{store}: no group {group!r} (has: {', '.join(groups(store)) or 'none'})")
+    return xr.open_zarr(str(store), group=group, consolidated=False, chunks=chunks)
+
+
+def find_stores(root: str | Path) -> list[Path]:
+    """Workbench stores (``*.zarr`` with our schema) under a directory, sorted."""
+    found = []
+    for path in sorted(Path(root).rglob("*.zarr")):
+        try:
+            _check_root(path, create=False)
+        except StoreError:
+            continue
+        found.append(path)
+    return found
+
+
+def decode_attr(value: Any) -> Any:
+    """Inverse of the JSON encoding :func:`provenance` applies to non-scalar attrs."""
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def stack_checkpoints(datasets: Iterable[xr.Dataset], names: Iterable[str]) -> xr.Dataset:
+    """Concatenate per-checkpoint Datasets along a new ``checkpoint`` dim with object-dtype names."""
+    return xr.concat(list(datasets), dim=xr.DataArray(np.array(list(names), dtype=object), dims="checkpoint"))
