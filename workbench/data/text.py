@@ -1,0 +1,103 @@
+"""Real data: local text / jsonl / parquet files -> tokenised documents, with a local HF tokenizer.
+
+No network: the tokenizer is a local directory loaded with ``local_files_only=True`` (or, with no
+tokenizer, the synthetic one, for text already written in the synthetic language).
+
+- ``text``: each file is one document, or one per non-empty line with ``options.split: lines``;
+- ``jsonl``: one JSON object per line, the document is its ``options.field`` (default ``text``);
+- ``parquet``: one row per document, column ``options.field`` (read with pandas + pyarrow).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+SUFFIXES = {"text": (".txt", ".text", ".md"), "jsonl": (".jsonl", ".json"), "parquet": (".parquet",)}
+
+
+def check_paths(kind: str, paths: list[str], where: str = "data.paths") -> list[Path]:
+    """Existing files of the right kind, or one ValueError naming the bad path."""
+    if not paths:
+        raise ValueError(f"{where}: data kind {kind!r} needs at least one file")
+    out = []
+    for i, p in enumerate(paths):
+        path = Path(p)
+        if not path.is_file():
+            raise ValueError(f"{where}[{i}]: file not found: {p}")
+        if not path.name.endswith(SUFFIXES[kind]):
+            raise ValueError(f"{where}[{i}]: {p} does not look like {kind} (expected {', '.join(SUFFIXES[kind])})")
+        out.append(path)
+    return out
+
+
+def load_tokenizer(path: str | None):
+    """A local HF tokenizer directory (offline), or the synthetic tokenizer when ``path`` is None."""
+    if path is None:
+        from workbench.data.tokenizer import synthetic_tokenizer
+
+        return synthetic_tokenizer()
+    if not Path(path).is_dir():
+        raise ValueError(f"data.tokenizer: tokenizer directory not found: {path}")
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # transformers raises OSError/ValueError/... for a bad directory
+        raise ValueError(f"data.tokenizer: {path} is not a loadable tokenizer directory ({exc})") from None
+
+
+def iter_texts(kind: str, paths: list[Path], options: dict[str, Any]) -> Iterator[str]:
+    """The raw documents of the files, in file order."""
+    field = options.get("field", "text")
+    for path in paths:
+        if kind == "text":
+            body = path.read_text(encoding="utf-8")
+            if options.get("split", "file") == "lines":
+                yield from (line for line in body.splitlines() if line.strip())
+            else:
+                yield body
+        elif kind == "jsonl":
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{n}: not valid JSON ({exc})") from None
+                if not isinstance(row, dict) or not isinstance(row.get(field), str):
+                    raise ValueError(f"{path}:{n}: no string field {field!r}")
+                yield row[field]
+        else:
+            import pandas as pd
+
+            frame = pd.read_parquet(path, columns=None)
+            if field not in frame.columns:
+                raise ValueError(f"{path}: no column {field!r} (columns: {', '.join(map(str, frame.columns))})")
+            yield from (str(t) for t in frame[field] if isinstance(t, str) and t)
+
+
+def tokenise_corpus(kind: str, paths: list[str], tokenizer_path: str | None, options: dict[str, Any]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """All documents tokenised and concatenated: (ids [N], doc_index [N]) in file order.
+
+    With ``options.add_eos`` (default true when the tokenizer has an eos token) each document ends in eos.
+    """
+    from tqdm.auto import tqdm
+
+    files = check_paths(kind, paths)
+    tok = load_tokenizer(tokenizer_path)
+    add_eos = options.get("add_eos", tok.eos_token_id is not None and tokenizer_path is not None)
+    ids, doc = [], []
+    for i, text in enumerate(tqdm(iter_texts(kind, files, options), desc=f"tokenising {kind}", unit="doc")):
+        toks = tok(text, add_special_tokens=False)["input_ids"]
+        if add_eos:
+            toks = list(toks) + [tok.eos_token_id]
+        ids.append(np.asarray(toks, dtype=np.int64))
+        doc.append(np.full(len(toks), i, dtype=np.int64))
+    if not ids or sum(map(len, ids)) == 0:
+        raise ValueError(f"data.paths: no tokens in {', '.join(paths)}")
+    return np.concatenate(ids), np.concatenate(doc)
