@@ -1,0 +1,1 @@
+"""RoPE interpretability engine: perturbation specs, two backends, traces, the repeated-token experiment."""

@@ -1,0 +1,279 @@
+"""Two interpretability backends over one checkpoint: TransformerLens' TransformerBridge and nnsight.
+
+Both load a workbench checkpoint (or any local HF Llama directory) into *their own* model instance (the
+bridge rewrites the instance it is handed), run a batch under several specs at once and return, per spec,
+the same captures under TransformerLens-style names, all in the same layout:
+
+- ``logits`` [B, T, V]
+- ``blocks.{i}.hook_resid_post`` [B, T, D] (the residual stream after block i)
+- ``blocks.{i}.hook_attn_out`` [B, T, D] (attention output of block i, after o_proj)
+- ``blocks.{i}.attn.hook_rot_q`` [B, H, T, d] / ``blocks.{i}.attn.hook_rot_k`` [B, H_kv, T, d] (post-RoPE,
+  after the spec's edits; pair j = dims j and j + d/2)
+- ``blocks.{i}.attn.pattern_js`` [B, T] (TransformerLens only: it runs eager attention; Jensen-Shannon
+  divergence of each query's attention row from the first spec's, averaged over heads)
+
+``TransformerLensBackend`` batches the specs along the batch axis and edits each slice in the
+``hook_rot_q``/``hook_rot_k`` hooks; ``NNsightBackend`` runs one ``tracer.invoke`` per spec inside a single
+trace and edits ``self_attn.source.apply_rotary_pos_emb_0.output``. Position ids are always explicit.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from workbench import models
+from workbench.interp.perturb import apply_spec, touches
+from workbench.interp.specs import Geometry, Spec, validate_all
+
+BACKENDS = ("nnsight", "tl")
+
+CAPTURE_ALL = ("*",)
+
+
+def capture_names(num_layers: int, *, pattern: bool = False) -> list[str]:
+    """Every capture name a backend can produce for a model of ``num_layers`` layers."""
+    names = ["logits"]
+    for i in range(num_layers):
+        names += [f"blocks.{i}.attn.hook_rot_q", f"blocks.{i}.attn.hook_rot_k", f"blocks.{i}.hook_attn_out",
+                  f"blocks.{i}.hook_resid_post"]
+        if pattern:
+            names.append(f"blocks.{i}.attn.pattern_js")
+    return names
+
+
+def name_filter(patterns: Iterable[str] | Callable[[str], bool] | None) -> Callable[[str], bool]:
+    """A predicate over capture names from glob patterns (``blocks.1.attn.hook_rot_*``) or a callable."""
+    if patterns is None:
+        return lambda name: False
+    if callable(patterns):
+        return patterns
+    pats = [patterns] if isinstance(patterns, str) else list(patterns)
+    return lambda name: any(fnmatch.fnmatchcase(name, p) for p in pats)
+
+
+def load_hf(path: str | Path, *, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32,
+            device: str = "cpu"):
+    """A fresh transformers instance of a workbench checkpoint or a plain local HF Llama dir -> (model, manifest)."""
+    return models.load(path, allow_plain_hf=True, attn_implementation=attn_implementation, dtype=dtype,
+                       device=device)
+
+
+def load_tokenizer(path: str | Path):
+    """The checkpoint's own tokenizer when it ships one, else the synthetic vocabulary's."""
+    path = Path(path)
+    if any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    from workbench.data.tokenizer import synthetic_tokenizer
+
+    return synthetic_tokenizer()
+
+
+def _check_inputs(input_ids: torch.Tensor, position_ids: torch.Tensor, geom: Geometry, vocab: int) -> None:
+    if input_ids.ndim != 2 or position_ids.shape != input_ids.shape:
+        raise ValueError(f"input_ids and position_ids must both be [batch, seq]; got {tuple(input_ids.shape)} "
+                         f"and {tuple(position_ids.shape)}")
+    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
+        raise ValueError(f"input_ids: token id {int(input_ids.max())} outside the model's vocabulary of {vocab}")
+    if position_ids.numel() and int(position_ids.min()) < 0:
+        raise ValueError("position_ids: negative positions")
+
+
+def attention_js(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon divergence (nats) between attention rows [..., T_k] -> [...]."""
+    m = 0.5 * (p + q)
+    kl = lambda a: torch.special.xlogy(a, a).sum(-1) - torch.special.xlogy(a, m).sum(-1)  # noqa: E731
+    return 0.5 * (kl(p) + kl(q))
+
+
+class Backend:
+    """What both backends share: geometry, input checks, the capture filter."""
+
+    name = "base"
+    supports_pattern = False
+
+    geometry: Geometry
+    vocab_size: int
+    path: Path
+    manifest: dict
+
+    def run(self, input_ids: torch.Tensor, position_ids: torch.Tensor, specs: Sequence[Spec], *,
+            capture: Iterable[str] | Callable[[str], bool] | None = None) -> list[dict[str, torch.Tensor]]:
+        """Run the batch once per spec (all in one forward); per spec, ``logits`` plus every capture whose
+        name the filter accepts (see the module docstring)."""
+        input_ids = torch.as_tensor(input_ids, dtype=torch.long)
+        position_ids = torch.as_tensor(position_ids, dtype=torch.long)
+        _check_inputs(input_ids, position_ids, self.geometry, self.vocab_size)
+        specs = list(specs)
+        if not specs:
+            raise ValueError("no specs to run")
+        validate_all(specs, self.geometry)
+        with torch.no_grad():
+            return self._run(input_ids, position_ids, specs, name_filter(capture))
+
+    def lens(self, resid: torch.Tensor) -> torch.Tensor:
+        """Logit lens: final norm + unembedding applied to a residual stream [..., D]."""
+        raise NotImplementedError
+
+    def _run(self, input_ids, position_ids, specs, want) -> list[dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+
+class TransformerLensBackend(Backend):
+    """TransformerLens 4 ``TransformerBridge`` booted on its own eager-attention instance, real theta."""
+
+    name = "tl"
+    supports_pattern = True
+
+    def __init__(self, path: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+        from transformer_lens.model_bridge import TransformerBridge
+
+        self.path = Path(path)
+        hf, self.manifest = load_hf(path, attn_implementation="eager", dtype=dtype, device=device)
+        self.geometry = Geometry.of(hf)
+        self.vocab_size = hf.config.vocab_size
+        theta = models.rope_theta(hf)
+        tok = copy.deepcopy(load_tokenizer(path))
+        # TL re-loads the tokenizer by name to add BOS unless told it already does; ours is local only
+        tok.init_kwargs.setdefault("name_or_path", str(path))
+        tok.init_kwargs["add_bos_token"] = True
+        self.bridge = TransformerBridge.boot_transformers(
+            str(path), hf_model=hf, tokenizer=tok, device=device, dtype=dtype,
+            hf_config_overrides={"rope_theta": theta})
+        if getattr(self.bridge.cfg, "rotary_adjacent_pairs", False):
+            raise ValueError(f"{path}: TransformerBridge is set up for adjacent RoPE pairs; workbench needs half-split")
+        if abs(float(self.bridge.cfg.rotary_base) - theta) > 1e-6 * theta:
+            raise ValueError(f"{path}: TransformerBridge runs with theta {self.bridge.cfg.rotary_base}, "
+                             f"checkpoint says {theta}")
+        self.bridge.eval()
+
+    def lens(self, resid: torch.Tensor) -> torch.Tensor:
+        return self.bridge.unembed(self.bridge.ln_final(resid))
+
+    def _run(self, input_ids, position_ids, specs, want):
+        n, b = len(specs), input_ids.shape[0]
+        out: list[dict[str, torch.Tensor]] = [{} for _ in specs]
+        ids, pos = input_ids.repeat(n, 1), position_ids.repeat(n, 1)
+        hooks = []
+
+        def rot_hook(layer: int, which: str):
+            name = f"blocks.{layer}.attn.hook_rot_{which}"
+
+            def hook(x, hook):  # x [n*B, T, H, d]
+                parts = []
+                for c, spec in enumerate(specs):
+                    part = x[c * b:(c + 1) * b]
+                    if touches(spec, which, layer):
+                        part = apply_spec(spec, part.transpose(1, 2), which, layer, position_ids,
+                                          self.geometry).transpose(1, 2)
+                    parts.append(part)
+                    if want(name):
+                        out[c][name] = part.transpose(1, 2).detach().clone()
+                return torch.cat(parts, 0)
+
+            return hook
+
+        def save_hook(name: str):
+            def hook(x, hook):
+                for c in range(n):
+                    out[c][name] = x[c * b:(c + 1) * b].detach().clone()
+                return x
+
+            return hook
+
+        def pattern_hook(name: str):
+            def hook(x, hook):  # [n*B, H, T, T]
+                clean = x[:b]
+                for c in range(n):
+                    out[c][name] = attention_js(clean, x[c * b:(c + 1) * b]).mean(1)
+                return x
+
+            return hook
+
+        for i in range(self.geometry.num_layers):
+            for which in ("q", "k"):
+                if want(f"blocks.{i}.attn.hook_rot_{which}") or any(touches(s, which, i) for s in specs):
+                    hooks.append((f"blocks.{i}.attn.hook_rot_{which}", rot_hook(i, which)))
+            if want(f"blocks.{i}.hook_attn_out"):
+                hooks.append((f"blocks.{i}.attn.hook_out", save_hook(f"blocks.{i}.hook_attn_out")))
+            if want(f"blocks.{i}.hook_resid_post"):
+                hooks.append((f"blocks.{i}.hook_out", save_hook(f"blocks.{i}.hook_resid_post")))
+            if want(f"blocks.{i}.attn.pattern_js"):
+                hooks.append((f"blocks.{i}.attn.hook_pattern", pattern_hook(f"blocks.{i}.attn.pattern_js")))
+        logits = self.bridge.run_with_hooks(ids, position_ids=pos, return_type="logits", fwd_hooks=hooks)
+        for c in range(n):
+            out[c]["logits"] = logits[c * b:(c + 1) * b]
+        return out
+
+
+class NNsightBackend(Backend):
+    """nnsight ``TransformersModel`` over its own sdpa instance; one invoke per spec in one trace."""
+
+    name = "nnsight"
+
+    def __init__(self, path: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+        from nnsight.modeling.transformers import TransformersModel
+
+        self.path = Path(path)
+        hf, self.manifest = load_hf(path, dtype=dtype, device=device)
+        self.geometry = Geometry.of(hf)
+        self.vocab_size = hf.config.vocab_size
+        self.hf = hf
+        self.model = TransformersModel(hf, tokenizer=load_tokenizer(path))
+
+    def lens(self, resid: torch.Tensor) -> torch.Tensor:
+        return self.hf.lm_head(self.hf.model.norm(resid))
+
+    def _run(self, input_ids, position_ids, specs, want):
+        out: list[dict[str, torch.Tensor]] = [{} for _ in specs]
+        geom = self.geometry
+        with self.model.trace() as tracer:
+            for c, spec in enumerate(specs):
+                with tracer.invoke(input_ids, position_ids=position_ids):
+                    for i, layer in enumerate(self.model.model.layers):
+                        rq, rk = f"blocks.{i}.attn.hook_rot_q", f"blocks.{i}.attn.hook_rot_k"
+                        edit_q, edit_k = touches(spec, "q", i), touches(spec, "k", i)
+                        if edit_q or edit_k or want(rq) or want(rk):
+                            rot = layer.self_attn.source.apply_rotary_pos_emb_0
+                            q, k = rot.output
+                            if edit_q or edit_k:
+                                if edit_q:
+                                    q = apply_spec(spec, q, "q", i, position_ids, geom)
+                                if edit_k:
+                                    k = apply_spec(spec, k, "k", i, position_ids, geom)
+                                rot.output = (q, k)
+                            if want(rq):
+                                out[c][rq] = q.detach().clone().save()
+                            if want(rk):
+                                out[c][rk] = k.detach().clone().save()
+                        if want(f"blocks.{i}.hook_attn_out"):
+                            out[c][f"blocks.{i}.hook_attn_out"] = layer.self_attn.output[0].detach().clone().save()
+                        if want(f"blocks.{i}.hook_resid_post"):
+                            out[c][f"blocks.{i}.hook_resid_post"] = layer.output.detach().clone().save()
+                    out[c]["logits"] = self.model.lm_head.output.detach().clone().save()
+        return [{k: _value(v) for k, v in d.items()} for d in out]
+
+
+def _value(v):
+    return getattr(v, "value", v)
+
+
+def load_backend(path: str | Path, backend: str = "nnsight", **kw) -> Backend:
+    """Open ``path`` in the named backend (``nnsight`` or ``tl``)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return (NNsightBackend if backend == "nnsight" else TransformerLensBackend)(path, **kw)
+
+
+def plain_hf_logits(path: str | Path, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                    *, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa") -> torch.Tensor:
+    """Logits of plain transformers (a fresh instance, no project hooks): the reference for sanity checks."""
+    hf, _ = load_hf(path, attn_implementation=attn_implementation, dtype=dtype)
+    with torch.no_grad():
+        return hf(input_ids=torch.as_tensor(input_ids), position_ids=torch.as_tensor(position_ids)).logits
