@@ -1,0 +1,60 @@
+"""The Dash app: a header naming RUNS_DIR, one tab per view, deep links via the URL query.
+
+``create_app(runs_dir)`` builds the app for a runs directory (the demo and the tests call it);
+``serve(runs_dir, host, port)`` runs it (``workbench app`` calls it). Everything the app reads is
+confined to RUNS_DIR (``app.paths``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from urllib.parse import parse_qs
+
+from dash import Dash, Input, Output, dcc, html, no_update
+
+from app.paths import root_of
+from app.views import retrieval, spectrum, traces, training, updates
+
+VIEWS = [updates, traces, retrieval, training, spectrum]
+DEFAULT_TAB = "training"
+
+
+def tab_from_query(search: str | None) -> str | None:
+    """The tab a deep link (``?tab=NAME``) asks for, or None for an unknown or missing one."""
+    wanted = parse_qs((search or "").lstrip("?")).get("tab", [None])[0]
+    return wanted if wanted in {v.TAB[0] for v in VIEWS} else None
+
+
+def create_app(runs_dir: str | Path) -> Dash:
+    """The dashboard for ``runs_dir`` (must exist); reads nothing outside it."""
+    root = root_of(runs_dir)
+    app = Dash(__name__, title="RoPE-KD workbench", assets_folder=str(Path(__file__).parent / "assets"),
+               update_title=None, serve_locally=True)
+    app.layout = html.Div([
+        dcc.Location(id="url", refresh=False),
+        html.Div([html.H1("RoPE-KD workbench"), html.Span(f"RUNS_DIR: {root}", className="wb-root")],
+                 className="wb-header"),
+        html.Div([
+            dcc.Tabs(id="tabs", value=DEFAULT_TAB, children=[
+                dcc.Tab(label=v.TAB[1], value=v.TAB[0], id=f"tab-{v.TAB[0]}", children=v.layout())
+                for v in VIEWS
+            ]),
+        ], className="wb-body"),
+    ])
+
+    @app.callback(Output("tabs", "value"), Input("url", "search"))
+    def tab_from_url(search: str | None):
+        return tab_from_query(search) or no_update
+
+    for view in VIEWS:
+        view.register(app, root)
+    return app
+
+
+def serve(runs_dir: str | Path, host: str = "127.0.0.1", port: int = 8050, debug: bool = False) -> None:
+    """Serve the dashboard (blocking)."""
+    app = create_app(runs_dir)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    print(f"workbench app: serving {root_of(runs_dir)} on http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+    app.run(host=host, port=port, debug=debug)

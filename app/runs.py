@@ -1,0 +1,181 @@
+"""Data access for run directories under RUNS_DIR: which runs exist, their config, checkpoints and
+metrics, and what is wrong with them (missing, half-written, foreign) as a message instead of a traceback.
+
+A run is a directory with ``run.yaml``, ``metrics.jsonl`` or ``ckpt-*`` (RUNS_DIR itself counts when it
+is one). ``metrics.jsonl`` is read incrementally: only the bytes appended since the last read are parsed,
+so polling a live run stays cheap; a last line without its newline is a record still being written and
+is left for the next poll.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from app.paths import inside, is_inside
+from workbench.models import MANIFEST, list_checkpoints
+
+METRICS = "metrics.jsonl"
+RUN_YAML = "run.yaml"
+
+
+def is_run_dir(path: Path) -> bool:
+    """A directory the trainer wrote (or is writing)."""
+    return path.is_dir() and ((path / RUN_YAML).is_file() or (path / METRICS).is_file()
+                              or any(p.is_dir() for p in path.glob("ckpt-*")))
+
+
+def list_runs(root: Path) -> list[str]:
+    """Run names (paths relative to RUNS_DIR, '.' for the root itself), sorted; hidden and temp dirs
+    and symlinks leading outside RUNS_DIR are skipped."""
+    names = ["."] if is_run_dir(root) else []
+    for child in sorted(root.iterdir()):
+        if child.name.startswith(".") or not is_inside(root, child):
+            continue
+        if is_run_dir(child):
+            names.append(child.name)
+    return names
+
+
+@dataclass
+class Metrics:
+    """What was read from a metrics.jsonl: the records plus the problems worth telling the user."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    partial_line: bool = False  # the last line has no newline yet (the trainer is writing it)
+    bad_lines: int = 0  # complete lines that are not JSON objects with a "kind"
+    offset: int = 0  # bytes consumed (complete lines only)
+    identity: tuple[int, int] = (0, 0)  # (device, inode) of the file read
+
+    def notes(self, name: str) -> list[str]:
+        out = []
+        if self.partial_line:
+            out.append(f"{name}: the last line of {METRICS} is incomplete (still being written); it is skipped")
+        if self.bad_lines:
+            out.append(f"{name}: {self.bad_lines} line(s) of {METRICS} are not workbench records and were skipped")
+        return out
+
+
+_cache: dict[Path, Metrics] = {}
+_lock = threading.Lock()
+
+
+def read_metrics(run_dir: Path) -> Metrics:
+    """Records of ``run_dir/metrics.jsonl``, reading only what was appended since the last call.
+
+    Raises FileNotFoundError when the run has no metrics file.
+    """
+    path = run_dir / METRICS
+    st = path.stat()
+    identity = (st.st_dev, st.st_ino)
+    with _lock:
+        cached = _cache.get(path)
+        if cached is None or cached.identity != identity or st.st_size < cached.offset:
+            cached = Metrics(identity=identity)
+        if st.st_size == cached.offset and not cached.partial_line:
+            return cached
+        with open(path, "rb") as f:
+            f.seek(cached.offset)
+            chunk = f.read(st.st_size - cached.offset)
+        records, bad = list(cached.records), cached.bad_lines
+        complete, sep, tail = chunk.rpartition(b"\n")
+        lines = complete.split(b"\n") if sep else []
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                bad += 1
+                continue
+            if isinstance(rec, dict) and "kind" in rec:
+                records.append(rec)
+            else:
+                bad += 1
+        consumed = cached.offset + (len(complete) + 1 if sep else 0)
+        fresh = Metrics(records=records, partial_line=bool(tail.strip()), bad_lines=bad,
+                        offset=consumed, identity=identity)
+        _cache[path] = fresh
+        return fresh
+
+
+@dataclass
+class RunInfo:
+    """A run as the app shows it: config summary, checkpoints, metrics, and messages."""
+
+    name: str
+    path: Path
+    config: dict[str, Any] | None
+    checkpoints: list[str]
+    in_progress: list[str]  # .tmp-* directories: saves that have not completed
+    metrics: Metrics | None
+    messages: list[str]
+
+    @property
+    def phases(self) -> list[dict[str, Any]]:
+        """Phases of run.yaml (name, steps, seq_len, rope_theta ...), [] when unknown."""
+        phases = (self.config or {}).get("phases") or []
+        return [p for p in phases if isinstance(p, dict)]
+
+    @property
+    def phase_lengths(self) -> list[int]:
+        return sorted({int(p["seq_len"]) for p in self.phases if isinstance(p.get("seq_len"), (int, float))})
+
+
+def run_info(root: Path, name: str) -> RunInfo:
+    """Everything the app needs about one run, never raising for a broken run: problems become messages.
+
+    Raises :class:`app.paths.OutsideRunsDir` for a name that leaves RUNS_DIR, FileNotFoundError for a
+    run that does not exist.
+    """
+    path = inside(root, name)
+    if not path.is_dir():
+        raise FileNotFoundError(f"run {name!r} not found in RUNS_DIR")
+    messages: list[str] = []
+    if not is_run_dir(path):
+        messages.append(f"{name}: not a workbench run (no {RUN_YAML}, {METRICS} or ckpt-* directories)")
+    config = None
+    if (path / RUN_YAML).is_file():
+        try:
+            loaded = yaml.safe_load((path / RUN_YAML).read_text())
+            if isinstance(loaded, dict):
+                config = loaded
+            else:
+                messages.append(f"{name}: {RUN_YAML} is not a mapping; ignored")
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            messages.append(f"{name}: {RUN_YAML} is not valid YAML ({str(exc).splitlines()[0]})")
+    ckpts = [p.name for p in list_checkpoints(path)]
+    in_progress = sorted(p.name for p in path.glob(".tmp-*") if p.is_dir())
+    incomplete = sorted(p.name for p in path.glob("ckpt-*") if p.is_dir() and not (p / MANIFEST).is_file())
+    if in_progress:
+        messages.append(f"{name}: {len(in_progress)} checkpoint save(s) in progress ({', '.join(in_progress)}); not shown")
+    if incomplete:
+        messages.append(f"{name}: {', '.join(incomplete)} without {MANIFEST} (incomplete); not shown")
+    metrics = None
+    try:
+        metrics = read_metrics(path)
+        messages.extend(metrics.notes(name))
+        if not metrics.records:
+            messages.append(f"{name}: {METRICS} has no records yet")
+    except FileNotFoundError:
+        messages.append(f"{name}: no {METRICS} yet (training has not started, or this is not a training run)")
+    except OSError as exc:
+        messages.append(f"{name}: cannot read {METRICS} ({exc.strerror})")
+    return RunInfo(name, path, config, ckpts, in_progress, metrics, messages)
+
+
+def metrics_mtime(root: Path, names: list[str]) -> float:
+    """Latest modification time among the runs' metrics files (0 when none): lets a poll skip redraws."""
+    latest = 0.0
+    for name in names:
+        try:
+            latest = max(latest, os.stat(inside(root, name) / METRICS).st_mtime)
+        except (OSError, ValueError):
+            continue
+    return latest

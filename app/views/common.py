@@ -1,0 +1,86 @@
+"""Pieces every view uses: message boxes, graph containers, and the error boundary for callbacks."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterable
+
+from dash import dcc, html
+
+from workbench.models import CheckpointError
+
+log = logging.getLogger("workbench.app")
+
+# Problems a callback turns into a message: bad input, a path outside RUNS_DIR, a missing/half-written
+# run or store (StoreError and OutsideRunsDir are ValueErrors), a checkpoint that is not complete.
+EXPECTED = (ValueError, KeyError, IndexError, OSError, CheckpointError)
+
+GRAPH_CONFIG = {"displaylogo": False, "responsive": True}
+
+
+def graph(id_: str, height: int = 480) -> dcc.Graph:
+    """A plotly graph slot, hidden until a callback gives it a figure."""
+    return dcc.Graph(id=id_, figure={}, config=GRAPH_CONFIG, style={"height": f"{height}px", "display": "none"})
+
+
+def shown(visible: bool, height: int = 480) -> dict[str, str]:
+    """The style of a graph slot that is (not) showing a figure."""
+    return {"height": f"{height}px", "display": "block" if visible else "none"}
+
+
+def notice(messages: Iterable[str], kind: str = "info") -> list[html.Div]:
+    """One box per message; kind 'error' for what stopped the view, 'info' for what it skipped."""
+    cls = "wb-error" if kind == "error" else "wb-info"
+    return [html.Div(m, className=f"wb-notice {cls}") for m in messages]
+
+
+def no_data(group: str) -> str:
+    """The message for a view whose kind of result is not in RUNS_DIR."""
+    return (f"no data of this kind in RUNS_DIR: no store holds a '{group}' group "
+            f"(see docs/store-schema.md for the command that writes it)")
+
+
+def guarded(fn: Callable[..., Any], fallback: Callable[[str], Any]) -> Callable[..., Any]:
+    """Run ``fn``; an expected problem becomes ``fallback(message)`` instead of a traceback in the page."""
+
+    def wrapper(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except EXPECTED as exc:
+            log.info("view refused input: %s", exc)
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            return fallback(str(message))
+
+    wrapper.__name__ = getattr(fn, "__name__", "callback")
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+def control(label: str, component: Any) -> html.Div:
+    """A labelled control in a view's control row."""
+    return html.Div([html.Label(label, className="wb-label"), component], className="wb-control")
+
+
+def store_picker(prefix: str) -> html.Div:
+    """The store dropdown of a data view (``{prefix}-store``)."""
+    return control("store", dcc.Dropdown(id=f"{prefix}-store", placeholder="pick a store", clearable=False))
+
+
+def register_store_picker(app: Any, root: Any, prefix: str, group: str) -> None:
+    """Fill ``{prefix}-store`` with the stores holding ``group`` whenever the tabs change; when none does,
+    ``{prefix}-messages`` says so."""
+    from dash import Input, Output
+
+    from app import stores
+
+    def fill(_tab: Any, current: Any):
+        found = stores.stores_with_group(root, group)
+        value = current if current in found else (found[0] if found else None)
+        return ([{"label": s, "value": s} for s in found], value,
+                [] if found else notice([no_data(group)], "error"))
+
+    from dash import State
+
+    app.callback(Output(f"{prefix}-store", "options"), Output(f"{prefix}-store", "value"),
+                 Output(f"{prefix}-messages", "children"), Input("tabs", "value"), State(f"{prefix}-store", "value"))(
+        guarded(fill, lambda m: ([], None, notice([m], "error"))))

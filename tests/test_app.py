@@ -1,0 +1,277 @@
+"""Unit tests of the dashboard's data access and callbacks (no browser): confinement to RUNS_DIR,
+half-written and foreign runs as messages, live metrics reading, the spectrum and training views, and the
+Dash callback endpoint refusing paths that leave RUNS_DIR."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from app import create_app
+from app import runs as R
+from app import stores as S
+from app.paths import OutsideRunsDir, inside, root_of
+from app.views import spectrum as spectrum_view
+from app.views import training as training_view
+from app.main import tab_from_query
+
+
+# ------------------------------------------------------------------------------------------- fixtures
+
+
+def write_metrics(path: Path, *, steps: int = 40, switch: int = 20, theta_a: float = 500.0,
+                  theta_b: float = 20000.0, evals: bool = True, seed: int = 0) -> list[dict]:
+    """A metrics.jsonl in the trainer's documented record format: two phases with a theta switch."""
+    import random
+
+    rng = random.Random(seed)
+    records = []
+    for step in range(1, steps + 1):
+        phase, theta = ("short", theta_a) if step <= switch else ("long", theta_b)
+        loss = 4.0 / (1 + 0.05 * step) + (0.3 if step == switch + 1 else 0) + rng.random() * 0.05
+        records.append({"kind": "train", "step": step, "phase": phase, "rope_theta": theta, "loss": loss,
+                        "ce": loss * 0.4, "kd": loss * 0.6, "lr": 1e-3, "tokens": step * 4096,
+                        "tokens_per_s": 1000.0, "peak_mem_mb": 100.0, "loss_by_bucket": {"0-256": loss},
+                        "time": float(step)})
+        if evals and step % 10 == 0:
+            for length in (256, 1024):
+                records.append({"kind": "eval", "step": step, "phase": phase, "task": "passkey", "length": length,
+                                "accuracy": min(1.0, step / steps * (256 / length) ** 0.5),
+                                "answer_logprob": -1.0})
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def write_run_yaml(run: Path, *, short: int = 256, long: int = 1024) -> None:
+    run.joinpath("run.yaml").write_text(
+        "name: {}\nphases:\n"
+        "  - {{name: short, steps: 20, seq_len: {}, rope_theta: 500.0}}\n"
+        "  - {{name: long, steps: 20, seq_len: {}, rope_theta: 20000.0}}\n".format(run.name, short, long))
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory) -> Path:
+    """RUNS_DIR with a complete run (config, metrics, a real checkpoint, a save in progress), a run whose
+    last metrics line is being written, a directory that is not a run, and a symlink leading outside."""
+    from workbench.config import ModelConfig
+    from workbench.models import build_model, save_checkpoint
+
+    base = tmp_path_factory.mktemp("app")
+    root = base / "runs"
+    good = root / "kd-phasewise"
+    good.mkdir(parents=True)
+    write_run_yaml(good)
+    write_metrics(good / "metrics.jsonl")
+    cfg = ModelConfig(vocab_size=32, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
+                      intermediate_size=64, max_position_embeddings=1024, rope_theta=500.0)
+    save_checkpoint(build_model(cfg, seed=0), good / "ckpt-000020", {"phase": "short", "step": 20})
+    (good / ".tmp-ckpt-000040-abcd").mkdir()
+    (good / "ckpt-000040").mkdir()  # no manifest: incomplete
+    live = root / "ce-live"
+    live.mkdir()
+    write_metrics(live / "metrics.jsonl", steps=10, evals=False)
+    with open(live / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "train", "step": 11, "pha')  # the trainer is mid-write
+    (root / "notes").mkdir()
+    (root / "notes" / "readme.txt").write_text("not a run")
+    outside = base / "outside"
+    outside.mkdir()
+    write_metrics(outside / "metrics.jsonl")
+    (root / "escape").symlink_to(outside, target_is_directory=True)
+    return root
+
+
+# ---------------------------------------------------------------------------------------- confinement
+
+
+@pytest.mark.parametrize("bad", ["../outside", "/etc", "escape", "escape/metrics.jsonl", "a/../../outside",
+                                 "kd-phasewise/../../outside", "..", "", "x\x00y"])
+def test_paths_outside_runs_dir_are_refused(runs_dir, bad):
+    with pytest.raises(OutsideRunsDir):
+        inside(root_of(runs_dir), bad)
+
+
+def test_paths_inside_runs_dir_are_accepted(runs_dir):
+    root = root_of(runs_dir)
+    assert inside(root, "kd-phasewise") == root / "kd-phasewise"
+    assert inside(root, "kd-phasewise/./ckpt-000020") == root / "kd-phasewise" / "ckpt-000020"
+
+
+def test_missing_or_file_runs_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        root_of(tmp_path / "nope")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match="not a directory"):
+        root_of(tmp_path / "f")
+
+
+def test_list_runs_skips_non_runs_and_symlinks_out(runs_dir):
+    assert R.list_runs(root_of(runs_dir)) == ["ce-live", "kd-phasewise"]
+
+
+def test_store_discovery_ignores_stores_outside(runs_dir, tmp_path):
+    import xarray as xr
+
+    from workbench import store
+
+    outside = tmp_path / "elsewhere.zarr"
+    store.write(outside, "retrieval", xr.Dataset({"accuracy": ("length", [1.0])}, coords={"length": [1]}))
+    link = runs_dir / "linked.zarr"
+    link.symlink_to(outside, target_is_directory=True)
+    try:
+        assert S.find_stores(root_of(runs_dir)) == []
+        with pytest.raises(OutsideRunsDir):
+            S.open_group(root_of(runs_dir), "linked.zarr", "retrieval")
+    finally:
+        link.unlink()
+
+
+# ------------------------------------------------------------------------------------------ run data
+
+
+def test_run_info_reports_half_written_parts(runs_dir):
+    info = R.run_info(root_of(runs_dir), "kd-phasewise")
+    assert info.checkpoints == ["ckpt-000020"]
+    assert info.phase_lengths == [256, 1024]
+    text = " ".join(info.messages)
+    assert "in progress" in text and ".tmp-ckpt-000040-abcd" in text
+    assert "ckpt-000040 without manifest.json" in text
+    live = R.run_info(root_of(runs_dir), "ce-live")
+    assert len(live.metrics.records) == 10 and live.metrics.partial_line
+    assert any("incomplete" in m for m in live.messages)
+
+
+def test_run_info_foreign_and_missing(runs_dir):
+    root = root_of(runs_dir)
+    notes = R.run_info(root, "notes")
+    assert any("not a workbench run" in m for m in notes.messages) and notes.metrics is None
+    with pytest.raises(FileNotFoundError, match="not found"):
+        R.run_info(root, "no-such-run")
+
+
+def test_metrics_are_read_incrementally_as_the_trainer_appends(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    path = run / "metrics.jsonl"
+    path.write_text('{"kind": "train", "step": 1, "loss": 1.0}\n{"kind": "train", "st')
+    first = R.read_metrics(run)
+    assert [r["step"] for r in first.records] == [1] and first.partial_line
+    with open(path, "a") as f:  # the trainer finishes the line and writes another, plus junk
+        f.write('ep": 2, "loss": 0.9}\nnot json\n[1, 2]\n{"kind": "train", "step": 3, "loss": 0.8}\n')
+    second = R.read_metrics(run)
+    assert [r["step"] for r in second.records] == [1, 2, 3]
+    assert second.bad_lines == 2 and not second.partial_line
+    path.write_text('{"kind": "train", "step": 1, "loss": 5.0}\n')  # rewritten (new run): start over
+    assert [r["loss"] for r in R.read_metrics(run).records] == [5.0]
+
+
+# ---------------------------------------------------------------------------------------- views
+
+
+def test_spectrum_view_numbers_follow_the_controls():
+    wave, style, curve, curve_style, rows, msgs = spectrum_view.update(10000, 64, 4096, "1024, 32768")
+    assert style["display"] == "block" and curve_style["display"] == "block" and not msgs
+    assert list(wave.data[0].y) == pytest.approx(list(__import__("workbench").rope.wavelengths(10000, 64)))
+    table = {r.children[0].children: r.children[1].children for r in rows}
+    assert table["critical pair"] == "23"
+    assert "theta keeping this critical dim at L = 32,768" in table
+    wave2, *_ = spectrum_view.update(500000, 64, 4096, "")
+    assert wave2.data[0].y[-1] > wave.data[0].y[-1]  # larger theta, longer wavelengths
+
+
+@pytest.mark.parametrize("args, match", [((None, 64, 4096, ""), "theta must be a number"),
+                                         ((-5, 64, 4096, ""), "theta must be in"),
+                                         ((1e4, 63, 4096, ""), "even"),
+                                         ((1e4, 64, 10**9, ""), "length must be in"),
+                                         ((1e4, 64, 4096, "12, abc"), "phase lengths")])
+def test_spectrum_view_rejects_bad_controls(args, match):
+    with pytest.raises(ValueError, match=match):
+        spectrum_view.update(*args)
+
+
+def test_spectrum_view_skips_slow_scans_for_long_contexts():
+    rows = dict(spectrum_view.summary(1e6, 128, 131072, []))
+    assert "workbench rope --base-bound" in rows["base lower bound (2405.14591)"]
+
+
+def test_training_view_draws_phases_and_theta_switch(runs_dir):
+    fig, messages, info = training_view.training_view(root_of(runs_dir), ["kd-phasewise", "ce-live"], "loss")
+    names = [t.name for t in fig.data]
+    assert "kd-phasewise / short" in names and "kd-phasewise / long" in names and "ce-live / short" in names
+    assert any(t.name == "kd-phasewise passkey@1024" for t in fig.data)
+    switch = [s for s in fig.layout.shapes if s.x0 == 21]
+    assert switch, "the theta switch at step 21 is marked"
+    assert any("theta 500 -> 20000" in a.text for a in fig.layout.annotations)
+    assert any("incomplete" in m for m in messages)
+    assert info[0][0] == "kd-phasewise" and "ckpt-000020" in info[0][2]
+
+
+def test_training_view_messages_instead_of_tracebacks(runs_dir):
+    root = root_of(runs_dir)
+    fig, messages, _ = training_view.training_view(root, ["notes"], "loss")
+    assert fig is None and any("not a workbench run" in m for m in messages)
+    with pytest.raises(OutsideRunsDir):
+        training_view.training_view(root, ["../outside"], "loss")
+    with pytest.raises(ValueError, match="unknown metric"):
+        training_view.training_view(root, ["kd-phasewise"], "accuracy; rm -rf")
+    with pytest.raises(ValueError, match="not a run"):
+        training_view.run_from_query(root, "?tab=training&run=notes")
+    assert training_view.run_from_query(root, "?run=ce-live") == "ce-live"
+
+
+def test_tab_from_query():
+    assert tab_from_query("?tab=spectrum") == "spectrum"
+    assert tab_from_query("?tab=../../etc") is None and tab_from_query(None) is None
+
+
+# ------------------------------------------------------------------------------- through the server
+
+
+def _post(client, output: str, outputs: list[tuple[str, str]], inputs: list[dict], state: list[dict] | None = None):
+    body = {"output": output, "outputs": [{"id": i, "property": p} for i, p in outputs],
+            "inputs": inputs, "state": state or [], "changedPropIds": [f"{inputs[0]['id']}.{inputs[0]['property']}"]}
+    resp = client.post("/_dash-update-component", json=body)
+    assert resp.status_code == 200, resp.data[:500]
+    return resp.get_json()["response"]
+
+
+TRAIN_OUT = "..train-graph.figure...train-graph.style...train-messages.children...train-info.children...train-stamp.data.."
+TRAIN_OUTPUTS = [("train-graph", "figure"), ("train-graph", "style"), ("train-messages", "children"),
+                 ("train-info", "children"), ("train-stamp", "data")]
+
+
+def _train_inputs(runs):
+    return [{"id": "train-runs", "property": "value", "value": runs},
+            {"id": "train-metric", "property": "value", "value": "loss"},
+            {"id": "train-poll", "property": "n_intervals", "value": None}]
+
+
+def test_server_callback_draws_a_run(runs_dir):
+    client = create_app(runs_dir).server.test_client()
+    resp = _post(client, TRAIN_OUT, TRAIN_OUTPUTS, _train_inputs(["kd-phasewise"]),
+                 [{"id": "train-stamp", "property": "data", "value": None}])
+    assert resp["train-graph"]["style"]["display"] == "block"
+    assert len(resp["train-graph"]["figure"]["data"]) >= 2
+
+
+@pytest.mark.parametrize("bad", [["../outside"], ["escape"], [os.sep + "etc"], "../../..", [["nested"]]])
+def test_server_callback_refuses_paths_outside(runs_dir, bad):
+    client = create_app(runs_dir).server.test_client()
+    resp = _post(client, TRAIN_OUT, TRAIN_OUTPUTS, _train_inputs(bad),
+                 [{"id": "train-stamp", "property": "data", "value": None}])
+    assert resp["train-graph"]["style"]["display"] == "none"
+    text = json.dumps(resp["train-messages"]["children"])
+    assert "refused" in text or "must be strings" in text
+    assert "Traceback" not in text
+
+
+def test_cli_app_errors_are_one_line(tmp_path, capsys):
+    from workbench.cli import main
+
+    assert main(["app", str(tmp_path / "missing")]) == 2
+    assert "workbench app: error: RUNS_DIR" in capsys.readouterr().err
+    assert main(["app", str(tmp_path), "--port", "70000"]) == 2
+    assert "--port must be in" in capsys.readouterr().err
