@@ -129,6 +129,7 @@ class CheckpointConfig:
 class TeacherConfig:
     path: str  # a workbench checkpoint or any local HF Llama directory
     rope_theta: float | None = None  # None: the theta in the teacher's config.json
+    cache: str | None = None  # a `workbench teacher-cache` directory: KD reads top-k log-probs, no teacher forward
 
 
 @dataclass
@@ -148,6 +149,9 @@ class RunConfig:
     init_from: str | None = None  # start the student from this checkpoint
     device: str = "auto"  # auto | cpu | cuda
     metrics_every: int = 1
+    eval_every: int = 0  # optimiser steps between quick retrieval evals (0: none)
+    eval_lengths: list[int] = field(default_factory=lambda: [256, 512])
+    eval_samples: int = 16
     description: str = ""
 
 
@@ -334,6 +338,12 @@ def validate(obj: Any) -> None:
         raise ConfigError("optim: micro_batch_size and grad_accum_steps must be > 0")
     if obj.loss.temperature <= 0:
         raise ConfigError(f"loss.temperature: must be > 0, got {obj.loss.temperature}")
+    if obj.eval_every < 0 or obj.eval_samples <= 0 or any(n <= 0 for n in obj.eval_lengths):
+        raise ConfigError("eval_every/eval_samples/eval_lengths: must be >= 0 / > 0 / > 0")
+    if any(ph.objective == "ce+kd" for ph in obj.phases) and obj.loss.ce_weight <= 0:
+        raise ConfigError("loss.ce_weight: objective 'ce+kd' needs ce_weight > 0 (it is the CE term's weight)")
+    if obj.loss.kd_kind == "jsd" and not 0 < obj.loss.jsd_beta < 1:
+        raise ConfigError(f"loss.jsd_beta: must be in (0, 1), got {obj.loss.jsd_beta}")
     if obj.loss.chunk_size <= 0:
         raise ConfigError(f"loss.chunk_size: must be > 0, got {obj.loss.chunk_size}")
 

@@ -1,0 +1,31 @@
+"""``workbench train CONFIG.yaml [--resume]``: phase-wise CE / logit-KD training (see workbench.train)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "train a student (CE or logit KD from a frozen teacher) through phases of window length and RoPE theta"
+DESCRIPTION = (HELP + ". Single process here; multi-GPU: torchrun --nproc_per_node N -m workbench.train CONFIG. "
+               "Writes runs/<name>/ (run.yaml, metrics.jsonl, ckpt-<step>/).")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="run config YAML (e.g. data/configs/tiny-kd-phasewise.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint of the run")
+    p.add_argument("--out", default=None, help="run directory (default: the config's out_dir, else runs/<name>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from workbench.config import load_run_config
+    from workbench.train import TrainingDiverged, train
+
+    cfg = load_run_config(args.config)
+    try:
+        run_dir = train(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
+    except TrainingDiverged as exc:
+        print(f"workbench train: stopped: {exc}", file=sys.stderr)
+        return 1
+    print(f"run directory: {run_dir}")
+    return 0
