@@ -173,3 +173,134 @@ def decode_attr(value: Any) -> Any:
 def stack_checkpoints(datasets: Iterable[xr.Dataset], names: Iterable[str]) -> xr.Dataset:
     """Concatenate per-checkpoint Datasets along a new ``checkpoint`` dim with object-dtype names."""
     return xr.concat(list(datasets), dim=xr.DataArray(np.array(list(names), dtype=object), dims="checkpoint"))
+
+
+# ------------------------------------------------------------------------ grids: (checkpoint, spec) cells
+
+WRITTEN = "cell_written"  # int8 over the grid dims: 1 where that cell has been written
+
+
+def chunk_encoding(ds: xr.Dataset, chunk_dims: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Zarr encoding: chunk size 1 along ``chunk_dims`` (e.g. checkpoint, spec, layer, head), whole
+    elsewhere (the pair axis stays in one chunk), so reading one (layer, head) slice reads only its chunks."""
+    dims = set(chunk_dims)
+    enc: dict[str, dict[str, Any]] = {}
+    for name, var in ds.data_vars.items():
+        enc[name] = {"chunks": tuple(1 if d in dims else max(int(n), 1) for d, n in var.sizes.items())}
+    return enc
+
+
+def _cells(ds: xr.Dataset, grid: tuple[str, ...]) -> list[tuple]:
+    import itertools
+
+    return list(itertools.product(*[list(ds[d].values) for d in grid]))
+
+
+def _check_specs(old: xr.Dataset, new: xr.Dataset, where: str) -> None:
+    """Spec de-duplication: a name keeps one definition, and one definition keeps one name."""
+    if "spec" not in old.dims or "spec_hash" not in old.coords or "spec_hash" not in new.coords:
+        return
+    old_hash = dict(zip(map(str, old["spec"].values), map(str, old["spec_hash"].values)))
+    by_hash = {h: n for n, h in old_hash.items()}
+    for name, h in zip(map(str, new["spec"].values), map(str, new["spec_hash"].values)):
+        if name in old_hash and old_hash[name] != h:
+            raise StoreError(f"{where}: spec {name!r} is already stored with a different definition; "
+                             "give the new perturbation another name")
+        if name not in old_hash and h in by_hash:
+            raise StoreError(f"{where}: spec {name!r} is the same perturbation as stored spec {by_hash[h]!r}; "
+                             "refusing to write it twice")
+
+
+def _nan_block(old: xr.Dataset, new: xr.Dataset, dim: str, values: list, grid: tuple[str, ...]) -> xr.Dataset:
+    """An unwritten block to grow the group along ``dim`` by ``values`` (other grid dims as stored)."""
+    src = new.sel({dim: values})
+    data_vars = {}
+    for name, var in old.data_vars.items():
+        if dim not in var.dims:
+            continue
+        shape = tuple(len(values) if d == dim else old.sizes[d] for d in var.dims)
+        fill = 0 if name == WRITTEN else np.nan
+        data_vars[name] = (var.dims, np.full(shape, fill, dtype=var.dtype))
+    coords: dict[str, Any] = {dim: np.array(values, dtype=old[dim].dtype)}
+    for name, coord in src.coords.items():
+        if name != dim and coord.dims == (dim,):
+            coords[name] = (dim, np.asarray(coord.values, dtype=old[name].dtype if name in old.coords else None))
+    for d in old.dims:
+        if d != dim:
+            coords[d] = old[d].values
+    block = xr.Dataset(data_vars, coords=coords)
+    return _objectify(block.drop_vars([v for v in block.variables if dim not in block[v].dims]))
+
+
+def write_grid(store: str | Path, group: str, ds: xr.Dataset, *, grid: tuple[str, ...] = ("checkpoint", "spec"),
+               chunk_dims: Iterable[str] | None = None) -> Path:
+    """Write ``ds`` into ``group`` cell by cell over the ``grid`` dims (new checkpoints, new specs, or a new
+    spec for an old checkpoint all work); cells never written read as NaN.
+
+    Refuses (StoreError, nothing written) a store of another schema, a cell (checkpoint, spec) already
+    written, a spec name stored with another definition or a definition stored under another name
+    (``spec_hash`` coordinate), other variables, or other non-grid dims/coordinates.
+    """
+    store = Path(store)
+    where = f"{store}/{group}"
+    missing = [d for d in grid if d not in ds.dims]
+    if missing:
+        raise StoreError(f"{where}: data has no dim {missing[0]!r} (dims: {dict(ds.sizes)})")
+    for d in grid:
+        values = list(map(str, ds[d].values))
+        if len(set(values)) != len(values):
+            raise StoreError(f"{where}: {d} values repeat in the data: {values}")
+    _check_root(store, create=True)
+    ds = _objectify(ds.copy())
+    ds[WRITTEN] = xr.DataArray(np.ones([ds.sizes[d] for d in grid], dtype=np.int8), dims=grid)
+    ds.attrs.setdefault("schema", SCHEMA)
+    chunk_dims = tuple(chunk_dims if chunk_dims is not None else grid)
+    if group not in groups(store):
+        ds.to_zarr(str(store), group=group, mode="w-", zarr_format=3, consolidated=False,
+                   encoding=chunk_encoding(ds, chunk_dims))
+        return store
+    old = open_group(store, group, chunks={})
+    if set(old.data_vars) != set(ds.data_vars):
+        raise StoreError(f"{where}: variables differ: store has {sorted(old.data_vars)}, "
+                         f"new data has {sorted(ds.data_vars)}")
+    for dim, size in ds.sizes.items():
+        if dim in grid:
+            continue
+        if old.sizes.get(dim) != size:
+            raise StoreError(f"{where}: dim {dim!r} has size {size}, the store has {old.sizes.get(dim)}")
+    for name, coord in ds.coords.items():
+        if name in old.coords and not set(coord.dims) & set(grid) and \
+                not np.array_equal(np.asarray(coord.values), np.asarray(old[name].values)):
+            raise StoreError(f"{where}: coordinate {name!r} differs from the stored one")
+    _check_specs(old, ds, where)
+    stored = {d: {str(v): i for i, v in enumerate(old[d].values)} for d in grid}
+    done = []
+    for cell in _cells(ds, grid):
+        if all(str(v) in stored[d] for d, v in zip(grid, cell)):
+            idx = {d: stored[d][str(v)] for d, v in zip(grid, cell)}
+            if int(old[WRITTEN].isel(idx).values):
+                done.append(dict(zip(grid, map(str, cell))))
+    if done:
+        raise StoreError(f"{where}: already written for {done}; refusing to write it twice")
+    for d in grid:  # grow the grid with unwritten blocks for new values
+        new_values = [v for v in ds[d].values if str(v) not in stored[d]]
+        if new_values:
+            block = _nan_block(old, ds, d, new_values, grid)
+            block.to_zarr(str(store), group=group, mode="a", append_dim=d, zarr_format=3, consolidated=False)
+            old = open_group(store, group, chunks={})
+            stored = {g: {str(v): i for i, v in enumerate(old[g].values)} for g in grid}
+    body = ds.drop_vars([v for v in ds.variables if not set(ds[v].dims) & set(grid)])
+    body = body.drop_vars([c for c in body.coords if c not in grid])  # grid coords already stored
+    for cell in _cells(ds, grid):
+        sel = {d: [v] for d, v in zip(grid, cell)}
+        region = {d: slice(stored[d][str(v)], stored[d][str(v)] + 1) for d, v in zip(grid, cell)}
+        part = body.sel(sel)
+        part = xr.Dataset({n: part[n].transpose(*old[n].dims) for n in part.data_vars})
+        part = part.drop_vars([d for d in grid if d in part.coords])
+        part.to_zarr(str(store), group=group, mode="r+", region=region, zarr_format=3, consolidated=False)
+    return store
+
+
+def read_written(store: str | Path, group: str, *, chunks: Any = None) -> xr.Dataset:
+    """Open a grid group; unwritten cells are NaN (see ``cell_written``)."""
+    return open_group(store, group, chunks=chunks)

@@ -49,6 +49,8 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
 )}
 
 PASSKEY_DIGITS = 5
+DEPTH_DEFINITION = ("target needle's first token at haystack index round(depth/100 * (H - G)); H = haystack "
+                    "tokens, G = tokens of the gold needles; 0 = right after the prefix, 100 = against the query")
 
 
 @dataclass(frozen=True, eq=False)

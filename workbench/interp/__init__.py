@@ -1,1 +1,46 @@
-"""RoPE interpretability engine: perturbation specs, two backends, traces, the repeated-token experiment."""
+"""RoPE interpretability engine: perturbation specs, two backends, traces, the repeated-token experiment.
+
+Python API::
+
+    from workbench import interp
+    specs = [interp.Spec("q-shift", [interp.shift(64, "q", layers=[1])])]
+    ds = interp.run_trace("runs/x/ckpt-000100", specs, backend="nnsight")      # xr.Dataset
+    interp.write_traces("results.zarr", ds)
+    rep = interp.repeated_tokens("data/teacher/tiny-teacher", specs)          # xr.Dataset
+    interp.write_repeated("results.zarr", rep)
+    acts = interp.capture_activations(ckpt, specs, names=["blocks.1.attn.hook_rot_*"])
+    interp.write_activations("results.zarr", acts)
+    for result in interp.check(ckpt): print(result)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import xarray as xr
+
+from workbench import store
+from workbench.interp.activations import capture_activations, write_activations
+from workbench.interp.backends import (Backend, NNsightBackend, TransformerLensBackend, load_backend,
+                                       plain_hf_logits)
+from workbench.interp.repeated import repeated_tokens
+from workbench.interp.sanity import check
+from workbench.interp.specs import (Geometry, Op, PairSet, Scope, Spec, dump_specs, identity, load_specs, noise,
+                                    rotate, scale, shift, theta_swap, zero)
+from workbench.interp.traces import default_inputs, run_trace
+
+
+def write_traces(store_path: str | Path, ds: xr.Dataset) -> Path:
+    """Write (append) a run_trace Dataset into group ``traces``; a (checkpoint, spec) cell is written once."""
+    return store.write_grid(store_path, "traces", ds)
+
+
+def write_repeated(store_path: str | Path, ds: xr.Dataset) -> Path:
+    """Write (append) a repeated_tokens Dataset into group ``repeated_tokens``."""
+    return store.write_grid(store_path, "repeated_tokens", ds)
+
+
+__all__ = ["Backend", "Geometry", "NNsightBackend", "Op", "PairSet", "Scope", "Spec", "TransformerLensBackend",
+           "capture_activations", "check", "default_inputs", "dump_specs", "identity", "load_backend",
+           "load_specs", "noise", "plain_hf_logits", "repeated_tokens", "rotate", "run_trace", "scale", "shift",
+           "theta_swap", "write_activations", "write_repeated", "write_traces", "zero"]

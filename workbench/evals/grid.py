@@ -1,0 +1,323 @@
+"""Checkpoints x tasks x lengths x depths x samples -> one xarray Dataset in the store's ``retrieval`` group.
+
+Everything that can be wrong with a request (unknown task, bad length or depth, a checkpoint that is not
+there or is incomplete, a length beyond the positions a checkpoint was trained with, a store that already
+holds a checkpoint or was written with another grid) is found by :func:`plan` before any weights load.
+
+Position limit of a checkpoint: the ``seq_len`` its manifest records (the trainer's phase length), else
+``max_position_embeddings`` of its ``config.json``. Longer prompts are refused unless ``extrapolate`` is
+set; the flag is stored per checkpoint (coordinate ``extrapolate``) and in the attrs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+
+from workbench import models, store
+from workbench.evals import tasks as T
+from workbench.evals.render import Rendering, SyntheticRendering, rendering_for
+from workbench.evals.runner import score_samples
+
+GROUP = "retrieval"
+SEQ_LEN_KEYS = ("seq_len", "train_seq_len", "phase_seq_len")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+@dataclass
+class CheckpointPlan:
+    """What is known about one checkpoint before its weights load."""
+
+    path: Path
+    name: str
+    manifest: dict[str, Any]
+    config: dict[str, Any]
+    max_positions: int
+    limit_source: str
+    tokenizer: str  # "synthetic" or a local tokenizer directory
+    extrapolating: bool = False
+
+
+@dataclass
+class Plan:
+    """A validated evaluation request."""
+
+    checkpoints: list[CheckpointPlan]
+    tasks: list[str]
+    lengths: list[int]
+    depths: list[float]
+    samples: int
+    seed: int
+    extrapolate: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return len(self.checkpoints) * len(self.tasks) * len(self.lengths) * len(self.depths) * self.samples
+
+
+def checkpoint_name(path: str | Path) -> str:
+    """Stable, readable name of a checkpoint: ``<run>/<ckpt-dir>``."""
+    path = Path(path).resolve()
+    return f"{path.parent.name}/{path.name}"
+
+
+def position_limit(manifest: dict[str, Any], config: dict[str, Any]) -> tuple[int, str]:
+    """(positions a checkpoint is known to handle, where that number comes from)."""
+    for key in SEQ_LEN_KEYS:
+        if manifest.get(key):
+            return int(manifest[key]), f"manifest {key}"
+    if config.get("max_position_embeddings"):
+        return int(config["max_position_embeddings"]), "config max_position_embeddings"
+    raise models.CheckpointError("config.json has no max_position_embeddings and the manifest no seq_len")
+
+
+def _inspect(path: Path, tokenizer: str | None) -> CheckpointPlan:
+    if not path.is_dir():
+        raise models.CheckpointError(f"{path}: checkpoint directory not found")
+    manifest = models.verify_checkpoint(path) if (path / models.MANIFEST).exists() else {}
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise models.CheckpointError(f"{path}: no config.json; not a Hugging Face model directory")
+    try:
+        config = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise models.CheckpointError(f"{cfg_file}: corrupt JSON ({exc})") from None
+    if config.get("model_type") != "llama":
+        raise models.CheckpointError(f"{cfg_file}: model_type is {config.get('model_type')!r}; only Llama models")
+    limit, source = position_limit(manifest, config)
+    vocab = int(config.get("vocab_size", 0))
+    if tokenizer in (None, "auto"):
+        if any((path / f).exists() for f in TOKENIZER_FILES) and not _is_synthetic_dir(path):
+            tok = str(path)
+        elif vocab >= 128:
+            tok = "synthetic"
+        else:
+            raise ValueError(f"{path}: vocab_size {vocab} has no synthetic rendering and the directory has no "
+                             "tokenizer; pass --tokenizer DIR")
+    else:
+        tok = tokenizer
+    if tok == "synthetic" and vocab < 128:
+        raise ValueError(f"{path}: vocab_size {vocab} is smaller than the synthetic vocabulary (128)")
+    if tok != "synthetic" and not Path(tok).is_dir():
+        raise ValueError(f"tokenizer directory {tok} not found")
+    return CheckpointPlan(path=path, name=checkpoint_name(path), manifest=manifest, config=config,
+                          max_positions=limit, limit_source=source, tokenizer=tok)
+
+
+def _is_synthetic_dir(path: Path) -> bool:
+    from workbench.data.tokenizer import TOKENS
+
+    file = path / "tokenizer.json"
+    if not file.is_file():
+        return False
+    try:
+        vocab = json.loads(file.read_text())["model"]["vocab"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return False
+    return isinstance(vocab, dict) and vocab == {t: i for i, t in enumerate(TOKENS)}
+
+
+def load_rendering(tokenizer: str) -> Rendering:
+    """The rendering for ``"synthetic"`` or a local tokenizer directory (offline)."""
+    if tokenizer == "synthetic":
+        return SyntheticRendering()
+    from transformers import AutoTokenizer
+
+    return rendering_for(AutoTokenizer.from_pretrained(tokenizer, local_files_only=True))
+
+
+def plan(checkpoints: Sequence[str | Path], *, tasks: str | Sequence[str], lengths: Sequence[int],
+         depths: int | Sequence[float], samples: int, seed: int = 0, extrapolate: bool = False,
+         tokenizer: str | None = None, out: str | Path | None = None) -> Plan:
+    """Validate a request (cheap: no weights are loaded). Raises ValueError / CheckpointError / StoreError."""
+    if not checkpoints:
+        raise ValueError("no checkpoints given")
+    task_names = T.parse_tasks(tasks)
+    lengths = [int(x) for x in lengths]
+    if not lengths or any(x < 1 for x in lengths) or len(set(lengths)) != len(lengths):
+        raise ValueError(f"lengths must be distinct positive integers, got {lengths}")
+    depth_list = T.depth_grid(depths) if isinstance(depths, (int, np.integer)) else [float(d) for d in depths]
+    if not depth_list or any(not 0 <= d <= 100 for d in depth_list) or len(set(depth_list)) != len(depth_list):
+        raise ValueError(f"depths must be distinct percentages in [0, 100], got {depth_list}")
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    ckpts = [_inspect(Path(p), tokenizer) for p in checkpoints]
+    names = [c.name for c in ckpts]
+    if len(set(names)) != len(names):
+        raise ValueError(f"checkpoint names are not unique: {names}")
+    for c in ckpts:
+        too_long = [x for x in lengths if x > c.max_positions]
+        if too_long and not extrapolate:
+            raise ValueError(f"{c.name}: lengths {too_long} exceed the {c.max_positions} positions it was trained "
+                             f"or configured for ({c.limit_source}); pass --extrapolate (extrapolate=True) to "
+                             "evaluate beyond them (it is recorded in the results)")
+        c.extrapolating = bool(too_long)
+    renderings = {c.tokenizer for c in ckpts}
+    for tok in renderings:  # every task must fit in the shortest length with every rendering
+        rendering = load_rendering(tok) if tok != "synthetic" else SyntheticRendering()
+        for task in task_names:
+            for d in depth_list:
+                T.make_sample(task, min(lengths), d, rendering, seed=seed)
+    p = Plan(ckpts, task_names, sorted(lengths), depth_list, int(samples), int(seed), bool(extrapolate))
+    if out is not None:
+        check_store(out, p)
+    return p
+
+
+def check_store(out: str | Path, p: Plan) -> None:
+    """Refuse, before any work, a store that already has these checkpoints or another grid."""
+    out = Path(out)
+    if not out.exists() or not store.has_group(out, GROUP):
+        if out.exists():
+            store.groups(out)  # raises on a foreign or broken store
+        return
+    old = store.open_group(out, GROUP)
+    done = sorted(set(map(str, old["checkpoint"].values)) & {c.name for c in p.checkpoints})
+    if done:
+        raise store.StoreError(f"{out}/{GROUP}: checkpoints {done} are already evaluated there; "
+                               "write to another store or leave them out")
+    want = {"task": p.tasks, "length": p.lengths, "depth": p.depths, "sample": list(range(p.samples))}
+    for dim, values in want.items():
+        have = old[dim].values.tolist()
+        same = len(have) == len(values) and all(
+            (h == v) if isinstance(v, str) else np.isclose(float(h), float(v)) for h, v in zip(have, values))
+        if not same:
+            raise store.StoreError(f"{out}/{GROUP}: the store's {dim} values are {have}, this run asks for "
+                                   f"{values}; appending needs the same grid")
+
+
+def evaluate_model(model, rendering: Rendering, *, tasks: Sequence[str], lengths: Sequence[int],
+                   depths: Sequence[float], samples: int, seed: int = 0, batch_size: int | None = None,
+                   extra_tokens: int | None = None, progress=None) -> xr.Dataset:
+    """Score one model on the grid -> Dataset with dims (task, length, depth, sample)."""
+    shape = (len(tasks), len(lengths), len(depths), samples)
+    arrays = {
+        "correct": np.zeros(shape, dtype=bool),
+        "match_all": np.zeros(shape, dtype=np.float32),
+        "match_part": np.zeros(shape, dtype=np.float32),
+        "answer_logprob": np.zeros(shape, dtype=np.float32),
+        "answer_tokens": np.zeros(shape, dtype=np.int32),
+        "needle_position": np.zeros(shape, dtype=np.int32),
+        "prediction": np.empty(shape, dtype=object),
+        "gold": np.empty(shape, dtype=object),
+    }
+    if extra_tokens is None:
+        extra_tokens = 0 if rendering.word_boundary else 8
+    for ti, task in enumerate(tasks):
+        for li, length in enumerate(lengths):
+            batch = T.make_samples(task, int(length), depths, samples, rendering, seed=seed)
+            for k, r in enumerate(score_samples(model, batch, rendering, batch_size=batch_size,
+                                                extra_tokens=extra_tokens, progress=progress)):
+                idx = (ti, li, k // samples, k % samples)
+                arrays["correct"][idx] = r.correct
+                arrays["match_all"][idx] = r.match_all
+                arrays["match_part"][idx] = r.match_part
+                arrays["answer_logprob"][idx] = r.answer_logprob
+                arrays["answer_tokens"][idx] = len(r.sample.answer_ids)
+                arrays["needle_position"][idx] = r.sample.needle_position
+                arrays["prediction"][idx] = r.prediction
+                arrays["gold"][idx] = rendering.decode(r.sample.answer_ids)
+    dims = ("task", "length", "depth", "sample")
+    ds = xr.Dataset({name: (dims, arr) for name, arr in arrays.items()},
+                    coords={"task": np.array(list(tasks), dtype=object), "length": np.array(lengths, dtype=np.int64),
+                            "depth": np.array(depths, dtype=np.float64), "sample": np.arange(samples)})
+    for name, text in VARIABLE_DOCS.items():
+        ds[name].attrs["description"] = text
+    ds["depth"].attrs["units"] = "percent"
+    ds["length"].attrs["units"] = "tokens (prompt, without the answer)"
+    return ds
+
+
+VARIABLE_DOCS = {
+    "correct": "greedy exact match: the first answer_tokens generated ids equal the gold answer ids",
+    "match_all": "RULER string_match_all of this sample (fraction 0-1 of references found in the output)",
+    "match_part": "RULER string_match_part of this sample (1 if any reference is found)",
+    "answer_logprob": "teacher-forced log p(gold answer | prompt), natural log, summed over answer tokens",
+    "answer_tokens": "number of gold answer tokens",
+    "needle_position": "token index of the first token of the target needle",
+    "prediction": "decoded greedy output",
+    "gold": "decoded gold answer",
+}
+
+
+def _device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} asked for but CUDA is not available")
+    return dev
+
+
+def _dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(table)}")
+    return table[dtype]
+
+
+def evaluate_plan(p: Plan, *, device: str = "auto", dtype: str = "auto", batch_size: int | None = None,
+                  extra_tokens: int | None = None, progress: bool = True) -> xr.Dataset:
+    """Load each checkpoint and score it -> Dataset with dims (checkpoint, task, length, depth, sample)."""
+    from tqdm.auto import tqdm
+
+    dev = _device(device)
+    torch_dtype = _dtype(dtype, dev)
+    per_ckpt = []
+    bar = tqdm(total=p.total, desc="eval", unit="sample", disable=not progress)
+    try:
+        for c in p.checkpoints:
+            bar.set_postfix_str(c.name)
+            model, _ = models.load(c.path, device=dev, dtype=torch_dtype, allow_plain_hf=True)
+            rendering = load_rendering(c.tokenizer)
+            ds = evaluate_model(model, rendering, tasks=p.tasks, lengths=p.lengths, depths=p.depths,
+                                samples=p.samples, seed=p.seed, batch_size=batch_size, extra_tokens=extra_tokens,
+                                progress=bar)
+            per_ckpt.append((ds, c, models.rope_theta(model), rendering.name))
+            del model
+    finally:
+        bar.close()
+    ds = store.stack_checkpoints([d for d, *_ in per_ckpt], [c.name for _, c, *_ in per_ckpt])
+    info = [(c, theta, rname) for _, c, theta, rname in per_ckpt]
+    ds = ds.assign_coords(
+        checkpoint_path=("checkpoint", np.array([str(c.path.resolve()) for c, *_ in info], dtype=object)),
+        checkpoint_hash=("checkpoint", np.array([models.checkpoint_hash(c.path) for c, *_ in info], dtype=object)),
+        rope_theta=("checkpoint", np.array([theta for _, theta, _ in info], dtype=np.float64)),
+        max_positions=("checkpoint", np.array([c.max_positions for c, *_ in info], dtype=np.int64)),
+        extrapolate=("checkpoint", np.array([c.extrapolating for c, *_ in info], dtype=bool)),
+        rendering=("checkpoint", np.array([r for *_, r in info], dtype=object)),
+        step=("checkpoint", np.array([int(c.manifest.get("step", -1) or -1) for c, *_ in info], dtype=np.int64)),
+        phase=("checkpoint", np.array([str(c.manifest.get("phase") or "") for c, *_ in info], dtype=object)),
+        objective=("checkpoint", np.array([str(c.manifest.get("objective") or "") for c, *_ in info],
+                                          dtype=object)),
+    )
+    ds.attrs = store.provenance(
+        kind=GROUP, seed=p.seed, dtype=str(torch_dtype).replace("torch.", ""), device=dev.type,
+        extrapolate=p.extrapolate, samples=p.samples,
+        checkpoint_hashes={c.name: h for (c, *_), h in zip(info, ds["checkpoint_hash"].values)},
+        rope_theta={c.name: theta for c, theta, _ in info},
+        tasks={t: T.TASKS[t].description for t in p.tasks},
+        depth_definition=T.DEPTH_DEFINITION,
+    )
+    return ds
+
+
+def write(out: str | Path, ds: xr.Dataset) -> Path:
+    """Write (or append along ``checkpoint``) into the store's ``retrieval`` group."""
+    return store.write(out, GROUP, ds, append_dim="checkpoint")
+
+
+def accuracy(ds: xr.Dataset, metric: str = "correct", over: Sequence[str] = ("sample",)) -> xr.DataArray:
+    """Mean of a per-sample variable over ``over`` dims (e.g. accuracy per checkpoint x task x length x depth)."""
+    if metric not in ds:
+        raise ValueError(f"no variable {metric!r} in the retrieval data (has {', '.join(ds.data_vars)})")
+    return ds[metric].astype(np.float64).mean([d for d in over if d in ds[metric].dims])

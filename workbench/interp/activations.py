@@ -1,0 +1,85 @@
+"""Optional capture of raw activations (post-RoPE q/k, attention output, residual) under a name filter.
+
+Only captures whose names match the filter are kept in memory (``blocks.1.attn.hook_rot_q``,
+``blocks.*.hook_resid_post`` ...), so memory stays bounded. Variables (layers the filter did not match are
+NaN and, being unwritten chunks, take no disk):
+
+- ``rot_q`` (checkpoint, spec, sample, layer, head, position, pair, half)
+- ``rot_k`` (checkpoint, spec, sample, layer, kv_head, position, pair, half)
+- ``attn_out`` / ``resid_post`` (checkpoint, spec, sample, layer, position, hidden)
+
+``half`` is 0 for dim j and 1 for dim j + d/2 of pair j; ``pair`` carries ``wavelength`` and ``dims``.
+Written with chunks of one (checkpoint, spec, layer, head), whole along positions and pairs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import xarray as xr
+
+from workbench import store
+from workbench.interp.backends import Backend, load_backend, name_filter
+from workbench.interp.specs import Spec, identity, validate_all
+from workbench.interp.traces import _as_inputs, finish
+
+KINDS = {  # variable -> capture name template
+    "rot_q": "blocks.{i}.attn.hook_rot_q",
+    "rot_k": "blocks.{i}.attn.hook_rot_k",
+    "attn_out": "blocks.{i}.hook_attn_out",
+    "resid_post": "blocks.{i}.hook_resid_post",
+}
+CHUNK_DIMS = ("checkpoint", "spec", "layer", "head", "kv_head")
+
+
+def capture_activations(ckpt_path: str | Path, specs: Sequence[Spec] = (), inputs=None, *,
+                        names: Iterable[str] | Callable[[str], bool] = ("blocks.*.attn.hook_rot_q",),
+                        backend: str | Backend = "nnsight") -> xr.Dataset:
+    """Raw activations matching ``names`` for clean + each spec -> Dataset (see module docstring)."""
+    be = backend if isinstance(backend, Backend) else load_backend(ckpt_path, backend)
+    runs = [identity("clean"), *[s for s in specs if not s.is_identity]]
+    validate_all(runs, be.geometry)
+    want = name_filter(names)
+    g = be.geometry
+    matched = {var: [i for i in range(g.num_layers) if want(t.format(i=i))] for var, t in KINDS.items()}
+    matched = {k: v for k, v in matched.items() if v}
+    if not matched:
+        raise ValueError(f"activation filter {names!r} matches no capture name (e.g. {KINDS['rot_q'].format(i=0)})")
+    ids, pos = _as_inputs(inputs, be)
+    out = be.run(ids, pos, runs, capture=want)
+    b, t = ids.shape
+    half = g.head_dim // 2
+    data_vars = {}
+    for var, layers in matched.items():
+        sample = out[0][KINDS[var].format(i=layers[0])]
+        if var in ("rot_q", "rot_k"):
+            heads = sample.shape[1]
+            arr = np.full((len(runs), b, g.num_layers, heads, t, half, 2), np.nan, dtype=np.float32)
+            for s, got in enumerate(out):
+                for i in layers:
+                    x = got[KINDS[var].format(i=i)].float().cpu().numpy()  # [B, H, T, d]
+                    arr[s, :, i] = np.stack([x[..., :half], x[..., half:]], -1)
+            hdim = "head" if var == "rot_q" else "kv_head"
+            data_vars[var] = (("spec", "sample", "layer", hdim, "position", "pair", "half"), arr)
+        else:
+            arr = np.full((len(runs), b, g.num_layers, t, sample.shape[-1]), np.nan, dtype=np.float32)
+            for s, got in enumerate(out):
+                for i in layers:
+                    arr[s, :, i] = got[KINDS[var].format(i=i)].float().cpu().numpy()
+            data_vars[var] = (("spec", "sample", "layer", "position", "hidden"), arr)
+    coords = {"spec": np.array([r.name for r in runs], dtype=object), "sample": np.arange(b),
+              "layer": np.arange(g.num_layers), "half": np.array(["j", "j+d/2"], dtype=object),
+              "spec_json": ("spec", np.array([r.to_json() for r in runs], dtype=object)),
+              "spec_hash": ("spec", np.array([r.ops_hash for r in runs], dtype=object)),
+              "position_id": (("sample", "position"), pos.numpy())}
+    coords.update(store.pair_coords(g.theta, g.head_dim, g.scaling))
+    ds = xr.Dataset(data_vars, coords=coords)
+    return finish(ds, be, ckpt_path, kind="activations",
+                  extra={"names": names if not callable(names) else "callable", "captured": sorted(matched)})
+
+
+def write_activations(store_path: str | Path, ds: xr.Dataset) -> Path:
+    """Write (append) an activations Dataset to group ``activations``, chunked by (checkpoint, spec, layer, head)."""
+    return store.write_grid(store_path, "activations", ds, chunk_dims=CHUNK_DIMS)
