@@ -1,0 +1,23 @@
+"""Per-RoPE-pair analysis of checkpoints: weight and state updates, frequency bands, attention-score
+decomposition by pair and distance, and position probes; each returns an xarray Dataset with named dims
+and is written into the results store by :func:`write_group`.
+
+    ds = weight_updates(["runs/r/ckpt-000100", "runs/r/ckpt-000200"])      # comparison x layer x head x pair
+    bands = band_summary(ds, [256, 1024])
+    write_group("runs/r/results.zarr", "updates_weights", ds)
+"""
+
+from workbench.analysis.bands import band_summary, parse_lengths
+from workbench.analysis.checkpoints import CheckpointInfo, inspect, inspect_all, label_of
+from workbench.analysis.pairs import pair_rows, pair_update_stats, split_pairs
+from workbench.analysis.probes import position_probes
+from workbench.analysis.scores import score_decomposition
+from workbench.analysis.states import state_updates
+from workbench.analysis.storage import GROUPS, existing_labels, refuse_existing, write_group
+from workbench.analysis.weights import weight_updates
+
+__all__ = [
+    "GROUPS", "CheckpointInfo", "band_summary", "existing_labels", "inspect", "inspect_all", "label_of",
+    "pair_rows", "pair_update_stats", "parse_lengths", "position_probes", "refuse_existing",
+    "score_decomposition", "split_pairs", "state_updates", "weight_updates", "write_group",
+]

@@ -1,0 +1,150 @@
+"""One forward pass of an HF Llama with forward hooks: pre-RoPE q/k per layer, the rotary (cos, sin) the
+model really used, and the residual stream after every block. Post-RoPE q/k come from transformers' own
+``apply_rotary_pos_emb``, so the rotation is exactly the model's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from workbench import models
+from workbench.config import DataConfig
+
+
+@dataclass
+class Captured:
+    """Tensors of one batch. q: per layer [B, heads, T, d]; k: [B, kv_heads, T, d]; cos/sin: [B, T, d];
+    resid: L+1 tensors [B, T, hidden] (embeddings, then the output of each block, before the final norm)."""
+
+    q: list[torch.Tensor] = field(default_factory=list)
+    k: list[torch.Tensor] = field(default_factory=list)
+    cos: torch.Tensor | None = None
+    sin: torch.Tensor | None = None
+    resid: list[torch.Tensor] = field(default_factory=list)
+    scaling: float = 1.0
+
+    def rotated(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Post-RoPE (q, k) of a layer, rotated by transformers' apply_rotary_pos_emb."""
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        return apply_rotary_pos_emb(self.q[layer], self.k[layer], self.cos, self.sin)
+
+
+def probe_batch(seq_len: int, batch_size: int, seed: int = 0, data: DataConfig | None = None) -> dict[str, torch.Tensor]:
+    """Probe inputs: short synthetic documents packed into long windows (continue positions), the paper's
+    setting, from ``workbench.data.make_stream``."""
+    from workbench.data import make_stream
+
+    if seq_len < 2:
+        raise ValueError(f"probe sequence length must be >= 2, got {seq_len}")
+    return make_stream(data or DataConfig(), seq_len, batch_size, seed).next()
+
+
+@torch.no_grad()
+def capture(model, batch: Mapping[str, torch.Tensor], *, qk: bool = True, resid: bool = False,
+            attention: str = "causal") -> Captured:
+    """Run ``model`` on a batch (input_ids, position_ids, doc_ids) and collect what the analyses need."""
+    from workbench.data import attention_mask
+
+    out = Captured()
+    layers = model.model.layers
+    attn0 = layers[0].self_attn
+    out.scaling = float(attn0.scaling)
+    d = attn0.head_dim
+    handles = []
+    q_raw: dict[int, torch.Tensor] = {}
+    k_raw: dict[int, torch.Tensor] = {}
+    res: dict[int, torch.Tensor] = {}
+
+    def keep(target: dict, i: int, is_tuple: bool = False):
+        def hook(_mod, _inp, output):
+            target[i] = (output[0] if is_tuple and isinstance(output, tuple) else output).detach()
+        return hook
+
+    def rotary_hook(_mod, _inp, output):
+        out.cos, out.sin = output[0].detach(), output[1].detach()
+
+    try:
+        handles.append(model.model.rotary_emb.register_forward_hook(rotary_hook))
+        for i, layer in enumerate(layers):
+            if qk:
+                handles.append(layer.self_attn.q_proj.register_forward_hook(keep(q_raw, i)))
+                handles.append(layer.self_attn.k_proj.register_forward_hook(keep(k_raw, i)))
+            if resid:
+                handles.append(layer.register_forward_hook(keep(res, i + 1, is_tuple=True)))
+        if resid:
+            handles.append(model.model.embed_tokens.register_forward_hook(keep(res, 0)))
+        ids = batch["input_ids"]
+        mask = attention_mask(batch["doc_ids"], attention) if "doc_ids" in batch else None
+        model.model(input_ids=ids, position_ids=batch["position_ids"], attention_mask=mask)
+    finally:
+        for h in handles:
+            h.remove()
+    b, t = ids.shape
+    for i in range(len(layers)):
+        if qk:
+            out.q.append(q_raw[i].view(b, t, -1, d).transpose(1, 2))
+            out.k.append(k_raw[i].view(b, t, -1, d).transpose(1, 2))
+    if resid:
+        out.resid = [res[i] for i in range(len(layers) + 1)]
+    return out
+
+
+def load_for_analysis(path, *, allow_plain_hf: bool = False, attn_implementation: str = "sdpa"):
+    """Load a checkpoint in float32 on CPU for analysis (the model runs with the theta in its config.json)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no per-tensor "Loading weights" bars inside our own progress bar
+    model, manifest = models.load(path, allow_plain_hf=allow_plain_hf, attn_implementation=attn_implementation)
+    return model, manifest
+
+
+def pair_view(x: torch.Tensor) -> torch.Tensor:
+    """[..., d] -> [..., 2, d/2]: x[..., 0, j] and x[..., 1, j] are the two dims (j, j + d/2) of pair j."""
+    d = x.shape[-1]
+    return x.reshape(*x.shape[:-1], 2, d // 2)
+
+
+def pair_norm(x: torch.Tensor) -> torch.Tensor:
+    """Norm of each pair: [..., d] -> [..., d/2]."""
+    return pair_view(x).pow(2).sum(-2).sqrt()
+
+
+def pair_phase(x: torch.Tensor) -> torch.Tensor:
+    """Angle of each pair in its (j, j + d/2) plane: [..., d] -> [..., d/2]."""
+    v = pair_view(x)
+    return torch.atan2(v[..., 1, :], v[..., 0, :])
+
+
+def phase_coherence(x: torch.Tensor, dims: tuple[int, ...]) -> np.ndarray:
+    """Mean resultant length |mean exp(i*phase)| of each pair's angle over ``dims`` (1: one fixed direction,
+    0: spread uniformly round the circle)."""
+    ph = pair_phase(x.to(torch.float64))
+    return torch.sqrt(torch.cos(ph).mean(dims) ** 2 + torch.sin(ph).mean(dims) ** 2).numpy()
+
+
+def per_checkpoint(infos, fn, *, progress: bool = False, desc: str = "checkpoints",
+                   allow_plain_hf: bool = False) -> list:
+    """Load each checkpoint in turn (one model in memory at a time) and return ``[fn(model) ...]``."""
+    items = infos
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(infos, desc=desc, unit="ckpt")
+    out = []
+    for info in items:
+        model, _ = load_for_analysis(info.path, allow_plain_hf=allow_plain_hf)
+        out.append(fn(model))
+        del model
+    return out
+
+
+def describe_qk(ds, descriptions: dict[str, str], subject: dict[str, str]) -> None:
+    """Set ``description`` attrs of variables named ``q_<stat>`` / ``k_<stat>`` from one table."""
+    for name in ds.data_vars:
+        p, s = name.split("_", 1)
+        ds[name].attrs["description"] = f"{subject[p]}: {descriptions[s]}"

@@ -1,0 +1,51 @@
+"""Per-RoPE-pair bookkeeping of projection weights (pure functions).
+
+Hugging Face's Llama reshapes ``q_proj(x)`` to [..., heads, head_dim] and rotates dims (j, j + d/2)
+together (``rotate_half``), so pair j of head h is rows ``h*d + j`` and ``h*d + j + d/2`` of ``W_q``
+(``W_k`` on the KV heads for GQA). The tests check this mapping against transformers itself.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def pair_rows(head: int, pair: int, head_dim: int) -> tuple[int, int]:
+    """The two projection rows that form RoPE pair ``pair`` of head ``head`` (half-split layout)."""
+    half = head_dim // 2
+    if not 0 <= pair < half:
+        raise ValueError(f"pair {pair} out of range for head_dim {head_dim} (0..{half - 1})")
+    if head < 0:
+        raise ValueError(f"head must be >= 0, got {head}")
+    return head * head_dim + pair, head * head_dim + pair + half
+
+
+def split_pairs(weight: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
+    """[num_heads*head_dim, in] (or a bias [num_heads*head_dim]) -> [num_heads, pairs, 2, in]: the two rows of each pair."""
+    if weight.shape[0] != num_heads * head_dim:
+        raise ValueError(f"projection has {weight.shape[0]} rows, expected heads*head_dim = {num_heads * head_dim}")
+    w = weight.reshape(num_heads, 2, head_dim // 2, *weight.shape[1:])  # [h, half-index, j, ...]
+    w = w.transpose(1, 2)  # [h, j, 2, ...]
+    return w.reshape(num_heads, head_dim // 2, 2, -1)
+
+
+def pair_update_stats(before: torch.Tensor, after: torch.Tensor, num_heads: int, head_dim: int) -> dict[str, torch.Tensor]:
+    """Per (head, pair): norm before/after, norm of the update relative to the norm before, and the cosine.
+
+    Norms are Frobenius norms of the 2 x in block of each pair (float64). The cosine is computed from the
+    squared norms, ``(|a|^2 + |b|^2 - |b-a|^2) / (2 sqrt(|a|^2 |b|^2))``, so identical weights give exactly
+    rel_update 0 and cosine 1. A pair whose weights are zero before gets rel_update inf (nan if unchanged).
+    """
+    if before.shape != after.shape:
+        raise ValueError(f"weight shapes differ: {tuple(before.shape)} vs {tuple(after.shape)}")
+    a = split_pairs(before.to(torch.float64), num_heads, head_dim)
+    b = split_pairs(after.to(torch.float64), num_heads, head_dim)
+    sa = (a * a).sum(dim=(-2, -1))
+    sb = (b * b).sum(dim=(-2, -1))
+    delta = b - a
+    sd = (delta * delta).sum(dim=(-2, -1))
+    with torch.no_grad():
+        rel = torch.sqrt(sd) / torch.sqrt(sa)
+        cos = (sa + sb - sd) / (2 * torch.sqrt(sa * sb))
+    return {"norm_before": torch.sqrt(sa), "norm_after": torch.sqrt(sb), "rel_update": rel,
+            "cosine": cos.clamp(-1.0, 1.0)}
