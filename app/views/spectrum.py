@@ -96,7 +96,7 @@ def figures(theta: float, head_dim: int, length: int, phases: list[int]):
 def layout() -> html.Div:
     return html.Div([
         html.Div([
-            control("theta", dcc.Input(id="spec-theta", type="number", value=10000, min=1, debounce=True)),
+            control("theta", dcc.Input(id="spec-theta", type="number", value=10000, debounce=True)),
             control("head dim", dcc.Dropdown(id="spec-head-dim", options=HEAD_DIMS, value=64, clearable=False)),
             control("length L", dcc.Input(id="spec-length", type="number", value=4096, min=8, step=1,
                                           debounce=True)),
