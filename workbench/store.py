@@ -274,14 +274,7 @@ def write_grid(store: str | Path, group: str, ds: xr.Dataset, *, grid: tuple[str
             raise StoreError(f"{where}: coordinate {name!r} differs from the stored one")
     _check_specs(old, ds, where)
     stored = {d: {str(v): i for i, v in enumerate(old[d].values)} for d in grid}
-    done = []
-    for cell in _cells(ds, grid):
-        if all(str(v) in stored[d] for d, v in zip(grid, cell)):
-            idx = {d: stored[d][str(v)] for d, v in zip(grid, cell)}
-            if int(old[WRITTEN].isel(idx).values):
-                done.append(dict(zip(grid, map(str, cell))))
-    if done:
-        raise StoreError(f"{where}: already written for {done}; refusing to write it twice")
+    _refuse_written(old, ds, grid, where)
     for d in grid:  # grow the grid with unwritten blocks for new values
         new_values = [v for v in ds[d].values if str(v) not in stored[d]]
         if new_values:
@@ -299,6 +292,45 @@ def write_grid(store: str | Path, group: str, ds: xr.Dataset, *, grid: tuple[str
         part = part.drop_vars([d for d in grid if d in part.coords])
         part.to_zarr(str(store), group=group, mode="r+", region=region, zarr_format=3, consolidated=False)
     return store
+
+
+def _refuse_written(old: xr.Dataset, ds: xr.Dataset, grid: tuple[str, ...], where: str) -> None:
+    stored = {d: {str(v): i for i, v in enumerate(old[d].values)} for d in grid}
+    done = []
+    for cell in _cells(ds, grid):
+        if all(str(v) in stored[d] for d, v in zip(grid, cell)):
+            idx = {d: stored[d][str(v)] for d, v in zip(grid, cell)}
+            if int(old[WRITTEN].isel(idx).values):
+                done.append(dict(zip(grid, map(str, cell))))
+    if done:
+        raise StoreError(f"{where}: already written for {done}; refusing to write it twice")
+
+
+def written_cells(store: str | Path, group: str, grid: tuple[str, ...] = ("checkpoint", "spec")) -> set[tuple]:
+    """The grid cells of a group already written (empty when the store or the group does not exist)."""
+    if not has_group(store, group):
+        return set()
+    old = open_group(store, group)
+    mask = old[WRITTEN].transpose(*grid).values.astype(bool)
+    coords = [list(map(str, old[d].values)) for d in grid]
+    return {tuple(c[i] for c, i in zip(coords, idx)) for idx in zip(*np.nonzero(mask))}
+
+
+def check_grid(store: str | Path, group: str, coords: Mapping[str, Iterable[Any]],
+               spec_hash: Iterable[str] | None = None) -> None:
+    """Refuse, before any expensive work, a planned write of the cells ``coords`` (grid dim -> values)
+    that :func:`write_grid` would refuse (already written, or a spec name/definition clash)."""
+    store = Path(store)
+    if not has_group(store, group):
+        return
+    grid = tuple(coords)
+    skeleton = xr.Dataset(coords={d: np.array(list(v), dtype=object) for d, v in coords.items()})
+    if spec_hash is not None:
+        skeleton = skeleton.assign_coords(spec_hash=("spec", np.array(list(spec_hash), dtype=object)))
+    old = open_group(store, group, chunks={})
+    where = f"{store}/{group}"
+    _check_specs(old, skeleton, where)
+    _refuse_written(old, skeleton, grid, where)
 
 
 def read_written(store: str | Path, group: str, *, chunks: Any = None) -> xr.Dataset:

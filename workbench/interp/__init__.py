@@ -30,17 +30,38 @@ from workbench.interp.specs import (Geometry, Op, PairSet, Scope, Spec, dump_spe
 from workbench.interp.traces import default_inputs, run_trace
 
 
+def _skip_written_clean(store_path: str | Path, group: str, ds: xr.Dataset) -> xr.Dataset:
+    """Every run carries the identity ``clean``; when a checkpoint's clean cell is already stored, keep it."""
+    done = store.written_cells(store_path, group)
+    if "clean" in ds.spec.values and all((str(c), "clean") in done for c in ds.checkpoint.values):
+        ds = ds.drop_sel(spec="clean")
+    return ds
+
+
 def write_traces(store_path: str | Path, ds: xr.Dataset) -> Path:
     """Write (append) a run_trace Dataset into group ``traces``; a (checkpoint, spec) cell is written once."""
-    return store.write_grid(store_path, "traces", ds)
+    return store.write_grid(store_path, "traces", _skip_written_clean(store_path, "traces", ds))
 
 
 def write_repeated(store_path: str | Path, ds: xr.Dataset) -> Path:
     """Write (append) a repeated_tokens Dataset into group ``repeated_tokens``."""
-    return store.write_grid(store_path, "repeated_tokens", ds)
+    return store.write_grid(store_path, "repeated_tokens", _skip_written_clean(store_path, "repeated_tokens", ds))
+
+
+def check_writable(store_path: str | Path, group: str, ckpt_path: str | Path, specs) -> None:
+    """Refuse, before any forward pass, specs the store already holds for this checkpoint (StoreError)."""
+    from workbench.interp.traces import checkpoint_label
+
+    label = checkpoint_label(ckpt_path)
+    runs = [s for s in specs if not s.is_identity]
+    if (label, "clean") not in store.written_cells(store_path, group):
+        runs = [identity("clean"), *runs]
+    if runs:
+        store.check_grid(store_path, group, {"checkpoint": [label], "spec": [r.name for r in runs]},
+                         [r.ops_hash for r in runs])
 
 
 __all__ = ["Backend", "Geometry", "NNsightBackend", "Op", "PairSet", "Scope", "Spec", "TransformerLensBackend",
-           "capture_activations", "check", "default_inputs", "dump_specs", "identity", "load_backend",
+           "capture_activations", "check", "check_writable", "default_inputs", "dump_specs", "identity", "load_backend",
            "load_specs", "noise", "plain_hf_logits", "repeated_tokens", "rotate", "run_trace", "scale", "shift",
            "theta_swap", "write_activations", "write_repeated", "write_traces", "zero"]

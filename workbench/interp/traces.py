@@ -111,7 +111,8 @@ def _as_inputs(inputs, backend: Backend) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, pos
 
 
-def _checkpoint_label(path: Path) -> str:
+def checkpoint_label(path: str | Path) -> str:
+    """The store's checkpoint coordinate: '<run>/<ckpt dir>'."""
     path = Path(path).resolve()
     return f"{path.parent.name}/{path.name}"
 
@@ -204,7 +205,7 @@ def finish(ds: xr.Dataset, be: Backend, ckpt_path: str | Path, *, kind: str, ext
     """Add the checkpoint dim (label, hash, theta coordinates) and provenance attrs."""
     from workbench import models, store
 
-    label = _checkpoint_label(Path(ckpt_path))
+    label = checkpoint_label(ckpt_path)
     ds = ds.expand_dims(checkpoint=np.array([label], dtype=object))
     ds = ds.assign_coords(
         checkpoint_hash=("checkpoint", np.array([models.checkpoint_hash(ckpt_path)], dtype=object)),

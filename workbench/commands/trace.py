@@ -1,0 +1,112 @@
+"""``workbench trace``: perturb RoPE on q/k, trace it layer by layer into the logits, write a store."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "perturb RoPE on queries/keys of a checkpoint, trace the effect into the logits, write a Zarr store"
+DESCRIPTION = (HELP + ". Also: --check (built-in sanity: identity, TL/nnsight parity, q/k shift invariance, "
+               "layer locality) and --experiment repeated-tokens.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="workbench checkpoint or local HF Llama directory")
+    p.add_argument("--spec", action="append", default=[], metavar="SPEC.yaml",
+                   help="perturbation spec file (one spec or 'specs: [...]'); repeatable (see data/specs/)")
+    p.add_argument("--backend", choices=["nnsight", "tl"], default="nnsight")
+    p.add_argument("--inputs", default=None, metavar="FILE",
+                   help=".pt/.npz with input_ids [batch, seq] (and optional position_ids); default: seeded filler")
+    p.add_argument("--batch", type=int, default=2, help="batch of default inputs")
+    p.add_argument("--length", type=int, default=512, help="length of default inputs")
+    p.add_argument("--start", type=int, default=0, help="first position id of default inputs")
+    p.add_argument("--buckets", type=int, default=8, help="position buckets")
+    p.add_argument("--batch-size", type=int, default=None, help="run the inputs in chunks of this many rows")
+    p.add_argument("--capture", action="append", default=[], metavar="NAME",
+                   help="also store raw activations whose names match (glob, e.g. 'blocks.1.attn.hook_rot_q'); "
+                        "repeatable; group 'activations'")
+    p.add_argument("--out", default=None, help="Zarr store to write (appends; a cell is never written twice)")
+    p.add_argument("--check", action="store_true", help="run the built-in sanity checks and exit (1 on failure)")
+    p.add_argument("--experiment", choices=["repeated-tokens"], default=None)
+    p.add_argument("--window", type=int, default=None, help="repeated tokens: window (default max positions)")
+    p.add_argument("--period", type=int, default=32, help="repeated tokens: length of the repeated sequence")
+    p.add_argument("--copies", type=int, default=8, help="repeated tokens: copies spread over the window")
+    p.add_argument("--samples", type=int, default=2, help="repeated tokens: random sequences")
+    p.add_argument("--attention", choices=["packed", "isolated"], default="packed",
+                   help="repeated tokens: copies causal across one window, or each its own sequence")
+
+
+def _inputs(args):
+    import numpy as np
+    import torch
+
+    path = Path(args.inputs)
+    if not path.is_file():
+        raise FileNotFoundError(f"--inputs {path}: file not found")
+    if path.suffix == ".npz":
+        data = dict(np.load(path))
+    elif path.suffix == ".pt":
+        data = torch.load(path, weights_only=True)
+        data = {"input_ids": data} if isinstance(data, torch.Tensor) else dict(data)
+    else:
+        raise ValueError(f"--inputs {path}: expected a .npz or .pt file")
+    if "input_ids" not in data:
+        raise ValueError(f"--inputs {path}: no 'input_ids' in it (has {sorted(data)})")
+    return {k: torch.as_tensor(v) for k, v in data.items() if k in ("input_ids", "position_ids")}
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from workbench import interp, models, store
+    from workbench.interp.specs import validate_all
+
+    ckpt = Path(args.checkpoint)
+    if not ckpt.is_dir():
+        raise models.CheckpointError(f"{ckpt}: checkpoint directory not found")
+    specs = [s for path in args.spec for s in interp.load_specs(path)]
+    if args.out and Path(args.out).exists():
+        store.groups(args.out)  # refuses a store of another schema before any work
+    if args.check:
+        with tqdm(total=2, desc="sanity checks", unit="backend") as bar:
+            results = interp.check(ckpt, progress=bar)
+        for r in results:
+            print(r)
+        return 0 if all(r.ok for r in results) else 1
+    if not args.out:
+        raise ValueError("--out STORE is required (or use --check)")
+    if args.experiment is None and not specs:
+        raise ValueError("give at least one --spec SPEC.yaml (examples in data/specs/)")
+    inputs = _inputs(args) if args.inputs else None
+    group = "repeated_tokens" if args.experiment == "repeated-tokens" else "traces"
+    interp.check_writable(args.out, group, ckpt, specs)  # a spec already stored is refused before any work
+    if args.capture:
+        interp.check_writable(args.out, "activations", ckpt, specs)
+    be = interp.load_backend(ckpt, args.backend)
+    validate_all([interp.identity("clean"), *specs], be.geometry)  # before any forward pass
+    if inputs is None:
+        inputs = interp.default_inputs(be.vocab_size, batch=args.batch, length=args.length, start=args.start)
+    if args.experiment == "repeated-tokens":
+        ds = interp.repeated_tokens(ckpt, specs, backend=be, window=args.window, period=args.period,
+                                    copies=args.copies, samples=args.samples, attention=args.attention, progress=True)
+        interp.write_repeated(args.out, ds)
+        print(f"repeated tokens ({args.attention}): offsets {list(map(int, ds.offset.values))}")
+        for s in ds.spec.values:
+            row = ds.sel(spec=s).isel(checkpoint=0)
+            print(f"  {s:>24}: KL to first copy {' '.join(f'{v:.2e}' for v in row.kl_to_first.values)}")
+            print(f"  {'':>24}  KD signal        {' '.join(f'{v:.2e}' for v in row.kd_signal.values)}")
+        print(f"wrote group repeated_tokens of {args.out}")
+        return 0
+    ds = interp.run_trace(ckpt, specs, inputs, backend=be, buckets=args.buckets, batch_size=args.batch_size,
+                          progress=True)
+    interp.write_traces(args.out, ds)
+    final = ds.final_kl.isel(checkpoint=0).mean("position_bucket")
+    for s in ds.spec.values:
+        print(f"  {s:>24}: final KL {float(final.sel(spec=s)):.3e}  top-1 flips "
+              f"{float(ds.top1_flip.sel(spec=s).isel(checkpoint=0).mean()):.3f}")
+    print(f"wrote group traces of {args.out}")
+    if args.capture:
+        acts = interp.capture_activations(ckpt, specs, inputs, names=args.capture, backend=be)
+        interp.write_activations(args.out, acts)
+        print(f"wrote group activations of {args.out} ({', '.join(sorted(acts.data_vars))})")
+    return 0
