@@ -160,11 +160,10 @@ def plan(checkpoints: Sequence[str | Path], *, tasks: str | Sequence[str], lengt
                              "evaluate beyond them (it is recorded in the results)")
         c.extrapolating = bool(too_long)
     renderings = {c.tokenizer for c in ckpts}
-    for tok in renderings:  # every task must fit in the shortest length with every rendering
-        rendering = load_rendering(tok) if tok != "synthetic" else SyntheticRendering()
+    for tok in renderings:  # every sample must fit in the shortest length with every rendering (cheap)
+        rendering = load_rendering(tok)
         for task in task_names:
-            for d in depth_list:
-                T.make_sample(task, min(lengths), d, rendering, seed=seed)
+            T.make_samples(task, min(lengths), depth_list, int(samples), rendering, seed=seed)
     p = Plan(ckpts, task_names, sorted(lengths), depth_list, int(samples), int(seed), bool(extrapolate))
     if out is not None:
         check_store(out, p)

@@ -38,6 +38,8 @@ class Rendering:
     n_values: int
     n_names: int
     word_boundary: bool  # score RULER substring matches on whole words (synthetic tokens) or raw text
+    filler_period: int | None = None  # length of the repeating filler stream (text renderings)
+    sentence_starts: tuple[int, ...] | None = None  # where sentences start in one period of that stream
 
     def prefix(self, task: str) -> list[int]:
         """Instruction ids before the haystack (and the BOS token where the tokenizer uses one)."""
@@ -181,11 +183,24 @@ class TextRendering(Rendering):
         return list(self.tok(text, add_special_tokens=False).input_ids)
 
     @cached_property
-    def _filler_ids(self) -> list[int]:
-        ids = self._ids(PASSKEY_TEXT["filler"])
+    def _filler(self) -> tuple[list[int], tuple[int, ...]]:
+        """The filler paragraph tokenised sentence by sentence: (ids, index where each sentence starts)."""
+        ids: list[int] = []
+        starts = []
+        for sentence in PASSKEY_TEXT["filler"].split(".")[:-1]:
+            starts.append(len(ids))
+            ids += self._ids(sentence + ".")
         if not ids:
             raise ValueError(f"{self.name}: the filler text encodes to no tokens")
-        return ids
+        return ids, tuple(starts)
+
+    @property
+    def filler_period(self) -> int:  # type: ignore[override]
+        return len(self._filler[0])
+
+    @property
+    def sentence_starts(self) -> tuple[int, ...]:  # type: ignore[override]
+        return self._filler[1]
 
     def prefix(self, task: str) -> list[int]:
         text = {"passkey": PASSKEY_TEXT, "vt": VT_TEXT}.get(task, NIAH_TEXT)["prefix"]
@@ -193,7 +208,7 @@ class TextRendering(Rendering):
 
     def filler(self, rng: np.random.Generator, n: int, offset: int) -> list[int]:
         # one continuous stream of the repeated filler paragraph across the whole haystack
-        f = self._filler_ids
+        f = self._filler[0]
         return [f[(offset + i) % len(f)] for i in range(n)]
 
     def key(self, k: int) -> str:

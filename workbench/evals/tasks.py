@@ -57,7 +57,8 @@ DEPTH_DEFINITION = ("target needle's first token at haystack index round(depth/1
 class Sample:
     """One prompt. ``input_ids`` has exactly ``length`` ids; ``answer_ids`` is the gold continuation;
     ``refs`` are RULER's references (each must appear in the output); ``needle_position`` is the index of
-    the target needle's first token (``needle_ids`` are its ids)."""
+    the target needle's first token (``needle_ids`` are its ids); the haystack (filler + needles) spans
+    ``input_ids[haystack_start:haystack_end]``, the instruction prefix is before it, the query after it."""
 
     task: str
     length: int
@@ -68,10 +69,8 @@ class Sample:
     refs: tuple[str, ...]
     needle_position: int
     needle_ids: np.ndarray
-
-    @property
-    def answer(self) -> str:
-        return " | ".join(self.refs)
+    haystack_start: int
+    haystack_end: int
 
 
 def parse_tasks(names: str | Sequence[str]) -> list[str]:
@@ -145,10 +144,10 @@ def _content(spec: TaskSpec, rng: np.random.Generator, rendering: Rendering):
 
 
 def _place(rng: np.random.Generator, haystack: int, depth: float, gold: list[list[int]],
-           distractors: list[list[list[int]]], where: str) -> tuple[int, list[tuple[str, int, list[int]]]]:
+           distractors: list[list[list[int]]], where: str) -> tuple[int, dict[str, tuple[int, list[list[int]]]]]:
     """Lay out needles in a haystack of ``haystack`` ids.
 
-    Returns (target start, [(region, filler-before count, ids) ...] per region in order). The target
+    Returns (target start, {"before"|"after": (filler tokens, needle ids in order)}). The target
     (``gold[0]``) starts exactly at ``round(depth/100 * (haystack - G))``, G the total length of the gold
     needles (the other gold needles go after it, in order); each distractor group keeps its order.
     """
@@ -185,17 +184,28 @@ def _place(rng: np.random.Generator, haystack: int, depth: float, gold: list[lis
     if used("before") > room["before"] or used("after") > room["after"]:
         raise ValueError(f"{where}: the needles do not fit around depth {depth:g}% in {haystack} haystack "
                          "tokens; use a longer length")
-    layout = []
+    regions = {}
     for region in ("before", "after"):
         seq = sorted((it for it in items if it[1] == region), key=lambda it: it[0])
-        free = room[region] - sum(len(it[2]) for it in seq)
-        cuts = np.sort(rng.integers(0, free + 1, size=len(seq))).tolist()
-        prev = 0
-        for cut, it in zip(cuts, seq):
-            layout.append((region, cut - prev, it[2]))
-            prev = cut
-        layout.append((region, free - prev, []))  # trailing filler of the region
-    return p, layout
+        regions[region] = (room[region] - sum(len(it[2]) for it in seq), [it[2] for it in seq])
+    return p, regions
+
+
+def _snapper(rendering: Rendering, shift: int):
+    """Nearest sentence start of the filler stream (global filler index) within [lo, hi], or None."""
+    starts, period = rendering.sentence_starts, rendering.filler_period
+    if not starts or not period:
+        return None
+    start_set = set(starts)
+
+    def snap(g: int, lo: int, hi: int) -> int:
+        for d in range(period + 1):
+            for cand in (g - d, g + d):
+                if lo <= cand <= hi and (shift + cand) % period in start_set:
+                    return cand
+        return g
+
+    return snap
 
 
 def make_sample(task: str | TaskSpec, length: int, depth: float, rendering: Rendering, *, seed: int = 0,
@@ -215,24 +225,38 @@ def make_sample(task: str | TaskSpec, length: int, depth: float, rendering: Rend
     haystack = length - len(prefix) - len(query)
     gold = [rendering.needle(it) for it in gold_items]
     distractors = [[rendering.needle(it) for it in g] for g in distractor_groups]
-    p, layout = _place(rng, haystack, depth, gold, distractors, where)
+    p, regions = _place(rng, haystack, depth, gold, distractors, where)
+    # text renderings: the filler stream is shifted so the target needle starts a sentence, and the other
+    # needles are moved to the nearest sentence start (their places are random anyway)
+    period = rendering.filler_period
+    shift = 0
+    if rendering.sentence_starts and period:
+        shift = (rendering.sentence_starts[int(rng.integers(len(rendering.sentence_starts)))] - regions["before"][0]) % period
+    snap = _snapper(rendering, shift)
     ids: list[int] = list(prefix)
     emitted = 0
     for region in ("before", "after"):
         if region == "after":
             ids += gold[0]
-        for reg, n_fill, needle in layout:
-            if reg == region:
-                ids += rendering.filler(rng, n_fill, emitted)
-                emitted += n_fill
-                ids += needle
+        free, needles = regions[region]
+        base, prev = emitted, 0
+        for cut in np.sort(rng.integers(0, free + 1, size=len(needles))).tolist():
+            if snap is not None:
+                cut = snap(base + cut, base + prev, base + free) - base
+            ids += rendering.filler(rng, cut - prev, shift + emitted)
+            emitted += cut - prev
+            prev = cut
+            ids += needles.pop(0)
+        ids += rendering.filler(rng, free - prev, shift + emitted)
+        emitted += free - prev
     ids += query
     assert len(ids) == length, (len(ids), length)
     refs = rendering.refs(answer_parts)
     return Sample(task=spec.name, length=length, depth=float(depth), index=index,
                   input_ids=np.asarray(ids, dtype=np.int64),
                   answer_ids=np.asarray(rendering.answer(refs), dtype=np.int64), refs=tuple(refs),
-                  needle_position=len(prefix) + p, needle_ids=np.asarray(gold[0], dtype=np.int64))
+                  needle_position=len(prefix) + p, needle_ids=np.asarray(gold[0], dtype=np.int64),
+                  haystack_start=len(prefix), haystack_end=len(prefix) + haystack)
 
 
 def make_samples(task: str, length: int, depths: Sequence[float], samples: int, rendering: Rendering, *,
