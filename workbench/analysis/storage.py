@@ -52,7 +52,7 @@ def write_group(path: str | Path, group: str, ds: xr.Dataset) -> Path:
         raise ValueError(f"unknown analysis group {group!r}; known: {', '.join(GROUPS)}")
     dim = GROUPS[group]
     path = Path(path)
-    encoding = {name: {"chunks": _chunks(ds[name])} for name in ds.data_vars}
+    encoding = store.chunk_encoding(ds, (dim, "layer"))  # one chunk per (comparison|checkpoint, layer)
     if not store.has_group(path, group):
         return store.write(path, group, ds, encoding=encoding)
     old = store.open_group(path, group)
@@ -73,7 +73,3 @@ def write_group(path: str | Path, group: str, ds: xr.Dataset) -> Path:
     new.attrs = dict(old.attrs)
     return store.write(path, group, new, append_dim=dim)
 
-
-def _chunks(da: xr.DataArray) -> tuple[int, ...]:
-    """One chunk per (checkpoint|comparison, layer), the rest whole (DESIGN: whole pair axis per chunk)."""
-    return tuple(1 if dim in ("comparison", "checkpoint", "layer") else size for dim, size in da.sizes.items())

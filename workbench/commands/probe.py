@@ -1,0 +1,76 @@
+"""``workbench probe``: position probes per layer and the per-pair attention-score decomposition."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "position probes (residual stream -> absolute position, per layer) and per-pair score decomposition"
+DESCRIPTION = (
+    "For each checkpoint: fit scikit-learn probes from the residual stream at every layer to the absolute "
+    "position of packed probe windows (ridge on log position: held-out R^2; logistic on position buckets: "
+    "held-out accuracy), and split the attention scores into per-RoPE-pair terms by relative-distance "
+    "bucket. Appends the groups probes and score_decomposition to the store. A run directory stands for "
+    "all its checkpoints."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT",
+                   help="checkpoint directories, or a run directory for all its checkpoints")
+    p.add_argument("--out", required=True, help="results store (*.zarr) to create or append to")
+    p.add_argument("--seq-len", type=int, default=512, help="length of the packed probe windows")
+    p.add_argument("--windows", type=int, default=8, help="probe windows (a quarter are held out)")
+    p.add_argument("--buckets", type=int, default=8, help="equal-width position buckets for the classifier")
+    p.add_argument("--max-train", type=int, default=4000, help="at most this many training tokens per probe")
+    p.add_argument("--no-scores", action="store_true", help="skip the attention-score decomposition")
+    p.add_argument("--score-seq-len", type=int, default=512, help="window length for the score decomposition")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--figures", default=None, help="also write the probe curves (HTML + PNG) into this folder")
+    p.add_argument("--allow-plain-hf", action="store_true", help="accept HF Llama directories without a manifest")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from workbench import analysis
+    from workbench.commands.updates import expand_checkpoints
+
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    paths = expand_checkpoints(args.checkpoints)
+    if args.seq_len < 8 or args.score_seq_len < 2:
+        raise ValueError(f"--seq-len must be >= 8 and --score-seq-len >= 2, got {args.seq_len}, {args.score_seq_len}")
+    if args.windows < 4:
+        raise ValueError(f"--windows must be >= 4 (a quarter are held out), got {args.windows}")
+    if args.buckets < 2 or args.buckets > args.seq_len:
+        raise ValueError(f"--buckets must be between 2 and --seq-len, got {args.buckets}")
+    infos = analysis.inspect_all(paths, allow_plain_hf=args.allow_plain_hf, minimum=1)
+    labels = [i.label for i in infos]
+    groups = ["probes"] + ([] if args.no_scores else ["score_decomposition"])
+    for group in groups:
+        analysis.refuse_existing(args.out, group, labels)
+
+    probes = analysis.position_probes(paths, seq_len=args.seq_len, n_windows=args.windows, n_buckets=args.buckets,
+                                      seed=args.seed, max_train=args.max_train,
+                                      allow_plain_hf=args.allow_plain_hf, progress=True)
+    analysis.write_group(args.out, "probes", probes)
+    if not args.no_scores:
+        scores = analysis.score_decomposition(paths, seq_len=args.score_seq_len, seed=args.seed,
+                                              allow_plain_hf=args.allow_plain_hf, progress=True)
+        analysis.write_group(args.out, "score_decomposition", scores)
+    sites = [str(s) for s in probes["site"].values]
+    print(f"{'checkpoint':<40} {'metric':<9} " + " ".join(f"{s:>9}" for s in sites))
+    for ckpt in labels:
+        for metric in ("r2", "accuracy"):
+            vals = probes[metric].sel(checkpoint=ckpt).values
+            print(f"{ckpt:<40} {metric:<9} " + " ".join(f"{v:>9.3f}" for v in vals))
+    print(f"chance accuracy ~{float(probes['chance'].mean()):.3f}; wrote {', '.join(groups)} to {args.out}")
+    if args.figures:
+        from workbench.figures import save_figure
+        from workbench.figures import updates as fig
+
+        out = Path(args.figures)
+        save_figure(fig.probe_curves(probes, metric="r2"), out / "probes-r2")
+        save_figure(fig.probe_curves(probes, metric="accuracy"), out / "probes-accuracy")
+        print(f"figures in {out}")
+    return 0

@@ -1,0 +1,130 @@
+"""``workbench updates``: which RoPE pairs of W_q / W_k (and of the q/k states) moved between checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "per layer x head x RoPE pair: W_q/W_k updates and q/k state changes between checkpoints, by frequency band"
+DESCRIPTION = (
+    "Compare checkpoints (consecutive pairs, or each against --reference) per layer, head and RoPE pair "
+    "(half-split pair j = dims j, j+d/2) from the raw HF weights, measure the pre-RoPE q/k state norms on "
+    "packed probe windows, group pairs into frequency bands by the phase context lengths, and append the "
+    "groups updates_weights, updates_states and bands to the store. A run directory stands for all its "
+    "checkpoints."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT",
+                   help="checkpoint directories (runs/<run>/ckpt-*), or a run directory for all its checkpoints")
+    p.add_argument("--out", required=True, help="results store (*.zarr) to create or append to")
+    p.add_argument("--reference", default=None, help="compare every checkpoint against this one instead of consecutively")
+    p.add_argument("--phase-lengths", default=None,
+                   help="context lengths of the phases, e.g. 256,1024 (default: the phases' seq_len in the run's "
+                        "run.yaml; without either, no band summary)")
+    p.add_argument("--no-states", action="store_true", help="skip the state view (weights and bands only)")
+    p.add_argument("--seq-len", type=int, default=1024, help="length of the packed probe windows for the state view")
+    p.add_argument("--batch-size", type=int, default=2, help="probe windows for the state view")
+    p.add_argument("--seed", type=int, default=0, help="seed of the probe windows")
+    p.add_argument("--figures", default=None, help="also write the heatmaps and band bars (HTML + PNG) into this folder")
+    p.add_argument("--allow-plain-hf", action="store_true", help="accept HF Llama directories without a manifest")
+
+
+def expand_checkpoints(items: list[str]) -> list[Path]:
+    """Checkpoint paths from the command line; a run directory (no manifest, ckpt-* inside) expands to
+    its complete checkpoints, oldest first."""
+    from workbench import models
+
+    out: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir() and not (path / models.MANIFEST).exists() and not (path / "config.json").exists():
+            found = models.list_checkpoints(path)
+            if not found:
+                raise FileNotFoundError(f"{path}: neither a checkpoint nor a run directory with complete ckpt-* checkpoints")
+            out.extend(found)
+        else:
+            out.append(path)
+    return out
+
+
+def run_phase_lengths(paths: list[Path]) -> list[int] | None:
+    """The phases' seq_len from the run.yaml next to the checkpoints (None when there is none)."""
+    from workbench import config
+
+    for path in reversed(paths):
+        run_yaml = Path(path).parent / "run.yaml"
+        if run_yaml.is_file():
+            return sorted({ph.seq_len for ph in config.load_run_config(run_yaml).phases})
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from workbench import analysis
+    from workbench.analysis.weights import comparison_label, comparison_pairs, resolve_reference
+
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    paths = expand_checkpoints(args.checkpoints)
+    if args.seq_len < 2 or args.batch_size < 1:
+        raise ValueError(f"--seq-len must be >= 2 and --batch-size >= 1, got {args.seq_len} and {args.batch_size}")
+    lengths = analysis.parse_lengths(args.phase_lengths) if args.phase_lengths else run_phase_lengths(paths)
+    all_paths, ref = resolve_reference(paths, args.reference)
+    infos = analysis.inspect_all(all_paths, allow_plain_hf=args.allow_plain_hf, minimum=2)
+    labels = [comparison_label(infos[a].label, infos[b].label) for a, b in comparison_pairs(len(infos), ref)]
+    groups = ["updates_weights"] + ([] if args.no_states else ["updates_states"]) + (["bands"] if lengths else [])
+    for group in groups:
+        analysis.refuse_existing(args.out, group, labels)
+
+    weights = analysis.weight_updates(paths, reference=args.reference, allow_plain_hf=args.allow_plain_hf, progress=True)
+    analysis.write_group(args.out, "updates_weights", weights)
+    if not args.no_states:
+        states = analysis.state_updates(paths, reference=args.reference, seq_len=args.seq_len,
+                                        batch_size=args.batch_size, seed=args.seed,
+                                        allow_plain_hf=args.allow_plain_hf, progress=True)
+        analysis.write_group(args.out, "updates_states", states)
+    bands = None
+    if lengths:
+        bands = analysis.band_summary(weights, lengths)
+        analysis.write_group(args.out, "bands", bands)
+    else:
+        print("no --phase-lengths and no run.yaml beside the checkpoints: band summary skipped")
+    print(summary(weights, bands))
+    print(f"wrote {', '.join(groups)} to {args.out}")
+    if args.figures:
+        from workbench.figures import save_figure
+        from workbench.figures import updates as fig
+
+        out = Path(args.figures)
+        for i, comp in enumerate(map(str, weights["comparison"].values)):
+            save_figure(fig.layer_pair_heatmap(weights, comparison=comp, phase_lengths=lengths), out / f"updates-q-{i}")
+            save_figure(fig.layer_pair_heatmap(weights, comparison=comp, var="k_rel_update", phase_lengths=lengths),
+                        out / f"updates-k-{i}")
+            if bands is not None:
+                save_figure(fig.band_bars(bands, comparison=comp), out / f"bands-q-{i}")
+        print(f"figures in {out}")
+    return 0
+
+
+def summary(weights, bands) -> str:
+    """Plain-text digest: per comparison, the mean relative W_q update per layer and band (or per pair)."""
+    lines = []
+    for comp in map(str, weights["comparison"].values):
+        lines.append(f"{comp}  (theta {float(weights['theta_before'].sel(comparison=comp)):g} -> "
+                     f"{float(weights['theta_after'].sel(comparison=comp)):g})")
+        if bands is not None:
+            b = bands.sel(comparison=comp)
+            head = "  layer " + " ".join(f"{str(x):>18}" for x in b["band"].values)
+            lines.append(head + "   (mean |dW_q|/|W_q| per band)")
+            for layer in b["layer"].values:
+                vals = b["q_rel_update"].sel(layer=layer).values
+                lines.append(f"  {int(layer):>5} " + " ".join(f"{v:>18.4g}" for v in vals))
+            crit = ", ".join(f"L={int(L)}: {int(c)}" for L, c in zip(b["phase_length"].values,
+                                                                   b["critical_pair"].sel(end="after").values))
+            lines.append(f"  critical pair at theta after: {crit}; pairs per band {b['n_pairs'].values.tolist()}")
+        else:
+            q = weights["q_rel_update"].sel(comparison=comp).mean(["layer", "head"]).values
+            lines.append("  mean |dW_q|/|W_q| per pair: " + " ".join(f"{v:.3g}" for v in q))
+    return "\n".join(lines)
