@@ -52,6 +52,10 @@ class PairSet:
     band: int | None = None  # band index from rope.assign_bands(theta, d, context_lengths)
     context_lengths: list[int] | None = None  # needed with band
 
+    def __post_init__(self) -> None:  # canonical numbers, so equal sets hash equal
+        if self.wavelength is not None:
+            self.wavelength = [float(w) for w in self.wavelength]
+
     def mask(self, geom: "Geometry", where: str = "pairs") -> np.ndarray:
         """Boolean mask over the model's pairs; raises ValueError naming ``where`` on bad input."""
         half = geom.head_dim // 2
@@ -107,6 +111,12 @@ class Op:
     seed: int = 0  # noise
     pairs: PairSet = field(default_factory=PairSet)
     scope: Scope = field(default_factory=Scope)
+
+    def __post_init__(self) -> None:  # canonical numbers, so equal ops hash equal
+        for key in ("offset", "angle", "factor", "sigma"):
+            setattr(self, key, float(getattr(self, key)))
+        if self.theta is not None:
+            self.theta = float(self.theta)
 
 
 @dataclass

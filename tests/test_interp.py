@@ -1,0 +1,280 @@
+"""The RoPE interpretability engine against plain transformers, TransformerLens and nnsight.
+
+One random-weight GQA checkpoint (4 query heads, 2 KV heads) is booted once per module in each backend.
+RoPE bookkeeping (pair j = dims j and j + d/2, theta, positions) is checked against transformers' own
+rotary code and weight edits, not against the workbench's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from workbench import interp, models
+from workbench.config import ConfigError, ModelConfig
+from workbench.interp import specs as S
+from workbench.interp.perturb import rotate_pairs
+
+TOL = 1e-4
+LONG = 2112  # covers positions >= 2048
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    cfg = ModelConfig(vocab_size=128, hidden_size=64, num_layers=3, num_heads=4, num_kv_heads=2, head_dim=16,
+                      intermediate_size=128, max_position_embeddings=4096, rope_theta=500.0)
+    model = models.build_model(cfg, seed=3)
+    with torch.no_grad():  # larger q/k so RoPE edits visibly move the logits of a random model
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(8)
+            layer.self_attn.k_proj.weight.mul_(8)
+    path = tmp_path_factory.mktemp("interp") / "run" / "ckpt-000001"
+    models.save_checkpoint(model, path, {"phase": "test", "step": 1})
+    return path
+
+
+@pytest.fixture(scope="module")
+def nn(ckpt):
+    return interp.load_backend(ckpt, "nnsight")
+
+
+@pytest.fixture(scope="module")
+def tl(ckpt):
+    return interp.load_backend(ckpt, "tl")
+
+
+@pytest.fixture(scope="module")
+def ref(ckpt):
+    return models.load(ckpt)[0]
+
+
+def _inputs(length=192, batch=2, start=0, seed=0):
+    d = interp.default_inputs(128, batch=batch, length=length, seed=seed, start=start)
+    return d["input_ids"], d["position_ids"]
+
+
+def _hf(ref, ids, pos):
+    with torch.no_grad():
+        return ref(input_ids=ids, position_ids=pos).logits
+
+
+SPECS = [
+    S.Spec("q-shift-layer1", [S.shift(23, "q", layers=[1])]),
+    S.Spec("theta-per-head", [S.theta_swap(60.0, "q", heads=[1, 3]), S.theta_swap(60.0, "k", kv_heads=[1])]),
+    S.Spec("rotate-long-wavelengths", [S.rotate(1.3, "q", pairs=S.PairSet(wavelength=[100, math.inf]))]),
+    S.Spec("zero-band", [S.zero(pairs=S.PairSet(band=0, context_lengths=[64]), layers=[0, 2])]),
+    S.Spec("scale-then-noise", [S.scale(0.3, "k", pairs=S.PairSet(indices=[5, 6])),
+                                S.noise(0.5, seed=4, target="q", positions=[64, 10_000])]),
+]
+
+
+# ------------------------------------------------------------------------------------------ backends
+
+
+def test_identity_and_parity_at_positions_beyond_2048(nn, tl, ref):
+    ids, pos = _inputs(LONG, batch=1)
+    hf = _hf(ref, ids, pos)
+    spec = SPECS[1] + SPECS[4]
+    a, b = nn.run(ids, pos, [S.identity(), spec]), tl.run(ids, pos, [S.identity(), spec])
+    tail = slice(2048, None)
+    assert (a[0]["logits"] - hf)[:, tail].abs().max() <= TOL
+    assert (b[0]["logits"] - hf)[:, tail].abs().max() <= TOL
+    assert (a[1]["logits"] - b[1]["logits"])[:, tail].abs().max() <= TOL
+    assert (a[1]["logits"] - hf)[:, tail].abs().max() > 1e-2  # the spec really perturbs
+
+
+def test_same_spec_same_numbers_on_both_backends(nn, tl, ref):
+    ids, pos = _inputs()
+    hf = _hf(ref, ids, pos)
+    a, b = nn.run(ids, pos, SPECS, capture="*"), tl.run(ids, pos, SPECS, capture="*")
+    for spec, x, y in zip(SPECS, a, b):
+        assert (x["logits"] - y["logits"]).abs().max() <= TOL, spec.name
+        assert (x["logits"] - hf).abs().max() > 1e-3, f"{spec.name} changed nothing"
+        for name in ("blocks.1.attn.hook_rot_q", "blocks.1.attn.hook_rot_k", "blocks.2.hook_resid_post"):
+            assert (x[name] - y[name]).abs().max() <= TOL, (spec.name, name)
+
+
+def test_equal_shift_of_q_and_k_leaves_logits_unchanged(nn, tl, ref):
+    ids, pos = _inputs(start=100)
+    hf = _hf(ref, ids, pos)
+    for be in (nn, tl):
+        out = be.run(ids, pos, [S.Spec("both", [S.shift(1500, "both")]), S.Spec("q", [S.shift(1500, "q")])])
+        assert (out[0]["logits"] - hf).abs().max() <= TOL
+        assert (out[1]["logits"] - hf).abs().max() > 1e-2  # q alone: a relative change
+
+
+def test_perturbation_confined_to_a_layer_changes_nothing_upstream(nn, tl):
+    ids, pos = _inputs()
+    spec = S.Spec("layer2", [S.rotate(2.0, layers=[2]), S.noise(1.0, seed=1, layers=[2])])
+    for be in (nn, tl):
+        clean, pert = be.run(ids, pos, [S.identity(), spec], capture="*")
+        for name in clean:
+            if name.startswith(("blocks.0.", "blocks.1.")):
+                assert torch.equal(clean[name], pert[name]), (be.name, name)
+        assert (clean["blocks.2.hook_attn_out"] - pert["blocks.2.hook_attn_out"]).abs().max() > 1e-3
+
+
+def test_q_shift_equals_transformers_rope_at_shifted_positions(nn, tl, ref):
+    """Post-RoPE q under a q shift of 37 == transformers' apply_rotary_pos_emb of the pre-RoPE q (TL's
+    hook_q) with transformers' own cos/sin at positions + 37."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    ids, pos = _inputs(length=64, batch=1)
+    got = nn.run(ids, pos, [S.Spec("s", [S.shift(37, "q", layers=[0])])], capture="blocks.0.attn.hook_rot_q")[0]
+    pre = {}
+    tl.bridge.run_with_hooks(ids, position_ids=pos, return_type="logits",
+                             fwd_hooks=[("blocks.0.attn.hook_q", lambda x, hook: pre.setdefault("q", x))])
+    q = pre["q"].transpose(1, 2)  # [B, H, T, d]
+    cos, sin = ref.model.rotary_emb(q, pos + 37)
+    expected, _ = apply_rotary_pos_emb(q, q, cos, sin)
+    assert (got["blocks.0.attn.hook_rot_q"] - expected).abs().max() <= 1e-4
+
+
+def test_theta_swap_equals_transformers_model_with_that_theta(nn, ckpt):
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    cfg = AutoConfig.from_pretrained(ckpt, local_files_only=True)
+    cfg.rope_parameters = {**cfg.rope_parameters, "rope_theta": 2000.0}
+    other = LlamaForCausalLM.from_pretrained(ckpt, config=cfg, local_files_only=True).eval()
+    ids, pos = _inputs(length=256, batch=1)
+    out = nn.run(ids, pos, [S.Spec("t", [S.theta_swap(2000.0)])])[0]["logits"]
+    assert (out - _hf(other, ids, pos)).abs().max() <= 1e-3
+
+
+def test_zeroing_pairs_equals_zeroing_their_weight_rows(nn, ckpt):
+    """Pair j is dims (j, j + d/2): zeroing pairs {1, 6} of query head 2 and KV head 0 equals zeroing those
+    rows of q_proj / k_proj in a plain transformers model."""
+    other, _ = models.load(ckpt)
+    d, half = 16, 8
+    with torch.no_grad():
+        for layer in other.model.layers:
+            for j in (1, 6):
+                layer.self_attn.q_proj.weight[2 * d + j] = 0
+                layer.self_attn.q_proj.weight[2 * d + j + half] = 0
+                layer.self_attn.k_proj.weight[0 * d + j] = 0
+                layer.self_attn.k_proj.weight[0 * d + j + half] = 0
+    ids, pos = _inputs(length=128, batch=1)
+    spec = S.Spec("z", [S.zero("q", pairs=S.PairSet(indices=[1, 6]), heads=[2]),
+                        S.zero("k", pairs=S.PairSet(indices=[1, 6]), kv_heads=[0])])
+    assert (nn.run(ids, pos, [spec])[0]["logits"] - _hf(other, ids, pos)).abs().max() <= TOL
+
+
+def test_rotation_matches_transformers_rotate_half():
+    from transformers.models.llama.modeling_llama import rotate_half
+
+    x = torch.randn(2, 3, 5, 16, dtype=torch.float64)
+    angle = torch.rand(8, dtype=torch.float64)
+    cos, sin = torch.cat([angle.cos(), angle.cos()]), torch.cat([angle.sin(), angle.sin()])
+    assert torch.allclose(rotate_pairs(x, angle), x * cos + rotate_half(x) * sin)
+
+
+def test_noise_is_seeded(nn):
+    ids, pos = _inputs(length=32, batch=1)
+    a = nn.run(ids, pos, [S.Spec("n", [S.noise(0.5, seed=1)]), S.Spec("m", [S.noise(0.5, seed=2)])])
+    b = nn.run(ids, pos, [S.Spec("n", [S.noise(0.5, seed=1)])])
+    assert torch.equal(a[0]["logits"], b[0]["logits"])
+    assert not torch.equal(a[0]["logits"], a[1]["logits"])
+
+
+# --------------------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize("spec, key", [
+    (S.Spec("x", [S.zero(layers=[3])]), "scope.layers: 3 out of range"),
+    (S.Spec("x", [S.zero("q", heads=[4])]), "scope.heads: 4 out of range"),
+    (S.Spec("x", [S.zero("k", kv_heads=[2])]), "scope.kv_heads: 2 out of range"),
+    (S.Spec("x", [S.zero(pairs=S.PairSet(indices=[8]))]), "pairs.indices: pair 8 out of range"),
+    (S.Spec("x", [S.zero(pairs=S.PairSet(wavelength=[1e9, 2e9]))]), "selects no pair"),
+    (S.Spec("x", [S.zero(pairs=S.PairSet(band=5, context_lengths=[64]))]), "pairs.band: 5 out of range"),
+    (S.Spec("x", [S.Op("theta")]), "theta"),
+])
+def test_out_of_range_specs_are_refused_before_running(nn, spec, key):
+    ids, pos = _inputs(length=8, batch=1)
+    with pytest.raises(ValueError, match=key.replace("(", r"\(")):
+        nn.run(ids, pos, [spec])
+
+
+def test_specs_round_trip_yaml_and_example_files_load(tmp_path, nn):
+    path = S.dump_specs(SPECS, tmp_path / "s.yaml")
+    back = S.load_specs(path)
+    assert [s.to_json() for s in back] == [s.to_json() for s in SPECS]
+    assert S.from_json(SPECS[2].to_json()).ops_hash == SPECS[2].ops_hash
+    for name in ("suite.yaml", "q-shift-low-freq.yaml"):
+        from pathlib import Path
+
+        for spec in S.load_specs(Path(__file__).parents[1] / "data" / "specs" / name):
+            S.validate(spec, nn.geometry)
+    (tmp_path / "bad.yaml").write_text("name: b\nops:\n  - {kind: shift, ofset: 3}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.*ops\[0\].*ofset"):
+        S.load_specs(tmp_path / "bad.yaml")
+
+
+# ------------------------------------------------------------------------------------------- traces
+
+
+def test_trace_records_propagation_layer_by_layer(nn, tl, ckpt):
+    spec = S.Spec("rot-layer1", [S.rotate(1.0, "q", layers=[1])])
+    ids, pos = _inputs(length=128)
+    ds = interp.run_trace(ckpt, [spec], {"input_ids": ids, "position_ids": pos}, backend=nn, buckets=4)
+    assert dict(ds.sizes) == {"checkpoint": 1, "spec": 2, "layer": 3, "position_bucket": 4}
+    t = ds.isel(checkpoint=0)
+    assert float(abs(t.sel(spec="clean").final_kl).max()) == 0.0
+    r = t.sel(spec="rot-layer1")
+    assert float(r.resid_rel_l2.sel(layer=0).max()) == 0.0 and float(r.lens_kl.sel(layer=0).max()) == 0.0
+    assert float(r.q_rel_l2.sel(layer=1).min()) > 0.1 and float(r.resid_rel_l2.sel(layer=1).min()) > 0
+    assert float(r.final_kl.mean()) > 0 and 0 <= float(r.top1_flip.max()) <= 1
+    assert bool(np.isnan(r.pattern_js).all())  # nnsight runs sdpa: no pattern
+    d2 = interp.run_trace(ckpt, [spec], {"input_ids": ids, "position_ids": pos}, backend=tl, buckets=4)
+    np.testing.assert_allclose(d2.final_kl.values, ds.final_kl.values, atol=1e-6)
+    js = d2.pattern_js.isel(checkpoint=0).sel(spec="rot-layer1")
+    assert float(js.sel(layer=0).max()) == 0.0 and float(js.sel(layer=1).min()) > 0
+
+
+def test_repeated_tokens_store_and_result(nn, ckpt, tmp_path):
+    late = S.Spec("noise-after-1024", [S.noise(1.0, seed=0, positions=[1024, 100_000])])
+    iso = interp.repeated_tokens(ckpt, [late], backend=nn, window=2048, period=16, copies=6, attention="isolated")
+    clean = iso.isel(checkpoint=0).sel(spec="clean")
+    assert float(clean.kl_to_first.max()) < 1e-9  # RoPE is relative: isolated copies are identical
+    pert = iso.isel(checkpoint=0).sel(spec="noise-after-1024")
+    before = pert.offset.values + 16 <= 1024
+    assert float(pert.kl_vs_clean[before].max()) < 1e-9 and float(pert.kl_vs_clean[~before].min()) > 1e-4
+    packed = interp.repeated_tokens(ckpt, [late], backend=nn, window=2048, period=16, copies=6)
+    store = tmp_path / "r.zarr"
+    interp.write_repeated(store, packed)
+    ds = xr.open_zarr(store, group="repeated_tokens", consolidated=False)
+    assert set(ds.dims) == {"checkpoint", "spec", "copy"} and list(ds.offset.values)[0] == 0
+    assert float(ds.kl_to_first.sel(spec="clean").isel(checkpoint=0, copy=-1)) > 0  # copies see earlier copies
+    assert float(ds.kd_signal.min()) >= 0
+
+
+def test_cli_trace_writes_a_store_and_refuses_twice(ckpt, tmp_path, capsys):
+    from workbench import cli
+
+    spec = tmp_path / "s.yaml"
+    S.dump_specs([SPECS[0]], spec)
+    out = tmp_path / "t.zarr"
+    assert cli.main(["trace", str(ckpt), "--spec", str(spec), "--out", str(out), "--length", "64",
+                     "--capture", "blocks.1.attn.hook_rot_q"]) == 0
+    ds = xr.open_zarr(out, group="traces", consolidated=False)
+    assert list(ds.spec.values) == ["clean", "q-shift-layer1"]
+    acts = xr.open_zarr(out, group="activations", consolidated=False)
+    assert bool(np.isnan(acts.rot_q.sel(layer=0)).all()) and not bool(np.isnan(acts.rot_q.sel(layer=1)).any())
+    assert cli.main(["trace", str(ckpt), "--spec", str(spec), "--out", str(out), "--length", "64"]) == 2
+    assert "already written" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: b\nops:\n  - {kind: zero, scope: {layers: [7]}}\n")
+    assert cli.main(["trace", str(ckpt), "--spec", str(bad), "--out", str(tmp_path / "u.zarr")]) == 2
+    assert "layers: 7 out of range" in capsys.readouterr().err
+    assert not (tmp_path / "u.zarr").exists()
+
+
+@pytest.mark.slow
+def test_cli_check_passes(ckpt, capsys):
+    from workbench import cli
+
+    assert cli.main(["trace", str(ckpt), "--check"]) == 0
+    assert capsys.readouterr().out.count("ok ") == 7
