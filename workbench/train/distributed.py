@@ -75,3 +75,4 @@ def shard(root: torch.nn.Module, blocks: list[torch.nn.Module]) -> None:
     fully_shard(root)
     for m in [*blocks, root]:
         m.set_gradient_divide_factor(1.0)
+        m.set_force_sum_reduction_for_comms(True)  # plain SUM: gloo has no PREMUL_SUM

@@ -1,0 +1,201 @@
+"""The trainer end to end on tiny models: phases and theta, checkpoints, clear errors, NaN guard, exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from workbench import config, models
+from workbench.cli import main as cli_main
+from workbench.train import TrainingDiverged, train
+from workbench.train import trainer as trainer_mod
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDENT = dict(vocab_size=128, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
+               intermediate_size=64, max_position_embeddings=512, rope_theta=100.0)
+TEACHER = dict(STUDENT, hidden_size=48, num_layers=2, num_heads=3, intermediate_size=96, rope_theta=2000.0)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory) -> Path:
+    """A random-weight teacher saved as a workbench checkpoint (its own theta, same vocabulary)."""
+    path = tmp_path_factory.mktemp("teacher") / "teacher"
+    models.save_checkpoint(models.build_model(config.ModelConfig(**TEACHER), seed=7), path, {"phase": "t", "step": 0})
+    return path
+
+
+def run_cfg(teacher: Path | None, **over) -> dict:
+    cfg = {
+        "name": "t", "model": dict(STUDENT), "seed": 3,
+        "data": {"kind": "synthetic-short", "doc_len_min": 16, "doc_len_max": 48},
+        "optim": {"micro_batch_size": 2, "grad_accum_steps": 2},
+        "checkpoint": {"every": 2, "keep_last": 1},
+        "loss": {"chunk_size": 40},
+        "phases": [{"name": "short", "steps": 3, "seq_len": 64, "rope_theta": 100, "lr": 3e-3, "objective": "kd"},
+                   {"name": "long", "steps": 3, "seq_len": 128, "rope_theta": 5000, "lr": 1e-3,
+                    "objective": "kd"}],
+    }
+    if teacher is not None:
+        cfg["teacher"] = {"path": str(teacher)}
+    cfg.update(over)
+    return cfg
+
+
+def records(run: Path, kind: str = "train") -> list[dict]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+
+def test_two_phase_kd_run_checkpoints_theta_and_loss(tmp_path, teacher_dir):
+    cfg = config.from_dict(config.RunConfig, run_cfg(teacher_dir))
+    run = train(cfg, out=str(tmp_path / "run"), progress=False)
+    names = sorted(p.name for p in run.glob("ckpt-*"))
+    # every 2 steps + both phase ends; keep_last=1 pruned ckpt-000002 but never a phase end
+    assert names == ["ckpt-000003", "ckpt-000004", "ckpt-000006"]
+    m3, m6 = models.read_manifest(run / "ckpt-000003"), models.read_manifest(run / "ckpt-000006")
+    assert (m3["phase"], m3["phase_end"], m3["rope_theta"]) == ("short", True, 100.0)
+    assert (m6["phase"], m6["phase_end"], m6["rope_theta"], m6["parent"]) == ("long", True, 5000.0, "ckpt-000004")
+    assert m6["objective"] == "kd" and m6["teacher"] == str(teacher_dir) and m6["config_hash"]
+    assert json.loads((run / "ckpt-000006" / "config.json").read_text())["rope_parameters"]["rope_theta"] == 5000.0
+    assert yaml.safe_load((run / "run.yaml").read_text())["phases"][1]["rope_theta"] == 5000.0
+    recs = records(run)
+    assert [r["step"] for r in recs] == [1, 2, 3, 4, 5, 6]
+    assert [r["rope_theta"] for r in recs] == [100.0] * 3 + [5000.0] * 3
+    assert set(recs[0]) >= {"loss", "ce", "kd", "lr", "tokens", "tokens_per_s", "peak_mem_mb", "loss_by_bucket"}
+    assert recs[-1]["tokens"] == 3 * 4 * 64 + 3 * 4 * 128
+    assert set(recs[-1]["loss_by_bucket"]) == {"0-64", "64-128"}
+
+    # Step 4 recomputed independently: plain transformers at the phase-2 theta, the teacher, the same
+    # batches, a dense KL from torch.nn.functional. Equal => theta really switched and the loss is right.
+    from transformers import LlamaForCausalLM
+
+    from workbench.data import make_stream
+
+    student, _ = models.load(run / "ckpt-000003")
+    hf_cfg = student.config
+    hf_cfg.rope_parameters = {"rope_type": "default", "rope_theta": 5000.0}
+    fresh = LlamaForCausalLM(hf_cfg)
+    fresh.load_state_dict(student.state_dict())
+    teacher, _ = models.load(teacher_dir)
+    stream = make_stream(cfg.data, 128, 2, trainer_mod.phase_seed(cfg, 1))
+    kl_sum, count = 0.0, 0
+    with torch.no_grad():
+        for _ in range(2):
+            b = stream.next()
+            s = fresh(input_ids=b["input_ids"], position_ids=b["position_ids"]).logits[:, :-1]
+            t = teacher(input_ids=b["input_ids"], position_ids=b["position_ids"]).logits[:, :-1]
+            valid = b["labels"][:, 1:] != -100
+            kl = F.kl_div(s.log_softmax(-1), t.log_softmax(-1), log_target=True, reduction="none").sum(-1)
+            kl_sum += float(kl[valid].sum())
+            count += int(valid.sum())
+    assert recs[3]["loss"] == pytest.approx(kl_sum / count, rel=1e-5)
+    assert recs[3]["kd"] == pytest.approx(kl_sum / count, rel=1e-5)
+
+
+def _write(tmp_path, cfg: dict) -> str:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c, t: c.update(teacher={"path": str(t) + "-missing"}), "teacher.path: directory"),
+    (lambda c, t: c["phases"][1].update(seq_len=1024), "beyond the model's max_position_embeddings 512"),
+    (lambda c, t: c.pop("teacher"), "needs a teacher"),
+    (lambda c, t: c["data"].update(kind="nope"), "data.kind: 'nope'"),
+])
+def test_bad_input_fails_before_compute(tmp_path, teacher_dir, capsys, change, message):
+    cfg = run_cfg(teacher_dir)
+    change(cfg, teacher_dir)
+    out = tmp_path / "run"
+    assert cli_main(["train", _write(tmp_path, cfg), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "workbench train: error:" in err and message in err
+    assert not out.exists()
+
+
+def test_teacher_vocab_and_window_mismatch(tmp_path, capsys):
+    for over, message in ((dict(vocab_size=96), "teacher vocab_size 96 differs"),
+                          (dict(max_position_embeddings=64), "beyond the teacher's max_position_embeddings 64")):
+        t = tmp_path / f"t{len(over)}{over.popitem()[0] if False else ''}{message[:5]}"
+        models.save_checkpoint(models.build_model(config.ModelConfig(**{**TEACHER, **over})), t, {"step": 0})
+        out = tmp_path / "run"
+        assert cli_main(["train", _write(tmp_path, run_cfg(t)), "--out", str(out), "--no-progress"]) == 2
+        assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_existing_run_is_not_overwritten(tmp_path, teacher_dir, capsys):
+    cfg = run_cfg(None, phases=[{"name": "a", "steps": 1, "seq_len": 64, "rope_theta": 100}])
+    path = _write(tmp_path, cfg)
+    out = str(tmp_path / "run")
+    assert cli_main(["train", path, "--out", out, "--no-progress"]) == 0
+    assert cli_main(["train", path, "--out", out, "--no-progress"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_nan_guard_stops_with_last_good_checkpoint(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = trainer_mod.chunked_loss
+
+    def poisoned(*a, **k):  # micro-batch 5 (step 3 of 2 micro-batches each) returns NaN
+        calls["n"] += 1
+        r = real(*a, **k)
+        if calls["n"] == 5:
+            r.loss = r.loss * float("nan")
+            r.per_token = r.per_token * float("nan")
+        return r
+
+    monkeypatch.setattr(trainer_mod, "chunked_loss", poisoned)
+    cfg = config.from_dict(config.RunConfig, run_cfg(None, phases=[
+        {"name": "a", "steps": 5, "seq_len": 64, "rope_theta": 100, "objective": "ce"}]))
+    with pytest.raises(TrainingDiverged, match="step 3 .*Last good checkpoint: .*ckpt-000002"):
+        train(cfg, out=str(tmp_path / "run"), progress=False)
+    assert sorted(p.name for p in (tmp_path / "run").glob("ckpt-*")) == ["ckpt-000002"]
+    models.verify_checkpoint(tmp_path / "run" / "ckpt-000002", full_hash=True)
+    assert records(tmp_path / "run", "error")[0]["step"] == 3
+
+
+def _launch(cfg_path: str, out: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "workbench.train", cfg_path, "--out", str(out), "--no-progress",
+                             *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_bit_identical_losses(tmp_path, teacher_dir):
+    cfg = run_cfg(teacher_dir, checkpoint={"every": 5, "keep_last": 2}, optim={"micro_batch_size": 2,
+                                                                               "grad_accum_steps": 2})
+    cfg["phases"][0].update(steps=12, objective="ce+kd")
+    cfg["phases"][1].update(steps=12)
+    cfg["loss"] = {"chunk_size": 40, "ce_weight": 0.5}
+    path = _write(tmp_path, cfg)
+    full = _launch(path, tmp_path / "full")
+    killed = _launch(path, tmp_path / "killed")
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill mid-phase 2, between checkpoints (steps 15 and 20)
+        if metrics.exists() and any(json.loads(ln)["step"] >= 17 for ln in metrics.read_text().splitlines()[-1:]):
+            break
+        time.sleep(0.002)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL
+    assert full.wait(timeout=300) == 0, full.stdout.read().decode()
+    last = max(r["step"] for r in records(tmp_path / "killed"))
+    assert last < 24, "the run finished before it could be killed"
+    resumed = _launch(path, tmp_path / "killed", "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stdout.read().decode()
+    a, b = records(tmp_path / "full"), records(tmp_path / "killed")
+    assert [r["step"] for r in b] == list(range(1, 25))
+    assert [(r["step"], r["loss"], r["ce"], r["kd"]) for r in a] == [(r["step"], r["loss"], r["ce"], r["kd"]) for r in b]
+    sa = models.load(tmp_path / "full" / "ckpt-000024")[0].state_dict()
+    sb = models.load(tmp_path / "killed" / "ckpt-000024")[0].state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
