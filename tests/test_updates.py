@@ -208,3 +208,20 @@ def test_bands_follow_transformers_wavelengths_and_rope_theory(run_dir):
     crit = bands["critical_pair"].isel(comparison=0)
     assert crit.sel(end="after", phase_length=1024).item() == rope.critical_pair(20000.0, D, 1024)
     assert crit.sel(end="before", phase_length=64).item() == rope.critical_pair(500.0, D, 64)
+
+
+def test_store_appends_comparisons_at_other_thetas_and_refuses_repeats(run_dir, tmp_path):
+    out = tmp_path / "s.zarr"
+    first = analysis.weight_updates([run_dir["a"], run_dir["b"]])  # theta 500 -> 500
+    second = analysis.weight_updates([run_dir["b"], run_dir["c"]])  # theta 500 -> 20000
+    analysis.write_group(out, "updates_weights", first)
+    analysis.write_group(out, "updates_weights", second)
+    ds = xr.open_zarr(out, group="updates_weights", consolidated=False)
+    assert ds.sizes["comparison"] == 2
+    assert ds["wavelength_after"].values[0] == pytest.approx(store.pair_coords(500.0, D)["wavelength"][1])
+    assert ds["wavelength_after"].values[1] == pytest.approx(store.pair_coords(20000.0, D)["wavelength"][1])
+    assert ds["wavelength"].values == pytest.approx(first["wavelength"].values)  # first write kept
+    assert ds.attrs["written"] == first.attrs["written"]
+    assert np.argwhere(ds["q_rel_update"].values != 0).tolist() == [[1, 1, 2, 3]]
+    with pytest.raises(store.StoreError, match="already written"):
+        analysis.write_group(out, "updates_weights", second)

@@ -26,6 +26,11 @@ GROUPS = {
 }
 
 
+# pair-only coordinates that legitimately differ between appends (the theta of record); the exact values
+# live in the per-comparison / per-checkpoint coordinates (wavelength_after, wavelength_ckpt)
+VARYING = {"wavelength"}
+
+
 def existing_labels(path: str | Path, group: str) -> set[str]:
     """Labels already written along the group's append dim (empty if the store or group does not exist)."""
     path = Path(path)
@@ -39,7 +44,7 @@ def refuse_existing(path: str | Path, group: str, labels: Iterable[str]) -> None
     """Raise StoreError (before any work) if any label is already in ``group`` of the store."""
     path = Path(path)
     if path.exists():
-        store._check_root(path, create=False)  # a foreign store is refused up front
+        store.groups(path)  # a foreign store (another schema, not Zarr) is refused up front
     clash = sorted(existing_labels(path, group) & set(labels))
     if clash:
         raise StoreError(f"{path}/{group}: {GROUPS[group]} {clash} already written; refusing to write it twice "
@@ -59,10 +64,14 @@ def write_group(path: str | Path, group: str, ds: xr.Dataset) -> Path:
     refuse_existing(path, group, map(str, ds[dim].values))
     fixed = [name for name in ds.variables if dim not in ds[name].dims and name not in ds.dims]
     for name in fixed:
-        if name in old.variables and old[name].shape == ds[name].shape and ds[name].dtype.kind == "f":
-            if not np.allclose(old[name].values, ds[name].values, equal_nan=True):
-                raise StoreError(f"{path}/{group}: {name} differs from the store's (the group was written with "
-                                 f"another setting); write to another store")
+        if name in VARYING or name not in old.variables:
+            continue
+        same = old[name].shape == ds[name].shape and (
+            np.allclose(old[name].values, ds[name].values, equal_nan=True) if ds[name].dtype.kind == "f"
+            else list(map(str, old[name].values.ravel())) == list(map(str, ds[name].values.ravel())))
+        if not same:
+            raise StoreError(f"{path}/{group}: {name} differs from the store's (the group was written with "
+                             f"another setting); write to another store")
     for name in ds.dims:
         if name != dim and name in old.coords and name in ds.coords:
             if list(map(str, old[name].values)) != list(map(str, ds[name].values)):
