@@ -278,3 +278,21 @@ def test_cli_check_passes(ckpt, capsys):
 
     assert cli.main(["trace", str(ckpt), "--check"]) == 0
     assert capsys.readouterr().out.count("ok ") == 7
+
+
+def test_trace_figures_from_the_store(nn, ckpt, tmp_path):
+    from workbench.figures import traces as F
+
+    spec = S.Spec("rot-layer1", [S.rotate(1.0, "q", layers=[1])])
+    ds = interp.run_trace(ckpt, [spec], interp.default_inputs(128, batch=1, length=64), backend=nn, buckets=2)
+    interp.write_traces(tmp_path / "f.zarr", ds)
+    stored = xr.open_zarr(tmp_path / "f.zarr", group="traces", consolidated=False)
+    fig = F.divergence_by_layer(stored, "lens_kl")
+    assert [t.name for t in fig.data] == ["rot-layer1"] and len(fig.data[0].y) == 3
+    assert len(F.final_kl_bars(stored).data) == 1
+    assert F.divergence_heatmap(stored, "rot-layer1").data[0].z.shape == (3, 2)
+    with pytest.raises(ValueError, match="no spec 'nope'"):
+        F.divergence_heatmap(stored, "nope")
+    rep = interp.repeated_tokens(ckpt, backend=nn, window=256, period=8, copies=4, samples=1)
+    fig = F.repeated_kl_vs_offset(rep, "kl_to_first")
+    assert list(fig.data[0].x) == list(rep.offset.values)
