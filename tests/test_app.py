@@ -84,6 +84,72 @@ def runs_dir(tmp_path_factory) -> Path:
     return root
 
 
+def _tiny_run_config(name: str, theta_long: float, teacher: str | None = None):
+    """A run config the real trainer finishes in seconds: a 2-layer width-32 student, two phases with a
+    theta switch, checkpoints every 2 steps, a held-out passkey eval every 2 steps."""
+    import dataclasses
+
+    from workbench import config
+
+    cfg = config.load_run_config(Path(__file__).resolve().parents[1] / "data/configs/tiny-ce-phasewise.yaml")
+    cfg.name = name
+    cfg.model = dataclasses.replace(cfg.model, hidden_size=32, intermediate_size=64, num_heads=2, num_kv_heads=1,
+                                    head_dim=16, max_position_embeddings=256)
+    (cfg.phases[0].steps, cfg.phases[0].seq_len), (cfg.phases[1].steps, cfg.phases[1].seq_len) = (3, 64), (3, 128)
+    cfg.phases[1].rope_theta = theta_long
+    cfg.optim.micro_batch_size = 2
+    cfg.checkpoint.every, cfg.checkpoint.keep_last = 3, 10
+    cfg.eval_every, cfg.eval_lengths, cfg.eval_samples = 3, [64, 128], 1
+    if teacher:
+        cfg.teacher = config.TeacherConfig(path=teacher)
+        for ph in cfg.phases:
+            ph.objective = "kd"
+    config.validate(cfg)
+    return cfg
+
+
+def build_tiny_runs(root: Path) -> Path:
+    """RUNS_DIR made only by the workbench's own writers: two real training runs (CE phase-wise, and KD
+    from the CE run's last checkpoint as teacher), then ``results.zarr`` with the per-pair update groups
+    (updates_weights, updates_states, bands) of the KD run and the retrieval grid of both final checkpoints."""
+    from workbench import analysis, models
+    from workbench.evals import grid
+    from workbench.train.trainer import train
+
+    ce = train(_tiny_run_config("ce-phasewise", 10000.0), out=str(root / "ce-phasewise"), progress=False)
+    teacher = models.list_checkpoints(ce)[-1]
+    kd = train(_tiny_run_config("kd-phasewise", 10000.0, teacher=str(teacher)), out=str(root / "kd-phasewise"),
+               progress=False)
+    out = root / "results.zarr"
+    ckpts = models.list_checkpoints(kd)
+    weights = analysis.weight_updates(ckpts)
+    analysis.write_group(out, "updates_weights", weights)
+    analysis.write_group(out, "updates_states", analysis.state_updates(ckpts, seq_len=32, batch_size=1))
+    analysis.write_group(out, "bands", analysis.band_summary(weights, [64, 128]))
+    plan = grid.plan([teacher, ckpts[-1]], tasks="passkey", lengths=[64, 128], depths=3, samples=1, out=out)
+    grid.write(out, grid.evaluate_plan(plan, device="cpu", progress=False))
+    return root
+
+
+def shared_tiny_runs(tmp_path_factory) -> Path:
+    """The tiny RUNS_DIR, built once per test session (both app test modules use it)."""
+    root = tmp_path_factory.getbasetemp() / "app-tiny-runs"
+    done = root / ".complete"
+    if not done.exists():
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir()
+        build_tiny_runs(root)
+        done.write_text("ok")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory) -> Path:
+    return shared_tiny_runs(tmp_path_factory)
+
+
 # ---------------------------------------------------------------------------------------- confinement
 
 
@@ -275,3 +341,78 @@ def test_cli_app_errors_are_one_line(tmp_path, capsys):
     assert "workbench app: error: RUNS_DIR" in capsys.readouterr().err
     assert main(["app", str(tmp_path), "--port", "70000"]) == 2
     assert "--port must be in" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- data views on real writers
+
+
+def test_updates_view_reads_the_analysis_groups(tiny_runs):
+    from app.views import updates
+
+    root = root_of(tiny_runs)
+    assert updates.stores(root) == ["results.zarr"]
+    assert updates.available_sources(root, "results.zarr") == ["W_q", "W_k", "q states", "k states"]
+    comps = updates.comparisons(root, "results.zarr", "W_q")
+    assert len(comps) == 1 and "->" in comps[0]
+    assert updates.phase_lengths(root, "results.zarr") == [64, 128]
+    q = updates.heatmap(root, "results.zarr", "W_q", comps[-1])
+    k = updates.heatmap(root, "results.zarr", "W_k", comps[-1])
+    z_q, z_k = q.data[0].z, k.data[0].z
+    assert len(z_q) == 2 and len(z_q[0]) == 8  # 2 layers x 8 pairs (head_dim 16)
+    assert (z_q != z_k).any()
+    ticks = list(q.layout.xaxis.ticktext)
+    assert len(ticks) == 8 and all(any(ch.isdigit() for ch in t) for t in ticks)  # wavelength labels
+    heads = updates.heads(root, "results.zarr", "W_q", comps[-1], 1)
+    assert len(heads.data[0].z) == 2  # 2 query heads
+    assert updates.bands(root, "results.zarr", "W_q", comps[-1]) is not None
+    assert updates.bands(root, "results.zarr", "q states", comps[-1]) is None
+
+
+def test_updates_view_refuses_bad_input(tiny_runs):
+    from app.views import updates
+
+    root = root_of(tiny_runs)
+    with pytest.raises(ValueError, match="unknown source"):
+        updates.heatmap(root, "results.zarr", "W_v", None)
+    with pytest.raises(ValueError, match="no comparison"):
+        updates.heatmap(root, "results.zarr", "W_q", "nope -> nope")
+    with pytest.raises(ValueError, match="no layer"):
+        updates.heads(root, "results.zarr", "W_q", None, 7)
+    with pytest.raises(OutsideRunsDir):
+        updates.heatmap(root, "../results.zarr", "W_q", None)
+    assert updates.layer_from_click({"points": [{"x": 3, "y": 1}]}) == 1
+    assert updates.layer_from_click({"points": []}) is None and updates.layer_from_click("junk") is None
+
+
+def test_retrieval_view_side_by_side_and_cross_link(tiny_runs):
+    from app.views import retrieval
+
+    root = root_of(tiny_runs)
+    tasks, metrics, ckpts = retrieval.choices(root, "results.zarr")
+    assert tasks == ["passkey"] and "correct" in metrics and len(ckpts) == 2
+    heat, lines = retrieval.grids(root, "results.zarr", retrieval.ALL, "answer_logprob", ckpts)
+    assert len(heat.data) == 2 and len(lines.data) == 2  # one grid and one line per checkpoint
+    assert retrieval.run_of_checkpoint(root, "results.zarr", ckpts[1]) == ckpts[1].split("/")[0]
+    click = {"points": [{"x": "128", "y": "50%", "curveNumber": 1}]}
+    fig, message = retrieval.clicked_curve(root, "results.zarr", retrieval.ALL, ckpts, click)
+    assert message == "" and fig.data[0].name == ckpts[1].split("/")[0]
+    assert list(fig.data[0].x) == [3, 6]  # the run's held-out evals at length 128 (every 3 steps)
+    with pytest.raises(ValueError, match="unknown metric"):
+        retrieval.grids(root, "results.zarr", None, "__class__", ckpts)
+    with pytest.raises(ValueError, match="no checkpoint"):
+        retrieval.grids(root, "results.zarr", None, "correct", ["x/ckpt-1"])
+
+
+def test_data_views_say_when_runs_dir_has_no_such_data(runs_dir):
+    from dash import html
+
+    from app.views import common
+
+    client = create_app(runs_dir).server.test_client()
+    resp = _post(client, "..retrieval-store.options...retrieval-store.value...retrieval-messages.children..",
+                 [("retrieval-store", "options"), ("retrieval-store", "value"), ("retrieval-messages", "children")],
+                 [{"id": "tabs", "property": "value", "value": "retrieval"}],
+                 [{"id": "retrieval-store", "property": "value", "value": None}])
+    assert resp["retrieval-store"]["options"] == []
+    assert "no data of this kind in RUNS_DIR" in json.dumps(resp["retrieval-messages"]["children"])
+    assert isinstance(common.notice(["x"])[0], html.Div)

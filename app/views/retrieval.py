@@ -1,21 +1,152 @@
-"""Retrieval view (store group 'retrieval'), drawn through workbench.figures.retrieval."""
+"""Retrieval view: depth x length heatmaps of several checkpoints side by side (KD vs CE, theta schedules),
+accuracy against length, and, on a click on a cell, that task and length's accuracy over training from
+the run's metrics.jsonl (the cross-link). Drawn through ``workbench.figures.retrieval`` and
+``workbench.figures.training`` from the store group ``retrieval`` (written by ``workbench eval``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from dash import Dash, html
+from dash import Dash, Input, Output, State, dcc, html, no_update
 
-from app.views.common import graph, register_store_picker, store_picker
+from app import runs as R
+from app import stores as S
+from app.paths import is_inside
+from app.views.common import control, graph, guarded, notice, register_store_picker, shown
+from workbench.figures import retrieval as figs
+from workbench.figures import training as training_figs
 
 TAB = ("retrieval", "Retrieval")
 GROUP = "retrieval"
+ALL = "__all__"
+MAX_SIDE_BY_SIDE = 6
+
+
+def choices(root: Path, store: str) -> tuple[list[str], list[str], list[str]]:
+    """(tasks, metrics, checkpoints) stored in the group."""
+    ds = S.open_group(root, store, GROUP)
+    metrics = [m for m in figs.LABELS if m in ds.data_vars]
+    return [str(t) for t in ds["task"].values], metrics, [str(c) for c in ds["checkpoint"].values]
+
+
+def _args(task: Any, metric: Any, checkpoints: Any) -> tuple[str | None, str, list[str]]:
+    if not isinstance(metric, str) or metric not in figs.LABELS:
+        raise ValueError(f"unknown metric {metric!r}; one of {', '.join(figs.LABELS)}")
+    names = [checkpoints] if isinstance(checkpoints, str) else list(checkpoints or [])
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ValueError("pick at least one checkpoint")
+    if len(names) > MAX_SIDE_BY_SIDE:
+        raise ValueError(f"at most {MAX_SIDE_BY_SIDE} checkpoints side by side, got {len(names)}")
+    return (None if task in (None, ALL) else str(task)), metric, names
+
+
+def grids(root: Path, store: str, task: Any, metric: Any, checkpoints: Any):
+    """(side-by-side heatmaps, accuracy-vs-length lines) for the chosen checkpoints."""
+    task, metric, names = _args(task, metric, checkpoints)
+    ds = S.loaded(root, store, GROUP, metric)
+    return (figs.heatmaps(ds, names, task=task, metric=metric),
+            figs.accuracy_vs_length(ds, task=task, metric=metric, checkpoints=names))
+
+
+def run_of_checkpoint(root: Path, store: str, checkpoint: str) -> str | None:
+    """The run (relative to RUNS_DIR) a stored checkpoint came from, when that run is under RUNS_DIR."""
+    ds = S.open_group(root, store, GROUP)
+    names = [str(c) for c in ds["checkpoint"].values]
+    if checkpoint not in names:
+        raise ValueError(f"no checkpoint {checkpoint!r} in {store}")
+    if "checkpoint_path" in ds.coords:
+        run_dir = Path(str(ds["checkpoint_path"].values[names.index(checkpoint)])).parent
+        if is_inside(root, run_dir) and R.is_run_dir(run_dir):
+            return run_dir.resolve().relative_to(root).as_posix() or "."
+    return None
+
+
+def clicked_curve(root: Path, store: str, task: Any, checkpoints: Any, click: Any):
+    """The cross-link: accuracy over training for the clicked cell's task and length, from the run's
+    metrics.jsonl. Returns (figure or None, message)."""
+    try:
+        point = click["points"][0]
+        length = int(point["x"])
+        index = int(point.get("curveNumber", 0))
+    except (TypeError, KeyError, IndexError, ValueError):
+        raise ValueError("click a heatmap cell to see that length's accuracy during training") from None
+    names = [checkpoints] if isinstance(checkpoints, str) else list(checkpoints or [])
+    if not 0 <= index < len(names):
+        raise ValueError("the clicked heatmap is no longer shown")
+    run = run_of_checkpoint(root, store, names[index])
+    if run is None:
+        raise ValueError(f"{names[index]}: its run directory is not in RUNS_DIR, so there is no training curve")
+    tasks = [str(task)] if task not in (None, ALL) else choices(root, store)[0]
+    info = R.run_info(root, run)
+    records = info.metrics.records if info.metrics else []
+    for t in tasks:
+        if any(r.get("kind") == "eval" and str(r.get("task")) == t and int(r.get("length", -1)) == length
+               for r in records):
+            return training_figs.eval_curve_figure({run: records}, t, length), ""
+    return None, (f"run {run} logged no held-out eval of {', '.join(tasks)} at length {length} during training "
+                  f"(its metrics.jsonl has {sum(r.get('kind') == 'eval' for r in records)} eval records)")
 
 
 def layout() -> html.Div:
-    return html.Div([html.Div([store_picker("retrieval")], className="wb-controls"),
-                     html.Div(id="retrieval-messages"), graph("retrieval-graph")])
+    return html.Div([
+        html.Div([
+            control("store", dcc.Dropdown(id="retrieval-store", placeholder="pick a store", clearable=False)),
+            control("task", dcc.Dropdown(id="retrieval-task", clearable=False)),
+            control("metric", dcc.Dropdown(id="retrieval-metric", clearable=False)),
+            control("checkpoints (side by side)", dcc.Dropdown(id="retrieval-checkpoints", multi=True,
+                                                               style={"minWidth": "420px"})),
+        ], className="wb-controls"),
+        html.Div(id="retrieval-messages"),
+        graph("retrieval-graph", 420),
+        html.Div([graph("retrieval-lines", 380), graph("retrieval-curve", 380)], className="wb-row"),
+        html.Div(id="retrieval-curve-messages"),
+    ])
 
 
 def register(app: Dash, root: Path) -> None:
     register_store_picker(app, root, "retrieval", GROUP)
+
+    def pickers(store: Any, task: Any, metric: Any, current: Any):
+        if not store:
+            return [], None, [], None, [], []
+        tasks, metrics, ckpts = choices(root, store)
+        keep = [c for c in (current or []) if c in ckpts] or ckpts[:MAX_SIDE_BY_SIDE]
+        task_opts = [{"label": "all tasks", "value": ALL}] + [{"label": t, "value": t} for t in tasks]
+        return (task_opts, task if task in tasks else ALL, metrics, metric if metric in metrics else metrics[0],
+                ckpts, keep)
+
+    app.callback(
+        Output("retrieval-task", "options"), Output("retrieval-task", "value"),
+        Output("retrieval-metric", "options"), Output("retrieval-metric", "value"),
+        Output("retrieval-checkpoints", "options"), Output("retrieval-checkpoints", "value"),
+        Input("retrieval-store", "value"), State("retrieval-task", "value"), State("retrieval-metric", "value"),
+        State("retrieval-checkpoints", "value"),
+    )(guarded(pickers, lambda m: ([], None, [], None, [], [])))
+
+    def draw(store: Any, task: Any, metric: Any, checkpoints: Any):
+        if not store or not metric:
+            return {}, shown(False, 420), {}, shown(False, 380), no_update
+        heat, lines = grids(root, store, task, metric, checkpoints)
+        return heat, shown(True, 420), lines, shown(True, 380), []
+
+    app.callback(
+        Output("retrieval-graph", "figure"), Output("retrieval-graph", "style"),
+        Output("retrieval-lines", "figure"), Output("retrieval-lines", "style"),
+        Output("retrieval-messages", "children", allow_duplicate=True),
+        Input("retrieval-store", "value"), Input("retrieval-task", "value"), Input("retrieval-metric", "value"),
+        Input("retrieval-checkpoints", "value"), prevent_initial_call="initial_duplicate",
+    )(guarded(draw, lambda m: ({}, shown(False, 420), {}, shown(False, 380), notice([m], "error"))))
+
+    def curve(click: Any, store: Any, task: Any, checkpoints: Any):
+        if not click or not store:
+            return {}, shown(False, 380), notice(["click a heatmap cell to see that length's accuracy during training"])
+        fig, message = clicked_curve(root, store, task, checkpoints, click)
+        return fig or {}, shown(fig is not None, 380), notice([message]) if message else []
+
+    app.callback(
+        Output("retrieval-curve", "figure"), Output("retrieval-curve", "style"),
+        Output("retrieval-curve-messages", "children"),
+        Input("retrieval-graph", "clickData"), State("retrieval-store", "value"), State("retrieval-task", "value"),
+        State("retrieval-checkpoints", "value"),
+    )(guarded(curve, lambda m: ({}, shown(False, 380), notice([m], "error"))))

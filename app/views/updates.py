@@ -1,21 +1,172 @@
-"""Query updates view (store group 'updates_weights'), drawn through workbench.figures.updates."""
+"""Query-updates view: which RoPE pairs of W_q / W_k (or of the q/k states) moved between two checkpoints.
+
+Layer x pair heatmap (colour = relative update, pair axis labelled with wavelengths, the critical pair
+of every phase length overlaid), head x pair for one layer (clicking a heatmap cell selects its layer),
+and band bars. Drawn through ``workbench.figures.updates`` from the store groups ``updates_weights``,
+``updates_states`` and ``bands`` (written by ``workbench updates``).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from dash import Dash, html
+from dash import Dash, Input, Output, State, callback_context, dcc, html, no_update
 
-from app.views.common import graph, register_store_picker, store_picker
+from app import stores as S
+from app.views.common import control, graph, guarded, no_data, notice, shown
+from workbench.figures import updates as figs
 
 TAB = ("updates", "Query updates")
 GROUP = "updates_weights"
+# source -> (store group, variable)
+SOURCES = {
+    "W_q": ("updates_weights", "q_rel_update"),
+    "W_k": ("updates_weights", "k_rel_update"),
+    "q states": ("updates_states", "q_norm_change"),
+    "k states": ("updates_states", "k_norm_change"),
+}
+
+
+def stores(root: Path) -> list[str]:
+    """Stores with any updates group."""
+    return sorted(set(S.stores_with_group(root, "updates_weights")) | set(S.stores_with_group(root, "updates_states")))
+
+
+def source_of(source: Any) -> tuple[str, str]:
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; one of {', '.join(SOURCES)}")
+    return SOURCES[source]
+
+
+def available_sources(root: Path, store: str) -> list[str]:
+    """The sources the store holds data for."""
+    groups = set(S.groups_of(root, store))
+    return [name for name, (group, _) in SOURCES.items() if group in groups]
+
+
+def comparisons(root: Path, store: str, source: str) -> list[str]:
+    """Checkpoint pairs ("A -> B") of the source's group, in stored order."""
+    group, _ = source_of(source)
+    return [str(c) for c in S.open_group(root, store, group)["comparison"].values]
+
+
+def layers(root: Path, store: str, source: str) -> list[int]:
+    group, _ = source_of(source)
+    return [int(x) for x in S.open_group(root, store, group)["layer"].values]
+
+
+def phase_lengths(root: Path, store: str) -> list[int]:
+    """Phase context lengths recorded with the store's band summary ([] when it has none)."""
+    if "bands" not in S.groups_of(root, store):
+        return []
+    return [int(x) for x in S.open_group(root, store, "bands")["phase_length"].values]
+
+
+def heatmap(root: Path, store: str, source: str, comparison: str | None):
+    """Layer x pair heatmap of the source for one comparison."""
+    group, var = source_of(source)
+    ds = S.loaded(root, store, group, var)
+    return figs.layer_pair_heatmap(ds, comparison=comparison, var=var, phase_lengths=phase_lengths(root, store))
+
+
+def heads(root: Path, store: str, source: str, comparison: str | None, layer: Any):
+    """Head x pair heatmap for one layer."""
+    group, var = source_of(source)
+    try:
+        layer = int(layer)
+    except (TypeError, ValueError):
+        raise ValueError(f"layer must be an integer, got {layer!r}") from None
+    ds = S.loaded(root, store, group, var)
+    return figs.head_pair_heatmap(ds, layer, comparison=comparison, var=var, phase_lengths=phase_lengths(root, store))
+
+
+def bands(root: Path, store: str, source: str, comparison: str | None):
+    """Band bars of the weight updates (None for state sources or a store without a band summary)."""
+    group, var = source_of(source)
+    if group != "updates_weights" or "bands" not in S.groups_of(root, store):
+        return None
+    return figs.band_bars(S.open_group(root, store, "bands"), comparison=comparison, var=var)
+
+
+def layer_from_click(click: Any) -> int | None:
+    """The layer of a clicked layer x pair cell (the cross-link to the head x pair view)."""
+    try:
+        return int(click["points"][0]["y"])
+    except (TypeError, KeyError, IndexError, ValueError):
+        return None
 
 
 def layout() -> html.Div:
-    return html.Div([html.Div([store_picker("updates")], className="wb-controls"),
-                     html.Div(id="updates-messages"), graph("updates-graph")])
+    return html.Div([
+        html.Div([
+            control("store", dcc.Dropdown(id="updates-store", placeholder="pick a store", clearable=False)),
+            control("what", dcc.RadioItems(id="updates-source", options=list(SOURCES), value="W_q", inline=True)),
+            control("checkpoint pair", dcc.Dropdown(id="updates-comparison", clearable=False,
+                                                    style={"minWidth": "320px"})),
+            control("layer (or click a cell)", dcc.Dropdown(id="updates-layer", clearable=False)),
+        ], className="wb-controls"),
+        html.Div(id="updates-messages"),
+        graph("updates-graph", 460),
+        html.Div([graph("updates-heads", 400), graph("updates-bands", 400)], className="wb-row"),
+    ])
 
 
 def register(app: Dash, root: Path) -> None:
-    register_store_picker(app, root, "updates", GROUP)
+    def fill(_tab: Any, current: Any):
+        found = stores(root)
+        value = current if current in found else (found[0] if found else None)
+        return ([{"label": s, "value": s} for s in found], value,
+                [] if found else notice([no_data(GROUP) + " (nor 'updates_states')"], "error"))
+
+    app.callback(Output("updates-store", "options"), Output("updates-store", "value"),
+                 Output("updates-messages", "children"), Input("tabs", "value"), State("updates-store", "value"))(
+        guarded(fill, lambda m: ([], None, notice([m], "error"))))
+
+    def pickers(store: Any, source: Any, click: Any, comparison: Any, layer: Any):
+        """Comparison and layer choices for the store and source; a heatmap click picks the layer."""
+        if not store:
+            return [], None, [], None, no_update
+        have = available_sources(root, store)
+        if source not in have:
+            return no_update, no_update, no_update, no_update, have[0] if have else no_update
+        comps = comparisons(root, store, source)
+        lays = layers(root, store, source)
+        if callback_context.triggered_id == "updates-graph":
+            clicked = layer_from_click(click)
+            layer = clicked if clicked is not None else layer
+        return (comps, comparison if comparison in comps else comps[-1], lays,
+                layer if layer in lays else lays[0], no_update)
+
+    app.callback(
+        Output("updates-comparison", "options"), Output("updates-comparison", "value"),
+        Output("updates-layer", "options"), Output("updates-layer", "value"), Output("updates-source", "value"),
+        Input("updates-store", "value"), Input("updates-source", "value"), Input("updates-graph", "clickData"),
+        State("updates-comparison", "value"), State("updates-layer", "value"),
+    )(guarded(pickers, lambda m: ([], None, [], None, no_update)))
+
+    def draw(store: Any, source: Any, comparison: Any):
+        if not store or not comparison:
+            return {}, shown(False, 460), {}, shown(False, 400), no_update
+        fig = heatmap(root, store, source, comparison)
+        bars = bands(root, store, source, comparison)
+        return fig, shown(True, 460), bars or {}, shown(bars is not None, 400), []
+
+    app.callback(
+        Output("updates-graph", "figure"), Output("updates-graph", "style"),
+        Output("updates-bands", "figure"), Output("updates-bands", "style"),
+        Output("updates-messages", "children", allow_duplicate=True),
+        Input("updates-store", "value"), Input("updates-source", "value"), Input("updates-comparison", "value"),
+        prevent_initial_call="initial_duplicate",
+    )(guarded(draw, lambda m: ({}, shown(False, 460), {}, shown(False, 400), notice([m], "error"))))
+
+    def draw_heads(store: Any, source: Any, comparison: Any, layer: Any):
+        if not store or not comparison or layer is None:
+            return {}, shown(False, 400)
+        return heads(root, store, source, comparison, layer), shown(True, 400)
+
+    app.callback(
+        Output("updates-heads", "figure"), Output("updates-heads", "style"),
+        Input("updates-store", "value"), Input("updates-source", "value"), Input("updates-comparison", "value"),
+        Input("updates-layer", "value"),
+    )(guarded(draw_heads, lambda m: ({}, shown(False, 400))))
