@@ -199,3 +199,32 @@ def test_sigkill_then_resume_gives_bit_identical_losses(tmp_path, teacher_dir):
     sa = models.load(tmp_path / "full" / "ckpt-000024")[0].state_dict()
     sb = models.load(tmp_path / "killed" / "ckpt-000024")[0].state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_teacher_cache_with_full_topk_reproduces_online_kd(tmp_path, teacher_dir):
+    from workbench.train import teacher_cache
+
+    base = run_cfg(teacher_dir, checkpoint={"every": 0, "keep_last": 1}, loss={"chunk_size": 40, "temperature": 2.0})
+    base["phases"][0]["steps"] = base["phases"][1]["steps"] = 2
+    online = config.from_dict(config.RunConfig, base)
+    assert cli_main(["teacher-cache", _write(tmp_path, base), "--out", str(tmp_path / "cache"), "--top-k", "128",
+                     "--batch-size", "3", "--no-progress"]) == 0
+    cached = config.from_dict(config.RunConfig, {**base, "teacher": {"path": str(teacher_dir),
+                                                                     "cache": str(tmp_path / "cache")}})
+    a = records(train(online, out=str(tmp_path / "a"), progress=False))
+    b = records(train(cached, out=str(tmp_path / "b"), progress=False))
+    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-4)
+    # a cache for other data is refused before training
+    other = {**base, "seed": 99, "teacher": {"path": str(teacher_dir), "cache": str(tmp_path / "cache")}}
+    with pytest.raises(config.ConfigError, match="seed"):
+        train(config.from_dict(config.RunConfig, other), out=str(tmp_path / "c"), progress=False)
+    assert teacher_cache.check(tmp_path / "cache", online)["k"] == 128
+
+
+def test_eval_records_from_quick_eval(tmp_path):
+    cfg = config.from_dict(config.RunConfig, run_cfg(None, eval_every=2, eval_lengths=[64], eval_samples=2, phases=[
+        {"name": "a", "steps": 2, "seq_len": 64, "rope_theta": 100, "objective": "ce"}]))
+    run = train(cfg, out=str(tmp_path / "run"), progress=False)
+    ev = records(run, "eval")
+    assert ev and all(r["step"] == 2 and r["length"] == 64 and 0.0 <= r["accuracy"] <= 1.0 for r in ev)
+    assert {"task", "answer_logprob", "phase"} <= set(ev[0])

@@ -72,12 +72,24 @@ def _hf_config(path: Path, what: str) -> dict[str, Any]:
 
 def preflight(cfg: RunConfig, run_dir: Path, *, resume: bool, world_size: int = 1) -> None:
     """Every input error as one clear exception, before any model is built or any data generated."""
-    from workbench import data
-
     has_run = run_dir.is_dir() and (any(run_dir.glob("ckpt-*")) or (run_dir / "metrics.jsonl").exists())
     if has_run and not resume:
         raise FileExistsError(f"{run_dir}: already holds a run; pass --resume to continue it, or --out for a new "
                               "run directory (nothing is overwritten)")
+    check_inputs(cfg, world_size)
+    if resume and has_run:
+        ckpt = state.latest_checkpoint(run_dir)
+        if ckpt is not None:
+            old = models.read_manifest(ckpt).get("config_hash")
+            if old != wconfig.config_hash(cfg):
+                raise ConfigError(f"{run_dir}: --resume with a config that differs from the one the run was started "
+                                  f"with (config_hash {old} vs {wconfig.config_hash(cfg)}); see {run_dir}/run.yaml")
+
+
+def check_inputs(cfg: RunConfig, world_size: int = 1) -> None:
+    """Phases vs model windows, data configs, teacher directory / vocabulary / window, teacher cache."""
+    from workbench import data
+
     longest = max(ph.seq_len for ph in cfg.phases)
     for i, ph in enumerate(cfg.phases):
         if ph.seq_len > cfg.model.max_position_embeddings:
@@ -108,13 +120,6 @@ def preflight(cfg: RunConfig, run_dir: Path, *, resume: bool, world_size: int = 
             if longest > t_max:
                 raise ConfigError(f"phases: the longest phase ({longest} tokens) is beyond the teacher's "
                                   f"max_position_embeddings {t_max} ({cfg.teacher.path})")
-    if resume and has_run:
-        ckpt = state.latest_checkpoint(run_dir)
-        if ckpt is not None:
-            old = models.read_manifest(ckpt).get("config_hash")
-            if old != wconfig.config_hash(cfg):
-                raise ConfigError(f"{run_dir}: --resume with a config that differs from the one the run was started "
-                                  f"with (config_hash {old} vs {wconfig.config_hash(cfg)}); see {run_dir}/run.yaml")
 
 
 # ------------------------------------------------------------------------------------------ model
