@@ -111,7 +111,8 @@ def _tiny_run_config(name: str, theta_long: float, teacher: str | None = None):
 def build_tiny_runs(root: Path) -> Path:
     """RUNS_DIR made only by the workbench's own writers: two real training runs (CE phase-wise, and KD
     from the CE run's last checkpoint as teacher), then ``results.zarr`` with the per-pair update groups
-    (updates_weights, updates_states, bands) of the KD run and the retrieval grid of both final checkpoints."""
+    (updates_weights, updates_states, bands) of the KD run, traces and repeated tokens of both final
+    checkpoints (two specs), and the retrieval grid of both final checkpoints."""
     from workbench import analysis, models
     from workbench.evals import grid
     from workbench.train.trainer import train
@@ -126,6 +127,15 @@ def build_tiny_runs(root: Path) -> Path:
     analysis.write_group(out, "updates_weights", weights)
     analysis.write_group(out, "updates_states", analysis.state_updates(ckpts, seq_len=32, batch_size=1))
     analysis.write_group(out, "bands", analysis.band_summary(weights, [64, 128]))
+    from workbench import interp
+
+    specs = [interp.Spec("q-shift-16", [interp.shift(16, "q")]), interp.Spec("theta-swap", [interp.theta_swap(50.0)])]
+    for ckpt in (teacher, ckpts[-1]):
+        be = interp.load_backend(ckpt, "nnsight")
+        inputs = interp.default_inputs(be.vocab_size, batch=1, length=64)
+        interp.write_traces(out, interp.run_trace(ckpt, specs, inputs, backend=be, buckets=4))
+        interp.write_repeated(out, interp.repeated_tokens(ckpt, specs[:1], backend=be, window=128, period=16,
+                                                          copies=4, samples=1))
     plan = grid.plan([teacher, ckpts[-1]], tasks="passkey", lengths=[64, 128], depths=3, samples=1, out=out)
     grid.write(out, grid.evaluate_plan(plan, device="cpu", progress=False))
     return root
@@ -416,3 +426,28 @@ def test_data_views_say_when_runs_dir_has_no_such_data(runs_dir):
     assert resp["retrieval-store"]["options"] == []
     assert "no data of this kind in RUNS_DIR" in json.dumps(resp["retrieval-messages"]["children"])
     assert isinstance(common.notice(["x"])[0], html.Div)
+
+
+def test_traces_view_reads_the_interp_groups(tiny_runs):
+    from app.views import traces
+
+    root = root_of(tiny_runs)
+    assert traces.stores(root) == ["results.zarr"]
+    c = traces.choices(root, "results.zarr")
+    assert len(c["checkpoints"]) == 2 and c["specs"] == ["q-shift-16", "theta-swap"]
+    assert [b["value"] for b in c["buckets"]] == [traces.MEAN, 0, 1, 2, 3]
+    lines, heat, bars = traces.trace_figures(root, "results.zarr", c["checkpoints"][0], "lens_kl", "theta-swap",
+                                             traces.MEAN)
+    assert [t.name for t in lines.data] == ["q-shift-16", "theta-swap"]
+    assert len(heat.data[0].z) == 2 and len(heat.data[0].z[0]) == 4  # 2 layers x 4 buckets
+    assert len(bars.data) == 2  # one bar group per checkpoint
+    one, *_ = traces.trace_figures(root, "results.zarr", c["checkpoints"][0], "lens_kl", "theta-swap", 3)
+    assert list(one.data[1].y) != list(lines.data[1].y)  # bucket 3 alone differs from the mean
+    rep = traces.repeated_figure(root, "results.zarr", "kl_to_first")
+    assert len(rep.data) == 4 and len(rep.data[0].x) == 4  # 2 checkpoints x (clean, spec), 4 copies
+    assert traces.bucket_from_click({"points": [{"x": "x", "pointNumber": [1, 2]}]}, c["buckets"]) == 2
+    assert traces.bucket_from_click(None, c["buckets"]) is None
+    with pytest.raises(ValueError, match="unknown spec"):
+        traces.trace_figures(root, "results.zarr", c["checkpoints"][0], "lens_kl", "rm -rf", traces.MEAN)
+    with pytest.raises(ValueError, match="unknown repeated-token variable"):
+        traces.repeated_figure(root, "results.zarr", "entropy; drop")
