@@ -180,13 +180,16 @@ def stack_checkpoints(datasets: Iterable[xr.Dataset], names: Iterable[str]) -> x
 WRITTEN = "cell_written"  # int8 over the grid dims: 1 where that cell has been written
 
 
-def chunk_encoding(ds: xr.Dataset, chunk_dims: Iterable[str]) -> dict[str, dict[str, Any]]:
+def chunk_encoding(ds: xr.Dataset, chunk_dims: Iterable[str], *, compress: bool = True) -> dict[str, dict[str, Any]]:
     """Zarr encoding: chunk size 1 along ``chunk_dims`` (e.g. checkpoint, spec, layer, head), whole
-    elsewhere (the pair axis stays in one chunk), so reading one (layer, head) slice reads only its chunks."""
+    elsewhere (the pair axis stays in one chunk), so reading one (layer, head) slice reads only its chunks.
+    ``compress=False`` stores raw bytes (raw activations barely compress; zstd halves write throughput)."""
     dims = set(chunk_dims)
     enc: dict[str, dict[str, Any]] = {}
     for name, var in ds.data_vars.items():
         enc[name] = {"chunks": tuple(1 if d in dims else max(int(n), 1) for d, n in var.sizes.items())}
+        if not compress:
+            enc[name]["compressors"] = None
     return enc
 
 
@@ -233,7 +236,7 @@ def _nan_block(old: xr.Dataset, new: xr.Dataset, dim: str, values: list, grid: t
 
 
 def write_grid(store: str | Path, group: str, ds: xr.Dataset, *, grid: tuple[str, ...] = ("checkpoint", "spec"),
-               chunk_dims: Iterable[str] | None = None) -> Path:
+               chunk_dims: Iterable[str] | None = None, compress: bool = True) -> Path:
     """Write ``ds`` into ``group`` cell by cell over the ``grid`` dims (new checkpoints, new specs, or a new
     spec for an old checkpoint all work); cells never written read as NaN.
 
@@ -257,7 +260,7 @@ def write_grid(store: str | Path, group: str, ds: xr.Dataset, *, grid: tuple[str
     chunk_dims = tuple(chunk_dims if chunk_dims is not None else grid)
     if group not in groups(store):
         ds.to_zarr(str(store), group=group, mode="w-", zarr_format=3, consolidated=False,
-                   encoding=chunk_encoding(ds, chunk_dims))
+                   encoding=chunk_encoding(ds, chunk_dims, compress=compress))
         return store
     old = open_group(store, group, chunks={})
     if set(old.data_vars) != set(ds.data_vars):

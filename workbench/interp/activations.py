@@ -9,7 +9,8 @@ NaN and, being unwritten chunks, take no disk):
 - ``attn_out`` / ``resid_post`` (checkpoint, spec, sample, layer, position, hidden)
 
 ``half`` is 0 for dim j and 1 for dim j + d/2 of pair j; ``pair`` carries ``wavelength`` and ``dims``.
-Written with chunks of one (checkpoint, spec, layer, head), whole along positions and pairs.
+Written uncompressed with chunks of one (checkpoint, spec, layer), whole along heads, positions and pairs
+(DESIGN: chunks by (checkpoint, layer) with the whole pair axis).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ KINDS = {  # variable -> capture name template
     "attn_out": "blocks.{i}.hook_attn_out",
     "resid_post": "blocks.{i}.hook_resid_post",
 }
-CHUNK_DIMS = ("checkpoint", "spec", "layer", "head", "kv_head")
+CHUNK_DIMS = ("checkpoint", "spec", "layer")  # whole heads, positions and pairs inside a chunk
 
 
 def capture_activations(ckpt_path: str | Path, specs: Sequence[Spec] = (), inputs=None, *,
@@ -81,5 +82,5 @@ def capture_activations(ckpt_path: str | Path, specs: Sequence[Spec] = (), input
 
 
 def write_activations(store_path: str | Path, ds: xr.Dataset) -> Path:
-    """Write (append) an activations Dataset to group ``activations``, chunked by (checkpoint, spec, layer, head)."""
-    return store.write_grid(store_path, "activations", ds, chunk_dims=CHUNK_DIMS)
+    """Write (append) an activations Dataset to group ``activations``, chunked by (checkpoint, spec, layer)."""
+    return store.write_grid(store_path, "activations", ds, chunk_dims=CHUNK_DIMS, compress=False)

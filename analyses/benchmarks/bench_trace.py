@@ -1,0 +1,82 @@
+"""Benchmark: a perturbation trace vs plain transformers forwards of the same batch and conditions.
+
+    .venv/bin/python analyses/benchmarks/bench_trace.py [--preset data/configs/presets/tiny-teacher.yaml]
+        [--length 1024] [--batch 2] [--specs 3] [--repeats 5]
+
+A trace of S specs runs the batch S+1 times (clean + each spec) in one forward; the plain reference is one
+transformers forward of the same (S+1) x batch rows, same attention implementation (sdpa for nnsight,
+eager for TransformerLens). Rows:
+
+- ``nnsight run``: ``NNsightBackend.run`` (one invoke per spec, q/k edits in every layer), no captures;
+- ``nnsight run_trace``: the full trace (captures of every layer + metrics + logit lens);
+- ``tl run``: ``TransformerLensBackend.run`` vs plain eager transformers.
+
+Threads are pinned to 1; the modes alternate within each repeat; ratios use the best time of each mode.
+Goal: nnsight run <= 1.3x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from workbench import config, interp, models  # noqa: E402
+from workbench.interp import specs as S  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="data/configs/presets/tiny-teacher.yaml")
+    ap.add_argument("--length", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--specs", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    cfg = config.load_model_config(args.preset)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = models.save_checkpoint(models.build_model(cfg, seed=0), f"{tmp}/bench/ckpt-0", {"phase": "bench"})
+        specs = [S.Spec(f"q-shift-{k}", [S.shift(16 * (k + 1), "q")]) for k in range(args.specs)]
+        runs = [S.identity(), *specs]
+        inputs = interp.default_inputs(cfg.vocab_size, batch=args.batch, length=args.length)
+        ids, pos = inputs["input_ids"], inputs["position_ids"]
+        n = len(runs)
+        big_ids, big_pos = ids.repeat(n, 1), pos.repeat(n, 1)
+        sdpa, _ = models.load(path)
+        eager, _ = models.load(path, attn_implementation="eager")
+        nn, tl = interp.load_backend(path, "nnsight"), interp.load_backend(path, "tl")
+
+        def hf(model):
+            with torch.no_grad():
+                model(input_ids=big_ids, position_ids=big_pos)
+
+        modes = {
+            "hf sdpa": lambda: hf(sdpa),
+            "nnsight run": lambda: nn.run(ids, pos, runs),
+            "nnsight run_trace": lambda: interp.run_trace(path, specs, inputs, backend=nn),
+            "hf eager": lambda: hf(eager),
+            "tl run": lambda: tl.run(ids, pos, runs),
+        }
+        for fn in modes.values():  # warm up
+            fn()
+        best = {k: float("inf") for k in modes}
+        for _ in range(args.repeats):
+            for name, fn in modes.items():
+                t = time.perf_counter()
+                fn()
+                best[name] = min(best[name], time.perf_counter() - t)
+    print(f"preset {args.preset}, batch {args.batch} x {args.length} tokens, clean + {args.specs} specs "
+          f"({n * args.batch} rows), 1 thread, best of {args.repeats}")
+    print(f"{'mode':<20} {'ratio vs plain HF':>18}")
+    for name, ref in (("nnsight run", "hf sdpa"), ("nnsight run_trace", "hf sdpa"), ("tl run", "hf eager")):
+        print(f"{name:<20} {best[name] / best[ref]:>17.2f}x   (reference: {ref})")
+
+
+if __name__ == "__main__":
+    main()
