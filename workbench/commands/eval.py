@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="'auto', 'synthetic' or a local tokenizer directory (auto: the checkpoint's own, else synthetic)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16")
-    p.add_argument("--batch-size", type=int, default=None, help="prompts per batch (default: about 32k tokens per batch)")
+    p.add_argument("--batch-size", type=int, default=None, help="prompts per batch (default: about 4k prompt tokens per batch on CPU, 128k on CUDA)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 

@@ -22,7 +22,10 @@ from workbench.evals import scoring
 from workbench.evals.render import Rendering, SyntheticRendering
 from workbench.evals.tasks import Sample, make_sample, make_samples
 
-DEFAULT_BATCH_TOKENS = 32768  # prompt tokens per batch when no batch size is given
+# prompt tokens per batch when no batch size is given. On CPU attention memory traffic dominates beyond a
+# few thousand tokens per batch (measured with analyses/benchmarks/bench_eval.py: batches of 8 x 512 tokens
+# beat both 1 and 32); GPUs want large batches.
+DEFAULT_BATCH_TOKENS = {"cpu": 4096, "cuda": 131072}
 
 
 @dataclass
@@ -82,7 +85,8 @@ def score_samples(model, samples: Sequence[Sample], rendering: Rendering, *, bat
     """
     device = model_device(model)
     results: list[Result] = []
-    for chunk in _batches(samples, batch_size):
+    budget = DEFAULT_BATCH_TOKENS.get(device.type, DEFAULT_BATCH_TOKENS["cpu"])
+    for chunk in _batches(samples, batch_size, budget):
         prompts = torch.as_tensor(np.stack([s.input_ids for s in chunk]), device=device)
         answer = max(len(s.answer_ids) for s in chunk)
         gold = torch.zeros((len(chunk), answer), dtype=torch.long, device=device)
@@ -107,10 +111,10 @@ def score_samples(model, samples: Sequence[Sample], rendering: Rendering, *, bat
     return results
 
 
-def _batches(samples: Sequence[Sample], batch_size: int | None) -> Iterable[list[Sample]]:
+def _batches(samples: Sequence[Sample], batch_size: int | None, budget: int) -> Iterable[list[Sample]]:
     chunk: list[Sample] = []
     for s in samples:
-        size = batch_size or max(1, DEFAULT_BATCH_TOKENS // s.length)
+        size = batch_size or max(1, budget // s.length)
         if chunk and (len(chunk) >= size or chunk[0].length != s.length):
             yield chunk
             chunk = []
