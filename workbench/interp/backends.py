@@ -102,6 +102,8 @@ class Backend:
     vocab_size: int
     path: Path
     manifest: dict
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
 
     def run(self, input_ids: torch.Tensor, position_ids: torch.Tensor, specs: Sequence[Spec], *,
             capture: Iterable[str] | Callable[[str], bool] | None = None) -> list[dict[str, torch.Tensor]]:
@@ -110,6 +112,7 @@ class Backend:
         input_ids = torch.as_tensor(input_ids, dtype=torch.long)
         position_ids = torch.as_tensor(position_ids, dtype=torch.long)
         _check_inputs(input_ids, position_ids, self.geometry, self.vocab_size)
+        input_ids, position_ids = input_ids.to(self.device), position_ids.to(self.device)
         specs = list(specs)
         if not specs:
             raise ValueError("no specs to run")
@@ -134,7 +137,7 @@ class TransformerLensBackend(Backend):
     def __init__(self, path: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu"):
         from transformer_lens.model_bridge import TransformerBridge
 
-        self.path = Path(path)
+        self.path, self.device, self.dtype = Path(path), torch.device(device), dtype
         hf, self.manifest = load_hf(path, attn_implementation="eager", dtype=dtype, device=device)
         self.geometry = Geometry.of(hf)
         self.vocab_size = hf.config.vocab_size
@@ -220,7 +223,7 @@ class NNsightBackend(Backend):
     def __init__(self, path: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu"):
         from nnsight.modeling.transformers import TransformersModel
 
-        self.path = Path(path)
+        self.path, self.device, self.dtype = Path(path), torch.device(device), dtype
         hf, self.manifest = load_hf(path, dtype=dtype, device=device)
         self.geometry = Geometry.of(hf)
         self.vocab_size = hf.config.vocab_size

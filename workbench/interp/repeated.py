@@ -110,11 +110,11 @@ def repeated_tokens(ckpt_path: str | Path, specs: Sequence[Spec] = (), *, backen
         logp = torch.log_softmax(lg.double(), -1)
         mean_logp = torch.logsumexp(logp, 1, keepdim=True) - np.log(n_copies)
         first = lg[:, :1]
-        vals["kl_to_first"][s] = kl_div(first.expand_as(lg), lg).mean((0, 2)).numpy()
-        vals["kd_signal"][s] = (logp.exp() * (logp - mean_logp)).sum(-1).clamp_min(0).mean((0, 2)).numpy()
-        vals["kl_vs_clean"][s] = kl_div(clean, lg).mean((0, 2)).numpy()
-        vals["top1_agree_first"][s] = (lg.argmax(-1) == first.argmax(-1)).double().mean((0, 2)).numpy()
-        vals["entropy"][s] = (-(logp.exp() * logp).sum(-1)).mean((0, 2)).numpy()
+        vals["kl_to_first"][s] = kl_div(first.expand_as(lg), lg).mean((0, 2)).cpu().numpy()
+        vals["kd_signal"][s] = (logp.exp() * (logp - mean_logp)).sum(-1).clamp_min(0).mean((0, 2)).cpu().numpy()
+        vals["kl_vs_clean"][s] = kl_div(clean, lg).mean((0, 2)).cpu().numpy()
+        vals["top1_agree_first"][s] = (lg.argmax(-1) == first.argmax(-1)).double().mean((0, 2)).cpu().numpy()
+        vals["entropy"][s] = (-(logp.exp() * logp).sum(-1)).mean((0, 2)).cpu().numpy()
     ds = xr.Dataset(
         {k: (("spec", "copy"), v) for k, v in vals.items()},
         coords={"spec": np.array([r.name for r in runs], dtype=object), "copy": np.arange(n_copies),

@@ -211,6 +211,7 @@ def finish(ds: xr.Dataset, be: Backend, ckpt_path: str | Path, *, kind: str, ext
         checkpoint_hash=("checkpoint", np.array([models.checkpoint_hash(ckpt_path)], dtype=object)),
         rope_theta=("checkpoint", np.array([be.geometry.theta])),
     )
-    ds.attrs.update(store.provenance(kind=kind, backend=be.name, dtype="float32", head_dim=be.geometry.head_dim,
+    ds.attrs.update(store.provenance(kind=kind, backend=be.name, dtype=str(be.dtype).replace("torch.", ""),
+                                     device=str(be.device), head_dim=be.geometry.head_dim,
                                      num_layers=be.geometry.num_layers, **(extra or {})))
     return ds
