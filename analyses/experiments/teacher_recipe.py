@@ -31,6 +31,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--pairs", type=float, default=2.0, help="max key-value facts per 256 tokens")
     p.add_argument("--queries", type=int, default=3, help="queries per fact")
+    p.add_argument("--echoes", type=float, default=0.0, help="echo spans per 128 tokens")
     p.add_argument("--supervise", default="answers", choices=["answers", "all"])
     p.add_argument("--theta", type=float, default=None)
     p.add_argument("--eval-every", type=int, default=50)
@@ -38,13 +39,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
+    p.add_argument("--init", default=None, help="start from this checkpoint instead of a fresh model")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
     cfg = config.load_model_config(args.preset)
     if args.theta:
         cfg.rope_theta = args.theta
-    model = models.build_model(cfg, seed=args.seed).train()
+    model = (models.load(args.init)[0] if args.init else models.build_model(cfg, seed=args.seed)).train()
     stages = [tuple(int(x) for x in s.split(":")) for s in args.stages.split(",")]
     total = sum(n for _, n in stages)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -56,7 +58,8 @@ def main() -> None:
         max_pairs = max(1, int(args.pairs * seq_len / 256))
         for _ in range(n_steps):
             docs = [document(rng, seq_len, num_pairs=int(rng.integers(1, max_pairs + 1)),
-                             queries_per_fact=args.queries, supervise=args.supervise) for _ in range(args.batch)]
+                             queries_per_fact=args.queries, supervise=args.supervise,
+                             echoes=int(args.echoes * seq_len / 128)) for _ in range(args.batch)]
             ids = torch.as_tensor(np.stack([d.ids for d in docs]))
             labels = torch.where(torch.as_tensor(np.stack([d.target for d in docs])), ids, -100)
             loss = model(input_ids=ids, labels=labels).loss
@@ -72,11 +75,15 @@ def main() -> None:
                        "wall_s": round(time.time() - t0, 1)}
                 for L in sorted({256, seq_len, 1024}):
                     row[f"pk@{L}"] = retrieval.passkey_accuracy(model, L, n=args.eval_n, seed=123)
+                rng_eval = np.random.default_rng(5)
+                samples = [retrieval.passkey_sample(rng_eval, seq_len, d) for d in np.linspace(0, 1, args.eval_n)]
+                row["digit@L"] = round(retrieval.token_accuracy(model, samples), 3)
                 row[f"kv@{seq_len}"] = retrieval.kv_accuracy(model, seq_len, n=args.eval_n, seed=123)
                 print(json.dumps(row), flush=True)
                 model.train()
-    if args.out:
-        models.save_checkpoint(model.eval(), args.out, {"phase": "recipe", "step": step})
+        if args.out:
+            models.save_checkpoint(model.eval(), f"{args.out}-{seq_len}-{step}", {"phase": "recipe", "step": step})
+            model.train()
 
 
 if __name__ == "__main__":

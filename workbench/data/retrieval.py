@@ -54,21 +54,30 @@ def _sample(rng, length, depth, needle, query, answer) -> Sample:
 
 
 @torch.no_grad()
-def accuracy(model, samples: list[Sample], batch_size: int = 8) -> float:
-    """Fraction of samples whose whole answer the model gets right (teacher-forced argmax == greedy)."""
+def answer_hits(model, samples: list[Sample], batch_size: int = 8) -> list[np.ndarray]:
+    """Per sample, which answer tokens the model's argmax gets right (teacher-forced)."""
     if not samples:
         raise ValueError("no samples to score")
-    correct = 0
+    hits = []
     device = next(model.parameters()).device
     for i in range(0, len(samples), batch_size):
         chunk = samples[i:i + batch_size]
         ids = torch.as_tensor(np.stack([s[0] for s in chunk]), device=device)
         pos = torch.arange(ids.shape[1], device=device).expand_as(ids)
-        pred = model(input_ids=ids, position_ids=pos).logits.argmax(-1)
+        pred = model(input_ids=ids, position_ids=pos).logits.argmax(-1).cpu().numpy()
         for row, (sample_ids, start) in enumerate(chunk):
-            want = torch.as_tensor(sample_ids[start:], device=device)
-            correct += bool((pred[row, start - 1:len(sample_ids) - 1] == want).all())
-    return correct / len(samples)
+            hits.append(pred[row, start - 1:len(sample_ids) - 1] == sample_ids[start:])
+    return hits
+
+
+def accuracy(model, samples: list[Sample], batch_size: int = 8) -> float:
+    """Fraction of samples whose whole answer the model gets right (teacher-forced argmax == greedy)."""
+    return float(np.mean([h.all() for h in answer_hits(model, samples, batch_size)]))
+
+
+def token_accuracy(model, samples: list[Sample], batch_size: int = 8) -> float:
+    """Fraction of answer tokens right (partial credit; shows progress before whole answers are right)."""
+    return float(np.mean(np.concatenate(answer_hits(model, samples, batch_size))))
 
 
 def passkey_accuracy(model, length: int, n: int = 32, seed: int = 0, batch_size: int = 8) -> float:

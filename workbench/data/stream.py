@@ -22,8 +22,8 @@ from workbench.data.packing import IGNORE, pack, position_ids
 KINDS = ("synthetic-long", "synthetic-short", "repeated", "text", "jsonl", "parquet")
 # generator extras accepted in DataConfig.options, per kind (anything else is a config error)
 OPTIONS = {
-    "synthetic-long": {"passkey_prob", "queries_per_fact", "supervise", "fill_window"},
-    "synthetic-short": {"passkey_prob", "queries_per_fact", "supervise"},
+    "synthetic-long": {"passkey_prob", "queries_per_fact", "supervise", "fill_window", "echo_rate"},
+    "synthetic-short": {"passkey_prob", "queries_per_fact", "supervise", "echo_rate"},
     "repeated": {"period", "gap"},
     "text": {"split", "add_eos"},
     "jsonl": {"field", "add_eos"},
@@ -84,13 +84,15 @@ def make_stream(data_cfg: DataConfig, seq_len: int, batch_size: int, seed: int, 
         doc_kw = dict(queries_per_fact=int(opts.get("queries_per_fact", 3 if long else 2)),
                       supervise=opts.get("supervise", "all"))
         p_passkey = float(opts.get("passkey_prob", 1.0 if long else 0.5))
+        echo_rate = float(opts.get("echo_rate", 0.0))  # echo spans per 128 tokens of document
 
         def window(k: int) -> Window:
             r, docs, left = rng(k), [], seq_len
             while left:
                 n = left if fill else min(left, int(r.integers(data_cfg.doc_len_min, data_cfg.doc_len_max + 1)))
                 pairs = int(r.integers(data_cfg.num_pairs_min, data_cfg.num_pairs_max + 1))
-                docs.append(syn.document(r, n, num_pairs=pairs, passkey=bool(r.random() < p_passkey), **doc_kw))
+                docs.append(syn.document(r, n, num_pairs=pairs, passkey=bool(r.random() < p_passkey),
+                                         echoes=round(echo_rate * n / 128), **doc_kw))
                 left -= n
             return pack(docs, positions)
 
@@ -175,6 +177,10 @@ def check(data_cfg: DataConfig, seq_len: int, batch_size: int, rank: int = 0, wo
                              f"{data_cfg.num_pairs_min}, {data_cfg.num_pairs_max}")
         if data_cfg.options.get("supervise", "all") not in ("all", "answers"):
             raise ValueError(f"data.options.supervise: {data_cfg.options['supervise']!r} is not 'all' or 'answers'")
+        for key in ("passkey_prob", "echo_rate", "queries_per_fact"):
+            value = data_cfg.options.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"data.options.{key}: need a number >= 0, got {value!r}")
     elif kind == "repeated":
         period, gap = data_cfg.options.get("period", 64), data_cfg.options.get("gap", 0)
         if not (isinstance(period, int) and 1 <= period <= seq_len):

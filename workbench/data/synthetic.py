@@ -6,7 +6,10 @@ placed in random filler:
 
 - needles: ``PASS d d d d d`` (passkey) and ``SET k v`` (key-value fact, distinct keys per document);
 - queries: ``ASK PASS d d d d d`` and ``ASK k v``; each query comes after its needle, at a random distance,
-  and several queries per needle give dense supervision.
+  and several queries per needle give dense supervision;
+- echoes (optional): a stretch of filler that recurs later in the same document. Still plain haystack,
+  but every recurring token is predictable by copying: dense practice for the induction (match-and-copy)
+  circuit that both queries need, which a tiny model otherwise forms slowly.
 
 Queries only ever refer to needles of the same document, so no target depends on anything before the
 document's first token (``short_document`` is used for packed student data and relies on this).
@@ -46,8 +49,9 @@ def filler(rng: np.random.Generator, n: int) -> np.ndarray:
     return rng.choice(FILLER, size=n)
 
 
-def _needles(rng: np.random.Generator, num_pairs: int, passkey: bool):
-    """(needle tokens, query tokens, answer length) for each fact of one document."""
+def _needles(rng: np.random.Generator, num_pairs: int, passkey: bool, echoes: int = 0,
+             echo_len: tuple[int, int] = (8, 16)):
+    """(needle tokens, query tokens, answer length) for each fact of one document (echoes last)."""
     facts = []
     if passkey:
         digits = rng.choice(DIGITS, size=PASSKEY_DIGITS)
@@ -55,28 +59,34 @@ def _needles(rng: np.random.Generator, num_pairs: int, passkey: bool):
     num_pairs = min(num_pairs, len(KEYS))
     for k, v in zip(rng.choice(KEYS, size=num_pairs, replace=False), rng.choice(VALUES, size=num_pairs)):
         facts.append((np.array([SET, k, v]), np.array([ASK, k, v]), 1))
+    for _ in range(echoes):
+        span = filler(rng, int(rng.integers(echo_len[0], echo_len[1] + 1)))
+        facts.append((span, span, len(span) - 1))
     return facts
 
 
 def document(rng: np.random.Generator, length: int, *, num_pairs: int = 1, passkey: bool = True,
-             queries_per_fact: int = 2, supervise: Supervise = "all") -> Doc:
+             queries_per_fact: int = 2, supervise: Supervise = "all", echoes: int = 0) -> Doc:
     """A document of exactly ``length`` tokens: facts hidden in filler, each queried later.
 
     Needle and query times are drawn so that query-needle distances spread over the whole document
     (needle at u ~ U(0,1), each of its queries at U(u, 1)), never at a fixed offset. Facts that do not fit
     are dropped, so any ``length >= 1`` works (a tiny document is plain filler). ``supervise="answers"``
-    puts the loss on answer tokens only; ``"all"`` on every token but the first.
+    puts the loss on answer tokens only (for an echo: every recurring token but its first); ``"all"`` on
+    every token but the first. Each echo recurs once.
     """
     if length < 1:
         raise ValueError(f"document length must be >= 1, got {length}")
-    facts = _needles(rng, num_pairs, passkey)
-    while facts and sum(len(n) + queries_per_fact * len(q) for n, q, _ in facts) > length:
-        facts.pop()  # drop key-value facts first, the passkey last
+    facts = _needles(rng, num_pairs, passkey, echoes)
+    size = [len(n) + (1 if n is q else queries_per_fact) * len(q) for n, q, _ in facts]
+    while facts and sum(size) > length:
+        facts.pop()  # drop echoes first, then key-value facts, the passkey last
+        size.pop()
     items = []  # (time, tokens, answer length)
     for needle, query, n_ans in facts:
         t = rng.uniform(0.0, 1.0)
         items.append((t, needle, 0))
-        items.extend((rng.uniform(t, 1.0), query, n_ans) for _ in range(queries_per_fact))
+        items.extend((rng.uniform(t, 1.0), query, n_ans) for _ in range(1 if needle is query else queries_per_fact))
     items.sort(key=lambda item: item[0])
     n_fill = length - sum(len(tok) for _, tok, _ in items)
     # filler before each item: the cumulative filler up to time t is round(t * n_fill)
