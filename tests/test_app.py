@@ -136,7 +136,7 @@ def build_tiny_runs(root: Path) -> Path:
         interp.write_traces(out, interp.run_trace(ckpt, specs, inputs, backend=be, buckets=4))
         interp.write_repeated(out, interp.repeated_tokens(ckpt, specs[:1], backend=be, window=128, period=16,
                                                           copies=4, samples=1))
-    plan = grid.plan([teacher, ckpts[-1]], tasks="passkey", lengths=[64, 128], depths=3, samples=1, out=out)
+    plan = grid.plan([teacher, ckpts[-1]], tasks="passkey", lengths=[64, 128], depths=2, samples=1, out=out)
     grid.write(out, grid.evaluate_plan(plan, device="cpu", progress=False))
     return root
 
@@ -403,7 +403,7 @@ def test_retrieval_view_side_by_side_and_cross_link(tiny_runs):
     heat, lines = retrieval.grids(root, "results.zarr", retrieval.ALL, "answer_logprob", ckpts)
     assert len(heat.data) == 2 and len(lines.data) == 2  # one grid and one line per checkpoint
     assert retrieval.run_of_checkpoint(root, "results.zarr", ckpts[1]) == ckpts[1].split("/")[0]
-    click = {"points": [{"x": "128", "y": "50%", "curveNumber": 1}]}
+    click = {"points": [{"x": "128", "y": "100%", "curveNumber": 1}]}
     fig, message = retrieval.clicked_curve(root, "results.zarr", retrieval.ALL, ckpts, click)
     assert message == "" and fig.data[0].name == ckpts[1].split("/")[0]
     assert list(fig.data[0].x) == [3, 6]  # the run's held-out evals at length 128 (every 3 steps)

@@ -56,6 +56,15 @@ def guarded(fn: Callable[..., Any], fallback: Callable[[str], Any]) -> Callable[
     return wrapper
 
 
+def only_when_shown(tab: Any, name: str) -> None:
+    """Skip a callback while its view's tab is hidden: the first page load then only runs the shown view
+    (switching tabs fires it)."""
+    from dash.exceptions import PreventUpdate
+
+    if tab != name:
+        raise PreventUpdate
+
+
 def control(label: str, component: Any) -> html.Div:
     """A labelled control in a view's control row."""
     return html.Div([html.Label(label, className="wb-label"), component], className="wb-control")
@@ -73,7 +82,8 @@ def register_store_picker(app: Any, root: Any, prefix: str, group: str) -> None:
 
     from app import stores
 
-    def fill(_tab: Any, current: Any):
+    def fill(tab: Any, current: Any):
+        only_when_shown(tab, prefix)
         found = stores.stores_with_group(root, group)
         value = current if current in found else (found[0] if found else None)
         return ([{"label": s, "value": s} for s in found], value,

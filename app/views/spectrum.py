@@ -10,7 +10,7 @@ from typing import Any
 
 from dash import Dash, Input, Output, dcc, html
 
-from app.views.common import control, graph, guarded, notice, shown
+from app.views.common import control, graph, guarded, notice, only_when_shown, shown
 from workbench import rope
 from workbench.figures import spectrum as figs
 
@@ -119,6 +119,12 @@ def update(theta: Any, head_dim: Any, length: Any, phases: Any):
     return wave, shown(True, 420), curve or {}, shown(curve is not None, 360), rows, msgs
 
 
+def shown_update(theta: Any, head_dim: Any, length: Any, phases: Any, tab: Any):
+    """:func:`update`, run only while the spectrum tab is shown."""
+    only_when_shown(tab, TAB[0])
+    return update(theta, head_dim, length, phases)
+
+
 def register(app: Dash, root: Path) -> None:
     def fallback(message: str):
         return {}, shown(False, 420), {}, shown(False, 360), [], notice([message], "error")
@@ -128,5 +134,5 @@ def register(app: Dash, root: Path) -> None:
         Output("spec-longrange", "figure"), Output("spec-longrange", "style"),
         Output("spec-summary", "children"), Output("spec-messages", "children"),
         Input("spec-theta", "value"), Input("spec-head-dim", "value"), Input("spec-length", "value"),
-        Input("spec-phases", "value"),
-    )(guarded(update, fallback))
+        Input("spec-phases", "value"), Input("tabs", "value"),
+    )(guarded(shown_update, fallback))

@@ -14,7 +14,7 @@ from typing import Any
 from dash import Dash, Input, Output, State, callback_context, dcc, html, no_update
 
 from app import stores as S
-from app.views.common import control, graph, guarded, no_data, notice, shown
+from app.views.common import control, graph, guarded, no_data, notice, only_when_shown, shown
 from workbench.figures import updates as figs
 
 TAB = ("updates", "Query updates")
@@ -113,7 +113,8 @@ def layout() -> html.Div:
 
 
 def register(app: Dash, root: Path) -> None:
-    def fill(_tab: Any, current: Any):
+    def fill(tab: Any, current: Any):
+        only_when_shown(tab, TAB[0])
         found = stores(root)
         value = current if current in found else (found[0] if found else None)
         return ([{"label": s, "value": s} for s in found], value,
