@@ -311,7 +311,15 @@ def evaluate_plan(p: Plan, *, device: str = "auto", dtype: str = "auto", batch_s
 
 
 def write(out: str | Path, ds: xr.Dataset) -> Path:
-    """Write (or append along ``checkpoint``) into the store's ``retrieval`` group."""
+    """Write (or append along ``checkpoint``) into the store's ``retrieval`` group. On append the
+    per-checkpoint attrs (``checkpoint_hashes``, ``rope_theta``) keep the earlier checkpoints' entries."""
+    out = Path(out)
+    if out.exists() and store.has_group(out, GROUP):
+        old = store.open_group(out, GROUP).attrs
+        ds = ds.copy()
+        for key in ("checkpoint_hashes", "rope_theta"):
+            merged = {**(store.decode_attr(old.get(key)) or {}), **store.decode_attr(ds.attrs[key])}
+            ds.attrs[key] = json.dumps(merged)
     return store.write(out, GROUP, ds, append_dim="checkpoint")
 
 
