@@ -331,3 +331,29 @@ def test_eval_command_bad_input(tmp_path, capsys):
     assert "unknown task 'nope'" in capsys.readouterr().err
     assert main(["eval", str(tmp_path), "--lengths", "256,abc"]) == 2
     assert "--lengths" in capsys.readouterr().err
+
+
+def test_figures_show_cell_means():
+    import xarray as xr
+
+    from workbench.figures import retrieval as fr
+
+    rng = np.random.default_rng(0)
+    shape = (2, 2, 3, 4, 5)  # checkpoint, task, length, depth, sample
+    correct = rng.random(shape) < 0.5
+    ds = xr.Dataset({"correct": (("checkpoint", "task", "length", "depth", "sample"), correct)},
+                    coords={"checkpoint": ["kd/ckpt-1", "ce/ckpt-1"], "task": ["passkey", "niah"],
+                            "length": [256, 512, 1024], "depth": [0.0, 25.0, 75.0, 100.0], "sample": np.arange(5),
+                            "max_positions": ("checkpoint", [256, 256]), "rope_theta": ("checkpoint", [500.0, 5e4])})
+    fig = fr.heatmap(ds, "ce/ckpt-1", task="niah")
+    z = np.asarray(fig.data[0].z)
+    assert z.shape == (4, 3)  # depth rows x length columns
+    assert z[2, 1] == pytest.approx(correct[1, 1, 1, 2].mean())
+    both = fr.heatmaps(ds)
+    assert len(both.data) == 2 and np.allclose(both.data[0].z, correct[0].mean(axis=(0, 3)).T)
+    lines = fr.accuracy_vs_length(ds, task="passkey")
+    assert [t.name for t in lines.data] == ["kd/ckpt-1 (theta 500)", "ce/ckpt-1 (theta 50000)",
+                                            "trained length 256"]
+    assert np.allclose(lines.data[1].y, correct[1, 0].mean(axis=(1, 2)))
+    with pytest.raises(ValueError, match="no checkpoint 'x'"):
+        fr.heatmap(ds, "x")

@@ -99,21 +99,24 @@ def accuracy_vs_length(ds: xr.Dataset, *, task: str | None = None, metric: str =
     A dotted vertical line marks each checkpoint's trained/configured length (``max_positions``)."""
     names = [_pick(ds, c) for c in checkpoints] if checkpoints else [str(c) for c in ds["checkpoint"].values]
     fig = go.Figure()
-    marked = set()
+    lows, highs, limits = [], [], set()
     for name in names:
         sub = ds.sel(checkpoint=name)
         line = _cell_means(sub, metric, task).mean("depth")
+        lows.append(float(np.nanmin(line.values)))
+        highs.append(float(np.nanmax(line.values)))
         label = name
         if "rope_theta" in sub.coords:
             label += f" (theta {float(sub['rope_theta']):g})"
         fig.add_trace(go.Scatter(x=line["length"].values, y=line.values, mode="lines+markers", name=label,
                                  hovertemplate="length %{x}<br>" + metric + " %{y:.3f}<extra>" + name + "</extra>"))
         if "max_positions" in sub.coords:
-            limit = int(sub["max_positions"])
-            if limit not in marked:
-                marked.add(limit)
-                fig.add_vline(x=limit, line_dash="dot", line_color="grey",
-                              annotation_text=f"trained {limit}", annotation_position="top")
+            limits.add(int(sub["max_positions"]))
+    # trained lengths as dotted vertical traces (shapes misplace x on log axes)
+    y0, y1 = (0.0, 1.0) if metric in _BOUNDED else (min(lows), max(highs))
+    for limit in sorted(limits):
+        fig.add_trace(go.Scatter(x=[limit, limit], y=[y0, y1], mode="lines", name=f"trained length {limit}",
+                                 line=dict(dash="dot", color="grey"), hoverinfo="skip"))
     fig.update_layout(title=title or f"{_what(metric, task)} vs length", xaxis_title="length (tokens)",
                       yaxis_title=LABELS.get(metric, metric), xaxis_type="log",
                       margin=dict(t=60, r=20, b=50, l=70))
