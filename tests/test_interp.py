@@ -8,6 +8,7 @@ rotary code and weight edits, not against the workbench's.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,8 +205,6 @@ def test_specs_round_trip_yaml_and_example_files_load(tmp_path, nn):
     assert [s.to_json() for s in back] == [s.to_json() for s in SPECS]
     assert S.from_json(SPECS[2].to_json()).ops_hash == SPECS[2].ops_hash
     for name in ("suite.yaml", "q-shift-low-freq.yaml"):
-        from pathlib import Path
-
         for spec in S.load_specs(Path(__file__).parents[1] / "data" / "specs" / name):
             S.validate(spec, nn.geometry)
     (tmp_path / "bad.yaml").write_text("name: b\nops:\n  - {kind: shift, ofset: 3}\n")
@@ -296,3 +295,30 @@ def test_trace_figures_from_the_store(nn, ckpt, tmp_path):
     rep = interp.repeated_tokens(ckpt, backend=nn, window=256, period=8, copies=4, samples=1)
     fig = F.repeated_kl_vs_offset(rep, "kl_to_first")
     assert list(fig.data[0].x) == list(rep.offset.values)
+
+
+# ------------------------------------------------------------------ the shipped tiny trained teacher
+
+TEACHER = Path(__file__).parents[1] / "data" / "teacher" / "tiny-teacher"
+
+
+@pytest.mark.skipif(not (TEACHER / "config.json").is_file(), reason="tiny teacher not shipped in data/teacher/")
+def test_trained_teacher_identity_parity_shift_and_repeated_tokens(tmp_path):
+    nn_t, tl_t = interp.load_backend(TEACHER, "nnsight"), interp.load_backend(TEACHER, "tl")
+    ref_t = models.load(TEACHER, allow_plain_hf=True)[0]
+    ids, pos = _inputs(LONG, batch=1)
+    hf = _hf(ref_t, ids, pos)
+    last = nn_t.geometry.num_layers - 1
+    runs = [S.identity(), S.Spec("equal", [S.shift(700, "both")]),
+            S.Spec("q-shift-last", [S.shift(48, "q", layers=[last])])]
+    a, b = nn_t.run(ids, pos, runs, capture="blocks.0.*"), tl_t.run(ids, pos, runs, capture="blocks.0.*")
+    tail = slice(2048, None)
+    for out in (a, b):
+        assert (out[0]["logits"] - hf)[:, tail].abs().max() <= TOL
+        assert (out[1]["logits"] - hf).abs().max() <= TOL
+        assert torch.equal(out[2]["blocks.0.hook_resid_post"], out[0]["blocks.0.hook_resid_post"]) or last == 0
+    assert (a[2]["logits"] - b[2]["logits"])[:, tail].abs().max() <= TOL
+    rep = interp.repeated_tokens(TEACHER, [runs[2]], backend=nn_t, window=2048, period=32, copies=4, samples=1)
+    interp.write_repeated(tmp_path / "t.zarr", rep)
+    ds = xr.open_zarr(tmp_path / "t.zarr", group="repeated_tokens", consolidated=False)
+    assert set(ds.spec.values) == {"clean", "q-shift-last"} and np.isfinite(ds.kd_signal.values).all()

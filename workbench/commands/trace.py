@@ -95,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
             row = ds.sel(spec=s).isel(checkpoint=0)
             print(f"  {s:>24}: KL to first copy {' '.join(f'{v:.2e}' for v in row.kl_to_first.values)}")
             print(f"  {'':>24}  KD signal        {' '.join(f'{v:.2e}' for v in row.kd_signal.values)}")
+            if s != "clean":
+                print(f"  {'':>24}  KL vs clean      {' '.join(f'{v:.2e}' for v in row.kl_vs_clean.values)}")
         print(f"wrote group repeated_tokens of {args.out}")
         return 0
     ds = interp.run_trace(ckpt, specs, inputs, backend=be, buckets=args.buckets, batch_size=args.batch_size,
