@@ -45,6 +45,12 @@ def _var(ds: xr.Dataset, var: str) -> xr.DataArray:
     return ds[var]
 
 
+def _pair_axis(ds: xr.Dataset, ticks: list[str]) -> dict:
+    """x axis of a pair heatmap: every pair ticked with its index and wavelength (upright when few)."""
+    return dict(title="pair j / wavelength (tokens)", tickmode="array", tickvals=ds["pair"].values, ticktext=ticks,
+                tickangle=0 if len(ticks) <= 20 else -90, tickfont_size=10)
+
+
 def _pair_labels(ds: xr.Dataset, comparison: str | None) -> tuple[np.ndarray, list[str]]:
     """Wavelengths of the pairs (at the comparison's after-theta when stored) and tick labels."""
     if comparison is not None and "wavelength_after" in ds.coords:
@@ -86,7 +92,7 @@ def layer_pair_heatmap(ds: xr.Dataset, *, comparison: str | None = None, var: st
     _phase_overlays(fig, theta, int(ds.attrs.get("head_dim", 2 * ds.sizes["pair"])), phase_lengths, ds.sizes["pair"])
     fig.update_layout(
         title=title or f"{TITLES.get(var, var)} (mean over heads)<br><sup>{comparison}</sup>",
-        xaxis=dict(title="pair j / wavelength (tokens)", tickmode="array", tickvals=ds["pair"].values, ticktext=ticks),
+        xaxis=_pair_axis(ds, ticks),
         yaxis=dict(title="layer", dtick=1), margin=dict(t=80, r=20, b=70, l=60),
     )
     return fig
@@ -107,7 +113,7 @@ def head_pair_heatmap(ds: xr.Dataset, layer: int, *, comparison: str | None = No
     _phase_overlays(fig, theta, int(ds.attrs.get("head_dim", 2 * ds.sizes["pair"])), phase_lengths, ds.sizes["pair"])
     fig.update_layout(
         title=f"{TITLES.get(var, var)}, layer {layer}<br><sup>{comparison}</sup>",
-        xaxis=dict(title="pair j / wavelength (tokens)", tickmode="array", tickvals=ds["pair"].values, ticktext=ticks),
+        xaxis=_pair_axis(ds, ticks),
         yaxis=dict(title=head_dim.replace("_", " "), dtick=1), margin=dict(t=80, r=20, b=70, l=60),
     )
     return fig
