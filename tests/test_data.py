@@ -92,6 +92,17 @@ def test_supervise_answers_puts_the_loss_on_answers_only():
     assert all(tok.startswith("v") or tok.isdigit() for tok in text.split())
 
 
+def test_echo_spans_are_supervised_copies_of_earlier_filler_in_the_same_document():
+    rng = np.random.default_rng(4)
+    doc = syn.document(rng, 256, num_pairs=0, passkey=False, echoes=3, supervise="answers")
+    supervised = np.flatnonzero(doc.target)
+    assert 3 * 7 <= len(supervised) <= 3 * 15 and np.isin(doc.ids[supervised], syn.FILLER).all()
+    for run in np.split(supervised, np.flatnonzero(np.diff(supervised) > 1) + 1):
+        span = doc.ids[run[0] - 1:run[-1] + 1]  # the echo, including its unsupervised first token
+        earlier = [i for i in range(run[0] - len(span)) if np.array_equal(doc.ids[i:i + len(span)], span)]
+        assert earlier, "an echo must repeat a span that occurs earlier in its document"
+
+
 def test_repeated_sequences_are_identical_copies_at_their_offsets():
     ids, pos, offsets = repeated_sequences(512, 48, seed=1, gap=5)
     ids = ids[0]
