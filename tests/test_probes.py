@@ -115,7 +115,7 @@ def test_probes_recover_position_when_it_is_there_and_not_otherwise():
     informative[:, 1] = pos / t
     good = analysis.probes.fit_probes(informative, pos, groups, n_buckets=4, seq_len=t)
     bad = analysis.probes.fit_probes(noise, pos, groups, n_buckets=4, seq_len=t)
-    assert good["r2"] > 0.95 and good["accuracy"] > 0.9
+    assert good["r2"] > 0.95 and good["accuracy"] > 0.8  # chance 0.25
     assert bad["r2"] < 0.05 and bad["accuracy"] < bad["chance"] + 0.1
     assert good["chance"] == pytest.approx(0.25)
 
