@@ -204,5 +204,9 @@ def test_figures_show_the_update_where_it_happened(run_dir):
     probes = xr.Dataset({"r2": (("checkpoint", "layer"), [[0.0, 0.5]]), "accuracy": (("checkpoint", "layer"), [[0.2, 0.6]]),
                          "chance": (("checkpoint", "layer"), [[0.25, 0.25]])},
                         coords={"checkpoint": ["r/c"], "layer": [0, 1], "site": ("layer", ["embed", "block 0"])})
+    sd = analysis.score_decomposition(run_dir[:1], seq_len=32)
+    profile = fig.score_profile(sd, 1)
+    np.testing.assert_allclose(profile.data[0].z, sd["contribution"].isel(checkpoint=0).sel(layer=1).mean("head").values)
+    assert list(profile.data[0].x)[:4] == ["0", "1", "2-3", "4-7"] and profile.data[0].y[3].startswith("3 (")
     curves = fig.probe_curves(probes, metric="accuracy")
     assert list(curves.data[0].y) == [0.2, 0.6] and list(curves.data[0].x) == ["embed", "block 0"]

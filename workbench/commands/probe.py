@@ -72,5 +72,9 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.figures)
         save_figure(fig.probe_curves(probes, metric="r2"), out / "probes-r2")
         save_figure(fig.probe_curves(probes, metric="accuracy"), out / "probes-accuracy")
+        if not args.no_scores:
+            for i, ckpt in enumerate(labels):
+                for layer in map(int, scores["layer"].values):
+                    save_figure(fig.score_profile(scores, layer, checkpoint=ckpt), out / f"scores-{i}-layer{layer}")
         print(f"figures in {out}")
     return 0
