@@ -27,14 +27,16 @@ def run_dir(tmp_path_factory):
     """Three checkpoints of a GQA 'run'; the last two were 'trained' (noise added) at a larger theta."""
     root = tmp_path_factory.mktemp("runs") / "toy"
     model = models.build_model(_cfg(), seed=0)
-    paths = [models.save_checkpoint(model, root / "ckpt-000001", {"phase": "short", "step": 1, "objective": "kd"})]
+    paths = [models.save_checkpoint(model, root / "ckpt-000001", {"phase": "short", "step": 1, "objective": "kd",
+                                                                        "phase_end": True})]
     g = torch.Generator().manual_seed(0)
     models.set_rope_theta(model, 20000.0)
     for step in (2, 3):
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.01 * torch.randn(p.shape, generator=g))
-        paths.append(models.save_checkpoint(model, root / f"ckpt-{step:06d}", {"phase": "long", "step": step}))
+        paths.append(models.save_checkpoint(model, root / f"ckpt-{step:06d}",
+                                            {"phase": "long", "step": step, "phase_end": step == 3}))
     return paths
 
 
@@ -163,6 +165,14 @@ def test_updates_and_probe_commands_write_and_append_to_the_store(run_dir, tmp_p
     assert list(pr["checkpoint"].values) == ["toy/ckpt-000001", "toy/ckpt-000002", "toy/ckpt-000003"]
     sd = xr.open_zarr(out, group="score_decomposition", consolidated=False)
     assert sd.sizes["checkpoint"] == 3 and "contribution" in sd
+
+
+def test_updates_on_a_run_directory_compares_phase_ends(run_dir, tmp_path):
+    out = tmp_path / "pe.zarr"
+    assert cli.main(["updates", str(run_dir[0].parent), "--phase-ends", "--no-states", "--out", str(out)]) == 0
+    ds = xr.open_zarr(out, group="updates_weights", consolidated=False)
+    assert list(ds["comparison"].values) == ["toy/ckpt-000001 -> toy/ckpt-000003"]
+    assert list(ds["phase_before"].values) == ["short"] and list(ds["phase_after"].values) == ["long"]
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -19,6 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoints", nargs="+", metavar="CKPT",
                    help="checkpoint directories (runs/<run>/ckpt-*), or a run directory for all its checkpoints")
     p.add_argument("--out", required=True, help="results store (*.zarr) to create or append to")
+    p.add_argument("--phase-ends", action="store_true",
+                   help="keep only checkpoints whose manifest says phase_end (e.g. phase 1 end -> phase 2 end)")
     p.add_argument("--reference", default=None, help="compare every checkpoint against this one instead of consecutively")
     p.add_argument("--phase-lengths", default=None,
                    help="context lengths of the phases, e.g. 256,1024 (default: the phases' seq_len in the run's "
@@ -31,9 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-plain-hf", action="store_true", help="accept HF Llama directories without a manifest")
 
 
-def expand_checkpoints(items: list[str]) -> list[Path]:
+def expand_checkpoints(items: list[str], phase_ends: bool = False) -> list[Path]:
     """Checkpoint paths from the command line; a run directory (no manifest, ckpt-* inside) expands to
-    its complete checkpoints, oldest first."""
+    its complete checkpoints, oldest first. ``phase_ends`` keeps only phase-end checkpoints."""
     from workbench import models
 
     out: list[Path] = []
@@ -46,6 +48,10 @@ def expand_checkpoints(items: list[str]) -> list[Path]:
             out.extend(found)
         else:
             out.append(path)
+    if phase_ends:
+        out = [p for p in out if (p / models.MANIFEST).is_file() and models.read_manifest(p).get("phase_end")]
+        if not out:
+            raise ValueError("--phase-ends: none of the given checkpoints is a phase end (manifest phase_end)")
     return out
 
 
@@ -67,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from workbench.analysis.weights import comparison_label, comparison_pairs, resolve_reference
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    paths = expand_checkpoints(args.checkpoints)
+    paths = expand_checkpoints(args.checkpoints, args.phase_ends)
     if args.seq_len < 2 or args.batch_size < 1:
         raise ValueError(f"--seq-len must be >= 2 and --batch-size >= 1, got {args.seq_len} and {args.batch_size}")
     lengths = analysis.parse_lengths(args.phase_lengths) if args.phase_lengths else run_phase_lengths(paths)
