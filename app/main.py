@@ -11,7 +11,8 @@ import logging
 from pathlib import Path
 from urllib.parse import parse_qs
 
-from dash import Dash, Input, Output, dcc, html, no_update
+import plotly.graph_objects as go
+from dash import Dash, Input, Output, dcc, html
 
 from app.paths import root_of
 from app.views import retrieval, spectrum, traces, training, updates
@@ -36,7 +37,7 @@ def create_app(runs_dir: str | Path) -> Dash:
         html.Div([html.H1("RoPE-KD workbench"), html.Span(f"RUNS_DIR: {root}", className="wb-root")],
                  className="wb-header"),
         html.Div([
-            dcc.Tabs(id="tabs", value=DEFAULT_TAB, children=[
+            dcc.Tabs(id="tabs", value=None, children=[  # set from the URL: no view computes before that
                 dcc.Tab(label=v.TAB[1], value=v.TAB[0], id=f"tab-{v.TAB[0]}", children=v.layout())
                 for v in VIEWS
             ]),
@@ -45,11 +46,26 @@ def create_app(runs_dir: str | Path) -> Dash:
 
     @app.callback(Output("tabs", "value"), Input("url", "search"))
     def tab_from_url(search: str | None):
-        return tab_from_query(search) or no_update
+        return tab_from_query(search) or DEFAULT_TAB
 
     for view in VIEWS:
         view.register(app, root)
+    warm_up()
     return app
+
+
+def warm_up() -> None:
+    """Pay one-time import costs at start-up instead of in the first callback a user waits for: xarray
+    imports dask.array and scipy.sparse on its first indexing (~0.8 s here), plotly its layout validators
+    on the first Figure (~0.25 s)."""
+    import importlib
+
+    for name in ("dask.array", "scipy.sparse"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    go.Figure()
 
 
 def serve(runs_dir: str | Path, host: str = "127.0.0.1", port: int = 8050, debug: bool = False) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import xarray as xr
 
@@ -94,26 +96,41 @@ def groups_of(root: Path, relative: str) -> list[str]:
     return wstore.groups(path)
 
 
-_loaded: dict[tuple[Path, str, str], tuple[float, xr.Dataset]] = {}
+_loaded: "OrderedDict[tuple, tuple[float, xr.Dataset]]" = OrderedDict()
+MAX_LOADED = 64  # slices kept in memory (a 32 x 32 x 64 float64 slice is 0.5 MB)
 
 
-def loaded(root: Path, relative: str, group: str, var: str) -> xr.Dataset:
-    """The group with only ``var`` (plus every coordinate), read into memory once per store version.
+def loaded(root: Path, relative: str, group: str, var: str, **select: Any) -> xr.Dataset:
+    """The group with only ``var`` (plus every coordinate), optionally narrowed to ``select`` (e.g.
+    ``comparison=[name]``), read into memory once per store version and kept in a small LRU cache.
 
-    Interactive views re-slice the same variable on every click; holding it in memory keeps a callback
-    at a few milliseconds instead of re-reading Zarr chunks (a 32 x 32 x 64 x 20 float64 variable is 10 MB).
+    Interactive views re-draw the same slice on every control change; holding it in memory keeps a
+    callback at a few milliseconds instead of re-reading Zarr chunks, and narrowing first means a cold
+    call reads only the chunks it shows (one comparison = one chunk per layer).
     """
     ds = open_group(root, relative, group)
     if var not in ds.data_vars:
         raise ValueError(f"store {relative!r} group {group!r} has no variable {var!r} "
                          f"(has {', '.join(map(str, ds.data_vars))})")
-    key = (inside(root, relative), group, var)
-    stamp = _stamp(key[0], group)
+    for dim, values in select.items():
+        known = set(map(str, ds[dim].values)) if dim in ds.coords else set()
+        missing = [v for v in values if str(v) not in known]
+        if missing:
+            raise ValueError(f"no {dim} {missing[0]!r} in {relative}/{group} (has: {', '.join(sorted(known))})")
+    path = inside(root, relative)
+    key = (path, group, var, tuple(sorted((d, tuple(map(str, v))) for d, v in select.items())))
+    stamp = _stamp(path, group)
     with _lock:
         hit = _loaded.get(key)
         if hit is not None and hit[0] == stamp:
+            _loaded.move_to_end(key)
             return hit[1]
-    sub = ds[[var]].load()
+    sub = ds[[var]]
+    if select:
+        sub = sub.sel({d: list(v) for d, v in select.items()})
+    sub = sub.load()
     with _lock:
         _loaded[key] = (stamp, sub)
+        while len(_loaded) > MAX_LOADED:
+            _loaded.popitem(last=False)
     return sub

@@ -322,7 +322,8 @@ TRAIN_OUTPUTS = [("train-graph", "figure"), ("train-graph", "style"), ("train-me
 def _train_inputs(runs):
     return [{"id": "train-runs", "property": "value", "value": runs},
             {"id": "train-metric", "property": "value", "value": "loss"},
-            {"id": "train-poll", "property": "n_intervals", "value": None}]
+            {"id": "train-poll", "property": "n_intervals", "value": None},
+            {"id": "tabs", "property": "value", "value": "training"}]
 
 
 def test_server_callback_draws_a_run(runs_dir):
@@ -401,7 +402,8 @@ def test_retrieval_view_side_by_side_and_cross_link(tiny_runs):
     tasks, metrics, ckpts = retrieval.choices(root, "results.zarr")
     assert tasks == ["passkey"] and "correct" in metrics and len(ckpts) == 2
     heat, lines = retrieval.grids(root, "results.zarr", retrieval.ALL, "answer_logprob", ckpts)
-    assert len(heat.data) == 2 and len(lines.data) == 2  # one grid and one line per checkpoint
+    assert len(heat.data) == 2  # one depth x length grid per checkpoint, side by side
+    assert sum(any(c in (t.name or "") for c in ckpts) for t in lines.data) == 2  # one line per checkpoint
     assert retrieval.run_of_checkpoint(root, "results.zarr", ckpts[1]) == ckpts[1].split("/")[0]
     click = {"points": [{"x": "128", "y": "100%", "curveNumber": 1}]}
     fig, message = retrieval.clicked_curve(root, "results.zarr", retrieval.ALL, ckpts, click)

@@ -11,7 +11,7 @@ from dash import Dash, Input, Output, State, callback_context, dcc, html, no_upd
 
 from app import runs as R
 from app.paths import inside
-from app.views.common import control, graph, guarded, notice, shown
+from app.views.common import control, graph, guarded, notice, only_when_shown, shown
 from workbench.figures import training as figs
 
 TAB = ("training", "Training")
@@ -93,21 +93,24 @@ def register(app: Dash, root: Path) -> None:
     def toggle_live(live: list[str] | None) -> bool:
         return "on" not in (live or [])
 
-    def refresh(_n: Any, search: str | None, current: Any):
-        """Keep the run list current; a deep link selects its run."""
+    def refresh(_n: Any, search: str | None, tab: Any, current: Any):
+        """Keep the run list current while the view is shown; a deep link selects its run."""
+        only_when_shown(tab, TAB[0])
         names = R.list_runs(root)
         value = [n for n in selected_runs(current) if n in names] if current else names[:MAX_RUNS]
-        wanted = run_from_query(root, search) if callback_context.triggered_id == "url" else None
+        first = callback_context.triggered_id == "url" or not current  # a deep link wins on first display only
+        wanted = run_from_query(root, search) if first else None
         if wanted:
             value = [wanted]
         return [{"label": n, "value": n} for n in names], value, []
 
     app.callback(
         Output("train-runs", "options"), Output("train-runs", "value"), Output("train-url-messages", "children"),
-        Input("train-poll", "n_intervals"), Input("url", "search"), State("train-runs", "value"),
+        Input("train-poll", "n_intervals"), Input("url", "search"), Input("tabs", "value"), State("train-runs", "value"),
     )(guarded(refresh, lambda m: (no_update, no_update, notice([m], "error"))))
 
-    def draw(value: Any, metric: str, _n: Any, stamp: Any):
+    def draw(value: Any, metric: str, _n: Any, tab: Any, stamp: Any):
+        only_when_shown(tab, TAB[0])
         names = selected_runs(value)
         now = [names, metric, R.metrics_mtime(root, names)]
         if callback_context.triggered_id == "train-poll" and stamp == now:
@@ -122,5 +125,5 @@ def register(app: Dash, root: Path) -> None:
         Output("train-graph", "figure"), Output("train-graph", "style"), Output("train-messages", "children"),
         Output("train-info", "children"), Output("train-stamp", "data"),
         Input("train-runs", "value"), Input("train-metric", "value"), Input("train-poll", "n_intervals"),
-        State("train-stamp", "data"),
+        Input("tabs", "value"), State("train-stamp", "data"),
     )(guarded(draw, lambda m: ({}, shown(False, 560), notice([m], "error"), [], None)))

@@ -63,10 +63,19 @@ def phase_lengths(root: Path, store: str) -> list[int]:
     return [int(x) for x in S.open_group(root, store, "bands")["phase_length"].values]
 
 
+def _slice(root: Path, store: str, group: str, var: str, comparison: Any):
+    """The variable for one comparison (all of them when ``comparison`` is None), in memory."""
+    if comparison is None:
+        return S.loaded(root, store, group, var)
+    if not isinstance(comparison, str):
+        raise ValueError(f"checkpoint pair must be a string, got {comparison!r}")
+    return S.loaded(root, store, group, var, comparison=[comparison])
+
+
 def heatmap(root: Path, store: str, source: str, comparison: str | None):
     """Layer x pair heatmap of the source for one comparison."""
     group, var = source_of(source)
-    ds = S.loaded(root, store, group, var)
+    ds = _slice(root, store, group, var, comparison)
     return figs.layer_pair_heatmap(ds, comparison=comparison, var=var, phase_lengths=phase_lengths(root, store))
 
 
@@ -77,7 +86,7 @@ def heads(root: Path, store: str, source: str, comparison: str | None, layer: An
         layer = int(layer)
     except (TypeError, ValueError):
         raise ValueError(f"layer must be an integer, got {layer!r}") from None
-    ds = S.loaded(root, store, group, var)
+    ds = _slice(root, store, group, var, comparison)
     return figs.head_pair_heatmap(ds, layer, comparison=comparison, var=var, phase_lengths=phase_lengths(root, store))
 
 
