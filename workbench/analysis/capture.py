@@ -60,13 +60,16 @@ def capture(model, batch: Mapping[str, torch.Tensor], *, qk: bool = True, resid:
     k_raw: dict[int, torch.Tensor] = {}
     res: dict[int, torch.Tensor] = {}
 
+    def host(x: torch.Tensor) -> torch.Tensor:  # analyses run in float32 on CPU whatever the model runs in
+        return x.detach().to("cpu", torch.float32)
+
     def keep(target: dict, i: int, is_tuple: bool = False):
         def hook(_mod, _inp, output):
-            target[i] = (output[0] if is_tuple and isinstance(output, tuple) else output).detach()
+            target[i] = host(output[0] if is_tuple and isinstance(output, tuple) else output)
         return hook
 
     def rotary_hook(_mod, _inp, output):
-        out.cos, out.sin = output[0].detach(), output[1].detach()
+        out.cos, out.sin = host(output[0]), host(output[1])
 
     try:
         handles.append(model.model.rotary_emb.register_forward_hook(rotary_hook))
@@ -78,9 +81,10 @@ def capture(model, batch: Mapping[str, torch.Tensor], *, qk: bool = True, resid:
                 handles.append(layer.register_forward_hook(keep(res, i + 1, is_tuple=True)))
         if resid:
             handles.append(model.model.embed_tokens.register_forward_hook(keep(res, 0)))
+        device = next(model.parameters()).device
         ids = batch["input_ids"]
-        mask = attention_mask(batch["doc_ids"], attention) if "doc_ids" in batch else None
-        model.model(input_ids=ids, position_ids=batch["position_ids"], attention_mask=mask)
+        mask = attention_mask(batch["doc_ids"], attention).to(device) if "doc_ids" in batch else None
+        model.model(input_ids=ids.to(device), position_ids=batch["position_ids"].to(device), attention_mask=mask)
     finally:
         for h in handles:
             h.remove()
@@ -94,12 +98,14 @@ def capture(model, batch: Mapping[str, torch.Tensor], *, qk: bool = True, resid:
     return out
 
 
-def load_for_analysis(path, *, allow_plain_hf: bool = False, attn_implementation: str = "sdpa"):
-    """Load a checkpoint in float32 on CPU for analysis (the model runs with the theta in its config.json)."""
+def load_for_analysis(path, *, allow_plain_hf: bool = False, attn_implementation: str = "sdpa",
+                      device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """Load a checkpoint for analysis (float32 on CPU by default; the model runs with its config.json theta)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no per-tensor "Loading weights" bars inside our own progress bar
-    model, manifest = models.load(path, allow_plain_hf=allow_plain_hf, attn_implementation=attn_implementation)
+    model, manifest = models.load(path, allow_plain_hf=allow_plain_hf, attn_implementation=attn_implementation,
+                                  device=device, dtype=dtype)
     return model, manifest
 
 
@@ -128,7 +134,7 @@ def phase_coherence(x: torch.Tensor, dims: tuple[int, ...]) -> np.ndarray:
 
 
 def per_checkpoint(infos, fn, *, progress: bool = False, desc: str = "checkpoints",
-                   allow_plain_hf: bool = False) -> list:
+                   allow_plain_hf: bool = False, device: str = "cpu") -> list:
     """Load each checkpoint in turn (one model in memory at a time) and return ``[fn(model) ...]``."""
     items = infos
     if progress:
@@ -137,7 +143,7 @@ def per_checkpoint(infos, fn, *, progress: bool = False, desc: str = "checkpoint
         items = tqdm(infos, desc=desc, unit="ckpt")
     out = []
     for info in items:
-        model, _ = load_for_analysis(info.path, allow_plain_hf=allow_plain_hf)
+        model, _ = load_for_analysis(info.path, allow_plain_hf=allow_plain_hf, device=device)
         out.append(fn(model))
         del model
     return out

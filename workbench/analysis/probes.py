@@ -71,6 +71,7 @@ def position_probes(
     max_train: int = 4000,
     data: DataConfig | None = None,
     allow_plain_hf: bool = False,
+    device: str = "cpu",
     progress: bool = False,
 ) -> xr.Dataset:
     """Held-out probe scores per checkpoint and residual site: dims (checkpoint, layer); ``layer`` 0 is the
@@ -82,7 +83,8 @@ def position_probes(
     infos = ck.inspect_all(paths, allow_plain_hf=allow_plain_hf, minimum=1)
     batch = probe_batch(seq_len, n_windows, seed, data)
     per = per_checkpoint(infos, lambda m: model_probes(m, batch, n_buckets=n_buckets, seed=seed, max_train=max_train),
-                         progress=progress, desc="position probes", allow_plain_hf=allow_plain_hf)
+                         progress=progress, desc="position probes", allow_plain_hf=allow_plain_hf,
+                         device=device)
     n_layers = infos[0].num_layers
     ds = xr.Dataset(
         {k: (("checkpoint", "layer"), np.stack([r[k] for r in per])) for k in ("r2", "accuracy", "chance")},
@@ -90,10 +92,12 @@ def position_probes(
                 "site": ("layer", np.array(["embed"] + [f"block {i}" for i in range(n_layers)], dtype=object))},
     )
     ds["r2"].attrs["description"] = "held-out R^2 of ridge regression residual -> log(1 + position)"
-    ds["accuracy"].attrs["description"] = f"held-out accuracy of logistic regression into {n_buckets} equal-width position buckets"
+    ds["accuracy"].attrs["description"] = (f"held-out accuracy of logistic regression into {n_buckets} "
+                                           "equal-width position buckets")
     ds["chance"].attrs["description"] = "share of the most frequent bucket among held-out tokens"
     ds.attrs.update(store.provenance(analysis="position_probes", seq_len=seq_len, n_windows=n_windows,
                                      n_buckets=n_buckets, seed=seed, max_train=max_train,
                                      split="GroupShuffleSplit by window, test_size 0.25",
-                                     models="StandardScaler+RidgeCV(alphas 1e-2..1e4); StandardScaler+LogisticRegression(C=0.1)"))
+                                     models="StandardScaler+RidgeCV(alphas 1e-2..1e4); "
+                                            "StandardScaler+LogisticRegression(C=0.1)"))
     return ds

@@ -102,6 +102,7 @@ def score_decomposition(
     seed: int = 0,
     data: DataConfig | None = None,
     allow_plain_hf: bool = False,
+    device: str = "cpu",
     progress: bool = False,
 ) -> xr.Dataset:
     """Per checkpoint: dims (checkpoint, layer, head, pair, distance). ``contribution`` = mean per-pair
@@ -111,7 +112,7 @@ def score_decomposition(
     batch = probe_batch(seq_len, batch_size, seed, data)
     lo, hi = distance_buckets(seq_len)
     per = per_checkpoint(infos, lambda m: model_decomposition(m, batch, len(lo)), progress=progress,
-                         desc="score decomposition", allow_plain_hf=allow_plain_hf)
+                         desc="score decomposition", allow_plain_hf=allow_plain_hf, device=device)
     first = infos[0]
     contrib = np.stack([r["contribution"] for r in per])
     ds = xr.Dataset(
@@ -132,7 +133,8 @@ def score_decomposition(
                                           for i in infos])),
         },
     )
-    ds["contribution"].attrs["description"] = "mean over causal (t,s) in the bucket of scale*(q_t[j]k_s[j] + q_t[j+d/2]k_s[j+d/2])"
+    ds["contribution"].attrs["description"] = ("mean over causal (t,s) in the bucket of "
+                                               "scale*(q_t[j]k_s[j] + q_t[j+d/2]k_s[j+d/2])")
     ds["score"].attrs["description"] = "mean pre-softmax score scale*q_t.k_s in the bucket (sum of contribution over pairs)"
     ds.attrs.update(store.provenance(
         analysis="score_decomposition", seq_len=seq_len, batch_size=batch_size, seed=seed,

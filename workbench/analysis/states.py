@@ -20,7 +20,7 @@ from workbench.analysis import checkpoints as ck
 from workbench.analysis.capture import (capture, describe_qk, pair_norm, per_checkpoint, phase_coherence,
                                         probe_batch)
 from workbench.analysis.weights import comparison_coords, comparison_pairs, resolve_reference
-from workbench.config import DataConfig
+from workbench.config import DataConfig, to_dict
 
 STATS = ("norm", "content_coherence", "phase_coherence")
 
@@ -47,6 +47,7 @@ def state_updates(
     seed: int = 0,
     data: DataConfig | None = None,
     allow_plain_hf: bool = False,
+    device: str = "cpu",
     progress: bool = False,
 ) -> xr.Dataset:
     """State statistics per comparison "A -> B": dims (comparison, end, layer, head|kv_head, pair) with
@@ -57,7 +58,8 @@ def state_updates(
     batch = probe_batch(seq_len, batch_size, seed, data)
     needed = sorted({i for pr in pairs for i in pr})
     results = per_checkpoint([infos[i] for i in needed], lambda m: checkpoint_state_stats(m, batch),
-                             progress=progress, desc="state statistics", allow_plain_hf=allow_plain_hf)
+                             progress=progress, desc="state statistics", allow_plain_hf=allow_plain_hf,
+                             device=device)
     stats = dict(zip(needed, results))
     first = infos[0]
     data_vars = {}
@@ -86,7 +88,7 @@ def state_updates(
     describe_qk(ds, desc, {"q": "query states", "k": "key states"})
     ds.attrs.update(store.provenance(
         analysis="state_updates", inputs="workbench.data.make_stream packed windows (continue positions, causal)",
-        data=(data or DataConfig()).__dict__ | {"packing": (data or DataConfig()).packing.__dict__},
+        data=to_dict(data or DataConfig()), device=str(device),
         seq_len=seq_len, batch_size=batch_size, seed=seed, head_dim=first.head_dim,
         wavelength_theta=infos[-1].rope_theta,
     ))

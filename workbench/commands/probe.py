@@ -28,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-seq-len", type=int, default=512, help="window length for the score decomposition")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--figures", default=None, help="also write the probe curves (HTML + PNG) into this folder")
+    p.add_argument("--device", default="cpu", help="where the models run (cpu, cuda); statistics are float32 either way")
     p.add_argument("--allow-plain-hf", action="store_true", help="accept HF Llama directories without a manifest")
 
 
@@ -53,11 +54,11 @@ def run(args: argparse.Namespace) -> int:
 
     probes = analysis.position_probes(paths, seq_len=args.seq_len, n_windows=args.windows, n_buckets=args.buckets,
                                       seed=args.seed, max_train=args.max_train,
-                                      allow_plain_hf=args.allow_plain_hf, progress=True)
+                                      allow_plain_hf=args.allow_plain_hf, device=args.device, progress=True)
     analysis.write_group(args.out, "probes", probes)
     if not args.no_scores:
         scores = analysis.score_decomposition(paths, seq_len=args.score_seq_len, seed=args.seed,
-                                              allow_plain_hf=args.allow_plain_hf, progress=True)
+                                              allow_plain_hf=args.allow_plain_hf, device=args.device, progress=True)
         analysis.write_group(args.out, "score_decomposition", scores)
     sites = [str(s) for s in probes["site"].values]
     print(f"{'checkpoint':<40} {'metric':<9} " + " ".join(f"{s:>9}" for s in sites))

@@ -30,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=2, help="probe windows for the state view")
     p.add_argument("--seed", type=int, default=0, help="seed of the probe windows")
     p.add_argument("--figures", default=None, help="also write the heatmaps and band bars (HTML + PNG) into this folder")
+    p.add_argument("--device", default="cpu", help="where the models run (cpu, cuda); statistics are float32 either way")
     p.add_argument("--allow-plain-hf", action="store_true", help="accept HF Llama directories without a manifest")
 
 
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_states:
         states = analysis.state_updates(paths, reference=args.reference, seq_len=args.seq_len,
                                         batch_size=args.batch_size, seed=args.seed,
-                                        allow_plain_hf=args.allow_plain_hf, progress=True)
+                                        allow_plain_hf=args.allow_plain_hf, device=args.device, progress=True)
         analysis.write_group(args.out, "updates_states", states)
     bands = None
     if lengths:
