@@ -13,6 +13,7 @@ from urllib.parse import parse_qs
 
 import plotly.graph_objects as go
 from dash import Dash, Input, Output, dcc, html
+from dash.exceptions import DependencyException
 
 from app.paths import root_of
 from app.views import retrieval, spectrum, traces, training, updates
@@ -50,6 +51,9 @@ def create_app(runs_dir: str | Path) -> Dash:
 
     for view in VIEWS:
         view.register(app, root)
+    # Dash refuses unregistered script paths (e.g. /_dash-component-suites/dash/../../x) by raising; answer
+    # them as what they are, a 404, instead of a 500 with a server-side traceback.
+    app.server.register_error_handler(DependencyException, lambda exc: ("not found", 404))
     warm_up()
     return app
 

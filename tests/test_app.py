@@ -251,6 +251,9 @@ def test_spectrum_view_numbers_follow_the_controls():
     wave, style, curve, curve_style, rows, msgs = spectrum_view.update(10000, 64, 4096, "1024, 32768")
     assert style["display"] == "block" and curve_style["display"] == "block" and not msgs
     assert list(wave.data[0].y) == pytest.approx(list(__import__("workbench").rope.wavelengths(10000, 64)))
+    import math
+
+    assert any(a.text == "L = 4,096" and a.y == pytest.approx(math.log10(4096)) for a in wave.layout.annotations)
     table = {r.children[0].children: r.children[1].children for r in rows}
     assert table["critical pair"] == "23"
     assert "theta keeping this critical dim at L = 32,768" in table
@@ -343,6 +346,14 @@ def test_server_callback_refuses_paths_outside(runs_dir, bad):
     text = json.dumps(resp["train-messages"]["children"])
     assert "refused" in text or "must be strings" in text
     assert "Traceback" not in text
+
+
+@pytest.mark.parametrize("url", ["/assets/../../pyproject.toml", "/assets/%2e%2e/%2e%2e/pyproject.toml",
+                                 "/assets/..%2f..%2fpyproject.toml", "/_dash-component-suites/dash/../../../../etc/passwd",
+                                 "/_dash-component-suites/os/path.py"])
+def test_urls_cannot_read_files_outside(runs_dir, url):
+    resp = create_app(runs_dir).server.test_client().get(url)
+    assert resp.status_code == 404 and b"[project]" not in resp.data and b"root:" not in resp.data
 
 
 def test_cli_app_errors_are_one_line(tmp_path, capsys):

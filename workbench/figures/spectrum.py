@@ -38,11 +38,9 @@ def wavelength_figure(theta: float, head_dim: int, length: int, *,
                       "<br>turns in L %{customdata[0]:.4g}<extra></extra>",
         name="wavelength",
     ))
-    fig.add_hline(y=length, line_dash="dash", line_color="black",
-                  annotation_text=f"L = {length:,}", annotation_position="top left")
+    _length_line(fig, length, f"L = {length:,}", "dash", "black")
     for other in sorted(set(int(p) for p in (phase_lengths or ())) - {int(length)}):
-        fig.add_hline(y=other, line_dash="dot", line_color="grey",
-                      annotation_text=f"phase L = {other:,}", annotation_position="bottom left")
+        _length_line(fig, other, f"phase L = {other:,}", "dot", "grey")
     if crit < len(pairs):
         fig.add_vline(x=crit - 0.5, line_color="black", line_width=2,
                       annotation_text=f"critical pair {crit} (dim {2 * crit})", annotation_position="top right")
@@ -52,6 +50,15 @@ def wavelength_figure(theta: float, head_dim: int, length: int, *,
         yaxis_type="log", bargap=0.05, showlegend=False, margin=dict(t=60, r=20, b=50, l=70),
     )
     return fig
+
+
+def _length_line(fig: go.Figure, length: int, text: str, dash: str, colour: str) -> None:
+    """A horizontal line at ``length`` tokens on the log wavelength axis, labelled at its left end.
+    (Shape annotations from ``add_hline`` land at 10**length on a log axis, so the label is placed here
+    in the axis' log10 units.)"""
+    fig.add_hline(y=length, line_dash=dash, line_color=colour)
+    fig.add_annotation(x=0, xref="x domain", xanchor="left", y=float(np.log10(length)), yref="y", yanchor="bottom",
+                       text=text, showarrow=False, font=dict(color=colour, size=11), bgcolor="rgba(255,255,255,0.7)")
 
 
 def long_range_figure(theta: float, head_dim: int, length: int, *, bound: float | None = None) -> go.Figure:
