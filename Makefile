@@ -19,8 +19,14 @@ venv: $(STAMP)
 chromium:  ## Debian's chromium: kaleido PNG export and the Playwright browser tests
 	@test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium chromium-driver)
 
-demo: venv chromium
-	$(VENV)/bin/workbench model data/configs/presets/tiny-student.yaml --out runs/demo/ckpt-init
+demo: venv chromium  ## the main job: train, evaluate, trace, analyse, report, then serve the dashboard
+	$(VENV)/bin/workbench demo --out runs/demo
+
+figures: venv chromium  ## regenerate every figure from the demo's stores into runs/demo/figures
+	for script in analyses/f1_retrieval.py analyses/f2_propagation.py analyses/f3_pair_updates.py \
+	              analyses/probes.py analyses/ablations.py; do \
+	  $(PY) $$script --store runs/demo/results.zarr runs/demo/teacher.zarr --out runs/demo/figures || exit 1; \
+	done
 
 test: venv chromium
 	$(PY) -m pytest -q --durations=15

@@ -1,0 +1,268 @@
+"""The main job end to end: teacher -> students -> retrieval -> interpretability -> store -> figures -> report.
+
+Each step reuses what an earlier run of the demo already produced (complete checkpoints, store cells), so an
+interrupted demo continues where it stopped. Everything goes into ``<out>/results.zarr``; figures into
+``<out>/figures``; the report into ``<out>/REPORT.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import xarray as xr
+
+from workbench import models, store
+from workbench.config import DataConfig
+from workbench.demo.arms import SHIPPED_TEACHER, TEACHER_CONFIG, Arm, arm_config, arms
+
+
+@dataclass
+class DemoOptions:
+    out: Path = Path("runs/demo")
+    seeds: int = 2
+    quick: bool = False
+    full: bool = False
+    teacher: Path | None = None  # default: the shipped tiny teacher
+    progress: bool = True
+
+    @property
+    def step_scale(self) -> float:
+        return 0.15 if self.quick else 1.0
+
+    @property
+    def eval_lengths(self) -> list[int]:
+        return [256, 1024] if self.quick else [256, 512, 1024, 2048]
+
+    @property
+    def eval_tasks(self) -> list[str]:
+        return ["passkey"] if self.quick else ["passkey", "niah"]
+
+    @property
+    def eval_depths(self) -> int:
+        return 2 if self.quick else 3
+
+    @property
+    def eval_samples(self) -> int:
+        return 2 if self.quick else 8
+
+    @property
+    def store(self) -> Path:
+        """Students' results, and every result without a layer dim (retrieval, repeated tokens)."""
+        return self.out / "results.zarr"
+
+    @property
+    def teacher_store(self) -> Path:
+        """The teacher's per-layer results (its layer count differs from the students')."""
+        return self.out / "teacher.zarr"
+
+
+@dataclass
+class DemoState:
+    """What the steps produced, passed from one step to the next."""
+
+    teacher: Path
+    runs: dict[Arm, Path] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    findings: dict[str, object] = field(default_factory=dict)
+
+    def final(self, arm: Arm) -> Path:
+        return phase_end_checkpoints(self.runs[arm])[-1]
+
+
+def log(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+@contextmanager
+def timed(state: DemoState, step: str) -> Iterator[None]:
+    start = time.perf_counter()
+    log(f"{step} ...")
+    yield
+    state.timings[step] = time.perf_counter() - start
+    log(f"{step} done in {state.timings[step]:.1f} s")
+
+
+def phase_end_checkpoints(run_dir: Path) -> list[Path]:
+    """The phase-end checkpoints of a run, in phase order (the per-pair analysis compares these)."""
+    return [p for p in models.list_checkpoints(run_dir) if models.read_manifest(p).get("phase_end")]
+
+
+def run_is_complete(run_dir: Path, n_phases: int) -> bool:
+    return run_dir.is_dir() and len(phase_end_checkpoints(run_dir)) >= n_phases
+
+
+# ----------------------------------------------------------------------------------------------- steps
+
+
+def ensure_teacher(opts: DemoOptions) -> Path:
+    """The teacher checkpoint: the given one, the shipped one, or one trained now with our trainer."""
+    if opts.teacher is not None:
+        models.verify_checkpoint(opts.teacher)
+        return Path(opts.teacher)
+    if (SHIPPED_TEACHER / models.MANIFEST).is_file():
+        return SHIPPED_TEACHER
+    from workbench import config
+    from workbench.train import train
+
+    log(f"no shipped teacher at {SHIPPED_TEACHER}; training one with {TEACHER_CONFIG} (slow on CPU)")
+    run_dir = train(config.load_run_config(TEACHER_CONFIG), out=str(opts.out / "teacher"), progress=opts.progress)
+    return phase_end_checkpoints(run_dir)[-1]
+
+
+def train_students(opts: DemoOptions, state: DemoState, todo: list[Arm], **config_options) -> None:
+    """Train every arm (same token budget), reusing complete runs."""
+    from workbench.train import train
+
+    for i, arm in enumerate(todo, 1):
+        cfg = arm_config(arm, teacher=state.teacher, step_scale=opts.step_scale, **config_options)
+        run_dir = opts.out / "students" / arm.name
+        if run_is_complete(run_dir, len(cfg.phases)):
+            log(f"[{i}/{len(todo)}] {arm.name}: reusing {run_dir}")
+        else:
+            log(f"[{i}/{len(todo)}] training {arm.name} ({sum(p.steps for p in cfg.phases)} steps)")
+            train(cfg, out=str(run_dir), resume=run_dir.exists(), progress=opts.progress)
+        state.runs[arm] = run_dir
+
+
+def _new_checkpoints(store_path: Path, group: str, dim: str, names: dict[str, Path]) -> dict[str, Path]:
+    if not store.has_group(store_path, group):
+        return names
+    done = set(map(str, store.open_group(store_path, group)[dim].values))
+    return {n: p for n, p in names.items() if n not in done}
+
+
+def evaluate_retrieval(opts: DemoOptions, state: DemoState, checkpoints: list[Path]) -> None:
+    """Passkey / NIAH at lengths from the document length to twice the window (extrapolation recorded)."""
+    from workbench.evals import grid
+
+    todo = _new_checkpoints(opts.store, "retrieval", "checkpoint",
+                            {grid.checkpoint_name(p): p for p in checkpoints})
+    if not todo:
+        log("retrieval: every checkpoint already evaluated")
+        return
+    plan = grid.plan(list(todo.values()), tasks=opts.eval_tasks, lengths=opts.eval_lengths,
+                     depths=opts.eval_depths, samples=opts.eval_samples, seed=1234, extrapolate=True,
+                     out=opts.store)
+    grid.write(opts.store, grid.evaluate_plan(plan, progress=opts.progress))
+
+
+def interp_specs(head_dim_lengths: list[int]):
+    """The perturbation sweep: non-uniform positional edits (a uniform shift would be a no-op)."""
+    from workbench import interp
+    from workbench.interp.specs import PairSet
+
+    short, long = head_dim_lengths
+    return [
+        interp.Spec("q-shift-64", [interp.shift(64, "q")]),
+        interp.Spec("k-shift-64", [interp.shift(64, "k")]),
+        interp.Spec("theta-x10", [interp.theta_swap(100000.0, "both")]),
+        interp.Spec(f"zero-band-le-{short}", [interp.zero("both", pairs=PairSet(band=0, context_lengths=[short, long]))]),
+        interp.Spec(f"zero-band-gt-{short}", [interp.zero("both", pairs=PairSet(wavelength=[float(short), float("inf")]))]),
+    ]
+
+
+def packed_short_documents(seq_len: int, batch: int, seed: int) -> dict:
+    """The students' training distribution: short documents packed with continuing positions."""
+    from workbench.data import make_stream
+
+    return make_stream(DataConfig(kind="synthetic-short"), seq_len, batch, seed).next()
+
+
+def run_interp(opts: DemoOptions, state: DemoState, checkpoints: list[Path], window: int) -> None:
+    """Repeated-token experiment and the perturbation sweep on teacher and students (nnsight backend)."""
+    from workbench import interp
+    from workbench.interp.traces import checkpoint_label
+
+    specs = interp_specs([256, window])
+    inputs = packed_short_documents(window, 1 if opts.quick else 2, seed=7)
+    for path in checkpoints:
+        name = checkpoint_label(path)
+        layered = opts.teacher_store if Path(path) == Path(state.teacher) else opts.store
+        be = None
+        if name in _new_checkpoints(opts.store, "repeated_tokens", "checkpoint", {name: path}):
+            be = interp.load_backend(path, "nnsight")
+            interp.write_repeated(opts.store, interp.repeated_tokens(
+                path, specs[-2:], backend=be, window=window, period=32, copies=4 if opts.quick else 8,
+                samples=1 if opts.quick else 2))
+        if name in _new_checkpoints(layered, "traces", "checkpoint", {name: path}):
+            be = be or interp.load_backend(path, "nnsight")
+            interp.write_traces(layered, interp.run_trace(path, specs, inputs, backend=be,
+                                                          buckets=4 if opts.quick else 8))
+        log(f"repeated tokens + traces: {name}")
+
+
+def run_pair_analysis(opts: DemoOptions, state: DemoState, phase_lengths: list[int]) -> None:
+    """Phase-1 end -> phase-2 end: per-pair W_q/W_k updates and band summaries for every student run."""
+    from workbench import analysis
+    from workbench.analysis.checkpoints import label_of
+    from workbench.analysis.weights import comparison_label
+
+    for arm, run_dir in state.runs.items():
+        ends = phase_end_checkpoints(run_dir)
+        if len(ends) < 2:
+            continue
+        label = comparison_label(label_of(ends[0]), label_of(ends[1]))
+        if store.has_group(opts.store, "updates_weights") and label in analysis.existing_labels(opts.store, "updates_weights"):
+            continue
+        upd = analysis.weight_updates(ends[:2])
+        analysis.write_group(opts.store, "updates_weights", upd)
+        analysis.write_group(opts.store, "bands", analysis.band_summary(upd, phase_lengths))
+
+
+def run_probes(opts: DemoOptions, state: DemoState, checkpoints: list[Path], window: int) -> None:
+    from workbench import analysis
+    from workbench.analysis.checkpoints import label_of
+
+    teacher = [p for p in checkpoints if Path(p) == Path(state.teacher)]
+    students = [p for p in checkpoints if Path(p) != Path(state.teacher)]
+    for store_path, paths in ((opts.teacher_store, teacher), (opts.store, students)):
+        todo = _new_checkpoints(store_path, "probes", "checkpoint", {label_of(p): p for p in paths})
+        if todo:
+            ds = analysis.position_probes(list(todo.values()), seq_len=window, n_windows=4 if opts.quick else 8)
+            analysis.write_group(store_path, "probes", ds)
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def run(opts: DemoOptions) -> tuple[Path, DemoState]:
+    """Run the demo; returns (report path, state)."""
+    from workbench.demo import ablations, report
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one progress bar per step: ours
+    opts.out = Path(opts.out)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    state = DemoState(teacher=Path("."))
+    with timed(state, "teacher"):
+        state.teacher = ensure_teacher(opts)
+    todo = arms(opts.seeds)
+    with timed(state, "train students"):
+        train_students(opts, state, todo)
+    window = max(ph.seq_len for ph in arm_config(todo[0], teacher=state.teacher).phases)
+    phase_lengths = sorted({ph.seq_len for ph in arm_config(todo[0], teacher=state.teacher).phases})
+    finals = [state.final(a) for a in todo]
+    seed0 = [state.final(a) for a in todo if a.seed == 0]
+    with timed(state, "retrieval eval"):
+        evaluate_retrieval(opts, state, [state.teacher, *finals])
+    with timed(state, "interp (repeated tokens, perturbation sweep)"):
+        run_interp(opts, state, [state.teacher, *seed0], window)
+    with timed(state, "pair updates phase 1 -> 2"):
+        run_pair_analysis(opts, state, phase_lengths)
+    with timed(state, "position probes"):
+        run_probes(opts, state, [state.teacher, *seed0], window)
+    if opts.full:
+        with timed(state, "ablations"):
+            ablations.run_all(opts, state)
+    with timed(state, "figures"):
+        figures = report.render_figures([opts.store, opts.teacher_store], opts.out / "figures")
+    path = report.write_report(opts, state, figures)
+    (opts.out / "timings.json").write_text(json.dumps(state.timings, indent=2))
+    return path, state
