@@ -14,10 +14,10 @@ from workbench.analysis.probes import position_probes
 from workbench.analysis.scores import score_decomposition
 from workbench.analysis.states import state_updates
 from workbench.analysis.storage import GROUPS, existing_labels, refuse_existing, write_group
-from workbench.analysis.weights import weight_updates
+from workbench.analysis.weights import comparison_label, weight_updates
 
 __all__ = [
-    "GROUPS", "CheckpointInfo", "band_summary", "existing_labels", "inspect", "inspect_all", "label_of",
+    "GROUPS", "CheckpointInfo", "band_summary", "comparison_label", "existing_labels", "inspect", "inspect_all", "label_of",
     "pair_rows", "pair_update_stats", "parse_lengths", "position_probes", "refuse_existing",
     "score_decomposition", "split_pairs", "state_updates", "weight_updates", "write_group",
 ]
