@@ -52,7 +52,7 @@ def stores_with_group(root: Path, group: str) -> list[str]:
     out = []
     for rel in find_stores(root):
         try:
-            if group in wstore.groups(root / rel):
+            if group in groups_of(root, rel):
                 out.append(rel)
         except (wstore.StoreError, OSError):
             continue
@@ -82,7 +82,13 @@ def open_group(root: Path, relative: str, group: str) -> xr.Dataset:
         hit = _cache.get((path, group))
         if hit is not None and hit[0] == stamp:
             return hit[1]
-    ds = wstore.open_group(path, group)
+    try:
+        ds = wstore.open_group(path, group)
+    except wstore.StoreError:
+        raise
+    except Exception as exc:  # zarr/xarray raise many types for a store a writer left half-written
+        raise wstore.StoreError(f"store {relative!r}: group {group!r} cannot be read (half-written or damaged: "
+                                f"{type(exc).__name__}: {exc})") from None
     with _lock:
         _cache[(path, group)] = (stamp, ds)
     return ds
@@ -93,7 +99,13 @@ def groups_of(root: Path, relative: str) -> list[str]:
     path = inside(root, relative)
     if not path.is_dir():
         raise wstore.StoreError(f"store {relative!r} not found in RUNS_DIR")
-    return wstore.groups(path)
+    try:
+        return wstore.groups(path)
+    except wstore.StoreError:
+        raise
+    except Exception as exc:  # a store whose metadata a writer left half-written
+        raise wstore.StoreError(f"store {relative!r} cannot be read (half-written or damaged: "
+                                f"{type(exc).__name__}: {exc})") from None
 
 
 _loaded: "OrderedDict[tuple, tuple[float, xr.Dataset]]" = OrderedDict()
@@ -128,7 +140,11 @@ def loaded(root: Path, relative: str, group: str, var: str, **select: Any) -> xr
     sub = ds[[var]]
     if select:
         sub = sub.sel({d: list(v) for d, v in select.items()})
-    sub = sub.load()
+    try:
+        sub = sub.load()
+    except Exception as exc:  # a chunk missing or truncated: the writer did not finish
+        raise wstore.StoreError(f"store {relative!r}: {group}/{var} cannot be read (half-written or damaged: "
+                                f"{type(exc).__name__}: {exc})") from None
     with _lock:
         _loaded[key] = (stamp, sub)
         while len(_loaded) > MAX_LOADED:

@@ -464,3 +464,43 @@ def test_traces_view_reads_the_interp_groups(tiny_runs):
         traces.trace_figures(root, "results.zarr", c["checkpoints"][0], "lens_kl", "rm -rf", traces.MEAN)
     with pytest.raises(ValueError, match="unknown repeated-token variable"):
         traces.repeated_figure(root, "results.zarr", "entropy; drop")
+
+
+def test_damaged_or_foreign_stores_are_messages(tiny_runs, tmp_path):
+    import shutil
+
+    import zarr
+
+    from app.views import updates
+
+    root = tmp_path / "runs"
+    shutil.copytree(tiny_runs / "results.zarr", root / "damaged.zarr")
+    chunk = next(p for p in (root / "damaged.zarr" / "updates_weights" / "q_rel_update").rglob("*")
+                 if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(chunk.read_bytes()[:7])  # a writer killed mid-chunk
+    foreign = zarr.open_group(str(root / "foreign.zarr"), mode="w", zarr_format=3)
+    foreign.attrs["schema"] = "someone-else/1"
+    root = root_of(root)
+    assert updates.stores(root) == ["damaged.zarr"]  # the foreign store is not offered
+    comp = updates.comparisons(root, "damaged.zarr", "W_q")[-1]
+    with pytest.raises(ValueError, match="half-written or damaged"):
+        updates.heatmap(root, "damaged.zarr", "W_q", comp)
+    assert updates.heatmap(root, "damaged.zarr", "W_k", comp).data[0].z is not None  # other variables still draw
+    with pytest.raises(ValueError, match="not found"):
+        updates.heatmap(root, "gone.zarr", "W_q", comp)
+
+
+def test_phase_overlays_fall_back_to_the_runs_config(tiny_runs, tmp_path):
+    import shutil
+
+    from app.views import updates
+
+    root = tmp_path / "runs"
+    shutil.copytree(tiny_runs / "results.zarr", root / "nobands.zarr")
+    shutil.rmtree(root / "nobands.zarr" / "bands")
+    assert updates.phase_lengths(root_of(root), "nobands.zarr") == []  # no bands, no run.yaml: no overlay
+    (root / "kd-phasewise").mkdir()
+    shutil.copy(tiny_runs / "kd-phasewise" / "run.yaml", root / "kd-phasewise" / "run.yaml")
+    assert updates.phase_lengths(root_of(root), "nobands.zarr") == [64, 128]
+    fig = updates.heatmap(root_of(root), "nobands.zarr", "W_q", None)
+    assert any("critical pair" in (a.text or "") for a in fig.layout.annotations)

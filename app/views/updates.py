@@ -13,6 +13,7 @@ from typing import Any
 
 from dash import Dash, Input, Output, State, callback_context, dcc, html, no_update
 
+from app import runs as R
 from app import stores as S
 from app.views.common import control, graph, guarded, no_data, notice, only_when_shown, shown
 from workbench.figures import updates as figs
@@ -56,11 +57,25 @@ def layers(root: Path, store: str, source: str) -> list[int]:
     return [int(x) for x in S.open_group(root, store, group)["layer"].values]
 
 
-def phase_lengths(root: Path, store: str) -> list[int]:
-    """Phase context lengths recorded with the store's band summary ([] when it has none)."""
-    if "bands" not in S.groups_of(root, store):
+def phase_lengths(root: Path, store: str, source: str = "W_q") -> list[int]:
+    """Phase context lengths for the overlays: those recorded with the store's band summary, else the
+    phases' ``seq_len`` in the run.yaml of the run the compared checkpoints come from (labels are
+    ``<run>/<ckpt>``), else []."""
+    if "bands" in S.groups_of(root, store):
+        return [int(x) for x in S.open_group(root, store, "bands")["phase_length"].values]
+    group, _ = source_of(source)
+    if group not in S.groups_of(root, store):
         return []
-    return [int(x) for x in S.open_group(root, store, "bands")["phase_length"].values]
+    ds = S.open_group(root, store, group)
+    labels = [str(x) for x in ds["after"].values] if "after" in ds.coords else []
+    for run in dict.fromkeys(label.split("/")[0] for label in labels if "/" in label):
+        try:
+            lengths = R.run_info(root, run).phase_lengths
+        except (ValueError, OSError):
+            continue
+        if lengths:
+            return lengths
+    return []
 
 
 def _slice(root: Path, store: str, group: str, var: str, comparison: Any):
@@ -76,7 +91,7 @@ def heatmap(root: Path, store: str, source: str, comparison: str | None):
     """Layer x pair heatmap of the source for one comparison."""
     group, var = source_of(source)
     ds = _slice(root, store, group, var, comparison)
-    return figs.layer_pair_heatmap(ds, comparison=comparison, var=var, phase_lengths=phase_lengths(root, store))
+    return figs.layer_pair_heatmap(ds, comparison=comparison, var=var, phase_lengths=phase_lengths(root, store, source))
 
 
 def heads(root: Path, store: str, source: str, comparison: str | None, layer: Any):
@@ -87,7 +102,7 @@ def heads(root: Path, store: str, source: str, comparison: str | None, layer: An
     except (TypeError, ValueError):
         raise ValueError(f"layer must be an integer, got {layer!r}") from None
     ds = _slice(root, store, group, var, comparison)
-    return figs.head_pair_heatmap(ds, layer, comparison=comparison, var=var, phase_lengths=phase_lengths(root, store))
+    return figs.head_pair_heatmap(ds, layer, comparison=comparison, var=var, phase_lengths=phase_lengths(root, store, source))
 
 
 def bands(root: Path, store: str, source: str, comparison: str | None):
