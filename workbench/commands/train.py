@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 HELP = "train a student (CE or logit KD from a frozen teacher) through phases of window length and RoPE theta"
@@ -27,5 +28,6 @@ def run(args: argparse.Namespace) -> int:
     except TrainingDiverged as exc:
         print(f"workbench train: stopped: {exc}", file=sys.stderr)
         return 1
-    print(f"run directory: {run_dir}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"run directory: {run_dir}")
     return 0

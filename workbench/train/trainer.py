@@ -222,7 +222,7 @@ def _train(cfg, run_dir: Path, resume: bool, progress: bool, device, dd: distrib
         cache = teacher_cache.TeacherCache(Path(cfg.teacher.cache))
     student.train()
     if cfg.optim.activation_checkpointing:
-        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        student.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     module = DistillModule(student, teacher)
     shadow = None  # a plain CPU copy of the student for saving/evaluating when FSDP shards it
     if dd.enabled:
