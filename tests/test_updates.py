@@ -225,3 +225,13 @@ def test_store_appends_comparisons_at_other_thetas_and_refuses_repeats(run_dir, 
     assert np.argwhere(ds["q_rel_update"].values != 0).tolist() == [[1, 1, 2, 3]]
     with pytest.raises(store.StoreError, match="already written"):
         analysis.write_group(out, "updates_weights", second)
+
+
+def test_index_trend_says_whether_slower_pairs_moved_more():
+    pairs = np.arange(8)
+    rising = xr.DataArray(np.broadcast_to(pairs * 0.1 + 0.01, (1, 2, 4, 8)).copy(), dims=("comparison", "layer", "head", "pair"))
+    rising[0, 1] = rising[0, 1, :, ::-1].values  # layer 1: faster pairs moved more
+    trend = analysis.bands.index_trend(rising)
+    assert trend[0].tolist() == [1.0, -1.0]
+    flat = xr.zeros_like(rising)
+    assert np.isnan(analysis.bands.index_trend(flat)).all()

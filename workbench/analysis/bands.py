@@ -35,6 +35,21 @@ def parse_lengths(text: str | Sequence[int]) -> list[int]:
     return sorted(out)
 
 
+def index_trend(rel_update: xr.DataArray) -> np.ndarray:
+    """Spearman correlation, per (comparison, layer), between pair index and the head-mean update [C, L]."""
+    from scipy.stats import spearmanr
+
+    head = [d for d in ("head", "kv_head") if d in rel_update.dims]
+    mean = rel_update.mean(head).transpose("comparison", "layer", "pair").values
+    out = np.full(mean.shape[:2], np.nan)
+    idx = np.arange(mean.shape[-1])
+    for c in range(mean.shape[0]):
+        for layer in range(mean.shape[1]):
+            if np.ptp(mean[c, layer]) > 0:  # constant (e.g. no update at all): undefined, NaN
+                out[c, layer] = spearmanr(idx, mean[c, layer]).statistic
+    return out
+
+
 def band_summary(updates: xr.Dataset, phase_lengths: Sequence[int]) -> xr.Dataset:
     """Per comparison: each pair's band at the after-theta (the theta the update was trained with), the
     mean relative update / cosine of W_q and W_k per (layer, band) over heads and the band's pairs, and the
@@ -56,6 +71,7 @@ def band_summary(updates: xr.Dataset, phase_lengths: Sequence[int]) -> xr.Datase
                 da = updates[key].isel(comparison=c).isel(pair=np.flatnonzero(sel))
                 out[key][c, :, b] = da.mean(dim=[dim for dim in da.dims if dim != "layer"]).values
     n_pairs = np.stack([[int((band_of[c] == b).sum()) for b in range(n_bands)] for c in range(len(comps))])
+    trend = {p: index_trend(updates[f"{p}_rel_update"]) for p in ("q", "k")}
     ends = ("before", "after")
     crit = np.zeros((len(comps), 2, len(lengths)), dtype=np.int64)
     frac = np.zeros((len(comps), 2, len(lengths)))
@@ -76,6 +92,8 @@ def band_summary(updates: xr.Dataset, phase_lengths: Sequence[int]) -> xr.Datase
         {
             **{k: (("comparison", "layer", "band"), v) for k, v in out.items()},
             "n_pairs": (("comparison", "band"), n_pairs),
+            "q_index_trend": (("comparison", "layer"), trend["q"]),
+            "k_index_trend": (("comparison", "layer"), trend["k"]),
             "pair_band": (("comparison", "pair"), band_of),
             "critical_pair": (("comparison", "end", "phase_length"), crit),
             "full_rotation_fraction": (("comparison", "end", "phase_length"), frac),
@@ -83,6 +101,10 @@ def band_summary(updates: xr.Dataset, phase_lengths: Sequence[int]) -> xr.Datase
         },
         coords=coords,
     )
+    for p in ("q", "k"):
+        ds[f"{p}_index_trend"].attrs["description"] = (
+            "Spearman rank correlation between pair index j and the head-mean relative update: > 0 when "
+            "higher-index (longer-wavelength) pairs moved more (the paper's F3)")
     ds["pair_band"].attrs["description"] = "band index of each pair at the comparison's after-theta"
     ds["critical_pair"].attrs["description"] = "first pair not completing a rotation within phase_length (arXiv 2310.05209)"
     ds.attrs.update(store.provenance(analysis="band_summary", phase_lengths=lengths, head_dim=d,

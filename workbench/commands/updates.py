@@ -131,6 +131,8 @@ def summary(weights, bands) -> str:
             crit = ", ".join(f"L={int(L)}: {int(c)}" for L, c in zip(b["phase_length"].values,
                                                                    b["critical_pair"].sel(end="after").values))
             lines.append(f"  critical pair at theta after: {crit}; pairs per band {b['n_pairs'].values.tolist()}")
+            trend = ", ".join(f"layer {int(x)}: {v:+.2f}" for x, v in zip(b["layer"].values, b["q_index_trend"].values))
+            lines.append(f"  rank correlation pair index vs |dW_q|/|W_q| (> 0: slower pairs moved more): {trend}")
         else:
             q = weights["q_rel_update"].sel(comparison=comp).mean(["layer", "head"]).values
             lines.append("  mean |dW_q|/|W_q| per pair: " + " ".join(f"{v:.3g}" for v in q))
