@@ -229,7 +229,8 @@ def test_store_appends_comparisons_at_other_thetas_and_refuses_repeats(run_dir, 
 
 def test_index_trend_says_whether_slower_pairs_moved_more():
     pairs = np.arange(8)
-    rising = xr.DataArray(np.broadcast_to(pairs * 0.1 + 0.01, (1, 2, 4, 8)).copy(), dims=("comparison", "layer", "head", "pair"))
+    rising = xr.DataArray(np.broadcast_to(pairs * 0.1 + 0.01, (1, 2, 4, 8)).copy(),
+                          dims=("comparison", "layer", "head", "pair"))
     rising[0, 1] = rising[0, 1, :, ::-1].values  # layer 1: faster pairs moved more
     trend = analysis.bands.index_trend(rising)
     assert trend[0].tolist() == [1.0, -1.0]
