@@ -420,6 +420,8 @@ def test_retrieval_view_side_by_side_and_cross_link(tiny_runs):
     fig, message = retrieval.clicked_curve(root, "results.zarr", retrieval.ALL, ckpts, click)
     assert message == "" and fig.data[0].name == ckpts[1].split("/")[0]
     assert list(fig.data[0].x) == [3, 6]  # the run's held-out evals at length 128 (every 3 steps)
+    assert retrieval.default_checkpoints(["a/c1", "a/c2", "b/c1", "b/c2", "c/c9"]) == ["a/c2", "b/c2", "c/c9"]
+    assert retrieval.default_checkpoints(["a/c1", "a/c2"]) == ["a/c1", "a/c2"]
     with pytest.raises(ValueError, match="unknown metric"):
         retrieval.grids(root, "results.zarr", None, "__class__", ckpts)
     with pytest.raises(ValueError, match="no checkpoint"):

@@ -30,6 +30,16 @@ def choices(root: Path, store: str) -> tuple[list[str], list[str], list[str]]:
     return [str(t) for t in ds["task"].values], metrics, [str(c) for c in ds["checkpoint"].values]
 
 
+def default_checkpoints(names: list[str]) -> list[str]:
+    """The checkpoints shown side by side before the user picks: the last stored checkpoint of each run
+    (names are ``<run>/<ckpt>``), i.e. the final models of the arms, at most MAX_SIDE_BY_SIDE."""
+    last: dict[str, str] = {}
+    for name in names:
+        last[name.split("/")[0]] = name
+    picked = list(last.values())
+    return (picked if len(picked) > 1 else names)[:MAX_SIDE_BY_SIDE]
+
+
 def _args(task: Any, metric: Any, checkpoints: Any) -> tuple[str | None, str, list[str]]:
     if not isinstance(metric, str) or metric not in figs.LABELS:
         raise ValueError(f"unknown metric {metric!r}; one of {', '.join(figs.LABELS)}")
@@ -111,7 +121,7 @@ def register(app: Dash, root: Path) -> None:
         if not store:
             return [], None, [], None, [], []
         tasks, metrics, ckpts = choices(root, store)
-        keep = [c for c in (current or []) if c in ckpts] or ckpts[:MAX_SIDE_BY_SIDE]
+        keep = [c for c in (current or []) if c in ckpts] or default_checkpoints(ckpts)
         task_opts = [{"label": "all tasks", "value": ALL}] + [{"label": t, "value": t} for t in tasks]
         return (task_opts, task if task in tasks else ALL, metrics, metric if metric in metrics else metrics[0],
                 ckpts, keep)
