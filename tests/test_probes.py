@@ -220,3 +220,13 @@ def test_figures_show_the_update_where_it_happened(run_dir):
     assert list(profile.data[0].x)[:4] == ["0", "1", "2-3", "4-7"] and profile.data[0].y[3].startswith("3 (")
     curves = fig.probe_curves(probes, metric="accuracy")
     assert list(curves.data[0].y) == [0.2, 0.6] and list(curves.data[0].x) == ["embed", "block 0"]
+
+
+def test_plain_hf_directories_need_the_flag(tmp_path):
+    """A foreign HF Llama directory (no manifest, e.g. a teacher) is analysed only with allow_plain_hf."""
+    path = tmp_path / "hf" / "teacher"
+    models.build_model(_cfg(num_layers=1), seed=4).save_pretrained(path)
+    with pytest.raises(models.CheckpointError, match="manifest"):
+        analysis.position_probes([path], seq_len=32, n_windows=4, n_buckets=2)
+    ds = analysis.position_probes([path], seq_len=32, n_windows=4, n_buckets=2, allow_plain_hf=True)
+    assert list(ds["checkpoint"].values) == ["hf/teacher"] and ds["step"].values.tolist() == [-1]
