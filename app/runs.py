@@ -31,16 +31,41 @@ def is_run_dir(path: Path) -> bool:
                               or any(p.is_dir() for p in path.glob("ckpt-*")))
 
 
+MAX_DEPTH = 3  # runs are found up to RUNS_DIR/a/b/<run>
+
+
 def list_runs(root: Path) -> list[str]:
-    """Run names (paths relative to RUNS_DIR, '.' for the root itself), sorted; hidden and temp dirs
-    and symlinks leading outside RUNS_DIR are skipped."""
-    names = ["."] if is_run_dir(root) else []
-    for child in sorted(root.iterdir()):
-        if child.name.startswith(".") or not is_inside(root, child):
-            continue
-        if is_run_dir(child):
-            names.append(child.name)
-    return names
+    """Run directories under RUNS_DIR (relative paths, '.' for RUNS_DIR itself), sorted.
+
+    Walks at most MAX_DEPTH levels without following symlinks and without entering runs, stores
+    (``*.zarr``), checkpoints or hidden/temp directories; anything resolving outside RUNS_DIR is skipped.
+    """
+    if is_run_dir(root):
+        return ["."]
+    names: list[str] = []
+    for dirpath, dirnames, _ in os.walk(root, followlinks=False):
+        here = Path(dirpath)
+        depth = len(here.relative_to(root).parts)
+        keep = []
+        for d in sorted(dirnames):
+            child = here / d
+            if d.startswith(".") or d.endswith(".zarr") or d.startswith("ckpt-") or child.is_symlink() \
+                    or not is_inside(root, child):
+                continue
+            if is_run_dir(child):
+                names.append(child.relative_to(root).as_posix())
+            elif depth + 1 < MAX_DEPTH:
+                keep.append(d)
+        dirnames[:] = keep
+    return sorted(names)
+
+
+def find_run(root: Path, name: str) -> str | None:
+    """The run (relative path) whose directory is called ``name`` (checkpoint labels carry only that)."""
+    for rel in list_runs(root):
+        if rel == name or rel.rsplit("/", 1)[-1] == name:
+            return rel
+    return None
 
 
 @dataclass

@@ -188,6 +188,15 @@ def test_list_runs_skips_non_runs_and_symlinks_out(runs_dir):
     assert R.list_runs(root_of(runs_dir)) == ["ce-live", "kd-phasewise"]
 
 
+def test_runs_are_found_in_subdirectories(tmp_path):
+    for rel in ("students/kd-s0", "students/ce-s0", "a/b/c/too-deep", "x.zarr/inner", "students/kd-s0/nested"):
+        (tmp_path / rel).mkdir(parents=True)
+        (tmp_path / rel / "metrics.jsonl").write_text("")
+    assert R.list_runs(root_of(tmp_path)) == ["students/ce-s0", "students/kd-s0"]
+    assert R.find_run(root_of(tmp_path), "kd-s0") == "students/kd-s0"
+    assert R.find_run(root_of(tmp_path), "nope") is None
+
+
 def test_store_discovery_ignores_stores_outside(runs_dir, tmp_path):
     import xarray as xr
 

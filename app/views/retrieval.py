@@ -69,7 +69,7 @@ def run_of_checkpoint(root: Path, store: str, checkpoint: str) -> str | None:
         run_dir = Path(str(ds["checkpoint_path"].values[names.index(checkpoint)])).parent
         if is_inside(root, run_dir) and R.is_run_dir(run_dir):
             return run_dir.resolve().relative_to(root).as_posix() or "."
-    return None
+    return R.find_run(root, checkpoint.split("/")[0]) if "/" in checkpoint else None
 
 
 def clicked_curve(root: Path, store: str, task: Any, checkpoints: Any, click: Any):

@@ -68,7 +68,10 @@ def phase_lengths(root: Path, store: str, source: str = "W_q") -> list[int]:
         return []
     ds = S.open_group(root, store, group)
     labels = [str(x) for x in ds["after"].values] if "after" in ds.coords else []
-    for run in dict.fromkeys(label.split("/")[0] for label in labels if "/" in label):
+    for name in dict.fromkeys(label.split("/")[0] for label in labels if "/" in label):
+        run = R.find_run(root, name)
+        if run is None:
+            continue
         try:
             lengths = R.run_info(root, run).phase_lengths
         except (ValueError, OSError):
