@@ -55,6 +55,7 @@ def records(run: Path, kind: str = "train") -> list[dict]:
     return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
 
 
+@pytest.mark.slow
 def test_two_phase_kd_run_checkpoints_theta_and_loss(tmp_path, teacher_dir):
     cfg = config.from_dict(config.RunConfig, run_cfg(teacher_dir))
     run = train(cfg, out=str(tmp_path / "run"), progress=False)
@@ -191,6 +192,8 @@ def test_sigkill_then_resume_gives_bit_identical_losses(tmp_path, teacher_dir):
     assert full.wait(timeout=300) == 0, full.stdout.read().decode()
     last = max(r["step"] for r in records(tmp_path / "killed"))
     assert last < 24, "the run finished before it could be killed"
+    with open(metrics, "a") as f:
+        f.write('{"kind": "train", "step": 9')  # a line a kill can cut short
     resumed = _launch(path, tmp_path / "killed", "--resume")
     assert resumed.wait(timeout=300) == 0, resumed.stdout.read().decode()
     a, b = records(tmp_path / "full"), records(tmp_path / "killed")

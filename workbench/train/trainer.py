@@ -437,11 +437,19 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     lines = path.read_text().splitlines()
-    keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    keep = [ln for ln in lines if _record_step(ln) <= step]
     if len(keep) != len(lines):
         tmp = path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(ln + "\n" for ln in keep))
         os.replace(tmp, path)
+
+
+def _record_step(line: str) -> float:
+    """The step of a metrics line; a line cut short by a kill counts as after every checkpoint."""
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return math.inf
 
 
 def _write_run_yaml(cfg: RunConfig, run_dir: Path) -> None:
