@@ -231,3 +231,21 @@ def test_eval_records_from_quick_eval(tmp_path):
     ev = records(run, "eval")
     assert ev and all(r["step"] == 2 and r["length"] == 64 and 0.0 <= r["accuracy"] <= 1.0 for r in ev)
     assert {"task", "answer_logprob", "phase"} <= set(ev[0])
+
+
+def test_tiny_student_presets_share_a_budget_and_differ_in_theta_and_objective():
+    paths = sorted((ROOT / "data" / "configs").glob("tiny-[ck][ed]-*.yaml"))
+    cfgs = {p.stem: config.load_run_config(p) for p in paths}
+    assert set(cfgs) == {f"tiny-{o}-{v}" for o in ("kd", "ce") for v in ("phasewise", "fixed-small", "fixed-large")}
+    budget = {name: sum(ph.steps * ph.seq_len for ph in c.phases) * c.optim.micro_batch_size
+              * c.optim.grad_accum_steps for name, c in cfgs.items()}
+    assert len(set(budget.values())) == 1
+    for name, c in cfgs.items():
+        short, long = c.phases
+        assert short.seq_len < long.seq_len and c.data.kind == "synthetic-short"
+        assert c.data.packing.positions == "continue" and 64 <= c.data.doc_len_min <= c.data.doc_len_max <= 256
+        assert all(ph.objective == ("kd" if "-kd-" in name else "ce") for ph in c.phases)
+        assert (c.teacher is not None) == ("-kd-" in name)
+        thetas = (short.rope_theta, long.rope_theta)
+        assert thetas == {"phasewise": (500.0, 10000.0), "fixed-small": (500.0, 500.0),
+                          "fixed-large": (10000.0, 10000.0)}[name.split("-", 2)[2]]
