@@ -73,7 +73,8 @@ def _hf_config(path: Path, what: str) -> dict[str, Any]:
 def preflight(cfg: RunConfig, run_dir: Path, *, resume: bool, world_size: int = 1) -> None:
     """Every input error as one clear exception, before any model is built or any data generated."""
     has_run = run_dir.is_dir() and (any(run_dir.glob("ckpt-*")) or (run_dir / "metrics.jsonl").exists())
-    if has_run and not resume:
+    first_rank = os.environ.get("RANK", "0") == "0"  # other ranks may start after rank 0 created the run
+    if has_run and not resume and first_rank:
         raise FileExistsError(f"{run_dir}: already holds a run; pass --resume to continue it, or --out for a new "
                               "run directory (nothing is overwritten)")
     check_inputs(cfg, world_size)
@@ -179,6 +180,16 @@ class StepStats:
     kd: float = 0.0
     buckets: dict[str, list[float]] = field(default_factory=dict)
 
+    def add(self, per_token: torch.Tensor, ce_sum: torch.Tensor, kd_sum: torch.Tensor,
+            buckets: dict[str, tuple[float, int]]) -> None:
+        self.loss += float(per_token.sum())
+        self.ce += float(ce_sum)
+        self.kd += float(kd_sum)
+        for key, (total, count) in buckets.items():
+            acc = self.buckets.setdefault(key, [0.0, 0.0])
+            acc[0] += total
+            acc[1] += count
+
 
 def train(cfg: RunConfig, *, out: str | None = None, resume: bool = False, progress: bool = True) -> Path:
     """Run (or resume) a training run; returns the run directory."""
@@ -238,7 +249,7 @@ def _train(cfg, run_dir: Path, resume: bool, progress: bool, device, dd: distrib
     step, tokens, saved_data = 0, 0, None
     if ckpt is not None:
         st = state.read_state(ckpt)
-        _load_optimizer(student, opt, st["optimizer"], dd)
+        _load_optimizer(student, opt, st["optimizer"])
         step, tokens, saved_data = st["step"], st["tokens"], st["data"]
         state.set_rng_state(st["rng"][dd.rank if dd.rank < len(st["rng"]) else 0])
     parent = ckpt.name if ckpt is not None else cfg.init_from
@@ -248,7 +259,9 @@ def _train(cfg, run_dir: Path, resume: bool, progress: bool, device, dd: distrib
         _write_run_yaml(cfg, run_dir)
         _truncate_metrics(metrics_path, step)
     chash = wconfig.config_hash(cfg)
+    # bf16 autocast on CUDA (fp32 master weights), plain fp32 on CPU
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    mask_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     bar = _progress_bar(total, step, progress and dd.is_main)
     eval_warned = False
 
@@ -277,29 +290,21 @@ def _train(cfg, run_dir: Path, resume: bool, progress: bool, device, dd: distrib
             for _ in range(cfg.optim.grad_accum_steps):
                 first = stream.state_dict().get("next_window", 0) + dd.rank * cfg.optim.micro_batch_size
                 micro.append((first, {k: v.to(device) for k, v in stream.next().items()}))
-            n_valid = distributed.all_reduce_sum(
+            # the step's valid target tokens over micro-batches and ranks: every micro-batch loss divides by it
+            n_valid = max(distributed.all_reduce_sum(
                 torch.tensor([float((b["labels"][:, 1:] != spec.ignore_index).sum()) for _, b in micro],
-                             device=device).sum(), dd).item()
+                             device=device).sum(), dd).item(), 1.0)
             stats = StepStats()
             for first, b in micro:
-                mask = data.attention_mask(b["doc_ids"], dcfg.packing.attention,
-                                           torch.bfloat16 if device.type == "cuda" else torch.float32)
+                mask = data.attention_mask(b["doc_ids"], dcfg.packing.attention, mask_dtype)
                 cached = cache.lookup(pi, first, b["input_ids"], spec) if cache is not None and spec.kd_weight else None
                 with autocast:
-                    loss, per_tok, ce_sum, kd_sum, valid = module(b, mask, spec, max(n_valid, 1.0), cached)
+                    loss, per_tok, ce_sum, kd_sum, valid = module(b, mask, spec, n_valid, cached)
                 loss.backward()
-                stats.loss += float(per_tok.sum())
-                stats.ce += float(ce_sum)
-                stats.kd += float(kd_sum)
-                for key, (s, c) in loss_by_bucket(per_tok, valid, b["position_ids"][:, 1:], edges).items():
-                    acc = stats.buckets.setdefault(key, [0.0, 0.0])
-                    acc[0] += s
-                    acc[1] += c
+                stats.add(per_tok, ce_sum, kd_sum, loss_by_bucket(per_tok, valid, b["position_ids"][:, 1:], edges))
             grad_norm = _clip(student, cfg.optim.grad_clip)
-            sums = distributed.all_reduce_sum(torch.tensor([stats.loss, stats.ce, stats.kd, grad_norm],
-                                                           dtype=torch.float64, device=device), dd)
-            sums[3] = grad_norm  # the norm is already global
-            loss_v, ce_v, kd_v = (float(x) / max(n_valid, 1.0) for x in sums[:3])
+            loss_v, ce_v, kd_v = (float(x) / n_valid for x in distributed.all_reduce_sum(
+                torch.tensor([stats.loss, stats.ce, stats.kd], dtype=torch.float64, device=device), dd))
             if not (math.isfinite(loss_v) and math.isfinite(grad_norm)):
                 last = state.latest_checkpoint(run_dir)
                 if dd.is_main:
@@ -313,15 +318,14 @@ def _train(cfg, run_dir: Path, resume: bool, progress: bool, device, dd: distrib
             step_tokens = sum(int(b["input_ids"].numel()) for _, b in micro) * dd.world_size
             tokens += step_tokens
             dt = time.perf_counter() - t0
+            if step % cfg.metrics_every == 0 or step == ends[pi]:
+                buckets = _reduce_buckets(stats.buckets, dd)  # a collective: every rank
             if dd.is_main and (step % cfg.metrics_every == 0 or step == ends[pi]):
-                buckets = _reduce_buckets(stats.buckets, dd)
                 _append(metrics_path, {"kind": "train", "step": step, "phase": ph.name,
                                        "rope_theta": ph.rope_theta, "loss": loss_v, "ce": ce_v, "kd": kd_v,
                                        "lr": lr, "grad_norm": grad_norm, "tokens": tokens,
                                        "tokens_per_s": step_tokens / dt, "peak_mem_mb": _peak_mem_mb(device),
                                        "loss_by_bucket": buckets, "time": time.time()})
-            elif dd.enabled and (step % cfg.metrics_every == 0 or step == ends[pi]):
-                _reduce_buckets(stats.buckets, dd)
             bar.update(1)
             bar.set_postfix(phase=ph.name, loss=f"{loss_v:.4f}", theta=f"{ph.rope_theta:g}")
             phase_end = step == ends[pi]
@@ -329,7 +333,8 @@ def _train(cfg, run_dir: Path, resume: bool, progress: bool, device, dd: distrib
                 manifest = {"run": cfg.name, "phase": ph.name, "phase_index": pi, "step": step,
                             "phase_step": step - start, "phase_end": phase_end, "objective": ph.objective,
                             "teacher": cfg.teacher.path if cfg.teacher and ph.objective != "ce" else None,
-                            "teacher_theta": cfg.teacher.rope_theta if cfg.teacher else None,
+                            "teacher_theta": models.rope_theta(teacher) if teacher is not None else
+                            (cache.meta["teacher_theta"] if cache is not None else None),
                             "data": wconfig.to_dict(dcfg), "parent": parent, "config_hash": chash,
                             "seq_len": ph.seq_len, "tokens": tokens, "world_size": dd.world_size}
                 trainer_state = {"step": step, "tokens": tokens, "phase_index": pi, "data": stream.state_dict(),
@@ -371,7 +376,7 @@ def _peak_mem_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _full_state(student, opt, dd) -> tuple[dict, dict]:
+def _full_state(student, opt) -> tuple[dict, dict]:
     """Full (unsharded, CPU) model and optimiser state dicts, keyed by parameter name."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
@@ -379,14 +384,14 @@ def _full_state(student, opt, dd) -> tuple[dict, dict]:
     return get_state_dict(student, opt, options=opts)
 
 
-def _load_optimizer(student, opt, osd: dict, dd) -> None:
+def _load_optimizer(student, opt, osd: dict) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(student, opt, osd, options=StateDictOptions(full_state_dict=True))
 
 
 def _save(path: Path, student, shadow, opt, manifest: dict, trainer_state: dict, dd) -> Path:
-    msd, osd = _full_state(student, opt, dd)
+    msd, osd = _full_state(student, opt)
     rngs = distributed.all_gather_objects(state.rng_state(), dd)
     if dd.is_main:
         model = student
