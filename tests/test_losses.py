@@ -75,6 +75,8 @@ def test_ce_only_equals_cross_entropy_and_needs_no_teacher():
     out = chunked_loss(h, w, labels, LossSpec(ce_weight=1.0, kd_weight=0.0, chunk_size=5))
     ref = F.cross_entropy(h @ w.t(), labels, ignore_index=-100)
     assert out.loss.item() == pytest.approx(ref.item(), abs=1e-6)
+    with torch.no_grad():
+        assert not chunked_loss(h, w, labels, LossSpec(ce_weight=1.0, kd_weight=0.0)).loss.requires_grad
     assert torch.allclose(torch.autograd.grad(out.loss, h)[0], torch.autograd.grad(ref, h)[0], atol=1e-6)
 
 

@@ -206,6 +206,8 @@ def chunked_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
     elif isinstance(teacher, CachedTeacher):
         k = teacher.topk_ids.shape[-1]
         teacher = CachedTeacher(teacher.topk_ids.reshape(-1, k), teacher.topk_logp.reshape(-1, k))
+    if not torch.is_grad_enabled():  # e.g. evaluation: skip the fused gradient work
+        h, weight = h.detach(), weight.detach()
     valid = lab != spec.ignore_index
     valid_idx = valid.nonzero().squeeze(-1)
     if normalizer is None:
