@@ -249,3 +249,12 @@ def test_tiny_student_presets_share_a_budget_and_differ_in_theta_and_objective()
         thetas = (short.rope_theta, long.rope_theta)
         assert thetas == {"phasewise": (500.0, 10000.0), "fixed-small": (500.0, 500.0),
                           "fixed-large": (10000.0, 10000.0)}[name.split("-", 2)[2]]
+
+
+def test_lr_schedule_warmup_then_cosine_to_min_per_phase():
+    from workbench.train.schedule import lr_at
+
+    lrs = [lr_at(i, 10, 1e-3, warmup_steps=2, min_lr_ratio=0.1) for i in range(10)]
+    assert lrs[0] == pytest.approx(5e-4) and lrs[1] == pytest.approx(1e-3) and lrs[2] == pytest.approx(1e-3)
+    assert lrs[-1] == pytest.approx(1e-4)
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
