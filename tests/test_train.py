@@ -258,3 +258,19 @@ def test_lr_schedule_warmup_then_cosine_to_min_per_phase():
     assert lrs[0] == pytest.approx(5e-4) and lrs[1] == pytest.approx(1e-3) and lrs[2] == pytest.approx(1e-3)
     assert lrs[-1] == pytest.approx(1e-4)
     assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
+
+
+def test_activation_checkpointing_leaves_the_losses_unchanged(tmp_path, monkeypatch):
+    from transformers import LlamaForCausalLM
+
+    calls = []
+    real = LlamaForCausalLM.activation_checkpointing_enable
+    monkeypatch.setattr(LlamaForCausalLM, "activation_checkpointing_enable",
+                        lambda self, **kw: calls.append(kw) or real(self, **kw))
+    losses = []
+    for ac in (False, True):
+        cfg = run_cfg(None, optim={"micro_batch_size": 2, "grad_accum_steps": 1, "activation_checkpointing": ac},
+                      phases=[{"name": "a", "steps": 2, "seq_len": 64, "rope_theta": 100, "objective": "ce"}])
+        run = train(config.from_dict(config.RunConfig, cfg), out=str(tmp_path / str(ac)), progress=False)
+        losses.append([r["loss"] for r in records(run)])
+    assert len(calls) == 1 and losses[0] == pytest.approx(losses[1], rel=1e-6)

@@ -6,6 +6,7 @@ per-token divergence is computed, and its gradient with respect to the chunk's h
 student's ``lm_head`` weight is taken right there (fused forward + backward, as in Liger-Kernel). Only the
 hidden-state gradient ``[tokens x hidden]`` and the head-weight gradient are kept, so peak memory is one
 chunk's logits, never ``tokens x vocab``. ``ChunkedLoss.backward`` just scales the stored gradients.
+(Recomputing each chunk in backward would bound memory the same way at the cost of a second lm_head pass.)
 
 Objective per valid token i (labels[i] != ignore_index):
 
