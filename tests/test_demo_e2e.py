@@ -1,0 +1,70 @@
+"""`workbench demo --quick --no-serve` end to end: every artefact exists, is non-empty, and opens with plain
+xarray (the budget for this test is 3 minutes on 2 cores)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import xarray as xr
+
+from workbench.demo.arms import SHIPPED_TEACHER, arms
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    if not (SHIPPED_TEACHER / "manifest.json").is_file():
+        pytest.fail(f"the shipped teacher is missing at {SHIPPED_TEACHER}")
+    out = tmp_path_factory.mktemp("demo") / "run"
+    proc = subprocess.run([sys.executable, "-m", "workbench", "demo", "--quick", "--no-serve", "--seeds", "1",
+                           "--no-progress", "--out", str(out)], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+def nonempty(path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
+def test_demo_prints_the_table_and_writes_the_report(demo_run):
+    out, stdout = demo_run
+    assert "| model | seeds | acc@256 | acc@1024 |" in stdout
+    report = (out / "REPORT.md").read_text()
+    for heading in ("## Settings", "## Results", "## Findings", "## Figures"):
+        assert heading in report
+    for finding in ("**F1**", "**F2**", "**F3**"):
+        assert finding in report
+
+
+def test_demo_trains_every_arm_through_both_phases(demo_run):
+    out, _ = demo_run
+    for arm in arms(1):
+        ends = [p for p in (out / "students" / arm.name).glob("ckpt-*")
+                if '"phase_end": true' in (p / "manifest.json").read_text()]
+        assert len(ends) == 2, arm.name
+        assert nonempty(out / "students" / arm.name / "metrics.jsonl")
+
+
+def test_demo_stores_open_with_plain_xarray(demo_run):
+    out, _ = demo_run
+    expected = {"results.zarr": ["retrieval", "repeated_tokens", "traces", "updates_weights", "bands", "probes"],
+                "teacher.zarr": ["traces", "probes"]}
+    for store, groups in expected.items():
+        for group in groups:
+            ds = xr.open_zarr(out / store, group=group, consolidated=False)
+            assert ds.sizes and all(ds[v].size for v in ds.data_vars), (store, group)
+    retrieval = xr.open_zarr(out / "results.zarr", group="retrieval", consolidated=False)
+    assert retrieval.sizes["checkpoint"] == 7  # teacher + 6 arms
+
+
+def test_demo_renders_every_figure_family_as_png_and_html(demo_run):
+    out, _ = demo_run
+    figures = list((out / "figures").rglob("*.png"))
+    for family in ("f1_", "f2_", "f3_", "probes_"):
+        pngs = [p for p in figures if p.name.startswith(family)]
+        assert pngs and all(nonempty(p) and nonempty(p.with_suffix(".html")) for p in pngs), family
