@@ -297,7 +297,8 @@ def test_eval_command_writes_store_and_heatmap(tmp_path, text_tokenizer, capsys)
     assert main(["eval", str(a), *common]) == 2
     assert "exceed the 256 positions" in capsys.readouterr().err and not out.exists()
 
-    assert main(["eval", str(a), *common, "--extrapolate", "--figure", str(tmp_path / "fig" / "grid")]) == 0
+    assert main(["eval", str(a), *common, "--extrapolate", "--figure", str(tmp_path / "fig" / "grid"),
+                 "--figure-task", "passkey"]) == 0
     assert (tmp_path / "fig" / "grid.html").stat().st_size > 0 and (tmp_path / "fig" / "grid.png").stat().st_size > 0
     assert main(["eval", str(b), *common]) == 0  # a second checkpoint (real tokenizer) is appended
     assert main(["eval", str(b), *common]) == 2  # the same checkpoint twice is refused

@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="Zarr store (default: results.zarr in the first checkpoint's run dir)")
     p.add_argument("--figure", default=None, metavar="PATH",
                    help="also write the depth x length accuracy heatmap to PATH.html / PATH.png")
+    p.add_argument("--figure-task", default=None, metavar="TASK",
+                   help="task drawn in the heatmap (default: accuracy averaged over all evaluated tasks)")
     p.add_argument("--extrapolate", action="store_true",
                    help="allow lengths beyond the positions a checkpoint was trained with (recorded in the results)")
     p.add_argument("--tokenizer", default="auto",
@@ -47,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.figure_task is not None and args.figure_task not in [t.strip() for t in args.tasks.split(",")]:
+        raise ValueError(f"--figure-task {args.figure_task!r} is not one of the evaluated --tasks {args.tasks!r}")
     out = Path(args.out) if args.out else Path(args.checkpoints[0]).resolve().parent / "results.zarr"
     plan = grid.plan(args.checkpoints, tasks=args.tasks, lengths=_ints(args.lengths, "lengths"), depths=args.depths,
                      samples=args.samples, seed=args.seed, extrapolate=args.extrapolate,
@@ -63,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     if args.figure:
         from workbench.figures import retrieval, save_figure
 
-        fig = retrieval.heatmaps(ds) if ds.sizes["checkpoint"] > 1 else retrieval.heatmap(ds)
+        draw = retrieval.heatmaps if ds.sizes["checkpoint"] > 1 else retrieval.heatmap
+        fig = draw(ds, task=args.figure_task)
         for path in save_figure(fig, args.figure):
             print(f"wrote {path}")
     return 0
