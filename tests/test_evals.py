@@ -358,3 +358,17 @@ def test_figures_show_cell_means():
     assert np.allclose(lines.data[1].y, correct[1, 0].mean(axis=(1, 2)))
     with pytest.raises(ValueError, match="no checkpoint 'x'"):
         fr.heatmap(ds, "x")
+
+
+TEACHER = __import__("pathlib").Path(__file__).resolve().parents[1] / "data" / "teacher" / "tiny-teacher"
+
+
+@pytest.mark.skipif(not (TEACHER / "manifest.json").exists(), reason="the tiny teacher has not been shipped yet")
+def test_shipped_teacher_retrieves_in_the_synthetic_language():
+    """The tasks speak the language the teacher was trained on: it retrieves where a random model cannot."""
+    from workbench.models import load
+
+    model, manifest = load(TEACHER)
+    rows = {r["task"]: r for r in quick_eval(model, lengths=[256], samples=12, tasks=("passkey", "niah"), seed=1)}
+    assert rows["niah"]["accuracy"] >= 0.75 and rows["passkey"]["accuracy"] >= 0.4
+    assert rows["passkey"]["answer_logprob"] > -5.0  # a uniform guess over 10 digits x 5 is -11.5
