@@ -133,8 +133,7 @@ def repeated_batch_row(rng: np.random.Generator, seq_len: int, period: int, gap:
     start[offsets] = True
     ends = offsets + period
     start[ends[ends < seq_len]] = True  # gap filler and the tail are documents of their own
-    doc_ids = np.cumsum(start) - 1
-    start = np.r_[True, doc_ids[1:] != doc_ids[:-1]]
+    doc_ids = np.cumsum(start, dtype=np.int64) - 1
     return {"input_ids": ids, "labels": np.where(start, IGNORE, ids), "doc_ids": doc_ids,
             "position_ids": position_ids(doc_ids, positions), "offsets": offsets}
 
