@@ -95,7 +95,8 @@ def inspect_all(paths: Sequence[str | Path], *, allow_plain_hf: bool = False, mi
         if info.shape != first.shape:
             names = "(layers, heads, kv_heads, head_dim, hidden)"
             raise ValueError(f"{info.path}: attention shape {info.shape} differs from {first.path} {first.shape} "
-                             f"{names}; only checkpoints of one architecture can be compared")
+                             f"{names}; only checkpoints of one architecture go together (analyse each "
+                             "architecture in its own call and store)")
     labels = [i.label for i in infos]
     dupes = sorted({lab for lab in labels if labels.count(lab) > 1})
     if dupes:
