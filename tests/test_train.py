@@ -274,3 +274,21 @@ def test_activation_checkpointing_leaves_the_losses_unchanged(tmp_path, monkeypa
         run = train(config.from_dict(config.RunConfig, cfg), out=str(tmp_path / str(ac)), progress=False)
         losses.append([r["loss"] for r in records(run)])
     assert len(calls) == 1 and losses[0] == pytest.approx(losses[1], rel=1e-6)
+
+
+def test_teacher_runs_at_its_configured_theta(teacher_dir):
+    from transformers import LlamaForCausalLM
+
+    raw = run_cfg(teacher_dir)
+    raw["teacher"]["rope_theta"] = 777
+    cfg = config.from_dict(config.RunConfig, raw)
+    teacher = trainer_mod.load_teacher(cfg, torch.device("cpu"))
+    assert not any(p.requires_grad for p in teacher.parameters())
+    hf_cfg = teacher.config
+    hf_cfg.rope_parameters = {"rope_type": "default", "rope_theta": 777.0}
+    fresh = LlamaForCausalLM(hf_cfg).eval()
+    fresh.load_state_dict(teacher.state_dict())
+    ids = torch.randint(0, 128, (1, 200), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(teacher(ids).logits, fresh(ids).logits, atol=1e-5)
+        assert not torch.allclose(models.load(teacher_dir)[0](ids).logits, fresh(ids).logits, atol=1e-3)
