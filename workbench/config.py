@@ -107,6 +107,9 @@ class PhaseConfig:
     min_lr_ratio: float = 0.1
     objective: Literal["ce", "kd", "ce+kd"] = "ce"
     data: DataConfig | None = None  # None: the run-level data section
+    # [min, max] wavelength in tokens (at this phase's theta): the W_q/W_k rows of those RoPE pairs are
+    # frozen during this phase (an ablation: does extension need these frequencies to adapt?)
+    freeze_wavelengths: list[float] | None = None
 
 
 @dataclass
@@ -130,6 +133,9 @@ class TeacherConfig:
     path: str  # a workbench checkpoint or any local HF Llama directory
     rope_theta: float | None = None  # None: the theta in the teacher's config.json
     cache: str | None = None  # a `workbench teacher-cache` directory: KD reads top-k log-probs, no teacher forward
+    # "same": the teacher sees the student's positions and mask; "reset": every packed document alone from
+    # position 0 (document-masked), so its targets carry no long-range positional signal (an ablation)
+    positions: Literal["same", "reset"] = "same"
 
 
 @dataclass
@@ -324,6 +330,9 @@ def validate(obj: Any) -> None:
             raise ConfigError(f"{key}.rope_theta: must be > 0, got {ph.rope_theta}")
         if ph.rope_scaling is not None:
             validate_rope_scaling(ph.rope_scaling, f"{key}.rope_scaling")
+        if ph.freeze_wavelengths is not None and (len(ph.freeze_wavelengths) != 2
+                                                  or ph.freeze_wavelengths[0] > ph.freeze_wavelengths[1]):
+            raise ConfigError(f"{key}.freeze_wavelengths: expected [min, max] tokens, got {ph.freeze_wavelengths}")
         if not ph.lr > 0:
             raise ConfigError(f"{key}.lr: must be > 0, got {ph.lr}")
         if ph.objective in ("kd", "ce+kd") and obj.teacher is None:

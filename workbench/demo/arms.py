@@ -50,13 +50,19 @@ def arms(seeds: int, objectives=OBJECTIVES, schedules=SCHEDULES) -> list[Arm]:
     return [Arm(o, s, seed) for o in objectives for s in schedules for seed in range(seeds)]
 
 
-def arm_config(arm: Arm, *, teacher: Path, step_scale: float = 1.0, **options) -> config.RunConfig:
-    """The RunConfig of an arm: its shipped config with seed, name, teacher and scaled steps set."""
+def arm_config(arm: Arm, *, teacher: Path, step_scale: float = 1.0, teacher_positions: str = "same",
+               freeze_wavelengths: list[float] | None = None) -> config.RunConfig:
+    """The RunConfig of an arm: its shipped config with seed, name, teacher and scaled steps set; the
+    ablations set the teacher's positions ("reset": position-invariant targets) or freeze a band of RoPE
+    pairs in the last (extension) phase."""
     cfg = config.load_run_config(arm.config_path)
     phases = [dataclasses.replace(ph, steps=max(2, round(ph.steps * step_scale)),
                                   warmup_steps=min(ph.warmup_steps, max(1, round(ph.steps * step_scale) // 4)))
               for ph in cfg.phases]
-    teacher_cfg = dataclasses.replace(cfg.teacher, path=str(teacher)) if cfg.teacher else None
-    cfg = dataclasses.replace(cfg, name=arm.name, seed=arm.seed, phases=phases, teacher=teacher_cfg, **options)
+    if freeze_wavelengths is not None:
+        phases[-1] = dataclasses.replace(phases[-1], freeze_wavelengths=list(freeze_wavelengths))
+    teacher_cfg = (dataclasses.replace(cfg.teacher, path=str(teacher), positions=teacher_positions)
+                   if cfg.teacher else None)
+    cfg = dataclasses.replace(cfg, name=arm.name, seed=arm.seed, phases=phases, teacher=teacher_cfg)
     config.validate(cfg)
     return cfg

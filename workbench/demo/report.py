@@ -100,8 +100,10 @@ def ablations(store_path: Path) -> dict[str, go.Figure]:
     ds = _group(store_path, "ablations")
     if ds is None:
         return {}
-    return {f"ablation_{task}": ffig.ablation_bars(ds["accuracy"].sel(task=task), title=f"Ablations: {task} accuracy")
-            for task in map(str, ds["task"].values)}
+    return {f"ablation_{task}_{int(n)}": ffig.ablation_bars(
+                ds["accuracy"].sel(task=task, length=n),
+                title=f"Band interventions at evaluation time: {task} accuracy at length {int(n)}")
+            for task in map(str, ds["task"].values) for n in ds["length"].values}
 
 
 FIGURE_JOBS: dict[str, Callable[[Path], dict[str, go.Figure]]] = {

@@ -28,7 +28,7 @@ import yaml
 from workbench import config as wconfig
 from workbench import models
 from workbench.config import ConfigError, RunConfig
-from workbench.train import distributed, state
+from workbench.train import ablations, distributed, state
 from workbench.train.losses import CachedTeacher, LossSpec, OnlineTeacher, bucket_edges, chunked_loss, loss_by_bucket
 from workbench.train.schedule import lr_at
 
@@ -98,6 +98,8 @@ def check_inputs(cfg: RunConfig, world_size: int = 1) -> None:
                               f"{cfg.model.max_position_embeddings}")
         if ph.seq_len < 2:
             raise ConfigError(f"phases[{i}].seq_len: needs at least 2 tokens (one input, one target)")
+        if ph.freeze_wavelengths is not None and world_size > 1:
+            raise ConfigError(f"phases[{i}].freeze_wavelengths: the frozen-pairs ablation runs single-process only")
         try:
             data.stream.check(phase_data(cfg, i), ph.seq_len, cfg.optim.micro_batch_size, 0, world_size)
         except ValueError as exc:
@@ -131,10 +133,11 @@ class DistillModule(torch.nn.Module):
     lm_head weights while the loss uses them. Returns a tuple of tensors (loss, per_token, ce_sum, kd_sum,
     valid)."""
 
-    def __init__(self, student, teacher=None):
+    def __init__(self, student, teacher=None, teacher_positions: str = "same"):
         super().__init__()
         self.student = student
         self.teacher = teacher
+        self.teacher_positions = teacher_positions  # "reset": position-invariant targets (an ablation)
 
     def forward(self, batch: dict[str, torch.Tensor], attention_mask, spec: LossSpec, normalizer: float,
                 cached: CachedTeacher | None = None):
@@ -144,6 +147,11 @@ class DistillModule(torch.nn.Module):
         teacher = cached
         if spec.kd_weight and cached is None:
             with torch.no_grad():
+                if self.teacher_positions == "reset":
+                    from workbench.data import attention_mask as doc_mask
+
+                    kw = dict(kw, position_ids=ablations.document_positions(batch["doc_ids"]),
+                              attention_mask=doc_mask(batch["doc_ids"], "document", hidden.dtype))
                 t_hidden = self.teacher.model(input_ids=batch["input_ids"], **kw).last_hidden_state[:, :-1]
             teacher = OnlineTeacher(t_hidden, self.teacher.lm_head.weight)
         r = chunked_loss(hidden, self.student.lm_head.weight, labels, spec, teacher=teacher, normalizer=normalizer)
@@ -234,7 +242,7 @@ def _train(cfg, run_dir: Path, resume: bool, progress: bool, device, dd: distrib
     student.train()
     if cfg.optim.activation_checkpointing:
         student.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    module = DistillModule(student, teacher)
+    module = DistillModule(student, teacher, cfg.teacher.positions if cfg.teacher else "same")
     shadow = None  # a plain CPU copy of the student for saving/evaluating when FSDP shards it
     if dd.enabled:
         blocks = list(student.model.layers) + (list(teacher.model.layers) if teacher is not None else [])
@@ -280,6 +288,7 @@ def _train(cfg, run_dir: Path, resume: bool, progress: bool, device, dd: distrib
             stream.load_state_dict(saved_data)
         saved_data = None
         spec = LossSpec.for_objective(cfg.loss, ph.objective)
+        frozen = ablations.FrozenPairs.for_phase(student, ph)
         edges = bucket_edges(ph.seq_len)
         while step < ends[pi]:
             t0 = time.perf_counter()
@@ -313,6 +322,8 @@ def _train(cfg, run_dir: Path, resume: bool, progress: bool, device, dd: distrib
                 raise TrainingDiverged(f"step {step + 1} (phase {ph.name}): loss {loss_v}, grad norm {grad_norm}; "
                                        f"stopped before the optimiser step. Last good checkpoint: {last}")
             opt.step()
+            if frozen is not None:
+                frozen.restore()
             opt.zero_grad(set_to_none=True)
             step += 1
             step_tokens = sum(int(b["input_ids"].numel()) for _, b in micro) * dd.world_size
