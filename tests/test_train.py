@@ -171,12 +171,26 @@ def _launch(cfg_path: str, out: Path, *extra: str) -> subprocess.Popen:
                              *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+def _last_step(metrics: Path) -> int:
+    """The step of the last complete metrics line (the file is being appended to)."""
+    try:
+        lines = metrics.read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    for ln in reversed(lines):
+        try:
+            return json.loads(ln)["step"]
+        except json.JSONDecodeError:
+            continue
+    return 0
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_bit_identical_losses(tmp_path, teacher_dir):
     cfg = run_cfg(teacher_dir, checkpoint={"every": 5, "keep_last": 2}, optim={"micro_batch_size": 2,
                                                                                "grad_accum_steps": 2})
     cfg["phases"][0].update(steps=12, objective="ce+kd")
-    cfg["phases"][1].update(steps=12)
+    cfg["phases"][1].update(steps=36)  # a long phase 2 leaves a wide window to kill it in
     cfg["loss"] = {"chunk_size": 40, "ce_weight": 0.5}
     path = _write(tmp_path, cfg)
     full = _launch(path, tmp_path / "full")
@@ -184,23 +198,24 @@ def test_sigkill_then_resume_gives_bit_identical_losses(tmp_path, teacher_dir):
     metrics = tmp_path / "killed" / "metrics.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline:  # kill mid-phase 2, between checkpoints (steps 15 and 20)
-        if metrics.exists() and any(json.loads(ln)["step"] >= 17 for ln in metrics.read_text().splitlines()[-1:]):
+        if _last_step(metrics) >= 17:
             break
         time.sleep(0.002)
     killed.send_signal(signal.SIGKILL)
     assert killed.wait() == -signal.SIGKILL
     assert full.wait(timeout=300) == 0, full.stdout.read().decode()
-    last = max(r["step"] for r in records(tmp_path / "killed"))
-    assert last < 24, "the run finished before it could be killed"
+    last = _last_step(metrics)
+    assert 17 <= last < 48, "the run was not killed mid-phase 2"
+    assert (tmp_path / "killed" / "ckpt-000015").is_dir()  # resume starts from here, mid-phase
     with open(metrics, "a") as f:
         f.write('{"kind": "train", "step": 9')  # a line a kill can cut short
     resumed = _launch(path, tmp_path / "killed", "--resume")
     assert resumed.wait(timeout=300) == 0, resumed.stdout.read().decode()
     a, b = records(tmp_path / "full"), records(tmp_path / "killed")
-    assert [r["step"] for r in b] == list(range(1, 25))
+    assert [r["step"] for r in b] == list(range(1, 49))
     assert [(r["step"], r["loss"], r["ce"], r["kd"]) for r in a] == [(r["step"], r["loss"], r["ce"], r["kd"]) for r in b]
-    sa = models.load(tmp_path / "full" / "ckpt-000024")[0].state_dict()
-    sb = models.load(tmp_path / "killed" / "ckpt-000024")[0].state_dict()
+    sa = models.load(tmp_path / "full" / "ckpt-000048")[0].state_dict()
+    sb = models.load(tmp_path / "killed" / "ckpt-000048")[0].state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
