@@ -20,17 +20,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", type=Path, default=None, help="teacher checkpoint (default: the shipped tiny teacher)")
     p.add_argument("--no-serve", action="store_true", help="do not start the dashboard at the end")
     p.add_argument("--port", type=int, default=8050, help="dashboard port (127.0.0.1)")
+    p.add_argument("--jobs", type=int, default=2, help="arms trained in parallel (worker processes, 1 thread each)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.seeds < 1 or args.jobs < 1:
+        raise ValueError(f"--seeds and --jobs must be >= 1, got {args.seeds} and {args.jobs}")
     from workbench.demo import DemoOptions
     from workbench.demo import run as run_demo
 
     report, _ = run_demo(DemoOptions(out=args.out, seeds=args.seeds, quick=args.quick, full=args.full,
-                                     teacher=args.teacher, progress=not args.no_progress))
+                                     teacher=args.teacher, progress=not args.no_progress,
+                                     jobs=args.jobs))
     print(f"\nreport: {report}")
     if not args.no_serve:
         from app.main import serve

@@ -30,6 +30,7 @@ class DemoOptions:
     full: bool = False
     teacher: Path | None = None  # default: the shipped tiny teacher
     progress: bool = True
+    jobs: int = 2  # arms trained in parallel worker processes (1 thread each)
 
     @property
     def step_scale(self) -> float:
@@ -49,7 +50,7 @@ class DemoOptions:
 
     @property
     def eval_samples(self) -> int:
-        return 2 if self.quick else 8
+        return 2 if self.quick else 6
 
     @property
     def store(self) -> Path:
@@ -115,19 +116,44 @@ def ensure_teacher(opts: DemoOptions) -> Path:
     return phase_end_checkpoints(run_dir)[-1]
 
 
-def train_students(opts: DemoOptions, state: DemoState, todo: list[Arm], **config_options) -> None:
-    """Train every arm (same token budget), reusing complete runs."""
+def _train_one(cfg, run_dir: str, resume: bool, progress: bool, threads: int | None) -> str:
+    """Train one arm (a top-level function so worker processes can run it)."""
+    import torch
+
     from workbench.train import train
 
-    for i, arm in enumerate(todo, 1):
+    if threads:
+        torch.set_num_threads(threads)
+    return str(train(cfg, out=run_dir, resume=resume, progress=progress))
+
+
+def train_students(opts: DemoOptions, state: DemoState, todo: list[Arm], **config_options) -> None:
+    """Train every arm (same token budget), reusing complete runs. With ``opts.jobs`` > 1 the arms train in
+    that many worker processes, one thread each (tiny models use two cores better as two processes)."""
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    pending = []
+    for arm in todo:
         cfg = arm_config(arm, teacher=state.teacher, step_scale=opts.step_scale, **config_options)
         run_dir = opts.out / "students" / arm.name
-        if run_is_complete(run_dir, len(cfg.phases)):
-            log(f"[{i}/{len(todo)}] {arm.name}: reusing {run_dir}")
-        else:
-            log(f"[{i}/{len(todo)}] training {arm.name} ({sum(p.steps for p in cfg.phases)} steps)")
-            train(cfg, out=str(run_dir), resume=run_dir.exists(), progress=opts.progress)
         state.runs[arm] = run_dir
+        if run_is_complete(run_dir, len(cfg.phases)):
+            log(f"{arm.name}: reusing {run_dir}")
+        else:
+            pending.append((arm, cfg, run_dir))
+    if opts.jobs <= 1 or len(pending) <= 1:
+        for i, (arm, cfg, run_dir) in enumerate(pending, 1):
+            log(f"[{i}/{len(pending)}] training {arm.name} ({sum(p.steps for p in cfg.phases)} steps)")
+            _train_one(cfg, str(run_dir), run_dir.exists(), opts.progress, None)
+        return
+    log(f"training {len(pending)} arms in {opts.jobs} worker processes")
+    with ProcessPoolExecutor(max_workers=opts.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_train_one, cfg, str(run_dir), run_dir.exists(), False, 1): arm
+                   for arm, cfg, run_dir in pending}
+        for i, future in enumerate(futures, 1):
+            future.result()  # re-raises a worker's error here
+            log(f"[{i}/{len(pending)}] trained {futures[future].name}")
 
 
 def _new_checkpoints(store_path: Path, group: str, dim: str, names: dict[str, Path]) -> dict[str, Path]:
@@ -137,8 +163,23 @@ def _new_checkpoints(store_path: Path, group: str, dim: str, names: dict[str, Pa
     return {n: p for n, p in names.items() if n not in done}
 
 
+def _evaluate_part(paths: list[str], grid_args: dict, threads: int | None) -> xr.Dataset:
+    """Evaluate some checkpoints (a top-level function so worker processes can run it)."""
+    import torch
+
+    from workbench.evals import grid
+
+    if threads:
+        torch.set_num_threads(threads)
+    return grid.evaluate_plan(grid.plan(paths, **grid_args), progress=threads is None).load()
+
+
 def evaluate_retrieval(opts: DemoOptions, state: DemoState, checkpoints: list[Path]) -> None:
-    """Passkey / NIAH at lengths from the document length to twice the window (extrapolation recorded)."""
+    """Passkey / NIAH at lengths from the document length to twice the window (extrapolation recorded);
+    with ``opts.jobs`` > 1 the checkpoints are split over worker processes."""
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
     from workbench.evals import grid
 
     todo = _new_checkpoints(opts.store, "retrieval", "checkpoint",
@@ -146,10 +187,18 @@ def evaluate_retrieval(opts: DemoOptions, state: DemoState, checkpoints: list[Pa
     if not todo:
         log("retrieval: every checkpoint already evaluated")
         return
-    plan = grid.plan(list(todo.values()), tasks=opts.eval_tasks, lengths=opts.eval_lengths,
-                     depths=opts.eval_depths, samples=opts.eval_samples, seed=1234, extrapolate=True,
-                     out=opts.store)
-    grid.write(opts.store, grid.evaluate_plan(plan, progress=opts.progress))
+    grid_args = dict(tasks=opts.eval_tasks, lengths=opts.eval_lengths, depths=opts.eval_depths,
+                     samples=opts.eval_samples, seed=1234, extrapolate=True)
+    grid.plan(list(todo.values()), out=opts.store, **grid_args)  # every check before any work
+    paths = [str(p) for p in todo.values()]
+    if opts.jobs <= 1 or len(paths) <= 1:
+        parts = [_evaluate_part(paths, grid_args, None)]
+    else:
+        split = [paths[i::opts.jobs] for i in range(opts.jobs) if paths[i::opts.jobs]]
+        with ProcessPoolExecutor(max_workers=len(split), mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = list(pool.map(_evaluate_part, split, [grid_args] * len(split), [1] * len(split)))
+    for ds in parts:
+        grid.write(opts.store, ds)
 
 
 def interp_specs(head_dim_lengths: list[int]):
