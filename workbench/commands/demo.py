@@ -14,7 +14,7 @@ DESCRIPTION = (HELP + ". Trains KD and CE students under three theta schedules f
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory (reused if present)")
-    p.add_argument("--seeds", type=int, default=2, help="seeds per arm")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per arm")
     p.add_argument("--quick", action="store_true", help="a smoke run: few steps, small grids (about 2-3 minutes)")
     p.add_argument("--full", action="store_true", help="also run the causal ablations")
     p.add_argument("--teacher", type=Path, default=None, help="teacher checkpoint (default: the shipped tiny teacher)")

@@ -25,7 +25,7 @@ from workbench.demo.arms import SHIPPED_TEACHER, TEACHER_CONFIG, Arm, arm_config
 @dataclass
 class DemoOptions:
     out: Path = Path("runs/demo")
-    seeds: int = 2
+    seeds: int = 3
     quick: bool = False
     full: bool = False
     teacher: Path | None = None  # default: the shipped tiny teacher
