@@ -169,6 +169,13 @@ def finding_numbers(store_path: Path, teacher_store: Path | None = None) -> dict
     if upd is not None:
         rho = findings.pair_trend(upd)
         out["f3_pair_index_spearman"] = {str(c): round(float(v), 3) for c, v in zip(rho["comparison"].values, rho.values)}
+    abl = _group(store_path, "ablations")
+    if abl is not None:
+        acc = abl["accuracy"].sel(task="passkey")
+        out["ablation_band_accuracy"] = {
+            str(m): {str(c): [round(float(v), 2) for v in acc.sel(model=m, condition=c).values]
+                     for c in acc["condition"].values} for m in acc["model"].values}
+        out["ablation_lengths"] = [int(n) for n in acc["length"].values]
     bands = _group(store_path, "bands")
     if bands is not None:
         ab = findings.arm_band_updates(bands).mean("seed", skipna=True)
@@ -210,6 +217,12 @@ def _verdicts(numbers: dict) -> list[str]:
                      f"mean over phase-wise runs {mean_pw:+.2f}, over fixed-theta runs {mean_fixed:+.2f}. "
                      + ("Reproduced (positive trend under the theta switch)." if mean_pw > 0.3 else
                         "Not reproduced at toy scale."))
+    abl = numbers.get("ablation_band_accuracy", {})
+    if abl:
+        lengths = numbers["ablation_lengths"]
+        for model, conds in abl.items():
+            lines.append(f"- **Ablation** (band interventions at evaluation time, passkey at {lengths}) `{model}`: "
+                         + "; ".join(f"{c}: {v}" for c, v in conds.items()))
     return lines
 
 
