@@ -131,8 +131,7 @@ def set_rope_theta(model, theta: float, scaling: Mapping[str, Any] | None = None
     if not modules:
         raise ValueError("model has no rotary embedding module to update")
     for module in modules:
-        fresh = LlamaRotaryEmbedding(config=model.config, device="cpu") if _accepts_device() else \
-            LlamaRotaryEmbedding(config=model.config)
+        fresh = LlamaRotaryEmbedding(config=model.config)  # transformers' own frequency init for this config
         with torch.no_grad():
             module.inv_freq.copy_(fresh.inv_freq.to(module.inv_freq.device))
             module.original_inv_freq.copy_(fresh.original_inv_freq.to(module.original_inv_freq.device))
@@ -141,14 +140,6 @@ def set_rope_theta(model, theta: float, scaling: Mapping[str, Any] | None = None
         module.config = model.config
         module.max_seq_len_cached = fresh.max_seq_len_cached
         module.original_max_seq_len = fresh.original_max_seq_len
-
-
-def _accepts_device() -> bool:
-    import inspect
-
-    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-
-    return "device" in inspect.signature(LlamaRotaryEmbedding.__init__).parameters
 
 
 def model_inv_freq(model) -> torch.Tensor:
