@@ -12,7 +12,7 @@ import xarray as xr
 from workbench import models
 from workbench.config import ModelConfig
 from workbench.demo import ablations, findings
-from workbench.demo.arms import Arm, arm_config, arms
+from workbench.demo.arms import arm_config, arms
 
 
 def test_arms_cover_objectives_schedules_seeds_and_share_a_token_budget(tmp_path):

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from workbench.interp import specs as S
 from workbench.interp.backends import load_backend, plain_hf_logits
