@@ -47,12 +47,12 @@ def find_stores(root: Path) -> list[str]:
     return sorted(found)
 
 
-def stores_with_group(root: Path, group: str) -> list[str]:
-    """The stores (relative paths) that hold ``group``."""
+def stores_with_group(root: Path, *groups: str) -> list[str]:
+    """The stores (relative paths) that hold any of ``groups``."""
     out = []
     for rel in find_stores(root):
         try:
-            if group in groups_of(root, rel):
+            if set(groups) & set(groups_of(root, rel)):
                 out.append(rel)
         except (wstore.StoreError, OSError):
             continue

@@ -34,9 +34,10 @@ def notice(messages: Iterable[str], kind: str = "info") -> list[html.Div]:
     return [html.Div(m, className=f"wb-notice {cls}") for m in messages]
 
 
-def no_data(group: str) -> str:
+def no_data(*groups: str) -> str:
     """The message for a view whose kind of result is not in RUNS_DIR."""
-    return (f"no data of this kind in RUNS_DIR: no store holds a '{group}' group "
+    names = " or ".join(f"'{g}'" for g in groups)
+    return (f"no data of this kind in RUNS_DIR: no store holds a {names} group "
             f"(see docs/store-schema.md for the command that writes it)")
 
 
@@ -75,21 +76,19 @@ def store_picker(prefix: str) -> html.Div:
     return control("store", dcc.Dropdown(id=f"{prefix}-store", placeholder="pick a store", clearable=False))
 
 
-def register_store_picker(app: Any, root: Any, prefix: str, group: str) -> None:
-    """Fill ``{prefix}-store`` with the stores holding ``group`` whenever the tabs change; when none does,
-    ``{prefix}-messages`` says so."""
-    from dash import Input, Output
+def register_store_picker(app: Any, root: Any, prefix: str, *groups: str) -> None:
+    """Fill ``{prefix}-store`` with the stores holding any of ``groups`` whenever the tabs change; when
+    none does, ``{prefix}-messages`` says so."""
+    from dash import Input, Output, State
 
     from app import stores
 
     def fill(tab: Any, current: Any):
         only_when_shown(tab, prefix)
-        found = stores.stores_with_group(root, group)
+        found = stores.stores_with_group(root, *groups)
         value = current if current in found else (found[0] if found else None)
         return ([{"label": s, "value": s} for s in found], value,
-                [] if found else notice([no_data(group)], "error"))
-
-    from dash import State
+                [] if found else notice([no_data(*groups)], "error"))
 
     app.callback(Output(f"{prefix}-store", "options"), Output(f"{prefix}-store", "value"),
                  Output(f"{prefix}-messages", "children"), Input("tabs", "value"), State(f"{prefix}-store", "value"))(

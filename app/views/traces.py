@@ -12,7 +12,8 @@ from typing import Any
 from dash import Dash, Input, Output, State, callback_context, dcc, html, no_update
 
 from app import stores as S
-from app.views.common import control, graph, guarded, no_data, notice, only_when_shown, shown
+from app.views.common import (control, graph, guarded, no_data, notice, register_store_picker,
+                              shown)
 from workbench.figures import traces as figs
 
 TAB = ("traces", "Perturbation traces")
@@ -26,7 +27,7 @@ MEAN = -1  # bucket value meaning "mean over position buckets"
 
 def stores(root: Path) -> list[str]:
     """Stores with traces or repeated-token results."""
-    return sorted(set(S.stores_with_group(root, GROUP)) | set(S.stores_with_group(root, REPEATED)))
+    return S.stores_with_group(root, GROUP, REPEATED)
 
 
 def choices(root: Path, store: str) -> dict[str, list]:
@@ -112,16 +113,7 @@ def layout() -> html.Div:
 
 
 def register(app: Dash, root: Path) -> None:
-    def fill(tab: Any, current: Any):
-        only_when_shown(tab, TAB[0])
-        found = stores(root)
-        value = current if current in found else (found[0] if found else None)
-        return ([{"label": s, "value": s} for s in found], value,
-                [] if found else notice([no_data(GROUP) + f" (nor '{REPEATED}')"], "error"))
-
-    app.callback(Output("traces-store", "options"), Output("traces-store", "value"),
-                 Output("traces-messages", "children"), Input("tabs", "value"), State("traces-store", "value"))(
-        guarded(fill, lambda m: ([], None, notice([m], "error"))))
+    register_store_picker(app, root, "traces", GROUP, REPEATED)
 
     def pickers(store: Any, click: Any, ckpt: Any, var: Any, spec: Any, bucket: Any):
         c = choices(root, store) if store else {}

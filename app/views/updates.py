@@ -15,7 +15,8 @@ from dash import Dash, Input, Output, State, callback_context, dcc, html, no_upd
 
 from app import runs as R
 from app import stores as S
-from app.views.common import control, graph, guarded, no_data, notice, only_when_shown, shown
+from app.views.common import (control, graph, guarded, notice, register_store_picker,
+                              shown)
 from workbench.figures import updates as figs
 
 TAB = ("updates", "Query updates")
@@ -31,7 +32,7 @@ SOURCES = {
 
 def stores(root: Path) -> list[str]:
     """Stores with any updates group."""
-    return sorted(set(S.stores_with_group(root, "updates_weights")) | set(S.stores_with_group(root, "updates_states")))
+    return S.stores_with_group(root, GROUP, "updates_states")
 
 
 def source_of(source: Any) -> tuple[str, str]:
@@ -140,16 +141,7 @@ def layout() -> html.Div:
 
 
 def register(app: Dash, root: Path) -> None:
-    def fill(tab: Any, current: Any):
-        only_when_shown(tab, TAB[0])
-        found = stores(root)
-        value = current if current in found else (found[0] if found else None)
-        return ([{"label": s, "value": s} for s in found], value,
-                [] if found else notice([no_data(GROUP) + " (nor 'updates_states')"], "error"))
-
-    app.callback(Output("updates-store", "options"), Output("updates-store", "value"),
-                 Output("updates-messages", "children"), Input("tabs", "value"), State("updates-store", "value"))(
-        guarded(fill, lambda m: ([], None, notice([m], "error"))))
+    register_store_picker(app, root, "updates", GROUP, "updates_states")
 
     def pickers(store: Any, source: Any, click: Any, comparison: Any, layer: Any):
         """Comparison and layer choices for the store and source; a heatmap click picks the layer."""
