@@ -126,12 +126,25 @@ def _train_one(cfg, run_dir: str, resume: bool, progress: bool, threads: int | N
     return str(train(cfg, out=run_dir, resume=resume, progress=progress))
 
 
-def train_students(opts: DemoOptions, state: DemoState, todo: list[Arm], **config_options) -> None:
-    """Train every arm (same token budget), reusing complete runs. With ``opts.jobs`` > 1 the arms train in
-    that many worker processes, one thread each (tiny models use two cores better as two processes)."""
+def in_workers(fn, calls: list[tuple], jobs: int, done=None) -> list:
+    """``fn(*args)`` for every ``args`` of ``calls`` in ``jobs`` spawned worker processes; results in order
+    (a worker's error re-raises here); ``done(i)`` after each result."""
     from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
 
+    with ProcessPoolExecutor(max_workers=min(jobs, len(calls)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(fn, *args) for args in calls]
+        results = []
+        for i, future in enumerate(futures):
+            results.append(future.result())
+            if done is not None:
+                done(i)
+        return results
+
+
+def train_students(opts: DemoOptions, state: DemoState, todo: list[Arm], **config_options) -> None:
+    """Train every arm (same token budget), reusing complete runs. With ``opts.jobs`` > 1 the arms train in
+    that many worker processes, one thread each (tiny models use two cores better as two processes)."""
     pending = []
     for arm in todo:
         cfg = arm_config(arm, teacher=state.teacher, step_scale=opts.step_scale, **config_options)
@@ -147,12 +160,8 @@ def train_students(opts: DemoOptions, state: DemoState, todo: list[Arm], **confi
             _train_one(cfg, str(run_dir), run_dir.exists(), opts.progress, None)
         return
     log(f"training {len(pending)} arms in {opts.jobs} worker processes")
-    with ProcessPoolExecutor(max_workers=opts.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_train_one, cfg, str(run_dir), run_dir.exists(), False, 1): arm
-                   for arm, cfg, run_dir in pending}
-        for i, future in enumerate(futures, 1):
-            future.result()  # re-raises a worker's error here
-            log(f"[{i}/{len(pending)}] trained {futures[future].name}")
+    in_workers(_train_one, [(cfg, str(run_dir), run_dir.exists(), False, 1) for _, cfg, run_dir in pending],
+               opts.jobs, done=lambda i: log(f"[{i + 1}/{len(pending)}] trained {pending[i][0].name}"))
 
 
 def _new_checkpoints(store_path: Path, group: str, dim: str, names: dict[str, Path]) -> dict[str, Path]:
@@ -176,9 +185,6 @@ def _evaluate_part(paths: list[str], grid_args: dict, threads: int | None) -> xr
 def evaluate_retrieval(opts: DemoOptions, state: DemoState, checkpoints: list[Path]) -> None:
     """Passkey / NIAH at lengths from the document length to twice the window (extrapolation recorded);
     with ``opts.jobs`` > 1 the checkpoints are split over worker processes."""
-    from concurrent.futures import ProcessPoolExecutor
-    import multiprocessing
-
     from workbench.evals import grid
 
     todo = _new_checkpoints(opts.store, "retrieval", "checkpoint",
@@ -194,8 +200,7 @@ def evaluate_retrieval(opts: DemoOptions, state: DemoState, checkpoints: list[Pa
         parts = [_evaluate_part(paths, grid_args, None)]
     else:
         split = [paths[i::opts.jobs] for i in range(opts.jobs) if paths[i::opts.jobs]]
-        with ProcessPoolExecutor(max_workers=len(split), mp_context=multiprocessing.get_context("spawn")) as pool:
-            parts = list(pool.map(_evaluate_part, split, [grid_args] * len(split), [1] * len(split)))
+        parts = in_workers(_evaluate_part, [(part, grid_args, 1) for part in split], opts.jobs)
     for ds in parts:
         grid.write(opts.store, ds)
 
@@ -209,7 +214,7 @@ def interp_specs(head_dim_lengths: list[int]):
     return [
         interp.Spec("q-shift-64", [interp.shift(64, "q")]),
         interp.Spec("k-shift-64", [interp.shift(64, "k")]),
-        interp.Spec("theta-x10", [interp.theta_swap(100000.0, "both")]),
+        interp.Spec("theta-to-1e5", [interp.theta_swap(100000.0, "both")]),  # x10 for theta 1e4, x200 for 500
         interp.Spec(f"zero-band-le-{short}", [interp.zero("both", pairs=PairSet(band=0, context_lengths=[short, long]))]),
         interp.Spec(f"zero-band-gt-{short}", [interp.zero("both", pairs=PairSet(wavelength=[float(short), float("inf")]))]),
     ]
@@ -294,8 +299,8 @@ def run(opts: DemoOptions) -> tuple[Path, DemoState]:
     todo = arms(opts.seeds)
     with timed(state, "train students"):
         train_students(opts, state, todo)
-    window = max(ph.seq_len for ph in arm_config(todo[0], teacher=state.teacher).phases)
     phase_lengths = sorted({ph.seq_len for ph in arm_config(todo[0], teacher=state.teacher).phases})
+    window = phase_lengths[-1]
     finals = [state.final(a) for a in todo]
     seed0 = [state.final(a) for a in todo if a.seed == 0]
     with timed(state, "retrieval eval"):
