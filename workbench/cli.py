@@ -20,6 +20,8 @@ COMMANDS = {
     "trace": "trace",
     "updates": "updates",
     "probe": "probe",
+    "kd-signal": "kd_signal",
+    "compare": "compare",
     "app": "app",
     "demo": "demo",
 }

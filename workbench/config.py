@@ -158,6 +158,7 @@ class RunConfig:
     eval_every: int = 0  # optimiser steps between quick retrieval evals (0: none)
     eval_lengths: list[int] = field(default_factory=lambda: [256, 512])
     eval_samples: int = 16
+    eval_tasks: list[str] = field(default_factory=lambda: ["passkey"])  # held-out retrieval tasks during training
     description: str = ""
 
 
@@ -349,6 +350,8 @@ def validate(obj: Any) -> None:
         raise ConfigError(f"loss.temperature: must be > 0, got {obj.loss.temperature}")
     if obj.eval_every < 0 or obj.eval_samples <= 0 or any(n <= 0 for n in obj.eval_lengths):
         raise ConfigError("eval_every/eval_samples/eval_lengths: must be >= 0 / > 0 / > 0")
+    if not obj.eval_tasks:
+        raise ConfigError("eval_tasks: name at least one retrieval task (e.g. [passkey, niah])")
     if any(ph.objective == "ce+kd" for ph in obj.phases) and obj.loss.ce_weight <= 0:
         raise ConfigError("loss.ce_weight: objective 'ce+kd' needs ce_weight > 0 (it is the CE term's weight)")
     if obj.loss.kd_kind == "jsd" and not 0 < obj.loss.jsd_beta < 1:

@@ -434,7 +434,8 @@ def _evaluate(cfg, student, shadow, dd, metrics_path: Path, step: int, ph, warne
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            rows = quick_eval(model, lengths=list(cfg.eval_lengths), samples=cfg.eval_samples, seed=cfg.seed)
+            rows = quick_eval(model, lengths=list(cfg.eval_lengths), samples=cfg.eval_samples, seed=cfg.seed,
+                              tasks=list(cfg.eval_tasks))
         model.train(was_training)
         for r in rows:
             _append(metrics_path, {"kind": "eval", "step": step, "phase": ph.name, "rope_theta": ph.rope_theta,
