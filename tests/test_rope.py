@@ -106,6 +106,74 @@ def test_base_lower_bound_is_first_passing_theta_of_the_scan():
     assert all(rope.long_range_sum(t, d, length).min() < 0 for t in grid[:i])
 
 
+def _brute_first_pass(head_dim: int, length: int, grid: np.ndarray, tolerance: float = 0.0) -> int | None:
+    """Independent reference: B(m) at every grid point in turn (batches of thetas), first index that passes."""
+    j = np.arange(head_dim // 2, dtype=np.float64)
+    m = np.arange(length + 1, dtype=np.float64)
+    for start in range(0, grid.size, 128):
+        omega = grid[start:start + 128, None] ** (-2.0 * j / head_dim)  # [T, d/2]
+        worst = np.cos(m[None, :, None] * omega[:, None, :]).sum(-1).min(axis=1)  # [T]
+        ok = np.flatnonzero(worst >= -tolerance)
+        if ok.size:
+            return start + int(ok[0])
+    return None
+
+
+@pytest.mark.parametrize("d, length, tolerance", [(8, 64, 0.0), (16, 128, 0.0), (16, 256, 0.0), (16, 96, 0.5)])
+def test_bound_scan_equals_a_brute_force_fine_scan(d, length, tolerance):
+    grid = rope.bound_grid(2, 6)  # the defining grid 10^(k/10000), theta in [1e2, 1e6]
+    expected = _brute_first_pass(d, length, grid, tolerance)
+    assert expected is not None
+    assert rope.scan_base_bound(d, length, grid, tolerance) == expected
+    assert rope.base_lower_bound(d, length, thetas=grid, tolerance=tolerance) == grid[expected]
+    # the passing set is fragmented: some later grid point fails again (why it is scanned, never bisected) ...
+    later = grid[expected + 1: expected + 2001: 10]
+    assert not all(rope.long_range_sum(t, d, length).min() >= -tolerance for t in later)
+    # ... and a coarser grid (100 a decade, a subset of this one) can only find the same theta or a later one
+    coarse = rope.base_lower_bound(d, length, thetas=rope.bound_grid(2, 6, 100), tolerance=tolerance)
+    assert coarse >= grid[expected]
+    if (d, length) == (16, 256):
+        assert coarse > 1.3 * grid[expected]  # 1.20e4 against 8,570: it steps over the first windows
+
+
+def test_bound_scan_on_irregular_grids_and_edge_cases():
+    rng = np.random.default_rng(0)
+    d, length = 16, 100
+    grid = np.sort(10 ** rng.uniform(1, 5, 3000))
+    assert rope.scan_base_bound(d, length, grid) == _brute_first_pass(d, length, grid)
+    assert rope.scan_base_bound(d, length, grid[:5]) is None  # nothing passes below 100
+    first = _brute_first_pass(d, length, grid)
+    assert rope.scan_base_bound(d, length, grid[first:]) == 0
+    with pytest.raises(ValueError, match="increasing"):
+        rope.scan_base_bound(d, length, grid[::-1])
+    with pytest.raises(ValueError, match="no theta"):
+        rope.base_lower_bound(d, length, thetas=grid[:5])
+
+
+def test_base_lower_bound_known_values_at_its_resolution():
+    """d=64, L=4096 passes at 1.00e5 (a grid of 100 points a decade steps over that window: 1.38e5); d=128
+    against an independent 0.05 % scan (issue 14): 1k 4,295, 2k 1.159e4, 4k 2.696e4, 8k 8.378e4."""
+    grid = rope.bound_grid()  # passing thetas= bypasses the shipped table: this computes
+    assert rope.BOUND_RESOLUTION <= 5e-4
+    assert rope.base_lower_bound(64, 4096, thetas=grid) == pytest.approx(1.00e5, rel=2e-3)
+    assert rope.base_lower_bound(64, 4096, thetas=np.logspace(2, 12, 1001)) == pytest.approx(1.38e5, rel=1e-2)
+    for length, value in [(1024, 4295), (2048, 1.159e4), (4096, 2.696e4), (8192, 8.378e4)]:
+        assert rope.base_lower_bound(128, length, thetas=grid) == pytest.approx(value, rel=5e-4)
+
+
+def test_shipped_bound_table_matches_the_scan():
+    table = rope.shipped_base_bounds()
+    assert {(d, 1024 << i) for d in (64, 128) for i in range(8)} <= set(table)
+    text = rope.BOUND_TABLE.read_text()
+    assert f"10**(k/{rope.BOUND_STEPS_PER_DECADE})" in text and "resolution" in text
+    for d, length in [(64, 1024), (128, 2048)]:
+        computed = rope.base_lower_bound(d, length, thetas=rope.bound_grid())
+        assert table[d, length] == computed == rope.base_lower_bound(d, length)
+        assert rope.long_range_sum(computed, d, length).min() >= 0
+    assert table[128, 16384] == pytest.approx(2.317e5, rel=5e-4)  # 16k: below the paper's 3.1e5, as is 2k
+    assert rope.base_lower_bound(64, 1000) == rope.base_lower_bound(64, 1000, thetas=rope.bound_grid())  # no hit
+
+
 def test_long_range_sum_is_not_monotone_in_theta():
     """Why the bound is scanned: a larger theta can fail where a smaller one passed."""
     d, length = 32, 512

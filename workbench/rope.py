@@ -10,8 +10,10 @@ workbench is indexed by pair j and labelled with its wavelength lambda_j = 2*pi/
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -165,6 +167,126 @@ def long_range_sum(theta: float, head_dim: int, length: int) -> np.ndarray:
     return np.cos(m * inv_freq(theta, head_dim)[None, :]).sum(axis=1)
 
 
+BOUND_STEPS_PER_DECADE = 10_000  # the base bound's grid: theta_k = 10 ** (k / 10000)
+BOUND_RESOLUTION = 10 ** (1 / BOUND_STEPS_PER_DECADE) - 1  # its relative step: 0.023 %
+BOUND_DECADES = (0, 12)  # scanned by default: theta in [1, 1e12]
+BOUND_TABLE = Path(__file__).resolve().parents[1] / "data" / "rope" / "base_lower_bound.csv"
+BOUND_GRID_LABEL = f"log grid 10^(k/{BOUND_STEPS_PER_DECADE}), relative step {BOUND_RESOLUTION:.3%}"
+_WITNESSES = 32  # how many recently failing m are tried first at the next theta
+
+
+def bound_grid(lo_decade: int = BOUND_DECADES[0], hi_decade: int = BOUND_DECADES[1],
+               steps_per_decade: int = BOUND_STEPS_PER_DECADE) -> np.ndarray:
+    """The grid that defines the base bound: theta_k = 10 ** (k / steps_per_decade), both ends included."""
+    k = np.arange(lo_decade * steps_per_decade, hi_decade * steps_per_decade + 1, dtype=np.float64)
+    return 10.0 ** (k / steps_per_decade)
+
+
+def _sums_at(m: np.ndarray, omega: np.ndarray) -> np.ndarray:
+    """B(m) at the given m, in long_range_sum's arithmetic (the reference)."""
+    return np.cos(m[:, None] * omega[None, :]).sum(axis=1)
+
+
+def _fast_sums(omega: np.ndarray, length: int) -> np.ndarray:
+    """B(m) for m = 0..length by angle addition over m = m0 + k: two sqrt(L)-sized matmuls, few cosines."""
+    block = max(16, math.isqrt(length + 1))
+    k = np.arange(block, dtype=np.float64)[:, None] * omega
+    m0 = np.arange(0, length + 1, block, dtype=np.float64)[:, None] * omega
+    return (np.cos(m0) @ np.cos(k).T - np.sin(m0) @ np.sin(k).T).reshape(-1)[: length + 1]
+
+
+def _slack(head_dim: int, length: int) -> float:
+    """More than the rounding gap between the reference B(m) and _fast_sums or _upper_sums (~ d/2 eps L)."""
+    return 64.0 * head_dim * (length + 1) * float(np.finfo(np.float64).eps) + 1e-12
+
+
+def _upper_sums(m: np.ndarray, omega_small: np.ndarray, omega_large: np.ndarray) -> np.ndarray:
+    """Upper bound on B(m) for every theta between two: per pair, the largest cosine on the phase interval
+    [m omega_small, m omega_large] (1 where it holds a multiple of 2 pi)."""
+    lo, hi = m[:, None] * omega_small, m[:, None] * omega_large
+    turn = np.floor(hi * (0.5 / math.pi)) > np.floor(lo * (0.5 / math.pi))  # lo on a multiple: cos(lo) = 1 anyway
+    return np.where(turn, 1.0, np.maximum(np.cos(lo), np.cos(hi))).sum(axis=1)
+
+
+def _remember(witnesses: dict[int, None], m: int) -> None:
+    witnesses.pop(m, None)
+    witnesses[m] = None  # most recently failing last
+    while len(witnesses) > _WITNESSES:
+        witnesses.pop(next(iter(witnesses)))
+
+
+def _point_fails(omega: np.ndarray, length: int, floor: float, slack: float, witnesses: dict[int, None]) -> bool:
+    """Whether B(m) < floor for some m <= length, as the reference arithmetic decides it."""
+    if witnesses:
+        m = np.fromiter(witnesses, np.float64)
+        bad = np.flatnonzero(_sums_at(m, omega) < floor)
+        if bad.size:
+            _remember(witnesses, int(m[bad[0]]))
+            return True
+    sums = _fast_sums(omega, length)
+    worst = int(np.argmin(sums))
+    if sums[worst] < floor - slack:
+        _remember(witnesses, worst)
+        return True
+    near = np.flatnonzero(sums < floor + slack)  # too close to call: recompute them as the reference does
+    if near.size and (exact := _sums_at(near.astype(np.float64), omega)).min() < floor:
+        _remember(witnesses, int(near[np.argmin(exact)]))
+        return True
+    return False
+
+
+def _interval_fails(omega_a: np.ndarray, omega_b: np.ndarray, length: int, floor: float, slack: float,
+                    witnesses: dict[int, None], probe: int = 32) -> bool:
+    """True only if every theta between theta_a < theta_b fails at one m: the latest witness, another
+    witness, else some m <= probe."""
+    recent = np.fromiter(witnesses, np.float64)
+    for m in (recent[-1:], recent[:-1], np.arange(min(length, probe) + 1, dtype=np.float64)):
+        if m.size and (_upper_sums(m, omega_b, omega_a) < floor - slack).any():
+            return True
+    return False
+
+
+def scan_base_bound(head_dim: int, length: int, thetas: Sequence[float], tolerance: float = 0.0) -> int | None:
+    """Index of the first theta of the increasing grid ``thetas`` with B(m) >= -tolerance for all m <= length
+    (None if none): what testing each grid point in turn gives. Stretches of the grid where one m fails
+    throughout (an upper bound on B(m) there is < 0) are skipped at once; the rest is halved down to points."""
+    grid = np.asarray(thetas, dtype=np.float64)
+    if grid.ndim != 1 or grid.size == 0 or np.any(np.diff(grid) <= 0):
+        raise ValueError("thetas must be a non-empty, strictly increasing sequence")
+    floor, slack = -float(tolerance), _slack(head_dim, length)
+    omegas: dict[int, np.ndarray] = {}
+
+    def omega(i: int) -> np.ndarray:
+        if i not in omegas:
+            omegas[i] = inv_freq(float(grid[i]), head_dim)
+        return omegas[i]
+
+    witnesses: dict[int, None] = {}
+    block = 256
+    stack = [(a, min(a + block, grid.size) - 1) for a in range(0, grid.size, block)][::-1]
+    while stack:
+        a, b = stack.pop()
+        if a == b:
+            if not _point_fails(omega(a), length, floor, slack, witnesses):
+                return a
+        elif not _interval_fails(omega(a), omega(b), length, floor, slack, witnesses):
+            mid = (a + b) // 2
+            stack += [(mid + 1, b), (a, mid)]
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def shipped_base_bounds() -> dict[tuple[int, int], float]:
+    """(head_dim, length) -> base bound from data/rope/base_lower_bound.csv (analyses/base_bound_table.py),
+    rows at this grid's resolution only; {} without the file."""
+    if not BOUND_TABLE.is_file():
+        return {}
+    lines = [line.split(",") for line in BOUND_TABLE.read_text().splitlines() if line and not line.startswith("#")]
+    col = {name: i for i, name in enumerate(lines[0])}
+    return {(int(r[col["head_dim"]]), int(r[col["length"]])): float(r[col["base_lower_bound"]])
+            for r in lines[1:] if int(r[col["steps_per_decade"]]) == BOUND_STEPS_PER_DECADE}
+
+
 def base_lower_bound(
     head_dim: int,
     length: int,
@@ -172,18 +294,24 @@ def base_lower_bound(
     thetas: Sequence[float] | None = None,
     tolerance: float = 0.0,
 ) -> float:
-    """Smallest theta whose B(m) >= -tolerance for all 0 <= m <= length (arXiv 2405.14591).
+    """Base lower bound of arXiv 2405.14591 at a stated resolution: the first theta of the log grid
+    :func:`bound_grid` (10 ** (k / 10000), relative step BOUND_RESOLUTION = 0.023 %, theta in [1, 1e12]) with
+    B(m) = sum_j cos(m * omega_j) >= -tolerance for all 0 <= m <= length.
 
-    B is not monotone in theta, so this scans a log-spaced grid (100 points a decade by default) and
-    returns the first grid value that satisfies the bound; it never bisects.
+    The passing thetas form narrow windows between failures (more as L grows), so the grid is part of the
+    definition. ``thetas`` scans another increasing grid. The shipped table answers its own (head_dim, length).
     """
     if length < 1:
         raise ValueError(f"length must be >= 1, got {length}")
-    grid = np.asarray(thetas) if thetas is not None else np.logspace(2, 12, 1001)
-    for theta in grid:
-        if long_range_sum(float(theta), head_dim, length).min() >= -tolerance:
-            return float(theta)
-    raise ValueError(f"no theta in the scanned range [{grid[0]:.3g}, {grid[-1]:.3g}] satisfies B(m) >= 0 up to {length}")
+    _check(1.0 + 1e-9, head_dim)
+    if thetas is None and tolerance == 0.0 and (hit := shipped_base_bounds().get((head_dim, length))):
+        return hit
+    grid = bound_grid() if thetas is None else np.asarray(thetas, dtype=np.float64)
+    i = scan_base_bound(head_dim, length, grid, tolerance)
+    if i is None:
+        raise ValueError(f"no theta in the scanned range [{grid[0]:.3g}, {grid[-1]:.3g}] satisfies "
+                         f"B(m) >= {0.0 - tolerance:g} up to {length}")
+    return float(grid[i])
 
 
 def rotations_within(theta: float, head_dim: int, length: int, scaling: Mapping[str, Any] | None = None) -> np.ndarray:
