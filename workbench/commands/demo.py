@@ -14,8 +14,10 @@ DESCRIPTION = (HELP + ". Trains KD and CE students under three theta schedules f
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory (reused if present)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per arm")
-    p.add_argument("--quick", action="store_true", help="a smoke run: few steps, small grids (about 2-3 minutes)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3; 1 with --quick)")
+    p.add_argument("--prompts", type=int, default=32,
+                   help="retrieval prompts per (checkpoint, task, length) cell, spread over depths 0-100 %%")
+    p.add_argument("--quick", action="store_true", help="a smoke run: few steps, small grids, one seed (~2 minutes)")
     p.add_argument("--full", action="store_true", help="also run the causal ablations")
     p.add_argument("--teacher", type=Path, default=None, help="teacher checkpoint (default: the shipped tiny teacher)")
     p.add_argument("--no-serve", action="store_true", help="do not start the dashboard at the end")
@@ -25,12 +27,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.seeds < 1 or args.jobs < 1:
-        raise ValueError(f"--seeds and --jobs must be >= 1, got {args.seeds} and {args.jobs}")
+    seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
+    if seeds < 1 or args.jobs < 1 or args.prompts < 1:
+        raise ValueError(f"--seeds, --jobs and --prompts must be >= 1, got {seeds}, {args.jobs}, {args.prompts}")
     from workbench.demo import DemoOptions
     from workbench.demo import run as run_demo
 
-    report, _ = run_demo(DemoOptions(out=args.out, seeds=args.seeds, quick=args.quick, full=args.full,
+    report, _ = run_demo(DemoOptions(out=args.out, seeds=seeds, prompts=args.prompts, quick=args.quick, full=args.full,
                                      teacher=args.teacher, progress=not args.no_progress,
                                      jobs=args.jobs))
     print(f"\nreport: {report}")

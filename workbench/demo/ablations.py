@@ -7,9 +7,9 @@
    against the interpretability engine's post-RoPE edit through nnsight.
 2. **Position-invariant KD targets**: the teacher sees every packed document with positions reset and
    attention masked to the document, so its targets carry no long-range positional signal
-   (``RunConfig.teacher_positions``).
+   (``teacher: {positions: reset}``).
 3. **Frozen band during extension**: the W_q/W_k rows of a band get no update in the long phase
-   (``PhaseConfig.freeze_pairs``).
+   (``PhaseConfig.freeze_wavelengths``).
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ def band_conditions(theta: float, head_dim: int, doc_length: int) -> dict[str, t
 
 
 def band_ablation(checkpoints: dict[str, str], *, tasks, lengths, depths, samples, seed, doc_length: int = 256) -> xr.Dataset:
-    """Accuracy (condition, model, task, length) of each checkpoint under each band condition."""
+    """Per-sample greedy exact match (condition, model, task, length, depth, sample) of each checkpoint under
+    each band condition; the same prompts for every condition and model (so differences are paired)."""
     from workbench.evals import grid
 
     rendering = grid.load_rendering("synthetic")
@@ -97,39 +98,70 @@ def band_ablation(checkpoints: dict[str, str], *, tasks, lengths, depths, sample
             with band_intervention(model, pairs, op, target=target):
                 ds = grid.evaluate_model(model, rendering, tasks=tasks, lengths=lengths, depths=depths,
                                          samples=samples, seed=seed)
-            per_cond.append(ds["correct"].astype(float).mean(["depth", "sample"]))
+            per_cond.append(ds["correct"])
         per_model.append(xr.concat(per_cond, dim=xr.DataArray(np.array(list(conds), dtype=object), dims="condition")))
-    acc = xr.concat(per_model, dim=xr.DataArray(np.array(list(checkpoints), dtype=object), dims="model"))
-    return xr.Dataset({"accuracy": acc.transpose("condition", "model", "task", "length")},
+    correct = xr.concat(per_model, dim=xr.DataArray(np.array(list(checkpoints), dtype=object), dims="model"))
+    return xr.Dataset({"correct": correct.transpose("condition", "model", "task", "length", "depth", "sample")},
                       attrs=store.provenance(kind="ablations", doc_length=doc_length, seed=seed,
                                              checkpoints=checkpoints))
 
 
-ABLATION_ARMS = {
-    # KD whose teacher sees every document alone from position 0: its targets carry no long-range position
-    "posfree": {"teacher_positions": "reset"},
-    # KD whose long-wavelength pairs (lambda > 256 at the phase-2 theta) may not adapt during extension
-    "freeze-long": {"freeze_wavelengths": [256.0, float("inf")]},
-}
+def band_effects(ds: xr.Dataset) -> xr.Dataset:
+    """Each condition minus clean, per arm (models pooled by run name without the seed suffix; a model
+    outside any arm is its own) x task x length: paired hierarchical bootstrap over (seed, prompt)."""
+    from workbench import arms, stats
+
+    models_ = [str(m) for m in ds["model"].values]
+    groups: dict[str, list[str]] = {}
+    for m in models_:
+        groups.setdefault(arms.arm_label(m.split("/")[0]), []).append(m)
+    conds = [str(c) for c in ds["condition"].values if str(c) != "clean"]
+    tasks, lengths = [str(t) for t in ds["task"].values], [int(n) for n in ds["length"].values]
+    shape = (len(groups), len(conds), len(tasks), len(lengths))
+    mean, lo, hi, clean = (np.full(shape, np.nan) for _ in range(4))
+    x = ds["correct"].astype(np.float64).stack(prompt=("depth", "sample")).transpose(
+        "condition", "model", "task", "length", "prompt")
+    for g, members in enumerate(groups.values()):
+        for c, cond in enumerate(conds):
+            for t, task in enumerate(tasks):
+                for n, length in enumerate(lengths):
+                    cell = x.sel(model=members, task=task, length=length)
+                    iv = stats.paired_bootstrap(cell.sel(condition=cond).values, cell.sel(condition="clean").values)
+                    mean[g, c, t, n], lo[g, c, t, n], hi[g, c, t, n] = iv.mean, iv.lo, iv.hi
+                    clean[g, c, t, n] = float(cell.sel(condition="clean").mean())
+    dims = ("arm", "condition", "task", "length")
+    return xr.Dataset({"difference": (dims, mean), "difference_lo": (dims, lo), "difference_hi": (dims, hi),
+                       "clean_accuracy": (dims, clean)},
+                      coords={"arm": np.array(list(groups), dtype=object), "condition": np.array(conds, dtype=object),
+                              "task": np.array(tasks, dtype=object), "length": np.array(lengths, dtype=np.int64),
+                              "n_models": ("arm", np.array([len(m) for m in groups.values()], dtype=np.int64))},
+                      attrs={"method": "condition - clean, paired hierarchical bootstrap (seeds, then prompts)",
+                             "level": stats.LEVEL, "n_boot": stats.N_BOOT})
+
+
+VARIANTS = ("posfree", "freeze-long")  # data/configs/ablations/tiny-kd-phasewise-<variant>.yaml
 
 
 def run_all(opts, state) -> None:
-    """--full: train the ablation arms (KD, phase-wise theta) and evaluate them like the main arms, then the
-    band interventions at evaluation time; the latter go into the store's ``ablations`` group."""
+    """--full: train the ablation arms (KD, phase-wise theta; their configs in data/configs/ablations/) and
+    evaluate them like the main arms (compared with their base arm by the demo's arm comparisons), then the
+    band interventions at evaluation time on the teacher and every seed of the phase-wise students: the raw
+    results go into the store's ``ablations`` group, condition - clean with intervals into ``ablation_effects``."""
+    from workbench.arms import write_summary
     from workbench.demo.arms import Arm
     from workbench.demo.pipeline import evaluate_retrieval, train_students
     from workbench.evals import grid
 
-    for variant, options in ABLATION_ARMS.items():
+    for variant in VARIANTS:
         todo = [Arm("kd", "phasewise", s, variant) for s in range(opts.seeds)]
-        train_students(opts, state, todo, **options)
+        train_students(opts, state, todo)
         evaluate_retrieval(opts, state, [state.final(a) for a in todo])
-    if store.has_group(opts.store, "ablations"):
-        return
-    chosen = {grid.checkpoint_name(state.teacher): str(state.teacher)}
-    for arm in state.runs:
-        if arm.schedule == "phasewise" and not arm.variant and arm.seed == 0:
-            chosen[grid.checkpoint_name(state.final(arm))] = str(state.final(arm))
-    ds = band_ablation(chosen, tasks=["passkey"], lengths=[256, 1024],  # the documents, the window
-                       depths=[50.0], samples=max(8, opts.eval_samples), seed=99)
-    store.write(opts.store, "ablations", ds)
+    if not store.has_group(opts.store, "ablations"):
+        chosen = {grid.checkpoint_name(state.teacher): str(state.teacher)}
+        for arm in state.runs:
+            if arm.schedule == "phasewise" and not arm.variant:
+                chosen[grid.checkpoint_name(state.final(arm))] = str(state.final(arm))
+        ds = band_ablation(chosen, tasks=["passkey", "niah"], lengths=[256, 1024],  # the documents, the window
+                           depths=[0.0, 50.0, 100.0], samples=max(2, opts.eval_samples // 2), seed=99)
+        store.write(opts.store, "ablations", ds)
+    write_summary(opts.store, "ablation_effects", band_effects(store.open_group(opts.store, "ablations").load()))

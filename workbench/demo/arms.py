@@ -1,8 +1,10 @@
 """The demo's experimental arms: {KD, CE} x {fixed small theta, fixed large theta, phase-wise theta} x seeds.
 
-Every arm is one of the shipped tiny student configs (``data/configs/tiny-<objective>-<schedule>.yaml``), so
-what the demo trains is exactly what a user gets from ``workbench train`` on that file; the demo only sets the
-seed, the run directory, the teacher path and (for ``--quick``) scales the step counts down.
+Stage 2 of the paper's protocol: every arm extends a shipped stage-1 (short-context) student
+(``data/students/``, recipes in ``data/configs/stage1/``) to the long window. Every arm is one of the shipped
+configs (``data/configs/tiny-<objective>-<schedule>.yaml``, ablations in ``data/configs/ablations/``), so what
+the demo trains is exactly what a user gets from ``workbench train`` on that file; the demo only sets the
+seed, the run directory, absolute teacher / stage-1 paths and (for ``--quick``) scales the step counts down.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "data" / "configs"
 SHIPPED_TEACHER = REPO / "data" / "teacher" / "tiny-teacher"
 TEACHER_CONFIG = CONFIGS / "tiny-teacher.yaml"
+STUDENTS = REPO / "data" / "students"  # the shipped stage-1 students
+STAGE1_CONFIGS = CONFIGS / "stage1"
 
 OBJECTIVES = ("kd", "ce")
 SCHEDULES = ("fixed-small", "fixed-large", "phasewise")
@@ -29,7 +33,7 @@ class Arm:
     objective: str
     schedule: str
     seed: int
-    variant: str = ""  # ablation variant, e.g. "posfree-reset" or "freeze-long-band"
+    variant: str = ""  # ablation variant: "posfree" or "freeze-long" (data/configs/ablations/)
 
     @property
     def group(self) -> str:
@@ -43,26 +47,31 @@ class Arm:
 
     @property
     def config_path(self) -> Path:
-        return CONFIGS / f"tiny-{self.objective}-{self.schedule}.yaml"
+        base = f"tiny-{self.objective}-{self.schedule}"
+        return CONFIGS / "ablations" / f"{base}-{self.variant}.yaml" if self.variant else CONFIGS / f"{base}.yaml"
 
 
 def arms(seeds: int, objectives=OBJECTIVES, schedules=SCHEDULES) -> list[Arm]:
     return [Arm(o, s, seed) for o in objectives for s in schedules for seed in range(seeds)]
 
 
-def arm_config(arm: Arm, *, teacher: Path, step_scale: float = 1.0, teacher_positions: str = "same",
-               freeze_wavelengths: list[float] | None = None) -> config.RunConfig:
-    """The RunConfig of an arm: its shipped config with seed, name, teacher and scaled steps set; the
-    ablations set the teacher's positions ("reset": position-invariant targets) or freeze a band of RoPE
-    pairs in the last (extension) phase."""
+def arm_config(arm: Arm, *, teacher: Path, step_scale: float = 1.0) -> config.RunConfig:
+    """The RunConfig of an arm: its shipped config with seed, name, absolute teacher and stage-1 paths and
+    scaled steps (``--quick``) set."""
     cfg = config.load_run_config(arm.config_path)
     phases = [dataclasses.replace(ph, steps=max(2, round(ph.steps * step_scale)),
                                   warmup_steps=min(ph.warmup_steps, max(1, round(ph.steps * step_scale) // 4)))
               for ph in cfg.phases]
-    if freeze_wavelengths is not None:
-        phases[-1] = dataclasses.replace(phases[-1], freeze_wavelengths=list(freeze_wavelengths))
-    teacher_cfg = (dataclasses.replace(cfg.teacher, path=str(teacher), positions=teacher_positions)
-                   if cfg.teacher else None)
-    cfg = dataclasses.replace(cfg, name=arm.name, seed=arm.seed, phases=phases, teacher=teacher_cfg)
+    teacher_cfg = dataclasses.replace(cfg.teacher, path=str(teacher)) if cfg.teacher else None
+    init = str(REPO / cfg.init_from) if cfg.init_from and not Path(cfg.init_from).is_absolute() else cfg.init_from
+    total = sum(ph.steps for ph in phases)
+    eval_every = cfg.eval_every if step_scale == 1.0 else max(1, total // 2)  # scaled runs: two held-out evals
+    cfg = dataclasses.replace(cfg, name=arm.name, seed=arm.seed, phases=phases, teacher=teacher_cfg,
+                              init_from=init, eval_every=eval_every if cfg.eval_every else 0)
     config.validate(cfg)
     return cfg
+
+
+def stage1_student(theta: float) -> Path:
+    """The shipped stage-1 student trained at ``theta``."""
+    return STUDENTS / f"tiny-student-short-theta{theta:g}"

@@ -1,4 +1,6 @@
-"""The main job end to end: teacher -> students -> retrieval -> interpretability -> store -> figures -> report.
+"""The main job end to end, the paper's two stages at toy scale:
+teacher + stage-1 students (shipped) -> stage-2 arms -> retrieval -> arms with intervals -> cross-document KD
+signal -> interpretability -> per-pair updates (stage 1 -> end of extension) -> store -> figures -> report.
 
 Each step reuses what an earlier run of the demo already produced (complete checkpoints, store cells), so an
 interrupted demo continues where it stopped. Everything goes into ``<out>/results.zarr``; figures into
@@ -7,6 +9,7 @@ interrupted demo continues where it stopped. Everything goes into ``<out>/result
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from contextlib import contextmanager
@@ -35,21 +38,24 @@ class DemoOptions:
     def step_scale(self) -> float:
         return 0.15 if self.quick else 1.0
 
+    prompts: int = 32  # retrieval prompts per (checkpoint, task, length) cell: depths x samples
+
     @property
     def eval_lengths(self) -> list[int]:
+        """Inside the documents, beyond them inside the window, beyond the window."""
         return [256, 1024] if self.quick else [256, 512, 1024, 2048]
 
     @property
     def eval_tasks(self) -> list[str]:
-        return ["passkey"] if self.quick else ["passkey", "niah"]
+        return ["passkey", "niah"] if self.quick else ["passkey", "niah", "multikey"]
 
     @property
     def eval_depths(self) -> int:
-        return 2 if self.quick else 3
+        return 2 if self.quick else 4
 
     @property
     def eval_samples(self) -> int:
-        return 2 if self.quick else 6
+        return 2 if self.quick else max(1, -(-self.prompts // self.eval_depths))
 
     @property
     def store(self) -> Path:
@@ -67,12 +73,17 @@ class DemoState:
     """What the steps produced, passed from one step to the next."""
 
     teacher: Path
+    stage1: dict[float, Path] = field(default_factory=dict)  # theta -> stage-1 student
     runs: dict[Arm, Path] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     findings: dict[str, object] = field(default_factory=dict)
 
     def final(self, arm: Arm) -> Path:
         return phase_end_checkpoints(self.runs[arm])[-1]
+
+    def start(self, arm: Arm) -> Path:
+        """The stage-1 student an arm was extended from (its run's ``init_from``)."""
+        return Path(run_config(self.runs[arm])["init_from"])
 
 
 def log(msg: str) -> None:
@@ -91,6 +102,12 @@ def timed(state: DemoState, step: str) -> Iterator[None]:
 def phase_end_checkpoints(run_dir: Path) -> list[Path]:
     """The phase-end checkpoints of a run, in phase order (the per-pair analysis compares these)."""
     return [p for p in models.list_checkpoints(run_dir) if models.read_manifest(p).get("phase_end")]
+
+
+def run_config(run_dir: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((Path(run_dir) / "run.yaml").read_text())
 
 
 def run_is_complete(run_dir: Path, n_phases: int) -> bool:
@@ -113,6 +130,27 @@ def ensure_teacher(opts: DemoOptions) -> Path:
     log(f"no shipped teacher at {SHIPPED_TEACHER}; training one with {TEACHER_CONFIG} (slow on CPU)")
     run_dir = train(config.load_run_config(TEACHER_CONFIG), out=str(opts.out / "teacher"), progress=opts.progress)
     return phase_end_checkpoints(run_dir)[-1]
+
+
+def ensure_stage1(opts: DemoOptions) -> dict[float, Path]:
+    """The stage-1 (short-context) students, one per theta the arms start from: shipped, else trained now
+    from their recipes (``data/configs/stage1/``, slow on CPU)."""
+    from workbench import config
+    from workbench.demo.arms import STAGE1_CONFIGS, stage1_student
+
+    found = {}
+    for recipe in sorted(STAGE1_CONFIGS.glob("*.yaml")):
+        cfg = config.load_run_config(recipe)
+        theta = float(cfg.phases[-1].rope_theta)
+        shipped = stage1_student(theta)
+        if (shipped / models.MANIFEST).is_file():
+            found[theta] = shipped
+            continue
+        log(f"no shipped stage-1 student at {shipped}; training it with {recipe} (slow on CPU)")
+        run_dir = opts.out / "stage1" / cfg.name
+        found[theta] = phase_end_checkpoints(
+            Path(_train_one(cfg, str(run_dir), run_dir.exists(), opts.progress, None)))[-1]
+    return found
 
 
 def _train_one(cfg, run_dir: str, resume: bool, progress: bool, threads: int | None) -> str:
@@ -142,12 +180,14 @@ def in_workers(fn, calls: list[tuple], jobs: int, done=None) -> list:
         return results
 
 
-def train_students(opts: DemoOptions, state: DemoState, todo: list[Arm], **config_options) -> None:
+def train_students(opts: DemoOptions, state: DemoState, todo: list[Arm]) -> None:
     """Train every arm (same token budget), reusing complete runs. With ``opts.jobs`` > 1 the arms train in
     that many worker processes, one thread each (tiny models use two cores better as two processes)."""
     pending = []
     for arm in todo:
-        cfg = arm_config(arm, teacher=state.teacher, step_scale=opts.step_scale, **config_options)
+        cfg = arm_config(arm, teacher=state.teacher, step_scale=opts.step_scale)
+        if not (Path(cfg.init_from) / models.MANIFEST).is_file():  # not shipped: the one trained just now
+            cfg = dataclasses.replace(cfg, init_from=str(_stage1_for(state, Path(cfg.init_from))))
         run_dir = opts.out / "students" / arm.name
         state.runs[arm] = run_dir
         if run_is_complete(run_dir, len(cfg.phases)):
@@ -162,6 +202,15 @@ def train_students(opts: DemoOptions, state: DemoState, todo: list[Arm], **confi
     log(f"training {len(pending)} arms in {opts.jobs} worker processes")
     in_workers(_train_one, [(cfg, str(run_dir), run_dir.exists(), False, 1) for _, cfg, run_dir in pending],
                opts.jobs, done=lambda i: log(f"[{i + 1}/{len(pending)}] trained {pending[i][0].name}"))
+
+
+def _stage1_for(state: DemoState, shipped: Path) -> Path:
+    from workbench.demo.arms import stage1_student
+
+    for theta, path in state.stage1.items():
+        if stage1_student(theta) == shipped:
+            return path
+    raise FileNotFoundError(f"{shipped}: no stage-1 student (shipped or trained) for this arm")
 
 
 def _new_checkpoints(store_path: Path, group: str, dim: str, names: dict[str, Path]) -> dict[str, Path]:
@@ -251,21 +300,93 @@ def run_interp(opts: DemoOptions, state: DemoState, checkpoints: list[Path], win
 
 
 def run_pair_analysis(opts: DemoOptions, state: DemoState, phase_lengths: list[int]) -> None:
-    """Phase-1 end -> phase-2 end: per-pair W_q/W_k updates and band summaries for every student run."""
+    """Stage-1 student -> end of extension, for every run: per-pair W_q/W_k updates, q/k state updates on
+    packed short documents in the window, and band summaries (F3)."""
     from workbench import analysis
     from workbench.analysis.checkpoints import label_of
     from workbench.analysis.weights import comparison_label
 
-    for arm, run_dir in state.runs.items():
-        ends = phase_end_checkpoints(run_dir)
-        if len(ends) < 2:
-            continue
-        label = comparison_label(label_of(ends[0]), label_of(ends[1]))
-        if store.has_group(opts.store, "updates_weights") and label in analysis.existing_labels(opts.store, "updates_weights"):
-            continue
-        upd = analysis.weight_updates(ends[:2])
+    done = (analysis.existing_labels(opts.store, "updates_weights")
+            if store.has_group(opts.store, "updates_weights") else set())
+    by_start: dict[Path, list[Path]] = {}
+    for arm in state.runs:
+        start, final = state.start(arm), state.final(arm)
+        if comparison_label(label_of(start), label_of(final)) not in done:
+            by_start.setdefault(start, []).append(final)
+    for start, finals in by_start.items():
+        upd = analysis.weight_updates(finals, reference=start)
         analysis.write_group(opts.store, "updates_weights", upd)
         analysis.write_group(opts.store, "bands", analysis.band_summary(upd, phase_lengths))
+        analysis.write_group(opts.store, "updates_states", analysis.state_updates(
+            finals, reference=start, seq_len=phase_lengths[-1], batch_size=1 if opts.quick else 2,
+            data=DataConfig(kind="synthetic-short")))
+    summarise_updates(opts.store)
+
+
+def summarise_updates(store_path: Path) -> None:
+    """Per arm (seeds pooled): mean layer x head x pair updates (``arm_updates``, for the dashboard) and band
+    means with intervals over seeds (``arm_bands``, for F3)."""
+    from workbench import arms as A
+
+    if not store.has_group(store_path, "updates_weights"):
+        return
+    A.write_summary(store_path, "arm_updates", A.arm_means(store.open_group(store_path, "updates_weights").load(),
+                                                           "comparison"))
+    bands = store.open_group(store_path, "bands").load()
+    A.write_summary(store_path, "arm_bands", xr.merge([A.band_table(bands, "q_rel_update"),
+                                                       A.band_table(bands, "k_rel_update")]))
+
+
+def compare_arms(opts: DemoOptions, state: DemoState) -> None:
+    """Arms (seeds pooled) with hierarchical bootstrap intervals, and the paired differences that answer the
+    paper's questions: KD - CE per theta schedule; phase-wise - each fixed schedule under KD (and CE);
+    each ablation - its base arm. Written to the store's ``arm_retrieval`` / ``arm_comparisons`` groups."""
+    from workbench import arms as A
+    from workbench.demo.arms import SCHEDULES
+
+    ds = store.open_group(opts.store, "retrieval").load()
+    groups, _ = A.retrieval_arms(ds)
+    pairs, questions = [], []
+    for sched in SCHEDULES:
+        pairs.append((f"kd-{sched}", f"ce-{sched}"))
+        questions.append(f"does KD beat CE under the {sched} schedule?")
+    for obj in ("kd", "ce"):
+        for fixed in ("fixed-small", "fixed-large"):
+            pairs.append((f"{obj}-phasewise", f"{obj}-{fixed}"))
+            questions.append(f"F1: does phase-wise theta beat {fixed} under {obj.upper()}?")
+    for arm in groups:
+        if "+" in arm:
+            pairs.append((arm, arm.split("+")[0]))
+            questions.append(f"ablation: what does {arm.split('+')[1]} change against its base arm?")
+    keep = [(p, q) for p, q in zip(pairs, questions) if p[0] in groups and p[1] in groups]
+    A.write_summary(opts.store, "arm_retrieval", A.retrieval_summary(ds))
+    if keep:
+        A.write_summary(opts.store, "arm_comparisons", A.retrieval_comparisons(
+            ds, [p for p, _ in keep], questions=[q for _, q in keep]))
+
+
+def run_kd_signal(opts: DemoOptions, state: DemoState, checkpoints: list[Path], window: int) -> None:
+    """Cross-document KD signal: per token, KL(model on the causal window || model with document-masked
+    attention) over the students' packed short documents, for the teacher, the stage-1 students and every
+    final student (KD students should depend on other documents more than CE students, if KD transfers it)."""
+    from workbench.interp import cross_document
+    from workbench.interp.traces import checkpoint_label
+
+    todo = _new_checkpoints(opts.store, "kd_signal", "checkpoint", {checkpoint_label(p): p for p in checkpoints})
+    if not todo:
+        return
+    data = config_data(state)
+    ds = cross_document.cross_document_kl_checkpoints(list(todo.values()), data, seq_len=window,
+                                                      windows=2 if opts.quick else 8, batch_size=2, seed=11,
+                                                      labels=list(todo), progress=opts.progress)
+    cross_document.write_kd_signal(opts.store, ds)
+
+
+def config_data(state: DemoState) -> DataConfig:
+    """The data config the arms were extended on (from one run's resolved config)."""
+    from workbench import config
+
+    return config.load_run_config(next(iter(state.runs.values())) / "run.yaml").data
 
 
 def run_probes(opts: DemoOptions, state: DemoState, checkpoints: list[Path], window: int) -> None:
@@ -291,29 +412,36 @@ def run(opts: DemoOptions) -> tuple[Path, DemoState]:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one progress bar per step: ours
+    hf_logging.set_verbosity_error()
     opts.out = Path(opts.out)
     opts.out.mkdir(parents=True, exist_ok=True)
     state = DemoState(teacher=Path("."))
-    with timed(state, "teacher"):
+    with timed(state, "teacher and stage-1 students"):
         state.teacher = ensure_teacher(opts)
+        state.stage1 = ensure_stage1(opts)
     todo = arms(opts.seeds)
-    with timed(state, "train students"):
+    with timed(state, "stage 2: train the arms"):
         train_students(opts, state, todo)
-    phase_lengths = sorted({ph.seq_len for ph in arm_config(todo[0], teacher=state.teacher).phases})
-    window = phase_lengths[-1]
+    window = max(ph.seq_len for ph in arm_config(todo[0], teacher=state.teacher).phases)
+    phase_lengths = [256, window]  # the stage-1 window (the documents' length) and the extension window
     finals = [state.final(a) for a in todo]
     seed0 = [state.final(a) for a in todo if a.seed == 0]
+    stage1 = list(state.stage1.values())
     with timed(state, "retrieval eval"):
-        evaluate_retrieval(opts, state, [state.teacher, *finals])
-    with timed(state, "interp (repeated tokens, perturbation sweep)"):
-        run_interp(opts, state, [state.teacher, *seed0], window)
-    with timed(state, "pair updates phase 1 -> 2"):
-        run_pair_analysis(opts, state, phase_lengths)
-    with timed(state, "position probes"):
-        run_probes(opts, state, [state.teacher, *seed0], window)
+        evaluate_retrieval(opts, state, [state.teacher, *stage1, *finals])
     if opts.full:
         with timed(state, "ablations"):
             ablations.run_all(opts, state)
+    with timed(state, "arms: intervals and paired differences"):
+        compare_arms(opts, state)
+    with timed(state, "cross-document KD signal"):
+        run_kd_signal(opts, state, [state.teacher, *stage1, *finals], window)
+    with timed(state, "interp (repeated tokens, perturbation sweep)"):
+        run_interp(opts, state, [state.teacher, *seed0], window)
+    with timed(state, "pair updates stage 1 -> extension"):
+        run_pair_analysis(opts, state, phase_lengths)
+    with timed(state, "position probes"):
+        run_probes(opts, state, [state.teacher, *seed0], window)
     with timed(state, "figures"):
         figures = report.render_figures([opts.store, opts.teacher_store], opts.out / "figures")
     path = report.write_report(opts, state, figures)

@@ -36,23 +36,35 @@ def _teachers(labels) -> list[str]:
 
 
 def f1_retrieval(store_path: Path) -> dict[str, go.Figure]:
-    """F1: accuracy vs length by objective x theta schedule (mean ± std over seeds); teacher grid."""
+    """F1: accuracy vs length per arm with hierarchical bootstrap intervals, the paired differences, the
+    teacher's depth x length grid."""
+    figs = {}
+    summary = _group(store_path, "arm_retrieval")
+    comp = _group(store_path, "arm_comparisons")
     ds = _group(store_path, "retrieval")
+    window = int(ds["max_positions"].max()) if ds is not None and "max_positions" in ds.coords else None
+    for task in map(str, summary["task"].values) if summary is not None else []:
+        figs[f"f1_{task}_accuracy_by_arm"] = ffig.arm_accuracy_intervals(summary, task, doc_length=256,
+                                                                         window=window)
+        if comp is not None:
+            figs[f"f1_{task}_paired_differences"] = ffig.comparison_intervals(comp, task)
+    if ds is not None:
+        for teacher in _teachers(ds["checkpoint"].values):
+            if teacher.startswith("teacher/"):
+                figs[f"f1_teacher_grid_{teacher.replace('/', '_')}"] = fret.heatmap(ds, teacher,
+                                                                                  task=str(ds["task"].values[0]))
+    return figs
+
+
+def kd_signal(store_path: Path) -> dict[str, go.Figure]:
+    """F2 where it matters: the cross-document part of the KD targets, by distance and token kind."""
+    from workbench.figures import kd_signal as fkd
+
+    ds = _group(store_path, "kd_signal")
     if ds is None:
         return {}
-    figs = {}
-    for task in map(str, ds["task"].values):
-        acc = findings.arm_accuracy(ds, task)
-        figs[f"f1_{task}_accuracy_by_arm"] = ffig.accuracy_by_arm(
-            acc, title=f"F1: {task} accuracy by objective x theta schedule", doc_length=256,
-            window=int(ds["max_positions"].max()) if "max_positions" in ds.coords else None)
-        figs[f"f1_{task}_gold_logprob_by_arm"] = ffig.accuracy_by_arm(
-            findings.arm_accuracy(ds, task, "answer_logprob"),
-            title=f"F1: {task} gold-answer log-prob by arm (smooth when accuracy is 0)").update_layout(
-                yaxis_range=None, yaxis_title="mean log-prob of the gold answer")
-    for teacher in _teachers(ds["checkpoint"].values):
-        figs[f"f1_teacher_grid_{teacher.replace('/', '_')}"] = fret.heatmap(ds, teacher, task=str(ds["task"].values[0]))
-    return figs
+    return {"f2_cross_document_kl_by_distance": fkd.kl_by_distance(ds),
+            "f2_cross_document_kl_by_kind": fkd.kl_by_kind(ds)}
 
 
 def f2_propagation(store_path: Path) -> dict[str, go.Figure]:
@@ -72,20 +84,20 @@ def f2_propagation(store_path: Path) -> dict[str, go.Figure]:
 
 
 def f3_pair_updates(store_path: Path) -> dict[str, go.Figure]:
-    """F3: layer x pair update heatmaps (phase 1 -> 2) and band bars, per arm."""
+    """F3: layer x pair update heatmaps (stage 1 -> end of extension, mean over seeds) and band bars with
+    intervals over seeds, per arm."""
     figs = {}
-    upd = _group(store_path, "updates_weights")
+    upd = _group(store_path, "arm_updates")
     bands = _group(store_path, "bands")
     if upd is not None:
         lengths = [int(x) for x in bands["phase_length"].values] if bands is not None else None
-        for comp in _students(upd["comparison"].values):
-            arm = findings.parse_checkpoint(comp)[0]
-            figs[f"f3_heatmap_q_{arm}"] = fupd.layer_pair_heatmap(upd, comparison=comp, var="q_rel_update",
-                                                                   phase_lengths=lengths)
-    if bands is not None:
-        figs["f3_band_updates_by_arm"] = ffig.band_update_by_arm(findings.arm_band_updates(bands))
-        for comp in _students(bands["comparison"].values, lambda arm, seed: seed == 0 and arm == "kd-phasewise"):
-            figs["f3_band_bars_kd_phasewise"] = fupd.band_bars(bands, comparison=comp)
+        upd = upd.rename(arm="comparison")
+        for arm in map(str, upd["comparison"].values):
+            figs[f"f3_heatmap_q_{arm}"] = fupd.layer_pair_heatmap(upd, comparison=arm, var="q_rel_update",
+                                                                  phase_lengths=lengths)
+    table = _group(store_path, "arm_bands")
+    if table is not None:
+        figs["f3_band_updates_by_arm"] = ffig.band_update_intervals(table)
     return figs
 
 
@@ -97,17 +109,16 @@ def probes(store_path: Path) -> dict[str, go.Figure]:
 
 
 def ablations(store_path: Path) -> dict[str, go.Figure]:
-    ds = _group(store_path, "ablations")
+    ds = _group(store_path, "ablation_effects")
     if ds is None:
         return {}
-    return {f"ablation_{task}_{int(n)}": ffig.ablation_bars(
-                ds["accuracy"].sel(task=task, length=n),
-                title=f"Band interventions at evaluation time: {task} accuracy at length {int(n)}")
+    return {f"ablation_{task}_{int(n)}": ffig.ablation_effects(ds, task, int(n))
             for task in map(str, ds["task"].values) for n in ds["length"].values}
 
 
 FIGURE_JOBS: dict[str, Callable[[Path], dict[str, go.Figure]]] = {
     "f1_retrieval": f1_retrieval,
+    "kd_signal": kd_signal,
     "f2_propagation": f2_propagation,
     "f3_pair_updates": f3_pair_updates,
     "probes": probes,
@@ -143,125 +154,199 @@ def render_figures(store_paths, out_dir: str | Path, *, png: bool = True) -> lis
 
 # ------------------------------------------------------------------------------------------- report
 
+BEYOND = "beyond the 256-token documents"
 
-def finding_numbers(store_path: Path, teacher_store: Path | None = None) -> dict[str, object]:
-    """The numbers REPORT.md states for F1-F3 (computed from the stores, never typed in)."""
-    out: dict[str, object] = {}
-    ret = _group(store_path, "retrieval")
-    if ret is not None:
-        acc = findings.arm_accuracy(ret, "passkey")
-        beyond = [int(n) for n in acc["length"].values if n > 256]
-        mean_beyond = acc.sel(length=beyond).mean(["length"]).mean("seed", skipna=True)
-        out["f1_passkey_beyond_docs"] = {str(a): round(float(v), 3) for a, v in zip(acc["arm"].values, mean_beyond.values)}
+
+def _interval(mean: float, lo: float, hi: float, signed: bool = True) -> str:
+    f = "+.2f" if signed else ".2f"
+    return f"{mean:{f}} [{lo:{f}}, {hi:{f}}]"
+
+
+def _verdict(diffs: list[tuple[float, float, float]]) -> str:
+    """supported: every interval above 0; contradicted: one below 0; else mixed / inconclusive."""
+    if not diffs:
+        return "not measured"
+    if all(lo > 0 for _, lo, _ in diffs):
+        return "**supported**"
+    if any(hi < 0 for _, _, hi in diffs):
+        return "**contradicted**" if not any(lo > 0 for _, lo, _ in diffs) else "**mixed**"
+    return "**mixed**" if any(lo > 0 for _, lo, _ in diffs) else "**inconclusive** (intervals include 0)"
+
+
+def _diff_cells(comp, name: str, task: str, lengths) -> list[tuple[float, float, float]]:
+    if comp is None or name not in set(map(str, comp["comparison"].values)):
+        return []
+    cell = comp.sel(comparison=name, task=task)
+    return [tuple(float(cell[v].sel(length=n)) for v in ("difference", "difference_lo", "difference_hi"))
+            for n in lengths]
+
+
+def _fig(figures: dict[str, Path], out: Path, name: str, caption: str) -> list[str]:
+    path = figures.get(name)
+    return [f"![{caption}]({path.relative_to(out).as_posix()})", ""] if path is not None else []
+
+
+def f1_section(store_path: Path, figures: dict[str, Path], out: Path) -> list[str]:
+    summary, comp = _group(store_path, "arm_retrieval"), _group(store_path, "arm_comparisons")
+    if summary is None:
+        return ["(no retrieval results)"]
+    from workbench import arms
+
+    lengths = [int(n) for n in summary["length"].values]
+    beyond = [n for n in lengths if n > 256]
+    lines = ["### Stage 1 and the teacher (reference models, one checkpoint each)", ""]
+    refs = [str(a) for a, r in zip(summary["arm"].values, summary["is_reference"].values) if r]
+    lines += [arms.summary_markdown(summary.sel(arm=refs)), ""] if refs else []
+    lines += ["### Stage 2: every arm at every length (mean [95 % interval], seeds pooled)", "",
+              arms.summary_markdown(summary.sel(arm=[a for a in map(str, summary["arm"].values) if a not in refs])), ""]
+    for task in map(str, summary["task"].values):
+        lines += _fig(figures, out, f"results/f1_{task}_accuracy_by_arm", f"{task} accuracy by arm")
+    if comp is not None:
+        lines += ["### Paired differences (same prompts, same seed index; * = interval excludes 0)", "",
+                  arms.comparisons_markdown(comp), ""]
+        for task in map(str, summary["task"].values):
+            lines += _fig(figures, out, f"results/f1_{task}_paired_differences", f"{task} paired differences")
+    lines += ["### Findings", ""]
+    for task in map(str, summary["task"].values):
+        f1 = [_diff_cells(comp, f"kd-phasewise - kd-{fixed}", task, beyond) for fixed in ("fixed-small", "fixed-large")]
+        lines.append(f"- **F1** ({task}, {BEYOND}: {beyond}) phase-wise theta beats both fixed schedules under KD: "
+                     f"{_verdict(f1[0] + f1[1])}. phase-wise - fixed-small "
+                     + ", ".join(f"@{n} {_interval(*d)}" for n, d in zip(beyond, f1[0]))
+                     + "; phase-wise - fixed-large " + ", ".join(f"@{n} {_interval(*d)}" for n, d in zip(beyond, f1[1]))
+                     + ".")
+        for sched in ("fixed-small", "fixed-large", "phasewise"):
+            d = _diff_cells(comp, f"kd-{sched} - ce-{sched}", task, lengths)
+            if d:
+                lines.append(f"- **KD vs CE** ({task}, {sched}) KD - CE: {_verdict(d[1:] if len(d) > 1 else d)} "
+                             f"{BEYOND}; " + ", ".join(f"@{n} {_interval(*x)}" for n, x in zip(lengths, d)) + ".")
+    return lines + [""]
+
+
+def f2_section(store_path: Path, teacher_store: Path, figures: dict[str, Path], out: Path) -> list[str]:
+    from workbench import arms
+
+    lines = []
+    sig = _group(store_path, "kd_signal")
+    if sig is not None:
+        names = [str(c) for c in sig["checkpoint"].values]
+        teacher = [n for n in names if n.startswith("teacher/")]
+        for t in teacher:
+            cell = sig.sel(checkpoint=t)
+            lines.append(f"- **Cross-document KD signal** of `{t}` on the students' packed short documents: per token "
+                         f"KL(causal window || document-masked) mean {float(cell['mean']):.3f} nats, median "
+                         f"{float(cell['median']):.2g}, p95 {float(cell['p95']):.2f}, the top 5 % of tokens carry "
+                         f"{float(cell['top5_share']):.0%} of it: the part of the KD target "
+                         "that CE on short documents cannot see.")
+        groups = arms.members_by_label([n for n in names if not n.startswith(("teacher/", "students/"))])
+        rows = []
+        for arm, members in groups.items():
+            iv = arms.seed_interval(sig["mean"].sel(checkpoint=members).values)
+            rows.append(f"`{arm}` {_interval(iv.mean, iv.lo, iv.hi, signed=False)}")
+        if rows:
+            lines.append("- Students' own cross-document dependence (mean KL, interval over seeds): " + "; ".join(rows)
+                         + ". If KD transfers cross-document information, KD arms sit above their CE twins.")
+        lines += [""] + _fig(figures, out, "results/f2_cross_document_kl_by_distance", "cross-document KL by distance")
+        lines += _fig(figures, out, "results/f2_cross_document_kl_by_kind", "cross-document KL by token kind")
     rep = _group(store_path, "repeated_tokens")
     if rep is not None:
-        out["f2_repeated_kd_signal"] = {str(c): float(v) for c, v in
-                                        zip(rep["checkpoint"].values, findings.repeated_summary(rep).values)}
-    out["f2_final_kl"] = {}
-    for path in (teacher_store, store_path):
-        tr = _group(path, "traces") if path is not None and Path(path).exists() else None
-        if tr is not None:
-            summary = findings.trace_summary(tr)
-            out["f2_final_kl"].update({str(c): {str(s): round(float(summary.sel(checkpoint=c, spec=s)), 5)
-                                                for s in summary["spec"].values}
-                                       for c in summary["checkpoint"].values})
-    upd = _group(store_path, "updates_weights")
-    if upd is not None:
-        rho = findings.pair_trend(upd)
-        out["f3_pair_index_spearman"] = {str(c): round(float(v), 3) for c, v in zip(rho["comparison"].values, rho.values)}
-    abl = _group(store_path, "ablations")
-    if abl is not None:
-        acc = abl["accuracy"].sel(task="passkey")
-        out["ablation_band_accuracy"] = {
-            str(m): {str(c): [round(float(v), 2) for v in acc.sel(model=m, condition=c).values]
-                     for c in acc["condition"].values} for m in acc["model"].values}
-        out["ablation_lengths"] = [int(n) for n in acc["length"].values]
+        kd = findings.repeated_summary(rep)
+        lines.append("- **Repeated tokens**: KD signal between identical copies at different absolute positions: "
+                     + ", ".join(f"`{c}` {float(v):.4f}" for c, v in zip(kd["checkpoint"].values, kd.values)) + " nats.")
+    tr = _group(teacher_store, "traces") if Path(teacher_store).exists() else None
+    if tr is not None:
+        summary = findings.trace_summary(tr)
+        for c in map(str, summary["checkpoint"].values):
+            lines.append(f"- **Perturbations reach the teacher's output**: final-logit KL(clean || perturbed) of `{c}`: "
+                         + ", ".join(f"{s} {float(summary.sel(checkpoint=c, spec=s)):.2g}" for s in summary["spec"].values)
+                         + " nats.")
+    lines += _fig(figures, out, "teacher/f2_lens_kl_by_layer_teacher_tiny-teacher", "teacher logit-lens KL by layer")
+    return lines + [""]
+
+
+def f3_section(store_path: Path, figures: dict[str, Path], out: Path) -> list[str]:
+    from workbench import arms
+
     bands = _group(store_path, "bands")
-    if bands is not None:
-        ab = findings.arm_band_updates(bands).mean("seed", skipna=True)
-        out["f3_band_means"] = {str(a): {str(b): float(ab.sel(arm=a, band=b)) for b in ab["band"].values}
-                                for a in ab["arm"].values}
-    return out
+    upd = _group(store_path, "updates_weights")
+    if bands is None or upd is None:
+        return ["(no per-pair updates)"]
+    rho = findings.pair_trend(upd)
+    labels = [str(b) for b in bands["band"].values]
+    long_minus_short = (bands["q_rel_update"].sel(band=labels[-1]) - bands["q_rel_update"].sel(band=labels[0])).mean("layer")
+    lines = [f"Per-pair relative W_q update, stage-1 student -> end of extension; bands {labels}.", ""]
+    for arm, members in arms.members_by_label(rho["comparison"].values).items():
+        r = arms.seed_interval(rho.sel(comparison=members).values)
+        d = arms.seed_interval(long_minus_short.sel(comparison=members).values)
+        lines.append(f"- `{arm}`: Spearman(pair index, update) {_interval(r.mean, r.lo, r.hi)}; longest-band minus "
+                     f"shortest-band update {_interval(d.mean, d.lo, d.hi)} ({len(members)} seeds)"
+                     + (" (higher-index pairs adapt more)" if d.lo > 0 else " (no clear band ordering)" if d.hi >= 0
+                        else " (lower-index pairs adapt more)") + ".")
+    lines += [""] + _fig(figures, out, "results/f3_band_updates_by_arm", "band updates by arm")
+    lines += _fig(figures, out, "results/f3_heatmap_q_kd-phasewise", "kd-phasewise layer x pair update")
+    return lines + [""]
 
 
-def _verdicts(numbers: dict) -> list[str]:
+def ablation_section(store_path: Path, figures: dict[str, Path], out: Path) -> list[str]:
+    comp, eff = _group(store_path, "arm_comparisons"), _group(store_path, "ablation_effects")
     lines = []
-    f1 = numbers.get("f1_passkey_beyond_docs", {})
-    if f1 and max(f1.values()) < 0.05:
-        lines.append("- **F1** (phase-wise theta best under KD): no student retrieves the passkey beyond its 256-token "
-                     "documents (best mean accuracy " + f"{max(f1.values()):.2f}); not reproduced at toy scale. The "
-                     "gold-answer log-prob figure still ranks the arms.")
-    elif f1:
-        best = max(f1, key=f1.get)
-        kd = {a: v for a, v in f1.items() if a.startswith("kd-")}
-        kd_best = max(kd, key=kd.get) if kd else None
-        lines.append(f"- **F1** (phase-wise theta best under KD): mean passkey accuracy beyond the 256-token documents "
-                     f"is highest for `{best}` ({f1[best]:.2f}); among KD arms `{kd_best}` "
-                     f"({kd.get(kd_best, float('nan')):.2f}). "
-                     + ("Reproduced at toy scale." if kd_best == "kd-phasewise" and kd[kd_best] > max(
-                         v for a, v in kd.items() if a != kd_best) else "Not reproduced at toy scale."))
-    f2 = numbers.get("f2_repeated_kd_signal", {})
-    if f2:
-        teacher = {c: v for c, v in f2.items() if findings.parse_checkpoint(c) is None}
-        lines.append("- **F2** (positional information reaches the logits): KD signal between identical copies "
-                     "at different absolute positions: " + ", ".join(f"`{c}` {v:.4f}" for c, v in f2.items())
-                     + (" nats. The teacher's output distribution differs between copies, so its targets carry "
-                        "absolute-position information." if teacher and min(teacher.values()) > 1e-4 else
-                        " nats. The teacher's copies are nearly identical: little positional signal at this scale."))
-    for name, per_spec in numbers.get("f2_final_kl", {}).items():
-        if findings.parse_checkpoint(name) is None:
-            lines.append(f"- **F2** (perturbations reach the output): final-logit KL(clean || perturbed) of `{name}`: "
-                         + ", ".join(f"{spec} {kl:.2g}" for spec, kl in per_spec.items())
-                         + " nats (layer-by-layer curves in the f2 figures).")
-    rho = numbers.get("f3_pair_index_spearman", {})
-    if rho:
-        pw = {c: v for c, v in rho.items() if "phasewise" in c}
-        mean_pw = float(np.nanmean(list(pw.values()))) if pw else float("nan")
-        mean_fixed = float(np.nanmean([v for c, v in rho.items() if "fixed" in c] or [np.nan]))
-        lines.append(f"- **F3** (higher-index pairs adapt more): Spearman(pair index, |dW_q|/|W_q|) phase 1 -> 2, "
-                     f"mean over phase-wise runs {mean_pw:+.2f}, over fixed-theta runs {mean_fixed:+.2f}. "
-                     + ("Reproduced: higher-index pairs move more, and more so under the theta switch."
-                        if mean_pw > 0.3 and mean_pw > mean_fixed + 0.2 else
-                        "Partly: higher-index pairs move more, but the fixed-theta runs show it too, so it is not "
-                        "specific to the theta switch." if mean_pw > 0.3 else "Not reproduced at toy scale."))
-    abl = numbers.get("ablation_band_accuracy", {})
-    if abl:
-        lengths = numbers["ablation_lengths"]
-        for model, conds in abl.items():
-            lines.append(f"- **Ablation** (band interventions at evaluation time, passkey at {lengths}) `{model}`: "
-                         + "; ".join(f"{c}: {v}" for c, v in conds.items()))
-    return lines
+    if comp is not None:
+        for name in (c for c in map(str, comp["comparison"].values) if "+" in c):
+            for task in map(str, comp["task"].values):
+                cell = comp.sel(comparison=name, task=task)
+                lines.append(f"- **{name}** ({task}): " + ", ".join(
+                    f"@{int(n)} {_interval(*(float(cell[v].sel(length=n)) for v in ('difference', 'difference_lo', 'difference_hi')))}"
+                    for n in comp["length"].values))
+    if eff is not None:
+        for arm in map(str, eff["arm"].values):
+            for task in map(str, eff["task"].values):
+                parts = []
+                for cond in map(str, eff["condition"].values):
+                    cell = eff.sel(arm=arm, task=task, condition=cond)
+                    parts.append(f"{cond}: " + ", ".join(
+                        f"@{int(n)} {_interval(*(float(cell[v].sel(length=n)) for v in ('difference', 'difference_lo', 'difference_hi')))}"
+                        for n in eff["length"].values))
+                lines.append(f"- **Band interventions** `{arm}` ({task}, change against clean): " + "; ".join(parts))
+        for task in map(str, eff["task"].values):
+            for n in eff["length"].values:
+                lines += _fig(figures, out, f"results/ablation_{task}_{int(n)}", f"band interventions {task} {int(n)}")
+    return lines or ["(run `workbench demo --full` for the ablations)"]
 
 
 def write_report(opts, state, figures: list[Path]) -> Path:
-    """REPORT.md in the run directory: settings, results table, F1-F3 numbers and verdicts, figures, timings."""
+    """REPORT.md in the run directory: settings, the stage-1 students, every arm with intervals, the paired
+    differences, each finding's verdict with its numbers and the figure it rests on, timings."""
+    out = Path(opts.out)
     store_path = Path(opts.store)
-    numbers = finding_numbers(store_path, Path(opts.teacher_store))
-    state.findings = numbers
+    by_name = {p.relative_to(out / "figures").with_suffix("").as_posix(): p for p in figures if p.suffix == ".png"}
+    if not any("/" in k for k in by_name):  # a single store: no sub-folders
+        by_name = {f"results/{k}": v for k, v in by_name.items()}
     ret = _group(store_path, "retrieval")
-    columns, rows = findings.results_table(ret) if ret is not None else ([], [])
-    table = findings.markdown_table(columns, rows) if rows else "(no retrieval results)"
-    pngs = sorted(p for p in figures if p.suffix == ".png")
+    prompts = int(ret.sizes["depth"] * ret.sizes["sample"]) if ret is not None else 0
     lines = [
         "# RoPE-KD workbench demo report", "",
-        f"Generated {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} by `workbench demo`.", "",
+        f"Generated {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} by `workbench demo`. "
+        "Verdicts come from 95 % hierarchical bootstrap intervals (seeds, then prompts within each seed) of paired "
+        "differences: *supported* when every interval lies above 0, *contradicted* when intervals lie below 0, "
+        "otherwise mixed or inconclusive. Toy scale: tiny models on synthetic data, not the paper's 1.1B / 17B.", "",
         "## Settings", "",
-        f"- teacher: `{state.teacher}`",
-        f"- seeds per arm: {opts.seeds}; quick: {opts.quick}; full (ablations): {opts.full}",
-        f"- arms: {{kd, ce}} x {{fixed-small, fixed-large, phasewise}} (configs `data/configs/tiny-*.yaml`,"
-        f" steps x {opts.step_scale:g})",
-        f"- retrieval: tasks {opts.eval_tasks}, lengths {opts.eval_lengths}, {opts.eval_depths} depths x "
-        f"{opts.eval_samples} samples per cell, extrapolation beyond the training window recorded",
+        f"- teacher: `{state.teacher}`; stage-1 students: "
+        + ", ".join(f"theta {t:g} `{p}`" for t, p in sorted(state.stage1.items())),
+        f"- arms: {{kd, ce}} x {{fixed-small, fixed-large, phasewise}} x {opts.seeds} seeds (configs "
+        f"`data/configs/tiny-*.yaml`, steps x {opts.step_scale:g}); ablations: {opts.full}",
+        f"- retrieval: tasks {opts.eval_tasks}, lengths {opts.eval_lengths}, {prompts} prompts per cell "
+        f"({opts.eval_depths} depths x {opts.eval_samples} samples), the same prompts for every model; "
+        "beyond the 1024-token window recorded as extrapolation",
         f"- store: `{store_path}` (open with `xarray.open_zarr(path, group=..., consolidated=False)`)", "",
-        "## Results: passkey accuracy (mean ± std over seeds)", "", table, "",
-        "## Findings", "", *_verdicts(numbers), "",
-        "## Figures", "", *[f"- [{p.stem}]({p.relative_to(opts.out).as_posix()})" for p in pngs], "",
+        "## F1 and KD vs CE: retrieval", "", *f1_section(store_path, by_name, out),
+        "## F2: positional and cross-document information in the KD targets", "",
+        *f2_section(store_path, Path(opts.teacher_store), by_name, out),
+        "## F3: which RoPE pairs of W_q adapt during extension", "", *f3_section(store_path, by_name, out),
+        "## Ablations", "", *ablation_section(store_path, by_name, out), "",
         "## Timings (s)", "", *[f"- {k}: {v:.1f}" for k, v in state.timings.items()], "",
     ]
-    path = Path(opts.out) / "REPORT.md"
+    path = out / "REPORT.md"
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines))
     tmp.replace(path)
-    print(f"\n{table}\n")
-    print("\n".join(_verdicts(numbers)))
+    print("\n".join(lines[lines.index("## F1 and KD vs CE: retrieval"):]))
     return path

@@ -1,7 +1,10 @@
-"""Copy a trained teacher checkpoint into data/teacher/ without its trainer state (a few MB), with the
-synthetic tokenizer alongside so the directory works as a plain Hugging Face model.
+"""Copy a trained checkpoint into data/ without its trainer state (a few MB), with the synthetic tokenizer
+alongside so the directory works as a plain Hugging Face model, and the command that regenerates it.
 
-    .venv/bin/python analyses/experiments/ship_teacher.py runs/tiny-teacher [--out data/teacher/tiny-teacher]
+    .venv/bin/python analyses/experiments/ship_checkpoint.py runs/tiny-teacher \
+        --out data/teacher/tiny-teacher --recipe data/configs/tiny-teacher.yaml
+    .venv/bin/python analyses/experiments/ship_checkpoint.py runs/tiny-student-short-theta500 \
+        --out data/students/tiny-student-short-theta500 --recipe data/configs/stage1/tiny-student-short-theta500.yaml
 
 Takes the run's last complete checkpoint; refuses to overwrite an existing directory.
 """
@@ -18,9 +21,10 @@ DROP = {"files", "created", "versions", "rope_theta", "rope_scaling", "format"} 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("run_dir")
-    p.add_argument("--out", default="data/teacher/tiny-teacher")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="the training run directory")
+    p.add_argument("--out", required=True, help="the shipped directory (must not exist)")
+    p.add_argument("--recipe", required=True, help="the run config that regenerates it")
     args = p.parse_args()
     ckpts = models.list_checkpoints(args.run_dir)
     if not ckpts:
@@ -31,7 +35,7 @@ def main() -> None:
     manifest = {k: v for k, v in manifest.items() if k not in DROP}
     manifest["source"] = f"{Path(args.run_dir).name}/{ckpts[-1].name}"
     manifest["source_hash"] = models.checkpoint_hash(ckpts[-1])
-    manifest["regenerate"] = "workbench train data/configs/tiny-teacher.yaml"
+    manifest["regenerate"] = f"workbench train {args.recipe}"
     path = models.save_checkpoint(model, args.out, manifest, extra=synthetic_tokenizer().save_pretrained)
     print(f"shipped {ckpts[-1]} -> {path}")
 

@@ -1,0 +1,54 @@
+"""``workbench compare``: group runs into arms (seed apart) and report means, intervals, paired differences."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "arms (runs equal up to the seed): retrieval means with bootstrap intervals and paired differences"
+DESCRIPTION = (
+    "Reads the retrieval group of a store (from `workbench eval`), groups its checkpoints into arms by their "
+    "runs' resolved configs (run.yaml without name/seed/out_dir; the last checkpoint of each run), and "
+    "writes per arm x task x length the mean with a hierarchical bootstrap interval (seeds, then prompts "
+    "within each seed) to the group arm_retrieval, and paired differences A - B (same prompts, same seed "
+    "index) to arm_comparisons. Checkpoints outside run directories (a teacher, a plain HF model) are "
+    "reported on their own. Default comparisons: KD - CE for every pair of arms named kd-X / ce-X."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("store", help="results store (*.zarr) with a retrieval group")
+    p.add_argument("--out", default=None, help="store to write the summaries into (default: the input store)")
+    p.add_argument("--compare", action="append", default=[], metavar="'A - B'",
+                   help="a paired difference between two arms (repeatable); default: every kd-X - ce-X")
+    p.add_argument("--metric", default="correct", help="per-sample retrieval variable (correct, match_all, ...)")
+    p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--level", type=float, default=0.95, help="interval level")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+
+
+def run(args: argparse.Namespace) -> int:
+    from workbench import arms, store
+
+    if args.boot < 100 or not 0.5 <= args.level < 1:
+        raise ValueError(f"--boot must be >= 100 and --level in [0.5, 1), got {args.boot}, {args.level}")
+    pairs = [arms.parse_comparison(c) for c in args.compare]
+    ds = store.open_group(args.store, "retrieval").load()
+    if args.metric not in ds:
+        raise ValueError(f"--metric {args.metric!r}: not a variable of {args.store}/retrieval "
+                         f"(has {', '.join(ds.data_vars)})")
+    groups, refs = arms.retrieval_arms(ds)
+    pairs = pairs or arms.objective_pairs(groups)
+    kw = dict(metric=args.metric, n_boot=args.boot, level=args.level, seed=args.seed)
+    summary = arms.retrieval_summary(ds, **kw)
+    comparisons = arms.retrieval_comparisons(ds, pairs, **kw) if pairs else None
+    out = Path(args.out or args.store)
+    arms.write_summary(out, "arm_retrieval", summary)
+    if comparisons is not None:
+        arms.write_summary(out, "arm_comparisons", comparisons)
+    print(arms.summary_markdown(summary, args.metric))
+    if comparisons is not None:
+        print()
+        print(arms.comparisons_markdown(comparisons))
+    print(f"\narms: {', '.join(groups) or 'none'}; references: {', '.join(refs) or 'none'}; written to {out}")
+    return 0

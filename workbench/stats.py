@@ -1,0 +1,63 @@
+"""Intervals for results over seeds and prompts: the hierarchical (two-level) bootstrap.
+
+A training arm is run with several seeds and each seed is scored on the same prompts. The variation that
+matters has two levels (which seed, which prompts), so a resample first draws seeds with replacement, then
+prompts with replacement within each drawn seed, and takes the mean. A paired comparison of two arms
+bootstraps the per-(seed index, prompt) differences the same way: the same prompts and the same seed
+index on both sides, so what they share cancels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+N_BOOT = 2000
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean with a percentile bootstrap interval and the share of resamples above zero."""
+
+    mean: float
+    lo: float
+    hi: float
+    p_positive: float
+
+    def excludes_zero(self) -> bool:
+        return self.lo > 0 or self.hi < 0
+
+    def __str__(self) -> str:
+        return f"{self.mean:.2f} [{self.lo:.2f}, {self.hi:.2f}]"
+
+
+def hierarchical_bootstrap(values: np.ndarray, *, n_boot: int = N_BOOT, level: float = LEVEL,
+                           seed: int = 0) -> Interval:
+    """Mean of ``values`` [seed, prompt] with a two-level bootstrap interval (seeds, then prompts within
+    each seed). NaN rows (a seed not scored) are dropped; one seed gives a prompt-only interval."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"need values shaped [seed, prompt], got shape {x.shape}")
+    x = x[~np.isnan(x).any(axis=1)]
+    if x.size == 0:
+        return Interval(np.nan, np.nan, np.nan, np.nan)
+    n_seeds, n_prompts = x.shape
+    rng = np.random.default_rng(seed)
+    seeds = rng.integers(n_seeds, size=(n_boot, n_seeds))
+    prompts = rng.integers(n_prompts, size=(n_boot, n_seeds, n_prompts))
+    means = x[seeds[..., None], prompts].mean(axis=(1, 2))
+    tail = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [tail, 1.0 - tail])
+    return Interval(float(x.mean()), float(lo), float(hi), float((means > 0).mean()))
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, **kw) -> Interval:
+    """Mean of ``a - b`` (both [seed index, prompt], the same prompts in the same order) with the
+    hierarchical interval; seed indices present on only one side are dropped."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape[1:] != b.shape[1:]:
+        raise ValueError(f"paired values need the same prompts: shapes {a.shape} and {b.shape}")
+    n = min(len(a), len(b))
+    return hierarchical_bootstrap(a[:n] - b[:n], **kw)
