@@ -25,8 +25,9 @@ def test_arms_cover_objectives_schedules_seeds_and_share_a_token_budget(tmp_path
         assert all(ph.objective == arm.objective for ph in cfg.phases)
         assert cfg.data.packing.positions == "continue"
         budgets.add(sum(ph.steps * ph.seq_len for ph in cfg.phases))
-        thetas = [ph.rope_theta for ph in cfg.phases]
-        assert (thetas[0] < thetas[-1]) == (arm.schedule == "phasewise")
+        start = models.read_manifest(cfg.init_from)["rope_theta"]  # the stage-1 student it extends
+        assert (start < cfg.phases[-1].rope_theta) == (arm.schedule == "phasewise")
+        assert (start == 500.0) == (arm.schedule != "fixed-large")
     assert len(budgets) == 1, f"arms must have the same token budget, got {budgets}"
     assert findings.parse_checkpoint(f"{todo[3].name}/ckpt-000090") == (todo[3].group, todo[3].seed)
     assert findings.parse_checkpoint("teacher/tiny-teacher") is None

@@ -68,7 +68,7 @@ def group_checkpoints(paths: dict[str, str | Path], steps: dict[str, int] | None
     Two different configs with the same label get the config hash appended to tell them apart.
     """
     steps = steps or {}
-    by_key: dict[str, list[Member]] = {}
+    by_key: dict[tuple[str, str], list[Member]] = {}
     labels: dict[str, set[str]] = {}
     references = []
     for label, path in paths.items():
@@ -77,13 +77,15 @@ def group_checkpoints(paths: dict[str, str | Path], steps: dict[str, int] | None
             references.append(label)
             continue
         cfg = yaml.safe_load((run / RUN_FILE).read_text())
+        name = arm_label(str(cfg.get("name", run.name)))
         key = arm_key(cfg)
-        by_key.setdefault(key, []).append(Member(label, run.name, int(cfg.get("seed", 0)), int(steps.get(label, -1))))
-        labels.setdefault(arm_label(str(cfg.get("name", run.name))), set()).add(key)
+        by_key.setdefault((name, key), []).append(
+            Member(label, run.name, int(cfg.get("seed", 0)), int(steps.get(label, -1))))
+        labels.setdefault(name, set()).add(key)
     arms: dict[str, list[Member]] = {}
     for label, keys in sorted(labels.items()):
         for key in sorted(keys):
-            members = by_key[key]
+            members = by_key[(label, key)]
             if which == "final":
                 last: dict[str, Member] = {}
                 for m in members:
