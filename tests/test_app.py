@@ -95,8 +95,11 @@ def _tiny_run_config(name: str, theta_long: float, teacher: str | None = None):
     cfg.name = name
     cfg.model = dataclasses.replace(cfg.model, hidden_size=32, intermediate_size=64, num_heads=2, num_kv_heads=1,
                                     head_dim=16, max_position_embeddings=256)
-    (cfg.phases[0].steps, cfg.phases[0].seq_len), (cfg.phases[1].steps, cfg.phases[1].seq_len) = (3, 64), (3, 128)
-    cfg.phases[1].rope_theta = theta_long
+    cfg.init_from = None  # from scratch, two phases: a short one at theta 500, a long one at theta_long
+    cfg.phases = [dataclasses.replace(cfg.phases[0], name="short", steps=3, seq_len=64, rope_theta=500.0, warmup_steps=1),
+                  dataclasses.replace(cfg.phases[0], name="long", steps=3, seq_len=128, rope_theta=theta_long,
+                                      warmup_steps=1)]
+    cfg.eval_tasks = ["passkey"]
     cfg.optim.micro_batch_size = 2
     cfg.checkpoint.every, cfg.checkpoint.keep_last = 3, 10
     cfg.eval_every, cfg.eval_lengths, cfg.eval_samples = 3, [64, 128], 1
