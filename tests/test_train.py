@@ -249,6 +249,8 @@ def test_eval_records_from_quick_eval(tmp_path):
 
 
 def test_tiny_student_presets_share_a_budget_and_differ_in_theta_and_objective():
+    """The demo's stage-2 arms: same tokens, packed short documents, each extending the stage-1 student of
+    its schedule's first theta to the 1024 window at the schedule's second theta."""
     paths = sorted((ROOT / "data" / "configs").glob("tiny-[ck][ed]-*.yaml"))
     cfgs = {p.stem: config.load_run_config(p) for p in paths}
     assert set(cfgs) == {f"tiny-{o}-{v}" for o in ("kd", "ce") for v in ("phasewise", "fixed-small", "fixed-large")}
@@ -256,14 +258,30 @@ def test_tiny_student_presets_share_a_budget_and_differ_in_theta_and_objective()
               * c.optim.grad_accum_steps for name, c in cfgs.items()}
     assert len(set(budget.values())) == 1
     for name, c in cfgs.items():
-        short, long = c.phases
-        assert short.seq_len < long.seq_len and c.data.kind == "synthetic-short"
+        (extend,) = c.phases
+        assert extend.seq_len == 1024 and c.data.kind == "synthetic-short"
         assert c.data.packing.positions == "continue" and 64 <= c.data.doc_len_min <= c.data.doc_len_max <= 256
         assert all(ph.objective == ("kd" if "-kd-" in name else "ce") for ph in c.phases)
         assert (c.teacher is not None) == ("-kd-" in name)
-        thetas = (short.rope_theta, long.rope_theta)
+        start = models.read_manifest(ROOT / c.init_from)
+        assert start["seq_len"] == 256  # a short-context (stage-1) student
+        thetas = (start["rope_theta"], extend.rope_theta)
         assert thetas == {"phasewise": (500.0, 10000.0), "fixed-small": (500.0, 500.0),
                           "fixed-large": (10000.0, 10000.0)}[name.split("-", 2)[2]]
+
+
+@pytest.mark.parametrize("theta", ["500", "10000"])
+def test_stage1_recipes_still_train(tmp_path, theta):
+    """The shipped stage-1 students' recipes, two steps per phase: every phase runs and checkpoints."""
+    import dataclasses
+
+    cfg = config.load_run_config(ROOT / "data" / "configs" / "stage1" / f"tiny-student-short-theta{theta}.yaml")
+    assert max(ph.seq_len for ph in cfg.phases) <= 256
+    cfg = dataclasses.replace(cfg, phases=[dataclasses.replace(ph, steps=2, warmup_steps=1) for ph in cfg.phases],
+                              eval_every=0, optim=dataclasses.replace(cfg.optim, micro_batch_size=2))
+    run = train(cfg, out=str(tmp_path / "run"), progress=False)
+    ends = [p for p in models.list_checkpoints(run) if models.read_manifest(p).get("phase_end")]
+    assert len(ends) == len(cfg.phases) and models.read_manifest(ends[-1])["rope_theta"] == float(theta)
 
 
 def test_lr_schedule_warmup_then_cosine_to_min_per_phase():
