@@ -6,6 +6,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# checkpoint-integrity verdicts (workbench.models.cache_dir) go to a fresh directory, never the user's cache
+os.environ.setdefault("WORKBENCH_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="workbench-test-cache-"))
 
 import pytest
 import torch

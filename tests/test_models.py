@@ -137,9 +137,9 @@ def test_corrupt_and_truncated_weights_get_clear_errors(saved_checkpoint, tmp_pa
     size = weights.stat().st_size
     weights.write_bytes(b"\xff" * size)  # same size, garbage header
     with pytest.raises(models.CheckpointError, match="corrupt or truncated safetensors"):
-        models.load(corrupt)
+        models.load(corrupt, full_hash=False)
     with pytest.raises(models.CheckpointError, match="sha256"):
-        models.verify_checkpoint(corrupt, full_hash=True)
+        models.load(corrupt)
 
 
 def test_missing_and_foreign_directories(saved_checkpoint, tmp_path):
@@ -197,3 +197,69 @@ def test_model_command_builds_saves_reloads(tmp_path):
     assert "max |logit diff| after reload: 0.00e+00" in out
     assert "critical dimension" in out
     models.load(tmp_path / "ckpt-init")
+
+
+# --------------------------------------------------------------------------------- integrity on load
+
+
+def _corrupt_tensor_bytes(weights, n: int = 64) -> None:
+    """Overwrite ``n`` bytes in the middle of the tensor data (after the safetensors header), same size."""
+    with open(weights, "r+b") as f:
+        header = int.from_bytes(f.read(8), "little")
+        data_start = 8 + header
+        f.seek(data_start + (weights.stat().st_size - data_start) // 2)
+        f.write(bytes(range(n)))
+
+
+def test_corrupt_tensor_data_refused_by_workbench_eval(tmp_path, capsys):
+    """64 bytes overwritten inside the tensor data of a copied shipped checkpoint: eval refuses, naming the file."""
+    from workbench import cli
+
+    copy = tmp_path / "tiny-teacher"
+    shutil.copytree("data/teacher/tiny-teacher", copy)
+    models.verify_checkpoint(copy)  # intact copy passes
+    _corrupt_tensor_bytes(copy / models.WEIGHTS)
+    models._check_hf_dir(copy)  # the header still parses: only the hash can tell
+    args = ["eval", str(copy), "--tasks", "passkey", "--lengths", "64", "--depths", "1", "--samples", "1",
+            "--out", str(tmp_path / "r.zarr")]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{copy / models.WEIGHTS}: sha256" in err and "does not match the manifest" in err
+    assert err.count("error:") == 1 and not (tmp_path / "r.zarr").exists()
+    with pytest.raises(models.CheckpointError, match="model.safetensors: sha256"):
+        models.load(copy)
+
+
+def test_integrity_verdict_cached_outside_the_checkpoint(saved_checkpoint, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(models.CACHE_ENV, str(cache))
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(saved_checkpoint, ckpt)
+    before = sorted(p.name for p in ckpt.rglob("*"))
+    calls = []
+    real = models._sha256
+    monkeypatch.setattr(models, "_sha256", lambda p: calls.append(p.name) or real(p))
+    models.verify_checkpoint(ckpt)
+    hashed = len(calls)
+    assert hashed >= 2 and "model.safetensors" in calls  # weights + config files
+    models.verify_checkpoint(ckpt)
+    models.load(ckpt)
+    assert len(calls) == hashed  # remembered: no second hash
+    assert sorted(p.name for p in ckpt.rglob("*")) == before and any(cache.rglob("*.json"))
+    # corrupted in place with its mtime restored: the ctime/inode in the key still forces a re-hash
+    weights = ckpt / models.WEIGHTS
+    st = weights.stat()
+    _corrupt_tensor_bytes(weights)
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(models.CheckpointError, match="does not match the manifest"):
+        models.verify_checkpoint(ckpt)
+    # an unwritable cache only costs a re-hash
+    monkeypatch.setenv(models.CACHE_ENV, "/proc/no-cache-here")
+    models.verify_checkpoint(saved_checkpoint)
+
+
+def test_fresh_save_is_remembered_and_hash_cost_is_small(gqa_model, tmp_path, monkeypatch):
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
+    path = models.save_checkpoint(gqa_model, tmp_path / "ckpt-000001", {"step": 1})
+    monkeypatch.setattr(models, "_sha256", lambda p: pytest.fail(f"{p} hashed again after its own save"))
+    models.verify_checkpoint(path)

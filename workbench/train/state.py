@@ -49,18 +49,23 @@ def write_state(ckpt_tmp: Path, state: dict[str, Any]) -> None:
 
 
 def read_state(ckpt: Path) -> dict[str, Any]:
+    """The trainer state of a checkpoint, after checking its sha256 against the manifest (cached verdict)."""
     path = Path(ckpt) / STATE_DIR / STATE_FILE
     if not path.is_file():
         raise models.CheckpointError(f"{ckpt}: no {STATE_DIR}/{STATE_FILE}; this checkpoint cannot be resumed "
                                      "(saved without trainer state)")
+    meta = models.read_manifest(ckpt).get("files", {}).get(f"{STATE_DIR}/{STATE_FILE}")
+    if meta is not None:
+        models.verify_file(path, meta["sha256"])
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint (manifest present and consistent) of a run, or None."""
+    """The newest complete checkpoint (manifest present, every listed file there with its size) of a run, or
+    None. Hashes are checked when it is loaded: a corrupt latest checkpoint is an error, never skipped."""
     for ckpt in reversed(models.list_checkpoints(run_dir)):
         try:
-            models.verify_checkpoint(ckpt)
+            models.verify_checkpoint(ckpt, full_hash=False)
         except models.CheckpointError:
             continue
         if (ckpt / STATE_DIR / STATE_FILE).is_file():
