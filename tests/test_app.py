@@ -115,7 +115,8 @@ def build_tiny_runs(root: Path) -> Path:
     """RUNS_DIR made only by the workbench's own writers: two real training runs (CE phase-wise, and KD
     from the CE run's last checkpoint as teacher), then ``results.zarr`` with the per-pair update groups
     (updates_weights, updates_states, bands) of the KD run, traces and repeated tokens of both final
-    checkpoints (two specs), and the retrieval grid of both final checkpoints."""
+    checkpoints (two specs), the retrieval grid of both final checkpoints, and the arm summaries of both
+runs (one seed each)."""
     from workbench import analysis, models
     from workbench.evals import grid
     from workbench.train.trainer import train
@@ -141,6 +142,13 @@ def build_tiny_runs(root: Path) -> Path:
                                                           copies=4, samples=1))
     plan = grid.plan([teacher, ckpts[-1]], tasks="passkey", lengths=[64, 128], depths=2, samples=1, out=out)
     grid.write(out, grid.evaluate_plan(plan, device="cpu", progress=False))
+    from workbench import arms as A
+    from workbench import store
+
+    ret = store.open_group(out, "retrieval").load()  # the arm summaries, as `workbench compare` writes them
+    A.write_summary(out, "arm_retrieval", A.retrieval_summary(ret))
+    A.write_summary(out, "arm_comparisons", A.retrieval_comparisons(ret, [("kd-phasewise", "ce-phasewise")]))
+    A.write_summary(out, "arm_updates", A.arm_means(weights, "comparison"))
     return root
 
 
@@ -518,3 +526,99 @@ def test_phase_overlays_fall_back_to_the_runs_config(tiny_runs, tmp_path):
     assert updates.phase_lengths(root_of(root), "nobands.zarr") == [64, 128]
     fig = updates.heatmap(root_of(root), "nobands.zarr", "W_q", None)
     assert any("critical pair" in (a.text or "") for a in fig.layout.annotations)
+
+
+def _arm_store(tiny_runs: Path, root: Path, *, comparisons: bool = True) -> str:
+    """A store in ``root`` holding the tiny runs' retrieval grid and per-pair updates of both runs, with the
+    arm summaries written by the real functions (``workbench compare`` and the demo's pair analysis)."""
+    import shutil
+
+    import xarray as xr
+
+    from workbench import analysis, models, store
+    from workbench import arms as A
+
+    out = root / "arms.zarr"
+    shutil.copytree(tiny_runs / "results.zarr", out)
+    shutil.rmtree(out / "updates_weights")
+    shutil.rmtree(out / "bands")
+    weights = analysis.weight_updates([*models.list_checkpoints(tiny_runs / "ce-phasewise")[-2:],
+                                       *models.list_checkpoints(tiny_runs / "kd-phasewise")[-2:]])
+    weights = weights.isel(comparison=[0, 2])  # ce: ckpt-3 -> ckpt-6; kd: ckpt-3 -> ckpt-6
+    analysis.write_group(out, "updates_weights", weights)
+    analysis.write_group(out, "bands", analysis.band_summary(weights, [64, 128]))
+    ret = store.open_group(out, "retrieval").load()
+    A.write_summary(out, "arm_retrieval", A.retrieval_summary(ret))
+    if comparisons:
+        A.write_summary(out, "arm_comparisons", A.retrieval_comparisons(ret, [("kd-phasewise", "ce-phasewise")]))
+    A.write_summary(out, "arm_updates", A.arm_means(store.open_group(out, "updates_weights").load(), "comparison"))
+    bands = store.open_group(out, "bands").load()
+    A.write_summary(out, "arm_bands", xr.merge([A.band_table(bands, "q_rel_update"),
+                                                A.band_table(bands, "k_rel_update")], compat="no_conflicts"))
+    return "arms.zarr"
+
+
+def test_retrieval_view_shows_arms_with_intervals_and_paired_differences(tiny_runs, tmp_path):
+    import numpy as np
+
+    from app.views import retrieval
+    from workbench import store
+
+    root = root_of(tmp_path)
+    name = _arm_store(tiny_runs, root)
+    tasks, arms = retrieval.arm_choices(root, name)
+    assert tasks == ["passkey"] and set(arms) == {"kd-phasewise", "ce-phasewise"}
+    assert retrieval.default_arms(root, name) == ["kd-phasewise", "ce-phasewise"]  # the stored comparison
+    heat, lines, diffs = retrieval.arm_grids(root, name, retrieval.ALL, ["kd-phasewise", "ce-phasewise"])
+    summary = store.open_group(root / name, "arm_retrieval").load()
+    assert len(heat.data) == 2
+    np.testing.assert_allclose(heat.data[0].z, summary["correct_by_depth"].sel(arm="kd-phasewise", task="passkey")
+                               .transpose("depth", "length").values)
+    means = [t for t in lines.data if t.mode == "lines+markers"]
+    assert [t.name for t in means] == ["kd-phasewise (n=1 seeds)", "ce-phasewise (n=1 seeds)"]
+    assert sum(t.fill == "toself" for t in lines.data) == 2  # one interval band per arm
+    stored = store.open_group(root / name, "arm_comparisons").load()
+    assert list(diffs.data[0].y) == ["kd-phasewise - ce-phasewise"]
+    np.testing.assert_allclose([t.x[0] for t in diffs.data],
+                               stored["difference"].sel(task="passkey").values[0])
+    # without a stored comparison the two picked arms are compared on the fly, with the same numbers
+    other = tmp_path / "other"
+    other.mkdir()
+    bare = _arm_store(tiny_runs, other, comparisons=False)
+    _, _, again = retrieval.arm_grids(root_of(other), bare, "passkey", ["kd-phasewise", "ce-phasewise"])
+    np.testing.assert_allclose([t.x[0] for t in again.data], [t.x[0] for t in diffs.data])
+    assert retrieval.arm_grids(root, name, "passkey", ["kd-phasewise"])[2] is None
+    with pytest.raises(ValueError, match="no arm 'nope'"):
+        retrieval.arm_grids(root, name, "passkey", ["nope"])
+    with pytest.raises(ValueError, match="no task 'niah'"):
+        retrieval.arm_grids(root, name, "niah", ["kd-phasewise"])
+
+
+def test_updates_view_shows_two_arms_side_by_side_with_band_intervals(tiny_runs, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from app.views import updates
+    from workbench import store
+
+    root = root_of(tmp_path)
+    name = _arm_store(tiny_runs, root)
+    assert updates.arms(root, name) == ["ce-phasewise", "kd-phasewise"]
+    assert updates.default_arms(updates.arms(root, name)) == ["kd-phasewise", "ce-phasewise"]
+    fig = updates.arm_heatmaps(root, name, "W_q", ["kd-phasewise", "ce-phasewise"])
+    weights = store.open_group(root / name, "updates_weights").load()
+    kd = [str(c) for c in weights["comparison"].values if c.startswith("kd")]
+    np.testing.assert_allclose(fig.data[0].z, weights["q_rel_update"].sel(comparison=kd[0]).mean("head")
+                               .transpose("layer", "pair").values)
+    assert len(fig.data) == 2 and fig.data[0].zmax == fig.data[1].zmax  # one colour scale
+    assert fig.layout.shapes, "critical-pair lines at the arms' final theta"
+    bars = updates.arm_bands(root, name, "W_k", ["kd-phasewise"])
+    assert list(bars.data[0].x) == ["kd-phasewise"] and bars.data[0].error_y.array is not None
+    with pytest.raises(ValueError, match="not for 'q states'"):
+        updates.arm_heatmaps(root, name, "q states", ["kd-phasewise"])
+    with pytest.raises(ValueError, match="no arm 'x'"):
+        updates.arm_heatmaps(root, name, "W_q", ["x"])
+    shutil.rmtree(root / name / "arm_updates")
+    with pytest.raises(ValueError, match="no 'arm_updates' group"):
+        updates.arms(root, name)

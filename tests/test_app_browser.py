@@ -174,6 +174,26 @@ def test_retrieval_view_side_by_side_and_click_opens_training_curve(server, wb_p
     page.screenshot(path=str(SHOTS / "retrieval-click.png"), full_page=True)
 
 
+def test_retrieval_and_updates_views_show_arms(server, wb_page):
+    page = wb_page
+    page.goto(server + "?tab=retrieval")
+    wait_for_graph(page, "retrieval-graph")
+    page.get_by_label("arms (mean over seeds, 95% interval)").check()
+    wait_for_graph(page, "retrieval-differences")
+    wait_until(page, "retrieval-graph", "gd._fullLayout.title.text.includes('mean over each arm')")
+    assert graph_eval(page, "retrieval-graph", "gd._fullData.filter(t => t.type === 'heatmap').length") == 2
+    assert graph_eval(page, "retrieval-differences", "gd._fullData[0].y[0]") == "kd-phasewise - ce-phasewise"
+    assert graph_eval(page, "retrieval-lines", "gd._fullData.filter(t => t.fill === 'toself').length") == 2
+    page.screenshot(path=str(SHOTS / "retrieval-arms.png"), full_page=True)
+    page.goto(server + "?tab=updates")
+    wait_for_graph(page, "updates-graph")
+    page.get_by_label("arms (mean over seeds)").check()
+    wait_until(page, "updates-graph", "gd._fullLayout.title.text.includes('mean over heads and seeds')")
+    assert "kd-phasewise" in graph_eval(page, "updates-graph", "gd._fullLayout.annotations[0].text")
+    page.screenshot(path=str(SHOTS / "updates-arms.png"), full_page=True)
+    assert not page.errors
+
+
 def test_traces_view_and_bucket_cross_link(server, wb_page):
     page = wb_page
     page.goto(server + "?tab=traces")

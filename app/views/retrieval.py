@@ -1,26 +1,36 @@
 """Retrieval view: depth x length heatmaps of several checkpoints side by side (KD vs CE, theta schedules),
 accuracy against length, and, on a click on a cell, that task and length's accuracy over training from
 the run's metrics.jsonl (the cross-link). Drawn through ``workbench.figures.retrieval`` and
-``workbench.figures.training`` from the store group ``retrieval`` (written by ``workbench eval``)."""
+``workbench.figures.training`` from the store group ``retrieval`` (written by ``workbench eval``).
+
+With "arms" shown, the same views are per arm (the seeds of one config pooled) from ``arm_retrieval``
+(written by ``workbench compare``): depth x length grids side by side, accuracy against length with the
+hierarchical-bootstrap interval, and the paired differences A - B among the picked arms (those stored in
+``arm_comparisons``, else computed from ``retrieval`` when exactly two arms are picked)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from app import runs as R
 from app import stores as S
 from app.paths import is_inside
 from app.views.common import control, graph, guarded, notice, register_store_picker, shown
+from workbench import arms as A
+from workbench.figures import findings as arm_figs
 from workbench.figures import retrieval as figs
 from workbench.figures import training as training_figs
 
 TAB = ("retrieval", "Retrieval")
 GROUP = "retrieval"
+ARMS_GROUP, COMPARISONS_GROUP = "arm_retrieval", "arm_comparisons"
 ALL = "__all__"
 MAX_SIDE_BY_SIDE = 6
+MODES = {"checkpoints": "checkpoints", "arms": "arms (mean over seeds, 95% interval)"}
 
 
 def choices(root: Path, store: str) -> tuple[list[str], list[str], list[str]]:
@@ -57,6 +67,76 @@ def grids(root: Path, store: str, task: Any, metric: Any, checkpoints: Any):
     ds = S.loaded(root, store, GROUP, metric)
     return (figs.heatmaps(ds, names, task=task, metric=metric),
             figs.accuracy_vs_length(ds, task=task, metric=metric, checkpoints=names))
+
+
+def has_arms(root: Path, store: str) -> bool:
+    return ARMS_GROUP in S.groups_of(root, store)
+
+
+def arm_choices(root: Path, store: str) -> tuple[list[str], list[str]]:
+    """(tasks, arms) of the store's arm summary; trained arms first, reference models last."""
+    ds = S.open_group(root, store, ARMS_GROUP)
+    names = [str(a) for a in ds["arm"].values]
+    refs = set(np.array(names)[ds["is_reference"].values]) if "is_reference" in ds.coords else set()
+    return [str(t) for t in ds["task"].values], [n for n in names if n not in refs] + [n for n in names if n in refs]
+
+
+def default_arms(root: Path, store: str) -> list[str]:
+    """Two arms side by side before the user picks: the first stored comparison's A and B (the paper's
+    KD - CE question), else the first two trained arms."""
+    _, arms = arm_choices(root, store)
+    if COMPARISONS_GROUP in S.groups_of(root, store):
+        comp = S.open_group(root, store, COMPARISONS_GROUP)
+        if comp.sizes.get("comparison") and "arm_a" in comp.coords:
+            pair = [str(comp["arm_a"].values[0]), str(comp["arm_b"].values[0])]
+            if all(a in arms for a in pair):
+                return pair
+    return arms[:2]
+
+
+def _arm_args(root: Path, store: str, task: Any, picked: Any) -> tuple[str, list[str]]:
+    tasks, arms = arm_choices(root, store)
+    names = [picked] if isinstance(picked, str) else list(picked or [])
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ValueError("pick at least one arm")
+    if len(names) > MAX_SIDE_BY_SIDE:
+        raise ValueError(f"at most {MAX_SIDE_BY_SIDE} arms side by side, got {len(names)}")
+    unknown = [n for n in names if n not in arms]
+    if unknown:
+        raise ValueError(f"no arm {unknown[0]!r} in {store}/{ARMS_GROUP} (has: {', '.join(arms)})")
+    task = tasks[0] if task in (None, ALL) else str(task)
+    if task not in tasks:
+        raise ValueError(f"no task {task!r} in {store}/{ARMS_GROUP} (has: {', '.join(tasks)})")
+    return task, names
+
+
+def arm_differences(root: Path, store: str, arms: list[str]):
+    """Paired differences A - B among ``arms``: the stored ones (``arm_comparisons``) whose two sides are
+    both picked; when none is stored and exactly two arms are picked, computed now from ``retrieval``
+    (the same paired hierarchical bootstrap ``workbench compare`` writes). None when there is nothing."""
+    picked = set(arms)
+    if COMPARISONS_GROUP in S.groups_of(root, store):
+        comp = S.open_group(root, store, COMPARISONS_GROUP)
+        keep = [str(c) for c, a, b in zip(comp["comparison"].values, comp["arm_a"].values, comp["arm_b"].values)
+                if str(a) in picked and str(b) in picked]
+        if keep:
+            return comp.sel(comparison=keep).load()
+    if len(arms) != 2 or GROUP not in S.groups_of(root, store):
+        return None
+    trained = A.retrieval_arms(S.open_group(root, store, GROUP))[0]
+    if not all(a in trained for a in arms):
+        return None  # a reference model (teacher) has no seeds to pair
+    return A.retrieval_comparisons(S.loaded(root, store, GROUP, "correct"), [(arms[0], arms[1])])
+
+
+def arm_grids(root: Path, store: str, task: Any, picked: Any):
+    """(side-by-side arm grids, accuracy vs length with intervals, paired differences or None)."""
+    task, names = _arm_args(root, store, task, picked)
+    summary = S.open_group(root, store, ARMS_GROUP).load()
+    diffs = arm_differences(root, store, names)
+    return (figs.arm_heatmaps(summary, names, task=task),
+            arm_figs.arm_accuracy_intervals(summary, task, arms=names),
+            arm_figs.comparison_intervals(diffs, task) if diffs is not None else None)
 
 
 def run_of_checkpoint(root: Path, store: str, checkpoint: str) -> str | None:
@@ -102,24 +182,35 @@ def layout() -> html.Div:
     return html.Div([
         html.Div([
             control("store", dcc.Dropdown(id="retrieval-store", placeholder="pick a store", clearable=False)),
+            control("show", dcc.RadioItems(id="retrieval-mode", options=[{"label": v, "value": k}
+                                                                         for k, v in MODES.items()],
+                                           value="checkpoints", inline=True)),
             control("task", dcc.Dropdown(id="retrieval-task", clearable=False)),
             control("metric", dcc.Dropdown(id="retrieval-metric", clearable=False)),
-            control("checkpoints (side by side)", dcc.Dropdown(id="retrieval-checkpoints", multi=True,
+            control("checkpoints or arms (side by side)", dcc.Dropdown(id="retrieval-checkpoints", multi=True,
                                                                style={"minWidth": "420px"})),
         ], className="wb-controls"),
         html.Div(id="retrieval-messages"),
         graph("retrieval-graph", 420),
         html.Div([graph("retrieval-lines", 380), graph("retrieval-curve", 380)], className="wb-row"),
         html.Div(id="retrieval-curve-messages"),
+        graph("retrieval-differences", 360),
     ])
 
 
 def register(app: Dash, root: Path) -> None:
     register_store_picker(app, root, "retrieval", GROUP)
 
-    def pickers(store: Any, task: Any, metric: Any, current: Any):
+    def pickers(store: Any, mode: Any, task: Any, metric: Any, current: Any):
         if not store:
             return [], None, [], None, [], []
+        if mode == "arms":
+            if not has_arms(root, store):
+                raise ValueError(f"{store} has no {ARMS_GROUP!r} group: `workbench compare {store}` writes it")
+            tasks, arms = arm_choices(root, store)
+            keep = [a for a in (current or []) if a in arms] or default_arms(root, store)
+            return ([{"label": t, "value": t} for t in tasks], task if task in tasks else tasks[0],
+                    ["correct"], "correct", arms, keep)
         tasks, metrics, ckpts = choices(root, store)
         keep = [c for c in (current or []) if c in ckpts] or default_checkpoints(ckpts)
         task_opts = [{"label": "all tasks", "value": ALL}] + [{"label": t, "value": t} for t in tasks]
@@ -130,25 +221,36 @@ def register(app: Dash, root: Path) -> None:
         Output("retrieval-task", "options"), Output("retrieval-task", "value"),
         Output("retrieval-metric", "options"), Output("retrieval-metric", "value"),
         Output("retrieval-checkpoints", "options"), Output("retrieval-checkpoints", "value"),
-        Input("retrieval-store", "value"), State("retrieval-task", "value"), State("retrieval-metric", "value"),
-        State("retrieval-checkpoints", "value"),
+        Input("retrieval-store", "value"), Input("retrieval-mode", "value"), State("retrieval-task", "value"),
+        State("retrieval-metric", "value"), State("retrieval-checkpoints", "value"),
     )(guarded(pickers, lambda m: ([], None, [], None, [], [])))
 
-    def draw(store: Any, task: Any, metric: Any, checkpoints: Any):
+    hidden = ({}, shown(False, 420), {}, shown(False, 380), {}, shown(False, 360))
+
+    def draw(store: Any, mode: Any, task: Any, metric: Any, checkpoints: Any):
         if not store or not metric:
-            return {}, shown(False, 420), {}, shown(False, 380), no_update
+            return (*hidden, no_update)
+        if mode == "arms":
+            heat, lines, diffs = arm_grids(root, store, task, checkpoints)
+            return (heat, shown(True, 420), lines, shown(True, 380), diffs or {}, shown(diffs is not None, 360),
+                    [] if diffs is not None else notice(["no paired difference among the picked arms (pick two "
+                                                         "trained arms)"]))
         heat, lines = grids(root, store, task, metric, checkpoints)
-        return heat, shown(True, 420), lines, shown(True, 380), []
+        return heat, shown(True, 420), lines, shown(True, 380), {}, shown(False, 360), []
 
     app.callback(
         Output("retrieval-graph", "figure"), Output("retrieval-graph", "style"),
         Output("retrieval-lines", "figure"), Output("retrieval-lines", "style"),
+        Output("retrieval-differences", "figure"), Output("retrieval-differences", "style"),
         Output("retrieval-messages", "children", allow_duplicate=True),
-        Input("retrieval-store", "value"), Input("retrieval-task", "value"), Input("retrieval-metric", "value"),
-        Input("retrieval-checkpoints", "value"), prevent_initial_call="initial_duplicate",
-    )(guarded(draw, lambda m: ({}, shown(False, 420), {}, shown(False, 380), notice([m], "error"))))
+        Input("retrieval-store", "value"), Input("retrieval-mode", "value"), Input("retrieval-task", "value"),
+        Input("retrieval-metric", "value"), Input("retrieval-checkpoints", "value"),
+        prevent_initial_call="initial_duplicate",
+    )(guarded(draw, lambda m: (*hidden, notice([m], "error"))))
 
-    def curve(click: Any, store: Any, task: Any, checkpoints: Any):
+    def curve(click: Any, store: Any, mode: Any, task: Any, checkpoints: Any):
+        if mode == "arms":
+            return {}, shown(False, 380), []
         if not click or not store:
             return {}, shown(False, 380), notice(["click a heatmap cell to see that length's accuracy during training"])
         fig, message = clicked_curve(root, store, task, checkpoints, click)
@@ -157,6 +259,6 @@ def register(app: Dash, root: Path) -> None:
     app.callback(
         Output("retrieval-curve", "figure"), Output("retrieval-curve", "style"),
         Output("retrieval-curve-messages", "children"),
-        Input("retrieval-graph", "clickData"), State("retrieval-store", "value"), State("retrieval-task", "value"),
-        State("retrieval-checkpoints", "value"),
+        Input("retrieval-graph", "clickData"), State("retrieval-store", "value"), State("retrieval-mode", "value"),
+        State("retrieval-task", "value"), State("retrieval-checkpoints", "value"),
     )(guarded(curve, lambda m: ({}, shown(False, 380), notice([m], "error"))))

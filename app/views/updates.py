@@ -4,6 +4,10 @@ Layer x pair heatmap (colour = relative update, pair axis labelled with waveleng
 of every phase length overlaid), head x pair for one layer (clicking a heatmap cell selects its layer),
 and band bars. Drawn through ``workbench.figures.updates`` from the store groups ``updates_weights``,
 ``updates_states`` and ``bands`` (written by ``workbench updates``).
+
+With "arms" shown, the W_q / W_k views are per arm (seeds pooled) from ``arm_updates`` and ``arm_bands``
+(written by ``workbench demo``'s pair analysis): layer x pair heatmaps of two or more arms side by side,
+and the band means with their interval over seeds.
 """
 
 from __future__ import annotations
@@ -17,10 +21,14 @@ from app import runs as R
 from app import stores as S
 from app.views.common import (control, graph, guarded, notice, register_store_picker,
                               shown)
+from workbench.figures import findings as arm_figs
 from workbench.figures import updates as figs
 
 TAB = ("updates", "Query updates")
 GROUP = "updates_weights"
+ARMS_GROUP, ARM_BANDS_GROUP = "arm_updates", "arm_bands"
+MODES = {"pairs": "checkpoint pair", "arms": "arms (mean over seeds)"}
+MAX_SIDE_BY_SIDE = 4
 # source -> (store group, variable)
 SOURCES = {
     "W_q": ("updates_weights", "q_rel_update"),
@@ -117,6 +125,55 @@ def bands(root: Path, store: str, source: str, comparison: str | None):
     return figs.band_bars(S.open_group(root, store, "bands"), comparison=comparison, var=var)
 
 
+def arms(root: Path, store: str) -> list[str]:
+    """Arms of the store's ``arm_updates`` group (one clear error when it has none)."""
+    if ARMS_GROUP not in S.groups_of(root, store):
+        raise ValueError(f"{store} has no {ARMS_GROUP!r} group (per-arm means over seeds; the demo's pair "
+                         "analysis writes it)")
+    return [str(a) for a in S.open_group(root, store, ARMS_GROUP)["arm"].values]
+
+
+def _arm_args(root: Path, store: str, source: str, picked: Any) -> tuple[str, list[str]]:
+    group, var = source_of(source)
+    if group != "updates_weights":
+        raise ValueError(f"arms are summarised for the weights (W_q, W_k), not for {source!r}")
+    names = [picked] if isinstance(picked, str) else list(picked or [])
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ValueError("pick at least one arm")
+    if len(names) > MAX_SIDE_BY_SIDE:
+        raise ValueError(f"at most {MAX_SIDE_BY_SIDE} arms side by side, got {len(names)}")
+    known = arms(root, store)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"no arm {unknown[0]!r} in {store}/{ARMS_GROUP} (has: {', '.join(known)})")
+    return var, names
+
+
+def arm_heatmaps(root: Path, store: str, source: str, picked: Any):
+    """Layer x pair heatmaps of the picked arms side by side (mean over heads and seeds)."""
+    var, names = _arm_args(root, store, source, picked)
+    return figs.arm_layer_pair_heatmaps(S.loaded(root, store, ARMS_GROUP, var), names, var=var,
+                                        phase_lengths=phase_lengths(root, store, source))
+
+
+def arm_bands(root: Path, store: str, source: str, picked: Any):
+    """Band means of the picked arms with their interval over seeds (None without ``arm_bands``)."""
+    var, names = _arm_args(root, store, source, picked)
+    if ARM_BANDS_GROUP not in S.groups_of(root, store):
+        return None
+    table = S.open_group(root, store, ARM_BANDS_GROUP)
+    return arm_figs.band_update_intervals(table.sel(arm=[n for n in names if n in table["arm"].values]).load(),
+                                          var=var)
+
+
+def default_arms(names: list[str]) -> list[str]:
+    """The first KD arm and its CE counterpart when both exist, else the first two arms."""
+    for name in names:
+        if name.startswith("kd") and "ce" + name[2:] in names:
+            return [name, "ce" + name[2:]]
+    return names[:2]
+
+
 def layer_from_click(click: Any) -> int | None:
     """The layer of a clicked layer x pair cell (the cross-link to the head x pair view)."""
     try:
@@ -129,10 +186,14 @@ def layout() -> html.Div:
     return html.Div([
         html.Div([
             control("store", dcc.Dropdown(id="updates-store", placeholder="pick a store", clearable=False)),
+            control("show", dcc.RadioItems(id="updates-mode", options=[{"label": v, "value": k}
+                                                                       for k, v in MODES.items()],
+                                           value="pairs", inline=True)),
             control("what", dcc.RadioItems(id="updates-source", options=list(SOURCES), value="W_q", inline=True)),
             control("checkpoint pair", dcc.Dropdown(id="updates-comparison", clearable=False,
                                                     style={"minWidth": "320px"})),
             control("layer (or click a cell)", dcc.Dropdown(id="updates-layer", clearable=False)),
+            control("arms (side by side)", dcc.Dropdown(id="updates-arms", multi=True, style={"minWidth": "320px"})),
         ], className="wb-controls"),
         html.Div(id="updates-messages"),
         graph("updates-graph", 460),
@@ -165,7 +226,25 @@ def register(app: Dash, root: Path) -> None:
         State("updates-comparison", "value"), State("updates-layer", "value"),
     )(guarded(pickers, lambda m: ([], None, [], None, no_update)))
 
-    def draw(store: Any, source: Any, comparison: Any):
+    def arm_picker(store: Any, mode: Any, current: Any):
+        if not store or mode != "arms":
+            return [], []
+        names = arms(root, store)
+        return names, [a for a in (current or []) if a in names] or default_arms(names)
+
+    app.callback(
+        Output("updates-arms", "options"), Output("updates-arms", "value"),
+        Input("updates-store", "value"), Input("updates-mode", "value"), State("updates-arms", "value"),
+    )(guarded(arm_picker, lambda m: ([], [])))
+
+    def draw(store: Any, mode: Any, source: Any, comparison: Any, picked: Any):
+        if mode == "arms" and store:
+            if not picked:
+                arms(root, store)  # says so when the store has no arm summary
+                return {}, shown(False, 460), {}, shown(False, 400), no_update
+            bars = arm_bands(root, store, source, picked)
+            return (arm_heatmaps(root, store, source, picked), shown(True, 460), bars or {},
+                    shown(bars is not None, 400), [])
         if not store or not comparison:
             return {}, shown(False, 460), {}, shown(False, 400), no_update
         fig = heatmap(root, store, source, comparison)
@@ -176,17 +255,17 @@ def register(app: Dash, root: Path) -> None:
         Output("updates-graph", "figure"), Output("updates-graph", "style"),
         Output("updates-bands", "figure"), Output("updates-bands", "style"),
         Output("updates-messages", "children", allow_duplicate=True),
-        Input("updates-store", "value"), Input("updates-source", "value"), Input("updates-comparison", "value"),
-        prevent_initial_call="initial_duplicate",
+        Input("updates-store", "value"), Input("updates-mode", "value"), Input("updates-source", "value"),
+        Input("updates-comparison", "value"), Input("updates-arms", "value"), prevent_initial_call="initial_duplicate",
     )(guarded(draw, lambda m: ({}, shown(False, 460), {}, shown(False, 400), notice([m], "error"))))
 
-    def draw_heads(store: Any, source: Any, comparison: Any, layer: Any):
-        if not store or not comparison or layer is None:
+    def draw_heads(store: Any, mode: Any, source: Any, comparison: Any, layer: Any):
+        if mode == "arms" or not store or not comparison or layer is None:
             return {}, shown(False, 400)
         return heads(root, store, source, comparison, layer), shown(True, 400)
 
     app.callback(
         Output("updates-heads", "figure"), Output("updates-heads", "style"),
-        Input("updates-store", "value"), Input("updates-source", "value"), Input("updates-comparison", "value"),
-        Input("updates-layer", "value"),
+        Input("updates-store", "value"), Input("updates-mode", "value"), Input("updates-source", "value"),
+        Input("updates-comparison", "value"), Input("updates-layer", "value"),
     )(guarded(draw_heads, lambda m: ({}, shown(False, 400))))

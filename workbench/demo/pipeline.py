@@ -334,7 +334,7 @@ def summarise_updates(store_path: Path) -> None:
                                                            "comparison"))
     bands = store.open_group(store_path, "bands").load()
     A.write_summary(store_path, "arm_bands", xr.merge([A.band_table(bands, "q_rel_update"),
-                                                       A.band_table(bands, "k_rel_update")]))
+                                                       A.band_table(bands, "k_rel_update")], compat="no_conflicts"))
 
 
 def compare_arms(opts: DemoOptions, state: DemoState) -> None:

@@ -3,7 +3,9 @@
 - :func:`heatmap`: depth x length accuracy grid of one checkpoint (the needle-in-a-haystack picture);
 - :func:`heatmaps`: the same grid side by side for several checkpoints (shared colour scale);
 - :func:`accuracy_vs_length`: one line per checkpoint, accuracy averaged over depths and samples against
-  length (the KD vs CE x theta-schedule comparison), with a vertical marker at each checkpoint's trained length.
+  length (the KD vs CE x theta-schedule comparison), with a vertical marker at each checkpoint's trained length;
+- :func:`arm_heatmaps`: the depth x length grid side by side for several arms of an ``arm_retrieval`` group
+  (mean over each arm's seeds; the intervals are drawn by ``workbench.figures.findings``).
 
 ``metric`` is any per-sample variable: ``correct`` (greedy exact match, default), ``match_all``,
 ``match_part`` (RULER) or ``answer_logprob``. ``task=None`` averages over all tasks in the data.
@@ -90,6 +92,32 @@ def heatmaps(ds: xr.Dataset, checkpoints: Sequence[str] | None = None, *, task: 
         fig.update_xaxes(title_text="length (tokens)", row=1, col=i + 1)
     fig.update_yaxes(title_text="needle depth", autorange="reversed", row=1, col=1)
     fig.update_layout(title=title or _what(metric, task), margin=dict(t=80, r=20, b=50, l=70))
+    return fig
+
+
+def arm_heatmaps(summary: xr.Dataset, arms: Sequence[str], *, task: str, metric: str = "correct") -> go.Figure:
+    """Depth x length grids of ``{metric}_by_depth`` (mean over seeds and samples) side by side for ``arms``
+    of an ``arm_retrieval`` group, on one colour scale; titles give each arm's seed count."""
+    var = f"{metric}_by_depth"
+    if var not in summary:
+        raise ValueError(f"no variable {var!r} in the arm summary (has {', '.join(map(str, summary.data_vars))})")
+    known = [str(a) for a in summary["arm"].values]
+    missing = [a for a in arms if a not in known]
+    if missing or not arms:
+        raise ValueError(f"no arm {missing[0] if missing else None!r} in the arm summary (has {', '.join(known)})")
+    tasks = [str(t) for t in summary["task"].values]
+    if task not in tasks:
+        raise ValueError(f"no task {task!r} in the arm summary (has {', '.join(tasks)})")
+    grids = [summary[var].sel(arm=a, task=task) for a in arms]
+    titles = [f"{a} ({int(summary['n_seeds'].sel(arm=a))} seed(s))" if "n_seeds" in summary.coords else a
+              for a in arms]
+    fig = make_subplots(rows=1, cols=len(arms), subplot_titles=titles, shared_yaxes=True,
+                        horizontal_spacing=min(0.05, 0.3 / max(1, len(arms))))
+    for i, g in enumerate(grids):
+        fig.add_trace(_heat(g, metric, i == len(grids) - 1, (0.0, 1.0)), row=1, col=i + 1)
+        fig.update_xaxes(title_text="length (tokens)", row=1, col=i + 1)
+    fig.update_yaxes(title_text="needle depth", autorange="reversed", row=1, col=1)
+    fig.update_layout(title=f"{_what(metric, task)}: mean over each arm's seeds", margin=dict(t=80, r=20, b=50, l=70))
     return fig
 
 

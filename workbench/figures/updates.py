@@ -5,6 +5,8 @@
   labelled with wavelengths, vertical lines at the critical pair of every phase context length;
 - :func:`head_pair_heatmap`: head x pair for one layer;
 - :func:`band_bars`: mean update per frequency band and layer;
+- :func:`arm_layer_pair_heatmaps`: the layer x pair heatmap side by side for several arms of an
+  ``arm_updates`` group (mean over each arm's seeds), on one colour scale;
 - :func:`probe_curves`: position-probe R^2 or accuracy against layer, one line per checkpoint;
 - :func:`score_profile`: mean per-pair score term by relative-distance bucket for one layer.
 """
@@ -16,6 +18,8 @@ from typing import Sequence
 import numpy as np
 import plotly.graph_objects as go
 import xarray as xr
+
+from plotly.subplots import make_subplots
 
 from workbench import rope
 
@@ -95,6 +99,45 @@ def layer_pair_heatmap(ds: xr.Dataset, *, comparison: str | None = None, var: st
         xaxis=_pair_axis(ds, ticks),
         yaxis=dict(title="layer", dtick=1), margin=dict(t=80, r=20, b=70, l=60),
     )
+    return fig
+
+
+def arm_layer_pair_heatmaps(arm_updates: xr.Dataset, arms: Sequence[str], *, var: str = "q_rel_update",
+                            phase_lengths: Sequence[int] | None = None) -> go.Figure:
+    """Layer x pair heatmaps of ``var`` (mean over heads and over each arm's seeds) side by side for ``arms``
+    of an ``arm_updates`` group, one colour scale, the critical pairs of the phase lengths overlaid at each
+    arm's final theta (when the seeds of the arm share it)."""
+    known = [str(a) for a in arm_updates["arm"].values]
+    missing = [a for a in arms if a not in known]
+    if missing or not arms:
+        raise ValueError(f"no arm {missing[0] if missing else None!r} in the arm updates (has {', '.join(known)})")
+    da = _var(arm_updates, var)
+    da = da.mean([d for d in ("head", "kv_head") if d in da.dims])
+    grids = [da.sel(arm=a).transpose("layer", "pair").values for a in arms]
+    zmax = float(np.nanmax([np.nanmax(g) for g in grids]))
+    titles = [f"{a} ({int(arm_updates['n_seeds'].sel(arm=a))} seed(s))" if "n_seeds" in arm_updates.coords else a
+              for a in arms]
+    fig = make_subplots(rows=1, cols=len(arms), subplot_titles=titles, shared_yaxes=True,
+                        horizontal_spacing=min(0.06, 0.3 / max(1, len(arms))))
+    head_dim = int(arm_updates.attrs.get("head_dim", 2 * arm_updates.sizes["pair"]))
+    for i, (arm, z) in enumerate(zip(arms, grids)):
+        waves = (arm_updates["wavelength_after"].sel(arm=arm).values if "wavelength_after" in arm_updates.coords
+                 else arm_updates["wavelength"].values)
+        fig.add_trace(go.Heatmap(z=z, x=arm_updates["pair"].values, y=arm_updates["layer"].values, zmin=0, zmax=zmax,
+                                 colorscale="Viridis", colorbar_title=var, showscale=i == len(arms) - 1,
+                                 customdata=np.broadcast_to(waves, z.shape),
+                                 hovertemplate=arm + "<br>layer %{y}, pair %{x} (wavelength %{customdata:.4g})<br>"
+                                 + var + " %{z:.4g}<extra></extra>"), row=1, col=i + 1)
+        fig.update_xaxes(title_text="pair j", row=1, col=i + 1)
+        if "theta_after" in arm_updates.coords:
+            theta = float(arm_updates["theta_after"].sel(arm=arm))
+            for length in sorted(int(x) for x in phase_lengths or ()):
+                crit = rope.critical_pair(theta, head_dim, length)
+                if crit < arm_updates.sizes["pair"]:
+                    fig.add_vline(x=crit - 0.5, line_color="#ff4136", line_width=2, row=1, col=i + 1)
+    fig.update_yaxes(title_text="layer", dtick=1, row=1, col=1)
+    fig.update_layout(title=f"{TITLES.get(var, var)} (mean over heads and seeds; red line: critical pair of each "
+                      "phase length at the arm's final theta)", margin=dict(t=90, r=20, b=50, l=60))
     return fig
 
 
