@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -325,3 +326,57 @@ def test_teacher_runs_at_its_configured_theta(teacher_dir):
     with torch.no_grad():
         assert torch.allclose(teacher(ids).logits, fresh(ids).logits, atol=1e-5)
         assert not torch.allclose(models.load(teacher_dir)[0](ids).logits, fresh(ids).logits, atol=1e-3)
+
+
+def _fields(cls) -> set[str]:
+    import dataclasses
+
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def test_ce_plus_kd_with_default_weights_trains_and_run_yaml_holds_every_default(tmp_path, teacher_dir):
+    cfg = run_cfg(teacher_dir, checkpoint={"every": 0, "keep_last": 1})  # no loss weights: the defaults
+    cfg["phases"] = [dict(cfg["phases"][0], steps=2, objective="ce+kd")]
+    run = train(config.load_run_config(_write(tmp_path, cfg)), out=str(tmp_path / "run"), progress=False)
+    for r in records(run):  # default weights: 0.5 * CE + 1.0 * KD
+        assert r["ce"] > 0 and r["kd"] > 0 and r["loss"] == pytest.approx(0.5 * r["ce"] + 1.0 * r["kd"], rel=1e-5)
+    resolved = yaml.safe_load((run / "run.yaml").read_text())
+    assert resolved["loss"]["ce_weight"] == 0.5 and resolved["loss"]["kd_weight"] == 1.0
+    assert resolved["optim"]["precision"] == "auto" and resolved["optim"]["eps"] == 1e-8
+    for section, cls in (("", config.RunConfig), ("loss", config.LossConfig), ("optim", config.OptimConfig),
+                         ("checkpoint", config.CheckpointConfig), ("model", config.ModelConfig),
+                         ("teacher", config.TeacherConfig), ("data", config.DataConfig)):
+        assert set(resolved[section] if section else resolved) == _fields(cls), section
+    assert set(resolved["phases"][0]) == _fields(config.PhaseConfig)
+    manifest = models.read_manifest(run / "ckpt-000002")
+    assert manifest["config_hash_version"] == config.HASH_VERSION and manifest["precision"] == "fp32"
+
+
+def test_run_started_before_the_hash_change_still_resumes(tmp_path, teacher_dir):
+    """A run directory as version 1 left it (old config_hash, no hash version, ce_weight resolved to 0.0)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_config import _as_v1_wrote_it, _v1_hash
+
+    cfg = run_cfg(teacher_dir, checkpoint={"every": 0, "keep_last": 1})
+    cfg["phases"][0]["steps"] = cfg["phases"][1]["steps"] = 2
+    path = _write(tmp_path, cfg)
+    full = train(config.load_run_config(path), out=str(tmp_path / "full"), progress=False)
+    old = tmp_path / "old"
+    shutil.copytree(full, old)
+    shutil.rmtree(old / "ckpt-000004")
+    v1 = _as_v1_wrote_it(config.load_run_config(path))
+    (old / "run.yaml").write_text(yaml.safe_dump(v1, sort_keys=False))
+    manifest = json.loads((old / "ckpt-000002" / models.MANIFEST).read_text())
+    manifest["config_hash"] = _v1_hash(v1)
+    del manifest["config_hash_version"], manifest["precision"], manifest["weights_dtype"]
+    (old / "ckpt-000002" / models.MANIFEST).write_text(json.dumps(manifest))
+    # a changed setting is still refused ...
+    changed = dict(cfg, phases=[dict(cfg["phases"][0]), dict(cfg["phases"][1], lr=2e-3)])
+    with pytest.raises(config.ConfigError, match="differs from the one the run was started with"):
+        train(config.from_dict(config.RunConfig, changed), out=str(old), resume=True, progress=False)
+    # ... the same YAML resumes, bit-exactly, and keeps the run's hash version
+    train(config.load_run_config(path), out=str(old), resume=True, progress=False)
+    assert [(r["step"], r["loss"], r["kd"]) for r in records(old)] == [(r["step"], r["loss"], r["kd"])
+                                                                       for r in records(full)]
+    later = models.read_manifest(old / "ckpt-000004")
+    assert later["config_hash"] == _v1_hash(v1) and later["config_hash_version"] == 1

@@ -243,7 +243,8 @@ def save_checkpoint(model, path: str | Path, manifest: Mapping[str, Any] | None 
 
     def fill(tmp: Path) -> None:
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in state.values() if v.is_floating_point()})
+        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)  # (it empties ``state``)
         if extra is not None:
             extra(tmp)
         files = {p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
@@ -254,6 +255,7 @@ def save_checkpoint(model, path: str | Path, manifest: Mapping[str, Any] | None 
             "rope_scaling": {k: v for k, v in params.items() if k != "rope_theta"},
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
             "versions": library_versions(),
+            "weights_dtype": ",".join(dtypes),
             **dict(manifest or {}),
             "files": files,
         }

@@ -65,14 +65,25 @@ def barrier(d: Dist) -> None:
         dist.barrier()
 
 
-def shard(root: torch.nn.Module, blocks: list[torch.nn.Module]) -> None:
+def mixed_precision(precision: str):
+    """FSDP2 policy: bf16 unsharded parameters for compute, fp32 gradient reduction (the sharded master
+    parameters and the optimiser stay fp32); fp32: no casts."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    if precision == "bf16":
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    return MixedPrecisionPolicy()
+
+
+def shard(root: torch.nn.Module, blocks: list[torch.nn.Module], precision: str = "fp32") -> None:
     """FSDP2: shard each block, then the root (which owns the remaining parameters: embeddings, norms,
     lm_heads). Gradients are *summed* over ranks: the loss is already normalised by the global token count."""
     from torch.distributed.fsdp import fully_shard
 
+    mp = mixed_precision(precision)
     for block in blocks:
-        fully_shard(block)
-    fully_shard(root)
+        fully_shard(block, mp_policy=mp)
+    fully_shard(root, mp_policy=mp)
     for m in [*blocks, root]:
         m.set_gradient_divide_factor(1.0)
         m.set_force_sum_reduction_for_comms(True)  # plain SUM: gloo has no PREMUL_SUM

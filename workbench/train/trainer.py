@@ -70,21 +70,30 @@ def _hf_config(path: Path, what: str) -> dict[str, Any]:
     return json.loads(cfg_file.read_text())
 
 
-def preflight(cfg: RunConfig, run_dir: Path, *, resume: bool, world_size: int = 1) -> None:
-    """Every input error as one clear exception, before any model is built or any data generated."""
+def preflight(cfg: RunConfig, run_dir: Path, *, resume: bool, world_size: int = 1) -> tuple[RunConfig, int]:
+    """Every input error as one clear exception, before any model is built or any data generated.
+
+    Returns the config to train with and its hash version: on ``--resume`` of a run written by an older
+    version, ``cfg`` with that version's defaults restored for the keys the YAML leaves out (see
+    ``workbench.config.as_written_by``), checked against the run's ``config_hash``."""
     has_run = run_dir.is_dir() and (any(run_dir.glob("ckpt-*")) or (run_dir / "metrics.jsonl").exists())
     first_rank = os.environ.get("RANK", "0") == "0"  # other ranks may start after rank 0 created the run
     if has_run and not resume and first_rank:
         raise FileExistsError(f"{run_dir}: already holds a run; pass --resume to continue it, or --out for a new "
                               "run directory (nothing is overwritten)")
-    check_inputs(cfg, world_size)
+    version = wconfig.HASH_VERSION
     if resume and has_run:
         ckpt = state.latest_checkpoint(run_dir)
         if ckpt is not None:
-            old = models.read_manifest(ckpt).get("config_hash")
-            if old != wconfig.config_hash(cfg):
+            manifest = models.read_manifest(ckpt)
+            old, version = manifest.get("config_hash"), int(manifest.get("config_hash_version", 1))
+            cfg = wconfig.as_written_by(cfg, version)
+            new = wconfig.config_hash(cfg, version)
+            if old != new:
                 raise ConfigError(f"{run_dir}: --resume with a config that differs from the one the run was started "
-                                  f"with (config_hash {old} vs {wconfig.config_hash(cfg)}); see {run_dir}/run.yaml")
+                                  f"with (config_hash {old} vs {new}, hash version {version}); see {run_dir}/run.yaml")
+    check_inputs(cfg, world_size)
+    return cfg, version
 
 
 def check_inputs(cfg: RunConfig, world_size: int = 1) -> None:
@@ -168,6 +177,23 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``optim.precision`` for a device: auto is bf16 on CUDA and fp32 elsewhere."""
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if name not in ("fp32", "bf16"):
+        raise ConfigError(f"optim.precision: {name!r} is not one of 'auto', 'fp32', 'bf16'")
+    return name
+
+
+def autocast_for(precision: str, device: torch.device):
+    """bf16 autocast on the run's device (CPU included) for the student, the teacher and the chunked loss;
+    master weights, optimiser state and checkpoints stay fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def load_teacher(cfg: RunConfig, device: torch.device):
     teacher, _ = models.load(cfg.teacher.path, device=device, allow_plain_hf=True)
     if cfg.teacher.rope_theta is not None:
@@ -208,18 +234,19 @@ def train(cfg: RunConfig, *, out: str | None = None, resume: bool = False, progr
     hf_logging.disable_progress_bar()  # one progress bar: ours
     run_dir = run_dir_of(cfg, out)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    preflight(cfg, run_dir, resume=resume, world_size=world)
+    cfg, hash_version = preflight(cfg, run_dir, resume=resume, world_size=world)
     device = pick_device(cfg.device)
     dd = distributed.init(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     try:
-        return _train(cfg, run_dir, resume, progress, device, dd, data)
+        return _train(cfg, run_dir, resume, progress, device, dd, data, hash_version)
     finally:
         distributed.shutdown()
 
 
-def _train(cfg, run_dir: Path, resume: bool, progress: bool, device, dd: distributed.Dist, data) -> Path:
+def _train(cfg, run_dir: Path, resume: bool, progress: bool, device, dd: distributed.Dist, data,
+           hash_version: int = wconfig.HASH_VERSION) -> Path:
     ckpt = state.latest_checkpoint(run_dir) if resume else None
     if resume and ckpt is None and dd.is_main:
         print(f"workbench train: no complete checkpoint in {run_dir}; starting from scratch", file=sys.stderr)
@@ -243,14 +270,15 @@ def _train(cfg, run_dir: Path, resume: bool, progress: bool, device, dd: distrib
     if cfg.optim.activation_checkpointing:
         student.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     module = DistillModule(student, teacher, cfg.teacher.positions if cfg.teacher else "same")
+    precision = resolve_precision(cfg.optim.precision, device)
     shadow = None  # a plain CPU copy of the student for saving/evaluating when FSDP shards it
     if dd.enabled:
         blocks = list(student.model.layers) + (list(teacher.model.layers) if teacher is not None else [])
-        distributed.shard(module, blocks)
+        distributed.shard(module, blocks, precision=precision)
         if dd.is_main:
             shadow = models.build_model(models.model_config_of(student), seed=None)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.phases[0].lr, betas=tuple(cfg.optim.betas),
-                            weight_decay=cfg.optim.weight_decay)
+                            eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
 
     ends = [sum(ph.steps for ph in cfg.phases[:i + 1]) for i in range(len(cfg.phases))]
     total = ends[-1]
@@ -266,10 +294,9 @@ def _train(cfg, run_dir: Path, resume: bool, progress: bool, device, dd: distrib
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_run_yaml(cfg, run_dir)
         _truncate_metrics(metrics_path, step)
-    chash = wconfig.config_hash(cfg)
-    # bf16 autocast on CUDA (fp32 master weights), plain fp32 on CPU
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    mask_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    chash = wconfig.config_hash(cfg, hash_version)  # a run keeps the hash version it was started with
+    autocast = autocast_for(precision, device)
+    mask_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     bar = _progress_bar(total, step, progress and dd.is_main)
     eval_warned = False
 
@@ -347,6 +374,7 @@ def _train(cfg, run_dir: Path, resume: bool, progress: bool, device, dd: distrib
                             "teacher_theta": models.rope_theta(teacher) if teacher is not None else
                             (cache.meta["teacher_theta"] if cache is not None else None),
                             "data": wconfig.to_dict(dcfg), "parent": parent, "config_hash": chash,
+                            "config_hash_version": hash_version, "precision": precision,
                             "seq_len": ph.seq_len, "tokens": tokens, "world_size": dd.world_size}
                 trainer_state = {"step": step, "tokens": tokens, "phase_index": pi, "data": stream.state_dict(),
                                  "config_hash": chash}
@@ -403,6 +431,9 @@ def _load_optimizer(student, opt, osd: dict) -> None:
 
 def _save(path: Path, student, shadow, opt, manifest: dict, trainer_state: dict, dd) -> Path:
     msd, osd = _full_state(student, opt)
+    low = sorted({str(v.dtype) for v in msd.values() if v.is_floating_point() and v.dtype != torch.float32})
+    if low:  # bf16 runs compute in bf16 but keep (and save) fp32 master weights
+        raise RuntimeError(f"{path}: refusing to save non-fp32 master weights ({', '.join(low)})")
     rngs = distributed.all_gather_objects(state.rng_state(), dd)
     if dd.is_main:
         model = student
