@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from workbench import models
+from workbench import architectures, models
 from workbench.interp.perturb import apply_spec, touches
 from workbench.interp.specs import Geometry, Spec, validate_all
 
@@ -124,8 +124,42 @@ class Backend:
         """Logit lens: final norm + unembedding applied to a residual stream [..., D]."""
         raise NotImplementedError
 
+    def stream(self, input_ids: torch.Tensor, position_ids: torch.Tensor, specs: Sequence[Spec],
+               reduce: Callable[[str, torch.Tensor], None], *, want: Iterable[str] | Callable[[str], bool] | None = None,
+               ) -> None:
+        """Run the batch once per spec, all specs as one batch of ``len(specs) * B`` rows, and hand every
+        capture to ``reduce(name, x)`` *while the forward runs*, with ``x`` laid out [n_specs, B, T, ...]
+        (a view of the batched activation: no clone, no host copy). Names as in the module docstring;
+        ``blocks.{i}.attn.hook_pattern`` [n, B, T, H, T_k] on the TransformerLens backend. Nothing is
+        kept: what ``reduce`` keeps is all that survives the forward (streaming statistics)."""
+        input_ids = torch.as_tensor(input_ids, dtype=torch.long)
+        position_ids = torch.as_tensor(position_ids, dtype=torch.long)
+        _check_inputs(input_ids, position_ids, self.geometry, self.vocab_size)
+        input_ids, position_ids = input_ids.to(self.device), position_ids.to(self.device)
+        specs = list(specs)
+        if not specs:
+            raise ValueError("no specs to run")
+        validate_all(specs, self.geometry)
+        with torch.no_grad():
+            self._stream(input_ids, position_ids, specs, reduce, name_filter(CAPTURE_ALL if want is None else want))
+
     def _run(self, input_ids, position_ids, specs, want) -> list[dict[str, torch.Tensor]]:
         raise NotImplementedError
+
+    def _stream(self, input_ids, position_ids, specs, reduce, want) -> None:
+        raise NotImplementedError
+
+
+def _edit_slices(x: torch.Tensor, specs: Sequence[Spec], which: str, layer: int, position_ids: torch.Tensor,
+                 geom: Geometry) -> torch.Tensor:
+    """Apply each spec, in place, to its slice of a batched post-RoPE tensor [n*B, H, T, d] (a fresh output of
+    the rotary code; unchanged where no spec touches this layer)."""
+    b = position_ids.shape[0]
+    for c, spec in enumerate(specs):
+        if touches(spec, which, layer):
+            part = x[c * b:(c + 1) * b]
+            part.copy_(apply_spec(spec, part, which, layer, position_ids, geom))
+    return x
 
 
 class TransformerLensBackend(Backend):
@@ -139,6 +173,8 @@ class TransformerLensBackend(Backend):
 
         self.path, self.device, self.dtype = Path(path), torch.device(device), dtype
         hf, self.manifest = load_hf(path, attn_implementation="eager", dtype=dtype, device=device)
+        architectures.check_tl(hf.config)  # one clear error where TransformerLens cannot edit post-RoPE q/k
+        self.softcap = architectures.final_softcap(hf.config)  # the bridge's unembed does not soft-cap (Gemma 2)
         self.geometry = Geometry.of(hf)
         self.vocab_size = hf.config.vocab_size
         theta = models.rope_theta(hf)
@@ -157,10 +193,11 @@ class TransformerLensBackend(Backend):
         self.bridge.eval()
 
     def lens(self, resid: torch.Tensor) -> torch.Tensor:
-        return self.bridge.unembed(self.bridge.ln_final(resid))
+        return architectures.softcap_logits(self.bridge.unembed(self.bridge.ln_final(resid)), self.softcap)
 
     def _run(self, input_ids, position_ids, specs, want):
         n, b = len(specs), input_ids.shape[0]
+        self.check_length(n * b, input_ids.shape[1])
         out: list[dict[str, torch.Tensor]] = [{} for _ in specs]
         ids, pos = input_ids.repeat(n, 1), position_ids.repeat(n, 1)
         hooks = []
@@ -214,6 +251,54 @@ class TransformerLensBackend(Backend):
             out[c]["logits"] = logits[c * b:(c + 1) * b]
         return out
 
+    def max_tokens(self, n_rows: int, *, budget_bytes: int | None = None) -> int:
+        """Longest sequence this backend may run for ``n_rows`` rows (specs x batch) within the memory budget."""
+        budget = memory_budget(self.device) if budget_bytes is None else budget_bytes
+        per_t2 = eager_bytes_per_token2(self.geometry.num_heads, n_rows, self.dtype)
+        return int((budget / per_t2) ** 0.5)
+
+    def check_length(self, n_rows: int, length: int) -> None:
+        """Refuse, before any work, a run whose eager [rows, heads, T, T] attention would not fit in memory."""
+        check_eager_length(self.geometry.num_heads, n_rows, length, dtype=self.dtype, device=self.device)
+
+    def _stream(self, input_ids, position_ids, specs, reduce, want):
+        n, b = len(specs), input_ids.shape[0]
+        self.check_length(n * b, input_ids.shape[1])
+        ids, pos = input_ids.repeat(n, 1), position_ids.repeat(n, 1)
+        geom = self.geometry
+        hooks = []
+
+        def rot_hook(layer: int, which: str):
+            name = f"blocks.{layer}.attn.hook_rot_{which}"
+
+            def hook(x, hook):  # x [n*B, T, H, d]
+                x = _edit_slices(x.transpose(1, 2), specs, which, layer, position_ids, geom).transpose(1, 2)
+                if want(name):
+                    reduce(name, x.unflatten(0, (n, b)))
+                return x
+
+            return hook
+
+        def pass_hook(name: str):
+            def hook(x, hook):  # [n*B, T, ...] or the pattern [n*B, H, T, T_k]
+                y = x.unflatten(0, (n, b))
+                reduce(name, y.transpose(2, 3) if name.endswith("hook_pattern") else y)
+                return x
+
+            return hook
+
+        for i in range(geom.num_layers):
+            for which in ("q", "k"):
+                if want(f"blocks.{i}.attn.hook_rot_{which}") or any(touches(s, which, i) for s in specs):
+                    hooks.append((f"blocks.{i}.attn.hook_rot_{which}", rot_hook(i, which)))
+            for tl_name, name in ((f"blocks.{i}.attn.hook_pattern", f"blocks.{i}.attn.hook_pattern"),
+                                  (f"blocks.{i}.attn.hook_out", f"blocks.{i}.hook_attn_out"),
+                                  (f"blocks.{i}.hook_out", f"blocks.{i}.hook_resid_post")):
+                if want(name):
+                    hooks.append((tl_name, pass_hook(name)))
+        logits = self.bridge.run_with_hooks(ids, position_ids=pos, return_type="logits", fwd_hooks=hooks)
+        reduce("logits", logits.unflatten(0, (n, b)))
+
 
 class NNsightBackend(Backend):
     """nnsight ``TransformersModel`` over its own sdpa instance; one invoke per spec in one trace."""
@@ -231,7 +316,8 @@ class NNsightBackend(Backend):
         self.model = TransformersModel(hf, tokenizer=load_tokenizer(path))
 
     def lens(self, resid: torch.Tensor) -> torch.Tensor:
-        return self.hf.lm_head(self.hf.model.norm(resid))
+        # the modules' own forward, past nnsight's hooks: safe inside a trace (Backend.stream); soft-capped (Gemma 2)
+        return architectures.lens(self.hf, resid)
 
     def _run(self, input_ids, position_ids, specs, want):
         out: list[dict[str, torch.Tensor]] = [{} for _ in specs]
@@ -259,12 +345,101 @@ class NNsightBackend(Backend):
                             out[c][f"blocks.{i}.hook_attn_out"] = layer.self_attn.output[0].detach().clone().save()
                         if want(f"blocks.{i}.hook_resid_post"):
                             out[c][f"blocks.{i}.hook_resid_post"] = layer.output.detach().clone().save()
-                    out[c]["logits"] = self.model.lm_head.output.detach().clone().save()
+                    out[c]["logits"] = architectures.final_logits(self.hf.config, self.model.lm_head.output).detach().clone().save()
         return [{k: _value(v) for k, v in d.items()} for d in out]
+
+    def _stream(self, input_ids, position_ids, specs, reduce, want):
+        # one invoke over the specs stacked along the batch: every intervention sees all specs at once, so
+        # statistics against the clean slice are computed inside the forward and nothing is saved
+        n, b = len(specs), input_ids.shape[0]
+        ids, pos = input_ids.repeat(n, 1), position_ids.repeat(n, 1)
+        geom = self.geometry
+        with self.model.trace(ids, position_ids=pos):
+            for i, layer in enumerate(self.model.model.layers):
+                rq, rk = f"blocks.{i}.attn.hook_rot_q", f"blocks.{i}.attn.hook_rot_k"
+                edit_q = any(touches(s, "q", i) for s in specs)
+                edit_k = any(touches(s, "k", i) for s in specs)
+                if edit_q or edit_k or want(rq) or want(rk):
+                    rot = layer.self_attn.source.apply_rotary_pos_emb_0
+                    q, k = rot.output
+                    if edit_q or edit_k:
+                        q = _edit_slices(q, specs, "q", i, position_ids, geom)
+                        k = _edit_slices(k, specs, "k", i, position_ids, geom)
+                        rot.output = (q, k)
+                    if want(rq):
+                        reduce(rq, q.unflatten(0, (n, b)).transpose(2, 3))
+                    if want(rk):
+                        reduce(rk, k.unflatten(0, (n, b)).transpose(2, 3))
+                if want(f"blocks.{i}.hook_attn_out"):
+                    reduce(f"blocks.{i}.hook_attn_out", layer.self_attn.output[0].unflatten(0, (n, b)))
+                if want(f"blocks.{i}.hook_resid_post"):
+                    reduce(f"blocks.{i}.hook_resid_post", layer.output.unflatten(0, (n, b)))
+            reduce("logits", architectures.final_logits(self.hf.config, self.model.lm_head.output).unflatten(0, (n, b)))
 
 
 def _value(v):
     return getattr(v, "value", v)
+
+
+class LengthLimitError(ValueError):
+    """A run refused before any work because it would not fit in memory."""
+
+
+def eager_bytes_per_token2(num_heads: int, n_rows: int, dtype: torch.dtype = torch.float32) -> float:
+    """Bytes per T^2 of eager attention: the [rows, H, T, T] scores live in about 3 copies at once
+    (scores, softmax, the bridge's hooked pattern) in the model dtype, and the bool/additive causal mask
+    [rows, 1, T, T]."""
+    elem = torch.finfo(dtype).bits // 8
+    return n_rows * (3 * num_heads * elem + elem + 1)
+
+
+def eager_attention_bytes(num_heads: int, n_rows: int, length: int, dtype: torch.dtype = torch.float32) -> float:
+    """Estimated peak bytes of one eager attention layer over ``n_rows`` x ``length`` tokens."""
+    return eager_bytes_per_token2(num_heads, n_rows, dtype) * float(length) ** 2
+
+
+def memory_budget(device: torch.device | str = "cpu") -> int:
+    """Bytes a run may use: ``WORKBENCH_MEMORY_BUDGET_GB`` if set, else 60 % of the device's memory
+    (CUDA: total memory of the device; CPU: MemAvailable of /proc/meminfo, or physical memory)."""
+    import os
+
+    if os.environ.get("WORKBENCH_MEMORY_BUDGET_GB"):
+        return int(float(os.environ["WORKBENCH_MEMORY_BUDGET_GB"]) * 2**30)
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(0.6 * torch.cuda.get_device_properties(device).total_memory)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(0.6 * int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    return int(0.6 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def budget_source(device: torch.device | str = "cpu") -> str:
+    import os
+
+    if os.environ.get("WORKBENCH_MEMORY_BUDGET_GB"):
+        return "WORKBENCH_MEMORY_BUDGET_GB"
+    return "60 % of the GPU's memory" if torch.device(device).type == "cuda" else \
+        "60 % of available memory; set WORKBENCH_MEMORY_BUDGET_GB to change it"
+
+
+def check_eager_length(num_heads: int, n_rows: int, length: int, *, dtype: torch.dtype = torch.float32,
+                       device: torch.device | str = "cpu", backend: str = "tl") -> None:
+    """Raise ``LengthLimitError`` when eager attention over ``n_rows`` x ``length`` tokens exceeds the budget."""
+    need = eager_attention_bytes(num_heads, n_rows, length, dtype)
+    budget = memory_budget(device)
+    if need > budget:
+        limit = int((budget / eager_bytes_per_token2(num_heads, n_rows, dtype)) ** 0.5)
+        raise LengthLimitError(
+            f"backend {backend}: {n_rows} rows x {length} tokens needs about {need / 2**30:.1f} GiB for "
+            f"TransformerLens' eager attention ([rows, {num_heads} heads, T, T] scores, pattern and its statistics), "
+            f"over the budget of {budget / 2**30:.1f} GiB ({budget_source(device)}): at most {limit} tokens for "
+            f"{n_rows} rows. Use --backend nnsight (sdpa attention, memory linear in length), fewer rows "
+            f"(--batch-size, fewer specs) or a shorter --length.")
 
 
 def load_backend(path: str | Path, backend: str = "nnsight", **kw) -> Backend:

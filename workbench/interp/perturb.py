@@ -56,11 +56,10 @@ def apply_op(op: Op, x: torch.Tensor, which: Literal["q", "k"], layer: int, posi
     the model rotated with. Returns a new tensor (the input is not modified)."""
     if op.target not in (which, "both") or (op.scope.layers is not None and layer not in op.scope.layers):
         return x
-    mask = _mask(op, geom, x, which, positions)
     pos = positions.to(torch.float64)[:, None, :, None]  # [B, 1, T, 1]
     omega = torch.as_tensor(geom.inv_freq, dtype=torch.float64, device=x.device)  # [d/2]
-    if op.kind == "shift":
-        new = rotate_pairs(x, (op.offset * omega).expand(x.shape[:-1] + (omega.numel(),)))
+    if op.kind == "shift":  # the same angle at every token: cos/sin of [d/2] angles, broadcast
+        new = rotate_pairs(x, op.offset * omega)
     elif op.kind == "theta":
         new_omega = torch.as_tensor(geom.inv_freq_for(op.theta), dtype=torch.float64, device=x.device)
         new = rotate_pairs(x, pos * (new_omega - omega))
@@ -75,8 +74,17 @@ def apply_op(op: Op, x: torch.Tensor, which: Literal["q", "k"], layer: int, posi
         new = x + op.sigma * eps.to(device=x.device, dtype=x.dtype)
     else:  # pragma: no cover - Literal checked on load
         raise ValueError(f"unknown op kind {op.kind!r}")
+    if _touches_everything(op, geom, which):
+        return new
+    mask = _mask(op, geom, x, which, positions)
     full = torch.cat([mask, mask], dim=-1)
     return torch.where(full, new, x)
+
+
+def _touches_everything(op: Op, geom: Geometry, which: str) -> bool:
+    """Whether the op's scope covers every head, position and pair (then no mask is needed)."""
+    heads = op.scope.heads if which == "q" else (op.scope.kv_heads if op.scope.kv_heads is not None else op.scope.heads)
+    return heads is None and op.scope.positions is None and bool(op.pairs.mask(geom).all())
 
 
 def apply_spec(spec: Spec, x: torch.Tensor, which: Literal["q", "k"], layer: int, positions: torch.Tensor,

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from workbench.interp.backends import Backend, load_backend
+from workbench.interp.backends import Backend, attention_js, load_backend
 from workbench.interp.specs import Spec, identity
 
 LAYER_VARS = ("resid_rel_l2", "resid_cos", "attn_out_rel_l2", "q_rel_l2", "k_rel_l2", "lens_kl", "pattern_js")
@@ -117,53 +117,142 @@ def checkpoint_label(path: str | Path) -> str:
     return f"{path.parent.name}/{path.name}"
 
 
+class TraceStats:
+    """Streaming trace statistics: ``reduce(name, x)`` is handed each capture [n_runs, B, T, ...] during the
+    forward (``Backend.stream``) and adds its per-token metrics straight into per-bucket sums, so no
+    activation outlives its layer and no second pass runs. Per-token metrics run in float32 on the model's
+    device (the logit-lens KL in a cancellation-free form), the final-logit divergences in float64; only the
+    per-bucket sums [var, run, layer, bucket] come back to the host, once, in ``dataset``."""
+
+    def __init__(self, backend: Backend, runs: Sequence[Spec], edges: np.ndarray):
+        self.backend, self.runs, self.edges = backend, list(runs), np.asarray(edges)
+        self.n, self.n_layers, self.nb = len(runs), backend.geometry.num_layers, len(edges) - 1
+        dev = backend.device
+        self.layer_sums = torch.zeros(len(LAYER_VARS), self.n, self.n_layers, self.nb, dtype=torch.float64, device=dev)
+        self.final_sums = torch.zeros(len(FINAL_VARS), self.n, self.nb, dtype=torch.float64, device=dev)
+        self.counts = torch.zeros(self.nb, dtype=torch.float64, device=dev)
+        # what the backend measures (pattern_js needs eager attention: TransformerLens only)
+        self.measured = [name != "pattern_js" or backend.supports_pattern for name in LAYER_VARS]
+        self.weights: torch.Tensor | None = None
+
+    def begin(self, position_ids: torch.Tensor) -> None:
+        """Start a chunk: the [B*T, n_buckets] membership matrix of its tokens."""
+        pos = position_ids.reshape(-1).to(self.backend.device)
+        edges = torch.as_tensor(self.edges, device=pos.device)
+        idx = torch.bucketize(pos, edges, right=True) - 1  # bucket i holds edges[i] <= p < edges[i+1]
+        inside = (idx >= 0) & (idx < self.nb)
+        w = torch.zeros(pos.numel(), self.nb, dtype=torch.float64, device=pos.device)
+        w[inside.nonzero().squeeze(1), idx[inside]] = 1.0
+        self.weights = w
+        self.counts += w.sum(0)
+
+    def _add(self, target: torch.Tensor, values: torch.Tensor) -> None:
+        """values [n_runs - 1, B, T] (perturbed runs) -> bucket sums added to target[1:]."""
+        target[1:] += values.reshape(values.shape[0], -1).double() @ self.weights
+
+    def __call__(self, name: str, x: torch.Tensor) -> None:
+        if self.n < 2:
+            return
+        if name == "logits":
+            lp = torch.log_softmax(x[0].double(), -1)  # clean [B, T, V]
+            lq = torch.log_softmax(x[1:].double(), -1)  # perturbed [n - 1, B, T, V]
+            p, q = lp.exp(), lq.exp()
+            self._add(self.final_sums[0], torch.einsum("btv,sbtv->sbt", p, lp - lq).clamp_min(0))
+            # JS = H(m) - (H(p) + H(q)) / 2 with m = (p + q) / 2
+            m = (0.5 * (p + q)).clamp_min(1e-300)
+            js = 0.5 * torch.einsum("btv,btv->bt", p, lp) + 0.5 * torch.einsum("sbtv,sbtv->sbt", q, lq) \
+                - torch.einsum("sbtv,sbtv->sbt", m, m.log())
+            self._add(self.final_sums[1], js.clamp_min(0))
+            top = x[0].argmax(-1, keepdim=True)  # top-1 of clean; a flip: another token beats it
+            self._add(self.final_sums[2], (x[1:].gather(-1, top.expand(x.shape[0] - 1, *top.shape))
+                                           < x[1:].amax(-1, keepdim=True)).squeeze(-1).double())
+            return
+        layer, kind = int(name.split(".")[1]), name.rsplit(".", 1)[-1]
+        sums = self.layer_sums
+        if kind == "hook_resid_post":
+            xf = x.float()
+            norms = torch.linalg.vector_norm(xf, dim=-1)  # [n, B, T]
+            diff = torch.linalg.vector_norm(xf[1:] - xf[:1], dim=-1)
+            self._add(sums[0, :, layer], diff / norms[0].clamp_min(1e-30))
+            # cos from the three norms: 2 a.b = |a|^2 + |b|^2 - |a - b|^2 (no extra pass over the states)
+            cos = (norms[1:] ** 2 + norms[:1] ** 2 - diff ** 2) / (2 * norms[1:] * norms[:1]).clamp_min(1e-30)
+            self._add(sums[1, :, layer], cos.clamp(-1, 1))
+            self._add(sums[5, :, layer], lens_kl(self.backend.lens(x)))
+        elif kind == "hook_attn_out":
+            self._add(sums[2, :, layer], _rel_l2_tokens(x))
+        elif kind in ("hook_rot_q", "hook_rot_k"):
+            v = 3 if kind == "hook_rot_q" else 4
+            self._add(sums[v, :, layer], _rel_l2_tokens(x))
+        elif kind == "hook_pattern":  # [n, B, T, H, T_k]
+            self._add(sums[6, :, layer], attention_js(x[:1], x[1:]).mean(-1))
+
+    def dataset(self) -> xr.Dataset:
+        counts = self.counts.cpu().numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            layer = self.layer_sums.cpu().numpy() / counts
+            final = self.final_sums.cpu().numpy() / counts
+        empty = counts == 0
+        layer[..., empty], final[..., empty] = np.nan, np.nan
+        for v, name in enumerate(LAYER_VARS):  # clean against itself is exact: no change, cosine 1
+            if self.measured[v]:
+                layer[v, 0][:, ~empty] = 1.0 if name == "resid_cos" else 0.0
+            else:
+                layer[v] = np.nan
+        final[:, 0][:, ~empty] = 0.0
+        names = np.array([r.name for r in self.runs], dtype=object)
+        return xr.Dataset(
+            {**{k: (("spec", "layer", "position_bucket"), layer[v]) for v, k in enumerate(LAYER_VARS)},
+             **{k: (("spec", "position_bucket"), final[v]) for v, k in enumerate(FINAL_VARS)}},
+            coords={
+                "spec": names, "layer": np.arange(self.n_layers), "position_bucket": np.arange(self.nb),
+                "spec_json": ("spec", np.array([r.to_json() for r in self.runs], dtype=object)),
+                "spec_hash": ("spec", np.array([r.ops_hash for r in self.runs], dtype=object)),
+                "bucket_start": ("position_bucket", self.edges[:-1]), "bucket_stop": ("position_bucket", self.edges[1:]),
+            },
+        )
+
+
+def _rel_l2_tokens(x: torch.Tensor) -> torch.Tensor:
+    """x [n, B, T, ...] -> ||x[s] - x[0]|| / ||x[0]|| per token over all dims after T: [n - 1, B, T] (float32)."""
+    xf = x.float()
+    dims = tuple(range(3, xf.ndim))
+    num = torch.linalg.vector_norm(xf[1:] - xf[:1], dim=dims)
+    return num / torch.linalg.vector_norm(xf[0], dim=tuple(d - 1 for d in dims)).clamp_min(1e-30)
+
+
+def lens_kl(z: torch.Tensor) -> torch.Tensor:
+    """KL(softmax z[0] || softmax z[s]) per token for logits z [n, ..., V] -> [n - 1, ...], in float32 without
+    cancellation: with delta = z[s] - z[0] and x = delta - E_p[delta], KL = log E_p[exp x]
+    = log1p(E_p[expm1 x]) (exactly 0 where the logits agree); rows with large x use the shifted form."""
+    z = z.float()
+    lp0 = torch.log_softmax(z[0], -1)
+    p0 = lp0.exp()
+    delta = z[1:] - z[:1]
+    x = delta - torch.einsum("...v,s...v->s...", p0, delta)[..., None]
+    top = x.amax(-1)
+    kl = torch.log1p(torch.einsum("...v,s...v->s...", p0, torch.expm1(x)))
+    big = top > 30
+    if bool(big.any()):
+        shifted = top + torch.log((p0 * torch.exp(x - top[..., None])).sum(-1))
+        kl = torch.where(big, shifted, kl)
+    return kl.clamp_min(0)
+
+
 def trace_batch(backend: Backend, specs: Sequence[Spec], input_ids: torch.Tensor, position_ids: torch.Tensor,
                 *, buckets: int | Sequence[int] = 8) -> xr.Dataset:
     """Clean + every spec in one batched run -> Dataset (spec, layer, position_bucket) without checkpoint dim."""
-    specs = [s for s in specs if not s.is_identity]
-    runs = [identity("clean"), *specs]
-    n_layers = backend.geometry.num_layers
+    runs = [identity("clean"), *[s for s in specs if not s.is_identity]]
+    stats = TraceStats(backend, runs, bucket_edges(position_ids, buckets))
+    _stream_chunk(backend, runs, stats, input_ids, position_ids)
+    return stats.dataset()
+
+
+def _stream_chunk(be: Backend, runs: Sequence[Spec], stats: TraceStats, ids: torch.Tensor, pos: torch.Tensor) -> None:
     want = ["logits", "blocks.*.hook_resid_post", "blocks.*.hook_attn_out", "blocks.*.attn.hook_rot_*"]
-    if backend.supports_pattern:
-        want.append("blocks.*.attn.pattern_js")
-    out = backend.run(input_ids, position_ids, runs, capture=want)
-    edges = bucket_edges(position_ids, buckets)
-    nb = len(edges) - 1
-    layer_vals = {v: np.full((len(runs), n_layers, nb), np.nan) for v in LAYER_VARS}
-    final_vals = {v: np.full((len(runs), nb), np.nan) for v in FINAL_VARS}
-    clean = out[0]
-    with torch.no_grad():
-        lens_clean = [backend.lens(clean[f"blocks.{i}.hook_resid_post"]) for i in range(n_layers)]
-        for s, got in enumerate(out):
-            for i in range(n_layers):
-                r, rc = got[f"blocks.{i}.hook_resid_post"], clean[f"blocks.{i}.hook_resid_post"]
-                per_token = {
-                    "resid_rel_l2": rel_l2(r, rc), "resid_cos": cosine(r, rc),
-                    "attn_out_rel_l2": rel_l2(got[f"blocks.{i}.hook_attn_out"], clean[f"blocks.{i}.hook_attn_out"]),
-                    "q_rel_l2": rel_l2(got[f"blocks.{i}.attn.hook_rot_q"], clean[f"blocks.{i}.attn.hook_rot_q"], 2),
-                    "k_rel_l2": rel_l2(got[f"blocks.{i}.attn.hook_rot_k"], clean[f"blocks.{i}.attn.hook_rot_k"], 2),
-                    "lens_kl": kl_div(lens_clean[i], backend.lens(r)),
-                }
-                if f"blocks.{i}.attn.pattern_js" in got:
-                    per_token["pattern_js"] = got[f"blocks.{i}.attn.pattern_js"]
-                for name, values in per_token.items():
-                    layer_vals[name][s, i] = bucket_mean(values, position_ids, edges)
-            lg, lc = got["logits"], clean["logits"]
-            final_vals["final_kl"][s] = bucket_mean(kl_div(lc, lg), position_ids, edges)
-            final_vals["final_js"][s] = bucket_mean(js_div(lc, lg), position_ids, edges)
-            final_vals["top1_flip"][s] = bucket_mean((lc.argmax(-1) != lg.argmax(-1)).double(), position_ids, edges)
-    names = np.array([r.name for r in runs], dtype=object)
-    ds = xr.Dataset(
-        {**{k: (("spec", "layer", "position_bucket"), v) for k, v in layer_vals.items()},
-         **{k: (("spec", "position_bucket"), v) for k, v in final_vals.items()}},
-        coords={
-            "spec": names, "layer": np.arange(n_layers), "position_bucket": np.arange(nb),
-            "spec_json": ("spec", np.array([r.to_json() for r in runs], dtype=object)),
-            "spec_hash": ("spec", np.array([r.ops_hash for r in runs], dtype=object)),
-            "bucket_start": ("position_bucket", edges[:-1]), "bucket_stop": ("position_bucket", edges[1:]),
-        },
-    )
-    return ds
+    if be.supports_pattern:
+        want.append("blocks.*.attn.hook_pattern")
+    stats.begin(pos)
+    be.stream(ids, pos, runs, stats, want=want)
 
 
 def run_trace(ckpt_path: str | Path, specs: Sequence[Spec], inputs=None, *, backend: str | Backend = "nnsight",
@@ -171,34 +260,31 @@ def run_trace(ckpt_path: str | Path, specs: Sequence[Spec], inputs=None, *, back
     """Trace ``specs`` on a checkpoint -> Dataset with dims (checkpoint, spec, layer, position_bucket).
 
     ``inputs``: a batch dict (``input_ids``, optional ``position_ids``), an ids tensor, or None (seeded
-    filler text, 2 x 512). ``batch_size`` splits the batch into chunks (means are weighted by chunk size).
-    The ``clean`` (identity) run comes first; specs are validated against the model before anything runs.
+    filler text, 2 x 512). ``batch_size`` splits the batch into chunks (statistics are summed over all
+    chunks per bucket, then divided by the bucket's token count). The ``clean`` (identity) run comes first;
+    specs are validated against the model, and the TransformerLens backend's memory limit checked, before
+    anything runs. Statistics are computed during the forward (``TraceStats``): memory does not grow with
+    the number of layers, and no activation is copied to the host.
     """
-    be = backend if isinstance(backend, Backend) else load_backend(ckpt_path, backend)
     from workbench.interp.specs import validate_all
 
-    validate_all([identity("clean"), *[s for s in specs if not s.is_identity]], be.geometry)
+    be = backend if isinstance(backend, Backend) else load_backend(ckpt_path, backend)
+    runs = [identity("clean"), *[s for s in specs if not s.is_identity]]
+    validate_all(runs, be.geometry)
     ids, pos = _as_inputs(inputs, be)
     step = batch_size or ids.shape[0]
+    if hasattr(be, "check_length"):
+        be.check_length(len(runs) * min(step, ids.shape[0]), ids.shape[1])
     chunks = list(range(0, ids.shape[0], step))
-    edges = bucket_edges(pos, buckets)
-    parts, weights = [], []
+    stats = TraceStats(be, runs, bucket_edges(pos, buckets))
     iterator: Iterable[int] = chunks
     if progress:
         from tqdm import tqdm
 
         iterator = tqdm(chunks, desc=f"trace {len(specs)} spec(s) [{be.name}]", unit="batch")
     for start in iterator:
-        parts.append(trace_batch(be, specs, ids[start:start + step], pos[start:start + step], buckets=edges))
-        weights.append(min(step, ids.shape[0] - start))
-    ds = parts[0] if len(parts) == 1 else _weighted_mean(parts, weights)
-    return finish(ds, be, ckpt_path, kind="traces", extra={"inputs_shape": list(ids.shape)})
-
-
-def _weighted_mean(parts: list[xr.Dataset], weights: list[int]) -> xr.Dataset:
-    w = xr.DataArray(np.asarray(weights, dtype=float), dims="chunk")
-    stacked = xr.concat(parts, dim="chunk", data_vars="all", coords="minimal", compat="override")
-    return (stacked * w).sum("chunk", skipna=False) / w.sum()
+        _stream_chunk(be, runs, stats, ids[start:start + step], pos[start:start + step])
+    return finish(stats.dataset(), be, ckpt_path, kind="traces", extra={"inputs_shape": list(ids.shape)})
 
 
 def finish(ds: xr.Dataset, be: Backend, ckpt_path: str | Path, *, kind: str, extra: dict | None = None) -> xr.Dataset:
