@@ -156,7 +156,7 @@ def test_missing_and_foreign_directories(saved_checkpoint, tmp_path):
     shutil.copytree(plain, foreign)
     cfg = json.loads((foreign / "config.json").read_text())
     (foreign / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
-    with pytest.raises(models.CheckpointError, match="Llama models only"):
+    with pytest.raises(models.CheckpointError, match="architecture .gpt2. is not supported"):
         models.load(foreign, allow_plain_hf=True)
 
 

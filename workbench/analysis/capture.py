@@ -11,7 +11,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from workbench import models
+from workbench import architectures, models
 from workbench.config import DataConfig
 
 
@@ -74,9 +74,10 @@ def capture(model, batch: Mapping[str, torch.Tensor], *, qk: bool = True, resid:
     try:
         handles.append(model.model.rotary_emb.register_forward_hook(rotary_hook))
         for i, layer in enumerate(layers):
-            if qk:
-                handles.append(layer.self_attn.q_proj.register_forward_hook(keep(q_raw, i)))
-                handles.append(layer.self_attn.k_proj.register_forward_hook(keep(k_raw, i)))
+            if qk:  # pre-RoPE q/k per architecture (after Qwen3's q_norm/k_norm, split out of Phi-3's qkv_proj)
+                handles += architectures.pre_rope_hooks(
+                    layer.self_attn, model.config,
+                    lambda which, x, i=i: (q_raw if which == "q" else k_raw).__setitem__(i, host(x)))
             if resid:
                 handles.append(layer.register_forward_hook(keep(res, i + 1, is_tuple=True)))
         if resid:

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 from safetensors import safe_open
 
-from workbench import models
+from workbench import architectures, models
 from workbench.models import CheckpointError
 
 
@@ -33,6 +33,11 @@ class CheckpointInfo:
     hidden_size: int
     rope_theta: float
     rope_scaling: dict[str, Any] | None
+    config: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # config.json
+
+    @property
+    def architecture(self) -> str:
+        return str(self.config.get("model_type", "llama"))
 
     @property
     def step(self) -> int:
@@ -81,7 +86,7 @@ def inspect(path: str | Path, *, allow_plain_hf: bool = False) -> CheckpointInfo
         path=path, label=label_of(path), manifest=manifest, num_layers=int(cfg["num_hidden_layers"]),
         num_heads=heads, num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
         head_dim=int(cfg.get("head_dim") or cfg["hidden_size"] // heads), hidden_size=int(cfg["hidden_size"]),
-        rope_theta=theta, rope_scaling=scaling,
+        rope_theta=theta, rope_scaling=scaling, config=cfg,
     )
 
 
@@ -92,6 +97,9 @@ def inspect_all(paths: Sequence[str | Path], *, allow_plain_hf: bool = False, mi
     infos = [inspect(p, allow_plain_hf=allow_plain_hf) for p in paths]
     first = infos[0]
     for info in infos[1:]:
+        if info.architecture != first.architecture:
+            raise ValueError(f"{info.path}: architecture {info.architecture} differs from {first.path} "
+                             f"{first.architecture}; analyse each architecture in its own call and store")
         if info.shape != first.shape:
             names = "(layers, heads, kv_heads, head_dim, hidden)"
             raise ValueError(f"{info.path}: attention shape {info.shape} differs from {first.path} {first.shape} "
@@ -118,16 +126,16 @@ def weight_files(path: Path) -> dict[str, Path]:
 
 
 def read_qk_weights(info: CheckpointInfo, layer: int, files: dict[str, Path] | None = None) -> dict[str, torch.Tensor]:
-    """Raw q_proj/k_proj weights (and biases, when present) of one layer, in float64, from safetensors."""
+    """Raw q/k weights (and biases, when present) of one layer, in float64, from safetensors, keyed
+    ``q_proj.weight`` ... whatever the architecture (a fused ``qkv_proj`` is split by head counts)."""
     files = files if files is not None else weight_files(info.path)
     out: dict[str, torch.Tensor] = {}
-    for proj in ("q_proj", "k_proj"):
-        for kind in ("weight", "bias"):
-            key = f"model.layers.{layer}.self_attn.{proj}.{kind}"
-            if key not in files:
-                if kind == "weight":
-                    raise CheckpointError(f"{info.path}: tensor {key} not found in the safetensors files")
-                continue
-            with safe_open(str(files[key]), framework="pt") as f:
-                out[f"{proj}.{kind}"] = f.get_tensor(key).to(torch.float64)
+    for name, (key, rows) in architectures.tensor_sources(info.config or {"model_type": "llama"}, layer).items():
+        if key not in files:
+            if name.endswith("weight"):
+                raise CheckpointError(f"{info.path}: tensor {key} not found in the safetensors files")
+            continue
+        with safe_open(str(files[key]), framework="pt") as f:
+            tensor = f.get_slice(key)[rows] if rows is not None else f.get_tensor(key)
+            out[name] = tensor.to(torch.float64)
     return out

@@ -58,7 +58,7 @@ def _inputs(args):
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from workbench import interp, models, store
+    from workbench import architectures, interp, models, store
     from workbench.interp.specs import validate_all
 
     ckpt = Path(args.checkpoint)
@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
             results = interp.check(ckpt, progress=bar)
         for r in results:
             print(r)
+        for name, why in architectures.unsupported_backends(ckpt, ("nnsight", "tl")).items():
+            print(f"skip {name}: {why}")
         return 0 if all(r.ok for r in results) else 1
     if not args.out:
         raise ValueError("--out STORE is required (or use --check)")

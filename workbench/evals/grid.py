@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from workbench import models, store
+from workbench import architectures, models, store
 from workbench.evals import tasks as T
 from workbench.evals.render import Rendering, SyntheticRendering, rendering_for
 from workbench.evals.runner import score_samples
@@ -89,8 +89,10 @@ def _inspect(path: Path, tokenizer: str | None) -> CheckpointPlan:
         config = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as exc:
         raise models.CheckpointError(f"{cfg_file}: corrupt JSON ({exc})") from None
-    if config.get("model_type") != "llama":
-        raise models.CheckpointError(f"{cfg_file}: model_type is {config.get('model_type')!r}; only Llama models")
+    try:
+        architectures.of(config)
+    except architectures.ArchitectureError as exc:
+        raise models.CheckpointError(f"{cfg_file}: {exc}") from None
     limit, source = position_limit(manifest, config)
     vocab = int(config.get("vocab_size", 0))
     if tokenizer in (None, "auto"):

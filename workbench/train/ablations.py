@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from workbench import rope
+from workbench import architectures, rope
 
 
 def document_positions(doc_ids: torch.Tensor) -> torch.Tensor:
@@ -31,26 +31,31 @@ def pairs_in_wavelengths(theta: float, head_dim: int, bounds) -> np.ndarray:
 
 
 class FrozenPairs:
-    """Holds the q_proj/k_proj rows of ``pairs`` of every head and layer fixed (call :meth:`restore` after
+    """Holds the q/k weight and bias rows of ``pairs`` of every head and layer fixed (call :meth:`restore` after
     every optimiser step)."""
 
     def __init__(self, model, pairs: np.ndarray):
         cfg = model.config
-        d, half = cfg.head_dim, cfg.head_dim // 2
+        d = architectures.head_dim(cfg)
+        half = d // 2
         self.pairs = np.asarray(pairs, dtype=np.int64)
         self.saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for layer in model.model.layers:
-            for proj, n_heads in ((layer.self_attn.q_proj, cfg.num_attention_heads),
-                                  (layer.self_attn.k_proj, cfg.num_key_value_heads)):
-                rows = torch.as_tensor(np.concatenate([h * d + np.r_[self.pairs, self.pairs + half]
-                                                       for h in range(n_heads)]), device=proj.weight.device)
-                self.saved.append((proj.weight, rows, proj.weight.detach()[rows].clone()))
+            # q/k weight (and bias) rows per architecture: views into a fused qkv_proj (Phi-3) write through
+            proj = architectures.projections(layer.self_attn, cfg)
+            for which, n_heads in (("q", cfg.num_attention_heads), ("k", architectures.num_kv_heads(cfg))):
+                for tensor in (proj[which]["weight"], proj[which]["bias"]):
+                    if tensor is None:
+                        continue
+                    rows = torch.as_tensor(np.concatenate([h * d + np.r_[self.pairs, self.pairs + half]
+                                                           for h in range(n_heads)]), device=tensor.device)
+                    self.saved.append((tensor, rows, tensor.detach()[rows].clone()))
 
     @classmethod
     def for_phase(cls, model, phase) -> "FrozenPairs | None":
         if phase.freeze_wavelengths is None:
             return None
-        pairs = pairs_in_wavelengths(phase.rope_theta, model.config.head_dim, phase.freeze_wavelengths)
+        pairs = pairs_in_wavelengths(phase.rope_theta, architectures.head_dim(model.config), phase.freeze_wavelengths)
         return cls(model, pairs) if len(pairs) else None
 
     @torch.no_grad()

@@ -36,6 +36,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from workbench.architectures import softcap_logits
+
 KDKind = Literal["forward_kl", "reverse_kl", "jsd"]
 
 
@@ -51,6 +53,7 @@ class LossSpec:
     scale_by_t2: bool = True
     chunk_size: int = 1024
     ignore_index: int = -100
+    student_softcap: float | None = None  # final-logit soft-cap of the student (Gemma 2), applied before CE/KD
 
     @classmethod
     def for_objective(cls, loss_cfg, objective: str) -> "LossSpec":
@@ -72,6 +75,7 @@ class OnlineTeacher:
 
     hidden: torch.Tensor
     weight: torch.Tensor
+    softcap: float | None = None  # the teacher's final-logit soft-cap (Gemma 2: logits -> c * tanh(logits / c))
 
 
 @dataclass
@@ -125,14 +129,14 @@ def bucketed(logp_topk: torch.Tensor) -> torch.Tensor:
 
 def _chunk_losses(h: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, teacher_chunk, spec: LossSpec):
     """Per-token (ce, kd) for one chunk, differentiable w.r.t. ``h`` and ``w``."""
-    logits = (h @ w.t()).float()
+    logits = softcap_logits((h @ w.t()).float(), spec.student_softcap)
     ce = F.cross_entropy(logits, labels, reduction="none") if spec.ce_weight else logits.new_zeros(len(h))
     if not spec.kd_weight or teacher_chunk is None:
         return ce, logits.new_zeros(len(h))
     s_logp = F.log_softmax(logits / spec.temperature, dim=-1)
     if isinstance(teacher_chunk, tuple):  # online: (hidden, weight)
-        t_hidden, t_weight = teacher_chunk
-        t_logp = F.log_softmax((t_hidden @ t_weight.t()).float() / spec.temperature, dim=-1)
+        t_hidden, t_weight, t_cap = teacher_chunk
+        t_logp = F.log_softmax(softcap_logits((t_hidden @ t_weight.t()).float(), t_cap) / spec.temperature, dim=-1)
     else:  # cached: (ids, logp)
         ids, t_topk = teacher_chunk.topk_ids, teacher_chunk.topk_logp.float()
         s_logp = bucketed(s_logp.gather(-1, ids.long()))
@@ -158,7 +162,7 @@ class ChunkedLoss(torch.autograd.Function):
             h_c = h.detach().index_select(0, idx).requires_grad_(ctx.needs_input_grad[0])
             t_c = None
             if isinstance(teacher, OnlineTeacher):
-                t_c = (teacher.hidden.detach().index_select(0, idx), teacher.weight.detach())
+                t_c = (teacher.hidden.detach().index_select(0, idx), teacher.weight.detach(), teacher.softcap)
             elif isinstance(teacher, CachedTeacher):
                 t_c = CachedTeacher(teacher.topk_ids.index_select(0, idx), teacher.topk_logp.index_select(0, idx))
             with torch.enable_grad() if need_grad else torch.no_grad():
@@ -201,7 +205,7 @@ def chunked_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
     if spec.kd_weight and teacher is None:
         raise ValueError("kd_weight > 0 needs a teacher (online hidden states or a teacher cache)")
     if isinstance(teacher, OnlineTeacher):
-        teacher = OnlineTeacher(teacher.hidden.reshape(-1, teacher.hidden.shape[-1]), teacher.weight)
+        teacher = OnlineTeacher(teacher.hidden.reshape(-1, teacher.hidden.shape[-1]), teacher.weight, teacher.softcap)
         if teacher.weight.shape[0] != weight.shape[0]:
             raise ValueError(f"teacher vocab {teacher.weight.shape[0]} != student vocab {weight.shape[0]}")
     elif isinstance(teacher, CachedTeacher):
@@ -223,9 +227,9 @@ def chunked_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
 
 def dense_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, spec: LossSpec, *,
                teacher_hidden: torch.Tensor | None = None, teacher_weight: torch.Tensor | None = None,
-               normalizer: float | None = None) -> torch.Tensor:
+               normalizer: float | None = None, teacher_softcap: float | None = None) -> torch.Tensor:
     """The same objective with full ``[tokens x vocab]`` logits and plain autograd (benchmark baseline)."""
-    logits = (hidden.reshape(-1, hidden.shape[-1]) @ weight.t()).float()
+    logits = softcap_logits((hidden.reshape(-1, hidden.shape[-1]) @ weight.t()).float(), spec.student_softcap)
     lab = labels.reshape(-1)
     valid = lab != spec.ignore_index
     n = normalizer or max(int(valid.sum()), 1)
@@ -233,7 +237,8 @@ def dense_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
     if spec.ce_weight:
         total = total + spec.ce_weight * F.cross_entropy(logits, lab, ignore_index=spec.ignore_index, reduction="sum")
     if spec.kd_weight:
-        t_logits = (teacher_hidden.reshape(-1, teacher_hidden.shape[-1]) @ teacher_weight.t()).float()
+        t_logits = softcap_logits((teacher_hidden.reshape(-1, teacher_hidden.shape[-1]) @ teacher_weight.t()).float(),
+                                  teacher_softcap)
         kd = divergence(F.log_softmax(t_logits / spec.temperature, -1), F.log_softmax(logits / spec.temperature, -1),
                         spec.kd_kind, spec.jsd_beta)
         total = total + spec.kd_scale * (kd * valid).sum()

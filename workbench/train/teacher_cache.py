@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from workbench import config as wconfig
-from workbench import models
+from workbench import architectures, models
 from workbench.config import ConfigError, RunConfig
 from workbench.train.losses import CachedTeacher, LossSpec
 
@@ -117,7 +117,8 @@ def build(cfg: RunConfig, out: Path, *, k: int = 32, world_size: int = 1, batch_
                     h = teacher.model(input_ids=b["input_ids"], position_ids=b["position_ids"], attention_mask=mask,
                                       use_cache=False).last_hidden_state[:m, :-1]
                     for j in range(m):  # one window's logits at a time
-                        logp = torch.log_softmax(teacher.lm_head(h[j]).float() / cfg.loss.temperature, -1)
+                        logp = torch.log_softmax(architectures.final_logits(teacher.config, teacher.lm_head(h[j]).float())
+                                               / cfg.loss.temperature, -1)
                         vals, ids = logp.topk(k, dim=-1)
                         arrays["topk_ids"][rows.start + j] = ids.cpu().numpy()
                         arrays["topk_logp"][rows.start + j] = vals.cpu().numpy()
