@@ -51,6 +51,8 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     initializer_range: float = 0.02
     stated_params: float | None = None  # the size the preset claims (e.g. 1.1e9); checked within 3 %
+    # transformers model_type of the student (workbench.architectures: llama, mistral, qwen2, qwen3, gemma2, phi3)
+    architecture: str = "llama"
 
     @property
     def resolved_head_dim(self) -> int:
@@ -420,6 +422,10 @@ def validate_model(m: ModelConfig, where: str = "model") -> None:
         raise bad("num_heads", f"hidden_size {m.hidden_size} is not divisible by num_heads {m.num_heads}")
     if m.resolved_head_dim % 2:
         raise bad("head_dim", f"RoPE needs an even head dim, got {m.resolved_head_dim}")
+    from workbench import architectures
+
+    if m.architecture not in architectures.NAMES:
+        raise bad("architecture", f"{m.architecture!r} is not one of {', '.join(architectures.NAMES)}")
     if m.num_heads % m.num_kv_heads:
         raise bad("num_kv_heads", f"num_heads {m.num_heads} is not divisible by num_kv_heads {m.num_kv_heads}")
     if m.rope_scaling is not None:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 import torch
 from safetensors import safe_open
 
-from workbench import rope
+from workbench import architectures, rope
 from workbench.config import ModelConfig
 
 MANIFEST = "manifest.json"
@@ -37,43 +37,18 @@ class CheckpointError(RuntimeError):
 
 
 def hf_config(cfg: ModelConfig, attn_implementation: str = "sdpa"):
-    """transformers' LlamaConfig for a ModelConfig (theta lives in ``rope_parameters``)."""
-    from transformers import LlamaConfig
-
-    rope_parameters: dict[str, Any] = {"rope_type": "default", "rope_theta": float(cfg.rope_theta)}
-    if cfg.rope_scaling:
-        rope_parameters = {**rope_parameters, **dict(cfg.rope_scaling), "rope_theta": float(cfg.rope_theta)}
-    config = LlamaConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_kv_heads,
-        head_dim=cfg.resolved_head_dim,
-        max_position_embeddings=cfg.max_position_embeddings,
-        rms_norm_eps=cfg.rms_norm_eps,
-        tie_word_embeddings=cfg.tie_word_embeddings,
-        initializer_range=cfg.initializer_range,
-        rope_parameters=rope_parameters,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
-    )
-    config._attn_implementation = attn_implementation
-    return config
+    """transformers' config of ``cfg.architecture`` (LlamaConfig by default; theta lives in ``rope_parameters``)."""
+    return architectures.hf_config(cfg, attn_implementation)
 
 
 def build_model(cfg: ModelConfig, *, seed: int | None = 0, device: str | torch.device = "cpu",
                 dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"):
-    """A freshly initialised ``LlamaForCausalLM`` (seeded) for a ModelConfig."""
-    from transformers import LlamaForCausalLM
-
+    """A freshly initialised model of ``cfg.architecture`` (``LlamaForCausalLM`` by default; seeded)."""
     config = hf_config(cfg, attn_implementation)
     if seed is not None:
         torch.manual_seed(seed)
     with torch.device(device):
-        model = LlamaForCausalLM(config)
+        model = architectures.get(cfg.architecture).model_class()(config)
     return model.to(dtype=dtype).eval()
 
 
@@ -84,9 +59,11 @@ def count_parameters(cfg: ModelConfig) -> int:
 
 
 def model_config_of(model) -> ModelConfig:
-    """The ModelConfig that describes a loaded HF Llama model."""
+    """The ModelConfig that describes a loaded HF model of a supported architecture."""
     c = model.config
+    arch = architectures.of(c)
     params = dict(c.rope_parameters or {})
+    params.pop("partial_rotary_factor", None)  # Phi-3 states 1.0 (architectures.check refuses anything else)
     theta = float(params.pop("rope_theta", 10000.0))
     scaling = params if params.get("rope_type", "default") != "default" else None
     return ModelConfig(
@@ -94,7 +71,7 @@ def model_config_of(model) -> ModelConfig:
         num_heads=c.num_attention_heads, num_kv_heads=c.num_key_value_heads,
         intermediate_size=c.intermediate_size, max_position_embeddings=c.max_position_embeddings,
         rope_theta=theta, rope_scaling=scaling, head_dim=getattr(c, "head_dim", None),
-        rms_norm_eps=c.rms_norm_eps, tie_word_embeddings=bool(c.tie_word_embeddings),
+        rms_norm_eps=c.rms_norm_eps, tie_word_embeddings=bool(c.tie_word_embeddings), architecture=arch.name,
     )
 
 
@@ -118,20 +95,19 @@ def set_rope_theta(model, theta: float, scaling: Mapping[str, Any] | None = None
     not enough: this updates ``config.rope_parameters`` and copies freshly computed frequencies into the
     existing rotary buffers (keeping any hooks attached to the module).
     """
-    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-
     if not theta > 0:
         raise ValueError(f"rope theta must be > 0, got {theta}")
     params: dict[str, Any] = {"rope_type": "default"}
     if scaling:
         params.update(dict(scaling))
     params["rope_theta"] = float(theta)
+    params.update(architectures.intrinsic_rope_parameters(model.config))  # e.g. Phi-3's partial_rotary_factor
     model.config.rope_parameters = params
     modules = rotary_modules(model)
     if not modules:
         raise ValueError("model has no rotary embedding module to update")
     for module in modules:
-        fresh = LlamaRotaryEmbedding(config=model.config)  # transformers' own frequency init for this config
+        fresh = type(module)(config=model.config)  # transformers' own frequency init (this architecture's class)
         with torch.no_grad():
             module.inv_freq.copy_(fresh.inv_freq.to(module.inv_freq.device))
             module.original_inv_freq.copy_(fresh.original_inv_freq.to(module.original_inv_freq.device))
@@ -363,8 +339,10 @@ def _check_hf_dir(path: Path) -> dict[str, Any]:
         cfg = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{cfg_file}: corrupt JSON ({exc})") from None
-    if cfg.get("model_type") != "llama":
-        raise CheckpointError(f"{cfg_file}: model_type is {cfg.get('model_type')!r}; the workbench loads Llama models only")
+    try:
+        architectures.of(cfg)
+    except architectures.ArchitectureError as exc:
+        raise CheckpointError(f"{cfg_file}: {exc}") from None
     shards = sorted(path.glob("*.safetensors"))
     if not shards:
         raise CheckpointError(f"{path}: no *.safetensors weights")
@@ -403,8 +381,6 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.d
     whose size or sha256 disagrees with the manifest (hashed once, then cached: ``verify_checkpoint``), a damaged safetensors file, or a non-Llama model.
     ``allow_plain_hf=True`` accepts any local HF Llama directory (manifest = {}).
     """
-    from transformers import LlamaForCausalLM
-
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: checkpoint directory not found")
@@ -412,17 +388,17 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.d
         manifest = verify_checkpoint(path, full_hash=full_hash)
     else:
         manifest = {}
-    _check_hf_dir(path)
+    arch = architectures.of(_check_hf_dir(path))
     try:
-        model = LlamaForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation,
-                                                 local_files_only=True)
+        model = arch.model_class().from_pretrained(path, dtype=dtype, local_files_only=True,
+                                                   attn_implementation=arch.attn_implementation(attn_implementation))
     except Exception as exc:
         raise CheckpointError(f"{path}: transformers could not load it ({type(exc).__name__}: {exc})") from None
     model.to(device).eval()
     theta = rope_theta(model)
     if manifest and not math.isclose(manifest["rope_theta"], theta, rel_tol=1e-9):
         raise CheckpointError(f"{path}: config.json theta {theta} disagrees with manifest theta {manifest['rope_theta']}")
-    expected = torch.as_tensor(rope.inv_freq(theta, model.config.head_dim,
+    expected = torch.as_tensor(rope.inv_freq(theta, architectures.head_dim(model.config),
                                              _scaling_of(model.config.rope_parameters),
                                              max_position_embeddings=model.config.max_position_embeddings),
                                dtype=torch.float32)

@@ -18,7 +18,7 @@ import resource
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace as dc_replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from workbench import config as wconfig
-from workbench import models
+from workbench import architectures, models
 from workbench.config import ConfigError, RunConfig
 from workbench.train import ablations, distributed, state
 from workbench.train.losses import CachedTeacher, LossSpec, OnlineTeacher, bucket_edges, chunked_loss, loss_by_bucket
@@ -162,7 +162,9 @@ class DistillModule(torch.nn.Module):
                     kw = dict(kw, position_ids=ablations.document_positions(batch["doc_ids"]),
                               attention_mask=doc_mask(batch["doc_ids"], "document", hidden.dtype))
                 t_hidden = self.teacher.model(input_ids=batch["input_ids"], **kw).last_hidden_state[:, :-1]
-            teacher = OnlineTeacher(t_hidden, self.teacher.lm_head.weight)
+            teacher = OnlineTeacher(t_hidden, self.teacher.lm_head.weight, architectures.final_softcap(self.teacher.config))
+        if architectures.final_softcap(self.student.config):  # Gemma 2: the loss sees the soft-capped logits
+            spec = dc_replace(spec, student_softcap=architectures.final_softcap(self.student.config))
         r = chunked_loss(hidden, self.student.lm_head.weight, labels, spec, teacher=teacher, normalizer=normalizer)
         return r.loss, r.per_token, r.ce_sum, r.kd_sum, r.valid
 
