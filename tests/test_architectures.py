@@ -477,3 +477,126 @@ def test_probe_and_state_view_on_each_architecture(arch, tmp_path, plain_dirs):
     half = A.head_dim(dict(SHAPE, **EXTRA.get(arch, {}))) // 2
     assert states.sizes["pair"] == half
     assert np.isfinite(states["q_norm_change"].values).all()
+
+
+# ------------------------------------------------------------------- tokenizers travel (item 2)
+
+LICENSES = [Path("/usr/share/common-licenses") / n for n in ("Apache-2.0", "GPL-3", "Artistic", "BSD")]
+
+
+@pytest.fixture(scope="module")
+def bpe(tmp_path_factory) -> tuple[Path, Path]:
+    """A BPE tokenizer trained locally with `tokenizers` (vocab 300) and a jsonl corpus of paragraphs. It has
+    Qwen's ``<|endoftext|>``: transformers 5 loads a tokenizer next to a Qwen2 config.json as Qwen2Tokenizer,
+    which adds that token when it is missing."""
+    from tokenizers import Tokenizer, models as tm, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("bpe")
+    paras = [p.strip() for f in LICENSES if f.is_file() for p in f.read_text(errors="ignore").split("\n\n")
+             if len(p.strip()) > 80][:200]
+    assert len(paras) > 20
+    backend = Tokenizer(tm.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.train_from_iterator(paras, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<eos>", "<|endoftext|>"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>")
+    tok.save_pretrained(root / "tok")
+    corpus = root / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": p}) for p in paras))
+    return root / "tok", corpus
+
+
+def _bpe_run(tok: Path, corpus: Path, teacher: Path | None = None, **model) -> dict:
+    raw = {"name": "bpe", "model": {**TRAIN_STUDENT, "vocab_size": 320, **model}, "seed": 1,
+           "data": {"kind": "jsonl", "paths": [str(corpus)], "tokenizer": str(tok)},
+           "optim": {"micro_batch_size": 2, "grad_accum_steps": 1},
+           "checkpoint": {"every": 1, "keep_last": 3}, "loss": {"chunk_size": 40},
+           "phases": [{"name": "p", "steps": 2, "seq_len": 48, "rope_theta": 100, "lr": 3e-3,
+                       "objective": "kd" if teacher else "ce"}]}
+    if teacher is not None:
+        raw["teacher"] = {"path": str(teacher)}
+    return raw
+
+
+def test_checkpoints_carry_the_data_tokenizer(tmp_path, bpe):
+    from transformers import AutoTokenizer
+
+    from workbench.train import train
+
+    tok, corpus = bpe
+    run = train(config.from_dict(config.RunConfig, _bpe_run(tok, corpus)), out=str(tmp_path / "run"), progress=False)
+    for ckpt in models.list_checkpoints(run):
+        saved = AutoTokenizer.from_pretrained(ckpt, local_files_only=True)
+        assert saved.get_vocab() == AutoTokenizer.from_pretrained(tok, local_files_only=True).get_vocab()
+        models.verify_checkpoint(ckpt)  # tokenizer files are listed (and hashed) in the manifest
+        assert "tokenizer.json" in models.read_manifest(ckpt)["files"]
+
+
+def test_synthetic_runs_carry_the_synthetic_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    from workbench.data.tokenizer import synthetic_tokenizer
+    from workbench.train import train
+
+    raw = _run_cfg(Path("unused"))
+    del raw["teacher"]
+    raw["phases"][0]["objective"] = "ce"
+    run = train(config.from_dict(config.RunConfig, raw), out=str(tmp_path / "run"), progress=False)
+    saved = AutoTokenizer.from_pretrained(models.list_checkpoints(run)[-1], local_files_only=True)
+    assert saved.get_vocab() == synthetic_tokenizer().get_vocab()
+
+
+def test_qwen2_teacher_with_the_shared_bpe_tokenizer_distils_into_llama_and_resumes(tmp_path, bpe):
+    """The issue's case: KD from a Qwen2-shaped teacher into a Llama-shaped student, one BPE tokenizer."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from workbench.train import train
+
+    tok, corpus = bpe
+    teacher = hf_tiny("qwen2")
+    teacher.resize_token_embeddings(320)
+    tdir = tmp_path / "teacher"
+    teacher.save_pretrained(tdir)
+    AutoTokenizer.from_pretrained(tok, local_files_only=True).save_pretrained(tdir)
+    cfg = config.from_dict(config.RunConfig, _bpe_run(tok, corpus, tdir))
+    full = train(cfg, out=str(tmp_path / "full"), progress=False)
+    losses = [(r["step"], r["kd"]) for r in map(json.loads, (full / "metrics.jsonl").read_text().splitlines())
+              if r["kind"] == "train"]
+    assert len(losses) == 2 and all(kd > 0 for _, kd in losses)
+    part = tmp_path / "part"
+    shutil.copytree(full, part)
+    shutil.rmtree(part / "ckpt-000002")
+    train(cfg, out=str(part), resume=True, progress=False)
+    assert [(r["step"], r["kd"]) for r in map(json.loads, (part / "metrics.jsonl").read_text().splitlines())
+            if r["kind"] == "train"] == losses
+    assert AutoTokenizer.from_pretrained(models.list_checkpoints(part)[-1], local_files_only=True).get_vocab() == \
+        AutoTokenizer.from_pretrained(tok, local_files_only=True).get_vocab()
+
+
+def test_teacher_with_another_tokenizer_is_one_error_before_training(tmp_path, bpe, plain_dirs, capsys):
+    from workbench.cli import main as cli_main
+
+    tok, corpus = bpe
+    raw = _bpe_run(tok, corpus, plain_dirs["llama"], vocab_size=VOCAB)  # synthetic-tokenizer teacher, BPE data
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    rc = cli_main(["train", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "teacher's tokenizer" in err[0] and "differs from data.tokenizer" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_teacher_without_tokenizer_is_accepted_with_one_warning(tmp_path, plain_dirs):
+    import shutil
+
+    from workbench.train import train
+
+    tdir = tmp_path / "teacher"
+    shutil.copytree(plain_dirs["qwen3"], tdir)
+    for f in tdir.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            f.unlink()
+    with pytest.warns(UserWarning, match="has no tokenizer; assuming it uses the run's") as caught:
+        train(config.from_dict(config.RunConfig, _run_cfg(tdir)), out=str(tmp_path / "run"), progress=False)
+    assert sum("has no tokenizer" in str(w.message) for w in caught) == 1

@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from workbench import config as wconfig
-from workbench import architectures, models
+from workbench import architectures, models, tokenizers
 from workbench.config import ConfigError, RunConfig
 from workbench.train import ablations, distributed, state
 from workbench.train.losses import CachedTeacher, LossSpec, OnlineTeacher, bucket_edges, chunked_loss, loss_by_bucket
@@ -132,6 +132,7 @@ def check_inputs(cfg: RunConfig, world_size: int = 1) -> None:
             if longest > t_max:
                 raise ConfigError(f"phases: the longest phase ({longest} tokens) is beyond the teacher's "
                                   f"max_position_embeddings {t_max} ({cfg.teacher.path})")
+    tokenizers.check_run(cfg)  # one vocabulary: the teacher's tokenizer equals the data's (before any training)
 
 
 # ------------------------------------------------------------------------------------------ model
@@ -253,6 +254,7 @@ def _train(cfg, run_dir: Path, resume: bool, progress: bool, device, dd: distrib
     if resume and ckpt is None and dd.is_main:
         print(f"workbench train: no complete checkpoint in {run_dir}; starting from scratch", file=sys.stderr)
     torch.manual_seed(cfg.seed)
+    run_tokenizer, _ = tokenizers.for_run(cfg, warn=False)  # preflight checked it (and warned once)
     # --- student: from the checkpoint we resume, from init_from, or fresh (seeded)
     if ckpt is not None:
         student, _ = models.load(ckpt, device=device)
@@ -380,7 +382,8 @@ def _train(cfg, run_dir: Path, resume: bool, progress: bool, device, dd: distrib
                             "seq_len": ph.seq_len, "tokens": tokens, "world_size": dd.world_size}
                 trainer_state = {"step": step, "tokens": tokens, "phase_index": pi, "data": stream.state_dict(),
                                  "config_hash": chash}
-                saved = _save(run_dir / f"ckpt-{step:06d}", student, shadow, opt, manifest, trainer_state, dd)
+                saved = _save(run_dir / f"ckpt-{step:06d}", student, shadow, opt, manifest, trainer_state, dd,
+                              tokenizer=run_tokenizer)
                 parent = saved.name
                 if dd.is_main:
                     state.prune(run_dir, cfg.checkpoint.keep_last)
@@ -431,7 +434,7 @@ def _load_optimizer(student, opt, osd: dict) -> None:
     set_optimizer_state_dict(student, opt, osd, options=StateDictOptions(full_state_dict=True))
 
 
-def _save(path: Path, student, shadow, opt, manifest: dict, trainer_state: dict, dd) -> Path:
+def _save(path: Path, student, shadow, opt, manifest: dict, trainer_state: dict, dd, tokenizer=None) -> Path:
     msd, osd = _full_state(student, opt)
     low = sorted({str(v.dtype) for v in msd.values() if v.is_floating_point() and v.dtype != torch.float32})
     if low:  # bf16 runs compute in bf16 but keep (and save) fp32 master weights
@@ -443,7 +446,12 @@ def _save(path: Path, student, shadow, opt, manifest: dict, trainer_state: dict,
             shadow.load_state_dict(msd)
             model = shadow
         full = {**trainer_state, "optimizer": osd, "rng": rngs}
-        models.save_checkpoint(model, path, manifest, extra=lambda tmp: state.write_state(tmp, full))
+        def extra(tmp: Path) -> None:
+            state.write_state(tmp, full)
+            if tokenizer is not None:  # the run's tokenizer travels with every checkpoint
+                tokenizers.save(tokenizer, tmp)
+
+        models.save_checkpoint(model, path, manifest, extra=extra)
     distributed.barrier(dd)
     return path
 
