@@ -197,8 +197,10 @@ def autocast_for(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-def load_teacher(cfg: RunConfig, device: torch.device):
-    teacher, _ = models.load(cfg.teacher.path, device=device, allow_plain_hf=True)
+def load_teacher(cfg: RunConfig, device: torch.device, precision: str = "fp32"):
+    """The frozen teacher at its configured theta; held in bf16 under bf16 precision (it is never trained)."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    teacher, _ = models.load(cfg.teacher.path, device=device, dtype=dtype, allow_plain_hf=True)
     if cfg.teacher.rope_theta is not None:
         models.set_rope_theta(teacher, cfg.teacher.rope_theta, models.model_config_of(teacher).rope_scaling)
     teacher.requires_grad_(False)
@@ -255,6 +257,7 @@ def _train(cfg, run_dir: Path, resume: bool, progress: bool, device, dd: distrib
         print(f"workbench train: no complete checkpoint in {run_dir}; starting from scratch", file=sys.stderr)
     torch.manual_seed(cfg.seed)
     run_tokenizer, _ = tokenizers.for_run(cfg, warn=False)  # preflight checked it (and warned once)
+    precision = resolve_precision(cfg.optim.precision, device)
     # --- student: from the checkpoint we resume, from init_from, or fresh (seeded)
     if ckpt is not None:
         student, _ = models.load(ckpt, device=device)
@@ -264,7 +267,7 @@ def _train(cfg, run_dir: Path, resume: bool, progress: bool, device, dd: distrib
         student = models.build_model(cfg.model, seed=cfg.seed, device=device)
     teacher = None
     if needs_teacher(cfg) and not cfg.teacher.cache:
-        teacher = load_teacher(cfg, device)
+        teacher = load_teacher(cfg, device, precision)
     cache = None
     if needs_teacher(cfg) and cfg.teacher.cache:
         from workbench.train import teacher_cache
@@ -274,7 +277,6 @@ def _train(cfg, run_dir: Path, resume: bool, progress: bool, device, dd: distrib
     if cfg.optim.activation_checkpointing:
         student.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     module = DistillModule(student, teacher, cfg.teacher.positions if cfg.teacher else "same")
-    precision = resolve_precision(cfg.optim.precision, device)
     shadow = None  # a plain CPU copy of the student for saving/evaluating when FSDP shards it
     if dd.enabled:
         blocks = list(student.model.layers) + (list(teacher.model.layers) if teacher is not None else [])
