@@ -93,6 +93,61 @@ def test_bucketed_means_match_brute_force_and_sum_over_pairs():
     assert got["count"].sum() == b * t * (t + 1) // 2
 
 
+def _qk(b, h, t, d, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, h, t, d, generator=g, dtype=torch.float64) * torch.linspace(0.3, 2.0, d, dtype=torch.float64) + 0.2
+    k = torch.randn(b, h, t, d, generator=g, dtype=torch.float64) - 0.1
+    return q, k
+
+
+def test_fast_decomposition_is_exact_at_short_length():
+    """Prefix sums give every bucket's mean term exactly; below the sample size the |term| means are exact too."""
+    b, h, t, d = 2, 3, 200, 8
+    q, k = _qk(b, h, t, d)
+    pos = (torch.arange(t) + torch.tensor([[0], [5]])).contiguous()  # rows start at different positions
+    lo, hi = scores.distance_buckets(t)
+    exact = scores.decompose(q, k, pos, 0.5, lo, hi, method="exact")
+    fast = scores.decompose(q, k, pos, 0.5, lo, hi, method="fast")
+    np.testing.assert_allclose(fast["contribution"], exact["contribution"], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(fast["abs_contribution"], exact["abs_contribution"], rtol=1e-10, atol=1e-12)
+    assert fast["count"].tolist() == exact["count"].tolist() == fast["n_abs"].tolist()
+    # a sample smaller than the buckets: |term| estimated, the mean term still exact
+    small = scores.decompose(q, k, pos, 0.5, lo, hi, abs_sample={"pairs": 64})
+    np.testing.assert_allclose(small["contribution"], exact["contribution"], rtol=1e-10, atol=1e-12)
+    assert small["n_abs"].max() == 2 * 64 and not np.allclose(small["abs_contribution"], exact["abs_contribution"])
+    with pytest.raises(ValueError, match="contiguous position"):
+        scores.decompose(q, k, torch.cat([torch.arange(100), torch.arange(100)]).repeat(b, 1), 0.5, lo, hi)
+
+
+def test_sampled_abs_terms_close_to_exact_at_2k_and_seeded():
+    b, h, t, d = 1, 2, 2048, 8
+    q, k = _qk(b, h, t, d, seed=1)
+    pos = torch.arange(t)[None]
+    lo, hi = scores.distance_buckets(t)
+    exact = scores.decompose(q, k, pos, 0.5, lo, hi, method="exact")
+    fast = scores.decompose(q, k, pos, 0.5, lo, hi, abs_sample={"pairs": 16384}, seed=3)
+    np.testing.assert_allclose(fast["contribution"], exact["contribution"], rtol=1e-9, atol=1e-12)
+    rel = np.abs(fast["abs_contribution"] / exact["abs_contribution"] - 1)
+    sampled = fast["n_abs"] < exact["count"]
+    assert sampled.sum() >= 4 and (rel[..., ~sampled] < 1e-10).all()
+    assert rel[..., sampled].max() < 0.05 and np.median(rel[..., sampled]) < 0.01
+    again = scores.decompose(q, k, pos, 0.5, lo, hi, abs_sample={"pairs": 16384}, seed=3)
+    other = scores.decompose(q, k, pos, 0.5, lo, hi, abs_sample={"pairs": 16384}, seed=4)
+    np.testing.assert_array_equal(again["abs_contribution"], fast["abs_contribution"])
+    assert not np.array_equal(other["abs_contribution"][..., sampled], fast["abs_contribution"][..., sampled])
+
+
+def test_score_decomposition_methods_agree_and_state_the_sample(run_dir):
+    fast = analysis.score_decomposition(run_dir[:1], seq_len=96, abs_sample={"pairs": 256}, seed=2)
+    exact = analysis.score_decomposition(run_dir[:1], seq_len=96, method="exact", seed=2)
+    np.testing.assert_allclose(fast["contribution"].values, exact["contribution"].values, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(fast["abs_contribution"].values, exact["abs_contribution"].values, rtol=0.25)
+    assert fast.attrs["score_method"] == "fast" and exact.attrs["score_method"] == "exact"
+    assert fast.attrs["abs_sample_pairs"] == 256 and fast.attrs["abs_sample_seed"] == 2
+    assert (fast["n_abs_sampled"] <= fast["n_scored"]).all() and (exact["n_abs_sampled"] == exact["n_scored"]).all()
+    assert int(fast["n_abs_sampled"].max()) == 256
+
+
 def test_score_decomposition_dataset(run_dir):
     ds = analysis.score_decomposition(run_dir[:2], seq_len=64)
     assert ds["contribution"].dims == ("checkpoint", "layer", "head", "pair", "distance")

@@ -26,6 +26,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-train", type=int, default=4000, help="at most this many training tokens per probe")
     p.add_argument("--no-scores", action="store_true", help="skip the attention-score decomposition")
     p.add_argument("--score-seq-len", type=int, default=512, help="window length for the score decomposition")
+    p.add_argument("--score-method", choices=["fast", "exact"], default="fast",
+                   help="fast: mean terms exact via prefix sums, mean |term| from a seeded sample of (query, key) "
+                        "positions per distance bucket, linear in length; exact: every pair, quadratic (reference)")
+    p.add_argument("--abs-sample-pairs", type=int, default=65536,
+                   help="fast method: (query, key) pairs sampled per distance bucket for the mean |term|")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--figures", default=None, help="also write the probe curves (HTML + PNG) into this folder")
     p.add_argument("--device", default="cpu", help="where the models run (cpu, cuda); statistics are float32 either way")
@@ -42,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     paths = expand_checkpoints(args.checkpoints, args.phase_ends)
     if args.seq_len < 8 or args.score_seq_len < 2:
         raise ValueError(f"--seq-len must be >= 8 and --score-seq-len >= 2, got {args.seq_len}, {args.score_seq_len}")
+    if args.abs_sample_pairs < 1:
+        raise ValueError(f"--abs-sample-pairs must be >= 1, got {args.abs_sample_pairs}")
     if args.windows < 4:
         raise ValueError(f"--windows must be >= 4 (a quarter are held out), got {args.windows}")
     if args.buckets < 2 or args.buckets > args.seq_len:
@@ -58,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     analysis.write_group(args.out, "probes", probes)
     if not args.no_scores:
         scores = analysis.score_decomposition(paths, seq_len=args.score_seq_len, seed=args.seed,
+                                              method=args.score_method, abs_sample={"pairs": args.abs_sample_pairs},
                                               allow_plain_hf=args.allow_plain_hf, device=args.device, progress=True)
         analysis.write_group(args.out, "score_decomposition", scores)
     sites = [str(s) for s in probes["site"].values]

@@ -84,6 +84,12 @@ def run(args: argparse.Namespace) -> int:
     interp.check_writable(args.out, group, ckpt, specs)  # a spec already stored is refused before any work
     if args.capture:
         interp.check_writable(args.out, "activations", ckpt, specs)
+    if args.backend == "tl":  # eager [rows, heads, T, T] attention: refuse what cannot fit before loading anything
+        length = int(inputs["input_ids"].shape[-1]) if inputs is not None else args.length
+        batch = int(inputs["input_ids"].shape[0]) if inputs is not None and inputs["input_ids"].ndim == 2 else args.batch
+        rows = (len([s for s in specs if not s.is_identity]) + 1) * min(args.batch_size or batch, batch)
+        if args.experiment is None:
+            interp.check_backend_length(ckpt, "tl", rows, length)
     be = interp.load_backend(ckpt, args.backend)
     validate_all([interp.identity("clean"), *specs], be.geometry)  # before any forward pass
     if inputs is None:

@@ -21,8 +21,8 @@ import xarray as xr
 
 from workbench import store
 from workbench.interp.activations import capture_activations, write_activations
-from workbench.interp.backends import (Backend, NNsightBackend, TransformerLensBackend, load_backend,
-                                       plain_hf_logits)
+from workbench.interp.backends import (Backend, LengthLimitError, NNsightBackend, TransformerLensBackend,
+                                       load_backend, plain_hf_logits)
 from workbench.interp.repeated import repeated_tokens
 from workbench.interp.sanity import check
 from workbench.interp.specs import (Geometry, Op, PairSet, Scope, Spec, dump_specs, identity, load_specs, noise,
@@ -48,6 +48,19 @@ def write_repeated(store_path: str | Path, ds: xr.Dataset) -> Path:
     return store.write_grid(store_path, "repeated_tokens", _skip_written_clean(store_path, "repeated_tokens", ds))
 
 
+def check_backend_length(ckpt_path: str | Path, backend: str, n_rows: int, length: int) -> None:
+    """Refuse (``LengthLimitError``), from config.json alone, a TransformerLens run whose eager attention
+    would not fit in memory; nnsight (sdpa) has no such limit."""
+    import json
+
+    from workbench.interp.backends import check_eager_length
+
+    if backend != "tl":
+        return
+    cfg = json.loads((Path(ckpt_path) / "config.json").read_text())
+    check_eager_length(int(cfg["num_attention_heads"]), n_rows, length)
+
+
 def check_writable(store_path: str | Path, group: str, ckpt_path: str | Path, specs) -> None:
     """Refuse, before any forward pass, specs the store already holds for this checkpoint (StoreError)."""
     from workbench.interp.traces import checkpoint_label
@@ -61,7 +74,7 @@ def check_writable(store_path: str | Path, group: str, ckpt_path: str | Path, sp
                          [r.ops_hash for r in runs])
 
 
-__all__ = ["Backend", "Geometry", "NNsightBackend", "Op", "PairSet", "Scope", "Spec", "TransformerLensBackend",
+__all__ = ["Backend", "Geometry", "LengthLimitError", "check_backend_length", "NNsightBackend", "Op", "PairSet", "Scope", "Spec", "TransformerLensBackend",
            "capture_activations", "check", "check_writable", "default_inputs", "dump_specs", "identity", "load_backend",
            "load_specs", "noise", "plain_hf_logits", "repeated_tokens", "rotate", "run_trace", "scale", "shift",
            "theta_swap", "write_activations", "write_repeated", "write_traces", "zero"]
