@@ -95,3 +95,27 @@ def test_band_conditions_split_pairs_by_document_length():
     with pytest.raises(ValueError, match="op must be"):
         with ablations.band_intervention(torch.nn.Module(), [], "warp"):
             pass
+
+
+def test_report_flags_a_task_the_teacher_guesses_at():
+    """A multi-key task the teacher answers at the guessing rate (1/4) gets a warning; one it solves does not."""
+    import numpy as np
+    import xarray as xr
+
+    from workbench.demo.report import teacher_at_chance
+
+    arms = np.array(["teacher/t", "kd-a"], dtype=object)
+    lengths = np.array([256, 1024])
+
+    def summary(teacher_mean: float, half_width: float) -> xr.Dataset:
+        mean = np.array([[[teacher_mean] * 2], [[0.5] * 2]])  # (arm, task, length)
+        return xr.Dataset({"correct": (("arm", "task", "length"), mean),
+                           "correct_lo": (("arm", "task", "length"), mean - half_width),
+                           "correct_hi": (("arm", "task", "length"), mean + half_width)},
+                          coords={"arm": arms, "task": np.array(["multikey"], dtype=object), "length": lengths})
+
+    note = teacher_at_chance(summary(0.27, 0.1), ["teacher/t"], "multikey")
+    assert len(note) == 1 and "guessing rate (1/4 = 0.25" in note[0]
+    assert teacher_at_chance(summary(0.9, 0.05), ["teacher/t"], "multikey") == []
+    assert teacher_at_chance(summary(0.27, 0.1), [], "multikey") == []  # no teacher: nothing to say
+    assert teacher_at_chance(summary(0.27, 0.1).assign_coords(task=["niah"]), ["teacher/t"], "niah") == []

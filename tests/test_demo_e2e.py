@@ -25,7 +25,7 @@ def demo_run(tmp_path_factory):
                            "--no-progress", "--out", str(out)], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, proc.stdout
+    return out, proc.stdout + proc.stderr
 
 
 def nonempty(path) -> bool:
@@ -35,6 +35,7 @@ def nonempty(path) -> bool:
 def test_demo_prints_the_table_and_writes_the_report(demo_run):
     out, stdout = demo_run
     assert "| arm | task | seeds | @256 | @1024 |" in stdout
+    assert "Loading weights" not in stdout  # transformers' per-load bars (also in worker processes) are off
     report = (out / "REPORT.md").read_text()
     for heading in ("## Settings", "### Stage 1", "### Paired differences", "## F2", "## F3"):
         assert heading in report

@@ -164,13 +164,22 @@ def _train_one(cfg, run_dir: str, resume: bool, progress: bool, threads: int | N
     return str(train(cfg, out=run_dir, resume=resume, progress=progress))
 
 
+def _quiet_transformers() -> None:
+    """In a worker: no transformers "Loading weights" bars or info logs (the demo prints one line per step)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def in_workers(fn, calls: list[tuple], jobs: int, done=None) -> list:
     """``fn(*args)`` for every ``args`` of ``calls`` in ``jobs`` spawned worker processes; results in order
     (a worker's error re-raises here); ``done(i)`` after each result."""
     from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
 
-    with ProcessPoolExecutor(max_workers=min(jobs, len(calls)), mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=min(jobs, len(calls)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_quiet_transformers) as pool:
         futures = [pool.submit(fn, *args) for args in calls]
         results = []
         for i, future in enumerate(futures):
@@ -409,10 +418,7 @@ def run(opts: DemoOptions) -> tuple[Path, DemoState]:
     """Run the demo; returns (report path, state)."""
     from workbench.demo import ablations, report
 
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # one progress bar per step: ours
-    hf_logging.set_verbosity_error()
+    _quiet_transformers()  # one progress bar per step: ours (workers do the same)
     opts.out = Path(opts.out)
     opts.out.mkdir(parents=True, exist_ok=True)
     state = DemoState(teacher=Path("."))

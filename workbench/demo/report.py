@@ -208,6 +208,7 @@ def f1_section(store_path: Path, figures: dict[str, Path], out: Path) -> list[st
             lines += _fig(figures, out, f"results/f1_{task}_paired_differences", f"{task} paired differences")
     lines += ["### Findings", ""]
     for task in map(str, summary["task"].values):
+        lines += teacher_at_chance(summary, refs, task)
         f1 = [_diff_cells(comp, f"kd-phasewise - kd-{fixed}", task, beyond) for fixed in ("fixed-small", "fixed-large")]
         lines.append(f"- **F1** ({task}, {BEYOND}: {beyond}) phase-wise theta beats both fixed schedules under KD: "
                      f"{_verdict(f1[0] + f1[1])}. phase-wise - fixed-small "
@@ -220,6 +221,26 @@ def f1_section(store_path: Path, figures: dict[str, Path], out: Path) -> list[st
                 lines.append(f"- **KD vs CE** ({task}, {sched}) KD - CE: {_verdict(d[1:] if len(d) > 1 else d)} "
                              f"{BEYOND}; " + ", ".join(f"@{n} {_interval(*x)}" for n, x in zip(lengths, d)) + ".")
     return lines + [""]
+
+
+def teacher_at_chance(summary, refs: list[str], task: str) -> list[str]:
+    """A warning line when every teacher's interval contains the task's guessing rate (one of the ``keys``
+    needle values) at every length: then KD has no retrieval skill to transfer on this task, and its
+    differences are noise (or side effects of the objective), not evidence for or against the paper."""
+    from workbench.evals.tasks import TASKS
+
+    spec = TASKS.get(task)
+    teachers = [r for r in refs if r.startswith("teacher")]
+    if spec is None or spec.keys < 2 or not teachers:
+        return []
+    chance = 1.0 / spec.keys
+    cells = summary.sel(arm=teachers, task=task)
+    if not bool(((cells["correct_lo"] <= chance) & (cells["correct_hi"] >= chance)).all()):
+        return []
+    means = cells["correct"].values.ravel()
+    return [f"- *Note on {task}*: the teacher itself sits at the guessing rate (1/{spec.keys} = {chance:.2f}; teacher "
+            f"{means.min():.2f}-{means.max():.2f} over lengths): it does not bind keys, so KD has nothing to transfer "
+            f"on {task}; read its differences below as noise or side effects, not as evidence either way."]
 
 
 def f2_section(store_path: Path, teacher_store: Path, figures: dict[str, Path], out: Path) -> list[str]:
