@@ -123,3 +123,22 @@ def test_bf16_resume_is_bit_exact(bf16_run, teacher, tmp_path):
     a = models.load(bf16_run / "ckpt-000004")[0].state_dict()
     b = models.load(resumed / "ckpt-000004")[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_device_check_dry_run_prints_the_table(tmp_path):
+    """analyses/benchmarks/bench_gpu_trainer.py --dry-run: the device check's rows on CPU, same table shape."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "BENCH_TMP": str(tmp_path),
+           "PYTHONPATH": str(root)}
+    p = subprocess.run([sys.executable, str(root / "analyses/benchmarks/bench_gpu_trainer.py"), "--dry-run",
+                        "--only", "kd-32k,eval", "--json", str(tmp_path / "rows.json")], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "| check | device | tokens/step | tokens/s/GPU | MFU % | peak mem GB | estimate GB | time s | status |" in p.stdout
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert [r["check"] for r in rows] == ["kd-32k bf16 KD step +AC", "eval tiny-teacher"]
+    assert rows[0]["tokens/step"] == 1024 and rows[0]["tokens/s/GPU"] > 0 and rows[0]["estimate GB"] > 0
+    assert all(r["status"].startswith("ok") for r in rows)

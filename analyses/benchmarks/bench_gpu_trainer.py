@@ -10,12 +10,15 @@ Rows (each a separate measurement; a failing row prints its error and the others
   (built here, saved in bf16; nothing is downloaded), 8192 tokens per step, no activation checkpointing;
 - ``kd-32k``: the same at 32768 tokens with activation checkpointing;
 - ``eval``: ``workbench eval`` of the shipped tiny teacher (data/teacher/tiny-teacher) on the device;
-- ``trace-check``: ``workbench trace --check`` of the same checkpoint (TransformerLens and nnsight parity).
-  The command has no ``--device`` option yet, so this row runs where the command runs (CPU) and says so.
+- ``trace-check``: ``workbench trace --check`` of the same checkpoint (TransformerLens and nnsight parity,
+  identity, q/k shift invariance). The command has no ``--device`` option yet, so it runs on CPU;
+- ``trace-device``: the same checks (``workbench.interp.check``) with both backends and the plain-HF reference
+  loaded on the device (the benchmark passes ``device=`` to ``load_backend``, which takes one).
 
 Columns: tokens per step, median tokens/s per GPU after warm-up, MFU, peak memory (CUDA: max allocated; CPU:
-the process's max RSS) and ``workbench.train.memory.step_memory``'s estimate, wall time, status. MFU counts the
-teacher's forward:
+the process's max RSS) and ``workbench.train.memory.step_memory``'s estimate, wall time (for the KD rows: building
+the student, loading the teacher, the steps and the phase-end checkpoint save, which is deleted after), status.
+MFU counts the teacher's forward:
 
     MFU = tokens/s * (6 N_student + 2 N_teacher + 6 L T d + 2 L_t T d_t) / peak FLOP/s
 
@@ -68,6 +71,7 @@ from workbench.train.memory import GB, step_memory  # noqa: E402
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 PRESETS = ROOT / "data/configs/presets"
 TINY_CKPT = ROOT / "data/teacher/tiny-teacher"
+ROWS = ("kd-8k", "kd-32k", "eval", "trace-check", "trace-device")
 COLUMNS = ("check", "device", "tokens/step", "tokens/s/GPU", "MFU %", "peak mem GB", "estimate GB", "time s", "status")
 
 
@@ -114,11 +118,12 @@ def kd_row(name: str, p: dict, seq_len: int, checkpointing: bool, device: torch.
 
     student = config.load_model_config(p["student"])
     teacher = config.load_model_config(p["teacher"])
+    window = max(p["kd-8k"], p["kd-32k"])  # one random teacher (saved once) for both rows
     student = config.ModelConfig(**{**config.to_dict(student), "max_position_embeddings":
-                                    max(student.max_position_embeddings, seq_len)})
+                                    max(student.max_position_embeddings, window)})
     teacher = config.ModelConfig(**{**config.to_dict(teacher), "max_position_embeddings":
-                                    max(teacher.max_position_embeddings, seq_len)})
-    teacher_dir = tmp / f"teacher-{seq_len}"
+                                    max(teacher.max_position_embeddings, window)})
+    teacher_dir = tmp / f"teacher-{teacher.hidden_size}-{window}"
     if rank == 0 and not teacher_dir.exists():
         models.save_checkpoint(models.build_model(teacher, seed=1, dtype=torch.bfloat16, device=device), teacher_dir,
                                {"step": 0, "phase": "random-teacher"})
@@ -150,6 +155,10 @@ def kd_row(name: str, p: dict, seq_len: int, checkpointing: bool, device: torch.
     est = step_memory(student, seq_len, micro_batch=1, world_size=world, teacher=teacher, chunk=p["chunk"],
                       checkpointing=checkpointing)
     finite = all(map(lambda r: r["loss"] == r["loss"], train_recs))
+    if rank == 0:  # the phase-end checkpoint (fp32 weights + AdamW state: 13 GB at 1.1B) is not kept
+        import shutil
+
+        shutil.rmtree(run, ignore_errors=True)
     return {"check": f"{name} bf16 KD step" + (" +AC" if checkpointing else ""), "tokens/step": seq_len,
             "tokens/s/GPU": tps, "MFU %": None if mfu is None else 100 * mfu,
             "peak mem GB": max(r["peak_mem_mb"] for r in train_recs) / 1024, "estimate GB": est.total / GB,
@@ -157,8 +166,11 @@ def kd_row(name: str, p: dict, seq_len: int, checkpointing: bool, device: torch.
 
 
 def eval_row(p: dict, device: torch.device, tmp: Path) -> dict:
+    import shutil
+
     from workbench import cli
 
+    shutil.rmtree(tmp / "eval.zarr", ignore_errors=True)  # a rerun evaluates again
     args = ["eval", str(TINY_CKPT), "--tasks", "passkey,niah", "--lengths", p["eval_lengths"], "--depths", "3",
             "--samples", str(p["eval_samples"]), "--extrapolate", "--device", str(device), "--out", str(tmp / "eval.zarr")]
     out, err = io.StringIO(), io.StringIO()
@@ -185,6 +197,29 @@ def trace_row() -> dict:
             "status": status}
 
 
+def trace_device_row(device: torch.device) -> dict:
+    """``workbench.interp.check`` with both backends and the plain-HF reference on ``device``."""
+    from workbench.interp import sanity
+
+    orig_load, orig_ref = sanity.load_backend, sanity.plain_hf_logits
+    sanity.load_backend = lambda path, name="nnsight", **kw: orig_load(path, name, **{"device": str(device), **kw})
+    sanity.plain_hf_logits = lambda *a, **kw: orig_ref(*a, **kw).to(device)
+    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # the checks compare at 1e-4 in fp32
+    t0 = time.perf_counter()
+    try:
+        results = sanity.check(TINY_CKPT)
+    finally:
+        sanity.load_backend, sanity.plain_hf_logits = orig_load, orig_ref
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    failed = [r for r in results if not r.ok]
+    worst = max(results, key=lambda r: r.value / r.tolerance if r.tolerance else (0.0 if r.value == 0 else 1e9))
+    status = (f"ok, {len(results)} checks, worst {worst.value:.1e} (tol {worst.tolerance:g})" if not failed else
+              f"FAILED {len(failed)}/{len(results)}: " + "; ".join(f"{r.name} {r.value:.1e}" for r in failed)[:200])
+    return {"check": "trace checks in-process", "device": device_name(device), "time s": time.perf_counter() - t0,
+            "status": status}
+
+
 def fmt(value, col: str) -> str:
     if value is None:
         return "-"
@@ -207,12 +242,12 @@ def table(rows: list[dict]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny presets: rehearse the check, same table")
-    ap.add_argument("--only", default="kd-8k,kd-32k,eval,trace-check", help="comma-separated rows")
+    ap.add_argument("--only", default=",".join(ROWS), help="comma-separated rows")
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
     args = ap.parse_args()
     rows_wanted = [r.strip() for r in args.only.split(",") if r.strip()]
-    unknown = set(rows_wanted) - {"kd-8k", "kd-32k", "eval", "trace-check"}
+    unknown = set(rows_wanted) - set(ROWS)
     if unknown:
         ap.error(f"--only: unknown rows {sorted(unknown)}")
     if not args.dry_run and not torch.cuda.is_available():
@@ -244,8 +279,10 @@ def main() -> int:
                 continue
             elif name == "eval":
                 row = eval_row(p, device, tmp)
-            else:
+            elif name == "trace-check":
                 row = trace_row()
+            else:
+                row = trace_device_row(device)
         except Exception as exc:  # one failing row must not hide the others
             traceback.print_exc()
             row = {"check": name, "time s": time.perf_counter() - t0, "status": f"FAILED {type(exc).__name__}: "
