@@ -233,6 +233,77 @@ def test_trace_records_propagation_layer_by_layer(nn, tl, ckpt):
     assert float(js.sel(layer=0).max()) == 0.0 and float(js.sel(layer=1).min()) > 0
 
 
+def test_streamed_trace_statistics_match_captured_activations(nn, ckpt):
+    """The on-the-fly statistics equal float64 metrics recomputed from ``Backend.run``'s captures."""
+    specs = [SPECS[0], SPECS[4]]
+    ids, pos = _inputs(length=96)
+    ds = interp.run_trace(ckpt, specs, {"input_ids": ids, "position_ids": pos}, backend=nn, buckets=[0, 40, 96])
+    got = nn.run(ids, pos, [S.identity("clean"), *specs], capture="*")
+    clean = got[0]
+    first = pos < 40
+
+    def kl(p_logits, q_logits):
+        lp, lq = torch.log_softmax(p_logits.double(), -1), torch.log_softmax(q_logits.double(), -1)
+        return (lp.exp() * (lp - lq)).sum(-1)
+
+    for c, spec in enumerate(specs, start=1):
+        t = ds.isel(checkpoint=0).sel(spec=spec.name)
+        for layer in range(3):
+            r, rc = got[c][f"blocks.{layer}.hook_resid_post"].double(), clean[f"blocks.{layer}.hook_resid_post"].double()
+            rel = (r - rc).norm(dim=-1) / rc.norm(dim=-1)
+            np.testing.assert_allclose(float(t.resid_rel_l2.sel(layer=layer)[0]), float(rel[first].mean()), rtol=1e-5, atol=1e-9)
+            cos = torch.nn.functional.cosine_similarity(r, rc, dim=-1)
+            np.testing.assert_allclose(float(t.resid_cos.sel(layer=layer)[1]), float(cos[~first].mean()), rtol=1e-6)
+            q, qc = got[c][f"blocks.{layer}.attn.hook_rot_q"].double(), clean[f"blocks.{layer}.attn.hook_rot_q"].double()
+            qrel = (q - qc).transpose(1, 2).flatten(2).norm(dim=-1) / qc.transpose(1, 2).flatten(2).norm(dim=-1)
+            np.testing.assert_allclose(float(t.q_rel_l2.sel(layer=layer)[1]), float(qrel[~first].mean()), rtol=1e-5, atol=1e-9)
+            with torch.no_grad():
+                lens = kl(nn.lens(rc.float()), nn.lens(r.float()))
+            np.testing.assert_allclose(float(t.lens_kl.sel(layer=layer)[0]), float(lens[first].mean()), rtol=2e-3, atol=1e-9)
+        lk = kl(clean["logits"], got[c]["logits"])
+        np.testing.assert_allclose(float(t.final_kl[1]), float(lk[~first].mean()), rtol=1e-6, atol=1e-12)
+        flips = (clean["logits"].argmax(-1) != got[c]["logits"].argmax(-1)).double()
+        assert float(t.top1_flip[0]) == pytest.approx(float(flips[first].mean()))
+    assert float(ds.sel(spec="scale-then-noise").final_kl.max()) > 0
+
+
+def test_lens_kl_is_exact_where_logits_agree_and_close_to_float64():
+    from workbench.interp.traces import lens_kl
+
+    g = torch.Generator().manual_seed(0)
+    z0 = 3 * torch.randn(5, 64, generator=g)
+    z = torch.stack([z0, z0, z0 + 1e-3 * torch.randn(5, 64, generator=g), z0 + torch.randn(5, 64, generator=g),
+                     z0 + 200 * torch.randn(5, 64, generator=g)])
+    got = lens_kl(z)
+    lp, lq = torch.log_softmax(z0.double(), -1), torch.log_softmax(z[1:].double(), -1)
+    want = (lp.exp() * (lp - lq)).sum(-1)
+    assert float(got[0].abs().max()) == 0.0
+    # float32 with no cancellation: relative error ~ 1e-7 / |logit change|, 0.2 % at a 1e-3 change (KL ~ 1e-7)
+    np.testing.assert_allclose(got[1].numpy(), want[1].numpy(), rtol=5e-3)
+    np.testing.assert_allclose(got[2:].numpy(), want[2:].numpy(), rtol=1e-4)
+
+
+def test_tl_backend_refuses_lengths_over_its_memory_estimate(tl, ckpt, tmp_path, monkeypatch, capsys):
+    from workbench import cli
+    from workbench.interp.backends import eager_attention_bytes
+
+    need = eager_attention_bytes(4, 2 * 2, 192)
+    monkeypatch.setenv("WORKBENCH_MEMORY_BUDGET_GB", str(0.6 * need / 2**30))
+    ids, pos = _inputs(length=192)
+    with pytest.raises(interp.LengthLimitError, match=r"GiB.*--backend nnsight"):
+        interp.run_trace(ckpt, [SPECS[0]], {"input_ids": ids, "position_ids": pos}, backend=tl)
+    assert tl.max_tokens(4) < 192 < tl.max_tokens(2)
+    interp.run_trace(ckpt, [SPECS[0]], {"input_ids": ids[:1], "position_ids": pos[:1]}, backend=tl)  # 2 rows fit
+    spec = tmp_path / "s.yaml"
+    S.dump_specs([SPECS[0]], spec)
+    argv = ["trace", str(ckpt), "--spec", str(spec), "--out", str(tmp_path / "t.zarr"), "--length", "192"]
+    assert cli.main([*argv, "--backend", "tl"]) == 2
+    err = capsys.readouterr().err
+    assert "needs about" in err and "--backend nnsight" in err and err.count("\n") == 1
+    assert not (tmp_path / "t.zarr").exists()
+    assert cli.main(argv) == 0  # nnsight has no such limit
+
+
 def test_repeated_tokens_store_and_result(nn, ckpt, tmp_path):
     late = S.Spec("noise-after-1024", [S.noise(1.0, seed=0, positions=[1024, 100_000])])
     iso = interp.repeated_tokens(ckpt, [late], backend=nn, window=2048, period=16, copies=6, attention="isolated")

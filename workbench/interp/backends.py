@@ -386,11 +386,11 @@ class LengthLimitError(ValueError):
 
 
 def eager_bytes_per_token2(num_heads: int, n_rows: int, dtype: torch.dtype = torch.float32) -> float:
-    """Bytes per T^2 of eager attention: the [rows, H, T, T] scores live in about 3 copies at once
-    (scores, softmax, the bridge's hooked pattern) in the model dtype, and the bool/additive causal mask
-    [rows, 1, T, T]."""
+    """Bytes per T^2 of eager attention: the [rows, H, T, T] scores live in up to about 6 copies at once
+    (scores, masked scores, the softmaxed pattern the bridge hooks, and the temporaries of the trace's
+    pattern JS statistic) in the model dtype, plus the bool and additive causal masks [rows, 1, T, T]."""
     elem = torch.finfo(dtype).bits // 8
-    return n_rows * (3 * num_heads * elem + elem + 1)
+    return n_rows * (6 * num_heads * elem + elem + 1)
 
 
 def eager_attention_bytes(num_heads: int, n_rows: int, length: int, dtype: torch.dtype = torch.float32) -> float:
