@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 import torch
 from safetensors import safe_open
 
-from workbench import architectures, rope
+from workbench import architectures, hfdir, rope
 from workbench.config import ModelConfig
 
 MANIFEST = "manifest.json"
@@ -388,6 +388,7 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.d
         manifest = verify_checkpoint(path, full_hash=full_hash)
     else:
         manifest = {}
+        hfdir.check_plain(path)  # plain HF directory: integrity from its safetensors headers / index
     arch = architectures.of(_check_hf_dir(path))
     try:
         model = arch.model_class().from_pretrained(path, dtype=dtype, local_files_only=True,

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 from safetensors import safe_open
 
-from workbench import architectures, models
+from workbench import architectures, hfdir, models
 from workbench.models import CheckpointError
 
 
@@ -77,6 +77,7 @@ def inspect(path: str | Path, *, allow_plain_hf: bool = False) -> CheckpointInfo
         manifest = models.verify_checkpoint(path)
     else:
         manifest = {}
+        hfdir.check_plain(path)  # plain HF directory: integrity from its safetensors headers / index
     cfg = models._check_hf_dir(path)  # config.json present, a Llama, safetensors readable
     params = dict(cfg.get("rope_parameters") or {})
     theta = float(params.pop("rope_theta", cfg.get("rope_theta", 10000.0)))

@@ -73,6 +73,7 @@ def position_probes(
     allow_plain_hf: bool = False,
     device: str = "cpu",
     progress: bool = False,
+    inputs=None,
 ) -> xr.Dataset:
     """Held-out probe scores per checkpoint and residual site: dims (checkpoint, layer); ``layer`` 0 is the
     embeddings, l the output of block l-1 (coordinate ``site``)."""
@@ -81,7 +82,7 @@ def position_probes(
     if n_buckets < 2:
         raise ValueError(f"position probes need at least 2 buckets, got {n_buckets}")
     infos = ck.inspect_all(paths, allow_plain_hf=allow_plain_hf, minimum=1)
-    batch = probe_batch(seq_len, n_windows, seed, data)
+    batch = probe_batch(seq_len, n_windows, seed, data) if inputs is None else inputs  # inputs: workbench.inputs
     per = per_checkpoint(infos, lambda m: model_probes(m, batch, n_buckets=n_buckets, seed=seed, max_train=max_train),
                          progress=progress, desc="position probes", allow_plain_hf=allow_plain_hf,
                          device=device)

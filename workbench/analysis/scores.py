@@ -224,6 +224,7 @@ def score_decomposition(
     allow_plain_hf: bool = False,
     device: str = "cpu",
     progress: bool = False,
+    inputs=None,
 ) -> xr.Dataset:
     """Per checkpoint: dims (checkpoint, layer, head, pair, distance). ``contribution`` = mean per-pair
     score term in each distance bucket, ``abs_contribution`` = mean |term|, ``score`` = mean pre-softmax
@@ -234,11 +235,11 @@ def score_decomposition(
         raise ValueError(f"score decomposition method must be one of {', '.join(METHODS)}, got {method!r}")
     abs_sample = {**ABS_SAMPLE, **(abs_sample or {})}
     infos = ck.inspect_all(paths, allow_plain_hf=allow_plain_hf, minimum=1)
-    batch = probe_batch(seq_len, batch_size, seed, data)
+    batch = probe_batch(seq_len, batch_size, seed, data) if inputs is None else inputs  # inputs: workbench.inputs
     if method == "fast" and not contiguous(batch["position_ids"]):
         raise ValueError("score decomposition: the probe windows reset positions inside a window; method 'fast' "
                          "needs continue positions (use method='exact', time quadratic in length)")
-    lo, hi = distance_buckets(seq_len)
+    lo, hi = distance_buckets(int(batch["input_ids"].shape[1]))
     per = per_checkpoint(infos, lambda m: model_decomposition(m, batch, len(lo), method=method, seed=seed,
                                                               abs_sample=abs_sample),
                          progress=progress, desc="score decomposition", allow_plain_hf=allow_plain_hf, device=device)

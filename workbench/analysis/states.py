@@ -49,13 +49,14 @@ def state_updates(
     allow_plain_hf: bool = False,
     device: str = "cpu",
     progress: bool = False,
+    inputs=None,
 ) -> xr.Dataset:
     """State statistics per comparison "A -> B": dims (comparison, end, layer, head|kv_head, pair) with
     ``end`` = before/after, plus ``q_norm_change`` / ``k_norm_change`` = (after - before) / before."""
     paths, ref_index = resolve_reference(paths, reference)
     infos = ck.inspect_all(paths, allow_plain_hf=allow_plain_hf, minimum=2)
     pairs = comparison_pairs(len(infos), ref_index)
-    batch = probe_batch(seq_len, batch_size, seed, data)
+    batch = probe_batch(seq_len, batch_size, seed, data) if inputs is None else inputs  # inputs: workbench.inputs
     needed = sorted({i for pr in pairs for i in pr})
     results = per_checkpoint([infos[i] for i in needed], lambda m: checkpoint_state_stats(m, batch),
                              progress=progress, desc="state statistics", allow_plain_hf=allow_plain_hf,

@@ -16,6 +16,8 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from workbench import inputs
+
     p.add_argument("checkpoints", nargs="+", metavar="CKPT",
                    help="checkpoint directories, or a run directory for all its checkpoints")
     p.add_argument("--out", required=True, help="results store (*.zarr) to create or append to")
@@ -34,13 +36,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--figures", default=None, help="also write the probe curves (HTML + PNG) into this folder")
     p.add_argument("--device", default="cpu", help="where the models run (cpu, cuda); statistics are float32 either way")
-    p.add_argument("--allow-plain-hf", action="store_true", help="accept HF Llama directories without a manifest")
+    inputs.add_arguments(p)  # --inputs / --tokenizer, shared with trace and updates (workbench.inputs)
+    inputs.add_plain_hf_flag(p)  # deprecated no-op: plain HF directories are always accepted
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from workbench import analysis
+    from workbench import analysis, inputs
+    from workbench.analysis.capture import probe_batch
     from workbench.commands.updates import expand_checkpoints
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
@@ -53,7 +57,16 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--windows must be >= 4 (a quarter are held out), got {args.windows}")
     if args.buckets < 2 or args.buckets > args.seq_len:
         raise ValueError(f"--buckets must be between 2 and --seq-len, got {args.buckets}")
-    infos = analysis.inspect_all(paths, allow_plain_hf=args.allow_plain_hf, minimum=1)
+    inputs.plain_hf_flag(args)
+    infos = analysis.inspect_all(paths, allow_plain_hf=True, minimum=1)
+    batch, what = inputs.for_models(paths, args, seq_len=args.seq_len, batch=args.windows, seed=args.seed,
+                                    synthetic_default=lambda: probe_batch(args.seq_len, args.windows, args.seed))
+    if batch["input_ids"].shape[0] < 4:
+        raise inputs.InputError(f"--inputs {args.inputs}: {batch['input_ids'].shape[0]} window(s); position probes "
+                                "need at least 4 (a quarter are held out)")
+    score_batch = None if args.no_scores else inputs.for_models(
+        paths, args, seq_len=args.score_seq_len, batch=1, seed=args.seed,
+        synthetic_default=lambda: probe_batch(args.score_seq_len, 1, args.seed))[0]
     labels = [i.label for i in infos]
     groups = ["probes"] + ([] if args.no_scores else ["score_decomposition"])
     for group in groups:
@@ -61,12 +74,15 @@ def run(args: argparse.Namespace) -> int:
 
     probes = analysis.position_probes(paths, seq_len=args.seq_len, n_windows=args.windows, n_buckets=args.buckets,
                                       seed=args.seed, max_train=args.max_train,
-                                      allow_plain_hf=args.allow_plain_hf, device=args.device, progress=True)
+                                      allow_plain_hf=True, device=args.device, progress=True, inputs=batch)
+    probes.attrs["inputs"] = what
     analysis.write_group(args.out, "probes", probes)
     if not args.no_scores:
         scores = analysis.score_decomposition(paths, seq_len=args.score_seq_len, seed=args.seed,
                                               method=args.score_method, abs_sample={"pairs": args.abs_sample_pairs},
-                                              allow_plain_hf=args.allow_plain_hf, device=args.device, progress=True)
+                                              allow_plain_hf=True, device=args.device, progress=True,
+                                              inputs=score_batch)
+        scores.attrs["inputs"] = what
         analysis.write_group(args.out, "score_decomposition", scores)
     sites = [str(s) for s in probes["site"].values]
     print(f"{'checkpoint':<40} {'metric':<9} " + " ".join(f"{s:>9}" for s in sites))

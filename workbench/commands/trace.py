@@ -11,12 +11,13 @@ DESCRIPTION = (HELP + ". Also: --check (built-in sanity: identity, TL/nnsight pa
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from workbench import inputs
+
     p.add_argument("checkpoint", help="workbench checkpoint or local HF Llama directory")
     p.add_argument("--spec", action="append", default=[], metavar="SPEC.yaml",
                    help="perturbation spec file (one spec or 'specs: [...]'); repeatable (see data/specs/)")
     p.add_argument("--backend", choices=["nnsight", "tl"], default="nnsight")
-    p.add_argument("--inputs", default=None, metavar="FILE",
-                   help=".pt/.npz with input_ids [batch, seq] (and optional position_ids); default: seeded filler")
+    inputs.add_arguments(p)  # --inputs / --tokenizer, shared with updates and probe (workbench.inputs)
     p.add_argument("--batch", type=int, default=2, help="batch of default inputs")
     p.add_argument("--length", type=int, default=512, help="length of default inputs")
     p.add_argument("--start", type=int, default=0, help="first position id of default inputs")
@@ -36,29 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="repeated tokens: copies causal across one window, or each its own sequence")
 
 
-def _inputs(args):
-    import numpy as np
-    import torch
-
-    path = Path(args.inputs)
-    if not path.is_file():
-        raise FileNotFoundError(f"--inputs {path}: file not found")
-    if path.suffix == ".npz":
-        data = dict(np.load(path))
-    elif path.suffix == ".pt":
-        data = torch.load(path, weights_only=True)
-        data = {"input_ids": data} if isinstance(data, torch.Tensor) else dict(data)
-    else:
-        raise ValueError(f"--inputs {path}: expected a .npz or .pt file")
-    if "input_ids" not in data:
-        raise ValueError(f"--inputs {path}: no 'input_ids' in it (has {sorted(data)})")
-    return {k: torch.as_tensor(v) for k, v in data.items() if k in ("input_ids", "position_ids")}
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from workbench import architectures, interp, models, store
+    from workbench import inputs as wb_inputs
     from workbench.interp.specs import validate_all
 
     ckpt = Path(args.checkpoint)
@@ -79,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--out STORE is required (or use --check)")
     if args.experiment is None and not specs:
         raise ValueError("give at least one --spec SPEC.yaml (examples in data/specs/)")
-    inputs = _inputs(args) if args.inputs else None
+    inputs, _ = wb_inputs.for_models([ckpt], args, seq_len=args.length, batch=args.batch, start=args.start)
     group = "repeated_tokens" if args.experiment == "repeated-tokens" else "traces"
     interp.check_writable(args.out, group, ckpt, specs)  # a spec already stored is refused before any work
     if args.capture:
@@ -92,8 +75,6 @@ def run(args: argparse.Namespace) -> int:
             interp.check_backend_length(ckpt, "tl", rows, length)
     be = interp.load_backend(ckpt, args.backend)
     validate_all([interp.identity("clean"), *specs], be.geometry)  # before any forward pass
-    if inputs is None:
-        inputs = interp.default_inputs(be.vocab_size, batch=args.batch, length=args.length, start=args.start)
     if args.experiment == "repeated-tokens":
         ds = interp.repeated_tokens(ckpt, specs, backend=be, window=args.window, period=args.period,
                                     copies=args.copies, samples=args.samples, attention=args.attention, progress=True)

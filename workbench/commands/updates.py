@@ -16,6 +16,8 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from workbench import inputs
+
     p.add_argument("checkpoints", nargs="+", metavar="CKPT",
                    help="checkpoint directories (runs/<run>/ckpt-*), or a run directory for all its checkpoints")
     p.add_argument("--out", required=True, help="results store (*.zarr) to create or append to")
@@ -31,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the probe windows")
     p.add_argument("--figures", default=None, help="also write the heatmaps and band bars (HTML + PNG) into this folder")
     p.add_argument("--device", default="cpu", help="where the models run (cpu, cuda); statistics are float32 either way")
-    p.add_argument("--allow-plain-hf", action="store_true", help="accept HF Llama directories without a manifest")
+    inputs.add_arguments(p)  # --inputs / --tokenizer, shared with trace and probe (workbench.inputs)
+    inputs.add_plain_hf_flag(p)  # deprecated no-op: plain HF directories are always accepted
 
 
 def expand_checkpoints(items: list[str], phase_ends: bool = False) -> list[Path]:
@@ -70,7 +73,8 @@ def run_phase_lengths(paths: list[Path]) -> list[int] | None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from workbench import analysis
+    from workbench import analysis, inputs
+    from workbench.analysis.capture import probe_batch
     from workbench.analysis.weights import comparison_label, comparison_pairs, resolve_reference
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
@@ -79,18 +83,23 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--seq-len must be >= 2 and --batch-size >= 1, got {args.seq_len} and {args.batch_size}")
     lengths = analysis.parse_lengths(args.phase_lengths) if args.phase_lengths else run_phase_lengths(paths)
     all_paths, ref = resolve_reference(paths, args.reference)
-    infos = analysis.inspect_all(all_paths, allow_plain_hf=args.allow_plain_hf, minimum=2)
+    inputs.plain_hf_flag(args)
+    infos = analysis.inspect_all(all_paths, allow_plain_hf=True, minimum=2)
+    batch, what = (None, None) if args.no_states else inputs.for_models(  # the models' own vocabulary, checked
+        all_paths, args, seq_len=args.seq_len, batch=args.batch_size, seed=args.seed,
+        synthetic_default=lambda: probe_batch(args.seq_len, args.batch_size, args.seed))
     labels = [comparison_label(infos[a].label, infos[b].label) for a, b in comparison_pairs(len(infos), ref)]
     groups = ["updates_weights"] + ([] if args.no_states else ["updates_states"]) + (["bands"] if lengths else [])
     for group in groups:
         analysis.refuse_existing(args.out, group, labels)
 
-    weights = analysis.weight_updates(paths, reference=args.reference, allow_plain_hf=args.allow_plain_hf, progress=True)
+    weights = analysis.weight_updates(paths, reference=args.reference, allow_plain_hf=True, progress=True)
     analysis.write_group(args.out, "updates_weights", weights)
     if not args.no_states:
         states = analysis.state_updates(paths, reference=args.reference, seq_len=args.seq_len,
                                         batch_size=args.batch_size, seed=args.seed,
-                                        allow_plain_hf=args.allow_plain_hf, device=args.device, progress=True)
+                                        allow_plain_hf=True, device=args.device, progress=True, inputs=batch)
+        states.attrs["inputs"] = what
         analysis.write_group(args.out, "updates_states", states)
     bands = None
     if lengths:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from workbench import architectures, models, store
+from workbench import architectures, hfdir, inputs, models, store
 from workbench.evals import tasks as T
 from workbench.evals.render import Rendering, SyntheticRendering, rendering_for
 from workbench.evals.runner import score_samples
@@ -82,6 +82,8 @@ def _inspect(path: Path, tokenizer: str | None) -> CheckpointPlan:
     if not path.is_dir():
         raise models.CheckpointError(f"{path}: checkpoint directory not found")
     manifest = models.verify_checkpoint(path) if (path / models.MANIFEST).exists() else {}
+    if not manifest:
+        hfdir.check_plain(path)  # plain HF directory: safetensors headers / index
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise models.CheckpointError(f"{path}: no config.json; not a Hugging Face model directory")
@@ -94,21 +96,8 @@ def _inspect(path: Path, tokenizer: str | None) -> CheckpointPlan:
     except architectures.ArchitectureError as exc:
         raise models.CheckpointError(f"{cfg_file}: {exc}") from None
     limit, source = position_limit(manifest, config)
-    vocab = int(config.get("vocab_size", 0))
-    if tokenizer in (None, "auto"):
-        if any((path / f).exists() for f in TOKENIZER_FILES) and not _is_synthetic_dir(path):
-            tok = str(path)
-        elif vocab >= 128:
-            tok = "synthetic"
-        else:
-            raise ValueError(f"{path}: vocab_size {vocab} has no synthetic rendering and the directory has no "
-                             "tokenizer; pass --tokenizer DIR")
-    else:
-        tok = tokenizer
-    if tok == "synthetic" and vocab < 128:
-        raise ValueError(f"{path}: vocab_size {vocab} is smaller than the synthetic vocabulary (128)")
-    if tok != "synthetic" and not Path(tok).is_dir():
-        raise ValueError(f"tokenizer directory {tok} not found")
+    # the checkpoint's own tokenizer, else --tokenizer; synthetic only for the 128-row synthetic vocabulary
+    _, tok = inputs.tokenizer_of(path, tokenizer or "auto")  # one clear error naming --tokenizer otherwise
     return CheckpointPlan(path=path, name=checkpoint_name(path), manifest=manifest, config=config,
                           max_positions=limit, limit_source=source, tokenizer=tok)
 

@@ -1,0 +1,246 @@
+"""Real inputs for real models (issue 12 items 3, 5, 6): the model's own tokenizer and text, plain HF directories,
+one-line errors. A tiny random Llama with a BPE tokenizer trained here on Debian's license texts (offline)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from workbench import cli, inputs, models
+from workbench.config import ModelConfig
+
+torch.set_num_threads(1)
+LICENSES = sorted(Path("/usr/share/common-licenses").glob("*"))
+SPEC = Path(__file__).parents[1] / "data" / "specs" / "q-shift-low-freq.yaml"
+
+
+def _paragraphs() -> list[str]:
+    paras = [p.strip() for f in LICENSES if f.is_file() for p in f.read_text(errors="ignore").split("\n\n")
+             if len(p.strip()) > 80]
+    if len(paras) < 20:  # no license texts on this machine: generated text instead
+        rng = np.random.default_rng(0)
+        words = ["the", "license", "software", "copy", "free", "work", "source", "code", "terms", "you", "may"]
+        paras = [" ".join(rng.choice(words, 60)) + "." for _ in range(200)]
+    return paras[:300]
+
+
+def _bpe(root: Path, vocab: int, texts: list[str], byte_level: bool = True) -> Path:
+    from tokenizers import Tokenizer, decoders, models as tm, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(tm.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False) if byte_level else \
+        pre_tokenizers.Whitespace()
+    if byte_level:
+        backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<unk>", "<eos>"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>")
+    tok.save_pretrained(root)
+    return root
+
+
+def _model(vocab: int, seed: int = 0):
+    cfg = ModelConfig(vocab_size=vocab, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                      intermediate_size=64, max_position_embeddings=1024, rope_theta=500.0)
+    return models.build_model(cfg, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """BPE tokenizer (1000), jsonl/txt corpora, a workbench checkpoint without tokenizer, plain HF dirs with one."""
+    root = tmp_path_factory.mktemp("real")
+    paras = _paragraphs()
+    tok = _bpe(root / "tok", 1000, paras)
+    (root / "corpus.jsonl").write_text("\n".join(json.dumps({"text": p}) for p in paras))
+    (root / "corpus.txt").write_text("\n\n".join(paras))
+    bare = models.save_checkpoint(_model(1000), root / "run" / "ckpt-000001", {"phase": "p", "step": 1})
+    plain_a, plain_b = root / "hf" / "a", root / "hf" / "b"
+    _model(1000, 0).save_pretrained(plain_a)
+    _model(1000, 1).save_pretrained(plain_b)
+    for d in (plain_a, plain_b):
+        for f in tok.iterdir():
+            shutil.copy(f, d / f.name)
+    small = root / "hf" / "small"  # vocabulary < 128, no tokenizer
+    _model(100).save_pretrained(small)
+    return dict(root=root, tok=tok, bare=bare, a=plain_a, b=plain_b, small=small,
+                jsonl=root / "corpus.jsonl", txt=root / "corpus.txt")
+
+
+def _one_line_error(capsys, *names: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for n in names:
+        assert n in err, err
+    return err
+
+
+# ------------------------------------------------------------------ the failures of the issue, reproduced
+
+
+def test_eval_on_a_checkpoint_without_tokenizer_is_one_error_naming_tokenizer(world, tmp_path, capsys):
+    """Was: silent fall-back to the synthetic language and IndexError in data/tokenizer.py."""
+    argv = ["eval", str(world["bare"]), "--tasks", "passkey", "--lengths", "256", "--depths", "1", "--samples", "1",
+            "--out", str(tmp_path / "r.zarr")]
+    assert cli.main(argv) == 2
+    _one_line_error(capsys, "--tokenizer", str(world["bare"]), "1000")
+    assert cli.main([*argv, "--tokenizer", str(world["tok"])]) == 0
+    ds = xr.open_zarr(tmp_path / "r.zarr", group="retrieval", consolidated=False)
+    assert ds.sizes["checkpoint"] == 1
+
+
+@pytest.mark.parametrize("command", ["updates", "probe"])
+def test_updates_and_probe_read_a_bpe_model_with_its_own_tokenizer(world, tmp_path, command, capsys):
+    """Was: refused without --allow-plain-hf, and with it fed synthetic-language ids to the BPE model."""
+    out = tmp_path / "s.zarr"
+    if command == "updates":
+        argv = ["updates", str(world["a"]), str(world["b"]), "--seq-len", "64", "--batch-size", "1"]
+        group = "updates_states"
+    else:
+        argv = ["probe", str(world["a"]), "--seq-len", "64", "--windows", "4", "--score-seq-len", "64"]
+        group = "probes"
+    assert cli.main([*argv, "--out", str(out)]) == 0  # plain HF directories, no flag
+    attrs = xr.open_zarr(out, group=group, consolidated=False).attrs
+    assert "needle-in-a-haystack" in attrs["inputs"] and str(world["a"]) in attrs["inputs"]
+    # the default inputs are the tokenizer's own text, never synthetic ids
+    batch, _ = inputs.for_models([world["a"]], _Args(), seq_len=64, batch=2)
+    from transformers import AutoTokenizer
+
+    text = AutoTokenizer.from_pretrained(str(world["tok"])).decode(batch["input_ids"][0])
+    assert "special magic number" in text or "grass is green" in text
+
+
+@pytest.mark.parametrize("command", ["updates", "probe", "trace"])
+def test_no_tokenizer_and_a_foreign_vocabulary_is_one_error_naming_tokenizer(world, tmp_path, command, capsys):
+    """Was: IndexError: index out of range in self (vocab < 128) in the state view."""
+    small = str(world["small"])
+    argv = {"updates": ["updates", small, str(world["a"]), "--seq-len", "32"],
+            "probe": ["probe", small, "--seq-len", "32", "--windows", "4"],
+            "trace": ["trace", small, "--spec", str(SPEC), "--length", "32"]}[command]
+    assert cli.main([*argv, "--out", str(tmp_path / "s.zarr")]) == 2
+    _one_line_error(capsys, "--tokenizer", small)
+    # a tokenizer larger than the embedding is not the model's: one error too
+    assert cli.main([*argv, "--out", str(tmp_path / "s.zarr"), "--tokenizer", str(world["tok"])]) == 2
+    _one_line_error(capsys, "--tokenizer", "1000 tokens", "100 embedding rows")
+
+
+def test_a_small_vocabulary_with_its_own_tokenizer_runs_the_state_view(tmp_path):
+    letters = "abcdefghij"
+    rng = np.random.default_rng(1)
+    texts = [" ".join("".join(rng.choice(list(letters), rng.integers(2, 6))) for _ in range(50)) for _ in range(100)]
+    tok = _bpe(tmp_path / "tok", 60, texts, byte_level=False)
+    a, b = tmp_path / "a", tmp_path / "b"
+    for seed, d in ((0, a), (1, b)):
+        _model(64, seed).save_pretrained(d)
+    from workbench import analysis
+
+    args = _Args(tokenizer=str(tok))
+    batch, _ = inputs.for_models([a, b], args, seq_len=48, batch=1)
+    assert int(batch["input_ids"].max()) < 64
+    ds = analysis.state_updates([a, b], seq_len=48, batch_size=1, allow_plain_hf=True, inputs=batch)
+    assert np.isfinite(ds["q_norm"].values).all()
+
+
+# ------------------------------------------------------------------------------------ the input option
+
+
+class _Args:
+    def __init__(self, inputs=None, tokenizer="auto"):
+        self.inputs, self.tokenizer = inputs, tokenizer
+
+
+def test_text_and_jsonl_inputs_become_windows_of_the_models_tokens(world):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(world["tok"]))
+    txt, _ = inputs.for_models([world["a"]], _Args(str(world["txt"])), seq_len=50, batch=3, start=7)
+    expected = tok(world["txt"].read_text(), add_special_tokens=False)["input_ids"][:150]
+    assert txt["input_ids"].flatten().tolist() == expected
+    assert txt["position_ids"][0].tolist() == list(range(7, 57))
+    js, what = inputs.for_models([world["a"]], _Args(str(world["jsonl"])), seq_len=64, batch=2)
+    first = json.loads(world["jsonl"].read_text().splitlines()[0])["text"]
+    n = len(tok(first, add_special_tokens=False)["input_ids"])
+    assert js["input_ids"][0, n].item() == tok.eos_token_id  # documents packed, each closed by eos
+    assert js["doc_ids"][0, 0] == 0 and js["doc_ids"][0, n + 1] == 1 and "corpus.jsonl" in what
+    with pytest.raises(inputs.InputError, match="tokens with tokenizer .* need 64000"):
+        inputs.for_models([world["a"]], _Args(str(world["jsonl"])), seq_len=64000, batch=1)
+
+
+def test_id_files_are_checked_against_the_vocabulary(world, tmp_path):
+    good, bad = tmp_path / "good.pt", tmp_path / "bad.npz"
+    torch.save(torch.randint(0, 1000, (2, 16)), good)
+    np.savez(bad, input_ids=np.full((1, 16), 1500))
+    batch, _ = inputs.for_models([world["a"]], _Args(str(good)), seq_len=16, batch=2)
+    assert batch["input_ids"].shape == (2, 16)
+    with pytest.raises(inputs.InputError, match="span 1500..1500 but the model has 1000 embedding rows"):
+        inputs.for_models([world["a"]], _Args(str(bad)), seq_len=16, batch=1)
+    with pytest.raises(inputs.InputError, match="expected token ids"):
+        inputs.for_models([world["a"]], _Args(str(world["tok"] / "tokenizer.json")), seq_len=16, batch=1)
+
+
+def test_synthetic_models_keep_the_synthetic_language(tmp_path):
+    from workbench.data.tokenizer import VOCAB
+
+    d = tmp_path / "syn"
+    _model(128).save_pretrained(d)
+    batch, what = inputs.for_models([d], _Args(), seq_len=32, batch=2)
+    assert set(batch["input_ids"].flatten().tolist()) <= set(VOCAB.filler) and "synthetic" in what
+
+
+def test_checkpoints_of_different_vocabularies_are_refused_together(world, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(world["a"], other)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (other / f).unlink(missing_ok=True)
+    _bpe(tmp_path / "tok2", 500, _paragraphs()[:50]).rename(tmp_path / "tok2-done")
+    for f in (tmp_path / "tok2-done").iterdir():
+        shutil.copy(f, other / f.name)
+    with pytest.raises(inputs.InputError, match="differs from .* separate calls"):
+        inputs.resolve([world["a"], other])
+
+
+def test_trace_reads_a_jsonl_corpus_with_the_models_tokenizer(world, tmp_path):
+    out = tmp_path / "t.zarr"
+    assert cli.main(["trace", str(world["a"]), "--spec", str(SPEC), "--inputs", str(world["jsonl"]),
+                     "--length", "48", "--batch", "1", "--out", str(out)]) == 0
+    ds = xr.open_zarr(out, group="traces", consolidated=False)
+    assert np.isfinite(ds["final_kl"].values).all()
+
+
+# ------------------------------------------------------------------------------- plain HF directories
+
+
+def test_plain_hf_integrity_from_safetensors_headers(world, tmp_path, capsys):
+    trunc = tmp_path / "run" / "trunc"
+    shutil.copytree(world["a"], trunc)
+    w = trunc / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:-100])
+    with pytest.raises(models.CheckpointError, match="truncated or still being written"):
+        models.load(trunc, allow_plain_hf=True)
+    assert cli.main(["probe", str(trunc), "--out", str(tmp_path / "p.zarr"), "--seq-len", "32", "--windows", "4"]) == 2
+    _one_line_error(capsys, str(w))
+    half = tmp_path / "run" / "ckpt-000002"  # a workbench save that lost its manifest
+    shutil.copytree(world["bare"], half)
+    (half / "manifest.json").unlink()
+    (half / "trainer").mkdir()
+    with pytest.raises(models.CheckpointError, match="did not finish"):
+        models.load(half, allow_plain_hf=True)
+    sharded = tmp_path / "sharded"
+    _model(1000).save_pretrained(sharded, max_shard_size="20KB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    models.load(sharded, allow_plain_hf=True)
+    shard = sorted(sharded.glob("*.safetensors"))[-1]
+    shard.unlink()
+    with pytest.raises(models.CheckpointError, match=f"shard {shard.name} named in"):
+        models.load(sharded, allow_plain_hf=True)
+
+
+def test_allow_plain_hf_is_a_deprecated_no_op(world, tmp_path, capsys):
+    assert cli.main(["updates", str(world["a"]), str(world["b"]), "--no-states", "--out", str(tmp_path / "u.zarr"),
+                     "--allow-plain-hf"]) == 0
+    assert "--allow-plain-hf is deprecated and does nothing" in capsys.readouterr().err

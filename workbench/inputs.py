@@ -1,0 +1,292 @@
+"""What the model-running commands (``trace``, ``updates``, ``probe``) feed a model: one option, one rule.
+
+Every such command takes ``--inputs FILE`` and ``--tokenizer auto|synthetic|DIR`` (:func:`add_arguments`) and
+builds its batch with :func:`build`:
+
+- the **vocabulary** of a model directory is its own tokenizer (the trainer saves one into every checkpoint),
+  else ``--tokenizer DIR``; the synthetic 128-token language only where the directory's tokenizer *is* the
+  synthetic vocabulary, or it has none and exactly 128 embedding rows (the workbench's own CPU models), or
+  ``--tokenizer synthetic`` says so. A model with no tokenizer and another vocabulary gets one error naming
+  ``--tokenizer``; a tokenizer with more tokens than the model has embedding rows gets one error too. Several
+  checkpoints analysed together must share one vocabulary.
+- the **inputs** are ``--inputs`` (``.pt``/``.npz`` token ids ``input_ids`` [batch, seq] with optional
+  ``position_ids``/``doc_ids``; ``.txt`` text cut into consecutive windows; ``.jsonl`` documents (field
+  ``text``) packed into windows with continue positions and document ids), else a generated haystack:
+  synthetic models get the command's synthetic default (packed synthetic documents / seeded filler), every
+  other model RULER needle-in-a-haystack prompts rendered through its own tokenizer
+  (:class:`workbench.evals.render.TextRendering`, one needle per row at spread depths).
+
+Ids from a file are checked against every model's embedding rows before any model runs, so no command ever
+indexes past a vocabulary (the ``IndexError`` of a mismatched tokenizer) or silently reads another language.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+SYNTHETIC = "synthetic"
+TEXT_SUFFIXES = (".txt", ".text", ".md")
+JSONL_SUFFIXES = (".jsonl",)
+ID_SUFFIXES = (".pt", ".npz")
+
+INPUTS_HELP = ("token ids (.pt/.npz with input_ids [batch, seq], optional position_ids, doc_ids) or text "
+               "(.txt: cut into consecutive windows; .jsonl: documents in field 'text' packed into windows, "
+               "continue positions) read with the model's tokenizer; default: a generated needle-in-a-haystack "
+               "text rendered through the model's own tokenizer (the synthetic language for synthetic-vocabulary "
+               "models)")
+TOKENIZER_HELP = ("'auto' (the model directory's own tokenizer; the synthetic language only for a 128-row model "
+                  "without one), 'synthetic', or a local tokenizer directory (for a model saved without one)")
+
+
+class InputError(ValueError):
+    """Bad model/tokenizer/inputs combination (one line naming the input and what to do)."""
+
+
+def add_arguments(p, *, inputs_default: str | None = None) -> None:
+    """``--inputs`` and ``--tokenizer`` for a command parser (the same in trace, updates and probe)."""
+    p.add_argument("--inputs", default=inputs_default, metavar="FILE", help=INPUTS_HELP)
+    p.add_argument("--tokenizer", default="auto", metavar="auto|synthetic|DIR", help=TOKENIZER_HELP)
+
+
+# ------------------------------------------------------------------------------------------- vocabulary
+
+
+@dataclass
+class Vocabulary:
+    """The tokenizer a set of model directories is read with."""
+
+    tokenizer: Any  # a HF tokenizer (the synthetic one included)
+    synthetic: bool
+    source: str  # "synthetic" or the tokenizer directory
+    vocab_size: int  # the smallest embedding-row count of the models (ids must stay below it)
+
+
+def model_vocab_size(path: str | Path) -> int:
+    """``vocab_size`` from a model directory's config.json (CheckpointError when it cannot be read)."""
+    from workbench.models import CheckpointError
+
+    cfg_file = Path(path) / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{path}: no config.json; not a Hugging Face model directory")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{cfg_file}: corrupt JSON ({exc})") from None
+    size = cfg.get("vocab_size") or (cfg.get("text_config") or {}).get("vocab_size")
+    if not isinstance(size, int) or size < 1:
+        raise CheckpointError(f"{cfg_file}: no vocab_size")
+    return int(size)
+
+
+def _is_synthetic(tok) -> bool:
+    from workbench.evals.render import is_synthetic_tokenizer
+
+    return is_synthetic_tokenizer(tok)
+
+
+def tokenizer_of(path: str | Path, choice: str = "auto") -> tuple[Any, str]:
+    """(tokenizer, source) for one model directory under ``--tokenizer choice``; InputError if there is none."""
+    from workbench import tokenizers
+
+    path = Path(path)
+    vocab = model_vocab_size(path)
+    if choice == SYNTHETIC:
+        tok, source = tokenizers.synthetic(), SYNTHETIC
+    elif choice not in (None, "auto"):
+        if not Path(choice).is_dir():
+            raise InputError(f"--tokenizer {choice}: tokenizer directory not found (give a local directory with "
+                             "tokenizer.json / tokenizer_config.json, or 'auto' / 'synthetic')")
+        tok, source = tokenizers.load(choice, f"--tokenizer {choice}"), str(choice)
+    elif tokenizers.has_tokenizer(path):
+        tok, source = tokenizers.load(path, f"{path} (its tokenizer files)"), str(path)
+    elif vocab == 128:
+        tok, source = tokenizers.synthetic(), SYNTHETIC
+    else:
+        raise InputError(f"{path}: the directory has no tokenizer and its vocabulary ({vocab} embedding rows) is not "
+                         "the synthetic one (128); pass --tokenizer DIR with the tokenizer the model was trained with")
+    if _is_synthetic(tok):
+        source = SYNTHETIC
+    if len(tok) > vocab:
+        raise InputError(f"{path}: tokenizer {source} has {len(tok)} tokens but the model has only {vocab} embedding "
+                         "rows, so it is not this model's tokenizer; pass --tokenizer DIR with the one it was trained "
+                         "with")
+    return tok, source
+
+
+def resolve(paths: Sequence[str | Path], choice: str = "auto") -> Vocabulary:
+    """The one vocabulary of several model directories (InputError when they differ or one has none)."""
+    if not paths:
+        raise InputError("no model directories given")
+    first_tok, first_src, first = None, None, None
+    sizes = []
+    for path in paths:
+        tok, src = tokenizer_of(path, choice)
+        sizes.append(model_vocab_size(path))
+        if first_tok is None:
+            first_tok, first_src, first = tok, src, path
+        elif src != first_src and tok.get_vocab() != first_tok.get_vocab():
+            raise InputError(f"{path}: its tokenizer ({src}, {len(tok)} tokens) differs from {first}'s ({first_src}, "
+                             f"{len(first_tok)} tokens); analyse checkpoints of different vocabularies in separate "
+                             "calls (or pass --tokenizer DIR if one was saved without its own)")
+    return Vocabulary(first_tok, first_src == SYNTHETIC, first_src, min(sizes))
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def haystack(tokenizer, *, seq_len: int, batch: int, seed: int = 0, start: int = 0) -> dict[str, torch.Tensor]:
+    """``batch`` needle-in-a-haystack prompts of exactly ``seq_len`` tokens rendered through ``tokenizer``
+    (RULER text, one needle per row at evenly spread depths); windows too short for a needle are plain
+    instruction + filler text. Positions ``start .. start + seq_len - 1``."""
+    from workbench.evals import tasks
+    from workbench.evals.render import TextRendering
+
+    rendering = TextRendering(tokenizer)
+    rows = []
+    for i in range(batch):
+        depth = 100.0 * (i + 0.5) / batch
+        try:
+            ids = list(tasks.make_sample("niah", seq_len, depth, rendering, seed=seed, index=i).input_ids)
+        except (ValueError, AssertionError):
+            prefix = rendering.prefix("niah")[: max(0, seq_len // 2)]
+            ids = prefix + rendering.filler(np.random.default_rng(seed), seq_len - len(prefix), i)
+        rows.append(ids[:seq_len])
+    ids = torch.tensor(rows, dtype=torch.long)
+    return {"input_ids": ids, "position_ids": torch.arange(start, start + seq_len).expand(batch, -1).contiguous()}
+
+
+def _read_ids(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".npz":
+        try:
+            data = dict(np.load(path))
+        except Exception as exc:  # numpy raises several types for a damaged file
+            raise InputError(f"--inputs {path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
+    else:
+        try:
+            data = torch.load(path, weights_only=True)
+        except Exception as exc:
+            raise InputError(f"--inputs {path}: not a readable .pt tensor file ({type(exc).__name__}: {exc})") from None
+        data = {"input_ids": data} if isinstance(data, torch.Tensor) else dict(data)
+    if "input_ids" not in data:
+        raise InputError(f"--inputs {path}: no 'input_ids' in it (has {sorted(data)})")
+    out = {k: torch.as_tensor(np.asarray(v)).long() for k, v in data.items()
+           if k in ("input_ids", "position_ids", "doc_ids")}
+    if out["input_ids"].ndim == 1:
+        out = {k: v[None] for k, v in out.items()}
+    return out
+
+
+def _documents(path: Path) -> list[str]:
+    from workbench.data.text import iter_texts
+
+    kind = "jsonl" if path.suffix in JSONL_SUFFIXES else "text"
+    try:
+        docs = [t for t in iter_texts(kind, [path], {"field": "text"}) if t.strip()]
+    except ValueError as exc:
+        raise InputError(f"--inputs {exc}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"--inputs {path}: not UTF-8 text") from None
+    if not docs:
+        raise InputError(f"--inputs {path}: no text in it")
+    return docs
+
+
+def _windows(path: Path, tokenizer, source: str, *, seq_len: int, batch: int, start: int) -> dict[str, torch.Tensor]:
+    """Text -> ``batch`` consecutive windows of ``seq_len`` tokens (documents packed, continue positions)."""
+    ids: list[int] = []
+    doc: list[int] = []
+    for i, text in enumerate(_documents(path)):
+        toks = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if path.suffix in JSONL_SUFFIXES and tokenizer.eos_token_id is not None and source != SYNTHETIC:
+            toks.append(tokenizer.eos_token_id)
+        ids += toks
+        doc += [i] * len(toks)
+    need = seq_len * batch
+    if len(ids) < need:
+        raise InputError(f"--inputs {path}: {len(ids)} tokens with tokenizer {source}, but {batch} window(s) of "
+                         f"{seq_len} tokens need {need}; give a longer text or a smaller length / batch")
+    x = torch.tensor(ids[:need], dtype=torch.long).view(batch, seq_len)
+    d = torch.tensor(doc[:need], dtype=torch.long).view(batch, seq_len)
+    d = d - d[:, :1]  # document ids per window from 0
+    return {"input_ids": x, "position_ids": torch.arange(start, start + seq_len).expand(batch, -1).contiguous(),
+            "doc_ids": d}
+
+
+def check_ids(batch: Mapping[str, torch.Tensor], vocab_size: int, where: str) -> None:
+    """Shapes and id ranges of a batch (InputError naming ``where``)."""
+    ids = batch["input_ids"]
+    if ids.ndim != 2 or ids.shape[1] < 2 or ids.shape[0] < 1:
+        raise InputError(f"{where}: input_ids must be [batch, seq] with seq >= 2, got shape {tuple(ids.shape)}")
+    for key in ("position_ids", "doc_ids"):
+        if key in batch and tuple(batch[key].shape) != tuple(ids.shape):
+            raise InputError(f"{where}: {key} shape {tuple(batch[key].shape)} differs from input_ids "
+                             f"{tuple(ids.shape)}")
+    if "position_ids" in batch and int(batch["position_ids"].min()) < 0:
+        raise InputError(f"{where}: negative position_ids")
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= vocab_size:
+        raise InputError(f"{where}: token ids span {lo}..{hi} but the model has {vocab_size} embedding rows; these "
+                         "ids come from another tokenizer (give ids of the model's own tokenizer, or text)")
+
+
+def build(spec: str | None, vocabulary: Vocabulary, *, seq_len: int, batch: int, seed: int = 0, start: int = 0,
+          synthetic_default: Callable[[], Mapping[str, torch.Tensor]] | None = None
+          ) -> tuple[dict[str, torch.Tensor], str]:
+    """(batch of input_ids / position_ids [/ doc_ids], one-line description for the store's attrs)."""
+    if seq_len < 2 or batch < 1:
+        raise InputError(f"inputs: length must be >= 2 and batch >= 1, got {seq_len} and {batch}")
+    if spec is None:
+        if vocabulary.synthetic and synthetic_default is not None:
+            out, what = dict(synthetic_default()), "synthetic language (the model's vocabulary)"
+        elif vocabulary.synthetic:
+            from workbench.interp.traces import default_inputs
+
+            out, what = default_inputs(vocabulary.vocab_size, batch=batch, length=seq_len, seed=seed, start=start), \
+                "synthetic language filler"
+        else:
+            out = haystack(vocabulary.tokenizer, seq_len=seq_len, batch=batch, seed=seed, start=start)
+            what = f"generated RULER needle-in-a-haystack text, tokenizer {vocabulary.source}"
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise InputError(f"--inputs {path}: file not found")
+        if path.suffix in ID_SUFFIXES:
+            out, what = _read_ids(path), f"token ids from {path}"
+        elif path.suffix in TEXT_SUFFIXES + JSONL_SUFFIXES:
+            out = _windows(path, vocabulary.tokenizer, vocabulary.source, seq_len=seq_len, batch=batch, start=start)
+            what = f"text from {path}, tokenizer {vocabulary.source}"
+        else:
+            raise InputError(f"--inputs {path}: expected token ids (.pt, .npz) or text "
+                             f"({', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)})")
+    check_ids(out, vocabulary.vocab_size, f"--inputs {spec}" if spec else "default inputs")
+    return out, what
+
+
+def for_models(paths: Sequence[str | Path], args, *, seq_len: int, batch: int, seed: int = 0, start: int = 0,
+               synthetic_default: Callable[[], Mapping[str, torch.Tensor]] | None = None
+               ) -> tuple[dict[str, torch.Tensor], str]:
+    """:func:`resolve` + :func:`build` from a command's ``--inputs`` / ``--tokenizer`` arguments."""
+    vocabulary = resolve(paths, getattr(args, "tokenizer", "auto") or "auto")
+    return build(getattr(args, "inputs", None), vocabulary, seq_len=seq_len, batch=batch, seed=seed, start=start,
+                 synthetic_default=synthetic_default)
+
+
+def plain_hf_flag(args) -> None:
+    """``--allow-plain-hf`` is accepted as a deprecated no-op: every command takes plain HF directories."""
+    if getattr(args, "allow_plain_hf", False):
+        import sys
+
+        print("workbench: warning: --allow-plain-hf is deprecated and does nothing; plain Hugging Face model "
+              "directories are always accepted (integrity checked from their safetensors headers)", file=sys.stderr)
+
+
+def add_plain_hf_flag(p) -> None:
+    import argparse
+
+    p.add_argument("--allow-plain-hf", action="store_true", help=argparse.SUPPRESS)
