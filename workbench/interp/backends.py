@@ -386,11 +386,12 @@ class LengthLimitError(ValueError):
 
 
 def eager_bytes_per_token2(num_heads: int, n_rows: int, dtype: torch.dtype = torch.float32) -> float:
-    """Bytes per T^2 of eager attention: the [rows, H, T, T] scores live in up to about 6 copies at once
-    (scores, masked scores, the softmaxed pattern the bridge hooks, and the temporaries of the trace's
-    pattern JS statistic) in the model dtype, plus the bool and additive causal masks [rows, 1, T, T]."""
+    """Bytes per T^2 of eager attention: 4 live copies of the [rows, H, T, T] scores in the model dtype
+    (scores, softmaxed pattern, the temporaries of the trace's pattern-JS statistic) plus the bool and
+    additive causal masks [rows, 1, T, T]. Measured on CPU (2 rows, 4 heads, run_trace): peak RSS above idle
+    0.12 / 0.45 / 1.72 GiB at 1k / 2k / 4k tokens, about 3.3 copies; the estimate keeps a 1.3x margin."""
     elem = torch.finfo(dtype).bits // 8
-    return n_rows * (6 * num_heads * elem + elem + 1)
+    return n_rows * (4 * num_heads * elem + elem + 1)
 
 
 def eager_attention_bytes(num_heads: int, n_rows: int, length: int, dtype: torch.dtype = torch.float32) -> float:
