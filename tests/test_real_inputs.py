@@ -73,8 +73,11 @@ def world(tmp_path_factory):
 
 
 def _one_line_error(capsys, *names: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    errors = [line for line in err.replace("\r", "\n").splitlines() if "error:" in line]  # (progress bars aside)
+    assert len(errors) == 1 and errors[0].startswith("workbench "), err
+    err = errors[0]
     for n in names:
         assert n in err, err
     return err
@@ -244,3 +247,73 @@ def test_allow_plain_hf_is_a_deprecated_no_op(world, tmp_path, capsys):
     assert cli.main(["updates", str(world["a"]), str(world["b"]), "--no-states", "--out", str(tmp_path / "u.zarr"),
                      "--allow-plain-hf"]) == 0
     assert "--allow-plain-hf is deprecated and does nothing" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ vocabulary padding
+
+
+def test_kd_over_the_real_vocabulary_when_embeddings_are_padded_differently():
+    """Teacher 40 rows, student 48, tokenizer 32: KD over the first 32 logits of both, CE over the student's own."""
+    import torch.nn.functional as F
+
+    from workbench.train.losses import LossSpec, OnlineTeacher, chunked_loss, dense_loss
+
+    g = torch.Generator().manual_seed(0)
+    n, hs, ht, v = 24, 8, 12, 32
+    h = torch.randn(n, hs, generator=g).requires_grad_()
+    w = torch.randn(48, hs, generator=g).requires_grad_()
+    th, tw = torch.randn(n, ht, generator=g), torch.randn(40, ht, generator=g)
+    labels = torch.randint(0, v, (n,), generator=g)
+    labels[3] = -100
+    spec = LossSpec(ce_weight=0.5, kd_weight=1.0, temperature=2.0, chunk_size=5, kd_vocab_size=v)
+    r = chunked_loss(h, w, labels, spec, teacher=OnlineTeacher(th, tw))
+    gh, gw = torch.autograd.grad(r.loss, [h, w])
+    # dense reference written out here: padded logits excluded from both sides before the softmax
+    h2, w2 = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    s = h2 @ w2.t()
+    t_logp = F.log_softmax((th @ tw.t())[:, :v] / 2.0, -1)
+    s_logp = F.log_softmax(s[:, :v] / 2.0, -1)
+    valid = labels != -100
+    kd = (t_logp.exp() * (t_logp - s_logp)).sum(-1)[valid].sum() * 4.0
+    ce = F.cross_entropy(s, labels, ignore_index=-100, reduction="sum")
+    ref = (0.5 * ce + kd) / valid.sum()
+    rh, rw = torch.autograd.grad(ref, [h2, w2])
+    assert torch.allclose(r.loss, ref, atol=1e-5) and torch.allclose(gh, rh, atol=1e-5) and torch.allclose(gw, rw, atol=1e-5)
+    assert gw[40:].abs().sum() > 0  # student padded rows still learn from CE (the softmax over its own rows)
+    dense = dense_loss(h.detach(), w.detach(), labels, spec, teacher_hidden=th, teacher_weight=tw)
+    assert torch.allclose(dense, ref.detach(), atol=1e-5)
+    with pytest.raises(ValueError, match="teacher vocab 40 != student vocab 48"):
+        chunked_loss(h, w, labels, LossSpec(kd_weight=1.0), teacher=OnlineTeacher(th, tw))
+    with pytest.raises(ValueError, match="kd_vocab_size 44 is beyond"):
+        chunked_loss(h, w, labels, LossSpec(kd_weight=1.0, kd_vocab_size=44), teacher=OnlineTeacher(th, tw))
+
+
+def _padded_run(tmp_path, teacher_rows: int, student_rows: int, world) -> dict:
+    teacher = tmp_path / f"teacher-{teacher_rows}"
+    cfg = ModelConfig(vocab_size=teacher_rows, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
+                      intermediate_size=64, max_position_embeddings=256, rope_theta=100.0)
+    models.build_model(cfg, seed=5).save_pretrained(teacher)
+    for f in world["tok"].iterdir():
+        shutil.copy(f, teacher / f.name)
+    return {"name": "pad", "seed": 1,
+            "model": dict(vocab_size=student_rows, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                          head_dim=16, intermediate_size=64, max_position_embeddings=256, rope_theta=100.0),
+            "data": {"kind": "jsonl", "paths": [str(world["jsonl"])], "tokenizer": str(world["tok"])},
+            "optim": {"micro_batch_size": 2, "grad_accum_steps": 1}, "checkpoint": {"every": 2, "keep_last": 1},
+            "loss": {"chunk_size": 40}, "teacher": {"path": str(teacher)},
+            "phases": [{"name": "p", "steps": 2, "seq_len": 32, "rope_theta": 100, "lr": 3e-3, "objective": "kd"}]}
+
+
+def test_training_distils_between_padded_vocabularies_and_refuses_other_mismatches(world, tmp_path, capsys):
+    import yaml
+
+    from workbench import config
+    from workbench.train import train
+
+    run = train(config.from_dict(config.RunConfig, _padded_run(tmp_path, 1024, 1088, world)), out=str(tmp_path / "r"),
+                progress=False)
+    assert models.list_checkpoints(run)
+    bad = tmp_path / "bad.yaml"  # a teacher smaller than the tokenizer: not the same vocabulary padded
+    bad.write_text(yaml.safe_dump(_padded_run(tmp_path, 900, 1024, world)))
+    assert cli.main(["train", str(bad), "--out", str(tmp_path / "r2")]) == 2
+    _one_line_error(capsys, "teacher.path", "900", "1000 tokens")

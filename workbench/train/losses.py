@@ -54,6 +54,9 @@ class LossSpec:
     chunk_size: int = 1024
     ignore_index: int = -100
     student_softcap: float | None = None  # final-logit soft-cap of the student (Gemma 2), applied before CE/KD
+    # teacher and student share a tokenizer of this many tokens but pad their embeddings differently (e.g. 32000
+    # vs 32064 rows): KD compares the distributions over these first ids only (padded logits out of both sides)
+    kd_vocab_size: int | None = None
 
     @classmethod
     def for_objective(cls, loss_cfg, objective: str) -> "LossSpec":
@@ -133,9 +136,11 @@ def _chunk_losses(h: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, teache
     ce = F.cross_entropy(logits, labels, reduction="none") if spec.ce_weight else logits.new_zeros(len(h))
     if not spec.kd_weight or teacher_chunk is None:
         return ce, logits.new_zeros(len(h))
-    s_logp = F.log_softmax(logits / spec.temperature, dim=-1)
+    v = spec.kd_vocab_size
+    s_logp = F.log_softmax((logits if v is None else logits[:, :v]) / spec.temperature, dim=-1)
     if isinstance(teacher_chunk, tuple):  # online: (hidden, weight)
         t_hidden, t_weight, t_cap = teacher_chunk
+        t_weight = t_weight if v is None else t_weight[:v]
         t_logp = F.log_softmax(softcap_logits((t_hidden @ t_weight.t()).float(), t_cap) / spec.temperature, dim=-1)
     else:  # cached: (ids, logp)
         ids, t_topk = teacher_chunk.topk_ids, teacher_chunk.topk_logp.float()
@@ -206,8 +211,10 @@ def chunked_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
         raise ValueError("kd_weight > 0 needs a teacher (online hidden states or a teacher cache)")
     if isinstance(teacher, OnlineTeacher):
         teacher = OnlineTeacher(teacher.hidden.reshape(-1, teacher.hidden.shape[-1]), teacher.weight, teacher.softcap)
-        if teacher.weight.shape[0] != weight.shape[0]:
-            raise ValueError(f"teacher vocab {teacher.weight.shape[0]} != student vocab {weight.shape[0]}")
+        rows, v = (teacher.weight.shape[0], weight.shape[0]), spec.kd_vocab_size
+        if (rows[0] != rows[1] and v is None) or (v is not None and v > min(rows)):
+            raise ValueError(f"teacher vocab {rows[0]} != student vocab {rows[1]}" + ("" if v is None else
+                             f" and kd_vocab_size {v} is beyond one of them"))
     elif isinstance(teacher, CachedTeacher):
         k = teacher.topk_ids.shape[-1]
         teacher = CachedTeacher(teacher.topk_ids.reshape(-1, k), teacher.topk_logp.reshape(-1, k))
@@ -239,7 +246,9 @@ def dense_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
     if spec.kd_weight:
         t_logits = softcap_logits((teacher_hidden.reshape(-1, teacher_hidden.shape[-1]) @ teacher_weight.t()).float(),
                                   teacher_softcap)
-        kd = divergence(F.log_softmax(t_logits / spec.temperature, -1), F.log_softmax(logits / spec.temperature, -1),
+        v = spec.kd_vocab_size or min(t_logits.shape[-1], logits.shape[-1])
+        kd = divergence(F.log_softmax(t_logits[:, :v] / spec.temperature, -1),
+                        F.log_softmax(logits[:, :v] / spec.temperature, -1),
                         spec.kd_kind, spec.jsd_beta)
         total = total + spec.kd_scale * (kd * valid).sum()
     return total / n

@@ -29,6 +29,7 @@ from workbench import config as wconfig
 from workbench import architectures, models, tokenizers
 from workbench.config import ConfigError, RunConfig
 from workbench.train import ablations, distributed, state
+from workbench.train.vocab import kd_vocab_size
 from workbench.train.losses import CachedTeacher, LossSpec, OnlineTeacher, bucket_edges, chunked_loss, loss_by_bucket
 from workbench.train.schedule import lr_at
 
@@ -125,9 +126,7 @@ def check_inputs(cfg: RunConfig, world_size: int = 1) -> None:
             teacher_cache.check(Path(cfg.teacher.cache), cfg, world_size)
         else:
             tcfg = _hf_config(Path(cfg.teacher.path), "teacher.path")
-            if tcfg.get("vocab_size") != cfg.model.vocab_size:
-                raise ConfigError(f"teacher.path: teacher vocab_size {tcfg.get('vocab_size')} differs from the "
-                                  f"student's model.vocab_size {cfg.model.vocab_size}; KD needs one vocabulary")
+            kd_vocab_size(cfg, tcfg.get("vocab_size"))  # same rows, or one tokenizer padded differently
             t_max = tcfg.get("max_position_embeddings", 0)
             if longest > t_max:
                 raise ConfigError(f"phases: the longest phase ({longest} tokens) is beyond the teacher's "
@@ -320,7 +319,8 @@ def _train(cfg, run_dir: Path, resume: bool, progress: bool, device, dd: distrib
         if saved_data is not None and step > start:
             stream.load_state_dict(saved_data)
         saved_data = None
-        spec = LossSpec.for_objective(cfg.loss, ph.objective)
+        spec = dc_replace(LossSpec.for_objective(cfg.loss, ph.objective),  # padded vocabularies: workbench.train.vocab
+                          kd_vocab_size=kd_vocab_size(cfg, teacher.config.vocab_size if teacher is not None else None))
         frozen = ablations.FrozenPairs.for_phase(student, ph)
         edges = bucket_edges(ph.seq_len)
         while step < ends[pi]:
