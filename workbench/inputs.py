@@ -240,7 +240,8 @@ def build(spec: str | None, vocabulary: Vocabulary, *, seq_len: int, batch: int,
           ) -> tuple[dict[str, torch.Tensor], str]:
     """(batch of input_ids / position_ids [/ doc_ids], one-line description for the store's attrs)."""
     if seq_len < 2 or batch < 1:
-        raise InputError(f"inputs: length must be >= 2 and batch >= 1, got {seq_len} and {batch}")
+        raise InputError(f"inputs: length {seq_len} and batch {batch}: the inputs need a length >= 2 and a batch >= 1 "
+                         "(--length / --seq-len, --batch / --batch-size / --windows)")
     if spec is None:
         if vocabulary.synthetic and synthetic_default is not None:
             out, what = dict(synthetic_default()), "synthetic language (the model's vocabulary)"
