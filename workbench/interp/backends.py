@@ -315,6 +315,15 @@ class NNsightBackend(Backend):
         self.hf = hf
         self.model = TransformersModel(hf, tokenizer=load_tokenizer(path))
 
+    @property
+    def lens_is_output(self) -> bool:
+        """Whether the lens of the last block's residual equals the model's logits (final norm + lm_head and
+        nothing else: no soft-capping or logit scaling, as in Llama, Mistral, Qwen2/3, Phi-3)."""
+        cfg = self.hf.config
+        return (getattr(cfg, "final_logit_softcapping", None) is None and getattr(cfg, "logit_scale", None) is None
+                and getattr(cfg, "logits_scaling", None) in (None, 1, 1.0)
+                and type(self.hf).__name__.endswith("ForCausalLM") and hasattr(self.hf.model, "norm"))
+
     def lens(self, resid: torch.Tensor) -> torch.Tensor:
         # the modules' own forward, past nnsight's hooks: safe inside a trace (Backend.stream); soft-capped (Gemma 2)
         return architectures.lens(self.hf, resid)

@@ -133,6 +133,9 @@ class TraceStats:
         self.counts = torch.zeros(self.nb, dtype=torch.float64, device=dev)
         # what the backend measures (pattern_js needs eager attention: TransformerLens only)
         self.measured = [name != "pattern_js" or backend.supports_pattern for name in LAYER_VARS]
+        # the logit lens of the last block's residual *is* the model's output there (final norm + unembedding,
+        # nothing after it): its KL is the final KL, taken from the logits instead of a second unembedding
+        self.last_lens_is_output = bool(getattr(backend, "lens_is_output", False))
         self.weights: torch.Tensor | None = None
 
     def begin(self, position_ids: torch.Tensor) -> None:
@@ -157,7 +160,10 @@ class TraceStats:
             lp = torch.log_softmax(x[0].double(), -1)  # clean [B, T, V]
             lq = torch.log_softmax(x[1:].double(), -1)  # perturbed [n - 1, B, T, V]
             p, q = lp.exp(), lq.exp()
-            self._add(self.final_sums[0], torch.einsum("btv,sbtv->sbt", p, lp - lq).clamp_min(0))
+            final_kl = torch.einsum("btv,sbtv->sbt", p, lp - lq).clamp_min(0)
+            self._add(self.final_sums[0], final_kl)
+            if self.last_lens_is_output:
+                self._add(self.layer_sums[5, :, self.n_layers - 1], final_kl)
             # JS = H(m) - (H(p) + H(q)) / 2 with m = (p + q) / 2
             m = (0.5 * (p + q)).clamp_min(1e-300)
             js = 0.5 * torch.einsum("btv,btv->bt", p, lp) + 0.5 * torch.einsum("sbtv,sbtv->sbt", q, lq) \
@@ -177,7 +183,8 @@ class TraceStats:
             # cos from the three norms: 2 a.b = |a|^2 + |b|^2 - |a - b|^2 (no extra pass over the states)
             cos = (norms[1:] ** 2 + norms[:1] ** 2 - diff ** 2) / (2 * norms[1:] * norms[:1]).clamp_min(1e-30)
             self._add(sums[1, :, layer], cos.clamp(-1, 1))
-            self._add(sums[5, :, layer], lens_kl(self.backend.lens(x)))
+            if not (self.last_lens_is_output and layer == self.n_layers - 1):
+                self._add(sums[5, :, layer], lens_kl(self.backend.lens(x)))
         elif kind == "hook_attn_out":
             self._add(sums[2, :, layer], _rel_l2_tokens(x))
         elif kind in ("hook_rot_q", "hook_rot_k"):
