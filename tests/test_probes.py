@@ -222,6 +222,22 @@ def test_updates_and_probe_commands_write_and_append_to_the_store(run_dir, tmp_p
     assert sd.sizes["checkpoint"] == 3 and "contribution" in sd
 
 
+def test_probe_command_scores_a_long_window_with_the_sampled_path(run_dir, tmp_path):
+    """At 3k tokens the command's score decomposition samples the long buckets, says so in the store, and
+    its mean terms still sum to the mean score."""
+    out = tmp_path / "long.zarr"
+    assert cli.main(["probe", str(run_dir[0]), "--out", str(out), "--seq-len", "64", "--windows", "4",
+                     "--score-seq-len", "3072", "--abs-sample-pairs", "4096", "--seed", "5"]) == 0
+    sd = xr.open_zarr(out, group="score_decomposition", consolidated=False).load()
+    assert sd.attrs["score_method"] == "fast" and sd.attrs["abs_sample_pairs"] == 4096
+    assert sd.attrs["abs_sample_seed"] == 5 and sd.attrs["seq_len"] == 3072
+    assert int(sd["distance_hi"].max()) == 3071 and int(sd["n_scored"].sum()) == 3072 * 3073 // 2
+    sampled = sd["n_abs_sampled"] < sd["n_scored"]
+    assert int(sampled.sum()) >= 6 and int(sd["n_abs_sampled"].max()) == 4096
+    np.testing.assert_allclose(sd["contribution"].sum("pair").values, sd["score"].values, rtol=1e-6, atol=1e-9)
+    assert cli.main(["probe", str(run_dir[1]), "--out", str(tmp_path / "x.zarr"), "--abs-sample-pairs", "0"]) == 2
+
+
 def test_updates_on_a_run_directory_compares_phase_ends(run_dir, tmp_path):
     out = tmp_path / "pe.zarr"
     assert cli.main(["updates", str(run_dir[0].parent), "--phase-ends", "--no-states", "--out", str(out)]) == 0
