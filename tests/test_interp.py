@@ -346,8 +346,10 @@ def test_cli_trace_writes_a_store_and_refuses_twice(ckpt, tmp_path, capsys):
 def test_cli_check_passes(ckpt, capsys):
     from workbench import cli
 
-    assert cli.main(["trace", str(ckpt), "--check"]) == 0
+    assert cli.main(["trace", str(ckpt), "--check", "--device", "cpu"]) == 0
     assert capsys.readouterr().out.count("ok ") == 7
+    assert cli.main(["trace", str(ckpt), "--check", "--device", "nonsense"]) == 2  # one line, no traceback
+    assert "nonsense" in capsys.readouterr().err
 
 
 def test_trace_figures_from_the_store(nn, ckpt, tmp_path):

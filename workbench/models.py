@@ -373,6 +373,22 @@ def checkpoint_hash(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+def pick_device(name: str) -> torch.device:
+    """``auto`` (this rank's CUDA device when there is one, else CPU), ``cpu``, ``cuda``, ``cuda:N`` -> a
+    torch.device; anything else, or CUDA on a machine without it, is one clear error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {name!r} is not a device: use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} requested but no CUDA device is available")
+    return device
+
+
 def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
          attn_implementation: str = "sdpa", allow_plain_hf: bool = False, full_hash: bool = True):
     """Load a checkpoint -> (model, manifest). The model runs with the theta in ``config.json``.

@@ -10,10 +10,9 @@ Rows (each a separate measurement; a failing row prints its error and the others
   (built here, saved in bf16; nothing is downloaded), 8192 tokens per step, no activation checkpointing;
 - ``kd-32k``: the same at 32768 tokens with activation checkpointing;
 - ``eval``: ``workbench eval`` of the shipped tiny teacher (data/teacher/tiny-teacher) on the device;
-- ``trace-check``: ``workbench trace --check`` of the same checkpoint (TransformerLens and nnsight parity,
-  identity, q/k shift invariance). The command has no ``--device`` option yet, so it runs on CPU;
-- ``trace-device``: the same checks (``workbench.interp.check``) with both backends and the plain-HF reference
-  loaded on the device (the benchmark passes ``device=`` to ``load_backend``, which takes one).
+- ``trace-check``: ``workbench trace --check --device DEVICE`` of the same checkpoint (TransformerLens and
+  nnsight parity, identity, q/k shift invariance), as a user runs it;
+- ``trace-device``: the same checks in-process (``workbench.interp.check(..., device=)``), for the worst difference.
 
 Columns: tokens per step, median tokens/s per GPU after warm-up, MFU, peak memory (CUDA: max allocated; CPU:
 the process's max RSS) and ``workbench.train.memory.step_memory``'s estimate, wall time (for the KD rows: building
@@ -186,32 +185,24 @@ def eval_row(p: dict, device: torch.device, tmp: Path) -> dict:
             "status": status}
 
 
-def trace_row() -> dict:
+def trace_row(device: torch.device) -> dict:
+    """``workbench trace --check --device DEVICE`` as a user runs it (both backends, plain-HF reference)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "workbench", "trace", str(TINY_CKPT), "--check"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run([sys.executable, "-m", "workbench", "trace", str(TINY_CKPT), "--check", "--device", str(device)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     lines = [ln for ln in p.stdout.splitlines() if ln.strip()]
     status = f"ok ({len(lines)} lines)" if p.returncode == 0 else f"rc {p.returncode}: {(p.stderr or p.stdout)[-200:]}"
-    return {"check": "trace --check tiny-teacher", "device": "cpu (no --device)", "time s": time.perf_counter() - t0,
+    return {"check": "trace --check tiny-teacher", "device": device_name(device), "time s": time.perf_counter() - t0,
             "status": status}
 
 
 def trace_device_row(device: torch.device) -> dict:
-    """``workbench.interp.check`` with both backends and the plain-HF reference on ``device``."""
+    """``workbench.interp.check`` in-process on ``device``: the worst difference of the checks."""
     from workbench.interp import sanity
 
-    orig_load, orig_ref = sanity.load_backend, sanity.plain_hf_logits
-    sanity.load_backend = lambda path, name="nnsight", **kw: orig_load(path, name, **{"device": str(device), **kw})
-    sanity.plain_hf_logits = lambda *a, **kw: orig_ref(*a, **kw).to(device)
-    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False  # the checks compare at 1e-4 in fp32
     t0 = time.perf_counter()
-    try:
-        results = sanity.check(TINY_CKPT)
-    finally:
-        sanity.load_backend, sanity.plain_hf_logits = orig_load, orig_ref
-        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    results = sanity.check(TINY_CKPT, device=str(device))
     failed = [r for r in results if not r.ok]
     worst = max(results, key=lambda r: r.value / r.tolerance if r.tolerance else (0.0 if r.value == 0 else 1e9))
     status = (f"ok, {len(results)} checks, worst {worst.value:.1e} (tol {worst.tolerance:g})" if not failed else
@@ -280,7 +271,7 @@ def main() -> int:
             elif name == "eval":
                 row = eval_row(p, device, tmp)
             elif name == "trace-check":
-                row = trace_row()
+                row = trace_row(device)
             else:
                 row = trace_device_row(device)
         except Exception as exc:  # one failing row must not hide the others

@@ -41,14 +41,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from workbench import models
     from workbench.commands.updates import expand_checkpoints
     from workbench.interp import cross_document as cd
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     if args.chunk_size < 1:
         raise ValueError(f"--chunk-size must be >= 1, got {args.chunk_size}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: no CUDA device is available")
+    args.device = str(models.pick_device(args.device))  # a bad device is one error before any work
     paths = expand_checkpoints(args.checkpoints)
     dcfg = cd.load_data_config(args.data, args.phase)
     cd.check_inputs(paths, dcfg, seq_len=args.seq_len, windows=args.windows, batch_size=args.batch_size)

@@ -43,11 +43,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from workbench import analysis, inputs
+    from workbench import analysis, inputs, models
     from workbench.analysis.capture import probe_batch
     from workbench.commands.updates import expand_checkpoints
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    args.device = str(models.pick_device(args.device))  # a bad device is one error before any work
     paths = expand_checkpoints(args.checkpoints, args.phase_ends)
     if args.seq_len < 8 or args.score_seq_len < 2:
         raise ValueError(f"--seq-len must be >= 8 and --score-seq-len >= 2, got {args.seq_len}, {args.score_seq_len}")

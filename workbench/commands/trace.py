@@ -28,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "repeatable; group 'activations'")
     p.add_argument("--out", default=None, help="Zarr store to write (appends; a cell is never written twice)")
     p.add_argument("--check", action="store_true", help="run the built-in sanity checks and exit (1 on failure)")
+    p.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, cuda:N); statistics are "
+                                                   "float32 either way")
     p.add_argument("--experiment", choices=["repeated-tokens"], default=None)
     p.add_argument("--window", type=int, default=None, help="repeated tokens: window (default max positions)")
     p.add_argument("--period", type=int, default=32, help="repeated tokens: length of the repeated sequence")
@@ -44,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from workbench import inputs as wb_inputs
     from workbench.interp.specs import validate_all
 
+    args.device = str(models.pick_device(args.device))  # a bad device is one error before any work
     ckpt = Path(args.checkpoint)
     if not ckpt.is_dir():
         raise models.CheckpointError(f"{ckpt}: checkpoint directory not found")
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         store.groups(args.out)  # refuses a store of another schema before any work
     if args.check:
         with tqdm(total=2, desc="sanity checks", unit="backend") as bar:
-            results = interp.check(ckpt, progress=bar)
+            results = interp.check(ckpt, device=args.device, progress=bar)
         for r in results:
             print(r)
         for name, why in architectures.unsupported_backends(ckpt, ("nnsight", "tl")).items():
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         rows = (len([s for s in specs if not s.is_identity]) + 1) * min(args.batch_size or batch, batch)
         if args.experiment is None:
             interp.check_backend_length(ckpt, "tl", rows, length)
-    be = interp.load_backend(ckpt, args.backend)
+    be = interp.load_backend(ckpt, args.backend, device=args.device)
     validate_all([interp.identity("clean"), *specs], be.geometry)  # before any forward pass
     if args.experiment == "repeated-tokens":
         ds = interp.repeated_tokens(ckpt, specs, backend=be, window=args.window, period=args.period,

@@ -73,11 +73,12 @@ def run_phase_lengths(paths: list[Path]) -> list[int] | None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from workbench import analysis, inputs
+    from workbench import analysis, inputs, models
     from workbench.analysis.capture import probe_batch
     from workbench.analysis.weights import comparison_label, comparison_pairs, resolve_reference
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    args.device = str(models.pick_device(args.device))  # a bad device is one error before any work
     paths = expand_checkpoints(args.checkpoints, args.phase_ends)
     if args.seq_len < 2 or args.batch_size < 1:
         raise ValueError(f"--seq-len must be >= 2 and --batch-size >= 1, got {args.seq_len} and {args.batch_size}")

@@ -460,8 +460,11 @@ def load_backend(path: str | Path, backend: str = "nnsight", **kw) -> Backend:
 
 
 def plain_hf_logits(path: str | Path, input_ids: torch.Tensor, position_ids: torch.Tensor,
-                    *, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa") -> torch.Tensor:
-    """Logits of plain transformers (a fresh instance, no project hooks): the reference for sanity checks."""
-    hf, _ = load_hf(path, attn_implementation=attn_implementation, dtype=dtype)
+                    *, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa",
+                    device: str = "cpu") -> torch.Tensor:
+    """Logits of plain transformers (a fresh instance on ``device``, no project hooks): the reference for
+    sanity checks."""
+    hf, _ = load_hf(path, attn_implementation=attn_implementation, dtype=dtype, device=device)
     with torch.no_grad():
-        return hf(input_ids=torch.as_tensor(input_ids), position_ids=torch.as_tensor(position_ids)).logits
+        return hf(input_ids=torch.as_tensor(input_ids, device=device),
+                  position_ids=torch.as_tensor(position_ids, device=device)).logits

@@ -8,9 +8,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 
 from workbench import architectures
 from workbench.interp import specs as S
@@ -33,16 +35,35 @@ class CheckResult:
 
 
 def check(ckpt_path: str | Path, *, length: int = 2112, batch: int = 1, tolerance: float = 1e-4,
-          backends: tuple[str, ...] = ("nnsight", "tl"), progress=None) -> list[CheckResult]:
-    """Run the checks (``length`` >= 2048 + something so positions >= 2048 are covered) -> results."""
+          backends: tuple[str, ...] = ("nnsight", "tl"), device: str = "cpu", progress=None) -> list[CheckResult]:
+    """Run the checks (``length`` >= 2048 + something so positions >= 2048 are covered) with both backends and
+    the plain-HF reference on ``device`` -> results. On CUDA, TF32 matmuls are off while they run (the checks
+    compare fp32 logits at ``tolerance``)."""
+    with _no_tf32():
+        return _check(ckpt_path, length=length, batch=batch, tolerance=tolerance, backends=backends, device=device,
+                      progress=progress)
+
+
+@contextlib.contextmanager
+def _no_tf32():
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _check(ckpt_path: str | Path, *, length: int, batch: int, tolerance: float, backends: tuple[str, ...],
+           device: str, progress) -> list[CheckResult]:
     skip = architectures.unsupported_backends(ckpt_path, backends)  # e.g. tl on Phi-3 (fused qkv, no rotary hooks)
-    loaded = {name: load_backend(ckpt_path, name) for name in backends if name not in skip}
+    loaded = {name: load_backend(ckpt_path, name, device=str(device)) for name in backends if name not in skip}
     geom = next(iter(loaded.values())).geometry
     length = min(length, geom.max_position_embeddings)
     inputs = default_inputs(next(iter(loaded.values())).vocab_size, batch=batch, length=length)
     ids, pos = inputs["input_ids"], inputs["position_ids"]
     tail = slice(2048 if length > 2048 else length // 2, None)
-    ref = plain_hf_logits(ckpt_path, ids, pos)
+    ref = plain_hf_logits(ckpt_path, ids, pos, device=str(device))
     last = geom.num_layers - 1
     probe = S.Spec("probe", [S.shift(17, "q", pairs=S.PairSet(indices=list(range(geom.head_dim // 4))), layers=[last]),
                              S.noise(0.05, seed=3, target="k", layers=[last])])

@@ -169,16 +169,6 @@ class DistillModule(torch.nn.Module):
         return r.loss, r.per_token, r.ce_sum, r.kd_sum, r.valid
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: 'cuda' requested but no CUDA device is available")
-    return torch.device(name)
-
-
 def resolve_precision(name: str, device: torch.device) -> str:
     """``optim.precision`` for a device: auto is bf16 on CUDA and fp32 elsewhere."""
     if name == "auto":
@@ -239,7 +229,7 @@ def train(cfg: RunConfig, *, out: str | None = None, resume: bool = False, progr
     run_dir = run_dir_of(cfg, out)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cfg, hash_version = preflight(cfg, run_dir, resume=resume, world_size=world)
-    device = pick_device(cfg.device)
+    device = models.pick_device(cfg.device)
     dd = distributed.init(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
