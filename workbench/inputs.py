@@ -22,7 +22,6 @@ indexes past a vocabulary (the ``IndexError`` of a mismatched tokenizer) or sile
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -30,7 +29,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-SYNTHETIC = "synthetic"
+from workbench import checkpoints
+from workbench.checkpoints import SYNTHETIC, InputError
+
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSONL_SUFFIXES = (".jsonl",)
 ID_SUFFIXES = (".pt", ".npz")
@@ -42,10 +43,6 @@ INPUTS_HELP = ("token ids (.pt/.npz with input_ids [batch, seq], optional positi
                "models)")
 TOKENIZER_HELP = ("'auto' (the model directory's own tokenizer; the synthetic language only for a 128-row model "
                   "without one), 'synthetic', or a local tokenizer directory (for a model saved without one)")
-
-
-class InputError(ValueError):
-    """Bad model/tokenizer/inputs combination (one line naming the input and what to do)."""
 
 
 def add_arguments(p, *, inputs_default: str | None = None) -> None:
@@ -67,58 +64,6 @@ class Vocabulary:
     vocab_size: int  # the smallest embedding-row count of the models (ids must stay below it)
 
 
-def model_vocab_size(path: str | Path) -> int:
-    """``vocab_size`` from a model directory's config.json (CheckpointError when it cannot be read)."""
-    from workbench.models import CheckpointError
-
-    cfg_file = Path(path) / "config.json"
-    if not cfg_file.is_file():
-        raise CheckpointError(f"{path}: no config.json; not a Hugging Face model directory")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{cfg_file}: corrupt JSON ({exc})") from None
-    size = cfg.get("vocab_size") or (cfg.get("text_config") or {}).get("vocab_size")
-    if not isinstance(size, int) or size < 1:
-        raise CheckpointError(f"{cfg_file}: no vocab_size")
-    return int(size)
-
-
-def _is_synthetic(tok) -> bool:
-    from workbench.evals.render import is_synthetic_tokenizer
-
-    return is_synthetic_tokenizer(tok)
-
-
-def tokenizer_of(path: str | Path, choice: str = "auto") -> tuple[Any, str]:
-    """(tokenizer, source) for one model directory under ``--tokenizer choice``; InputError if there is none."""
-    from workbench import tokenizers
-
-    path = Path(path)
-    vocab = model_vocab_size(path)
-    if choice == SYNTHETIC:
-        tok, source = tokenizers.synthetic(), SYNTHETIC
-    elif choice not in (None, "auto"):
-        if not Path(choice).is_dir():
-            raise InputError(f"--tokenizer {choice}: tokenizer directory not found (give a local directory with "
-                             "tokenizer.json / tokenizer_config.json, or 'auto' / 'synthetic')")
-        tok, source = tokenizers.load(choice, f"--tokenizer {choice}"), str(choice)
-    elif tokenizers.has_tokenizer(path):
-        tok, source = tokenizers.load(path, f"{path} (its tokenizer files)"), str(path)
-    elif vocab == 128:
-        tok, source = tokenizers.synthetic(), SYNTHETIC
-    else:
-        raise InputError(f"{path}: the directory has no tokenizer and its vocabulary ({vocab} embedding rows) is not "
-                         "the synthetic one (128); pass --tokenizer DIR with the tokenizer the model was trained with")
-    if _is_synthetic(tok):
-        source = SYNTHETIC
-    if len(tok) > vocab:
-        raise InputError(f"{path}: tokenizer {source} has {len(tok)} tokens but the model has only {vocab} embedding "
-                         "rows, so it is not this model's tokenizer; pass --tokenizer DIR with the one it was trained "
-                         "with")
-    return tok, source
-
-
 def resolve(paths: Sequence[str | Path], choice: str = "auto") -> Vocabulary:
     """The one vocabulary of several model directories (InputError when they differ or one has none)."""
     if not paths:
@@ -126,8 +71,8 @@ def resolve(paths: Sequence[str | Path], choice: str = "auto") -> Vocabulary:
     first_tok, first_src, first = None, None, None
     sizes = []
     for path in paths:
-        tok, src = tokenizer_of(path, choice)
-        sizes.append(model_vocab_size(path))
+        tok, src = checkpoints.tokenizer(path, choice)
+        sizes.append(checkpoints.vocab_size(path))
         if first_tok is None:
             first_tok, first_src, first = tok, src, path
         elif src != first_src and tok.get_vocab() != first_tok.get_vocab():

@@ -331,7 +331,12 @@ def verify_checkpoint(path: str | Path, *, full_hash: bool = True, state: bool =
     return manifest
 
 
-def _check_hf_dir(path: Path) -> dict[str, Any]:
+def read_config(path: str | Path, *, weights: bool = True, architecture: bool = True) -> dict[str, Any]:
+    """``config.json`` of a model directory after the checks a load needs (CheckpointError otherwise): it
+    parses, names a supported architecture (``architecture``), and every ``*.safetensors`` file opens with
+    its last tensor readable (``weights``). What a command reads about a checkpoint before loading it is
+    :func:`workbench.checkpoints.inspect`, built on this."""
+    path = Path(path)
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise CheckpointError(f"{path}: no config.json; not a Hugging Face model directory")
@@ -339,10 +344,13 @@ def _check_hf_dir(path: Path) -> dict[str, Any]:
         cfg = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{cfg_file}: corrupt JSON ({exc})") from None
-    try:
-        architectures.of(cfg)
-    except architectures.ArchitectureError as exc:
-        raise CheckpointError(f"{cfg_file}: {exc}") from None
+    if architecture:
+        try:
+            architectures.of(cfg)
+        except architectures.ArchitectureError as exc:
+            raise CheckpointError(f"{cfg_file}: {exc}") from None
+    if not weights:
+        return cfg
     shards = sorted(path.glob("*.safetensors"))
     if not shards:
         raise CheckpointError(f"{path}: no *.safetensors weights")
@@ -405,7 +413,7 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.d
     else:
         manifest = {}
         hfdir.check_plain(path)  # plain HF directory: integrity from its safetensors headers / index
-    arch = architectures.of(_check_hf_dir(path))
+    arch = architectures.of(read_config(path))
     try:
         model = arch.model_class().from_pretrained(path, dtype=dtype, local_files_only=True,
                                                    attn_implementation=arch.attn_implementation(attn_implementation))

@@ -14,6 +14,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from workbench.data import tokenizer as syn
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
@@ -37,9 +39,16 @@ def load(path: str | Path, what: str = "tokenizer"):
 
 
 def synthetic():
-    from workbench.data.tokenizer import synthetic_tokenizer
+    return syn.synthetic_tokenizer()
 
-    return synthetic_tokenizer()
+
+def is_synthetic(tokenizer) -> bool:
+    """True when a HF tokenizer is the workbench's synthetic vocabulary (same tokens, same ids)."""
+    try:
+        vocab = tokenizer.get_vocab()
+    except Exception:  # tokenizers without get_vocab are not ours
+        return False
+    return len(vocab) == syn.VOCAB_SIZE and all(vocab.get(t) == i for i, t in enumerate(syn.TOKENS))
 
 
 def same_vocabulary(a, b) -> bool:

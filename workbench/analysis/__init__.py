@@ -8,7 +8,6 @@ and is written into the results store by :func:`write_group`.
 """
 
 from workbench.analysis.bands import band_summary, parse_lengths
-from workbench.analysis.checkpoints import CheckpointInfo, inspect, inspect_all, label_of
 from workbench.analysis.pairs import pair_rows, pair_update_stats, split_pairs
 from workbench.analysis.probes import position_probes
 from workbench.analysis.scores import score_decomposition
@@ -17,7 +16,7 @@ from workbench.analysis.storage import GROUPS, existing_labels, refuse_existing,
 from workbench.analysis.weights import comparison_label, weight_updates
 
 __all__ = [
-    "GROUPS", "CheckpointInfo", "band_summary", "comparison_label", "existing_labels", "inspect", "inspect_all", "label_of",
+    "GROUPS", "band_summary", "comparison_label", "existing_labels",
     "pair_rows", "pair_update_stats", "parse_lengths", "position_probes", "refuse_existing",
     "score_decomposition", "split_pairs", "state_updates", "weight_updates", "write_group",
 ]

@@ -15,8 +15,8 @@ from typing import Sequence
 import numpy as np
 import xarray as xr
 
+from workbench import checkpoints as ck
 from workbench import store
-from workbench.analysis import checkpoints as ck
 from workbench.analysis.capture import capture, per_checkpoint, probe_batch
 from workbench.analysis.scores import checkpoint_coords
 from workbench.config import DataConfig

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import xarray as xr
 
+from workbench import checkpoints as ck
 from workbench import store
-from workbench.analysis import checkpoints as ck
 from workbench.analysis.capture import capture, pair_view, per_checkpoint, probe_batch
 from workbench.config import DataConfig
 
@@ -284,7 +284,7 @@ def score_decomposition(
     return ds
 
 
-def checkpoint_coords(infos: Sequence[ck.CheckpointInfo]) -> dict:
+def checkpoint_coords(infos: Sequence[ck.Info]) -> dict:
     """Coordinates along ``checkpoint``: label plus step, phase, objective, theta and content hash."""
     def col(values, dtype=object):
         return ("checkpoint", np.array(values, dtype=dtype))

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import xarray as xr
 
+from workbench import checkpoints as ck
 from workbench import store
-from workbench.analysis import checkpoints as ck
 from workbench.analysis.capture import (capture, describe_qk, pair_norm, per_checkpoint, phase_coherence,
                                         probe_batch)
 from workbench.analysis.weights import comparison_coords, comparison_pairs, resolve_reference

@@ -7,19 +7,57 @@ together with the cosine between the before and after rows. Raw safetensors weig
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import xarray as xr
+from safetensors import safe_open
 
-from workbench import store
-from workbench.analysis import checkpoints as ck
+from workbench import architectures, store
+from workbench import checkpoints as ck
+from workbench.checkpoints import CheckpointError
 from workbench.analysis.capture import describe_qk
 from workbench.analysis.pairs import pair_update_stats
 
 STATS = ("rel_update", "cosine", "norm_before", "norm_after")
+
+
+# ----------------------------------------------------------------------------- raw q/k weights (no model)
+
+
+def weight_files(path: Path) -> dict[str, Path]:
+    """Tensor name -> safetensors file holding it (single file, index.json or any shards)."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return {k: path / v for k, v in json.loads(index.read_text())["weight_map"].items()}
+    found: dict[str, Path] = {}
+    for shard in sorted(path.glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as f:
+            for key in f.keys():
+                found[key] = shard
+    return found
+
+
+def read_qk_weights(info: ck.Info, layer: int, files: dict[str, Path] | None = None) -> dict[str, torch.Tensor]:
+    """Raw q/k weights (and biases, when present) of one layer, in float64, from safetensors, keyed
+    ``q_proj.weight`` ... whatever the architecture (a fused ``qkv_proj`` is split by head counts)."""
+    files = files if files is not None else weight_files(info.path)
+    out: dict[str, torch.Tensor] = {}
+    for name, (key, rows) in architectures.tensor_sources(info.config or {"model_type": "llama"}, layer).items():
+        if key not in files:
+            if name.endswith("weight"):
+                raise CheckpointError(f"{info.path}: tensor {key} not found in the safetensors files")
+            continue
+        with safe_open(str(files[key]), framework="pt") as f:
+            tensor = f.get_slice(key)[rows] if rows is not None else f.get_tensor(key)
+            out[name] = tensor.to(torch.float64)
+    return out
+
+
+# ------------------------------------------------------------------------------------ comparisons
 
 
 def comparison_pairs(n: int, reference: int | None = None) -> list[tuple[int, int]]:
@@ -41,7 +79,7 @@ def _rows(tensors: dict[str, torch.Tensor], proj: str) -> torch.Tensor:
     return w if bias is None else torch.cat([w, bias[:, None]], dim=1)
 
 
-def comparison_coords(infos: Sequence[ck.CheckpointInfo], pairs: Sequence[tuple[int, int]]) -> dict:
+def comparison_coords(infos: Sequence[ck.Info], pairs: Sequence[tuple[int, int]]) -> dict:
     """Coordinates along ``comparison``: label, before/after labels, steps, phases, thetas, hashes."""
     def col(values, dtype=object):
         return ("comparison", np.array(values, dtype=dtype))
@@ -97,14 +135,14 @@ def weight_updates(
     half = d // 2
     out = {f"{p}_{s}": np.zeros((len(pairs), n_layers, n_heads if p == "q" else n_kv, half))
            for p in ("q", "k") for s in STATS}
-    files = [ck.weight_files(i.path) for i in infos]
+    files = [weight_files(i.path) for i in infos]
     steps = range(n_layers)
     if progress:
         from tqdm import tqdm
 
         steps = tqdm(steps, desc="weight updates", unit="layer")
     for layer in steps:
-        tensors = [ck.read_qk_weights(info, layer, f) for info, f in zip(infos, files)]
+        tensors = [read_qk_weights(info, layer, f) for info, f in zip(infos, files)]
         for c, (a, b) in enumerate(pairs):
             for p, proj, heads in (("q", "q_proj", n_heads), ("k", "k_proj", n_kv)):
                 stats = pair_update_stats(_rows(tensors[a], proj), _rows(tensors[b], proj), heads, d)

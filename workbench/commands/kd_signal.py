@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from workbench import models
+    from workbench import checkpoints, models
     from workbench.commands.updates import expand_checkpoints
     from workbench.interp import cross_document as cd
 
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     dcfg = cd.load_data_config(args.data, args.phase)
     cd.check_inputs(paths, dcfg, seq_len=args.seq_len, windows=args.windows, batch_size=args.batch_size)
     summary = "all" if args.all_tokens else "kd_targets"
-    labels = [cd.checkpoint_label(p) for p in paths]
+    labels = [checkpoints.label(p) for p in paths]
     cd.check_writable(args.out, labels, cd.data_attrs(dcfg, seq_len=args.seq_len, windows=args.windows,
                                                       seed=args.seed, summary_tokens=summary))
     if args.figure:

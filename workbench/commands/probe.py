@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from workbench import analysis, inputs, models
+    from workbench import analysis, checkpoints, inputs, models
     from workbench.analysis.capture import probe_batch
     from workbench.commands.updates import expand_checkpoints
 
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if args.buckets < 2 or args.buckets > args.seq_len:
         raise ValueError(f"--buckets must be between 2 and --seq-len, got {args.buckets}")
     inputs.plain_hf_flag(args)
-    infos = analysis.inspect_all(paths, allow_plain_hf=True, minimum=1)
+    infos = checkpoints.inspect_all(paths, allow_plain_hf=True, minimum=1)
     batch, what = inputs.for_models(paths, args, seq_len=args.seq_len, batch=args.windows, seed=args.seed,
                                     synthetic_default=lambda: probe_batch(args.seq_len, args.windows, args.seed))
     if batch["input_ids"].shape[0] < 4:

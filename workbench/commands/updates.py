@@ -73,7 +73,7 @@ def run_phase_lengths(paths: list[Path]) -> list[int] | None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from workbench import analysis, inputs, models
+    from workbench import analysis, checkpoints, inputs, models
     from workbench.analysis.capture import probe_batch
     from workbench.analysis.weights import comparison_label, comparison_pairs, resolve_reference
 
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     lengths = analysis.parse_lengths(args.phase_lengths) if args.phase_lengths else run_phase_lengths(paths)
     all_paths, ref = resolve_reference(paths, args.reference)
     inputs.plain_hf_flag(args)
-    infos = analysis.inspect_all(all_paths, allow_plain_hf=True, minimum=2)
+    infos = checkpoints.inspect_all(all_paths, allow_plain_hf=True, minimum=2)
     batch, what = (None, None) if args.no_states else inputs.for_models(  # the models' own vocabulary, checked
         all_paths, args, seq_len=args.seq_len, batch=args.batch_size, seed=args.seed,
         synthetic_default=lambda: probe_batch(args.seq_len, args.batch_size, args.seed))

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from workbench import checkpoints as ck
 from workbench import models, rope, store
 
 
@@ -157,10 +158,10 @@ def run_all(opts, state) -> None:
         train_students(opts, state, todo)
         evaluate_retrieval(opts, state, [state.final(a) for a in todo])
     if not store.has_group(opts.store, "ablations"):
-        chosen = {grid.checkpoint_name(state.teacher): str(state.teacher)}
+        chosen = {ck.label(state.teacher): str(state.teacher)}
         for arm in state.runs:
             if arm.schedule == "phasewise" and not arm.variant:
-                chosen[grid.checkpoint_name(state.final(arm))] = str(state.final(arm))
+                chosen[ck.label(state.final(arm))] = str(state.final(arm))
         ds = band_ablation(chosen, tasks=["passkey", "niah"], lengths=[256, 1024],  # the documents, the window
                            depths=[0.0, 50.0, 100.0], samples=max(2, opts.eval_samples // 2), seed=99)
         store.write(opts.store, "ablations", ds)

@@ -19,6 +19,7 @@ from typing import Iterator
 
 import xarray as xr
 
+from workbench import checkpoints as ck
 from workbench import models, store
 from workbench.config import DataConfig
 from workbench.demo.arms import SHIPPED_TEACHER, TEACHER_CONFIG, Arm, arm_config, arms
@@ -246,7 +247,7 @@ def evaluate_retrieval(opts: DemoOptions, state: DemoState, checkpoints: list[Pa
     from workbench.evals import grid
 
     todo = _new_checkpoints(opts.store, "retrieval", "checkpoint",
-                            {grid.checkpoint_name(p): p for p in checkpoints})
+                            {ck.label(p): p for p in checkpoints})
     if not todo:
         log("retrieval: every checkpoint already evaluated")
         return
@@ -288,12 +289,11 @@ def packed_short_documents(seq_len: int, batch: int, seed: int) -> dict:
 def run_interp(opts: DemoOptions, state: DemoState, checkpoints: list[Path], window: int) -> None:
     """Repeated-token experiment and the perturbation sweep on teacher and students (nnsight backend)."""
     from workbench import interp
-    from workbench.interp.traces import checkpoint_label
 
     specs = interp_specs([256, window])
     inputs = packed_short_documents(window, 1 if opts.quick else 2, seed=7)
     for path in checkpoints:
-        name = checkpoint_label(path)
+        name = ck.label(path)
         layered = opts.teacher_store if Path(path) == Path(state.teacher) else opts.store
         be = None
         if name in _new_checkpoints(opts.store, "repeated_tokens", "checkpoint", {name: path}):
@@ -312,7 +312,6 @@ def run_pair_analysis(opts: DemoOptions, state: DemoState, phase_lengths: list[i
     """Stage-1 student -> end of extension, for every run: per-pair W_q/W_k updates, q/k state updates on
     packed short documents in the window, and band summaries (F3)."""
     from workbench import analysis
-    from workbench.analysis.checkpoints import label_of
     from workbench.analysis.weights import comparison_label
 
     done = (analysis.existing_labels(opts.store, "updates_weights")
@@ -320,7 +319,7 @@ def run_pair_analysis(opts: DemoOptions, state: DemoState, phase_lengths: list[i
     by_start: dict[Path, list[Path]] = {}
     for arm in state.runs:
         start, final = state.start(arm), state.final(arm)
-        if comparison_label(label_of(start), label_of(final)) not in done:
+        if comparison_label(ck.label(start), ck.label(final)) not in done:
             by_start.setdefault(start, []).append(final)
     for start, finals in by_start.items():
         upd = analysis.weight_updates(finals, reference=start)
@@ -379,9 +378,8 @@ def run_kd_signal(opts: DemoOptions, state: DemoState, checkpoints: list[Path], 
     attention) over the students' packed short documents, for the teacher, the stage-1 students and every
     final student (KD students should depend on other documents more than CE students, if KD transfers it)."""
     from workbench.interp import cross_document
-    from workbench.interp.traces import checkpoint_label
 
-    todo = _new_checkpoints(opts.store, "kd_signal", "checkpoint", {checkpoint_label(p): p for p in checkpoints})
+    todo = _new_checkpoints(opts.store, "kd_signal", "checkpoint", {ck.label(p): p for p in checkpoints})
     if not todo:
         return
     data = config_data(state)
@@ -400,12 +398,11 @@ def config_data(state: DemoState) -> DataConfig:
 
 def run_probes(opts: DemoOptions, state: DemoState, checkpoints: list[Path], window: int) -> None:
     from workbench import analysis
-    from workbench.analysis.checkpoints import label_of
 
     teacher = [p for p in checkpoints if Path(p) == Path(state.teacher)]
     students = [p for p in checkpoints if Path(p) != Path(state.teacher)]
     for store_path, paths in ((opts.teacher_store, teacher), (opts.store, students)):
-        todo = _new_checkpoints(store_path, "probes", "checkpoint", {label_of(p): p for p in paths})
+        todo = _new_checkpoints(store_path, "probes", "checkpoint", {ck.label(p): p for p in paths})
         if todo:
             ds = analysis.position_probes(list(todo.values()), seq_len=window, n_windows=4 if opts.quick else 8)
             analysis.write_group(store_path, "probes", ds)

@@ -20,41 +20,29 @@ import numpy as np
 import torch
 import xarray as xr
 
-from workbench import architectures, hfdir, inputs, models, store
+from workbench import checkpoints as ck
+from workbench import models, store, tokenizers
 from workbench.evals import tasks as T
 from workbench.evals.render import Rendering, SyntheticRendering, rendering_for
 from workbench.evals.runner import score_samples
 
 GROUP = "retrieval"
-SEQ_LEN_KEYS = ("seq_len", "train_seq_len", "phase_seq_len")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-
-
-@dataclass
-class CheckpointPlan:
-    """What is known about one checkpoint before its weights load."""
-
-    path: Path
-    name: str
-    manifest: dict[str, Any]
-    config: dict[str, Any]
-    max_positions: int
-    limit_source: str
-    tokenizer: str  # "synthetic" or a local tokenizer directory
-    extrapolating: bool = False
 
 
 @dataclass
 class Plan:
     """A validated evaluation request."""
 
-    checkpoints: list[CheckpointPlan]
+    checkpoints: list[ck.Info]
     tasks: list[str]
     lengths: list[int]
     depths: list[float]
     samples: int
     seed: int
     extrapolate: bool
+    tokenizers: dict[str, str] = field(default_factory=dict)  # label -> "synthetic" or a tokenizer directory
+    max_positions: dict[str, tuple[int, str]] = field(default_factory=dict)  # label -> (limit, its source)
+    extrapolating: dict[str, bool] = field(default_factory=dict)  # label -> some length beyond the limit
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -62,66 +50,11 @@ class Plan:
         return len(self.checkpoints) * len(self.tasks) * len(self.lengths) * len(self.depths) * self.samples
 
 
-def checkpoint_name(path: str | Path) -> str:
-    """Stable, readable name of a checkpoint: ``<run>/<ckpt-dir>``."""
-    path = Path(path).resolve()
-    return f"{path.parent.name}/{path.name}"
-
-
-def position_limit(manifest: dict[str, Any], config: dict[str, Any]) -> tuple[int, str]:
-    """(positions a checkpoint is known to handle, where that number comes from)."""
-    for key in SEQ_LEN_KEYS:
-        if manifest.get(key):
-            return int(manifest[key]), f"manifest {key}"
-    if config.get("max_position_embeddings"):
-        return int(config["max_position_embeddings"]), "config max_position_embeddings"
-    raise models.CheckpointError("config.json has no max_position_embeddings and the manifest no seq_len")
-
-
-def _inspect(path: Path, tokenizer: str | None) -> CheckpointPlan:
-    if not path.is_dir():
-        raise models.CheckpointError(f"{path}: checkpoint directory not found")
-    manifest = models.verify_checkpoint(path) if (path / models.MANIFEST).exists() else {}
-    if not manifest:
-        hfdir.check_plain(path)  # plain HF directory: safetensors headers / index
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise models.CheckpointError(f"{path}: no config.json; not a Hugging Face model directory")
-    try:
-        config = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise models.CheckpointError(f"{cfg_file}: corrupt JSON ({exc})") from None
-    try:
-        architectures.of(config)
-    except architectures.ArchitectureError as exc:
-        raise models.CheckpointError(f"{cfg_file}: {exc}") from None
-    limit, source = position_limit(manifest, config)
-    # the checkpoint's own tokenizer, else --tokenizer; synthetic only for the 128-row synthetic vocabulary
-    _, tok = inputs.tokenizer_of(path, tokenizer or "auto")  # one clear error naming --tokenizer otherwise
-    return CheckpointPlan(path=path, name=checkpoint_name(path), manifest=manifest, config=config,
-                          max_positions=limit, limit_source=source, tokenizer=tok)
-
-
-def _is_synthetic_dir(path: Path) -> bool:
-    from workbench.data.tokenizer import TOKENS
-
-    file = path / "tokenizer.json"
-    if not file.is_file():
-        return False
-    try:
-        vocab = json.loads(file.read_text())["model"]["vocab"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return False
-    return isinstance(vocab, dict) and vocab == {t: i for i, t in enumerate(TOKENS)}
-
-
 def load_rendering(tokenizer: str) -> Rendering:
     """The rendering for ``"synthetic"`` or a local tokenizer directory (offline)."""
-    if tokenizer == "synthetic":
+    if tokenizer == ck.SYNTHETIC:
         return SyntheticRendering()
-    from transformers import AutoTokenizer
-
-    return rendering_for(AutoTokenizer.from_pretrained(tokenizer, local_files_only=True))
+    return rendering_for(tokenizers.load(tokenizer))
 
 
 def plan(checkpoints: Sequence[str | Path], *, tasks: str | Sequence[str], lengths: Sequence[int],
@@ -139,23 +72,32 @@ def plan(checkpoints: Sequence[str | Path], *, tasks: str | Sequence[str], lengt
         raise ValueError(f"depths must be distinct percentages in [0, 100], got {depth_list}")
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    ckpts = [_inspect(Path(p), tokenizer) for p in checkpoints]
-    names = [c.name for c in ckpts]
+    ckpts, limits, toks = [], {}, {}
+    for path in checkpoints:
+        c = ck.inspect(path)
+        ckpts.append(c)
+        limits[c.label] = c.position_limit()
+        # its own tokenizer, else --tokenizer; synthetic only for the 128-row synthetic vocabulary
+        toks[c.label] = ck.tokenizer(c.path, tokenizer or "auto")[1]  # one clear error naming --tokenizer otherwise
+    names = [c.label for c in ckpts]
     if len(set(names)) != len(names):
         raise ValueError(f"checkpoint names are not unique: {names}")
+    extrapolating = {}
     for c in ckpts:
-        too_long = [x for x in lengths if x > c.max_positions]
+        limit, source = limits[c.label]
+        too_long = [x for x in lengths if x > limit]
         if too_long and not extrapolate:
-            raise ValueError(f"{c.name}: lengths {too_long} exceed the {c.max_positions} positions it was trained "
-                             f"or configured for ({c.limit_source}); pass --extrapolate (extrapolate=True) to "
+            raise ValueError(f"{c.label}: lengths {too_long} exceed the {limit} positions it was trained "
+                             f"or configured for ({source}); pass --extrapolate (extrapolate=True) to "
                              "evaluate beyond them (it is recorded in the results)")
-        c.extrapolating = bool(too_long)
-    renderings = {c.tokenizer for c in ckpts}
+        extrapolating[c.label] = bool(too_long)
+    renderings = set(toks.values())
     for tok in renderings:  # every sample must fit in the shortest length with every rendering (cheap)
         rendering = load_rendering(tok)
         for task in task_names:
             T.make_samples(task, min(lengths), depth_list, int(samples), rendering, seed=seed)
-    p = Plan(ckpts, task_names, sorted(lengths), depth_list, int(samples), int(seed), bool(extrapolate))
+    p = Plan(ckpts, task_names, sorted(lengths), depth_list, int(samples), int(seed), bool(extrapolate),
+             tokenizers=toks, max_positions=limits, extrapolating=extrapolating)
     if out is not None:
         check_store(out, p)
     return p
@@ -169,7 +111,7 @@ def check_store(out: str | Path, p: Plan) -> None:
             store.groups(out)  # raises on a foreign or broken store
         return
     old = store.open_group(out, GROUP)
-    done = sorted(set(map(str, old["checkpoint"].values)) & {c.name for c in p.checkpoints})
+    done = sorted(set(map(str, old["checkpoint"].values)) & {c.label for c in p.checkpoints})
     if done:
         raise store.StoreError(f"{out}/{GROUP}: checkpoints {done} are already evaluated there; "
                                "write to another store or leave them out")
@@ -237,15 +179,6 @@ VARIABLE_DOCS = {
 }
 
 
-def _device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} asked for but CUDA is not available")
-    return dev
-
-
 def _dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -260,15 +193,15 @@ def evaluate_plan(p: Plan, *, device: str = "auto", dtype: str = "auto", batch_s
     """Load each checkpoint and score it -> Dataset with dims (checkpoint, task, length, depth, sample)."""
     from tqdm.auto import tqdm
 
-    dev = _device(device)
+    dev = models.pick_device(device)
     torch_dtype = _dtype(dtype, dev)
     per_ckpt = []
     bar = tqdm(total=p.total, desc="eval", unit="sample", disable=not progress)
     try:
         for c in p.checkpoints:
-            bar.set_postfix_str(c.name)
+            bar.set_postfix_str(c.label)
             model, _ = models.load(c.path, device=dev, dtype=torch_dtype, allow_plain_hf=True)
-            rendering = load_rendering(c.tokenizer)
+            rendering = load_rendering(p.tokenizers[c.label])
             ds = evaluate_model(model, rendering, tasks=p.tasks, lengths=p.lengths, depths=p.depths,
                                 samples=p.samples, seed=p.seed, batch_size=batch_size, extra_tokens=extra_tokens,
                                 progress=bar)
@@ -276,14 +209,14 @@ def evaluate_plan(p: Plan, *, device: str = "auto", dtype: str = "auto", batch_s
             del model
     finally:
         bar.close()
-    ds = store.stack_checkpoints([d for d, *_ in per_ckpt], [c.name for _, c, *_ in per_ckpt])
+    ds = store.stack_checkpoints([d for d, *_ in per_ckpt], [c.label for _, c, *_ in per_ckpt])
     info = [(c, theta, rname) for _, c, theta, rname in per_ckpt]
     ds = ds.assign_coords(
         checkpoint_path=("checkpoint", np.array([str(c.path.resolve()) for c, *_ in info], dtype=object)),
         checkpoint_hash=("checkpoint", np.array([models.checkpoint_hash(c.path) for c, *_ in info], dtype=object)),
         rope_theta=("checkpoint", np.array([theta for _, theta, _ in info], dtype=np.float64)),
-        max_positions=("checkpoint", np.array([c.max_positions for c, *_ in info], dtype=np.int64)),
-        extrapolate=("checkpoint", np.array([c.extrapolating for c, *_ in info], dtype=bool)),
+        max_positions=("checkpoint", np.array([p.max_positions[c.label][0] for c, *_ in info], dtype=np.int64)),
+        extrapolate=("checkpoint", np.array([p.extrapolating[c.label] for c, *_ in info], dtype=bool)),
         rendering=("checkpoint", np.array([r for *_, r in info], dtype=object)),
         step=("checkpoint", np.array([int(c.manifest.get("step", -1) or -1) for c, *_ in info], dtype=np.int64)),
         phase=("checkpoint", np.array([str(c.manifest.get("phase") or "") for c, *_ in info], dtype=object)),
@@ -293,8 +226,8 @@ def evaluate_plan(p: Plan, *, device: str = "auto", dtype: str = "auto", batch_s
     ds.attrs = store.provenance(
         kind=GROUP, seed=p.seed, dtype=str(torch_dtype).replace("torch.", ""), device=dev.type,
         extrapolate=p.extrapolate, samples=p.samples,
-        checkpoint_hashes={c.name: h for (c, *_), h in zip(info, ds["checkpoint_hash"].values)},
-        rope_theta={c.name: theta for c, theta, _ in info},
+        checkpoint_hashes={c.label: h for (c, *_), h in zip(info, ds["checkpoint_hash"].values)},
+        rope_theta={c.label: theta for c, theta, _ in info},
         tasks={t: T.TASKS[t].description for t in p.tasks},
         depth_definition=T.DEPTH_DEFINITION,
     )

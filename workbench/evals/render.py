@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from workbench import tokenizers
 from workbench.data import tokenizer as syn
 
 # Abstract needle items (built in workbench.evals.tasks): ("passkey", digits), ("kv", key, value),
@@ -264,17 +265,8 @@ class TextRendering(Rendering):
         return self.tok.decode(list(ids), skip_special_tokens=True)
 
 
-def is_synthetic_tokenizer(tokenizer) -> bool:
-    """True when a HF tokenizer is the workbench's synthetic vocabulary (same tokens, same ids)."""
-    try:
-        vocab = tokenizer.get_vocab()
-    except Exception:  # tokenizers without get_vocab are not ours
-        return False
-    return len(vocab) == syn.VOCAB_SIZE and all(vocab.get(t) == i for i, t in enumerate(syn.TOKENS))
-
-
 def rendering_for(tokenizer=None) -> Rendering:
     """The rendering for a tokenizer: synthetic for None or the synthetic vocabulary, text otherwise."""
-    if tokenizer is None or is_synthetic_tokenizer(tokenizer):
+    if tokenizer is None or tokenizers.is_synthetic(tokenizer):
         return SyntheticRendering()
     return TextRendering(tokenizer)

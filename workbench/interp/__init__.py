@@ -19,7 +19,7 @@ from pathlib import Path
 
 import xarray as xr
 
-from workbench import store
+from workbench import checkpoints, store
 from workbench.interp.activations import capture_activations, write_activations
 from workbench.interp.backends import (Backend, LengthLimitError, NNsightBackend, TransformerLensBackend,
                                        load_backend, plain_hf_logits)
@@ -63,9 +63,7 @@ def check_backend_length(ckpt_path: str | Path, backend: str, n_rows: int, lengt
 
 def check_writable(store_path: str | Path, group: str, ckpt_path: str | Path, specs) -> None:
     """Refuse, before any forward pass, specs the store already holds for this checkpoint (StoreError)."""
-    from workbench.interp.traces import checkpoint_label
-
-    label = checkpoint_label(ckpt_path)
+    label = checkpoints.label(ckpt_path)
     runs = [s for s in specs if not s.is_identity]
     if (label, "clean") not in store.written_cells(store_path, group):
         runs = [identity("clean"), *runs]

@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from workbench import architectures, models
+from workbench import architectures, checkpoints, models
 from workbench.interp.perturb import apply_spec, touches
 from workbench.interp.specs import Geometry, Spec, validate_all
 
@@ -61,18 +61,6 @@ def load_hf(path: str | Path, *, attn_implementation: str = "sdpa", dtype: torch
     """A fresh transformers instance of a workbench checkpoint or a plain local HF Llama dir -> (model, manifest)."""
     return models.load(path, allow_plain_hf=True, attn_implementation=attn_implementation, dtype=dtype,
                        device=device)
-
-
-def load_tokenizer(path: str | Path):
-    """The checkpoint's own tokenizer when it ships one, else the synthetic vocabulary's."""
-    path = Path(path)
-    if any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    from workbench.data.tokenizer import synthetic_tokenizer
-
-    return synthetic_tokenizer()
 
 
 def _check_inputs(input_ids: torch.Tensor, position_ids: torch.Tensor, geom: Geometry, vocab: int) -> None:
@@ -178,7 +166,7 @@ class TransformerLensBackend(Backend):
         self.geometry = Geometry.of(hf)
         self.vocab_size = hf.config.vocab_size
         theta = models.rope_theta(hf)
-        tok = copy.deepcopy(load_tokenizer(path))
+        tok = copy.deepcopy(checkpoints.own_tokenizer(path))
         # TL re-loads the tokenizer by name to add BOS unless told it already does; ours is local only
         tok.init_kwargs.setdefault("name_or_path", str(path))
         tok.init_kwargs["add_bos_token"] = True
@@ -313,7 +301,7 @@ class NNsightBackend(Backend):
         self.geometry = Geometry.of(hf)
         self.vocab_size = hf.config.vocab_size
         self.hf = hf
-        self.model = TransformersModel(hf, tokenizer=load_tokenizer(path))
+        self.model = TransformersModel(hf, tokenizer=checkpoints.own_tokenizer(path))
 
     @property
     def lens_is_output(self) -> bool:

@@ -51,9 +51,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from workbench import store
+from workbench import checkpoints, store, tokenizers
 from workbench.config import ConfigError, DataConfig
-from workbench.models import CheckpointError
 
 GROUP = "kd_signal"
 SYNTHETIC_KINDS = ("marker", "key", "value", "digit", "filler", "special")
@@ -106,21 +105,6 @@ def load_data_config(path: str | Path, phase: str | None = None) -> DataConfig:
                       f"(top-level keys: {', '.join(sorted(raw)) or 'none'})")
 
 
-def _hf_config(path: Path) -> dict[str, Any]:
-    """Cheap checks of a checkpoint directory (manifest, sizes, config.json, safetensors) -> config.json."""
-    from workbench import models
-
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: checkpoint directory not found")
-    if (path / models.MANIFEST).exists():
-        models.verify_checkpoint(path)
-    return models._check_hf_dir(path)
-
-
-def _has_tokenizer(path: Path) -> bool:
-    return (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()
-
-
 def _token_kinds(data_cfg: DataConfig) -> bool:
     """True when the data speaks the synthetic vocabulary (so its token classes apply)."""
     return data_cfg.tokenizer is None
@@ -146,8 +130,8 @@ def check_inputs(paths: Sequence[str | Path], data_cfg: DataConfig, *, seq_len: 
     synthetic = _token_kinds(data_cfg)
     labels: dict[str, Path] = {}
     for p in map(Path, paths):
-        cfg = _hf_config(p)
-        label = checkpoint_label(p)
+        info = checkpoints.inspect(p)
+        cfg, label = info.config, info.label
         if label in labels:
             raise ValueError(f"{p}: checkpoint label {label!r} given twice ({labels[label]})")
         labels[label] = p
@@ -156,13 +140,8 @@ def check_inputs(paths: Sequence[str | Path], data_cfg: DataConfig, *, seq_len: 
             raise ValueError(f"{p}: model vocab_size {vocab} is smaller than the data's vocabulary ({data_vocab} "
                              f"tokens, {'the synthetic tokenizer' if synthetic else data_cfg.tokenizer}); "
                              "the model and the data must share one vocabulary")
-        if _has_tokenizer(p):
-            from transformers import AutoTokenizer
-
-            try:
-                own = AutoTokenizer.from_pretrained(p, local_files_only=True)
-            except Exception as exc:  # transformers raises several types for a bad tokenizer dir
-                raise CheckpointError(f"{p}: its tokenizer does not load ({type(exc).__name__}: {exc})") from None
+        if tokenizers.has_tokenizer(p):
+            own = tokenizers.load(p, f"{p} (its tokenizer files)")
             if own.get_vocab() != data_tok.get_vocab():
                 raise ValueError(f"{p}: the checkpoint's tokenizer ({len(own)} tokens) is not the data's "
                                  f"({data_vocab} tokens, {'synthetic' if synthetic else data_cfg.tokenizer}); "
@@ -175,13 +154,7 @@ def check_inputs(paths: Sequence[str | Path], data_cfg: DataConfig, *, seq_len: 
             raise ValueError(f"{p}: seq_len {seq_len} is beyond the model's max_position_embeddings {max_pos}")
 
 
-# ------------------------------------------------------------------------------------------ labels
-
-
-def checkpoint_label(path: str | Path) -> str:
-    from workbench.interp.traces import checkpoint_label as label
-
-    return label(path)
+# ------------------------------------------------------------------------------------------ token kinds
 
 
 def kind_table(vocab_size: int, synthetic: bool) -> tuple[tuple[str, ...], np.ndarray]:
@@ -389,7 +362,7 @@ def _load(model_or_path, *, device: str, dtype: torch.dtype, allow_plain_hf: boo
         info = {"checkpoint_path": str(path), "checkpoint_hash": models.checkpoint_hash(path),
                 "rope_theta": float(models.rope_theta(model)), "step": int(manifest.get("step", -1)),
                 "phase": str(manifest.get("phase", "")), "objective": str(manifest.get("objective") or "")}
-        return model, checkpoint_label(path), info
+        return model, checkpoints.label(path), info
     model = model_or_path.eval()
     try:
         theta = float(models.rope_theta(model))

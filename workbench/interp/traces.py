@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from workbench import checkpoints, models, store
 from workbench.interp.backends import Backend, attention_js, load_backend
 from workbench.interp.specs import Spec, identity
 
@@ -109,12 +110,6 @@ def _as_inputs(inputs, backend: Backend) -> tuple[torch.Tensor, torch.Tensor]:
     pos = inputs.get("position_ids")
     pos = torch.arange(ids.shape[1]).expand_as(ids).contiguous() if pos is None else torch.as_tensor(pos).long()
     return ids, pos
-
-
-def checkpoint_label(path: str | Path) -> str:
-    """The store's checkpoint coordinate: '<run>/<ckpt dir>'."""
-    path = Path(path).resolve()
-    return f"{path.parent.name}/{path.name}"
 
 
 class TraceStats:
@@ -296,9 +291,7 @@ def run_trace(ckpt_path: str | Path, specs: Sequence[Spec], inputs=None, *, back
 
 def finish(ds: xr.Dataset, be: Backend, ckpt_path: str | Path, *, kind: str, extra: dict | None = None) -> xr.Dataset:
     """Add the checkpoint dim (label, hash, theta coordinates) and provenance attrs."""
-    from workbench import models, store
-
-    label = checkpoint_label(ckpt_path)
+    label = checkpoints.label(ckpt_path)
     ds = ds.expand_dims(checkpoint=np.array([label], dtype=object))
     ds = ds.assign_coords(
         checkpoint_hash=("checkpoint", np.array([models.checkpoint_hash(ckpt_path)], dtype=object)),
