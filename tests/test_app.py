@@ -118,13 +118,14 @@ def build_tiny_runs(root: Path) -> Path:
     checkpoints (two specs), the retrieval grid of both final checkpoints, and the arm summaries of both
 runs (one seed each)."""
     from workbench import analysis, models
-    from workbench.evals import grid
+    from workbench.evals import grid, training_eval
     from workbench.train.trainer import train
 
-    ce = train(_tiny_run_config("ce-phasewise", 10000.0), out=str(root / "ce-phasewise"), progress=False)
+    ce = train(_tiny_run_config("ce-phasewise", 10000.0), out=str(root / "ce-phasewise"), progress=False,
+               evaluate=training_eval)
     teacher = models.list_checkpoints(ce)[-1]
     kd = train(_tiny_run_config("kd-phasewise", 10000.0, teacher=str(teacher)), out=str(root / "kd-phasewise"),
-               progress=False)
+               progress=False, evaluate=training_eval)
     out = root / "results.zarr"
     ckpts = models.list_checkpoints(kd)
     weights = analysis.weight_updates(ckpts)

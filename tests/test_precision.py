@@ -20,7 +20,7 @@ import torch
 
 from workbench import config, models
 from workbench.train import distributed, train
-from workbench.train import trainer as trainer_mod
+from workbench.train import distill
 from workbench.train.losses import LossSpec, OnlineTeacher, chunked_loss
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -64,8 +64,8 @@ def test_chunked_loss_bf16_autocast_within_tolerance_of_fp32(kind):
 
 def test_precision_resolution_and_fsdp_policy():
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
-    assert trainer_mod.resolve_precision("auto", cpu) == "fp32" and trainer_mod.resolve_precision("auto", cuda) == "bf16"
-    assert trainer_mod.resolve_precision("bf16", cpu) == "bf16"
+    assert distill.resolve_precision("auto", cpu) == "fp32" and distill.resolve_precision("auto", cuda) == "bf16"
+    assert distill.resolve_precision("bf16", cpu) == "bf16"
     mp = distributed.mixed_precision("bf16")
     assert mp.param_dtype == torch.bfloat16 and mp.reduce_dtype == torch.float32
     assert distributed.mixed_precision("fp32").param_dtype is None

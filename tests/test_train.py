@@ -19,7 +19,8 @@ import yaml
 from workbench import config, models
 from workbench.cli import main as cli_main
 from workbench.train import TrainingDiverged, train
-from workbench.train import trainer as trainer_mod
+from workbench.evals import training_eval
+from workbench.train import distill, phases
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDENT = dict(vocab_size=128, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
@@ -88,7 +89,7 @@ def test_two_phase_kd_run_checkpoints_theta_and_loss(tmp_path, teacher_dir):
     fresh = LlamaForCausalLM(hf_cfg)
     fresh.load_state_dict(student.state_dict())
     teacher, _ = models.load(teacher_dir)
-    stream = make_stream(cfg.data, 128, 2, trainer_mod.phase_seed(cfg, 1))
+    stream = make_stream(cfg.data, 128, 2, phases.phase_seed(cfg, 1))
     kl_sum, count = 0.0, 0
     with torch.no_grad():
         for _ in range(2):
@@ -146,7 +147,7 @@ def test_existing_run_is_not_overwritten(tmp_path, teacher_dir, capsys):
 
 def test_nan_guard_stops_with_last_good_checkpoint(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = trainer_mod.chunked_loss
+    real = distill.chunked_loss
 
     def poisoned(*a, **k):  # micro-batch 5 (step 3 of 2 micro-batches each) returns NaN
         calls["n"] += 1
@@ -156,7 +157,7 @@ def test_nan_guard_stops_with_last_good_checkpoint(tmp_path, monkeypatch):
             r.per_token = r.per_token * float("nan")
         return r
 
-    monkeypatch.setattr(trainer_mod, "chunked_loss", poisoned)
+    monkeypatch.setattr(distill, "chunked_loss", poisoned)
     cfg = config.from_dict(config.RunConfig, run_cfg(None, phases=[
         {"name": "a", "steps": 5, "seq_len": 64, "rope_theta": 100, "objective": "ce"}]))
     with pytest.raises(TrainingDiverged, match="step 3 .*Last good checkpoint: .*ckpt-000002"):
@@ -243,7 +244,7 @@ def test_teacher_cache_with_full_topk_reproduces_online_kd(tmp_path, teacher_dir
 def test_eval_records_from_quick_eval(tmp_path):
     cfg = config.from_dict(config.RunConfig, run_cfg(None, eval_every=2, eval_lengths=[64], eval_samples=2, phases=[
         {"name": "a", "steps": 2, "seq_len": 64, "rope_theta": 100, "objective": "ce"}]))
-    run = train(cfg, out=str(tmp_path / "run"), progress=False)
+    run = train(cfg, out=str(tmp_path / "run"), progress=False, evaluate=training_eval)
     ev = records(run, "eval")
     assert ev and all(r["step"] == 2 and r["length"] == 64 and 0.0 <= r["accuracy"] <= 1.0 for r in ev)
     assert {"task", "answer_logprob", "phase"} <= set(ev[0])
@@ -316,7 +317,7 @@ def test_teacher_runs_at_its_configured_theta(teacher_dir):
     raw = run_cfg(teacher_dir)
     raw["teacher"]["rope_theta"] = 777
     cfg = config.from_dict(config.RunConfig, raw)
-    teacher = trainer_mod.load_teacher(cfg, torch.device("cpu"))
+    teacher = distill.load_teacher(cfg, torch.device("cpu"))
     assert not any(p.requires_grad for p in teacher.parameters())
     hf_cfg = teacher.config
     hf_cfg.rope_parameters = {"rope_type": "default", "rope_theta": 777.0}

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from workbench.commands import run_command
+
 # command name -> module under workbench.commands
 COMMANDS = {
     "rope": "rope",
@@ -53,19 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from workbench.config import ConfigError
-    from workbench.models import CheckpointError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    try:
-        return int(args._run(args) or 0)
-    except (ConfigError, CheckpointError, FileNotFoundError, FileExistsError, ValueError) as exc:
-        print(f"workbench {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(args.command, args._run, args)
 
 
 if __name__ == "__main__":

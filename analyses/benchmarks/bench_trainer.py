@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from workbench import config, models  # noqa: E402
 from workbench.data import attention_mask, make_stream  # noqa: E402
 from workbench.train import train  # noqa: E402
-from workbench.train.trainer import phase_seed  # noqa: E402
+from workbench.train.phases import phase_seed  # noqa: E402
 
 
 def run_config(objective: str, teacher: Path | None, args) -> config.RunConfig:

@@ -1,4 +1,8 @@
-"""``workbench train CONFIG.yaml [--resume]``: phase-wise CE / logit-KD training (see workbench.train)."""
+"""``workbench train CONFIG.yaml [--resume]``: phase-wise CE / logit-KD training (see workbench.train).
+
+Also the torchrun entry point's command: ``torchrun -m workbench.train CONFIG`` (``workbench/train/__main__.py``)
+parses and runs it through :func:`main`, without the ``workbench`` command line around it.
+"""
 
 from __future__ import annotations
 
@@ -19,15 +23,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: `workbench --help` imports every command module, and these pull in torch and transformers
     from workbench.config import load_run_config
+    from workbench.evals import training_eval
     from workbench.train import TrainingDiverged, train
 
     cfg = load_run_config(args.config)
     try:
-        run_dir = train(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
+        run_dir = train(cfg, out=args.out, resume=args.resume, progress=not args.no_progress, evaluate=training_eval)
     except TrainingDiverged as exc:
         print(f"workbench train: stopped: {exc}", file=sys.stderr)
         return 1
     if os.environ.get("RANK", "0") == "0":
         print(f"run directory: {run_dir}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m workbench.train``: this command alone, with the ``workbench`` command's error handling."""
+    from workbench.commands import run_command
+
+    parser = argparse.ArgumentParser(prog="torchrun -m workbench.train", description=DESCRIPTION,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(parser)
+    return run_command("train", run, parser.parse_args(argv))

@@ -126,10 +126,12 @@ def ensure_teacher(opts: DemoOptions) -> Path:
     if (SHIPPED_TEACHER / models.MANIFEST).is_file():
         return SHIPPED_TEACHER
     from workbench import config
+    from workbench.evals import training_eval
     from workbench.train import train
 
     log(f"no shipped teacher at {SHIPPED_TEACHER}; training one with {TEACHER_CONFIG} (slow on CPU)")
-    run_dir = train(config.load_run_config(TEACHER_CONFIG), out=str(opts.out / "teacher"), progress=opts.progress)
+    run_dir = train(config.load_run_config(TEACHER_CONFIG), out=str(opts.out / "teacher"), progress=opts.progress,
+                    evaluate=training_eval)
     return phase_end_checkpoints(run_dir)[-1]
 
 
@@ -158,11 +160,12 @@ def _train_one(cfg, run_dir: str, resume: bool, progress: bool, threads: int | N
     """Train one arm (a top-level function so worker processes can run it)."""
     import torch
 
+    from workbench.evals import training_eval
     from workbench.train import train
 
     if threads:
         torch.set_num_threads(threads)
-    return str(train(cfg, out=run_dir, resume=resume, progress=progress))
+    return str(train(cfg, out=run_dir, resume=resume, progress=progress, evaluate=training_eval))
 
 
 def _quiet_transformers() -> None:

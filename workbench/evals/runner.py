@@ -158,3 +158,11 @@ def quick_eval(model, *, lengths: Sequence[int], samples: int = 16, seed: int = 
     finally:
         model.train(was_training)
     return rows
+
+
+def training_eval(model, cfg) -> list[dict]:
+    """The held-out retrieval check during training, as the trainer's evaluation callback
+    (``workbench.train.train(cfg, evaluate=training_eval)``): :func:`quick_eval` at the run config's
+    ``eval_lengths``, ``eval_samples``, ``eval_tasks`` and ``seed``; one row per (task, length)."""
+    return quick_eval(model, lengths=list(cfg.eval_lengths), samples=cfg.eval_samples, seed=cfg.seed,
+                      tasks=list(cfg.eval_tasks))

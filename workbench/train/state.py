@@ -1,4 +1,5 @@
-"""Trainer state inside a checkpoint (``trainer/state.pt``), finding the checkpoint to resume, pruning.
+"""Checkpointing for the trainer: trainer state inside a checkpoint (``trainer/state.pt``), finding the
+checkpoint to resume, pruning, and the ``Checkpointer`` component the training loop calls.
 
 The HF weights and ``manifest.json`` are written by ``workbench.models.save_checkpoint``; this module
 adds what exact resume needs on top: optimiser state (full, keyed by parameter name, so it loads under
@@ -14,8 +15,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_optimizer_state_dict
 
-from workbench import models
+from workbench import models, tokenizers
+from workbench.train import distributed
 
 STATE_DIR = "trainer"
 STATE_FILE = "state.pt"
@@ -83,3 +86,50 @@ def prune(run_dir: Path, keep_last: int) -> list[Path]:
     for c in doomed:
         shutil.rmtree(c)
     return doomed
+
+
+class Checkpointer:
+    """Saves the run (HF weights + manifest + trainer state, every ``every`` steps and at each phase end) and
+    restores it for ``--resume``. Under FSDP2 the full state is gathered to rank 0, which writes it through
+    ``shadow`` (a plain CPU copy of the student); every rank's RNG state is saved."""
+
+    def __init__(self, run_dir: Path, every: int, keep_last: int, dd: distributed.Dist, tokenizer=None, shadow=None):
+        self.run_dir, self.every, self.keep_last, self.dd = Path(run_dir), every, keep_last, dd
+        self.tokenizer, self.shadow = tokenizer, shadow
+
+    def due(self, step: int, phase_end: bool) -> bool:
+        return phase_end or bool(self.every and step % self.every == 0)
+
+    def load(self, ckpt: Path, student, opt) -> dict[str, Any]:
+        """Optimiser state and this rank's RNG state from ``ckpt`` (the weights were loaded with the student);
+        returns the trainer state (step, tokens, data cursor)."""
+        st = read_state(ckpt)
+        set_optimizer_state_dict(student, opt, st["optimizer"], options=StateDictOptions(full_state_dict=True))
+        set_rng_state(st["rng"][self.dd.rank if self.dd.rank < len(st["rng"]) else 0])
+        return st
+
+    def save(self, step: int, student, opt, manifest: dict, trainer_state: dict) -> Path:
+        """Write ``ckpt-<step>`` atomically (rank 0), then prune old regular checkpoints; a collective."""
+        path = self.run_dir / f"ckpt-{step:06d}"
+        msd, osd = get_state_dict(student, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        low = sorted({str(v.dtype) for v in msd.values() if v.is_floating_point() and v.dtype != torch.float32})
+        if low:  # bf16 runs compute in bf16 but keep (and save) fp32 master weights
+            raise RuntimeError(f"{path}: refusing to save non-fp32 master weights ({', '.join(low)})")
+        rngs = distributed.all_gather_objects(rng_state(), self.dd)
+        if self.dd.is_main:
+            model = student
+            if self.shadow is not None:
+                self.shadow.load_state_dict(msd)
+                model = self.shadow
+            full = {**trainer_state, "optimizer": osd, "rng": rngs}
+
+            def extra(tmp: Path) -> None:
+                write_state(tmp, full)
+                if self.tokenizer is not None:  # the run's tokenizer travels with every checkpoint
+                    tokenizers.save(self.tokenizer, tmp)
+
+            models.save_checkpoint(model, path, manifest, extra=extra)
+        distributed.barrier(self.dd)
+        if self.dd.is_main:
+            prune(self.run_dir, self.keep_last)
+        return path

@@ -20,32 +20,27 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from workbench import config as wconfig
-from workbench import architectures, models
+from workbench import architectures, data, models
 from workbench.config import ConfigError, RunConfig
+from workbench.train.distill import load_teacher
 from workbench.train.losses import CachedTeacher, LossSpec
+from workbench.train.phases import check_inputs, kd_phases, phase_data, phase_seed, windows_per_step
 
 FORMAT = "workbench-teacher-cache/1"
 META = "meta.json"
 
 
 def _phase_meta(cfg: RunConfig, i: int, windows: int) -> dict[str, Any]:
-    from workbench.train.trainer import phase_data, phase_seed
-
     ph = cfg.phases[i]
     return {"index": i, "name": ph.name, "seq_len": ph.seq_len, "seed": phase_seed(cfg, i), "windows": windows,
             "data_hash": wconfig.config_hash(phase_data(cfg, i))}
 
 
-def kd_phases(cfg: RunConfig) -> list[int]:
-    return [i for i, ph in enumerate(cfg.phases) if ph.objective != "ce"]
-
-
 def check(path: Path, cfg: RunConfig, world_size: int = 1) -> dict[str, Any]:
     """The cache fits this run (vocab, temperature, every KD phase's windows); else one ConfigError."""
-    from workbench.train.trainer import windows_per_step
-
     meta_file = path / META
     if not meta_file.is_file():
         raise ConfigError(f"teacher.cache: {path} is not a complete teacher cache (no {META}); build it with "
@@ -78,11 +73,6 @@ def check(path: Path, cfg: RunConfig, world_size: int = 1) -> dict[str, Any]:
 def build(cfg: RunConfig, out: Path, *, k: int = 32, world_size: int = 1, batch_size: int = 8,
           device: str = "cpu", progress: bool = True) -> Path:
     """Write the teacher cache for ``cfg`` into ``out`` (atomically; refuses an existing ``out``)."""
-    from tqdm.auto import tqdm
-
-    from workbench import data
-    from workbench.train.trainer import check_inputs, load_teacher, phase_data, windows_per_step
-
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out}: already exists; choose another --out (nothing is overwritten)")

@@ -8,13 +8,12 @@ larger than either embedding) stays one ConfigError before training.
 
 from __future__ import annotations
 
+from workbench import tokenizers
 from workbench.config import ConfigError
 
 
 def kd_vocab_size(cfg, teacher_rows: int | None, where: str = "teacher.path") -> int | None:
     """None when teacher and student have the same rows; the tokenizer's size when both pad it; else ConfigError."""
-    from workbench import tokenizers
-
     student_rows = int(cfg.model.vocab_size)
     if teacher_rows is None or int(teacher_rows) == student_rows:
         return None
