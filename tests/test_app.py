@@ -117,7 +117,7 @@ def build_tiny_runs(root: Path) -> Path:
     (updates_weights, updates_states, bands) of the KD run, traces and repeated tokens of both final
     checkpoints (two specs), the retrieval grid of both final checkpoints, and the arm summaries of both
 runs (one seed each)."""
-    from workbench import analysis, models
+    from workbench import analysis, models, store
     from workbench.evals import grid, training_eval
     from workbench.train.trainer import train
 
@@ -129,9 +129,9 @@ runs (one seed each)."""
     out = root / "results.zarr"
     ckpts = models.list_checkpoints(kd)
     weights = analysis.weight_updates(ckpts)
-    analysis.write_group(out, "updates_weights", weights)
-    analysis.write_group(out, "updates_states", analysis.state_updates(ckpts, seq_len=32, batch_size=1))
-    analysis.write_group(out, "bands", analysis.band_summary(weights, [64, 128]))
+    store.save(out, "updates_weights", weights)
+    store.save(out, "updates_states", analysis.state_updates(ckpts, seq_len=32, batch_size=1))
+    store.save(out, "bands", analysis.band_summary(weights, [64, 128]))
     from workbench import interp
 
     specs = [interp.Spec("q-shift-16", [interp.shift(16, "q")]), interp.Spec("theta-swap", [interp.theta_swap(50.0)])]
@@ -142,14 +142,13 @@ runs (one seed each)."""
         interp.write_repeated(out, interp.repeated_tokens(ckpt, specs[:1], backend=be, window=128, period=16,
                                                           copies=4, samples=1))
     plan = grid.plan([teacher, ckpts[-1]], tasks="passkey", lengths=[64, 128], depths=2, samples=1, out=out)
-    grid.write(out, grid.evaluate_plan(plan, device="cpu", progress=False))
+    store.save(out, "retrieval", grid.evaluate_plan(plan, device="cpu", progress=False))
     from workbench import arms as A
-    from workbench import store
 
     ret = store.open_group(out, "retrieval").load()  # the arm summaries, as `workbench compare` writes them
-    A.write_summary(out, "arm_retrieval", A.retrieval_summary(ret))
-    A.write_summary(out, "arm_comparisons", A.retrieval_comparisons(ret, [("kd-phasewise", "ce-phasewise")]))
-    A.write_summary(out, "arm_updates", A.arm_means(weights, "comparison"))
+    store.save(out, "arm_retrieval", A.retrieval_summary(ret))
+    store.save(out, "arm_comparisons", A.retrieval_comparisons(ret, [("kd-phasewise", "ce-phasewise")]))
+    store.save(out, "arm_updates", A.arm_means(weights, "comparison"))
     return root
 
 
@@ -546,16 +545,16 @@ def _arm_store(tiny_runs: Path, root: Path, *, comparisons: bool = True) -> str:
     weights = analysis.weight_updates([*models.list_checkpoints(tiny_runs / "ce-phasewise")[-2:],
                                        *models.list_checkpoints(tiny_runs / "kd-phasewise")[-2:]])
     weights = weights.isel(comparison=[0, 2])  # ce: ckpt-3 -> ckpt-6; kd: ckpt-3 -> ckpt-6
-    analysis.write_group(out, "updates_weights", weights)
-    analysis.write_group(out, "bands", analysis.band_summary(weights, [64, 128]))
+    store.save(out, "updates_weights", weights)
+    store.save(out, "bands", analysis.band_summary(weights, [64, 128]))
     ret = store.open_group(out, "retrieval").load()
-    A.write_summary(out, "arm_retrieval", A.retrieval_summary(ret))
+    store.save(out, "arm_retrieval", A.retrieval_summary(ret))
     if comparisons:
-        A.write_summary(out, "arm_comparisons", A.retrieval_comparisons(ret, [("kd-phasewise", "ce-phasewise")]))
-    A.write_summary(out, "arm_updates", A.arm_means(store.open_group(out, "updates_weights").load(), "comparison"))
+        store.save(out, "arm_comparisons", A.retrieval_comparisons(ret, [("kd-phasewise", "ce-phasewise")]))
+    store.save(out, "arm_updates", A.arm_means(store.open_group(out, "updates_weights").load(), "comparison"))
     bands = store.open_group(out, "bands").load()
-    A.write_summary(out, "arm_bands", xr.merge([A.band_table(bands, "q_rel_update"),
-                                                A.band_table(bands, "k_rel_update")], compat="no_conflicts"))
+    store.save(out, "arm_bands", xr.merge([A.band_table(bands, "q_rel_update"),
+                                          A.band_table(bands, "k_rel_update")], compat="no_conflicts"))
     return "arms.zarr"
 
 

@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 import yaml
 
-from workbench import arms, stats
+from workbench import arms, stats, store
 
 
 def test_hierarchical_bootstrap_covers_the_mean_and_widens_with_seed_spread():
@@ -74,10 +74,10 @@ def test_summary_and_comparisons_store_intervals(tmp_path):
     comp = arms.retrieval_comparisons(ds, [("kd-x", "ce-x")])
     cell = comp.sel(comparison="kd-x - ce-x", task="passkey", length=256)
     assert float(cell["difference"]) == 1.0 and float(cell["difference_lo"]) == 1.0
-    store = tmp_path / "s.zarr"
-    arms.write_summary(store, "arm_retrieval", summary)
-    arms.write_summary(store, "arm_retrieval", summary)  # a summary is replaced, not appended
-    back = xr.open_zarr(store, group="arm_retrieval", consolidated=False)
+    path = tmp_path / "s.zarr"
+    store.save(path, store.ARM_RETRIEVAL, summary)
+    store.save(path, store.ARM_RETRIEVAL, summary)  # a summary is replaced, not appended
+    back = xr.open_zarr(path, group="arm_retrieval", consolidated=False)
     assert list(back["arm"].values) == ["ce-x", "kd-x"]
     with pytest.raises(ValueError, match="no arm"):
         arms.retrieval_comparisons(ds, [("kd-x", "nope")])

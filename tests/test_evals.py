@@ -302,7 +302,7 @@ def test_eval_command_writes_store_and_heatmap(tmp_path, text_tokenizer, capsys)
     assert (tmp_path / "fig" / "grid.html").stat().st_size > 0 and (tmp_path / "fig" / "grid.png").stat().st_size > 0
     assert main(["eval", str(b), *common]) == 0  # a second checkpoint (real tokenizer) is appended
     assert main(["eval", str(b), *common]) == 2  # the same checkpoint twice is refused
-    assert "already evaluated" in capsys.readouterr().err
+    assert "already written" in capsys.readouterr().err
     assert main(["eval", str(b), *common[:-4], "--samples", "3", "--out", str(out)]) == 2  # another grid
 
     ds = xr.open_zarr(str(out), group="retrieval", consolidated=False)  # plain xarray, no project code

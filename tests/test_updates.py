@@ -214,8 +214,8 @@ def test_store_appends_comparisons_at_other_thetas_and_refuses_repeats(run_dir, 
     out = tmp_path / "s.zarr"
     first = analysis.weight_updates([run_dir["a"], run_dir["b"]])  # theta 500 -> 500
     second = analysis.weight_updates([run_dir["b"], run_dir["c"]])  # theta 500 -> 20000
-    analysis.write_group(out, "updates_weights", first)
-    analysis.write_group(out, "updates_weights", second)
+    store.save(out, "updates_weights", first)
+    store.save(out, "updates_weights", second)
     ds = xr.open_zarr(out, group="updates_weights", consolidated=False)
     assert ds.sizes["comparison"] == 2
     assert ds["wavelength_after"].values[0] == pytest.approx(store.pair_coords(500.0, D)["wavelength"][1])
@@ -224,7 +224,7 @@ def test_store_appends_comparisons_at_other_thetas_and_refuses_repeats(run_dir, 
     assert ds.attrs["written"] == first.attrs["written"]
     assert np.argwhere(ds["q_rel_update"].values != 0).tolist() == [[1, 1, 2, 3]]
     with pytest.raises(store.StoreError, match="already written"):
-        analysis.write_group(out, "updates_weights", second)
+        store.save(out, "updates_weights", second)
 
 
 def test_index_trend_says_whether_slower_pairs_moved_more():

@@ -228,25 +228,6 @@ def seed_interval(values: np.ndarray, **kw) -> stats.Interval:
     return stats.hierarchical_bootstrap(v, **kw)
 
 
-def write_summary(store_path: str | Path, group: str, ds: xr.Dataset) -> Path:
-    """Write a derived summary group, replacing an earlier version of it (summaries are recomputed from
-    the results, never appended): written under a temporary name first, then swapped in by renames."""
-    import os
-    import shutil
-
-    from workbench import store
-
-    store_path = Path(store_path)
-    tmp = f".tmp-{group}-{os.getpid()}"
-    store.write(store_path, tmp, ds)
-    target, old = store_path / group, store_path / f".old-{group}-{os.getpid()}"
-    if target.exists():
-        os.replace(target, old)
-    os.replace(store_path / tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
-    return store_path
-
-
 def _markdown(columns: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])

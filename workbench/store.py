@@ -11,6 +11,11 @@ Layout: the root group carries ``attrs["schema"] == SCHEMA``; each result kind l
 ``sample``, ``task`` ...). The ``pair`` dim always carries the coordinates ``wavelength`` (tokens, at the
 theta of record) and ``dims`` ("j,j+d/2"). Every group has provenance attrs (see :func:`provenance`).
 
+Every group is registered (:data:`GROUPS`, constants such as :data:`TRACES`, :data:`RETRIEVAL`): its name,
+how it grows (an append dim, grid dims, a derived summary replaced as a whole, or written once), its chunks
+and its section in docs/store-schema.md. Packages write with :func:`save` and refuse before any work with
+:func:`refuse`, both driven by the registry; :func:`write` and :func:`write_grid` are the primitives under them.
+
 Writes are incremental: the first write creates a group, later writes append along one dim (new
 checkpoints, specs, conditions). Writing a coordinate value that is already there is refused, and nothing
 already written is overwritten. String coordinates are stored as object dtype so appends work.
@@ -1274,3 +1279,186 @@ def read_written(store: str | Path, group: str, *, chunks: Any = None) -> xr.Dat
         if name != WRITTEN and set(ds[WRITTEN].dims) <= set(ds[name].dims) and ds[name].dtype.kind in "fc":
             ds[name] = ds[name].where(flags)
     return ds
+
+
+# ------------------------------------------------------------------ registry: every group, one write, one refusal
+
+
+@dataclass(frozen=True)
+class Group:
+    """One kind of result in a store: how it grows, and where ``docs/store-schema.md`` describes it.
+
+    Exactly one of: ``append`` (grows along that dim; a label is written once), ``grid`` (written cell by
+    cell over those dims, see :func:`write_grid`), ``derived`` (a summary recomputed from other groups and
+    replaced on every write), or none of them (written once)."""
+
+    name: str
+    section: str  # heading of its section in docs/store-schema.md
+    append: str | None = None
+    grid: tuple[str, ...] = ()
+    derived: bool = False
+    chunk_dims: tuple[str, ...] | None = None  # one chunk per entry of these dims (default: zarr's)
+    compress: bool = True
+    keep_attrs: bool = False  # an append keeps the first write's group attrs (else they become the new data's)
+    merge_attrs: tuple[str, ...] = ()  # JSON name -> value attrs merged over every append
+    same_attrs: tuple[str, ...] = ()  # attrs an append must share with the group (one group, one setting)
+    varying: tuple[str, ...] = ()  # entry-free coordinates that may differ between appends (kept as first)
+
+
+GROUPS: dict[str, Group] = {}
+
+
+def _register(group: Group) -> str:
+    GROUPS[group.name] = group
+    return group.name
+
+
+_INTERP = "Traces, repeated tokens, activations"
+_PAIRS = "Per-RoPE-pair analysis"
+_DERIVED = "Derived summaries"
+_PAIR_GROUP = dict(section=_PAIRS, keep_attrs=True, varying=("wavelength",))
+TRACES = _register(Group("traces", _INTERP, grid=("checkpoint", "spec")))
+REPEATED_TOKENS = _register(Group("repeated_tokens", _INTERP, grid=("checkpoint", "spec")))
+ACTIVATIONS = _register(Group("activations", _INTERP, grid=("checkpoint", "spec"),
+                              chunk_dims=("checkpoint", "spec", "layer"), compress=False))
+UPDATES_WEIGHTS = _register(Group("updates_weights", append="comparison", chunk_dims=("comparison", "layer"),
+                                  **_PAIR_GROUP))
+UPDATES_STATES = _register(Group("updates_states", append="comparison", chunk_dims=("comparison", "layer"),
+                                 **_PAIR_GROUP))
+BANDS = _register(Group("bands", append="comparison", chunk_dims=("comparison", "layer"), **_PAIR_GROUP))
+SCORE_DECOMPOSITION = _register(Group("score_decomposition", append="checkpoint", chunk_dims=("checkpoint", "layer"),
+                                      **_PAIR_GROUP))
+PROBES = _register(Group("probes", append="checkpoint", chunk_dims=("checkpoint", "layer"), **_PAIR_GROUP))
+RETRIEVAL = _register(Group("retrieval", "Retrieval", append="checkpoint",
+                            merge_attrs=("checkpoint_hashes", "rope_theta")))
+KD_SIGNAL = _register(Group("kd_signal", "Cross-document KD signal", append="checkpoint",
+                            merge_attrs=("checkpoint_hashes",),
+                            same_attrs=("data_hash", "seq_len", "windows", "seed", "summary_tokens", "token_kinds",
+                                        "kept_tokens")))
+ABLATIONS = _register(Group("ablations", _DERIVED))
+ARM_RETRIEVAL = _register(Group("arm_retrieval", _DERIVED, derived=True))
+ARM_COMPARISONS = _register(Group("arm_comparisons", _DERIVED, derived=True))
+ARM_UPDATES = _register(Group("arm_updates", _DERIVED, derived=True))
+ARM_BANDS = _register(Group("arm_bands", _DERIVED, derived=True))
+ABLATION_EFFECTS = _register(Group("ablation_effects", _DERIVED, derived=True))
+
+
+def group_spec(group: str) -> Group:
+    """The registered :class:`Group` of a name (ValueError naming the known ones otherwise)."""
+    try:
+        return GROUPS[group]
+    except KeyError:
+        raise ValueError(f"unknown store group {group!r}; known: {', '.join(GROUPS)}") from None
+
+
+def written_labels(store: str | Path, group: str) -> set[str]:
+    """Labels already written along an append group's dim (empty when the store or the group does not exist)."""
+    spec = group_spec(group)
+    if not has_group(store, group):
+        return set()
+    return set(map(str, open_group(store, group)[spec.append].values))
+
+
+def _same_values(a: Any, b: Any) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        return False
+    if a.dtype.kind in "fc" and b.dtype.kind in "fc":
+        return bool(np.allclose(a, b, equal_nan=True))
+    if a.dtype.kind in "iuf" and b.dtype.kind in "iuf":
+        return bool(np.array_equal(a, b))
+    return list(map(str, a.ravel())) == list(map(str, b.ravel()))
+
+
+def refuse(store: str | Path, group: str, ds: xr.Dataset | None = None, *, labels: Iterable[str] | None = None,
+           cells: Mapping[str, Iterable[Any]] | None = None, spec_hash: Iterable[str] | None = None,
+           attrs: Mapping[str, Any] | None = None) -> None:
+    """Raise StoreError, before any work, for a write :func:`save` would refuse: a foreign store; for an
+    append group, ``labels`` already written (with ``ds``: its labels), ``attrs`` that differ from the
+    group's ``same_attrs``, and with ``ds`` also other labels along the other dims or other entry-free
+    variables than stored; for a grid group, ``cells`` (grid dim -> values) already written or spec
+    name/definition clashes (:func:`check_grid`); a write-once group that exists."""
+    spec = group_spec(group)
+    store = Path(store)
+    where = f"{store}/{group}"
+    if store.exists():
+        groups(store)  # a foreign store (another schema, not Zarr) is refused up front
+    if not has_group(store, group):
+        return
+    if spec.grid:
+        if cells is None and ds is not None:
+            cells = {d: list(ds[d].values) for d in spec.grid}
+            spec_hash = list(ds["spec_hash"].values) if "spec_hash" in ds.coords else spec_hash
+        if cells is not None:
+            check_grid(store, group, cells, spec_hash)
+        return
+    if spec.derived:
+        return
+    if spec.append is None:
+        raise StoreError(f"{where}: already written; refusing to write it twice (use another --out store)")
+    old = open_group(store, group)
+    dim = spec.append
+    if labels is None and ds is not None:
+        labels = map(str, ds[dim].values)
+    clash = sorted(set(map(str, old[dim].values)) & set(map(str, labels or ())))
+    if clash:
+        raise StoreError(f"{where}: {dim} {clash} already written; refusing to write it twice (use another --out store)")
+    attrs = ds.attrs if attrs is None and ds is not None else attrs
+    for key in spec.same_attrs:
+        if attrs is not None and key in attrs and key in old.attrs and str(old.attrs[key]) != str(attrs[key]):
+            raise StoreError(f"{where}: written with {key}={old.attrs[key]!r}, this run has {key}={attrs[key]!r}; "
+                             "one group holds one setting (use another --out store)")
+    if ds is None:
+        return
+    for name in ds.dims:
+        if name != dim and name in old.coords and name in ds.coords and not _same_values(old[name], ds[name]):
+            raise StoreError(f"{where}: {name} labels {list(map(str, ds[name].values))} differ from the store's "
+                             f"{list(map(str, old[name].values))}; one group holds one setting (use another --out store)")
+    for name in ds.variables:
+        if name in ds.dims or dim in ds[name].dims or name in spec.varying or name not in old.variables:
+            continue
+        if not _same_values(old[name].values, ds[name].values):
+            raise StoreError(f"{where}: {name} differs from the store's (the group was written with another "
+                             "setting); one group holds one setting (use another --out store)")
+
+
+def save(store: str | Path, group: str, ds: xr.Dataset) -> Path:
+    """Write ``ds`` as the registered ``group`` of ``store``, the way its :class:`Group` says: the first
+    write creates it; an append group then grows along its dim (variables without that dim and, where the
+    group keeps them, the attrs stay as first written; ``merge_attrs`` are merged); a grid group is written
+    cell by cell (:func:`write_grid`); a derived summary replaces the earlier one (built under a temporary
+    name, then swapped in by renames). Everything :func:`refuse` refuses is refused before anything is written."""
+    spec = group_spec(group)
+    store = Path(store)
+    if spec.grid:
+        return write_grid(store, group, ds, grid=spec.grid, chunk_dims=spec.chunk_dims, compress=spec.compress)
+    if spec.derived:
+        return _replace(store, group, ds)
+    encoding = chunk_encoding(ds, spec.chunk_dims) if spec.chunk_dims else None
+    refuse(store, group, ds)
+    if not has_group(store, group):
+        return write(store, group, ds, encoding=encoding)
+    old = open_group(store, group)
+    dim = spec.append
+    fixed = [n for n in ds.coords if n not in ds.dims and dim not in ds[n].dims]
+    new = ds.drop_vars(fixed + [n for n in ds.dims if n != dim and n in ds.coords])
+    new.attrs = dict(old.attrs) if spec.keep_attrs else dict(ds.attrs)
+    new.attrs.pop(MARKER, None)
+    for key in spec.merge_attrs:
+        new.attrs[key] = json.dumps({**(decode_attr(old.attrs.get(key)) or {}), **(decode_attr(ds.attrs.get(key)) or {})})
+    return write(store, group, new, append_dim=dim)
+
+
+def _replace(store: Path, group: str, ds: xr.Dataset) -> Path:
+    """A derived group, replaced as a whole: written as ``.tmp-<group>-<pid>`` (hidden from :func:`groups`),
+    then renamed over the old one under the store's lock."""
+    tmp = f"{_TMP}{group}-{os.getpid()}"
+    shutil.rmtree(store / tmp, ignore_errors=True)  # a killed earlier replace of this process id
+    write(store, tmp, ds)
+    with _lock(store):
+        target, old = store / group, store / f".old-{group}-{os.getpid()}"
+        if target.exists():
+            os.replace(target, old)
+        os.replace(store / tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    return store

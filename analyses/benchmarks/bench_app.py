@@ -34,7 +34,7 @@ def build_store(root: Path, n_ckpts: int) -> str:
     """RUNS_DIR/bench/ckpt-* and RUNS_DIR/bench/updates.zarr (updates_weights) made by the real writers."""
     import torch
 
-    from workbench import analysis
+    from workbench import analysis, store
     from workbench.config import ModelConfig
     from workbench.models import build_model, save_checkpoint
 
@@ -48,7 +48,7 @@ def build_store(root: Path, n_ckpts: int) -> str:
             for p in model.parameters():
                 p.add_(0.01 * torch.randn_like(p))
         paths.append(save_checkpoint(model, run / f"ckpt-{i:06d}", {"phase": "bench", "step": i}))
-    analysis.write_group(run / "updates.zarr", "updates_weights", analysis.weight_updates(paths))
+    store.save(run / "updates.zarr", store.UPDATES_WEIGHTS, analysis.weight_updates(paths))
     return "bench/updates.zarr"
 
 
@@ -155,7 +155,7 @@ def main() -> None:
     print(f"RUNS_DIR {root}: store ready in {time.perf_counter() - start:.1f} s")
     from workbench import store as wstore
 
-    ds = wstore.open_group(root / store, "updates_weights")
+    ds = wstore.open_group(root / store, wstore.UPDATES_WEIGHTS)
     print("updates_weights sizes:", dict(ds.sizes))
     results = {**callback_times(root, store), **first_render(root)}
     print(f"{'measure':<62} {'value':>9}  goal")

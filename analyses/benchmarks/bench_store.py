@@ -39,7 +39,7 @@ import zarr  # noqa: E402
 from workbench import store  # noqa: E402
 
 DIMS = ("checkpoint", "spec", "sample", "layer", "head", "position", "pair", "half")
-CHUNK_DIMS = ("checkpoint", "spec", "layer")
+CHUNK_DIMS = store.GROUPS[store.ACTIVATIONS].chunk_dims  # ("checkpoint", "spec", "layer")
 
 
 def _fsync_tree(path: str) -> None:
@@ -94,16 +94,16 @@ def main() -> None:
         ds[store.WRITTEN] = (("checkpoint", "spec"), np.ones((1, 2), np.int8))
         cfg = {"async.concurrency": concurrency} if concurrency else {}
         with zarr.config.set(cfg):
-            ds.to_zarr(path, group="activations", mode="w-", zarr_format=3, consolidated=False,
+            ds.to_zarr(path, group=store.ACTIVATIONS, mode="w-", zarr_format=3, consolidated=False,
                        encoding=store.chunk_encoding(ds, CHUNK_DIMS, compress=False))
 
     def grid(path: str) -> None:  # one shard file per (checkpoint, spec) cell, chunks of one layer inside
-        store.write_grid(path, "activations", _dataset(data, "c", pairs), chunk_dims=CHUNK_DIMS, compress=False)
+        store.save(path, store.ACTIVATIONS, _dataset(data, "c", pairs))  # write_grid, as the registry says
 
     def variant(**extra):
         def run(path: str) -> None:
             ds = _dataset(data, "c", pairs)
-            store.write(path, "activations", ds, encoding=encoding(ds, **extra))
+            store.write(path, store.ACTIVATIONS, ds, encoding=encoding(ds, **extra))
         return run
 
     def npsave(path: str) -> None:
@@ -120,8 +120,7 @@ def main() -> None:
             "  previous, zarr async.concurrency=1": (lambda p: previous(p, 1), None, False),
             "  previous, zarr async.concurrency=64": (lambda p: previous(p, 64), None, False),
             "write_grid (append a 2nd checkpoint)": (
-                lambda p: store.write_grid(p, "activations", _dataset(other, "d", pairs), chunk_dims=CHUNK_DIMS,
-                                           compress=False),
+                lambda p: store.save(p, store.ACTIVATIONS, _dataset(other, "d", pairs)),
                 grid, False),
             "store.write, one shard per cell": (variant(shards=shard), None, False),
             "store.write, one file per (ckpt, spec, layer)": (variant(), None, False),
@@ -158,7 +157,7 @@ def main() -> None:
         for label, write in (("one shard per cell (write_grid)", grid), ("one file per chunk", variant())):
             path = f"{tmp}/read-{label[:5]}.zarr"
             write(path)
-            opened = xr.open_zarr(path, group="activations", consolidated=False, chunks={})
+            opened = xr.open_zarr(path, group=store.ACTIVATIONS, consolidated=False, chunks={})
             piece, whole = [], []
             for _ in range(args.repeats):
                 t = time.perf_counter()

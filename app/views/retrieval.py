@@ -21,13 +21,14 @@ from app import stores as S
 from app.paths import is_inside
 from app.views.common import control, graph, guarded, notice, register_store_picker, shown
 from workbench import arms as A
+from workbench import store as wstore
 from workbench.figures import findings as arm_figs
 from workbench.figures import retrieval as figs
 from workbench.figures import training as training_figs
 
 TAB = ("retrieval", "Retrieval")
-GROUP = "retrieval"
-ARMS_GROUP, COMPARISONS_GROUP = "arm_retrieval", "arm_comparisons"
+GROUP = wstore.RETRIEVAL
+ARMS_GROUP, COMPARISONS_GROUP = wstore.ARM_RETRIEVAL, wstore.ARM_COMPARISONS
 ALL = "__all__"
 MAX_SIDE_BY_SIDE = 6
 MODES = {"checkpoints": "checkpoints", "arms": "arms (mean over seeds, 95% interval)"}

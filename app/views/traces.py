@@ -14,11 +14,12 @@ from dash import Dash, Input, Output, State, callback_context, dcc, html, no_upd
 from app import stores as S
 from app.views.common import (control, graph, guarded, no_data, notice, register_store_picker,
                               shown)
+from workbench import store as wstore
 from workbench.figures import traces as figs
 
 TAB = ("traces", "Perturbation traces")
-GROUP = "traces"
-REPEATED = "repeated_tokens"
+GROUP = wstore.TRACES
+REPEATED = wstore.REPEATED_TOKENS
 LAYER_VARS = ["lens_kl", "resid_rel_l2", "resid_cos", "attn_out_rel_l2", "q_rel_l2", "k_rel_l2", "pattern_js"]
 FINAL_VARS = ["final_kl", "final_js", "top1_flip"]
 REPEATED_VARS = ["kd_signal", "kl_to_first", "kl_vs_clean"]

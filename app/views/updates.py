@@ -21,26 +21,27 @@ from app import runs as R
 from app import stores as S
 from app.views.common import (control, graph, guarded, notice, register_store_picker,
                               shown)
+from workbench import store as wstore
 from workbench.figures import findings as arm_figs
 from workbench.figures import updates as figs
 
 TAB = ("updates", "Query updates")
-GROUP = "updates_weights"
-ARMS_GROUP, ARM_BANDS_GROUP = "arm_updates", "arm_bands"
+GROUP = wstore.UPDATES_WEIGHTS
+ARMS_GROUP, ARM_BANDS_GROUP = wstore.ARM_UPDATES, wstore.ARM_BANDS
 MODES = {"pairs": "checkpoint pair", "arms": "arms (mean over seeds)"}
 MAX_SIDE_BY_SIDE = 4
 # source -> (store group, variable)
 SOURCES = {
-    "W_q": ("updates_weights", "q_rel_update"),
-    "W_k": ("updates_weights", "k_rel_update"),
-    "q states": ("updates_states", "q_norm_change"),
-    "k states": ("updates_states", "k_norm_change"),
+    "W_q": (wstore.UPDATES_WEIGHTS, "q_rel_update"),
+    "W_k": (wstore.UPDATES_WEIGHTS, "k_rel_update"),
+    "q states": (wstore.UPDATES_STATES, "q_norm_change"),
+    "k states": (wstore.UPDATES_STATES, "k_norm_change"),
 }
 
 
 def stores(root: Path) -> list[str]:
     """Stores with any updates group."""
-    return S.stores_with_group(root, GROUP, "updates_states")
+    return S.stores_with_group(root, GROUP, wstore.UPDATES_STATES)
 
 
 def source_of(source: Any) -> tuple[str, str]:
@@ -70,8 +71,8 @@ def phase_lengths(root: Path, store: str, source: str = "W_q") -> list[int]:
     """Phase context lengths for the overlays: those recorded with the store's band summary, else the
     phases' ``seq_len`` in the run.yaml of the run the compared checkpoints come from (labels are
     ``<run>/<ckpt>``), else []."""
-    if "bands" in S.groups_of(root, store):
-        return [int(x) for x in S.open_group(root, store, "bands")["phase_length"].values]
+    if wstore.BANDS in S.groups_of(root, store):
+        return [int(x) for x in S.open_group(root, store, wstore.BANDS)["phase_length"].values]
     group, _ = source_of(source)
     if group not in S.groups_of(root, store):
         return []
@@ -120,9 +121,9 @@ def heads(root: Path, store: str, source: str, comparison: str | None, layer: An
 def bands(root: Path, store: str, source: str, comparison: str | None):
     """Band bars of the weight updates (None for state sources or a store without a band summary)."""
     group, var = source_of(source)
-    if group != "updates_weights" or "bands" not in S.groups_of(root, store):
+    if group != GROUP or wstore.BANDS not in S.groups_of(root, store):
         return None
-    return figs.band_bars(S.open_group(root, store, "bands"), comparison=comparison, var=var)
+    return figs.band_bars(S.open_group(root, store, wstore.BANDS), comparison=comparison, var=var)
 
 
 def arms(root: Path, store: str) -> list[str]:
@@ -135,7 +136,7 @@ def arms(root: Path, store: str) -> list[str]:
 
 def _arm_args(root: Path, store: str, source: str, picked: Any) -> tuple[str, list[str]]:
     group, var = source_of(source)
-    if group != "updates_weights":
+    if group != GROUP:
         raise ValueError(f"arms are summarised for the weights (W_q, W_k), not for {source!r}")
     names = [picked] if isinstance(picked, str) else list(picked or [])
     if not names or not all(isinstance(n, str) for n in names):
@@ -202,7 +203,7 @@ def layout() -> html.Div:
 
 
 def register(app: Dash, root: Path) -> None:
-    register_store_picker(app, root, "updates", GROUP, "updates_states")
+    register_store_picker(app, root, "updates", GROUP, wstore.UPDATES_STATES)
 
     def pickers(store: Any, source: Any, click: Any, comparison: Any, layer: Any):
         """Comparison and layer choices for the store and source; a heatmap click picks the layer."""

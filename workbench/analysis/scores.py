@@ -268,7 +268,7 @@ def score_decomposition(
                                                "scale*(q_t[j]k_s[j] + q_t[j+d/2]k_s[j+d/2])")
     ds["score"].attrs["description"] = "mean pre-softmax score scale*q_t.k_s in the bucket (sum of contribution over pairs)"
     ds.attrs.update(store.provenance(
-        analysis="score_decomposition", seq_len=seq_len, batch_size=batch_size, seed=seed,
+        analysis=store.SCORE_DECOMPOSITION, seq_len=seq_len, batch_size=batch_size, seed=seed,
         head_dim=first.head_dim, wavelength_theta=infos[-1].rope_theta,
         buckets="log2 distance buckets: [0], [1], [2,3], [4,7], ... (position_ids differences, causal pairs)",
         score_method=method,

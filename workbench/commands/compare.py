@@ -33,9 +33,9 @@ def run(args: argparse.Namespace) -> int:
     if args.boot < 100 or not 0.5 <= args.level < 1:
         raise ValueError(f"--boot must be >= 100 and --level in [0.5, 1), got {args.boot}, {args.level}")
     pairs = [arms.parse_comparison(c) for c in args.compare]
-    ds = store.open_group(args.store, "retrieval").load()
+    ds = store.open_group(args.store, store.RETRIEVAL).load()
     if args.metric not in ds:
-        raise ValueError(f"--metric {args.metric!r}: not a variable of {args.store}/retrieval "
+        raise ValueError(f"--metric {args.metric!r}: not a variable of {args.store}/{store.RETRIEVAL} "
                          f"(has {', '.join(ds.data_vars)})")
     groups, refs = arms.retrieval_arms(ds)
     pairs = pairs or arms.objective_pairs(groups)
@@ -43,9 +43,9 @@ def run(args: argparse.Namespace) -> int:
     summary = arms.retrieval_summary(ds, **kw)
     comparisons = arms.retrieval_comparisons(ds, pairs, **kw) if pairs else None
     out = Path(args.out or args.store)
-    arms.write_summary(out, "arm_retrieval", summary)
+    store.save(out, store.ARM_RETRIEVAL, summary)
     if comparisons is not None:
-        arms.write_summary(out, "arm_comparisons", comparisons)
+        store.save(out, store.ARM_COMPARISONS, comparisons)
     print(arms.summary_markdown(summary, args.metric))
     if comparisons is not None:
         print()

@@ -43,6 +43,7 @@ def _ints(text: str, what: str) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from workbench import store
     from workbench.evals import grid
 
     if args.threads:
@@ -56,14 +57,14 @@ def run(args: argparse.Namespace) -> int:
                      samples=args.samples, seed=args.seed, extrapolate=args.extrapolate,
                      tokenizer=args.tokenizer, out=out)
     ds = grid.evaluate_plan(plan, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
-    grid.write(out, ds)
+    store.save(out, store.RETRIEVAL, ds)
     acc = grid.accuracy(ds, over=("depth", "sample"))
     for ckpt in acc["checkpoint"].values:
         for task in acc["task"].values:
             cells = "  ".join(f"{int(n)}:{acc.sel(checkpoint=ckpt, task=task, length=n).item():.2f}"
                               for n in acc["length"].values)
             print(f"{ckpt}  {task:<10} accuracy by length  {cells}")
-    print(f"wrote {len(plan.checkpoints)} checkpoint(s) to {out} (group '{grid.GROUP}')")
+    print(f"wrote {len(plan.checkpoints)} checkpoint(s) to {out} (group '{store.RETRIEVAL}')")
     if args.figure:
         from workbench.figures import retrieval, save_figure
 

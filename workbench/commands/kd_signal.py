@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from workbench import checkpoints, models
+    from workbench import checkpoints, models, store
     from workbench.commands.updates import expand_checkpoints
     from workbench.interp import cross_document as cd
 
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         ds.attrs["phase"] = args.phase
     cd.write_kd_signal(args.out, ds)
     print_summary(ds)
-    print(f"wrote group {cd.GROUP} ({len(labels)} checkpoint(s)) to {args.out}")
+    print(f"wrote group {store.KD_SIGNAL} ({len(labels)} checkpoint(s)) to {args.out}")
     if args.figure:
         from workbench.figures import kd_signal as fig
         from workbench.figures import save_figures

@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from workbench import analysis, checkpoints, inputs, models
+    from workbench import analysis, checkpoints, inputs, models, store
     from workbench.analysis.capture import probe_batch
     from workbench.commands.updates import expand_checkpoints
 
@@ -69,22 +69,22 @@ def run(args: argparse.Namespace) -> int:
         paths, args, seq_len=args.score_seq_len, batch=1, seed=args.seed,
         synthetic_default=lambda: probe_batch(args.score_seq_len, 1, args.seed))[0]
     labels = [i.label for i in infos]
-    groups = ["probes"] + ([] if args.no_scores else ["score_decomposition"])
+    groups = [store.PROBES] + ([] if args.no_scores else [store.SCORE_DECOMPOSITION])
     for group in groups:
-        analysis.refuse_existing(args.out, group, labels)
+        store.refuse(args.out, group, labels=labels)
 
     probes = analysis.position_probes(paths, seq_len=args.seq_len, n_windows=args.windows, n_buckets=args.buckets,
                                       seed=args.seed, max_train=args.max_train,
                                       allow_plain_hf=True, device=args.device, progress=True, inputs=batch)
     probes.attrs["inputs"] = what
-    analysis.write_group(args.out, "probes", probes)
+    store.save(args.out, store.PROBES, probes)
     if not args.no_scores:
         scores = analysis.score_decomposition(paths, seq_len=args.score_seq_len, seed=args.seed,
                                               method=args.score_method, abs_sample={"pairs": args.abs_sample_pairs},
                                               allow_plain_hf=True, device=args.device, progress=True,
                                               inputs=score_batch)
         scores.attrs["inputs"] = what
-        analysis.write_group(args.out, "score_decomposition", scores)
+        store.save(args.out, store.SCORE_DECOMPOSITION, scores)
     sites = [str(s) for s in probes["site"].values]
     print(f"{'checkpoint':<40} {'metric':<9} " + " ".join(f"{s:>9}" for s in sites))
     for ckpt in labels:

@@ -66,10 +66,10 @@ def run(args: argparse.Namespace) -> int:
     if args.experiment is None and not specs:
         raise ValueError("give at least one --spec SPEC.yaml (examples in data/specs/)")
     inputs, _ = wb_inputs.for_models([ckpt], args, seq_len=args.length, batch=args.batch, start=args.start)
-    group = "repeated_tokens" if args.experiment == "repeated-tokens" else "traces"
+    group = store.REPEATED_TOKENS if args.experiment == "repeated-tokens" else store.TRACES
     interp.check_writable(args.out, group, ckpt, specs)  # a spec already stored is refused before any work
     if args.capture:
-        interp.check_writable(args.out, "activations", ckpt, specs)
+        interp.check_writable(args.out, store.ACTIVATIONS, ckpt, specs)
     if args.backend == "tl":  # eager [rows, heads, T, T] attention: refuse what cannot fit before loading anything
         length = int(inputs["input_ids"].shape[-1]) if inputs is not None else args.length
         batch = int(inputs["input_ids"].shape[0]) if inputs is not None and inputs["input_ids"].ndim == 2 else args.batch
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {'':>24}  KD signal        {' '.join(f'{v:.2e}' for v in row.kd_signal.values)}")
             if s != "clean":
                 print(f"  {'':>24}  KL vs clean      {' '.join(f'{v:.2e}' for v in row.kl_vs_clean.values)}")
-        print(f"wrote group repeated_tokens of {args.out}")
+        print(f"wrote group {store.REPEATED_TOKENS} of {args.out}")
         return 0
     ds = interp.run_trace(ckpt, specs, inputs, backend=be, buckets=args.buckets, batch_size=args.batch_size,
                           progress=True)
@@ -98,9 +98,9 @@ def run(args: argparse.Namespace) -> int:
     for s in ds.spec.values:
         print(f"  {s:>24}: final KL {float(final.sel(spec=s)):.3e}  top-1 flips "
               f"{float(ds.top1_flip.sel(spec=s).isel(checkpoint=0).mean()):.3f}")
-    print(f"wrote group traces of {args.out}")
+    print(f"wrote group {store.TRACES} of {args.out}")
     if args.capture:
         acts = interp.capture_activations(ckpt, specs, inputs, names=args.capture, backend=be)
         interp.write_activations(args.out, acts)
-        print(f"wrote group activations of {args.out} ({', '.join(sorted(acts.data_vars))})")
+        print(f"wrote group {store.ACTIVATIONS} of {args.out} ({', '.join(sorted(acts.data_vars))})")
     return 0

@@ -73,7 +73,7 @@ def run_phase_lengths(paths: list[Path]) -> list[int] | None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from workbench import analysis, checkpoints, inputs, models
+    from workbench import analysis, checkpoints, inputs, models, store
     from workbench.analysis.capture import probe_batch
     from workbench.analysis.weights import comparison_label, comparison_pairs, resolve_reference
 
@@ -90,22 +90,23 @@ def run(args: argparse.Namespace) -> int:
         all_paths, args, seq_len=args.seq_len, batch=args.batch_size, seed=args.seed,
         synthetic_default=lambda: probe_batch(args.seq_len, args.batch_size, args.seed))
     labels = [comparison_label(infos[a].label, infos[b].label) for a, b in comparison_pairs(len(infos), ref)]
-    groups = ["updates_weights"] + ([] if args.no_states else ["updates_states"]) + (["bands"] if lengths else [])
+    groups = [store.UPDATES_WEIGHTS] + ([] if args.no_states else [store.UPDATES_STATES]) + \
+        ([store.BANDS] if lengths else [])
     for group in groups:
-        analysis.refuse_existing(args.out, group, labels)
+        store.refuse(args.out, group, labels=labels)
 
     weights = analysis.weight_updates(paths, reference=args.reference, allow_plain_hf=True, progress=True)
-    analysis.write_group(args.out, "updates_weights", weights)
+    store.save(args.out, store.UPDATES_WEIGHTS, weights)
     if not args.no_states:
         states = analysis.state_updates(paths, reference=args.reference, seq_len=args.seq_len,
                                         batch_size=args.batch_size, seed=args.seed,
                                         allow_plain_hf=True, device=args.device, progress=True, inputs=batch)
         states.attrs["inputs"] = what
-        analysis.write_group(args.out, "updates_states", states)
+        store.save(args.out, store.UPDATES_STATES, states)
     bands = None
     if lengths:
         bands = analysis.band_summary(weights, lengths)
-        analysis.write_group(args.out, "bands", bands)
+        store.save(args.out, store.BANDS, bands)
     else:
         print("no --phase-lengths and no run.yaml beside the checkpoints: band summary skipped")
     print(summary(weights, bands))

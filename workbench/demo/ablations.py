@@ -103,7 +103,7 @@ def band_ablation(checkpoints: dict[str, str], *, tasks, lengths, depths, sample
         per_model.append(xr.concat(per_cond, dim=xr.DataArray(np.array(list(conds), dtype=object), dims="condition")))
     correct = xr.concat(per_model, dim=xr.DataArray(np.array(list(checkpoints), dtype=object), dims="model"))
     return xr.Dataset({"correct": correct.transpose("condition", "model", "task", "length", "depth", "sample")},
-                      attrs=store.provenance(kind="ablations", doc_length=doc_length, seed=seed,
+                      attrs=store.provenance(kind=store.ABLATIONS, doc_length=doc_length, seed=seed,
                                              checkpoints=checkpoints))
 
 
@@ -148,21 +148,19 @@ def run_all(opts, state) -> None:
     evaluate them like the main arms (compared with their base arm by the demo's arm comparisons), then the
     band interventions at evaluation time on the teacher and every seed of the phase-wise students: the raw
     results go into the store's ``ablations`` group, condition - clean with intervals into ``ablation_effects``."""
-    from workbench.arms import write_summary
     from workbench.demo.arms import Arm
     from workbench.demo.pipeline import evaluate_retrieval, train_students
-    from workbench.evals import grid
 
     for variant in VARIANTS:
         todo = [Arm("kd", "phasewise", s, variant) for s in range(opts.seeds)]
         train_students(opts, state, todo)
         evaluate_retrieval(opts, state, [state.final(a) for a in todo])
-    if not store.has_group(opts.store, "ablations"):
+    if not store.has_group(opts.store, store.ABLATIONS):
         chosen = {ck.label(state.teacher): str(state.teacher)}
         for arm in state.runs:
             if arm.schedule == "phasewise" and not arm.variant:
                 chosen[ck.label(state.final(arm))] = str(state.final(arm))
         ds = band_ablation(chosen, tasks=["passkey", "niah"], lengths=[256, 1024],  # the documents, the window
                            depths=[0.0, 50.0, 100.0], samples=max(2, opts.eval_samples // 2), seed=99)
-        store.write(opts.store, "ablations", ds)
-    write_summary(opts.store, "ablation_effects", band_effects(store.open_group(opts.store, "ablations").load()))
+        store.save(opts.store, store.ABLATIONS, ds)
+    store.save(opts.store, store.ABLATION_EFFECTS, band_effects(store.open_group(opts.store, store.ABLATIONS).load()))

@@ -126,12 +126,10 @@ def ensure_teacher(opts: DemoOptions) -> Path:
     if (SHIPPED_TEACHER / models.MANIFEST).is_file():
         return SHIPPED_TEACHER
     from workbench import config
-    from workbench.evals import training_eval
     from workbench.train import train
 
     log(f"no shipped teacher at {SHIPPED_TEACHER}; training one with {TEACHER_CONFIG} (slow on CPU)")
-    run_dir = train(config.load_run_config(TEACHER_CONFIG), out=str(opts.out / "teacher"), progress=opts.progress,
-                    evaluate=training_eval)
+    run_dir = train(config.load_run_config(TEACHER_CONFIG), out=str(opts.out / "teacher"), progress=opts.progress)
     return phase_end_checkpoints(run_dir)[-1]
 
 
@@ -160,12 +158,11 @@ def _train_one(cfg, run_dir: str, resume: bool, progress: bool, threads: int | N
     """Train one arm (a top-level function so worker processes can run it)."""
     import torch
 
-    from workbench.evals import training_eval
     from workbench.train import train
 
     if threads:
         torch.set_num_threads(threads)
-    return str(train(cfg, out=run_dir, resume=resume, progress=progress, evaluate=training_eval))
+    return str(train(cfg, out=run_dir, resume=resume, progress=progress))
 
 
 def _quiet_transformers() -> None:
@@ -249,7 +246,7 @@ def evaluate_retrieval(opts: DemoOptions, state: DemoState, checkpoints: list[Pa
     with ``opts.jobs`` > 1 the checkpoints are split over worker processes."""
     from workbench.evals import grid
 
-    todo = _new_checkpoints(opts.store, "retrieval", "checkpoint",
+    todo = _new_checkpoints(opts.store, store.RETRIEVAL, "checkpoint",
                             {ck.label(p): p for p in checkpoints})
     if not todo:
         log("retrieval: every checkpoint already evaluated")
@@ -264,7 +261,7 @@ def evaluate_retrieval(opts: DemoOptions, state: DemoState, checkpoints: list[Pa
         split = [paths[i::opts.jobs] for i in range(opts.jobs) if paths[i::opts.jobs]]
         parts = in_workers(_evaluate_part, [(part, grid_args, 1) for part in split], opts.jobs)
     for ds in parts:
-        grid.write(opts.store, ds)
+        store.save(opts.store, store.RETRIEVAL, ds)
 
 
 def interp_specs(head_dim_lengths: list[int]):
@@ -299,12 +296,12 @@ def run_interp(opts: DemoOptions, state: DemoState, checkpoints: list[Path], win
         name = ck.label(path)
         layered = opts.teacher_store if Path(path) == Path(state.teacher) else opts.store
         be = None
-        if name in _new_checkpoints(opts.store, "repeated_tokens", "checkpoint", {name: path}):
+        if name in _new_checkpoints(opts.store, store.REPEATED_TOKENS, "checkpoint", {name: path}):
             be = interp.load_backend(path, "nnsight")
             interp.write_repeated(opts.store, interp.repeated_tokens(
                 path, specs[-2:], backend=be, window=window, period=32, copies=4 if opts.quick else 8,
                 samples=1 if opts.quick else 2))
-        if name in _new_checkpoints(layered, "traces", "checkpoint", {name: path}):
+        if name in _new_checkpoints(layered, store.TRACES, "checkpoint", {name: path}):
             be = be or interp.load_backend(path, "nnsight")
             interp.write_traces(layered, interp.run_trace(path, specs, inputs, backend=be,
                                                           buckets=4 if opts.quick else 8))
@@ -317,8 +314,7 @@ def run_pair_analysis(opts: DemoOptions, state: DemoState, phase_lengths: list[i
     from workbench import analysis
     from workbench.analysis.weights import comparison_label
 
-    done = (analysis.existing_labels(opts.store, "updates_weights")
-            if store.has_group(opts.store, "updates_weights") else set())
+    done = store.written_labels(opts.store, store.UPDATES_WEIGHTS)
     by_start: dict[Path, list[Path]] = {}
     for arm in state.runs:
         start, final = state.start(arm), state.final(arm)
@@ -326,9 +322,9 @@ def run_pair_analysis(opts: DemoOptions, state: DemoState, phase_lengths: list[i
             by_start.setdefault(start, []).append(final)
     for start, finals in by_start.items():
         upd = analysis.weight_updates(finals, reference=start)
-        analysis.write_group(opts.store, "updates_weights", upd)
-        analysis.write_group(opts.store, "bands", analysis.band_summary(upd, phase_lengths))
-        analysis.write_group(opts.store, "updates_states", analysis.state_updates(
+        store.save(opts.store, store.UPDATES_WEIGHTS, upd)
+        store.save(opts.store, store.BANDS, analysis.band_summary(upd, phase_lengths))
+        store.save(opts.store, store.UPDATES_STATES, analysis.state_updates(
             finals, reference=start, seq_len=phase_lengths[-1], batch_size=1 if opts.quick else 2,
             data=DataConfig(kind="synthetic-short")))
     summarise_updates(opts.store)
@@ -339,13 +335,13 @@ def summarise_updates(store_path: Path) -> None:
     means with intervals over seeds (``arm_bands``, for F3)."""
     from workbench import arms as A
 
-    if not store.has_group(store_path, "updates_weights"):
+    if not store.has_group(store_path, store.UPDATES_WEIGHTS):
         return
-    A.write_summary(store_path, "arm_updates", A.arm_means(store.open_group(store_path, "updates_weights").load(),
-                                                           "comparison"))
-    bands = store.open_group(store_path, "bands").load()
-    A.write_summary(store_path, "arm_bands", xr.merge([A.band_table(bands, "q_rel_update"),
-                                                       A.band_table(bands, "k_rel_update")], compat="no_conflicts"))
+    store.save(store_path, store.ARM_UPDATES, A.arm_means(store.open_group(store_path, store.UPDATES_WEIGHTS).load(),
+                                                          "comparison"))
+    bands = store.open_group(store_path, store.BANDS).load()
+    store.save(store_path, store.ARM_BANDS, xr.merge([A.band_table(bands, "q_rel_update"),
+                                                      A.band_table(bands, "k_rel_update")], compat="no_conflicts"))
 
 
 def compare_arms(opts: DemoOptions, state: DemoState) -> None:
@@ -355,7 +351,7 @@ def compare_arms(opts: DemoOptions, state: DemoState) -> None:
     from workbench import arms as A
     from workbench.demo.arms import SCHEDULES
 
-    ds = store.open_group(opts.store, "retrieval").load()
+    ds = store.open_group(opts.store, store.RETRIEVAL).load()
     groups, _ = A.retrieval_arms(ds)
     pairs, questions = [], []
     for sched in SCHEDULES:
@@ -370,9 +366,9 @@ def compare_arms(opts: DemoOptions, state: DemoState) -> None:
             pairs.append((arm, arm.split("+")[0]))
             questions.append(f"ablation: what does {arm.split('+')[1]} change against its base arm?")
     keep = [(p, q) for p, q in zip(pairs, questions) if p[0] in groups and p[1] in groups]
-    A.write_summary(opts.store, "arm_retrieval", A.retrieval_summary(ds))
+    store.save(opts.store, store.ARM_RETRIEVAL, A.retrieval_summary(ds))
     if keep:
-        A.write_summary(opts.store, "arm_comparisons", A.retrieval_comparisons(
+        store.save(opts.store, store.ARM_COMPARISONS, A.retrieval_comparisons(
             ds, [p for p, _ in keep], questions=[q for _, q in keep]))
 
 
@@ -382,7 +378,7 @@ def run_kd_signal(opts: DemoOptions, state: DemoState, checkpoints: list[Path], 
     final student (KD students should depend on other documents more than CE students, if KD transfers it)."""
     from workbench.interp import cross_document
 
-    todo = _new_checkpoints(opts.store, "kd_signal", "checkpoint", {ck.label(p): p for p in checkpoints})
+    todo = _new_checkpoints(opts.store, store.KD_SIGNAL, "checkpoint", {ck.label(p): p for p in checkpoints})
     if not todo:
         return
     data = config_data(state)
@@ -405,10 +401,10 @@ def run_probes(opts: DemoOptions, state: DemoState, checkpoints: list[Path], win
     teacher = [p for p in checkpoints if Path(p) == Path(state.teacher)]
     students = [p for p in checkpoints if Path(p) != Path(state.teacher)]
     for store_path, paths in ((opts.teacher_store, teacher), (opts.store, students)):
-        todo = _new_checkpoints(store_path, "probes", "checkpoint", {ck.label(p): p for p in paths})
+        todo = _new_checkpoints(store_path, store.PROBES, "checkpoint", {ck.label(p): p for p in paths})
         if todo:
             ds = analysis.position_probes(list(todo.values()), seq_len=window, n_windows=4 if opts.quick else 8)
-            analysis.write_group(store_path, "probes", ds)
+            store.save(store_path, store.PROBES, ds)
 
 
 # ----------------------------------------------------------------------------------------------- main

@@ -39,9 +39,9 @@ def f1_retrieval(store_path: Path) -> dict[str, go.Figure]:
     """F1: accuracy vs length per arm with hierarchical bootstrap intervals, the paired differences, the
     teacher's depth x length grid."""
     figs = {}
-    summary = _group(store_path, "arm_retrieval")
-    comp = _group(store_path, "arm_comparisons")
-    ds = _group(store_path, "retrieval")
+    summary = _group(store_path, store.ARM_RETRIEVAL)
+    comp = _group(store_path, store.ARM_COMPARISONS)
+    ds = _group(store_path, store.RETRIEVAL)
     window = int(ds["max_positions"].max()) if ds is not None and "max_positions" in ds.coords else None
     for task in map(str, summary["task"].values) if summary is not None else []:
         figs[f"f1_{task}_accuracy_by_arm"] = ffig.arm_accuracy_intervals(summary, task, doc_length=256,
@@ -60,7 +60,7 @@ def kd_signal(store_path: Path) -> dict[str, go.Figure]:
     """F2 where it matters: the cross-document part of the KD targets, by distance and token kind."""
     from workbench.figures import kd_signal as fkd
 
-    ds = _group(store_path, "kd_signal")
+    ds = _group(store_path, store.KD_SIGNAL)
     if ds is None:
         return {}
     return {"f2_cross_document_kl_by_distance": fkd.kl_by_distance(ds),
@@ -70,14 +70,14 @@ def kd_signal(store_path: Path) -> dict[str, go.Figure]:
 def f2_propagation(store_path: Path) -> dict[str, go.Figure]:
     """F2: perturbation propagation by layer (teacher and students) and repeated-token positional KL."""
     figs = {}
-    traces = _group(store_path, "traces")
+    traces = _group(store_path, store.TRACES)
     if traces is not None:
         names = list(map(str, traces["checkpoint"].values))
         for name in _teachers(names) + _students(names, lambda arm, seed: seed == 0 and arm.endswith("phasewise")):
             key = name.replace("/", "_")
             figs[f"f2_lens_kl_by_layer_{key}"] = ftr.divergence_by_layer(traces, "lens_kl", checkpoint=name)
         figs["f2_final_kl_by_spec"] = ftr.final_kl_bars(traces)
-    rep = _group(store_path, "repeated_tokens")
+    rep = _group(store_path, store.REPEATED_TOKENS)
     if rep is not None:
         figs["f2_repeated_tokens_kd_signal"] = ftr.repeated_kl_vs_offset(rep, "kd_signal")
     return figs
@@ -87,29 +87,29 @@ def f3_pair_updates(store_path: Path) -> dict[str, go.Figure]:
     """F3: layer x pair update heatmaps (stage 1 -> end of extension, mean over seeds) and band bars with
     intervals over seeds, per arm."""
     figs = {}
-    upd = _group(store_path, "arm_updates")
-    bands = _group(store_path, "bands")
+    upd = _group(store_path, store.ARM_UPDATES)
+    bands = _group(store_path, store.BANDS)
     if upd is not None:
         lengths = [int(x) for x in bands["phase_length"].values] if bands is not None else None
         upd = upd.rename(arm="comparison")
         for arm in map(str, upd["comparison"].values):
             figs[f"f3_heatmap_q_{arm}"] = fupd.layer_pair_heatmap(upd, comparison=arm, var="q_rel_update",
                                                                   phase_lengths=lengths)
-    table = _group(store_path, "arm_bands")
+    table = _group(store_path, store.ARM_BANDS)
     if table is not None:
         figs["f3_band_updates_by_arm"] = ffig.band_update_intervals(table)
     return figs
 
 
 def probes(store_path: Path) -> dict[str, go.Figure]:
-    ds = _group(store_path, "probes")
+    ds = _group(store_path, store.PROBES)
     if ds is None:
         return {}
     return {"probes_r2": fupd.probe_curves(ds, metric="r2"), "probes_accuracy": fupd.probe_curves(ds, metric="accuracy")}
 
 
 def ablations(store_path: Path) -> dict[str, go.Figure]:
-    ds = _group(store_path, "ablation_effects")
+    ds = _group(store_path, store.ABLATION_EFFECTS)
     if ds is None:
         return {}
     return {f"ablation_{task}_{int(n)}": ffig.ablation_effects(ds, task, int(n))
@@ -187,7 +187,7 @@ def _fig(figures: dict[str, Path], out: Path, name: str, caption: str) -> list[s
 
 
 def f1_section(store_path: Path, figures: dict[str, Path], out: Path) -> list[str]:
-    summary, comp = _group(store_path, "arm_retrieval"), _group(store_path, "arm_comparisons")
+    summary, comp = _group(store_path, store.ARM_RETRIEVAL), _group(store_path, store.ARM_COMPARISONS)
     if summary is None:
         return ["(no retrieval results)"]
     from workbench import arms
@@ -247,7 +247,7 @@ def f2_section(store_path: Path, teacher_store: Path, figures: dict[str, Path], 
     from workbench import arms
 
     lines = []
-    sig = _group(store_path, "kd_signal")
+    sig = _group(store_path, store.KD_SIGNAL)
     if sig is not None:
         names = [str(c) for c in sig["checkpoint"].values]
         teacher = [n for n in names if n.startswith("teacher/")]
@@ -268,12 +268,12 @@ def f2_section(store_path: Path, teacher_store: Path, figures: dict[str, Path], 
                          + ". If KD transfers cross-document information, KD arms sit above their CE twins.")
         lines += [""] + _fig(figures, out, "results/f2_cross_document_kl_by_distance", "cross-document KL by distance")
         lines += _fig(figures, out, "results/f2_cross_document_kl_by_kind", "cross-document KL by token kind")
-    rep = _group(store_path, "repeated_tokens")
+    rep = _group(store_path, store.REPEATED_TOKENS)
     if rep is not None:
         kd = findings.repeated_summary(rep)
         lines.append("- **Repeated tokens**: KD signal between identical copies at different absolute positions: "
                      + ", ".join(f"`{c}` {float(v):.4f}" for c, v in zip(kd["checkpoint"].values, kd.values)) + " nats.")
-    tr = _group(teacher_store, "traces") if Path(teacher_store).exists() else None
+    tr = _group(teacher_store, store.TRACES) if Path(teacher_store).exists() else None
     if tr is not None:
         summary = findings.trace_summary(tr)
         for c in map(str, summary["checkpoint"].values):
@@ -287,8 +287,8 @@ def f2_section(store_path: Path, teacher_store: Path, figures: dict[str, Path], 
 def f3_section(store_path: Path, figures: dict[str, Path], out: Path) -> list[str]:
     from workbench import arms
 
-    bands = _group(store_path, "bands")
-    upd = _group(store_path, "updates_weights")
+    bands = _group(store_path, store.BANDS)
+    upd = _group(store_path, store.UPDATES_WEIGHTS)
     if bands is None or upd is None:
         return ["(no per-pair updates)"]
     rho = findings.pair_trend(upd)
@@ -308,7 +308,7 @@ def f3_section(store_path: Path, figures: dict[str, Path], out: Path) -> list[st
 
 
 def ablation_section(store_path: Path, figures: dict[str, Path], out: Path) -> list[str]:
-    comp, eff = _group(store_path, "arm_comparisons"), _group(store_path, "ablation_effects")
+    comp, eff = _group(store_path, store.ARM_COMPARISONS), _group(store_path, store.ABLATION_EFFECTS)
     lines = []
     if comp is not None:
         for name in (c for c in map(str, comp["comparison"].values) if "+" in c):
@@ -341,7 +341,7 @@ def write_report(opts, state, figures: list[Path]) -> Path:
     by_name = {p.relative_to(out / "figures").with_suffix("").as_posix(): p for p in figures if p.suffix == ".png"}
     if not any("/" in k for k in by_name):  # a single store: no sub-folders
         by_name = {f"results/{k}": v for k, v in by_name.items()}
-    ret = _group(store_path, "retrieval")
+    ret = _group(store_path, store.RETRIEVAL)
     prompts = int(ret.sizes["depth"] * ret.sizes["sample"]) if ret is not None else 0
     lines = [
         "# RoPE-KD workbench demo report", "",

@@ -11,7 +11,6 @@ set; the flag is stored per checkpoint (coordinate ``extrapolate``) and in the a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,9 +24,6 @@ from workbench import models, store, tokenizers
 from workbench.evals import tasks as T
 from workbench.evals.render import Rendering, SyntheticRendering, rendering_for
 from workbench.evals.runner import score_samples
-
-GROUP = "retrieval"
-
 
 @dataclass
 class Plan:
@@ -105,24 +101,10 @@ def plan(checkpoints: Sequence[str | Path], *, tasks: str | Sequence[str], lengt
 
 def check_store(out: str | Path, p: Plan) -> None:
     """Refuse, before any work, a store that already has these checkpoints or another grid."""
-    out = Path(out)
-    if not out.exists() or not store.has_group(out, GROUP):
-        if out.exists():
-            store.groups(out)  # raises on a foreign or broken store
-        return
-    old = store.open_group(out, GROUP)
-    done = sorted(set(map(str, old["checkpoint"].values)) & {c.label for c in p.checkpoints})
-    if done:
-        raise store.StoreError(f"{out}/{GROUP}: checkpoints {done} are already evaluated there; "
-                               "write to another store or leave them out")
-    want = {"task": p.tasks, "length": p.lengths, "depth": p.depths, "sample": list(range(p.samples))}
-    for dim, values in want.items():
-        have = old[dim].values.tolist()
-        same = len(have) == len(values) and all(
-            (h == v) if isinstance(v, str) else np.isclose(float(h), float(v)) for h, v in zip(have, values))
-        if not same:
-            raise store.StoreError(f"{out}/{GROUP}: the store's {dim} values are {have}, this run asks for "
-                                   f"{values}; appending needs the same grid")
+    skeleton = xr.Dataset(coords={"checkpoint": np.array([c.label for c in p.checkpoints], dtype=object),
+                                  "task": np.array(p.tasks, dtype=object), "length": np.array(p.lengths),
+                                  "depth": np.array(p.depths, dtype=np.float64), "sample": np.arange(p.samples)})
+    store.refuse(out, store.RETRIEVAL, skeleton)
 
 
 def evaluate_model(model, rendering: Rendering, *, tasks: Sequence[str], lengths: Sequence[int],
@@ -224,7 +206,7 @@ def evaluate_plan(p: Plan, *, device: str = "auto", dtype: str = "auto", batch_s
                                           dtype=object)),
     )
     ds.attrs = store.provenance(
-        kind=GROUP, seed=p.seed, dtype=str(torch_dtype).replace("torch.", ""), device=dev.type,
+        kind=store.RETRIEVAL, seed=p.seed, dtype=str(torch_dtype).replace("torch.", ""), device=dev.type,
         extrapolate=p.extrapolate, samples=p.samples,
         checkpoint_hashes={c.label: h for (c, *_), h in zip(info, ds["checkpoint_hash"].values)},
         rope_theta={c.label: theta for c, theta, _ in info},
@@ -232,19 +214,6 @@ def evaluate_plan(p: Plan, *, device: str = "auto", dtype: str = "auto", batch_s
         depth_definition=T.DEPTH_DEFINITION,
     )
     return ds
-
-
-def write(out: str | Path, ds: xr.Dataset) -> Path:
-    """Write (or append along ``checkpoint``) into the store's ``retrieval`` group. On append the
-    per-checkpoint attrs (``checkpoint_hashes``, ``rope_theta``) keep the earlier checkpoints' entries."""
-    out = Path(out)
-    if out.exists() and store.has_group(out, GROUP):
-        old = store.open_group(out, GROUP).attrs
-        ds = ds.copy()
-        for key in ("checkpoint_hashes", "rope_theta"):
-            merged = {**(store.decode_attr(old.get(key)) or {}), **store.decode_attr(ds.attrs[key])}
-            ds.attrs[key] = json.dumps(merged)
-    return store.write(out, GROUP, ds, append_dim="checkpoint")
 
 
 def accuracy(ds: xr.Dataset, metric: str = "correct", over: Sequence[str] = ("sample",)) -> xr.DataArray:

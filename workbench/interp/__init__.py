@@ -40,12 +40,12 @@ def _skip_written_clean(store_path: str | Path, group: str, ds: xr.Dataset) -> x
 
 def write_traces(store_path: str | Path, ds: xr.Dataset) -> Path:
     """Write (append) a run_trace Dataset into group ``traces``; a (checkpoint, spec) cell is written once."""
-    return store.write_grid(store_path, "traces", _skip_written_clean(store_path, "traces", ds))
+    return store.save(store_path, store.TRACES, _skip_written_clean(store_path, store.TRACES, ds))
 
 
 def write_repeated(store_path: str | Path, ds: xr.Dataset) -> Path:
     """Write (append) a repeated_tokens Dataset into group ``repeated_tokens``."""
-    return store.write_grid(store_path, "repeated_tokens", _skip_written_clean(store_path, "repeated_tokens", ds))
+    return store.save(store_path, store.REPEATED_TOKENS, _skip_written_clean(store_path, store.REPEATED_TOKENS, ds))
 
 
 def check_backend_length(ckpt_path: str | Path, backend: str, n_rows: int, length: int) -> None:
@@ -68,8 +68,8 @@ def check_writable(store_path: str | Path, group: str, ckpt_path: str | Path, sp
     if (label, "clean") not in store.written_cells(store_path, group):
         runs = [identity("clean"), *runs]
     if runs:
-        store.check_grid(store_path, group, {"checkpoint": [label], "spec": [r.name for r in runs]},
-                         [r.ops_hash for r in runs])
+        store.refuse(store_path, group, cells={"checkpoint": [label], "spec": [r.name for r in runs]},
+                     spec_hash=[r.ops_hash for r in runs])
 
 
 __all__ = ["Backend", "Geometry", "LengthLimitError", "check_backend_length", "NNsightBackend", "Op", "PairSet", "Scope", "Spec", "TransformerLensBackend",

@@ -32,7 +32,6 @@ KINDS = {  # variable -> capture name template
     "attn_out": "blocks.{i}.hook_attn_out",
     "resid_post": "blocks.{i}.hook_resid_post",
 }
-CHUNK_DIMS = ("checkpoint", "spec", "layer")  # whole heads, positions and pairs inside a chunk
 
 
 def capture_activations(ckpt_path: str | Path, specs: Sequence[Spec] = (), inputs=None, *,
@@ -77,10 +76,10 @@ def capture_activations(ckpt_path: str | Path, specs: Sequence[Spec] = (), input
               "position_id": (("sample", "position"), pos.numpy())}
     coords.update(store.pair_coords(g.theta, g.head_dim, g.scaling))
     ds = xr.Dataset(data_vars, coords=coords)
-    return finish(ds, be, ckpt_path, kind="activations",
+    return finish(ds, be, ckpt_path, kind=store.ACTIVATIONS,
                   extra={"names": names if not callable(names) else "callable", "captured": sorted(matched)})
 
 
 def write_activations(store_path: str | Path, ds: xr.Dataset) -> Path:
     """Write (append) an activations Dataset to group ``activations``, chunked by (checkpoint, spec, layer)."""
-    return store.write_grid(store_path, "activations", ds, chunk_dims=CHUNK_DIMS, compress=False)
+    return store.save(store_path, store.ACTIVATIONS, ds)

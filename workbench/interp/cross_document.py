@@ -43,7 +43,6 @@ Python API::
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -54,12 +53,9 @@ import xarray as xr
 from workbench import checkpoints, store, tokenizers
 from workbench.config import ConfigError, DataConfig
 
-GROUP = "kd_signal"
 SYNTHETIC_KINDS = ("marker", "key", "value", "digit", "filler", "special")
 OTHER_KINDS = ("token",)
 DIVERGENCE = "KL(p_full || p_doc): causal attention across the window vs document-masked, same position_ids"
-# attrs that must agree between the data already in a store group and a new checkpoint appended to it
-DATA_ATTRS = ("data_hash", "seq_len", "windows", "seed", "summary_tokens", "token_kinds", "kept_tokens")
 AUTO_KEEP_TOKENS = 1 << 21  # per-token values are kept up to this many tokens per checkpoint
 
 
@@ -504,7 +500,7 @@ def build_dataset(per_ckpt: Sequence[np.ndarray], names: Sequence[str], infos: S
             "boundary": ("token", tokens["boundary"].astype(bool)),
         })
     attrs = store.provenance(
-        kind=GROUP, divergence=DIVERGENCE, summary_tokens=summary_tokens, token_kinds=bool(token_kinds),
+        kind=store.KD_SIGNAL, divergence=DIVERGENCE, summary_tokens=summary_tokens, token_kinds=bool(token_kinds),
         kept_tokens=bool(keep), n_tokens=int(n_tok), device=str(device), dtype=str(dtype).replace("torch.", ""),
         checkpoint_hashes={n: i["checkpoint_hash"] for n, i in zip(names, infos)},
         token_definition="token t: the distribution at position t of a window, predicting token t+1; the "
@@ -521,21 +517,7 @@ def build_dataset(per_ckpt: Sequence[np.ndarray], names: Sequence[str], infos: S
 def check_writable(store_path: str | Path, labels: Iterable[str], attrs: Mapping[str, Any] | None = None) -> None:
     """Refuse, before any model runs, a write ``write_kd_signal`` would refuse: a foreign store, a checkpoint
     already in the group, or (with ``attrs``) data settings that differ from the group's."""
-    store_path = Path(store_path)
-    if not store_path.exists():
-        return
-    if not store.has_group(store_path, GROUP):  # has_group checks the store's schema
-        return
-    old = store.open_group(store_path, GROUP)
-    clash = sorted(set(map(str, old["checkpoint"].values)) & set(map(str, labels)))
-    if clash:
-        raise store.StoreError(f"{store_path}/{GROUP}: checkpoint {clash} already written; refusing to write it "
-                               "twice (use another --out store)")
-    if attrs is not None:
-        for key in DATA_ATTRS:
-            if key in attrs and key in old.attrs and str(old.attrs[key]) != str(attrs[key]):
-                raise store.StoreError(f"{store_path}/{GROUP}: written with {key}={old.attrs[key]!r}, this run has "
-                                       f"{key}={attrs[key]!r}; one group holds one data setting (use another --out store)")
+    store.refuse(store_path, store.KD_SIGNAL, labels=labels, attrs=attrs)
 
 
 def data_attrs(data_cfg: DataConfig, *, seq_len: int, windows: int, seed: int,
@@ -552,22 +534,9 @@ def data_attrs(data_cfg: DataConfig, *, seq_len: int, windows: int, seed: int,
 def write_kd_signal(store_path: str | Path, ds: xr.Dataset) -> Path:
     """Create the ``kd_signal`` group or append ``ds`` to it along ``checkpoint`` (a checkpoint already
     there, or other data settings, are refused with StoreError before anything is written)."""
-    store_path = Path(store_path)
-    check_writable(store_path, map(str, ds["checkpoint"].values), ds.attrs)
-    if store_path.exists() and store.has_group(store_path, GROUP):
-        old = store.open_group(store_path, GROUP)
-        for name in ("token", "distance_bucket", "kind"):
-            if name in ds.coords and name in old.coords and \
-                    list(map(str, ds[name].values)) != list(map(str, old[name].values)):
-                raise store.StoreError(f"{store_path}/{GROUP}: {name} labels differ from the store's; "
-                                       "one group holds one data setting (use another --out store)")
-        hashes = {**json.loads(str(old.attrs.get("checkpoint_hashes", "{}"))),
-                  **json.loads(str(ds.attrs.get("checkpoint_hashes", "{}")))}
-        ds = ds.copy()
-        ds.attrs["checkpoint_hashes"] = json.dumps(hashes)
-    return store.write(store_path, GROUP, ds, append_dim="checkpoint")
+    return store.save(store_path, store.KD_SIGNAL, ds)
 
 
-__all__ = ["GROUP", "batch_kl", "check_inputs", "check_writable", "cross_document_kl",
+__all__ = ["batch_kl", "check_inputs", "check_writable", "cross_document_kl",
            "cross_document_kl_checkpoints", "data_attrs", "distance_buckets", "kind_table", "load_data_config",
            "summarise", "top_share", "write_kd_signal"]

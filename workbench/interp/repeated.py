@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from workbench import store
 from workbench.interp.backends import Backend, load_backend
 from workbench.interp.specs import Spec, identity, validate_all
 from workbench.interp.traces import finish, kl_div
@@ -122,6 +123,6 @@ def repeated_tokens(ckpt_path: str | Path, specs: Sequence[Spec] = (), *, backen
                 "spec_json": ("spec", np.array([r.to_json() for r in runs], dtype=object)),
                 "spec_hash": ("spec", np.array([r.ops_hash for r in runs], dtype=object))},
     )
-    return finish(ds, be, ckpt_path, kind="repeated_tokens",
+    return finish(ds, be, ckpt_path, kind=store.REPEATED_TOKENS,
                   extra={"window": window, "period": period, "gap": gap, "samples": samples, "seed": seed,
                          "attention": attention})

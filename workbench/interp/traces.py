@@ -286,7 +286,7 @@ def run_trace(ckpt_path: str | Path, specs: Sequence[Spec], inputs=None, *, back
         iterator = tqdm(chunks, desc=f"trace {len(specs)} spec(s) [{be.name}]", unit="batch")
     for start in iterator:
         _stream_chunk(be, runs, stats, ids[start:start + step], pos[start:start + step])
-    return finish(stats.dataset(), be, ckpt_path, kind="traces", extra={"inputs_shape": list(ids.shape)})
+    return finish(stats.dataset(), be, ckpt_path, kind=store.TRACES, extra={"inputs_shape": list(ids.shape)})
 
 
 def finish(ds: xr.Dataset, be: Backend, ckpt_path: str | Path, *, kind: str, extra: dict | None = None) -> xr.Dataset:
