@@ -21,9 +21,12 @@ from pathlib import Path
 INDEX = "model.safetensors.index.json"
 
 
-def _error(msg: str):
-    from workbench.models import CheckpointError
+class CheckpointError(RuntimeError):
+    """A checkpoint directory is missing, incomplete, corrupt or not a Llama model (public as
+    ``workbench.models.CheckpointError``; defined here, the lowest module that reads model directories)."""
 
+
+def _error(msg: str) -> CheckpointError:
     return CheckpointError(msg)
 
 

@@ -22,15 +22,12 @@ import torch
 from safetensors import safe_open
 
 from workbench import architectures, hfdir, rope
+from workbench.hfdir import CheckpointError  # the public name; defined in hfdir, which models builds on
 from workbench.config import ModelConfig
 
 MANIFEST = "manifest.json"
 FORMAT = "workbench-checkpoint/1"
 WEIGHTS = "model.safetensors"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint directory is missing, incomplete, corrupt or not a Llama model."""
 
 
 # ------------------------------------------------------------------------------------------- build

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from workbench import checkpoints as ck
-from workbench import models, rope, store
+from workbench import arms, models, rope, stats, store
+from workbench.evals import grid
 
 
 def band_pairs(theta: float, head_dim: int, min_wavelength: float, max_wavelength: float = math.inf) -> np.ndarray:
@@ -87,8 +87,6 @@ def band_conditions(theta: float, head_dim: int, doc_length: int) -> dict[str, t
 def band_ablation(checkpoints: dict[str, str], *, tasks, lengths, depths, samples, seed, doc_length: int = 256) -> xr.Dataset:
     """Per-sample greedy exact match (condition, model, task, length, depth, sample) of each checkpoint under
     each band condition; the same prompts for every condition and model (so differences are paired)."""
-    from workbench.evals import grid
-
     rendering = grid.load_rendering("synthetic")
     per_model = []
     for name, path in checkpoints.items():
@@ -110,8 +108,6 @@ def band_ablation(checkpoints: dict[str, str], *, tasks, lengths, depths, sample
 def band_effects(ds: xr.Dataset) -> xr.Dataset:
     """Each condition minus clean, per arm (models pooled by run name without the seed suffix; a model
     outside any arm is its own) x task x length: paired hierarchical bootstrap over (seed, prompt)."""
-    from workbench import arms, stats
-
     models_ = [str(m) for m in ds["model"].values]
     groups: dict[str, list[str]] = {}
     for m in models_:
@@ -141,26 +137,3 @@ def band_effects(ds: xr.Dataset) -> xr.Dataset:
 
 
 VARIANTS = ("posfree", "freeze-long")  # data/configs/ablations/tiny-kd-phasewise-<variant>.yaml
-
-
-def run_all(opts, state) -> None:
-    """--full: train the ablation arms (KD, phase-wise theta; their configs in data/configs/ablations/) and
-    evaluate them like the main arms (compared with their base arm by the demo's arm comparisons), then the
-    band interventions at evaluation time on the teacher and every seed of the phase-wise students: the raw
-    results go into the store's ``ablations`` group, condition - clean with intervals into ``ablation_effects``."""
-    from workbench.demo.arms import Arm
-    from workbench.demo.pipeline import evaluate_retrieval, train_students
-
-    for variant in VARIANTS:
-        todo = [Arm("kd", "phasewise", s, variant) for s in range(opts.seeds)]
-        train_students(opts, state, todo)
-        evaluate_retrieval(opts, state, [state.final(a) for a in todo])
-    if not store.has_group(opts.store, store.ABLATIONS):
-        chosen = {ck.label(state.teacher): str(state.teacher)}
-        for arm in state.runs:
-            if arm.schedule == "phasewise" and not arm.variant:
-                chosen[ck.label(state.final(arm))] = str(state.final(arm))
-        ds = band_ablation(chosen, tasks=["passkey", "niah"], lengths=[256, 1024],  # the documents, the window
-                           depths=[0.0, 50.0, 100.0], samples=max(2, opts.eval_samples // 2), seed=99)
-        store.save(opts.store, store.ABLATIONS, ds)
-    store.save(opts.store, store.ABLATION_EFFECTS, band_effects(store.open_group(opts.store, store.ABLATIONS).load()))

@@ -11,18 +11,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import torch
 import xarray as xr
+import yaml
+from transformers.utils import logging as hf_logging
 
+from workbench import analysis, config, interp, models, store
+from workbench import arms as A
 from workbench import checkpoints as ck
-from workbench import models, store
+from workbench.analysis.weights import comparison_label
 from workbench.config import DataConfig
-from workbench.demo.arms import SHIPPED_TEACHER, TEACHER_CONFIG, Arm, arm_config, arms
+from workbench.data import make_stream
+from workbench.demo import ablations, report
+from workbench.demo.arms import (SCHEDULES, SHIPPED_TEACHER, STAGE1_CONFIGS, TEACHER_CONFIG, Arm, arm_config, arms,
+                                 stage1_student)
+from workbench.evals import grid, training_eval
+from workbench.interp import cross_document
+from workbench.interp.specs import PairSet
+from workbench.train import train
 
 
 @dataclass
@@ -106,8 +120,6 @@ def phase_end_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def run_config(run_dir: Path) -> dict:
-    import yaml
-
     return yaml.safe_load((Path(run_dir) / "run.yaml").read_text())
 
 
@@ -125,20 +137,15 @@ def ensure_teacher(opts: DemoOptions) -> Path:
         return Path(opts.teacher)
     if (SHIPPED_TEACHER / models.MANIFEST).is_file():
         return SHIPPED_TEACHER
-    from workbench import config
-    from workbench.train import train
-
     log(f"no shipped teacher at {SHIPPED_TEACHER}; training one with {TEACHER_CONFIG} (slow on CPU)")
-    run_dir = train(config.load_run_config(TEACHER_CONFIG), out=str(opts.out / "teacher"), progress=opts.progress)
+    run_dir = train(config.load_run_config(TEACHER_CONFIG), out=str(opts.out / "teacher"), progress=opts.progress,
+                    evaluate=training_eval)
     return phase_end_checkpoints(run_dir)[-1]
 
 
 def ensure_stage1(opts: DemoOptions) -> dict[float, Path]:
     """The stage-1 (short-context) students, one per theta the arms start from: shipped, else trained now
     from their recipes (``data/configs/stage1/``, slow on CPU)."""
-    from workbench import config
-    from workbench.demo.arms import STAGE1_CONFIGS, stage1_student
-
     found = {}
     for recipe in sorted(STAGE1_CONFIGS.glob("*.yaml")):
         cfg = config.load_run_config(recipe)
@@ -156,19 +163,13 @@ def ensure_stage1(opts: DemoOptions) -> dict[float, Path]:
 
 def _train_one(cfg, run_dir: str, resume: bool, progress: bool, threads: int | None) -> str:
     """Train one arm (a top-level function so worker processes can run it)."""
-    import torch
-
-    from workbench.train import train
-
     if threads:
         torch.set_num_threads(threads)
-    return str(train(cfg, out=run_dir, resume=resume, progress=progress))
+    return str(train(cfg, out=run_dir, resume=resume, progress=progress, evaluate=training_eval))
 
 
 def _quiet_transformers() -> None:
     """In a worker: no transformers "Loading weights" bars or info logs (the demo prints one line per step)."""
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
 
@@ -176,9 +177,6 @@ def _quiet_transformers() -> None:
 def in_workers(fn, calls: list[tuple], jobs: int, done=None) -> list:
     """``fn(*args)`` for every ``args`` of ``calls`` in ``jobs`` spawned worker processes; results in order
     (a worker's error re-raises here); ``done(i)`` after each result."""
-    from concurrent.futures import ProcessPoolExecutor
-    import multiprocessing
-
     with ProcessPoolExecutor(max_workers=min(jobs, len(calls)), mp_context=multiprocessing.get_context("spawn"),
                              initializer=_quiet_transformers) as pool:
         futures = [pool.submit(fn, *args) for args in calls]
@@ -215,8 +213,6 @@ def train_students(opts: DemoOptions, state: DemoState, todo: list[Arm]) -> None
 
 
 def _stage1_for(state: DemoState, shipped: Path) -> Path:
-    from workbench.demo.arms import stage1_student
-
     for theta, path in state.stage1.items():
         if stage1_student(theta) == shipped:
             return path
@@ -232,10 +228,6 @@ def _new_checkpoints(store_path: Path, group: str, dim: str, names: dict[str, Pa
 
 def _evaluate_part(paths: list[str], grid_args: dict, threads: int | None) -> xr.Dataset:
     """Evaluate some checkpoints (a top-level function so worker processes can run it)."""
-    import torch
-
-    from workbench.evals import grid
-
     if threads:
         torch.set_num_threads(threads)
     return grid.evaluate_plan(grid.plan(paths, **grid_args), progress=threads is None).load()
@@ -244,8 +236,6 @@ def _evaluate_part(paths: list[str], grid_args: dict, threads: int | None) -> xr
 def evaluate_retrieval(opts: DemoOptions, state: DemoState, checkpoints: list[Path]) -> None:
     """Passkey / NIAH at lengths from the document length to twice the window (extrapolation recorded);
     with ``opts.jobs`` > 1 the checkpoints are split over worker processes."""
-    from workbench.evals import grid
-
     todo = _new_checkpoints(opts.store, store.RETRIEVAL, "checkpoint",
                             {ck.label(p): p for p in checkpoints})
     if not todo:
@@ -266,9 +256,6 @@ def evaluate_retrieval(opts: DemoOptions, state: DemoState, checkpoints: list[Pa
 
 def interp_specs(head_dim_lengths: list[int]):
     """The perturbation sweep: non-uniform positional edits (a uniform shift would be a no-op)."""
-    from workbench import interp
-    from workbench.interp.specs import PairSet
-
     short, long = head_dim_lengths
     return [
         interp.Spec("q-shift-64", [interp.shift(64, "q")]),
@@ -281,15 +268,11 @@ def interp_specs(head_dim_lengths: list[int]):
 
 def packed_short_documents(seq_len: int, batch: int, seed: int) -> dict:
     """The students' training distribution: short documents packed with continuing positions."""
-    from workbench.data import make_stream
-
     return make_stream(DataConfig(kind="synthetic-short"), seq_len, batch, seed).next()
 
 
 def run_interp(opts: DemoOptions, state: DemoState, checkpoints: list[Path], window: int) -> None:
     """Repeated-token experiment and the perturbation sweep on teacher and students (nnsight backend)."""
-    from workbench import interp
-
     specs = interp_specs([256, window])
     inputs = packed_short_documents(window, 1 if opts.quick else 2, seed=7)
     for path in checkpoints:
@@ -311,9 +294,6 @@ def run_interp(opts: DemoOptions, state: DemoState, checkpoints: list[Path], win
 def run_pair_analysis(opts: DemoOptions, state: DemoState, phase_lengths: list[int]) -> None:
     """Stage-1 student -> end of extension, for every run: per-pair W_q/W_k updates, q/k state updates on
     packed short documents in the window, and band summaries (F3)."""
-    from workbench import analysis
-    from workbench.analysis.weights import comparison_label
-
     done = store.written_labels(opts.store, store.UPDATES_WEIGHTS)
     by_start: dict[Path, list[Path]] = {}
     for arm in state.runs:
@@ -333,8 +313,6 @@ def run_pair_analysis(opts: DemoOptions, state: DemoState, phase_lengths: list[i
 def summarise_updates(store_path: Path) -> None:
     """Per arm (seeds pooled): mean layer x head x pair updates (``arm_updates``, for the dashboard) and band
     means with intervals over seeds (``arm_bands``, for F3)."""
-    from workbench import arms as A
-
     if not store.has_group(store_path, store.UPDATES_WEIGHTS):
         return
     store.save(store_path, store.ARM_UPDATES, A.arm_means(store.open_group(store_path, store.UPDATES_WEIGHTS).load(),
@@ -348,9 +326,6 @@ def compare_arms(opts: DemoOptions, state: DemoState) -> None:
     """Arms (seeds pooled) with hierarchical bootstrap intervals, and the paired differences that answer the
     paper's questions: KD - CE per theta schedule; phase-wise - each fixed schedule under KD (and CE);
     each ablation - its base arm. Written to the store's ``arm_retrieval`` / ``arm_comparisons`` groups."""
-    from workbench import arms as A
-    from workbench.demo.arms import SCHEDULES
-
     ds = store.open_group(opts.store, store.RETRIEVAL).load()
     groups, _ = A.retrieval_arms(ds)
     pairs, questions = [], []
@@ -376,8 +351,6 @@ def run_kd_signal(opts: DemoOptions, state: DemoState, checkpoints: list[Path], 
     """Cross-document KD signal: per token, KL(model on the causal window || model with document-masked
     attention) over the students' packed short documents, for the teacher, the stage-1 students and every
     final student (KD students should depend on other documents more than CE students, if KD transfers it)."""
-    from workbench.interp import cross_document
-
     todo = _new_checkpoints(opts.store, store.KD_SIGNAL, "checkpoint", {ck.label(p): p for p in checkpoints})
     if not todo:
         return
@@ -390,14 +363,10 @@ def run_kd_signal(opts: DemoOptions, state: DemoState, checkpoints: list[Path], 
 
 def config_data(state: DemoState) -> DataConfig:
     """The data config the arms were extended on (from one run's resolved config)."""
-    from workbench import config
-
     return config.load_run_config(next(iter(state.runs.values())) / "run.yaml").data
 
 
 def run_probes(opts: DemoOptions, state: DemoState, checkpoints: list[Path], window: int) -> None:
-    from workbench import analysis
-
     teacher = [p for p in checkpoints if Path(p) == Path(state.teacher)]
     students = [p for p in checkpoints if Path(p) != Path(state.teacher)]
     for store_path, paths in ((opts.teacher_store, teacher), (opts.store, students)):
@@ -407,13 +376,32 @@ def run_probes(opts: DemoOptions, state: DemoState, checkpoints: list[Path], win
             store.save(store_path, store.PROBES, ds)
 
 
+def run_ablations(opts: DemoOptions, state: DemoState) -> None:
+    """--full: train the ablation arms (KD, phase-wise theta; their configs in data/configs/ablations/) and
+    evaluate them like the main arms (compared with their base arm by the demo's arm comparisons), then the
+    band interventions at evaluation time on the teacher and every seed of the phase-wise students: the raw
+    results go into the store's ``ablations`` group, condition - clean with intervals into ``ablation_effects``."""
+    for variant in ablations.VARIANTS:
+        todo = [Arm("kd", "phasewise", s, variant) for s in range(opts.seeds)]
+        train_students(opts, state, todo)
+        evaluate_retrieval(opts, state, [state.final(a) for a in todo])
+    if not store.has_group(opts.store, store.ABLATIONS):
+        chosen = {ck.label(state.teacher): str(state.teacher)}
+        for arm in state.runs:
+            if arm.schedule == "phasewise" and not arm.variant:
+                chosen[ck.label(state.final(arm))] = str(state.final(arm))
+        ds = ablations.band_ablation(chosen, tasks=["passkey", "niah"], lengths=[256, 1024],  # documents, window
+                                     depths=[0.0, 50.0, 100.0], samples=max(2, opts.eval_samples // 2), seed=99)
+        store.save(opts.store, store.ABLATIONS, ds)
+    store.save(opts.store, store.ABLATION_EFFECTS,
+               ablations.band_effects(store.open_group(opts.store, store.ABLATIONS).load()))
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 
 def run(opts: DemoOptions) -> tuple[Path, DemoState]:
     """Run the demo; returns (report path, state)."""
-    from workbench.demo import ablations, report
-
     _quiet_transformers()  # one progress bar per step: ours (workers do the same)
     opts.out = Path(opts.out)
     opts.out.mkdir(parents=True, exist_ok=True)
@@ -433,7 +421,7 @@ def run(opts: DemoOptions) -> tuple[Path, DemoState]:
         evaluate_retrieval(opts, state, [state.teacher, *stage1, *finals])
     if opts.full:
         with timed(state, "ablations"):
-            ablations.run_all(opts, state)
+            run_ablations(opts, state)
     with timed(state, "arms: intervals and paired differences"):
         compare_arms(opts, state)
     with timed(state, "cross-document KD signal"):

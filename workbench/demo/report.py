@@ -14,9 +14,11 @@ from typing import Callable
 import numpy as np
 import plotly.graph_objects as go
 
-from workbench import store
+from workbench import arms, store
 from workbench.demo import findings
+from workbench.evals.tasks import TASKS
 from workbench.figures import findings as ffig
+from workbench.figures import kd_signal as fkd
 from workbench.figures import retrieval as fret
 from workbench.figures import save_figures
 from workbench.figures import traces as ftr
@@ -58,8 +60,6 @@ def f1_retrieval(store_path: Path) -> dict[str, go.Figure]:
 
 def kd_signal(store_path: Path) -> dict[str, go.Figure]:
     """F2 where it matters: the cross-document part of the KD targets, by distance and token kind."""
-    from workbench.figures import kd_signal as fkd
-
     ds = _group(store_path, store.KD_SIGNAL)
     if ds is None:
         return {}
@@ -190,8 +190,6 @@ def f1_section(store_path: Path, figures: dict[str, Path], out: Path) -> list[st
     summary, comp = _group(store_path, store.ARM_RETRIEVAL), _group(store_path, store.ARM_COMPARISONS)
     if summary is None:
         return ["(no retrieval results)"]
-    from workbench import arms
-
     lengths = [int(n) for n in summary["length"].values]
     beyond = [n for n in lengths if n > 256]
     lines = ["### Stage 1 and the teacher (reference models, one checkpoint each)", ""]
@@ -227,8 +225,6 @@ def teacher_at_chance(summary, refs: list[str], task: str) -> list[str]:
     """A warning line when every teacher's interval contains the task's guessing rate (one of the ``keys``
     needle values) at every length: then KD has no retrieval skill to transfer on this task, and its
     differences are noise (or side effects of the objective), not evidence for or against the paper."""
-    from workbench.evals.tasks import TASKS
-
     spec = TASKS.get(task)
     teachers = [r for r in refs if r.startswith("teacher")]
     if spec is None or spec.keys < 2 or not teachers:
@@ -244,8 +240,6 @@ def teacher_at_chance(summary, refs: list[str], task: str) -> list[str]:
 
 
 def f2_section(store_path: Path, teacher_store: Path, figures: dict[str, Path], out: Path) -> list[str]:
-    from workbench import arms
-
     lines = []
     sig = _group(store_path, store.KD_SIGNAL)
     if sig is not None:
@@ -285,8 +279,6 @@ def f2_section(store_path: Path, teacher_store: Path, figures: dict[str, Path], 
 
 
 def f3_section(store_path: Path, figures: dict[str, Path], out: Path) -> list[str]:
-    from workbench import arms
-
     bands = _group(store_path, store.BANDS)
     upd = _group(store_path, store.UPDATES_WEIGHTS)
     if bands is None or upd is None:
