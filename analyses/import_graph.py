@@ -10,7 +10,7 @@ components of the graph of both kinds: a deferred import hides a circle from Pyt
 Parent packages are not implied edges (Python initialises them first, so they close no circle).
 
 Prints the counts, every circle, the deferred imports of project modules (``--deferred`` lists them all), the
-edges against the data flow of DESIGN.md (``FORBIDDEN``), and with ``--longest DIR`` the longest functions there.
+edges against the data flow (``FORBIDDEN``; the README's "Where things live"), and with ``--longest DIR`` the longest functions there.
 Exit status 1 when there is a circle or a forbidden edge.
 """
 

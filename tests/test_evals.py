@@ -41,7 +41,7 @@ def _local_tokenizer():
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """Tiny models crawl with 2 threads when neighbours are busy (DESIGN.md); restore afterwards."""
+    """Tiny models crawl with 2 threads when neighbours are busy (measured on 2 cores); restore afterwards."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

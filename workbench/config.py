@@ -61,7 +61,7 @@ class ModelConfig:
 
 @dataclass
 class PackingConfig:
-    """How documents are packed into a window: the two independent switches of DESIGN.md."""
+    """How documents are packed into a window: two independent switches (see ``workbench.data.packing``)."""
 
     positions: Literal["continue", "reset"] = "continue"
     attention: Literal["causal", "document"] = "causal"

@@ -1028,20 +1028,6 @@ def open_group(store: str | Path, group: str, *, chunks: Any = None) -> xr.Datas
     return _view(ds)
 
 
-def find_stores(root: str | Path) -> list[Path]:
-    """Workbench stores (``*.zarr`` with our schema) under a directory, sorted."""
-    found = []
-    for path in sorted(Path(root).rglob("*.zarr")):
-        if any(part.startswith(_TMP) for part in path.parts):
-            continue
-        try:
-            _check_root(path, create=False)
-        except StoreError:
-            continue
-        found.append(path)
-    return found
-
-
 def decode_attr(value: Any) -> Any:
     """Inverse of the JSON encoding :func:`provenance` applies to non-scalar attrs."""
     if isinstance(value, str) and value[:1] in "[{":

@@ -1,4 +1,4 @@
-"""Packing documents into windows, and the two independent switches of DESIGN.md.
+"""Packing documents into windows, with two independent switches:
 
 - positions: ``continue`` (0..seq_len-1 across the whole window) or ``reset`` (0 at each document start);
 - attention: ``causal`` across documents or ``document``-masked (a token sees only its own document).

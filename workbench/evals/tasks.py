@@ -264,14 +264,3 @@ def make_samples(task: str, length: int, depths: Sequence[float], samples: int, 
     """``samples`` samples at each depth (depth-major order)."""
     return [make_sample(task, length, d, rendering, seed=seed, index=i) for d in depths for i in range(samples)]
 
-
-def min_length(task: str, rendering: Rendering, *, seed: int = 0) -> int:
-    """A length every depth of ``task`` fits in (searched upward), for early checks of requested lengths."""
-    for length in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096):
-        try:
-            for d in (0.0, 50.0, 100.0):
-                make_sample(task, length, d, rendering, seed=seed)
-            return length
-        except ValueError:
-            continue
-    raise ValueError(f"task {task} does not fit in 4096 tokens with this rendering")

@@ -35,17 +35,6 @@ BACKENDS = ("nnsight", "tl")
 CAPTURE_ALL = ("*",)
 
 
-def capture_names(num_layers: int, *, pattern: bool = False) -> list[str]:
-    """Every capture name a backend can produce for a model of ``num_layers`` layers."""
-    names = ["logits"]
-    for i in range(num_layers):
-        names += [f"blocks.{i}.attn.hook_rot_q", f"blocks.{i}.attn.hook_rot_k", f"blocks.{i}.hook_attn_out",
-                  f"blocks.{i}.hook_resid_post"]
-        if pattern:
-            names.append(f"blocks.{i}.attn.pattern_js")
-    return names
-
-
 def name_filter(patterns: Iterable[str] | Callable[[str], bool] | None) -> Callable[[str], bool]:
     """A predicate over capture names from glob patterns (``blocks.1.attn.hook_rot_*``) or a callable."""
     if patterns is None:
