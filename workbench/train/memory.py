@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from workbench.config import ModelConfig
+from workbench.models import count_parameters
 
 GB = 1024**3
 
@@ -38,8 +39,6 @@ def _block_params(m: ModelConfig) -> int:
 def step_memory(student: ModelConfig, seq_len: int, *, micro_batch: int = 1, world_size: int = 8,
                 teacher: ModelConfig | None = None, chunk: int = 4096, checkpointing: bool = True) -> StepMemory:
     """Estimated bytes per GPU for one micro-batch of ``seq_len`` tokens."""
-    from workbench.models import count_parameters
-
     tokens = micro_batch * seq_len
     p = count_parameters(student)
     states = 16 * p / world_size
