@@ -86,16 +86,20 @@ class Backend:
             capture: Iterable[str] | Callable[[str], bool] | None = None) -> list[dict[str, torch.Tensor]]:
         """Run the batch once per spec (all in one forward); per spec, ``logits`` plus every capture whose
         name the filter accepts (see the module docstring)."""
+        input_ids, position_ids, specs = self._prepare(input_ids, position_ids, specs)
+        with torch.no_grad():
+            return self._run(input_ids, position_ids, specs, name_filter(capture))
+
+    def _prepare(self, input_ids, position_ids, specs: Sequence[Spec]) -> tuple[torch.Tensor, torch.Tensor, list[Spec]]:
+        """Checked long ids and positions on the backend's device, and the validated specs."""
         input_ids = torch.as_tensor(input_ids, dtype=torch.long)
         position_ids = torch.as_tensor(position_ids, dtype=torch.long)
         _check_inputs(input_ids, position_ids, self.geometry, self.vocab_size)
-        input_ids, position_ids = input_ids.to(self.device), position_ids.to(self.device)
         specs = list(specs)
         if not specs:
             raise ValueError("no specs to run")
         validate_all(specs, self.geometry)
-        with torch.no_grad():
-            return self._run(input_ids, position_ids, specs, name_filter(capture))
+        return input_ids.to(self.device), position_ids.to(self.device), specs
 
     def lens(self, resid: torch.Tensor) -> torch.Tensor:
         """Logit lens: final norm + unembedding applied to a residual stream [..., D]."""
@@ -109,14 +113,7 @@ class Backend:
         (a view of the batched activation: no clone, no host copy). Names as in the module docstring;
         ``blocks.{i}.attn.hook_pattern`` [n, B, T, H, T_k] on the TransformerLens backend. Nothing is
         kept: what ``reduce`` keeps is all that survives the forward (streaming statistics)."""
-        input_ids = torch.as_tensor(input_ids, dtype=torch.long)
-        position_ids = torch.as_tensor(position_ids, dtype=torch.long)
-        _check_inputs(input_ids, position_ids, self.geometry, self.vocab_size)
-        input_ids, position_ids = input_ids.to(self.device), position_ids.to(self.device)
-        specs = list(specs)
-        if not specs:
-            raise ValueError("no specs to run")
-        validate_all(specs, self.geometry)
+        input_ids, position_ids, specs = self._prepare(input_ids, position_ids, specs)
         with torch.no_grad():
             self._stream(input_ids, position_ids, specs, reduce, name_filter(CAPTURE_ALL if want is None else want))
 
