@@ -12,7 +12,7 @@ For each spec (the first run is always the identity, named ``clean``) and each l
 
 and at the output: ``final_kl`` (KL(clean || perturbed)), ``final_js`` and ``top1_flip`` (fraction of
 tokens whose argmax changed). The result is an ``xr.Dataset`` with dims (checkpoint, spec, layer,
-position_bucket), ready for ``workbench.interp.store_io.write_traces``.
+position_bucket), ready for ``workbench.interp.write_traces``.
 """
 
 from __future__ import annotations
