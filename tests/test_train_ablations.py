@@ -8,16 +8,16 @@ import numpy as np
 import torch
 
 from workbench import config, models, rope
-from workbench.data import attention_mask
-from workbench.train import ablations, train
+from workbench.data import attention_mask, reset_positions
+from workbench.train import train
 
 STUDENT = {"vocab_size": 128, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
            "head_dim": 16, "intermediate_size": 128, "max_position_embeddings": 512, "rope_theta": 500.0}
 
 
-def test_document_positions_restart_per_document():
+def test_reset_positions_restart_per_document():
     doc_ids = torch.tensor([[0, 0, 0, 1, 1, 2, 2, 2, 2], [5, 5, 5, 5, 5, 5, 6, 6, 6]])
-    assert ablations.document_positions(doc_ids).tolist() == [[0, 1, 2, 0, 1, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 0, 1, 2]]
+    assert reset_positions(doc_ids).tolist() == [[0, 1, 2, 0, 1, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 0, 1, 2]]
 
 
 @torch.no_grad()
@@ -26,7 +26,7 @@ def test_reset_teacher_sees_each_document_as_if_alone():
     model = models.build_model(config.ModelConfig(**STUDENT), seed=0)
     doc_ids = torch.tensor([[0] * 40 + [1] * 25 + [2] * 35])
     ids = torch.randint(0, 128, doc_ids.shape, generator=torch.Generator().manual_seed(1))
-    packed = model(ids, position_ids=ablations.document_positions(doc_ids),
+    packed = model(ids, position_ids=reset_positions(doc_ids),
                    attention_mask=attention_mask(doc_ids, "document", torch.float32)).logits
     start = 0
     for n in (40, 25, 35):
@@ -51,7 +51,7 @@ def test_frozen_band_rows_do_not_move_during_the_phase(tmp_path):
     run = train(cfg, out=str(tmp_path / "run"), progress=False)
     ends = [p for p in models.list_checkpoints(run) if models.read_manifest(p)["phase_end"]]
     (a, _), (b, _) = models.load(ends[0]), models.load(ends[1])
-    frozen = ablations.pairs_in_wavelengths(10000.0, 16, [300.0, float("inf")])
+    frozen = rope.pairs_in_wavelengths(10000.0, 16, 300.0, float("inf"))
     assert 0 < len(frozen) < 8 and (rope.wavelengths(10000.0, 16)[frozen] >= 300).all()
     moving = np.setdiff1d(np.arange(8), frozen)
     for la, lb in zip(a.model.layers, b.model.layers):

@@ -126,6 +126,24 @@ def wavelengths(theta: float, head_dim: int, scaling: Mapping[str, Any] | None =
     return 2 * math.pi / inv_freq(theta, head_dim, scaling, **kw)
 
 
+def pairs_in_wavelengths(theta: float, head_dim: int, min_wavelength: float = 0.0, max_wavelength: float = math.inf,
+                         scaling: Mapping[str, Any] | None = None) -> np.ndarray:
+    """Indices j of the pairs whose wavelength at ``theta`` lies in [min_wavelength, max_wavelength] (inclusive)."""
+    lam = wavelengths(theta, head_dim, scaling)
+    return np.flatnonzero((lam >= min_wavelength) & (lam <= max_wavelength))
+
+
+def pair_dims(pairs: Sequence[int] | np.ndarray, head_dim: int) -> np.ndarray:
+    """The dims of a head that pairs ``pairs`` occupy: ``[*pairs, *(pairs + d/2)]`` (pair j = dims j, j + d/2).
+    Row h*d + these are the pairs' rows of head h in a q/k projection."""
+    _check(1.0, head_dim)
+    idx = np.asarray(pairs, dtype=np.int64).reshape(-1)
+    half = head_dim // 2
+    if idx.size and (idx.min() < 0 or idx.max() >= half):
+        raise ValueError(f"pair indices must be in [0, {half}), got {idx.tolist()}")
+    return np.concatenate([idx, idx + half])
+
+
 def critical_dimension(theta: float, head_dim: int, train_length: int) -> int:
     """Critical dimension d_extra = 2*ceil((d/2) * log_theta(L / (2*pi))) of arXiv 2310.05209.
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from workbench import rope
+
 
 def pair_rows(head: int, pair: int, head_dim: int) -> tuple[int, int]:
     """The two projection rows that form RoPE pair ``pair`` of head ``head`` (half-split layout)."""
@@ -17,7 +19,8 @@ def pair_rows(head: int, pair: int, head_dim: int) -> tuple[int, int]:
         raise ValueError(f"pair {pair} out of range for head_dim {head_dim} (0..{half - 1})")
     if head < 0:
         raise ValueError(f"head must be >= 0, got {head}")
-    return head * head_dim + pair, head * head_dim + pair + half
+    a, b = head * head_dim + rope.pair_dims([pair], head_dim)
+    return int(a), int(b)
 
 
 def split_pairs(weight: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:

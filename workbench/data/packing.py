@@ -42,14 +42,26 @@ def pack(docs: Sequence[Doc], positions: PositionMode = "continue") -> dict[str,
 
 def position_ids(doc_ids: np.ndarray, mode: PositionMode) -> np.ndarray:
     """Position ids for a window [seq] (numpy) from its document ids: ``continue`` or ``reset``."""
-    n = len(doc_ids)
     if mode == "continue":
-        return np.arange(n, dtype=np.int64)
+        return np.arange(len(doc_ids), dtype=np.int64)
     if mode != "reset":
         raise ValueError(f"packing positions must be 'continue' or 'reset', got {mode!r}")
-    start = np.r_[True, doc_ids[1:] != doc_ids[:-1]]
-    first = np.maximum.accumulate(np.where(start, np.arange(n), 0))
-    return (np.arange(n) - first).astype(np.int64)
+    return reset_positions(torch.as_tensor(np.asarray(doc_ids, dtype=np.int64))[None])[0].numpy()
+
+
+def document_starts(doc_ids: torch.Tensor) -> torch.Tensor:
+    """[batch, seq] index of each token's document start within its window (a new document wherever the id
+    changes)."""
+    idx = torch.arange(doc_ids.shape[1], device=doc_ids.device).expand_as(doc_ids)
+    start = torch.ones_like(doc_ids, dtype=torch.bool)
+    start[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    return torch.cummax(torch.where(start, idx, torch.zeros_like(idx)), dim=1).values
+
+
+def reset_positions(doc_ids: torch.Tensor) -> torch.Tensor:
+    """[batch, seq] positions that restart at 0 in every packed document (``reset`` packing; the position-
+    invariant teacher of the ablations)."""
+    return torch.arange(doc_ids.shape[1], device=doc_ids.device).expand_as(doc_ids) - document_starts(doc_ids)
 
 
 def attention_mask(doc_ids: torch.Tensor, mode: AttentionMode, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -2,9 +2,10 @@
 
 1. **Band interventions at evaluation time**: zero or rotate the RoPE pairs of a frequency band in every
    layer's queries and keys and measure the retrieval drop. Zeroing or rotating pair j by a fixed angle
-   commutes with RoPE (each pair turns in its own plane, and plane rotations commute), so it is applied to
-   the q_proj/k_proj outputs with plain forward hooks on the Hugging Face model; the test suite checks it
-   against the interpretability engine's post-RoPE edit through nnsight.
+   commutes with RoPE (each pair turns in its own plane, and plane rotations commute), so the engines' spec
+   edit (:func:`band_spec`, :func:`workbench.interp.perturb.apply_spec`) is applied to the q_proj/k_proj
+   outputs of the Hugging Face model that generates; the test suite checks it against the engine's post-RoPE
+   edit through nnsight.
 2. **Position-invariant KD targets**: the teacher sees every packed document with positions reset and
    attention masked to the document, so its targets carry no long-range positional signal
    (``teacher: {positions: reset}``).
@@ -22,49 +23,54 @@ import numpy as np
 import torch
 import xarray as xr
 
-from workbench import arms, models, rope, stats, store
+from workbench import arms, interp, models, rope, stats, store
 from workbench.evals import grid
+from workbench.interp.perturb import apply_spec, touches
+from workbench.interp.specs import Spec
 
 
-def band_pairs(theta: float, head_dim: int, min_wavelength: float, max_wavelength: float = math.inf) -> np.ndarray:
-    """Indices of the pairs whose wavelength at ``theta`` lies in [min, max]."""
-    lam = rope.wavelengths(theta, head_dim)
-    return np.flatnonzero((lam >= min_wavelength) & (lam <= max_wavelength))
-
-
-def _edit_pairs(out: torch.Tensor, n_heads: int, head_dim: int, pairs: torch.Tensor, op: str, angle: float) -> torch.Tensor:
-    x = out.reshape(*out.shape[:-1], n_heads, head_dim)
-    half = head_dim // 2
-    a, b = x[..., pairs], x[..., pairs + half]
-    if op == "zero":
-        a, b = torch.zeros_like(a), torch.zeros_like(b)
-    else:
-        cos, sin = math.cos(angle), math.sin(angle)
-        a, b = a * cos - b * sin, b * cos + a * sin
-    x = x.clone()
-    x[..., pairs], x[..., pairs + half] = a, b
-    return x.reshape(out.shape)
+def band_spec(pairs, op: Literal["zero", "rotate"] = "zero", angle: float = math.pi / 2,
+              target: Literal["q", "k", "both"] = "both") -> Spec:
+    """The interpretability spec of a band condition: zero or rotate ``pairs`` of every head in every layer
+    (the identity for no pairs)."""
+    if op not in ("zero", "rotate"):
+        raise ValueError(f"op must be 'zero' or 'rotate', got {op!r}")
+    idx = [int(j) for j in np.asarray(pairs, dtype=np.int64).reshape(-1)]
+    if not idx:
+        return interp.identity()
+    chosen = interp.PairSet(indices=idx)
+    edit = interp.zero(target, pairs=chosen) if op == "zero" else interp.rotate(angle, target, pairs=chosen)
+    return Spec(f"{op}-{target}", [edit])
 
 
 @contextmanager
 def band_intervention(model, pairs, op: Literal["zero", "rotate"] = "zero", angle: float = math.pi / 2,
                       target: Literal["q", "k", "both"] = "both") -> Iterator[None]:
-    """Zero or rotate RoPE pairs ``pairs`` (pair j = dims j, j + d/2) of every head in every layer."""
-    if op not in ("zero", "rotate"):
-        raise ValueError(f"op must be 'zero' or 'rotate', got {op!r}")
+    """Zero or rotate RoPE pairs ``pairs`` (pair j = dims j, j + d/2) of every head in every layer: the spec
+    :func:`band_spec`, applied by the engines' edit (:func:`workbench.interp.perturb.apply_spec`) to the
+    q_proj/k_proj outputs of the Hugging Face model (generation runs on it; both ops commute with RoPE)."""
+    spec = band_spec(pairs, op, angle, target)
+    if spec.is_identity:
+        yield
+        return
     cfg = model.config
-    d = cfg.head_dim
-    idx = torch.as_tensor(np.asarray(pairs, dtype=np.int64))
-    if idx.numel() and (idx.min() < 0 or idx.max() >= d // 2):
-        raise ValueError(f"pair indices must be in [0, {d // 2}), got {idx.tolist()}")
+    rope.pair_dims(spec.ops[0].pairs.indices, cfg.head_dim)  # pair indices in range, before any hook
+    geom = interp.Geometry.of(model)
+    spec.validate(geom)
+
+    def edit(out: torch.Tensor, which: str, layer: int, n_heads: int) -> torch.Tensor:
+        x = out.unflatten(-1, (n_heads, geom.head_dim)).transpose(-3, -2)  # [B, H, T, d]
+        positions = torch.zeros(x.shape[0], x.shape[2], dtype=torch.long, device=x.device)  # unused: no position scope
+        return apply_spec(spec, x, which, layer, positions, geom).transpose(-3, -2).reshape(out.shape)
+
     handles = []
-    for layer in model.model.layers:
+    for i, layer in enumerate(model.model.layers):
         attn = layer.self_attn
         for proj, n_heads, which in ((attn.q_proj, cfg.num_attention_heads, "q"),
                                      (attn.k_proj, cfg.num_key_value_heads, "k")):
-            if target in (which, "both"):
+            if touches(spec, which, i):
                 handles.append(proj.register_forward_hook(
-                    lambda mod, inp, out, n=n_heads: _edit_pairs(out, n, d, idx, op, angle)))
+                    lambda mod, inp, out, w=which, i=i, n=n_heads: edit(out, w, i, n)))
     try:
         yield
     finally:
@@ -76,8 +82,8 @@ def band_conditions(theta: float, head_dim: int, doc_length: int) -> dict[str, t
     """The evaluation-time conditions, name -> (op, target, pairs): clean; zero the short band (lambda <= doc
     length) or the long band (lambda > doc length, which short documents never see turn fully) in q and k;
     rotate the long band of q only by pi/2 (rotating q and k alike would leave every q.k unchanged)."""
-    short = band_pairs(theta, head_dim, 0, doc_length)
-    long = band_pairs(theta, head_dim, doc_length + 1e-9)
+    short = rope.pairs_in_wavelengths(theta, head_dim, 0, doc_length)
+    long = rope.pairs_in_wavelengths(theta, head_dim, doc_length + 1e-9)
     return {"clean": ("zero", "both", np.array([], dtype=np.int64)),
             f"zero lambda<={doc_length}": ("zero", "both", short),
             f"zero lambda>{doc_length}": ("zero", "both", long),

@@ -52,6 +52,7 @@ import xarray as xr
 
 from workbench import checkpoints, store, tokenizers
 from workbench.config import ConfigError, DataConfig
+from workbench.data.packing import document_starts
 
 SYNTHETIC_KINDS = ("marker", "key", "value", "digit", "filler", "special")
 OTHER_KINDS = ("token",)
@@ -182,15 +183,6 @@ def _bucket_label(lo: int, hi: int) -> str:
 # ------------------------------------------------------------------------------------------ compute
 
 
-def _doc_starts(doc_ids: torch.Tensor) -> torch.Tensor:
-    """Index of each token's document start within its window: [B, T]."""
-    n = doc_ids.shape[1]
-    start = torch.ones_like(doc_ids, dtype=torch.bool)
-    start[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
-    idx = torch.arange(n, device=doc_ids.device).expand_as(doc_ids)
-    return torch.cummax(torch.where(start, idx, torch.zeros_like(idx)), dim=1).values
-
-
 @torch.no_grad()
 def batch_kl(model, batch: Mapping[str, torch.Tensor], *, chunk_size: int = 1024) -> torch.Tensor:
     """Per-token KL(p_full || p_doc) for one batch -> float32 [B, T-1] on the CPU (position t predicts t+1).
@@ -237,7 +229,7 @@ def token_table(batches: Sequence[Mapping[str, torch.Tensor]], *, synthetic: boo
     for b in batches:
         docs = b["doc_ids"].cpu()
         rows, n = docs.shape
-        starts = _doc_starts(docs)
+        starts = document_starts(docs)
         idx = torch.arange(n).expand(rows, n)
         cols["window"].append(np.repeat(np.arange(w0, w0 + rows), n - 1))
         cols["position"].append(np.tile(np.arange(n - 1), rows))

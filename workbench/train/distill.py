@@ -15,7 +15,6 @@ import torch
 
 from workbench import architectures, data, models
 from workbench.config import ConfigError, RunConfig
-from workbench.train.ablations import document_positions
 from workbench.train.losses import CachedTeacher, LossSpec, OnlineTeacher, chunked_loss
 
 
@@ -39,7 +38,7 @@ class DistillModule(torch.nn.Module):
         if spec.kd_weight and cached is None:
             with torch.no_grad():
                 if self.teacher_positions == "reset":
-                    kw = dict(kw, position_ids=document_positions(batch["doc_ids"]),
+                    kw = dict(kw, position_ids=data.reset_positions(batch["doc_ids"]),
                               attention_mask=data.attention_mask(batch["doc_ids"], "document", hidden.dtype))
                 t_hidden = self.teacher.model(input_ids=batch["input_ids"], **kw).last_hidden_state[:, :-1]
             teacher = OnlineTeacher(t_hidden, self.teacher.lm_head.weight, architectures.final_softcap(self.teacher.config))
