@@ -268,7 +268,7 @@ def test_streamed_trace_statistics_match_captured_activations(nn, ckpt):
 
 
 def test_lens_kl_is_exact_where_logits_agree_and_close_to_float64():
-    from workbench.interp.traces import lens_kl
+    from workbench.divergence import lens_kl
 
     g = torch.Generator().manual_seed(0)
     z0 = 3 * torch.randn(5, 64, generator=g)

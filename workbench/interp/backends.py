@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from workbench import architectures, checkpoints, models
+from workbench.divergence import js_probs
 from workbench.interp.perturb import apply_spec, touches
 from workbench.interp.specs import Geometry, Spec, validate_all
 
@@ -60,13 +61,6 @@ def _check_inputs(input_ids: torch.Tensor, position_ids: torch.Tensor, geom: Geo
         raise ValueError(f"input_ids: token id {int(input_ids.max())} outside the model's vocabulary of {vocab}")
     if position_ids.numel() and int(position_ids.min()) < 0:
         raise ValueError("position_ids: negative positions")
-
-
-def attention_js(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Jensen-Shannon divergence (nats) between attention rows [..., T_k] -> [...]."""
-    m = 0.5 * (p + q)
-    kl = lambda a: torch.special.xlogy(a, a).sum(-1) - torch.special.xlogy(a, m).sum(-1)  # noqa: E731
-    return 0.5 * (kl(p) + kl(q))
 
 
 class Backend:
@@ -205,7 +199,7 @@ class TransformerLensBackend(Backend):
             def hook(x, hook):  # [n*B, H, T, T]
                 clean = x[:b]
                 for c in range(n):
-                    out[c][name] = attention_js(clean, x[c * b:(c + 1) * b]).mean(1)
+                    out[c][name] = js_probs(clean, x[c * b:(c + 1) * b]).mean(1)
                 return x
 
             return hook

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from workbench import checkpoints, store, tokenizers
+from workbench import checkpoints, divergence, store, tokenizers
 from workbench.config import ConfigError, DataConfig
 from workbench.data.packing import document_starts
 
@@ -215,7 +215,7 @@ def batch_kl(model, batch: Mapping[str, torch.Tensor], *, chunk_size: int = 1024
 
     for s in range(0, h_full.shape[0], chunk_size):
         lp_full, lp_doc = logp(h_full[s:s + chunk_size]), logp(h_doc[s:s + chunk_size])
-        kl[s:s + chunk_size] = (lp_full.exp() * (lp_full - lp_doc)).sum(-1).clamp_min(0).cpu()
+        kl[s:s + chunk_size] = divergence.kl(lp_full, lp_doc).clamp_min(0).cpu()
         del lp_full, lp_doc
     return kl.reshape(ids.shape[0], ids.shape[1] - 1)
 

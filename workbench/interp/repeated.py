@@ -33,9 +33,10 @@ import torch
 import xarray as xr
 
 from workbench import store
+from workbench.divergence import kl, kl_logits
 from workbench.interp.backends import Backend, load_backend
 from workbench.interp.specs import Spec, identity, validate_all
-from workbench.interp.traces import finish, kl_div
+from workbench.interp.traces import finish
 
 VARS = ("kl_to_first", "kd_signal", "kl_vs_clean", "top1_agree_first", "entropy")
 
@@ -111,9 +112,9 @@ def repeated_tokens(ckpt_path: str | Path, specs: Sequence[Spec] = (), *, backen
         logp = torch.log_softmax(lg.double(), -1)
         mean_logp = torch.logsumexp(logp, 1, keepdim=True) - np.log(n_copies)
         first = lg[:, :1]
-        vals["kl_to_first"][s] = kl_div(first.expand_as(lg), lg).mean((0, 2)).cpu().numpy()
-        vals["kd_signal"][s] = (logp.exp() * (logp - mean_logp)).sum(-1).clamp_min(0).mean((0, 2)).cpu().numpy()
-        vals["kl_vs_clean"][s] = kl_div(clean, lg).mean((0, 2)).cpu().numpy()
+        vals["kl_to_first"][s] = kl_logits(first.expand_as(lg), lg).mean((0, 2)).cpu().numpy()
+        vals["kd_signal"][s] = kl(logp, mean_logp).clamp_min(0).mean((0, 2)).cpu().numpy()
+        vals["kl_vs_clean"][s] = kl_logits(clean, lg).mean((0, 2)).cpu().numpy()
         vals["top1_agree_first"][s] = (lg.argmax(-1) == first.argmax(-1)).double().mean((0, 2)).cpu().numpy()
         vals["entropy"][s] = (-(logp.exp() * logp).sum(-1)).mean((0, 2)).cpu().numpy()
     ds = xr.Dataset(

@@ -25,7 +25,8 @@ import torch
 import xarray as xr
 
 from workbench import checkpoints, models, store
-from workbench.interp.backends import Backend, attention_js, load_backend
+from workbench.divergence import js_probs, lens_kl
+from workbench.interp.backends import Backend, load_backend
 from workbench.interp.specs import Spec, identity
 
 LAYER_VARS = ("resid_rel_l2", "resid_cos", "attn_out_rel_l2", "q_rel_l2", "k_rel_l2", "lens_kl", "pattern_js")
@@ -33,21 +34,6 @@ FINAL_VARS = ("final_kl", "final_js", "top1_flip")
 
 
 # ------------------------------------------------------------------------------------- pure math
-
-def kl_div(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) in nats per token from logits [..., V] (float64 internally)."""
-    lp = torch.log_softmax(p_logits.double(), -1)
-    lq = torch.log_softmax(q_logits.double(), -1)
-    return (lp.exp() * (lp - lq)).sum(-1).clamp_min(0)
-
-
-def js_div(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
-    """Jensen-Shannon divergence in nats per token from logits [..., V]."""
-    lp = torch.log_softmax(p_logits.double(), -1)
-    lq = torch.log_softmax(q_logits.double(), -1)
-    lm = torch.logsumexp(torch.stack([lp, lq]), 0) - np.log(2.0)
-    return (0.5 * (lp.exp() * (lp - lm)).sum(-1) + 0.5 * (lq.exp() * (lq - lm)).sum(-1)).clamp_min(0)
-
 
 def rel_l2(new: torch.Tensor, old: torch.Tensor, token_dims: int = 1) -> torch.Tensor:
     """||new - old|| / ||old|| per token: [B, T, D] -> [B, T]; for [B, H, T, d] (token_dims=2) norms over heads and d."""
@@ -186,7 +172,7 @@ class TraceStats:
             v = 3 if kind == "hook_rot_q" else 4
             self._add(sums[v, :, layer], _rel_l2_tokens(x))
         elif kind == "hook_pattern":  # [n, B, T, H, T_k]
-            self._add(sums[6, :, layer], attention_js(x[:1], x[1:]).mean(-1))
+            self._add(sums[6, :, layer], js_probs(x[:1], x[1:]).mean(-1))
 
     def dataset(self) -> xr.Dataset:
         counts = self.counts.cpu().numpy()
@@ -220,24 +206,6 @@ def _rel_l2_tokens(x: torch.Tensor) -> torch.Tensor:
     dims = tuple(range(3, xf.ndim))
     num = torch.linalg.vector_norm(xf[1:] - xf[:1], dim=dims)
     return num / torch.linalg.vector_norm(xf[0], dim=tuple(d - 1 for d in dims)).clamp_min(1e-30)
-
-
-def lens_kl(z: torch.Tensor) -> torch.Tensor:
-    """KL(softmax z[0] || softmax z[s]) per token for logits z [n, ..., V] -> [n - 1, ...], in float32 without
-    cancellation: with delta = z[s] - z[0] and x = delta - E_p[delta], KL = log E_p[exp x]
-    = log1p(E_p[expm1 x]) (exactly 0 where the logits agree); rows with large x use the shifted form."""
-    z = z.float()
-    lp0 = torch.log_softmax(z[0], -1)
-    p0 = lp0.exp()
-    delta = z[1:] - z[:1]
-    x = delta - torch.einsum("...v,s...v->s...", p0, delta)[..., None]
-    top = x.amax(-1)
-    kl = torch.log1p(torch.einsum("...v,s...v->s...", p0, torch.expm1(x)))
-    big = top > 30
-    if bool(big.any()):
-        shifted = top + torch.log((p0 * torch.exp(x - top[..., None])).sum(-1))
-        kl = torch.where(big, shifted, kl)
-    return kl.clamp_min(0)
 
 
 def trace_batch(backend: Backend, specs: Sequence[Spec], input_ids: torch.Tensor, position_ids: torch.Tensor,

@@ -29,13 +29,13 @@ buckets (the k teacher tokens and "everything else").
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+from workbench import divergence as D
 from workbench.architectures import softcap_logits
 
 KDKind = Literal["forward_kl", "reverse_kl", "jsd"]
@@ -104,18 +104,14 @@ class LossResult:
 
 
 def divergence(t_logp: torch.Tensor, s_logp: torch.Tensor, kind: KDKind, beta: float = 0.5) -> torch.Tensor:
-    """Per-row divergence between teacher and student log-distributions [..., K] -> [...]."""
+    """Per-row divergence between teacher and student log-distributions [..., K] -> [...] (the formulas of
+    :mod:`workbench.divergence`, differentiated through by the chunked loss)."""
     if kind == "forward_kl":
-        return (t_logp.exp() * (t_logp - s_logp)).sum(-1)
+        return D.kl(t_logp, s_logp)
     if kind == "reverse_kl":
-        return (s_logp.exp() * (s_logp - t_logp)).sum(-1)
+        return D.kl(s_logp, t_logp)
     if kind == "jsd":
-        if not 0.0 < beta < 1.0:
-            raise ValueError(f"jsd_beta must be in (0, 1), got {beta}")
-        m = torch.logsumexp(torch.stack([t_logp + math.log(beta), s_logp + math.log1p(-beta)]), dim=0)
-        kl_t = (t_logp.exp() * (t_logp - m)).sum(-1)
-        kl_s = (s_logp.exp() * (s_logp - m)).sum(-1)
-        return beta * kl_t + (1.0 - beta) * kl_s
+        return D.js(t_logp, s_logp, beta)
     raise ValueError(f"unknown KD kind {kind!r} (forward_kl | reverse_kl | jsd)")
 
 
