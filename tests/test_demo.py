@@ -85,6 +85,20 @@ def test_band_intervention_equals_the_engines_post_rope_edit(gqa_checkpoint, op)
     assert torch.equal(again, clean), "hooks must be removed on exit"
 
 
+def test_band_conditions_are_interp_specs():
+    """The band intervention is the engines' spec (one pair edit): zero/rotate of PairSet(indices), identity
+    for no pairs."""
+    from workbench import interp
+    from workbench.interp.specs import PairSet
+
+    got = ablations.band_spec([5, 6, 7], "rotate", math.pi / 3, "q")
+    want = interp.Spec("x", [interp.rotate(math.pi / 3, "q", pairs=PairSet(indices=[5, 6, 7]))])
+    assert got.ops_json() == want.ops_json()
+    assert ablations.band_spec(np.array([1, 2]), "zero").ops_json() == interp.Spec(
+        "x", [interp.zero("both", pairs=PairSet(indices=[1, 2]))]).ops_json()
+    assert ablations.band_spec([], "zero").is_identity
+
+
 def test_band_conditions_split_pairs_by_document_length():
     conds = ablations.band_conditions(10000.0, 32, 256)
     short, long = conds["zero lambda<=256"][2], conds["zero lambda>256"][2]

@@ -236,3 +236,24 @@ def test_index_trend_says_whether_slower_pairs_moved_more():
     assert trend[0].tolist() == [1.0, -1.0]
     flat = xr.zeros_like(rising)
     assert np.isnan(analysis.bands.index_trend(flat)).all()
+
+
+def test_one_spearman_for_bands_and_the_demo_with_ties_as_scipy():
+    """stats.index_spearman is Spearman's rho with average ranks (a frozen band's exact-zero updates tie), and
+    both the bands' index trend and the demo's pair trend are it."""
+    from scipy.stats import spearmanr
+
+    from workbench import stats
+    from workbench.demo import findings
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3, size=(3, 2, 4, 8)).astype(float)
+    x[..., 5:] = 0.0  # a frozen band: ties
+    upd = xr.DataArray(x, dims=("comparison", "layer", "head", "pair"))
+    per_layer = x.mean(2)
+    want = np.array([[spearmanr(np.arange(8), r).statistic for r in c] for c in per_layer])
+    np.testing.assert_allclose(stats.index_spearman(per_layer), want, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(analysis.bands.index_trend(upd), want, rtol=0, atol=1e-12)
+    trend = findings.pair_trend(xr.Dataset({"q_rel_update": upd}, coords={"comparison": ["a", "b", "c"]}))
+    np.testing.assert_allclose(trend.values, [spearmanr(np.arange(8), r).statistic for r in x.mean((1, 2))],
+                               rtol=0, atol=1e-12)

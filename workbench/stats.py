@@ -1,4 +1,5 @@
-"""Intervals for results over seeds and prompts: the hierarchical (two-level) bootstrap.
+"""Statistics over results: intervals over seeds and prompts (the hierarchical, two-level bootstrap) and the
+rank correlation of a per-pair quantity with the pair index.
 
 A training arm is run with several seeds and each seed is scored on the same prompts. The variation that
 matters has two levels (which seed, which prompts), so a resample first draws seeds with replacement, then
@@ -61,3 +62,33 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, **kw) -> Interval:
         raise ValueError(f"paired values need the same prompts: shapes {a.shape} and {b.shape}")
     n = min(len(a), len(b))
     return hierarchical_bootstrap(a[:n] - b[:n], **kw)
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n along the last axis, ties sharing their average rank (as ``scipy.stats.rankdata``)."""
+    x = np.asarray(values, dtype=np.float64)
+    order = np.argsort(x, axis=-1, kind="stable")
+    ranks = np.empty_like(x)
+    for row, (xs, o) in enumerate(zip(x.reshape(-1, x.shape[-1]), order.reshape(-1, x.shape[-1]))):
+        s = xs[o]
+        new = np.r_[True, s[1:] != s[:-1]]
+        starts = np.flatnonzero(new)
+        ends = np.r_[starts[1:], s.size]
+        r = np.empty(s.size)
+        r[o] = ((starts + ends + 1) / 2)[np.cumsum(new) - 1]
+        ranks.reshape(-1, x.shape[-1])[row] = r
+    return ranks
+
+
+def index_spearman(values: np.ndarray) -> np.ndarray:
+    """Spearman rank correlation between the index 0..n-1 and ``values`` along the last axis -> [...]: > 0 when
+    later entries (higher pair index) are larger. Ties get average ranks; NaN where a row is constant or
+    holds a NaN."""
+    x = np.asarray(values, dtype=np.float64)
+    out = np.full(x.shape[:-1], np.nan)
+    idx = np.arange(x.shape[-1], dtype=np.float64)
+    ranks = average_ranks(x)
+    for i in np.ndindex(*x.shape[:-1]):
+        if np.ptp(x[i]) > 0:  # constant (e.g. no update at all) or NaN: undefined
+            out[i] = np.corrcoef(idx, ranks[i])[0, 1]
+    return out

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import xarray as xr
 
-from workbench import rope, store
+from workbench import rope, stats, store
 
 
 def parse_lengths(text: str | Sequence[int]) -> list[int]:
@@ -37,17 +37,8 @@ def parse_lengths(text: str | Sequence[int]) -> list[int]:
 
 def index_trend(rel_update: xr.DataArray) -> np.ndarray:
     """Spearman correlation, per (comparison, layer), between pair index and the head-mean update [C, L]."""
-    from scipy.stats import spearmanr
-
     head = [d for d in ("head", "kv_head") if d in rel_update.dims]
-    mean = rel_update.mean(head).transpose("comparison", "layer", "pair").values
-    out = np.full(mean.shape[:2], np.nan)
-    idx = np.arange(mean.shape[-1])
-    for c in range(mean.shape[0]):
-        for layer in range(mean.shape[1]):
-            if np.ptp(mean[c, layer]) > 0:  # constant (e.g. no update at all): undefined, NaN
-                out[c, layer] = spearmanr(idx, mean[c, layer]).statistic
-    return out
+    return stats.index_spearman(rel_update.mean(head).transpose("comparison", "layer", "pair").values)
 
 
 def band_summary(updates: xr.Dataset, phase_lengths: Sequence[int]) -> xr.Dataset:

@@ -11,6 +11,8 @@ import re
 import numpy as np
 import xarray as xr
 
+from workbench import stats
+
 RUN_NAME = re.compile(r"^(?P<arm>[a-z]+-[a-z-]+(?:\+[a-z0-9-]+)?)-s(?P<seed>\d+)$")
 
 
@@ -66,11 +68,9 @@ def pair_trend(updates: xr.Dataset, var: str = "q_rel_update") -> xr.DataArray:
     """Spearman rank correlation between pair index and the per-pair update (mean over layers and heads),
     per comparison: > 0 means higher-index (longer-wavelength) pairs moved more (F3)."""
     head = "head" if var.startswith("q") else "kv_head"
-    per_pair = updates[var].mean(["layer", head])
-    ranks = np.argsort(np.argsort(per_pair.values, axis=-1), axis=-1).astype(float)
-    idx = np.arange(per_pair.sizes["pair"], dtype=float)
-    rho = [np.corrcoef(idx, r)[0, 1] if np.ptp(r) > 0 else np.nan for r in ranks]
-    return xr.DataArray(rho, dims="comparison", coords={"comparison": per_pair["comparison"].values})
+    per_pair = updates[var].mean(["layer", head]).transpose("comparison", "pair")
+    return xr.DataArray(stats.index_spearman(per_pair.values), dims="comparison",
+                        coords={"comparison": per_pair["comparison"].values})
 
 
 def repeated_summary(rep: xr.Dataset, spec: str = "clean") -> xr.DataArray:
