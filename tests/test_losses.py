@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from workbench.train.losses import CachedTeacher, LossSpec, OnlineTeacher, bucket_edges, chunked_loss, loss_by_bucket
+from workbench.train.losses import CachedTeacher, LossSpec, OnlineTeacher, chunked_loss, doubling_edges, loss_by_bucket
 
 N, H, HT, V = 37, 16, 24, 50  # 37 tokens with chunk 8: an uneven last chunk
 
@@ -130,7 +130,7 @@ def test_cached_teacher_topk_matches_bucketed_reference():
 
 
 def test_buckets_cover_positions_and_sum_to_total():
-    edges = bucket_edges(300)
+    edges = doubling_edges(300)
     assert edges == [0, 64, 128, 256, 300]
     per_tok = torch.arange(300, dtype=torch.float32)
     valid = torch.ones(300, dtype=torch.bool)

@@ -47,7 +47,7 @@ def cosine(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(new.double(), old.double(), dim=-1)
 
 
-def bucket_edges(positions: torch.Tensor, buckets: int | Sequence[int]) -> np.ndarray:
+def trace_bucket_edges(positions: torch.Tensor, buckets: int | Sequence[int]) -> np.ndarray:
     """Bucket edges over position ids: ``buckets`` equal-width buckets spanning them, or explicit edges."""
     if isinstance(buckets, int):
         if buckets < 1:
@@ -212,7 +212,7 @@ def trace_batch(backend: Backend, specs: Sequence[Spec], input_ids: torch.Tensor
                 *, buckets: int | Sequence[int] = 8) -> xr.Dataset:
     """Clean + every spec in one batched run -> Dataset (spec, layer, position_bucket) without checkpoint dim."""
     runs = [identity("clean"), *[s for s in specs if not s.is_identity]]
-    stats = TraceStats(backend, runs, bucket_edges(position_ids, buckets))
+    stats = TraceStats(backend, runs, trace_bucket_edges(position_ids, buckets))
     _stream_chunk(backend, runs, stats, input_ids, position_ids)
     return stats.dataset()
 
@@ -246,7 +246,7 @@ def run_trace(ckpt_path: str | Path, specs: Sequence[Spec], inputs=None, *, back
     if hasattr(be, "check_length"):
         be.check_length(len(runs) * min(step, ids.shape[0]), ids.shape[1])
     chunks = list(range(0, ids.shape[0], step))
-    stats = TraceStats(be, runs, bucket_edges(pos, buckets))
+    stats = TraceStats(be, runs, trace_bucket_edges(pos, buckets))
     iterator: Iterable[int] = chunks
     if progress:
         from tqdm import tqdm

@@ -253,7 +253,7 @@ def dense_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
 # ------------------------------------------------------------------------------------------ buckets
 
 
-def bucket_edges(seq_len: int, first: int = 64) -> list[int]:
+def doubling_edges(seq_len: int, first: int = 64) -> list[int]:
     """Power-of-two position bucket edges [0, first, 2*first, ...] covering ``seq_len``."""
     edges = [0]
     e = first

@@ -30,7 +30,7 @@ from workbench.train import distributed, state
 from workbench.train.ablations import FrozenPairs
 from workbench.train.distill import DistillModule, autocast_for, load_teacher, resolve_precision
 from workbench.train.evaluation import EvalFn, Evaluator
-from workbench.train.losses import LossSpec, bucket_edges, loss_by_bucket
+from workbench.train.losses import LossSpec, doubling_edges, loss_by_bucket
 from workbench.train.metrics import MetricsLog, StepStats
 from workbench.train.phases import check_inputs, needs_teacher, phase_data, phase_ends, phase_seed
 from workbench.train.schedule import lr_at
@@ -181,7 +181,7 @@ def phases(run: Run) -> Iterator[Phase]:
         spec = dc_replace(LossSpec.for_objective(cfg.loss, ph.objective),  # padded vocabularies: workbench.train.vocab
                           kd_vocab_size=kd_vocab_size(cfg, run.teacher.config.vocab_size if run.teacher is not None else None))
         yield Phase(i, ph, end - ph.steps, end, dcfg, stream, spec, FrozenPairs.for_phase(run.student, ph),
-                    bucket_edges(ph.seq_len))
+                    doubling_edges(ph.seq_len))
 
 
 # ------------------------------------------------------------------------------------------- step
