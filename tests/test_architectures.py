@@ -600,3 +600,28 @@ def test_teacher_without_tokenizer_is_accepted_with_one_warning(tmp_path, plain_
     with pytest.warns(UserWarning, match="has no tokenizer; assuming it uses the run's") as caught:
         train(config.from_dict(config.RunConfig, _run_cfg(tdir)), out=str(tmp_path / "run"), progress=False)
     assert sum("has no tokenizer" in str(w.message) for w in caught) == 1
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_band_intervention_is_the_engines_edit_in_every_layout(arch, plain_dirs):
+    """The eval-time band intervention (pre-RoPE, at architectures.pre_rope_hooks: after Qwen3's q/k norms,
+    inside Phi-3's fused qkv_proj) equals the nnsight engine's post-RoPE edit of the same spec."""
+    import math
+
+    from workbench.demo import ablations
+    from workbench.interp import backends as B
+
+    model, _ = models.load(plain_dirs[arch], allow_plain_hf=True)
+    ids, pos = ids_pos(batch=1, length=24)
+    half = A.head_dim(model.config) // 2
+    pairs = [1, half - 2]
+    engine = B.load_backend(plain_dirs[arch], "nnsight")
+    with torch.no_grad():
+        clean = model(ids, position_ids=pos).logits
+        for op, target in (("zero", "both"), ("rotate", "q")):
+            with ablations.band_intervention(model, pairs, op, angle=math.pi / 3, target=target):
+                hooked = model(ids, position_ids=pos).logits
+            want = engine.run(ids, pos, [ablations.band_spec(pairs, op, math.pi / 3, target)])[0]["logits"]
+            assert (hooked - clean).abs().max() > 1e-4, (arch, op)
+            torch.testing.assert_close(hooked, want.to(hooked.dtype), atol=1e-4, rtol=0)
+        assert torch.equal(model(ids, position_ids=pos).logits, clean), "hooks must be removed on exit"

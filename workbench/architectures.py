@@ -238,22 +238,35 @@ def tensor_sources(config: Any, layer: int) -> dict[str, tuple[str, slice | None
     return out
 
 
-def pre_rope_hooks(attn, config: Any, keep: Callable[[str, torch.Tensor], None]) -> list:
-    """Register forward hooks that hand ``keep(which, x)`` the pre-RoPE q and k of one attention module as
-    [B, T, heads*d] (after Qwen3's q_norm/k_norm; split out of a fused qkv_proj). Returns the handles."""
+def pre_rope_hooks(attn, config: Any, fn: Callable[[str, torch.Tensor], torch.Tensor | None]) -> list:
+    """Register forward hooks that hand ``fn(which, x)`` the pre-RoPE q and k of one attention module as
+    [B, T, heads*d] (after Qwen3's q_norm/k_norm; split out of a fused qkv_proj). ``fn`` returns None to only
+    look (measurements) or a tensor of the same shape that the module then outputs instead (the eval-time band
+    intervention). Returns the handles."""
     arch = of(config)
     if arch.qk_norm:
-        mods = {"q": attn.q_norm, "k": attn.k_norm}
-        return [m.register_forward_hook(lambda _m, _i, out, w=w: keep(w, out.flatten(-2))) for w, m in mods.items()]
+        def normed(which: str):
+            def hook(_m, _i, out):
+                new = fn(which, out.flatten(-2))
+                return None if new is None else new.reshape(out.shape)
+            return hook
+
+        return [m.register_forward_hook(normed(w)) for w, m in (("q", attn.q_norm), ("k", attn.k_norm))]
     if arch.fused_qkv:
         rows = fused_slices(config)
 
         def hook(_m, _i, out):
-            keep("q", out[..., rows["q"]])
-            keep("k", out[..., rows["k"]])
+            new = {w: fn(w, out[..., rows[w]]) for w in ("q", "k")}
+            if all(v is None for v in new.values()):
+                return None
+            out = out.clone()
+            for w, v in new.items():
+                if v is not None:
+                    out[..., rows[w]] = v
+            return out
 
         return [attn.qkv_proj.register_forward_hook(hook)]
-    return [getattr(attn, f"{w}_proj").register_forward_hook(lambda _m, _i, out, w=w: keep(w, out)) for w in ("q", "k")]
+    return [getattr(attn, f"{w}_proj").register_forward_hook(lambda _m, _i, out, w=w: fn(w, out)) for w in ("q", "k")]
 
 
 # --------------------------------------------------------------------------------------- backends

@@ -3,9 +3,9 @@
 1. **Band interventions at evaluation time**: zero or rotate the RoPE pairs of a frequency band in every
    layer's queries and keys and measure the retrieval drop. Zeroing or rotating pair j by a fixed angle
    commutes with RoPE (each pair turns in its own plane, and plane rotations commute), so the engines' spec
-   edit (:func:`band_spec`, :func:`workbench.interp.perturb.apply_spec`) is applied to the q_proj/k_proj
-   outputs of the Hugging Face model that generates; the test suite checks it against the engine's post-RoPE
-   edit through nnsight.
+   edit (:func:`band_spec`, :func:`workbench.interp.perturb.apply_spec`) is applied to the pre-RoPE q/k
+   (:func:`workbench.architectures.pre_rope_hooks`) of the Hugging Face model that generates; the test suite
+   checks it against the engine's post-RoPE edit through nnsight.
 2. **Position-invariant KD targets**: the teacher sees every packed document with positions reset and
    attention masked to the document, so its targets carry no long-range positional signal
    (``teacher: {positions: reset}``).
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from workbench import arms, interp, models, rope, stats, store
+from workbench import architectures, arms, interp, models, rope, stats, store
 from workbench.evals import grid
 from workbench.interp.perturb import apply_spec, touches
 from workbench.interp.specs import Spec
@@ -46,32 +46,30 @@ def band_spec(pairs, op: Literal["zero", "rotate"] = "zero", angle: float = math
 @contextmanager
 def band_intervention(model, pairs, op: Literal["zero", "rotate"] = "zero", angle: float = math.pi / 2,
                       target: Literal["q", "k", "both"] = "both") -> Iterator[None]:
-    """Zero or rotate RoPE pairs ``pairs`` (pair j = dims j, j + d/2) of every head in every layer: the spec
-    :func:`band_spec`, applied by the engines' edit (:func:`workbench.interp.perturb.apply_spec`) to the
-    q_proj/k_proj outputs of the Hugging Face model (generation runs on it; both ops commute with RoPE)."""
+    """Zero or rotate RoPE pairs ``pairs`` (pair j = dims j, j + d/2) of every head in every layer of a Hugging
+    Face model (generation runs on it): the spec :func:`band_spec`, applied by the engines' edit
+    (:func:`workbench.interp.perturb.apply_spec`) to the pre-RoPE q/k at
+    :func:`workbench.architectures.pre_rope_hooks` (both ops commute with RoPE)."""
     spec = band_spec(pairs, op, angle, target)
     if spec.is_identity:
         yield
         return
-    cfg = model.config
-    rope.pair_dims(spec.ops[0].pairs.indices, cfg.head_dim)  # pair indices in range, before any hook
     geom = interp.Geometry.of(model)
+    rope.pair_dims(spec.ops[0].pairs.indices, geom.head_dim)  # pair indices in range, before any hook
     spec.validate(geom)
 
-    def edit(out: torch.Tensor, which: str, layer: int, n_heads: int) -> torch.Tensor:
-        x = out.unflatten(-1, (n_heads, geom.head_dim)).transpose(-3, -2)  # [B, H, T, d]
+    def edit(which: str, out: torch.Tensor, layer: int) -> torch.Tensor | None:
+        if not touches(spec, which, layer):
+            return None
+        x = out.unflatten(-1, (-1, geom.head_dim)).transpose(-3, -2)  # [B, H, T, d]
         positions = torch.zeros(x.shape[0], x.shape[2], dtype=torch.long, device=x.device)  # unused: no position scope
         return apply_spec(spec, x, which, layer, positions, geom).transpose(-3, -2).reshape(out.shape)
 
     handles = []
-    for i, layer in enumerate(model.model.layers):
-        attn = layer.self_attn
-        for proj, n_heads, which in ((attn.q_proj, cfg.num_attention_heads, "q"),
-                                     (attn.k_proj, cfg.num_key_value_heads, "k")):
-            if touches(spec, which, i):
-                handles.append(proj.register_forward_hook(
-                    lambda mod, inp, out, w=which, i=i, n=n_heads: edit(out, w, i, n)))
     try:
+        for i, layer in enumerate(model.model.layers):
+            handles += architectures.pre_rope_hooks(layer.self_attn, model.config,
+                                                    lambda which, out, i=i: edit(which, out, i))
         yield
     finally:
         for h in handles:
