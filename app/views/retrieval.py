@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from dash import Dash, Input, Output, State, dcc, html, no_update
+from dash import Dash, Input, Output, State, callback_context, dcc, html, no_update
 
 from app import runs as R
 from app import stores as S
@@ -209,11 +209,13 @@ def register(app: Dash, root: Path) -> None:
             if not has_arms(root, store):
                 raise ValueError(f"{store} has no {ARMS_GROUP!r} group: `workbench compare {store}` writes it")
             tasks, arms = arm_choices(root, store)
-            keep = [a for a in (current or []) if a in arms] or default_arms(root, store)
+            switched = callback_context.triggered_id == "retrieval-mode"  # checkpoint picks are not arm picks
+            keep = ([] if switched else [a for a in (current or []) if a in arms]) or default_arms(root, store)
             return ([{"label": t, "value": t} for t in tasks], task if task in tasks else tasks[0],
                     ["correct"], "correct", arms, keep)
         tasks, metrics, ckpts = choices(root, store)
-        keep = [c for c in (current or []) if c in ckpts] or default_checkpoints(ckpts)
+        switched = callback_context.triggered_id == "retrieval-mode"
+        keep = ([] if switched else [c for c in (current or []) if c in ckpts]) or default_checkpoints(ckpts)
         task_opts = [{"label": "all tasks", "value": ALL}] + [{"label": t, "value": t} for t in tasks]
         return (task_opts, task if task in tasks else ALL, metrics, metric if metric in metrics else metrics[0],
                 ckpts, keep)
@@ -260,6 +262,6 @@ def register(app: Dash, root: Path) -> None:
     app.callback(
         Output("retrieval-curve", "figure"), Output("retrieval-curve", "style"),
         Output("retrieval-curve-messages", "children"),
-        Input("retrieval-graph", "clickData"), State("retrieval-store", "value"), State("retrieval-mode", "value"),
+        Input("retrieval-graph", "clickData"), State("retrieval-store", "value"), Input("retrieval-mode", "value"),
         State("retrieval-task", "value"), State("retrieval-checkpoints", "value"),
     )(guarded(curve, lambda m: ({}, shown(False, 380), notice([m], "error"))))

@@ -89,7 +89,7 @@ def arm_accuracy_intervals(summary: xr.Dataset, task: str, *, metric: str = "cor
         mean, lo, hi = (cell[v].values for v in (metric, f"{metric}_lo", f"{metric}_hi"))
         label = f"{arm} (ref)" if ref else f"{arm} (n={int(cell['n_seeds'])} seeds)"
         if not ref:
-            fig.add_scatter(x=x + x[::-1], y=list(hi) + list(lo[::-1]), fill="toself", line=dict(width=0),
+            fig.add_scatter(x=x + x[::-1], y=list(hi) + list(lo[::-1]), fill="toself", mode="lines", line=dict(width=0),
                             fillcolor=_rgba(style["color"], 0.12), hoverinfo="skip", showlegend=False,
                             legendgroup=arm)
         fig.add_scatter(x=x, y=mean, mode="lines+markers", name=label, line=style, legendgroup=arm,
