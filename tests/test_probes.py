@@ -194,10 +194,10 @@ def test_updates_and_probe_commands_write_and_append_to_the_store(run_dir, tmp_p
     out = tmp_path / "res.zarr"
     a, b, c = map(str, run_dir)
     assert cli.main(["updates", a, b, "--out", str(out), "--phase-lengths", "64,256", "--seq-len", "64",
-                     "--batch-size", "1"]) == 0
+                     "--windows", "1"]) == 0
     assert "toy/ckpt-000001 -> toy/ckpt-000002" in capsys.readouterr().out
     assert cli.main(["updates", b, c, "--out", str(out), "--phase-lengths", "64,256", "--seq-len", "64",
-                     "--batch-size", "1"]) == 0
+                     "--windows", "1"]) == 0
     w = xr.open_zarr(out, group="updates_weights", consolidated=False)  # plain xarray, no project code
     assert list(w["comparison"].values) == ["toy/ckpt-000001 -> toy/ckpt-000002", "toy/ckpt-000002 -> toy/ckpt-000003"]
     assert list(w["wavelength_after"].sel(comparison="toy/ckpt-000001 -> toy/ckpt-000002").values) == \

@@ -102,7 +102,7 @@ def test_updates_and_probe_read_a_bpe_model_with_its_own_tokenizer(world, tmp_pa
     """Was: refused without --allow-plain-hf, and with it fed synthetic-language ids to the BPE model."""
     out = tmp_path / "s.zarr"
     if command == "updates":
-        argv = ["updates", str(world["a"]), str(world["b"]), "--seq-len", "64", "--batch-size", "1"]
+        argv = ["updates", str(world["a"]), str(world["b"]), "--seq-len", "64", "--windows", "1"]
         group = "updates_states"
     else:
         argv = ["probe", str(world["a"]), "--seq-len", "64", "--windows", "4", "--score-seq-len", "64"]
@@ -210,7 +210,7 @@ def test_checkpoints_of_different_vocabularies_are_refused_together(world, tmp_p
 def test_trace_reads_a_jsonl_corpus_with_the_models_tokenizer(world, tmp_path):
     out = tmp_path / "t.zarr"
     assert cli.main(["trace", str(world["a"]), "--spec", str(SPEC), "--inputs", str(world["jsonl"]),
-                     "--length", "48", "--batch", "1", "--out", str(out)]) == 0
+                     "--length", "48", "--samples", "1", "--out", str(out)]) == 0
     ds = xr.open_zarr(out, group="traces", consolidated=False)
     assert np.isfinite(ds["final_kl"].values).all()
 

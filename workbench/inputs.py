@@ -186,7 +186,7 @@ def build(spec: str | None, vocabulary: Vocabulary, *, seq_len: int, batch: int,
     """(batch of input_ids / position_ids [/ doc_ids], one-line description for the store's attrs)."""
     if seq_len < 2 or batch < 1:
         raise InputError(f"inputs: length {seq_len} and batch {batch}: the inputs need a length >= 2 and a batch >= 1 "
-                         "(--length / --seq-len, --batch / --batch-size / --windows)")
+                         "(--length / --seq-len, --samples / --windows)")
     if spec is None:
         if vocabulary.synthetic and synthetic_default is not None:
             out, what = dict(synthetic_default()), "synthetic language (the model's vocabulary)"

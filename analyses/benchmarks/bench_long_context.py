@@ -7,8 +7,8 @@ A 2-layer tiny model (the tiny-student preset, positions up to the longest lengt
 of it are saved once; every (case, length) then runs in its own subprocess, one torch thread, as the
 real command (``workbench.cli.main``) on one window of that length:
 
-- ``trace``: ``workbench trace CKPT --spec q-shift --batch 1 --length L`` (nnsight backend, clean + 1 spec);
-- ``updates``: ``workbench updates CKPT_A CKPT_B --seq-len L --batch-size 1`` (weights + state view);
+- ``trace``: ``workbench trace CKPT --spec q-shift --samples 1 --length L`` (nnsight backend, clean + 1 spec);
+- ``updates``: ``workbench updates CKPT_A CKPT_B --seq-len L --windows 1`` (weights + state view);
 - ``probe``: ``workbench probe CKPT --seq-len L --windows 4 --score-seq-len L`` (position probes + the
   score decomposition, fast method).
 
@@ -71,12 +71,12 @@ def peak_rss_bytes() -> int:
 
 def command(case: str, length: int, work: Path, out: Path, device: str) -> list[str]:
     a, b = str(work / "run" / "ckpt-000001"), str(work / "run" / "ckpt-000002")
-    dev = [] if device == "cpu" else ["--device", device]
+    dev = ["--device", device]
     if case == "trace":
-        return ["trace", a, "--spec", str(work / "spec.yaml"), "--batch", "1", "--length", str(length),
-                "--out", str(out)]
+        return ["trace", a, "--spec", str(work / "spec.yaml"), "--samples", "1", "--length", str(length),
+                "--out", str(out), *dev]
     if case == "updates":
-        return ["updates", a, b, "--seq-len", str(length), "--batch-size", "1", "--out", str(out), *dev]
+        return ["updates", a, b, "--seq-len", str(length), "--windows", "1", "--out", str(out), *dev]
     if case == "probe":
         return ["probe", a, "--seq-len", str(length), "--windows", "4", "--score-seq-len", str(length),
                 "--out", str(out), *dev]

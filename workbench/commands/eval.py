@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from workbench.commands import add_device
+
 HELP = "evaluate checkpoints on passkey / NIAH / RULER-style retrieval grids and write the store's 'retrieval' group"
 DESCRIPTION = (HELP + ". Tasks: passkey, niah, multikey, multivalue, multiquery, vt. Checkpoints on the 128-token "
                "synthetic vocabulary are evaluated in its language; others with the tokenizer in their directory "
@@ -27,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="allow lengths beyond the positions a checkpoint was trained with (recorded in the results)")
     p.add_argument("--tokenizer", default="auto",
                    help="'auto', 'synthetic' or a local tokenizer directory (auto: the checkpoint's own, else synthetic)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    add_device(p)
     p.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16")
     p.add_argument("--batch-size", type=int, default=None, help="prompts per batch (default: about 4k prompt tokens per batch on CPU, 128k on CUDA)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from workbench.commands import add_device
+
 HELP = "cross-document KD signal: KL(full causal window || document-masked) per token, by distance and token kind"
 DESCRIPTION = (
     "For each checkpoint (a teacher, or any model on the data's vocabulary): pack the data config's documents "
@@ -34,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all-tokens", action="store_true",
                    help="summarise every token (default: only the targets the KD loss uses, labels != -100)")
     p.add_argument("--chunk-size", type=int, default=1024, help="tokens per unembedding chunk (memory bound)")
-    p.add_argument("--device", default="cpu", help="where the models run (cpu, cuda)")
+    add_device(p)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from workbench.commands import add_device
+
 HELP = "position probes (residual stream -> absolute position, per layer) and per-pair score decomposition"
 DESCRIPTION = (
     "For each checkpoint: fit scikit-learn probes from the residual stream at every layer to the absolute "
@@ -35,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fast method: (query, key) pairs sampled per distance bucket for the mean |term|")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--figures", default=None, help="also write the probe curves (HTML + PNG) into this folder")
-    p.add_argument("--device", default="cpu", help="where the models run (cpu, cuda); statistics are float32 either way")
+    add_device(p, "; statistics are float32 either way")
     inputs.add_arguments(p)  # --inputs / --tokenizer, shared with trace and updates (workbench.inputs)
     inputs.add_plain_hf_flag(p)  # deprecated no-op: plain HF directories are always accepted
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from workbench.commands import add_device, deprecated_alias
+
 HELP = "perturb RoPE on queries/keys of a checkpoint, trace the effect into the logits, write a Zarr store"
 DESCRIPTION = (HELP + ". Also: --check (built-in sanity: identity, TL/nnsight parity, q/k shift invariance, "
                "layer locality) and --experiment repeated-tokens.")
@@ -18,7 +20,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="perturbation spec file (one spec or 'specs: [...]'); repeatable (see data/specs/)")
     p.add_argument("--backend", choices=["nnsight", "tl"], default="nnsight")
     inputs.add_arguments(p)  # --inputs / --tokenizer, shared with updates and probe (workbench.inputs)
-    p.add_argument("--batch", type=int, default=2, help="batch of default inputs")
     p.add_argument("--length", type=int, default=512, help="length of default inputs")
     p.add_argument("--start", type=int, default=0, help="first position id of default inputs")
     p.add_argument("--buckets", type=int, default=8, help="position buckets")
@@ -28,15 +29,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "repeatable; group 'activations'")
     p.add_argument("--out", default=None, help="Zarr store to write (appends; a cell is never written twice)")
     p.add_argument("--check", action="store_true", help="run the built-in sanity checks and exit (1 on failure)")
-    p.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, cuda:N); statistics are "
-                                                   "float32 either way")
+    add_device(p, "; statistics are float32 either way")
     p.add_argument("--experiment", choices=["repeated-tokens"], default=None)
     p.add_argument("--window", type=int, default=None, help="repeated tokens: window (default max positions)")
     p.add_argument("--period", type=int, default=32, help="repeated tokens: length of the repeated sequence")
     p.add_argument("--copies", type=int, default=8, help="repeated tokens: copies spread over the window")
-    p.add_argument("--samples", type=int, default=2, help="repeated tokens: random sequences")
+    p.add_argument("--samples", type=int, default=2,
+                   help="input sequences: rows of the default inputs, or the repeated-tokens random sequences")
     p.add_argument("--attention", choices=["packed", "isolated"], default="packed",
                    help="repeated tokens: copies causal across one window, or each its own sequence")
+    deprecated_alias(p, "--batch", "--samples")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,14 +67,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--out STORE is required (or use --check)")
     if args.experiment is None and not specs:
         raise ValueError("give at least one --spec SPEC.yaml (examples in data/specs/)")
-    inputs, _ = wb_inputs.for_models([ckpt], args, seq_len=args.length, batch=args.batch, start=args.start)
+    inputs, _ = wb_inputs.for_models([ckpt], args, seq_len=args.length, batch=args.samples, start=args.start)
     group = store.REPEATED_TOKENS if args.experiment == "repeated-tokens" else store.TRACES
     interp.check_writable(args.out, group, ckpt, specs)  # a spec already stored is refused before any work
     if args.capture:
         interp.check_writable(args.out, store.ACTIVATIONS, ckpt, specs)
     if args.backend == "tl":  # eager [rows, heads, T, T] attention: refuse what cannot fit before loading anything
         length = int(inputs["input_ids"].shape[-1]) if inputs is not None else args.length
-        batch = int(inputs["input_ids"].shape[0]) if inputs is not None and inputs["input_ids"].ndim == 2 else args.batch
+        batch = int(inputs["input_ids"].shape[0]) if inputs is not None and inputs["input_ids"].ndim == 2 else args.samples
         rows = (len([s for s in specs if not s.is_identity]) + 1) * min(args.batch_size or batch, batch)
         if args.experiment is None:
             interp.check_backend_length(ckpt, "tl", rows, length)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from workbench.commands import add_device, deprecated_alias
+
 HELP = "per layer x head x RoPE pair: W_q/W_k updates and q/k state changes between checkpoints, by frequency band"
 DESCRIPTION = (
     "Compare checkpoints (consecutive pairs, or each against --reference) per layer, head and RoPE pair "
@@ -29,10 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "run.yaml; without either, no band summary)")
     p.add_argument("--no-states", action="store_true", help="skip the state view (weights and bands only)")
     p.add_argument("--seq-len", type=int, default=1024, help="length of the packed probe windows for the state view")
-    p.add_argument("--batch-size", type=int, default=2, help="probe windows for the state view")
+    p.add_argument("--windows", type=int, default=2, help="packed probe windows for the state view")
     p.add_argument("--seed", type=int, default=0, help="seed of the probe windows")
     p.add_argument("--figures", default=None, help="also write the heatmaps and band bars (HTML + PNG) into this folder")
-    p.add_argument("--device", default="cpu", help="where the models run (cpu, cuda); statistics are float32 either way")
+    add_device(p, "; statistics are float32 either way")
+    deprecated_alias(p, "--batch-size", "--windows")
     inputs.add_arguments(p)  # --inputs / --tokenizer, shared with trace and probe (workbench.inputs)
     inputs.add_plain_hf_flag(p)  # deprecated no-op: plain HF directories are always accepted
 
@@ -80,15 +83,15 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     args.device = str(models.pick_device(args.device))  # a bad device is one error before any work
     paths = expand_checkpoints(args.checkpoints, args.phase_ends)
-    if args.seq_len < 2 or args.batch_size < 1:
-        raise ValueError(f"--seq-len must be >= 2 and --batch-size >= 1, got {args.seq_len} and {args.batch_size}")
+    if args.seq_len < 2 or args.windows < 1:
+        raise ValueError(f"--seq-len must be >= 2 and --windows >= 1, got {args.seq_len} and {args.windows}")
     lengths = analysis.parse_lengths(args.phase_lengths) if args.phase_lengths else run_phase_lengths(paths)
     all_paths, ref = resolve_reference(paths, args.reference)
     inputs.plain_hf_flag(args)
     infos = checkpoints.inspect_all(all_paths, allow_plain_hf=True, minimum=2)
     batch, what = (None, None) if args.no_states else inputs.for_models(  # the models' own vocabulary, checked
-        all_paths, args, seq_len=args.seq_len, batch=args.batch_size, seed=args.seed,
-        synthetic_default=lambda: probe_batch(args.seq_len, args.batch_size, args.seed))
+        all_paths, args, seq_len=args.seq_len, batch=args.windows, seed=args.seed,
+        synthetic_default=lambda: probe_batch(args.seq_len, args.windows, args.seed))
     labels = [comparison_label(infos[a].label, infos[b].label) for a, b in comparison_pairs(len(infos), ref)]
     groups = [store.UPDATES_WEIGHTS] + ([] if args.no_states else [store.UPDATES_STATES]) + \
         ([store.BANDS] if lengths else [])
@@ -99,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     store.save(args.out, store.UPDATES_WEIGHTS, weights)
     if not args.no_states:
         states = analysis.state_updates(paths, reference=args.reference, seq_len=args.seq_len,
-                                        batch_size=args.batch_size, seed=args.seed,
+                                        batch_size=args.windows, seed=args.seed,
                                         allow_plain_hf=True, device=args.device, progress=True, inputs=batch)
         states.attrs["inputs"] = what
         store.save(args.out, store.UPDATES_STATES, states)

@@ -1,0 +1,50 @@
+"""One flag name per concept (docs/glossary.md): the new names parse, the old ones still work and warn once."""
+
+import pytest
+
+from workbench import cli, commands
+
+
+@pytest.fixture(autouse=True)
+def fresh_warnings(monkeypatch):
+    monkeypatch.setattr(commands, "_WARNED", set())
+
+
+def parse(argv):
+    return cli.build_parser().parse_args(argv)
+
+
+@pytest.mark.parametrize("argv, dest, value", [
+    (["trace", "ck", "--samples", "3"], "samples", 3),
+    (["updates", "a", "b", "--out", "s.zarr", "--windows", "3"], "windows", 3),
+    (["probe", "a", "--out", "s.zarr", "--windows", "3"], "windows", 3),
+    (["kd-signal", "a", "--data", "d.yaml", "--out", "s.zarr", "--windows", "3"], "windows", 3),
+])
+def test_new_names_parse_without_a_warning(argv, dest, value, capsys):
+    assert getattr(parse(argv), dest) == value
+    assert "deprecated" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, old, new, dest", [
+    (["trace", "ck", "--batch", "3"], "--batch", "--samples", "samples"),
+    (["updates", "a", "b", "--out", "s.zarr", "--batch-size", "3"], "--batch-size", "--windows", "windows"),
+])
+def test_old_names_still_work_and_warn_once(argv, old, new, dest, capsys):
+    assert getattr(parse(argv), dest) == 3
+    err = capsys.readouterr().err
+    assert f"{old} is deprecated, use {new}" in err and err.count("deprecated") == 1
+    assert getattr(parse(argv + [old, "4"]), dest) == 4  # the last one wins, as with the new name
+    assert "deprecated" not in capsys.readouterr().err  # once per run
+    helptext = cli.build_parser()._subparsers._group_actions[0].choices[argv[0]].format_help()
+    assert f"{old} {dest.upper()}" not in helptext and f"{old}," not in helptext  # hidden
+
+
+def test_old_name_default_leaves_the_new_default():
+    assert parse(["trace", "ck"]).samples == 2 and parse(["updates", "a", "b", "--out", "s"]).windows == 2
+
+
+@pytest.mark.parametrize("command", [["trace", "ck"], ["updates", "a", "b", "--out", "s"], ["probe", "a", "--out", "s"],
+                                     ["kd-signal", "a", "--data", "d", "--out", "s"], ["eval", "a"],
+                                     ["teacher-cache", "c", "--out", "o"]])
+def test_analysis_commands_share_one_device_default(command):
+    assert parse(command).device == commands.DEVICE_DEFAULT == "auto"
