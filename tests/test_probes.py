@@ -155,7 +155,7 @@ def test_score_decomposition_dataset(run_dir):
     xr.testing.assert_allclose(ds["contribution"].sum("pair"), ds["score"])
     assert ds["n_scored"].sum("distance").values.tolist() == [64 * 65 // 2] * 2
     assert (ds["abs_contribution"] >= np.abs(ds["contribution"]) - 1e-12).all()
-    assert ds["theta"].values.tolist() == [500.0, 20000.0]
+    assert ds["rope_theta"].values.tolist() == [500.0, 20000.0]
 
 
 # ---------------------------------------------------------------------------------------------- probes
@@ -181,8 +181,9 @@ def test_position_probes_dataset(run_dir):
     ds = analysis.position_probes(run_dir[:1], seq_len=64, n_windows=4, n_buckets=4)
     assert ds["r2"].dims == ("checkpoint", "layer") and ds.sizes["layer"] == 3
     assert list(ds["site"].values) == ["embed", "block 0", "block 1"]
+    assert list(ds["layer"].values) == [-1, 0, 1]  # layer l = block l in every group; -1 = the embeddings
     # token embeddings carry no absolute position (RoPE adds none to the residual stream)
-    assert ds["r2"].sel(layer=0).item() < 0.1
+    assert ds["r2"].sel(layer=-1).item() < 0.1
     with pytest.raises(ValueError, match="at least 4 windows"):
         analysis.position_probes(run_dir[:1], n_windows=2)
 
@@ -284,7 +285,7 @@ def test_figures_show_the_update_where_it_happened(run_dir):
         fig.layer_pair_heatmap(w, comparison="x -> y")
     probes = xr.Dataset({"r2": (("checkpoint", "layer"), [[0.0, 0.5]]), "accuracy": (("checkpoint", "layer"), [[0.2, 0.6]]),
                          "chance": (("checkpoint", "layer"), [[0.25, 0.25]])},
-                        coords={"checkpoint": ["r/c"], "layer": [0, 1], "site": ("layer", ["embed", "block 0"])})
+                        coords={"checkpoint": ["r/c"], "layer": [-1, 0], "site": ("layer", ["embed", "block 0"])})
     sd = analysis.score_decomposition(run_dir[:1], seq_len=32)
     profile = fig.score_profile(sd, 1)
     np.testing.assert_allclose(profile.data[0].z, sd["contribution"].isel(checkpoint=0).sel(layer=1).mean("head").values)

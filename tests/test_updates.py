@@ -123,7 +123,7 @@ def test_planted_change_is_found_exactly_there_and_nowhere_else(run_dir):
     cos = ds["q_cosine"].isel(comparison=0).values
     assert cos[1, 2, 3] < 1 and np.count_nonzero(cos != 1.0) == 1
     assert ds["comparison"].item() == "toy/ckpt-000002 -> toy/ckpt-000003"
-    assert ds["theta_before"].item() == 500.0 and ds["theta_after"].item() == 20000.0
+    assert ds["rope_theta_before"].item() == 500.0 and ds["rope_theta_after"].item() == 20000.0
     # the pair axis is labelled by wavelength (at the theta of record) and dims
     assert ds["dims"].values[3] == "3,11"
     assert ds["wavelength"].values == pytest.approx(2 * math.pi * 20000.0 ** (2 * np.arange(8) / D))

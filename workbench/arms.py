@@ -286,7 +286,7 @@ def arm_means(ds: xr.Dataset, dim: str, *, min_members: int = 1) -> xr.Dataset:
     out = xr.concat(means, dim=xr.DataArray(np.array(list(groups), dtype=object), dims="arm"))
     out = out.assign_coords(n_seeds=("arm", np.array([len(m) for m in groups.values()], dtype=np.int64)),
                             members=("arm", np.array([" | ".join(m) for m in groups.values()], dtype=object)))
-    for name, coord in ds.coords.items():  # per-member coords all members of an arm share (e.g. theta_after)
+    for name, coord in ds.coords.items():  # per-member coords all members of an arm share (e.g. rope_theta_after)
         if name == dim or dim not in coord.dims:
             continue
         shared = [coord.sel({dim: m}) for m in groups.values()]

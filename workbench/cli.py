@@ -24,6 +24,7 @@ COMMANDS = {
     "probe": "probe",
     "kd-signal": "kd_signal",
     "compare": "compare",
+    "upgrade-store": "upgrade_store",
     "app": "app",
     "demo": "demo",
 }

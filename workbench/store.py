@@ -64,7 +64,16 @@ import zarr
 
 from workbench import rope
 
-SCHEMA = "workbench-store/1"
+SCHEMA = "workbench-store/2"
+# Older schemas: open_group reads them under the current names (renamed on open), writes refuse them until
+# `workbench upgrade-store STORE` converts them in place (:func:`upgrade`). docs/glossary.md lists the names.
+# 1 -> 2: the checkpoint theta is `rope_theta` everywhere (was `theta` in probes and score_decomposition,
+# `theta_before`/`theta_after` on comparisons); `layer` is the block index in every group (probes numbered
+# 0 = embeddings, l = block l-1; now -1 = embeddings, l = block l).
+OLD_SCHEMAS = ("workbench-store/1",)
+RENAMED = {"workbench-store/1": {"theta": "rope_theta", "theta_before": "rope_theta_before",
+                                 "theta_after": "rope_theta_after"}}
+LAYER_SHIFT = {"workbench-store/1": {"probes": -1}}  # group -> added to its layer coordinate
 MARKER = "write_in_progress"  # group attr (JSON) while a write is under way; removed last
 LOCK_TIMEOUT_S = 600.0  # how long a writer waits for another writer of the same store
 KILL_ENV = "WORKBENCH_STORE_KILL_AFTER"  # test hook "<phase>:<n>": SIGKILL self after n events of a phase
@@ -125,7 +134,8 @@ def _root_doc(store: Path) -> dict[str, Any]:
     return doc
 
 
-def _check_root(store: Path, create: bool) -> None:
+def _check_root(store: Path, create: bool, *, read: bool = False) -> str:
+    """The store's schema; refuses another one (``read``: an old one in OLD_SCHEMAS is fine)."""
     if not store.exists():
         if not create:
             raise StoreError(f"{store}: store not found")
@@ -142,14 +152,41 @@ def _check_root(store: Path, create: bool) -> None:
         finally:
             tmp.unlink()
     schema = (_root_doc(store).get("attributes") or {}).get("schema")
+    if schema in OLD_SCHEMAS:
+        if read:
+            return schema
+        raise StoreError(f"{store}: store schema is {schema!r}, older than {SCHEMA!r}: it opens for reading; "
+                         f"to write into it, convert it once with `workbench upgrade-store {store}`")
     if schema != SCHEMA:
         raise StoreError(f"{store}: store schema is {schema!r}, expected {SCHEMA!r}; refusing to touch it")
+    return schema
+
+
+def check_schema(store: str | Path) -> None:
+    """Refuse, before any work, writing into a store that is not of this schema (an old one: say how to convert)."""
+    _check_root(Path(store), create=False)
+
+
+def schema_of(store: str | Path) -> str:
+    return _check_root(Path(store), create=False, read=True)
+
+
+def _as_current(ds: xr.Dataset, group: str, schema: str) -> xr.Dataset:
+    """A group of an old-schema store under the current names and numbering."""
+    if schema == SCHEMA:
+        return ds
+    renames = {old: new for old, new in RENAMED.get(schema, {}).items() if old in ds.variables}
+    ds = ds.rename(renames) if renames else ds
+    shift = LAYER_SHIFT.get(schema, {}).get(group.rsplit("/", 1)[-1])
+    if shift and "layer" in ds.coords:
+        ds = ds.assign_coords(layer=ds["layer"].values + shift)
+    return ds
 
 
 def groups(store: str | Path) -> list[str]:
     """Names of the result groups in a store."""
     store = Path(store)
-    _check_root(store, create=False)
+    _check_root(store, create=False, read=True)
     root = zarr.open_group(str(store), mode="r")
     return sorted(name for name, _ in root.groups() if not name.startswith("."))
 
@@ -1013,7 +1050,7 @@ def open_group(store: str | Path, group: str, *, chunks: Any = None) -> xr.Datas
     killed), and grid entries (checkpoints, specs) without any written cell. A group a killed writer left
     half resized is repaired first when no writer holds the store."""
     store = Path(store)
-    _check_root(store, create=False)
+    schema = _check_root(store, create=False, read=True)
     if group not in groups(store):
         raise StoreError(f"{store}: no group {group!r} (has: {', '.join(groups(store)) or 'none'})")
     try:
@@ -1025,7 +1062,7 @@ def open_group(store: str | Path, group: str, *, chunks: Any = None) -> xr.Datas
         ds = _open_raw(store, group, chunks)
     if MARKER in ds.attrs and _try_repair(store, group):
         ds = _open_raw(store, group, chunks)
-    return _view(ds)
+    return _as_current(_view(ds), group, schema)
 
 
 def decode_attr(value: Any) -> Any:
@@ -1368,7 +1405,7 @@ def refuse(store: str | Path, group: str, ds: xr.Dataset | None = None, *, label
     store = Path(store)
     where = f"{store}/{group}"
     if store.exists():
-        groups(store)  # a foreign store (another schema, not Zarr) is refused up front
+        check_schema(store)  # a foreign store (another schema, not Zarr) is refused up front
     if not has_group(store, group):
         return
     if spec.grid:
@@ -1448,3 +1485,68 @@ def _replace(store: Path, group: str, ds: xr.Dataset) -> Path:
         os.replace(store / tmp, target)
         shutil.rmtree(old, ignore_errors=True)
     return store
+
+
+# ------------------------------------------------------------------------------- older schemas: convert
+
+
+def _rewrite_json(path: Path, doc: Mapping[str, Any], *, in_place: bool = False) -> None:
+    text = json.dumps(doc, indent=2)
+    if in_place:  # the root zarr.json carries the writers' flock: keep its inode
+        with open(path, "r+") as f:
+            f.write(text)
+            f.truncate()
+        return
+    tmp = path.with_name(f"zarr.json.{uuid.uuid4().hex[:12]}.partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def upgrade(store: str | Path) -> list[str]:
+    """Convert a store of an older schema (OLD_SCHEMAS) in place to SCHEMA (`workbench upgrade-store`): the
+    renamed coordinates get their new names (array directories and the variables' ``coordinates`` attr), the
+    layer numbering of the groups that changed is rewritten, the group and root ``schema`` attrs are bumped
+    (the root last: a convert killed half way reruns). Chunk data is not touched. Returns one line per change;
+    a store of the current schema is left as it is (empty list)."""
+    store = Path(store)
+    schema = _check_root(store, create=False, read=True)
+    if schema == SCHEMA:
+        return []
+    changes: list[str] = []
+    renamed = RENAMED.get(schema, {})
+    with _lock(store):
+        _clean_tmp(store)
+        for group in groups(store):
+            gdir = store / group
+            if _marker(json.loads((gdir / "zarr.json").read_text()).get("attributes") or {}) is not None:
+                _repair(store, group)
+            arrays = [p.parent for p in sorted(gdir.glob("*/zarr.json"))]
+            present = {old: new for old, new in renamed.items() if (gdir / old / "zarr.json").is_file()}
+            for adir in arrays:
+                doc = json.loads((adir / "zarr.json").read_text())
+                coords = (doc.get("attributes") or {}).get("coordinates")
+                if coords:
+                    new = " ".join(present.get(c, renamed.get(c, c)) for c in coords.split())
+                    if new != coords:
+                        doc["attributes"]["coordinates"] = new
+                        _rewrite_json(adir / "zarr.json", doc)
+            for old, new in present.items():
+                if (gdir / new).exists():
+                    raise StoreError(f"{store}/{group}: has both {old!r} and {new!r}; refusing to convert")
+                os.replace(gdir / old, gdir / new)
+                changes.append(f"{group}: {old} -> {new}")
+            shift = LAYER_SHIFT.get(schema, {}).get(group)
+            done_shift = (json.loads((gdir / "zarr.json").read_text()).get("attributes") or {}).get("schema") == SCHEMA
+            if shift and not done_shift and (gdir / "layer" / "zarr.json").is_file():
+                layer = zarr.open_array(str(gdir / "layer"), mode="r+")
+                layer[:] = layer[:] + shift
+                changes.append(f"{group}: layer numbered as blocks (embeddings = -1; was 0)")
+            gdoc = json.loads((gdir / "zarr.json").read_text())
+            if (gdoc.get("attributes") or {}).get("schema") not in (None, SCHEMA):
+                gdoc["attributes"]["schema"] = SCHEMA
+                _rewrite_json(gdir / "zarr.json", gdoc)
+        root = _root_doc(store)
+        root.setdefault("attributes", {})["schema"] = SCHEMA
+        _rewrite_json(store / "zarr.json", root, in_place=True)
+    changes.append(f"schema {schema} -> {SCHEMA}")
+    return changes

@@ -50,7 +50,7 @@ def band_summary(updates: xr.Dataset, phase_lengths: Sequence[int]) -> xr.Datase
     d = int(updates.attrs["head_dim"])
     comps = updates["comparison"].values
     n_bands = len(labels)
-    band_of = np.stack([rope.assign_bands(float(t), d, lengths) for t in updates["theta_after"].values])  # [C, P]
+    band_of = np.stack([rope.assign_bands(float(t), d, lengths) for t in updates["rope_theta_after"].values])  # [C, P]
     out = {f"{p}_{s}": np.full((len(comps), updates.sizes["layer"], n_bands), np.nan)
            for p in ("q", "k") for s in ("rel_update", "cosine")}
     for c in range(len(comps)):
@@ -69,7 +69,7 @@ def band_summary(updates: xr.Dataset, phase_lengths: Sequence[int]) -> xr.Datase
     cover = np.zeros((len(comps), 2, len(lengths)))
     for c in range(len(comps)):
         for e, end in enumerate(ends):
-            theta = float(updates[f"theta_{end}"].values[c])
+            theta = float(updates[f"rope_theta_{end}"].values[c])
             for k, length in enumerate(lengths):
                 crit[c, e, k] = rope.critical_pair(theta, d, length)
                 u = rope.utilisation(theta, d, length)
@@ -78,7 +78,7 @@ def band_summary(updates: xr.Dataset, phase_lengths: Sequence[int]) -> xr.Datase
     coords = {n: updates[n] for n in keep}
     coords.update({"band": labels, "phase_length": np.array(lengths, dtype=np.int64),
                    "end": np.array(ends, dtype=object), "layer": updates["layer"].values,
-                   **store.pair_coords(float(updates.attrs.get("wavelength_theta", updates["theta_after"].values[-1])), d)})
+                   **store.pair_coords(float(updates.attrs.get("wavelength_theta", updates["rope_theta_after"].values[-1])), d)})
     ds = xr.Dataset(
         {
             **{k: (("comparison", "layer", "band"), v) for k, v in out.items()},
@@ -99,5 +99,5 @@ def band_summary(updates: xr.Dataset, phase_lengths: Sequence[int]) -> xr.Datase
     ds["pair_band"].attrs["description"] = "band index of each pair at the comparison's after-theta"
     ds["critical_pair"].attrs["description"] = "first pair not completing a rotation within phase_length (arXiv 2310.05209)"
     ds.attrs.update(store.provenance(analysis="band_summary", phase_lengths=lengths, head_dim=d,
-                                     band_rule="workbench.rope.assign_bands at theta_after"))
+                                     band_rule="workbench.rope.assign_bands at rope_theta_after"))
     return ds

@@ -1,7 +1,7 @@
 """Position probes (scikit-learn): how much absolute position the residual stream carries, per layer.
 
 RoPE adds no position to the residual stream, so whatever a linear probe recovers was computed by the
-model (e.g. from causal attention). From the residual stream at each site (0 = embeddings, l = after
+model (e.g. from causal attention). From the residual stream at each site (layer -1 = embeddings, l = after
 block l) to the absolute position: ridge regression on log(1 + position) (held-out R^2) and logistic
 classification into equal-width position buckets (held-out accuracy, chance = the majority bucket's share).
 Train/test split by window (held-out windows), never by token within a window.
@@ -75,8 +75,8 @@ def position_probes(
     progress: bool = False,
     inputs=None,
 ) -> xr.Dataset:
-    """Held-out probe scores per checkpoint and residual site: dims (checkpoint, layer); ``layer`` 0 is the
-    embeddings, l the output of block l-1 (coordinate ``site``)."""
+    """Held-out probe scores per checkpoint and residual site: dims (checkpoint, layer); ``layer`` l is the
+    output of block l, as in every group, and -1 the embeddings (coordinate ``site``)."""
     if n_windows < 4:
         raise ValueError(f"position probes need at least 4 windows (held-out split by window), got {n_windows}")
     if n_buckets < 2:
@@ -89,7 +89,7 @@ def position_probes(
     n_layers = infos[0].num_layers
     ds = xr.Dataset(
         {k: (("checkpoint", "layer"), np.stack([r[k] for r in per])) for k in ("r2", "accuracy", "chance")},
-        coords={**checkpoint_coords(infos), "layer": np.arange(n_layers + 1),
+        coords={**checkpoint_coords(infos), "layer": np.arange(-1, n_layers),
                 "site": ("layer", np.array(["embed"] + [f"block {i}" for i in range(n_layers)], dtype=object))},
     )
     ds["r2"].attrs["description"] = "held-out R^2 of ridge regression residual -> log(1 + position)"

@@ -294,6 +294,6 @@ def checkpoint_coords(infos: Sequence[ck.Info]) -> dict:
         "step": col([i.step for i in infos], np.int64),
         "phase": col([i.phase for i in infos]),
         "objective": col([i.objective for i in infos]),
-        "theta": col([i.rope_theta for i in infos], np.float64),
+        "rope_theta": col([i.rope_theta for i in infos], np.float64),
         "checkpoint_hash": col([i.content_hash() for i in infos]),
     }

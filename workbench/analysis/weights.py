@@ -92,8 +92,8 @@ def comparison_coords(infos: Sequence[ck.Info], pairs: Sequence[tuple[int, int]]
         "step_after": col([infos[b].step for _, b in pairs], np.int64),
         "phase_before": col([infos[a].phase for a, _ in pairs]),
         "phase_after": col([infos[b].phase for _, b in pairs]),
-        "theta_before": col([infos[a].rope_theta for a, _ in pairs], np.float64),
-        "theta_after": col([infos[b].rope_theta for _, b in pairs], np.float64),
+        "rope_theta_before": col([infos[a].rope_theta for a, _ in pairs], np.float64),
+        "rope_theta_after": col([infos[b].rope_theta for _, b in pairs], np.float64),
         "hash_before": col([infos[a].content_hash() for a, _ in pairs]),
         "hash_after": col([infos[b].content_hash() for _, b in pairs]),
     }

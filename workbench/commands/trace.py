@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         raise models.CheckpointError(f"{ckpt}: checkpoint directory not found")
     specs = [s for path in args.spec for s in interp.load_specs(path)]
     if args.out and Path(args.out).exists():
-        store.groups(args.out)  # refuses a store of another schema before any work
+        store.check_schema(args.out)  # refuses a store of another (or an old) schema before any work
     if args.check:
         with tqdm(total=2, desc="sanity checks", unit="backend") as bar:
             results = interp.check(ckpt, device=args.device, progress=bar)

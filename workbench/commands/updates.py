@@ -133,8 +133,8 @@ def summary(weights, bands) -> str:
     """Plain-text digest: per comparison, the mean relative W_q update per layer and band (or per pair)."""
     lines = []
     for comp in map(str, weights["comparison"].values):
-        lines.append(f"{comp}  (theta {float(weights['theta_before'].sel(comparison=comp)):g} -> "
-                     f"{float(weights['theta_after'].sel(comparison=comp)):g})")
+        lines.append(f"{comp}  (theta {float(weights['rope_theta_before'].sel(comparison=comp)):g} -> "
+                     f"{float(weights['rope_theta_after'].sel(comparison=comp)):g})")
         if bands is not None:
             b = bands.sel(comparison=comp)
             head = "  layer " + " ".join(f"{str(x):>18}" for x in b["band"].values)

@@ -92,7 +92,7 @@ def layer_pair_heatmap(ds: xr.Dataset, *, comparison: str | None = None, var: st
         customdata=np.broadcast_to(waves, (ds.sizes["layer"], len(waves))),
         hovertemplate="layer %{y}, pair %{x} (wavelength %{customdata:.4g})<br>" + var + " %{z:.4g}<extra></extra>",
     ))
-    theta = float(ds["theta_after"].sel(comparison=comparison)) if "theta_after" in ds.coords else None
+    theta = float(ds["rope_theta_after"].sel(comparison=comparison)) if "rope_theta_after" in ds.coords else None
     _phase_overlays(fig, theta, int(ds.attrs.get("head_dim", 2 * ds.sizes["pair"])), phase_lengths, ds.sizes["pair"])
     fig.update_layout(
         title=title or f"{TITLES.get(var, var)} (mean over heads)<br><sup>{comparison}</sup>",
@@ -129,8 +129,8 @@ def arm_layer_pair_heatmaps(arm_updates: xr.Dataset, arms: Sequence[str], *, var
                                  hovertemplate=arm + "<br>layer %{y}, pair %{x} (wavelength %{customdata:.4g})<br>"
                                  + var + " %{z:.4g}<extra></extra>"), row=1, col=i + 1)
         fig.update_xaxes(title_text="pair j", row=1, col=i + 1)
-        if "theta_after" in arm_updates.coords:
-            theta = float(arm_updates["theta_after"].sel(arm=arm))
+        if "rope_theta_after" in arm_updates.coords:
+            theta = float(arm_updates["rope_theta_after"].sel(arm=arm))
             for length in sorted(int(x) for x in phase_lengths or ()):
                 crit = rope.critical_pair(theta, head_dim, length)
                 if crit < arm_updates.sizes["pair"]:
@@ -152,7 +152,7 @@ def head_pair_heatmap(ds: xr.Dataset, layer: int, *, comparison: str | None = No
     waves, ticks = _pair_labels(ds, comparison)
     fig = go.Figure(go.Heatmap(z=da.transpose(head_dim, "pair").values, x=ds["pair"].values,
                                y=da[head_dim].values, colorscale="Viridis", colorbar_title=var))
-    theta = float(ds["theta_after"].sel(comparison=comparison)) if "theta_after" in ds.coords else None
+    theta = float(ds["rope_theta_after"].sel(comparison=comparison)) if "rope_theta_after" in ds.coords else None
     _phase_overlays(fig, theta, int(ds.attrs.get("head_dim", 2 * ds.sizes["pair"])), phase_lengths, ds.sizes["pair"])
     fig.update_layout(
         title=f"{TITLES.get(var, var)}, layer {layer}<br><sup>{comparison}</sup>",
@@ -175,7 +175,7 @@ def band_bars(bands: xr.Dataset, *, comparison: str | None = None, var: str = "q
     lengths = bands["phase_length"].values
     sub = ", ".join(f"L={int(L):,}: critical pair {int(c)}" for L, c in zip(lengths, crit))
     fig.update_layout(barmode="group", title=f"{TITLES.get(var, var)} by frequency band<br><sup>{comparison}; "
-                      f"theta after {float(bands['theta_after'].sel(comparison=comparison)):g}; {sub}</sup>",
+                      f"theta after {float(bands['rope_theta_after'].sel(comparison=comparison)):g}; {sub}</sup>",
                       yaxis_title=var, legend_title="band (wavelength lambda)", margin=dict(t=80, r=20, b=50, l=60))
     return fig
 

@@ -1,0 +1,105 @@
+"""Stores of schema workbench-store/1 (tests/data/store-v1, written by the v1 code: tests/data/make_store_v1.py)
+open in the app and the analysis readers under the current names, refuse writes with the command that
+converts them, and `workbench upgrade-store` converts them in place (docs/glossary.md)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from app.paths import root_of
+from workbench import analysis, cli, store
+from workbench import figures as F
+
+V1 = Path(__file__).parent / "data" / "store-v1"
+
+
+@pytest.fixture
+def runs(tmp_path) -> Path:
+    """A RUNS_DIR holding a copy of the v1 store as toy/results.zarr."""
+    shutil.copytree(V1, tmp_path / "toy" / "results.zarr")
+    return tmp_path
+
+
+def raw(path, group):
+    return xr.open_zarr(path, group=group, consolidated=False)
+
+
+def test_the_fixture_is_a_v1_store_with_the_old_names():
+    assert raw(V1, "probes").attrs["schema"] == "workbench-store/1"
+    assert "theta" in raw(V1, "probes").coords and list(raw(V1, "probes")["layer"].values) == [0, 1, 2]
+    assert "theta_after" in raw(V1, "updates_weights").coords
+
+
+def test_a_v1_store_opens_under_the_current_names(runs):
+    path = runs / "toy" / "results.zarr"
+    assert store.schema_of(path) == "workbench-store/1"
+    probes = store.open_group(path, store.PROBES)
+    assert list(probes["layer"].values) == [-1, 0, 1]  # blocks, as every group; -1 = the embeddings
+    assert list(probes["site"].sel(layer=-1).values.ravel()) == ["embed"]
+    np.testing.assert_array_equal(probes["r2"].values, raw(path, "probes")["r2"].values)
+    assert probes["rope_theta"].values.tolist() == [500.0, 20000.0] and "theta" not in probes.coords
+    assert "rope_theta" in store.open_group(path, store.SCORE_DECOMPOSITION).coords
+    for group in (store.UPDATES_WEIGHTS, store.UPDATES_STATES, store.BANDS):
+        ds = store.open_group(path, group)
+        assert ds["rope_theta_after"].values.tolist() == [20000.0] and "theta_after" not in ds.coords
+        assert ds["rope_theta_before"].values.tolist() == [500.0]
+    traces = store.open_group(path, store.TRACES)
+    assert list(traces["layer"].values) == [0, 1] and "rope_theta" in traces.coords  # unchanged names
+    assert store.open_group(path, store.RETRIEVAL).sizes["checkpoint"] == 2
+
+
+def test_a_v1_store_feeds_the_analysis_readers_and_figures(runs):
+    path = runs / "toy" / "results.zarr"
+    weights = store.open_group(path, store.UPDATES_WEIGHTS).load()
+    comp = str(weights["comparison"].values[0])
+    bands = analysis.band_summary(weights, [64, 256])  # reads rope_theta_after
+    assert bands.sizes["comparison"] == 1
+    assert F.updates.layer_pair_heatmap(weights, comparison=comp).data
+    assert F.updates.band_bars(store.open_group(path, store.BANDS), comparison=comp).data
+    curves = F.updates.probe_curves(store.open_group(path, store.PROBES), metric="r2")
+    assert list(curves.data[0].x) == ["embed", "block 0", "block 1"]
+
+
+def test_a_v1_store_opens_in_the_app(runs):
+    from app.views import traces, updates
+
+    root = root_of(runs)
+    assert updates.stores(root) == ["toy/results.zarr"]
+    comps = updates.comparisons(root, "toy/results.zarr", "W_q")
+    assert len(comps) == 1
+    assert updates.heatmap(root, "toy/results.zarr", "W_q", comps[0]).data
+    assert updates.bands(root, "toy/results.zarr", "W_q", comps[0]) is not None
+    c = traces.choices(root, "toy/results.zarr")
+    assert c["specs"] == ["q-shift"]
+    assert traces.trace_figures(root, "toy/results.zarr", c["checkpoints"][0], "lens_kl", "q-shift", traces.MEAN)
+
+
+def test_writing_into_a_v1_store_is_refused_with_the_convert_command(runs):
+    path = runs / "toy" / "results.zarr"
+    probes = store.open_group(path, store.PROBES).load()
+    with pytest.raises(store.StoreError, match="workbench upgrade-store"):
+        store.refuse(path, store.PROBES, probes)
+    with pytest.raises(store.StoreError, match="workbench upgrade-store"):
+        store.save(path, store.PROBES, probes.assign_coords(checkpoint=["toy/x", "toy/y"]))
+    assert store.schema_of(path) == "workbench-store/1"  # untouched
+
+
+def test_upgrade_store_converts_in_place_then_appends_work(runs, capsys):
+    path = runs / "toy" / "results.zarr"
+    before = {g: store.open_group(path, g).load() for g in store.groups(path)}
+    assert cli.main(["upgrade-store", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "probes: theta -> rope_theta" in out and "updates_weights: theta_after -> rope_theta_after" in out
+    assert store.schema_of(path) == store.SCHEMA == "workbench-store/2"
+    p = raw(path, "probes")  # plain xarray sees the new names now
+    assert list(p["layer"].values) == [-1, 0, 1] and "rope_theta" in p.coords and p.attrs["schema"] == store.SCHEMA
+    for g, ds in before.items():
+        xr.testing.assert_identical(store.open_group(path, g).load().drop_attrs(), ds.drop_attrs())
+    assert cli.main(["upgrade-store", str(path)]) == 0 and "already workbench-store/2" in capsys.readouterr().out
+    store.save(path, store.PROBES, before["probes"].assign_coords(checkpoint=["toy/x", "toy/y"]))
+    assert store.open_group(path, store.PROBES).sizes["checkpoint"] == 4
