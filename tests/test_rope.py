@@ -83,6 +83,22 @@ def test_pair_layout_is_half_split_as_in_transformers():
         torch.testing.assert_close(rotated.flatten(), expected, atol=1e-5, rtol=0)
 
 
+def test_pair_view_is_the_pair_dims_layout_for_torch_and_numpy():
+    """pair_view(x, dim)[..., h, j, ...] is x's dim pair_dims([j])[h] along ``dim``; a view, the same for numpy."""
+    d = 16
+    x = torch.randn(2, 3, d, 5, dtype=torch.float64)
+    for dim in (2, -2):
+        v = rope.pair_view(x, dim=dim)
+        assert v.shape == (2, 3, 2, d // 2, 5) and v.data_ptr() == x.data_ptr()
+        for j in range(d // 2):
+            a, b = rope.pair_dims([j], d)
+            assert torch.equal(v[:, :, 0, j], x[:, :, a]) and torch.equal(v[:, :, 1, j], x[:, :, b])
+    n = x.transpose(-1, -2).contiguous().numpy()
+    assert np.array_equal(rope.pair_view(n), rope.pair_view(torch.from_numpy(n)).numpy())
+    with pytest.raises(ValueError, match="even"):
+        rope.pair_view(torch.zeros(3, 5))
+
+
 def test_critical_dimension_matches_formula_and_wavelengths():
     theta, d, length = 10000.0, 128, 4096
     assert rope.critical_dimension(theta, d, length) == 2 * math.ceil(64 * math.log(length / (2 * math.pi), theta))

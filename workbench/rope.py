@@ -144,6 +144,16 @@ def pair_dims(pairs: Sequence[int] | np.ndarray, head_dim: int) -> np.ndarray:
     return np.concatenate([idx, idx + half])
 
 
+def pair_view(x, dim: int = -1):
+    """View axis ``dim`` (size d, a head's dims) of a torch tensor or numpy array as RoPE pairs: that axis
+    becomes two, (2, d/2), so ``v[..., 0, j, ...]`` is dim j and ``v[..., 1, j, ...]`` is dim j + d/2 of
+    pair j. A reshape (a view of a contiguous input, no arithmetic); ``[..., d] -> [..., 2, d/2]`` by default."""
+    axis = dim % x.ndim
+    d = x.shape[axis]
+    _check(1.0, d)
+    return x.reshape(*x.shape[:axis], 2, d // 2, *x.shape[axis + 1:])
+
+
 def critical_dimension(theta: float, head_dim: int, train_length: int) -> int:
     """Critical dimension d_extra = 2*ceil((d/2) * log_theta(L / (2*pi))) of arXiv 2310.05209.
 

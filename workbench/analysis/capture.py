@@ -11,7 +11,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from workbench import architectures, models
+from workbench import architectures, models, rope
 from workbench.config import DataConfig
 
 
@@ -110,20 +110,14 @@ def load_for_analysis(path, *, allow_plain_hf: bool = False, attn_implementation
     return model, manifest
 
 
-def pair_view(x: torch.Tensor) -> torch.Tensor:
-    """[..., d] -> [..., 2, d/2]: x[..., 0, j] and x[..., 1, j] are the two dims (j, j + d/2) of pair j."""
-    d = x.shape[-1]
-    return x.reshape(*x.shape[:-1], 2, d // 2)
-
-
 def pair_norm(x: torch.Tensor) -> torch.Tensor:
     """Norm of each pair: [..., d] -> [..., d/2]."""
-    return pair_view(x).pow(2).sum(-2).sqrt()
+    return rope.pair_view(x).pow(2).sum(-2).sqrt()
 
 
 def pair_phase(x: torch.Tensor) -> torch.Tensor:
     """Angle of each pair in its (j, j + d/2) plane: [..., d] -> [..., d/2]."""
-    v = pair_view(x)
+    v = rope.pair_view(x)
     return torch.atan2(v[..., 1, :], v[..., 0, :])
 
 

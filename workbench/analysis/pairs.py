@@ -27,7 +27,7 @@ def split_pairs(weight: torch.Tensor, num_heads: int, head_dim: int) -> torch.Te
     """[num_heads*head_dim, in] (or a bias [num_heads*head_dim]) -> [num_heads, pairs, 2, in]: the two rows of each pair."""
     if weight.shape[0] != num_heads * head_dim:
         raise ValueError(f"projection has {weight.shape[0]} rows, expected heads*head_dim = {num_heads * head_dim}")
-    w = weight.reshape(num_heads, 2, head_dim // 2, *weight.shape[1:])  # [h, half-index, j, ...]
+    w = rope.pair_view(weight.reshape(num_heads, head_dim, *weight.shape[1:]), dim=1)  # [h, half-index, j, ...]
     w = w.transpose(1, 2)  # [h, j, 2, ...]
     return w.reshape(num_heads, head_dim // 2, 2, -1)
 

@@ -28,8 +28,8 @@ import torch
 import xarray as xr
 
 from workbench import checkpoints as ck
-from workbench import store
-from workbench.analysis.capture import capture, pair_view, per_checkpoint, probe_batch
+from workbench import rope, store
+from workbench.analysis.capture import capture, per_checkpoint, probe_batch
 from workbench.config import DataConfig
 
 
@@ -50,7 +50,7 @@ def bucket_of(distance: torch.Tensor) -> torch.Tensor:
 
 def pair_contributions(q: torch.Tensor, k: torch.Tensor, scaling: float) -> torch.Tensor:
     """Full per-pair score terms for small inputs: q [B, H, Tq, d], k [B, H, Tk, d] -> [B, H, Tq, Tk, d/2]."""
-    return scaling * torch.einsum("bhtxp,bhsxp->bhtsp", pair_view(q), pair_view(k))
+    return scaling * torch.einsum("bhtxp,bhsxp->bhtsp", rope.pair_view(q), rope.pair_view(k))
 
 
 def bucketed_contributions(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, scaling: float,
@@ -66,7 +66,7 @@ def bucketed_contributions(q: torch.Tensor, k: torch.Tensor, positions: torch.Te
     """
     b, h, t, d = q.shape
     p = d // 2
-    qv, kv = pair_view(q.to(torch.float64)), pair_view(k.to(torch.float64))
+    qv, kv = rope.pair_view(q.to(torch.float64)), rope.pair_view(k.to(torch.float64))
     total = torch.zeros(n_buckets + 1, h, p, dtype=torch.float64)
     total_abs = torch.zeros_like(total)
     count = torch.zeros(n_buckets + 1, dtype=torch.float64)
@@ -104,8 +104,8 @@ def prefix_contributions(q: torch.Tensor, k: torch.Tensor, scaling: float, lo: n
     q, k [B, H, T, d] post-RoPE (k repeated to the query heads). Returns ``contribution`` [H, P, n_buckets]
     and ``count`` [n_buckets] (number of (b, t, s) triples), as ``bucketed_contributions``."""
     b, h, t, d = q.shape
-    qv = pair_view(q.to(torch.float64))  # [B, H, T, 2, P]
-    kv = pair_view(k.to(torch.float64))
+    qv = rope.pair_view(q.to(torch.float64))  # [B, H, T, 2, P]
+    kv = rope.pair_view(k.to(torch.float64))
     cum = torch.zeros(b, h, t + 1, 2, d // 2, dtype=torch.float64, device=q.device)
     cum[:, :, 1:] = kv.cumsum(2)
     contribution = torch.zeros(h, d // 2, len(lo), dtype=torch.float64, device=q.device)
@@ -151,8 +151,8 @@ def sampled_abs_contributions(q: torch.Tensor, k: torch.Tensor, scaling: float, 
     the same positions in every row. Returns ``abs_contribution`` [H, P, n_buckets] and ``n_sampled``
     [n_buckets] ((b, t, s) triples summed; the mean is the ratio). O(buckets * pairs) work whatever T."""
     b, h, t, d = q.shape
-    qv = pair_view(q.to(torch.float64))
-    kv = pair_view(k.to(torch.float64))
+    qv = rope.pair_view(q.to(torch.float64))
+    kv = rope.pair_view(k.to(torch.float64))
     total = torch.zeros(h, d // 2, len(lo), dtype=torch.float64, device=q.device)
     n_sampled = np.zeros(len(lo))
     exact = np.zeros(len(lo), dtype=bool)

@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import xarray as xr
 
-from workbench import store
+from workbench import rope, store
 from workbench.interp.backends import Backend, load_backend, name_filter
 from workbench.interp.specs import Spec, identity, validate_all
 from workbench.interp.traces import _as_inputs, finish
@@ -50,17 +50,17 @@ def capture_activations(ckpt_path: str | Path, specs: Sequence[Spec] = (), input
     ids, pos = _as_inputs(inputs, be)
     out = be.run(ids, pos, runs, capture=want)
     b, t = ids.shape
-    half = g.head_dim // 2
+    pairs = g.head_dim // 2
     data_vars = {}
     for var, layers in matched.items():
         sample = out[0][KINDS[var].format(i=layers[0])]
         if var in ("rot_q", "rot_k"):
             heads = sample.shape[1]
-            arr = np.full((len(runs), b, g.num_layers, heads, t, half, 2), np.nan, dtype=np.float32)
+            arr = np.full((len(runs), b, g.num_layers, heads, t, pairs, 2), np.nan, dtype=np.float32)
             for s, got in enumerate(out):
                 for i in layers:
                     x = got[KINDS[var].format(i=i)].float().cpu().numpy()  # [B, H, T, d]
-                    arr[s, :, i] = np.stack([x[..., :half], x[..., half:]], -1)
+                    arr[s, :, i] = np.moveaxis(rope.pair_view(x), -2, -1)  # [B, H, T, pair, half]
             hdim = "head" if var == "rot_q" else "kv_head"
             data_vars[var] = (("spec", "sample", "layer", hdim, "position", "pair", "half"), arr)
         else:
