@@ -99,6 +99,16 @@ def test_pair_view_is_the_pair_dims_layout_for_torch_and_numpy():
         rope.pair_view(torch.zeros(3, 5))
 
 
+def test_wavelength_mask_is_pairs_in_wavelengths_on_any_frequencies():
+    theta, d = 1e4, 64
+    inv, lam = rope.inv_freq(theta, d), rope.wavelengths(theta, d)
+    mask = rope.wavelength_mask(inv, lam[3], lam[10])  # inclusive at both ends
+    assert np.flatnonzero(mask).tolist() == list(range(3, 11)) == rope.pairs_in_wavelengths(theta, d, lam[3], lam[10]).tolist()
+    doubled = rope.wavelength_mask(2 * inv, lam[3] / 2 * (1 - 1e-9), lam[10] / 2 * (1 + 1e-9))  # a model's own buffer
+    assert np.flatnonzero(doubled).tolist() == list(range(3, 11))
+    assert rope.wavelength_mask(inv).all()
+
+
 def test_critical_dimension_matches_formula_and_wavelengths():
     theta, d, length = 10000.0, 128, 4096
     assert rope.critical_dimension(theta, d, length) == 2 * math.ceil(64 * math.log(length / (2 * math.pi), theta))

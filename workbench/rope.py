@@ -126,11 +126,17 @@ def wavelengths(theta: float, head_dim: int, scaling: Mapping[str, Any] | None =
     return 2 * math.pi / inv_freq(theta, head_dim, scaling, **kw)
 
 
+def wavelength_mask(frequencies: np.ndarray, min_wavelength: float = 0.0, max_wavelength: float = math.inf) -> np.ndarray:
+    """Boolean mask [d/2] of the pairs whose wavelength 2*pi/omega_j lies in [min_wavelength, max_wavelength]
+    (inclusive), from the frequencies omega_j themselves: `inv_freq` or the ones a model really runs with."""
+    lam = 2 * math.pi / np.asarray(frequencies)
+    return (lam >= min_wavelength) & (lam <= max_wavelength)
+
+
 def pairs_in_wavelengths(theta: float, head_dim: int, min_wavelength: float = 0.0, max_wavelength: float = math.inf,
                          scaling: Mapping[str, Any] | None = None) -> np.ndarray:
     """Indices j of the pairs whose wavelength at ``theta`` lies in [min_wavelength, max_wavelength] (inclusive)."""
-    lam = wavelengths(theta, head_dim, scaling)
-    return np.flatnonzero((lam >= min_wavelength) & (lam <= max_wavelength))
+    return np.flatnonzero(wavelength_mask(inv_freq(theta, head_dim, scaling), min_wavelength, max_wavelength))
 
 
 def pair_dims(pairs: Sequence[int] | np.ndarray, head_dim: int) -> np.ndarray:

@@ -71,8 +71,7 @@ class PairSet:
         if self.wavelength is not None:
             if len(self.wavelength) != 2 or not self.wavelength[0] <= self.wavelength[1]:
                 raise ValueError(f"{where}.wavelength: expected [min, max] with min <= max, got {self.wavelength}")
-            lam = geom.wavelengths
-            keep &= (lam >= self.wavelength[0]) & (lam <= self.wavelength[1])
+            keep &= rope.wavelength_mask(geom.inv_freq, *self.wavelength)  # the model's own frequencies
         if self.band is not None or self.context_lengths is not None:
             if self.band is None or not self.context_lengths:
                 raise ValueError(f"{where}: band and context_lengths go together")
