@@ -141,7 +141,7 @@ runs (one seed each)."""
         interp.write_traces(out, interp.run_trace(ckpt, specs, inputs, backend=be, buckets=4))
         interp.write_repeated(out, interp.repeated_tokens(ckpt, specs[:1], backend=be, window=128, period=16,
                                                           copies=4, samples=1))
-    plan = grid.plan([teacher, ckpts[-1]], tasks="passkey", lengths=[64, 128], depths=2, samples=1, out=out)
+    plan = grid.plan([teacher, ckpts[-1]], tasks="passkey", lengths=[64, 128], depths=2, samples=1, store=out)
     store.save(out, "retrieval", grid.evaluate_plan(plan, device="cpu", progress=False))
     from workbench import arms as A
 

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoints[0]).resolve().parent / "results.zarr"
     plan = grid.plan(args.checkpoints, tasks=args.tasks, lengths=_ints(args.lengths, "lengths"), depths=args.depths,
                      samples=args.samples, seed=args.seed, extrapolate=args.extrapolate,
-                     tokenizer=args.tokenizer, out=out)
+                     tokenizer=args.tokenizer, store=out)
     ds = grid.evaluate_plan(plan, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
     store.save(out, store.RETRIEVAL, ds)
     acc = grid.accuracy(ds, over=("depth", "sample"))

@@ -24,7 +24,8 @@ import xarray as xr
 import yaml
 from transformers.utils import logging as hf_logging
 
-from workbench import analysis, config, interp, models, store
+from workbench import analysis, config, interp, models
+from workbench import store as wstore  # the module; `store` is a store path
 from workbench import arms as A
 from workbench import checkpoints as ck
 from workbench.analysis.weights import comparison_label
@@ -219,10 +220,10 @@ def _stage1_for(state: DemoState, shipped: Path) -> Path:
     raise FileNotFoundError(f"{shipped}: no stage-1 student (shipped or trained) for this arm")
 
 
-def _new_checkpoints(store_path: Path, group: str, dim: str, names: dict[str, Path]) -> dict[str, Path]:
-    if not store.has_group(store_path, group):
+def _new_checkpoints(store: Path, group: str, dim: str, names: dict[str, Path]) -> dict[str, Path]:
+    if not wstore.has_group(store, group):
         return names
-    done = set(map(str, store.open_group(store_path, group)[dim].values))
+    done = set(map(str, wstore.open_group(store, group)[dim].values))
     return {n: p for n, p in names.items() if n not in done}
 
 
@@ -236,14 +237,14 @@ def _evaluate_part(paths: list[str], grid_args: dict, threads: int | None) -> xr
 def evaluate_retrieval(opts: DemoOptions, state: DemoState, checkpoints: list[Path]) -> None:
     """Passkey / NIAH at lengths from the document length to twice the window (extrapolation recorded);
     with ``opts.jobs`` > 1 the checkpoints are split over worker processes."""
-    todo = _new_checkpoints(opts.store, store.RETRIEVAL, "checkpoint",
+    todo = _new_checkpoints(opts.store, wstore.RETRIEVAL, "checkpoint",
                             {ck.label(p): p for p in checkpoints})
     if not todo:
         log("retrieval: every checkpoint already evaluated")
         return
     grid_args = dict(tasks=opts.eval_tasks, lengths=opts.eval_lengths, depths=opts.eval_depths,
                      samples=opts.eval_samples, seed=1234, extrapolate=True)
-    grid.plan(list(todo.values()), out=opts.store, **grid_args)  # every check before any work
+    grid.plan(list(todo.values()), store=opts.store, **grid_args)  # every check before any work
     paths = [str(p) for p in todo.values()]
     if opts.jobs <= 1 or len(paths) <= 1:
         parts = [_evaluate_part(paths, grid_args, None)]
@@ -251,7 +252,7 @@ def evaluate_retrieval(opts: DemoOptions, state: DemoState, checkpoints: list[Pa
         split = [paths[i::opts.jobs] for i in range(opts.jobs) if paths[i::opts.jobs]]
         parts = in_workers(_evaluate_part, [(part, grid_args, 1) for part in split], opts.jobs)
     for ds in parts:
-        store.save(opts.store, store.RETRIEVAL, ds)
+        wstore.save(opts.store, wstore.RETRIEVAL, ds)
 
 
 def interp_specs(head_dim_lengths: list[int]):
@@ -279,12 +280,12 @@ def run_interp(opts: DemoOptions, state: DemoState, checkpoints: list[Path], win
         name = ck.label(path)
         layered = opts.teacher_store if Path(path) == Path(state.teacher) else opts.store
         be = None
-        if name in _new_checkpoints(opts.store, store.REPEATED_TOKENS, "checkpoint", {name: path}):
+        if name in _new_checkpoints(opts.store, wstore.REPEATED_TOKENS, "checkpoint", {name: path}):
             be = interp.load_backend(path, "nnsight")
             interp.write_repeated(opts.store, interp.repeated_tokens(
                 path, specs[-2:], backend=be, window=window, period=32, copies=4 if opts.quick else 8,
                 samples=1 if opts.quick else 2))
-        if name in _new_checkpoints(layered, store.TRACES, "checkpoint", {name: path}):
+        if name in _new_checkpoints(layered, wstore.TRACES, "checkpoint", {name: path}):
             be = be or interp.load_backend(path, "nnsight")
             interp.write_traces(layered, interp.run_trace(path, specs, inputs, backend=be,
                                                           buckets=4 if opts.quick else 8))
@@ -294,7 +295,7 @@ def run_interp(opts: DemoOptions, state: DemoState, checkpoints: list[Path], win
 def run_pair_analysis(opts: DemoOptions, state: DemoState, phase_lengths: list[int]) -> None:
     """Stage-1 student -> end of extension, for every run: per-pair W_q/W_k updates, q/k state updates on
     packed short documents in the window, and band summaries (F3)."""
-    done = store.written_labels(opts.store, store.UPDATES_WEIGHTS)
+    done = wstore.written_labels(opts.store, wstore.UPDATES_WEIGHTS)
     by_start: dict[Path, list[Path]] = {}
     for arm in state.runs:
         start, final = state.start(arm), state.final(arm)
@@ -302,23 +303,23 @@ def run_pair_analysis(opts: DemoOptions, state: DemoState, phase_lengths: list[i
             by_start.setdefault(start, []).append(final)
     for start, finals in by_start.items():
         upd = analysis.weight_updates(finals, reference=start)
-        store.save(opts.store, store.UPDATES_WEIGHTS, upd)
-        store.save(opts.store, store.BANDS, analysis.band_summary(upd, phase_lengths))
-        store.save(opts.store, store.UPDATES_STATES, analysis.state_updates(
+        wstore.save(opts.store, wstore.UPDATES_WEIGHTS, upd)
+        wstore.save(opts.store, wstore.BANDS, analysis.band_summary(upd, phase_lengths))
+        wstore.save(opts.store, wstore.UPDATES_STATES, analysis.state_updates(
             finals, reference=start, seq_len=phase_lengths[-1], batch_size=1 if opts.quick else 2,
             data=DataConfig(kind="synthetic-short")))
     summarise_updates(opts.store)
 
 
-def summarise_updates(store_path: Path) -> None:
+def summarise_updates(store: Path) -> None:
     """Per arm (seeds pooled): mean layer x head x pair updates (``arm_updates``, for the dashboard) and band
     means with intervals over seeds (``arm_bands``, for F3)."""
-    if not store.has_group(store_path, store.UPDATES_WEIGHTS):
+    if not wstore.has_group(store, wstore.UPDATES_WEIGHTS):
         return
-    store.save(store_path, store.ARM_UPDATES, A.arm_means(store.open_group(store_path, store.UPDATES_WEIGHTS).load(),
+    wstore.save(store, wstore.ARM_UPDATES, A.arm_means(wstore.open_group(store, wstore.UPDATES_WEIGHTS).load(),
                                                           "comparison"))
-    bands = store.open_group(store_path, store.BANDS).load()
-    store.save(store_path, store.ARM_BANDS, xr.merge([A.band_table(bands, "q_rel_update"),
+    bands = wstore.open_group(store, wstore.BANDS).load()
+    wstore.save(store, wstore.ARM_BANDS, xr.merge([A.band_table(bands, "q_rel_update"),
                                                       A.band_table(bands, "k_rel_update")], compat="no_conflicts"))
 
 
@@ -326,7 +327,7 @@ def compare_arms(opts: DemoOptions, state: DemoState) -> None:
     """Arms (seeds pooled) with hierarchical bootstrap intervals, and the paired differences that answer the
     paper's questions: KD - CE per theta schedule; phase-wise - each fixed schedule under KD (and CE);
     each ablation - its base arm. Written to the store's ``arm_retrieval`` / ``arm_comparisons`` groups."""
-    ds = store.open_group(opts.store, store.RETRIEVAL).load()
+    ds = wstore.open_group(opts.store, wstore.RETRIEVAL).load()
     groups, _ = A.retrieval_arms(ds)
     pairs, questions = [], []
     for sched in SCHEDULES:
@@ -341,9 +342,9 @@ def compare_arms(opts: DemoOptions, state: DemoState) -> None:
             pairs.append((arm, arm.split("+")[0]))
             questions.append(f"ablation: what does {arm.split('+')[1]} change against its base arm?")
     keep = [(p, q) for p, q in zip(pairs, questions) if p[0] in groups and p[1] in groups]
-    store.save(opts.store, store.ARM_RETRIEVAL, A.retrieval_summary(ds))
+    wstore.save(opts.store, wstore.ARM_RETRIEVAL, A.retrieval_summary(ds))
     if keep:
-        store.save(opts.store, store.ARM_COMPARISONS, A.retrieval_comparisons(
+        wstore.save(opts.store, wstore.ARM_COMPARISONS, A.retrieval_comparisons(
             ds, [p for p, _ in keep], questions=[q for _, q in keep]))
 
 
@@ -351,7 +352,7 @@ def run_kd_signal(opts: DemoOptions, state: DemoState, checkpoints: list[Path], 
     """Cross-document KD signal: per token, KL(model on the causal window || model with document-masked
     attention) over the students' packed short documents, for the teacher, the stage-1 students and every
     final student (KD students should depend on other documents more than CE students, if KD transfers it)."""
-    todo = _new_checkpoints(opts.store, store.KD_SIGNAL, "checkpoint", {ck.label(p): p for p in checkpoints})
+    todo = _new_checkpoints(opts.store, wstore.KD_SIGNAL, "checkpoint", {ck.label(p): p for p in checkpoints})
     if not todo:
         return
     data = config_data(state)
@@ -369,11 +370,11 @@ def config_data(state: DemoState) -> DataConfig:
 def run_probes(opts: DemoOptions, state: DemoState, checkpoints: list[Path], window: int) -> None:
     teacher = [p for p in checkpoints if Path(p) == Path(state.teacher)]
     students = [p for p in checkpoints if Path(p) != Path(state.teacher)]
-    for store_path, paths in ((opts.teacher_store, teacher), (opts.store, students)):
-        todo = _new_checkpoints(store_path, store.PROBES, "checkpoint", {ck.label(p): p for p in paths})
+    for store, paths in ((opts.teacher_store, teacher), (opts.store, students)):
+        todo = _new_checkpoints(store, wstore.PROBES, "checkpoint", {ck.label(p): p for p in paths})
         if todo:
             ds = analysis.position_probes(list(todo.values()), seq_len=window, n_windows=4 if opts.quick else 8)
-            store.save(store_path, store.PROBES, ds)
+            wstore.save(store, wstore.PROBES, ds)
 
 
 def run_ablations(opts: DemoOptions, state: DemoState) -> None:
@@ -385,16 +386,16 @@ def run_ablations(opts: DemoOptions, state: DemoState) -> None:
         todo = [Arm("kd", "phasewise", s, variant) for s in range(opts.seeds)]
         train_students(opts, state, todo)
         evaluate_retrieval(opts, state, [state.final(a) for a in todo])
-    if not store.has_group(opts.store, store.ABLATIONS):
+    if not wstore.has_group(opts.store, wstore.ABLATIONS):
         chosen = {ck.label(state.teacher): str(state.teacher)}
         for arm in state.runs:
             if arm.schedule == "phasewise" and not arm.variant:
                 chosen[ck.label(state.final(arm))] = str(state.final(arm))
         ds = ablations.band_ablation(chosen, tasks=["passkey", "niah"], lengths=[256, 1024],  # documents, window
                                      depths=[0.0, 50.0, 100.0], samples=max(2, opts.eval_samples // 2), seed=99)
-        store.save(opts.store, store.ABLATIONS, ds)
-    store.save(opts.store, store.ABLATION_EFFECTS,
-               ablations.band_effects(store.open_group(opts.store, store.ABLATIONS).load()))
+        wstore.save(opts.store, wstore.ABLATIONS, ds)
+    wstore.save(opts.store, wstore.ABLATION_EFFECTS,
+               ablations.band_effects(wstore.open_group(opts.store, wstore.ABLATIONS).load()))
 
 
 # ----------------------------------------------------------------------------------------------- main

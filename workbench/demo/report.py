@@ -14,7 +14,8 @@ from typing import Callable
 import numpy as np
 import plotly.graph_objects as go
 
-from workbench import arms, store
+from workbench import arms
+from workbench import store as wstore  # the module; `store` is a store path
 from workbench.demo import findings
 from workbench.evals.tasks import TASKS
 from workbench.figures import findings as ffig
@@ -25,8 +26,8 @@ from workbench.figures import traces as ftr
 from workbench.figures import updates as fupd
 
 
-def _group(store_path: Path, name: str):
-    return store.open_group(store_path, name).load() if store.has_group(store_path, name) else None
+def _group(store: Path, name: str):
+    return wstore.open_group(store, name).load() if wstore.has_group(store, name) else None
 
 
 def _students(labels, predicate=lambda arm, seed: seed == 0) -> list[str]:
@@ -37,13 +38,13 @@ def _teachers(labels) -> list[str]:
     return [str(x) for x in labels if findings.parse_checkpoint(str(x)) is None]
 
 
-def f1_retrieval(store_path: Path) -> dict[str, go.Figure]:
+def f1_retrieval(store: Path) -> dict[str, go.Figure]:
     """F1: accuracy vs length per arm with hierarchical bootstrap intervals, the paired differences, the
     teacher's depth x length grid."""
     figs = {}
-    summary = _group(store_path, store.ARM_RETRIEVAL)
-    comp = _group(store_path, store.ARM_COMPARISONS)
-    ds = _group(store_path, store.RETRIEVAL)
+    summary = _group(store, wstore.ARM_RETRIEVAL)
+    comp = _group(store, wstore.ARM_COMPARISONS)
+    ds = _group(store, wstore.RETRIEVAL)
     window = int(ds["max_positions"].max()) if ds is not None and "max_positions" in ds.coords else None
     for task in map(str, summary["task"].values) if summary is not None else []:
         figs[f"f1_{task}_accuracy_by_arm"] = ffig.arm_accuracy_intervals(summary, task, doc_length=256,
@@ -58,58 +59,58 @@ def f1_retrieval(store_path: Path) -> dict[str, go.Figure]:
     return figs
 
 
-def kd_signal(store_path: Path) -> dict[str, go.Figure]:
+def kd_signal(store: Path) -> dict[str, go.Figure]:
     """F2 where it matters: the cross-document part of the KD targets, by distance and token kind."""
-    ds = _group(store_path, store.KD_SIGNAL)
+    ds = _group(store, wstore.KD_SIGNAL)
     if ds is None:
         return {}
     return {"f2_cross_document_kl_by_distance": fkd.kl_by_distance(ds),
             "f2_cross_document_kl_by_kind": fkd.kl_by_kind(ds)}
 
 
-def f2_propagation(store_path: Path) -> dict[str, go.Figure]:
+def f2_propagation(store: Path) -> dict[str, go.Figure]:
     """F2: perturbation propagation by layer (teacher and students) and repeated-token positional KL."""
     figs = {}
-    traces = _group(store_path, store.TRACES)
+    traces = _group(store, wstore.TRACES)
     if traces is not None:
         names = list(map(str, traces["checkpoint"].values))
         for name in _teachers(names) + _students(names, lambda arm, seed: seed == 0 and arm.endswith("phasewise")):
             key = name.replace("/", "_")
             figs[f"f2_lens_kl_by_layer_{key}"] = ftr.divergence_by_layer(traces, "lens_kl", checkpoint=name)
         figs["f2_final_kl_by_spec"] = ftr.final_kl_bars(traces)
-    rep = _group(store_path, store.REPEATED_TOKENS)
+    rep = _group(store, wstore.REPEATED_TOKENS)
     if rep is not None:
         figs["f2_repeated_tokens_kd_signal"] = ftr.repeated_kl_vs_offset(rep, "kd_signal")
     return figs
 
 
-def f3_pair_updates(store_path: Path) -> dict[str, go.Figure]:
+def f3_pair_updates(store: Path) -> dict[str, go.Figure]:
     """F3: layer x pair update heatmaps (stage 1 -> end of extension, mean over seeds) and band bars with
     intervals over seeds, per arm."""
     figs = {}
-    upd = _group(store_path, store.ARM_UPDATES)
-    bands = _group(store_path, store.BANDS)
+    upd = _group(store, wstore.ARM_UPDATES)
+    bands = _group(store, wstore.BANDS)
     if upd is not None:
         lengths = [int(x) for x in bands["phase_length"].values] if bands is not None else None
         upd = upd.rename(arm="comparison")
         for arm in map(str, upd["comparison"].values):
             figs[f"f3_heatmap_q_{arm}"] = fupd.layer_pair_heatmap(upd, comparison=arm, var="q_rel_update",
                                                                   phase_lengths=lengths)
-    table = _group(store_path, store.ARM_BANDS)
+    table = _group(store, wstore.ARM_BANDS)
     if table is not None:
         figs["f3_band_updates_by_arm"] = ffig.band_update_intervals(table)
     return figs
 
 
-def probes(store_path: Path) -> dict[str, go.Figure]:
-    ds = _group(store_path, store.PROBES)
+def probes(store: Path) -> dict[str, go.Figure]:
+    ds = _group(store, wstore.PROBES)
     if ds is None:
         return {}
     return {"probes_r2": fupd.probe_curves(ds, metric="r2"), "probes_accuracy": fupd.probe_curves(ds, metric="accuracy")}
 
 
-def ablations(store_path: Path) -> dict[str, go.Figure]:
-    ds = _group(store_path, store.ABLATION_EFFECTS)
+def ablations(store: Path) -> dict[str, go.Figure]:
+    ds = _group(store, wstore.ABLATION_EFFECTS)
     if ds is None:
         return {}
     return {f"ablation_{task}_{int(n)}": ffig.ablation_effects(ds, task, int(n))
@@ -126,22 +127,22 @@ FIGURE_JOBS: dict[str, Callable[[Path], dict[str, go.Figure]]] = {
 }
 
 
-def build(job: str, store_path: str | Path) -> dict[str, go.Figure]:
+def build(job: str, store: str | Path) -> dict[str, go.Figure]:
     """One figure job's figures from a store (a clear error for a missing or foreign store)."""
     if job not in FIGURE_JOBS:
         raise ValueError(f"unknown figure job {job!r}; known: {', '.join(FIGURE_JOBS)}")
-    store.groups(store_path)
-    return FIGURE_JOBS[job](Path(store_path))
+    wstore.groups(store)
+    return FIGURE_JOBS[job](Path(store))
 
 
-def render(job: str, store_path: str | Path, out_dir: str | Path, *, png: bool = True) -> list[Path]:
+def render(job: str, store: str | Path, out_dir: str | Path, *, png: bool = True) -> list[Path]:
     """Run one figure job: build its figures from the store, write PNG + HTML; returns the files."""
-    return save_figures(build(job, store_path), out_dir, png=png)
+    return save_figures(build(job, store), out_dir, png=png)
 
 
-def render_figures(store_paths, out_dir: str | Path, *, png: bool = True) -> list[Path]:
+def render_figures(stores, out_dir: str | Path, *, png: bool = True) -> list[Path]:
     """Every figure job on every store (one sub-folder per store when there are several), PNGs in one batch."""
-    paths = [Path(p) for p in ([store_paths] if isinstance(store_paths, (str, Path)) else store_paths)]
+    paths = [Path(p) for p in ([stores] if isinstance(stores, (str, Path)) else stores)]
     paths = [p for p in paths if p.exists()]
     figs = {}
     for p in paths:
@@ -186,8 +187,8 @@ def _fig(figures: dict[str, Path], out: Path, name: str, caption: str) -> list[s
     return [f"![{caption}]({path.relative_to(out).as_posix()})", ""] if path is not None else []
 
 
-def f1_section(store_path: Path, figures: dict[str, Path], out: Path) -> list[str]:
-    summary, comp = _group(store_path, store.ARM_RETRIEVAL), _group(store_path, store.ARM_COMPARISONS)
+def f1_section(store: Path, figures: dict[str, Path], out: Path) -> list[str]:
+    summary, comp = _group(store, wstore.ARM_RETRIEVAL), _group(store, wstore.ARM_COMPARISONS)
     if summary is None:
         return ["(no retrieval results)"]
     lengths = [int(n) for n in summary["length"].values]
@@ -239,9 +240,9 @@ def teacher_at_chance(summary, refs: list[str], task: str) -> list[str]:
             f"on {task}; read its differences below as noise or side effects, not as evidence either way."]
 
 
-def f2_section(store_path: Path, teacher_store: Path, figures: dict[str, Path], out: Path) -> list[str]:
+def f2_section(store: Path, teacher_store: Path, figures: dict[str, Path], out: Path) -> list[str]:
     lines = []
-    sig = _group(store_path, store.KD_SIGNAL)
+    sig = _group(store, wstore.KD_SIGNAL)
     if sig is not None:
         names = [str(c) for c in sig["checkpoint"].values]
         teacher = [n for n in names if n.startswith("teacher/")]
@@ -262,12 +263,12 @@ def f2_section(store_path: Path, teacher_store: Path, figures: dict[str, Path], 
                          + ". If KD transfers cross-document information, KD arms sit above their CE twins.")
         lines += [""] + _fig(figures, out, "results/f2_cross_document_kl_by_distance", "cross-document KL by distance")
         lines += _fig(figures, out, "results/f2_cross_document_kl_by_kind", "cross-document KL by token kind")
-    rep = _group(store_path, store.REPEATED_TOKENS)
+    rep = _group(store, wstore.REPEATED_TOKENS)
     if rep is not None:
         kd = findings.repeated_summary(rep)
         lines.append("- **Repeated tokens**: KD signal between identical copies at different absolute positions: "
                      + ", ".join(f"`{c}` {float(v):.4f}" for c, v in zip(kd["checkpoint"].values, kd.values)) + " nats.")
-    tr = _group(teacher_store, store.TRACES) if Path(teacher_store).exists() else None
+    tr = _group(teacher_store, wstore.TRACES) if Path(teacher_store).exists() else None
     if tr is not None:
         summary = findings.trace_summary(tr)
         for c in map(str, summary["checkpoint"].values):
@@ -278,9 +279,9 @@ def f2_section(store_path: Path, teacher_store: Path, figures: dict[str, Path], 
     return lines + [""]
 
 
-def f3_section(store_path: Path, figures: dict[str, Path], out: Path) -> list[str]:
-    bands = _group(store_path, store.BANDS)
-    upd = _group(store_path, store.UPDATES_WEIGHTS)
+def f3_section(store: Path, figures: dict[str, Path], out: Path) -> list[str]:
+    bands = _group(store, wstore.BANDS)
+    upd = _group(store, wstore.UPDATES_WEIGHTS)
     if bands is None or upd is None:
         return ["(no per-pair updates)"]
     rho = findings.pair_trend(upd)
@@ -299,8 +300,8 @@ def f3_section(store_path: Path, figures: dict[str, Path], out: Path) -> list[st
     return lines + [""]
 
 
-def ablation_section(store_path: Path, figures: dict[str, Path], out: Path) -> list[str]:
-    comp, eff = _group(store_path, store.ARM_COMPARISONS), _group(store_path, store.ABLATION_EFFECTS)
+def ablation_section(store: Path, figures: dict[str, Path], out: Path) -> list[str]:
+    comp, eff = _group(store, wstore.ARM_COMPARISONS), _group(store, wstore.ABLATION_EFFECTS)
     lines = []
     if comp is not None:
         for name in (c for c in map(str, comp["comparison"].values) if "+" in c):
@@ -329,11 +330,11 @@ def write_report(opts, state, figures: list[Path]) -> Path:
     """REPORT.md in the run directory: settings, the stage-1 students, every arm with intervals, the paired
     differences, each finding's verdict with its numbers and the figure it rests on, timings."""
     out = Path(opts.out)
-    store_path = Path(opts.store)
+    store = Path(opts.store)
     by_name = {p.relative_to(out / "figures").with_suffix("").as_posix(): p for p in figures if p.suffix == ".png"}
     if not any("/" in k for k in by_name):  # a single store: no sub-folders
         by_name = {f"results/{k}": v for k, v in by_name.items()}
-    ret = _group(store_path, store.RETRIEVAL)
+    ret = _group(store, wstore.RETRIEVAL)
     prompts = int(ret.sizes["depth"] * ret.sizes["sample"]) if ret is not None else 0
     lines = [
         "# RoPE-KD workbench demo report", "",
@@ -349,12 +350,12 @@ def write_report(opts, state, figures: list[Path]) -> Path:
         f"- retrieval: tasks {opts.eval_tasks}, lengths {opts.eval_lengths}, {prompts} prompts per cell "
         f"({opts.eval_depths} depths x {opts.eval_samples} samples), the same prompts for every model; "
         "beyond the 1024-token window recorded as extrapolation",
-        f"- store: `{store_path}` (open with `xarray.open_zarr(path, group=..., consolidated=False)`)", "",
-        "## F1 and KD vs CE: retrieval", "", *f1_section(store_path, by_name, out),
+        f"- store: `{store}` (open with `xarray.open_zarr(path, group=..., consolidated=False)`)", "",
+        "## F1 and KD vs CE: retrieval", "", *f1_section(store, by_name, out),
         "## F2: positional and cross-document information in the KD targets", "",
-        *f2_section(store_path, Path(opts.teacher_store), by_name, out),
-        "## F3: which RoPE pairs of W_q adapt during extension", "", *f3_section(store_path, by_name, out),
-        "## Ablations", "", *ablation_section(store_path, by_name, out), "",
+        *f2_section(store, Path(opts.teacher_store), by_name, out),
+        "## F3: which RoPE pairs of W_q adapt during extension", "", *f3_section(store, by_name, out),
+        "## Ablations", "", *ablation_section(store, by_name, out), "",
         "## Timings (s)", "", *[f"- {k}: {v:.1f}" for k, v in state.timings.items()], "",
     ]
     path = out / "REPORT.md"

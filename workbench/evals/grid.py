@@ -20,7 +20,8 @@ import torch
 import xarray as xr
 
 from workbench import checkpoints as ck
-from workbench import models, store, tokenizers
+from workbench import models, tokenizers
+from workbench import store as wstore  # the module; `store` is a store path
 from workbench.evals import tasks as T
 from workbench.evals.render import Rendering, SyntheticRendering, rendering_for
 from workbench.evals.runner import score_samples
@@ -55,7 +56,7 @@ def load_rendering(tokenizer: str) -> Rendering:
 
 def plan(checkpoints: Sequence[str | Path], *, tasks: str | Sequence[str], lengths: Sequence[int],
          depths: int | Sequence[float], samples: int, seed: int = 0, extrapolate: bool = False,
-         tokenizer: str | None = None, out: str | Path | None = None) -> Plan:
+         tokenizer: str | None = None, store: str | Path | None = None) -> Plan:
     """Validate a request (cheap: no weights are loaded). Raises ValueError / CheckpointError / StoreError."""
     if not checkpoints:
         raise ValueError("no checkpoints given")
@@ -94,17 +95,17 @@ def plan(checkpoints: Sequence[str | Path], *, tasks: str | Sequence[str], lengt
             T.make_samples(task, min(lengths), depth_list, int(samples), rendering, seed=seed)
     p = Plan(ckpts, task_names, sorted(lengths), depth_list, int(samples), int(seed), bool(extrapolate),
              tokenizers=toks, max_positions=limits, extrapolating=extrapolating)
-    if out is not None:
-        check_store(out, p)
+    if store is not None:
+        check_store(store, p)
     return p
 
 
-def check_store(out: str | Path, p: Plan) -> None:
+def check_store(store: str | Path, p: Plan) -> None:
     """Refuse, before any work, a store that already has these checkpoints or another grid."""
     skeleton = xr.Dataset(coords={"checkpoint": np.array([c.label for c in p.checkpoints], dtype=object),
                                   "task": np.array(p.tasks, dtype=object), "length": np.array(p.lengths),
                                   "depth": np.array(p.depths, dtype=np.float64), "sample": np.arange(p.samples)})
-    store.refuse(out, store.RETRIEVAL, skeleton)
+    wstore.refuse(store, wstore.RETRIEVAL, skeleton)
 
 
 def evaluate_model(model, rendering: Rendering, *, tasks: Sequence[str], lengths: Sequence[int],
@@ -191,7 +192,7 @@ def evaluate_plan(p: Plan, *, device: str = "auto", dtype: str = "auto", batch_s
             del model
     finally:
         bar.close()
-    ds = store.stack_checkpoints([d for d, *_ in per_ckpt], [c.label for _, c, *_ in per_ckpt])
+    ds = wstore.stack_checkpoints([d for d, *_ in per_ckpt], [c.label for _, c, *_ in per_ckpt])
     info = [(c, theta, rname) for _, c, theta, rname in per_ckpt]
     ds = ds.assign_coords(
         checkpoint_path=("checkpoint", np.array([str(c.path.resolve()) for c, *_ in info], dtype=object)),
@@ -205,8 +206,8 @@ def evaluate_plan(p: Plan, *, device: str = "auto", dtype: str = "auto", batch_s
         objective=("checkpoint", np.array([str(c.manifest.get("objective") or "") for c, *_ in info],
                                           dtype=object)),
     )
-    ds.attrs = store.provenance(
-        kind=store.RETRIEVAL, seed=p.seed, dtype=str(torch_dtype).replace("torch.", ""), device=dev.type,
+    ds.attrs = wstore.provenance(
+        kind=wstore.RETRIEVAL, seed=p.seed, dtype=str(torch_dtype).replace("torch.", ""), device=dev.type,
         extrapolate=p.extrapolate, samples=p.samples,
         checkpoint_hashes={c.label: h for (c, *_), h in zip(info, ds["checkpoint_hash"].values)},
         rope_theta={c.label: theta for c, theta, _ in info},

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import xarray as xr
 
-from workbench import checkpoints, store
+from workbench import checkpoints
+from workbench import store as wstore  # the module; `store` is a store path
 from workbench.interp.activations import capture_activations, write_activations
 from workbench.interp.backends import (Backend, LengthLimitError, NNsightBackend, TransformerLensBackend,
                                        load_backend, plain_hf_logits)
@@ -30,22 +31,22 @@ from workbench.interp.specs import (Geometry, Op, PairSet, Scope, Spec, dump_spe
 from workbench.interp.traces import default_inputs, run_trace
 
 
-def _skip_written_clean(store_path: str | Path, group: str, ds: xr.Dataset) -> xr.Dataset:
+def _skip_written_clean(store: str | Path, group: str, ds: xr.Dataset) -> xr.Dataset:
     """Every run carries the identity ``clean``; when a checkpoint's clean cell is already stored, keep it."""
-    done = store.written_cells(store_path, group)
+    done = wstore.written_cells(store, group)
     if "clean" in ds.spec.values and all((str(c), "clean") in done for c in ds.checkpoint.values):
         ds = ds.drop_sel(spec="clean")
     return ds
 
 
-def write_traces(store_path: str | Path, ds: xr.Dataset) -> Path:
+def write_traces(store: str | Path, ds: xr.Dataset) -> Path:
     """Write (append) a run_trace Dataset into group ``traces``; a (checkpoint, spec) cell is written once."""
-    return store.save(store_path, store.TRACES, _skip_written_clean(store_path, store.TRACES, ds))
+    return wstore.save(store, wstore.TRACES, _skip_written_clean(store, wstore.TRACES, ds))
 
 
-def write_repeated(store_path: str | Path, ds: xr.Dataset) -> Path:
+def write_repeated(store: str | Path, ds: xr.Dataset) -> Path:
     """Write (append) a repeated_tokens Dataset into group ``repeated_tokens``."""
-    return store.save(store_path, store.REPEATED_TOKENS, _skip_written_clean(store_path, store.REPEATED_TOKENS, ds))
+    return wstore.save(store, wstore.REPEATED_TOKENS, _skip_written_clean(store, wstore.REPEATED_TOKENS, ds))
 
 
 def check_backend_length(ckpt_path: str | Path, backend: str, n_rows: int, length: int) -> None:
@@ -61,14 +62,14 @@ def check_backend_length(ckpt_path: str | Path, backend: str, n_rows: int, lengt
     check_eager_length(int(cfg["num_attention_heads"]), n_rows, length)
 
 
-def check_writable(store_path: str | Path, group: str, ckpt_path: str | Path, specs) -> None:
+def check_writable(store: str | Path, group: str, ckpt_path: str | Path, specs) -> None:
     """Refuse, before any forward pass, specs the store already holds for this checkpoint (StoreError)."""
     label = checkpoints.label(ckpt_path)
     runs = [s for s in specs if not s.is_identity]
-    if (label, "clean") not in store.written_cells(store_path, group):
+    if (label, "clean") not in wstore.written_cells(store, group):
         runs = [identity("clean"), *runs]
     if runs:
-        store.refuse(store_path, group, cells={"checkpoint": [label], "spec": [r.name for r in runs]},
+        wstore.refuse(store, group, cells={"checkpoint": [label], "spec": [r.name for r in runs]},
                      spec_hash=[r.ops_hash for r in runs])
 
 

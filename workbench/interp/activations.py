@@ -21,7 +21,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import xarray as xr
 
-from workbench import rope, store
+from workbench import rope
+from workbench import store as wstore  # the module; `store` is a store path
 from workbench.interp.backends import Backend, load_backend, name_filter
 from workbench.interp.specs import Spec, identity, validate_all
 from workbench.interp.traces import _as_inputs, finish
@@ -74,12 +75,12 @@ def capture_activations(ckpt_path: str | Path, specs: Sequence[Spec] = (), input
               "spec_json": ("spec", np.array([r.to_json() for r in runs], dtype=object)),
               "spec_hash": ("spec", np.array([r.ops_hash for r in runs], dtype=object)),
               "position_id": (("sample", "position"), pos.numpy())}
-    coords.update(store.pair_coords(g.theta, g.head_dim, g.scaling))
+    coords.update(wstore.pair_coords(g.theta, g.head_dim, g.scaling))
     ds = xr.Dataset(data_vars, coords=coords)
-    return finish(ds, be, ckpt_path, kind=store.ACTIVATIONS,
+    return finish(ds, be, ckpt_path, kind=wstore.ACTIVATIONS,
                   extra={"names": names if not callable(names) else "callable", "captured": sorted(matched)})
 
 
-def write_activations(store_path: str | Path, ds: xr.Dataset) -> Path:
+def write_activations(store: str | Path, ds: xr.Dataset) -> Path:
     """Write (append) an activations Dataset to group ``activations``, chunked by (checkpoint, spec, layer)."""
-    return store.save(store_path, store.ACTIVATIONS, ds)
+    return wstore.save(store, wstore.ACTIVATIONS, ds)

@@ -50,7 +50,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from workbench import checkpoints, divergence, store, tokenizers
+from workbench import checkpoints, divergence, tokenizers
+from workbench import store as wstore  # the module; `store` is a store path
 from workbench.config import ConfigError, DataConfig
 from workbench.data.packing import document_starts
 
@@ -491,8 +492,8 @@ def build_dataset(per_ckpt: Sequence[np.ndarray], names: Sequence[str], infos: S
             "kd_target": ("token", tokens["kd_target"].astype(bool)),
             "boundary": ("token", tokens["boundary"].astype(bool)),
         })
-    attrs = store.provenance(
-        kind=store.KD_SIGNAL, divergence=DIVERGENCE, summary_tokens=summary_tokens, token_kinds=bool(token_kinds),
+    attrs = wstore.provenance(
+        kind=wstore.KD_SIGNAL, divergence=DIVERGENCE, summary_tokens=summary_tokens, token_kinds=bool(token_kinds),
         kept_tokens=bool(keep), n_tokens=int(n_tok), device=str(device), dtype=str(dtype).replace("torch.", ""),
         checkpoint_hashes={n: i["checkpoint_hash"] for n, i in zip(names, infos)},
         token_definition="token t: the distribution at position t of a window, predicting token t+1; the "
@@ -506,10 +507,10 @@ def build_dataset(per_ckpt: Sequence[np.ndarray], names: Sequence[str], infos: S
 # ------------------------------------------------------------------------------------------ store
 
 
-def check_writable(store_path: str | Path, labels: Iterable[str], attrs: Mapping[str, Any] | None = None) -> None:
+def check_writable(store: str | Path, labels: Iterable[str], attrs: Mapping[str, Any] | None = None) -> None:
     """Refuse, before any model runs, a write ``write_kd_signal`` would refuse: a foreign store, a checkpoint
     already in the group, or (with ``attrs``) data settings that differ from the group's."""
-    store.refuse(store_path, store.KD_SIGNAL, labels=labels, attrs=attrs)
+    wstore.refuse(store, wstore.KD_SIGNAL, labels=labels, attrs=attrs)
 
 
 def data_attrs(data_cfg: DataConfig, *, seq_len: int, windows: int, seed: int,
@@ -523,10 +524,10 @@ def data_attrs(data_cfg: DataConfig, *, seq_len: int, windows: int, seed: int,
             "kept_tokens": n <= AUTO_KEEP_TOKENS if keep_tokens is None else bool(keep_tokens)}
 
 
-def write_kd_signal(store_path: str | Path, ds: xr.Dataset) -> Path:
+def write_kd_signal(store: str | Path, ds: xr.Dataset) -> Path:
     """Create the ``kd_signal`` group or append ``ds`` to it along ``checkpoint`` (a checkpoint already
     there, or other data settings, are refused with StoreError before anything is written)."""
-    return store.save(store_path, store.KD_SIGNAL, ds)
+    return wstore.save(store, wstore.KD_SIGNAL, ds)
 
 
 __all__ = ["batch_kl", "check_inputs", "check_writable", "cross_document_kl",
