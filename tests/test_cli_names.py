@@ -48,3 +48,23 @@ def test_old_name_default_leaves_the_new_default():
                                      ["teacher-cache", "c", "--out", "o"]])
 def test_analysis_commands_share_one_device_default(command):
     assert parse(command).device == commands.DEVICE_DEFAULT == "auto"
+
+
+def test_compare_takes_its_store_positionally_or_as_store(tmp_path, capsys):
+    assert parse(["compare", "s.zarr"]).store == "s.zarr" and parse(["compare", "--store", "s.zarr"]).store_flag == "s.zarr"
+    assert cli.main(["compare"]) == 2
+    assert "compare needs its input store" in capsys.readouterr().err
+    assert cli.main(["compare", "a.zarr", "--store", "b.zarr"]) == 2
+    assert "two input stores" in capsys.readouterr().err
+    missing = str(tmp_path / "none.zarr")
+    assert cli.main(["compare", "--store", missing]) == cli.main(["compare", missing]) == 2
+    err = capsys.readouterr().err
+    assert err.count("none.zarr") >= 2 and "input store" not in err  # the flag's store is the one opened
+
+
+@pytest.mark.parametrize("command, flag, metavar", [(["eval", "a"], "--figure", "PATH"), (["kd-signal", "a"], "--figure", "PATH"),
+                                                    (["updates", "a", "b"], "--figures", "DIR"),
+                                                    (["probe", "a"], "--figures", "DIR")])
+def test_figure_is_a_path_prefix_and_figures_a_folder(command, flag, metavar):
+    helptext = cli.build_parser()._subparsers._group_actions[0].choices[command[0]].format_help()
+    assert f"{flag} {metavar}" in helptext

@@ -17,7 +17,10 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("store", help="results store (*.zarr) with a retrieval group")
+    p.add_argument("store", nargs="?", default=None, metavar="STORE",
+                   help="results store (*.zarr) with a retrieval group (or --store STORE)")
+    p.add_argument("--store", dest="store_flag", default=None, metavar="STORE",
+                   help="the input store as a flag, as in the analyses' figure scripts")
     p.add_argument("--out", default=None, help="store to write the summaries into (default: the input store)")
     p.add_argument("--compare", action="append", default=[], metavar="'A - B'",
                    help="a paired difference between two arms (repeatable); default: every kd-X - ce-X")
@@ -32,6 +35,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.boot < 100 or not 0.5 <= args.level < 1:
         raise ValueError(f"--boot must be >= 100 and --level in [0.5, 1), got {args.boot}, {args.level}")
+    if args.store and args.store_flag and Path(args.store) != Path(args.store_flag):
+        raise ValueError(f"two input stores: STORE {args.store} and --store {args.store_flag}; give one")
+    args.store = args.store or args.store_flag
+    if not args.store:
+        raise ValueError("compare needs its input store: workbench compare STORE (or --store STORE)")
     pairs = [arms.parse_comparison(c) for c in args.compare]
     ds = store.open_group(args.store, store.RETRIEVAL).load()
     if args.metric not in ds:

@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--abs-sample-pairs", type=int, default=65536,
                    help="fast method: (query, key) pairs sampled per distance bucket for the mean |term|")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--figures", default=None, help="also write the probe curves (HTML + PNG) into this folder")
+    p.add_argument("--figures", default=None, metavar="DIR", help="also write the probe curves (HTML + PNG) into this folder")
     add_device(p, "; statistics are float32 either way")
     inputs.add_arguments(p)  # --inputs / --tokenizer, shared with trace and updates (workbench.inputs)
     inputs.add_plain_hf_flag(p)  # deprecated no-op: plain HF directories are always accepted

@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=int, default=1024, help="length of the packed probe windows for the state view")
     p.add_argument("--windows", type=int, default=2, help="packed probe windows for the state view")
     p.add_argument("--seed", type=int, default=0, help="seed of the probe windows")
-    p.add_argument("--figures", default=None, help="also write the heatmaps and band bars (HTML + PNG) into this folder")
+    p.add_argument("--figures", default=None, metavar="DIR", help="also write the heatmaps and band bars (HTML + PNG) into this folder")
     add_device(p, "; statistics are float32 either way")
     deprecated_alias(p, "--batch-size", "--windows")
     inputs.add_arguments(p)  # --inputs / --tokenizer, shared with trace and probe (workbench.inputs)
