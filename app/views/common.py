@@ -57,6 +57,22 @@ def guarded(fn: Callable[..., Any], fallback: Callable[[str], Any]) -> Callable[
     return wrapper
 
 
+def picked(value: Any, what: str, *, most: int, known: Iterable[str] | None = None, where: str = "") -> list[str]:
+    """A multi-select dropdown's value as a list of names: at least one, at most ``most``, each in ``known``
+    (when given); anything else is one message naming what is wrong."""
+    names = [value] if isinstance(value, str) else list(value or [])
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"pick at least one {what}")
+    if len(names) > most:
+        raise ValueError(f"at most {most} {what}s side by side, got {len(names)}")
+    if known is not None:
+        known = list(known)
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"no {what} {unknown[0]!r} in {where} (has: {', '.join(known)})")
+    return names
+
+
 def only_when_shown(tab: Any, name: str) -> None:
     """Skip a callback while its view's tab is hidden: the first page load then only runs the shown view
     (switching tabs fires it)."""

@@ -19,7 +19,7 @@ from dash import Dash, Input, Output, State, callback_context, dcc, html, no_upd
 from app import runs as R
 from app import stores as S
 from app.paths import is_inside
-from app.views.common import control, graph, guarded, notice, register_store_picker, shown
+from app.views.common import control, graph, guarded, notice, picked, register_store_picker, shown
 from workbench import arms as A
 from workbench import store as wstore
 from workbench.figures import findings as arm_figs
@@ -47,18 +47,14 @@ def default_checkpoints(names: list[str]) -> list[str]:
     last: dict[str, str] = {}
     for name in names:
         last[name.split("/")[0]] = name
-    picked = list(last.values())
-    return (picked if len(picked) > 1 else names)[:MAX_SIDE_BY_SIDE]
+    finals = list(last.values())
+    return (finals if len(finals) > 1 else names)[:MAX_SIDE_BY_SIDE]
 
 
 def _args(task: Any, metric: Any, checkpoints: Any) -> tuple[str | None, str, list[str]]:
     if not isinstance(metric, str) or metric not in figs.LABELS:
         raise ValueError(f"unknown metric {metric!r}; one of {', '.join(figs.LABELS)}")
-    names = [checkpoints] if isinstance(checkpoints, str) else list(checkpoints or [])
-    if not names or not all(isinstance(n, str) for n in names):
-        raise ValueError("pick at least one checkpoint")
-    if len(names) > MAX_SIDE_BY_SIDE:
-        raise ValueError(f"at most {MAX_SIDE_BY_SIDE} checkpoints side by side, got {len(names)}")
+    names = picked(checkpoints, "checkpoint", most=MAX_SIDE_BY_SIDE)
     return (None if task in (None, ALL) else str(task)), metric, names
 
 
@@ -95,16 +91,9 @@ def default_arms(root: Path, store: str) -> list[str]:
     return arms[:2]
 
 
-def _arm_args(root: Path, store: str, task: Any, picked: Any) -> tuple[str, list[str]]:
+def _arm_args(root: Path, store: str, task: Any, value: Any) -> tuple[str, list[str]]:
     tasks, arms = arm_choices(root, store)
-    names = [picked] if isinstance(picked, str) else list(picked or [])
-    if not names or not all(isinstance(n, str) for n in names):
-        raise ValueError("pick at least one arm")
-    if len(names) > MAX_SIDE_BY_SIDE:
-        raise ValueError(f"at most {MAX_SIDE_BY_SIDE} arms side by side, got {len(names)}")
-    unknown = [n for n in names if n not in arms]
-    if unknown:
-        raise ValueError(f"no arm {unknown[0]!r} in {store}/{ARMS_GROUP} (has: {', '.join(arms)})")
+    names = picked(value, "arm", most=MAX_SIDE_BY_SIDE, known=arms, where=f"{store}/{ARMS_GROUP}")
     task = tasks[0] if task in (None, ALL) else str(task)
     if task not in tasks:
         raise ValueError(f"no task {task!r} in {store}/{ARMS_GROUP} (has: {', '.join(tasks)})")
@@ -115,11 +104,11 @@ def arm_differences(root: Path, store: str, arms: list[str]):
     """Paired differences A - B among ``arms``: the stored ones (``arm_comparisons``) whose two sides are
     both picked; when none is stored and exactly two arms are picked, computed now from ``retrieval``
     (the same paired hierarchical bootstrap ``workbench compare`` writes). None when there is nothing."""
-    picked = set(arms)
+    chosen = set(arms)
     if COMPARISONS_GROUP in S.groups_of(root, store):
         comp = S.open_group(root, store, COMPARISONS_GROUP)
         keep = [str(c) for c, a, b in zip(comp["comparison"].values, comp["arm_a"].values, comp["arm_b"].values)
-                if str(a) in picked and str(b) in picked]
+                if str(a) in chosen and str(b) in chosen]
         if keep:
             return comp.sel(comparison=keep).load()
     if len(arms) != 2 or GROUP not in S.groups_of(root, store):
@@ -130,9 +119,9 @@ def arm_differences(root: Path, store: str, arms: list[str]):
     return A.retrieval_comparisons(S.loaded(root, store, GROUP, "correct"), [(arms[0], arms[1])])
 
 
-def arm_grids(root: Path, store: str, task: Any, picked: Any):
+def arm_grids(root: Path, store: str, task: Any, value: Any):
     """(side-by-side arm grids, accuracy vs length with intervals, paired differences or None)."""
-    task, names = _arm_args(root, store, task, picked)
+    task, names = _arm_args(root, store, task, value)
     summary = S.open_group(root, store, ARMS_GROUP).load()
     diffs = arm_differences(root, store, names)
     return (figs.arm_heatmaps(summary, names, task=task),

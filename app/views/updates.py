@@ -19,8 +19,8 @@ from dash import Dash, Input, Output, State, callback_context, dcc, html, no_upd
 
 from app import runs as R
 from app import stores as S
-from app.views.common import (control, graph, guarded, notice, register_store_picker,
-                              shown)
+from app.views.common import control, graph, guarded, notice, picked, register_store_picker, shown
+from workbench import arms as A
 from workbench import store as wstore
 from workbench.figures import findings as arm_figs
 from workbench.figures import updates as figs
@@ -134,32 +134,23 @@ def arms(root: Path, store: str) -> list[str]:
     return [str(a) for a in S.open_group(root, store, ARMS_GROUP)["arm"].values]
 
 
-def _arm_args(root: Path, store: str, source: str, picked: Any) -> tuple[str, list[str]]:
+def _arm_args(root: Path, store: str, source: str, value: Any) -> tuple[str, list[str]]:
     group, var = source_of(source)
     if group != GROUP:
         raise ValueError(f"arms are summarised for the weights (W_q, W_k), not for {source!r}")
-    names = [picked] if isinstance(picked, str) else list(picked or [])
-    if not names or not all(isinstance(n, str) for n in names):
-        raise ValueError("pick at least one arm")
-    if len(names) > MAX_SIDE_BY_SIDE:
-        raise ValueError(f"at most {MAX_SIDE_BY_SIDE} arms side by side, got {len(names)}")
-    known = arms(root, store)
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ValueError(f"no arm {unknown[0]!r} in {store}/{ARMS_GROUP} (has: {', '.join(known)})")
-    return var, names
+    return var, picked(value, "arm", most=MAX_SIDE_BY_SIDE, known=arms(root, store), where=f"{store}/{ARMS_GROUP}")
 
 
-def arm_heatmaps(root: Path, store: str, source: str, picked: Any):
+def arm_heatmaps(root: Path, store: str, source: str, value: Any):
     """Layer x pair heatmaps of the picked arms side by side (mean over heads and seeds)."""
-    var, names = _arm_args(root, store, source, picked)
+    var, names = _arm_args(root, store, source, value)
     return figs.arm_layer_pair_heatmaps(S.loaded(root, store, ARMS_GROUP, var), names, var=var,
                                         phase_lengths=phase_lengths(root, store, source))
 
 
-def arm_bands(root: Path, store: str, source: str, picked: Any):
+def arm_bands(root: Path, store: str, source: str, value: Any):
     """Band means of the picked arms with their interval over seeds (None without ``arm_bands``)."""
-    var, names = _arm_args(root, store, source, picked)
+    var, names = _arm_args(root, store, source, value)
     if ARM_BANDS_GROUP not in S.groups_of(root, store):
         return None
     table = S.open_group(root, store, ARM_BANDS_GROUP)
@@ -168,11 +159,9 @@ def arm_bands(root: Path, store: str, source: str, picked: Any):
 
 
 def default_arms(names: list[str]) -> list[str]:
-    """The first KD arm and its CE counterpart when both exist, else the first two arms."""
-    for name in names:
-        if name.startswith("kd") and "ce" + name[2:] in names:
-            return [name, "ce" + name[2:]]
-    return names[:2]
+    """The first KD arm and its CE twin when both exist (``arms.objective_pairs``), else the first two arms."""
+    pairs = A.objective_pairs(names)
+    return list(pairs[0]) if pairs else names[:2]
 
 
 def layer_from_click(click: Any) -> int | None:
@@ -238,13 +227,13 @@ def register(app: Dash, root: Path) -> None:
         Input("updates-store", "value"), Input("updates-mode", "value"), State("updates-arms", "value"),
     )(guarded(arm_picker, lambda m: ([], [])))
 
-    def draw(store: Any, mode: Any, source: Any, comparison: Any, picked: Any):
+    def draw(store: Any, mode: Any, source: Any, comparison: Any, chosen: Any):
         if mode == "arms" and store:
-            if not picked:
+            if not chosen:
                 arms(root, store)  # says so when the store has no arm summary
                 return {}, shown(False, 460), {}, shown(False, 400), no_update
-            bars = arm_bands(root, store, source, picked)
-            return (arm_heatmaps(root, store, source, picked), shown(True, 460), bars or {},
+            bars = arm_bands(root, store, source, chosen)
+            return (arm_heatmaps(root, store, source, chosen), shown(True, 460), bars or {},
                     shown(bars is not None, 400), [])
         if not store or not comparison:
             return {}, shown(False, 460), {}, shown(False, 400), no_update
