@@ -65,18 +65,20 @@ def _pair_labels(ds: xr.Dataset, comparison: str | None) -> tuple[np.ndarray, li
 
 
 def _phase_overlays(fig: go.Figure, theta: float | None, head_dim: int | None,
-                    phase_lengths: Sequence[int] | None, n_pairs: int) -> None:
-    """A vertical line before the critical pair of each phase length (first pair with wavelength > L)."""
+                    phase_lengths: Sequence[int] | None, n_pairs: int, *, annotate: bool = True, **where) -> None:
+    """A vertical line before the critical pair of each phase length (first pair with wavelength > L);
+    ``where`` (row, col) places it in one subplot."""
     if theta is None or head_dim is None:
         return
     for k, length in enumerate(sorted(int(x) for x in phase_lengths or ())):
         crit = rope.critical_pair(theta, head_dim, length)
         if crit >= n_pairs:
             continue
-        fig.add_vline(x=crit - 0.5, line_color="#ff4136", line_width=3, line_dash="solid" if k else "dash",
-                      annotation_text=f"lambda > {length:,} from pair {crit} (critical pair)",
-                      annotation_position="top right" if k % 2 else "bottom right", annotation_font_size=11,
-                      annotation_bgcolor="rgba(255,255,255,0.85)")
+        text = dict(annotation_text=f"lambda > {length:,} from pair {crit} (critical pair)",
+                    annotation_position="top right" if k % 2 else "bottom right", annotation_font_size=11,
+                    annotation_bgcolor="rgba(255,255,255,0.85)") if annotate else {}
+        fig.add_vline(x=crit - 0.5, line_color="#ff4136", line_width=3 if annotate else 2,
+                      line_dash="solid" if k else "dash", **text, **where)
 
 
 def layer_pair_heatmap(ds: xr.Dataset, *, comparison: str | None = None, var: str = "q_rel_update",
@@ -129,12 +131,8 @@ def arm_layer_pair_heatmaps(arm_updates: xr.Dataset, arms: Sequence[str], *, var
                                  hovertemplate=arm + "<br>layer %{y}, pair %{x} (wavelength %{customdata:.4g})<br>"
                                  + var + " %{z:.4g}<extra></extra>"), row=1, col=i + 1)
         fig.update_xaxes(title_text="pair j", row=1, col=i + 1)
-        if "rope_theta_after" in arm_updates.coords:
-            theta = float(arm_updates["rope_theta_after"].sel(arm=arm))
-            for length in sorted(int(x) for x in phase_lengths or ()):
-                crit = rope.critical_pair(theta, head_dim, length)
-                if crit < arm_updates.sizes["pair"]:
-                    fig.add_vline(x=crit - 0.5, line_color="#ff4136", line_width=2, row=1, col=i + 1)
+        theta = float(arm_updates["rope_theta_after"].sel(arm=arm)) if "rope_theta_after" in arm_updates.coords else None
+        _phase_overlays(fig, theta, head_dim, phase_lengths, arm_updates.sizes["pair"], annotate=False, row=1, col=i + 1)
     fig.update_yaxes(title_text="layer", dtick=1, row=1, col=1)
     fig.update_layout(title=f"{TITLES.get(var, var)} (mean over heads and seeds; red line: critical pair of each "
                       "phase length at the arm's final theta)", margin=dict(t=90, r=20, b=50, l=60))
