@@ -241,6 +241,22 @@ def test_teacher_cache_with_full_topk_reproduces_online_kd(tmp_path, teacher_dir
     assert teacher_cache.check(tmp_path / "cache", online)["k"] == 128
 
 
+def test_teacher_cache_with_reset_positions_reproduces_online_reset_kd(tmp_path, teacher_dir):
+    """teacher.positions: reset is the cached teacher's view too; a cache of the other view is refused."""
+    base = run_cfg(teacher_dir, checkpoint={"every": 0, "keep_last": 1}, phases=[
+        {"name": "short", "steps": 2, "seq_len": 64, "rope_theta": 100, "lr": 3e-3, "objective": "kd"}])
+    base["teacher"]["positions"] = "reset"
+    assert cli_main(["teacher-cache", _write(tmp_path, base), "--out", str(tmp_path / "cache"), "--top-k", "128",
+                     "--no-progress"]) == 0
+    cached = {**base, "teacher": {**base["teacher"], "cache": str(tmp_path / "cache")}}
+    a = records(train(config.from_dict(config.RunConfig, base), out=str(tmp_path / "a"), progress=False))
+    b = records(train(config.from_dict(config.RunConfig, cached), out=str(tmp_path / "b"), progress=False))
+    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-4)
+    same = {**cached, "teacher": {**cached["teacher"], "positions": "same"}}
+    with pytest.raises(config.ConfigError, match="teacher.positions"):
+        train(config.from_dict(config.RunConfig, same), out=str(tmp_path / "c"), progress=False)
+
+
 def test_eval_records_from_quick_eval(tmp_path):
     cfg = config.from_dict(config.RunConfig, run_cfg(None, eval_every=2, eval_lengths=[64], eval_samples=2, phases=[
         {"name": "a", "steps": 2, "seq_len": 64, "rope_theta": 100, "objective": "ce"}]))

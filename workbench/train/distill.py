@@ -38,14 +38,20 @@ class DistillModule(torch.nn.Module):
         if spec.kd_weight and cached is None:
             with torch.no_grad():
                 if self.teacher_positions == "reset":
-                    kw = dict(kw, position_ids=data.reset_positions(batch["doc_ids"]),
-                              attention_mask=data.attention_mask(batch["doc_ids"], "document", hidden.dtype))
+                    kw = dict(kw, **reset_view(batch["doc_ids"], hidden.dtype))
                 t_hidden = self.teacher.model(input_ids=batch["input_ids"], **kw).last_hidden_state[:, :-1]
             teacher = OnlineTeacher(t_hidden, self.teacher.lm_head.weight, architectures.final_softcap(self.teacher.config))
         if architectures.final_softcap(self.student.config):  # Gemma 2: the loss sees the soft-capped logits
             spec = dc_replace(spec, student_softcap=architectures.final_softcap(self.student.config))
         r = chunked_loss(hidden, self.student.lm_head.weight, labels, spec, teacher=teacher, normalizer=normalizer)
         return r.loss, r.per_token, r.ce_sum, r.kd_sum, r.valid
+
+
+def reset_view(doc_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """The teacher's inputs under ``teacher.positions: reset`` (online and cached alike): every packed document
+    alone, from position 0 and document-masked."""
+    return {"position_ids": data.reset_positions(doc_ids),
+            "attention_mask": data.attention_mask(doc_ids, "document", dtype)}
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

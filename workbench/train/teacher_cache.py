@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from workbench import config as wconfig
 from workbench import architectures, data, models
 from workbench.config import ConfigError, RunConfig
-from workbench.train.distill import load_teacher
+from workbench.train.distill import load_teacher, reset_view
 from workbench.train.losses import CachedTeacher, LossSpec
 from workbench.train.phases import check_inputs, kd_phases, phase_data, phase_seed, windows_per_step
 
@@ -54,6 +54,10 @@ def check(path: Path, cfg: RunConfig, world_size: int = 1) -> dict[str, Any]:
     if meta["temperature"] != cfg.loss.temperature:
         raise ConfigError(f"teacher.cache: built at temperature {meta['temperature']}, but loss.temperature is "
                           f"{cfg.loss.temperature}; rebuild the cache")
+    positions = meta.get("teacher_positions", "same")  # caches from before the key were built on the same view
+    if positions != cfg.teacher.positions:
+        raise ConfigError(f"teacher.cache: built with teacher.positions {positions!r}, but the run sets "
+                          f"{cfg.teacher.positions!r}; rebuild the cache")
     phases = {p["index"]: p for p in meta["phases"]}
     for i in kd_phases(cfg):
         want = _phase_meta(cfg, i, cfg.phases[i].steps * windows_per_step(cfg, world_size))
@@ -102,10 +106,13 @@ def build(cfg: RunConfig, out: Path, *, k: int = 32, world_size: int = 1, batch_
                 b = {key: v.to(dev) for key, v in stream.next().items()}
                 rows = slice(start, min(start + batch_size, n))
                 m = rows.stop - rows.start
-                mask = data.attention_mask(b["doc_ids"], dcfg.packing.attention)
+                if cfg.teacher.positions == "reset":  # as the online teacher (DistillModule)
+                    view = reset_view(b["doc_ids"])
+                else:
+                    view = {"position_ids": b["position_ids"],
+                            "attention_mask": data.attention_mask(b["doc_ids"], dcfg.packing.attention)}
                 with torch.no_grad():
-                    h = teacher.model(input_ids=b["input_ids"], position_ids=b["position_ids"], attention_mask=mask,
-                                      use_cache=False).last_hidden_state[:m, :-1]
+                    h = teacher.model(input_ids=b["input_ids"], **view, use_cache=False).last_hidden_state[:m, :-1]
                     for j in range(m):  # one window's logits at a time
                         logp = torch.log_softmax(architectures.final_logits(teacher.config, teacher.lm_head(h[j]).float())
                                                / cfg.loss.temperature, -1)
@@ -117,7 +124,8 @@ def build(cfg: RunConfig, out: Path, *, k: int = 32, world_size: int = 1, batch_
                 a.flush()
             phases.append(meta)
         body = {"format": FORMAT, "teacher": cfg.teacher.path, "teacher_hash": models.checkpoint_hash(cfg.teacher.path),
-                "teacher_theta": models.rope_theta(teacher), "temperature": cfg.loss.temperature, "k": k,
+                "teacher_theta": models.rope_theta(teacher), "teacher_positions": cfg.teacher.positions,
+                "temperature": cfg.loss.temperature, "k": k,
                 "vocab_size": cfg.model.vocab_size, "world_size": world_size, "phases": phases,
                 "config_hash": wconfig.config_hash(cfg)}
         (tmp / META).write_text(json.dumps(body, indent=2))
