@@ -255,6 +255,9 @@ def test_teacher_cache_with_reset_positions_reproduces_online_reset_kd(tmp_path,
     same = {**cached, "teacher": {**cached["teacher"], "positions": "same"}}
     with pytest.raises(config.ConfigError, match="teacher.positions"):
         train(config.from_dict(config.RunConfig, same), out=str(tmp_path / "c"), progress=False)
+    other_theta = {**cached, "teacher": {**cached["teacher"], "rope_theta": 1234.0}}
+    with pytest.raises(config.ConfigError, match="teacher.rope_theta"):
+        train(config.from_dict(config.RunConfig, other_theta), out=str(tmp_path / "d"), progress=False)
 
 
 def test_eval_records_from_quick_eval(tmp_path):

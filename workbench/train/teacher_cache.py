@@ -54,6 +54,9 @@ def check(path: Path, cfg: RunConfig, world_size: int = 1) -> dict[str, Any]:
     if meta["temperature"] != cfg.loss.temperature:
         raise ConfigError(f"teacher.cache: built at temperature {meta['temperature']}, but loss.temperature is "
                           f"{cfg.loss.temperature}; rebuild the cache")
+    if cfg.teacher.rope_theta is not None and float(meta["teacher_theta"]) != float(cfg.teacher.rope_theta):
+        raise ConfigError(f"teacher.cache: built with the teacher at theta {meta['teacher_theta']:g}, but "
+                          f"teacher.rope_theta is {cfg.teacher.rope_theta:g}; rebuild the cache")
     positions = meta.get("teacher_positions", "same")  # caches from before the key were built on the same view
     if positions != cfg.teacher.positions:
         raise ConfigError(f"teacher.cache: built with teacher.positions {positions!r}, but the run sets "
