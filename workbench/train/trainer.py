@@ -166,6 +166,8 @@ def phases(run: Run) -> Iterator[Phase]:
     """The phases still to run. At each switch the student's rotary frequencies are rebuilt for the phase's
     theta, and its stream starts (at the resumed cursor in the phase the run resumes in)."""
     cfg = run.cfg
+    # padded vocabularies (workbench.train.vocab); once per run: it loads the run's tokenizers
+    kd_vocab = kd_vocab_size(cfg, run.teacher.config.vocab_size if run.teacher is not None else None)
     for i, (ph, end) in enumerate(zip(cfg.phases, phase_ends(cfg))):
         if run.step >= end:
             continue
@@ -178,8 +180,7 @@ def phases(run: Run) -> Iterator[Phase]:
         if run.data_state is not None and run.step > end - ph.steps:
             stream.load_state_dict(run.data_state)
         run.data_state = None
-        spec = dc_replace(LossSpec.for_objective(cfg.loss, ph.objective),  # padded vocabularies: workbench.train.vocab
-                          kd_vocab_size=kd_vocab_size(cfg, run.teacher.config.vocab_size if run.teacher is not None else None))
+        spec = dc_replace(LossSpec.for_objective(cfg.loss, ph.objective), kd_vocab_size=kd_vocab)
         yield Phase(i, ph, end - ph.steps, end, dcfg, stream, spec, FrozenPairs.for_phase(run.student, ph),
                     doubling_edges(ph.seq_len))
 
