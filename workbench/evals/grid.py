@@ -40,6 +40,7 @@ class Plan:
     tokenizers: dict[str, str] = field(default_factory=dict)  # label -> "synthetic" or a tokenizer directory
     max_positions: dict[str, tuple[int, str]] = field(default_factory=dict)  # label -> (limit, its source)
     extrapolating: dict[str, bool] = field(default_factory=dict)  # label -> some length beyond the limit
+    renderings: dict[str, Rendering] = field(default_factory=dict)  # tokenizer source -> rendering (loaded once)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -69,13 +70,15 @@ def plan(checkpoints: Sequence[str | Path], *, tasks: str | Sequence[str], lengt
         raise ValueError(f"depths must be distinct percentages in [0, 100], got {depth_list}")
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    ckpts, limits, toks = [], {}, {}
+    ckpts, limits, toks, renderings = [], {}, {}, {}
     for path in checkpoints:
         c = ck.inspect(path)
         ckpts.append(c)
         limits[c.label] = c.position_limit()
         # its own tokenizer, else --tokenizer; synthetic only for the 128-row synthetic vocabulary
-        toks[c.label] = ck.tokenizer(c.path, tokenizer or "auto")[1]  # one clear error naming --tokenizer otherwise
+        tok, toks[c.label] = ck.tokenizer(c.path, tokenizer or "auto")  # one clear error naming --tokenizer otherwise
+        if toks[c.label] not in renderings:  # the tokenizer just loaded, not loaded again per use
+            renderings[toks[c.label]] = rendering_for(tok)
     names = [c.label for c in ckpts]
     if len(set(names)) != len(names):
         raise ValueError(f"checkpoint names are not unique: {names}")
@@ -88,13 +91,11 @@ def plan(checkpoints: Sequence[str | Path], *, tasks: str | Sequence[str], lengt
                              f"or configured for ({source}); pass --extrapolate (extrapolate=True) to "
                              "evaluate beyond them (it is recorded in the results)")
         extrapolating[c.label] = bool(too_long)
-    renderings = set(toks.values())
-    for tok in renderings:  # every sample must fit in the shortest length with every rendering (cheap)
-        rendering = load_rendering(tok)
+    for rendering in renderings.values():  # every sample must fit in the shortest length with every rendering (cheap)
         for task in task_names:
             T.make_samples(task, min(lengths), depth_list, int(samples), rendering, seed=seed)
     p = Plan(ckpts, task_names, sorted(lengths), depth_list, int(samples), int(seed), bool(extrapolate),
-             tokenizers=toks, max_positions=limits, extrapolating=extrapolating)
+             tokenizers=toks, max_positions=limits, extrapolating=extrapolating, renderings=renderings)
     if store is not None:
         check_store(store, p)
     return p
@@ -184,7 +185,7 @@ def evaluate_plan(p: Plan, *, device: str = "auto", dtype: str = "auto", batch_s
         for c in p.checkpoints:
             bar.set_postfix_str(c.label)
             model, _ = models.load(c.path, device=dev, dtype=torch_dtype, allow_plain_hf=True)
-            rendering = load_rendering(p.tokenizers[c.label])
+            rendering = p.renderings[p.tokenizers[c.label]]
             ds = evaluate_model(model, rendering, tasks=p.tasks, lengths=p.lengths, depths=p.depths,
                                 samples=p.samples, seed=p.seed, batch_size=batch_size, extra_tokens=extra_tokens,
                                 progress=bar)
