@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         batch = int(inputs["input_ids"].shape[0]) if inputs is not None and inputs["input_ids"].ndim == 2 else args.samples
         rows = (len([s for s in specs if not s.is_identity]) + 1) * min(args.batch_size or batch, batch)
         if args.experiment is None:
-            interp.check_backend_length(ckpt, "tl", rows, length)
+            interp.check_backend_length(ckpt, "tl", rows, length, device=args.device)
     be = interp.load_backend(ckpt, args.backend, device=args.device)
     validate_all([interp.identity("clean"), *specs], be.geometry)  # before any forward pass
     if args.experiment == "repeated-tokens":

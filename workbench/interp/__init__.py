@@ -49,9 +49,10 @@ def write_repeated(store: str | Path, ds: xr.Dataset) -> Path:
     return wstore.save(store, wstore.REPEATED_TOKENS, _skip_written_clean(store, wstore.REPEATED_TOKENS, ds))
 
 
-def check_backend_length(ckpt_path: str | Path, backend: str, n_rows: int, length: int) -> None:
+def check_backend_length(ckpt_path: str | Path, backend: str, n_rows: int, length: int, device: str = "cpu") -> None:
     """Refuse (``LengthLimitError``), from config.json alone, a TransformerLens run whose eager attention
-    would not fit in memory; nnsight (sdpa) has no such limit."""
+    would not fit in the memory of ``device`` (the budget the loaded backend checks against too); nnsight
+    (sdpa) has no such limit."""
     import json
 
     from workbench.interp.backends import check_eager_length
@@ -59,7 +60,7 @@ def check_backend_length(ckpt_path: str | Path, backend: str, n_rows: int, lengt
     if backend != "tl":
         return
     cfg = json.loads((Path(ckpt_path) / "config.json").read_text())
-    check_eager_length(int(cfg["num_attention_heads"]), n_rows, length)
+    check_eager_length(int(cfg["num_attention_heads"]), n_rows, length, device=device)
 
 
 def check_writable(store: str | Path, group: str, ckpt_path: str | Path, specs) -> None:
