@@ -170,6 +170,9 @@ def test_text_and_jsonl_inputs_become_windows_of_the_models_tokens(world):
     n = len(tok(first, add_special_tokens=False)["input_ids"])
     assert js["input_ids"][0, n].item() == tok.eos_token_id  # documents packed, each closed by eos
     assert js["doc_ids"][0, 0] == 0 and js["doc_ids"][0, n + 1] == 1 and "corpus.jsonl" in what
+    # continue positions across the documents of a window; document ids count from 0 in every window
+    assert js["position_ids"].tolist() == [list(range(64))] * 2
+    assert js["doc_ids"][1, 0] == 0 and (js["doc_ids"].diff(dim=1) >= 0).all()
     with pytest.raises(inputs.InputError, match="tokens with tokenizer .* need 64000"):
         inputs.for_models([world["a"]], _Args(str(world["jsonl"])), seq_len=64000, batch=1)
 
