@@ -1049,7 +1049,13 @@ def open_group(store: str | Path, group: str, *, chunks: Any = None) -> xr.Datas
     What a write has not finished is left out: an append's new entries while it runs (or after it was
     killed), and grid entries (checkpoints, specs) without any written cell. A group a killed writer left
     half resized is repaired first when no writer holds the store."""
-    store = Path(store)
+    ds, schema = _open_repaired(Path(store), group, chunks)
+    return _as_current(_view(ds), group, schema)
+
+
+def _open_repaired(store: Path, group: str, chunks: Any = None) -> tuple[xr.Dataset, str]:
+    """(the group as stored, marker and unfinished entries included, after repairing what a killed writer
+    left when no writer holds the store; the store's schema)."""
     schema = _check_root(store, create=False, read=True)
     if group not in groups(store):
         raise StoreError(f"{store}: no group {group!r} (has: {', '.join(groups(store)) or 'none'})")
@@ -1062,7 +1068,7 @@ def open_group(store: str | Path, group: str, *, chunks: Any = None) -> xr.Datas
         ds = _open_raw(store, group, chunks)
     if MARKER in ds.attrs and _try_repair(store, group):
         ds = _open_raw(store, group, chunks)
-    return _as_current(_view(ds), group, schema)
+    return ds, schema
 
 
 def decode_attr(value: Any) -> Any:
@@ -1256,8 +1262,7 @@ def _refuse_written(old: xr.Dataset, ds: xr.Dataset, grid: tuple[str, ...], wher
 
 def _raw_grid(store: Path, group: str) -> xr.Dataset:
     """The whole grid group, unwritten entries included (readers get :func:`open_group`'s view)."""
-    open_group(store, group)  # checks the store, repairs what a killed writer left
-    ds = _open_raw(store, group)
+    ds, _ = _open_repaired(store, group)  # checks the store, repairs what a killed writer left
     ds.attrs.pop(MARKER, None)
     return ds
 
