@@ -262,6 +262,11 @@ def test_streamed_trace_statistics_match_captured_activations(nn, ckpt):
             np.testing.assert_allclose(float(t.lens_kl.sel(layer=layer)[0]), float(lens[first].mean()), rtol=2e-3, atol=1e-9)
         lk = kl(clean["logits"], got[c]["logits"])
         np.testing.assert_allclose(float(t.final_kl[1]), float(lk[~first].mean()), rtol=1e-6, atol=1e-12)
+        from scipy.spatial.distance import jensenshannon  # independent reference: sqrt of JS in nats
+
+        pc, pg = (torch.softmax(z.double(), -1).flatten(0, 1).numpy() for z in (clean["logits"], got[c]["logits"]))
+        js = jensenshannon(pc, pg, axis=-1) ** 2
+        np.testing.assert_allclose(float(t.final_js[1]), float(js[(~first).flatten().numpy()].mean()), rtol=1e-6, atol=1e-12)
         flips = (clean["logits"].argmax(-1) != got[c]["logits"].argmax(-1)).double()
         assert float(t.top1_flip[0]) == pytest.approx(float(flips[first].mean()))
     assert float(ds.sel(spec="scale-then-noise").final_kl.max()) > 0

@@ -138,21 +138,28 @@ class TraceStats:
         if self.n < 2:
             return
         if name == "logits":
+            # float64 [B, T, V] buffers one perturbed run at a time: the peak does not grow with the spec count
             lp = torch.log_softmax(x[0].double(), -1)  # clean [B, T, V]
-            lq = torch.log_softmax(x[1:].double(), -1)  # perturbed [n - 1, B, T, V]
-            p, q = lp.exp(), lq.exp()
-            final_kl = torch.einsum("btv,sbtv->sbt", p, lp - lq).clamp_min(0)
+            p = lp.exp()
+            p_lp = torch.einsum("btv,btv->bt", p, lp)  # -H(p)
+            top = x[0].argmax(-1, keepdim=True)  # top-1 of clean; a flip: another token beats it
+            kls, jss, flips = [], [], []
+            for s in range(1, self.n):
+                lq = torch.log_softmax(x[s].double(), -1)
+                q = lq.exp()
+                kls.append((p_lp - torch.einsum("btv,btv->bt", p, lq)).clamp_min(0))
+                # JS = H(m) - (H(p) + H(q)) / 2 with m = (p + q) / 2
+                m = (0.5 * (p + q)).clamp_min(1e-300)
+                jss.append((0.5 * p_lp + 0.5 * torch.einsum("btv,btv->bt", q, lq)
+                            - torch.einsum("btv,btv->bt", m, m.log())).clamp_min(0))
+                del lq, q, m
+                flips.append((x[s].gather(-1, top) < x[s].amax(-1, keepdim=True)).squeeze(-1).double())
+            final_kl = torch.stack(kls)  # [n - 1, B, T]
             self._add(self.final_sums[0], final_kl)
             if self.last_lens_is_output:
                 self._add(self.layer_sums[5, :, self.n_layers - 1], final_kl)
-            # JS = H(m) - (H(p) + H(q)) / 2 with m = (p + q) / 2
-            m = (0.5 * (p + q)).clamp_min(1e-300)
-            js = 0.5 * torch.einsum("btv,btv->bt", p, lp) + 0.5 * torch.einsum("sbtv,sbtv->sbt", q, lq) \
-                - torch.einsum("sbtv,sbtv->sbt", m, m.log())
-            self._add(self.final_sums[1], js.clamp_min(0))
-            top = x[0].argmax(-1, keepdim=True)  # top-1 of clean; a flip: another token beats it
-            self._add(self.final_sums[2], (x[1:].gather(-1, top.expand(x.shape[0] - 1, *top.shape))
-                                           < x[1:].amax(-1, keepdim=True)).squeeze(-1).double())
+            self._add(self.final_sums[1], torch.stack(jss))
+            self._add(self.final_sums[2], torch.stack(flips))
             return
         layer, kind = int(name.split(".")[1]), name.rsplit(".", 1)[-1]
         sums = self.layer_sums
