@@ -555,13 +555,17 @@ def _decode_chunk(meta: Any, coords: tuple[int, ...], raw: bytes) -> np.ndarray:
 
 def _whole_chunk(meta: Any, part: np.ndarray) -> np.ndarray:
     """An edge chunk is stored whole, padded with the fill value."""
-    grid = _grid(meta)
-    if part.shape == tuple(grid):
+    if part.shape == _grid(meta):
         return part
-    native = meta.data_type.to_native_dtype()
-    chunk = np.full(grid, meta.fill_value, dtype=object if native.kind in "OT" else native)
+    chunk = _fill_chunk(meta)
     chunk[tuple(slice(0, n) for n in part.shape)] = part
     return chunk
+
+
+def _fill_chunk(meta: Any) -> np.ndarray:
+    """One whole chunk of the fill value."""
+    native = meta.data_type.to_native_dtype()
+    return np.full(_grid(meta), meta.fill_value, dtype=object if native.kind in "OT" else native)
 
 
 def _encode_sync(meta: Any, data: np.ndarray, write_empty: bool) -> list[tuple[str, bytes]]:
@@ -758,14 +762,7 @@ class _Group:
             key = f"{name}/{meta.encode_chunk_key(coords)}"
             path = self.path / key
             start = tuple(c * g for c, g in zip(coords, grid))
-            part_shape = tuple(min(g, n - s0) for g, n, s0 in zip(grid, meta.shape, start))
-            if path.is_file():
-                chunk = _decode_chunk(meta, coords, path.read_bytes())
-            else:
-                chunk = _whole_chunk(meta, np.full(part_shape, meta.fill_value,
-                                                   dtype=object if meta.data_type.to_native_dtype().kind in "OT"
-                                                   else meta.data_type.to_native_dtype()))
-            chunk = np.array(chunk, copy=True)
+            chunk = _decode_chunk(meta, coords, path.read_bytes()) if path.is_file() else _fill_chunk(meta)
             pick = [np.nonzero((a >= s0) & (a < s0 + g))[0] for a, s0, g in zip(axes, start, grid)]
             chunk[np.ix_(*[a[p] - s0 for a, p, s0 in zip(axes, pick, start)])] = value[np.ix_(*pick)]
             encoded = _encode_chunk(meta, coords, chunk, False)
@@ -774,18 +771,13 @@ class _Group:
             else:
                 self.files.put(key, encoded, phase)
 
-    def raw_ok(self, name: str, data: np.ndarray) -> bool:
-        attrs = self.meta[name].attributes or {}
-        cf = {"units", "calendar", "scale_factor", "add_offset", "dtype"}
-        return not (cf & set(attrs)) and _raw_ok(self.meta[name], data)
-
     def write(self, writes: list[tuple[str, np.ndarray, tuple[slice, ...]]], phase: str) -> None:
-        """Write each (array, values, region): uncompressed numeric chunks as raw files, the rest through
+        """Write each (array, values as stored: :func:`_encoded_like`, region): uncompressed numeric chunks as raw files, the rest through
         zarr (one array's regions in order, arrays concurrently); chunk files are replaced atomically."""
         slow: dict[str, list[tuple[np.ndarray, tuple[slice, ...]]]] = {}
         for name, data, region in writes:
             meta = self.meta[name]
-            if self.raw_ok(name, data) and _aligned(region, _grid(meta), meta.shape):
+            if _raw_ok(meta, data) and _aligned(region, _grid(meta), meta.shape):
                 _write_raw(self.files, name, meta, data, region, False, phase)
             else:
                 slow.setdefault(name, []).append((data, region))
