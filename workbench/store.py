@@ -772,8 +772,9 @@ class _Group:
                 self.files.put(key, encoded, phase)
 
     def write(self, writes: list[tuple[str, np.ndarray, tuple[slice, ...]]], phase: str) -> None:
-        """Write each (array, values as stored: :func:`_encoded_like`, region): uncompressed numeric chunks as raw files, the rest through
-        zarr (one array's regions in order, arrays concurrently); chunk files are replaced atomically."""
+        """Write each (array, values as stored (:func:`_encoded_like`), region): uncompressed numeric chunks as
+        raw files, the rest through zarr (one array's regions in order, arrays concurrently); chunk files are
+        replaced atomically."""
         slow: dict[str, list[tuple[np.ndarray, tuple[slice, ...]]]] = {}
         for name, data, region in writes:
             meta = self.meta[name]
