@@ -400,3 +400,27 @@ def test_trained_teacher_identity_parity_shift_and_repeated_tokens(tmp_path):
     interp.write_repeated(tmp_path / "t.zarr", rep)
     ds = xr.open_zarr(tmp_path / "t.zarr", group="repeated_tokens", consolidated=False)
     assert set(ds.spec.values) == {"clean", "q-shift-last"} and np.isfinite(ds.kd_signal.values).all()
+
+
+@pytest.mark.parametrize("scaling", [{"rope_type": "dynamic", "factor": 4.0},
+                                     {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [4.0] * 8,
+                                      "original_max_position_embeddings": 64, "factor": 1.0}],
+                         ids=["dynamic", "longrope"])
+def test_length_dependent_scaling_is_refused_past_the_frequencies_read_at_load(scaling, tmp_path):
+    """dynamic-NTK and LongRoPE change their frequencies in transformers' forward past a length; below it the
+    Geometry's frequencies are the ones transformers' rotary module runs with, past it a run is refused."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=4, max_position_embeddings=64,
+                      rope_parameters={**scaling, "rope_theta": 1e4})
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "m")
+    be = interp.load_backend(tmp_path / "m", "nnsight")
+    used: list[torch.Tensor] = []
+    be.hf.model.rotary_emb.register_forward_hook(lambda mod, _i, _o: used.append(mod.inv_freq.double().clone()))
+    ids = torch.zeros(1, 64, dtype=torch.long)
+    be.run(ids, torch.arange(64)[None], [S.identity("clean")])
+    np.testing.assert_allclose(be.geometry.inv_freq, used[-1].numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="beyond 64 positions"):
+        be.run(torch.zeros(1, 65, dtype=torch.long), torch.arange(65)[None], [S.identity("clean")])

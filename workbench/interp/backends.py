@@ -61,6 +61,24 @@ def _check_inputs(input_ids: torch.Tensor, position_ids: torch.Tensor, geom: Geo
         raise ValueError(f"input_ids: token id {int(input_ids.max())} outside the model's vocabulary of {vocab}")
     if position_ids.numel() and int(position_ids.min()) < 0:
         raise ValueError("position_ids: negative positions")
+    limit = length_dependent_limit(geom)
+    if limit is not None and position_ids.numel() and int(position_ids.max()) + 1 > limit:
+        raise ValueError(f"position_ids up to {int(position_ids.max())}: with {geom.scaling['rope_type']} RoPE scaling "
+                         f"transformers switches to other frequencies beyond {limit} positions, so the spectrum the "
+                         f"specs are resolved against (read at load) would not be the one the model runs with; keep "
+                         f"positions below {limit}")
+
+
+def length_dependent_limit(geom: Geometry) -> int | None:
+    """Positions up to which the rotary frequencies read at load are the ones the model runs with, for the
+    scaling types whose frequencies depend on the sequence (transformers' dynamic-NTK and LongRoPE updates
+    in the forward); None for every other type."""
+    kind = (geom.scaling or {}).get("rope_type", (geom.scaling or {}).get("type"))
+    if kind == "dynamic":
+        return int(geom.max_position_embeddings)
+    if kind == "longrope":
+        return int(geom.scaling.get("original_max_position_embeddings") or geom.max_position_embeddings)
+    return None
 
 
 class Backend:
