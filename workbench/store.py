@@ -1399,22 +1399,29 @@ def refuse(store: str | Path, group: str, ds: xr.Dataset | None = None, *, label
     group's ``same_attrs``, and with ``ds`` also other labels along the other dims or other entry-free
     variables than stored; for a grid group, ``cells`` (grid dim -> values) already written or spec
     name/definition clashes (:func:`check_grid`); a write-once group that exists."""
+    _refuse(store, group, ds, labels=labels, cells=cells, spec_hash=spec_hash, attrs=attrs)
+
+
+def _refuse(store: str | Path, group: str, ds: xr.Dataset | None = None, *, labels: Iterable[str] | None = None,
+            cells: Mapping[str, Iterable[Any]] | None = None, spec_hash: Iterable[str] | None = None,
+            attrs: Mapping[str, Any] | None = None) -> xr.Dataset | None:
+    """:func:`refuse`; returns the stored group it checked against (an existing append group), else None."""
     spec = group_spec(group)
     store = Path(store)
     where = f"{store}/{group}"
     if store.exists():
         check_schema(store)  # a foreign store (another schema, not Zarr) is refused up front
     if not has_group(store, group):
-        return
+        return None
     if spec.grid:
         if cells is None and ds is not None:
             cells = {d: list(ds[d].values) for d in spec.grid}
             spec_hash = list(ds["spec_hash"].values) if "spec_hash" in ds.coords else spec_hash
         if cells is not None:
             check_grid(store, group, cells, spec_hash)
-        return
+        return None
     if spec.derived:
-        return
+        return None
     if spec.append is None:
         raise StoreError(f"{where}: already written; refusing to write it twice (use another --out store)")
     old = open_group(store, group)
@@ -1430,7 +1437,7 @@ def refuse(store: str | Path, group: str, ds: xr.Dataset | None = None, *, label
             raise StoreError(f"{where}: written with {key}={old.attrs[key]!r}, this run has {key}={attrs[key]!r}; "
                              "one group holds one setting (use another --out store)")
     if ds is None:
-        return
+        return old
     for name in ds.dims:
         if name != dim and name in old.coords and name in ds.coords and not _same_values(old[name], ds[name]):
             raise StoreError(f"{where}: {name} labels {list(map(str, ds[name].values))} differ from the store's "
@@ -1441,6 +1448,7 @@ def refuse(store: str | Path, group: str, ds: xr.Dataset | None = None, *, label
         if not _same_values(old[name].values, ds[name].values):
             raise StoreError(f"{where}: {name} differs from the store's (the group was written with another "
                              "setting); one group holds one setting (use another --out store)")
+    return old
 
 
 def save(store: str | Path, group: str, ds: xr.Dataset) -> Path:
@@ -1456,10 +1464,9 @@ def save(store: str | Path, group: str, ds: xr.Dataset) -> Path:
     if spec.derived:
         return _replace(store, group, ds)
     encoding = chunk_encoding(ds, spec.chunk_dims) if spec.chunk_dims else None
-    refuse(store, group, ds)
-    if not has_group(store, group):
+    old = _refuse(store, group, ds)
+    if old is None:
         return write(store, group, ds, encoding=encoding)
-    old = open_group(store, group)
     dim = spec.append
     fixed = [n for n in ds.coords if n not in ds.dims and dim not in ds[n].dims]
     new = ds.drop_vars(fixed + [n for n in ds.dims if n != dim and n in ds.coords])
