@@ -26,10 +26,6 @@ class CheckpointError(RuntimeError):
     ``workbench.models.CheckpointError``; defined here, the lowest module that reads model directories)."""
 
 
-def _error(msg: str) -> CheckpointError:
-    return CheckpointError(msg)
-
-
 def shard_tensors(shard: Path) -> set[str]:
     """Tensor names of one safetensors file, after checking its header and length against each other."""
     size = shard.stat().st_size
@@ -43,9 +39,10 @@ def shard_tensors(shard: Path) -> set[str]:
                 raise ValueError(f"header length {n} beyond the file's {size} bytes")
             header = json.loads(f.read(n))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise _error(f"{shard}: corrupt or truncated safetensors file ({exc}); copy or download it again") from None
+        raise CheckpointError(f"{shard}: corrupt or truncated safetensors file ({exc}); "
+                              "copy or download it again") from None
     if not isinstance(header, dict):
-        raise _error(f"{shard}: corrupt or truncated safetensors file (header is not a JSON object)")
+        raise CheckpointError(f"{shard}: corrupt or truncated safetensors file (header is not a JSON object)")
     end = 0
     for name, meta in header.items():
         if name == "__metadata__":
@@ -53,11 +50,12 @@ def shard_tensors(shard: Path) -> set[str]:
         try:
             end = max(end, int(meta["data_offsets"][1]))
         except (KeyError, TypeError, IndexError, ValueError):
-            raise _error(f"{shard}: corrupt or truncated safetensors file (tensor {name} has no data_offsets)") from None
+            raise CheckpointError(f"{shard}: corrupt or truncated safetensors file "
+                                  f"(tensor {name} has no data_offsets)") from None
     expected = 8 + n + end
     if size != expected:
-        raise _error(f"{shard}: {size} bytes but its header describes {expected} (truncated or still being written); "
-                     "copy or download it again")
+        raise CheckpointError(f"{shard}: {size} bytes but its header describes {expected} (truncated or still "
+                              "being written); copy or download it again")
     return {k for k in header if k != "__metadata__"}
 
 
@@ -65,8 +63,9 @@ def check_plain(path: str | Path) -> None:
     """Refuse (CheckpointError, one line) a plain HF directory whose weights are incomplete or damaged."""
     path = Path(path)
     if path.name.startswith(".tmp-") or (path / "trainer").is_dir():
-        raise _error(f"{path}: a workbench save that did not finish (no manifest.json, which is written last); "
-                     "use a complete checkpoint (workbench lists them with ckpt-*/manifest.json) or re-save it")
+        raise CheckpointError(f"{path}: a workbench save that did not finish (no manifest.json, which is written "
+                              "last); use a complete checkpoint (workbench lists them with ckpt-*/manifest.json) "
+                              "or re-save it")
     index = path / INDEX
     shards = sorted(path.glob("*.safetensors"))
     if index.is_file():
@@ -74,20 +73,21 @@ def check_plain(path: str | Path) -> None:
             weight_map = json.loads(index.read_text())["weight_map"]
             assert isinstance(weight_map, dict)
         except (json.JSONDecodeError, KeyError, TypeError, AssertionError):
-            raise _error(f"{index}: corrupt index (no weight_map); copy or download it again") from None
+            raise CheckpointError(f"{index}: corrupt index (no weight_map); copy or download it again") from None
         wanted: dict[str, set[str]] = {}
         for tensor, shard in weight_map.items():
             wanted.setdefault(str(shard), set()).add(tensor)
         for shard, tensors in sorted(wanted.items()):
             f = path / shard
             if not f.is_file():
-                raise _error(f"{path}: shard {shard} named in {INDEX} is missing (an incomplete copy or download)")
+                raise CheckpointError(f"{path}: shard {shard} named in {INDEX} is missing "
+                                      "(an incomplete copy or download)")
             missing = tensors - shard_tensors(f)
             if missing:
-                raise _error(f"{f}: lacks {len(missing)} tensor(s) {INDEX} puts there (e.g. {sorted(missing)[0]}); "
-                             "copy or download it again")
+                raise CheckpointError(f"{f}: lacks {len(missing)} tensor(s) {INDEX} puts there "
+                                      f"(e.g. {sorted(missing)[0]}); copy or download it again")
         return
     if not shards:
-        raise _error(f"{path}: no *.safetensors weights")
+        raise CheckpointError(f"{path}: no *.safetensors weights")
     for shard in shards:
         shard_tensors(shard)
