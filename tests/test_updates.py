@@ -210,6 +210,24 @@ def test_bands_follow_transformers_wavelengths_and_rope_theory(run_dir):
     assert crit.sel(end="before", phase_length=64).item() == rope.critical_pair(500.0, D, 64)
 
 
+def test_bands_of_a_scaled_model_follow_the_frequencies_transformers_runs_with(tmp_path):
+    """Linear RoPE scaling stretches every wavelength: the bands are those of transformers' own (scaled)
+    inv_freq, not of the bare theta."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=4, max_position_embeddings=256,
+                      rope_parameters={"rope_type": "linear", "factor": 8.0, "rope_theta": 500.0})
+    for name in ("a", "b"):
+        LlamaForCausalLM(cfg).save_pretrained(tmp_path / name)
+    ds = analysis.weight_updates([tmp_path / "a", tmp_path / "b"], allow_plain_hf=True)
+    bands = analysis.band_summary(ds, [64, 1024])
+    hf_wavelength = (2 * math.pi / LlamaRotaryEmbedding(config=cfg).inv_freq.double()).numpy()
+    expected_band = np.searchsorted([64, 1024], hf_wavelength, side="left")
+    assert bands["pair_band"].isel(comparison=0).values.tolist() == expected_band.tolist()
+
+
 def test_store_appends_comparisons_at_other_thetas_and_refuses_repeats(run_dir, tmp_path):
     out = tmp_path / "s.zarr"
     first = analysis.weight_updates([run_dir["a"], run_dir["b"]])  # theta 500 -> 500

@@ -386,10 +386,15 @@ def assign_bands(
 ) -> np.ndarray:
     """Band index of each pair: 0 if its wavelength fits in the shortest context (rotates fully there),
     k if it fits in the (k+1)-th context but not the k-th, len(context_lengths) if it fits in none."""
+    return wavelength_bands(wavelengths(theta, head_dim, scaling), context_lengths)
+
+
+def wavelength_bands(lam: np.ndarray, context_lengths: Sequence[int]) -> np.ndarray:
+    """:func:`assign_bands` from the wavelengths themselves (e.g. the scaled ones a store records), any shape."""
     if not context_lengths:
         raise ValueError("context_lengths must not be empty")
     lengths = np.sort(np.asarray(context_lengths, dtype=np.float64))
-    return np.searchsorted(lengths, wavelengths(theta, head_dim, scaling), side="left").astype(np.int64)
+    return np.searchsorted(lengths, np.asarray(lam), side="left").astype(np.int64)
 
 
 def spectrum_table(theta: float, head_dim: int, length: int, scaling: Mapping[str, Any] | None = None) -> list[dict]:

@@ -50,7 +50,10 @@ def band_summary(updates: xr.Dataset, phase_lengths: Sequence[int]) -> xr.Datase
     d = int(updates.attrs["head_dim"])
     comps = updates["comparison"].values
     n_bands = len(labels)
-    band_of = np.stack([rope.assign_bands(float(t), d, lengths) for t in updates["rope_theta_after"].values])  # [C, P]
+    if "wavelength_after" in updates.coords:  # the after-theta's wavelengths with the model's RoPE scaling
+        band_of = rope.wavelength_bands(updates["wavelength_after"].transpose("comparison", "pair").values, lengths)
+    else:
+        band_of = np.stack([rope.assign_bands(float(t), d, lengths) for t in updates["rope_theta_after"].values])
     out = {f"{p}_{s}": np.full((len(comps), updates.sizes["layer"], n_bands), np.nan)
            for p in ("q", "k") for s in ("rel_update", "cosine")}
     for c in range(len(comps)):
