@@ -197,15 +197,14 @@ def evaluate_plan(p: Plan, *, device: str = "auto", dtype: str = "auto", batch_s
     info = [(c, theta, rname) for _, c, theta, rname in per_ckpt]
     ds = ds.assign_coords(
         checkpoint_path=("checkpoint", np.array([str(c.path.resolve()) for c, *_ in info], dtype=object)),
-        checkpoint_hash=("checkpoint", np.array([models.checkpoint_hash(c.path) for c, *_ in info], dtype=object)),
+        checkpoint_hash=("checkpoint", np.array([c.content_hash() for c, *_ in info], dtype=object)),
         rope_theta=("checkpoint", np.array([theta for _, theta, _ in info], dtype=np.float64)),
         max_positions=("checkpoint", np.array([p.max_positions[c.label][0] for c, *_ in info], dtype=np.int64)),
         extrapolate=("checkpoint", np.array([p.extrapolating[c.label] for c, *_ in info], dtype=bool)),
         rendering=("checkpoint", np.array([r for *_, r in info], dtype=object)),
-        step=("checkpoint", np.array([int(c.manifest.get("step", -1) or -1) for c, *_ in info], dtype=np.int64)),
-        phase=("checkpoint", np.array([str(c.manifest.get("phase") or "") for c, *_ in info], dtype=object)),
-        objective=("checkpoint", np.array([str(c.manifest.get("objective") or "") for c, *_ in info],
-                                          dtype=object)),
+        step=("checkpoint", np.array([c.step for c, *_ in info], dtype=np.int64)),  # as probes / scores record it
+        phase=("checkpoint", np.array([c.phase for c, *_ in info], dtype=object)),
+        objective=("checkpoint", np.array([c.objective for c, *_ in info], dtype=object)),
     )
     ds.attrs = wstore.provenance(
         kind=wstore.RETRIEVAL, seed=p.seed, dtype=str(torch_dtype).replace("torch.", ""), device=dev.type,
