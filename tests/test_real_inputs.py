@@ -320,3 +320,15 @@ def test_training_distils_between_padded_vocabularies_and_refuses_other_mismatch
     bad.write_text(yaml.safe_dump(_padded_run(tmp_path, 900, 1024, world)))
     assert cli.main(["train", str(bad), "--out", str(tmp_path / "r2")]) == 2
     _one_line_error(capsys, "teacher.path", "900", "1000 tokens")
+
+
+@pytest.mark.parametrize("command", ["updates", "probe", "trace"])
+def test_a_length_that_cannot_fit_is_one_error_before_any_input_is_built(world, tmp_path, command, capsys):
+    """Was: trace --length 10**7 / probe --seq-len 10**7 ran away (12 GB and rising) with no message."""
+    a = str(world["a"])
+    argv = {"updates": ["updates", a, str(world["b"]), "--seq-len", str(10**7)],
+            "probe": ["probe", a, "--seq-len", str(10**7), "--windows", "4"],
+            "trace": ["trace", a, "--spec", str(SPEC), "--length", str(10**7)]}[command]
+    assert cli.main([*argv, "--out", str(tmp_path / "s.zarr")]) == 2
+    _one_line_error(capsys, "need at least", "GiB", "--length / --seq-len")
+    assert not (tmp_path / "s.zarr").exists()

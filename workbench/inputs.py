@@ -214,11 +214,29 @@ def build(spec: str | None, vocabulary: Vocabulary, *, seq_len: int, batch: int,
     return out, what
 
 
+def check_fits(paths: Sequence[str | Path], vocabulary: Vocabulary, *, seq_len: int, batch: int,
+               device: str = "cpu") -> None:
+    """Refuse, before any input is built or model loaded, a batch whose forward cannot fit: a lower bound of
+    its memory is the fp32 logits plus two residual streams, ``batch x seq_len x (vocab + 2 x hidden) x 4``
+    bytes, against the same budget as the TransformerLens length check (``memory_budget``)."""
+    from workbench.interp.backends import budget_source, memory_budget
+
+    hidden = max(int(checkpoints.inspect(p, verify=False).config.get("hidden_size", 0) or 0) for p in paths)
+    need = batch * seq_len * (vocabulary.vocab_size + 2 * hidden) * 4
+    budget = memory_budget(device)
+    if need > budget:
+        fits = budget // (batch * (vocabulary.vocab_size + 2 * hidden) * 4)
+        raise InputError(f"inputs: {batch} x {seq_len:,} tokens need at least {need / 2**30:.1f} GiB (logits and "
+                         f"residual streams) but the budget is {budget / 2**30:.1f} GiB ({budget_source(device)}); "
+                         f"at most about {fits:,} tokens per row fit: lower --length / --seq-len or the batch")
+
+
 def for_models(paths: Sequence[str | Path], args, *, seq_len: int, batch: int, seed: int = 0, start: int = 0,
                synthetic_default: Callable[[], Mapping[str, torch.Tensor]] | None = None
                ) -> tuple[dict[str, torch.Tensor], str]:
     """:func:`resolve` + :func:`build` from a command's ``--inputs`` / ``--tokenizer`` arguments."""
     vocabulary = resolve(paths, getattr(args, "tokenizer", "auto") or "auto")
+    check_fits(paths, vocabulary, seq_len=seq_len, batch=batch, device=getattr(args, "device", "cpu") or "cpu")
     return build(getattr(args, "inputs", None), vocabulary, seq_len=seq_len, batch=batch, seed=seed, start=start,
                  synthetic_default=synthetic_default)
 
