@@ -23,11 +23,11 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# (importer prefix, imported prefix): the data flow config -> data -> train -> checkpoints -> evals/interp -> store
+# (importer prefix, imported prefix): the data flow config -> data -> train -> checkpoints -> evals/interventions/measurements -> store
 # -> figures -> app, read backwards
 FORBIDDEN = [
-    ("workbench.train", "workbench.evals"), ("workbench.train", "workbench.interp"),
-    ("workbench.train", "workbench.analysis"), ("workbench.train", "workbench.demo"),
+    ("workbench.train", "workbench.evals"), ("workbench.train", "workbench.interventions"),
+    ("workbench.train", "workbench.measurements"), ("workbench.train", "workbench.demo"),
     ("workbench.train", "workbench.cli"), ("workbench.store", "workbench.train"),
     ("workbench.figures", "workbench.train"), ("app", "workbench.train"),
 ]

@@ -117,7 +117,7 @@ def build_tiny_runs(root: Path) -> Path:
     (updates_weights, updates_states, bands) of the KD run, traces and repeated tokens of both final
     checkpoints (two specs), the retrieval grid of both final checkpoints, and the arm summaries of both
 runs (one seed each)."""
-    from workbench import analysis, models, store
+    from workbench import measurements, models, store
     from workbench.evals import grid, training_eval
     from workbench.train.trainer import train
 
@@ -128,18 +128,18 @@ runs (one seed each)."""
                progress=False, evaluate=training_eval)
     out = root / "results.zarr"
     ckpts = models.list_checkpoints(kd)
-    weights = analysis.weight_updates(ckpts)
+    weights = measurements.weight_updates(ckpts)
     store.save(out, "updates_weights", weights)
-    store.save(out, "updates_states", analysis.state_updates(ckpts, seq_len=32, batch_size=1))
-    store.save(out, "bands", analysis.band_summary(weights, [64, 128]))
-    from workbench import interp
+    store.save(out, "updates_states", measurements.state_updates(ckpts, seq_len=32, batch_size=1))
+    store.save(out, "bands", measurements.band_summary(weights, [64, 128]))
+    from workbench import interventions
 
-    specs = [interp.Spec("q-shift-16", [interp.shift(16, "q")]), interp.Spec("theta-swap", [interp.theta_swap(50.0)])]
+    specs = [interventions.Spec("q-shift-16", [interventions.shift(16, "q")]), interventions.Spec("theta-swap", [interventions.theta_swap(50.0)])]
     for ckpt in (teacher, ckpts[-1]):
-        be = interp.load_backend(ckpt, "nnsight")
-        inputs = interp.default_inputs(be.vocab_size, batch=1, length=64)
-        interp.write_traces(out, interp.run_trace(ckpt, specs, inputs, backend=be, buckets=4))
-        interp.write_repeated(out, interp.repeated_tokens(ckpt, specs[:1], backend=be, window=128, period=16,
+        be = interventions.load_backend(ckpt, "nnsight")
+        inputs = interventions.default_inputs(be.vocab_size, batch=1, length=64)
+        interventions.write_traces(out, interventions.run_trace(ckpt, specs, inputs, backend=be, buckets=4))
+        interventions.write_repeated(out, interventions.repeated_tokens(ckpt, specs[:1], backend=be, window=128, period=16,
                                                           copies=4, samples=1))
     plan = grid.plan([teacher, ckpts[-1]], tasks="passkey", lengths=[64, 128], depths=2, samples=1, store=out)
     store.save(out, "retrieval", grid.evaluate_plan(plan, device="cpu", progress=False))
@@ -535,18 +535,18 @@ def _arm_store(tiny_runs: Path, root: Path, *, comparisons: bool = True) -> str:
 
     import xarray as xr
 
-    from workbench import analysis, models, store
+    from workbench import measurements, models, store
     from workbench import arms as A
 
     out = root / "arms.zarr"
     shutil.copytree(tiny_runs / "results.zarr", out)
     shutil.rmtree(out / "updates_weights")
     shutil.rmtree(out / "bands")
-    weights = analysis.weight_updates([*models.list_checkpoints(tiny_runs / "ce-phasewise")[-2:],
+    weights = measurements.weight_updates([*models.list_checkpoints(tiny_runs / "ce-phasewise")[-2:],
                                        *models.list_checkpoints(tiny_runs / "kd-phasewise")[-2:]])
     weights = weights.isel(comparison=[0, 2])  # ce: ckpt-3 -> ckpt-6; kd: ckpt-3 -> ckpt-6
     store.save(out, "updates_weights", weights)
-    store.save(out, "bands", analysis.band_summary(weights, [64, 128]))
+    store.save(out, "bands", measurements.band_summary(weights, [64, 128]))
     ret = store.open_group(out, "retrieval").load()
     store.save(out, "arm_retrieval", A.retrieval_summary(ret))
     if comparisons:

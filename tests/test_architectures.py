@@ -223,7 +223,7 @@ def _pair_rows_by_gradient(model, arch, monkeypatch, which: str, head: int, pair
 def test_updates_find_the_pair_rows_in_every_layout(arch, tmp_path, monkeypatch, plain_dirs):
     """Change exactly the rows transformers uses for (layer 0, head, pair) of q; the weight view reports a
     change there and nowhere else (fused qkv split, biases included)."""
-    from workbench import analysis
+    from workbench import measurements
 
     before = hf_tiny(arch)
     head, pair = 1, 2
@@ -236,7 +236,7 @@ def test_updates_find_the_pair_rows_in_every_layout(arch, tmp_path, monkeypatch,
             p[mask] += 0.5
     a = save_plain(before, tmp_path / "a")
     b = save_plain(after, tmp_path / "b")
-    ds = analysis.weight_updates([a, b], allow_plain_hf=True)
+    ds = measurements.weight_updates([a, b], allow_plain_hf=True)
     rel = ds["q_rel_update"].isel(comparison=0).values  # [layer, head, pair]
     changed = np.argwhere(rel > 1e-9)
     assert changed.tolist() == [[0, head, pair]]
@@ -295,9 +295,9 @@ def test_frozen_pairs_hold_the_pair_rows_transformers_uses(arch, monkeypatch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_trace_check_both_backends(arch, plain_dirs):
-    from workbench.interp import backends as B
-    from workbench.interp import sanity
-    from workbench.interp import specs as S
+    from workbench.interventions import backends as B
+    from workbench.interventions import sanity
+    from workbench.interventions import specs as S
 
     path = plain_dirs[arch]
     tl_ok = arch not in A.TL_UNSUPPORTED
@@ -335,8 +335,8 @@ def test_transformerlens_phi3_bridge_does_not_run_its_rotary_hooks(plain_dirs):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_logit_lens_applies_the_final_softcap(arch, plain_dirs):
     """lens(last residual) == the model's output logits, soft-capping included (Gemma 2), on both backends."""
-    from workbench.interp import backends as B
-    from workbench.interp import specs as S
+    from workbench.interventions import backends as B
+    from workbench.interventions import specs as S
 
     ids, pos = ids_pos(batch=1, length=16)
     hf = models.load(plain_dirs[arch], allow_plain_hf=True)[0]
@@ -468,12 +468,12 @@ def test_eval_runs_on_each_architecture(arch, plain_dirs):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_probe_and_state_view_on_each_architecture(arch, tmp_path, plain_dirs):
-    from workbench import analysis
+    from workbench import measurements
 
-    probes = analysis.position_probes([plain_dirs[arch]], seq_len=64, n_windows=4, allow_plain_hf=True)
+    probes = measurements.position_probes([plain_dirs[arch]], seq_len=64, n_windows=4, allow_plain_hf=True)
     assert probes.sizes["layer"] == 3 and np.isfinite(probes["r2"].values).all()
     other = save_plain(hf_tiny(arch, seed=1), tmp_path / "other")
-    states = analysis.state_updates([plain_dirs[arch], other], seq_len=32, batch_size=1, allow_plain_hf=True)
+    states = measurements.state_updates([plain_dirs[arch], other], seq_len=32, batch_size=1, allow_plain_hf=True)
     half = A.head_dim(dict(SHAPE, **EXTRA.get(arch, {}))) // 2
     assert states.sizes["pair"] == half
     assert np.isfinite(states["q_norm_change"].values).all()
@@ -609,7 +609,7 @@ def test_band_intervention_is_the_engines_edit_in_every_layout(arch, plain_dirs)
     import math
 
     from workbench.demo import ablations
-    from workbench.interp import backends as B
+    from workbench.interventions import backends as B
 
     model, _ = models.load(plain_dirs[arch], allow_plain_hf=True)
     ids, pos = ids_pos(batch=1, length=24)

@@ -68,3 +68,34 @@ def test_compare_takes_its_store_positionally_or_as_store(tmp_path, capsys):
 def test_figure_is_a_path_prefix_and_figures_a_folder(command, flag, metavar):
     helptext = cli.build_parser()._subparsers._group_actions[0].choices[command[0]].format_help()
     assert f"{flag} {metavar}" in helptext
+
+
+def test_old_package_names_warn_and_run_the_new_code():
+    """workbench.interp / workbench.analysis (renamed to interventions / measurements) keep working for one
+    version: importing them warns, and every old import path gives the new objects."""
+    import subprocess
+    import sys
+
+    code = """
+import warnings
+warnings.simplefilter("error", FutureWarning)
+try:
+    import workbench.interp
+except FutureWarning as w:
+    assert "workbench.interventions" in str(w), w
+else:
+    raise AssertionError("no warning")
+warnings.simplefilter("ignore", FutureWarning)
+from workbench.interp.specs import Spec
+from workbench.interp import cross_document, run_trace
+from workbench import analysis, interventions, measurements
+from workbench.analysis.capture import capture
+import workbench.interventions.specs, workbench.measurements.capture
+assert Spec is workbench.interventions.specs.Spec and run_trace is interventions.run_trace
+assert cross_document is measurements.cross_document
+assert analysis is measurements and analysis.weight_updates is measurements.weight_updates
+assert capture is workbench.measurements.capture.capture
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -64,8 +64,8 @@ def gqa_checkpoint(tmp_path_factory):
 @pytest.mark.parametrize("op", ["zero", "rotate"])
 def test_band_intervention_equals_the_engines_post_rope_edit(gqa_checkpoint, op):
     """Editing q_proj/k_proj outputs (pre-RoPE) must equal the nnsight engine's edit of post-RoPE q/k."""
-    from workbench import interp
-    from workbench.interp.specs import PairSet
+    from workbench import interventions
+    from workbench.interventions.specs import PairSet
 
     pairs = [5, 6, 7]
     model, _ = models.load(gqa_checkpoint)
@@ -77,9 +77,9 @@ def test_band_intervention_equals_the_engines_post_rope_edit(gqa_checkpoint, op)
         with ablations.band_intervention(model, pairs, op, angle=math.pi / 3, target=target):
             hooked = model(ids, position_ids=pos).logits
         again = model(ids, position_ids=pos).logits
-    edit = (interp.zero("both", pairs=PairSet(indices=pairs)) if op == "zero"
-            else interp.rotate(math.pi / 3, "q", pairs=PairSet(indices=pairs)))
-    engine = interp.load_backend(gqa_checkpoint, "nnsight").run(ids, pos, [interp.Spec("edit", [edit])])[0]["logits"]
+    edit = (interventions.zero("both", pairs=PairSet(indices=pairs)) if op == "zero"
+            else interventions.rotate(math.pi / 3, "q", pairs=PairSet(indices=pairs)))
+    engine = interventions.load_backend(gqa_checkpoint, "nnsight").run(ids, pos, [interventions.Spec("edit", [edit])])[0]["logits"]
     assert (hooked - clean).abs().max() > 1e-3
     torch.testing.assert_close(hooked, engine.to(hooked.dtype), atol=1e-4, rtol=0)
     assert torch.equal(again, clean), "hooks must be removed on exit"
@@ -88,14 +88,14 @@ def test_band_intervention_equals_the_engines_post_rope_edit(gqa_checkpoint, op)
 def test_band_conditions_are_interp_specs():
     """The band intervention is the engines' spec (one pair edit): zero/rotate of PairSet(indices), identity
     for no pairs."""
-    from workbench import interp
-    from workbench.interp.specs import PairSet
+    from workbench import interventions
+    from workbench.interventions.specs import PairSet
 
     got = ablations.band_spec([5, 6, 7], "rotate", math.pi / 3, "q")
-    want = interp.Spec("x", [interp.rotate(math.pi / 3, "q", pairs=PairSet(indices=[5, 6, 7]))])
+    want = interventions.Spec("x", [interventions.rotate(math.pi / 3, "q", pairs=PairSet(indices=[5, 6, 7]))])
     assert got.ops_json() == want.ops_json()
-    assert ablations.band_spec(np.array([1, 2]), "zero").ops_json() == interp.Spec(
-        "x", [interp.zero("both", pairs=PairSet(indices=[1, 2]))]).ops_json()
+    assert ablations.band_spec(np.array([1, 2]), "zero").ops_json() == interventions.Spec(
+        "x", [interventions.zero("both", pairs=PairSet(indices=[1, 2]))]).ops_json()
     assert ablations.band_spec([], "zero").is_identity
 
 

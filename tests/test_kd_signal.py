@@ -1,4 +1,4 @@
-"""The cross-document KD signal (workbench.interp.cross_document, `workbench kd-signal`): tiny random
+"""The cross-document KD signal (workbench.measurements.cross_document, `workbench kd-signal`): tiny random
 Llamas on short packed windows, a few seconds in all."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import yaml
 from workbench import cli
 from workbench.config import DataConfig, PackingConfig, load_model_config
 from workbench.data import make_stream
-from workbench.interp import cross_document as cd
+from workbench.measurements import cross_document as cd
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "data/configs/presets/tiny-student.yaml"

@@ -8,9 +8,9 @@ import pytest
 import torch
 import xarray as xr
 
-from workbench import analysis, cli, models, rope
-from workbench.analysis import scores
-from workbench.analysis.capture import capture, probe_batch
+from workbench import cli, measurements, models, rope
+from workbench.measurements import scores
+from workbench.measurements.capture import capture, probe_batch
 from workbench.config import ModelConfig
 
 D = 16
@@ -138,8 +138,8 @@ def test_sampled_abs_terms_close_to_exact_at_2k_and_seeded():
 
 
 def test_score_decomposition_methods_agree_and_state_the_sample(run_dir):
-    fast = analysis.score_decomposition(run_dir[:1], seq_len=96, abs_sample={"pairs": 256}, seed=2)
-    exact = analysis.score_decomposition(run_dir[:1], seq_len=96, method="exact", seed=2)
+    fast = measurements.score_decomposition(run_dir[:1], seq_len=96, abs_sample={"pairs": 256}, seed=2)
+    exact = measurements.score_decomposition(run_dir[:1], seq_len=96, method="exact", seed=2)
     np.testing.assert_allclose(fast["contribution"].values, exact["contribution"].values, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(fast["abs_contribution"].values, exact["abs_contribution"].values, rtol=0.25)
     assert fast.attrs["score_method"] == "fast" and exact.attrs["score_method"] == "exact"
@@ -149,7 +149,7 @@ def test_score_decomposition_methods_agree_and_state_the_sample(run_dir):
 
 
 def test_score_decomposition_dataset(run_dir):
-    ds = analysis.score_decomposition(run_dir[:2], seq_len=64)
+    ds = measurements.score_decomposition(run_dir[:2], seq_len=64)
     assert ds["contribution"].dims == ("checkpoint", "layer", "head", "pair", "distance")
     assert list(ds["checkpoint"].values) == ["toy/ckpt-000001", "toy/ckpt-000002"]
     xr.testing.assert_allclose(ds["contribution"].sum("pair"), ds["score"])
@@ -170,22 +170,22 @@ def test_probes_recover_position_when_it_is_there_and_not_otherwise():
     informative = noise.copy()
     informative[:, 0] = np.log1p(pos) + 0.05 * rng.normal(size=len(pos))
     informative[:, 1] = pos / t
-    good = analysis.probes.fit_probes(informative, pos, groups, n_buckets=4, seq_len=t)
-    bad = analysis.probes.fit_probes(noise, pos, groups, n_buckets=4, seq_len=t)
+    good = measurements.probes.fit_probes(informative, pos, groups, n_buckets=4, seq_len=t)
+    bad = measurements.probes.fit_probes(noise, pos, groups, n_buckets=4, seq_len=t)
     assert good["r2"] > 0.95 and good["accuracy"] > 0.8  # chance 0.25
     assert bad["r2"] < 0.05 and bad["accuracy"] < bad["chance"] + 0.1
     assert good["chance"] == pytest.approx(0.25)
 
 
 def test_position_probes_dataset(run_dir):
-    ds = analysis.position_probes(run_dir[:1], seq_len=64, n_windows=4, n_buckets=4)
+    ds = measurements.position_probes(run_dir[:1], seq_len=64, n_windows=4, n_buckets=4)
     assert ds["r2"].dims == ("checkpoint", "layer") and ds.sizes["layer"] == 3
     assert list(ds["site"].values) == ["embed", "block 0", "block 1"]
     assert list(ds["layer"].values) == [-1, 0, 1]  # layer l = block l in every group; -1 = the embeddings
     # token embeddings carry no absolute position (RoPE adds none to the residual stream)
     assert ds["r2"].sel(layer=-1).item() < 0.1
     with pytest.raises(ValueError, match="at least 4 windows"):
-        analysis.position_probes(run_dir[:1], n_windows=2)
+        measurements.position_probes(run_dir[:1], n_windows=2)
 
 
 # ------------------------------------------------------------------------------------ commands and store
@@ -268,7 +268,7 @@ def test_commands_refuse_bad_input_with_one_message(run_dir, tmp_path, capsys, a
 def test_figures_show_the_update_where_it_happened(run_dir):
     from workbench.figures import updates as fig
 
-    w = analysis.weight_updates(run_dir)
+    w = measurements.weight_updates(run_dir)
     comp = str(w["comparison"].values[0])
     heat = fig.layer_pair_heatmap(w, comparison=comp, phase_lengths=[64, 256])
     np.testing.assert_allclose(heat.data[0].z, w["q_rel_update"].sel(comparison=comp).mean("head").values)
@@ -278,7 +278,7 @@ def test_figures_show_the_update_where_it_happened(run_dir):
     assert crit == [rope.critical_pair(20000.0, D, 64), rope.critical_pair(20000.0, D, 256)]
     one = fig.head_pair_heatmap(w, 1, comparison=comp, var="k_rel_update")
     assert np.asarray(one.data[0].z).shape == (2, D // 2)
-    bands = analysis.band_summary(w, [64, 256])
+    bands = measurements.band_summary(w, [64, 256])
     bars = fig.band_bars(bands, comparison=comp)
     assert [t.name.split(" ")[0] for t in bars.data] == list(bands["band"].values)
     with pytest.raises(ValueError, match="no comparison"):
@@ -286,7 +286,7 @@ def test_figures_show_the_update_where_it_happened(run_dir):
     probes = xr.Dataset({"r2": (("checkpoint", "layer"), [[0.0, 0.5]]), "accuracy": (("checkpoint", "layer"), [[0.2, 0.6]]),
                          "chance": (("checkpoint", "layer"), [[0.25, 0.25]])},
                         coords={"checkpoint": ["r/c"], "layer": [-1, 0], "site": ("layer", ["embed", "block 0"])})
-    sd = analysis.score_decomposition(run_dir[:1], seq_len=32)
+    sd = measurements.score_decomposition(run_dir[:1], seq_len=32)
     profile = fig.score_profile(sd, 1)
     np.testing.assert_allclose(profile.data[0].z, sd["contribution"].isel(checkpoint=0).sel(layer=1).mean("head").values)
     assert list(profile.data[0].x)[:4] == ["0", "1", "2-3", "4-7"] and profile.data[0].y[3].startswith("3 (")
@@ -299,6 +299,6 @@ def test_plain_hf_directories_need_the_flag(tmp_path):
     path = tmp_path / "hf" / "teacher"
     models.build_model(_cfg(num_layers=1), seed=4).save_pretrained(path)
     with pytest.raises(models.CheckpointError, match="manifest"):
-        analysis.position_probes([path], seq_len=32, n_windows=4, n_buckets=2)
-    ds = analysis.position_probes([path], seq_len=32, n_windows=4, n_buckets=2, allow_plain_hf=True)
+        measurements.position_probes([path], seq_len=32, n_windows=4, n_buckets=2)
+    ds = measurements.position_probes([path], seq_len=32, n_windows=4, n_buckets=2, allow_plain_hf=True)
     assert list(ds["checkpoint"].values) == ["hf/teacher"] and ds["step"].values.tolist() == [-1]

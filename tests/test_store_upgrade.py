@@ -12,7 +12,7 @@ import pytest
 import xarray as xr
 
 from app.paths import root_of
-from workbench import analysis, cli, store
+from workbench import cli, measurements, store
 from workbench import figures as F
 
 V1 = Path(__file__).parent / "data" / "store-v1"
@@ -57,7 +57,7 @@ def test_a_v1_store_feeds_the_analysis_readers_and_figures(runs):
     path = runs / "toy" / "results.zarr"
     weights = store.open_group(path, store.UPDATES_WEIGHTS).load()
     comp = str(weights["comparison"].values[0])
-    bands = analysis.band_summary(weights, [64, 256])  # reads rope_theta_after
+    bands = measurements.band_summary(weights, [64, 256])  # reads rope_theta_after
     assert bands.sizes["comparison"] == 1
     assert F.updates.layer_pair_heatmap(weights, comparison=comp).data
     assert F.updates.band_bars(store.open_group(path, store.BANDS), comparison=comp).data

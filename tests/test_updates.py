@@ -10,7 +10,7 @@ import pytest
 import torch
 import xarray as xr
 
-from workbench import analysis, models, store
+from workbench import measurements, models, store
 from workbench.config import ModelConfig
 from workbench.models import CheckpointError
 
@@ -34,7 +34,7 @@ def run_dir(tmp_path_factory):
     g = torch.Generator().manual_seed(1)
     dq = torch.randn(2, 64, generator=g, dtype=torch.float64) * 0.1
     dk = torch.randn(2, 64, generator=g, dtype=torch.float64) * 0.1
-    rq, rk = analysis.pair_rows(2, 3, D), analysis.pair_rows(1, 5, D)
+    rq, rk = measurements.pair_rows(2, 3, D), measurements.pair_rows(1, 5, D)
     with torch.no_grad():
         wq = model.model.layers[1].self_attn.q_proj.weight
         wk = model.model.layers[0].self_attn.k_proj.weight
@@ -74,7 +74,7 @@ def test_pair_rows_are_the_dims_transformers_rotates_together(monkeypatch, proj,
     exactly that head and dims (j, j + d/2), rotated by position * 2*pi / wavelength (the store coordinate)."""
     seen = _capture_attention_inputs(monkeypatch)
     model = models.build_model(_cfg(num_layers=1), seed=3, attn_implementation="eager")
-    rows = list(analysis.pair_rows(head, pair, D))
+    rows = list(measurements.pair_rows(head, pair, D))
     with torch.no_grad():
         w = getattr(model.model.layers[0].self_attn, proj).weight
         keep = w[rows].clone()
@@ -99,10 +99,10 @@ def test_pair_rows_are_the_dims_transformers_rotates_together(monkeypatch, proj,
 
 def test_split_pairs_matches_pair_rows():
     w = torch.arange(4 * D * 3, dtype=torch.float64).reshape(4 * D, 3)
-    blocks = analysis.split_pairs(w, 4, D)
+    blocks = measurements.split_pairs(w, 4, D)
     for h in range(4):
         for j in range(D // 2):
-            r0, r1 = analysis.pair_rows(h, j, D)
+            r0, r1 = measurements.pair_rows(h, j, D)
             assert torch.equal(blocks[h, j], torch.stack([w[r0], w[r1]]))
 
 
@@ -110,7 +110,7 @@ def test_split_pairs_matches_pair_rows():
 
 
 def test_planted_change_is_found_exactly_there_and_nowhere_else(run_dir):
-    ds = analysis.weight_updates([run_dir["b"], run_dir["c"]])
+    ds = measurements.weight_updates([run_dir["b"], run_dir["c"]])
     q, k = ds["q_rel_update"].isel(comparison=0), ds["k_rel_update"].isel(comparison=0)
     assert q.dims == ("layer", "head", "pair") and k.dims == ("layer", "kv_head", "pair")
     assert k.sizes["kv_head"] == 2 and q.sizes["head"] == 4
@@ -130,21 +130,21 @@ def test_planted_change_is_found_exactly_there_and_nowhere_else(run_dir):
 
 
 def test_identical_checkpoints_give_exactly_zero(run_dir):
-    ds = analysis.weight_updates([run_dir["a"], run_dir["b"]])
+    ds = measurements.weight_updates([run_dir["a"], run_dir["b"]])
     for p in ("q", "k"):
         assert (ds[f"{p}_rel_update"].values == 0).all()
         assert (ds[f"{p}_cosine"].values == 1).all()
         assert (ds[f"{p}_norm_before"].values == ds[f"{p}_norm_after"].values).all()
-    st = analysis.state_updates([run_dir["a"], run_dir["b"]], seq_len=64, batch_size=1)
+    st = measurements.state_updates([run_dir["a"], run_dir["b"]], seq_len=64, batch_size=1)
     assert (st["q_norm_change"].values == 0).all() and (st["k_norm_change"].values == 0).all()
 
 
 def test_consecutive_and_reference_comparisons(run_dir):
     a, b, c = run_dir["a"], run_dir["b"], run_dir["c"]
-    cons = analysis.weight_updates([a, b, c])
+    cons = measurements.weight_updates([a, b, c])
     assert list(cons["comparison"].values) == ["toy/ckpt-000001 -> toy/ckpt-000002",
                                                "toy/ckpt-000002 -> toy/ckpt-000003"]
-    ref = analysis.weight_updates([b, c], reference=a)
+    ref = measurements.weight_updates([b, c], reference=a)
     assert list(ref["comparison"].values) == ["toy/ckpt-000001 -> toy/ckpt-000002",
                                               "toy/ckpt-000001 -> toy/ckpt-000003"]
     assert list(ref["step_after"].values) == [2, 3]
@@ -155,11 +155,11 @@ def test_consecutive_and_reference_comparisons(run_dir):
 def test_state_view_sees_the_planted_query_change_only_in_its_pair(run_dir, tmp_path):
     """Only W_q of layer 1 changed (theta kept): pre-RoPE query norms move in that one pair only."""
     model, _ = models.load(run_dir["a"])
-    rows = list(analysis.pair_rows(2, 3, D))
+    rows = list(measurements.pair_rows(2, 3, D))
     with torch.no_grad():
         model.model.layers[1].self_attn.q_proj.weight[rows] *= 2.0
     other = models.save_checkpoint(model, tmp_path / "toy" / "ckpt-000009", {"phase": "short", "step": 9})
-    st = analysis.state_updates([run_dir["a"], other], seq_len=128, batch_size=1)
+    st = measurements.state_updates([run_dir["a"], other], seq_len=128, batch_size=1)
     change = st["q_norm_change"].isel(comparison=0).values
     assert np.argwhere(change != 0).tolist() == [[1, 2, 3]]
     assert change[1, 2, 3] == pytest.approx(1.0, rel=1e-5)  # rows doubled -> pair norm doubled
@@ -172,14 +172,14 @@ def test_state_view_sees_the_planted_query_change_only_in_its_pair(run_dir, tmp_
 
 def test_bad_inputs_fail_before_any_work(run_dir, tmp_path):
     with pytest.raises(ValueError, match="at least 2"):
-        analysis.weight_updates([run_dir["a"]])
+        measurements.weight_updates([run_dir["a"]])
     with pytest.raises(CheckpointError, match="not found"):
-        analysis.weight_updates([run_dir["a"], tmp_path / "nope"])
+        measurements.weight_updates([run_dir["a"], tmp_path / "nope"])
     other = models.save_checkpoint(models.build_model(_cfg(num_layers=3), seed=0), tmp_path / "x" / "ckpt-1", {"step": 1})
     with pytest.raises(ValueError, match="attention shape"):
-        analysis.weight_updates([run_dir["a"], other])
+        measurements.weight_updates([run_dir["a"], other])
     with pytest.raises(ValueError, match="not an integer"):
-        analysis.parse_lengths("256,abc")
+        measurements.parse_lengths("256,abc")
 
 
 # ---------------------------------------------------------------------------------------------- bands
@@ -190,8 +190,8 @@ def test_bands_follow_transformers_wavelengths_and_rope_theory(run_dir):
 
     from workbench import rope
 
-    ds = analysis.weight_updates([run_dir["b"], run_dir["c"]])
-    bands = analysis.band_summary(ds, [64, 1024])
+    ds = measurements.weight_updates([run_dir["b"], run_dir["c"]])
+    bands = measurements.band_summary(ds, [64, 1024])
     assert list(bands["band"].values) == ["lambda<=64", "64<lambda<=1024", "lambda>1024"]
     model, _ = models.load(run_dir["c"])
     hf_wavelength = (2 * math.pi / LlamaRotaryEmbedding(config=model.config).inv_freq.double()).numpy()
@@ -221,8 +221,8 @@ def test_bands_of_a_scaled_model_follow_the_frequencies_transformers_runs_with(t
                       rope_parameters={"rope_type": "linear", "factor": 8.0, "rope_theta": 500.0})
     for name in ("a", "b"):
         LlamaForCausalLM(cfg).save_pretrained(tmp_path / name)
-    ds = analysis.weight_updates([tmp_path / "a", tmp_path / "b"], allow_plain_hf=True)
-    bands = analysis.band_summary(ds, [64, 1024])
+    ds = measurements.weight_updates([tmp_path / "a", tmp_path / "b"], allow_plain_hf=True)
+    bands = measurements.band_summary(ds, [64, 1024])
     hf_wavelength = (2 * math.pi / LlamaRotaryEmbedding(config=cfg).inv_freq.double()).numpy()
     expected_band = np.searchsorted([64, 1024], hf_wavelength, side="left")
     assert bands["pair_band"].isel(comparison=0).values.tolist() == expected_band.tolist()
@@ -230,8 +230,8 @@ def test_bands_of_a_scaled_model_follow_the_frequencies_transformers_runs_with(t
 
 def test_store_appends_comparisons_at_other_thetas_and_refuses_repeats(run_dir, tmp_path):
     out = tmp_path / "s.zarr"
-    first = analysis.weight_updates([run_dir["a"], run_dir["b"]])  # theta 500 -> 500
-    second = analysis.weight_updates([run_dir["b"], run_dir["c"]])  # theta 500 -> 20000
+    first = measurements.weight_updates([run_dir["a"], run_dir["b"]])  # theta 500 -> 500
+    second = measurements.weight_updates([run_dir["b"], run_dir["c"]])  # theta 500 -> 20000
     store.save(out, "updates_weights", first)
     store.save(out, "updates_weights", second)
     ds = xr.open_zarr(out, group="updates_weights", consolidated=False)
@@ -250,10 +250,10 @@ def test_index_trend_says_whether_slower_pairs_moved_more():
     rising = xr.DataArray(np.broadcast_to(pairs * 0.1 + 0.01, (1, 2, 4, 8)).copy(),
                           dims=("comparison", "layer", "head", "pair"))
     rising[0, 1] = rising[0, 1, :, ::-1].values  # layer 1: faster pairs moved more
-    trend = analysis.bands.index_trend(rising)
+    trend = measurements.bands.index_trend(rising)
     assert trend[0].tolist() == [1.0, -1.0]
     flat = xr.zeros_like(rising)
-    assert np.isnan(analysis.bands.index_trend(flat)).all()
+    assert np.isnan(measurements.bands.index_trend(flat)).all()
 
 
 def test_one_spearman_for_bands_and_the_demo_with_ties_as_scipy():
@@ -271,7 +271,7 @@ def test_one_spearman_for_bands_and_the_demo_with_ties_as_scipy():
     per_layer = x.mean(2)
     want = np.array([[spearmanr(np.arange(8), r).statistic for r in c] for c in per_layer])
     np.testing.assert_allclose(stats.index_spearman(per_layer), want, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(analysis.bands.index_trend(upd), want, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(measurements.bands.index_trend(upd), want, rtol=0, atol=1e-12)
     trend = findings.pair_trend(xr.Dataset({"q_rel_update": upd}, coords={"comparison": ["a", "b", "c"]}))
     np.testing.assert_allclose(trend.values, [spearmanr(np.arange(8), r).statistic for r in x.mean((1, 2))],
                                rtol=0, atol=1e-12)

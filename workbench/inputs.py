@@ -191,7 +191,7 @@ def build(spec: str | None, vocabulary: Vocabulary, *, seq_len: int, batch: int,
         if vocabulary.synthetic and synthetic_default is not None:
             out, what = dict(synthetic_default()), "synthetic language (the model's vocabulary)"
         elif vocabulary.synthetic:
-            from workbench.interp.traces import default_inputs
+            from workbench.interventions.traces import default_inputs
 
             out, what = default_inputs(vocabulary.vocab_size, batch=batch, length=seq_len, seed=seed, start=start), \
                 "synthetic language filler"
@@ -219,7 +219,7 @@ def check_fits(paths: Sequence[str | Path], vocabulary: Vocabulary, *, seq_len: 
     """Refuse, before any input is built or model loaded, a batch whose forward cannot fit: a lower bound of
     its memory is the fp32 logits plus two residual streams, ``batch x seq_len x (vocab + 2 x hidden) x 4``
     bytes, against the same budget as the TransformerLens length check (``memory_budget``)."""
-    from workbench.interp.backends import budget_source, memory_budget
+    from workbench.interventions.backends import budget_source, memory_budget
 
     hidden = max(int(checkpoints.inspect(p, verify=False).config.get("hidden_size", 0) or 0) for p in paths)
     need = batch * seq_len * (vocabulary.vocab_size + 2 * hidden) * 4

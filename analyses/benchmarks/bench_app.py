@@ -1,7 +1,7 @@
 """Benchmark of the dashboard: server-side heatmap callbacks on a paper-sized updates store, and the first
 render in headless chromium.
 
-The store is made by the real writer (``workbench.analysis.weight_updates``) from 21 random-weight
+The store is made by the real writer (``workbench.measurements.weight_updates``) from 21 random-weight
 checkpoints shaped like the paper's attention (32 layers, 32 query heads, head_dim 128 = 64 RoPE pairs;
 a narrow hidden size (32) keeps the files small), so the ``updates_weights`` group is 20 comparisons x 32
 layers x 32 heads x 64 pairs, chunked as the writer chunks it.
@@ -34,7 +34,7 @@ def build_store(root: Path, n_ckpts: int) -> str:
     """RUNS_DIR/bench/ckpt-* and RUNS_DIR/bench/updates.zarr (updates_weights) made by the real writers."""
     import torch
 
-    from workbench import analysis, store
+    from workbench import measurements, store
     from workbench.config import ModelConfig
     from workbench.models import build_model, save_checkpoint
 
@@ -48,7 +48,7 @@ def build_store(root: Path, n_ckpts: int) -> str:
             for p in model.parameters():
                 p.add_(0.01 * torch.randn_like(p))
         paths.append(save_checkpoint(model, run / f"ckpt-{i:06d}", {"phase": "bench", "step": i}))
-    store.save(run / "updates.zarr", store.UPDATES_WEIGHTS, analysis.weight_updates(paths))
+    store.save(run / "updates.zarr", store.UPDATES_WEIGHTS, measurements.weight_updates(paths))
     return "bench/updates.zarr"
 
 

@@ -12,7 +12,7 @@ Rows (each a separate measurement; a failing row prints its error and the others
 - ``eval``: ``workbench eval`` of the shipped tiny teacher (data/teacher/tiny-teacher) on the device;
 - ``trace-check``: ``workbench trace --check --device DEVICE`` of the same checkpoint (TransformerLens and
   nnsight parity, identity, q/k shift invariance), as a user runs it;
-- ``trace-device``: the same checks in-process (``workbench.interp.check(..., device=)``), for the worst difference.
+- ``trace-device``: the same checks in-process (``workbench.interventions.check(..., device=)``), for the worst difference.
 
 Columns: tokens per step, median tokens/s per GPU after warm-up, MFU, peak memory (CUDA: max allocated; CPU:
 the process's max RSS) and ``workbench.train.memory.step_memory``'s estimate, wall time (for the KD rows: building
@@ -198,8 +198,8 @@ def trace_row(device: torch.device) -> dict:
 
 
 def trace_device_row(device: torch.device) -> dict:
-    """``workbench.interp.check`` in-process on ``device``: the worst difference of the checks."""
-    from workbench.interp import sanity
+    """``workbench.interventions.check`` in-process on ``device``: the worst difference of the checks."""
+    from workbench.interventions import sanity
 
     t0 = time.perf_counter()
     results = sanity.check(TINY_CKPT, device=str(device))

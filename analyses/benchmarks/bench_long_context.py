@@ -95,7 +95,7 @@ def child(case: str, length: int, work: Path, device: str) -> None:
     import sklearn.linear_model  # noqa: F401
     import transformers  # noqa: F401
 
-    from workbench import cli, interp
+    from workbench import cli, interventions
 
     out = work / f"store-{case}-{length}-{device}.zarr"
     cuda = device.startswith("cuda")
@@ -110,11 +110,11 @@ def child(case: str, length: int, work: Path, device: str) -> None:
     with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(io.StringIO()):
         if cuda and case == "trace":  # the trace command has no --device: the library, same call
             path = work / "run" / "ckpt-000001"
-            be = interp.load_backend(path, "nnsight", device=device)
-            specs = interp.load_specs(work / "spec.yaml")
-            ds = interp.run_trace(path, specs, interp.default_inputs(be.vocab_size, batch=1, length=length),
+            be = interventions.load_backend(path, "nnsight", device=device)
+            specs = interventions.load_specs(work / "spec.yaml")
+            ds = interventions.run_trace(path, specs, interventions.default_inputs(be.vocab_size, batch=1, length=length),
                                   backend=be)
-            interp.write_traces(out, ds)
+            interventions.write_traces(out, ds)
             rc = 0
         else:
             rc = cli.main(command(case, length, work, out, device))

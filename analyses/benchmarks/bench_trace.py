@@ -29,8 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from workbench import config, interp, models  # noqa: E402
-from workbench.interp import specs as S  # noqa: E402
+from workbench import config, interventions, models  # noqa: E402
+from workbench.interventions import specs as S  # noqa: E402
 
 
 def main() -> None:
@@ -47,13 +47,13 @@ def main() -> None:
         path = models.save_checkpoint(models.build_model(cfg, seed=0), f"{tmp}/bench/ckpt-0", {"phase": "bench"})
         specs = [S.Spec(f"q-shift-{k}", [S.shift(16 * (k + 1), "q")]) for k in range(args.specs)]
         runs = [S.identity(), *specs]
-        inputs = interp.default_inputs(cfg.vocab_size, batch=args.batch, length=args.length)
+        inputs = interventions.default_inputs(cfg.vocab_size, batch=args.batch, length=args.length)
         ids, pos = inputs["input_ids"], inputs["position_ids"]
         n = len(runs)
         big_ids, big_pos = ids.repeat(n, 1), pos.repeat(n, 1)
         sdpa, _ = models.load(path)
         eager, _ = models.load(path, attn_implementation="eager")
-        nn, tl = interp.load_backend(path, "nnsight"), interp.load_backend(path, "tl")
+        nn, tl = interventions.load_backend(path, "nnsight"), interventions.load_backend(path, "tl")
 
         def hf(model):
             with torch.no_grad():
@@ -62,7 +62,7 @@ def main() -> None:
         modes = {
             "hf sdpa": lambda: hf(sdpa),
             "nnsight run": lambda: nn.run(ids, pos, runs),
-            "nnsight run_trace": lambda: interp.run_trace(path, specs, inputs, backend=nn),
+            "nnsight run_trace": lambda: interventions.run_trace(path, specs, inputs, backend=nn),
             "hf eager": lambda: hf(eager),
             "tl run": lambda: tl.run(ids, pos, runs),
         }

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     from workbench import checkpoints, models, store
     from workbench.commands.updates import expand_checkpoints
-    from workbench.interp import cross_document as cd
+    from workbench.measurements import cross_document as cd
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     if args.chunk_size < 1:

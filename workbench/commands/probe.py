@@ -45,8 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from workbench import analysis, checkpoints, inputs, models, store
-    from workbench.analysis.capture import probe_batch
+    from workbench import checkpoints, inputs, measurements, models, store
+    from workbench.measurements.capture import probe_batch
     from workbench.commands.updates import expand_checkpoints
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
@@ -75,13 +75,13 @@ def run(args: argparse.Namespace) -> int:
     for group in groups:
         store.refuse(args.out, group, labels=labels)
 
-    probes = analysis.position_probes(paths, seq_len=args.seq_len, n_windows=args.windows, n_buckets=args.buckets,
+    probes = measurements.position_probes(paths, seq_len=args.seq_len, n_windows=args.windows, n_buckets=args.buckets,
                                       seed=args.seed, max_train=args.max_train,
                                       allow_plain_hf=True, device=args.device, progress=True, inputs=batch)
     probes.attrs["inputs"] = what
     store.save(args.out, store.PROBES, probes)
     if not args.no_scores:
-        scores = analysis.score_decomposition(paths, seq_len=args.score_seq_len, seed=args.seed,
+        scores = measurements.score_decomposition(paths, seq_len=args.score_seq_len, seed=args.seed,
                                               method=args.score_method, abs_sample={"pairs": args.abs_sample_pairs},
                                               allow_plain_hf=True, device=args.device, progress=True,
                                               inputs=score_batch)

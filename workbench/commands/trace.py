@@ -44,20 +44,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from workbench import architectures, interp, models, store
+    from workbench import architectures, interventions, models, store
     from workbench import inputs as wb_inputs
-    from workbench.interp.specs import validate_all
+    from workbench.interventions.specs import validate_all
 
     args.device = str(models.pick_device(args.device))  # a bad device is one error before any work
     ckpt = Path(args.checkpoint)
     if not ckpt.is_dir():
         raise models.CheckpointError(f"{ckpt}: checkpoint directory not found")
-    specs = [s for path in args.spec for s in interp.load_specs(path)]
+    specs = [s for path in args.spec for s in interventions.load_specs(path)]
     if args.out and Path(args.out).exists():
         store.check_schema(args.out)  # refuses a store of another (or an old) schema before any work
     if args.check:
         with tqdm(total=2, desc="sanity checks", unit="backend") as bar:
-            results = interp.check(ckpt, device=args.device, progress=bar)
+            results = interventions.check(ckpt, device=args.device, progress=bar)
         for r in results:
             print(r)
         for name, why in architectures.unsupported_backends(ckpt, ("nnsight", "tl")).items():
@@ -69,21 +69,21 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give at least one --spec SPEC.yaml (examples in data/specs/)")
     inputs, _ = wb_inputs.for_models([ckpt], args, seq_len=args.length, batch=args.samples, start=args.start)
     group = store.REPEATED_TOKENS if args.experiment == "repeated-tokens" else store.TRACES
-    interp.check_writable(args.out, group, ckpt, specs)  # a spec already stored is refused before any work
+    interventions.check_writable(args.out, group, ckpt, specs)  # a spec already stored is refused before any work
     if args.capture:
-        interp.check_writable(args.out, store.ACTIVATIONS, ckpt, specs)
+        interventions.check_writable(args.out, store.ACTIVATIONS, ckpt, specs)
     if args.backend == "tl":  # eager [rows, heads, T, T] attention: refuse what cannot fit before loading anything
         length = int(inputs["input_ids"].shape[-1]) if inputs is not None else args.length
         batch = int(inputs["input_ids"].shape[0]) if inputs is not None and inputs["input_ids"].ndim == 2 else args.samples
         rows = (len([s for s in specs if not s.is_identity]) + 1) * min(args.batch_size or batch, batch)
         if args.experiment is None:
-            interp.check_backend_length(ckpt, "tl", rows, length, device=args.device)
-    be = interp.load_backend(ckpt, args.backend, device=args.device)
-    validate_all([interp.identity("clean"), *specs], be.geometry)  # before any forward pass
+            interventions.check_backend_length(ckpt, "tl", rows, length, device=args.device)
+    be = interventions.load_backend(ckpt, args.backend, device=args.device)
+    validate_all([interventions.identity("clean"), *specs], be.geometry)  # before any forward pass
     if args.experiment == "repeated-tokens":
-        ds = interp.repeated_tokens(ckpt, specs, backend=be, window=args.window, period=args.period,
+        ds = interventions.repeated_tokens(ckpt, specs, backend=be, window=args.window, period=args.period,
                                     copies=args.copies, samples=args.samples, attention=args.attention, progress=True)
-        interp.write_repeated(args.out, ds)
+        interventions.write_repeated(args.out, ds)
         print(f"repeated tokens ({args.attention}): offsets {list(map(int, ds.offset.values))}")
         for s in ds.spec.values:
             row = ds.sel(spec=s).isel(checkpoint=0)
@@ -93,16 +93,16 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {'':>24}  KL vs clean      {' '.join(f'{v:.2e}' for v in row.kl_vs_clean.values)}")
         print(f"wrote group {store.REPEATED_TOKENS} of {args.out}")
         return 0
-    ds = interp.run_trace(ckpt, specs, inputs, backend=be, buckets=args.buckets, batch_size=args.batch_size,
+    ds = interventions.run_trace(ckpt, specs, inputs, backend=be, buckets=args.buckets, batch_size=args.batch_size,
                           progress=True)
-    interp.write_traces(args.out, ds)
+    interventions.write_traces(args.out, ds)
     final = ds.final_kl.isel(checkpoint=0).mean("position_bucket")
     for s in ds.spec.values:
         print(f"  {s:>24}: final KL {float(final.sel(spec=s)):.3e}  top-1 flips "
               f"{float(ds.top1_flip.sel(spec=s).isel(checkpoint=0).mean()):.3f}")
     print(f"wrote group {store.TRACES} of {args.out}")
     if args.capture:
-        acts = interp.capture_activations(ckpt, specs, inputs, names=args.capture, backend=be)
-        interp.write_activations(args.out, acts)
+        acts = interventions.capture_activations(ckpt, specs, inputs, names=args.capture, backend=be)
+        interventions.write_activations(args.out, acts)
         print(f"wrote group {store.ACTIVATIONS} of {args.out} ({', '.join(sorted(acts.data_vars))})")
     return 0

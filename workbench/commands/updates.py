@@ -76,16 +76,16 @@ def run_phase_lengths(paths: list[Path]) -> list[int] | None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from workbench import analysis, checkpoints, inputs, models, store
-    from workbench.analysis.capture import probe_batch
-    from workbench.analysis.weights import comparison_label, comparison_pairs, resolve_reference
+    from workbench import checkpoints, inputs, measurements, models, store
+    from workbench.measurements.capture import probe_batch
+    from workbench.measurements.weights import comparison_label, comparison_pairs, resolve_reference
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     args.device = str(models.pick_device(args.device))  # a bad device is one error before any work
     paths = expand_checkpoints(args.checkpoints, args.phase_ends)
     if args.seq_len < 2 or args.windows < 1:
         raise ValueError(f"--seq-len must be >= 2 and --windows >= 1, got {args.seq_len} and {args.windows}")
-    lengths = analysis.parse_lengths(args.phase_lengths) if args.phase_lengths else run_phase_lengths(paths)
+    lengths = measurements.parse_lengths(args.phase_lengths) if args.phase_lengths else run_phase_lengths(paths)
     all_paths, ref = resolve_reference(paths, args.reference)
     inputs.plain_hf_flag(args)
     infos = checkpoints.inspect_all(all_paths, allow_plain_hf=True, minimum=2)
@@ -98,17 +98,17 @@ def run(args: argparse.Namespace) -> int:
     for group in groups:
         store.refuse(args.out, group, labels=labels)
 
-    weights = analysis.weight_updates(paths, reference=args.reference, allow_plain_hf=True, progress=True)
+    weights = measurements.weight_updates(paths, reference=args.reference, allow_plain_hf=True, progress=True)
     store.save(args.out, store.UPDATES_WEIGHTS, weights)
     if not args.no_states:
-        states = analysis.state_updates(paths, reference=args.reference, seq_len=args.seq_len,
+        states = measurements.state_updates(paths, reference=args.reference, seq_len=args.seq_len,
                                         batch_size=args.windows, seed=args.seed,
                                         allow_plain_hf=True, device=args.device, progress=True, inputs=batch)
         states.attrs["inputs"] = what
         store.save(args.out, store.UPDATES_STATES, states)
     bands = None
     if lengths:
-        bands = analysis.band_summary(weights, lengths)
+        bands = measurements.band_summary(weights, lengths)
         store.save(args.out, store.BANDS, bands)
     else:
         print("no --phase-lengths and no run.yaml beside the checkpoints: band summary skipped")

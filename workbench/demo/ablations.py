@@ -3,7 +3,7 @@
 1. **Band interventions at evaluation time**: zero or rotate the RoPE pairs of a frequency band in every
    layer's queries and keys and measure the retrieval drop. Zeroing or rotating pair j by a fixed angle
    commutes with RoPE (each pair turns in its own plane, and plane rotations commute), so the engines' spec
-   edit (:func:`band_spec`, :func:`workbench.interp.perturb.apply_spec`) is applied to the pre-RoPE q/k
+   edit (:func:`band_spec`, :func:`workbench.interventions.perturb.apply_spec`) is applied to the pre-RoPE q/k
    (:func:`workbench.architectures.pre_rope_hooks`) of the Hugging Face model that generates; the test suite
    checks it against the engine's post-RoPE edit through nnsight.
 2. **Position-invariant KD targets**: the teacher sees every packed document with positions reset and
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 import xarray as xr
 
-from workbench import architectures, arms, interp, models, rope, stats, store
+from workbench import architectures, arms, interventions, models, rope, stats, store
 from workbench.evals import grid
-from workbench.interp.perturb import apply_spec, touches
-from workbench.interp.specs import Spec
+from workbench.interventions.perturb import apply_spec, touches
+from workbench.interventions.specs import Spec
 
 
 def band_spec(pairs, op: Literal["zero", "rotate"] = "zero", angle: float = math.pi / 2,
@@ -37,9 +37,9 @@ def band_spec(pairs, op: Literal["zero", "rotate"] = "zero", angle: float = math
         raise ValueError(f"op must be 'zero' or 'rotate', got {op!r}")
     idx = [int(j) for j in np.asarray(pairs, dtype=np.int64).reshape(-1)]
     if not idx:
-        return interp.identity()
-    chosen = interp.PairSet(indices=idx)
-    edit = interp.zero(target, pairs=chosen) if op == "zero" else interp.rotate(angle, target, pairs=chosen)
+        return interventions.identity()
+    chosen = interventions.PairSet(indices=idx)
+    edit = interventions.zero(target, pairs=chosen) if op == "zero" else interventions.rotate(angle, target, pairs=chosen)
     return Spec(f"{op}-{target}", [edit])
 
 
@@ -48,13 +48,13 @@ def band_intervention(model, pairs, op: Literal["zero", "rotate"] = "zero", angl
                       target: Literal["q", "k", "both"] = "both") -> Iterator[None]:
     """Zero or rotate RoPE pairs ``pairs`` (pair j = dims j, j + d/2) of every head in every layer of a Hugging
     Face model (generation runs on it): the spec :func:`band_spec`, applied by the engines' edit
-    (:func:`workbench.interp.perturb.apply_spec`) to the pre-RoPE q/k at
+    (:func:`workbench.interventions.perturb.apply_spec`) to the pre-RoPE q/k at
     :func:`workbench.architectures.pre_rope_hooks` (both ops commute with RoPE)."""
     spec = band_spec(pairs, op, angle, target)
     if spec.is_identity:
         yield
         return
-    geom = interp.Geometry.of(model)
+    geom = interventions.Geometry.of(model)
     rope.pair_dims(spec.ops[0].pairs.indices, geom.head_dim)  # pair indices in range, before any hook
     spec.validate(geom)
 

@@ -24,19 +24,19 @@ import xarray as xr
 import yaml
 from transformers.utils import logging as hf_logging
 
-from workbench import analysis, config, interp, models
+from workbench import config, interventions, measurements, models
 from workbench import store as wstore  # the module; `store` is a store path
 from workbench import arms as A
 from workbench import checkpoints as ck
-from workbench.analysis.weights import comparison_label
+from workbench.measurements.weights import comparison_label
 from workbench.config import DataConfig
 from workbench.data import make_stream
 from workbench.demo import ablations, report
 from workbench.demo.arms import (SCHEDULES, SHIPPED_TEACHER, STAGE1_CONFIGS, TEACHER_CONFIG, Arm, arm_config, arms,
                                  stage1_student)
 from workbench.evals import grid, training_eval
-from workbench.interp import cross_document
-from workbench.interp.specs import PairSet
+from workbench.measurements import cross_document
+from workbench.interventions.specs import PairSet
 from workbench.train import train
 
 
@@ -259,11 +259,11 @@ def interp_specs(head_dim_lengths: list[int]):
     """The perturbation sweep: non-uniform positional edits (a uniform shift would be a no-op)."""
     short, long = head_dim_lengths
     return [
-        interp.Spec("q-shift-64", [interp.shift(64, "q")]),
-        interp.Spec("k-shift-64", [interp.shift(64, "k")]),
-        interp.Spec("theta-to-1e5", [interp.theta_swap(100000.0, "both")]),  # x10 for theta 1e4, x200 for 500
-        interp.Spec(f"zero-band-le-{short}", [interp.zero("both", pairs=PairSet(band=0, context_lengths=[short, long]))]),
-        interp.Spec(f"zero-band-gt-{short}", [interp.zero("both", pairs=PairSet(wavelength=[float(short), float("inf")]))]),
+        interventions.Spec("q-shift-64", [interventions.shift(64, "q")]),
+        interventions.Spec("k-shift-64", [interventions.shift(64, "k")]),
+        interventions.Spec("theta-to-1e5", [interventions.theta_swap(100000.0, "both")]),  # x10 for theta 1e4, x200 for 500
+        interventions.Spec(f"zero-band-le-{short}", [interventions.zero("both", pairs=PairSet(band=0, context_lengths=[short, long]))]),
+        interventions.Spec(f"zero-band-gt-{short}", [interventions.zero("both", pairs=PairSet(wavelength=[float(short), float("inf")]))]),
     ]
 
 
@@ -281,13 +281,13 @@ def run_interp(opts: DemoOptions, state: DemoState, checkpoints: list[Path], win
         layered = opts.teacher_store if Path(path) == Path(state.teacher) else opts.store
         be = None
         if name in _new_checkpoints(opts.store, wstore.REPEATED_TOKENS, "checkpoint", {name: path}):
-            be = interp.load_backend(path, "nnsight")
-            interp.write_repeated(opts.store, interp.repeated_tokens(
+            be = interventions.load_backend(path, "nnsight")
+            interventions.write_repeated(opts.store, interventions.repeated_tokens(
                 path, specs[-2:], backend=be, window=window, period=32, copies=4 if opts.quick else 8,
                 samples=1 if opts.quick else 2))
         if name in _new_checkpoints(layered, wstore.TRACES, "checkpoint", {name: path}):
-            be = be or interp.load_backend(path, "nnsight")
-            interp.write_traces(layered, interp.run_trace(path, specs, inputs, backend=be,
+            be = be or interventions.load_backend(path, "nnsight")
+            interventions.write_traces(layered, interventions.run_trace(path, specs, inputs, backend=be,
                                                           buckets=4 if opts.quick else 8))
         log(f"repeated tokens + traces: {name}")
 
@@ -302,10 +302,10 @@ def run_pair_analysis(opts: DemoOptions, state: DemoState, phase_lengths: list[i
         if comparison_label(ck.label(start), ck.label(final)) not in done:
             by_start.setdefault(start, []).append(final)
     for start, finals in by_start.items():
-        upd = analysis.weight_updates(finals, reference=start)
+        upd = measurements.weight_updates(finals, reference=start)
         wstore.save(opts.store, wstore.UPDATES_WEIGHTS, upd)
-        wstore.save(opts.store, wstore.BANDS, analysis.band_summary(upd, phase_lengths))
-        wstore.save(opts.store, wstore.UPDATES_STATES, analysis.state_updates(
+        wstore.save(opts.store, wstore.BANDS, measurements.band_summary(upd, phase_lengths))
+        wstore.save(opts.store, wstore.UPDATES_STATES, measurements.state_updates(
             finals, reference=start, seq_len=phase_lengths[-1], batch_size=1 if opts.quick else 2,
             data=DataConfig(kind="synthetic-short")))
     summarise_updates(opts.store)
@@ -373,7 +373,7 @@ def run_probes(opts: DemoOptions, state: DemoState, checkpoints: list[Path], win
     for store, paths in ((opts.teacher_store, teacher), (opts.store, students)):
         todo = _new_checkpoints(store, wstore.PROBES, "checkpoint", {ck.label(p): p for p in paths})
         if todo:
-            ds = analysis.position_probes(list(todo.values()), seq_len=window, n_windows=4 if opts.quick else 8)
+            ds = measurements.position_probes(list(todo.values()), seq_len=window, n_windows=4 if opts.quick else 8)
             wstore.save(store, wstore.PROBES, ds)
 
 
@@ -427,7 +427,7 @@ def run(opts: DemoOptions) -> tuple[Path, DemoState]:
         compare_arms(opts, state)
     with timed(state, "cross-document KD signal"):
         run_kd_signal(opts, state, [state.teacher, *stage1, *finals], window)
-    with timed(state, "interp (repeated tokens, perturbation sweep)"):
+    with timed(state, "interventions (repeated tokens, perturbation sweep)"):
         run_interp(opts, state, [state.teacher, *seed0], window)
     with timed(state, "pair updates stage 1 -> extension"):
         run_pair_analysis(opts, state, phase_lengths)

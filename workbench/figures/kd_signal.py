@@ -1,4 +1,4 @@
-"""Figures of the cross-document KD signal (store group ``kd_signal``, ``workbench.interp.cross_document``).
+"""Figures of the cross-document KD signal (store group ``kd_signal``, ``workbench.measurements.cross_document``).
 
 - :func:`kl_by_distance`: mean KL(full || document-masked) by distance of the token to its document start,
   one line per checkpoint (log-spaced buckets on a categorical axis, log y);

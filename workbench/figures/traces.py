@@ -1,5 +1,5 @@
 """Figures of perturbation traces and the repeated-token experiment, from the store groups ``traces`` and
-``repeated_tokens`` (``workbench.interp``).
+``repeated_tokens`` (``workbench.interventions``).
 
 - :func:`divergence_by_layer`: one line per spec, a trace variable (residual change, logit-lens KL ...)
   against layer, for one checkpoint, averaged over position buckets or for one bucket;

@@ -1,4 +1,4 @@
-"""Figures of the per-RoPE-pair analysis (``workbench.analysis``), from the store groups
+"""Figures of the per-RoPE-pair analysis (``workbench.measurements``), from the store groups
 ``updates_weights``, ``updates_states``, ``bands``, ``score_decomposition`` and ``probes``.
 
 - :func:`layer_pair_heatmap`: layer x pair, colour = relative update (mean over heads), the pair axis

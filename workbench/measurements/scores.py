@@ -29,7 +29,7 @@ import xarray as xr
 
 from workbench import checkpoints as ck
 from workbench import rope, store
-from workbench.analysis.capture import capture, per_checkpoint, probe_batch
+from workbench.measurements.capture import capture, per_checkpoint, probe_batch
 from workbench.config import DataConfig
 
 

@@ -19,8 +19,8 @@ from safetensors import safe_open
 from workbench import architectures, store
 from workbench import checkpoints as ck
 from workbench.checkpoints import CheckpointError
-from workbench.analysis.capture import describe_qk
-from workbench.analysis.pairs import pair_update_stats
+from workbench.measurements.capture import describe_qk
+from workbench.measurements.pairs import pair_update_stats
 
 STATS = ("rel_update", "cosine", "norm_before", "norm_after")
 

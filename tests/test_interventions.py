@@ -15,10 +15,10 @@ import pytest
 import torch
 import xarray as xr
 
-from workbench import interp, models
+from workbench import interventions, models
 from workbench.config import ConfigError, ModelConfig
-from workbench.interp import specs as S
-from workbench.interp.perturb import rotate_pairs
+from workbench.interventions import specs as S
+from workbench.interventions.perturb import rotate_pairs
 
 TOL = 1e-4
 LONG = 2112  # covers positions >= 2048
@@ -40,12 +40,12 @@ def ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def nn(ckpt):
-    return interp.load_backend(ckpt, "nnsight")
+    return interventions.load_backend(ckpt, "nnsight")
 
 
 @pytest.fixture(scope="module")
 def tl(ckpt):
-    return interp.load_backend(ckpt, "tl")
+    return interventions.load_backend(ckpt, "tl")
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def ref(ckpt):
 
 
 def _inputs(length=192, batch=2, start=0, seed=0):
-    d = interp.default_inputs(128, batch=batch, length=length, seed=seed, start=start)
+    d = interventions.default_inputs(128, batch=batch, length=length, seed=seed, start=start)
     return d["input_ids"], d["position_ids"]
 
 
@@ -218,7 +218,7 @@ def test_specs_round_trip_yaml_and_example_files_load(tmp_path, nn):
 def test_trace_records_propagation_layer_by_layer(nn, tl, ckpt):
     spec = S.Spec("rot-layer1", [S.rotate(1.0, "q", layers=[1])])
     ids, pos = _inputs(length=128)
-    ds = interp.run_trace(ckpt, [spec], {"input_ids": ids, "position_ids": pos}, backend=nn, buckets=4)
+    ds = interventions.run_trace(ckpt, [spec], {"input_ids": ids, "position_ids": pos}, backend=nn, buckets=4)
     assert dict(ds.sizes) == {"checkpoint": 1, "spec": 2, "layer": 3, "position_bucket": 4}
     t = ds.isel(checkpoint=0)
     assert float(abs(t.sel(spec="clean").final_kl).max()) == 0.0
@@ -227,7 +227,7 @@ def test_trace_records_propagation_layer_by_layer(nn, tl, ckpt):
     assert float(r.q_rel_l2.sel(layer=1).min()) > 0.1 and float(r.resid_rel_l2.sel(layer=1).min()) > 0
     assert float(r.final_kl.mean()) > 0 and 0 <= float(r.top1_flip.max()) <= 1
     assert bool(np.isnan(r.pattern_js).all())  # nnsight runs sdpa: no pattern
-    d2 = interp.run_trace(ckpt, [spec], {"input_ids": ids, "position_ids": pos}, backend=tl, buckets=4)
+    d2 = interventions.run_trace(ckpt, [spec], {"input_ids": ids, "position_ids": pos}, backend=tl, buckets=4)
     np.testing.assert_allclose(d2.final_kl.values, ds.final_kl.values, atol=1e-6)
     js = d2.pattern_js.isel(checkpoint=0).sel(spec="rot-layer1")
     assert float(js.sel(layer=0).max()) == 0.0 and float(js.sel(layer=1).min()) > 0
@@ -237,7 +237,7 @@ def test_streamed_trace_statistics_match_captured_activations(nn, ckpt):
     """The on-the-fly statistics equal float64 metrics recomputed from ``Backend.run``'s captures."""
     specs = [SPECS[0], SPECS[4]]
     ids, pos = _inputs(length=96)
-    ds = interp.run_trace(ckpt, specs, {"input_ids": ids, "position_ids": pos}, backend=nn, buckets=[0, 40, 96])
+    ds = interventions.run_trace(ckpt, specs, {"input_ids": ids, "position_ids": pos}, backend=nn, buckets=[0, 40, 96])
     got = nn.run(ids, pos, [S.identity("clean"), *specs], capture="*")
     clean = got[0]
     first = pos < 40
@@ -290,15 +290,15 @@ def test_lens_kl_is_exact_where_logits_agree_and_close_to_float64():
 
 def test_tl_backend_refuses_lengths_over_its_memory_estimate(tl, ckpt, tmp_path, monkeypatch, capsys):
     from workbench import cli
-    from workbench.interp.backends import eager_attention_bytes
+    from workbench.interventions.backends import eager_attention_bytes
 
     need = eager_attention_bytes(4, 2 * 2, 192)
     monkeypatch.setenv("WORKBENCH_MEMORY_BUDGET_GB", str(0.6 * need / 2**30))
     ids, pos = _inputs(length=192)
-    with pytest.raises(interp.LengthLimitError, match=r"GiB.*--backend nnsight"):
-        interp.run_trace(ckpt, [SPECS[0]], {"input_ids": ids, "position_ids": pos}, backend=tl)
+    with pytest.raises(interventions.LengthLimitError, match=r"GiB.*--backend nnsight"):
+        interventions.run_trace(ckpt, [SPECS[0]], {"input_ids": ids, "position_ids": pos}, backend=tl)
     assert tl.max_tokens(4) < 192 < tl.max_tokens(2)
-    interp.run_trace(ckpt, [SPECS[0]], {"input_ids": ids[:1], "position_ids": pos[:1]}, backend=tl)  # 2 rows fit
+    interventions.run_trace(ckpt, [SPECS[0]], {"input_ids": ids[:1], "position_ids": pos[:1]}, backend=tl)  # 2 rows fit
     spec = tmp_path / "s.yaml"
     S.dump_specs([SPECS[0]], spec)
     argv = ["trace", str(ckpt), "--spec", str(spec), "--out", str(tmp_path / "t.zarr"), "--length", "192"]
@@ -311,15 +311,15 @@ def test_tl_backend_refuses_lengths_over_its_memory_estimate(tl, ckpt, tmp_path,
 
 def test_repeated_tokens_store_and_result(nn, ckpt, tmp_path):
     late = S.Spec("noise-after-1024", [S.noise(1.0, seed=0, positions=[1024, 100_000])])
-    iso = interp.repeated_tokens(ckpt, [late], backend=nn, window=2048, period=16, copies=6, attention="isolated")
+    iso = interventions.repeated_tokens(ckpt, [late], backend=nn, window=2048, period=16, copies=6, attention="isolated")
     clean = iso.isel(checkpoint=0).sel(spec="clean")
     assert float(clean.kl_to_first.max()) < 1e-9  # RoPE is relative: isolated copies are identical
     pert = iso.isel(checkpoint=0).sel(spec="noise-after-1024")
     before = pert.offset.values + 16 <= 1024
     assert float(pert.kl_vs_clean[before].max()) < 1e-9 and float(pert.kl_vs_clean[~before].min()) > 1e-4
-    packed = interp.repeated_tokens(ckpt, [late], backend=nn, window=2048, period=16, copies=6)
+    packed = interventions.repeated_tokens(ckpt, [late], backend=nn, window=2048, period=16, copies=6)
     store = tmp_path / "r.zarr"
-    interp.write_repeated(store, packed)
+    interventions.write_repeated(store, packed)
     ds = xr.open_zarr(store, group="repeated_tokens", consolidated=False)
     assert set(ds.dims) == {"checkpoint", "spec", "copy"} and list(ds.offset.values)[0] == 0
     assert float(ds.kl_to_first.sel(spec="clean").isel(checkpoint=0, copy=-1)) > 0  # copies see earlier copies
@@ -361,8 +361,8 @@ def test_trace_figures_from_the_store(nn, ckpt, tmp_path):
     from workbench.figures import traces as F
 
     spec = S.Spec("rot-layer1", [S.rotate(1.0, "q", layers=[1])])
-    ds = interp.run_trace(ckpt, [spec], interp.default_inputs(128, batch=1, length=64), backend=nn, buckets=2)
-    interp.write_traces(tmp_path / "f.zarr", ds)
+    ds = interventions.run_trace(ckpt, [spec], interventions.default_inputs(128, batch=1, length=64), backend=nn, buckets=2)
+    interventions.write_traces(tmp_path / "f.zarr", ds)
     stored = xr.open_zarr(tmp_path / "f.zarr", group="traces", consolidated=False)
     fig = F.divergence_by_layer(stored, "lens_kl")
     assert [t.name for t in fig.data] == ["rot-layer1"] and len(fig.data[0].y) == 3
@@ -370,7 +370,7 @@ def test_trace_figures_from_the_store(nn, ckpt, tmp_path):
     assert F.divergence_heatmap(stored, "rot-layer1").data[0].z.shape == (3, 2)
     with pytest.raises(ValueError, match="no spec 'nope'"):
         F.divergence_heatmap(stored, "nope")
-    rep = interp.repeated_tokens(ckpt, backend=nn, window=256, period=8, copies=4, samples=1)
+    rep = interventions.repeated_tokens(ckpt, backend=nn, window=256, period=8, copies=4, samples=1)
     fig = F.repeated_kl_vs_offset(rep, "kl_to_first")
     assert list(fig.data[0].x) == list(rep.offset.values)
 
@@ -382,7 +382,7 @@ TEACHER = Path(__file__).parents[1] / "data" / "teacher" / "tiny-teacher"
 
 @pytest.mark.skipif(not (TEACHER / "config.json").is_file(), reason="tiny teacher not shipped in data/teacher/")
 def test_trained_teacher_identity_parity_shift_and_repeated_tokens(tmp_path):
-    nn_t, tl_t = interp.load_backend(TEACHER, "nnsight"), interp.load_backend(TEACHER, "tl")
+    nn_t, tl_t = interventions.load_backend(TEACHER, "nnsight"), interventions.load_backend(TEACHER, "tl")
     ref_t = models.load(TEACHER, allow_plain_hf=True)[0]
     ids, pos = _inputs(LONG, batch=1)
     hf = _hf(ref_t, ids, pos)
@@ -396,8 +396,8 @@ def test_trained_teacher_identity_parity_shift_and_repeated_tokens(tmp_path):
         assert (out[1]["logits"] - hf).abs().max() <= TOL
         assert torch.equal(out[2]["blocks.0.hook_resid_post"], out[0]["blocks.0.hook_resid_post"]) or last == 0
     assert (a[2]["logits"] - b[2]["logits"])[:, tail].abs().max() <= TOL
-    rep = interp.repeated_tokens(TEACHER, [runs[2]], backend=nn_t, window=2048, period=32, copies=4, samples=1)
-    interp.write_repeated(tmp_path / "t.zarr", rep)
+    rep = interventions.repeated_tokens(TEACHER, [runs[2]], backend=nn_t, window=2048, period=32, copies=4, samples=1)
+    interventions.write_repeated(tmp_path / "t.zarr", rep)
     ds = xr.open_zarr(tmp_path / "t.zarr", group="repeated_tokens", consolidated=False)
     assert set(ds.spec.values) == {"clean", "q-shift-last"} and np.isfinite(ds.kd_signal.values).all()
 
@@ -416,7 +416,7 @@ def test_length_dependent_scaling_is_refused_past_the_frequencies_read_at_load(s
                       rope_parameters={**scaling, "rope_theta": 1e4})
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(tmp_path / "m")
-    be = interp.load_backend(tmp_path / "m", "nnsight")
+    be = interventions.load_backend(tmp_path / "m", "nnsight")
     used: list[torch.Tensor] = []
     be.hf.model.rotary_emb.register_forward_hook(lambda mod, _i, _o: used.append(mod.inv_freq.double().clone()))
     ids = torch.zeros(1, 64, dtype=torch.long)

@@ -17,8 +17,8 @@ import xarray as xr
 
 from workbench import checkpoints as ck
 from workbench import store
-from workbench.analysis.capture import capture, per_checkpoint, probe_batch
-from workbench.analysis.scores import checkpoint_coords
+from workbench.measurements.capture import capture, per_checkpoint, probe_batch
+from workbench.measurements.scores import checkpoint_coords
 from workbench.config import DataConfig
 
 

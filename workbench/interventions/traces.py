@@ -12,7 +12,7 @@ For each spec (the first run is always the identity, named ``clean``) and each l
 
 and at the output: ``final_kl`` (KL(clean || perturbed)), ``final_js`` and ``top1_flip`` (fraction of
 tokens whose argmax changed). The result is an ``xr.Dataset`` with dims (checkpoint, spec, layer,
-position_bucket), ready for ``workbench.interp.write_traces``.
+position_bucket), ready for ``workbench.interventions.write_traces``.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import xarray as xr
 
 from workbench import checkpoints, models, store
 from workbench.divergence import js_probs, lens_kl
-from workbench.interp.backends import Backend, load_backend
-from workbench.interp.specs import Spec, identity
+from workbench.interventions.backends import Backend, load_backend
+from workbench.interventions.specs import Spec, identity
 
 LAYER_VARS = ("resid_rel_l2", "resid_cos", "attn_out_rel_l2", "q_rel_l2", "k_rel_l2", "lens_kl", "pattern_js")
 FINAL_VARS = ("final_kl", "final_js", "top1_flip")
@@ -243,7 +243,7 @@ def run_trace(ckpt_path: str | Path, specs: Sequence[Spec], inputs=None, *, back
     anything runs. Statistics are computed during the forward (``TraceStats``): memory does not grow with
     the number of layers, and no activation is copied to the host.
     """
-    from workbench.interp.specs import validate_all
+    from workbench.interventions.specs import validate_all
 
     be = backend if isinstance(backend, Backend) else load_backend(ckpt_path, backend)
     runs = [identity("clean"), *[s for s in specs if not s.is_identity]]

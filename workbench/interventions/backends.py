@@ -28,8 +28,8 @@ import torch
 
 from workbench import architectures, checkpoints, models
 from workbench.divergence import js_probs
-from workbench.interp.perturb import apply_spec, touches
-from workbench.interp.specs import Geometry, Spec, validate_all
+from workbench.interventions.perturb import apply_spec, touches
+from workbench.interventions.specs import Geometry, Spec, validate_all
 
 BACKENDS = ("nnsight", "tl")
 

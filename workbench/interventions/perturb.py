@@ -1,4 +1,4 @@
-"""Apply a :class:`~workbench.interp.specs.Spec` to post-RoPE queries or keys: pure tensor functions.
+"""Apply a :class:`~workbench.interventions.specs.Spec` to post-RoPE queries or keys: pure tensor functions.
 
 Layout is ``[batch, heads, position, head_dim]`` (transformers'/nnsight's); the TransformerLens backend
 transposes its ``[batch, position, heads, head_dim]`` hooks into it. Pair j is dims (j, j + d/2), and a
@@ -14,7 +14,7 @@ from typing import Literal
 
 import torch
 
-from workbench.interp.specs import Geometry, Op, Spec
+from workbench.interventions.specs import Geometry, Op, Spec
 
 
 def rotate_pairs(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:

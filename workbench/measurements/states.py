@@ -17,9 +17,9 @@ import xarray as xr
 
 from workbench import checkpoints as ck
 from workbench import store
-from workbench.analysis.capture import (capture, describe_qk, pair_norm, per_checkpoint, phase_coherence,
+from workbench.measurements.capture import (capture, describe_qk, pair_norm, per_checkpoint, phase_coherence,
                                         probe_batch)
-from workbench.analysis.weights import comparison_coords, comparison_pairs, resolve_reference
+from workbench.measurements.weights import comparison_coords, comparison_pairs, resolve_reference
 from workbench.config import DataConfig, to_dict
 
 STATS = ("norm", "content_coherence", "phase_coherence")

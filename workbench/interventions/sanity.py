@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from workbench import architectures
-from workbench.interp import specs as S
-from workbench.interp.backends import load_backend, plain_hf_logits
-from workbench.interp.traces import default_inputs
+from workbench.interventions import specs as S
+from workbench.interventions.backends import load_backend, plain_hf_logits
+from workbench.interventions.traces import default_inputs
 
 
 @dataclass

@@ -34,9 +34,9 @@ import xarray as xr
 
 from workbench import store
 from workbench.divergence import kl, kl_logits
-from workbench.interp.backends import Backend, load_backend
-from workbench.interp.specs import Spec, identity, validate_all
-from workbench.interp.traces import finish
+from workbench.interventions.backends import Backend, load_backend
+from workbench.interventions.specs import Spec, identity, validate_all
+from workbench.interventions.traces import finish
 
 VARS = ("kl_to_first", "kd_signal", "kl_vs_clean", "top1_agree_first", "entropy")
 

@@ -23,9 +23,9 @@ import xarray as xr
 
 from workbench import rope
 from workbench import store as wstore  # the module; `store` is a store path
-from workbench.interp.backends import Backend, load_backend, name_filter
-from workbench.interp.specs import Spec, identity, validate_all
-from workbench.interp.traces import _as_inputs, finish
+from workbench.interventions.backends import Backend, load_backend, name_filter
+from workbench.interventions.specs import Spec, identity, validate_all
+from workbench.interventions.traces import _as_inputs, finish
 
 KINDS = {  # variable -> capture name template
     "rot_q": "blocks.{i}.attn.hook_rot_q",

@@ -34,7 +34,7 @@ thousand tokens on a GPU, not for 128k windows.
 
 Python API::
 
-    from workbench.interp.cross_document import cross_document_kl, cross_document_kl_checkpoints, write_kd_signal
+    from workbench.measurements import cross_document_kl, cross_document_kl_checkpoints, write_kd_signal
     dcfg = load_data_config("data/configs/tiny-kd-phasewise.yaml")
     ds = cross_document_kl("data/teacher/tiny-teacher", dcfg, seq_len=1024, windows=8)
     write_kd_signal("results.zarr", ds)                   # group kd_signal, appended along checkpoint
