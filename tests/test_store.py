@@ -16,7 +16,7 @@ import xarray as xr
 import zarr
 import zarr.storage as zs
 
-from workbench import store
+from workbench import rope, store
 
 
 def _cell(checkpoints, specs, value, hashes=None):
@@ -105,7 +105,7 @@ class _CountingStore(zs.WrapperStore):
 def test_activations_are_chunked_by_checkpoint_and_layer_and_read_lazily(tmp_path):
     path = tmp_path / "a.zarr"
     rng = np.random.default_rng(0)
-    pairs = store.pair_coords(500.0, 16)
+    pairs = store.pair_coords(rope.wavelengths(500.0, 16))
     for ck in ("a", "b"):
         data = rng.standard_normal((1, 2, 2, 3, 4, 32, 8, 2)).astype(np.float32)
         ds = xr.Dataset({"rot_q": (("checkpoint", "spec", "sample", "layer", "head", "position", "pair", "half"), data)},
@@ -147,7 +147,7 @@ def _mixed():
                             "spec": np.array(["s1", "s2", "s3"], dtype=object), "layer": np.arange(5),
                             "spec_hash": ("spec", np.array(["h1", "h2", "h3"], dtype=object)),
                             "when": ("checkpoint", pd.date_range("2026-01-01", periods=2)),
-                            **store.pair_coords(500.0, 8)})
+                            **store.pair_coords(rope.wavelengths(500.0, 8))})
     ds.attrs.update({"kind": "test", "extra": "[1, 2]", "schema": store.SCHEMA})
     return ds
 
@@ -158,7 +158,7 @@ def _activations(ck="a", layers=3, seed=0, positions=16):
     return xr.Dataset({"rot_q": (("checkpoint", "spec", "sample", "layer", "head", "position", "pair", "half"), data)},
                       coords={"checkpoint": np.array([ck], dtype=object), "spec": np.array(["clean", "x"], dtype=object),
                               "spec_hash": ("spec", np.array(["h-clean", "h-x"], dtype=object)),
-                              **store.pair_coords(500.0, 8)})
+                              **store.pair_coords(rope.wavelengths(500.0, 8))})
 
 
 @pytest.mark.parametrize("case", ["mixed", "chunked", "raw", "sharded", "lz4", "large"])
@@ -237,7 +237,7 @@ def test_grid_growth_keeps_the_group_attrs_and_unwritten_cells_read_nan(tmp_path
 WRITER = r"""
 import sys
 import numpy as np, pandas as pd, xarray as xr
-from workbench import store
+from workbench import rope, store
 path, kind, name = sys.argv[1:4]
 if kind == "grid":
     seed = {"a": 0, "b": 1, "c": 2}[name]
@@ -245,7 +245,7 @@ if kind == "grid":
     ds = xr.Dataset({"rot_q": (("checkpoint", "spec", "sample", "layer", "head", "position", "pair", "half"), data)},
                     coords={"checkpoint": np.array([name], dtype=object), "spec": np.array(["clean", "x"], dtype=object),
                             "spec_hash": ("spec", np.array(["h-clean", "h-x"], dtype=object)),
-                            "rope_theta": ("checkpoint", np.full(1, 500.0 + seed)), **store.pair_coords(500.0, 8)})
+                            "rope_theta": ("checkpoint", np.full(1, 500.0 + seed)), **store.pair_coords(rope.wavelengths(500.0, 8))})
     ds.attrs = {"kind": "activations"}
     store.write_grid(path, "activations", ds, chunk_dims=("checkpoint", "spec", "layer"), compress=False)
 else:

@@ -10,7 +10,7 @@ import pytest
 import torch
 import xarray as xr
 
-from workbench import measurements, models, store
+from workbench import measurements, models, rope, store
 from workbench.config import ModelConfig
 from workbench.models import CheckpointError
 
@@ -91,7 +91,7 @@ def test_pair_rows_are_the_dims_transformers_rotates_together(monkeypatch, proj,
     assert set(nz[:, 2].tolist()) == {pair, pair + D // 2}
     v0, vp = x[head, 0, [pair, pair + D // 2]], x[head, 1, [pair, pair + D // 2]]
     angle = math.atan2(vp[1], vp[0]) - math.atan2(v0[1], v0[0])
-    wavelength = store.pair_coords(500.0, D)["wavelength"][1][pair]
+    wavelength = rope.wavelengths(500.0, D)[pair]
     expected = 2 * math.pi * p / wavelength
     assert math.isclose(math.remainder(angle - expected, 2 * math.pi), 0.0, abs_tol=1e-4)
     assert torch.allclose(v0.norm(), vp.norm(), rtol=1e-5)
@@ -197,6 +197,33 @@ def test_bands_follow_transformers_wavelengths_and_rope_theory(run_dir):
     hf_wavelength = (2 * math.pi / LlamaRotaryEmbedding(config=model.config).inv_freq.double()).numpy()
     expected_band = np.searchsorted([64, 1024], hf_wavelength, side="left")
     assert bands["pair_band"].isel(comparison=0).values.tolist() == expected_band.tolist()
+    np.testing.assert_allclose(bands["wavelength"].values, hf_wavelength, rtol=1e-6)  # the displayed coordinate too
+
+
+def test_dynamic_ntk_model_runs_through_updates_and_probe_at_transformers_wavelengths(tmp_path):
+    """Dynamic NTK needs max_position_embeddings to give its frequencies: `updates` and `probe` used to fail
+    with "dynamic NTK scaling needs max_position_embeddings" after all their work. Up to that length the
+    model runs its base frequencies, which the stores record (checked against transformers)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from workbench import cli
+
+    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=128,  # the synthetic vocabulary: no tokenizer
+                      rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1000.0})
+    for seed, name in enumerate(("a", "b")):
+        torch.manual_seed(seed)
+        LlamaForCausalLM(cfg).save_pretrained(tmp_path / name)
+    hf_wavelength = (2 * math.pi / LlamaRotaryEmbedding(config=cfg).inv_freq.double()).numpy()
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert cli.main(["updates", a, b, "--out", str(tmp_path / "u.zarr"), "--seq-len", "32", "--windows", "1",
+                     "--phase-lengths", "32,128", "--device", "cpu"]) == 0
+    assert cli.main(["probe", a, "--out", str(tmp_path / "p.zarr"), "--seq-len", "32", "--windows", "4",
+                     "--buckets", "2", "--score-seq-len", "32", "--device", "cpu"]) == 0
+    for path, group in ((tmp_path / "u.zarr", store.UPDATES_WEIGHTS), (tmp_path / "u.zarr", store.UPDATES_STATES),
+                        (tmp_path / "u.zarr", store.BANDS), (tmp_path / "p.zarr", store.SCORE_DECOMPOSITION)):
+        np.testing.assert_allclose(store.open_group(path, group)["wavelength"].values, hf_wavelength, rtol=1e-6)
     assert bands["n_pairs"].isel(comparison=0).values.tolist() == np.bincount(expected_band, minlength=3).tolist()
     # the planted q change (layer 1, pair 3) lands in pair 3's band, averaged over heads and the band's pairs
     b3 = int(expected_band[3])
@@ -226,6 +253,33 @@ def test_bands_of_a_scaled_model_follow_the_frequencies_transformers_runs_with(t
     hf_wavelength = (2 * math.pi / LlamaRotaryEmbedding(config=cfg).inv_freq.double()).numpy()
     expected_band = np.searchsorted([64, 1024], hf_wavelength, side="left")
     assert bands["pair_band"].isel(comparison=0).values.tolist() == expected_band.tolist()
+    np.testing.assert_allclose(bands["wavelength"].values, hf_wavelength, rtol=1e-6)  # the displayed coordinate too
+
+
+def test_dynamic_ntk_model_runs_through_updates_and_probe_at_transformers_wavelengths(tmp_path):
+    """Dynamic NTK needs max_position_embeddings to give its frequencies: `updates` and `probe` used to fail
+    with "dynamic NTK scaling needs max_position_embeddings" after all their work. Up to that length the
+    model runs its base frequencies, which the stores record (checked against transformers)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from workbench import cli
+
+    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=128,  # the synthetic vocabulary: no tokenizer
+                      rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1000.0})
+    for seed, name in enumerate(("a", "b")):
+        torch.manual_seed(seed)
+        LlamaForCausalLM(cfg).save_pretrained(tmp_path / name)
+    hf_wavelength = (2 * math.pi / LlamaRotaryEmbedding(config=cfg).inv_freq.double()).numpy()
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert cli.main(["updates", a, b, "--out", str(tmp_path / "u.zarr"), "--seq-len", "32", "--windows", "1",
+                     "--phase-lengths", "32,128", "--device", "cpu"]) == 0
+    assert cli.main(["probe", a, "--out", str(tmp_path / "p.zarr"), "--seq-len", "32", "--windows", "4",
+                     "--buckets", "2", "--score-seq-len", "32", "--device", "cpu"]) == 0
+    for path, group in ((tmp_path / "u.zarr", store.UPDATES_WEIGHTS), (tmp_path / "u.zarr", store.UPDATES_STATES),
+                        (tmp_path / "u.zarr", store.BANDS), (tmp_path / "p.zarr", store.SCORE_DECOMPOSITION)):
+        np.testing.assert_allclose(store.open_group(path, group)["wavelength"].values, hf_wavelength, rtol=1e-6)
 
 
 def test_store_appends_comparisons_at_other_thetas_and_refuses_repeats(run_dir, tmp_path):
@@ -236,8 +290,8 @@ def test_store_appends_comparisons_at_other_thetas_and_refuses_repeats(run_dir, 
     store.save(out, "updates_weights", second)
     ds = xr.open_zarr(out, group="updates_weights", consolidated=False)
     assert ds.sizes["comparison"] == 2
-    assert ds["wavelength_after"].values[0] == pytest.approx(store.pair_coords(500.0, D)["wavelength"][1])
-    assert ds["wavelength_after"].values[1] == pytest.approx(store.pair_coords(20000.0, D)["wavelength"][1])
+    assert ds["wavelength_after"].values[0] == pytest.approx(rope.wavelengths(500.0, D))
+    assert ds["wavelength_after"].values[1] == pytest.approx(rope.wavelengths(20000.0, D))
     assert ds["wavelength"].values == pytest.approx(first["wavelength"].values)  # first write kept
     assert ds.attrs["written"] == first.attrs["written"]
     assert np.argwhere(ds["q_rel_update"].values != 0).tolist() == [[1, 1, 2, 3]]

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from workbench import hfdir, models, tokenizers
+import numpy as np
+
+from workbench import hfdir, models, rope, tokenizers
 from workbench.models import CheckpointError
 
 SYNTHETIC = "synthetic"
@@ -88,6 +90,17 @@ class Info:
     @property
     def shape(self) -> tuple[int, int, int, int, int]:
         return (self.num_layers, self.num_heads, self.num_kv_heads, self.head_dim, self.hidden_size)
+
+    @property
+    def max_position_embeddings(self) -> int | None:
+        value = self.config.get("max_position_embeddings")
+        return int(value) if value else None
+
+    def wavelengths(self) -> np.ndarray:
+        """Wavelength of each RoPE pair in tokens as this checkpoint runs (its theta and RoPE scaling, up to
+        its max_position_embeddings: dynamic NTK and LongRoPE switch beyond it)."""
+        return rope.wavelengths(self.rope_theta, self.head_dim, self.rope_scaling,
+                                max_position_embeddings=self.max_position_embeddings)
 
     def position_limit(self) -> tuple[int, str]:
         """(positions it was trained or configured for, their source); CheckpointError when neither says."""

@@ -56,7 +56,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import xarray as xr
@@ -85,12 +85,13 @@ class StoreError(ValueError):
     """A store of another schema, a duplicate write or an unknown group."""
 
 
-def pair_coords(theta: float, head_dim: int, scaling: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Coordinates for the ``pair`` dim: index j, its wavelength at ``theta``, and its two dims."""
-    half = head_dim // 2
+def pair_coords(wavelengths: Sequence[float]) -> dict[str, Any]:
+    """Coordinates for the ``pair`` dim from each pair's wavelength as the model runs (its theta and RoPE
+    scaling: ``checkpoints.Info.wavelengths``): index j, the wavelength, and the pair's two dims."""
+    half = len(wavelengths)
     return {
         "pair": np.arange(half),
-        "wavelength": ("pair", rope.wavelengths(theta, head_dim, scaling)),
+        "wavelength": ("pair", np.asarray(wavelengths, dtype=np.float64)),
         "dims": ("pair", np.array([f"{j},{j + half}" for j in range(half)], dtype=object)),
     }
 

@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 import zarr  # noqa: E402
 
-from workbench import store  # noqa: E402
+from workbench import rope, store  # noqa: E402
 
 DIMS = ("checkpoint", "spec", "sample", "layer", "head", "position", "pair", "half")
 CHUNK_DIMS = store.GROUPS[store.ACTIVATIONS].chunk_dims  # ("checkpoint", "spec", "layer")
@@ -62,7 +62,7 @@ def _dataset(data: np.ndarray, name: str, pairs: int) -> xr.Dataset:
     return xr.Dataset({"rot_q": (DIMS, data)},
                       coords={"checkpoint": np.array([name], dtype=object),
                               "spec": np.array(["clean", "x"], dtype=object),
-                              **store.pair_coords(10000.0, 2 * pairs)})
+                              **store.pair_coords(rope.wavelengths(10000.0, 2 * pairs))})
 
 
 def main() -> None:

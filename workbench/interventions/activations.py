@@ -75,7 +75,7 @@ def capture_activations(ckpt_path: str | Path, specs: Sequence[Spec] = (), input
               "spec_json": ("spec", np.array([r.to_json() for r in runs], dtype=object)),
               "spec_hash": ("spec", np.array([r.ops_hash for r in runs], dtype=object)),
               "position_id": (("sample", "position"), pos.numpy())}
-    coords.update(wstore.pair_coords(g.theta, g.head_dim, g.scaling))
+    coords.update(wstore.pair_coords(2 * np.pi / g.inv_freq_for(g.theta)))
     ds = xr.Dataset(data_vars, coords=coords)
     return finish(ds, be, ckpt_path, kind=wstore.ACTIVATIONS,
                   extra={"names": names if not callable(names) else "callable", "captured": sorted(matched)})

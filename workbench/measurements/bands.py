@@ -81,7 +81,8 @@ def band_summary(updates: xr.Dataset, phase_lengths: Sequence[int]) -> xr.Datase
     coords = {n: updates[n] for n in keep}
     coords.update({"band": labels, "phase_length": np.array(lengths, dtype=np.int64),
                    "end": np.array(ends, dtype=object), "layer": updates["layer"].values,
-                   **store.pair_coords(float(updates.attrs.get("wavelength_theta", updates["rope_theta_after"].values[-1])), d)})
+                   **store.pair_coords(updates["wavelength"].values if "wavelength" in updates.coords
+                                       else rope.wavelengths(float(updates["rope_theta_after"].values[-1]), d))})
     ds = xr.Dataset(
         {
             **{k: (("comparison", "layer", "band"), v) for k, v in out.items()},

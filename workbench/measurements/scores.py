@@ -257,11 +257,9 @@ def score_decomposition(
         coords={
             **checkpoint_coords(infos),
             "layer": np.arange(first.num_layers), "head": np.arange(first.num_heads),
-            **store.pair_coords(infos[-1].rope_theta, first.head_dim, infos[-1].rope_scaling),
+            **store.pair_coords(infos[-1].wavelengths()),
             "distance": lo, "distance_hi": ("distance", hi),
-            "wavelength_ckpt": (("checkpoint", "pair"),
-                                np.stack([store.pair_coords(i.rope_theta, first.head_dim, i.rope_scaling)["wavelength"][1]
-                                          for i in infos])),
+            "wavelength_ckpt": (("checkpoint", "pair"), np.stack([i.wavelengths() for i in infos])),
         },
     )
     ds["contribution"].attrs["description"] = ("mean over causal (t,s) in the bucket of "

@@ -77,7 +77,7 @@ def state_updates(
         "layer": np.arange(first.num_layers),
         "head": np.arange(first.num_heads),
         "kv_head": np.arange(first.num_kv_heads),
-        **store.pair_coords(infos[-1].rope_theta, first.head_dim, infos[-1].rope_scaling),
+        **store.pair_coords(infos[-1].wavelengths()),
     }
     ds = xr.Dataset(data_vars, coords=coords)
     desc = {

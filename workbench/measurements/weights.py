@@ -153,10 +153,8 @@ def weight_updates(
         "layer": np.arange(n_layers),
         "head": np.arange(n_heads),
         "kv_head": np.arange(n_kv),
-        **store.pair_coords(infos[-1].rope_theta, d, infos[-1].rope_scaling),
-        "wavelength_after": (("comparison", "pair"),
-                             np.stack([store.pair_coords(infos[b].rope_theta, d, infos[b].rope_scaling)["wavelength"][1]
-                                       for _, b in pairs])),
+        **store.pair_coords(infos[-1].wavelengths()),
+        "wavelength_after": (("comparison", "pair"), np.stack([infos[b].wavelengths() for _, b in pairs])),
         "kv_group": ("head", np.arange(n_heads) // (n_heads // n_kv)),
     }
     data_vars = {}
