@@ -260,6 +260,32 @@ def test_teacher_cache_with_reset_positions_reproduces_online_reset_kd(tmp_path,
         train(config.from_dict(config.RunConfig, other_theta), out=str(tmp_path / "d"), progress=False)
 
 
+def test_teacher_cache_of_another_teacher_or_theta_is_refused_before_training(tmp_path, teacher_dir):
+    """The cache records the teacher's weights hash and theta: a run whose teacher.path holds other weights,
+    or whose teacher runs at its own config.json theta while the cache was built at teacher.rope_theta, is
+    one ConfigError in preflight (before, both silently distilled the cached targets)."""
+    from workbench.train import teacher_cache
+
+    base = run_cfg(teacher_dir, checkpoint={"every": 0, "keep_last": 1}, phases=[
+        {"name": "short", "steps": 1, "seq_len": 64, "rope_theta": 100, "lr": 3e-3, "objective": "kd"}])
+    at_1234 = {**base, "teacher": {**base["teacher"], "rope_theta": 1234.0}}
+    assert cli_main(["teacher-cache", _write(tmp_path, at_1234), "--out", str(tmp_path / "cache"), "--top-k", "8",
+                     "--no-progress"]) == 0
+    cache = str(tmp_path / "cache")
+    assert teacher_cache.check(Path(cache), config.from_dict(config.RunConfig, {
+        **at_1234, "teacher": {**at_1234["teacher"], "cache": cache}}))["teacher_theta"] == 1234.0
+    own_theta = config.from_dict(config.RunConfig, {**base, "teacher": {**base["teacher"], "cache": cache}})
+    with pytest.raises(config.ConfigError, match=r"config.json's rope_theta is 2000"):
+        teacher_cache.check(Path(cache), own_theta)
+    other = tmp_path / "other-teacher"
+    models.save_checkpoint(models.build_model(config.ModelConfig(**TEACHER), seed=8), other, {"phase": "t", "step": 0})
+    with pytest.raises(config.ConfigError, match="another teacher"):
+        train(config.from_dict(config.RunConfig, {**at_1234, "teacher": {**at_1234["teacher"], "path": str(other),
+                                                                           "cache": cache}}),
+              out=str(tmp_path / "x"), progress=False)
+    assert not (tmp_path / "x").exists()
+
+
 def test_eval_records_from_quick_eval(tmp_path):
     cfg = config.from_dict(config.RunConfig, run_cfg(None, eval_every=2, eval_lengths=[64], eval_samples=2, phases=[
         {"name": "a", "steps": 2, "seq_len": 64, "rope_theta": 100, "objective": "ce"}]))

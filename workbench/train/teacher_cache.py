@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench import config as wconfig
-from workbench import architectures, data, models
+from workbench import architectures, checkpoints, data, models
 from workbench.config import ConfigError, RunConfig
 from workbench.train.distill import load_teacher, reset_view
 from workbench.train.losses import CachedTeacher, LossSpec
@@ -54,9 +54,19 @@ def check(path: Path, cfg: RunConfig, world_size: int = 1) -> dict[str, Any]:
     if meta["temperature"] != cfg.loss.temperature:
         raise ConfigError(f"teacher.cache: built at temperature {meta['temperature']}, but loss.temperature is "
                           f"{cfg.loss.temperature}; rebuild the cache")
-    if cfg.teacher.rope_theta is not None and float(meta["teacher_theta"]) != float(cfg.teacher.rope_theta):
+    teacher = Path(cfg.teacher.path)
+    if meta.get("teacher_hash") and teacher.is_dir() and models.checkpoint_hash(teacher) != meta["teacher_hash"]:
+        raise ConfigError(f"teacher.cache: built from another teacher (weights hash {meta['teacher_hash']}; "
+                          f"teacher.path {teacher} has {models.checkpoint_hash(teacher)}); rebuild the cache")
+    # the theta the teacher runs at: teacher.rope_theta when set, else its own config.json's
+    theta, source = None, ""
+    if cfg.teacher.rope_theta is not None:
+        theta, source = float(cfg.teacher.rope_theta), "teacher.rope_theta"
+    elif teacher.is_dir():
+        theta, source = checkpoints.inspect(teacher, verify=False).rope_theta, f"{teacher}/config.json's rope_theta"
+    if theta is not None and float(meta["teacher_theta"]) != theta:
         raise ConfigError(f"teacher.cache: built with the teacher at theta {meta['teacher_theta']:g}, but "
-                          f"teacher.rope_theta is {cfg.teacher.rope_theta:g}; rebuild the cache")
+                          f"{source} is {theta:g}; rebuild the cache")
     positions = meta.get("teacher_positions", "same")  # caches from before the key were built on the same view
     if positions != cfg.teacher.positions:
         raise ConfigError(f"teacher.cache: built with teacher.positions {positions!r}, but the run sets "
