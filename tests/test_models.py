@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -256,6 +257,24 @@ def test_integrity_verdict_cached_outside_the_checkpoint(saved_checkpoint, tmp_p
     # an unwritable cache only costs a re-hash
     monkeypatch.setenv(models.CACHE_ENV, "/proc/no-cache-here")
     models.verify_checkpoint(saved_checkpoint)
+
+
+def test_plain_hf_directory_hash_is_computed_once_per_file_state(gqa_model, tmp_path, monkeypatch):
+    """A plain HF directory has no manifest: its content hash (stored as checkpoint_hash by every analysis)
+    hashes the shards once, then is remembered until a shard changes."""
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
+    plain = tmp_path / "plain"
+    gqa_model.save_pretrained(plain)
+    calls = []
+    real = models._sha256
+    monkeypatch.setattr(models, "_sha256", lambda p: calls.append(p.name) or real(p))
+    first = models.checkpoint_hash(plain)
+    assert calls == ["model.safetensors"]
+    assert models.checkpoint_hash(plain) == first and len(calls) == 1
+    expected = hashlib.sha256(hashlib.sha256((plain / "model.safetensors").read_bytes()).hexdigest().encode())
+    assert first == expected.hexdigest()[:16]
+    _corrupt_tensor_bytes(plain / "model.safetensors")
+    assert models.checkpoint_hash(plain) != first and len(calls) == 2
 
 
 def test_fresh_save_is_remembered_and_hash_cost_is_small(gqa_model, tmp_path, monkeypatch):

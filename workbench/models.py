@@ -238,7 +238,7 @@ def save_checkpoint(model, path: str | Path, manifest: Mapping[str, Any] | None 
     written: dict[str, Any] = {}
     final = atomic_directory(path, fill)
     for name, meta in written.items():  # hashed while writing: later loads need not hash them again
-        _remember_verified(final / name, meta["sha256"])
+        _remember(_verdict_path(final / name, meta["sha256"]), final / name, meta["sha256"])
     return final
 
 
@@ -270,22 +270,35 @@ def cache_dir() -> Path:
     return Path(base) / CACHE_NAME
 
 
-def _verdict_path(f: Path, sha256: str) -> Path:
+def _verdict_path(f: Path, sha256: str | None) -> Path:
+    """Where the verdict on ``f`` (as it is now: path, size, mtime, ctime, inode) is kept: that it matched
+    ``sha256`` (``verified/``), or, for ``sha256=None``, what it hashed to (``sha256/``, no manifest to match)."""
     st = f.stat()
     key = json.dumps([str(f.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, sha256])
-    return cache_dir() / "verified" / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
+    kind = "verified" if sha256 is not None else "sha256"
+    return cache_dir() / kind / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
 
 
-def _remember_verified(f: Path, sha256: str) -> None:
-    """Record that ``f`` hashed to ``sha256`` (best effort: an unwritable cache only costs a re-hash)."""
+def _remember(target: Path, f: Path, sha256: str) -> None:
+    """Record in ``target`` that ``f`` hashed to ``sha256`` (best effort: an unwritable cache only costs a re-hash)."""
     try:
-        target = _verdict_path(f, sha256)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
         tmp.write_text(json.dumps({"path": str(f.resolve()), "sha256": sha256}))
         os.replace(tmp, target)
     except OSError:
         pass
+
+
+def file_sha256(f: Path) -> str:
+    """sha256 of a file without a manifest (a plain HF shard), hashed once per (path, size, mtime, ...)."""
+    try:
+        return json.loads(_verdict_path(f, None).read_text())["sha256"]
+    except (OSError, ValueError, KeyError):
+        pass
+    digest = _sha256(f)
+    _remember(_verdict_path(f, None), f, digest)
+    return digest
 
 
 def verify_file(f: Path, sha256: str) -> None:
@@ -298,7 +311,7 @@ def verify_file(f: Path, sha256: str) -> None:
         raise CheckpointError(f"{f}: sha256 {actual[:16]}... does not match the manifest's {sha256[:16]}...: the file "
                               "is corrupt or was changed after it was saved; refusing to load it (copy it again or "
                               "re-save the checkpoint)")
-    _remember_verified(f, sha256)
+    _remember(_verdict_path(f, sha256), f, sha256)
 
 
 def verify_checkpoint(path: str | Path, *, full_hash: bool = True, state: bool = False) -> dict[str, Any]:
@@ -363,7 +376,8 @@ def read_config(path: str | Path, *, weights: bool = True, architecture: bool = 
 
 
 def checkpoint_hash(path: str | Path) -> str:
-    """A short content hash of a checkpoint's weights (from the manifest when there is one)."""
+    """A short content hash of a checkpoint's weights (from the manifest when there is one; a plain HF
+    directory's shards are hashed once and remembered, see ``cache_dir``)."""
     path = Path(path)
     try:
         files = read_manifest(path).get("files", {})
@@ -374,7 +388,7 @@ def checkpoint_hash(path: str | Path) -> str:
         pass
     h = hashlib.sha256()
     for shard in sorted(path.glob("*.safetensors")):
-        h.update(_sha256(shard).encode())
+        h.update(file_sha256(shard).encode())
     return h.hexdigest()[:16]
 
 
