@@ -130,7 +130,7 @@ runs (one seed each)."""
     ckpts = models.list_checkpoints(kd)
     weights = measurements.weight_updates(ckpts)
     store.save(out, "updates_weights", weights)
-    store.save(out, "updates_states", measurements.state_updates(ckpts, seq_len=32, batch_size=1))
+    store.save(out, "updates_states", measurements.state_updates(ckpts, seq_len=32, n_windows=1))
     store.save(out, "bands", measurements.band_summary(weights, [64, 128]))
     from workbench import interventions
 

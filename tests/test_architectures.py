@@ -473,7 +473,7 @@ def test_probe_and_state_view_on_each_architecture(arch, tmp_path, plain_dirs):
     probes = measurements.position_probes([plain_dirs[arch]], seq_len=64, n_windows=4, allow_plain_hf=True)
     assert probes.sizes["layer"] == 3 and np.isfinite(probes["r2"].values).all()
     other = save_plain(hf_tiny(arch, seed=1), tmp_path / "other")
-    states = measurements.state_updates([plain_dirs[arch], other], seq_len=32, batch_size=1, allow_plain_hf=True)
+    states = measurements.state_updates([plain_dirs[arch], other], seq_len=32, n_windows=1, allow_plain_hf=True)
     half = A.head_dim(dict(SHAPE, **EXTRA.get(arch, {}))) // 2
     assert states.sizes["pair"] == half
     assert np.isfinite(states["q_norm_change"].values).all()

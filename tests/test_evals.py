@@ -318,7 +318,7 @@ def test_eval_command_writes_store_and_heatmap(tmp_path, text_tokenizer, capsys)
     assert np.isfinite(logprob).all() and (logprob < 0).all()
     assert ds["needle_position"].sel(checkpoint="kd-run/ckpt-000100", task="passkey", depth=0.0).values.tolist() \
         == [[0, 0], [0, 0]]
-    assert ds.attrs["schema"] == "workbench-store/2"
+    assert ds.attrs["schema"] == "workbench-store/3"
     assert set(json.loads(ds.attrs["checkpoint_hashes"])) == {"kd-run/ckpt-000100", "hf-run/ckpt-000001"}
     assert len(set(ds["checkpoint_hash"].values)) == 2
 

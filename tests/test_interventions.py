@@ -323,7 +323,7 @@ def test_repeated_tokens_store_and_result(nn, ckpt, tmp_path):
     ds = xr.open_zarr(store, group="repeated_tokens", consolidated=False)
     assert set(ds.dims) == {"checkpoint", "spec", "copy"} and list(ds.offset.values)[0] == 0
     assert float(ds.kl_to_first.sel(spec="clean").isel(checkpoint=0, copy=-1)) > 0  # copies see earlier copies
-    assert float(ds.kd_signal.min()) >= 0
+    assert float(ds.kl_to_mean.min()) >= 0
 
 
 def test_cli_trace_writes_a_store_and_refuses_twice(ckpt, tmp_path, capsys):
@@ -399,7 +399,7 @@ def test_trained_teacher_identity_parity_shift_and_repeated_tokens(tmp_path):
     rep = interventions.repeated_tokens(TEACHER, [runs[2]], backend=nn_t, window=2048, period=32, copies=4, samples=1)
     interventions.write_repeated(tmp_path / "t.zarr", rep)
     ds = xr.open_zarr(tmp_path / "t.zarr", group="repeated_tokens", consolidated=False)
-    assert set(ds.spec.values) == {"clean", "q-shift-last"} and np.isfinite(ds.kd_signal.values).all()
+    assert set(ds.spec.values) == {"clean", "q-shift-last"} and np.isfinite(ds.kl_to_mean.values).all()
 
 
 @pytest.mark.parametrize("scaling", [{"rope_type": "dynamic", "factor": 4.0},

@@ -60,7 +60,7 @@ def data_yaml(tmp_path):
 
 
 def test_first_document_is_exactly_zero_later_documents_are_not(tiny):
-    ds = cd.cross_document_kl(tiny, SHORT, seq_len=SEQ, windows=3, batch_size=2, label="tiny")
+    ds = cd.cross_document_kl(tiny, SHORT, seq_len=SEQ, n_windows=3, batch_size=2, label="tiny")
     kl, doc = ds.kl.sel(checkpoint="tiny").values, ds.token_doc.values
     assert ds.sizes["token"] == 3 * (SEQ - 1) and (doc == 0).any() and (doc > 0).any()
     assert np.abs(kl[doc == 0]).max() < 1e-6
@@ -84,7 +84,7 @@ def test_reset_positions_still_attend_across_documents(tiny):
     """The full pass is causal across documents even where positions restart (transformers' packed-sequence
     detection must not turn it into document masking)."""
     reset = DataConfig(kind="synthetic-short", doc_len_min=8, doc_len_max=24, packing=PackingConfig(positions="reset"))
-    ds = cd.cross_document_kl(tiny, reset, seq_len=SEQ, windows=2, label="tiny")
+    ds = cd.cross_document_kl(tiny, reset, seq_len=SEQ, n_windows=2, label="tiny")
     kl, doc = ds.kl.values[0], ds.token_doc.values
     assert (ds.token_position_id.values[ds.token_distance.values == 0] == 0).all()
     assert np.abs(kl[doc == 0]).max() < 1e-6 and (kl[doc > 0] > 0).all()
@@ -92,7 +92,7 @@ def test_reset_positions_still_attend_across_documents(tiny):
 
 def test_a_window_of_one_document_gives_zeros(tiny):
     one = DataConfig(kind="synthetic-short", doc_len_min=SEQ, doc_len_max=SEQ)
-    ds = cd.cross_document_kl(tiny, one, seq_len=SEQ, windows=2, label="tiny")
+    ds = cd.cross_document_kl(tiny, one, seq_len=SEQ, n_windows=2, label="tiny")
     assert (ds.token_doc.values == 0).all()
     assert np.abs(ds.kl.values).max() < 1e-6 and float(ds["mean"].max()) < 1e-6
     assert np.isnan(float(ds.mean_after_first_doc[0]))
@@ -110,9 +110,9 @@ def test_matches_a_dense_reference_with_two_plain_forwards(tiny):
     lp, lq = full.double().log_softmax(-1), doc.double().log_softmax(-1)
     ref = (lp.exp() * (lp - lq)).sum(-1)[:, :-1].reshape(-1).numpy()
     np.testing.assert_allclose(ds.kl.values[0], ref, atol=2e-5, rtol=1e-4)
-    assert ds.attrs["data"] == "batches" and ds.attrs["seq_len"] == SEQ and ds.attrs["windows"] == 2
+    assert ds.attrs["data"] == "batches" and ds.attrs["seq_len"] == SEQ and ds.attrs["n_windows"] == 2
     # windows do not depend on the batch size
-    again = cd.cross_document_kl(tiny, SHORT, seq_len=SEQ, windows=2, batch_size=1, seed=3, label="tiny")
+    again = cd.cross_document_kl(tiny, SHORT, seq_len=SEQ, n_windows=2, batch_size=1, seed=3, label="tiny")
     np.testing.assert_allclose(again.kl.values, ds.kl.values, atol=1e-6)
 
 
@@ -125,7 +125,7 @@ def test_command_writes_appends_and_refuses_a_rerun(ckpts, data_yaml, tmp_path, 
     ds = xr.open_zarr(str(out), group="kd_signal", consolidated=False)
     assert list(ds.checkpoint.values) == ["toy/ckpt-000001"]
     assert {"checkpoint", "token", "distance_bucket", "kind"} <= set(ds.dims)
-    assert ds.attrs["seq_len"] == SEQ and ds.attrs["windows"] == 3 and "checkpoint_hashes" in ds.attrs
+    assert ds.attrs["seq_len"] == SEQ and ds.attrs["n_windows"] == 3 and "checkpoint_hashes" in ds.attrs
 
     assert cli.main([base[0], str(ckpts[0]), *base[1:]]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -209,7 +209,7 @@ def test_load_data_config_reads_every_form(tmp_path):
 def test_figures_one_line_and_one_bar_group_per_checkpoint(tiny):
     from workbench.figures import kd_signal as fig
 
-    a = cd.cross_document_kl(tiny, SHORT, seq_len=SEQ, windows=2, label="a", keep_tokens=False)
+    a = cd.cross_document_kl(tiny, SHORT, seq_len=SEQ, n_windows=2, label="a", keep_tokens=False)
     assert "token" not in a.dims
     b = a.assign_coords(checkpoint=np.array(["b"], dtype=object))
     both = xr.concat([a, b], "checkpoint")

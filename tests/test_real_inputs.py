@@ -145,7 +145,7 @@ def test_a_small_vocabulary_with_its_own_tokenizer_runs_the_state_view(tmp_path)
     args = _Args(tokenizer=str(tok))
     batch, _ = inputs.for_models([a, b], args, seq_len=48, batch=1)
     assert int(batch["input_ids"].max()) < 64
-    ds = measurements.state_updates([a, b], seq_len=48, batch_size=1, allow_plain_hf=True, inputs=batch)
+    ds = measurements.state_updates([a, b], seq_len=48, n_windows=1, allow_plain_hf=True, inputs=batch)
     assert np.isfinite(ds["q_norm"].values).all()
 
 

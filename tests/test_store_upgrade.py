@@ -16,6 +16,7 @@ from workbench import cli, measurements, store
 from workbench import figures as F
 
 V1 = Path(__file__).parent / "data" / "store-v1"
+V2 = Path(__file__).parent / "data" / "store-v2"  # tests/data/make_store_v2.py: the groups renamed in 2 -> 3
 
 
 @pytest.fixture
@@ -89,17 +90,64 @@ def test_writing_into_a_v1_store_is_refused_with_the_convert_command(runs):
     assert store.schema_of(path) == "workbench-store/1"  # untouched
 
 
+def assert_upgraded_unchanged(path: Path, before: dict[str, xr.Dataset]) -> None:
+    """Every group reads back after the upgrade as it read before it (under the current names), attrs included."""
+    for g, ds in before.items():
+        after = store.open_group(path, g).load()
+        xr.testing.assert_identical(after.drop_attrs(), ds.drop_attrs())
+        assert after.attrs == {**ds.attrs, "schema": store.SCHEMA}
+
+
 def test_upgrade_store_converts_in_place_then_appends_work(runs, capsys):
     path = runs / "toy" / "results.zarr"
     before = {g: store.open_group(path, g).load() for g in store.groups(path)}
     assert cli.main(["upgrade-store", str(path)]) == 0
     out = capsys.readouterr().out
     assert "probes: theta -> rope_theta" in out and "updates_weights: theta_after -> rope_theta_after" in out
-    assert store.schema_of(path) == store.SCHEMA == "workbench-store/2"
+    assert "updates_states: attr batch_size -> n_windows" in out  # the 2 -> 3 step too
+    assert store.schema_of(path) == store.SCHEMA == "workbench-store/3"
+    assert raw(path, "updates_states").attrs["n_windows"] == 1 and "batch_size" not in raw(path, "updates_states").attrs
     p = raw(path, "probes")  # plain xarray sees the new names now
     assert list(p["layer"].values) == [-1, 0, 1] and "rope_theta" in p.coords and p.attrs["schema"] == store.SCHEMA
-    for g, ds in before.items():
-        xr.testing.assert_identical(store.open_group(path, g).load().drop_attrs(), ds.drop_attrs())
-    assert cli.main(["upgrade-store", str(path)]) == 0 and "already workbench-store/2" in capsys.readouterr().out
+    assert_upgraded_unchanged(path, before)
+    assert cli.main(["upgrade-store", str(path)]) == 0 and "already workbench-store/3" in capsys.readouterr().out
     store.save(path, store.PROBES, before["probes"].assign_coords(checkpoint=["toy/x", "toy/y"]))
     assert store.open_group(path, store.PROBES).sizes["checkpoint"] == 4
+
+
+@pytest.fixture
+def runs_v2(tmp_path) -> Path:
+    shutil.copytree(V2, tmp_path / "toy" / "results.zarr")
+    return tmp_path
+
+
+def test_the_v2_fixture_has_the_old_names():
+    assert raw(V2, "repeated_tokens").attrs["schema"] == "workbench-store/2"
+    assert "kd_signal" in raw(V2, "repeated_tokens") and raw(V2, "updates_states").attrs["batch_size"] == 2
+    assert raw(V2, "score_decomposition").attrs["batch_size"] == 1
+
+
+def test_a_v2_store_opens_under_the_current_names_and_feeds_the_readers(runs_v2):
+    from app.views import traces
+
+    path = runs_v2 / "toy" / "results.zarr"
+    rep = store.open_group(path, store.REPEATED_TOKENS)
+    assert "kl_to_mean" in rep and "kd_signal" not in rep
+    np.testing.assert_array_equal(rep["kl_to_mean"].values, raw(path, "repeated_tokens")["kd_signal"].values)
+    states = store.open_group(path, store.UPDATES_STATES)
+    assert states.attrs["n_windows"] == 2 and "batch_size" not in states.attrs
+    assert store.open_group(path, store.SCORE_DECOMPOSITION).attrs["n_windows"] == 1
+    assert F.traces.repeated_kl_vs_offset(rep).data  # the default variable, kl_to_mean
+    root = root_of(runs_v2)
+    assert traces.repeated_figure(root, "toy/results.zarr", "kl_to_mean").data  # the app's default variable
+
+
+def test_upgrade_store_converts_a_v2_store(runs_v2, capsys):
+    path = runs_v2 / "toy" / "results.zarr"
+    before = {g: store.open_group(path, g).load() for g in store.groups(path)}
+    assert cli.main(["upgrade-store", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "repeated_tokens: kd_signal -> kl_to_mean" in out and "score_decomposition: attr batch_size -> n_windows" in out
+    assert store.schema_of(path) == "workbench-store/3"
+    assert "kl_to_mean" in raw(path, "repeated_tokens") and raw(path, "updates_states").attrs["n_windows"] == 2
+    assert_upgraded_unchanged(path, before)

@@ -135,8 +135,12 @@ def test_identical_checkpoints_give_exactly_zero(run_dir):
         assert (ds[f"{p}_rel_update"].values == 0).all()
         assert (ds[f"{p}_cosine"].values == 1).all()
         assert (ds[f"{p}_norm_before"].values == ds[f"{p}_norm_after"].values).all()
-    st = measurements.state_updates([run_dir["a"], run_dir["b"]], seq_len=64, batch_size=1)
+    st = measurements.state_updates([run_dir["a"], run_dir["b"]], seq_len=64, n_windows=1)
     assert (st["q_norm_change"].values == 0).all() and (st["k_norm_change"].values == 0).all()
+    with pytest.warns(FutureWarning, match=r"state_updates\(batch_size=\) is deprecated, use n_windows="):
+        old = measurements.state_updates([run_dir["a"], run_dir["b"]], seq_len=64, batch_size=1)  # the old keyword
+    xr.testing.assert_identical(old.drop_attrs(), st.drop_attrs())
+    assert old.attrs["n_windows"] == st.attrs["n_windows"] == 1 and "batch_size" not in st.attrs
 
 
 def test_consecutive_and_reference_comparisons(run_dir):
@@ -159,7 +163,7 @@ def test_state_view_sees_the_planted_query_change_only_in_its_pair(run_dir, tmp_
     with torch.no_grad():
         model.model.layers[1].self_attn.q_proj.weight[rows] *= 2.0
     other = models.save_checkpoint(model, tmp_path / "toy" / "ckpt-000009", {"phase": "short", "step": 9})
-    st = measurements.state_updates([run_dir["a"], other], seq_len=128, batch_size=1)
+    st = measurements.state_updates([run_dir["a"], other], seq_len=128, n_windows=1)
     change = st["q_norm_change"].isel(comparison=0).values
     assert np.argwhere(change != 0).tolist() == [[1, 2, 3]]
     assert change[1, 2, 3] == pytest.approx(1.0, rel=1e-5)  # rows doubled -> pair norm doubled

@@ -422,7 +422,7 @@ def validate_model(m: ModelConfig, where: str = "model") -> None:
         raise bad("num_heads", f"hidden_size {m.hidden_size} is not divisible by num_heads {m.num_heads}")
     if m.resolved_head_dim % 2:
         raise bad("head_dim", f"RoPE needs an even head dim, got {m.resolved_head_dim}")
-    from workbench import architectures
+    from workbench import architectures  # lazy: it imports torch, which reading a config needs not
 
     if m.architecture not in architectures.NAMES:
         raise bad("architecture", f"{m.architecture!r} is not one of {', '.join(architectures.NAMES)}")

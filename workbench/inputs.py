@@ -31,6 +31,11 @@ import torch
 
 from workbench import checkpoints
 from workbench.checkpoints import SYNTHETIC, InputError
+from workbench.data.text import iter_texts
+from workbench.evals import tasks
+from workbench.evals.render import TextRendering
+from workbench.interventions.backends import budget_source, memory_budget
+from workbench.interventions.traces import default_inputs
 
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSONL_SUFFIXES = (".jsonl",)
@@ -89,9 +94,6 @@ def haystack(tokenizer, *, seq_len: int, batch: int, seed: int = 0, start: int =
     """``batch`` needle-in-a-haystack prompts of exactly ``seq_len`` tokens rendered through ``tokenizer``
     (RULER text, one needle per row at evenly spread depths); windows too short for a needle are plain
     instruction + filler text. Positions ``start .. start + seq_len - 1``."""
-    from workbench.evals import tasks
-    from workbench.evals.render import TextRendering
-
     rendering = TextRendering(tokenizer)
     rows = []
     for i in range(batch):
@@ -128,8 +130,6 @@ def _read_ids(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _documents(path: Path) -> list[str]:
-    from workbench.data.text import iter_texts
-
     kind = "jsonl" if path.suffix in JSONL_SUFFIXES else "text"
     try:
         docs = [t for t in iter_texts(kind, [path], {"field": "text"}) if t.strip()]
@@ -191,8 +191,6 @@ def build(spec: str | None, vocabulary: Vocabulary, *, seq_len: int, batch: int,
         if vocabulary.synthetic and synthetic_default is not None:
             out, what = dict(synthetic_default()), "synthetic language (the model's vocabulary)"
         elif vocabulary.synthetic:
-            from workbench.interventions.traces import default_inputs
-
             out, what = default_inputs(vocabulary.vocab_size, batch=batch, length=seq_len, seed=seed, start=start), \
                 "synthetic language filler"
         else:
@@ -219,8 +217,6 @@ def check_fits(paths: Sequence[str | Path], vocabulary: Vocabulary, *, seq_len: 
     """Refuse, before any input is built or model loaded, a batch whose forward cannot fit: a lower bound of
     its memory is the fp32 logits plus two residual streams, ``batch x seq_len x (vocab + 2 x hidden) x 4``
     bytes, against the same budget as the TransformerLens length check (``memory_budget``)."""
-    from workbench.interventions.backends import budget_source, memory_budget
-
     hidden = max(int(checkpoints.inspect(p, verify=False).config.get("hidden_size", 0) or 0) for p in paths)
     need = batch * seq_len * (vocabulary.vocab_size + 2 * hidden) * 4
     budget = memory_budget(device)

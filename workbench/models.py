@@ -21,9 +21,10 @@ from typing import Any, Callable, Mapping
 import torch
 from safetensors import safe_open
 
+import workbench
 from workbench import architectures, hfdir, rope
-from workbench.hfdir import CheckpointError  # the public name; defined in hfdir, which models builds on
 from workbench.config import ModelConfig
+from workbench.hfdir import CheckpointError  # the public name; defined in hfdir, which models builds on
 
 MANIFEST = "manifest.json"
 FORMAT = "workbench-checkpoint/1"
@@ -167,9 +168,7 @@ def _sha256(path: Path) -> str:
 
 
 def library_versions() -> dict[str, str]:
-    import transformers
-
-    import workbench
+    import transformers  # lazy: importing transformers costs seconds; only provenance needs its version
 
     return {"torch": torch.__version__, "transformers": transformers.__version__,
             "workbench": getattr(workbench, "__version__", "0")}

@@ -62,18 +62,43 @@ import numpy as np
 import xarray as xr
 import zarr
 
+import workbench
 from workbench import rope
 
-SCHEMA = "workbench-store/2"
+SCHEMA = "workbench-store/3"
 # Older schemas: open_group reads them under the current names (renamed on open), writes refuse them until
 # `workbench upgrade-store STORE` converts them in place (:func:`upgrade`). docs/glossary.md lists the names.
+# What each step changed (old schema -> the next):
 # 1 -> 2: the checkpoint theta is `rope_theta` everywhere (was `theta` in probes and score_decomposition,
-# `theta_before`/`theta_after` on comparisons); `layer` is the block index in every group (probes numbered
-# 0 = embeddings, l = block l-1; now -1 = embeddings, l = block l).
-OLD_SCHEMAS = ("workbench-store/1",)
-RENAMED = {"workbench-store/1": {"theta": "rope_theta", "theta_before": "rope_theta_before",
-                                 "theta_after": "rope_theta_after"}}
-LAYER_SHIFT = {"workbench-store/1": {"probes": -1}}  # group -> added to its layer coordinate
+#   `theta_before`/`theta_after` on comparisons); `layer` is the block index in every group (probes numbered
+#   0 = embeddings, l = block l-1; now -1 = embeddings, l = block l).
+# 2 -> 3: repeated_tokens' `kd_signal` is `kl_to_mean` (KL to the copies' mean, as `kl_to_first`; `kd_signal` is
+#   the name of a group); the window count of updates_states, score_decomposition (was `batch_size`, which
+#   elsewhere means rows per forward pass) and kd_signal (was `windows`) is the attr `n_windows`, as in probes.
+_STEPS: dict[str, dict[str, Any]] = {
+    "workbench-store/1": {"renamed": {"theta": "rope_theta", "theta_before": "rope_theta_before",
+                                      "theta_after": "rope_theta_after"},
+                          "layer_shift": {"probes": -1}},
+    "workbench-store/2": {"renamed": {"kd_signal": "kl_to_mean"},
+                          "attrs_renamed": {"updates_states": {"batch_size": "n_windows"},
+                                            "score_decomposition": {"batch_size": "n_windows"},
+                                            "kd_signal": {"windows": "n_windows"}}},
+}
+OLD_SCHEMAS = tuple(_STEPS)
+
+
+def _since(schema: str, key: str) -> dict[str, Any]:
+    """The changes of every step from ``schema`` to SCHEMA under ``key``, merged (names never change twice)."""
+    merged: dict[str, Any] = {}
+    for step in OLD_SCHEMAS[OLD_SCHEMAS.index(schema):] if schema in OLD_SCHEMAS else ():
+        for name, change in _STEPS[step].get(key, {}).items():
+            merged[name] = {**merged.get(name, {}), **change} if isinstance(change, dict) else change
+    return merged
+
+
+RENAMED = {schema: _since(schema, "renamed") for schema in OLD_SCHEMAS}  # variable / coordinate renames
+ATTRS_RENAMED = {schema: _since(schema, "attrs_renamed") for schema in OLD_SCHEMAS}  # group -> {old: new}
+LAYER_SHIFT = {schema: _since(schema, "layer_shift") for schema in OLD_SCHEMAS}  # group -> added to its layer
 MARKER = "write_in_progress"  # group attr (JSON) while a write is under way; removed last
 LOCK_TIMEOUT_S = 600.0  # how long a writer waits for another writer of the same store
 KILL_ENV = "WORKBENCH_STORE_KILL_AFTER"  # test hook "<phase>:<n>": SIGKILL self after n events of a phase
@@ -99,10 +124,8 @@ def pair_coords(wavelengths: Sequence[float]) -> dict[str, Any]:
 def provenance(**extra: Any) -> dict[str, Any]:
     """Attrs every group carries: schema, time, library versions, plus what the writer adds
     (checkpoint hashes, theta, dtype, spec JSON ...). Non-scalar values are stored as JSON strings."""
-    import torch
+    import torch  # lazy: reading a store (the app, figures) needs neither torch nor transformers
     import transformers
-
-    import workbench
 
     attrs: dict[str, Any] = {
         "schema": SCHEMA,
@@ -178,7 +201,11 @@ def _as_current(ds: xr.Dataset, group: str, schema: str) -> xr.Dataset:
         return ds
     renames = {old: new for old, new in RENAMED.get(schema, {}).items() if old in ds.variables}
     ds = ds.rename(renames) if renames else ds
-    shift = LAYER_SHIFT.get(schema, {}).get(group.rsplit("/", 1)[-1])
+    name = group.rsplit("/", 1)[-1]
+    attrs = ATTRS_RENAMED.get(schema, {}).get(name, {})
+    if any(old in ds.attrs for old in attrs):
+        ds.attrs = {attrs.get(k, k): v for k, v in ds.attrs.items()}
+    shift = LAYER_SHIFT.get(schema, {}).get(name)
     if shift and "layer" in ds.coords:
         ds = ds.assign_coords(layer=ds["layer"].values + shift)
     return ds
@@ -1355,7 +1382,7 @@ RETRIEVAL = _register(Group("retrieval", "Retrieval", append="checkpoint",
                             merge_attrs=("checkpoint_hashes", "rope_theta")))
 KD_SIGNAL = _register(Group("kd_signal", "Cross-document KD signal", append="checkpoint",
                             merge_attrs=("checkpoint_hashes",),
-                            same_attrs=("data_hash", "seq_len", "windows", "seed", "summary_tokens", "token_kinds",
+                            same_attrs=("data_hash", "seq_len", "n_windows", "seed", "summary_tokens", "token_kinds",
                                         "kept_tokens")))
 ABLATIONS = _register(Group("ablations", _DERIVED))
 ARM_RETRIEVAL = _register(Group("arm_retrieval", _DERIVED, derived=True))
@@ -1510,8 +1537,9 @@ def _rewrite_json(path: Path, doc: Mapping[str, Any], *, in_place: bool = False)
 
 def upgrade(store: str | Path) -> list[str]:
     """Convert a store of an older schema (OLD_SCHEMAS) in place to SCHEMA (`workbench upgrade-store`): the
-    renamed coordinates get their new names (array directories and the variables' ``coordinates`` attr), the
-    layer numbering of the groups that changed is rewritten, the group and root ``schema`` attrs are bumped
+    renamed coordinates and variables get their new names (array directories and the variables' ``coordinates``
+    attr), so do the renamed group attrs, the layer numbering of the groups that changed is rewritten, the
+    group and root ``schema`` attrs are bumped
     (the root last: a convert killed half way reruns). Chunk data is not touched. Returns one line per change;
     a store of the current schema is left as it is (empty list)."""
     store = Path(store)
@@ -1548,8 +1576,14 @@ def upgrade(store: str | Path) -> list[str]:
                 layer[:] = layer[:] + shift
                 changes.append(f"{group}: layer numbered as blocks (embeddings = -1; was 0)")
             gdoc = json.loads((gdir / "zarr.json").read_text())
-            if (gdoc.get("attributes") or {}).get("schema") not in (None, SCHEMA):
-                gdoc["attributes"]["schema"] = SCHEMA
+            attrs = dict(gdoc.get("attributes") or {})
+            for old, new in ATTRS_RENAMED.get(schema, {}).get(group, {}).items():
+                if old in attrs and new not in attrs:
+                    attrs[new] = attrs.pop(old)
+                    changes.append(f"{group}: attr {old} -> {new}")
+            if attrs.get("schema") not in (None, SCHEMA) or attrs != (gdoc.get("attributes") or {}):
+                attrs["schema"] = SCHEMA
+                gdoc["attributes"] = attrs
                 _rewrite_json(gdir / "zarr.json", gdoc)
         root = _root_doc(store)
         root.setdefault("attributes", {})["schema"] = SCHEMA

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from workbench.config import ConfigError
 from workbench.data import tokenizer as syn
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
@@ -98,8 +99,6 @@ def for_run(cfg, *, warn: bool = True) -> tuple[Any, str]:
 
 def check_run(cfg) -> None:
     """Preflight: the run's tokenizer resolves and fits the student's vocabulary (ConfigError otherwise)."""
-    from workbench.config import ConfigError
-
     try:
         tok, source = for_run(cfg)
     except ValueError as exc:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Iterable
 
-from dash import dcc, html
+from dash import Input, Output, State, dcc, html
+from dash.exceptions import PreventUpdate
 
+from app import stores
 from workbench.models import CheckpointError
 
 log = logging.getLogger("workbench.app")
@@ -76,8 +78,6 @@ def picked(value: Any, what: str, *, most: int, known: Iterable[str] | None = No
 def only_when_shown(tab: Any, name: str) -> None:
     """Skip a callback while its view's tab is hidden: the first page load then only runs the shown view
     (switching tabs fires it)."""
-    from dash.exceptions import PreventUpdate
-
     if tab != name:
         raise PreventUpdate
 
@@ -95,10 +95,6 @@ def store_picker(prefix: str) -> html.Div:
 def register_store_picker(app: Any, root: Any, prefix: str, *groups: str) -> None:
     """Fill ``{prefix}-store`` with the stores holding any of ``groups`` whenever the tabs change; when
     none does, ``{prefix}-messages`` says so."""
-    from dash import Input, Output, State
-
-    from app import stores
-
     def fill(tab: Any, current: Any):
         only_when_shown(tab, prefix)
         found = stores.stores_with_group(root, *groups)

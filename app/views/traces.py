@@ -22,7 +22,7 @@ GROUP = wstore.TRACES
 REPEATED = wstore.REPEATED_TOKENS
 LAYER_VARS = ["lens_kl", "resid_rel_l2", "resid_cos", "attn_out_rel_l2", "q_rel_l2", "k_rel_l2", "pattern_js"]
 FINAL_VARS = ["final_kl", "final_js", "top1_flip"]
-REPEATED_VARS = ["kd_signal", "kl_to_first", "kl_vs_clean"]
+REPEATED_VARS = ["kl_to_mean", "kl_to_first", "kl_vs_clean"]
 MEAN = -1  # bucket value meaning "mean over position buckets"
 
 
@@ -107,7 +107,7 @@ def layout() -> html.Div:
         html.Div([graph("traces-heatmap", 420), graph("traces-graph", 420)], className="wb-row"),
         html.Div([graph("traces-bars", 380), html.Div([
             control("repeated tokens", dcc.RadioItems(id="traces-repeated-var", options=REPEATED_VARS,
-                                                      value="kd_signal", inline=True)),
+                                                      value="kl_to_mean", inline=True)),
             graph("traces-repeated", 380)])], className="wb-row"),
         html.Div(id="traces-repeated-messages"),
     ])

@@ -1,4 +1,9 @@
-"""One module per ``workbench`` subcommand: ``HELP``, ``add_arguments(parser)``, ``run(args) -> int``."""
+"""One module per ``workbench`` subcommand: ``HELP``, ``add_arguments(parser)``, ``run(args) -> int``.
+
+Each ``run`` imports the workbench modules it uses inside the function, the one place the house defers
+imports of its own modules: ``workbench --help`` imports every command module, and those modules pull in
+torch, transformers, xarray and dash, seconds of start-up that ``--help`` and argument errors do not need.
+"""
 
 from __future__ import annotations
 

@@ -53,16 +53,16 @@ def run(args: argparse.Namespace) -> int:
     args.device = str(models.pick_device(args.device))  # a bad device is one error before any work
     paths = expand_checkpoints(args.checkpoints)
     dcfg = cd.load_data_config(args.data, args.phase)
-    cd.check_inputs(paths, dcfg, seq_len=args.seq_len, windows=args.windows, batch_size=args.batch_size)
+    cd.check_inputs(paths, dcfg, seq_len=args.seq_len, n_windows=args.windows, batch_size=args.batch_size)
     summary = "all" if args.all_tokens else "kd_targets"
     labels = [checkpoints.label(p) for p in paths]
-    cd.check_writable(args.out, labels, cd.data_attrs(dcfg, seq_len=args.seq_len, windows=args.windows,
+    cd.check_writable(args.out, labels, cd.data_attrs(dcfg, seq_len=args.seq_len, n_windows=args.windows,
                                                       seed=args.seed, summary_tokens=summary))
     if args.figure:
         import workbench.figures.kd_signal  # noqa: F401  (a broken plotting stack fails before the models run)
 
     ds = cd.cross_document_kl_checkpoints(
-        paths, dcfg, seq_len=args.seq_len, windows=args.windows, batch_size=args.batch_size, seed=args.seed,
+        paths, dcfg, seq_len=args.seq_len, n_windows=args.windows, batch_size=args.batch_size, seed=args.seed,
         device=args.device, dtype=getattr(torch, args.dtype), chunk_size=args.chunk_size, summary_tokens=summary,
         progress=True)
     ds.attrs["data_config"] = str(args.data)

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         for s in ds.spec.values:
             row = ds.sel(spec=s).isel(checkpoint=0)
             print(f"  {s:>24}: KL to first copy {' '.join(f'{v:.2e}' for v in row.kl_to_first.values)}")
-            print(f"  {'':>24}  KD signal        {' '.join(f'{v:.2e}' for v in row.kd_signal.values)}")
+            print(f"  {'':>24}  KD signal        {' '.join(f'{v:.2e}' for v in row.kl_to_mean.values)}")
             if s != "clean":
                 print(f"  {'':>24}  KL vs clean      {' '.join(f'{v:.2e}' for v in row.kl_vs_clean.values)}")
         print(f"wrote group {store.REPEATED_TOKENS} of {args.out}")

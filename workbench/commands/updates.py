@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     store.save(args.out, store.UPDATES_WEIGHTS, weights)
     if not args.no_states:
         states = measurements.state_updates(paths, reference=args.reference, seq_len=args.seq_len,
-                                        batch_size=args.windows, seed=args.seed,
+                                        n_windows=args.windows, seed=args.seed,
                                         allow_plain_hf=True, device=args.device, progress=True, inputs=batch)
         states.attrs["inputs"] = what
         store.save(args.out, store.UPDATES_STATES, states)

@@ -16,6 +16,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from workbench.data.tokenizer import synthetic_tokenizer
+
 SUFFIXES = {"text": (".txt", ".text", ".md"), "jsonl": (".jsonl", ".json"), "parquet": (".parquet",)}
 
 
@@ -37,12 +39,10 @@ def check_paths(kind: str, paths: list[str], where: str = "data.paths") -> list[
 def load_tokenizer(path: str | None):
     """A local HF tokenizer directory (offline), or the synthetic tokenizer when ``path`` is None."""
     if path is None:
-        from workbench.data.tokenizer import synthetic_tokenizer
-
         return synthetic_tokenizer()
     if not Path(path).is_dir():
         raise ValueError(f"data.tokenizer: tokenizer directory not found: {path}")
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: transformers costs seconds to import
 
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -76,7 +76,7 @@ def pair_trend(updates: xr.Dataset, var: str = "q_rel_update") -> xr.DataArray:
 def repeated_summary(rep: xr.Dataset, spec: str = "clean") -> xr.DataArray:
     """F2 data: per checkpoint, the mean KD signal (KL of each copy's distribution to the copy-average)
     over the copies of the repeated sequence: > 0 means the logits carry absolute-position information."""
-    return rep["kd_signal"].sel(spec=spec).mean("copy")
+    return rep["kl_to_mean"].sel(spec=spec).mean("copy")
 
 
 def trace_summary(traces: xr.Dataset) -> xr.DataArray:

@@ -306,7 +306,7 @@ def run_pair_analysis(opts: DemoOptions, state: DemoState, phase_lengths: list[i
         wstore.save(opts.store, wstore.UPDATES_WEIGHTS, upd)
         wstore.save(opts.store, wstore.BANDS, measurements.band_summary(upd, phase_lengths))
         wstore.save(opts.store, wstore.UPDATES_STATES, measurements.state_updates(
-            finals, reference=start, seq_len=phase_lengths[-1], batch_size=1 if opts.quick else 2,
+            finals, reference=start, seq_len=phase_lengths[-1], n_windows=1 if opts.quick else 2,
             data=DataConfig(kind="synthetic-short")))
     summarise_updates(opts.store)
 
@@ -357,7 +357,7 @@ def run_kd_signal(opts: DemoOptions, state: DemoState, checkpoints: list[Path], 
         return
     data = config_data(state)
     ds = cross_document.cross_document_kl_checkpoints(list(todo.values()), data, seq_len=window,
-                                                      windows=2 if opts.quick else 8, batch_size=2, seed=11,
+                                                      n_windows=2 if opts.quick else 8, batch_size=2, seed=11,
                                                       labels=list(todo), progress=opts.progress)
     cross_document.write_kd_signal(opts.store, ds)
 

@@ -80,7 +80,7 @@ def f2_propagation(store: Path) -> dict[str, go.Figure]:
         figs["f2_final_kl_by_spec"] = ftr.final_kl_bars(traces)
     rep = _group(store, wstore.REPEATED_TOKENS)
     if rep is not None:
-        figs["f2_repeated_tokens_kd_signal"] = ftr.repeated_kl_vs_offset(rep, "kd_signal")
+        figs["f2_repeated_tokens_kd_signal"] = ftr.repeated_kl_vs_offset(rep, "kl_to_mean")
     return figs
 
 

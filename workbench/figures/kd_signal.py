@@ -29,7 +29,7 @@ def _checkpoints(ds: xr.Dataset, checkpoints: Sequence[str] | None) -> list[str]
 def _title(ds: xr.Dataset, what: str) -> str:
     tokens = "KD targets" if ds.attrs.get("summary_tokens", "kd_targets") == "kd_targets" else "all tokens"
     return (f"Cross-document KD signal {what}: mean over {tokens} "
-            f"({ds.attrs.get('windows', '?')} windows of {ds.attrs.get('seq_len', '?')} tokens)")
+            f"({ds.attrs.get('n_windows', '?')} windows of {ds.attrs.get('seq_len', '?')} tokens)")
 
 
 def kl_by_distance(ds: xr.Dataset, *, stat: str = "mean", checkpoints: Sequence[str] | None = None,

@@ -22,7 +22,7 @@ TITLES = {
     "k_rel_l2": "post-RoPE k relative change", "lens_kl": "logit-lens KL(clean || perturbed) [nats]",
     "pattern_js": "attention-pattern JS divergence [nats]", "final_kl": "final-logit KL(clean || perturbed) [nats]",
     "final_js": "final-logit JS divergence [nats]", "top1_flip": "fraction of top-1 flips",
-    "kl_to_first": "KL(copy || first copy) [nats]", "kd_signal": "KD signal KL(copy || copy mean) [nats]",
+    "kl_to_first": "KL(copy || first copy) [nats]", "kl_to_mean": "KD signal KL(copy || copy mean) [nats]",
     "kl_vs_clean": "KL(clean || perturbed) at the copy [nats]",
 }
 
@@ -103,7 +103,7 @@ def final_kl_bars(ds: xr.Dataset, var: str = "final_kl", *, specs: Sequence[str]
     return fig
 
 
-def repeated_kl_vs_offset(ds: xr.Dataset, var: str = "kd_signal", *, specs: Sequence[str] | None = None,
+def repeated_kl_vs_offset(ds: xr.Dataset, var: str = "kl_to_mean", *, specs: Sequence[str] | None = None,
                           checkpoints: Sequence[str] | None = None, log: bool = True) -> go.Figure:
     """Repeated-token ``var`` against the copy's absolute offset, one line per (checkpoint, spec)."""
     arr = _var(ds, var)

@@ -14,7 +14,7 @@ Per (spec, copy) it records, averaged over the copy's tokens (its first token ex
 copy predicts it) and over samples:
 
 - ``kl_to_first``: KL(p_copy || p_first copy): how the output distribution drifts with the offset;
-- ``kd_signal``: KL(p_copy || p_mean), p_mean the copy-averaged distribution: the part of a KD loss a student
+- ``kl_to_mean``: KL(p_copy || p_mean), p_mean the copy-averaged distribution: the part of a KD loss a student
   that cannot see position can never remove (the mean is the best position-blind forward-KL fit), i.e. the
   positional signal logit KD carries at this offset;
 - ``kl_vs_clean``: KL(p_clean || p_spec) at the same copy: what a perturbation does to the teacher's targets;
@@ -33,12 +33,13 @@ import torch
 import xarray as xr
 
 from workbench import store
+from workbench.data import repeated_sequences
 from workbench.divergence import kl, kl_logits
 from workbench.interventions.backends import Backend, load_backend
 from workbench.interventions.specs import Spec, identity, validate_all
 from workbench.interventions.traces import finish
 
-VARS = ("kl_to_first", "kd_signal", "kl_vs_clean", "top1_agree_first", "entropy")
+VARS = ("kl_to_first", "kl_to_mean", "kl_vs_clean", "top1_agree_first", "entropy")
 
 
 def repeated_inputs(window: int, period: int, gap: int, *, samples: int = 2, seed: int = 0,
@@ -48,8 +49,6 @@ def repeated_inputs(window: int, period: int, gap: int, *, samples: int = 2, see
 
     packed: [samples, window]; isolated: [samples * copies, period], row s * copies + c is copy c of sample s.
     """
-    from workbench.data import repeated_sequences
-
     rows, poss, offsets = [], [], None
     for s in range(samples):
         ids, pos, off = repeated_sequences(window, period, seed=seed + s, gap=gap, positions="continue")
@@ -113,7 +112,7 @@ def repeated_tokens(ckpt_path: str | Path, specs: Sequence[Spec] = (), *, backen
         mean_logp = torch.logsumexp(logp, 1, keepdim=True) - np.log(n_copies)
         first = lg[:, :1]
         vals["kl_to_first"][s] = kl_logits(first.expand_as(lg), lg).mean((0, 2)).cpu().numpy()
-        vals["kd_signal"][s] = kl(logp, mean_logp).clamp_min(0).mean((0, 2)).cpu().numpy()
+        vals["kl_to_mean"][s] = kl(logp, mean_logp).clamp_min(0).mean((0, 2)).cpu().numpy()
         vals["kl_vs_clean"][s] = kl_logits(clean, lg).mean((0, 2)).cpu().numpy()
         vals["top1_agree_first"][s] = (lg.argmax(-1) == first.argmax(-1)).double().mean((0, 2)).cpu().numpy()
         vals["entropy"][s] = (-(logp.exp() * logp).sum(-1)).mean((0, 2)).cpu().numpy()

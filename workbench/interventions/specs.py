@@ -37,7 +37,7 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 import numpy as np
 
 from workbench import config as _config
-from workbench import rope
+from workbench import models, rope
 
 OpKind = Literal["shift", "theta", "rotate", "zero", "scale", "noise"]
 Target = Literal["q", "k", "both"]
@@ -230,8 +230,6 @@ class Geometry:
     @classmethod
     def of(cls, hf_model) -> "Geometry":
         """Geometry of a transformers Llama model (frequencies read from its rotary buffers)."""
-        from workbench import models
-
         cfg = models.model_config_of(hf_model)
         return cls(cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim, cfg.rope_theta,
                    cfg.rope_scaling, cfg.max_position_embeddings,

@@ -25,6 +25,7 @@ import torch
 import xarray as xr
 
 from workbench import checkpoints, models, store
+from workbench.data.tokenizer import VOCAB
 from workbench.divergence import js_probs, lens_kl
 from workbench.interventions.backends import Backend, load_backend
 from workbench.interventions.specs import Spec, identity
@@ -77,8 +78,6 @@ def bucket_mean(values: torch.Tensor, positions: torch.Tensor, edges: np.ndarray
 def default_inputs(vocab_size: int, *, batch: int = 2, length: int = 512, seed: int = 0,
                    start: int = 0) -> dict[str, torch.Tensor]:
     """Seeded random inputs from the synthetic language (filler words), positions start..start+length-1."""
-    from workbench.data.tokenizer import VOCAB
-
     pool = torch.tensor([t for t in VOCAB.filler if t < vocab_size] or list(range(vocab_size)))
     g = torch.Generator().manual_seed(seed)
     ids = pool[torch.randint(0, len(pool), (batch, length), generator=g)]

@@ -13,6 +13,7 @@ import torch
 
 from workbench import architectures, models, rope
 from workbench.config import DataConfig
+from workbench.data import attention_mask
 
 
 @dataclass
@@ -34,22 +35,20 @@ class Captured:
         return apply_rotary_pos_emb(self.q[layer], self.k[layer], self.cos, self.sin)
 
 
-def probe_batch(seq_len: int, batch_size: int, seed: int = 0, data: DataConfig | None = None) -> dict[str, torch.Tensor]:
+def probe_batch(seq_len: int, n_windows: int, seed: int = 0, data: DataConfig | None = None) -> dict[str, torch.Tensor]:
     """Probe inputs: short synthetic documents packed into long windows (continue positions), the paper's
     setting, from ``workbench.data.make_stream``."""
     from workbench.data import make_stream
 
     if seq_len < 2:
         raise ValueError(f"probe sequence length must be >= 2, got {seq_len}")
-    return make_stream(data or DataConfig(), seq_len, batch_size, seed).next()
+    return make_stream(data or DataConfig(), seq_len, n_windows, seed).next()
 
 
 @torch.no_grad()
 def capture(model, batch: Mapping[str, torch.Tensor], *, qk: bool = True, resid: bool = False,
             attention: str = "causal") -> Captured:
     """Run ``model`` on a batch (input_ids, position_ids, doc_ids) and collect what the analyses need."""
-    from workbench.data import attention_mask
-
     out = Captured()
     layers = model.model.layers
     attn0 = layers[0].self_attn

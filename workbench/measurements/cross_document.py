@@ -36,7 +36,7 @@ Python API::
 
     from workbench.measurements import cross_document_kl, cross_document_kl_checkpoints, write_kd_signal
     dcfg = load_data_config("data/configs/tiny-kd-phasewise.yaml")
-    ds = cross_document_kl("data/teacher/tiny-teacher", dcfg, seq_len=1024, windows=8)
+    ds = cross_document_kl("data/teacher/tiny-teacher", dcfg, seq_len=1024, n_windows=8)
     write_kd_signal("results.zarr", ds)                   # group kd_signal, appended along checkpoint
 """
 
@@ -50,10 +50,14 @@ import numpy as np
 import torch
 import xarray as xr
 
-from workbench import checkpoints, divergence, tokenizers
+from workbench import _moved, checkpoints, divergence, models, tokenizers
+from workbench import config as wconfig
 from workbench import store as wstore  # the module; `store` is a store path
 from workbench.config import ConfigError, DataConfig
+from workbench.data import attention_mask, make_stream, text
+from workbench.data import stream as wstream
 from workbench.data.packing import document_starts
+from workbench.data.tokenizer import VOCAB, VOCAB_SIZE
 
 SYNTHETIC_KINDS = ("marker", "key", "value", "digit", "filler", "special")
 OTHER_KINDS = ("token",)
@@ -70,8 +74,6 @@ def load_data_config(path: str | Path, phase: str | None = None) -> DataConfig:
 
     Raises ConfigError naming the file for a config without data, an unknown phase, or a bad value.
     """
-    from workbench import config as wconfig
-
     path = Path(path)
     raw = wconfig.read_yaml(path)
     if "phases" in raw or "name" in raw:
@@ -108,18 +110,14 @@ def _token_kinds(data_cfg: DataConfig) -> bool:
     return data_cfg.tokenizer is None
 
 
-def check_inputs(paths: Sequence[str | Path], data_cfg: DataConfig, *, seq_len: int, windows: int,
+def check_inputs(paths: Sequence[str | Path], data_cfg: DataConfig, *, seq_len: int, n_windows: int,
                  batch_size: int = 1) -> None:
     """Every input error before any model runs (one ValueError / CheckpointError / ConfigError): data config,
     window sizes, each checkpoint's directory, window length and vocabulary against the data's."""
-    from workbench.data import stream as wstream
-    from workbench.data import text
-    from workbench.data.tokenizer import VOCAB_SIZE
-
     if not paths:
         raise ValueError("no checkpoint given")
-    if windows < 1 or batch_size < 1:
-        raise ValueError(f"windows and batch size must be >= 1, got {windows} and {batch_size}")
+    if n_windows < 1 or batch_size < 1:
+        raise ValueError(f"windows and batch size must be >= 1, got {n_windows} and {batch_size}")
     if seq_len < 2:
         raise ValueError(f"seq_len must be >= 2 (one token and the one it predicts), got {seq_len}")
     wstream.check(data_cfg, seq_len, batch_size)
@@ -159,8 +157,6 @@ def kind_table(vocab_size: int, synthetic: bool) -> tuple[tuple[str, ...], np.nd
     """(kind names, id -> kind index [vocab_size]) for the predicted tokens."""
     if not synthetic:
         return OTHER_KINDS, np.zeros(vocab_size, dtype=np.int64)
-    from workbench.data.tokenizer import VOCAB
-
     table = np.full(vocab_size, SYNTHETIC_KINDS.index("special"), dtype=np.int64)  # ids beyond the vocab too
     for name, ids in (("marker", VOCAB.marker.values()), ("key", VOCAB.keys), ("value", VOCAB.values),
                       ("digit", VOCAB.digits), ("filler", VOCAB.filler)):
@@ -191,8 +187,6 @@ def batch_kl(model, batch: Mapping[str, torch.Tensor], *, chunk_size: int = 1024
     Full pass: ``attention_mask(doc_ids, "causal")``; document pass: ``attention_mask(doc_ids, "document")``
     in the model's dtype; ``position_ids`` from the batch in both. Log-probs are formed in token chunks.
     """
-    from workbench.data import attention_mask
-
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     ids = batch["input_ids"].to(device)
@@ -286,12 +280,9 @@ def summarise(kl: np.ndarray, tokens: Mapping[str, np.ndarray], buckets: Sequenc
 
 
 def _materialise(data: DataConfig | str | Path | Iterable[Mapping[str, torch.Tensor]], *, seq_len: int,
-                 windows: int, batch_size: int, seed: int, phase: str | None
+                 n_windows: int, batch_size: int, seed: int, phase: str | None
                  ) -> tuple[list[dict[str, torch.Tensor]], DataConfig | None, dict[str, Any]]:
     """-> (batches, data config or None, provenance of the data)."""
-    from workbench import config as wconfig
-    from workbench.data import make_stream
-
     source: dict[str, Any] = {}
     if isinstance(data, (str, Path)):
         source["data_config"] = str(data)
@@ -300,14 +291,14 @@ def _materialise(data: DataConfig | str | Path | Iterable[Mapping[str, torch.Ten
         data = load_data_config(data, phase)
     if isinstance(data, DataConfig):
         stream = make_stream(data, seq_len, batch_size, seed)
-        batches, left = [], windows
+        batches, left = [], n_windows
         while left > 0:
             b = stream.next()
             take = min(left, batch_size)
             batches.append({k: v[:take] for k, v in b.items()})
             left -= take
         source.update(data=wconfig.to_dict(data), data_hash=wconfig.config_hash(data), seq_len=seq_len,
-                      windows=windows, seed=seed, batch_size=batch_size,
+                      n_windows=n_windows, seed=seed, batch_size=batch_size,
                       packing=f"positions={data.packing.positions}, attention={data.packing.attention}")
         return batches, data, source
     batches = [{k: torch.as_tensor(v) for k, v in b.items()} for b in data]
@@ -328,15 +319,13 @@ def _materialise(data: DataConfig | str | Path | Iterable[Mapping[str, torch.Ten
         for k in ("input_ids", "position_ids", "doc_ids"):
             digest.update(b[k].cpu().numpy().astype(np.int64).tobytes())
     source.update(data="batches", data_hash=digest.hexdigest()[:16], seq_len=widths.pop(),
-                  windows=sum(int(b["input_ids"].shape[0]) for b in batches), seed=-1,
+                  n_windows=sum(int(b["input_ids"].shape[0]) for b in batches), seed=-1,
                   batch_size=int(batches[0]["input_ids"].shape[0]))
     return batches, None, source
 
 
 def _load(model_or_path, *, device: str, dtype: torch.dtype, allow_plain_hf: bool):
     """-> (model, label, per-checkpoint coords)."""
-    from workbench import models
-
     if isinstance(model_or_path, (str, Path)):
         from transformers.utils import logging as hf_logging
 
@@ -363,20 +352,22 @@ def _load(model_or_path, *, device: str, dtype: torch.dtype, allow_plain_hf: boo
 
 
 def cross_document_kl(model_or_path, data: DataConfig | str | Path | Iterable[Mapping[str, torch.Tensor]], *,
-                      seq_len: int = 1024, windows: int = 8, batch_size: int = 2, seed: int = 0,
+                      seq_len: int = 1024, n_windows: int = 8, batch_size: int = 2, seed: int = 0,
                       phase: str | None = None, label: str | None = None, device: str = "cpu",
                       dtype: torch.dtype = torch.float32, chunk_size: int = 1024, keep_tokens: bool | None = None,
                       summary_tokens: str = "kd_targets", token_kinds: bool | None = None,
-                      allow_plain_hf: bool = True, progress: bool | Callable[[int], None] = False) -> xr.Dataset:
+                      allow_plain_hf: bool = True, progress: bool | Callable[[int], None] = False,
+                      windows: int | None = None) -> xr.Dataset:
     """The cross-document KD signal of one model -> Dataset with dims (checkpoint=1, token, distance_bucket, kind).
 
     ``model_or_path``: a checkpoint directory (loaded with ``workbench.models.load``) or a loaded HF causal
     LM (``label`` names it; default ``"model"``). ``data``: a DataConfig, a YAML config path (``phase``
     picks a phase's data), or an iterable of batches of the ``workbench.data`` contract (``labels``
-    optional; ``seq_len``/``windows``/``seed`` are then read off the batches). ``token_kinds``: classify
+    optional; ``seq_len``/``n_windows``/``seed`` are then read off the batches). ``token_kinds``: classify
     predicted tokens by the synthetic vocabulary (default: when the data has no tokenizer of its own).
     """
-    return cross_document_kl_checkpoints([model_or_path], data, seq_len=seq_len, windows=windows,
+    n_windows = _moved.keyword(n_windows, windows, "windows", "n_windows", "cross_document_kl")
+    return cross_document_kl_checkpoints([model_or_path], data, seq_len=seq_len, n_windows=n_windows,
                                          batch_size=batch_size, seed=seed, phase=phase,
                                          labels=None if label is None else [label], device=device, dtype=dtype,
                                          chunk_size=chunk_size, keep_tokens=keep_tokens,
@@ -384,29 +375,29 @@ def cross_document_kl(model_or_path, data: DataConfig | str | Path | Iterable[Ma
                                          allow_plain_hf=allow_plain_hf, progress=progress)
 
 
-def cross_document_kl_checkpoints(models_or_paths: Sequence, data, *, seq_len: int = 1024, windows: int = 8,
+def cross_document_kl_checkpoints(models_or_paths: Sequence, data, *, seq_len: int = 1024, n_windows: int = 8,
                                   batch_size: int = 2, seed: int = 0, phase: str | None = None,
                                   labels: Sequence[str] | None = None, device: str = "cpu",
                                   dtype: torch.dtype = torch.float32, chunk_size: int = 1024,
                                   keep_tokens: bool | None = None, summary_tokens: str = "kd_targets",
                                   token_kinds: bool | None = None, allow_plain_hf: bool = True,
-                                  progress: bool | Callable[[int], None] = False) -> xr.Dataset:
+                                  progress: bool | Callable[[int], None] = False,
+                                  windows: int | None = None) -> xr.Dataset:
     """:func:`cross_document_kl` for several checkpoints on the same windows -> one Dataset along
     ``checkpoint`` (models load one at a time). ``progress``: True for a tqdm bar over all batches, or a
     callable receiving the number of windows done after each batch."""
+    n_windows = _moved.keyword(n_windows, windows, "windows", "n_windows", "cross_document_kl_checkpoints")
     if summary_tokens not in ("kd_targets", "all"):
         raise ValueError(f"summary_tokens must be 'kd_targets' or 'all', got {summary_tokens!r}")
     if not models_or_paths:
         raise ValueError("no checkpoint given")
     if labels is not None and len(labels) != len(models_or_paths):
         raise ValueError(f"{len(labels)} labels for {len(models_or_paths)} models")
-    batches, data_cfg, source = _materialise(data, seq_len=seq_len, windows=windows, batch_size=batch_size,
+    batches, data_cfg, source = _materialise(data, seq_len=seq_len, n_windows=n_windows, batch_size=batch_size,
                                              seed=seed, phase=phase)
     if token_kinds is None:
         token_kinds = data_cfg is None or _token_kinds(data_cfg)
         if data_cfg is None:  # raw batches: the synthetic classes only if every id is in the synthetic vocabulary
-            from workbench.data.tokenizer import VOCAB_SIZE
-
             token_kinds = all(int(b["input_ids"].max()) < VOCAB_SIZE for b in batches)
     n_windows = sum(int(b["input_ids"].shape[0]) for b in batches)
     bar, tick = None, None
@@ -513,13 +504,11 @@ def check_writable(store: str | Path, labels: Iterable[str], attrs: Mapping[str,
     wstore.refuse(store, wstore.KD_SIGNAL, labels=labels, attrs=attrs)
 
 
-def data_attrs(data_cfg: DataConfig, *, seq_len: int, windows: int, seed: int,
+def data_attrs(data_cfg: DataConfig, *, seq_len: int, n_windows: int, seed: int,
                summary_tokens: str = "kd_targets", keep_tokens: bool | None = None) -> dict[str, Any]:
     """The attrs a run on ``data_cfg`` will write, for :func:`check_writable` before the run."""
-    from workbench import config as wconfig
-
-    n = windows * (seq_len - 1)
-    return {"data_hash": wconfig.config_hash(data_cfg), "seq_len": seq_len, "windows": windows, "seed": seed,
+    n = n_windows * (seq_len - 1)
+    return {"data_hash": wconfig.config_hash(data_cfg), "seq_len": seq_len, "n_windows": n_windows, "seed": seed,
             "summary_tokens": summary_tokens, "token_kinds": _token_kinds(data_cfg),
             "kept_tokens": n <= AUTO_KEEP_TOKENS if keep_tokens is None else bool(keep_tokens)}
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from workbench import _moved
 from workbench import checkpoints as ck
 from workbench import rope, store
 from workbench.measurements.capture import capture, per_checkpoint, probe_batch
@@ -216,7 +217,7 @@ def score_decomposition(
     paths: Sequence[str | Path],
     *,
     seq_len: int = 512,
-    batch_size: int = 1,
+    n_windows: int = 1,
     seed: int = 0,
     data: DataConfig | None = None,
     method: str = "fast",
@@ -225,6 +226,7 @@ def score_decomposition(
     device: str = "cpu",
     progress: bool = False,
     inputs=None,
+    batch_size: int | None = None,
 ) -> xr.Dataset:
     """Per checkpoint: dims (checkpoint, layer, head, pair, distance). ``contribution`` = mean per-pair
     score term in each distance bucket, ``abs_contribution`` = mean |term|, ``score`` = mean pre-softmax
@@ -235,7 +237,8 @@ def score_decomposition(
         raise ValueError(f"score decomposition method must be one of {', '.join(METHODS)}, got {method!r}")
     abs_sample = {**ABS_SAMPLE, **(abs_sample or {})}
     infos = ck.inspect_all(paths, allow_plain_hf=allow_plain_hf, minimum=1)
-    batch = probe_batch(seq_len, batch_size, seed, data) if inputs is None else inputs  # inputs: workbench.inputs
+    n_windows = _moved.keyword(n_windows, batch_size, "batch_size", "n_windows", "score_decomposition")
+    batch = probe_batch(seq_len, n_windows, seed, data) if inputs is None else inputs  # inputs: workbench.inputs
     if method == "fast" and not contiguous(batch["position_ids"]):
         raise ValueError("score decomposition: the probe windows reset positions inside a window; method 'fast' "
                          "needs continue positions (use method='exact', time quadratic in length)")
@@ -266,7 +269,7 @@ def score_decomposition(
                                                "scale*(q_t[j]k_s[j] + q_t[j+d/2]k_s[j+d/2])")
     ds["score"].attrs["description"] = "mean pre-softmax score scale*q_t.k_s in the bucket (sum of contribution over pairs)"
     ds.attrs.update(store.provenance(
-        analysis=store.SCORE_DECOMPOSITION, seq_len=seq_len, batch_size=batch_size, seed=seed,
+        analysis=store.SCORE_DECOMPOSITION, seq_len=seq_len, n_windows=n_windows, seed=seed,
         head_dim=first.head_dim, wavelength_theta=infos[-1].rope_theta,
         buckets="log2 distance buckets: [0], [1], [2,3], [4,7], ... (position_ids differences, causal pairs)",
         score_method=method,

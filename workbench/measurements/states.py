@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from workbench import _moved
 from workbench import checkpoints as ck
 from workbench import store
 from workbench.measurements.capture import (capture, describe_qk, pair_norm, per_checkpoint, phase_coherence,
@@ -43,20 +44,22 @@ def state_updates(
     *,
     reference: str | Path | int | None = None,
     seq_len: int = 1024,
-    batch_size: int = 2,
+    n_windows: int = 2,
     seed: int = 0,
     data: DataConfig | None = None,
     allow_plain_hf: bool = False,
     device: str = "cpu",
     progress: bool = False,
     inputs=None,
+    batch_size: int | None = None,
 ) -> xr.Dataset:
     """State statistics per comparison "A -> B": dims (comparison, end, layer, head|kv_head, pair) with
     ``end`` = before/after, plus ``q_norm_change`` / ``k_norm_change`` = (after - before) / before."""
     paths, ref_index = resolve_reference(paths, reference)
     infos = ck.inspect_all(paths, allow_plain_hf=allow_plain_hf, minimum=2)
     pairs = comparison_pairs(len(infos), ref_index)
-    batch = probe_batch(seq_len, batch_size, seed, data) if inputs is None else inputs  # inputs: workbench.inputs
+    n_windows = _moved.keyword(n_windows, batch_size, "batch_size", "n_windows", "state_updates")
+    batch = probe_batch(seq_len, n_windows, seed, data) if inputs is None else inputs  # inputs: workbench.inputs
     needed = sorted({i for pr in pairs for i in pr})
     results = per_checkpoint([infos[i] for i in needed], lambda m: checkpoint_state_stats(m, batch),
                              progress=progress, desc="state statistics", allow_plain_hf=allow_plain_hf,
@@ -90,7 +93,7 @@ def state_updates(
     ds.attrs.update(store.provenance(
         analysis="state_updates", inputs="workbench.data.make_stream packed windows (continue positions, causal)",
         data=to_dict(data or DataConfig()), device=str(device),
-        seq_len=seq_len, batch_size=batch_size, seed=seed, head_dim=first.head_dim,
+        seq_len=seq_len, n_windows=n_windows, seed=seed, head_dim=first.head_dim,
         wavelength_theta=infos[-1].rope_theta,
     ))
     return ds

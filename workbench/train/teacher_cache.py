@@ -106,36 +106,8 @@ def build(cfg: RunConfig, out: Path, *, k: int = 32, world_size: int = 1, batch_
     dev = torch.device(device)
 
     def fill(tmp: Path) -> None:
-        phases = []
-        for i in kd_phases(cfg):
-            ph, dcfg = cfg.phases[i], phase_data(cfg, i)
-            meta = _phase_meta(cfg, i, ph.steps * windows_per_step(cfg, world_size))
-            n, T = meta["windows"], ph.seq_len
-            arrays = {name: np.lib.format.open_memmap(tmp / f"phase-{i}.{name}.npy", mode="w+", dtype=dt, shape=shape)
-                      for name, dt, shape in (("input_ids", np.int32, (n, T)), ("topk_ids", np.int32, (n, T - 1, k)),
-                                              ("topk_logp", np.float32, (n, T - 1, k)))}
-            stream = data.make_stream(dcfg, T, batch_size, meta["seed"])
-            for start in tqdm(range(0, n, batch_size), desc=f"teacher-cache {ph.name}", disable=not progress):
-                b = {key: v.to(dev) for key, v in stream.next().items()}
-                rows = slice(start, min(start + batch_size, n))
-                m = rows.stop - rows.start
-                if cfg.teacher.positions == "reset":  # as the online teacher (DistillModule)
-                    view = reset_view(b["doc_ids"])
-                else:
-                    view = {"position_ids": b["position_ids"],
-                            "attention_mask": data.attention_mask(b["doc_ids"], dcfg.packing.attention)}
-                with torch.no_grad():
-                    h = teacher.model(input_ids=b["input_ids"], **view, use_cache=False).last_hidden_state[:m, :-1]
-                    for j in range(m):  # one window's logits at a time
-                        logp = torch.log_softmax(architectures.final_logits(teacher.config, teacher.lm_head(h[j]).float())
-                                               / cfg.loss.temperature, -1)
-                        vals, ids = logp.topk(k, dim=-1)
-                        arrays["topk_ids"][rows.start + j] = ids.cpu().numpy()
-                        arrays["topk_logp"][rows.start + j] = vals.cpu().numpy()
-                arrays["input_ids"][rows] = b["input_ids"][:m].cpu().numpy()
-            for a in arrays.values():
-                a.flush()
-            phases.append(meta)
+        phases = [_cache_phase(cfg, i, teacher, tmp, k=k, world_size=world_size, batch_size=batch_size,
+                               device=dev, progress=progress) for i in kd_phases(cfg)]
         body = {"format": FORMAT, "teacher": cfg.teacher.path, "teacher_hash": models.checkpoint_hash(cfg.teacher.path),
                 "teacher_theta": models.rope_theta(teacher), "teacher_positions": cfg.teacher.positions,
                 "temperature": cfg.loss.temperature, "k": k,
@@ -144,6 +116,40 @@ def build(cfg: RunConfig, out: Path, *, k: int = 32, world_size: int = 1, batch_
         (tmp / META).write_text(json.dumps(body, indent=2))
 
     return models.atomic_directory(out, fill)
+
+
+def _cache_phase(cfg: RunConfig, i: int, teacher, tmp: Path, *, k: int, world_size: int, batch_size: int,
+                 device: torch.device, progress: bool) -> dict[str, Any]:
+    """Run the teacher over phase ``i``'s windows (the stream the run will read) and write its inputs and
+    top-``k`` log-probs as ``.npy`` memmaps into ``tmp``; returns the phase's meta."""
+    ph, dcfg = cfg.phases[i], phase_data(cfg, i)
+    meta = _phase_meta(cfg, i, ph.steps * windows_per_step(cfg, world_size))
+    n, T = meta["windows"], ph.seq_len
+    arrays = {name: np.lib.format.open_memmap(tmp / f"phase-{i}.{name}.npy", mode="w+", dtype=dt, shape=shape)
+              for name, dt, shape in (("input_ids", np.int32, (n, T)), ("topk_ids", np.int32, (n, T - 1, k)),
+                                      ("topk_logp", np.float32, (n, T - 1, k)))}
+    stream = data.make_stream(dcfg, T, batch_size, meta["seed"])
+    for start in tqdm(range(0, n, batch_size), desc=f"teacher-cache {ph.name}", disable=not progress):
+        b = {key: v.to(device) for key, v in stream.next().items()}
+        rows = slice(start, min(start + batch_size, n))
+        m = rows.stop - rows.start
+        if cfg.teacher.positions == "reset":  # as the online teacher (DistillModule)
+            view = reset_view(b["doc_ids"])
+        else:
+            view = {"position_ids": b["position_ids"],
+                    "attention_mask": data.attention_mask(b["doc_ids"], dcfg.packing.attention)}
+        with torch.no_grad():
+            h = teacher.model(input_ids=b["input_ids"], **view, use_cache=False).last_hidden_state[:m, :-1]
+            for j in range(m):  # one window's logits at a time
+                logp = torch.log_softmax(architectures.final_logits(teacher.config, teacher.lm_head(h[j]).float())
+                                         / cfg.loss.temperature, -1)
+                vals, ids = logp.topk(k, dim=-1)
+                arrays["topk_ids"][rows.start + j] = ids.cpu().numpy()
+                arrays["topk_logp"][rows.start + j] = vals.cpu().numpy()
+        arrays["input_ids"][rows] = b["input_ids"][:m].cpu().numpy()
+    for a in arrays.values():
+        a.flush()
+    return meta
 
 
 class TeacherCache:
