@@ -228,9 +228,24 @@ def test_grid_growth_keeps_the_group_attrs_and_unwritten_cells_read_nan(tmp_path
     first = _read(path).attrs
     store.write_grid(path, "traces", _cell(["b"], ["s1"], 2.0))
     assert _read(path).attrs == first
-    masked = store.read_written(path, "traces").load()
+    masked = store.open_group(path, "traces").load()
     assert np.isnan(masked.final_kl.sel(checkpoint="b", spec="s2")).all()
+    assert (masked.final_kl.sel(checkpoint="b", spec="s1") == 2.0).all()
 
+
+
+def test_a_cell_left_half_written_reads_nan_beside_its_written_neighbours(tmp_path):
+    """What a writer killed between a cell's data and its flag leaves: data on disk, flag 0. Readers
+    (open_group: the app, figures, analyses) see NaN there, never the half-written numbers."""
+    path = tmp_path / "s.zarr"
+    store.write_grid(path, "traces", _cell(["a", "b"], ["s1", "s2"], 1.0))
+    raw = zarr.open_group(str(path), mode="r+")["traces"]
+    raw["final_kl"][1, 1, :] = 99.0  # b/s2: the killed writer's partial data
+    raw[store.WRITTEN][1, 1] = 0
+    ds = store.open_group(path, "traces").load()
+    assert np.isnan(ds.final_kl.sel(checkpoint="b", spec="s2")).all()
+    assert (ds.final_kl.sel(checkpoint="b", spec="s1") == 1.0).all() and (ds.final_kl.sel(checkpoint="a") == 1.0).all()
+    assert _read(path).final_kl.sel(checkpoint="b", spec="s2").values.tolist() == [99.0] * 3  # on disk, unmasked
 
 # ------------------------------------------------------------------------------------ writes killed half way
 

@@ -90,6 +90,13 @@ def test_writing_into_a_v1_store_is_refused_with_the_convert_command(runs):
     assert store.schema_of(path) == "workbench-store/1"  # untouched
 
 
+def upgrade(path: Path, capsys) -> tuple[dict[str, xr.Dataset], str]:
+    """Run ``workbench upgrade-store path``: -> (every group as read before, what the command printed)."""
+    before = {g: store.open_group(path, g).load() for g in store.groups(path)}
+    assert cli.main(["upgrade-store", str(path)]) == 0
+    return before, capsys.readouterr().out
+
+
 def assert_upgraded_unchanged(path: Path, before: dict[str, xr.Dataset]) -> None:
     """Every group reads back after the upgrade as it read before it (under the current names), attrs included."""
     for g, ds in before.items():
@@ -100,9 +107,7 @@ def assert_upgraded_unchanged(path: Path, before: dict[str, xr.Dataset]) -> None
 
 def test_upgrade_store_converts_in_place_then_appends_work(runs, capsys):
     path = runs / "toy" / "results.zarr"
-    before = {g: store.open_group(path, g).load() for g in store.groups(path)}
-    assert cli.main(["upgrade-store", str(path)]) == 0
-    out = capsys.readouterr().out
+    before, out = upgrade(path, capsys)
     assert "probes: theta -> rope_theta" in out and "updates_weights: theta_after -> rope_theta_after" in out
     assert "updates_states: attr batch_size -> n_windows" in out  # the 2 -> 3 step too
     assert store.schema_of(path) == store.SCHEMA == "workbench-store/3"
@@ -144,9 +149,7 @@ def test_a_v2_store_opens_under_the_current_names_and_feeds_the_readers(runs_v2)
 
 def test_upgrade_store_converts_a_v2_store(runs_v2, capsys):
     path = runs_v2 / "toy" / "results.zarr"
-    before = {g: store.open_group(path, g).load() for g in store.groups(path)}
-    assert cli.main(["upgrade-store", str(path)]) == 0
-    out = capsys.readouterr().out
+    before, out = upgrade(path, capsys)
     assert "repeated_tokens: kd_signal -> kl_to_mean" in out and "score_decomposition: attr batch_size -> n_windows" in out
     assert store.schema_of(path) == "workbench-store/3"
     assert "kl_to_mean" in raw(path, "repeated_tokens") and raw(path, "updates_states").attrs["n_windows"] == 2

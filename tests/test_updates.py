@@ -201,33 +201,6 @@ def test_bands_follow_transformers_wavelengths_and_rope_theory(run_dir):
     hf_wavelength = (2 * math.pi / LlamaRotaryEmbedding(config=model.config).inv_freq.double()).numpy()
     expected_band = np.searchsorted([64, 1024], hf_wavelength, side="left")
     assert bands["pair_band"].isel(comparison=0).values.tolist() == expected_band.tolist()
-    np.testing.assert_allclose(bands["wavelength"].values, hf_wavelength, rtol=1e-6)  # the displayed coordinate too
-
-
-def test_dynamic_ntk_model_runs_through_updates_and_probe_at_transformers_wavelengths(tmp_path):
-    """Dynamic NTK needs max_position_embeddings to give its frequencies: `updates` and `probe` used to fail
-    with "dynamic NTK scaling needs max_position_embeddings" after all their work. Up to that length the
-    model runs its base frequencies, which the stores record (checked against transformers)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-
-    from workbench import cli
-
-    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=128,  # the synthetic vocabulary: no tokenizer
-                      rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1000.0})
-    for seed, name in enumerate(("a", "b")):
-        torch.manual_seed(seed)
-        LlamaForCausalLM(cfg).save_pretrained(tmp_path / name)
-    hf_wavelength = (2 * math.pi / LlamaRotaryEmbedding(config=cfg).inv_freq.double()).numpy()
-    a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    assert cli.main(["updates", a, b, "--out", str(tmp_path / "u.zarr"), "--seq-len", "32", "--windows", "1",
-                     "--phase-lengths", "32,128", "--device", "cpu"]) == 0
-    assert cli.main(["probe", a, "--out", str(tmp_path / "p.zarr"), "--seq-len", "32", "--windows", "4",
-                     "--buckets", "2", "--score-seq-len", "32", "--device", "cpu"]) == 0
-    for path, group in ((tmp_path / "u.zarr", store.UPDATES_WEIGHTS), (tmp_path / "u.zarr", store.UPDATES_STATES),
-                        (tmp_path / "u.zarr", store.BANDS), (tmp_path / "p.zarr", store.SCORE_DECOMPOSITION)):
-        np.testing.assert_allclose(store.open_group(path, group)["wavelength"].values, hf_wavelength, rtol=1e-6)
     assert bands["n_pairs"].isel(comparison=0).values.tolist() == np.bincount(expected_band, minlength=3).tolist()
     # the planted q change (layer 1, pair 3) lands in pair 3's band, averaged over heads and the band's pairs
     b3 = int(expected_band[3])

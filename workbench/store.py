@@ -982,7 +982,8 @@ def _open_raw(store: Path, group: str, chunks: Any = None) -> xr.Dataset:
 
 def _view(ds: xr.Dataset) -> xr.Dataset:
     """What readers see: entries a write has not finished are left out (an append's new entries while its
-    marker is there; grid entries with no written cell), and the marker is not shown."""
+    marker is there; grid entries with no written cell), the unwritten cells of the kept grid entries read
+    NaN (also those a killed writer left half written), and the marker is not shown."""
     mark = _marker(ds.attrs)
     if mark is not None:
         ds = ds.copy()
@@ -1001,6 +1002,11 @@ def _view(ds: xr.Dataset) -> xr.Dataset:
                 keep[d] = np.nonzero(used)[0]
         if keep:
             ds = ds.isel(keep)
+        written = ds[WRITTEN].astype(bool)
+        if not bool(written.all()):  # cells of kept entries not (or only half) written read NaN
+            for name in list(ds.data_vars):
+                if name != WRITTEN and set(grid) <= set(ds[name].dims) and ds[name].dtype.kind in "fc":
+                    ds[name] = ds[name].where(written)
     return ds
 
 
@@ -1313,21 +1319,6 @@ def check_grid(store: str | Path, group: str, coords: Mapping[str, Iterable[Any]
     where = f"{store}/{group}"
     _check_specs(old, skeleton, where)
     _refuse_written(old, skeleton, grid, where)
-
-
-def read_written(store: str | Path, group: str, *, chunks: Any = None) -> xr.Dataset:
-    """Open a grid group with every unwritten cell NaN (see ``cell_written``), also cells a killed writer
-    left half written inside entries that have written cells."""
-    ds = open_group(store, group, chunks=chunks)
-    if WRITTEN not in ds:
-        return ds
-    flags = ds[WRITTEN].astype(bool)
-    if bool(flags.all()):
-        return ds
-    for name in list(ds.data_vars):
-        if name != WRITTEN and set(ds[WRITTEN].dims) <= set(ds[name].dims) and ds[name].dtype.kind in "fc":
-            ds[name] = ds[name].where(flags)
-    return ds
 
 
 # ------------------------------------------------------------------ registry: every group, one write, one refusal
