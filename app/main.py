@@ -7,6 +7,7 @@ confined to RUNS_DIR (``app.paths``).
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -62,8 +63,6 @@ def warm_up() -> None:
     """Pay one-time import costs at start-up instead of in the first callback a user waits for: xarray
     imports dask.array and scipy.sparse on its first indexing (~0.8 s here), plotly its layout validators
     on the first Figure (~0.25 s)."""
-    import importlib
-
     for name in ("dask.array", "scipy.sparse"):
         try:
             importlib.import_module(name)

@@ -17,7 +17,9 @@ Nothing here imports the rest of the workbench, so any module may import it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
@@ -42,12 +44,12 @@ class Architecture:
     student_kwargs: Callable[[Any], dict[str, Any]] = field(default=lambda cfg: {}, compare=False, repr=False)
 
     def config_class(self):
-        import transformers
+        import transformers  # lazy: transformers costs seconds to import; a config check needs not
 
         return getattr(transformers, f"{self.prefix}Config")
 
     def model_class(self):
-        import transformers
+        import transformers  # lazy: transformers costs seconds to import; a config check needs not
 
         return getattr(transformers, f"{self.prefix}ForCausalLM")
 
@@ -290,9 +292,6 @@ def check_tl(config: Any) -> None:
 
 def unsupported_backends(path, backends) -> dict[str, str]:
     """{backend: why} for the backends of ``backends`` that cannot run the model in directory ``path``."""
-    import json
-    from pathlib import Path
-
     try:
         config = json.loads((Path(path) / "config.json").read_text())
         name = of(config).name

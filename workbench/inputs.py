@@ -22,6 +22,8 @@ indexes past a vocabulary (the ``IndexError`` of a mismatched tokenizer) or sile
 
 from __future__ import annotations
 
+import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -240,13 +242,9 @@ def for_models(paths: Sequence[str | Path], args, *, seq_len: int, batch: int, s
 def plain_hf_flag(args) -> None:
     """``--allow-plain-hf`` is accepted as a deprecated no-op: every command takes plain HF directories."""
     if getattr(args, "allow_plain_hf", False):
-        import sys
-
         print("workbench: warning: --allow-plain-hf is deprecated and does nothing; plain Hugging Face model "
               "directories are always accepted (integrity checked from their safetensors headers)", file=sys.stderr)
 
 
 def add_plain_hf_flag(p) -> None:
-    import argparse
-
     p.add_argument("--allow-plain-hf", action="store_true", help=argparse.SUPPRESS)

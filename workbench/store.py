@@ -61,6 +61,26 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import xarray as xr
 import zarr
+# zarr/xarray internals: the store writes its own shards and encodings (pinned versions, see pyproject.toml)
+from xarray import conventions
+from xarray.backends.zarr import (FillValueCoder, encode_zarr_attr_value, encode_zarr_variable,
+                                  extract_zarr_variable_encoding)
+from xarray.coding.strings import check_vlen_dtype
+from zarr.abc.codec import ArrayArrayCodec, ArrayBytesCodec, BytesBytesCodec
+from zarr.api.asynchronous import create_array
+from zarr.codecs import BytesCodec, Crc32cCodec
+from zarr.codecs.sharding import ShardingCodec, ShardingCodecIndexLocation
+from zarr.core.array import AsyncArray, _parse_chunk_encoding_v3, _parse_chunk_key_encoding
+from zarr.core.array_spec import ArrayConfig
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.chunk_grids import RegularChunkGrid, _auto_partition
+from zarr.core.common import parse_shapelike
+from zarr.core.dtype import parse_dtype
+from zarr.core.dtype.common import HasItemSize
+from zarr.core.group import GroupMetadata
+from zarr.core.metadata.v3 import ArrayV3Metadata
+from zarr.core.sync import sync
+from zarr.storage import LocalStore, MemoryStore, StorePath
 
 import workbench
 from workbench import rope
@@ -163,7 +183,6 @@ def _check_root(store: Path, create: bool, *, read: bool = False) -> str:
     if not store.exists():
         if not create:
             raise StoreError(f"{store}: store not found")
-        from zarr.core.group import GroupMetadata
 
         store.mkdir(parents=True, exist_ok=True)
         doc = GroupMetadata(attributes={"schema": SCHEMA}, zarr_format=3).to_buffer_dict(_buffer_proto())
@@ -232,7 +251,7 @@ def _lock(store: Path, *, wait: bool = True) -> Iterator[bool]:
     """Exclusive advisory lock on the store (``flock`` of the root ``zarr.json``; released by the kernel when
     the holder dies). Yields False when ``wait`` is False and another process holds it."""
     try:
-        import fcntl
+        import fcntl  # lazy: POSIX only; the ImportError is handled below
     except ImportError:  # no flock on this platform: writers are not serialised
         yield True
         return
@@ -275,14 +294,10 @@ class _Hook:
 
 
 def _sync(coro):
-    from zarr.core.sync import sync
-
     return sync(coro)
 
 
 def _buffer_proto():
-    from zarr.core.buffer import default_buffer_prototype
-
     return default_buffer_prototype()
 
 
@@ -344,11 +359,6 @@ class _Var:
 
 def _encode(ds: xr.Dataset, encoding: Mapping[str, Any] | None) -> tuple[list[_Var], dict[str, Any]]:
     """The variables and group attrs exactly as ``Dataset.to_zarr(zarr_format=3)`` encodes them."""
-    from xarray import conventions
-    from xarray.backends.zarr import (FillValueCoder, encode_zarr_attr_value, encode_zarr_variable,
-                                      extract_zarr_variable_encoding)
-    from xarray.coding.strings import check_vlen_dtype
-
     given = {name: dict(enc) for name, enc in (encoding or {}).items()}
     missing = sorted(set(given) - set(ds.variables))
     if missing:
@@ -384,9 +394,6 @@ def _encode(ds: xr.Dataset, encoding: Mapping[str, Any] | None) -> tuple[list[_V
 def _group_attrs(ds: xr.Dataset) -> dict[str, Any]:
     """The group attrs ``to_zarr`` writes for ``ds`` (its attrs, plus a ``coordinates`` list for
     coordinates no data variable names)."""
-    from xarray import conventions
-    from xarray.backends.zarr import encode_zarr_attr_value
-
     _, attrs = conventions.encode_dataset_coordinates(ds)
     return {k: encode_zarr_attr_value(v) for k, v in attrs.items()}
 
@@ -399,8 +406,6 @@ def _grid(meta: Any) -> tuple[int, ...]:
 
 def _plain_bytes(codecs: Any) -> bool:
     """The codec chain is only zarr's ``bytes`` codec, little-endian (chunks are the raw array bytes)."""
-    from zarr.codecs import BytesCodec
-
     codecs = list(codecs)
     if len(codecs) != 1 or not isinstance(codecs[0], BytesCodec):
         return False
@@ -411,8 +416,6 @@ def _plain_bytes(codecs: Any) -> bool:
 def _shard_layout(meta: Any) -> tuple[tuple[int, ...], bool, bool] | None:
     """(inner chunk shape, index checksummed, index at the start) of an uncompressed sharded array whose
     shards can be assembled from raw bytes; None for any other codec chain."""
-    from zarr.codecs import Crc32cCodec, ShardingCodec
-
     codecs = list(meta.codecs)
     if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
         return None
@@ -507,13 +510,6 @@ _ZDTYPES: dict[str, Any] = {}
 def _metadata_v3(v: _Var) -> Any:
     """The array metadata ``zarr.create_array`` would make for ``v`` (zarr's own helpers, the v3 branch of
     ``zarr.core.array.init_array``), built without its store round trips."""
-    from zarr.codecs.sharding import ShardingCodec, ShardingCodecIndexLocation
-    from zarr.core.array import AsyncArray, _parse_chunk_encoding_v3, _parse_chunk_key_encoding
-    from zarr.core.chunk_grids import RegularChunkGrid, _auto_partition
-    from zarr.core.common import parse_shapelike
-    from zarr.core.dtype import parse_dtype
-    from zarr.core.dtype.common import HasItemSize
-
     enc = dict(v.encoding)
     unknown = set(enc) - {"chunks", "shards", "filters", "compressors", "serializer", "chunk_key_encoding"}
     if unknown:
@@ -548,9 +544,6 @@ def _metadata_v3(v: _Var) -> Any:
 def _codec_specs(meta: Any, coords: tuple[int, ...], write_empty: bool) -> list[tuple[Any, Any]]:
     """(codec, the chunk spec it sees) in the order zarr's codec pipeline encodes; TypeError for codecs
     without synchronous halves (sharding)."""
-    from zarr.abc.codec import ArrayArrayCodec, ArrayBytesCodec, BytesBytesCodec
-    from zarr.core.array_spec import ArrayConfig
-
     spec = meta.get_chunk_spec(coords, ArrayConfig(order="C", write_empty_chunks=write_empty), _buffer_proto())
     out = []
     for codec in meta.codecs:
@@ -612,8 +605,6 @@ def _create_group(store: Path, group: str, ds: xr.Dataset, encoding: Mapping[str
     """Write a new group into a temp directory next to the store, then rename it into place: metadata and
     small arrays encoded in memory with zarr's own classes and codecs, big uncompressed arrays as raw chunk
     (or shard) files."""
-    from zarr.core.group import GroupMetadata
-
     prepared, gattrs = _encode(ds, encoding)
     proto = _buffer_proto()
     arrays: list[tuple[_Var, Any, np.ndarray, bool]] = []
@@ -694,9 +685,6 @@ def _create_group(store: Path, group: str, ds: xr.Dataset, encoding: Mapping[str
 
 
 async def _zarr_metadata(v: _Var) -> Any:
-    from zarr.api.asynchronous import create_array
-    from zarr.storage import MemoryStore
-
     arr = await create_array(MemoryStore(), name=v.name, shape=v.var.shape, dtype=v.dtype, fill_value=v.fill,
                              attributes=v.attrs, dimension_names=v.var.dims, zarr_format=3, **v.encoding)
     return arr.metadata
@@ -704,8 +692,6 @@ async def _zarr_metadata(v: _Var) -> Any:
 
 async def _zarr_chunks(arrays: list[tuple[_Var, Any, np.ndarray]]) -> list[tuple[str, bytes]]:
     """Chunks encoded by zarr's async codec pipeline (sharded arrays with compression ...), in memory."""
-    from zarr.storage import MemoryStore, StorePath
-
     mem, proto = MemoryStore(), _buffer_proto()
     await asyncio.gather(*(
         zarr.AsyncArray(metadata=meta, store_path=StorePath(mem, v.name),
@@ -721,8 +707,6 @@ class _Group:
     writes: resize, write regions, set attrs."""
 
     def __init__(self, store: Path, group: str, hook: _Hook) -> None:
-        from zarr.core.metadata.v3 import ArrayV3Metadata
-
         self.store, self.group, self.path = store, group, store / group
         self.files = _Files(self.path, atomic=True, hook=hook)
         self.attrs = json.loads((self.path / "zarr.json").read_text()).get("attributes", {})
@@ -744,8 +728,6 @@ class _Group:
         return None
 
     def put_attrs(self, attrs: Mapping[str, Any], phase: str | None = None) -> None:
-        from zarr.core.group import GroupMetadata
-
         doc = GroupMetadata(attributes=dict(attrs), zarr_format=3).to_buffer_dict(_buffer_proto())["zarr.json"]
         self.files.put("zarr.json", doc.to_bytes(), phase)
         self.attrs = dict(attrs)
@@ -766,8 +748,6 @@ class _Group:
         self.meta[name] = new
 
     def array(self, name: str, write_empty: bool = False):
-        from zarr.storage import LocalStore, StorePath
-
         return zarr.AsyncArray(metadata=self.meta[name], config={"write_empty_chunks": write_empty},
                                store_path=StorePath(LocalStore(str(self.store)), f"{self.group}/{name}"))
 

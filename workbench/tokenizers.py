@@ -31,7 +31,7 @@ def has_tokenizer(path: str | Path) -> bool:
 
 def load(path: str | Path, what: str = "tokenizer"):
     """A local HF tokenizer directory, offline; ValueError naming ``what`` if it does not load."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: transformers costs seconds to import
 
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)

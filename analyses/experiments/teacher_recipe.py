@@ -1,5 +1,5 @@
 """Recipe search for the tiny long-context teacher: a bare training loop over build_model + synthetic
-long documents, logging held-out passkey / key-value accuracy (not only the loss) as it trains.
+long documents, logging held-out passkey / key-value accuracy (``workbench.evals.quick_eval``, not only the loss) as it trains.
 
     .venv/bin/python analyses/experiments/teacher_recipe.py --stages 256:400,512:300,1024:300 --out /tmp/t1
 
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from workbench import config, models
-from workbench.data import retrieval
 from workbench.data.synthetic import document
+from workbench.evals import quick_eval
 
 
 def main() -> None:
@@ -73,12 +73,14 @@ def main() -> None:
                 model.eval()
                 row = {"step": step, "seq_len": seq_len, "loss": round(loss.item(), 4),
                        "wall_s": round(time.time() - t0, 1)}
-                for L in sorted({256, seq_len, 1024}):
-                    row[f"pk@{L}"] = retrieval.passkey_accuracy(model, L, n=args.eval_n, seed=123)
-                rng_eval = np.random.default_rng(5)
-                samples = [retrieval.passkey_sample(rng_eval, seq_len, d) for d in np.linspace(0, 1, args.eval_n)]
-                row["digit@L"] = round(retrieval.token_accuracy(model, samples), 3)
-                row[f"kv@{seq_len}"] = retrieval.kv_accuracy(model, seq_len, n=args.eval_n, seed=123)
+                # the project's evaluation (greedy exact match, depths spread 0-100 %), as the trainer runs it
+                for r in quick_eval(model, lengths=sorted({256, seq_len, 1024}), samples=args.eval_n, seed=123,
+                                    tasks=["passkey"]):
+                    row[f"pk@{r['length']}"] = r["accuracy"]
+                    row[f"pk_logprob@{r['length']}"] = round(r["answer_logprob"], 3)  # partial credit
+                for r in quick_eval(model, lengths=[seq_len], samples=args.eval_n, seed=123,
+                                    tasks=["niah", "multikey"]):
+                    row[f"{r['task']}@{seq_len}"] = r["accuracy"]
                 print(json.dumps(row), flush=True)
                 model.train()
         if args.out:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from workbench.data.tokenizer import synthetic_tokenizer
 
@@ -72,7 +73,7 @@ def iter_texts(kind: str, paths: list[Path], options: dict[str, Any]) -> Iterato
                     raise ValueError(f"{path}:{n}: no string field {field!r}")
                 yield row[field]
         else:
-            import pandas as pd
+            import pandas as pd  # lazy: parquet only
 
             frame = pd.read_parquet(path, columns=None)
             if field not in frame.columns:
@@ -86,8 +87,6 @@ def tokenise_corpus(kind: str, paths: list[str], tokenizer_path: str | None, opt
 
     With ``options.add_eos`` (default true when the tokenizer has an eos token) each document ends in eos.
     """
-    from tqdm.auto import tqdm
-
     files = check_paths(kind, paths)
     tok = load_tokenizer(tokenizer_path)
     add_eos = options.get("add_eos", tok.eos_token_id is not None and tokenizer_path is not None)

@@ -84,7 +84,7 @@ VOCAB = Vocab(
 @lru_cache(maxsize=1)
 def synthetic_tokenizer():
     """The synthetic vocabulary as a Hugging Face fast tokenizer (no special tokens added on encode)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import Tokenizer, models, pre_tokenizers  # lazy: HF tokenizer libraries, seconds to import
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.WordLevel(dict(TOKEN_TO_ID), unk_token="<unk>"))

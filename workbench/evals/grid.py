@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import xarray as xr
+from tqdm.auto import tqdm
 
 from workbench import checkpoints as ck
 from workbench import models, tokenizers
@@ -175,8 +176,6 @@ def _dtype(dtype: str, device: torch.device) -> torch.dtype:
 def evaluate_plan(p: Plan, *, device: str = "auto", dtype: str = "auto", batch_size: int | None = None,
                   extra_tokens: int | None = None, progress: bool = True) -> xr.Dataset:
     """Load each checkpoint and score it -> Dataset with dims (checkpoint, task, length, depth, sample)."""
-    from tqdm.auto import tqdm
-
     dev = models.pick_device(device)
     torch_dtype = _dtype(dtype, dev)
     per_ckpt = []

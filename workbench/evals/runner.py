@@ -20,7 +20,7 @@ import torch
 
 from workbench.evals import scoring
 from workbench.evals.render import Rendering, SyntheticRendering
-from workbench.evals.tasks import Sample, make_sample, make_samples
+from workbench.evals.tasks import Sample, make_sample, make_samples, parse_tasks
 
 # prompt tokens per batch when no batch size is given. On CPU attention memory traffic dominates beyond a
 # few thousand tokens per batch (measured with analyses/benchmarks/bench_eval.py: batches of 8 x 512 tokens
@@ -133,8 +133,6 @@ def quick_eval(model, *, lengths: Sequence[int], samples: int = 16, seed: int = 
     spreads the ``samples`` evenly over 0-100 %; a list gives ``samples`` samples at each depth. No store,
     no progress bar; the model is left in the mode it was in.
     """
-    from workbench.evals.tasks import parse_tasks
-
     tasks = parse_tasks(tasks)
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")

@@ -45,7 +45,7 @@ def save_figures(figs: dict[str, go.Figure], out_dir: str | Path, *, png: bool =
                  width: int = 1000, height: int = 600) -> list[Path]:
     """Write many figures as ``out_dir/<name>.html`` and ``.png``; the PNGs are rendered in one kaleido
     batch (one browser start instead of one per figure: several times faster than :func:`save_figure`)."""
-    import plotly.io as pio
+    import plotly.io as pio  # lazy: image export (kaleido) only when PNGs are written
 
     out_dir = Path(out_dir)
     written = []

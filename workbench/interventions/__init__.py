@@ -22,6 +22,7 @@ Python API::
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import xarray as xr
@@ -30,7 +31,7 @@ from workbench import checkpoints
 from workbench import store as wstore  # the module; `store` is a store path
 from workbench.interventions.activations import capture_activations, write_activations
 from workbench.interventions.backends import (Backend, LengthLimitError, NNsightBackend, TransformerLensBackend,
-                                       load_backend, plain_hf_logits)
+                                              check_eager_length, load_backend, plain_hf_logits)
 from workbench.interventions.repeated import repeated_tokens
 from workbench.interventions.sanity import check
 from workbench.interventions.specs import (Geometry, Op, PairSet, Scope, Spec, dump_specs, identity, load_specs, noise,
@@ -60,10 +61,6 @@ def check_backend_length(ckpt_path: str | Path, backend: str, n_rows: int, lengt
     """Refuse (``LengthLimitError``), from config.json alone, a TransformerLens run whose eager attention
     would not fit in the memory of ``device`` (the budget the loaded backend checks against too); nnsight
     (sdpa) has no such limit."""
-    import json
-
-    from workbench.interventions.backends import check_eager_length
-
     if backend != "tl":
         return
     cfg = json.loads((Path(ckpt_path) / "config.json").read_text())

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import os
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -155,7 +156,7 @@ class TransformerLensBackend(Backend):
     supports_pattern = True
 
     def __init__(self, path: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-        from transformer_lens.model_bridge import TransformerBridge
+        from transformer_lens.model_bridge import TransformerBridge  # lazy: only the TL backend needs TransformerLens
 
         self.path, self.device, self.dtype = Path(path), torch.device(device), dtype
         hf, self.manifest = load_hf(path, attn_implementation="eager", dtype=dtype, device=device)
@@ -292,7 +293,7 @@ class NNsightBackend(Backend):
     name = "nnsight"
 
     def __init__(self, path: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-        from nnsight.modeling.transformers import TransformersModel
+        from nnsight.modeling.transformers import TransformersModel  # lazy: only the nnsight backend needs nnsight
 
         self.path, self.device, self.dtype = Path(path), torch.device(device), dtype
         hf, self.manifest = load_hf(path, dtype=dtype, device=device)
@@ -397,8 +398,6 @@ def eager_attention_bytes(num_heads: int, n_rows: int, length: int, dtype: torch
 def memory_budget(device: torch.device | str = "cpu") -> int:
     """Bytes a run may use: ``WORKBENCH_MEMORY_BUDGET_GB`` if set, else 60 % of the device's memory
     (CUDA: total memory of the device; CPU: MemAvailable of /proc/meminfo, or physical memory)."""
-    import os
-
     if os.environ.get("WORKBENCH_MEMORY_BUDGET_GB"):
         return int(float(os.environ["WORKBENCH_MEMORY_BUDGET_GB"]) * 2**30)
     device = torch.device(device)
@@ -415,8 +414,6 @@ def memory_budget(device: torch.device | str = "cpu") -> int:
 
 
 def budget_source(device: torch.device | str = "cpu") -> str:
-    import os
-
     if os.environ.get("WORKBENCH_MEMORY_BUDGET_GB"):
         return "WORKBENCH_MEMORY_BUDGET_GB"
     return "60 % of the GPU's memory" if torch.device(device).type == "cuda" else \

@@ -31,6 +31,7 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 import xarray as xr
+from tqdm.auto import tqdm
 
 from workbench import store
 from workbench.data import repeated_sequences
@@ -97,8 +98,6 @@ def repeated_tokens(ckpt_path: str | Path, specs: Sequence[Spec] = (), *, backen
     ids, pos, offsets = repeated_inputs(window, period, gap, samples=samples, seed=seed, attention=attention)
     iterator = range(len(runs))
     if progress:
-        from tqdm import tqdm
-
         iterator = tqdm(iterator, desc=f"repeated tokens [{be.name}, {attention}]", unit="spec")
     per_spec = []
     for s in iterator:

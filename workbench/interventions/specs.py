@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
+import yaml
 
 from workbench import config as _config
 from workbench import models, rope
@@ -329,8 +330,6 @@ def load_specs(path: str | Path) -> list[Spec]:
 
 def dump_specs(specs: Sequence[Spec], path: str | Path) -> Path:
     """Write specs as YAML (``specs: [...]``)."""
-    import yaml
-
     path = Path(path)
     path.write_text(yaml.safe_dump({"specs": [json.loads(s.to_json()) for s in specs]}, sort_keys=False))
     return path

@@ -23,12 +23,13 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 import xarray as xr
+from tqdm.auto import tqdm
 
 from workbench import checkpoints, models, store
 from workbench.data.tokenizer import VOCAB
 from workbench.divergence import js_probs, lens_kl
 from workbench.interventions.backends import Backend, load_backend
-from workbench.interventions.specs import Spec, identity
+from workbench.interventions.specs import Spec, identity, validate_all
 
 LAYER_VARS = ("resid_rel_l2", "resid_cos", "attn_out_rel_l2", "q_rel_l2", "k_rel_l2", "lens_kl", "pattern_js")
 FINAL_VARS = ("final_kl", "final_js", "top1_flip")
@@ -242,8 +243,6 @@ def run_trace(ckpt_path: str | Path, specs: Sequence[Spec], inputs=None, *, back
     anything runs. Statistics are computed during the forward (``TraceStats``): memory does not grow with
     the number of layers, and no activation is copied to the host.
     """
-    from workbench.interventions.specs import validate_all
-
     be = backend if isinstance(backend, Backend) else load_backend(ckpt_path, backend)
     runs = [identity("clean"), *[s for s in specs if not s.is_identity]]
     validate_all(runs, be.geometry)
@@ -255,8 +254,6 @@ def run_trace(ckpt_path: str | Path, specs: Sequence[Spec], inputs=None, *, back
     stats = TraceStats(be, runs, trace_bucket_edges(pos, buckets))
     iterator: Iterable[int] = chunks
     if progress:
-        from tqdm import tqdm
-
         iterator = tqdm(chunks, desc=f"trace {len(specs)} spec(s) [{be.name}]", unit="batch")
     for start in iterator:
         _stream_chunk(be, runs, stats, ids[start:start + step], pos[start:start + step])

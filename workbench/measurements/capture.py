@@ -10,10 +10,11 @@ from typing import Mapping
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from workbench import architectures, models, rope
 from workbench.config import DataConfig
-from workbench.data import attention_mask
+from workbench.data import attention_mask, make_stream
 
 
 @dataclass
@@ -30,7 +31,7 @@ class Captured:
 
     def rotated(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Post-RoPE (q, k) of a layer, rotated by transformers' apply_rotary_pos_emb."""
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb  # lazy: seconds to import
 
         return apply_rotary_pos_emb(self.q[layer], self.k[layer], self.cos, self.sin)
 
@@ -38,8 +39,6 @@ class Captured:
 def probe_batch(seq_len: int, n_windows: int, seed: int = 0, data: DataConfig | None = None) -> dict[str, torch.Tensor]:
     """Probe inputs: short synthetic documents packed into long windows (continue positions), the paper's
     setting, from ``workbench.data.make_stream``."""
-    from workbench.data import make_stream
-
     if seq_len < 2:
         raise ValueError(f"probe sequence length must be >= 2, got {seq_len}")
     return make_stream(data or DataConfig(), seq_len, n_windows, seed).next()
@@ -101,7 +100,7 @@ def capture(model, batch: Mapping[str, torch.Tensor], *, qk: bool = True, resid:
 def load_for_analysis(path, *, allow_plain_hf: bool = False, attn_implementation: str = "sdpa",
                       device: str = "cpu", dtype: torch.dtype = torch.float32):
     """Load a checkpoint for analysis (float32 on CPU by default; the model runs with its config.json theta)."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # lazy: transformers costs seconds to import
 
     hf_logging.disable_progress_bar()  # no per-tensor "Loading weights" bars inside our own progress bar
     model, manifest = models.load(path, allow_plain_hf=allow_plain_hf, attn_implementation=attn_implementation,
@@ -132,8 +131,6 @@ def per_checkpoint(infos, fn, *, progress: bool = False, desc: str = "checkpoint
     """Load each checkpoint in turn (one model in memory at a time) and return ``[fn(model) ...]``."""
     items = infos
     if progress:
-        from tqdm import tqdm
-
         items = tqdm(infos, desc=desc, unit="ckpt")
     out = []
     for info in items:

@@ -49,6 +49,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 import xarray as xr
+from tqdm.auto import tqdm
 
 from workbench import _moved, checkpoints, divergence, models, tokenizers
 from workbench import config as wconfig
@@ -327,7 +328,7 @@ def _materialise(data: DataConfig | str | Path | Iterable[Mapping[str, torch.Ten
 def _load(model_or_path, *, device: str, dtype: torch.dtype, allow_plain_hf: bool):
     """-> (model, label, per-checkpoint coords)."""
     if isinstance(model_or_path, (str, Path)):
-        from transformers.utils import logging as hf_logging
+        from transformers.utils import logging as hf_logging  # lazy: transformers costs seconds to import
 
         path = Path(model_or_path)
         bars = hf_logging.is_progress_bar_enabled()
@@ -404,8 +405,6 @@ def cross_document_kl_checkpoints(models_or_paths: Sequence, data, *, seq_len: i
     if callable(progress):
         tick = progress
     elif progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=n_windows * len(models_or_paths), desc="kd-signal", unit="window", dynamic_ncols=True)
         tick = bar.update
 

@@ -25,12 +25,12 @@ from workbench.config import DataConfig
 def fit_probes(features: np.ndarray, positions: np.ndarray, groups: np.ndarray, *, n_buckets: int,
                seq_len: int, seed: int = 0, max_train: int = 4000) -> dict[str, float]:
     """Fit both probes on one site's features [N, hidden] -> held-out r2, accuracy and chance accuracy."""
-    from sklearn.linear_model import LogisticRegression, RidgeCV
-    from threadpoolctl import threadpool_limits
+    from sklearn.linear_model import LogisticRegression, RidgeCV  # lazy: scikit-learn only for probes (seconds)
     from sklearn.metrics import accuracy_score, r2_score
     from sklearn.model_selection import GroupShuffleSplit
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     split = GroupShuffleSplit(n_splits=1, test_size=0.25, random_state=seed)
     train, test = next(split.split(features, positions, groups))

@@ -195,7 +195,7 @@ def decompose(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, scaling
 def model_decomposition(model, batch, n_buckets: int, *, method: str = "fast", seed: int = 0,
                         abs_sample: dict | None = None) -> dict[str, np.ndarray]:
     """Per layer: mean per-pair term, mean |term| and mean score per distance bucket for one model."""
-    from transformers.models.llama.modeling_llama import repeat_kv
+    from transformers.models.llama.modeling_llama import repeat_kv  # lazy: transformers costs seconds to import
 
     cap = capture(model, batch, qk=True)
     n_rep = cap.q[0].shape[1] // cap.k[0].shape[1]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import xarray as xr
 from safetensors import safe_open
+from tqdm.auto import tqdm
 
 from workbench import architectures, store
 from workbench import checkpoints as ck
@@ -138,8 +139,6 @@ def weight_updates(
     files = [weight_files(i.path) for i in infos]
     steps = range(n_layers)
     if progress:
-        from tqdm import tqdm
-
         steps = tqdm(steps, desc="weight updates", unit="layer")
     for layer in steps:
         tensors = [read_qk_weights(info, layer, f) for info, f in zip(infos, files)]

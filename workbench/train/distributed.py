@@ -68,7 +68,7 @@ def barrier(d: Dist) -> None:
 def mixed_precision(precision: str):
     """FSDP2 policy: bf16 unsharded parameters for compute, fp32 gradient reduction (the sharded master
     parameters and the optimiser stay fp32); fp32: no casts."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy
+    from torch.distributed.fsdp import MixedPrecisionPolicy  # lazy: FSDP2 only under torchrun
 
     if precision == "bf16":
         return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -78,7 +78,7 @@ def mixed_precision(precision: str):
 def shard(root: torch.nn.Module, blocks: list[torch.nn.Module], precision: str = "fp32") -> None:
     """FSDP2: shard each block, then the root (which owns the remaining parameters: embeddings, norms,
     lm_heads). Gradients are *summed* over ranks: the loss is already normalised by the global token count."""
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard  # lazy: FSDP2 only under torchrun
 
     mp = mixed_precision(precision)
     for block in blocks:
