@@ -372,3 +372,26 @@ def test_shipped_teacher_retrieves_in_the_synthetic_language():
     rows = {r["task"]: r for r in quick_eval(model, lengths=[256], samples=12, tasks=("passkey", "niah"), seed=1)}
     assert rows["niah"]["accuracy"] >= 0.75 and rows["passkey"]["accuracy"] >= 0.4
     assert rows["passkey"]["answer_logprob"] > -5.0  # a uniform guess over 10 digits x 5 is -11.5
+
+
+def test_checkpoint_reading_commands_take_a_run_directory_and_phase_ends(tmp_path, capsys):
+    """`CKPT` means the same in eval, updates, probe and kd-signal: a checkpoint, or a run directory standing
+    for its complete checkpoints (oldest first); `--phase-ends` keeps the phase ends."""
+    import xarray as xr
+
+    from workbench.cli import main
+    from workbench.models import build_model, save_checkpoint
+
+    run = tmp_path / "run"
+    for step, end in ((1, False), (2, True), (3, True)):
+        save_checkpoint(build_model(TINY, seed=step), run / f"ckpt-{step:06d}",
+                        {"phase": "short", "step": step, "objective": "kd", "phase_end": end})
+    common = ["--tasks", "passkey", "--lengths", "64", "--depths", "1", "--samples", "1", "--device", "cpu"]
+    assert main(["eval", str(run), *common, "--out", str(tmp_path / "all.zarr")]) == 0
+    assert main(["eval", str(run), "--phase-ends", *common]) == 0  # default store: results.zarr in the run
+    every = xr.open_zarr(tmp_path / "all.zarr", group="retrieval", consolidated=False)
+    ends = xr.open_zarr(run / "results.zarr", group="retrieval", consolidated=False)
+    assert every.checkpoint.values.tolist() == ["run/ckpt-000001", "run/ckpt-000002", "run/ckpt-000003"]
+    assert ends.checkpoint.values.tolist() == ["run/ckpt-000002", "run/ckpt-000003"]
+    assert main(["eval", str(tmp_path), *common]) == 2  # neither a checkpoint nor a run directory
+    assert "neither a checkpoint nor a run directory" in capsys.readouterr().err

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from workbench import hfdir, models, rope, tokenizers
+from workbench.config import load_run_config
 from workbench.models import CheckpointError
 
 SYNTHETIC = "synthetic"
@@ -108,6 +109,35 @@ class Info:
 
     def content_hash(self) -> str:
         return models.checkpoint_hash(self.path)
+
+
+def expand(items: Sequence[str | Path], phase_ends: bool = False) -> list[Path]:
+    """Checkpoint paths from the command line; a run directory (no manifest, ckpt-* inside) expands to
+    its complete checkpoints, oldest first. ``phase_ends`` keeps only phase-end checkpoints."""
+    out: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir() and not (path / models.MANIFEST).exists() and not (path / "config.json").exists():
+            found = models.list_checkpoints(path)
+            if not found:
+                raise FileNotFoundError(f"{path}: neither a checkpoint nor a run directory with complete ckpt-* checkpoints")
+            out.extend(found)
+        else:
+            out.append(path)
+    if phase_ends:
+        out = [p for p in out if (p / models.MANIFEST).is_file() and models.read_manifest(p).get("phase_end")]
+        if not out:
+            raise ValueError("--phase-ends: none of the given checkpoints is a phase end (manifest phase_end)")
+    return out
+
+
+def phase_lengths(paths: Sequence[str | Path]) -> list[int] | None:
+    """The phases' seq_len from the run.yaml next to the checkpoints (None when there is none)."""
+    for path in reversed(paths):
+        run_yaml = Path(path).parent / "run.yaml"
+        if run_yaml.is_file():
+            return sorted({ph.seq_len for ph in load_run_config(run_yaml).phases})
+    return None
 
 
 def inspect(path: str | Path, *, allow_plain_hf: bool = True, verify: bool = True, what: str | None = None) -> Info:

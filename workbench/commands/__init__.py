@@ -55,6 +55,16 @@ DEVICE_DEFAULT = "auto"
 DEVICE_HELP = "where the models run: auto (this rank's CUDA device if there is one, else cpu), cpu, cuda, cuda:N"
 
 
+def add_checkpoints(p: argparse.ArgumentParser) -> None:
+    """The checkpoints a command reads, the same in every command that reads several: ``CKPT...`` (a run
+    directory stands for all its complete checkpoints, ``workbench.checkpoints.expand``) and ``--phase-ends``."""
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT",
+                   help="checkpoint directories (runs/<run>/ckpt-*, or plain Hugging Face model directories), "
+                        "or a run directory for all its checkpoints")
+    p.add_argument("--phase-ends", action="store_true",
+                   help="keep only checkpoints whose manifest says phase_end (e.g. phase 1 end, phase 2 end)")
+
+
 def add_device(p: argparse.ArgumentParser, note: str = "") -> None:
     """``--device``, the same flag and default in every analysis command."""
     p.add_argument("--device", default=DEVICE_DEFAULT, help=DEVICE_HELP + note)

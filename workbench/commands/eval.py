@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from workbench.commands import add_device
+from workbench.commands import add_checkpoints, add_device
 
 HELP = "evaluate checkpoints on passkey / NIAH / RULER-style retrieval grids and write the store's 'retrieval' group"
 DESCRIPTION = (HELP + ". Tasks: passkey, niah, multikey, multivalue, multiquery, vt. Checkpoints on the 128-token "
@@ -14,7 +14,7 @@ DESCRIPTION = (HELP + ". Tasks: passkey, niah, multikey, multivalue, multiquery,
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint directories (runs/<run>/ckpt-*)")
+    add_checkpoints(p)
     p.add_argument("--tasks", default="passkey,niah", help="comma-separated tasks")
     p.add_argument("--lengths", default="256,512,1024", help="comma-separated prompt lengths in tokens")
     p.add_argument("--depths", type=int, default=5, help="number of needle depths, evenly spaced over 0-100 %%")
@@ -45,8 +45,9 @@ def _ints(text: str, what: str) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from workbench import store
+    from workbench import checkpoints, store
     from workbench.evals import grid
+    from workbench.evals.tasks import parse_tasks
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -54,8 +55,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.figure_task is not None and args.figure_task not in [t.strip() for t in args.tasks.split(",")]:
         raise ValueError(f"--figure-task {args.figure_task!r} is not one of the evaluated --tasks {args.tasks!r}")
-    out = Path(args.out) if args.out else Path(args.checkpoints[0]).resolve().parent / "results.zarr"
-    plan = grid.plan(args.checkpoints, tasks=args.tasks, lengths=_ints(args.lengths, "lengths"), depths=args.depths,
+    lengths = _ints(args.lengths, "lengths")
+    parse_tasks(args.tasks)  # the request's own errors before the checkpoints'
+    paths = checkpoints.expand(args.checkpoints, args.phase_ends)
+    out = Path(args.out) if args.out else paths[0].resolve().parent / "results.zarr"
+    plan = grid.plan(paths, tasks=args.tasks, lengths=lengths, depths=args.depths,
                      samples=args.samples, seed=args.seed, extrapolate=args.extrapolate,
                      tokenizer=args.tokenizer, store=out)
     ds = grid.evaluate_plan(plan, device=args.device, dtype=args.dtype, batch_size=args.batch_size)

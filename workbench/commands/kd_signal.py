@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from workbench.commands import add_device
+from workbench.commands import add_checkpoints, add_device
 
 HELP = "cross-document KD signal: KL(full causal window || document-masked) per token, by distance and token kind"
 DESCRIPTION = (
@@ -21,8 +21,7 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT",
-                   help="checkpoint directories (workbench or plain HF Llama), or a run directory for all its checkpoints")
+    add_checkpoints(p)
     p.add_argument("--data", required=True, metavar="CONFIG.yaml",
                    help="a run config (its data section), a file with a data: section, or a bare data section")
     p.add_argument("--phase", default=None, metavar="NAME", help="use this phase's data (falls back to the run's)")
@@ -44,14 +43,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from workbench import checkpoints, models, store
-    from workbench.commands.updates import expand_checkpoints
     from workbench.measurements import cross_document as cd
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     if args.chunk_size < 1:
         raise ValueError(f"--chunk-size must be >= 1, got {args.chunk_size}")
     args.device = str(models.pick_device(args.device))  # a bad device is one error before any work
-    paths = expand_checkpoints(args.checkpoints)
+    paths = checkpoints.expand(args.checkpoints, args.phase_ends)
     dcfg = cd.load_data_config(args.data, args.phase)
     cd.check_inputs(paths, dcfg, seq_len=args.seq_len, n_windows=args.windows, batch_size=args.batch_size)
     summary = "all" if args.all_tokens else "kd_targets"

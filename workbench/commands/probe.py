@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from workbench.commands import add_device
+from workbench.commands import add_checkpoints, add_device
 
 HELP = "position probes (residual stream -> absolute position, per layer) and per-pair score decomposition"
 DESCRIPTION = (
@@ -20,10 +20,8 @@ DESCRIPTION = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from workbench import inputs
 
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT",
-                   help="checkpoint directories, or a run directory for all its checkpoints")
+    add_checkpoints(p)
     p.add_argument("--out", required=True, help="results store (*.zarr) to create or append to")
-    p.add_argument("--phase-ends", action="store_true", help="keep only checkpoints whose manifest says phase_end")
     p.add_argument("--seq-len", type=int, default=512, help="length of the packed probe windows")
     p.add_argument("--windows", type=int, default=8, help="probe windows (a quarter are held out)")
     p.add_argument("--buckets", type=int, default=8, help="equal-width position buckets for the classifier")
@@ -47,11 +45,10 @@ def run(args: argparse.Namespace) -> int:
 
     from workbench import checkpoints, inputs, measurements, models, store
     from workbench.measurements.capture import probe_batch
-    from workbench.commands.updates import expand_checkpoints
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     args.device = str(models.pick_device(args.device))  # a bad device is one error before any work
-    paths = expand_checkpoints(args.checkpoints, args.phase_ends)
+    paths = checkpoints.expand(args.checkpoints, args.phase_ends)
     if args.seq_len < 8 or args.score_seq_len < 2:
         raise ValueError(f"--seq-len must be >= 8 and --score-seq-len >= 2, got {args.seq_len}, {args.score_seq_len}")
     if args.abs_sample_pairs < 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from workbench.commands import add_device, deprecated_alias
+from workbench.commands import add_checkpoints, add_device, deprecated_alias
 
 HELP = "per layer x head x RoPE pair: W_q/W_k updates and q/k state changes between checkpoints, by frequency band"
 DESCRIPTION = (
@@ -20,11 +20,8 @@ DESCRIPTION = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from workbench import inputs
 
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT",
-                   help="checkpoint directories (runs/<run>/ckpt-*), or a run directory for all its checkpoints")
+    add_checkpoints(p)
     p.add_argument("--out", required=True, help="results store (*.zarr) to create or append to")
-    p.add_argument("--phase-ends", action="store_true",
-                   help="keep only checkpoints whose manifest says phase_end (e.g. phase 1 end -> phase 2 end)")
     p.add_argument("--reference", default=None, help="compare every checkpoint against this one instead of consecutively")
     p.add_argument("--phase-lengths", default=None,
                    help="context lengths of the phases, e.g. 256,1024 (default: the phases' seq_len in the run's "
@@ -40,39 +37,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     inputs.add_plain_hf_flag(p)  # deprecated no-op: plain HF directories are always accepted
 
 
-def expand_checkpoints(items: list[str], phase_ends: bool = False) -> list[Path]:
-    """Checkpoint paths from the command line; a run directory (no manifest, ckpt-* inside) expands to
-    its complete checkpoints, oldest first. ``phase_ends`` keeps only phase-end checkpoints."""
-    from workbench import models
-
-    out: list[Path] = []
-    for item in items:
-        path = Path(item)
-        if path.is_dir() and not (path / models.MANIFEST).exists() and not (path / "config.json").exists():
-            found = models.list_checkpoints(path)
-            if not found:
-                raise FileNotFoundError(f"{path}: neither a checkpoint nor a run directory with complete ckpt-* checkpoints")
-            out.extend(found)
-        else:
-            out.append(path)
-    if phase_ends:
-        out = [p for p in out if (p / models.MANIFEST).is_file() and models.read_manifest(p).get("phase_end")]
-        if not out:
-            raise ValueError("--phase-ends: none of the given checkpoints is a phase end (manifest phase_end)")
-    return out
-
-
-def run_phase_lengths(paths: list[Path]) -> list[int] | None:
-    """The phases' seq_len from the run.yaml next to the checkpoints (None when there is none)."""
-    from workbench import config
-
-    for path in reversed(paths):
-        run_yaml = Path(path).parent / "run.yaml"
-        if run_yaml.is_file():
-            return sorted({ph.seq_len for ph in config.load_run_config(run_yaml).phases})
-    return None
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -82,10 +46,10 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     args.device = str(models.pick_device(args.device))  # a bad device is one error before any work
-    paths = expand_checkpoints(args.checkpoints, args.phase_ends)
+    paths = checkpoints.expand(args.checkpoints, args.phase_ends)
     if args.seq_len < 2 or args.windows < 1:
         raise ValueError(f"--seq-len must be >= 2 and --windows >= 1, got {args.seq_len} and {args.windows}")
-    lengths = measurements.parse_lengths(args.phase_lengths) if args.phase_lengths else run_phase_lengths(paths)
+    lengths = measurements.parse_lengths(args.phase_lengths) if args.phase_lengths else checkpoints.phase_lengths(paths)
     all_paths, ref = resolve_reference(paths, args.reference)
     inputs.plain_hf_flag(args)
     infos = checkpoints.inspect_all(all_paths, allow_plain_hf=True, minimum=2)
