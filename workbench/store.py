@@ -83,7 +83,6 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore, MemoryStore, StorePath
 
 import workbench
-from workbench import rope
 
 SCHEMA = "workbench-store/3"
 # Older schemas: open_group reads them under the current names (renamed on open), writes refuse them until

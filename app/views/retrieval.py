@@ -19,7 +19,8 @@ from dash import Dash, Input, Output, State, callback_context, dcc, html, no_upd
 from app import runs as R
 from app import stores as S
 from app.paths import is_inside
-from app.views.common import control, graph, guarded, notice, picked, register_store_picker, shown
+from app.views.common import (control, graph, guarded, notice, picked, register_store_picker, shown,
+                              store_picker)
 from workbench import arms as A
 from workbench import store as wstore
 from workbench.figures import findings as arm_figs
@@ -171,7 +172,7 @@ def clicked_curve(root: Path, store: str, task: Any, checkpoints: Any, click: An
 def layout() -> html.Div:
     return html.Div([
         html.Div([
-            control("store", dcc.Dropdown(id="retrieval-store", placeholder="pick a store", clearable=False)),
+            store_picker("retrieval"),
             control("show", dcc.RadioItems(id="retrieval-mode", options=[{"label": v, "value": k}
                                                                          for k, v in MODES.items()],
                                            value="checkpoints", inline=True)),

@@ -12,8 +12,8 @@ from typing import Any
 from dash import Dash, Input, Output, State, callback_context, dcc, html, no_update
 
 from app import stores as S
-from app.views.common import (control, graph, guarded, no_data, notice, register_store_picker,
-                              shown)
+from app.views.common import (control, graph, guarded, no_data, notice, register_store_picker, shown,
+                              store_picker)
 from workbench import store as wstore
 from workbench.figures import traces as figs
 
@@ -97,7 +97,7 @@ def bucket_from_click(click: Any, buckets: list[dict]) -> int | None:
 def layout() -> html.Div:
     return html.Div([
         html.Div([
-            control("store", dcc.Dropdown(id="traces-store", placeholder="pick a store", clearable=False)),
+            store_picker("traces"),
             control("checkpoint", dcc.Dropdown(id="traces-checkpoint", clearable=False)),
             control("variable", dcc.Dropdown(id="traces-var", clearable=False)),
             control("spec (heatmap)", dcc.Dropdown(id="traces-spec", clearable=False)),

@@ -19,7 +19,8 @@ from dash import Dash, Input, Output, State, callback_context, dcc, html, no_upd
 
 from app import runs as R
 from app import stores as S
-from app.views.common import control, graph, guarded, notice, picked, register_store_picker, shown
+from app.views.common import (control, graph, guarded, notice, picked, register_store_picker, shown,
+                              store_picker)
 from workbench import arms as A
 from workbench import store as wstore
 from workbench.figures import findings as arm_figs
@@ -175,7 +176,7 @@ def layer_from_click(click: Any) -> int | None:
 def layout() -> html.Div:
     return html.Div([
         html.Div([
-            control("store", dcc.Dropdown(id="updates-store", placeholder="pick a store", clearable=False)),
+            store_picker("updates"),
             control("show", dcc.RadioItems(id="updates-mode", options=[{"label": v, "value": k}
                                                                        for k, v in MODES.items()],
                                            value="pairs", inline=True)),

@@ -11,7 +11,6 @@ import datetime as _dt
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import plotly.graph_objects as go
 
 from workbench import arms
