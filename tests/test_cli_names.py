@@ -50,6 +50,20 @@ def test_analysis_commands_share_one_device_default(command):
     assert parse(command).device == commands.DEVICE_DEFAULT == "auto"
 
 
+@pytest.mark.parametrize("command", [["trace", "ck"], ["updates", "a", "b", "--out", "s"], ["probe", "a", "--out", "s"],
+                                     ["kd-signal", "a", "--data", "d", "--out", "s"], ["eval", "a"],
+                                     ["teacher-cache", "c", "--out", "o"]])
+def test_model_running_commands_share_one_threads_flag(command, capsys):
+    """`--threads` in every command that runs models (default: torch's choice; they used to cap at 2), and
+    a count below 1 is one error before any work."""
+    import torch
+
+    assert parse(command).threads is None and parse(command + ["--threads", "3"]).threads == 3
+    before = torch.get_num_threads()
+    assert cli.main(command + ["--threads", "0"]) == 2
+    assert "--threads must be >= 1, got 0" in capsys.readouterr().err and torch.get_num_threads() == before
+
+
 def test_compare_takes_its_store_positionally_or_as_store(tmp_path, capsys):
     assert parse(["compare", "s.zarr"]).store == "s.zarr" and parse(["compare", "--store", "s.zarr"]).store_flag == "s.zarr"
     assert cli.main(["compare"]) == 2

@@ -65,6 +65,22 @@ def add_checkpoints(p: argparse.ArgumentParser) -> None:
                    help="keep only checkpoints whose manifest says phase_end (e.g. phase 1 end, phase 2 end)")
 
 
+def add_threads(p: argparse.ArgumentParser) -> None:
+    """``--threads``, the same flag in every command that runs models on the CPU."""
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice, the cores)")
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    """Apply ``--threads`` (one error for a count below 1)."""
+    if args.threads is None:
+        return
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    import torch  # deferred as every command's run(): `workbench --help` needs no torch
+
+    torch.set_num_threads(args.threads)
+
+
 def add_device(p: argparse.ArgumentParser, note: str = "") -> None:
     """``--device``, the same flag and default in every analysis command."""
     p.add_argument("--device", default=DEVICE_DEFAULT, help=DEVICE_HELP + note)

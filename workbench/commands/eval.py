@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from workbench.commands import add_checkpoints, add_device
+from workbench.commands import add_checkpoints, add_device, add_threads, set_threads
 
 HELP = "evaluate checkpoints on passkey / NIAH / RULER-style retrieval grids and write the store's 'retrieval' group"
 DESCRIPTION = (HELP + ". Tasks: passkey, niah, multikey, multivalue, multiquery, vt. Checkpoints on the 128-token "
@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_device(p)
     p.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16")
     p.add_argument("--batch-size", type=int, default=None, help="prompts per batch (default: about 4k prompt tokens per batch on CPU, 128k on CUDA)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads(p)
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -43,14 +43,11 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from workbench import checkpoints, store
     from workbench.evals import grid
     from workbench.evals.tasks import parse_tasks
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.figure_task is not None and args.figure_task not in [t.strip() for t in args.tasks.split(",")]:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from workbench.commands import add_checkpoints, add_device
+from workbench.commands import add_checkpoints, add_device, add_threads, set_threads
 
 HELP = "cross-document KD signal: KL(full causal window || document-masked) per token, by distance and token kind"
 DESCRIPTION = (
@@ -35,17 +35,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all-tokens", action="store_true",
                    help="summarise every token (default: only the targets the KD loss uses, labels != -100)")
     p.add_argument("--chunk-size", type=int, default=1024, help="tokens per unembedding chunk (memory bound)")
+    add_threads(p)
     add_device(p)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from workbench import checkpoints, models, store
     from workbench.measurements import cross_document as cd
 
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    set_threads(args)
     if args.chunk_size < 1:
         raise ValueError(f"--chunk-size must be >= 1, got {args.chunk_size}")
     args.device = str(models.pick_device(args.device))  # a bad device is one error before any work

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from workbench.commands import add_checkpoints, add_device
+from workbench.commands import add_checkpoints, add_device, add_threads, set_threads
 
 HELP = "position probes (residual stream -> absolute position, per layer) and per-pair score decomposition"
 DESCRIPTION = (
@@ -35,18 +35,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fast method: (query, key) pairs sampled per distance bucket for the mean |term|")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--figures", default=None, metavar="DIR", help="also write the probe curves (HTML + PNG) into this folder")
+    add_threads(p)
     add_device(p, "; statistics are float32 either way")
     inputs.add_arguments(p)  # --inputs / --tokenizer, shared with trace and updates (workbench.inputs)
     inputs.add_plain_hf_flag(p)  # deprecated no-op: plain HF directories are always accepted
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from workbench import checkpoints, inputs, measurements, models, store
     from workbench.measurements.capture import probe_batch
 
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    set_threads(args)
     args.device = str(models.pick_device(args.device))  # a bad device is one error before any work
     paths = checkpoints.expand(args.checkpoints, args.phase_ends)
     if args.seq_len < 8 or args.score_seq_len < 2:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.commands import add_device
+from workbench.commands import add_device, add_threads, set_threads
 
 HELP = "run a run config's teacher once over the run's data and store top-k log-probs (+ leftover mass) for KD"
 DESCRIPTION = (HELP + ". Then set teacher.cache: DIR in the run config; the trainer reads the cache instead of "
@@ -17,6 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=32, help="teacher tokens kept per position")
     p.add_argument("--world-size", type=int, default=1, help="cover the windows a run with this many ranks draws")
     p.add_argument("--batch-size", type=int, default=8, help="windows per teacher forward")
+    add_threads(p)
     add_device(p)
     p.add_argument("--no-progress", action="store_true")
 
@@ -26,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from workbench.config import load_run_config
     from workbench.train import teacher_cache
 
+    set_threads(args)
     if args.world_size < 1 or args.batch_size < 1:
         raise ValueError("--world-size and --batch-size must be >= 1")
     args.device = str(models.pick_device(args.device))  # a bad device is one error before any work

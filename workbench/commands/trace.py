@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from workbench.commands import add_device, deprecated_alias
+from workbench.commands import add_device, add_threads, set_threads, deprecated_alias
 
 HELP = "perturb RoPE on queries/keys of a checkpoint, trace the effect into the logits, write a Zarr store"
 DESCRIPTION = (HELP + ". Also: --check (built-in sanity: identity, TL/nnsight parity, q/k shift invariance, "
@@ -29,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "repeatable; group 'activations'")
     p.add_argument("--out", default=None, help="Zarr store to write (appends; a cell is never written twice)")
     p.add_argument("--check", action="store_true", help="run the built-in sanity checks and exit (1 on failure)")
+    add_threads(p)
     add_device(p, "; statistics are float32 either way")
     p.add_argument("--experiment", choices=["repeated-tokens"], default=None)
     p.add_argument("--window", type=int, default=None, help="repeated tokens: window (default max positions)")
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from workbench import inputs as wb_inputs
     from workbench.interventions.specs import validate_all
 
+    set_threads(args)
     args.device = str(models.pick_device(args.device))  # a bad device is one error before any work
     ckpt = Path(args.checkpoint)
     if not ckpt.is_dir():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from workbench.commands import add_checkpoints, add_device, deprecated_alias
+from workbench.commands import add_checkpoints, add_device, add_threads, set_threads, deprecated_alias
 
 HELP = "per layer x head x RoPE pair: W_q/W_k updates and q/k state changes between checkpoints, by frequency band"
 DESCRIPTION = (
@@ -31,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--windows", type=int, default=2, help="packed probe windows for the state view")
     p.add_argument("--seed", type=int, default=0, help="seed of the probe windows")
     p.add_argument("--figures", default=None, metavar="DIR", help="also write the heatmaps and band bars (HTML + PNG) into this folder")
+    add_threads(p)
     add_device(p, "; statistics are float32 either way")
     deprecated_alias(p, "--batch-size", "--windows")
     inputs.add_arguments(p)  # --inputs / --tokenizer, shared with trace and probe (workbench.inputs)
@@ -38,13 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from workbench import checkpoints, inputs, measurements, models, store
     from workbench.measurements.capture import probe_batch
     from workbench.measurements.weights import comparison_label, comparison_pairs, resolve_reference
 
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    set_threads(args)
     args.device = str(models.pick_device(args.device))  # a bad device is one error before any work
     paths = checkpoints.expand(args.checkpoints, args.phase_ends)
     if args.seq_len < 2 or args.windows < 1:
