@@ -8,6 +8,9 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -276,6 +279,40 @@ def test_plain_hf_directory_hash_is_computed_once_per_file_state(gqa_model, tmp_
     _corrupt_tensor_bytes(plain / "model.safetensors")
     assert models.checkpoint_hash(plain) != first and len(calls) == 2
 
+
+
+def test_ranks_loading_one_fresh_checkpoint_at_once_hash_each_file_once(gqa_model, tmp_path, monkeypatch):
+    """Every rank of a torchrun job verifies the same fresh checkpoint at the same moment: one of them
+    hashes each file (a lock per verdict), the others wait and read its verdict (was: every rank read every
+    byte at once). Threads stand in for the ranks: flock locks between open files, also in one process."""
+
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
+    saved = models.save_checkpoint(gqa_model, tmp_path / "a" / "ckpt-000001", {"step": 1})
+    copied = Path(shutil.copytree(saved, tmp_path / "b" / "ckpt-000001"))  # a new file state: no verdict yet
+    plain = tmp_path / "plain"
+    gqa_model.save_pretrained(plain)
+    calls, real = [], models._sha256
+    def slow(p):
+        calls.append(p.name)
+        time.sleep(0.3)  # long enough for every "rank" to arrive while the first still hashes
+        return real(p)
+    monkeypatch.setattr(models, "_sha256", slow)
+    for work in (lambda: models.verify_checkpoint(copied), lambda: models.checkpoint_hash(plain)):
+        calls.clear()
+        start, results, errors = threading.Barrier(4), [], []
+        def rank():
+            start.wait()
+            try:
+                results.append(work())
+            except Exception as exc:  # noqa: BLE001 (reported below)
+                errors.append(exc)
+        threads = [threading.Thread(target=rank) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors and len(results) == 4 and len({json.dumps(r, sort_keys=True, default=str) for r in results}) == 1
+        assert sorted(calls) == sorted(set(calls)) and calls, calls  # each file hashed by one rank only
 
 def test_fresh_save_is_remembered_and_hash_cost_is_small(gqa_model, tmp_path, monkeypatch):
     monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))

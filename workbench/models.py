@@ -8,6 +8,7 @@ A workbench checkpoint is a plain Hugging Face directory (``config.json`` + ``mo
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -16,7 +17,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from safetensors import safe_open
@@ -289,28 +290,61 @@ def _remember(target: Path, f: Path, sha256: str) -> None:
         pass
 
 
+@contextlib.contextmanager
+def _hashing(verdict: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``verdict``'s lock file while a file is hashed, so processes that need
+    the same verdict at once (every rank of a torchrun job loading one fresh checkpoint) hash it once: the
+    others wait, then read the verdict. Best effort: without a writable cache (or flock) nothing is held."""
+    try:
+        import fcntl  # lazy: POSIX only; without it every process hashes for itself
+
+        verdict.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(verdict.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _recorded_sha256(verdict: Path) -> str | None:
+    try:
+        return json.loads(verdict.read_text())["sha256"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def file_sha256(f: Path) -> str:
     """sha256 of a file without a manifest (a plain HF shard), hashed once per (path, size, mtime, ...)."""
-    try:
-        return json.loads(_verdict_path(f, None).read_text())["sha256"]
-    except (OSError, ValueError, KeyError):
-        pass
-    digest = _sha256(f)
-    _remember(_verdict_path(f, None), f, digest)
+    verdict = _verdict_path(f, None)
+    if (known := _recorded_sha256(verdict)) is not None:
+        return known
+    with _hashing(verdict):
+        if (known := _recorded_sha256(verdict)) is not None:  # hashed by another process while we waited
+            return known
+        digest = _sha256(f)
+        _remember(verdict, f, digest)
     return digest
 
 
 def verify_file(f: Path, sha256: str) -> None:
     """Check a file's sha256 against the manifest's, once per (path, size, mtime, ...): CheckpointError if not."""
     f = Path(f)
-    if _verdict_path(f, sha256).is_file():
+    verdict = _verdict_path(f, sha256)
+    if verdict.is_file():
         return
-    actual = _sha256(f)
-    if actual != sha256:
-        raise CheckpointError(f"{f}: sha256 {actual[:16]}... does not match the manifest's {sha256[:16]}...: the file "
-                              "is corrupt or was changed after it was saved; refusing to load it (copy it again or "
-                              "re-save the checkpoint)")
-    _remember(_verdict_path(f, sha256), f, sha256)
+    with _hashing(verdict):
+        if verdict.is_file():  # verified by another process while we waited
+            return
+        actual = _sha256(f)
+        if actual != sha256:
+            raise CheckpointError(f"{f}: sha256 {actual[:16]}... does not match the manifest's {sha256[:16]}...: the "
+                                  "file is corrupt or was changed after it was saved; refusing to load it (copy it "
+                                  "again or re-save the checkpoint)")
+        _remember(verdict, f, sha256)
 
 
 def verify_checkpoint(path: str | Path, *, full_hash: bool = True, state: bool = False) -> dict[str, Any]:

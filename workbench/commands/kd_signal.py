@@ -41,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from workbench import checkpoints, models, store
     from workbench.measurements import cross_document as cd
 
