@@ -172,7 +172,7 @@ def library_versions() -> dict[str, str]:
     import transformers  # lazy: importing transformers costs seconds; only provenance needs its version
 
     return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "workbench": getattr(workbench, "__version__", "0")}
+            "workbench": workbench.__version__}
 
 
 def atomic_directory(final: Path, fill: Callable[[Path], None]) -> Path:

@@ -182,9 +182,8 @@ def _check_root(store: Path, create: bool, *, read: bool = False) -> str:
     if not store.exists():
         if not create:
             raise StoreError(f"{store}: store not found")
-
         store.mkdir(parents=True, exist_ok=True)
-        doc = GroupMetadata(attributes={"schema": SCHEMA}, zarr_format=3).to_buffer_dict(_buffer_proto())
+        doc = GroupMetadata(attributes={"schema": SCHEMA}, zarr_format=3).to_buffer_dict(default_buffer_prototype())
         tmp = store / f"zarr.json.{uuid.uuid4().hex[:12]}.partial"
         tmp.write_bytes(doc["zarr.json"].to_bytes())
         try:  # atomic, and never replaces a root another writer made meanwhile (its file carries the lock)
@@ -290,14 +289,6 @@ class _Hook:
 
 
 # ---------------------------------------------------------------------------------- zarr v3, written lean
-
-
-def _sync(coro):
-    return sync(coro)
-
-
-def _buffer_proto():
-    return default_buffer_prototype()
 
 
 class _Files:
@@ -543,7 +534,8 @@ def _metadata_v3(v: _Var) -> Any:
 def _codec_specs(meta: Any, coords: tuple[int, ...], write_empty: bool) -> list[tuple[Any, Any]]:
     """(codec, the chunk spec it sees) in the order zarr's codec pipeline encodes; TypeError for codecs
     without synchronous halves (sharding)."""
-    spec = meta.get_chunk_spec(coords, ArrayConfig(order="C", write_empty_chunks=write_empty), _buffer_proto())
+    config = ArrayConfig(order="C", write_empty_chunks=write_empty)
+    spec = meta.get_chunk_spec(coords, config, default_buffer_prototype())
     out = []
     for codec in meta.codecs:
         if not isinstance(codec, (ArrayArrayCodec, ArrayBytesCodec, BytesBytesCodec)) \
@@ -558,7 +550,7 @@ def _encode_chunk(meta: Any, coords: tuple[int, ...], chunk: np.ndarray, write_e
     """One whole chunk through its codecs (None: empty, not stored)."""
     if not write_empty and _is_fill(chunk, meta.fill_value):
         return None
-    value: Any = _buffer_proto().nd_buffer.from_numpy_array(np.ascontiguousarray(chunk))
+    value: Any = default_buffer_prototype().nd_buffer.from_numpy_array(np.ascontiguousarray(chunk))
     for codec, spec in _codec_specs(meta, coords, write_empty):
         value = codec._encode_sync(value, spec)
         if value is None:
@@ -567,7 +559,7 @@ def _encode_chunk(meta: Any, coords: tuple[int, ...], chunk: np.ndarray, write_e
 
 
 def _decode_chunk(meta: Any, coords: tuple[int, ...], raw: bytes) -> np.ndarray:
-    value: Any = _buffer_proto().buffer.from_bytes(raw)
+    value: Any = default_buffer_prototype().buffer.from_bytes(raw)
     for codec, spec in reversed(_codec_specs(meta, coords, False)):
         value = codec._decode_sync(value, spec)
     return np.array(value.as_numpy_array())
@@ -605,14 +597,14 @@ def _create_group(store: Path, group: str, ds: xr.Dataset, encoding: Mapping[str
     small arrays encoded in memory with zarr's own classes and codecs, big uncompressed arrays as raw chunk
     (or shard) files."""
     prepared, gattrs = _encode(ds, encoding)
-    proto = _buffer_proto()
+    proto = default_buffer_prototype()
     arrays: list[tuple[_Var, Any, np.ndarray, bool]] = []
 
     def add(v: _Var) -> None:
         try:
             meta = _metadata_v3(v)
         except (ImportError, AttributeError, TypeError):  # another zarr: let it build the metadata
-            meta = _sync(_zarr_metadata(v))
+            meta = sync(_zarr_metadata(v))
         data = np.asarray(v.var.values)
         arrays.append((v, meta, data, _raw_ok(meta, data)))
 
@@ -658,7 +650,7 @@ def _create_group(store: Path, group: str, ds: xr.Dataset, encoding: Mapping[str
                 continue
             for key, value in chunks:
                 files.put(f"{v.name}/{key}", value)
-        for key, value in (_sync(_zarr_chunks(slow)) if slow else []):
+        for key, value in (sync(_zarr_chunks(slow)) if slow else []):
             files.put(key, value)
         if worker is None:
             write_raw()
@@ -691,7 +683,7 @@ async def _zarr_metadata(v: _Var) -> Any:
 
 async def _zarr_chunks(arrays: list[tuple[_Var, Any, np.ndarray]]) -> list[tuple[str, bytes]]:
     """Chunks encoded by zarr's async codec pipeline (sharded arrays with compression ...), in memory."""
-    mem, proto = MemoryStore(), _buffer_proto()
+    mem, proto = MemoryStore(), default_buffer_prototype()
     await asyncio.gather(*(
         zarr.AsyncArray(metadata=meta, store_path=StorePath(mem, v.name),
                         config={"write_empty_chunks": bool(v.write_empty)})
@@ -727,7 +719,8 @@ class _Group:
         return None
 
     def put_attrs(self, attrs: Mapping[str, Any], phase: str | None = None) -> None:
-        doc = GroupMetadata(attributes=dict(attrs), zarr_format=3).to_buffer_dict(_buffer_proto())["zarr.json"]
+        meta = GroupMetadata(attributes=dict(attrs), zarr_format=3)
+        doc = meta.to_buffer_dict(default_buffer_prototype())["zarr.json"]
         self.files.put("zarr.json", doc.to_bytes(), phase)
         self.attrs = dict(attrs)
 
@@ -743,7 +736,8 @@ class _Group:
             for coords in meta.chunk_grid.all_chunk_coords(meta.shape):
                 if coords not in keep:
                     self.files.delete(f"{name}/{meta.encode_chunk_key(coords)}")
-        self.files.put(f"{name}/zarr.json", new.to_buffer_dict(_buffer_proto())["zarr.json"].to_bytes(), phase)
+        doc = new.to_buffer_dict(default_buffer_prototype())["zarr.json"]
+        self.files.put(f"{name}/zarr.json", doc.to_bytes(), phase)
         self.meta[name] = new
 
     def array(self, name: str, write_empty: bool = False):
@@ -801,7 +795,7 @@ class _Group:
         async def every() -> None:
             await asyncio.gather(*(one(n, items) for n, items in slow.items()))
 
-        _sync(every())
+        sync(every())
 
     def hook_tick(self, phase: str) -> None:
         self.files.hook.tick(phase)
@@ -904,7 +898,7 @@ def _repair(store: Path, group: str) -> bool:
     grown = {d: int(old) for d, old in (mark.get("grown") or {}).items()}
     if WRITTEN in g.meta and mark.get("cells") is not None:  # a grid write: the flags are the truth
         grid = g.dims(WRITTEN)
-        flags = np.asarray(_sync(g.array(WRITTEN).getitem(tuple(slice(None) for _ in grid)))).astype(bool)
+        flags = np.asarray(sync(g.array(WRITTEN).getitem(tuple(slice(None) for _ in grid)))).astype(bool)
         cells = {d: [int(i) for i in mark["cells"].get(d, [])] for d in grid}
         undone = [cell for cell in itertools.product(*[cells[d] for d in grid])
                   if all(i < n for i, n in zip(cell, flags.shape)) and not flags[cell]]

@@ -50,13 +50,13 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args)
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.figure_task is not None and args.figure_task not in [t.strip() for t in args.tasks.split(",")]:
+    tasks = parse_tasks(args.tasks)  # the request's own errors before the checkpoints'
+    if args.figure_task is not None and args.figure_task not in tasks:
         raise ValueError(f"--figure-task {args.figure_task!r} is not one of the evaluated --tasks {args.tasks!r}")
     lengths = _ints(args.lengths, "lengths")
-    parse_tasks(args.tasks)  # the request's own errors before the checkpoints'
     paths = checkpoints.expand(args.checkpoints, args.phase_ends)
     out = Path(args.out) if args.out else paths[0].resolve().parent / "results.zarr"
-    plan = grid.plan(paths, tasks=args.tasks, lengths=lengths, depths=args.depths,
+    plan = grid.plan(paths, tasks=tasks, lengths=lengths, depths=args.depths,
                      samples=args.samples, seed=args.seed, extrapolate=args.extrapolate,
                      tokenizer=args.tokenizer, store=out)
     ds = grid.evaluate_plan(plan, device=args.device, dtype=args.dtype, batch_size=args.batch_size)

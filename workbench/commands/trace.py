@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from workbench.commands import add_device, add_threads, set_threads, deprecated_alias
+from workbench.commands import add_device, add_threads, deprecated_alias, set_threads
 
 HELP = "perturb RoPE on queries/keys of a checkpoint, trace the effect into the logits, write a Zarr store"
 DESCRIPTION = (HELP + ". Also: --check (built-in sanity: identity, TL/nnsight parity, q/k shift invariance, "

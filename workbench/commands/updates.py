@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from workbench.commands import add_checkpoints, add_device, add_threads, set_threads, deprecated_alias
+from workbench.commands import add_checkpoints, add_device, add_threads, deprecated_alias, set_threads
 
 HELP = "per layer x head x RoPE pair: W_q/W_k updates and q/k state changes between checkpoints, by frequency band"
 DESCRIPTION = (
