@@ -426,8 +426,8 @@ def checkpoint_hash(path: str | Path) -> str:
 
 
 def pick_device(name: str) -> torch.device:
-    """``auto`` (this rank's CUDA device when there is one, else CPU), ``cpu``, ``cuda``, ``cuda:N`` -> a
-    torch.device; anything else, or CUDA on a machine without it, is one clear error."""
+    """``auto`` (this rank's CUDA device when there is one, else CPU), ``cpu``, ``cuda`` (this rank's),
+    ``cuda:N`` -> a torch.device; anything else, or CUDA on a machine without it, is one clear error."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -438,6 +438,8 @@ def pick_device(name: str) -> torch.device:
         raise ValueError(f"device {name!r} is not a device: use cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {name!r} requested but no CUDA device is available")
+    if device.type == "cuda" and device.index is None:  # bare "cuda": this rank's device (set_device needs an index)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
 
 

@@ -24,7 +24,8 @@ MFU counts the teacher's forward:
 (``--peak-tflops`` defaults by device name: H100/H200 989 dense bf16, A100 312; CPU: none, MFU '-').
 
 On the device machine (python 3.12, torch 2.11, transformers 5.17: KINDS.md of the device tool) the workbench's
-other imports travel as wheels: 16 wheels, 22 MB (with the working tree, about 11 MB, under the tool's 64 MiB). Only
+other imports travel as wheels: 17 wheels, 35 MB (with the working tree, about 11 MB, under the tool's 64 MiB),
+transformers 5.24 among them: the pinned version (5.17 names the KV cache ``past_key_values``, 5.24 ``cache``). Only
 what ``eval`` and ``trace --check`` import is carried (checked with ``python -X importtime``): TransformerLens's
 wandb, beartype, typeguard and transformers-stream-generator and nnsight's websocket-client are never imported
 on these paths. Prepare them here once (.whl is in .git/info/exclude):
@@ -35,7 +36,7 @@ on these paths. Prepare them here once (.whl is in .git/info/exclude):
       zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0 xarray==2026.9.0 \\
       nnsight==0.8.1 transformer-lens==4.3.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 \\
       greenlet==3.5.6 zstandard==0.25.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \\
-      typing-inspection==0.4.5
+      typing-inspection==0.4.5 transformers==5.24.0
 
 and run it there (device tool: carry [".whl"], timeout_s 420):
 
