@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs
 
 import plotly.graph_objects as go
@@ -47,8 +48,8 @@ def create_app(runs_dir: str | Path) -> Dash:
     ])
 
     @app.callback(Output("tabs", "value"), Input("url", "search"))
-    def tab_from_url(search: str | None):
-        return tab_from_query(search) or DEFAULT_TAB
+    def tab_from_url(search: Any):
+        return (tab_from_query(search) if isinstance(search, str) else None) or DEFAULT_TAB
 
     for view in VIEWS:
         view.register(app, root)

@@ -2,12 +2,17 @@
 
 Every path the app opens is built from a value the browser sent (a dropdown value, a URL query), so each
 one goes through :func:`inside`: it is joined to the root, resolved (symlinks and '..' followed) and
-refused unless the result is still under the resolved root.
+refused unless the result is still under the resolved root. What the app *finds* by walking RUNS_DIR is
+held to the same rule: a file is read only through :func:`read_regular` (inside the root, a regular file,
+opened without blocking so a FIFO can never hang a server thread), and a directory handed to zarr or the
+checkpoint loader only after :func:`confined_tree` found no symlink leaving the root and no special file
+in it.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path, PurePosixPath
 
 
@@ -50,3 +55,54 @@ def is_inside(root: Path, path: Path) -> bool:
     except OSError:
         return False
     return path == root or path.is_relative_to(root)
+
+
+class NotRegular(ValueError):
+    """A path where a file is expected is a FIFO, socket, device or directory: never opened."""
+
+
+def read_regular(root: Path, path: Path, *, limit: int | None = None, offset: int = 0) -> bytes:
+    """The bytes of ``path`` from ``offset`` (at most ``limit``), only if it resolves inside ``root`` and is
+    a regular file. Opened with O_NONBLOCK and checked with fstat on the open descriptor, so a FIFO put in
+    place of a file is refused at once instead of blocking the reader."""
+    if not is_inside(root, path):
+        raise OutsideRunsDir(f"{path.name}: resolves outside RUNS_DIR (symlink); not read")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegular(f"{path.name}: not a regular file; not read")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            f.seek(offset)
+            return f.read() if limit is None else f.read(limit)
+    finally:
+        os.close(fd)
+
+
+def confined_tree(root: Path, path: Path, *, most: int = 200_000) -> None:
+    """Refuse a directory tree (a store group, a checkpoint) holding a symlink that resolves outside
+    ``root``, or anything that is neither a directory nor a regular file; symlinked directories inside the
+    root are walked too (each real directory once)."""
+    if not is_inside(root, path):
+        raise OutsideRunsDir(f"{path.name}: resolves outside RUNS_DIR (symlink); skipped")
+    seen, visited, todo = 0, set(), [path.resolve()]
+    while todo:
+        here = todo.pop()
+        if here in visited:
+            continue
+        visited.add(here)
+        with os.scandir(here) as entries:
+            for entry in entries:
+                seen += 1
+                if seen > most:
+                    raise ValueError(f"{path.name}: more than {most} entries; not opened")
+                where = f"{path.name}/.../{entry.name}" if here != path.resolve() else f"{path.name}/{entry.name}"
+                if entry.is_symlink() and not is_inside(root, Path(entry.path)):
+                    raise OutsideRunsDir(f"{where}: a symlink leaving RUNS_DIR; skipped")
+                try:
+                    mode = os.stat(entry.path).st_mode
+                except OSError:
+                    raise NotRegular(f"{where}: a dangling link; skipped") from None
+                if stat.S_ISDIR(mode):
+                    todo.append(Path(entry.path).resolve())
+                elif not stat.S_ISREG(mode):
+                    raise NotRegular(f"{where}: not a regular file; skipped")

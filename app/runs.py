@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,9 @@ from typing import Any
 
 import yaml
 
-from app.paths import inside, is_inside
-from workbench.models import MANIFEST, list_checkpoints
+from app.paths import NotRegular, OutsideRunsDir, confined_tree, inside, is_inside, read_regular
+from workbench.models import MANIFEST
+from workbench.runlock import writer_alive
 
 METRICS = "metrics.jsonl"
 RUN_YAML = "run.yaml"
@@ -74,7 +76,7 @@ class Metrics:
 
     records: list[dict[str, Any]] = field(default_factory=list)
     partial_line: bool = False  # the last line has no newline yet (the trainer is writing it)
-    bad_lines: int = 0  # complete lines that are not JSON objects with a "kind"
+    bad_lines: int = 0  # complete lines that are not workbench records (see valid_record)
     offset: int = 0  # bytes consumed (complete lines only)
     identity: tuple[int, int] = (0, 0)  # (device, inode) of the file read
 
@@ -91,13 +93,35 @@ _cache: dict[Path, Metrics] = {}
 _lock = threading.Lock()
 
 
-def read_metrics(run_dir: Path) -> Metrics:
+# keys whose values the views draw or compare as numbers: a record with a non-number there is malformed
+NUMERIC = ("loss", "ce", "kd", "lr", "rope_theta", "tokens", "tokens_per_s", "accuracy", "length", "seq_len")
+
+
+def valid_record(rec: Any) -> bool:
+    """A workbench metrics record: a mapping with a string ``kind``, an integer ``step`` and numbers (or
+    null) under the numeric keys."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("kind"), str):
+        return False
+    step = rec.get("step", 0)
+    if isinstance(step, bool) or not isinstance(step, int):
+        return False
+    return all(rec.get(k) is None or (isinstance(rec[k], (int, float)) and not isinstance(rec[k], bool))
+               for k in NUMERIC)
+
+
+def read_metrics(run_dir: Path, root: Path | None = None) -> Metrics:
     """Records of ``run_dir/metrics.jsonl``, reading only what was appended since the last call.
 
-    Raises FileNotFoundError when the run has no metrics file.
+    Raises FileNotFoundError when the run has no metrics file; OutsideRunsDir / NotRegular when the file is
+    a symlink leaving ``root`` (default: the run directory) or not a regular file (a FIFO is never opened).
     """
     path = run_dir / METRICS
+    root = (root or run_dir).resolve()
+    if not is_inside(root, path):
+        raise OutsideRunsDir(f"{METRICS} resolves outside RUNS_DIR (symlink); not read")
     st = path.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegular(f"{METRICS}: not a regular file; not read")
     identity = (st.st_dev, st.st_ino)
     with _lock:
         cached = _cache.get(path)
@@ -105,9 +129,7 @@ def read_metrics(run_dir: Path) -> Metrics:
             cached = Metrics(identity=identity)
         if st.st_size == cached.offset and not cached.partial_line:
             return cached
-        with open(path, "rb") as f:
-            f.seek(cached.offset)
-            chunk = f.read(st.st_size - cached.offset)
+        chunk = read_regular(root, path, offset=cached.offset, limit=st.st_size - cached.offset)
         records, bad = list(cached.records), cached.bad_lines
         complete, sep, tail = chunk.rpartition(b"\n")
         lines = complete.split(b"\n") if sep else []
@@ -116,10 +138,10 @@ def read_metrics(run_dir: Path) -> Metrics:
                 continue
             try:
                 rec = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
                 bad += 1
                 continue
-            if isinstance(rec, dict) and "kind" in rec:
+            if valid_record(rec):
                 records.append(rec)
             else:
                 bad += 1
@@ -153,6 +175,24 @@ class RunInfo:
         return sorted({int(p["seq_len"]) for p in self.phases if isinstance(p.get("seq_len"), (int, float))})
 
 
+def checkpoints(root: Path, path: Path, name: str, messages: list[str]) -> list[str]:
+    """Complete checkpoints of a run, oldest step first; one whose tree leaves RUNS_DIR or holds a special
+    file is skipped with a message before anything in it is opened."""
+    found = []
+    for ckpt in path.glob("ckpt-*"):
+        try:
+            confined_tree(root, ckpt)
+            manifest = json.loads(read_regular(root, ckpt / MANIFEST, limit=1 << 24))
+            found.append((int(manifest.get("step", 0)), ckpt.name))
+        except FileNotFoundError:
+            continue  # no manifest: incomplete, reported below
+        except (OutsideRunsDir, NotRegular) as exc:
+            messages.append(f"{name}: checkpoint {exc}")
+        except (ValueError, TypeError, AttributeError, OSError, RecursionError):
+            messages.append(f"{name}: {ckpt.name}/{MANIFEST} is not a valid manifest; not shown")
+    return [n for _, n in sorted(found)]
+
+
 def run_info(root: Path, name: str) -> RunInfo:
     """Everything the app needs about one run, never raising for a broken run: problems become messages.
 
@@ -166,30 +206,39 @@ def run_info(root: Path, name: str) -> RunInfo:
     if not is_run_dir(path):
         messages.append(f"{name}: not a workbench run (no {RUN_YAML}, {METRICS} or ckpt-* directories)")
     config = None
-    if (path / RUN_YAML).is_file():
+    if (path / RUN_YAML).exists():
         try:
-            loaded = yaml.safe_load((path / RUN_YAML).read_text())
+            loaded = yaml.safe_load(read_regular(root, path / RUN_YAML, limit=1 << 20))
             if isinstance(loaded, dict):
                 config = loaded
             else:
                 messages.append(f"{name}: {RUN_YAML} is not a mapping; ignored")
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             messages.append(f"{name}: {RUN_YAML} is not valid YAML ({str(exc).splitlines()[0]})")
-    ckpts = [p.name for p in list_checkpoints(path)]
-    in_progress = sorted(p.name for p in path.glob(".tmp-*") if p.is_dir())
+        except (OutsideRunsDir, NotRegular) as exc:
+            messages.append(f"{name}: {exc}")
+    ckpts = checkpoints(root, path, name, messages)
+    temporary = sorted(p.name for p in path.glob(".tmp-*") if p.is_dir() and not p.is_symlink())
+    alive = writer_alive(path)
+    in_progress = temporary if alive else []
     incomplete = sorted(p.name for p in path.glob("ckpt-*") if p.is_dir() and not (p / MANIFEST).is_file())
     if in_progress:
         messages.append(f"{name}: {len(in_progress)} checkpoint save(s) in progress ({', '.join(in_progress)}); not shown")
+    elif temporary:
+        messages.append(f"{name}: {', '.join(temporary)} left by a writer that stopped (no live trainer holds the run); "
+                        f"removed at the run's next start; not shown")
     if incomplete:
         messages.append(f"{name}: {', '.join(incomplete)} without {MANIFEST} (incomplete); not shown")
     metrics = None
     try:
-        metrics = read_metrics(path)
+        metrics = read_metrics(path, root)
         messages.extend(metrics.notes(name))
         if not metrics.records:
             messages.append(f"{name}: {METRICS} has no records yet")
     except FileNotFoundError:
         messages.append(f"{name}: no {METRICS} yet (training has not started, or this is not a training run)")
+    except (OutsideRunsDir, NotRegular) as exc:
+        messages.append(f"{name}: {exc}")
     except OSError as exc:
         messages.append(f"{name}: cannot read {METRICS} ({exc.strerror})")
     return RunInfo(name, path, config, ckpts, in_progress, metrics, messages)

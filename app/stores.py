@@ -8,7 +8,9 @@ but a writer appending new checkpoints is picked up.
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -16,11 +18,33 @@ from typing import Any
 
 import xarray as xr
 
-from app.paths import inside, is_inside
+from app.paths import NotRegular, OutsideRunsDir, confined_tree, inside, is_inside
 from workbench import store as wstore
 
 _cache: dict[tuple[Path, str], tuple[float, xr.Dataset]] = {}
 _lock = threading.Lock()
+log = logging.getLogger("workbench.app")
+
+
+def check_metadata(root: Path, path: Path) -> None:
+    """Refuse a store before zarr reads it: it (or a group directory in it) resolving outside RUNS_DIR, or a
+    ``zarr.json`` that is not a regular file (a FIFO would block the reading thread for good)."""
+    if not is_inside(root, path):
+        raise OutsideRunsDir(f"store {path.name}: resolves outside RUNS_DIR (symlink); skipped")
+    for here in [path, *(p for p in path.iterdir() if not p.name.startswith("."))]:
+        if not is_inside(root, here):
+            raise OutsideRunsDir(f"store {path.name}: {here.name} resolves outside RUNS_DIR (symlink); skipped")
+        if not here.is_dir():
+            continue
+        meta = here / "zarr.json"
+        try:
+            mode = os.stat(meta).st_mode
+        except FileNotFoundError:
+            continue
+        if not is_inside(root, meta):
+            raise OutsideRunsDir(f"store {path.name}: {meta.relative_to(path)} resolves outside RUNS_DIR; skipped")
+        if not stat.S_ISREG(mode):
+            raise NotRegular(f"store {path.name}: {meta.relative_to(path)} is not a regular file; skipped")
 
 
 def find_stores(root: Path) -> list[str]:
@@ -34,10 +58,12 @@ def find_stores(root: Path) -> list[str]:
                 continue
             if d.endswith(".zarr"):
                 candidate = here / d
-                if not is_inside(root, candidate):
-                    continue
                 try:
+                    check_metadata(root, candidate)
                     wstore.groups(candidate)
+                except (OutsideRunsDir, NotRegular) as exc:
+                    log.info("%s", exc)
+                    continue
                 except (wstore.StoreError, OSError):
                     continue
                 found.append(candidate.relative_to(root).as_posix())
@@ -77,11 +103,14 @@ def open_group(root: Path, relative: str, group: str) -> xr.Dataset:
     path = inside(root, relative)
     if not path.is_dir():
         raise wstore.StoreError(f"store {relative!r} not found in RUNS_DIR")
+    check_metadata(root, path)
     stamp = _stamp(path, group)
     with _lock:
         hit = _cache.get((path, group))
         if hit is not None and hit[0] == stamp:
             return hit[1]
+    if (path / group).is_dir():
+        confined_tree(root, path / group)  # every array and chunk file, before zarr opens one
     try:
         ds = wstore.open_group(path, group)
     except wstore.StoreError:
@@ -99,6 +128,7 @@ def groups_of(root: Path, relative: str) -> list[str]:
     path = inside(root, relative)
     if not path.is_dir():
         raise wstore.StoreError(f"store {relative!r} not found in RUNS_DIR")
+    check_metadata(root, path)
     try:
         return wstore.groups(path)
     except wstore.StoreError:

@@ -233,7 +233,8 @@ def test_run_info_reports_half_written_parts(runs_dir):
     assert info.checkpoints == ["ckpt-000020"]
     assert info.phase_lengths == [256, 1024]
     text = " ".join(info.messages)
-    assert "in progress" in text and ".tmp-ckpt-000040-abcd" in text
+    assert "left by a writer that stopped" in text and ".tmp-ckpt-000040-abcd" in text  # no live trainer
+    assert info.in_progress == []
     assert "ckpt-000040 without manifest.json" in text
     live = R.run_info(root_of(runs_dir), "ce-live")
     assert len(live.metrics.records) == 10 and live.metrics.partial_line

@@ -44,15 +44,24 @@ def no_data(*groups: str) -> str:
 
 
 def guarded(fn: Callable[..., Any], fallback: Callable[[str], Any]) -> Callable[..., Any]:
-    """Run ``fn``; an expected problem becomes ``fallback(message)`` instead of a traceback in the page."""
+    """Run ``fn``; a problem becomes ``fallback(message)`` instead of a traceback or an HTTP 500 (expected
+    problems as their own message, anything else as one line naming the error, logged with its traceback)."""
 
     def wrapper(*args: Any) -> Any:
         try:
             return fn(*args)
+        except PreventUpdate:
+            raise
         except EXPECTED as exc:
             log.info("view refused input: %s", exc)
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
             return fallback(str(message))
+        except TypeError as exc:  # a payload of the wrong type (a number or list where a name is expected)
+            log.info("view refused input of the wrong type: %s", exc)
+            return fallback(f"refused input of the wrong type ({exc})")
+        except Exception as exc:  # never an HTTP 500: the page gets a message, the server log the traceback
+            log.exception("view failed")
+            return fallback(f"this view failed ({type(exc).__name__}: {exc}); see the server log")
 
     wrapper.__name__ = getattr(fn, "__name__", "callback")
     wrapper.__doc__ = fn.__doc__

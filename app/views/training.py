@@ -90,8 +90,8 @@ def layout() -> html.Div:
 
 def register(app: Dash, root: Path) -> None:
     @app.callback(Output("train-poll", "disabled"), Input("train-live", "value"))
-    def toggle_live(live: list[str] | None) -> bool:
-        return "on" not in (live or [])
+    def toggle_live(live: Any) -> bool:
+        return not (isinstance(live, list) and "on" in live)
 
     def refresh(_n: Any, search: str | None, tab: Any, current: Any):
         """Keep the run list current while the view is shown; a deep link selects its run."""

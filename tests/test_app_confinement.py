@@ -1,0 +1,272 @@
+"""The dashboard confines what it finds as strictly as what it is asked: files and directories found by
+walking RUNS_DIR that resolve outside it, special files (FIFOs) in place of files, malformed payloads and
+malformed metrics records all end in a message through HTTP, never a 500, a hang, or a read outside."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from app import runs as R
+from app import stores as S
+from app.main import create_app
+from app.paths import root_of
+from tests.test_app import TRAIN_OUT, TRAIN_OUTPUTS, _train_inputs, write_metrics, write_run_yaml
+from workbench.runlock import RunLock
+
+SECRET = "TOP-SECRET-LINE"
+
+
+def _tiny_store(path: Path) -> None:
+    """A small workbench store (root attr ``schema``) with one group written by plain xarray."""
+    import numpy as np
+    import xarray as xr
+    import zarr
+
+    from workbench import store
+
+    zarr.open_group(str(path), mode="w", zarr_format=3, attributes={"schema": store.SCHEMA})
+    ds = xr.Dataset({"x": (("pair",), np.arange(4.0))}, coords={"pair": np.arange(4)})
+    ds.to_zarr(str(path), group="demo_group", zarr_format=3, consolidated=False, mode="w")
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """RUNS_DIR holding honest runs and stores beside symlinks to outside data and FIFOs."""
+    base = tmp_path_factory.mktemp("confine")
+    root, outside = base / "runs", base / "outside"
+    root.mkdir()
+    outside.mkdir()
+    secret_file = outside / "secret.jsonl"
+    secret_file.write_text("".join(json.dumps({"kind": "train", "step": i, "loss": 1.0, "phase": SECRET}) + "\n"
+                                   for i in range(7)))
+    (outside / "run.yaml").write_text(f"name: {SECRET}\nphases: []\n")
+    # an honest run
+    good = root / "good"
+    good.mkdir()
+    write_run_yaml(good)
+    write_metrics(good / "metrics.jsonl", steps=10)
+    # metrics.jsonl and run.yaml as symlinks leaving RUNS_DIR
+    linked = root / "linked-files"
+    linked.mkdir()
+    (linked / "metrics.jsonl").symlink_to(secret_file)
+    (linked / "run.yaml").symlink_to(outside / "run.yaml")
+    # metrics.jsonl -> /etc/passwd
+    passwd = root / "passwd"
+    passwd.mkdir()
+    (passwd / "metrics.jsonl").symlink_to("/etc/passwd")
+    # FIFOs where files are expected
+    fifo_run = root / "fifo-run"
+    fifo_run.mkdir()
+    os.mkfifo(fifo_run / "metrics.jsonl")
+    os.mkfifo(fifo_run / "run.yaml")
+    # a checkpoint directory symlinked to outside, and one with a file symlinked out
+    ckpt_run = root / "links-ckpt"
+    ckpt_run.mkdir()
+    write_metrics(ckpt_run / "metrics.jsonl", steps=3)
+    fake = outside / "ckpt-000005"
+    fake.mkdir()
+    (fake / "manifest.json").write_text(json.dumps({"step": 5, "phase": SECRET}))
+    (ckpt_run / "ckpt-000005").symlink_to(fake, target_is_directory=True)
+    half = ckpt_run / "ckpt-000006"
+    half.mkdir()
+    (half / "manifest.json").symlink_to(fake / "manifest.json")
+    fifo_ckpt = ckpt_run / "ckpt-000007"
+    fifo_ckpt.mkdir()
+    os.mkfifo(fifo_ckpt / "manifest.json")
+    # malformed metrics records
+    bad = root / "bad-records"
+    bad.mkdir()
+    write_metrics(bad / "metrics.jsonl", steps=5, evals=False)
+    with open(bad / "metrics.jsonl", "a") as f:
+        for line in ['{"kind": "train", "step": "12", "loss": 1.0}', '{"kind": "train", "step": 13, "loss": "x"}',
+                     '{"kind": "train", "step": true, "loss": 1.0}', '[1, 2, 3]', '"just a string"',
+                     '{"kind": 5, "step": 14}', '{"kind": "train", "step": 15, "loss": NaN}',
+                     "[" * 5000 + "]" * 5000, '{"kind": "train", "step": 16, "loss": null}']:
+            f.write(line + "\n")
+    # stores: an honest one, one whose group is a symlink to a store outside, one whose zarr.json is a FIFO
+    _tiny_store(root / "good.zarr")
+    _tiny_store(outside / "elsewhere.zarr")
+    linked_store = root / "linked-group.zarr"
+    shutil.copytree(root / "good.zarr", linked_store)
+    shutil.rmtree(linked_store / "demo_group")
+    (linked_store / "demo_group").symlink_to(outside / "elsewhere.zarr" / "demo_group", target_is_directory=True)
+    whole_link = root / "whole-link.zarr"
+    whole_link.symlink_to(outside / "elsewhere.zarr", target_is_directory=True)
+    fifo_store = root / "fifo.zarr"
+    shutil.copytree(root / "good.zarr", fifo_store)
+    (fifo_store / "zarr.json").unlink()
+    os.mkfifo(fifo_store / "zarr.json")
+    fifo_group = root / "fifo-group.zarr"
+    shutil.copytree(root / "good.zarr", fifo_group)
+    (fifo_group / "demo_group" / "zarr.json").unlink()
+    os.mkfifo(fifo_group / "demo_group" / "zarr.json")
+    chunk_link = root / "chunk-link.zarr"
+    shutil.copytree(root / "good.zarr", chunk_link)
+    chunks = [p for p in (chunk_link / "demo_group").rglob("*") if p.is_file() and p.name != "zarr.json"]
+    assert chunks, "the tiny store has chunk files"
+    chunks[0].unlink()
+    chunks[0].symlink_to(secret_file)
+    # a whole subdirectory of RUNS_DIR symlinked out
+    (root / "escape-dir").symlink_to(outside, target_is_directory=True)
+    return root
+
+
+def within(seconds: float, fn, *args):
+    """fn(*args) in a thread; fails the test if it does not return in time (a FIFO read would block)."""
+    out: dict = {}
+
+    def go():
+        try:
+            out["value"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
+            out["error"] = exc
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"{getattr(fn, '__name__', fn)} blocked for more than {seconds} s"
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def _draw(client, runs):
+    body = {"output": TRAIN_OUT, "outputs": [{"id": i, "property": p} for i, p in TRAIN_OUTPUTS],
+            "inputs": _train_inputs(runs), "state": [{"id": "train-stamp", "property": "data", "value": None}],
+            "changedPropIds": ["train-runs.value"]}
+    return client.post("/_dash-update-component", json=body)
+
+
+@pytest.fixture(scope="module")
+def client(tree):
+    return create_app(tree).server.test_client()
+
+
+# ------------------------------------------------------------------------------------- found, not asked
+
+
+def test_run_files_symlinked_outside_are_not_read(tree, client):
+    info = R.run_info(root_of(tree), "linked-files")
+    assert info.config is None and info.metrics is None
+    assert any("outside RUNS_DIR" in m for m in info.messages)
+    resp = within(20, _draw, client, ["linked-files"])
+    assert resp.status_code == 200
+    assert SECRET not in resp.get_data(as_text=True)
+
+
+def test_metrics_symlinked_to_etc_passwd_is_not_opened(tree, client):
+    info = R.run_info(root_of(tree), "passwd")
+    assert info.metrics is None
+    assert any("outside RUNS_DIR" in m for m in info.messages)
+    resp = within(20, _draw, client, ["passwd"])
+    assert resp.status_code == 200 and "root:" not in resp.get_data(as_text=True)
+
+
+def test_fifo_run_files_never_block(tree, client):
+    info = within(10, R.run_info, root_of(tree), "fifo-run")
+    assert info.metrics is None and info.config is None
+    assert sum("not a regular file" in m for m in info.messages) == 2
+    resp = within(20, _draw, client, ["fifo-run"])
+    assert resp.status_code == 200
+
+
+def test_checkpoint_dirs_leaving_runs_dir_are_skipped(tree):
+    info = within(10, R.run_info, root_of(tree), "links-ckpt")
+    assert info.checkpoints == []
+    text = " ".join(info.messages)
+    assert "ckpt-000005" in text and "ckpt-000006" in text and "ckpt-000007" in text
+    assert SECRET not in text
+
+
+def test_store_discovery_skips_links_out_and_fifos(tree):
+    found = within(20, S.find_stores, root_of(tree))
+    assert "good.zarr" in found
+    for bad in ("linked-group.zarr", "whole-link.zarr", "fifo.zarr", "fifo-group.zarr"):
+        assert bad not in found
+
+
+@pytest.mark.parametrize("store", ["linked-group.zarr", "fifo.zarr", "fifo-group.zarr", "chunk-link.zarr",
+                                   "whole-link.zarr", "escape-dir/elsewhere.zarr"])
+def test_opening_a_confined_store_is_refused(tree, store):
+    with pytest.raises(ValueError, match="outside RUNS_DIR|leaving RUNS_DIR|not a regular file|leaves RUNS_DIR"):
+        within(10, S.open_group, root_of(tree), store, "demo_group")
+
+
+def test_honest_store_still_opens(tree):
+    ds = S.open_group(root_of(tree), "good.zarr", "demo_group")
+    assert list(ds["x"].values) == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_runs_under_a_symlinked_directory_are_not_listed(tree):
+    names = R.list_runs(root_of(tree))
+    assert "good" in names and not any(n.startswith("escape-dir") for n in names)
+
+
+# --------------------------------------------------------------------------- malformed records, payloads
+
+
+def test_malformed_metrics_records_are_skipped_with_a_count(tree, client):
+    info = R.run_info(root_of(tree), "bad-records")
+    steps = [r["step"] for r in info.metrics.records]
+    assert all(isinstance(s, int) for s in steps) and 12 not in steps and 13 not in steps
+    assert info.metrics.bad_lines == 7  # NaN is a number (a diverged step logs one)
+    assert any("7 line(s)" in m for m in info.messages)
+    resp = _draw(client, ["bad-records"])
+    assert resp.status_code == 200
+    assert resp.get_json()["response"]["train-graph"]["style"]["display"] == "block"
+
+
+@pytest.mark.parametrize("payload", [5, 3.5, True, {"a": 1}, [5], [None], [["good"]], "x" * 100_000,
+                                     ["good"] * 50, "\x00", ["good\x00"]])
+def test_malformed_run_payloads_answer_a_message(client, payload):
+    resp = _draw(client, payload)
+    assert resp.status_code == 200, resp.data[:300]
+    assert "Traceback" not in resp.get_data(as_text=True)
+
+
+STORE_CALLBACKS = [  # (output, outputs, input ids with a store path among them)
+    ("retrieval", "ret-store"), ("updates", "upd-store"), ("traces", "trace-store"),
+]
+
+
+@pytest.mark.parametrize("payload", [5, ["good.zarr"], {"p": 1}, None, "../outside", "/etc", "fifo.zarr",
+                                     "linked-group.zarr", "chunk-link.zarr"])
+def test_every_registered_callback_survives_bad_payloads(tree, client, payload):
+    """Fire every callback the app registered with ``payload`` in each input: always a 200 or a 204."""
+    app = create_app(tree)
+    cl = app.server.test_client()
+    for key, spec in app.callback_map.items():
+        inputs = [{"id": i["id"], "property": i["property"], "value": payload} for i in spec["inputs"]]
+        state = [{"id": s["id"], "property": s["property"], "value": payload} for s in spec.get("state", [])]
+        outputs = key.strip(".").split("...")
+        outs = [{"id": o.rsplit(".", 1)[0], "property": o.rsplit(".", 1)[1]} for o in outputs]
+        body = {"output": key, "outputs": outs if len(outs) > 1 else outs[0], "inputs": inputs, "state": state,
+                "changedPropIds": [f"{inputs[0]['id']}.{inputs[0]['property']}"] if inputs else []}
+        resp = within(30, lambda: cl.post("/_dash-update-component", json=body))
+        assert resp.status_code in (200, 204), (key, payload, resp.data[:300])
+        text = resp.get_data(as_text=True)
+        assert SECRET not in text and "root:x:" not in text
+
+
+# ------------------------------------------------------------------------------------- saves in progress
+
+
+def test_temporary_dirs_are_in_progress_only_while_a_writer_holds_the_run(tmp_path):
+    root = tmp_path / "runs"
+    run = root / "r"
+    run.mkdir(parents=True)
+    write_metrics(run / "metrics.jsonl", steps=3)
+    (run / ".tmp-ckpt-000004-dead").mkdir()
+    info = R.run_info(root_of(root), "r")
+    assert info.in_progress == [] and any("left by a writer that stopped" in m for m in info.messages)
+    with RunLock(run):
+        info = R.run_info(root_of(root), "r")
+        assert info.in_progress == [".tmp-ckpt-000004-dead"]
+        assert any("in progress" in m for m in info.messages)
+    assert R.run_info(root_of(root), "r").in_progress == []
