@@ -15,19 +15,22 @@ import numpy as np
 import torch
 
 from workbench.config import DataConfig
+from workbench.data import corpus
 from workbench.data import synthetic as syn
 from workbench.data import text
 from workbench.data.packing import IGNORE, pack, position_ids
 
-KINDS = ("synthetic-long", "synthetic-short", "repeated", "text", "jsonl", "parquet")
+KINDS = ("synthetic-long", "synthetic-short", "repeated", "text", "jsonl", "parquet", "tokens")
+DOC_OPTIONS = {"max_doc_tokens", "min_doc_tokens"}  # short documents from real text (workbench.data.corpus)
 # generator extras accepted in DataConfig.options, per kind (anything else is a config error)
 OPTIONS = {
     "synthetic-long": {"passkey_prob", "queries_per_fact", "supervise", "fill_window", "echo_rate"},
     "synthetic-short": {"passkey_prob", "queries_per_fact", "supervise", "echo_rate"},
     "repeated": {"period", "gap"},
-    "text": {"split", "add_eos"},
-    "jsonl": {"field", "add_eos"},
-    "parquet": {"field", "add_eos"},
+    "text": {"split", "add_eos"} | DOC_OPTIONS,
+    "jsonl": {"field", "add_eos"} | DOC_OPTIONS,
+    "parquet": {"field", "add_eos"} | DOC_OPTIONS,
+    "tokens": DOC_OPTIONS,
 }
 _SALT = {kind: i for i, kind in enumerate(KINDS)}  # different kinds never share random streams
 Window = dict[str, np.ndarray]
@@ -103,22 +106,16 @@ def make_stream(data_cfg: DataConfig, seq_len: int, batch_size: int, seed: int, 
             return repeated_batch_row(rng(k), seq_len, period, gap, positions)
 
     else:
-        ids, doc = text.tokenise_corpus(kind, data_cfg.paths, data_cfg.tokenizer, opts)
-        per_epoch = len(ids) // seq_len
-        if per_epoch == 0:
-            raise ValueError(f"data.paths: only {len(ids)} tokens, fewer than one window of {seq_len}")
-        orders: dict[int, np.ndarray] = {}
-
-        def window(k: int) -> Window:
-            epoch, i = divmod(k, per_epoch)
-            if epoch not in orders:
-                orders.clear()
-                orders[epoch] = np.random.default_rng([seed, salt, epoch]).permutation(per_epoch)
-            s = slice(orders[epoch][i] * seq_len, (orders[epoch][i] + 1) * seq_len)
-            d = doc[s] - doc[s][0]
-            start = np.r_[True, d[1:] != d[:-1]]
-            return {"input_ids": ids[s], "labels": np.where(start, IGNORE, ids[s]), "doc_ids": d,
-                    "position_ids": position_ids(d, positions)}
+        if kind == "tokens":
+            source = corpus.open_corpus(data_cfg.paths[0])
+        else:
+            ids, offsets = text.tokenise_corpus(kind, data_cfg.paths, data_cfg.tokenizer,
+                                                {k: v for k, v in opts.items() if k not in DOC_OPTIONS})
+            source = corpus.in_memory(ids, offsets)
+        max_doc, min_doc = corpus.check_doc_options(opts)
+        window = corpus.Windows(source, seq_len, seed, salt, positions, max_doc, min_doc)
+        if window.per_epoch == 0:
+            raise ValueError(f"data.paths: only {source.n_tokens} tokens, fewer than one window of {seq_len}")
 
     return Stream(window, kind=kind, seq_len=seq_len, batch_size=batch_size, seed=seed, rank=rank,
                   world_size=world_size)
@@ -186,7 +183,11 @@ def check(data_cfg: DataConfig, seq_len: int, batch_size: int, rank: int = 0, wo
             raise ValueError(f"data.options.period: need an integer in [1, seq_len={seq_len}], got {period!r}")
         if not (isinstance(gap, int) and gap >= 0):
             raise ValueError(f"data.options.gap: need an integer >= 0, got {gap!r}")
+    elif kind == "tokens":
+        corpus.check_doc_options(data_cfg.options)
+        corpus.check_config(data_cfg)
     else:
+        corpus.check_doc_options(data_cfg.options)
         text.check_paths(kind, data_cfg.paths)
         if data_cfg.tokenizer is not None:
             text.load_tokenizer(data_cfg.tokenizer)
