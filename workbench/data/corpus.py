@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ OFFSETS = "offsets.npy"
 TOKENIZER_DIR = "tokenizer"
 SHARD = "tokens-{:05d}.bin"
 SHARD_TOKENS = 1 << 30  # tokens per shard (2 GiB of uint16)
+FOLIO = 1 << 21  # the largest page-cache folio a map may fault in (bytes); see _release
 READERS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
@@ -209,9 +211,15 @@ class Corpus:
         out, i = [], int(np.searchsorted(self.bounds, start, side="right")) - 1
         while start < end:
             stop = min(end, int(self.bounds[i + 1]))
-            out.append(self.shards[i][start - self.bounds[i]:stop - self.bounds[i]])
+            lo, hi = start - int(self.bounds[i]), stop - int(self.bounds[i])
+            out.append(self.shards[i][lo:hi].astype(np.int64))
+            _release(self.shards[i], lo, hi)
             start, i = stop, i + 1
-        return np.concatenate(out).astype(np.int64) if out else np.zeros(0, dtype=np.int64)
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+    def release(self) -> None:
+        """Unmap the offsets pages binary searches touched (they stay in the page cache, not in this process)."""
+        _release(self.offsets, 0, len(self.offsets))
 
 
 def read_manifest(path: str | Path, where: str = "data.paths[0]") -> dict[str, Any]:
@@ -240,10 +248,35 @@ def open_corpus(path: str | Path, where: str = "data.paths[0]") -> Corpus:
     shards = [np.memmap(path / name, dtype=dtype, mode="r") if (path / name).stat().st_size else
               np.zeros(0, dtype=dtype) for name in manifest["shards"]]
     offsets = np.load(path / OFFSETS, mmap_mode="r")
+    for array in shards + [offsets]:
+        _random_access(array)
     if int(offsets[-1]) != sum(len(s) for s in shards):
         raise ValueError(f"{where}: {path}: offsets end at {int(offsets[-1])} but the shards hold "
                          f"{sum(len(s) for s in shards)} tokens (a damaged corpus)")
     return Corpus(shards, offsets, manifest, path)
+
+
+def _random_access(array: np.ndarray) -> None:
+    """Tell the kernel a map is read at random (no readahead): a window's read faults in its own pages, not the
+    megabytes around them, so resident memory grows with the windows read, not with the corpus."""
+    raw = getattr(array, "_mmap", None)
+    if raw is not None and hasattr(mmap, "MADV_RANDOM"):
+        raw.madvise(mmap.MADV_RANDOM)
+
+
+def _release(array: np.ndarray, lo: int, hi: int) -> None:
+    """Drop the pages of elements [lo, hi) of a read-only memory map from this process's resident set (MADV_DONTNEED;
+    the kernel's page cache keeps them): resident memory stays that of the windows in flight, whatever the corpus
+    size and however many windows a run reads. A no-op for arrays in RAM."""
+    raw = getattr(array, "_mmap", None)
+    if raw is None or not hasattr(mmap, "MADV_DONTNEED") or hi <= lo:
+        return
+    skip = array.offset if isinstance(array, np.memmap) else 0  # the .npy header before the data
+    a = skip + lo * array.itemsize
+    b = skip + hi * array.itemsize
+    a -= a % FOLIO  # whole (large) folios: a partial range can leave a 2 MiB folio mapped
+    b = min(len(raw), b + (-b) % FOLIO)
+    raw.madvise(mmap.MADV_DONTNEED, a, b - a)
 
 
 def in_memory(ids: np.ndarray, offsets: np.ndarray) -> Corpus:
@@ -317,6 +350,7 @@ class Windows:
         epoch, i = divmod(k, self.per_epoch)
         a = int(self.order(epoch)[i]) * self.seq_len
         ids, start = self._kept(a) if self.kept is not None else self._plain(a)
+        self.corpus.release()
         start[0] = True
         doc_ids = np.cumsum(start, dtype=np.int64) - 1
         return {"input_ids": ids, "labels": np.where(start, IGNORE, ids), "doc_ids": doc_ids,
