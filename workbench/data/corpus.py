@@ -389,7 +389,7 @@ def _load_dataset(path: Path, builder: str, field: str, split_lines: bool, cache
     """One source as a ``datasets.Dataset`` with a string column ``field`` (offline; cache under ``cache_dir``)."""
     import datasets  # lazy: datasets imports pyarrow and pandas, seconds
 
-    datasets.config.HF_DATASETS_OFFLINE = True
+    datasets.config.HF_DATASETS_OFFLINE = datasets.config.HF_HUB_OFFLINE = True  # local files only, never the Hub
     datasets.disable_progress_bars()
     if builder == "disk":
         ds = datasets.load_from_disk(str(path))
