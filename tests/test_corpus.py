@@ -155,6 +155,46 @@ def test_trainer_stream_reads_a_memmap_and_refuses_another_tokenizer(tmp_path, b
         make_stream(bad, 128, 2, seed=0)
 
 
+def test_ranks_read_their_own_windows_and_the_cursor_is_tied_to_the_corpus(tmp_path, bpe, jsonl):
+    out, _ = corpus.tokenize([jsonl], tmp_path / "c", bpe, progress=False, log=lambda s: None)
+    dcfg = config.from_dict(config.DataConfig, {"kind": "tokens", "paths": [str(out)],
+                                                "options": {"max_doc_tokens": 40}})
+    single = make_stream(dcfg, 64, 4, seed=2)
+    ranks = [make_stream(dcfg, 64, 2, seed=2, rank=r, world_size=2) for r in range(2)]
+    for _ in range(3):
+        whole, parts = single.next(), [s.next() for s in ranks]
+        assert all(torch.equal(whole[k], torch.cat([p[k] for p in parts])) for k in whole)
+    state = ranks[0].state_dict()
+    assert state["source"] == json.loads((out / "manifest.json").read_text())["fingerprint"]
+    again = make_stream(dcfg, 64, 2, seed=2, rank=0, world_size=2)
+    again.load_state_dict(state)
+    assert torch.equal(again.next()["input_ids"], ranks[0].next()["input_ids"])
+    with pytest.raises(ValueError, match="token corpus changed"):
+        again.load_state_dict({**state, "source": "0" * 64})
+
+
+def test_teacher_cache_reads_a_token_corpus(tmp_path, bpe, jsonl):
+    out, _ = corpus.tokenize([jsonl], tmp_path / "c", bpe, progress=False, log=lambda s: None)
+    mcfg = dict(vocab_size=512, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
+                intermediate_size=64, max_position_embeddings=256)
+    teacher = tmp_path / "teacher"
+    models.save_checkpoint(models.build_model(config.ModelConfig(**mcfg), seed=0), teacher, {"step": 0})
+    shutil.copytree(out / "tokenizer", teacher, dirs_exist_ok=True)
+    cfg = {"name": "t", "model": mcfg, "teacher": {"path": str(teacher)},
+           "data": {"kind": "tokens", "paths": [str(out)], "options": {"max_doc_tokens": 32}},
+           "optim": {"micro_batch_size": 2, "grad_accum_steps": 1},
+           "phases": [{"name": "a", "steps": 2, "seq_len": 64, "rope_theta": 100, "objective": "kd"}]}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert cli_main(["teacher-cache", str(path), "--out", str(tmp_path / "cache"), "--top-k", "4", "--threads", "1",
+                     "--device", "cpu", "--no-progress"]) == 0
+    cached = np.load(tmp_path / "cache" / "phase-0.input_ids.npy")
+    from workbench.train.phases import phase_seed
+    seed = phase_seed(config.from_dict(config.RunConfig, cfg), 0)
+    want = make_stream(config.from_dict(config.DataConfig, cfg["data"]), 64, 4, seed=seed).next()["input_ids"]
+    assert np.array_equal(cached, want.numpy())  # the windows the run will read, from the memory-map
+
+
 def test_text_kinds_tokenise_once_per_process(tmp_path, bpe, jsonl):
     text._tokenise_cached.cache_clear()
     dcfg = config.from_dict(config.DataConfig, {"kind": "jsonl", "paths": [str(jsonl)], "tokenizer": str(bpe),
@@ -193,6 +233,18 @@ def test_kd_signal_needs_short_documents_on_real_text(tmp_path, bpe, capsys):
     import xarray as xr
     ds = xr.open_zarr(tmp_path / "b.zarr", group="kd_signal", consolidated=False)
     assert float(ds["mean"].values.ravel()[0]) > 1e-5 and float(ds["mean_after_first_doc"].values.ravel()[0]) > 1e-5
+    # a KD run on the same short documents in 1,024-token windows, the corpus's tokenizer in its checkpoints
+    from workbench.train import train
+    run = train(config.from_dict(config.RunConfig, {
+        "name": "kd", "model": dict(config.to_dict(mcfg), num_layers=1), "teacher": {"path": str(teacher)},
+        "data": {"kind": "tokens", "paths": [str(out)], "options": {"max_doc_tokens": 256}},
+        "optim": {"micro_batch_size": 1, "grad_accum_steps": 1}, "checkpoint": {"every": 0, "keep_last": 1},
+        "phases": [{"name": "a", "steps": 2, "seq_len": 1024, "rope_theta": 10000.0, "objective": "kd"}]}),
+        out=str(tmp_path / "run"), progress=False)
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs if r["kind"] == "train"] == [1, 2]
+    assert all(np.isfinite(r["kd"]) and r["kd"] > 0 for r in recs if r["kind"] == "train")
+    assert (run / "ckpt-000002" / "tokenizer.json").is_file()
 
 
 def test_inputs_take_a_token_corpus(tmp_path, bpe, jsonl):

@@ -40,8 +40,9 @@ class Stream:
     """Batches of the batch contract, in a fixed seeded order, with an exact cursor."""
 
     def __init__(self, window: Callable[[int], Window], *, kind: str, seq_len: int, batch_size: int, seed: int,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, source: str | None = None):
         self._window = window
+        self.source = source  # a token corpus's fingerprint: the cursor only resumes on the same corpus
         self.kind, self.seq_len, self.batch_size, self.seed = kind, seq_len, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.next_window = 0  # first window of the next global batch
@@ -60,7 +61,10 @@ class Stream:
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "seed": self.seed, "seq_len": self.seq_len, "next_window": self.next_window}
+        state = {"kind": self.kind, "seed": self.seed, "seq_len": self.seq_len, "next_window": self.next_window}
+        if self.source is not None:
+            state["source"] = self.source
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from ``state_dict()``; refuses a cursor of another kind, seed or window length."""
@@ -68,6 +72,9 @@ class Stream:
             if state.get(key) != getattr(self, key):
                 raise ValueError(f"data cursor: saved {key}={state.get(key)!r} does not match this stream's "
                                  f"{key}={getattr(self, key)!r}")
+        if state.get("source") is not None and self.source is not None and state["source"] != self.source:
+            raise ValueError(f"data cursor: saved on corpus {state['source'][:12]}, this stream reads corpus "
+                             f"{self.source[:12]} (the token corpus changed since the checkpoint)")
         self.next_window = int(state["next_window"])
 
 
@@ -117,8 +124,9 @@ def make_stream(data_cfg: DataConfig, seq_len: int, batch_size: int, seed: int, 
         if window.per_epoch == 0:
             raise ValueError(f"data.paths: only {source.n_tokens} tokens, fewer than one window of {seq_len}")
 
+    source = window.corpus.manifest.get("fingerprint") if kind == "tokens" else None
     return Stream(window, kind=kind, seq_len=seq_len, batch_size=batch_size, seed=seed, rank=rank,
-                  world_size=world_size)
+                  world_size=world_size, source=source)
 
 
 def repeated_batch_row(rng: np.random.Generator, seq_len: int, period: int, gap: int = 0,
