@@ -93,6 +93,15 @@ def test_tokenize_sources_manifest_split_and_reuse(tmp_path, bpe, jsonl, capsys)
         assert cli_main(["tokenize", *srcs, "--tokenizer", str(bpe), "--out", str(tmp_path / name), "--no-progress",
                          *extra]) == 0, name
         assert list(_tokens(tmp_path / name)) == sum(want[:5], []), name
+    # a text-kind run config's data section converts as it is (same ids the run would have tokenised)
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({"data": {"kind": "jsonl", "paths": [str(jsonl)],
+                                                                "tokenizer": str(bpe)}}))
+    assert cli_main(["tokenize", "--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "conv"),
+                     "--no-progress"]) == 0
+    text._tokenise_cached.cache_clear()
+    ids, offsets = text.tokenise_corpus("jsonl", [str(jsonl)], str(bpe), {})
+    assert np.array_equal(_tokens(tmp_path / "conv"), ids)
+    assert np.array_equal(np.load(tmp_path / "conv" / "offsets.npy"), offsets)
     assert cli_main(["tokenize", str(jsonl), "--tokenizer", str(bpe), "--out", str(tmp_path / "x"),
                      "--field", "nope", "--no-progress"]) == 2
     assert "no column 'nope'" in capsys.readouterr().err and not (tmp_path / "x").exists()
@@ -146,7 +155,8 @@ def test_trainer_stream_reads_a_memmap_and_refuses_another_tokenizer(tmp_path, b
     from workbench.data.tokenizer import synthetic_tokenizer
     synthetic_tokenizer().save_pretrained(str(teacher))
     cfg = config.from_dict(config.RunConfig, {
-        "name": "t", "model": student, "teacher": {"path": str(teacher)}, "data": {"kind": "tokens", "paths": [str(out)]},
+        "name": "t", "model": student, "teacher": {"path": str(teacher)},
+        "data": {"kind": "tokens", "paths": [str(out)]},
         "phases": [{"name": "a", "steps": 1, "seq_len": 128, "rope_theta": 100, "objective": "kd"}]})
     with pytest.raises(config.ConfigError, match="teacher's tokenizer"):
         phases.check_inputs(cfg)
@@ -251,8 +261,8 @@ def test_inputs_take_a_token_corpus(tmp_path, bpe, jsonl):
     from workbench import inputs
 
     out, _ = corpus.tokenize([jsonl], tmp_path / "c", bpe, progress=False, log=lambda s: None)
-    tok = inputs.load_tokenizer(str(out / "tokenizer")) if hasattr(inputs, "load_tokenizer") else None
     from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
     vocab = inputs.Vocabulary(tok, False, str(out / "tokenizer"), 512)
     batch, what = inputs.build(str(out), vocab, seq_len=64, batch=3, seed=2)

@@ -46,8 +46,8 @@ ID_SUFFIXES = (".pt", ".npz")
 
 INPUTS_HELP = ("token ids (.pt/.npz with input_ids [batch, seq], optional position_ids, doc_ids) or text "
                "(.txt: cut into consecutive windows; .jsonl: documents in field 'text' packed into windows, "
-               "continue positions) read with the model's tokenizer, or a token corpus directory (workbench tokenize); default: a generated needle-in-a-haystack "
-               "text rendered through the model's own tokenizer (the synthetic language for synthetic-vocabulary "
+               "continue positions) read with the model's tokenizer, or a token corpus directory (workbench "
+               "tokenize); default: a generated needle-in-a-haystack text rendered through the model's own tokenizer (the synthetic language for synthetic-vocabulary "
                "models)")
 TOKENIZER_HELP = ("'auto' (the model directory's own tokenizer; the synthetic language only for a 128-row model "
                   "without one), 'synthetic', or a local tokenizer directory (for a model saved without one)")
@@ -173,8 +173,8 @@ def _corpus_windows(path: Path, vocabulary: Vocabulary, *, seq_len: int, batch: 
     try:
         source = corpus.open_corpus(path, "--inputs")
         if vocabulary.tokenizer is not None:
-            corpus.check_tokenizer(source.manifest, vocabulary.tokenizer, f"the model's tokenizer ({vocabulary.source})",
-                                   f"--inputs {path}")
+            corpus.check_tokenizer(source.manifest, vocabulary.tokenizer,
+                                   f"the model's tokenizer ({vocabulary.source})", f"--inputs {path}")
     except ValueError as exc:
         raise InputError(str(exc)) from None
     windows = corpus.Windows(source, seq_len, seed, 0, "continue")

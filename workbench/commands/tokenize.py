@@ -15,9 +15,12 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("sources", nargs="+", metavar="SOURCE",
+    p.add_argument("sources", nargs="*", metavar="SOURCE",
                    help="files (.txt/.md, .jsonl/.json, .parquet) or directories saved with datasets' save_to_disk")
-    p.add_argument("--tokenizer", required=True, metavar="DIR", help="local Hugging Face tokenizer directory")
+    p.add_argument("--config", default=None, metavar="CONFIG.yaml",
+                   help="convert the text / jsonl / parquet data section of a run config (its files, tokenizer, field, "
+                        "split, add_eos, max/min_doc_tokens) instead of SOURCE... and --tokenizer")
+    p.add_argument("--tokenizer", default=None, metavar="DIR", help="local Hugging Face tokenizer directory")
     p.add_argument("--out", required=True, metavar="CORPUS", help="corpus directory to create (or reuse)")
     p.add_argument("--kind", default=None, choices=["text", "jsonl", "parquet"],
                    help="file type of every source (default: from each file's suffix)")
@@ -42,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.shard_tokens < 1:
         raise ValueError(f"--shard-tokens must be >= 1, got {args.shard_tokens}")
+    if args.config:
+        from_config(args)
+    if not args.sources or not args.tokenizer:
+        raise ValueError("give SOURCE... and --tokenizer DIR, or --config CONFIG.yaml")
     out, reused = corpus.tokenize(
         args.sources, args.out, args.tokenizer, kind=args.kind, field=args.field, split_lines=args.split_lines,
         add_eos={"auto": None, "yes": True, "no": False}[args.eos], max_doc_tokens=args.max_doc_tokens,
@@ -49,3 +56,29 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, shard_tokens=args.shard_tokens, progress=not args.no_progress)
     print(f"token corpus: {out}" + (" (reused)" if reused else ""))
     return 0
+
+
+def from_config(args: argparse.Namespace) -> None:
+    """Fill the arguments from a run config's text-kind data section (``--config``), then say what to use instead."""
+    from workbench import config as wconfig
+
+    raw = wconfig.read_yaml(args.config)
+    if "phases" in raw or "name" in raw:
+        dcfg = wconfig.load_run_config(args.config).data
+    else:
+        dcfg = wconfig.from_dict(wconfig.DataConfig, raw.get("data", raw), f"{args.config}: data")
+    if dcfg.kind not in ("text", "jsonl", "parquet"):
+        raise ValueError(f"--config {args.config}: data.kind {dcfg.kind!r} is not text, jsonl or parquet")
+    if dcfg.tokenizer is None:
+        raise ValueError(f"--config {args.config}: data.tokenizer is not set (the synthetic language needs no corpus)")
+    if args.sources:
+        raise ValueError("give SOURCE... or --config, not both")
+    opts = dcfg.options
+    args.sources, args.tokenizer, args.kind = list(dcfg.paths), dcfg.tokenizer, dcfg.kind
+    args.field, args.split_lines = opts.get("field", "text"), opts.get("split", "file") == "lines"
+    if "add_eos" in opts:
+        args.eos = "yes" if opts["add_eos"] else "no"
+    args.max_doc_tokens = opts.get("max_doc_tokens", args.max_doc_tokens)
+    args.min_doc_tokens = opts.get("min_doc_tokens", args.min_doc_tokens)
+    print(f"tokenize: converting the data section of {args.config}; then use data: {{kind: tokens, paths: "
+          f"[{args.out}]}} (the same packing)")
