@@ -47,8 +47,8 @@ ID_SUFFIXES = (".pt", ".npz")
 INPUTS_HELP = ("token ids (.pt/.npz with input_ids [batch, seq], optional position_ids, doc_ids) or text "
                "(.txt: cut into consecutive windows; .jsonl: documents in field 'text' packed into windows, "
                "continue positions) read with the model's tokenizer, or a token corpus directory (workbench "
-               "tokenize); default: a generated needle-in-a-haystack text rendered through the model's own tokenizer (the synthetic language for synthetic-vocabulary "
-               "models)")
+               "tokenize); default: a generated needle-in-a-haystack text rendered through the model's own "
+               "tokenizer (the synthetic language for synthetic-vocabulary models)")
 TOKENIZER_HELP = ("'auto' (the model directory's own tokenizer; the synthetic language only for a 128-row model "
                   "without one), 'synthetic', or a local tokenizer directory (for a model saved without one)")
 
