@@ -17,6 +17,7 @@ COMMANDS = {
     "rope": "rope",
     "model": "model",
     "train": "train",
+    "tokenize": "tokenize",
     "teacher-cache": "teacher_cache",
     "eval": "eval",
     "trace": "trace",

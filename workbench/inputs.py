@@ -33,6 +33,7 @@ import torch
 
 from workbench import checkpoints
 from workbench.checkpoints import SYNTHETIC, InputError
+from workbench.data import corpus
 from workbench.data.text import iter_texts
 from workbench.evals import tasks
 from workbench.evals.render import TextRendering
@@ -45,9 +46,9 @@ ID_SUFFIXES = (".pt", ".npz")
 
 INPUTS_HELP = ("token ids (.pt/.npz with input_ids [batch, seq], optional position_ids, doc_ids) or text "
                "(.txt: cut into consecutive windows; .jsonl: documents in field 'text' packed into windows, "
-               "continue positions) read with the model's tokenizer; default: a generated needle-in-a-haystack "
-               "text rendered through the model's own tokenizer (the synthetic language for synthetic-vocabulary "
-               "models)")
+               "continue positions) read with the model's tokenizer, or a token corpus directory (workbench "
+               "tokenize); default: a generated needle-in-a-haystack text rendered through the model's own "
+               "tokenizer (the synthetic language for synthetic-vocabulary models)")
 TOKENIZER_HELP = ("'auto' (the model directory's own tokenizer; the synthetic language only for a 128-row model "
                   "without one), 'synthetic', or a local tokenizer directory (for a model saved without one)")
 
@@ -165,6 +166,27 @@ def _windows(path: Path, tokenizer, source: str, *, seq_len: int, batch: int, st
             "doc_ids": d}
 
 
+def _corpus_windows(path: Path, vocabulary: Vocabulary, *, seq_len: int, batch: int, seed: int, start: int
+                    ) -> dict[str, torch.Tensor]:
+    """A token corpus (``workbench tokenize``) -> ``batch`` windows from its memory-map (continue positions, document
+    ids); refused when the corpus was tokenised with another vocabulary than the model's tokenizer."""
+    try:
+        source = corpus.open_corpus(path, "--inputs")
+        if vocabulary.tokenizer is not None:
+            corpus.check_tokenizer(source.manifest, vocabulary.tokenizer,
+                                   f"the model's tokenizer ({vocabulary.source})", f"--inputs {path}")
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    windows = corpus.Windows(source, seq_len, seed, 0, "continue")
+    if windows.per_epoch < batch:
+        raise InputError(f"--inputs {path}: {source.n_tokens} tokens hold {windows.per_epoch} window(s) of {seq_len}, "
+                         f"{batch} asked; give a larger corpus or a smaller length / batch")
+    rows = [windows(k) for k in range(batch)]
+    out = {k: torch.as_tensor(np.stack([r[k] for r in rows])) for k in ("input_ids", "doc_ids")}
+    out["position_ids"] = torch.arange(start, start + seq_len).expand(batch, -1).contiguous()
+    return out
+
+
 def check_ids(batch: Mapping[str, torch.Tensor], vocab_size: int, where: str) -> None:
     """Shapes and id ranges of a batch (InputError naming ``where``)."""
     ids = batch["input_ids"]
@@ -200,9 +222,12 @@ def build(spec: str | None, vocabulary: Vocabulary, *, seq_len: int, batch: int,
             what = f"generated RULER needle-in-a-haystack text, tokenizer {vocabulary.source}"
     else:
         path = Path(spec)
-        if not path.is_file():
+        if path.is_dir() and (path / corpus.MANIFEST).is_file():
+            out = _corpus_windows(path, vocabulary, seq_len=seq_len, batch=batch, seed=seed, start=start)
+            what = f"token corpus {path}, {batch} window(s) in seeded order (seed {seed})"
+        elif not path.is_file():
             raise InputError(f"--inputs {path}: file not found")
-        if path.suffix in ID_SUFFIXES:
+        elif path.suffix in ID_SUFFIXES:
             out, what = _read_ids(path), f"token ids from {path}"
         elif path.suffix in TEXT_SUFFIXES + JSONL_SUFFIXES:
             out = _windows(path, vocabulary.tokenizer, vocabulary.source, seq_len=seq_len, batch=batch, start=start)

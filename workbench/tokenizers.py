@@ -16,6 +16,7 @@ from typing import Any
 
 from workbench.config import ConfigError
 from workbench.data import tokenizer as syn
+from workbench.data.corpus import data_tokenizer
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
@@ -59,11 +60,11 @@ def same_vocabulary(a, b) -> bool:
 
 def _data_tokenizer_path(cfg) -> str | None:
     """The one ``data.tokenizer`` of a run (phases may override ``data`` but must agree on the tokenizer)."""
-    paths = {getattr(cfg.data, "tokenizer", None)}
+    paths = {data_tokenizer(cfg.data)}
     for ph in cfg.phases:
         data = getattr(ph, "data", None)
         if data is not None:
-            paths.add(data.tokenizer)
+            paths.add(data_tokenizer(data))
     if len(paths) > 1:
         raise ValueError(f"data.tokenizer: phases use different tokenizers {sorted(map(str, paths))}; "
                          "a run (and its checkpoints) has one vocabulary")
@@ -90,6 +91,11 @@ def for_run(cfg, *, warn: bool = True) -> tuple[Any, str]:
             size = len(data_tok) if data_tok is not None else len(synthetic())
             warnings.warn(f"teacher.path: {teacher_path} has no tokenizer; assuming it uses the run's "
                           f"({size} tokens; its vocab_size matches the student's)", stacklevel=2)
+    student = getattr(cfg, "init_from", None)
+    if data_tok is not None and student and Path(student).is_dir() and has_tokenizer(student):
+        if not same_vocabulary(load(student, "init_from"), data_tok):
+            raise TokenizerMismatch(f"init_from: the student's tokenizer ({student}) differs from data.tokenizer "
+                                    f"{data_path}; the student would read other tokens than it was trained on")
     if data_tok is not None:
         return data_tok, f"data.tokenizer {data_path}"
     if teacher_tok is not None:

@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     paths = checkpoints.expand(args.checkpoints, args.phase_ends)
     dcfg = cd.load_data_config(args.data, args.phase)
     cd.check_inputs(paths, dcfg, seq_len=args.seq_len, n_windows=args.windows, batch_size=args.batch_size)
+    cd.check_boundaries(dcfg, seq_len=args.seq_len, n_windows=args.windows, batch_size=args.batch_size, seed=args.seed)
     summary = "all" if args.all_tokens else "kd_targets"
     labels = [checkpoints.label(p) for p in paths]
     cd.check_writable(args.out, labels, cd.data_attrs(dcfg, seq_len=args.seq_len, n_windows=args.windows,

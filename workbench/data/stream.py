@@ -15,19 +15,22 @@ import numpy as np
 import torch
 
 from workbench.config import DataConfig
+from workbench.data import corpus
 from workbench.data import synthetic as syn
 from workbench.data import text
 from workbench.data.packing import IGNORE, pack, position_ids
 
-KINDS = ("synthetic-long", "synthetic-short", "repeated", "text", "jsonl", "parquet")
+KINDS = ("synthetic-long", "synthetic-short", "repeated", "text", "jsonl", "parquet", "tokens")
+DOC_OPTIONS = {"max_doc_tokens", "min_doc_tokens"}  # short documents from real text (workbench.data.corpus)
 # generator extras accepted in DataConfig.options, per kind (anything else is a config error)
 OPTIONS = {
     "synthetic-long": {"passkey_prob", "queries_per_fact", "supervise", "fill_window", "echo_rate"},
     "synthetic-short": {"passkey_prob", "queries_per_fact", "supervise", "echo_rate"},
     "repeated": {"period", "gap"},
-    "text": {"split", "add_eos"},
-    "jsonl": {"field", "add_eos"},
-    "parquet": {"field", "add_eos"},
+    "text": {"split", "add_eos"} | DOC_OPTIONS,
+    "jsonl": {"field", "add_eos"} | DOC_OPTIONS,
+    "parquet": {"field", "add_eos"} | DOC_OPTIONS,
+    "tokens": DOC_OPTIONS,
 }
 _SALT = {kind: i for i, kind in enumerate(KINDS)}  # different kinds never share random streams
 Window = dict[str, np.ndarray]
@@ -37,8 +40,9 @@ class Stream:
     """Batches of the batch contract, in a fixed seeded order, with an exact cursor."""
 
     def __init__(self, window: Callable[[int], Window], *, kind: str, seq_len: int, batch_size: int, seed: int,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, source: str | None = None):
         self._window = window
+        self.source = source  # a token corpus's fingerprint: the cursor only resumes on the same corpus
         self.kind, self.seq_len, self.batch_size, self.seed = kind, seq_len, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.next_window = 0  # first window of the next global batch
@@ -57,7 +61,10 @@ class Stream:
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "seed": self.seed, "seq_len": self.seq_len, "next_window": self.next_window}
+        state = {"kind": self.kind, "seed": self.seed, "seq_len": self.seq_len, "next_window": self.next_window}
+        if self.source is not None:
+            state["source"] = self.source
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from ``state_dict()``; refuses a cursor of another kind, seed or window length."""
@@ -65,6 +72,9 @@ class Stream:
             if state.get(key) != getattr(self, key):
                 raise ValueError(f"data cursor: saved {key}={state.get(key)!r} does not match this stream's "
                                  f"{key}={getattr(self, key)!r}")
+        if state.get("source") is not None and self.source is not None and state["source"] != self.source:
+            raise ValueError(f"data cursor: saved on corpus {state['source'][:12]}, this stream reads corpus "
+                             f"{self.source[:12]} (the token corpus changed since the checkpoint)")
         self.next_window = int(state["next_window"])
 
 
@@ -103,25 +113,20 @@ def make_stream(data_cfg: DataConfig, seq_len: int, batch_size: int, seed: int, 
             return repeated_batch_row(rng(k), seq_len, period, gap, positions)
 
     else:
-        ids, doc = text.tokenise_corpus(kind, data_cfg.paths, data_cfg.tokenizer, opts)
-        per_epoch = len(ids) // seq_len
-        if per_epoch == 0:
-            raise ValueError(f"data.paths: only {len(ids)} tokens, fewer than one window of {seq_len}")
-        orders: dict[int, np.ndarray] = {}
+        if kind == "tokens":
+            source = corpus.open_corpus(data_cfg.paths[0])
+        else:
+            ids, offsets = text.tokenise_corpus(kind, data_cfg.paths, data_cfg.tokenizer,
+                                                {k: v for k, v in opts.items() if k not in DOC_OPTIONS})
+            source = corpus.in_memory(ids, offsets)
+        max_doc, min_doc = corpus.check_doc_options(opts)
+        window = corpus.Windows(source, seq_len, seed, salt, positions, max_doc, min_doc)
+        if window.per_epoch == 0:
+            raise ValueError(f"data.paths: only {source.n_tokens} tokens, fewer than one window of {seq_len}")
 
-        def window(k: int) -> Window:
-            epoch, i = divmod(k, per_epoch)
-            if epoch not in orders:
-                orders.clear()
-                orders[epoch] = np.random.default_rng([seed, salt, epoch]).permutation(per_epoch)
-            s = slice(orders[epoch][i] * seq_len, (orders[epoch][i] + 1) * seq_len)
-            d = doc[s] - doc[s][0]
-            start = np.r_[True, d[1:] != d[:-1]]
-            return {"input_ids": ids[s], "labels": np.where(start, IGNORE, ids[s]), "doc_ids": d,
-                    "position_ids": position_ids(d, positions)}
-
+    source = window.corpus.manifest.get("fingerprint") if kind == "tokens" else None
     return Stream(window, kind=kind, seq_len=seq_len, batch_size=batch_size, seed=seed, rank=rank,
-                  world_size=world_size)
+                  world_size=world_size, source=source)
 
 
 def repeated_batch_row(rng: np.random.Generator, seq_len: int, period: int, gap: int = 0,
@@ -186,7 +191,11 @@ def check(data_cfg: DataConfig, seq_len: int, batch_size: int, rank: int = 0, wo
             raise ValueError(f"data.options.period: need an integer in [1, seq_len={seq_len}], got {period!r}")
         if not (isinstance(gap, int) and gap >= 0):
             raise ValueError(f"data.options.gap: need an integer >= 0, got {gap!r}")
+    elif kind == "tokens":
+        corpus.check_doc_options(data_cfg.options)
+        corpus.check_config(data_cfg)
     else:
+        corpus.check_doc_options(data_cfg.options)
         text.check_paths(kind, data_cfg.paths)
         if data_cfg.tokenizer is not None:
             text.load_tokenizer(data_cfg.tokenizer)

@@ -11,6 +11,7 @@ tokenizer, the synthetic one, for text already written in the synthetic language
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -83,20 +84,32 @@ def iter_texts(kind: str, paths: list[Path], options: dict[str, Any]) -> Iterato
 
 def tokenise_corpus(kind: str, paths: list[str], tokenizer_path: str | None, options: dict[str, Any]
                     ) -> tuple[np.ndarray, np.ndarray]:
-    """All documents tokenised and concatenated: (ids [N], doc_index [N]) in file order.
+    """All documents tokenised and concatenated: (ids [N] uint32, offsets [n_docs + 1] int64) in file order.
 
     With ``options.add_eos`` (default true when the tokenizer has an eos token) each document ends in eos.
+    Tokenised once per process for the same files (by path, size and mtime), tokenizer and options: a run's
+    phases, its data checks and its consumers share one result (``workbench tokenize`` makes it once for good).
     """
     files = check_paths(kind, paths)
+    stamp = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _tokenise_cached(kind, stamp, tokenizer_path, json.dumps(options, sort_keys=True, default=str))
+
+
+@lru_cache(maxsize=2)
+def _tokenise_cached(kind: str, stamp: tuple, tokenizer_path: str | None, options_json: str
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    files, options = [Path(s[0]) for s in stamp], json.loads(options_json)
     tok = load_tokenizer(tokenizer_path)
     add_eos = options.get("add_eos", tok.eos_token_id is not None and tokenizer_path is not None)
-    ids, doc = [], []
-    for i, text in enumerate(tqdm(iter_texts(kind, files, options), desc=f"tokenising {kind}", unit="doc")):
+    ids, lens = [], [0]
+    for text in tqdm(iter_texts(kind, files, options), desc=f"tokenising {kind}", unit="doc"):
         toks = tok(text, add_special_tokens=False)["input_ids"]
         if add_eos:
             toks = list(toks) + [tok.eos_token_id]
-        ids.append(np.asarray(toks, dtype=np.int64))
-        doc.append(np.full(len(toks), i, dtype=np.int64))
-    if not ids or sum(map(len, ids)) == 0:
-        raise ValueError(f"data.paths: no tokens in {', '.join(paths)}")
-    return np.concatenate(ids), np.concatenate(doc)
+        ids.append(np.asarray(toks, dtype=np.uint32))
+        lens.append(len(toks))
+    if not ids or sum(lens) == 0:
+        raise ValueError(f"data.paths: no tokens in {', '.join(map(str, files))}")
+    out, offsets = np.concatenate(ids), np.cumsum(lens, dtype=np.int64)
+    out.flags.writeable = offsets.flags.writeable = False  # shared by every caller
+    return out, offsets

@@ -55,7 +55,7 @@ from workbench import _moved, checkpoints, divergence, models, tokenizers
 from workbench import config as wconfig
 from workbench import store as wstore  # the module; `store` is a store path
 from workbench.config import ConfigError, DataConfig
-from workbench.data import attention_mask, make_stream, text
+from workbench.data import attention_mask, corpus, make_stream, text
 from workbench.data import stream as wstream
 from workbench.data.packing import document_starts
 from workbench.data.tokenizer import VOCAB, VOCAB_SIZE
@@ -108,7 +108,7 @@ def load_data_config(path: str | Path, phase: str | None = None) -> DataConfig:
 
 def _token_kinds(data_cfg: DataConfig) -> bool:
     """True when the data speaks the synthetic vocabulary (so its token classes apply)."""
-    return data_cfg.tokenizer is None
+    return corpus.data_tokenizer(data_cfg) is None
 
 
 def check_inputs(paths: Sequence[str | Path], data_cfg: DataConfig, *, seq_len: int, n_windows: int,
@@ -122,7 +122,7 @@ def check_inputs(paths: Sequence[str | Path], data_cfg: DataConfig, *, seq_len: 
     if seq_len < 2:
         raise ValueError(f"seq_len must be >= 2 (one token and the one it predicts), got {seq_len}")
     wstream.check(data_cfg, seq_len, batch_size)
-    data_tok = text.load_tokenizer(data_cfg.tokenizer)
+    data_tok = text.load_tokenizer(corpus.data_tokenizer(data_cfg))
     data_vocab = len(data_tok)
     synthetic = _token_kinds(data_cfg)
     labels: dict[str, Path] = {}
@@ -135,7 +135,7 @@ def check_inputs(paths: Sequence[str | Path], data_cfg: DataConfig, *, seq_len: 
         vocab = int(cfg.get("vocab_size") or 0)
         if vocab < data_vocab:
             raise ValueError(f"{p}: model vocab_size {vocab} is smaller than the data's vocabulary ({data_vocab} "
-                             f"tokens, {'the synthetic tokenizer' if synthetic else data_cfg.tokenizer}); "
+                             f"tokens, {'the synthetic tokenizer' if synthetic else corpus.data_tokenizer(data_cfg)}); "
                              "the model and the data must share one vocabulary")
         if tokenizers.has_tokenizer(p):
             own = tokenizers.load(p, f"{p} (its tokenizer files)")
@@ -149,6 +149,23 @@ def check_inputs(paths: Sequence[str | Path], data_cfg: DataConfig, *, seq_len: 
         max_pos = int(cfg.get("max_position_embeddings") or 0)
         if max_pos and seq_len > max_pos:
             raise ValueError(f"{p}: seq_len {seq_len} is beyond the model's max_position_embeddings {max_pos}")
+
+
+def check_boundaries(data_cfg: DataConfig, *, seq_len: int, n_windows: int, batch_size: int, seed: int) -> int:
+    """Tokens after a document boundary in the windows the signal would read (cheap: data only, no model).
+
+    Raises ValueError with the plain reason when there are none: every window holds one document, so the full and
+    the document-masked views are the same model on the same tokens and the signal is zero by construction (real
+    documents longer than the window; set ``data.options.max_doc_tokens``)."""
+    batches, _, _ = _materialise(data_cfg, seq_len=seq_len, n_windows=n_windows, batch_size=batch_size, seed=seed,
+                                 phase=None)
+    after = sum(int((b["doc_ids"] > 0).sum()) for b in batches)
+    if after == 0:
+        raise ValueError(f"0 tokens after a document boundary in {n_windows} window(s) of {seq_len} tokens: every "
+                         "window holds a single document, so there is no cross-document signal to measure; set "
+                         "max_doc_tokens (data.options, or workbench tokenize --max-doc-tokens) or use shorter "
+                         "documents")
+    return after
 
 
 # ------------------------------------------------------------------------------------------ token kinds
