@@ -15,6 +15,7 @@ from urllib.parse import parse_qs
 
 import plotly.graph_objects as go
 from dash import Dash, Input, Output, dcc, html
+from flask import request
 from dash.exceptions import DependencyException
 
 from app.paths import root_of
@@ -56,8 +57,32 @@ def create_app(runs_dir: str | Path) -> Dash:
     # Dash refuses unregistered script paths (e.g. /_dash-component-suites/dash/../../x) by raising; answer
     # them as what they are, a 404, instead of a 500 with a server-side traceback.
     app.server.register_error_handler(DependencyException, lambda exc: ("not found", 404))
+    dispatch = app.config.routes_pathname_prefix + "_dash-update-component"
+    app.server.before_request(lambda: malformed_call(app) if request.path == dispatch else None)
     warm_up()
     return app
+
+
+def malformed_call(app: Dash) -> tuple[str, int] | None:
+    """A 400 naming what is wrong for a POST to the callback endpoint that is no Dash callback call (not a
+    JSON object, an unknown output, inputs that are not a list of {id, property}); None lets Dash answer.
+    Dash itself would raise on these (an HTTP 500); the values inside a well-formed call are each
+    callback's business (``views.common.guarded``)."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        return "a callback call is a JSON object", 400
+    if not isinstance(body.get("output"), str) or body["output"] not in app.callback_map:
+        return "unknown callback output", 400
+    if not isinstance(body.get("outputs"), (dict, list)):
+        return "'outputs' must be an object or a list", 400
+    for key in ("inputs", "state"):
+        items = body.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(i, dict) and "id" in i and "property" in i
+                                                  or isinstance(i, list) for i in items):
+            return f"'{key}' must be a list of {{id, property, value}}", 400
+    if not isinstance(body.get("changedPropIds", []), list):
+        return "'changedPropIds' must be a list", 400
+    return None
 
 
 def warm_up() -> None:

@@ -38,7 +38,12 @@ def _tiny_store(path: Path) -> None:
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
     """RUNS_DIR holding honest runs and stores beside symlinks to outside data and FIFOs."""
-    base = tmp_path_factory.mktemp("confine")
+    return build_tree(tmp_path_factory.mktemp("confine"))
+
+
+def build_tree(base: Path) -> Path:
+    """``base/runs`` holding honest runs and stores beside symlinks to ``base/outside`` and FIFOs (the
+    adversarial tree of this module, also served by a real ``workbench app`` in test_app_server)."""
     root, outside = base / "runs", base / "outside"
     root.mkdir()
     outside.mkdir()

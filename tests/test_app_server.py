@@ -1,0 +1,362 @@
+"""The adversarial pass of issue 21 against a REAL dashboard: ``workbench app RUNS_DIR`` started in a
+subprocess on a free port, probed over HTTP with a timeout on every request.
+
+RUNS_DIR is the adversarial tree of test_app_confinement plus more cases of each family: symlinks found
+inside RUNS_DIR that lead out (relative chains, links through a link, symlink loops, array metadata),
+special files where files are expected (FIFOs, sockets, a directory called metrics.jsonl), malformed
+payloads to every registered callback, and malformed metrics records. Every answer must be a 200/204
+within the timeout, carry no traceback and nothing read outside RUNS_DIR; the server must still answer
+afterwards (no thread left hanging on a FIFO).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.test_app import TRAIN_OUT, TRAIN_OUTPUTS, _train_inputs, write_metrics, write_run_yaml
+from tests.test_app_confinement import SECRET, _tiny_store, build_tree
+
+TIMEOUT = 30.0  # seconds per request: generous on 2 busy cores; a FIFO read would block forever
+FORBIDDEN = (SECRET, "root:x:0:0", "Traceback")
+
+
+def _extras(root: Path) -> None:
+    """More cases of each family, beyond test_app_confinement's tree."""
+    outside = root.parent / "outside"
+    secret = outside / "secret.jsonl"
+    # -- found outside through symlinks inside
+    rel = root / "relative-link"  # metrics.jsonl -> ../../outside/secret.jsonl (relative, through '..')
+    rel.mkdir()
+    write_run_yaml(rel)
+    (rel / "metrics.jsonl").symlink_to(Path("..") / ".." / "outside" / "secret.jsonl")
+    chain = root / "chain-link"  # metrics.jsonl -> hop (inside) -> secret (outside)
+    chain.mkdir()
+    write_run_yaml(chain)
+    (root / "hop.jsonl").symlink_to(secret)
+    (chain / "metrics.jsonl").symlink_to(root / "hop.jsonl")
+    inner = root / "inner-link"  # metrics.jsonl -> a file inside RUNS_DIR: allowed
+    inner.mkdir()
+    write_metrics(root / "good" / "copy.jsonl", steps=4, evals=False)
+    (inner / "metrics.jsonl").symlink_to(root / "good" / "copy.jsonl")
+    loop = root / "loop-link"  # metrics.jsonl and run.yaml in a symlink loop
+    loop.mkdir()
+    (loop / "a").symlink_to(loop / "b")
+    (loop / "b").symlink_to(loop / "a")
+    (loop / "metrics.jsonl").symlink_to(loop / "a")
+    (loop / "run.yaml").symlink_to(loop / "b")
+    (loop / "ckpt-000001").mkdir()
+    dangling = root / "dangling-link"
+    dangling.mkdir()
+    write_run_yaml(dangling)
+    (dangling / "metrics.jsonl").symlink_to(outside / "no-such-file")
+    lock_link = root / "lock-link"  # run.lock -> outside, .tmp dir present: not read, not "in progress"
+    lock_link.mkdir()
+    write_metrics(lock_link / "metrics.jsonl", steps=3, evals=False)
+    (outside / "run.lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": 0}))
+    (lock_link / "run.lock").symlink_to(outside / "run.lock")
+    (lock_link / ".tmp-ckpt-000004-x").mkdir()
+    os.utime(lock_link / ".tmp-ckpt-000004-x", (0, 0))
+    nested = root / "nested-ckpt"  # a real directory whose subdirectory links out
+    nested.mkdir()
+    write_metrics(nested / "metrics.jsonl", steps=3, evals=False)
+    (nested / "ckpt-000003").mkdir()
+    (nested / "ckpt-000003" / "manifest.json").write_text(json.dumps({"step": 3}))
+    (nested / "ckpt-000003" / "sub").symlink_to(outside, target_is_directory=True)
+    arr_link = root / "array-meta-link.zarr"  # an array's zarr.json symlinked to the outside store's
+    shutil.copytree(root / "good.zarr", arr_link)
+    (arr_link / "demo_group" / "x" / "zarr.json").unlink()
+    (arr_link / "demo_group" / "x" / "zarr.json").symlink_to(outside / "elsewhere.zarr" / "demo_group" / "x" / "zarr.json")
+    root_meta = root / "root-meta-link.zarr"  # the store's own zarr.json symlinked out
+    shutil.copytree(root / "good.zarr", root_meta)
+    (root_meta / "zarr.json").unlink()
+    (root_meta / "zarr.json").symlink_to(outside / "elsewhere.zarr" / "zarr.json")
+    # stores with a retrieval group (what the retrieval picker lists): one honest, one linking its group out,
+    # one whose group metadata is a FIFO
+    from workbench import store as wstore
+
+    for name in ("ret.zarr", "ret-linked.zarr", "ret-fifo.zarr"):
+        shutil.copytree(root / "good.zarr", root / name)
+        (root / name / "demo_group").rename(root / name / wstore.RETRIEVAL)
+    shutil.rmtree(root / "ret-linked.zarr" / wstore.RETRIEVAL)
+    (root / "ret-linked.zarr" / wstore.RETRIEVAL).symlink_to(outside / "elsewhere.zarr" / "demo_group")
+    (root / "ret-fifo.zarr" / wstore.RETRIEVAL / "zarr.json").unlink()
+    os.mkfifo(root / "ret-fifo.zarr" / wstore.RETRIEVAL / "zarr.json")
+    # -- special files where files are expected
+    fifo_arr = root / "fifo-array.zarr"
+    shutil.copytree(root / "good.zarr", fifo_arr)
+    (fifo_arr / "demo_group" / "x" / "zarr.json").unlink()
+    os.mkfifo(fifo_arr / "demo_group" / "x" / "zarr.json")
+    sock_run = root / "socket-run"
+    sock_run.mkdir()
+    write_run_yaml(sock_run)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(sock_run / "metrics.jsonl"))
+    sock.close()
+    dir_run = root / "dir-metrics"
+    dir_run.mkdir()
+    write_run_yaml(dir_run)
+    (dir_run / "metrics.jsonl").mkdir()
+    fifo_lock = root / "fifo-lock"
+    fifo_lock.mkdir()
+    write_metrics(fifo_lock / "metrics.jsonl", steps=3, evals=False)
+    os.mkfifo(fifo_lock / "run.lock")
+    # -- malformed records beyond the confinement tree's
+    worse = root / "worse-records"
+    worse.mkdir()
+    write_metrics(worse / "metrics.jsonl", steps=5, evals=False)
+    with open(worse / "metrics.jsonl", "ab") as f:
+        for line in [b'{"kind": "train", "step": 6, "loss": 1.0, "phase": {"a": 1}}',
+                     b'{"kind": "eval", "step": 7, "task": ["passkey"], "length": 64, "accuracy": 1.0}',
+                     b'{"kind": "eval", "step": 8, "task": "passkey", "length": Infinity, "accuracy": 1.0}',
+                     b'{"kind": "eval", "step": 9, "task": "passkey", "length": NaN, "accuracy": 1.0}',
+                     b'{"kind": "train", "step": 3.5, "loss": 1.0}',
+                     b'{"kind": "train", "step": -1e999, "loss": 1.0}',
+                     b'\xff\xfe{"kind": "train"}', b'\x00' * 64, b'{"kind": "train", "step": 10, "loss": 1.0',
+                     b'{"kind": "train", "step": 11, "loss": 1.0, "x": "' + b"y" * 3_000_000 + b'"}',
+                     b'{"kind": "train", "step": 12, "loss": 0.5, "phase": "long"}']:
+            f.write(line + b"\n")
+    huge = root / "huge-tail"  # a 4 MB last line still "being written": not held in memory
+    huge.mkdir()
+    write_metrics(huge / "metrics.jsonl", steps=5, evals=False)
+    with open(huge / "metrics.jsonl", "ab") as f:
+        f.write(b'{"kind": "train", "x": "' + b"z" * 4_000_000)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """``workbench app`` in a subprocess on a free port, over the adversarial tree; its log on failure."""
+    base = tmp_path_factory.mktemp("served")
+    root = build_tree(base)
+    _extras(root)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), HF_HUB_OFFLINE="1")
+    log = open(base / "server.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "workbench", "app", str(root), "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/", timeout=5):
+                break
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            if proc.poll() is not None or time.time() > deadline:
+                log.seek(0)
+                pytest.fail(f"workbench app did not start: {log.read()[-2000:]}")
+            time.sleep(0.5)
+    yield {"url": url, "root": root, "proc": proc, "log": log}
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def post(server, body: dict) -> tuple[int, str]:
+    """POST a callback request; (status, text). A request running past TIMEOUT fails the test."""
+    req = urllib.request.Request(server["url"] + "/_dash-update-component", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+    except TimeoutError:
+        pytest.fail(f"no answer within {TIMEOUT} s (a server thread is blocked): {json.dumps(body)[:300]}")
+
+
+def draw(server, runs) -> tuple[int, dict | str]:
+    status, text = post(server, {"output": TRAIN_OUT, "outputs": [{"id": i, "property": p} for i, p in TRAIN_OUTPUTS],
+                                 "inputs": _train_inputs(runs),
+                                 "state": [{"id": "train-stamp", "property": "data", "value": None}],
+                                 "changedPropIds": ["train-runs.value"]})
+    return status, (json.loads(text)["response"] if status == 200 else text)
+
+
+def clean(text: str) -> None:
+    for bad in FORBIDDEN:
+        assert bad not in text, f"{bad!r} in the answer"
+
+
+def messages(resp: dict) -> str:
+    return json.dumps(resp["train-messages"]["children"])
+
+
+# ------------------------------------------------------------------ found outside through links inside
+
+
+@pytest.mark.parametrize("run, expect", [
+    ("linked-files", "outside RUNS_DIR"), ("passwd", "outside RUNS_DIR"), ("relative-link", "outside RUNS_DIR"),
+    ("chain-link", "outside RUNS_DIR"), ("links-ckpt", "ckpt-000005"), ("nested-ckpt", "leaving RUNS_DIR"),
+    ("loop-link", "metrics.jsonl"), ("dangling-link", "metrics.jsonl"), ("escape-dir", "refused"),
+])
+def test_run_files_found_outside_are_not_read(server, run, expect):
+    status, resp = draw(server, [run])
+    assert status == 200, resp
+    text = json.dumps(resp)
+    clean(text)
+    assert expect in messages(resp)
+    if run in ("linked-files", "passwd", "relative-link", "chain-link"):
+        assert resp["train-graph"]["style"]["display"] == "none"  # nothing drawn from the outside file
+
+
+def test_a_link_inside_runs_dir_is_still_read(server):
+    status, resp = draw(server, ["inner-link"])
+    assert status == 200 and resp["train-graph"]["style"]["display"] == "block"
+
+
+def test_run_list_and_deep_links_skip_what_leaves(server):
+    body = {"output": "..train-runs.options...train-runs.value...train-url-messages.children..",
+            "outputs": [{"id": "train-runs", "property": "options"}, {"id": "train-runs", "property": "value"},
+                        {"id": "train-url-messages", "property": "children"}],
+            "inputs": [{"id": "train-poll", "property": "n_intervals", "value": None},
+                       {"id": "url", "property": "search", "value": "?tab=training&run=escape-dir"},
+                       {"id": "tabs", "property": "value", "value": "training"}],
+            "state": [{"id": "train-runs", "property": "value", "value": None}], "changedPropIds": ["url.search"]}
+    status, text = post(server, body)
+    assert status == 200
+    clean(text)
+    assert "refused" in text and "resolves outside RUNS_DIR" in text
+
+
+def test_store_picker_over_http_lists_only_confined_stores(server):
+    """The retrieval view's store picker: the honest store with a retrieval group is offered, the ones whose
+    group links out or whose metadata is a FIFO are not (and the request returns promptly)."""
+    body = {"output": "..retrieval-store.options...retrieval-store.value...retrieval-messages.children..",
+            "outputs": [{"id": "retrieval-store", "property": "options"},
+                        {"id": "retrieval-store", "property": "value"},
+                        {"id": "retrieval-messages", "property": "children"}],
+            "inputs": [{"id": "tabs", "property": "value", "value": "retrieval"}],
+            "state": [{"id": "retrieval-store", "property": "value", "value": None}],
+            "changedPropIds": ["tabs.value"]}
+    status, text = post(server, body)
+    assert status == 200, text
+    clean(text)
+    offered = [o["value"] for o in json.loads(text)["response"]["retrieval-store"]["options"]]
+    assert offered == ["ret.zarr"], offered
+
+
+# ------------------------------------------------------------------ special files never opened
+
+
+@pytest.mark.parametrize("run", ["fifo-run", "socket-run", "dir-metrics", "fifo-lock", "links-ckpt"])
+def test_special_files_answer_promptly(server, run):
+    status, resp = draw(server, [run])
+    assert status == 200, resp
+    clean(json.dumps(resp))
+    if run != "fifo-lock":
+        assert "not a regular file" in messages(resp) or "not read" in messages(resp)
+
+
+def test_lock_symlinked_out_is_not_trusted(server):
+    status, resp = draw(server, ["lock-link"])
+    assert status == 200
+    assert "left by a writer that stopped" in messages(resp)
+
+
+# ------------------------------------------------------------------ every callback, every bad payload
+
+PAYLOADS = [5, -1, 3.5, True, None, [], [5], [None], [["good"]], {"a": 1}, {"points": "x"},
+            "x" * 200_000, "\x00", "a/" * 3000, "\udcff", "../outside", "/etc", "/etc/passwd",
+            "escape-dir", "escape-dir/elsewhere.zarr", "fifo.zarr", "fifo-group.zarr", "fifo-array.zarr",
+            "linked-group.zarr", "whole-link.zarr", "chunk-link.zarr", "array-meta-link.zarr",
+            "root-meta-link.zarr", "fifo-run", "passwd", ["passwd", "fifo-run"], list(range(1000))]
+
+
+def _bodies():
+    """One request per registered callback with the payload in every input and state."""
+    from app.main import create_app
+
+    app = create_app(Path(__file__).parent)  # the callback map does not depend on RUNS_DIR
+    out = []
+    for key, spec in app.callback_map.items():
+        outputs = key.strip(".").split("...")
+        outs = [{"id": o.rsplit(".", 1)[0], "property": o.rsplit(".", 1)[1]} for o in outputs]
+        out.append((key, outs, spec["inputs"], spec.get("state", [])))
+    return out
+
+
+@pytest.fixture(scope="module")
+def callbacks():
+    return _bodies()
+
+
+@pytest.mark.parametrize("payload", PAYLOADS, ids=lambda p: repr(p)[:30])
+def test_every_callback_answers_every_payload(server, callbacks, payload):
+    for key, outs, inputs, state in callbacks:
+        ins = [{"id": i["id"], "property": i["property"], "value": payload} for i in inputs]
+        sts = [{"id": s["id"], "property": s["property"], "value": payload} for s in state]
+        for changed in ins[:2]:  # the first two inputs as the trigger (a store picker, then a control)
+            body = {"output": key, "outputs": outs if len(outs) > 1 else outs[0], "inputs": ins, "state": sts,
+                    "changedPropIds": [f"{changed['id']}.{changed['property']}"]}
+            status, text = post(server, body)
+            assert status in (200, 204), (key, payload, text[:300])
+            clean(text)
+
+
+@pytest.mark.parametrize("body", [
+    b"not json", b"[]", b"{}", b'{"output": 5}', b'{"output": "..x.y..", "outputs": [], "inputs": []}',
+    json.dumps({"output": "train-poll.disabled", "outputs": {"id": "train-poll", "property": "disabled"},
+                "inputs": "x", "changedPropIds": []}).encode(),
+], ids=["text", "list", "empty", "number-output", "unknown-output", "inputs-string"])
+def test_malformed_requests_are_a_client_error(server, body):
+    """Requests that are not Dash callback calls at all: a 4xx, never a 500 (Dash's own parsing)."""
+    req = urllib.request.Request(server["url"] + "/_dash-update-component", data=body,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
+            status, text = resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        status, text = exc.code, exc.read().decode(errors="replace")
+    assert status < 500, (status, text[:300])
+    clean(text)
+
+
+# ------------------------------------------------------------------ malformed metrics records
+
+
+def test_malformed_records_are_skipped_with_a_count(server):
+    status, resp = draw(server, ["worse-records"])
+    assert status == 200 and resp["train-graph"]["style"]["display"] == "block"
+    text = messages(resp)
+    assert "10 line(s)" in text, text  # 11 appended lines: 10 malformed (incl. a 3 MB one), step 12 kept
+    steps = [x for tr in resp["train-graph"]["figure"]["data"] for x in (tr.get("x") or [])]
+    assert 12 in steps and 3.5 not in steps
+
+
+def test_malformed_records_in_the_old_tree_are_counted(server):
+    status, resp = draw(server, ["bad-records"])
+    assert status == 200 and "7 line(s)" in messages(resp)
+
+
+def test_a_huge_unfinished_last_line_is_not_drawn(server):
+    status, resp = draw(server, ["huge-tail"])
+    assert status == 200 and resp["train-graph"]["style"]["display"] == "block"
+    assert "incomplete" in messages(resp) or "too long" in messages(resp)
+
+
+# ------------------------------------------------------------------ the server survived all of it
+
+
+def test_server_still_answers_and_logged_no_500(server):
+    status, resp = draw(server, ["good"])
+    assert status == 200 and resp["train-graph"]["style"]["display"] == "block"
+    assert server["proc"].poll() is None
+    server["log"].flush()
+    server["log"].seek(0)
+    log = server["log"].read()
+    assert " 500 " not in log and "Exception on /_dash-update-component" not in log, log[-3000:]
