@@ -14,6 +14,7 @@ import math
 import os
 import stat
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import yaml
 
 from app.paths import NotRegular, OutsideRunsDir, confined_tree, escape, inside, is_inside, read_regular
 from workbench.models import MANIFEST
-from workbench.runlock import writer_alive
+from workbench.runlock import LOCK, writer_alive
 
 METRICS = "metrics.jsonl"
 RUN_YAML = "run.yaml"
@@ -222,6 +223,49 @@ class RunInfo:
         return sorted({int(p["seq_len"]) for p in self.phases if isinstance(p.get("seq_len"), (int, float))})
 
 
+RECENT_S = 300  # a temporary directory of a run without run.lock counts as a live save this long after its last write
+
+
+def _last_write(path: Path, most: int = 1000) -> float:
+    """Latest modification time of a directory and its direct entries (not following links)."""
+    latest = path.lstat().st_mtime
+    with os.scandir(path) as entries:
+        for i, entry in enumerate(entries):
+            if i >= most:
+                break
+            try:
+                latest = max(latest, entry.stat(follow_symlinks=False).st_mtime)
+            except OSError:
+                continue
+    return latest
+
+
+def saves_in_progress(path: Path, temporary: list[str]) -> list[str]:
+    """The ``.tmp-*`` directories of a run that are saves still being written.
+
+    While a live process holds the run's ``run.lock`` (:func:`workbench.runlock.writer_alive`), all of
+    them. When ``run.lock`` exists but no live process holds it, none: the writer stopped, and the next
+    start of the run removes them. A run without ``run.lock`` (written by a trainer that predates the lock)
+    is judged by age: a directory written in the last RECENT_S seconds is taken as a live save, an older one
+    as left behind.
+    """
+    if not temporary:
+        return []
+    if writer_alive(path):
+        return list(temporary)
+    if os.path.lexists(path / LOCK):
+        return []
+    now = time.time()
+    out = []
+    for name in temporary:
+        try:
+            if now - _last_write(path / name) < RECENT_S:
+                out.append(name)
+        except OSError:
+            continue
+    return out
+
+
 def checkpoints(root: Path, path: Path, name: str, messages: list[str]) -> list[str]:
     """Complete checkpoints of a run, oldest step first; one whose tree leaves RUNS_DIR or holds a special
     file is skipped with a message before anything in it is opened."""
@@ -268,12 +312,12 @@ def run_info(root: Path, name: str) -> RunInfo:
             messages.append(f"{name}: cannot read {RUN_YAML} ({exc.strerror})")
     ckpts = checkpoints(root, path, name, messages)
     temporary = sorted(p.name for p in path.glob(".tmp-*") if p.is_dir() and not p.is_symlink())
-    alive = writer_alive(path)
-    in_progress = temporary if alive else []
+    in_progress = saves_in_progress(path, temporary)
     incomplete = sorted(p.name for p in path.glob("ckpt-*") if p.is_dir() and not (p / MANIFEST).is_file())
+    temporary = [t for t in temporary if t not in in_progress]
     if in_progress:
         messages.append(f"{name}: {len(in_progress)} checkpoint save(s) in progress ({', '.join(in_progress)}); not shown")
-    elif temporary:
+    if temporary:
         messages.append(f"{name}: {', '.join(temporary)} left by a writer that stopped (no live trainer holds the run); "
                         f"removed at the run's next start; not shown")
     if incomplete:

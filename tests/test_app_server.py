@@ -92,6 +92,9 @@ def _extras(root: Path) -> None:
     (root / "ret-linked.zarr" / wstore.RETRIEVAL).symlink_to(outside / "elsewhere.zarr" / "demo_group")
     (root / "ret-fifo.zarr" / wstore.RETRIEVAL / "zarr.json").unlink()
     os.mkfifo(root / "ret-fifo.zarr" / wstore.RETRIEVAL / "zarr.json")
+    shutil.copytree(root / "ret.zarr", root / "ret-fifo-array.zarr")
+    (root / "ret-fifo-array.zarr" / wstore.RETRIEVAL / "x" / "zarr.json").unlink()
+    os.mkfifo(root / "ret-fifo-array.zarr" / wstore.RETRIEVAL / "x" / "zarr.json")
     # -- special files where files are expected
     fifo_arr = root / "fifo-array.zarr"
     shutil.copytree(root / "good.zarr", fifo_arr)
@@ -247,7 +250,31 @@ def test_store_picker_over_http_lists_only_confined_stores(server):
     assert status == 200, text
     clean(text)
     offered = [o["value"] for o in json.loads(text)["response"]["retrieval-store"]["options"]]
-    assert offered == ["ret.zarr"], offered
+    assert "ret.zarr" in offered and "ret-linked.zarr" not in offered and "ret-fifo.zarr" not in offered, offered
+
+
+PICKED = [("retrieval", "ret-fifo-array.zarr", "not a regular file"), ("retrieval", "ret-linked.zarr", "RUNS_DIR"),
+          ("retrieval", "ret-fifo.zarr", "not a regular file")] + [
+    (view, store, expect) for view in ("traces", "updates")
+    for store, expect in [("ret-linked.zarr", "RUNS_DIR"), ("ret-fifo.zarr", "not a regular file"),
+                          ("whole-link.zarr", "RUNS_DIR"), ("escape-dir/elsewhere.zarr", "RUNS_DIR")]]
+
+
+@pytest.mark.parametrize("prefix, store, expect", PICKED)
+def test_picking_a_confined_store_says_why(server, callbacks, prefix, store, expect):
+    """A store whose array metadata is a FIFO is listed (discovery reads group metadata only) but picking it,
+    or any store confined away (a stale pick, a crafted request), answers promptly with why in the view's
+    picker messages, instead of empty controls without a word."""
+    key, outs, inputs, state = next(c for c in callbacks if f"{prefix}-picker-messages.children" in c[0])
+    ins = [{"id": i["id"], "property": i["property"], "value": store if i["id"] == f"{prefix}-store" else
+            ("W_q" if i["id"] == "updates-source" else None)} for i in inputs]
+    sts = [{"id": i["id"], "property": i["property"], "value": None} for i in state]
+    status, text = post(server, {"output": key, "outputs": outs, "inputs": ins, "state": sts,
+                                 "changedPropIds": [f"{prefix}-store.value"]})
+    assert status == 200, text[:300]
+    clean(text)
+    shown = json.dumps(json.loads(text)["response"][f"{prefix}-picker-messages"]["children"])
+    assert expect in shown, (prefix, shown)
 
 
 # ------------------------------------------------------------------ special files never opened
@@ -268,13 +295,34 @@ def test_lock_symlinked_out_is_not_trusted(server):
     assert "left by a writer that stopped" in messages(resp)
 
 
+def test_saves_in_progress_only_while_the_writer_lives(server):
+    """Over HTTP: a run whose .tmp-ckpt-* directory is old is 'in progress' exactly while a live process
+    (this test) holds its run.lock; before and after, it is 'left by a writer that stopped'."""
+    from workbench.runlock import RunLock
+
+    run = server["root"] / "locked-run"
+    run.mkdir(exist_ok=True)
+    write_metrics(run / "metrics.jsonl", steps=3, evals=False)
+    (run / ".tmp-ckpt-000004-ab").mkdir(exist_ok=True)
+    os.utime(run / ".tmp-ckpt-000004-ab", (0, 0))
+    _, resp = draw(server, ["locked-run"])
+    assert "left by a writer that stopped" in messages(resp)
+    with RunLock(run):
+        _, resp = draw(server, ["locked-run"])
+        assert "1 checkpoint save(s) in progress" in messages(resp)
+    _, resp = draw(server, ["locked-run"])
+    assert "left by a writer that stopped" in messages(resp) and "in progress" not in messages(resp)
+
+
 # ------------------------------------------------------------------ every callback, every bad payload
 
 PAYLOADS = [5, -1, 3.5, True, None, [], [5], [None], [["good"]], {"a": 1}, {"points": "x"},
             "x" * 200_000, "\x00", "a/" * 3000, "\udcff", "../outside", "/etc", "/etc/passwd",
             "escape-dir", "escape-dir/elsewhere.zarr", "fifo.zarr", "fifo-group.zarr", "fifo-array.zarr",
             "linked-group.zarr", "whole-link.zarr", "chunk-link.zarr", "array-meta-link.zarr",
-            "root-meta-link.zarr", "fifo-run", "passwd", ["passwd", "fifo-run"], list(range(1000))]
+            "root-meta-link.zarr", "ret-linked.zarr", "ret-fifo.zarr", "ret-fifo-array.zarr", "fifo-run", "passwd",
+            ["passwd", "fifo-run"], list(range(1000)), float("1e308"), -(2 ** 70), [{"x": 1}] * 20, "ret.zarr"]
+STORE_INPUTS = {"retrieval-store", "traces-store", "updates-store"}
 
 
 def _bodies():
@@ -306,6 +354,25 @@ def test_every_callback_answers_every_payload(server, callbacks, payload):
             status, text = post(server, body)
             assert status in (200, 204), (key, payload, text[:300])
             clean(text)
+
+
+@pytest.mark.parametrize("store", ["ret.zarr", "ret-linked.zarr", "ret-fifo.zarr", "ret-fifo-array.zarr"])
+@pytest.mark.parametrize("payload", [5, None, [None], {"points": [{"x": "a", "curveNumber": 99}]}, "x" * 10_000,
+                                     ["../outside"] * 3, -1], ids=lambda p: repr(p)[:20])
+def test_a_real_store_with_bad_controls(server, callbacks, store, payload):
+    """A store the picker could offer (or a confined-away one) in the store inputs, a bad value in every
+    other control: each callback answers a message, reads nothing outside, never blocks."""
+    for key, outs, inputs, state in callbacks:
+        if not STORE_INPUTS & {i["id"] for i in [*inputs, *state]}:
+            continue
+        fill = lambda spec: [{"id": i["id"], "property": i["property"],  # noqa: E731
+                              "value": store if i["id"] in STORE_INPUTS else payload} for i in spec]
+        ins, sts = fill(inputs), fill(state)
+        body = {"output": key, "outputs": outs if len(outs) > 1 else outs[0], "inputs": ins, "state": sts,
+                "changedPropIds": [f"{ins[-1]['id']}.{ins[-1]['property']}"]}
+        status, text = post(server, body)
+        assert status in (200, 204), (key, store, payload, text[:300])
+        clean(text)
 
 
 @pytest.mark.parametrize("body", [
