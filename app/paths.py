@@ -82,11 +82,22 @@ def read_regular(root: Path, path: Path, *, limit: int | None = None, offset: in
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise NotRegular(f"{path.name}: not a regular file; not read")
+        opened = _opened(fd)  # what was opened, not what the path named a moment before (a link swapped in)
+        if opened is not None and opened != root and not opened.is_relative_to(root):
+            raise OutsideRunsDir(f"{path.name}: resolved outside RUNS_DIR when opened (symlink swapped); not read")
         with os.fdopen(fd, "rb", closefd=False) as f:
             f.seek(offset)
             return f.read() if limit is None else f.read(limit)
     finally:
         os.close(fd)
+
+
+def _opened(fd: int) -> Path | None:
+    """The real path of an open descriptor (Linux /proc), None where the platform cannot say."""
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        return None
 
 
 def confined_tree(root: Path, path: Path, *, most: int = 200_000) -> None:

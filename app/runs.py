@@ -220,9 +220,11 @@ class RunInfo:
 
     @property
     def phase_lengths(self) -> list[int]:
-        return sorted({int(p["seq_len"]) for p in self.phases if isinstance(p.get("seq_len"), (int, float))})
+        return sorted({int(p["seq_len"]) for p in self.phases if _number(p.get("seq_len"))
+                       and math.isfinite(p["seq_len"]) and p["seq_len"] > 0})
 
 
+MAX_YAML = 1 << 20  # bytes of run.yaml read at most: a bigger one is refused, not parsed truncated
 RECENT_S = 300  # a temporary directory of a run without run.lock counts as a live save this long after its last write
 
 
@@ -299,7 +301,10 @@ def run_info(root: Path, name: str) -> RunInfo:
     config = None
     if (path / RUN_YAML).exists() or (path / RUN_YAML).is_symlink():  # a link looping or leading nowhere: said
         try:
-            loaded = yaml.safe_load(read_regular(root, path / RUN_YAML, limit=1 << 20))
+            text = read_regular(root, path / RUN_YAML, limit=MAX_YAML + 1)
+            if len(text) > MAX_YAML:
+                raise NotRegular(f"{RUN_YAML} is larger than {MAX_YAML >> 20} MiB (no run.yaml the trainer writes); not read")
+            loaded = yaml.safe_load(text)
             if isinstance(loaded, dict):
                 config = loaded
             else:

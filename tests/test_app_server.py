@@ -129,6 +129,23 @@ def _extras(root: Path) -> None:
                      b'{"kind": "train", "step": 11, "loss": 1.0, "x": "' + b"y" * 3_000_000 + b'"}',
                      b'{"kind": "train", "step": 12, "loss": 0.5, "phase": "long"}']:
             f.write(line + b"\n")
+    big = root / "big-yaml"  # a 2 MB run.yaml: refused, not parsed truncated
+    big.mkdir()
+    write_metrics(big / "metrics.jsonl", steps=3, evals=False)
+    (big / "run.yaml").write_text("name: big\nphases: []\n" + "# padding\n" * 220_000 + "extra: 1\n")
+    inf = root / "inf-yaml"  # phase lengths that are not finite numbers
+    inf.mkdir()
+    write_metrics(inf / "metrics.jsonl", steps=3, evals=False)
+    (inf / "run.yaml").write_text("name: inf\nphases:\n  - {name: a, steps: 1, seq_len: .inf, rope_theta: .nan}\n"
+                                  "  - {name: b, steps: 1, seq_len: .nan}\n  - {name: c, steps: 1, seq_len: -5}\n"
+                                  "  - {name: d, steps: 1, seq_len: 64}\n  - 7\n")
+    bomb = root / "bomb-yaml"  # aliases nested nine deep (a billion leaves if expanded)
+    bomb.mkdir()
+    write_metrics(bomb / "metrics.jsonl", steps=3, evals=False)
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"] + \
+            [f"a{i}: &a{i} [*a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}]"
+             for i in range(1, 9)] + ["phases: *a8"]
+    (bomb / "run.yaml").write_text("\n".join(lines) + "\n")
     huge = root / "huge-tail"  # a 4 MB last line still "being written": not held in memory
     huge.mkdir()
     write_metrics(huge / "metrics.jsonl", steps=5, evals=False)
@@ -414,6 +431,60 @@ def test_a_huge_unfinished_last_line_is_not_drawn(server):
     status, resp = draw(server, ["huge-tail"])
     assert status == 200 and resp["train-graph"]["style"]["display"] == "block"
     assert "incomplete" in messages(resp) or "too long" in messages(resp)
+
+
+@pytest.mark.parametrize("run, expect", [("big-yaml", "larger than 1 MiB"), ("inf-yaml", "L=64"),
+                                         ("bomb-yaml", "run.yaml lists no phases")])
+def test_hostile_run_yaml_is_a_message(server, run, expect):
+    status, resp = draw(server, [run])
+    assert status == 200 and resp["train-graph"]["style"]["display"] == "block"
+    assert expect in json.dumps(resp)
+
+
+def test_phase_lengths_keep_only_finite_positive_numbers(server):
+    from app import runs as R
+    from app.paths import root_of
+
+    info = R.run_info(root_of(server["root"]), "inf-yaml")
+    assert info.phase_lengths == [64]
+
+
+def test_metrics_read_across_polls_skips_an_over_long_line_once(tmp_path):
+    """The incremental reader: a line longer than MAX_LINE written over several polls is counted once and
+    never held whole; the records around it, and a short line completed on a later poll, are kept."""
+    from app import runs as R
+
+    run = tmp_path / "r"
+    run.mkdir()
+    path = run / "metrics.jsonl"
+    write_metrics(path, steps=2, evals=False)
+    with open(path, "ab") as f:
+        f.write(b'{"kind": "train", "x": "' + b"y" * (R.MAX_LINE + 10))
+    first = R.read_metrics(run)
+    assert len(first.records) == 2 and first.bad_lines == 1 and first.partial_line and first.skipping
+    with open(path, "ab") as f:
+        f.write(b"y" * (3 * R.MAX_LINE) + b'"}\n{"kind": "train", "step": 3, "loss": 1.0}\n{"kind": "tr')
+    second = R.read_metrics(run)
+    assert [r["step"] for r in second.records] == [1, 2, 3] and second.bad_lines == 1 and second.partial_line
+    with open(path, "ab") as f:
+        f.write(b'ain", "step": 4, "loss": 0.5}\n')
+    third = R.read_metrics(run)
+    assert [r["step"] for r in third.records] == [1, 2, 3, 4] and third.bad_lines == 1 and not third.partial_line
+    assert third.offset == path.stat().st_size
+
+
+def test_a_link_swapped_in_after_the_check_is_caught_when_opened(tmp_path, monkeypatch):
+    """read_regular checks the path, opens it, then checks what it opened (/proc/self/fd): a symlink
+    swapped in between is refused (simulated by a check that sees nothing wrong)."""
+    from app import paths
+
+    root = tmp_path / "runs"
+    root.mkdir()
+    (tmp_path / "secret.txt").write_text(SECRET)
+    (root / "f.txt").symlink_to(tmp_path / "secret.txt")
+    monkeypatch.setattr(paths, "escape", lambda root, path: None)
+    with pytest.raises(paths.OutsideRunsDir, match="when opened"):
+        paths.read_regular(root.resolve(), root / "f.txt")
 
 
 # ------------------------------------------------------------------ the server survived all of it
