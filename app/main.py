@@ -80,8 +80,9 @@ def malformed_call(app: Dash) -> tuple[str, int] | None:
         if not isinstance(items, list) or not all(isinstance(i, dict) and "id" in i and "property" in i
                                                   or isinstance(i, list) for i in items):
             return f"'{key}' must be a list of {{id, property, value}}", 400
-    if not isinstance(body.get("changedPropIds", []), list):
-        return "'changedPropIds' must be a list", 400
+    changed = body.get("changedPropIds", [])
+    if not isinstance(changed, list) or not all(isinstance(c, str) for c in changed):
+        return "'changedPropIds' must be a list of strings", 400
     return None
 
 

@@ -146,6 +146,9 @@ def _extras(root: Path) -> None:
             [f"a{i}: &a{i} [*a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}]"
              for i in range(1, 9)] + ["phases: *a8"]
     (bomb / "run.yaml").write_text("\n".join(lines) + "\n")
+    for odd in (os.fsdecode(b"bad\xffname"), "new\nline", "<img src=x onerror=alert(1)>"):  # odd run names
+        (root / odd).mkdir()
+        write_metrics(root / odd / "metrics.jsonl", steps=3, evals=False)
     huge = root / "huge-tail"  # a 4 MB last line still "being written": not held in memory
     huge.mkdir()
     write_metrics(huge / "metrics.jsonl", steps=5, evals=False)
@@ -251,6 +254,26 @@ def test_run_list_and_deep_links_skip_what_leaves(server):
     assert status == 200
     clean(text)
     assert "refused" in text and "resolves outside RUNS_DIR" in text
+
+
+def test_runs_with_odd_names_are_listed_and_drawn(server):
+    """Run directories named with undecodable bytes, a newline or markup round-trip through the browser's
+    dropdown (JSON) and draw (the markup stays text: Dash renders strings, never HTML)."""
+    body = {"output": "..train-runs.options...train-runs.value...train-url-messages.children..",
+            "outputs": [{"id": "train-runs", "property": "options"}, {"id": "train-runs", "property": "value"},
+                        {"id": "train-url-messages", "property": "children"}],
+            "inputs": [{"id": "train-poll", "property": "n_intervals", "value": None},
+                       {"id": "url", "property": "search", "value": None},
+                       {"id": "tabs", "property": "value", "value": "training"}],
+            "state": [{"id": "train-runs", "property": "value", "value": None}], "changedPropIds": ["tabs.value"]}
+    status, text = post(server, body)
+    assert status == 200
+    names = [o["value"] for o in json.loads(text)["response"]["train-runs"]["options"]]
+    odd = [n for n in names if n.startswith(("bad\udcff", "new\n", "<img"))]
+    assert len(odd) == 3, names
+    status, resp = draw(server, odd)
+    assert status == 200 and resp["train-graph"]["style"]["display"] == "block"
+    assert len(resp["train-info"]["children"]) == 4  # a header row and one row per run
 
 
 def test_store_picker_over_http_lists_only_confined_stores(server):
@@ -396,7 +419,10 @@ def test_a_real_store_with_bad_controls(server, callbacks, store, payload):
     b"not json", b"[]", b"{}", b'{"output": 5}', b'{"output": "..x.y..", "outputs": [], "inputs": []}',
     json.dumps({"output": "train-poll.disabled", "outputs": {"id": "train-poll", "property": "disabled"},
                 "inputs": "x", "changedPropIds": []}).encode(),
-], ids=["text", "list", "empty", "number-output", "unknown-output", "inputs-string"])
+    json.dumps({"output": "train-poll.disabled", "outputs": {"id": "train-poll", "property": "disabled"},
+                "inputs": [{"id": "train-live", "property": "value", "value": ["on"]}],
+                "changedPropIds": [{"a": 1}]}).encode(),
+], ids=["text", "list", "empty", "number-output", "unknown-output", "inputs-string", "changed-dict"])
 def test_malformed_requests_are_a_client_error(server, body):
     """Requests that are not Dash callback calls at all: a 4xx, never a 500 (Dash's own parsing)."""
     req = urllib.request.Request(server["url"] + "/_dash-update-component", data=body,
