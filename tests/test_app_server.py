@@ -95,6 +95,16 @@ def _extras(root: Path) -> None:
     shutil.copytree(root / "ret.zarr", root / "ret-fifo-array.zarr")
     (root / "ret-fifo-array.zarr" / wstore.RETRIEVAL / "x" / "zarr.json").unlink()
     os.mkfifo(root / "ret-fifo-array.zarr" / wstore.RETRIEVAL / "x" / "zarr.json")
+    shutil.copytree(root / "ret.zarr", root / "ret-fifo-chunk.zarr")  # a chunk file replaced by a FIFO
+    chunk = next(p for p in (root / "ret-fifo-chunk.zarr" / wstore.RETRIEVAL / "x").rglob("*")
+                 if p.is_file() and p.name != "zarr.json")
+    chunk.unlink()
+    os.mkfifo(chunk)
+    shutil.copytree(root / "ret.zarr", root / "ret-chunk-link.zarr")  # a chunk file linking out
+    chunk = next(p for p in (root / "ret-chunk-link.zarr" / wstore.RETRIEVAL / "x").rglob("*")
+                 if p.is_file() and p.name != "zarr.json")
+    chunk.unlink()
+    chunk.symlink_to(secret)
     # -- special files where files are expected
     fifo_arr = root / "fifo-array.zarr"
     shutil.copytree(root / "good.zarr", fifo_arr)
@@ -294,7 +304,8 @@ def test_store_picker_over_http_lists_only_confined_stores(server):
 
 
 PICKED = [("retrieval", "ret-fifo-array.zarr", "not a regular file"), ("retrieval", "ret-linked.zarr", "RUNS_DIR"),
-          ("retrieval", "ret-fifo.zarr", "not a regular file")] + [
+          ("retrieval", "ret-fifo.zarr", "not a regular file"), ("retrieval", "ret-fifo-chunk.zarr", "not a regular file"),
+          ("retrieval", "ret-chunk-link.zarr", "leaving RUNS_DIR")] + [
     (view, store, expect) for view in ("traces", "updates")
     for store, expect in [("ret-linked.zarr", "RUNS_DIR"), ("ret-fifo.zarr", "not a regular file"),
                           ("whole-link.zarr", "RUNS_DIR"), ("escape-dir/elsewhere.zarr", "RUNS_DIR")]]
@@ -396,7 +407,8 @@ def test_every_callback_answers_every_payload(server, callbacks, payload):
             clean(text)
 
 
-@pytest.mark.parametrize("store", ["ret.zarr", "ret-linked.zarr", "ret-fifo.zarr", "ret-fifo-array.zarr"])
+@pytest.mark.parametrize("store", ["ret.zarr", "ret-linked.zarr", "ret-fifo.zarr", "ret-fifo-array.zarr",
+                                   "ret-fifo-chunk.zarr", "ret-chunk-link.zarr"])
 @pytest.mark.parametrize("payload", [5, None, [None], {"points": [{"x": "a", "curveNumber": 99}]}, "x" * 10_000,
                                      ["../outside"] * 3, -1], ids=lambda p: repr(p)[:20])
 def test_a_real_store_with_bad_controls(server, callbacks, store, payload):

@@ -12,6 +12,7 @@ and the band means with their interval over seeds.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,8 @@ def phase_lengths(root: Path, store: str, source: str = "W_q") -> list[int]:
     phases' ``seq_len`` in the run.yaml of the run the compared checkpoints come from (labels are
     ``<run>/<ckpt>``), else []."""
     if wstore.BANDS in S.groups_of(root, store):
-        return [int(x) for x in S.open_group(root, store, wstore.BANDS)["phase_length"].values]
+        values = S.open_group(root, store, wstore.BANDS)["phase_length"].values
+        return [int(x) for x in values if math.isfinite(float(x)) and x > 0]  # a crafted NaN: no overlay for it
     group, _ = source_of(source)
     if group not in S.groups_of(root, store):
         return []
