@@ -23,6 +23,7 @@ from app.views import retrieval, spectrum, traces, training, updates
 
 VIEWS = [updates, traces, retrieval, training, spectrum]
 DEFAULT_TAB = "training"
+MAX_REQUEST = 8 << 20  # bytes: a callback call carries control values and a click (the app has no uploads)
 
 
 def tab_from_query(search: str | None) -> str | None:
@@ -57,6 +58,7 @@ def create_app(runs_dir: str | Path) -> Dash:
     # Dash refuses unregistered script paths (e.g. /_dash-component-suites/dash/../../x) by raising; answer
     # them as what they are, a 404, instead of a 500 with a server-side traceback.
     app.server.register_error_handler(DependencyException, lambda exc: ("not found", 404))
+    app.server.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST  # a bigger request is a 413, never parsed
     dispatch = app.config.routes_pathname_prefix + "_dash-update-component"
     app.server.before_request(lambda: malformed_call(app) if request.path == dispatch else None)
     warm_up()

@@ -448,6 +448,21 @@ def test_malformed_requests_are_a_client_error(server, body):
     clean(text)
 
 
+def test_an_oversized_request_is_refused_unread(server):
+    body = {"output": TRAIN_OUT, "outputs": [{"id": i, "property": p} for i, p in TRAIN_OUTPUTS],
+            "inputs": _train_inputs("x" * (9 << 20)), "state": [], "changedPropIds": ["train-runs.value"]}
+    req = urllib.request.Request(server["url"] + "/_dash-update-component", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except ConnectionError:  # the server may close the connection instead of reading the rest
+        status = 413
+    assert status == 413
+
+
 # ------------------------------------------------------------------ malformed metrics records
 
 
