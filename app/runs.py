@@ -303,7 +303,8 @@ def run_info(root: Path, name: str) -> RunInfo:
         try:
             text = read_regular(root, path / RUN_YAML, limit=MAX_YAML + 1)
             if len(text) > MAX_YAML:
-                raise NotRegular(f"{RUN_YAML} is larger than {MAX_YAML >> 20} MiB (no run.yaml the trainer writes); not read")
+                raise NotRegular(f"{RUN_YAML} is larger than {MAX_YAML >> 20} MiB (no run.yaml the trainer writes); "
+                                 f"not read")
             loaded = yaml.safe_load(text)
             if isinstance(loaded, dict):
                 config = loaded

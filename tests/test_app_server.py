@@ -76,7 +76,8 @@ def _extras(root: Path) -> None:
     arr_link = root / "array-meta-link.zarr"  # an array's zarr.json symlinked to the outside store's
     shutil.copytree(root / "good.zarr", arr_link)
     (arr_link / "demo_group" / "x" / "zarr.json").unlink()
-    (arr_link / "demo_group" / "x" / "zarr.json").symlink_to(outside / "elsewhere.zarr" / "demo_group" / "x" / "zarr.json")
+    (arr_link / "demo_group" / "x" / "zarr.json").symlink_to(outside / "elsewhere.zarr" / "demo_group" / "x" /
+                                                             "zarr.json")
     root_meta = root / "root-meta-link.zarr"  # the store's own zarr.json symlinked out
     shutil.copytree(root / "good.zarr", root_meta)
     (root_meta / "zarr.json").unlink()
@@ -304,7 +305,8 @@ def test_store_picker_over_http_lists_only_confined_stores(server):
 
 
 PICKED = [("retrieval", "ret-fifo-array.zarr", "not a regular file"), ("retrieval", "ret-linked.zarr", "RUNS_DIR"),
-          ("retrieval", "ret-fifo.zarr", "not a regular file"), ("retrieval", "ret-fifo-chunk.zarr", "not a regular file"),
+          ("retrieval", "ret-fifo.zarr", "not a regular file"),
+          ("retrieval", "ret-fifo-chunk.zarr", "not a regular file"),
           ("retrieval", "ret-chunk-link.zarr", "leaving RUNS_DIR")] + [
     (view, store, expect) for view in ("traces", "updates")
     for store, expect in [("ret-linked.zarr", "RUNS_DIR"), ("ret-fifo.zarr", "not a regular file"),
