@@ -15,6 +15,7 @@ from urllib.parse import parse_qs
 
 import plotly.graph_objects as go
 from dash import Dash, Input, Output, dcc, html
+from flask import request
 from dash.exceptions import DependencyException
 
 from app.paths import root_of
@@ -22,6 +23,7 @@ from app.views import retrieval, spectrum, traces, training, updates
 
 VIEWS = [updates, traces, retrieval, training, spectrum]
 DEFAULT_TAB = "training"
+MAX_REQUEST = 8 << 20  # bytes: a callback call carries control values and a click (the app has no uploads)
 
 
 def tab_from_query(search: str | None) -> str | None:
@@ -56,8 +58,34 @@ def create_app(runs_dir: str | Path) -> Dash:
     # Dash refuses unregistered script paths (e.g. /_dash-component-suites/dash/../../x) by raising; answer
     # them as what they are, a 404, instead of a 500 with a server-side traceback.
     app.server.register_error_handler(DependencyException, lambda exc: ("not found", 404))
+    app.server.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST  # a bigger request is a 413, never parsed
+    dispatch = app.config.routes_pathname_prefix + "_dash-update-component"
+    app.server.before_request(lambda: malformed_call(app) if request.path == dispatch else None)
     warm_up()
     return app
+
+
+def malformed_call(app: Dash) -> tuple[str, int] | None:
+    """A 400 naming what is wrong for a POST to the callback endpoint that is no Dash callback call (not a
+    JSON object, an unknown output, inputs that are not a list of {id, property}); None lets Dash answer.
+    Dash itself would raise on these (an HTTP 500); the values inside a well-formed call are each
+    callback's business (``views.common.guarded``)."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        return "a callback call is a JSON object", 400
+    if not isinstance(body.get("output"), str) or body["output"] not in app.callback_map:
+        return "unknown callback output", 400
+    if not isinstance(body.get("outputs"), (dict, list)):
+        return "'outputs' must be an object or a list", 400
+    for key in ("inputs", "state"):
+        items = body.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(i, dict) and "id" in i and "property" in i
+                                                  or isinstance(i, list) for i in items):
+            return f"'{key}' must be a list of {{id, property, value}}", 400
+    changed = body.get("changedPropIds", [])
+    if not isinstance(changed, list) or not all(isinstance(c, str) for c in changed):
+        return "'changedPropIds' must be a list of strings", 400
+    return None
 
 
 def warm_up() -> None:

@@ -42,19 +42,29 @@ def inside(root: Path, relative: str | os.PathLike[str]) -> Path:
     pure = PurePosixPath(text.replace("\\", "/"))
     if pure.is_absolute() or ".." in pure.parts:
         raise OutsideRunsDir(f"refused path {text!r}: it leaves RUNS_DIR")
-    resolved = (root / pure).resolve()
+    try:
+        resolved = (root / pure).resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+        raise OutsideRunsDir(f"refused path {text!r}: it cannot be resolved ({type(exc).__name__}: a symlink loop?)") \
+            from None
     if resolved != root and not resolved.is_relative_to(root):
         raise OutsideRunsDir(f"refused path {text!r}: it resolves outside RUNS_DIR (symlink)")
     return resolved
 
 
-def is_inside(root: Path, path: Path) -> bool:
-    """Whether ``path`` (resolved) lies under ``root``."""
+def escape(root: Path, path: Path) -> str | None:
+    """Why ``path`` is not readable as part of ``root`` ("resolves outside RUNS_DIR (symlink)", "is a symlink
+    loop"), or None when it resolves under ``root``. The one test behind every read of what the app finds."""
     try:
         path = path.resolve()
-    except OSError:
-        return False
-    return path == root or path.is_relative_to(root)
+    except (RuntimeError, OSError):  # a symlink loop (RuntimeError before Python 3.13, OSError after)
+        return "is a symlink loop"
+    return None if path == root or path.is_relative_to(root) else "resolves outside RUNS_DIR (symlink)"
+
+
+def is_inside(root: Path, path: Path) -> bool:
+    """Whether ``path`` (resolved) lies under ``root``."""
+    return escape(root, path) is None
 
 
 class NotRegular(ValueError):
@@ -65,17 +75,29 @@ def read_regular(root: Path, path: Path, *, limit: int | None = None, offset: in
     """The bytes of ``path`` from ``offset`` (at most ``limit``), only if it resolves inside ``root`` and is
     a regular file. Opened with O_NONBLOCK and checked with fstat on the open descriptor, so a FIFO put in
     place of a file is refused at once instead of blocking the reader."""
-    if not is_inside(root, path):
-        raise OutsideRunsDir(f"{path.name}: resolves outside RUNS_DIR (symlink); not read")
+    why = escape(root, path)
+    if why:
+        raise OutsideRunsDir(f"{path.name}: {why}; not read")
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise NotRegular(f"{path.name}: not a regular file; not read")
+        opened = _opened(fd)  # what was opened, not what the path named a moment before (a link swapped in)
+        if opened is not None and opened != root and not opened.is_relative_to(root):
+            raise OutsideRunsDir(f"{path.name}: resolved outside RUNS_DIR when opened (symlink swapped); not read")
         with os.fdopen(fd, "rb", closefd=False) as f:
             f.seek(offset)
             return f.read() if limit is None else f.read(limit)
     finally:
         os.close(fd)
+
+
+def _opened(fd: int) -> Path | None:
+    """The real path of an open descriptor (Linux /proc), None where the platform cannot say."""
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        return None
 
 
 def confined_tree(root: Path, path: Path, *, most: int = 200_000) -> None:
@@ -96,8 +118,10 @@ def confined_tree(root: Path, path: Path, *, most: int = 200_000) -> None:
                 if seen > most:
                     raise ValueError(f"{path.name}: more than {most} entries; not opened")
                 where = f"{path.name}/.../{entry.name}" if here != path.resolve() else f"{path.name}/{entry.name}"
-                if entry.is_symlink() and not is_inside(root, Path(entry.path)):
-                    raise OutsideRunsDir(f"{where}: a symlink leaving RUNS_DIR; skipped")
+                why = escape(root, Path(entry.path)) if entry.is_symlink() else None
+                if why:
+                    raise OutsideRunsDir(f"{where}: a symlink that {why.replace('is a ', 'makes a ')}; skipped"
+                                         if "loop" in why else f"{where}: a symlink leaving RUNS_DIR; skipped")
                 try:
                     mode = os.stat(entry.path).st_mode
                 except OSError:

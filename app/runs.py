@@ -10,18 +10,20 @@ is left for the next poll.
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from app.paths import NotRegular, OutsideRunsDir, confined_tree, inside, is_inside, read_regular
+from app.paths import NotRegular, OutsideRunsDir, confined_tree, escape, inside, is_inside, read_regular
 from workbench.models import MANIFEST
-from workbench.runlock import writer_alive
+from workbench.runlock import LOCK, writer_alive
 
 METRICS = "metrics.jsonl"
 RUN_YAML = "run.yaml"
@@ -79,13 +81,15 @@ class Metrics:
     bad_lines: int = 0  # complete lines that are not workbench records (see valid_record)
     offset: int = 0  # bytes consumed (complete lines only)
     identity: tuple[int, int] = (0, 0)  # (device, inode) of the file read
+    skipping: bool = False  # inside a line longer than MAX_LINE (counted once, its rest skipped unread)
 
     def notes(self, name: str) -> list[str]:
         out = []
         if self.partial_line:
             out.append(f"{name}: the last line of {METRICS} is incomplete (still being written); it is skipped")
         if self.bad_lines:
-            out.append(f"{name}: {self.bad_lines} line(s) of {METRICS} are not workbench records and were skipped")
+            out.append(f"{name}: {self.bad_lines} line(s) of {METRICS} are not workbench records (malformed, "
+                       f"or longer than {MAX_LINE >> 20} MiB) and were skipped")
         return out
 
 
@@ -95,18 +99,42 @@ _lock = threading.Lock()
 
 # keys whose values the views draw or compare as numbers: a record with a non-number there is malformed
 NUMERIC = ("loss", "ce", "kd", "lr", "rope_theta", "tokens", "tokens_per_s", "accuracy", "length", "seq_len")
+# numbers the views turn into integers or axis positions: NaN or infinity there is malformed too (a NaN
+# loss is a diverged step and is drawn as a gap)
+FINITE = ("length", "seq_len", "tokens")
+# keys the views group and label by: a string (or null) or the record is malformed
+TEXT = ("phase", "task")
+MAX_LINE = 1 << 20  # bytes; a longer line is no record the trainer writes: skipped (and counted) unread
+_BLOCK = 1 << 22  # bytes read per step: memory stays bounded whatever the file holds
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def valid_record(rec: Any) -> bool:
-    """A workbench metrics record: a mapping with a string ``kind``, an integer ``step`` and numbers (or
-    null) under the numeric keys."""
+    """A workbench metrics record: a mapping with a string ``kind``, a non-negative integer ``step``,
+    numbers (or null) under the numeric keys, finite ones where the views need integers, and strings (or
+    null) under the keys the views group by."""
     if not isinstance(rec, dict) or not isinstance(rec.get("kind"), str):
         return False
     step = rec.get("step", 0)
-    if isinstance(step, bool) or not isinstance(step, int):
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         return False
-    return all(rec.get(k) is None or (isinstance(rec[k], (int, float)) and not isinstance(rec[k], bool))
-               for k in NUMERIC)
+    return (all(rec.get(k) is None or _number(rec[k]) for k in NUMERIC)
+            and all(rec.get(k) is None or math.isfinite(rec[k]) for k in FINITE)
+            and all(rec.get(k) is None or isinstance(rec[k], str) for k in TEXT))
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    """One complete line as a record, None when it is not one."""
+    if len(line) > MAX_LINE:
+        return None
+    try:
+        rec = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        return None
+    return rec if valid_record(rec) else None
 
 
 def read_metrics(run_dir: Path, root: Path | None = None) -> Metrics:
@@ -114,11 +142,14 @@ def read_metrics(run_dir: Path, root: Path | None = None) -> Metrics:
 
     Raises FileNotFoundError when the run has no metrics file; OutsideRunsDir / NotRegular when the file is
     a symlink leaving ``root`` (default: the run directory) or not a regular file (a FIFO is never opened).
+    Lines that are not records (not JSON, wrong types, longer than MAX_LINE) are skipped and counted; the
+    file is read in blocks, so a huge line never sits in memory whole.
     """
     path = run_dir / METRICS
     root = (root or run_dir).resolve()
-    if not is_inside(root, path):
-        raise OutsideRunsDir(f"{METRICS} resolves outside RUNS_DIR (symlink); not read")
+    why = escape(root, path)
+    if why:
+        raise OutsideRunsDir(f"{METRICS} {why}; not read")
     st = path.stat()
     if not stat.S_ISREG(st.st_mode):
         raise NotRegular(f"{METRICS}: not a regular file; not read")
@@ -127,27 +158,44 @@ def read_metrics(run_dir: Path, root: Path | None = None) -> Metrics:
         cached = _cache.get(path)
         if cached is None or cached.identity != identity or st.st_size < cached.offset:
             cached = Metrics(identity=identity)
-        if st.st_size == cached.offset and not cached.partial_line:
+        if st.st_size == cached.offset:
             return cached
-        chunk = read_regular(root, path, offset=cached.offset, limit=st.st_size - cached.offset)
-        records, bad = list(cached.records), cached.bad_lines
-        complete, sep, tail = chunk.rpartition(b"\n")
-        lines = complete.split(b"\n") if sep else []
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        records, bad, offset, skipping = list(cached.records), cached.bad_lines, cached.offset, cached.skipping
+        pending = b""  # the start of a line not yet complete (at most MAX_LINE + 1 bytes kept)
+        while offset + len(pending) < st.st_size:
+            block = read_regular(root, path, offset=offset + len(pending),
+                                 limit=min(_BLOCK, st.st_size - offset - len(pending)))
+            if not block:
+                break
+            data = pending + block
+            start = 0
+            while True:
+                end = data.find(b"\n", start)
+                if end < 0:
+                    break
+                if skipping:  # the rest of an over-long line: already counted
+                    skipping = False
+                else:
+                    line = data[start:end]
+                    if line.strip():
+                        rec = _parse(line)
+                        if rec is None:
+                            bad += 1
+                        else:
+                            records.append(rec)
+                start = end + 1
+            offset += start
+            rest = data[start:]
+            if not skipping and len(rest) > MAX_LINE:  # an over-long line: count it, drop what was read of it
                 bad += 1
-                continue
-            if valid_record(rec):
-                records.append(rec)
+                skipping = True
+            if skipping:
+                offset += len(rest)
+                pending = b""
             else:
-                bad += 1
-        consumed = cached.offset + (len(complete) + 1 if sep else 0)
-        fresh = Metrics(records=records, partial_line=bool(tail.strip()), bad_lines=bad,
-                        offset=consumed, identity=identity)
+                pending = rest
+        fresh = Metrics(records=records, partial_line=bool(pending.strip()) or skipping, bad_lines=bad,
+                        offset=offset, identity=identity, skipping=skipping)
         _cache[path] = fresh
         return fresh
 
@@ -172,7 +220,52 @@ class RunInfo:
 
     @property
     def phase_lengths(self) -> list[int]:
-        return sorted({int(p["seq_len"]) for p in self.phases if isinstance(p.get("seq_len"), (int, float))})
+        return sorted({int(p["seq_len"]) for p in self.phases if _number(p.get("seq_len"))
+                       and math.isfinite(p["seq_len"]) and p["seq_len"] > 0})
+
+
+MAX_YAML = 1 << 20  # bytes of run.yaml read at most: a bigger one is refused, not parsed truncated
+RECENT_S = 300  # a temporary directory of a run without run.lock counts as a live save this long after its last write
+
+
+def _last_write(path: Path, most: int = 1000) -> float:
+    """Latest modification time of a directory and its direct entries (not following links)."""
+    latest = path.lstat().st_mtime
+    with os.scandir(path) as entries:
+        for i, entry in enumerate(entries):
+            if i >= most:
+                break
+            try:
+                latest = max(latest, entry.stat(follow_symlinks=False).st_mtime)
+            except OSError:
+                continue
+    return latest
+
+
+def saves_in_progress(path: Path, temporary: list[str]) -> list[str]:
+    """The ``.tmp-*`` directories of a run that are saves still being written.
+
+    While a live process holds the run's ``run.lock`` (:func:`workbench.runlock.writer_alive`), all of
+    them. When ``run.lock`` exists but no live process holds it, none: the writer stopped, and the next
+    start of the run removes them. A run without ``run.lock`` (written by a trainer that predates the lock)
+    is judged by age: a directory written in the last RECENT_S seconds is taken as a live save, an older one
+    as left behind.
+    """
+    if not temporary:
+        return []
+    if writer_alive(path):
+        return list(temporary)
+    if os.path.lexists(path / LOCK):
+        return []
+    now = time.time()
+    out = []
+    for name in temporary:
+        try:
+            if now - _last_write(path / name) < RECENT_S:
+                out.append(name)
+        except OSError:
+            continue
+    return out
 
 
 def checkpoints(root: Path, path: Path, name: str, messages: list[str]) -> list[str]:
@@ -206,9 +299,13 @@ def run_info(root: Path, name: str) -> RunInfo:
     if not is_run_dir(path):
         messages.append(f"{name}: not a workbench run (no {RUN_YAML}, {METRICS} or ckpt-* directories)")
     config = None
-    if (path / RUN_YAML).exists():
+    if (path / RUN_YAML).exists() or (path / RUN_YAML).is_symlink():  # a link looping or leading nowhere: said
         try:
-            loaded = yaml.safe_load(read_regular(root, path / RUN_YAML, limit=1 << 20))
+            text = read_regular(root, path / RUN_YAML, limit=MAX_YAML + 1)
+            if len(text) > MAX_YAML:
+                raise NotRegular(f"{RUN_YAML} is larger than {MAX_YAML >> 20} MiB (no run.yaml the trainer writes); "
+                                 f"not read")
+            loaded = yaml.safe_load(text)
             if isinstance(loaded, dict):
                 config = loaded
             else:
@@ -217,14 +314,16 @@ def run_info(root: Path, name: str) -> RunInfo:
             messages.append(f"{name}: {RUN_YAML} is not valid YAML ({str(exc).splitlines()[0]})")
         except (OutsideRunsDir, NotRegular) as exc:
             messages.append(f"{name}: {exc}")
+        except OSError as exc:
+            messages.append(f"{name}: cannot read {RUN_YAML} ({exc.strerror})")
     ckpts = checkpoints(root, path, name, messages)
     temporary = sorted(p.name for p in path.glob(".tmp-*") if p.is_dir() and not p.is_symlink())
-    alive = writer_alive(path)
-    in_progress = temporary if alive else []
+    in_progress = saves_in_progress(path, temporary)
     incomplete = sorted(p.name for p in path.glob("ckpt-*") if p.is_dir() and not (p / MANIFEST).is_file())
+    temporary = [t for t in temporary if t not in in_progress]
     if in_progress:
         messages.append(f"{name}: {len(in_progress)} checkpoint save(s) in progress ({', '.join(in_progress)}); not shown")
-    elif temporary:
+    if temporary:
         messages.append(f"{name}: {', '.join(temporary)} left by a writer that stopped (no live trainer holds the run); "
                         f"removed at the run's next start; not shown")
     if incomplete:

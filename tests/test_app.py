@@ -69,6 +69,7 @@ def runs_dir(tmp_path_factory) -> Path:
                       intermediate_size=64, max_position_embeddings=1024, rope_theta=500.0)
     save_checkpoint(build_model(cfg, seed=0), good / "ckpt-000020", {"phase": "short", "step": 20})
     (good / ".tmp-ckpt-000040-abcd").mkdir()
+    os.utime(good / ".tmp-ckpt-000040-abcd", (0, 0))  # a save killed long ago (a young one counts as live)
     (good / "ckpt-000040").mkdir()  # no manifest: incomplete
     live = root / "ce-live"
     live.mkdir()

@@ -38,7 +38,12 @@ def _tiny_store(path: Path) -> None:
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
     """RUNS_DIR holding honest runs and stores beside symlinks to outside data and FIFOs."""
-    base = tmp_path_factory.mktemp("confine")
+    return build_tree(tmp_path_factory.mktemp("confine"))
+
+
+def build_tree(base: Path) -> Path:
+    """``base/runs`` holding honest runs and stores beside symlinks to ``base/outside`` and FIFOs (the
+    adversarial tree of this module, also served by a real ``workbench app`` in test_app_server)."""
     root, outside = base / "runs", base / "outside"
     root.mkdir()
     outside.mkdir()
@@ -263,10 +268,41 @@ def test_temporary_dirs_are_in_progress_only_while_a_writer_holds_the_run(tmp_pa
     run.mkdir(parents=True)
     write_metrics(run / "metrics.jsonl", steps=3)
     (run / ".tmp-ckpt-000004-dead").mkdir()
+    (run / "run.lock").write_text("")  # a lock-aware trainer ran here and stopped
     info = R.run_info(root_of(root), "r")
     assert info.in_progress == [] and any("left by a writer that stopped" in m for m in info.messages)
     with RunLock(run):
         info = R.run_info(root_of(root), "r")
         assert info.in_progress == [".tmp-ckpt-000004-dead"]
         assert any("in progress" in m for m in info.messages)
+    assert R.run_info(root_of(root), "r").in_progress == []
+
+
+def test_without_run_lock_temporary_dirs_are_judged_by_age(tmp_path):
+    """A run written by a trainer that predates run.lock: a .tmp-* directory written in the last
+    RECENT_S seconds is a save in progress, an older one was left behind; a run.lock nobody holds (or a
+    symlinked one, never trusted) overrides the age."""
+    import time
+
+    root = tmp_path / "runs"
+    run = root / "r"
+    run.mkdir(parents=True)
+    write_metrics(run / "metrics.jsonl", steps=3)
+    young, old = run / ".tmp-ckpt-000004-young", run / ".tmp-ckpt-000002-old"
+    young.mkdir()
+    old.mkdir()
+    (young / "model.safetensors").write_bytes(b"x")
+    stale = time.time() - R.RECENT_S - 60
+    os.utime(old, (stale, stale))
+    info = R.run_info(root_of(root), "r")
+    assert info.in_progress == [young.name]
+    text = " ".join(info.messages)
+    assert "1 checkpoint save(s) in progress" in text and f"{old.name} left by a writer that stopped" in text
+    os.utime(young, (stale, stale))
+    os.utime(young / "model.safetensors", (time.time(), time.time()))  # a file still being written
+    assert R.run_info(root_of(root), "r").in_progress == [young.name]
+    (run / "run.lock").symlink_to(tmp_path / "elsewhere.lock")
+    assert R.run_info(root_of(root), "r").in_progress == []
+    (run / "run.lock").unlink()
+    (run / "run.lock").write_text('{"pid": 999999999, "host": "x", "since": 0}')  # a dead writer's record
     assert R.run_info(root_of(root), "r").in_progress == []

@@ -68,6 +68,19 @@ def guarded(fn: Callable[..., Any], fallback: Callable[[str], Any]) -> Callable[
     return wrapper
 
 
+def with_picker_messages(fn: Callable[..., tuple]) -> Callable[..., tuple]:
+    """A pickers callback that also clears the view's ``{prefix}-picker-messages`` box (one more output,
+    ``[]``), so that ``guarded(..., lambda m: (..., notice([m], "error")))`` can say why a picked store
+    offers no choices (confined away, half-written) instead of leaving the controls empty without a word."""
+
+    def wrapper(*args: Any) -> tuple:
+        return (*fn(*args), [])
+
+    wrapper.__name__ = getattr(fn, "__name__", "pickers")
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
 def picked(value: Any, what: str, *, most: int, known: Iterable[str] | None = None, where: str = "") -> list[str]:
     """A multi-select dropdown's value as a list of names: at least one, at most ``most``, each in ``known``
     (when given); anything else is one message naming what is wrong."""

@@ -20,7 +20,7 @@ from app import runs as R
 from app import stores as S
 from app.paths import is_inside
 from app.views.common import (control, graph, guarded, notice, picked, register_store_picker, shown,
-                              store_picker)
+                              store_picker, with_picker_messages)
 from workbench import arms as A
 from workbench import store as wstore
 from workbench.figures import findings as arm_figs
@@ -182,6 +182,7 @@ def layout() -> html.Div:
                                                                style={"minWidth": "420px"})),
         ], className="wb-controls"),
         html.Div(id="retrieval-messages"),
+        html.Div(id="retrieval-picker-messages"),
         graph("retrieval-graph", 420),
         html.Div([graph("retrieval-lines", 380), graph("retrieval-curve", 380)], className="wb-row"),
         html.Div(id="retrieval-curve-messages"),
@@ -214,9 +215,10 @@ def register(app: Dash, root: Path) -> None:
         Output("retrieval-task", "options"), Output("retrieval-task", "value"),
         Output("retrieval-metric", "options"), Output("retrieval-metric", "value"),
         Output("retrieval-checkpoints", "options"), Output("retrieval-checkpoints", "value"),
+        Output("retrieval-picker-messages", "children"),
         Input("retrieval-store", "value"), Input("retrieval-mode", "value"), State("retrieval-task", "value"),
         State("retrieval-metric", "value"), State("retrieval-checkpoints", "value"),
-    )(guarded(pickers, lambda m: ([], None, [], None, [], [])))
+    )(guarded(with_picker_messages(pickers), lambda m: ([], None, [], None, [], [], notice([m], "error"))))
 
     hidden = ({}, shown(False, 420), {}, shown(False, 380), {}, shown(False, 360))
 

@@ -13,7 +13,7 @@ from dash import Dash, Input, Output, State, callback_context, dcc, html, no_upd
 
 from app import stores as S
 from app.views.common import (control, graph, guarded, no_data, notice, register_store_picker, shown,
-                              store_picker)
+                              store_picker, with_picker_messages)
 from workbench import store as wstore
 from workbench.figures import traces as figs
 
@@ -104,6 +104,7 @@ def layout() -> html.Div:
             control("position bucket (or click a cell)", dcc.Dropdown(id="traces-bucket", clearable=False)),
         ], className="wb-controls"),
         html.Div(id="traces-messages"),
+        html.Div(id="traces-picker-messages"),
         html.Div([graph("traces-heatmap", 420), graph("traces-graph", 420)], className="wb-row"),
         html.Div([graph("traces-bars", 380), html.Div([
             control("repeated tokens", dcc.RadioItems(id="traces-repeated-var", options=REPEATED_VARS,
@@ -135,10 +136,11 @@ def register(app: Dash, root: Path) -> None:
         Output("traces-var", "options"), Output("traces-var", "value"),
         Output("traces-spec", "options"), Output("traces-spec", "value"),
         Output("traces-bucket", "options"), Output("traces-bucket", "value"),
+        Output("traces-picker-messages", "children"),
         Input("traces-store", "value"), Input("traces-heatmap", "clickData"),
         State("traces-checkpoint", "value"), State("traces-var", "value"), State("traces-spec", "value"),
         State("traces-bucket", "value"),
-    )(guarded(pickers, lambda m: ([], None, [], None, [], None, [], None)))
+    )(guarded(with_picker_messages(pickers), lambda m: ([], None, [], None, [], None, [], None, notice([m], "error"))))
 
     hidden = ({}, shown(False, 420), {}, shown(False, 420), {}, shown(False, 380))
 

@@ -47,7 +47,8 @@ def training_view(root: Path, names: list[str], metric: str):
             continue
         messages.extend(run.messages)
         phases = ", ".join(f"{p.get('name')} ({p.get('steps')} steps, L={p.get('seq_len')}, theta={p.get('rope_theta')})"
-                           for p in run.phases) or "unknown (no run.yaml)"
+                           for p in run.phases) or \
+            ("unknown (no run.yaml)" if run.config is None else "unknown (run.yaml lists no phases)")
         info.append((name, phases, ", ".join(run.checkpoints) or "none complete"))
         records = run.metrics.records if run.metrics else []
         if any(r.get("kind") == "train" and r.get(metric) is not None for r in records):

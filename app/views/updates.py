@@ -12,6 +12,7 @@ and the band means with their interval over seeds.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from dash import Dash, Input, Output, State, callback_context, dcc, html, no_upd
 from app import runs as R
 from app import stores as S
 from app.views.common import (control, graph, guarded, notice, picked, register_store_picker, shown,
-                              store_picker)
+                              store_picker, with_picker_messages)
 from workbench import arms as A
 from workbench import store as wstore
 from workbench.figures import findings as arm_figs
@@ -73,7 +74,8 @@ def phase_lengths(root: Path, store: str, source: str = "W_q") -> list[int]:
     phases' ``seq_len`` in the run.yaml of the run the compared checkpoints come from (labels are
     ``<run>/<ckpt>``), else []."""
     if wstore.BANDS in S.groups_of(root, store):
-        return [int(x) for x in S.open_group(root, store, wstore.BANDS)["phase_length"].values]
+        values = S.open_group(root, store, wstore.BANDS)["phase_length"].values
+        return [int(x) for x in values if math.isfinite(float(x)) and x > 0]  # a crafted NaN: no overlay for it
     group, _ = source_of(source)
     if group not in S.groups_of(root, store):
         return []
@@ -187,6 +189,7 @@ def layout() -> html.Div:
             control("arms (side by side)", dcc.Dropdown(id="updates-arms", multi=True, style={"minWidth": "320px"})),
         ], className="wb-controls"),
         html.Div(id="updates-messages"),
+        html.Div(id="updates-picker-messages"),
         graph("updates-graph", 460),
         html.Div([graph("updates-heads", 400), graph("updates-bands", 400)], className="wb-row"),
     ])
@@ -213,9 +216,10 @@ def register(app: Dash, root: Path) -> None:
     app.callback(
         Output("updates-comparison", "options"), Output("updates-comparison", "value"),
         Output("updates-layer", "options"), Output("updates-layer", "value"), Output("updates-source", "value"),
+        Output("updates-picker-messages", "children"),
         Input("updates-store", "value"), Input("updates-source", "value"), Input("updates-graph", "clickData"),
         State("updates-comparison", "value"), State("updates-layer", "value"),
-    )(guarded(pickers, lambda m: ([], None, [], None, no_update)))
+    )(guarded(with_picker_messages(pickers), lambda m: ([], None, [], None, no_update, notice([m], "error"))))
 
     def arm_picker(store: Any, mode: Any, current: Any):
         if not store or mode != "arms":
