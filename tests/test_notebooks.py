@@ -19,7 +19,7 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-OVERRIDES = ("WORKBENCH_DEMO", "WORKBENCH_RUN", "WORKBENCH_MODEL", "WORKBENCH_CKPT", "WORKBENCH_CKPT_A",
+OVERRIDES = ("WORKBENCH_DEMO", "WORKBENCH_RUN", "WORKBENCH_MODEL", "WORKBENCH_CKPT_A",
              "WORKBENCH_CKPT_B")  # the notebooks' overrides: unset, so the defaults are what runs
 PLOTLY = "application/vnd.plotly.v1+json"
 
@@ -84,11 +84,9 @@ def demo_tree(quick_demo, tmp_path_factory):
     return tree
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_notebook_runs_with_its_defaults(name, request, tmp_path, capsys):
-    needs_demo, n_figures, texts = EXPECTED[name]
-    tree = request.getfixturevalue("demo_tree") if needs_demo else tmp_path  # 01: no runs/ at all
+def check_run(name: str, tree: Path, capsys) -> None:
+    """Execute ``name`` in ``tree`` with its defaults; no error, enough figures, the last code cell a figure."""
+    _, n_figures, texts = EXPECTED[name]
     book, seconds = execute(name, tree)
     with capsys.disabled():
         print(f"\n[notebook] {name}: {seconds:.1f} s with its defaults")
@@ -100,3 +98,16 @@ def test_notebook_runs_with_its_defaults(name, request, tmp_path, capsys):
     text = text_of(book)
     for needle in texts:
         assert needle in text, f"{name}: {needle!r} not in its outputs"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in sorted(EXPECTED) if not EXPECTED[n][0]])
+def test_notebook_runs_right_after_make_venv(name, tmp_path, capsys):
+    """No runs/ in the tree at all: the notebook needs only the repository (the shipped teacher)."""
+    check_run(name, tmp_path, capsys)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in sorted(EXPECTED) if EXPECTED[n][0]])
+def test_notebook_runs_after_the_demo(name, demo_tree, capsys):
+    check_run(name, demo_tree, capsys)
