@@ -28,6 +28,10 @@ figures: venv chromium  ## regenerate every figure from the demo's stores into r
 	  $(PY) $$script --store runs/demo/results.zarr runs/demo/teacher.zarr --out runs/demo/figures || exit 1; \
 	done
 
+.PHONY: notebooks
+notebooks: venv  ## JupyterLab on notebooks/ (their defaults read `make demo`'s runs/demo; 01 needs no demo)
+	$(VENV)/bin/jupyter lab notebooks/
+
 test: venv chromium
 	$(PY) -m pytest -q --durations=15
 

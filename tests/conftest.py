@@ -41,3 +41,22 @@ def saved_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "ckpt-000010"
     save_checkpoint(build_model(cfg, seed=1), path, {"phase": "test", "step": 10})
     return path
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory):
+    """(output directory, printed log) of ``workbench demo --quick --no-serve --seeds 1``: built once per session
+    (about 2 minutes on 2 cores) for the end-to-end demo tests and the notebooks, which read it as ``runs/demo``."""
+    import subprocess
+    import sys
+
+    from workbench.demo.arms import SHIPPED_TEACHER
+
+    if not (SHIPPED_TEACHER / "manifest.json").is_file():
+        pytest.fail(f"the shipped teacher is missing at {SHIPPED_TEACHER}")
+    out = tmp_path_factory.mktemp("demo") / "run"
+    proc = subprocess.run([sys.executable, "-m", "workbench", "demo", "--quick", "--no-serve", "--seeds", "1",
+                           "--no-progress", "--out", str(out)], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc.stdout + proc.stderr

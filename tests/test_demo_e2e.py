@@ -4,28 +4,19 @@ xarray (the budget for this test is 3 minutes on 2 cores)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import xarray as xr
 
-from workbench.demo.arms import SHIPPED_TEACHER, arms
+from workbench.demo.arms import arms
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    if not (SHIPPED_TEACHER / "manifest.json").is_file():
-        pytest.fail(f"the shipped teacher is missing at {SHIPPED_TEACHER}")
-    out = tmp_path_factory.mktemp("demo") / "run"
-    proc = subprocess.run([sys.executable, "-m", "workbench", "demo", "--quick", "--no-serve", "--seeds", "1",
-                           "--no-progress", "--out", str(out)], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, proc.stdout + proc.stderr
+def demo_run(quick_demo):
+    """The session's ``workbench demo --quick`` output (conftest; the notebooks' tests read it too)."""
+    return quick_demo
 
 
 def nonempty(path) -> bool:

@@ -1,70 +1,113 @@
-"""The notebooks run top to bottom on tiny checkpoints (public API only)."""
+"""The notebooks run top to bottom WITH THEIR OWN DEFAULTS, as a user opens them after `make demo`.
+
+Each notebook is executed from a copy of ``notebooks/`` inside a temporary tree whose ``runs/demo`` is a
+``workbench demo --quick`` output (the session fixture ``quick_demo``, shared with ``test_demo_e2e``), so the
+notebooks' default ``../runs/demo`` resolves there and no environment variable points them anywhere: the
+notebook code is the shipped one. ``01_your_model`` runs in a tree with no ``runs/`` at all (it must work right
+after `make venv`). The time each takes is printed. The committed notebooks carry no outputs.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import time
 from pathlib import Path
 
 import nbformat
 import pytest
-import torch
 from nbclient import NotebookClient
 
-from workbench import models
-from workbench.config import ModelConfig
-
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+OVERRIDES = ("WORKBENCH_DEMO", "WORKBENCH_RUN", "WORKBENCH_MODEL", "WORKBENCH_CKPT_A",
+             "WORKBENCH_CKPT_B")  # the notebooks' overrides: unset, so the defaults are what runs
+PLOTLY = "application/vnd.plotly.v1+json"
+
+# notebook -> (needs the demo's output, figures it must end with at least, texts its outputs must contain)
+EXPECTED = {
+    "01_your_model.ipynb": (False, 5, ["ok   nnsight: identity == plain HF", "tl vs nnsight", "zero-lambda>256",
+                                       "clean_accuracy"]),
+    "02_spectrum_and_updates.ipynb": (True, 4, ["critical pair", "students/tiny-student-short-theta500",
+                                                "kd-phasewise-s0/ckpt-", "lambda>1024"]),
+    "03_demo_results.ipynb": (True, 7, ["arm_comparisons", "kd-phasewise - ce-phasewise", "kd-phasewise-s1/ckpt-",
+                                        "teacher/tiny-teacher"]),
+    "04_training_run.ipynb": (True, 3, ["positions 512-1024", "theta 500 -> 10000", "niah@1024"]),
+}
 
 
-@pytest.fixture(scope="module")
-def two_checkpoints(tmp_path_factory):
-    """A tiny GQA model and a copy whose W_q of layer 1 moved only in the long-wavelength pairs."""
-    cfg = ModelConfig(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32,
-                      intermediate_size=128, max_position_embeddings=1024, rope_theta=500.0)
-    root = tmp_path_factory.mktemp("nb")
-    model = models.build_model(cfg, seed=0)
-    a = models.save_checkpoint(model, root / "run" / "ckpt-000010", {"phase": "short", "step": 10, "phase_end": True})
-    models.set_rope_theta(model, 10000.0)
-    with torch.no_grad():
-        w = model.model.layers[1].self_attn.q_proj.weight.view(4, 32, 64)
-        w[:, 12:16] *= 1.5
-        w[:, 28:32] *= 1.5
-    b = models.save_checkpoint(model, root / "run" / "ckpt-000020", {"phase": "long", "step": 20, "phase_end": True})
-    return a, b
+def test_every_notebook_is_covered():
+    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == sorted(EXPECTED)
 
 
-def execute(name: str, env: dict[str, str]) -> nbformat.NotebookNode:
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_committed_notebooks_have_no_outputs(name):
     book = nbformat.read(NOTEBOOKS / name, as_version=4)
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    nbformat.validate(book)
+    code = [c for c in book.cells if c.cell_type == "code"]
+    assert code and all(not c.outputs and c.execution_count is None for c in code), \
+        f"{name}: strip the outputs before committing (Jupyter: Edit > Clear Outputs of All Cells)"
+
+
+def execute(name: str, tree: Path) -> tuple[nbformat.NotebookNode, float]:
+    """Run ``notebooks/<name>`` from a copy in ``tree/notebooks`` with the notebook's own defaults."""
+    (tree / "notebooks").mkdir(parents=True, exist_ok=True)
+    shutil.copy(NOTEBOOKS / name, tree / "notebooks" / name)
+    book = nbformat.read(tree / "notebooks" / name, as_version=4)
+    saved = {k: os.environ.pop(k) for k in OVERRIDES if k in os.environ}
+    start = time.perf_counter()
     try:
-        NotebookClient(book, timeout=300, kernel_name="python3",
-                       resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+        NotebookClient(book, timeout=600, kernel_name="python3",
+                       resources={"metadata": {"path": str(tree / "notebooks")}}).execute()
     finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return book
+        os.environ.update(saved)
+    return book, time.perf_counter() - start
 
 
 def outputs(book) -> list:
     return [o for cell in book.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
 
 
-def test_quick_tour_runs(two_checkpoints):
-    book = execute("01_quick_tour.ipynb", {"WORKBENCH_CKPT": str(two_checkpoints[0])})
-    assert not [o for o in outputs(book) if o.output_type == "error"]
-    plots = [o for o in outputs(book) if "application/vnd.plotly.v1+json" in o.get("data", {})]
-    assert len(plots) == 2
+def text_of(book) -> str:
+    parts = []
+    for o in outputs(book):
+        parts.append(o.get("text", ""))
+        parts.append(str(o.get("data", {}).get("text/plain", "")))
+    return "\n".join(parts)
 
 
-def test_spectrum_and_updates_runs(two_checkpoints):
-    a, b = two_checkpoints
-    book = execute("02_spectrum_and_updates.ipynb", {"WORKBENCH_CKPT_A": str(a), "WORKBENCH_CKPT_B": str(b)})
+@pytest.fixture(scope="module")
+def demo_tree(quick_demo, tmp_path_factory):
+    """A tree laid out like the repository after `make demo`: runs/demo -> the quick demo's output."""
+    tree = tmp_path_factory.mktemp("nbtree")
+    (tree / "runs").mkdir()
+    (tree / "runs" / "demo").symlink_to(quick_demo[0], target_is_directory=True)
+    return tree
+
+
+def check_run(name: str, tree: Path, capsys) -> None:
+    """Execute ``name`` in ``tree`` with its defaults; no error, enough figures, the last code cell a figure."""
+    _, n_figures, texts = EXPECTED[name]
+    book, seconds = execute(name, tree)
+    with capsys.disabled():
+        print(f"\n[notebook] {name}: {seconds:.1f} s with its defaults")
     assert not [o for o in outputs(book) if o.output_type == "error"]
-    text = "".join(o.get("text", "") for o in outputs(book))
-    assert "critical pair" in text
-    plots = [o for o in outputs(book) if "application/vnd.plotly.v1+json" in o.get("data", {})]
-    assert len(plots) == 3
+    plots = [o for o in outputs(book) if PLOTLY in o.get("data", {})]
+    assert len(plots) >= n_figures, f"{name}: {len(plots)} figures"
+    last = [c for c in book.cells if c.cell_type == "code"][-1]
+    assert any(PLOTLY in o.get("data", {}) for o in last.outputs), f"{name} must end in a figure"
+    text = text_of(book)
+    for needle in texts:
+        assert needle in text, f"{name}: {needle!r} not in its outputs"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in sorted(EXPECTED) if not EXPECTED[n][0]])
+def test_notebook_runs_right_after_make_venv(name, tmp_path, capsys):
+    """No runs/ in the tree at all: the notebook needs only the repository (the shipped teacher)."""
+    check_run(name, tmp_path, capsys)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in sorted(EXPECTED) if EXPECTED[n][0]])
+def test_notebook_runs_after_the_demo(name, demo_tree, capsys):
+    check_run(name, demo_tree, capsys)
