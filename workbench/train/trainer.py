@@ -24,7 +24,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from workbench import config as wconfig
-from workbench import data, models, tokenizers
+from workbench import attention, data, models, tokenizers
 from workbench.config import ConfigError, PhaseConfig, RunConfig
 from workbench.train import distributed, state
 from workbench.train.ablations import FrozenPairs
@@ -206,7 +206,7 @@ def train_step(run: Run, ph: Phase) -> StepStats:
                      device=device).sum(), dd).item(), 1.0)
     mask_dtype = torch.bfloat16 if run.precision == "bf16" else torch.float32
     for first, b in micro:
-        mask = data.attention_mask(b["doc_ids"], ph.data.packing.attention, mask_dtype)
+        mask = attention.attention_mask(b["doc_ids"], ph.data.packing.attention, mask_dtype, grad=True)
         cached = run.cache.lookup(ph.index, first, b["input_ids"], spec) if run.cache and spec.kd_weight else None
         with autocast_for(run.precision, device):
             loss, per_tok, ce_sum, kd_sum, valid = run.module(b, mask, spec, n_valid, cached)
