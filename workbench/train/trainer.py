@@ -28,6 +28,7 @@ from workbench import attention, data, models, tokenizers
 from workbench.config import ConfigError, PhaseConfig, RunConfig
 from workbench.train import distributed, state
 from workbench.train.ablations import FrozenPairs
+from workbench.train.compiling import CompileReport, compile_blocks
 from workbench.train.distill import DistillModule, autocast_for, load_teacher, resolve_precision
 from workbench.train.evaluation import EvalFn, Evaluator
 from workbench.train.losses import LossSpec, doubling_edges, loss_by_bucket
@@ -128,6 +129,10 @@ def build(cfg: RunConfig, run_dir: Path, *, resume: bool, device: torch.device, 
     student.train()
     if cfg.optim.activation_checkpointing:
         student.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.optim.compile:  # after activation checkpointing, before FSDP2 (torchtitan's order)
+        compile_blocks(student)
+        if teacher is not None:
+            compile_blocks(teacher)
     module = DistillModule(student, teacher, cfg.teacher.positions if cfg.teacher else "same")
     shadow = None
     if dd.enabled:
@@ -276,9 +281,11 @@ def train(cfg: RunConfig, *, out: str | None = None, resume: bool = False, progr
     try:
         run = build(cfg, run_dir, resume=resume, device=device, dd=dd, hash_version=hash_version,
                     progress=progress, evaluate=evaluate)
+        compiled = CompileReport(cfg.optim.compile, dd.is_main)
         for ph in phases(run):
             while run.step < ph.end:
                 stats = train_step(run, ph)
+                compiled.after_step(stats.seconds)
                 run.step, run.tokens = run.step + 1, run.tokens + stats.tokens
                 phase_end = run.step == ph.end
                 run.metrics.log_step(run.step, ph.cfg, stats, run.tokens, phase_end)
