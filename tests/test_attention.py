@@ -88,24 +88,16 @@ def test_flex_block_mask_equals_the_dense_mask(arch, batch):
     ids, docs = batch["input_ids"], batch["doc_ids"]
     pos = torch.arange(T, device=DEVICE).expand(B, T)
     grad = DEVICE.type == "cuda"
-    outs, grads = [], []
-    for backend in ("dense", "flex"):
-        mask = attention.document_mask(docs, backend=backend, grad=grad)
-        model.zero_grad(set_to_none=True)
-        with torch.set_grad_enabled(grad), attention.attention_for(model, mask):
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float()
-        if grad:
-            logits.square().mean().backward()
-            grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
-        outs.append(logits.detach())
-    assert attention.is_block_mask(attention.document_mask(docs, backend="flex"))
-    diff = (outs[0] - outs[1]).abs().max().item()
-    gdiff = (grads[0] - grads[1]).abs().max().item() / grads[0].abs().max().item() if grad else float("nan")
-    print(f"{arch}: max |logit diff| {diff:.2e} (logits up to {outs[0].abs().max().item():.2f}); "
+    r = attention.compare_with_dense(model, ids, docs, grad=grad)
+    gdiff = r.get("grad_rel_diff", float("nan"))
+    print(f"{arch}: max |logit diff| {r['logit_diff']:.2e} (logits up to {r['logit_max']:.2f}); "
           f"relative max |grad diff| {gdiff:.2e}{'' if grad else ' (no flex backward on CPU)'}")
-    assert diff < 1e-4
+    assert r["logit_diff"] < 1e-4
     if grad:
         assert gdiff < 1e-3
+    dense = attention.document_mask(docs, backend="dense")
+    with torch.no_grad():
+        outs = [model(input_ids=ids, attention_mask=dense, position_ids=pos).logits.float()]
     # and the mask really masks: the same model with causal attention differs
     with torch.no_grad():
         causal = model(input_ids=ids, attention_mask=attention.attention_mask(docs, "causal"), position_ids=pos).logits

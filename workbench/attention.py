@@ -221,3 +221,25 @@ def attention_for(model, mask) -> Iterator[None]:
     finally:
         for c, s in zip(configs, saved):
             c._attn_implementation_internal = s
+
+
+def compare_with_dense(model, input_ids: torch.Tensor, doc_ids: torch.Tensor, *, grad: bool) -> dict[str, float]:
+    """Max |logit difference| of ``model`` (an HF causal LM) under the BlockMask vs the dense document mask, and
+    with ``grad`` the max |gradient difference| of the mean squared logits, relative to the largest gradient.
+    (Flex has no backward on CPU: ``grad`` needs CUDA.) For the tests and the device check."""
+    pos = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    outs, grads = [], []
+    for backend in ("dense", "flex"):
+        mask = document_mask(doc_ids, backend=backend, grad=grad)
+        model.zero_grad(set_to_none=True)
+        with torch.set_grad_enabled(grad), attention_for(model, mask):
+            logits = model(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=False).logits.float()
+        if grad:
+            logits.square().mean().backward()
+            grads.append(torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None]))
+        outs.append(logits.detach())
+    model.zero_grad(set_to_none=True)
+    out = {"logit_diff": (outs[0] - outs[1]).abs().max().item(), "logit_max": outs[0].abs().max().item()}
+    if grad:
+        out["grad_rel_diff"] = ((grads[0] - grads[1]).abs().max() / grads[0].abs().max()).item()
+    return out
