@@ -14,24 +14,11 @@ from workbench import attention
 from workbench.data.packing import attention_mask as dense_mask
 
 T, B = 256, 2
-SHAPE = dict(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, head_dim=16, max_position_embeddings=1024, bos_token_id=None, eos_token_id=None,
-             pad_token_id=None, rope_parameters={"rope_type": "default", "rope_theta": 500.0})
-EXTRA = {"gemma2": dict(query_pre_attn_scalar=20, final_logit_softcapping=2.0, attn_logit_softcapping=3.0),
-         "mistral": dict(sliding_window=None)}
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def tiny(arch: str):
-    a = A.get(arch)
-    cfg = a.config_class()(**SHAPE, **EXTRA.get(arch, {}))
-    cfg._attn_implementation = a.attn_implementation("sdpa")
-    torch.manual_seed(0)
-    model = a.model_class()(cfg)
-    with torch.no_grad():  # HF inits biases/norms at 0/1: make every parameter matter
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model.to(DEVICE)
+    return A.tiny(arch).to(DEVICE)
 
 
 def packed_doc_ids() -> torch.Tensor:

@@ -157,7 +157,8 @@ def block_mask(doc_ids: torch.Tensor, block: int = BLOCK):
 
     def table(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         num = m.sum(-1, dtype=torch.int32)[:, None]  # [B, 1, nq]
-        order = torch.argsort((~m).to(torch.int8), dim=-1, stable=True).to(torch.int32)[:, None]  # [B, 1, nq, nk]
+        order = torch.argsort(m.to(torch.int32), dim=-1, descending=True, stable=True).to(torch.int32)[:, None]
+        # [B, 1, nq, nk]: the kept blocks first, in order
         return num.contiguous(), order.contiguous()
 
     kv_num, kv_idx = table(partial)
@@ -208,7 +209,9 @@ def _configs(model) -> list:
 def attention_for(model, mask) -> Iterator[None]:
     """Run ``model`` (an HF model, its decoder, or a module holding them) under ``flex_attention`` while
     ``mask`` is a ``BlockMask``; otherwise leave its implementation alone. transformers reads the implementation
-    from the config at every forward, so the switch is per pass and costs nothing."""
+    from the config at every forward, so the switch is per pass and costs nothing. A pass that backpropagates
+    keeps the context through ``backward()``: activation checkpointing recomputes the blocks there. Nested
+    contexts restore what the outer one set."""
     if not is_block_mask(mask):
         yield
         return

@@ -213,9 +213,11 @@ def train_step(run: Run, ph: Phase) -> StepStats:
     for first, b in micro:
         mask = attention.attention_mask(b["doc_ids"], ph.data.packing.attention, mask_dtype, grad=True)
         cached = run.cache.lookup(ph.index, first, b["input_ids"], spec) if run.cache and spec.kd_weight else None
-        with autocast_for(run.precision, device):
-            loss, per_tok, ce_sum, kd_sum, valid = run.module(b, mask, spec, n_valid, cached)
-        loss.backward()
+        # flex_attention through backward too: activation checkpointing recomputes the student's blocks there
+        with attention.attention_for(run.student, mask):
+            with autocast_for(run.precision, device):
+                loss, per_tok, ce_sum, kd_sum, valid = run.module(b, mask, spec, n_valid, cached)
+            loss.backward()
         stats.add(per_tok, ce_sum, kd_sum, loss_by_bucket(per_tok, valid, b["position_ids"][:, 1:], ph.edges))
     stats.grad_norm = _clip(run.student, cfg.optim.grad_clip)
     stats.loss, stats.ce, stats.kd = (float(x) / n_valid for x in distributed.all_reduce_sum(
