@@ -1,6 +1,6 @@
 """The prepared device check: bf16 KD steps of the 1.1B preset, eval and trace --check on CUDA, one table.
 
-    python analyses/benchmarks/bench_gpu_trainer.py                 # CUDA: the check (about 2-3 min on one H200)
+    python analyses/benchmarks/bench_gpu_trainer.py --budget 340   # CUDA: the check (under 6 min on one H200)
     python analyses/benchmarks/bench_gpu_trainer.py --dry-run       # CPU: tiny presets, the same table shape
     torchrun --standalone --nproc_per_node 8 analyses/benchmarks/bench_gpu_trainer.py --only kd-8k   # FSDP2
 
@@ -52,7 +52,7 @@ and run it there (device tool: carry [".whl"], timeout_s 420):
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \\
       .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 || exit; \\
-      python3 analyses/benchmarks/bench_gpu_trainer.py --json $OUT/bench.json 2>&1 | tee $OUT/bench.log
+      python3 analyses/benchmarks/bench_gpu_trainer.py --budget 340 --json $OUT/bench.json 2>&1 | tee $OUT/bench.log
 """
 
 from __future__ import annotations
