@@ -89,3 +89,35 @@ def test_flex_block_mask_equals_the_dense_mask(arch, batch):
     with torch.no_grad():
         causal = model(input_ids=ids, attention_mask=attention.attention_mask(docs, "causal"), position_ids=pos).logits
     assert (causal.float() - outs[0]).abs().max().item() > 1e-3
+
+
+@pytest.mark.slow  # one flex compile at 2,048 tokens
+def test_reset_teacher_on_the_training_path_uses_flex_and_matches_dense(monkeypatch):
+    """DistillModule with ``teacher.positions: reset`` at 2,048 tokens on CPU: the teacher's view is a BlockMask
+    (auto), the student stays causal SDPA with gradients, and loss and gradients equal the dense-mask run."""
+    from workbench.train import distill
+    from workbench.train.losses import LossSpec
+
+    n = 2048
+    student, teacher = A.tiny("llama", seed=1, max_positions=n), A.tiny("llama", seed=2, max_positions=n).eval()
+    teacher.requires_grad_(False)
+    g = torch.Generator().manual_seed(3)
+    docs = torch.repeat_interleave(torch.arange(n), torch.randint(64, 257, (n,), generator=g))[:n][None]
+    ids = torch.randint(0, 64, (1, n), generator=g)
+    batch = {"input_ids": ids, "labels": ids, "doc_ids": docs, "position_ids": torch.arange(n)[None]}
+    module = distill.DistillModule(student, teacher, "reset")
+    assert attention.is_block_mask(distill.reset_view(docs)["attention_mask"])
+    results = []
+    for min_tokens in (attention.CPU_FLEX_MIN_TOKENS, 10 ** 9):  # flex, then dense
+        monkeypatch.setattr(attention, "CPU_FLEX_MIN_TOKENS", min_tokens)
+        student.zero_grad(set_to_none=True)
+        mask = attention.attention_mask(docs, "causal", grad=True)
+        loss = module(batch, mask, LossSpec(kd_weight=1.0, chunk_size=512), float(n - 1))[0]
+        loss.backward()
+        results.append((loss.item(), student.model.layers[0].self_attn.q_proj.weight.grad.clone()))
+    assert not attention.is_block_mask(distill.reset_view(docs)["attention_mask"])
+    (l_flex, g_flex), (l_dense, g_dense) = results
+    print(f"reset teacher at {n} tokens: loss flex {l_flex:.6f} dense {l_dense:.6f}, "
+          f"max |grad diff| {(g_flex - g_dense).abs().max().item():.1e}")
+    assert l_flex == pytest.approx(l_dense, abs=1e-5)
+    assert torch.allclose(g_flex, g_dense, atol=1e-5)
