@@ -304,3 +304,29 @@ def table() -> list[dict[str, Any]]:
     """One row per architecture: its layout facts (for the README table and ``workbench`` help)."""
     return [{"architecture": a.name, "fused_qkv": a.fused_qkv, "qk_bias": a.qk_bias, "qk_norm": a.qk_norm,
              "sdpa": a.sdpa, "tl": a.name not in TL_UNSUPPORTED, "notes": a.notes} for a in ARCHITECTURES.values()]
+
+
+# a tiny shape every architecture accepts (4 heads, 2 KV heads, head_dim 16), plus what each one needs to matter
+TINY_SHAPE: dict[str, Any] = dict(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, bos_token_id=None,
+                                  eos_token_id=None, pad_token_id=None,
+                                  rope_parameters={"rope_type": "default", "rope_theta": 500.0})
+TINY_EXTRA: dict[str, dict[str, Any]] = {
+    "gemma2": dict(query_pre_attn_scalar=20, final_logit_softcapping=2.0, attn_logit_softcapping=3.0),
+    "mistral": dict(sliding_window=None)}
+
+
+def tiny(name: str, *, seed: int = 0, max_positions: int = 1024):
+    """A tiny random ``name`` model from transformers' own config class, every parameter perturbed so biases and
+    norms matter (tests and the device check compare attention paths on it)."""
+    import torch
+
+    arch = get(name)
+    cfg = arch.config_class()(**TINY_SHAPE, max_position_embeddings=max_positions, **TINY_EXTRA.get(name, {}))
+    cfg._attn_implementation = arch.attn_implementation("sdpa")
+    torch.manual_seed(seed)
+    model = arch.model_class()(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model

@@ -127,6 +127,9 @@ class OptimConfig:
     # bf16: autocast (CPU too) with fp32 master weights, FSDP2 bf16 params + fp32 gradient reduction;
     # auto: bf16 on CUDA, fp32 on CPU
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # torch.compile the student's and the teacher's forward (per block under FSDP2); for GPUs: on CPU a tiny
+    # model's compiled step was slower than eager after the compile (DESIGN.md pitfalls)
+    compile: bool = False
 
 
 @dataclass
@@ -143,6 +146,20 @@ class TeacherConfig:
     # "same": the teacher sees the student's positions and mask; "reset": every packed document alone from
     # position 0 (document-masked), so its targets carry no long-range positional signal (an ablation)
     positions: Literal["same", "reset"] = "same"
+
+
+@dataclass
+class WandbConfig:
+    project: str
+    mode: Literal["offline", "online"] = "offline"  # offline: files under <run>/wandb, synced later by the user
+
+
+@dataclass
+class LoggingConfig:
+    """Experiment tracking beside ``metrics.jsonl`` (``workbench.train.tracking``)."""
+
+    tensorboard: bool = True  # event files in <run>/tensorboard
+    wandb: WandbConfig | None = None  # Weights & Biases when configured; never required
 
 
 @dataclass
@@ -167,6 +184,7 @@ class RunConfig:
     eval_samples: int = 16
     eval_tasks: list[str] = field(default_factory=lambda: ["passkey"])  # held-out retrieval tasks during training
     description: str = ""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 @dataclass
@@ -299,7 +317,8 @@ DEFAULT_CHANGES: list[tuple[int, str, Any]] = [
     (2, "loss.ce_weight", 0.0),
 ]
 # every key added since version 1, with the value that reproduces the behaviour from before it existed
-ADDED_AFTER_V1: dict[str, Any] = {"optim.eps": 1e-8, "optim.precision": "auto", "model.architecture": "llama"}
+ADDED_AFTER_V1: dict[str, Any] = {"optim.eps": 1e-8, "optim.precision": "auto", "model.architecture": "llama",
+                                   "optim.compile": False, "logging.tensorboard": True, "logging.wandb": None}
 
 
 def _field_default(f: dataclasses.Field) -> Any:
@@ -381,6 +400,8 @@ def _v1_dict(cfg: "RunConfig") -> dict[str, Any]:
             section = section.get(part) or {}
         if name in section and _plain(section[name]) == _plain(same):
             del section[name]
+    if d.get("logging") == {}:  # a section added after v1 whose keys all kept v1 behaviour
+        del d["logging"]
     return d
 
 

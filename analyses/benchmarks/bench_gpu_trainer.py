@@ -1,6 +1,6 @@
 """The prepared device check: bf16 KD steps of the 1.1B preset, eval and trace --check on CUDA, one table.
 
-    python analyses/benchmarks/bench_gpu_trainer.py                 # CUDA: the check (about 2-3 min on one H200)
+    python analyses/benchmarks/bench_gpu_trainer.py --budget 340   # CUDA: the check (under 6 min on one H200)
     python analyses/benchmarks/bench_gpu_trainer.py --dry-run       # CPU: tiny presets, the same table shape
     torchrun --standalone --nproc_per_node 8 analyses/benchmarks/bench_gpu_trainer.py --only kd-8k   # FSDP2
 
@@ -9,6 +9,13 @@ Rows (each a separate measurement; a failing row prints its error and the others
 - ``kd-8k``: bf16 KD steps of ``presets/paper-student-1.1b.yaml`` with a random teacher of the same 1.1B shape
   (built here, saved in bf16; nothing is downloaded), 8192 tokens per step, no activation checkpointing;
 - ``kd-32k``: the same at 32768 tokens with activation checkpointing;
+- ``doc-kd-32k`` / ``doc-kd-128k``: the KD step of ``kd-32k`` with ``packing.attention: document`` (documents
+  of 256 tokens): student and teacher under FlexAttention ``BlockMask``s from the document ids
+  (``workbench.attention``), activation checkpointing, at 32768 and 131072 tokens;
+- ``kd-8k-compiled``: ``kd-8k`` with ``optim.compile: true`` (the first step, which compiles, is a warm-up step);
+- ``flex-equal``: every architecture of ``workbench.architectures`` (tiny random models, 1024 tokens): max |logit
+  difference| and relative max |gradient difference| of the BlockMask against the dense 4D mask (the gradients
+  only here: FlexAttention has no backward on CPU);
 - ``eval``: ``workbench eval`` of the shipped tiny teacher (data/teacher/tiny-teacher) on the device;
 - ``trace-check``: ``workbench trace --check --device DEVICE`` of the same checkpoint (TransformerLens and
   nnsight parity, identity, q/k shift invariance), as a user runs it;
@@ -19,7 +26,11 @@ the process's max RSS) and ``workbench.train.memory.step_memory``'s estimate, wa
 the student, loading the teacher, the steps and the phase-end checkpoint save, which is deleted after), status.
 MFU counts the teacher's forward:
 
-    MFU = tokens/s * (6 N_student + 2 N_teacher + 6 L T d + 2 L_t T d_t) / peak FLOP/s
+    MFU = tokens/s * (6 N_student + 2 N_teacher + 12 L K d + 4 L_t K d_t) / peak FLOP/s
+
+with K the keys each query attends on average in the blocks the kernel computes: T / 2 for causal attention
+(so 6 L T d), and for the document-masked rows the 128 x 128 blocks the ``BlockMask`` keeps (partial and full)
+x 128^2 / T: attention FLOPs of the masked blocks only.
 
 (``--peak-tflops`` defaults by device name: H100/H200 989 dense bf16, A100 312; CPU: none, MFU '-').
 
@@ -42,7 +53,7 @@ and run it there (device tool: carry [".whl"], timeout_s 420):
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \\
       .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 || exit; \\
-      python3 analyses/benchmarks/bench_gpu_trainer.py --json $OUT/bench.json 2>&1 | tee $OUT/bench.log
+      python3 analyses/benchmarks/bench_gpu_trainer.py --budget 340 --json $OUT/bench.json 2>&1 | tee $OUT/bench.log
 """
 
 from __future__ import annotations
@@ -52,6 +63,7 @@ import contextlib
 import io
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -71,18 +83,35 @@ from workbench.train.memory import GB, step_memory  # noqa: E402
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 PRESETS = ROOT / "data/configs/presets"
 TINY_CKPT = ROOT / "data/teacher/tiny-teacher"
-ROWS = ("kd-8k", "kd-32k", "eval", "trace-check", "trace-device")
+ROWS = ("kd-8k", "kd-32k", "doc-kd-32k", "doc-kd-128k", "kd-8k-compiled", "flex-equal", "eval", "trace-check",
+        "trace-device")
+KD_ROWS = ("kd-8k", "kd-32k", "doc-kd-32k", "doc-kd-128k", "kd-8k-compiled")
+DOC_LEN = 256  # document length of the document-masked rows
 COLUMNS = ("check", "device", "tokens/step", "tokens/s/GPU", "MFU %", "peak mem GB", "estimate GB", "time s", "status")
 
 
-def flops_per_token(student: config.ModelConfig, teacher: config.ModelConfig | None, seq_len: int) -> float:
-    """Training FLOPs per token: student forward+backward, teacher forward (causal attention halves QK/AV)."""
-    f = 6 * models.count_parameters(student) + 6 * student.num_layers * seq_len * student.num_heads \
+def flops_per_token(student: config.ModelConfig, teacher: config.ModelConfig | None, seq_len: int,
+                    keys_per_query: float | None = None) -> float:
+    """Training FLOPs per token: student forward+backward, teacher forward; attention over ``keys_per_query``
+    keys per query (default T / 2: causal attention halves QK/AV)."""
+    k = seq_len / 2 if keys_per_query is None else keys_per_query
+    f = 6 * models.count_parameters(student) + 12 * student.num_layers * k * student.num_heads \
         * student.resolved_head_dim
     if teacher is not None:
-        f += 2 * models.count_parameters(teacher) + 2 * teacher.num_layers * seq_len * teacher.num_heads \
+        f += 2 * models.count_parameters(teacher) + 4 * teacher.num_layers * k * teacher.num_heads \
             * teacher.resolved_head_dim
     return float(f)
+
+
+def masked_keys_per_query(seq_len: int, doc_len: int = DOC_LEN) -> tuple[float, float]:
+    """(keys per query the flex kernel computes, fraction of causal blocks kept) for documents of ``doc_len``:
+    the BlockMask's partial + full blocks x BLOCK^2 / T (attention FLOPs of the masked blocks only)."""
+    from workbench import attention
+
+    bm = attention.block_mask((torch.arange(seq_len) // doc_len)[None])
+    kept = int(bm.kv_num_blocks.sum() + bm.full_kv_num_blocks.sum())
+    nb = -(-seq_len // attention.BLOCK)
+    return kept * attention.BLOCK ** 2 / seq_len, kept / (nb * (nb + 1) / 2)
 
 
 def peak_tflops(arg: float | None, device: torch.device) -> float | None:
@@ -105,20 +134,22 @@ def plan(dry_run: bool) -> dict:
     """Shapes and sizes of the check (the device run) or of its CPU rehearsal (tiny presets)."""
     if dry_run:
         return {"student": PRESETS / "tiny-student.yaml", "teacher": PRESETS / "tiny-teacher.yaml",
-                "kd-8k": 256, "kd-32k": 1024, "chunk": 256, "steps": 3, "warmup": 1,
+                "kd-8k": 256, "kd-32k": 1024, "doc-kd-32k": 1024, "doc-kd-128k": 2048, "kd-8k-compiled": 256,
+                "flex-equal": 256, "chunk": 256, "steps": 3, "warmup": 1,
                 "eval_lengths": "256,512", "eval_samples": 2}
     return {"student": PRESETS / "paper-student-1.1b.yaml", "teacher": PRESETS / "paper-student-1.1b.yaml",
-            "kd-8k": 8192, "kd-32k": 32768, "chunk": 4096, "steps": 6, "warmup": 2,
+            "kd-8k": 8192, "kd-32k": 32768, "doc-kd-32k": 32768, "doc-kd-128k": 131072, "kd-8k-compiled": 8192,
+            "flex-equal": 1024, "chunk": 4096, "steps": 6, "warmup": 2,
             "eval_lengths": "512,1024,2048", "eval_samples": 8}
 
 
 def kd_row(name: str, p: dict, seq_len: int, checkpointing: bool, device: torch.device, tmp: Path,
-           peak: float | None, world: int, rank: int) -> dict:
+           peak: float | None, world: int, rank: int, document: bool = False, compile: bool = False) -> dict:
     from workbench.train import train
 
     student = config.load_model_config(p["student"])
     teacher = config.load_model_config(p["teacher"])
-    window = max(p["kd-8k"], p["kd-32k"])  # one random teacher (saved once) for both rows
+    window = max(p[r] for r in KD_ROWS)  # one random teacher (saved once) for every KD row
     student = config.ModelConfig(**{**config.to_dict(student), "max_position_embeddings":
                                     max(student.max_position_embeddings, window)})
     teacher = config.ModelConfig(**{**config.to_dict(teacher), "max_position_embeddings":
@@ -134,13 +165,15 @@ def kd_row(name: str, p: dict, seq_len: int, checkpointing: bool, device: torch.
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         dist.barrier()
     raw = {"name": f"bench-{name}", "model": config.to_dict(student), "device": device.type, "seed": 0,
-           "data": {"kind": "repeated", "options": {"period": min(512, seq_len // 4)}},
+           "data": {"kind": "repeated", "options": {"period": DOC_LEN if document else min(512, seq_len // 4)},
+                    "packing": {"attention": "document" if document else "causal"}},
            "teacher": {"path": str(teacher_dir)},
            "optim": {"micro_batch_size": 1, "grad_accum_steps": 1, "precision": "bf16",
-                     "activation_checkpointing": checkpointing},
+                     "activation_checkpointing": checkpointing, "compile": compile},
            "loss": {"chunk_size": p["chunk"]},
            "checkpoint": {"every": 0, "keep_last": 1},
-           "phases": [{"name": "bench", "steps": p["steps"], "seq_len": seq_len,
+           "phases": [{"name": "bench", "steps": p["steps"] if name in ("kd-8k", "kd-32k") else p["warmup"] + 2,
+                       "seq_len": seq_len,
                        "rope_theta": student.rope_theta, "lr": 1e-4, "objective": "kd"}]}
     cfg = config.from_dict(config.RunConfig, raw, "bench")
     if device.type == "cuda":
@@ -151,7 +184,8 @@ def kd_row(name: str, p: dict, seq_len: int, checkpointing: bool, device: torch.
     recs = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     train_recs = [r for r in recs if r["kind"] == "train"]
     tps = statistics.median(r["tokens_per_s"] for r in train_recs if r["step"] > p["warmup"]) / world
-    mfu = tps * flops_per_token(student, teacher, seq_len) / (peak * 1e12) if peak else None
+    kpq, kept = masked_keys_per_query(seq_len) if document else (None, 1.0)
+    mfu = tps * flops_per_token(student, teacher, seq_len, kpq) / (peak * 1e12) if peak else None
     est = step_memory(student, seq_len, micro_batch=1, world_size=world, teacher=teacher, chunk=p["chunk"],
                       checkpointing=checkpointing)
     finite = all(map(lambda r: r["loss"] == r["loss"], train_recs))
@@ -159,10 +193,51 @@ def kd_row(name: str, p: dict, seq_len: int, checkpointing: bool, device: torch.
         import shutil
 
         shutil.rmtree(run, ignore_errors=True)
+    status = f"ok, loss {train_recs[-1]['loss']:.3f}" if finite else "NaN loss"
+    if document:
+        status += (f", flex, {100 * kept:.1f}% of causal blocks" if device.type == "cuda" else
+                   ", dense mask (CPU: flex has no backward)")
+    if compile:
+        first = train_recs[0]["tokens"] / train_recs[0]["tokens_per_s"]
+        eager = [r for r in rows_done if r.get("check", "").startswith(f"kd-{seq_len // 1024}k ")]
+        status += f", first step {first:.0f} s" + (f", {tps / eager[0]['tokens/s/GPU']:.2f}x eager"
+                                                   if eager and eager[0].get("tokens/s/GPU") else "")
     return {"check": f"{name} bf16 KD step" + (" +AC" if checkpointing else ""), "tokens/step": seq_len,
             "tokens/s/GPU": tps, "MFU %": None if mfu is None else 100 * mfu,
             "peak mem GB": max(r["peak_mem_mb"] for r in train_recs) / 1024, "estimate GB": est.total / GB,
-            "time s": wall, "status": f"ok, loss {train_recs[-1]['loss']:.3f}" if finite else "NaN loss"}
+            "time s": wall, "status": status}
+
+
+rows_done: list[dict] = []  # the rows measured so far (the compiled row compares itself with kd-8k)
+
+
+def flex_equal_row(p: dict, device: torch.device) -> dict:
+    """Every architecture: the BlockMask vs the dense mask, logits and (CUDA) gradients, tiny random models
+    (documents of 16-299 tokens, two windows)."""
+    from workbench import architectures, attention
+
+    t0, seq, grad = time.perf_counter(), p["flex-equal"], device.type == "cuda"
+    g = torch.Generator().manual_seed(0)
+    lens = torch.randint(16, 300, (seq,), generator=g)
+    docs = torch.repeat_interleave(torch.arange(seq), lens)[:seq].expand(2, seq).contiguous().to(device)
+    ids = torch.randint(0, 64, (2, seq), generator=g).to(device)
+    res, bad = {}, []
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 both ways: the comparison is of masks, not of TF32
+    for arch in architectures.NAMES:
+        try:
+            res[arch] = attention.compare_with_dense(architectures.tiny(arch, max_positions=seq).to(device), ids, docs,
+                                                     grad=grad)
+        except Exception as exc:  # one architecture's failure is reported, the others still run
+            bad.append(f"{arch}: {type(exc).__name__}: {str(exc)[:80]}")
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    bad += [f"{a}: logits {r['logit_diff']:.1e}" for a, r in res.items() if r["logit_diff"] > 1e-3 * max(r["logit_max"], 1)]
+    bad += [f"{a}: grads {r['grad_rel_diff']:.1e}" for a, r in res.items() if r.get("grad_rel_diff", 0) > 1e-2]
+    cells = " ".join(f"{a} {r['logit_diff']:.0e}" + (f"/{r['grad_rel_diff']:.0e}" if grad else "") for a, r in res.items())
+    status = ("ok, " if not bad else "FAILED " + "; ".join(bad)[:200] + " | ") + \
+        f"max abs logit diff{'/rel grad diff' if grad else ' (no CPU backward)'}: {cells}"
+    return {"check": "flex vs dense mask, 6 architectures", "device": device_name(device), "tokens/step": seq,
+            "time s": time.perf_counter() - t0, "status": status}
 
 
 def eval_row(p: dict, device: torch.device, tmp: Path) -> dict:
@@ -212,6 +287,14 @@ def trace_device_row(device: torch.device) -> dict:
             "status": status}
 
 
+class RowTimeout(Exception):
+    """A row ran past ``--row-timeout``."""
+
+
+def _row_timeout(signum, frame):
+    raise RowTimeout("row ran past --row-timeout")
+
+
 def fmt(value, col: str) -> str:
     if value is None:
         return "-"
@@ -237,6 +320,11 @@ def main() -> int:
     ap.add_argument("--only", default=",".join(ROWS), help="comma-separated rows")
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
+    ap.add_argument("--row-timeout", type=float, default=150.0,
+                    help="seconds one row may take before it is stopped and reported (0: no limit)")
+    ap.add_argument("--budget", type=float, default=0.0,
+                    help="seconds for the whole check: a row that would start after it is reported as skipped, and "
+                         "no row runs past it (0: no limit)")
     args = ap.parse_args()
     rows_wanted = [r.strip() for r in args.only.split(",") if r.strip()]
     unknown = set(rows_wanted) - set(ROWS)
@@ -262,13 +350,25 @@ def main() -> int:
     tmp = Path(os.environ.get("BENCH_TMP", tempfile.gettempdir())) / "bench-gpu-trainer"
     tmp.mkdir(parents=True, exist_ok=True)
     rows = []
+    start = time.perf_counter()
     for name in rows_wanted:
         t0 = time.perf_counter()
+        left = args.budget - (t0 - start) if args.budget else float("inf")
+        limit = min(args.row_timeout or float("inf"), left)
+        if left <= 5:
+            rows.append({"check": name, "device": device_name(device), "status": "skipped: --budget spent"})
+            continue
         try:
-            if name in ("kd-8k", "kd-32k"):
-                row = kd_row(name, p, p[name], name == "kd-32k", device, tmp, peak, world, rank)
+            if limit < float("inf") and world == 1:  # bounded: a row past its time raises RowTimeout, the others run
+                signal.signal(signal.SIGALRM, _row_timeout)
+                signal.setitimer(signal.ITIMER_REAL, limit)
+            if name in KD_ROWS:
+                row = kd_row(name, p, p[name], name in ("kd-32k", "doc-kd-32k", "doc-kd-128k"), device, tmp, peak,
+                             world, rank, document=name.startswith("doc-"), compile=name == "kd-8k-compiled")
             elif rank != 0:
                 continue
+            elif name == "flex-equal":
+                row = flex_equal_row(p, device)
             elif name == "eval":
                 row = eval_row(p, device, tmp)
             elif name == "trace-check":
@@ -279,8 +379,12 @@ def main() -> int:
             traceback.print_exc()
             row = {"check": name, "time s": time.perf_counter() - t0, "status": f"FAILED {type(exc).__name__}: "
                                                                                f"{str(exc)[:160]}"}
+        finally:
+            if limit < float("inf") and world == 1:
+                signal.setitimer(signal.ITIMER_REAL, 0)
         row.setdefault("device", device_name(device) + (f" x {world}" if world > 1 else ""))
         rows.append(row)
+        rows_done.append(row)
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if rank == 0:

@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 
 from workbench import architectures, models, rope
 from workbench.config import DataConfig
-from workbench.data import attention_mask, make_stream
+from workbench.attention import attention_for, attention_mask
+from workbench.data import make_stream
 
 
 @dataclass
@@ -83,7 +84,8 @@ def capture(model, batch: Mapping[str, torch.Tensor], *, qk: bool = True, resid:
         device = next(model.parameters()).device
         ids = batch["input_ids"]
         mask = attention_mask(batch["doc_ids"], attention).to(device) if "doc_ids" in batch else None
-        model.model(input_ids=ids.to(device), position_ids=batch["position_ids"].to(device), attention_mask=mask)
+        with attention_for(model, mask):
+            model.model(input_ids=ids.to(device), position_ids=batch["position_ids"].to(device), attention_mask=mask)
     finally:
         for h in handles:
             h.remove()

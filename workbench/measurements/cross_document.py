@@ -55,7 +55,8 @@ from workbench import _moved, checkpoints, divergence, models, tokenizers
 from workbench import config as wconfig
 from workbench import store as wstore  # the module; `store` is a store path
 from workbench.config import ConfigError, DataConfig
-from workbench.data import attention_mask, corpus, make_stream, text
+from workbench.attention import attention_for, attention_mask
+from workbench.data import corpus, make_stream, text
 from workbench.data import stream as wstream
 from workbench.data.packing import document_starts
 from workbench.data.tokenizer import VOCAB, VOCAB_SIZE
@@ -215,7 +216,8 @@ def batch_kl(model, batch: Mapping[str, torch.Tensor], *, chunk_size: int = 1024
     hidden = []
     for mode, dt in (("causal", None), ("document", dtype)):
         mask = attention_mask(docs, mode, dt) if dt is not None else attention_mask(docs, mode)
-        out = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+        with attention_for(model, mask):  # the document pass: a FlexAttention BlockMask where flex runs
+            out = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
         hidden.append(out.last_hidden_state[:, :-1].reshape(-1, out.last_hidden_state.shape[-1]))
     h_full, h_doc = hidden
     kl = torch.empty(h_full.shape[0], dtype=torch.float32)

@@ -13,7 +13,7 @@ from dataclasses import replace as dc_replace
 
 import torch
 
-from workbench import architectures, data, models
+from workbench import architectures, attention, data, models
 from workbench.config import ConfigError, RunConfig
 from workbench.train.losses import CachedTeacher, LossSpec, OnlineTeacher, chunked_loss
 
@@ -32,14 +32,16 @@ class DistillModule(torch.nn.Module):
     def forward(self, batch: dict[str, torch.Tensor], attention_mask, spec: LossSpec, normalizer: float,
                 cached: CachedTeacher | None = None):
         kw = dict(attention_mask=attention_mask, position_ids=batch["position_ids"], use_cache=False)
-        hidden = self.student.model(input_ids=batch["input_ids"], **kw).last_hidden_state[:, :-1]
+        with attention.attention_for(self.student, attention_mask):  # flex_attention for a BlockMask
+            hidden = self.student.model(input_ids=batch["input_ids"], **kw).last_hidden_state[:, :-1]
         labels = batch["labels"][:, 1:]  # HF convention: hidden at t predicts labels[t + 1]
         teacher = cached
         if spec.kd_weight and cached is None:
             with torch.no_grad():
                 if self.teacher_positions == "reset":
                     kw = dict(kw, **reset_view(batch["doc_ids"], hidden.dtype))
-                t_hidden = self.teacher.model(input_ids=batch["input_ids"], **kw).last_hidden_state[:, :-1]
+                with attention.attention_for(self.teacher, kw["attention_mask"]):
+                    t_hidden = self.teacher.model(input_ids=batch["input_ids"], **kw).last_hidden_state[:, :-1]
             teacher = OnlineTeacher(t_hidden, self.teacher.lm_head.weight, architectures.final_softcap(self.teacher.config))
         if architectures.final_softcap(self.student.config):  # Gemma 2: the loss sees the soft-capped logits
             spec = dc_replace(spec, student_softcap=architectures.final_softcap(self.student.config))
@@ -49,9 +51,10 @@ class DistillModule(torch.nn.Module):
 
 def reset_view(doc_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """The teacher's inputs under ``teacher.positions: reset`` (online and cached alike): every packed document
-    alone, from position 0 and document-masked."""
+    alone, from position 0 and document-masked (a FlexAttention BlockMask where flex runs: the teacher is never
+    differentiated, so on CPU too; see ``workbench.attention``)."""
     return {"position_ids": data.reset_positions(doc_ids),
-            "attention_mask": data.attention_mask(doc_ids, "document", dtype)}
+            "attention_mask": attention.document_mask(doc_ids, dtype=dtype)}
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from workbench import config as wconfig
 from workbench.config import PhaseConfig, RunConfig
 from workbench.train import distributed
+from workbench.train.tracking import Tracker
 
 
 @dataclass
@@ -66,6 +67,7 @@ class MetricsLog:
             Path(run_dir).mkdir(parents=True, exist_ok=True)
             write_run_yaml(cfg, Path(run_dir))
             truncate(self.path, step)
+        self.tracker = Tracker(cfg, Path(run_dir)) if dd.is_main else None  # TensorBoard / W&B beside the jsonl
         self.bar = tqdm(total=total, initial=step, disable=not (progress and dd.is_main), desc="train", unit="step",
                         dynamic_ncols=True)
 
@@ -73,6 +75,8 @@ class MetricsLog:
         if self.dd.is_main:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.tracker is not None:
+                self.tracker.log(record)
 
     def log_step(self, step: int, ph: PhaseConfig, stats: StepStats, tokens: int, phase_end: bool) -> None:
         if step % self.every == 0 or phase_end:
@@ -94,6 +98,8 @@ class MetricsLog:
 
     def close(self) -> None:
         self.bar.close()
+        if self.tracker is not None:
+            self.tracker.close()
 
 
 def reduce_buckets(buckets: dict[str, list[float]], dd: distributed.Dist) -> dict[str, float]:

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench import config as wconfig
-from workbench import architectures, checkpoints, data, models
+from workbench import architectures, attention, checkpoints, data, models
 from workbench.config import ConfigError, RunConfig
 from workbench.train.distill import load_teacher, reset_view
 from workbench.train.losses import CachedTeacher, LossSpec
@@ -137,8 +137,8 @@ def _cache_phase(cfg: RunConfig, i: int, teacher, tmp: Path, *, k: int, world_si
             view = reset_view(b["doc_ids"])
         else:
             view = {"position_ids": b["position_ids"],
-                    "attention_mask": data.attention_mask(b["doc_ids"], dcfg.packing.attention)}
-        with torch.no_grad():
+                    "attention_mask": attention.attention_mask(b["doc_ids"], dcfg.packing.attention)}
+        with torch.no_grad(), attention.attention_for(teacher, view["attention_mask"]):
             h = teacher.model(input_ids=b["input_ids"], **view, use_cache=False).last_hidden_state[:m, :-1]
             for j in range(m):  # one window's logits at a time
                 logp = torch.log_softmax(architectures.final_logits(teacher.config, teacher.lm_head(h[j]).float())

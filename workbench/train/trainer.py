@@ -24,10 +24,11 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from workbench import config as wconfig
-from workbench import data, models, tokenizers
+from workbench import attention, data, models, tokenizers
 from workbench.config import ConfigError, PhaseConfig, RunConfig
 from workbench.train import distributed, state
 from workbench.train.ablations import FrozenPairs
+from workbench.train.compiling import CompileReport, compile_blocks
 from workbench.train.distill import DistillModule, autocast_for, load_teacher, resolve_precision
 from workbench.train.evaluation import EvalFn, Evaluator
 from workbench.train.losses import LossSpec, doubling_edges, loss_by_bucket
@@ -128,6 +129,10 @@ def build(cfg: RunConfig, run_dir: Path, *, resume: bool, device: torch.device, 
     student.train()
     if cfg.optim.activation_checkpointing:
         student.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.optim.compile:  # after activation checkpointing, before FSDP2 (torchtitan's order)
+        compile_blocks(student)
+        if teacher is not None:
+            compile_blocks(teacher)
     module = DistillModule(student, teacher, cfg.teacher.positions if cfg.teacher else "same")
     shadow = None
     if dd.enabled:
@@ -206,11 +211,13 @@ def train_step(run: Run, ph: Phase) -> StepStats:
                      device=device).sum(), dd).item(), 1.0)
     mask_dtype = torch.bfloat16 if run.precision == "bf16" else torch.float32
     for first, b in micro:
-        mask = data.attention_mask(b["doc_ids"], ph.data.packing.attention, mask_dtype)
+        mask = attention.attention_mask(b["doc_ids"], ph.data.packing.attention, mask_dtype, grad=True)
         cached = run.cache.lookup(ph.index, first, b["input_ids"], spec) if run.cache and spec.kd_weight else None
-        with autocast_for(run.precision, device):
-            loss, per_tok, ce_sum, kd_sum, valid = run.module(b, mask, spec, n_valid, cached)
-        loss.backward()
+        # flex_attention through backward too: activation checkpointing recomputes the student's blocks there
+        with attention.attention_for(run.student, mask):
+            with autocast_for(run.precision, device):
+                loss, per_tok, ce_sum, kd_sum, valid = run.module(b, mask, spec, n_valid, cached)
+            loss.backward()
         stats.add(per_tok, ce_sum, kd_sum, loss_by_bucket(per_tok, valid, b["position_ids"][:, 1:], ph.edges))
     stats.grad_norm = _clip(run.student, cfg.optim.grad_clip)
     stats.loss, stats.ce, stats.kd = (float(x) / n_valid for x in distributed.all_reduce_sum(
@@ -276,9 +283,11 @@ def train(cfg: RunConfig, *, out: str | None = None, resume: bool = False, progr
     try:
         run = build(cfg, run_dir, resume=resume, device=device, dd=dd, hash_version=hash_version,
                     progress=progress, evaluate=evaluate)
+        compiled = CompileReport(cfg.optim.compile, dd.is_main)
         for ph in phases(run):
             while run.step < ph.end:
                 stats = train_step(run, ph)
+                compiled.after_step(stats.seconds)
                 run.step, run.tokens = run.step + 1, run.tokens + stats.tokens
                 phase_end = run.step == ph.end
                 run.metrics.log_step(run.step, ph.cfg, stats, run.tokens, phase_end)
