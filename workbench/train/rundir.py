@@ -104,7 +104,7 @@ def probe_writable(run_dir: Path) -> None:
             os.close(fd)
             probe.unlink(missing_ok=True)
     except OSError as exc:
-        raise RunDirError(f"{exc.filename or run_dir}: cannot write the run directory "
+        raise RunDirError(f"{exc.filename or run_dir}: cannot write this directory "
                           f"({describe(exc)})") from None
     finally:
         for p in made:  # innermost first
