@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workbench import config, models
+from workbench import config, models, writable
 from workbench.cli import main as cli_main
 from workbench.runlock import RunLock
 from workbench.train import rundir, train
@@ -237,7 +237,7 @@ def test_unwritable_run_directory_is_one_line_before_any_work(tmp_path, capsys, 
             raise OSError(code, os.strerror(code))
         return real_write(fd, data)
 
-    monkeypatch.setattr(rundir.os, "write", failing_write)
+    monkeypatch.setattr(writable.os, "write", failing_write)
     out = tmp_path / "run"
     assert train_cli(tmp_path, ce_cfg(), out) == 2
     err = capsys.readouterr().err
@@ -295,3 +295,30 @@ def test_runaway_sizes_are_refused_with_an_estimate(tmp_path, capsys, over, mess
     err = capsys.readouterr().err
     assert message in err and "budget is 8.0 GiB" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", [["eval", "--lengths", "64", "--depths", "2", "--samples", "1"],
+                                     ["probe", "--windows", "4", "--seq-len", "16", "--no-scores"],
+                                     ["updates", "--no-states"]])
+def test_unwritable_store_is_refused_before_any_model_runs(tmp_path, capsys, monkeypatch, command):
+    monkeypatch.chdir(ROOT)
+    ck = tmp_path / "ck"
+    assert cli_main(["model", PRESET, "--out", str(ck)]) == 0
+    capsys.readouterr()
+    real_write, store = os.write, tmp_path / "ro.zarr"
+
+    def read_only(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(store)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(writable.os, "write", read_only)
+    if command[0] == "updates":  # two checkpoints to compare
+        assert cli_main(["model", PRESET, "--out", str(tmp_path / "ck2"), "--seed", "1"]) == 0
+        capsys.readouterr()
+    args = [command[0], str(ck)] + ([str(tmp_path / "ck2")] if command[0] == "updates" else []) + command[1:]
+    assert cli_main(args + ["--out", str(store)]) == 2
+    err = capsys.readouterr().err
+    # the probe's words: refused before the evaluation / the probes ran, not when their results were saved
+    assert "cannot write this directory (read-only file system)" in err and str(store) in err
+    assert not store.exists()

@@ -25,9 +25,9 @@ def run_command(name: str, run: Callable[[argparse.Namespace], int], args: argpa
         return 2
     except (RuntimeError, OSError) as exc:  # a held run lock; a read-only, full or forbidden output location
         from workbench.runlock import RunLocked
-        from workbench.train.rundir import FS_ERRORS, RunDirError, describe
+        from workbench.writable import FS_ERRORS, NotWritable, describe
 
-        if isinstance(exc, (RunLocked, RunDirError)):
+        if isinstance(exc, (RunLocked, NotWritable)):
             print(f"workbench {name}: error: {exc}", file=sys.stderr)
         elif isinstance(exc, OSError) and exc.errno in FS_ERRORS:
             print(f"workbench {name}: error: {exc.filename or '?'}: {describe(exc)}", file=sys.stderr)

@@ -34,9 +34,9 @@ def run(args: argparse.Namespace) -> int:
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise FileExistsError(f"--out {out}: is {'a symlink' if out.is_symlink() else 'a file'}; --overwrite "
                               "replaces checkpoint directories only")
-    from workbench.train.rundir import probe_writable
+    from workbench.writable import probe
 
-    probe_writable(out.parent)  # a read-only / full / forbidden location: one line, before building the model
+    probe(out.parent)  # a read-only / full / forbidden location: one line, before building the model
     n_params = models.count_parameters(cfg)
     print(f"preset {args.preset}: {n_params:,} parameters"
           + (f" (stated {cfg.stated_params:,.0f})" if cfg.stated_params else ""))

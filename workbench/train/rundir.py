@@ -15,15 +15,12 @@ a write probe and the memory check, all before any model is built (``trainer.pre
 
 from __future__ import annotations
 
-import errno
-import os
 import re
 import shutil
 import sys
-import uuid
 from pathlib import Path
 
-from workbench import models
+from workbench import models, writable
 from workbench.config import ConfigError, RunConfig
 from workbench.runlock import RunLock
 
@@ -31,8 +28,9 @@ from workbench.runlock import RunLock
 LEFTOVER = re.compile(r"^\.(tmp|old)-(ckpt-|probe-).*|^\.run\.yaml\.tmp$|^metrics\.jsonl\.tmp$")
 
 
-class RunDirError(OSError):
-    """The run directory cannot be written (read-only, full, permission): one line naming the path."""
+RunDirError = writable.NotWritable  # the run directory cannot be written: one line naming the path
+probe_writable = writable.probe
+FS_ERRORS, describe = writable.FS_ERRORS, writable.describe
 
 
 def check_own(run_dir: Path) -> None:
@@ -87,41 +85,6 @@ def check_resumable(run_dir: Path) -> None:
     except models.CheckpointError as exc:
         raise models.CheckpointError(f"{exc}; it is the run's latest checkpoint, so --resume stops here (move it "
                                      f"away to resume from the one before, nothing was overwritten)") from None
-
-
-def probe_writable(run_dir: Path) -> None:
-    """Create the run directory and a small file in it, fsynced, then remove both again if they were new
-    (the directory is created for real when the run claims it); RunDirError naming the path."""
-    made = [p for p in [run_dir, *run_dir.parents] if not p.exists()]
-    probe = run_dir / f".tmp-probe-{uuid.uuid4().hex[:8]}"
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            os.write(fd, b"\0" * 4096)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            probe.unlink(missing_ok=True)
-    except OSError as exc:
-        raise RunDirError(f"{exc.filename or run_dir}: cannot write this directory "
-                          f"({describe(exc)})") from None
-    finally:
-        for p in made:  # innermost first
-            try:
-                p.rmdir()
-            except OSError:
-                break
-
-
-FS_ERRORS = {errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on the device",
-             errno.EDQUOT: "disk quota exceeded", errno.EACCES: "permission denied",
-             errno.EPERM: "operation not permitted"}
-
-
-def describe(exc: OSError) -> str:
-    """A filesystem error in words (read-only, full, permission), for one-line messages."""
-    return FS_ERRORS.get(exc.errno, exc.strerror or str(exc))
 
 
 def check_memory(cfg: RunConfig, world_size: int, device: str) -> None:
