@@ -322,3 +322,19 @@ def test_unwritable_store_is_refused_before_any_model_runs(tmp_path, capsys, mon
     # the probe's words: refused before the evaluation / the probes ran, not when their results were saved
     assert "cannot write this directory (read-only file system)" in err and str(store) in err
     assert not store.exists()
+
+
+def test_symlinked_lock_or_out_and_a_file_as_out_are_refused_untouched(tmp_path, capsys):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.lock").symlink_to(victim)
+    assert train_cli(tmp_path, ce_cfg(), out) == 2
+    assert "run.lock: is not a plain file" in capsys.readouterr().err
+    assert victim.read_text() == "precious"
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    assert train_cli(tmp_path, ce_cfg(), tmp_path / "link") == 2
+    assert "is a symlink, not a run directory" in capsys.readouterr().err
+    assert train_cli(tmp_path, ce_cfg(), victim) == 2
+    assert "is a file, not a run directory" in capsys.readouterr().err and victim.read_text() == "precious"

@@ -36,6 +36,13 @@ FS_ERRORS, describe = writable.FS_ERRORS, writable.describe
 def check_own(run_dir: Path) -> None:
     """Refuse an existing directory that is not a run's (FileExistsError): a new or empty one, one with a run
     (checkpoints or metrics; ``preflight`` then wants --resume), or only what a failed start left."""
+    if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
+        raise FileExistsError(f"{run_dir}: is {'a symlink' if run_dir.is_symlink() else 'a file'}, not a run "
+                              "directory; give --out a new or empty directory (nothing is overwritten)")
+    lock = run_dir / "run.lock"
+    if lock.is_symlink() or (lock.exists() and not lock.is_file()):  # the trainer writes a plain file only
+        raise FileExistsError(f"{lock}: is not a plain file (a symlink or special file); the trainer would write "
+                              "through it: remove it first")
     if not run_dir.is_dir() or any(run_dir.glob("ckpt-*")) or (run_dir / "metrics.jsonl").exists():
         return
     foreign = [p.name for p in run_dir.iterdir() if p.name not in ("run.yaml", "run.lock") and not LEFTOVER.match(p.name)]
