@@ -177,6 +177,17 @@ def _phase(**kw) -> list[dict]:
     (dict(eval_every=1, eval_lengths=[128, 4096]), "eval_lengths[1]: 4096 is beyond the model's "
                                                    "max_position_embeddings 256"),
     (dict(data={"kind": "synthetic-short", "doc_len_min": 0, "doc_len_max": 8}), "data.doc_len_min: must be >= 1"),
+    (dict(data={"kind": "synthetic-short", "num_pairs_min": -1}), "data.num_pairs_min: must be >= 0"),
+    (dict(loss={"jsd_beta": float("nan")}), "loss.jsd_beta: must be a finite number"),
+    (dict(model=dict(STUDENT, rope_scaling={"rope_type": "linear", "factor": float("inf")})),
+     "model.rope_scaling.factor: must be a finite number"),
+    (dict(model=dict(STUDENT, rms_norm_eps=0.0)), "model.rms_norm_eps: must be > 0"),
+    (dict(model=dict(STUDENT, stated_params=float("nan"))), "model.stated_params: must be a finite number"),
+    (dict(teacher={"path": "/nowhere", "rope_theta": float("nan")}), "teacher.rope_theta: must be a finite number"),
+    (dict(optim={"betas": [0.9, 0.95, 0.99]}), "optim.betas: expected two numbers"),
+    (dict(optim={"betas": [-0.1, 0.95]}), "optim.betas[0]: must be in [0.0, 1.0)"),
+    (dict(name="a\\b"), "must be a plain name"),
+    (dict(phases=_phase(freeze_wavelengths=[float("nan"), 10.0])), "phases[0].freeze_wavelengths[0]: must be >= 0"),
 ])
 def test_bad_values_are_refused_naming_key_and_file_before_anything_is_written(tmp_path, capsys, over, message):
     out = tmp_path / "run"

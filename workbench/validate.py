@@ -62,6 +62,8 @@ def check_model(m, where: str = "model") -> None:
     positive(f"{pre}rms_norm_eps", m.rms_norm_eps)
     positive(f"{pre}initializer_range", m.initializer_range)
     rope_scaling(f"{pre}rope_scaling", m.rope_scaling)
+    if m.stated_params is not None:  # NaN would switch the 3 % size check off
+        positive(f"{pre}stated_params", m.stated_params)
 
 
 def check_run(cfg) -> None:
