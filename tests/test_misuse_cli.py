@@ -349,3 +349,23 @@ def test_symlinked_lock_or_out_and_a_file_as_out_are_refused_untouched(tmp_path,
     assert "is a symlink, not a run directory" in capsys.readouterr().err
     assert train_cli(tmp_path, ce_cfg(), victim) == 2
     assert "is a file, not a run directory" in capsys.readouterr().err and victim.read_text() == "precious"
+
+
+def test_lock_held_by_another_process_then_its_death(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from workbench.runlock import RunLock; "
+                               f"RunLock({str(out)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert train_cli(tmp_path, ce_cfg(), out) == 2
+        err = capsys.readouterr().err
+        assert f"pid {holder.pid}" in err and len(err.strip().splitlines()) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    with pytest.warns(UserWarning, match=f"taking over the lock of pid {holder.pid}"):
+        assert train_cli(tmp_path, ce_cfg(phases=_phase(steps=1)), out) == 0
