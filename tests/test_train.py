@@ -127,7 +127,7 @@ def test_bad_input_fails_before_compute(tmp_path, teacher_dir, capsys, change, m
 
 
 def test_teacher_vocab_and_window_mismatch(tmp_path, capsys):
-    for over, message in ((dict(vocab_size=96), "teacher vocab_size 96 differs"),
+    for over, message in ((dict(vocab_size=96), "has no tokenizer and 96 embedding rows"),
                           (dict(max_position_embeddings=64), "beyond the teacher's max_position_embeddings 64")):
         t = tmp_path / f"t{len(over)}{over.popitem()[0] if False else ''}{message[:5]}"
         models.save_checkpoint(models.build_model(config.ModelConfig(**{**TEACHER, **over})), t, {"step": 0})

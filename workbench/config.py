@@ -121,7 +121,7 @@ class OptimConfig:
     grad_accum_steps: int = 1
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    grad_clip: float = 1.0
+    grad_clip: float | None = 1.0  # null: no clipping (0, negative or NaN are refused)
     activation_checkpointing: bool = False
     eps: float = 1e-8  # AdamW epsilon
     # bf16: autocast (CPU too) with fp32 master weights, FSDP2 bf16 params + fp32 gradient reduction;
@@ -465,11 +465,15 @@ def validate_rope_scaling(scaling: Mapping[str, Any], where: str) -> None:
 
 def validate(obj: Any) -> None:
     """Cross-field rules. Raises ConfigError naming the key."""
+    from workbench import validate as ranges  # range and finiteness of every numeric key, plain names
+
     if isinstance(obj, PresetFile):
         validate_model(obj.model)
+        ranges.check_model(obj.model)
         return
     if isinstance(obj, ModelConfig):
         validate_model(obj, "")
+        ranges.check_model(obj, "")
         return
     if not isinstance(obj, RunConfig):
         return
@@ -516,6 +520,7 @@ def validate(obj: Any) -> None:
         raise ConfigError(f"loss.jsd_beta: must be in (0, 1), got {obj.loss.jsd_beta}")
     if obj.loss.chunk_size <= 0:
         raise ConfigError(f"loss.chunk_size: must be > 0, got {obj.loss.chunk_size}")
+    ranges.check_run(obj)
 
 
 # ------------------------------------------------------------------------------------------- loading

@@ -1392,6 +1392,9 @@ def refuse(store: str | Path, group: str, ds: xr.Dataset | None = None, *, label
     variables than stored; for a grid group, ``cells`` (grid dim -> values) already written or spec
     name/definition clashes (:func:`check_grid`); a write-once group that exists."""
     _refuse(store, group, ds, labels=labels, cells=cells, spec_hash=spec_hash, attrs=attrs)
+    from workbench import writable  # (tiny module; here so every writer's preflight probes the location)
+
+    writable.probe(store)  # a read-only / full / forbidden store location: one line now, not after the work
 
 
 def _refuse(store: str | Path, group: str, ds: xr.Dataset | None = None, *, labels: Iterable[str] | None = None,

@@ -87,10 +87,17 @@ def for_run(cfg, *, warn: bool = True) -> tuple[Any, str]:
                     f"teacher.path: the teacher's tokenizer ({teacher_path}, {len(teacher_tok)} tokens) differs from "
                     f"{name} ({len(reference)} tokens); KD compares distributions token by token, so set "
                     f"data.tokenizer to the teacher's tokenizer directory (or use a teacher trained on this vocabulary)")
-        elif warn:
+        else:  # no tokenizer to compare: its embedding must have exactly the run tokenizer's rows
             size = len(data_tok) if data_tok is not None else len(synthetic())
-            warnings.warn(f"teacher.path: {teacher_path} has no tokenizer; assuming it uses the run's "
-                          f"({size} tokens; its vocab_size matches the student's)", stacklevel=2)
+            rows = _embedding_rows(Path(teacher_path))
+            if rows is not None and rows != size:
+                raise TokenizerMismatch(
+                    f"teacher.path: {teacher_path} has no tokenizer and {rows} embedding rows, but the run's "
+                    f"tokenizer has {size} tokens; without a tokenizer to compare, the teacher's vocab_size must "
+                    "equal the run tokenizer's size (padded vocabularies need tokenizers on both sides that agree)")
+            if warn:
+                warnings.warn(f"teacher.path: {teacher_path} has no tokenizer; assuming it uses the run's "
+                              f"({size} tokens, as many as its {rows} embedding rows)", stacklevel=2)
     student = getattr(cfg, "init_from", None)
     if data_tok is not None and student and Path(student).is_dir() and has_tokenizer(student):
         if not same_vocabulary(load(student, "init_from"), data_tok):
@@ -101,6 +108,20 @@ def for_run(cfg, *, warn: bool = True) -> tuple[Any, str]:
     if teacher_tok is not None:
         return teacher_tok, f"teacher {teacher_path}"
     return synthetic(), "synthetic"
+
+
+def _embedding_rows(model_dir: Path) -> int | None:
+    """``vocab_size`` of a model directory's config.json (None when absent; ConfigError naming a broken file)."""
+    import json
+
+    path = model_dir / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        rows = json.loads(path.read_text()).get("vocab_size")
+    except (ValueError, AttributeError) as exc:
+        raise ConfigError(f"{path}: not a valid config.json ({exc})") from None
+    return int(rows) if isinstance(rows, int) else None
 
 
 def check_run(cfg) -> None:

@@ -23,6 +23,17 @@ def run_command(name: str, run: Callable[[argparse.Namespace], int], args: argpa
     except (ConfigError, CheckpointError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"workbench {name}: error: {exc}", file=sys.stderr)
         return 2
+    except (RuntimeError, OSError) as exc:  # a held run lock; a read-only, full or forbidden output location
+        from workbench.runlock import RunLocked
+        from workbench.writable import FS_ERRORS, NotWritable, describe
+
+        if isinstance(exc, (RunLocked, NotWritable)):
+            print(f"workbench {name}: error: {exc}", file=sys.stderr)
+        elif isinstance(exc, OSError) and exc.errno in FS_ERRORS:
+            print(f"workbench {name}: error: {exc.filename or '?'}: {describe(exc)}", file=sys.stderr)
+        else:
+            raise
+        return 2
 
 
 # Flags renamed to the glossary's one name per concept (docs/glossary.md): the old spelling stays a hidden alias

@@ -14,6 +14,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--length", type=int, default=None, help="context length for the spectrum table "
                    "(default: the model's max_position_embeddings)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory (atomically: the "
+                   "new checkpoint is written beside it and renamed over it); without it an existing one is refused")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -21,7 +23,20 @@ def run(args: argparse.Namespace) -> int:
 
     from workbench import config, models, rope
 
+    from pathlib import Path
+
     cfg = config.load_model_config(args.preset)
+    out = Path(args.out)
+    if (out.exists() or out.is_symlink()) and not args.overwrite:
+        what = "a checkpoint" if (out / models.MANIFEST).is_file() else "a file" if out.is_file() else "a directory"
+        raise FileExistsError(f"--out {out}: already exists ({what}); pass --overwrite to replace it, or choose "
+                              "another --out (nothing was written)")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise FileExistsError(f"--out {out}: is {'a symlink' if out.is_symlink() else 'a file'}; --overwrite "
+                              "replaces checkpoint directories only")
+    from workbench.writable import probe
+
+    probe(out.parent)  # a read-only / full / forbidden location: one line, before building the model
     n_params = models.count_parameters(cfg)
     print(f"preset {args.preset}: {n_params:,} parameters"
           + (f" (stated {cfg.stated_params:,.0f})" if cfg.stated_params else ""))

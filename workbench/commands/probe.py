@@ -56,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--windows must be >= 4 (a quarter are held out), got {args.windows}")
     if args.buckets < 2 or args.buckets > args.seq_len:
         raise ValueError(f"--buckets must be between 2 and --seq-len, got {args.buckets}")
+    if args.max_train < args.buckets:  # the probe needs training tokens of every position bucket
+        raise ValueError(f"--max-train must be >= --buckets ({args.buckets}): a probe needs training tokens of "
+                         f"every position bucket, got {args.max_train}")
     inputs.plain_hf_flag(args)
     infos = checkpoints.inspect_all(paths, allow_plain_hf=True, minimum=1)
     batch, what = inputs.for_models(paths, args, seq_len=args.seq_len, batch=args.windows, seed=args.seed,

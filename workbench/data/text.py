@@ -57,13 +57,13 @@ def iter_texts(kind: str, paths: list[Path], options: dict[str, Any]) -> Iterato
     field = options.get("field", "text")
     for path in paths:
         if kind == "text":
-            body = path.read_text(encoding="utf-8")
+            body = _read_utf8(path)
             if options.get("split", "file") == "lines":
                 yield from (line for line in body.splitlines() if line.strip())
             else:
                 yield body
         elif kind == "jsonl":
-            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for n, line in enumerate(_read_utf8(path).splitlines(), 1):
                 if not line.strip():
                     continue
                 try:
@@ -76,10 +76,21 @@ def iter_texts(kind: str, paths: list[Path], options: dict[str, Any]) -> Iterato
         else:
             import pandas as pd  # lazy: parquet only
 
-            frame = pd.read_parquet(path, columns=None)
+            try:
+                frame = pd.read_parquet(path, columns=None)
+            except Exception as exc:  # pyarrow raises its own ArrowInvalid for a file that is not parquet
+                raise ValueError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})") from None
             if field not in frame.columns:
                 raise ValueError(f"{path}: no column {field!r} (columns: {', '.join(map(str, frame.columns))})")
             yield from (str(t) for t in frame[field] if isinstance(t, str) and t)
+
+
+def _read_utf8(path: Path) -> str:
+    """A text file's content; ValueError naming the file when it is not UTF-8 text (binary garbage)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 def tokenise_corpus(kind: str, paths: list[str], tokenizer_path: str | None, options: dict[str, Any]

@@ -56,6 +56,9 @@ def load_rendering(tokenizer: str) -> Rendering:
     return rendering_for(tokenizers.load(tokenizer))
 
 
+MAX_PROMPTS = 1_000_000  # one eval request at most (hours on a GPU at 128k tokens; a typo like --depths 100000)
+
+
 def plan(checkpoints: Sequence[str | Path], *, tasks: str | Sequence[str], lengths: Sequence[int],
          depths: int | Sequence[float], samples: int, seed: int = 0, extrapolate: bool = False,
          tokenizer: str | None = None, store: str | Path | None = None) -> Plan:
@@ -71,6 +74,15 @@ def plan(checkpoints: Sequence[str | Path], *, tasks: str | Sequence[str], lengt
         raise ValueError(f"depths must be distinct percentages in [0, 100], got {depth_list}")
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
+    if len(depth_list) > min(lengths):  # more depths than positions: the same prompts again and again
+        raise ValueError(f"depths: {len(depth_list)} depths but the shortest length has only {min(lengths)} "
+                         f"positions to put the needle at; ask for at most {min(lengths)} (e.g. --depths 11)")
+    prompts = len(checkpoints) * len(task_names) * len(lengths) * len(depth_list) * int(samples)
+    if prompts > MAX_PROMPTS:
+        raise ValueError(f"{len(checkpoints)} checkpoints x {len(task_names)} tasks x {len(lengths)} lengths x "
+                         f"{len(depth_list)} depths x {samples} samples = {prompts:,} prompts "
+                         f"({prompts // len(lengths) * sum(lengths):,} tokens to score), over the limit of "
+                         f"{MAX_PROMPTS:,}; ask for fewer depths, samples or lengths")
     ckpts, limits, toks, renderings = [], {}, {}, {}
     for path in checkpoints:
         c = ck.inspect(path)

@@ -65,7 +65,7 @@ class MetricsLog:
         self.path, self.every, self.dd, self.device = Path(run_dir) / "metrics.jsonl", cfg.metrics_every, dd, device
         if dd.is_main:
             Path(run_dir).mkdir(parents=True, exist_ok=True)
-            write_run_yaml(cfg, Path(run_dir))
+            write_run_yaml(cfg, Path(run_dir), replace=step == 0)  # a fresh start describes its own config
             truncate(self.path, step)
         self.tracker = Tracker(cfg, Path(run_dir)) if dd.is_main else None  # TensorBoard / W&B beside the jsonl
         self.bar = tqdm(total=total, initial=step, disable=not (progress and dd.is_main), desc="train", unit="step",
@@ -134,9 +134,9 @@ def _record_step(line: str) -> float:
         return math.inf
 
 
-def write_run_yaml(cfg: RunConfig, run_dir: Path) -> None:
+def write_run_yaml(cfg: RunConfig, run_dir: Path, replace: bool = False) -> None:
     target = run_dir / "run.yaml"
-    if target.exists():
+    if target.exists() and not replace:
         return  # the resolved config of the run is written once; resume checks the hash instead
     tmp = run_dir / ".run.yaml.tmp"
     tmp.write_text(yaml.safe_dump(wconfig.to_dict(cfg), sort_keys=False))

@@ -51,7 +51,13 @@ def hf_config(path: Path, what: str) -> dict[str, Any]:
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise models.CheckpointError(f"{what}: {path} has no config.json (not a Hugging Face model directory)")
-    return json.loads(cfg_file.read_text())
+    try:
+        out = json.loads(cfg_file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise models.CheckpointError(f"{what}: {cfg_file}: not a valid config.json ({exc})") from None
+    if not isinstance(out, dict):
+        raise models.CheckpointError(f"{what}: {cfg_file}: expected a JSON object, got {type(out).__name__}")
+    return out
 
 
 def check_inputs(cfg: RunConfig, world_size: int = 1) -> None:

@@ -26,7 +26,7 @@ from transformers.utils import logging as hf_logging
 from workbench import config as wconfig
 from workbench import attention, data, models, tokenizers
 from workbench.config import ConfigError, PhaseConfig, RunConfig
-from workbench.train import distributed, state
+from workbench.train import distributed, rundir, state
 from workbench.train.ablations import FrozenPairs
 from workbench.train.compiling import CompileReport, compile_blocks
 from workbench.train.distill import DistillModule, autocast_for, load_teacher, resolve_precision
@@ -63,6 +63,7 @@ def preflight(cfg: RunConfig, run_dir: Path, *, resume: bool, world_size: int = 
                               "run directory (nothing is overwritten)")
     version = wconfig.HASH_VERSION
     if resume and has_run:
+        rundir.check_resumable(run_dir)  # a corrupt latest checkpoint stops here, naming it
         ckpt = state.latest_checkpoint(run_dir)
         if ckpt is not None:
             manifest = models.read_manifest(ckpt)
@@ -75,6 +76,9 @@ def preflight(cfg: RunConfig, run_dir: Path, *, resume: bool, world_size: int = 
     check_inputs(cfg, world_size)
     if cfg.teacher is not None and cfg.teacher.cache and needs_teacher(cfg):
         check_cache(Path(cfg.teacher.cache), cfg, world_size)
+    rundir.check_memory(cfg, world_size, models.pick_device(cfg.device).type)
+    if first_rank:
+        rundir.probe_writable(run_dir)
     return cfg, version
 
 
@@ -275,7 +279,22 @@ def train(cfg: RunConfig, *, out: str | None = None, resume: bool = False, progr
     held-out check every ``eval_every`` steps (``workbench.evals.training_eval``; see ``train.evaluation``)."""
     hf_logging.disable_progress_bar()  # one progress bar: ours
     run_dir = run_dir_of(cfg, out)
-    cfg, hash_version = preflight(cfg, run_dir, resume=resume, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    lock = None
+    first_rank = os.environ.get("RANK", "0") == "0"
+    if first_rank:  # one writer per run directory (workbench.runlock); a new one is claimed after preflight
+        rundir.check_own(run_dir)
+        if run_dir.is_dir():
+            lock = rundir.claim(run_dir)
+            rundir.clean_leftovers(run_dir)  # a dead writer's temp dirs: ours now that we hold the lock
+    try:
+        cfg, hash_version = preflight(cfg, run_dir, resume=resume,
+                                      world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        if first_rank and lock is None:
+            lock = rundir.claim(run_dir)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
     device = models.pick_device(cfg.device)
     dd = distributed.init(device)
     if device.type == "cuda":
@@ -291,14 +310,17 @@ def train(cfg: RunConfig, *, out: str | None = None, resume: bool = False, progr
                 run.step, run.tokens = run.step + 1, run.tokens + stats.tokens
                 phase_end = run.step == ph.end
                 run.metrics.log_step(run.step, ph.cfg, stats, run.tokens, phase_end)
+                # eval before the checkpoint: a kill between them loses no record (resume redoes both)
+                if run.evaluator.due(run.step, phase_end):
+                    run.metrics.log_eval(run.step, ph.cfg, run.evaluator.run(run.student, run.shadow))
                 if run.checkpointer.due(run.step, phase_end):
                     saved = run.checkpointer.save(run.step, run.student, run.opt, manifest(run, ph, phase_end),
                                                   trainer_state(run, ph))
                     run.parent = saved.name
-                if run.evaluator.due(run.step, phase_end):
-                    run.metrics.log_eval(run.step, ph.cfg, run.evaluator.run(run.student, run.shadow))
         run.metrics.close()
         distributed.barrier(dd)
         return run_dir
     finally:
         distributed.shutdown()
+        if lock is not None:
+            lock.release()

@@ -1,0 +1,114 @@
+"""The run directory as one writer owns it: the lock, the leftovers of dead writers, the resumable checkpoint,
+a write probe and the memory check, all before any model is built (``trainer.preflight`` / ``trainer.train``).
+
+- :func:`claim` holds ``run.lock`` (``workbench.runlock``) for the whole run on rank 0: a second ``workbench
+  train`` on the same directory fails at once naming the holder; a dead holder's lock is taken over.
+- :func:`clean_leftovers` removes the ``.tmp-*`` / ``.old-*`` directories and ``*.tmp`` files a killed save
+  left (only while holding the lock, so never a live writer's), with one note on stderr.
+- :func:`check_resumable`: the newest ``ckpt-*`` must be a complete checkpoint; a corrupt one stops
+  ``--resume`` naming it (it is never skipped and then overwritten by the resumed run).
+- :func:`probe_writable`: create and remove a file in the run directory, so a read-only, full or foreign
+  location is one line naming the path before any compute.
+- :func:`check_memory`: a training step's estimated memory (``memory.step_memory``; plus the O(T^2) document
+  mask) against the device budget (``interventions.backends.memory_budget``), refused with the estimate.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from workbench import models, writable
+from workbench.config import ConfigError, RunConfig
+from workbench.runlock import RunLock
+
+# only what the trainer itself writes (a store's ``.tmp-<store>-*`` beside it belongs to another writer)
+LEFTOVER = re.compile(r"^\.(tmp|old)-(ckpt-|probe-).*|^\.run\.yaml\.tmp$|^metrics\.jsonl\.tmp$")
+
+
+RunDirError = writable.NotWritable  # the run directory cannot be written: one line naming the path
+probe_writable = writable.probe
+FS_ERRORS, describe = writable.FS_ERRORS, writable.describe
+
+
+def check_own(run_dir: Path) -> None:
+    """Refuse an existing directory that is not a run's (FileExistsError): a new or empty one, one with a run
+    (checkpoints or metrics; ``preflight`` then wants --resume), or only what a failed start left."""
+    if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
+        raise FileExistsError(f"{run_dir}: is {'a symlink' if run_dir.is_symlink() else 'a file'}, not a run "
+                              "directory; give --out a new or empty directory (nothing is overwritten)")
+    lock = run_dir / "run.lock"
+    if lock.is_symlink() or (lock.exists() and not lock.is_file()):  # the trainer writes a plain file only
+        raise FileExistsError(f"{lock}: is not a plain file (a symlink or special file); the trainer would write "
+                              "through it: remove it first")
+    if not run_dir.is_dir() or any(run_dir.glob("ckpt-*")) or (run_dir / "metrics.jsonl").exists():
+        return
+    foreign = [p.name for p in run_dir.iterdir() if p.name not in ("run.yaml", "run.lock") and not LEFTOVER.match(p.name)]
+    if foreign:
+        raise FileExistsError(f"{run_dir}: exists and is not a run directory (it holds {', '.join(sorted(foreign)[:3])}"
+                              f"{' ...' if len(foreign) > 3 else ''}); give --out a new or empty directory "
+                              "(nothing is overwritten)")
+
+
+def claim(run_dir: Path) -> RunLock:
+    """Hold the run's lock (raises ``runlock.RunLocked`` naming the live holder)."""
+    return RunLock(run_dir).acquire()
+
+
+def clean_leftovers(run_dir: Path) -> list[Path]:
+    """Remove what dead writers left in ``run_dir`` (call only while holding its lock); returns the paths."""
+    gone = []
+    if not run_dir.is_dir():
+        return gone
+    for p in sorted(run_dir.iterdir()):
+        if not LEFTOVER.match(p.name):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        gone.append(p)
+    if gone:
+        print(f"workbench train: removed {len(gone)} leftover(s) of an interrupted writer in {run_dir}: "
+              f"{', '.join(p.name for p in gone)}", file=sys.stderr)
+    return gone
+
+
+def _step_of(path: Path) -> int | None:
+    m = re.fullmatch(r"ckpt-(\d+)", path.name)
+    return int(m.group(1)) if m else None
+
+
+def check_resumable(run_dir: Path) -> None:
+    """The newest ``ckpt-<step>`` must verify (manifest, listed files and sizes); else CheckpointError naming it."""
+    ckpts = sorted((s, p) for p in run_dir.glob("ckpt-*") if (s := _step_of(p)) is not None and p.is_dir())
+    if not ckpts:
+        return
+    newest = ckpts[-1][1]
+    try:
+        models.verify_checkpoint(newest, full_hash=False)
+    except models.CheckpointError as exc:
+        raise models.CheckpointError(f"{exc}; it is the run's latest checkpoint, so --resume stops here (move it "
+                                     f"away to resume from the one before, nothing was overwritten)") from None
+
+
+def check_memory(cfg: RunConfig, world_size: int, device: str) -> None:
+    """Refuse a phase whose training step cannot fit the memory budget (estimate, before anything is built)."""
+    from workbench.interventions.backends import budget_source, memory_budget
+    from workbench.train.memory import step_memory
+    from workbench.train.phases import phase_data
+
+    budget = memory_budget("cuda" if device == "cuda" else "cpu")
+    for i, ph in enumerate(cfg.phases):
+        est = step_memory(cfg.model, ph.seq_len, micro_batch=cfg.optim.micro_batch_size, world_size=world_size,
+                          chunk=cfg.loss.chunk_size, checkpointing=cfg.optim.activation_checkpointing).total
+        if phase_data(cfg, i).packing.attention == "document":  # the [B, 1, T, T] additive mask
+            est += 4.0 * cfg.optim.micro_batch_size * ph.seq_len ** 2
+        if est > budget:
+            raise ConfigError(f"phases[{i}] ({ph.name}): one step of {cfg.optim.micro_batch_size} x {ph.seq_len:,} "
+                              f"tokens needs about {est / 2**30:,.1f} GiB (weights, optimiser, activations, logits; "
+                              f"workbench.train.memory) but the budget is {budget / 2**30:,.1f} GiB "
+                              f"({budget_source(device if device == 'cuda' else 'cpu')}); lower seq_len or "
+                              "optim.micro_batch_size (raise grad_accum_steps), or shrink the model")
