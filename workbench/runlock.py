@@ -9,6 +9,7 @@ A lock file whose holder is dead is taken over with a warning.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -97,7 +98,15 @@ class RunLock:
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         before = holder(self.path.parent)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # never through a symlink
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise RunLocked(f"{self.path}: a symlink; the lock is never taken through one (remove it)") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RunLocked(f"{self.path}: not a regular file; remove it to run here")
         for attempt in range(10):  # a reader's probe (writer_alive) holds a shared lock for microseconds
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
