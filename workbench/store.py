@@ -1355,6 +1355,7 @@ ARM_RETRIEVAL = _register(Group("arm_retrieval", _DERIVED, derived=True))
 ARM_COMPARISONS = _register(Group("arm_comparisons", _DERIVED, derived=True))
 ARM_UPDATES = _register(Group("arm_updates", _DERIVED, derived=True))
 ARM_BANDS = _register(Group("arm_bands", _DERIVED, derived=True))
+ARM_EFFECTIVE_LENGTH = _register(Group("arm_effective_length", _DERIVED, derived=True))
 ABLATION_EFFECTS = _register(Group("ablation_effects", _DERIVED, derived=True))
 
 
