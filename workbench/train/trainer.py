@@ -32,6 +32,7 @@ from workbench.train.distill import DistillModule, autocast_for, load_teacher, r
 from workbench.train.evaluation import EvalFn, Evaluator
 from workbench.train.losses import LossSpec, doubling_edges, loss_by_bucket
 from workbench.train.metrics import MetricsLog, StepStats
+from workbench.train.pair_tracking import PairTracker
 from workbench.train.phases import check_inputs, needs_teacher, phase_data, phase_ends, phase_seed
 from workbench.train.schedule import lr_at
 from workbench.train.teacher_cache import TeacherCache, check as check_cache
@@ -277,11 +278,13 @@ def train(cfg: RunConfig, *, out: str | None = None, resume: bool = False, progr
         run = build(cfg, run_dir, resume=resume, device=device, dd=dd, hash_version=hash_version,
                     progress=progress, evaluate=evaluate)
         for ph in phases(run):
+            tracker = PairTracker.for_phase(run, ph)  # W_q/W_k pair updates since the phase start (track_every)
             while run.step < ph.end:
                 stats = train_step(run, ph)
                 run.step, run.tokens = run.step + 1, run.tokens + stats.tokens
                 phase_end = run.step == ph.end
                 run.metrics.log_step(run.step, ph.cfg, stats, run.tokens, phase_end)
+                tracker.track(run.student, run.step, phase_end)
                 if run.checkpointer.due(run.step, phase_end):
                     saved = run.checkpointer.save(run.step, run.student, run.opt, manifest(run, ph, phase_end),
                                                   trainer_state(run, ph))
