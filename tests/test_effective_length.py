@@ -61,6 +61,8 @@ def test_arm_effective_lengths_with_intervals(tmp_path):
         assert np.all(cell["effective_length_lo"] <= cell["effective_length"])
         assert np.all(cell["effective_length"] <= cell["effective_length_hi"])
     assert "| kd-x | passkey | 1024 [" in el.markdown(out)
+    bounds = np.r_[out["effective_length_lo"].values.ravel(), out["effective_length_hi"].values.ravel()]
+    assert set(bounds) <= {0, *LENGTHS}  # interval ends are evaluated lengths, never interpolated
 
 
 def test_compare_writes_effective_lengths(tmp_path, capsys):

@@ -55,6 +55,9 @@ def test_document_losses_match_dense_logits(ckpts):
     assert ce.shape == kl.shape == (79,)
     np.testing.assert_allclose(ce, ref_ce, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(kl, ref_kl, rtol=1e-3, atol=1e-5)
+    cached = pl._hidden(teacher, torch.as_tensor(ids)).float()  # the teacher's states, computed once per document
+    np.testing.assert_allclose(pl.document_losses(student, ids, teacher=teacher, teacher_hidden=cached)[1], kl,
+                               rtol=1e-5, atol=1e-7)
     _, self_kl = pl.document_losses(teacher, ids, teacher=teacher)
     assert np.abs(self_kl).max() < 1e-5
 

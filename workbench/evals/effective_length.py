@@ -9,7 +9,7 @@ L_1 < L_2 < ... (accuracy = mean over depths and samples, and over seeds for an 
 
 0 when the shortest length already fails. Intervals: the same hierarchical bootstrap as the accuracies
 (:func:`workbench.stats.resampled_means`: seeds, then prompts within each seed, one joint resample over all
-lengths), the effective length of every resample, percentile interval.
+lengths), the effective length of every resample, percentile interval (of observed values: always evaluated lengths).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def arm_effective_lengths(ds: xr.Dataset, groups: dict[str, list[str]], *, metri
             est = effective_lengths(acc, lengths, threshold=threshold, fraction=fraction)
             for c, crit in enumerate(CRITERIA):
                 point[g, t, c] = est[crit]
-                lo[g, t, c], hi[g, t, c] = np.quantile(boot[crit], [tail, 1.0 - tail])
+                lo[g, t, c], hi[g, t, c] = np.quantile(boot[crit], [tail, 1.0 - tail], method="inverted_cdf")
     dims = ("arm", "task", "criterion")
     out = xr.Dataset({"effective_length": (dims, point), "effective_length_lo": (dims, lo),
                       "effective_length_hi": (dims, hi), metric: (("arm", "task", "length"), acc_out)},

@@ -48,6 +48,7 @@ from workbench.train.losses import ChunkedLoss, LossSpec, OnlineTeacher, doublin
 TOKEN_SETS = ("all", "answers")
 HELD_OUT = 0x5EED24  # mixed into the synthetic documents' seeds: no training stream draws these documents
 SYNTHETIC_SOURCE = "synthetic"
+TEACHER_CACHE_BYTES = 1 << 30  # the teacher's hidden states of all documents are kept when they fit (else recomputed)
 
 
 @dataclass
@@ -131,13 +132,15 @@ def document_losses(model, ids: np.ndarray, *, teacher=None, teacher_hidden: tor
                     chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray | None]:
     """Per predicted token t = 1..T-1 of one document: (CE [T-1], KL(teacher || model) [T-1] or None).
 
-    The chunked loss on hidden states: at most one chunk of both models' logits exists at a time."""
+    The chunked loss on hidden states: at most one chunk of both models' logits exists at a time.
+    ``teacher_hidden``: the teacher's final hidden states [T, H_t] of this document, when computed once for many
+    checkpoints (``teacher`` still gives its lm_head)."""
     device = next(model.parameters()).device
     x = torch.as_tensor(ids, dtype=torch.long, device=device)
     h = _hidden(model, x)[:-1].float()  # [T-1, H]
     labels = x[1:]  # [T-1]
     online = None
-    if teacher is not None or teacher_hidden is not None:
+    if teacher is not None:
         th = teacher_hidden if teacher_hidden is not None else _hidden(teacher, x.to(next(teacher.parameters()).device))
         online = OnlineTeacher(th[:-1].float().to(device), teacher.get_output_embeddings().weight.float().to(device),
                                getattr(teacher.config, "final_logit_softcapping", None))
@@ -189,6 +192,10 @@ def position_loss(paths: Sequence[str | Path], docs: Documents, *, teacher: str 
     count = np.zeros(shape, dtype=np.int64)
     dev = models.pick_device(device)
     t_model = models.load(t_info.path, device=dev, dtype=dtype, allow_plain_hf=True)[0].eval() if t_info else None
+    t_hidden: list[torch.Tensor | None] = [None] * n_doc  # the teacher's hidden states, once per document
+    if t_model is not None and sum(map(len, docs.ids)) * t_model.config.hidden_size * 4 <= TEACHER_CACHE_BYTES:
+        with torch.no_grad():
+            t_hidden = [_hidden(t_model, torch.as_tensor(x, device=dev)).float().cpu() for x in docs.ids]
     thetas, hashes = [], []
     bar = tqdm(total=len(infos) * n_doc, desc="position-loss", unit="doc", disable=not progress)
     try:
@@ -200,7 +207,8 @@ def position_loss(paths: Sequence[str | Path], docs: Documents, *, teacher: str 
             thetas.append(float(models.rope_theta(model)))
             hashes.append(info.content_hash())
             for d, (ids, target) in enumerate(zip(docs.ids, docs.target)):
-                ce, kl = document_losses(model, ids, teacher=t_model, chunk_size=chunk_size)
+                ce, kl = document_losses(model, ids, teacher=t_model, teacher_hidden=t_hidden[d],
+                                         chunk_size=chunk_size)
                 for s, mask in enumerate((np.ones(len(ce), dtype=bool), target[1:])):
                     loss_sum[c, s, :, d], count[c, s, :, d] = bucket_sums(ce, mask, edges)
                     if kl is not None:
