@@ -99,5 +99,9 @@ def test_command_writes_store_and_refuses_twice(ckpts, tmp_path, capsys):
     assert ds.attrs["teacher_hash"] and ds.attrs["documents"] == "synthetic"
     assert cli.main(args) == 2  # the checkpoint is already there
     assert "already" in capsys.readouterr().err
+    other = ["position-loss", str(ckpts[1]), "--length", "64", "--n-documents", "3", "--seed", "5", "--edges", "16,32",
+             "--out", str(out)]
+    assert cli.main(other) == 2  # other documents in the same group: refused before any model runs
+    assert "data_hash" in capsys.readouterr().err
     assert cli.main(["position-loss", str(ckpts[0]), "--documents", "nope.txt", "--length", "64",
                      "--out", str(tmp_path / "t.zarr")]) == 2

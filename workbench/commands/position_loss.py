@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
         tok = checkpoints.tokenizer(paths[0], args.tokenizer)[0]
     docs = pl.load_documents(args.documents, n=args.n_documents, length=args.length, tokenizer=tok, seed=args.seed)
     labels = [checkpoints.label(p) for p in paths]
-    store.refuse(args.out, store.POSITION_LOSS, labels=labels)
+    edges = pl.bucket_edges(docs, args.first_bucket, edges)
+    store.refuse(args.out, store.POSITION_LOSS, labels=labels, attrs=pl.settings(docs, edges, args.teacher))
     ds = pl.position_loss(paths, docs, teacher=args.teacher, first_bucket=args.first_bucket, edges=edges,
                           extrapolate=args.extrapolate, device=args.device, chunk_size=args.chunk_size,
                           n_boot=args.boot, seed=args.seed)

@@ -30,6 +30,7 @@ corpus format: :func:`load_documents` is the one place that maps a source to :cl
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -161,6 +162,22 @@ def bucket_sums(values: np.ndarray, mask: np.ndarray, edges: Sequence[int]) -> t
     return sums, counts
 
 
+def bucket_edges(docs: Documents, first_bucket: int = 32, edges: Sequence[int] | None = None) -> list[int]:
+    """The position bucket edges: ``edges`` as given (checked), else doubling from ``first_bucket`` to the
+    longest document."""
+    T = docs.max_length
+    edges = [int(e) for e in edges] if edges is not None else doubling_edges(T, first_bucket)
+    if edges[0] != 0 or edges[-1] < T or any(b <= a for a, b in zip(edges[:-1], edges[1:])):
+        raise ValueError(f"bucket edges must start at 0, increase and reach {T}, got {edges}")
+    return edges
+
+
+def settings(docs: Documents, edges: Sequence[int], teacher: str | Path | None) -> dict[str, str]:
+    """The attrs one ``position_loss`` group must share (documents, bucketing, teacher), as the store keeps them."""
+    return {"data_hash": _docs_hash(docs), "edges": json.dumps(list(map(int, edges))),
+            "teacher_hash": ck.inspect(teacher).content_hash() if teacher is not None else ""}
+
+
 def bucket_labels(edges: Sequence[int]) -> list[str]:
     return [f"{lo}-{hi}" for lo, hi in zip(edges[:-1], edges[1:])]
 
@@ -183,9 +200,7 @@ def position_loss(paths: Sequence[str | Path], docs: Documents, *, teacher: str 
         if T > limit and not extrapolate:
             raise ValueError(f"{info.label}: documents of {T} tokens exceed the {limit} positions it was trained or "
                              f"configured for ({where}); pass --extrapolate to evaluate beyond them (recorded)")
-    edges = list(edges) if edges is not None else doubling_edges(T, first_bucket)
-    if edges[0] != 0 or edges[-1] < T or any(b <= a for a, b in zip(edges[:-1], edges[1:])):
-        raise ValueError(f"bucket edges must start at 0, increase and reach {T}, got {edges}")
+    edges = bucket_edges(docs, first_bucket, edges)
     n_doc, n_b = len(docs.ids), len(edges) - 1
     shape = (len(infos), len(TOKEN_SETS), n_b, n_doc)
     loss_sum, kl_sum = np.zeros(shape), np.full(shape, np.nan)
