@@ -378,7 +378,7 @@ def run_position_loss(opts: DemoOptions, state: DemoState, checkpoints: list[Pat
         return
     docs = position_loss.synthetic_documents(2 if opts.quick else 6, 2 * window, seed=7)
     paths = [str(p) for p in todo.values()]
-    jobs = min(opts.jobs, len(paths))
+    jobs = 1 if opts.quick else min(opts.jobs, len(paths))  # --quick: 2 documents, cheaper than spawning workers
     calls = [([p for p in paths[i::jobs]], docs, str(state.teacher), 1 if jobs > 1 else None) for i in range(jobs)]
     parts = in_workers(_position_loss_part, calls, jobs) if jobs > 1 else [_position_loss_part(*calls[0])]
     for ds in parts:
