@@ -47,8 +47,8 @@ def region_table(ds: xr.Dataset, groups: dict[str, list[str]], *, tokens: str = 
         for var in ("loss", "kl"):
             x = _per_doc(ds, var, tokens)
             for r in regions:
-                iv = stats.hierarchical_bootstrap(np.stack([x.sel(checkpoint=c, position_bucket=r).values
-                                                            for c in members]))
+                v = np.stack([x.sel(checkpoint=c, position_bucket=r).values for c in members])  # [seed, doc]
+                iv = stats.hierarchical_bootstrap(v[:, np.isfinite(v).all(axis=0)])  # documents with tokens there
                 row.append(f"{iv.mean:.3f} [{iv.lo:.3f}, {iv.hi:.3f}]")
         lines.append("| " + " | ".join(row) + " |")
     return lines

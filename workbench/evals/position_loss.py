@@ -325,9 +325,10 @@ def paired_difference(ds: xr.Dataset, a: Sequence[str], b: Sequence[str], *, var
     per_doc = (ds[f"{var}_sum"] / ds["count"].where(ds["count"] > 0)).sel(tokens=tokens)
     out = []
     for bucket in ds["position_bucket"].values:
-        x = np.stack([per_doc.sel(checkpoint=c, position_bucket=bucket).values for c in a])
+        x = np.stack([per_doc.sel(checkpoint=c, position_bucket=bucket).values for c in a])  # [seed, doc]
         y = np.stack([per_doc.sel(checkpoint=c, position_bucket=bucket).values for c in b])
-        out.append(stats.paired_bootstrap(x, y, n_boot=n_boot, seed=seed))
+        keep = np.isfinite(x).all(axis=0) & np.isfinite(y).all(axis=0)  # documents with tokens in the bucket
+        out.append(stats.paired_bootstrap(x[:, keep], y[:, keep], n_boot=n_boot, seed=seed))
     return out
 
 
