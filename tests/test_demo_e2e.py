@@ -28,7 +28,8 @@ def test_demo_prints_the_table_and_writes_the_report(demo_run):
     assert "| arm | task | seeds | @256 | @1024 |" in stdout
     assert "Loading weights" not in stdout  # transformers' per-load bars (also in worker processes) are off
     report = (out / "REPORT.md").read_text()
-    for heading in ("## Settings", "### Stage 1", "### Paired differences", "## F2", "## F3"):
+    for heading in ("## Settings", "### Stage 1", "### Paired differences", "## F2", "## F3",
+                    "## The continuous scorecard", "Effective lengths", "F3 over training steps"):
         assert heading in report
     for finding in ("**F1**", "**KD vs CE**", "**Cross-document KD signal**"):
         assert finding in report
@@ -50,7 +51,8 @@ def test_demo_extends_every_arm_from_its_stage1_student(demo_run):
 def test_demo_stores_open_with_plain_xarray(demo_run):
     out, _ = demo_run
     expected = {"results.zarr": ["retrieval", "arm_retrieval", "arm_comparisons", "kd_signal", "repeated_tokens",
-                                 "traces", "updates_weights", "updates_states", "bands", "arm_bands", "probes"],
+                                 "traces", "updates_weights", "updates_states", "bands", "arm_bands", "probes",
+                                 "position_loss", "arm_effective_length"],
                 "teacher.zarr": ["traces", "probes"]}
     for store, groups in expected.items():
         for group in groups:
@@ -63,6 +65,6 @@ def test_demo_stores_open_with_plain_xarray(demo_run):
 def test_demo_renders_every_figure_family_as_png_and_html(demo_run):
     out, _ = demo_run
     figures = list((out / "figures").rglob("*.png"))
-    for family in ("f1_", "f2_", "f3_", "probes_"):
+    for family in ("f1_", "f2_", "f3_", "probes_", "scorecard_"):
         pngs = [p for p in figures if p.name.startswith(family)]
         assert pngs and all(nonempty(p) and nonempty(p.with_suffix(".html")) for p in pngs), family

@@ -159,6 +159,19 @@ def retrieval_summary(ds: xr.Dataset, *, metric: str = "correct", n_boot: int = 
     return out
 
 
+def effective_length_summary(ds: xr.Dataset, **kw) -> xr.Dataset:
+    """Effective lengths (``workbench.evals.effective_length``) of every arm and reference of a ``retrieval``
+    group, with intervals from the same hierarchical bootstrap as :func:`retrieval_summary`."""
+    from workbench.evals.effective_length import arm_effective_lengths
+
+    arms, refs = retrieval_arms(ds)
+    groups = {**{name: [m.checkpoint for m in members] for name, members in arms.items()}, **{r: [r] for r in refs}}
+    if not groups:
+        raise ValueError("no checkpoints in the retrieval data")
+    out = arm_effective_lengths(ds, groups, **kw)
+    return out.assign_coords(is_reference=("arm", np.array([name in refs for name in groups], dtype=bool)))
+
+
 def _interval_doc(level: float, n_boot: int) -> str:
     return (f"{level:.0%} percentile interval, {n_boot} hierarchical bootstrap resamples "
             "(seeds, then prompts within each seed)")

@@ -24,6 +24,7 @@ COMMANDS = {
     "updates": "updates",
     "probe": "probe",
     "kd-signal": "kd_signal",
+    "position-loss": "position_loss",
     "compare": "compare",
     "upgrade-store": "upgrade_store",
     "app": "app",

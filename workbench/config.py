@@ -183,6 +183,7 @@ class RunConfig:
     eval_lengths: list[int] = field(default_factory=lambda: [256, 512])
     eval_samples: int = 16
     eval_tasks: list[str] = field(default_factory=lambda: ["passkey"])  # held-out retrieval tasks during training
+    track_every: int = 0  # optimiser steps between per-pair W_q/W_k update records (pair_updates.jsonl; 0: none)
     description: str = ""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -318,7 +319,8 @@ DEFAULT_CHANGES: list[tuple[int, str, Any]] = [
 ]
 # every key added since version 1, with the value that reproduces the behaviour from before it existed
 ADDED_AFTER_V1: dict[str, Any] = {"optim.eps": 1e-8, "optim.precision": "auto", "model.architecture": "llama",
-                                   "optim.compile": False, "logging.tensorboard": True, "logging.wandb": None}
+                                   "optim.compile": False, "logging.tensorboard": True, "logging.wandb": None,
+                                   "track_every": 0}
 
 
 def _field_default(f: dataclasses.Field) -> Any:
@@ -510,6 +512,8 @@ def validate(obj: Any) -> None:
         raise ConfigError("optim: micro_batch_size and grad_accum_steps must be > 0")
     if obj.loss.temperature <= 0:
         raise ConfigError(f"loss.temperature: must be > 0, got {obj.loss.temperature}")
+    if obj.track_every < 0:
+        raise ConfigError(f"track_every: must be >= 0 (0: no pair-update tracking), got {obj.track_every}")
     if obj.eval_every < 0 or obj.eval_samples <= 0 or any(n <= 0 for n in obj.eval_lengths):
         raise ConfigError("eval_every/eval_samples/eval_lengths: must be >= 0 / > 0 / > 0")
     if not obj.eval_tasks:

@@ -44,14 +44,22 @@ def hierarchical_bootstrap(values: np.ndarray, *, n_boot: int = N_BOOT, level: f
     x = x[~np.isnan(x).any(axis=1)]
     if x.size == 0:
         return Interval(np.nan, np.nan, np.nan, np.nan)
-    n_seeds, n_prompts = x.shape
-    rng = np.random.default_rng(seed)
-    seeds = rng.integers(n_seeds, size=(n_boot, n_seeds))
-    prompts = rng.integers(n_prompts, size=(n_boot, n_seeds, n_prompts))
-    means = x[seeds[..., None], prompts].mean(axis=(1, 2))
+    means = resampled_means(x, n_boot=n_boot, seed=seed)
     tail = (1.0 - level) / 2.0
     lo, hi = np.quantile(means, [tail, 1.0 - tail])
     return Interval(float(x.mean()), float(lo), float(hi), float((means > 0).mean()))
+
+
+def resampled_means(values: np.ndarray, *, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
+    """The hierarchical resamples' means of ``values`` [seed, prompt, ...] -> [n_boot, ...]: seeds with
+    replacement, then prompts within each seed (the same prompt indices for every trailing entry, so a
+    statistic of several cells, e.g. an effective length over lengths, is taken on one joint resample)."""
+    x = np.asarray(values, dtype=np.float64)
+    n_seeds, n_prompts = x.shape[:2]
+    rng = np.random.default_rng(seed)
+    seeds = rng.integers(n_seeds, size=(n_boot, n_seeds))
+    prompts = rng.integers(n_prompts, size=(n_boot, n_seeds, n_prompts))
+    return x[seeds[..., None], prompts].mean(axis=(1, 2))
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, **kw) -> Interval:

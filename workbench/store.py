@@ -1348,11 +1348,14 @@ KD_SIGNAL = _register(Group("kd_signal", "Cross-document KD signal", append="che
                             merge_attrs=("checkpoint_hashes",),
                             same_attrs=("data_hash", "seq_len", "n_windows", "seed", "summary_tokens", "token_kinds",
                                         "kept_tokens")))
+POSITION_LOSS = _register(Group("position_loss", "Loss and KL by position", append="checkpoint",
+                                merge_attrs=("checkpoint_hashes",), same_attrs=("data_hash", "teacher_hash", "edges")))
 ABLATIONS = _register(Group("ablations", _DERIVED))
 ARM_RETRIEVAL = _register(Group("arm_retrieval", _DERIVED, derived=True))
 ARM_COMPARISONS = _register(Group("arm_comparisons", _DERIVED, derived=True))
 ARM_UPDATES = _register(Group("arm_updates", _DERIVED, derived=True))
 ARM_BANDS = _register(Group("arm_bands", _DERIVED, derived=True))
+ARM_EFFECTIVE_LENGTH = _register(Group("arm_effective_length", _DERIVED, derived=True))
 ABLATION_EFFECTS = _register(Group("ablation_effects", _DERIVED, derived=True))
 
 

@@ -24,6 +24,7 @@ from app.views.common import (control, graph, guarded, notice, picked, register_
 from workbench import arms as A
 from workbench import store as wstore
 from workbench.figures import findings as arm_figs
+from workbench.figures import effective_length as eff_figs
 from workbench.figures import retrieval as figs
 from workbench.figures import training as training_figs
 
@@ -130,6 +131,14 @@ def arm_grids(root: Path, store: str, task: Any, value: Any):
             arm_figs.comparison_intervals(diffs, task) if diffs is not None else None)
 
 
+def effective_figure(root: Path, store: str, task: Any, value: Any):
+    """Effective lengths of the picked arms (``arm_effective_length``, written by ``workbench compare``), or None."""
+    if wstore.ARM_EFFECTIVE_LENGTH not in S.groups_of(root, store):
+        return None
+    task, names = _arm_args(root, store, task, value)
+    return eff_figs.effective_lengths(S.open_group(root, store, wstore.ARM_EFFECTIVE_LENGTH).load(), task, arms=names)
+
+
 def run_of_checkpoint(root: Path, store: str, checkpoint: str) -> str | None:
     """The run (relative to RUNS_DIR) a stored checkpoint came from, when that run is under RUNS_DIR."""
     ds = S.open_group(root, store, GROUP)
@@ -187,6 +196,7 @@ def layout() -> html.Div:
         html.Div([graph("retrieval-lines", 380), graph("retrieval-curve", 380)], className="wb-row"),
         html.Div(id="retrieval-curve-messages"),
         graph("retrieval-differences", 360),
+        graph("retrieval-effective", 360),
     ])
 
 
@@ -257,3 +267,13 @@ def register(app: Dash, root: Path) -> None:
         Input("retrieval-graph", "clickData"), State("retrieval-store", "value"), Input("retrieval-mode", "value"),
         State("retrieval-task", "value"), State("retrieval-checkpoints", "value"),
     )(guarded(curve, lambda m: ({}, shown(False, 380), notice([m], "error"))))
+
+    def effective(store: Any, mode: Any, task: Any, value: Any):
+        fig = effective_figure(root, store, task, value) if store and mode == "arms" else None
+        return fig or {}, shown(fig is not None, 360)
+
+    app.callback(
+        Output("retrieval-effective", "figure"), Output("retrieval-effective", "style"),
+        Input("retrieval-store", "value"), Input("retrieval-mode", "value"), Input("retrieval-task", "value"),
+        Input("retrieval-checkpoints", "value"),
+    )(guarded(effective, lambda m: ({}, shown(False, 360))))

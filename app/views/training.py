@@ -12,11 +12,13 @@ from dash import Dash, Input, Output, State, callback_context, dcc, html, no_upd
 from app import runs as R
 from app.paths import inside
 from app.views.common import control, graph, guarded, notice, only_when_shown, shown
+from workbench.figures import pair_tracking as pair_figs
 from workbench.figures import training as figs
 
 TAB = ("training", "Training")
 METRICS = ["loss", "ce", "kd"]
 POLL_MS = 2000
+PAIR_UPDATES = "pair_updates.jsonl"  # written by workbench.train.pair_tracking when track_every > 0
 MAX_RUNS = 8
 
 
@@ -60,6 +62,24 @@ def training_view(root: Path, names: list[str], metric: str):
     return figs.training_figure(data, metric=metric), messages, info
 
 
+def pair_updates_view(root: Path, names: list[str]):
+    """The tracked pair updates (W_q) of the first selected run that has them, or None."""
+    import json
+
+    for name in names:
+        path = inside(root, name) / PAIR_UPDATES
+        if path.is_file():
+            records = []
+            for line in path.read_text().splitlines():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:  # a line being written
+                    continue
+            if records:
+                return pair_figs.pair_updates_figure(records, run=name)
+    return None
+
+
 def run_from_query(root: Path, search: str | None) -> str | None:
     """The run a deep link (``?tab=training&run=NAME``) asks for, confined to RUNS_DIR."""
     values = parse_qs((search or "").lstrip("?")).get("run")
@@ -85,6 +105,7 @@ def layout() -> html.Div:
         html.Div(id="train-url-messages"),
         html.Div(id="train-messages"),
         graph("train-graph", 560),
+        graph("train-pairs", 420),
         html.Table(id="train-info", className="wb-summary"),
     ])
 
@@ -128,3 +149,13 @@ def register(app: Dash, root: Path) -> None:
         Input("train-runs", "value"), Input("train-metric", "value"), Input("train-poll", "n_intervals"),
         Input("tabs", "value"), State("train-stamp", "data"),
     )(guarded(draw, lambda m: ({}, shown(False, 560), notice([m], "error"), [], None)))
+
+    def pairs(value: Any, _n: Any, tab: Any):
+        only_when_shown(tab, TAB[0])
+        fig = pair_updates_view(root, selected_runs(value))
+        return fig or {}, shown(fig is not None, 420)
+
+    app.callback(
+        Output("train-pairs", "figure"), Output("train-pairs", "style"),
+        Input("train-runs", "value"), Input("train-poll", "n_intervals"), Input("tabs", "value"),
+    )(guarded(pairs, lambda m: ({}, shown(False, 420))))

@@ -11,7 +11,9 @@ DESCRIPTION = (
     "runs' resolved configs (run.yaml without name/seed/out_dir; the last checkpoint of each run), and "
     "writes per arm x task x length the mean with a hierarchical bootstrap interval (seeds, then prompts "
     "within each seed) to the group arm_retrieval, and paired differences A - B (same prompts, same seed "
-    "index) to arm_comparisons. Checkpoints outside run directories (a teacher, a plain HF model) are "
+    "index) to arm_comparisons, and effective lengths (RULER: accuracy >= --threshold; NoLiMa: >= --fraction of "
+    "its own score at the shortest length) with intervals to arm_effective_length. Checkpoints outside run "
+    "directories (a teacher, a plain HF model) are "
     "reported on their own. Default comparisons: KD - CE for every pair of arms named kd-X / ce-X."
 )
 
@@ -28,13 +30,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--level", type=float, default=0.95, help="interval level")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="effective length (RULER): longest length whose accuracy stays >= this")
+    p.add_argument("--fraction", type=float, default=0.85,
+                   help="effective length (NoLiMa): longest length whose accuracy stays >= this x its own at the "
+                        "shortest length")
 
 
 def run(args: argparse.Namespace) -> int:
     from workbench import arms, store
+    from workbench.evals import effective_length
 
     if args.boot < 100 or not 0.5 <= args.level < 1:
         raise ValueError(f"--boot must be >= 100 and --level in [0.5, 1), got {args.boot}, {args.level}")
+    effective_length.check(args.threshold, args.fraction)
     if args.store and args.store_flag and Path(args.store) != Path(args.store_flag):
         raise ValueError(f"two input stores: STORE {args.store} and --store {args.store_flag}; give one")
     args.store = args.store or args.store_flag
@@ -50,13 +59,17 @@ def run(args: argparse.Namespace) -> int:
     kw = dict(metric=args.metric, n_boot=args.boot, level=args.level, seed=args.seed)
     summary = arms.retrieval_summary(ds, **kw)
     comparisons = arms.retrieval_comparisons(ds, pairs, **kw) if pairs else None
+    eff = arms.effective_length_summary(ds, threshold=args.threshold, fraction=args.fraction, **kw)
     out = Path(args.out or args.store)
     store.save(out, store.ARM_RETRIEVAL, summary)
     if comparisons is not None:
         store.save(out, store.ARM_COMPARISONS, comparisons)
+    store.save(out, store.ARM_EFFECTIVE_LENGTH, eff)
     print(arms.summary_markdown(summary, args.metric))
     if comparisons is not None:
         print()
         print(arms.comparisons_markdown(comparisons))
+    print()
+    print(effective_length.markdown(eff))
     print(f"\narms: {', '.join(groups) or 'none'}; references: {', '.join(refs) or 'none'}; written to {out}")
     return 0

@@ -24,6 +24,7 @@ STAGE1_CONFIGS = CONFIGS / "stage1"
 
 OBJECTIVES = ("kd", "ce")
 SCHEDULES = ("fixed-small", "fixed-large", "phasewise")
+TRACKS = 8  # pair-update records per run (track_every = total steps / TRACKS): F3 over training steps
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ def arm_config(arm: Arm, *, teacher: Path, step_scale: float = 1.0) -> config.Ru
     total = sum(ph.steps for ph in phases)
     eval_every = cfg.eval_every if step_scale == 1.0 else max(1, total // 2)  # scaled runs: two held-out evals
     cfg = dataclasses.replace(cfg, name=arm.name, seed=arm.seed, phases=phases, teacher=teacher_cfg,
-                              init_from=init, eval_every=eval_every if cfg.eval_every else 0)
+                              init_from=init, eval_every=eval_every if cfg.eval_every else 0,
+                              track_every=cfg.track_every or max(1, total // TRACKS))
     config.validate(cfg)
     return cfg
 

@@ -34,7 +34,7 @@ from workbench.data import make_stream
 from workbench.demo import ablations, report
 from workbench.demo.arms import (SCHEDULES, SHIPPED_TEACHER, STAGE1_CONFIGS, TEACHER_CONFIG, Arm, arm_config, arms,
                                  stage1_student)
-from workbench.evals import grid, training_eval
+from workbench.evals import grid, position_loss, training_eval
 from workbench.measurements import cross_document
 from workbench.interventions.specs import PairSet
 from workbench.train import train
@@ -343,6 +343,7 @@ def compare_arms(opts: DemoOptions, state: DemoState) -> None:
             questions.append(f"ablation: what does {arm.split('+')[1]} change against its base arm?")
     keep = [(p, q) for p, q in zip(pairs, questions) if p[0] in groups and p[1] in groups]
     wstore.save(opts.store, wstore.ARM_RETRIEVAL, A.retrieval_summary(ds))
+    wstore.save(opts.store, wstore.ARM_EFFECTIVE_LENGTH, A.effective_length_summary(ds))
     if keep:
         wstore.save(opts.store, wstore.ARM_COMPARISONS, A.retrieval_comparisons(
             ds, [p for p, _ in keep], questions=[q for _, q in keep]))
@@ -360,6 +361,28 @@ def run_kd_signal(opts: DemoOptions, state: DemoState, checkpoints: list[Path], 
                                                       n_windows=2 if opts.quick else 8, batch_size=2, seed=11,
                                                       labels=list(todo), progress=opts.progress)
     cross_document.write_kd_signal(opts.store, ds)
+
+
+def _position_loss_part(paths: list[str], docs, teacher: str, threads: int | None) -> xr.Dataset:
+    """Loss and KL by position of some checkpoints (a top-level function so worker processes can run it)."""
+    if threads:
+        torch.set_num_threads(threads)
+    return position_loss.position_loss(paths, docs, teacher=teacher, extrapolate=True, progress=threads is None).load()
+
+
+def run_position_loss(opts: DemoOptions, state: DemoState, checkpoints: list[Path], window: int) -> None:
+    """Loss and KL(teacher || model) by position on held-out long documents of twice the window (inside the
+    documents, beyond them inside the window, beyond the window), split over worker processes."""
+    todo = _new_checkpoints(opts.store, wstore.POSITION_LOSS, "checkpoint", {ck.label(p): p for p in checkpoints})
+    if not todo:
+        return
+    docs = position_loss.synthetic_documents(2 if opts.quick else 6, 2 * window, seed=7)
+    paths = [str(p) for p in todo.values()]
+    jobs = 1 if opts.quick else min(opts.jobs, len(paths))  # --quick: 2 documents, cheaper than spawning workers
+    calls = [([p for p in paths[i::jobs]], docs, str(state.teacher), 1 if jobs > 1 else None) for i in range(jobs)]
+    parts = in_workers(_position_loss_part, calls, jobs) if jobs > 1 else [_position_loss_part(*calls[0])]
+    for ds in parts:
+        wstore.save(opts.store, wstore.POSITION_LOSS, ds)
 
 
 def config_data(state: DemoState) -> DataConfig:
@@ -427,6 +450,8 @@ def run(opts: DemoOptions) -> tuple[Path, DemoState]:
         compare_arms(opts, state)
     with timed(state, "cross-document KD signal"):
         run_kd_signal(opts, state, [state.teacher, *stage1, *finals], window)
+    with timed(state, "loss and KL to the teacher by position"):
+        run_position_loss(opts, state, [state.teacher, *stage1, *finals], window)
     with timed(state, "interventions (repeated tokens, perturbation sweep)"):
         run_interp(opts, state, [state.teacher, *seed0], window)
     with timed(state, "pair updates stage 1 -> extension"):

@@ -116,6 +116,23 @@ def ablations(store: Path) -> dict[str, go.Figure]:
             for task in map(str, ds["task"].values) for n in ds["length"].values}
 
 
+def scorecard(store: Path) -> dict[str, go.Figure]:
+    """Loss and KL to the teacher by position (references and seed-0 students), effective lengths per task."""
+    from workbench.figures import effective_length as feff
+    from workbench.figures import position_loss as fpos
+
+    figs = {}
+    ds = _group(store, wstore.POSITION_LOSS)
+    if ds is not None:
+        names = list(map(str, ds["checkpoint"].values))
+        figs["scorecard_loss_kl_by_position"] = fpos.by_position(ds, checkpoints=_teachers(names) + _students(names))
+    eff = _group(store, wstore.ARM_EFFECTIVE_LENGTH)
+    if eff is not None:
+        for task in map(str, eff["task"].values):
+            figs[f"scorecard_effective_length_{task}"] = feff.effective_lengths(eff, task)
+    return figs
+
+
 FIGURE_JOBS: dict[str, Callable[[Path], dict[str, go.Figure]]] = {
     "f1_retrieval": f1_retrieval,
     "kd_signal": kd_signal,
@@ -123,6 +140,7 @@ FIGURE_JOBS: dict[str, Callable[[Path], dict[str, go.Figure]]] = {
     "f3_pair_updates": f3_pair_updates,
     "probes": probes,
     "ablations": ablations,
+    "scorecard": scorecard,
 }
 
 
@@ -325,6 +343,20 @@ def ablation_section(store: Path, figures: dict[str, Path], out: Path) -> list[s
     return lines or ["(run `workbench demo --full` for the ablations)"]
 
 
+def scorecard_section(opts, state, store: Path, figures: dict[str, Path], out: Path) -> list[str]:
+    """What the continuous measures add to the retrieval verdicts (``workbench.demo.scorecard``)."""
+    from workbench.demo import scorecard as sc
+    from workbench.demo.arms import SCHEDULES
+
+    pairs = [(f"kd-{s}", f"ce-{s}") for s in SCHEDULES] + [("kd-phasewise", f"kd-{f}")
+                                                          for f in ("fixed-small", "fixed-large")]
+    runs = {arm.name: path for arm, path in state.runs.items() if arm.seed == 0 and arm.schedule == "phasewise"
+            and not arm.variant}
+    lines = sc.section(store, runs, pairs)
+    lines += _fig(figures, out, "results/scorecard_loss_kl_by_position", "loss and KL to the teacher by position")
+    return lines + [""]
+
+
 def write_report(opts, state, figures: list[Path]) -> Path:
     """REPORT.md in the run directory: settings, the stage-1 students, every arm with intervals, the paired
     differences, each finding's verdict with its numbers and the figure it rests on, timings."""
@@ -354,6 +386,8 @@ def write_report(opts, state, figures: list[Path]) -> Path:
         "## F2: positional and cross-document information in the KD targets", "",
         *f2_section(store, Path(opts.teacher_store), by_name, out),
         "## F3: which RoPE pairs of W_q adapt during extension", "", *f3_section(store, by_name, out),
+        "## The continuous scorecard: loss and KL to the teacher by position, effective length, F3 over steps", "",
+        *scorecard_section(opts, state, store, by_name, out),
         "## Ablations", "", *ablation_section(store, by_name, out), "",
         "## Timings (s)", "", *[f"- {k}: {v:.1f}" for k, v in state.timings.items()], "",
     ]

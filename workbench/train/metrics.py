@@ -92,6 +92,11 @@ class MetricsLog:
         for r in rows:
             self.append({"kind": "eval", "step": step, "phase": ph.name, "rope_theta": ph.rope_theta, **r})
 
+    def track(self, step: int, values: dict[str, float]) -> None:
+        """Scalars that live in their own file (e.g. ``pair_updates.jsonl``) sent to the tracker only."""
+        if self.tracker is not None:
+            self.tracker.log_values(values, step)
+
     def log_error(self, step: int, ph: PhaseConfig, stats: StepStats) -> None:
         self.append({"kind": "error", "step": step, "phase": ph.name, "loss": stats.loss,
                      "grad_norm": stats.grad_norm, "time": time.time()})

@@ -72,11 +72,12 @@ class Tracker:
                                         resume="allow")
 
     def log(self, record: dict) -> None:
-        values = scalars(record)
-        step = int(record.get("step", 0))
+        self.log_values(scalars(record), int(record.get("step", 0)), record.get("time"))
+
+    def log_values(self, values: dict[str, float], step: int, walltime: float | None = None) -> None:
         for w in self.writers:
             for tag, v in values.items():
-                w.add_scalar(tag, v, global_step=step, walltime=record.get("time"))
+                w.add_scalar(tag, v, global_step=step, walltime=walltime)
         if self.wandb_run is not None and values:
             self.wandb_run.log(values, step=step)
 

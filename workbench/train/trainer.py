@@ -26,13 +26,14 @@ from transformers.utils import logging as hf_logging
 from workbench import config as wconfig
 from workbench import attention, data, models, tokenizers
 from workbench.config import ConfigError, PhaseConfig, RunConfig
-from workbench.train import distributed, rundir, state
+from workbench.train import distributed, pair_tracking, rundir, state
 from workbench.train.ablations import FrozenPairs
 from workbench.train.compiling import CompileReport, compile_blocks
 from workbench.train.distill import DistillModule, autocast_for, load_teacher, resolve_precision
 from workbench.train.evaluation import EvalFn, Evaluator
 from workbench.train.losses import LossSpec, doubling_edges, loss_by_bucket
 from workbench.train.metrics import MetricsLog, StepStats
+from workbench.train.pair_tracking import PairTracker
 from workbench.train.phases import check_inputs, needs_teacher, phase_data, phase_ends, phase_seed
 from workbench.train.schedule import lr_at
 from workbench.train.teacher_cache import TeacherCache, check as check_cache
@@ -304,12 +305,16 @@ def train(cfg: RunConfig, *, out: str | None = None, resume: bool = False, progr
                     progress=progress, evaluate=evaluate)
         compiled = CompileReport(cfg.optim.compile, dd.is_main)
         for ph in phases(run):
+            tracker = PairTracker.for_phase(run, ph)  # W_q/W_k pair updates since the phase start (track_every)
             while run.step < ph.end:
                 stats = train_step(run, ph)
                 compiled.after_step(stats.seconds)
                 run.step, run.tokens = run.step + 1, run.tokens + stats.tokens
                 phase_end = run.step == ph.end
                 run.metrics.log_step(run.step, ph.cfg, stats, run.tokens, phase_end)
+                tracked = tracker.track(run.student, run.step, phase_end)
+                if tracked is not None:
+                    run.metrics.track(run.step, pair_tracking.scalars(tracked))
                 # eval before the checkpoint: a kill between them loses no record (resume redoes both)
                 if run.evaluator.due(run.step, phase_end):
                     run.metrics.log_eval(run.step, ph.cfg, run.evaluator.run(run.student, run.shadow))

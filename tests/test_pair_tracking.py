@@ -1,0 +1,59 @@
+"""Pair updates tracked during training (workbench.train.pair_tracking): the records at a phase end equal
+`workbench updates` (measurements.weight_updates) between the phase-start and the phase-end checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from workbench import config, measurements, models, rope
+from workbench.train import pair_tracking, train
+
+STUDENT = dict(vocab_size=128, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16,
+               intermediate_size=64, max_position_embeddings=512, rope_theta=100.0)
+
+
+def test_tracked_updates_equal_workbench_updates_at_phase_ends(tmp_path):
+    init = tmp_path / "init"
+    models.save_checkpoint(models.build_model(config.ModelConfig(**STUDENT), seed=5), init, {"phase": "i", "step": 0})
+    cfg = config.from_dict(config.RunConfig, {
+        "name": "t", "model": dict(STUDENT), "seed": 3, "init_from": str(init), "track_every": 2,
+        "data": {"kind": "synthetic-short", "doc_len_min": 16, "doc_len_max": 48},
+        "optim": {"micro_batch_size": 2, "grad_accum_steps": 1}, "checkpoint": {"every": 0, "keep_last": 1},
+        "phases": [{"name": "short", "steps": 3, "seq_len": 64, "rope_theta": 100, "lr": 3e-3, "objective": "ce"},
+                   {"name": "long", "steps": 3, "seq_len": 128, "rope_theta": 5000, "lr": 3e-3, "objective": "ce"}]})
+    run = train(cfg, out=str(tmp_path / "run"), progress=False)
+    recs = pair_tracking.read_records(run)
+    assert [(r["phase"], r["step"]) for r in recs] == [("short", 2), ("short", 3), ("long", 5), ("long", 6)]
+    assert recs[-1]["critical_pair"] == rope.critical_pair(5000, 16, 128) == 3  # the long phase's
+    for rec, (before, after) in ((recs[1], (init, run / "ckpt-000003")),
+                                 (recs[3], (run / "ckpt-000003", run / "ckpt-000006"))):
+        ref = measurements.weight_updates([before, after], allow_plain_hf=True)
+        for p in ("q", "k"):
+            tracked = np.asarray(rec[f"{p}_rel_update"])
+            assert tracked.shape == ref[f"{p}_rel_update"].shape[1:] and tracked.max() > 0
+            np.testing.assert_array_equal(tracked, ref[f"{p}_rel_update"].values[0])
+    scal = pair_tracking.scalars(recs[-1])
+    assert scal["pair_updates/q_critical"] == scal["pair_updates/q_pair03"] > 0
+    # ... and reach the tracker: TensorBoard holds the same scalars at the tracked steps
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    logged = events.Scalars("pair_updates/q_critical")
+    assert [e.step for e in logged] == [2, 3, 5, 6]
+    assert logged[-1].value == pytest.approx(scal["pair_updates/q_critical"], rel=1e-6)
+    # the Training tab draws the live records: the latest phase, critical pair marked
+    from app.paths import root_of
+    from app.views import training
+
+    fig = training.pair_updates_view(root_of(tmp_path), ["run"])
+    np.testing.assert_array_equal(fig.data[0].z, np.asarray(recs[-1]["q_rel_update"]).reshape(-1, 8))
+    assert list(fig.data[1].y) == [5, 6] and fig.layout.shapes[0].x0 == 2.5
+    assert training.pair_updates_view(root_of(tmp_path), []) is None
+
+
+def test_track_every_is_validated():
+    with pytest.raises(config.ConfigError, match="track_every"):
+        config.from_dict(config.RunConfig, {"name": "t", "model": dict(STUDENT), "track_every": -1,
+                                            "phases": [{"name": "a", "steps": 1, "seq_len": 64, "rope_theta": 100}]})

@@ -1,0 +1,110 @@
+"""Loss and KL-to-teacher by position (workbench.evals.position_loss, `workbench position-loss`): tiny random
+Llamas on short synthetic documents, a few seconds in all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from workbench import cli, divergence, store
+from workbench.config import load_model_config
+from workbench.evals import position_loss as pl
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESET = ROOT / "data/configs/presets/tiny-student.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    """A tiny student checkpoint trained for 64 positions and a tiny teacher (random weights)."""
+    from workbench.models import build_model, save_checkpoint
+
+    base = tmp_path_factory.mktemp("pl")
+    out = []
+    for i, name in ((1, "student/ckpt-000001"), (2, "teacher/ckpt-000002")):
+        save_checkpoint(build_model(load_model_config(PRESET), seed=i), base / name,
+                        {"phase": "p", "step": i, "seq_len": 64})
+        out.append(base / name)
+    return out
+
+
+def test_document_losses_match_dense_logits(ckpts):
+    """Chunked CE and KL(teacher || student) equal the full-logit computation, whatever the chunk size."""
+    from workbench.models import load
+
+    student, teacher = (load(p)[0].eval() for p in ckpts)
+    ids = pl.synthetic_documents(1, 80, seed=3).ids[0]
+    ce, kl = pl.document_losses(student, ids, teacher=teacher, chunk_size=7)
+    with torch.no_grad():
+        x = torch.as_tensor(ids)[None]
+        s_logits, t_logits = student(x).logits[0, :-1], teacher(x).logits[0, :-1]
+    ref_ce = F.cross_entropy(s_logits, x[0, 1:], reduction="none").numpy()
+    ref_kl = divergence.kl_logits(t_logits, s_logits).numpy()
+    assert ce.shape == kl.shape == (79,)
+    np.testing.assert_allclose(ce, ref_ce, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(kl, ref_kl, rtol=1e-3, atol=1e-5)
+    cached = pl._hidden(teacher, torch.as_tensor(ids)).float()  # the teacher's states, computed once per document
+    np.testing.assert_allclose(pl.document_losses(student, ids, teacher=teacher, teacher_hidden=cached)[1], kl,
+                               rtol=1e-5, atol=1e-7)
+    _, self_kl = pl.document_losses(teacher, ids, teacher=teacher)
+    assert np.abs(self_kl).max() < 1e-5
+
+
+def test_buckets_regroup_and_extrapolation(ckpts):
+    docs = pl.synthetic_documents(4, 128, seed=1)
+    assert all(len(x) == 128 for x in docs.ids) and sum(t.sum() for t in docs.target) > 50
+    ds = pl.position_loss([ckpts[0]], docs, teacher=ckpts[1], first_bucket=16, extrapolate=True, n_boot=200,
+                          progress=False)
+    assert list(ds["position_bucket"].values) == ["0-16", "16-32", "32-64", "64-128"]
+    assert ds["extrapolation"].sel(checkpoint=ds["checkpoint"].values[0]).values.tolist() == [False, False, False, True]
+    n = ds["count"].sel(tokens="all").sum(["position_bucket"]).values
+    assert (n == 127).all()  # every predicted token once
+    lo, mean, hi = (ds[v].sel(tokens="all").values for v in ("kl_lo", "kl", "kl_hi"))
+    assert np.all(lo <= mean + 1e-12) and np.all(mean <= hi + 1e-12) and np.all(mean > 0)
+    coarse = pl.regroup(ds, [32])
+    assert list(coarse["position_bucket"].values) == ["0-32", "32-128"]
+    np.testing.assert_allclose(coarse["count"].sum("position_bucket").values, ds["count"].sum("position_bucket").values)
+    np.testing.assert_allclose(coarse["loss_sum"].sel(position_bucket="0-32").values,
+                               ds["loss_sum"].sel(position_bucket=["0-16", "16-32"]).sum("position_bucket").values)
+    same = list(ds["checkpoint"].values)  # documents without answer tokens in a bucket are left out, not NaN
+    ivs = pl.paired_difference(ds, same, same, tokens="answers", n_boot=100)
+    assert sum(iv.mean == 0 for iv in ivs) >= 2 and all(iv.mean == 0 or np.isnan(iv.mean) for iv in ivs)
+    from workbench.figures import position_loss as fig
+
+    drawn = fig.by_position(ds, tokens="all")
+    assert len(drawn.data) == 2 * 3 and drawn.data[1].y is not None  # band, inside, beyond x (loss, KL)
+    with pytest.raises(ValueError, match="not bucket edges"):
+        pl.regroup(ds, [48])
+    with pytest.raises(ValueError, match="--extrapolate"):
+        pl.position_loss([ckpts[0]], docs, progress=False)
+
+
+def test_command_writes_store_and_refuses_twice(ckpts, tmp_path, capsys):
+    out = tmp_path / "s.zarr"
+    args = ["position-loss", str(ckpts[0]), "--teacher", str(ckpts[1]), "--length", "64", "--n-documents", "3",
+            "--edges", "16,32", "--boot", "100", "--threads", "1", "--out", str(out)]
+    assert cli.main(args) == 0
+    ds = store.open_group(out, store.POSITION_LOSS)
+    assert set(ds.dims) == {"checkpoint", "tokens", "position_bucket", "document"}
+    assert list(ds["position_bucket"].values) == ["0-16", "16-32", "32-64"]
+    assert ds.attrs["teacher_hash"] and ds.attrs["documents"] == "synthetic"
+    assert cli.main(args) == 2  # the checkpoint is already there
+    assert "already" in capsys.readouterr().err
+    other = ["position-loss", str(ckpts[1]), "--length", "64", "--n-documents", "3", "--seed", "5", "--edges", "16,32",
+             "--out", str(out)]
+    assert cli.main(other) == 2  # other documents in the same group: refused before any model runs
+    assert "data_hash" in capsys.readouterr().err
+    assert cli.main(["position-loss", str(ckpts[0]), "--documents", "nope.txt", "--length", "64",
+                     "--out", str(tmp_path / "t.zarr")]) == 2
