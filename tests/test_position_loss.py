@@ -108,3 +108,30 @@ def test_command_writes_store_and_refuses_twice(ckpts, tmp_path, capsys):
     assert "data_hash" in capsys.readouterr().err
     assert cli.main(["position-loss", str(ckpts[0]), "--documents", "nope.txt", "--length", "64",
                      "--out", str(tmp_path / "t.zarr")]) == 2
+
+
+def test_documents_from_a_token_corpus_are_its_held_out_documents(tmp_path):
+    """A token corpus (`workbench tokenize`) is a document source: its val split, each document cut to --length,
+    read from the memory-map; a checkpoint tokenizer other than the corpus's is refused."""
+    from transformers import AutoTokenizer
+
+    from tests.corpus_fixtures import bpe_tokenizer, documents, write_jsonl
+    from workbench.cli import main as cli_main
+    from workbench.data import corpus as wcorpus
+
+    bpe = bpe_tokenizer(tmp_path / "bpe")
+    src = write_jsonl(tmp_path / "docs.jsonl", documents(40, seed=1))
+    out = tmp_path / "corpus"
+    assert cli_main(["tokenize", str(src), "--tokenizer", str(bpe), "--out", str(out), "--val-fraction", "0.25",
+                     "--no-progress"]) == 0
+    tok = AutoTokenizer.from_pretrained(str(bpe))
+    docs = pl.load_documents([str(out)], n=3, length=64, tokenizer=tok)
+    val = wcorpus.open_corpus(out / "val")
+    want = [np.asarray(val.tokens(int(a), int(b)))[:64] for a, b in zip(val.offsets[:-1], val.offsets[1:])][:3]
+    assert len(docs.ids) == 3 and docs.source["corpus"] == str(out / "val")
+    for got, ref, target in zip(docs.ids, want, docs.target):
+        np.testing.assert_array_equal(got, ref)
+        assert len(got) <= 64 and not target[0] and target[1:].all()
+    other = bpe_tokenizer(tmp_path / "other", vocab_size=300)
+    with pytest.raises(ValueError, match="another vocabulary"):
+        pl.load_documents([str(out)], n=3, length=64, tokenizer=AutoTokenizer.from_pretrained(str(other)))

@@ -18,9 +18,10 @@ DESCRIPTION = (HELP + ". The continuous context-extension scorecard (retrieval a
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_checkpoints(p)
     p.add_argument("--documents", nargs="+", default=["synthetic"], metavar="SRC",
-                   help="'synthetic' (the synthetic language, held-out seeds) or text files (one document each, "
-                        "through the checkpoint's tokenizer)")
-    p.add_argument("--n-documents", type=int, default=16, help="number of documents (synthetic)")
+                   help="'synthetic' (the synthetic language, held-out seeds), a token corpus directory "
+                        "(`workbench tokenize`; its val split when it has one; its tokenizer must be the "
+                        "checkpoint's) or text files (one document each, through the checkpoint's tokenizer)")
+    p.add_argument("--n-documents", type=int, default=16, help="number of documents (synthetic, corpus, files)")
     p.add_argument("--length", type=int, default=2048, help="document length in tokens (the longest position asked)")
     p.add_argument("--teacher", default=None, metavar="CKPT", help="also KL(teacher || checkpoint) by position")
     p.add_argument("--first-bucket", type=int, default=32, help="upper edge of the first bucket; edges double")

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from workbench import checkpoints as ck
 from workbench import models, stats
 from workbench import store as wstore
+from workbench.data import corpus as wcorpus
 from workbench.data import synthetic
 from workbench.train.losses import ChunkedLoss, LossSpec, OnlineTeacher, doubling_edges
 
@@ -100,11 +101,32 @@ def text_documents(paths: Sequence[str | Path], tokenizer, length: int) -> Docum
                                        tokenizer=str(getattr(tokenizer, "name_or_path", ""))))
 
 
-def load_documents(source: Sequence[str], *, n: int, length: int, tokenizer=None, seed: int = 0) -> Documents:
-    """The documents of a source: ``["synthetic"]`` or text file paths (read with ``tokenizer``).
+def corpus_documents(path: str | Path, n: int, length: int, tokenizer=None) -> Documents:
+    """The first ``n`` documents (of at least 2 tokens) of a token corpus (``workbench tokenize``), each cut to
+    ``length`` tokens; its held-out split ``CORPUS/val`` when it has one. Read from the memory-map; refused when
+    ``tokenizer`` (the checkpoint's) is not the corpus's."""
+    path = Path(path)
+    split = path / "val" if (path / "val" / wcorpus.MANIFEST).is_file() else path
+    corp = wcorpus.open_corpus(split, where=f"--documents {path}")
+    if tokenizer is not None:
+        wcorpus.check_tokenizer(corp.manifest, tokenizer, "the checkpoint's tokenizer", f"--documents {path}")
+    ids, target = [], []
+    for start, end in zip(corp.offsets[:-1], corp.offsets[1:]):
+        if len(ids) == n:
+            break
+        if end - start >= 2:
+            x = corp.tokens(int(start), int(min(end, start + length)))  # int64 [<= length]
+            ids.append(x)
+            target.append(np.r_[False, np.ones(len(x) - 1, dtype=bool)])
+    if not ids:
+        raise ValueError(f"--documents {path}: no document of at least 2 tokens")
+    return Documents(ids, target, dict(documents="tokens", corpus=str(split), length=int(length),
+                                       n_documents=len(ids), tokenizer=corp.manifest["tokenizer"]["name"]))
 
-    The seam for token corpora: a corpus directory (``workbench.data``'s token shards) maps to
-    :class:`Documents` here, each of its documents cut to ``length`` tokens."""
+
+def load_documents(source: Sequence[str], *, n: int, length: int, tokenizer=None, seed: int = 0) -> Documents:
+    """The documents of a source: ``["synthetic"]``, one token corpus directory (``workbench tokenize``; its
+    ``val`` split when present), or text file paths (read with ``tokenizer``)."""
     source = list(source)
     if source == [SYNTHETIC_SOURCE]:
         return synthetic_documents(n, length, seed=seed)
@@ -112,7 +134,9 @@ def load_documents(source: Sequence[str], *, n: int, length: int, tokenizer=None
         raise ValueError("--documents: 'synthetic' cannot be mixed with files")
     dirs = [p for p in source if Path(p).is_dir()]
     if dirs:
-        raise ValueError(f"--documents {dirs[0]}: a directory; token corpora are not wired yet, give text files")
+        if len(source) > 1:
+            raise ValueError(f"--documents {dirs[0]}: a token corpus is the only source (got {len(source)})")
+        return corpus_documents(dirs[0], n, length, tokenizer)
     if tokenizer is None:
         raise ValueError("text documents need the model's tokenizer (the checkpoint has none: pass --tokenizer)")
     docs = text_documents(source, tokenizer, length)
