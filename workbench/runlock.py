@@ -45,7 +45,8 @@ def holder(run_dir: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _pid_alive(pid: object) -> bool:
+def pid_alive(pid: object) -> bool:
+    """Whether a process of this host has this pid (a pid of another user's process counts as alive)."""
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
     try:

@@ -34,6 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from workbench.data.packing import IGNORE, position_ids
+from workbench.runlock import pid_alive
 
 FORMAT = "workbench-token-corpus/1"
 MANIFEST = "manifest.json"
@@ -475,7 +476,7 @@ def tokenize(paths: Sequence[str | Path], out: str | Path, tokenizer_path: str |
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a killed run
         pid = stale.name.rsplit("-", 1)[-1]
-        if not (pid.isdigit() and _alive(int(pid))):
+        if not (pid.isdigit() and pid_alive(int(pid))):
             shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -527,16 +528,6 @@ def tokenize(paths: Sequence[str | Path], out: str | Path, tokenizer_path: str |
     for split, m in manifests.items():
         log(f"tokenize: {split}: {m['n_tokens']:,} tokens in {m['n_docs']:,} documents ({m['dtype']})")
     return out, False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ------------------------------------------------------------------------------------------- configs
