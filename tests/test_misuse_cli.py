@@ -369,3 +369,19 @@ def test_lock_held_by_another_process_then_its_death(tmp_path, capsys):
         holder.wait()
     with pytest.warns(UserWarning, match=f"taking over the lock of pid {holder.pid}"):
         assert train_cli(tmp_path, ce_cfg(phases=_phase(steps=1)), out) == 0
+
+
+def test_memory_check_counts_the_dense_mask_only_where_the_step_uses_it(monkeypatch):
+    """A document-masked 64k window: on CPU the student's step backpropagates through the dense [B, 1, T, T] mask
+    (16 GiB) and is refused; on CUDA it runs under FlexAttention (no T x T tensor), so the same budget holds."""
+    from workbench.train import rundir
+
+    monkeypatch.setenv("WORKBENCH_MEMORY_BUDGET_GB", "8")
+    cfg = config.from_dict(config.RunConfig, ce_cfg(
+        model=dict(STUDENT, max_position_embeddings=65536),
+        data={"kind": "synthetic-short", "doc_len_min": 16, "doc_len_max": 32, "packing": {"attention": "document"}},
+        optim={"micro_batch_size": 1},
+        phases=[{"name": "a", "steps": 1, "seq_len": 65536, "rope_theta": 100, "lr": 1e-3}]))
+    with pytest.raises(config.ConfigError, match="phases\\[0\\]"):
+        rundir.check_memory(cfg, 1, "cpu")
+    rundir.check_memory(cfg, 1, "cuda")  # flex: only the model's own step is counted

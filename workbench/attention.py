@@ -34,6 +34,7 @@ from typing import Any, Iterator, Literal
 
 import torch
 
+from workbench.budget import available_bytes
 from workbench.data.packing import attention_mask as dense_attention_mask
 
 Backend = Literal["auto", "flex", "dense"]
@@ -93,24 +94,9 @@ def dense_mask_bytes(batch: int, seq: int, dtype: torch.dtype = torch.float32) -
     return batch * seq * seq * torch.empty((), dtype=dtype).element_size()
 
 
-def free_bytes(device: torch.device | str) -> int:
-    """Free memory on ``device`` (CUDA: the driver's free bytes; CPU: MemAvailable)."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return int(torch.cuda.mem_get_info(dev)[0])
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-
-
 def check_dense_fits(batch: int, seq: int, dtype: torch.dtype, device: torch.device | str) -> None:
     """Refuse a dense mask larger than half the free memory, before building it (one line)."""
-    need, free = dense_mask_bytes(batch, seq, dtype), free_bytes(device)
+    need, free = dense_mask_bytes(batch, seq, dtype), available_bytes(device)
     if need > free // 2:
         raise MaskTooLarge(f"dense document mask for a {seq:,}-token window x batch {batch} needs {need / 2**30:.1f} "
                            f"GiB ({dtype}) but {torch.device(device)} has {free / 2**30:.1f} GiB free; use the flex "

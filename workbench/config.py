@@ -24,10 +24,9 @@ from typing import Any, Literal, Mapping, Union
 import yaml
 
 from workbench import rope
+from workbench import validate as ranges  # range and finiteness of every numeric key, plain names
+from workbench.validate import ConfigError  # noqa: F401 - defined with the range checks; used here and by callers
 
-
-class ConfigError(ValueError):
-    """A bad config value: the message names the file and the key."""
 
 
 # --------------------------------------------------------------------------------------------- schema
@@ -467,8 +466,6 @@ def validate_rope_scaling(scaling: Mapping[str, Any], where: str) -> None:
 
 def validate(obj: Any) -> None:
     """Cross-field rules. Raises ConfigError naming the key."""
-    from workbench import validate as ranges  # range and finiteness of every numeric key, plain names
-
     if isinstance(obj, PresetFile):
         validate_model(obj.model)
         ranges.check_model(obj.model)

@@ -37,7 +37,7 @@ from workbench.data import corpus
 from workbench.data.text import iter_texts
 from workbench.evals import tasks
 from workbench.evals.render import TextRendering
-from workbench.interventions.backends import budget_source, memory_budget
+from workbench.budget import budget_source, memory_budget
 from workbench.interventions.traces import default_inputs
 
 TEXT_SUFFIXES = (".txt", ".text", ".md")

@@ -25,10 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # deferred: `workbench --help` imports every command module, and these pull in torch and transformers
     from workbench.config import load_run_config
-    from workbench.evals import training_eval
+    from workbench.evals.runner import check_training_eval, training_eval
     from workbench.train import TrainingDiverged, train
 
     cfg = load_run_config(args.config)
+    check_training_eval(cfg, args.config)
     try:
         run_dir = train(cfg, out=args.out, resume=args.resume, progress=not args.no_progress, evaluate=training_eval)
     except TrainingDiverged as exc:

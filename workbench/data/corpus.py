@@ -34,6 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from workbench.data.packing import IGNORE, position_ids
+from workbench.data.text import load_tokenizer
 from workbench.runlock import pid_alive
 
 FORMAT = "workbench-token-corpus/1"
@@ -436,8 +437,6 @@ def tokenize(paths: Sequence[str | Path], out: str | Path, tokenizer_path: str |
     Returns (out, reused): a corpus already at ``out`` with the same fingerprint (sources, tokenizer, options) is
     reused; one with another fingerprint is an error (nothing is overwritten). Atomic: see the module note.
     """
-    from workbench import tokenizers  # lazy: transformers, seconds
-
     out = Path(out)
     if not paths:
         raise ValueError("tokenize: no source files given")
@@ -453,7 +452,7 @@ def tokenize(paths: Sequence[str | Path], out: str | Path, tokenizer_path: str |
         raise ValueError(f"--num-proc and --batch-size must be >= 1, got {num_proc} and {batch_size}")
     if not Path(tokenizer_path).is_dir():
         raise ValueError(f"--tokenizer: tokenizer directory not found: {tokenizer_path}")
-    tok = tokenizers.load(tokenizer_path, "--tokenizer")
+    tok = load_tokenizer(tokenizer_path, "--tokenizer")
     add_eos = tok.eos_token_id is not None if add_eos is None else add_eos
     if add_eos and tok.eos_token_id is None:
         raise ValueError(f"--eos: the tokenizer {tokenizer_path} has no eos token")
@@ -558,10 +557,8 @@ def check_config(data_cfg) -> dict[str, Any]:
         raise ValueError(f"data.paths: kind 'tokens' takes one token corpus directory, got {len(data_cfg.paths)}")
     manifest = read_manifest(data_cfg.paths[0])
     if data_cfg.tokenizer is not None:
-        from workbench import tokenizers  # lazy: transformers, seconds
-
-        check_tokenizer(manifest, tokenizers.load(data_cfg.tokenizer, "data.tokenizer"),
-                        f"data.tokenizer {data_cfg.tokenizer}", "data.tokenizer")
+        check_tokenizer(manifest, load_tokenizer(data_cfg.tokenizer), f"data.tokenizer {data_cfg.tokenizer}",
+                        "data.tokenizer")
     elif not tokenizer_dir(data_cfg.paths[0]).is_dir():
         raise ValueError(f"data.paths[0]: {data_cfg.paths[0]} has no tokenizer/ directory; set data.tokenizer")
     return manifest

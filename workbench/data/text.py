@@ -38,18 +38,19 @@ def check_paths(kind: str, paths: list[str], where: str = "data.paths") -> list[
     return out
 
 
-def load_tokenizer(path: str | None):
-    """A local HF tokenizer directory (offline), or the synthetic tokenizer when ``path`` is None."""
+def load_tokenizer(path: str | Path | None, what: str = "data.tokenizer"):
+    """A local HF tokenizer directory (offline), or the synthetic tokenizer when ``path`` is None; errors name
+    ``what`` (the key or flag the path came from)."""
     if path is None:
         return synthetic_tokenizer()
     if not Path(path).is_dir():
-        raise ValueError(f"data.tokenizer: tokenizer directory not found: {path}")
+        raise ValueError(f"{what}: tokenizer directory not found: {path}")
     from transformers import AutoTokenizer  # lazy: transformers costs seconds to import
 
     try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:  # transformers raises OSError/ValueError/... for a bad directory
-        raise ValueError(f"data.tokenizer: {path} is not a loadable tokenizer directory ({exc})") from None
+        raise ValueError(f"{what}: {path} is not a loadable tokenizer directory ({exc})") from None
 
 
 def iter_texts(kind: str, paths: list[Path], options: dict[str, Any]) -> Iterator[str]:

@@ -18,9 +18,10 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from workbench.config import ConfigError
 from workbench.evals import scoring
 from workbench.evals.render import Rendering, SyntheticRendering
-from workbench.evals.tasks import Sample, make_sample, make_samples, parse_tasks
+from workbench.evals.tasks import TASKS, Sample, make_sample, make_samples, parse_tasks
 
 # prompt tokens per batch when no batch size is given. On CPU attention memory traffic dominates beyond a
 # few thousand tokens per batch (measured with analyses/benchmarks/bench_eval.py: batches of 8 x 512 tokens
@@ -156,6 +157,14 @@ def quick_eval(model, *, lengths: Sequence[int], samples: int = 16, seed: int = 
     finally:
         model.train(was_training)
     return rows
+
+
+def check_training_eval(cfg, where: str) -> None:
+    """Refuse a run config whose ``eval_tasks`` this callback does not know, before training starts (the callback
+    would otherwise fail at the first eval)."""
+    for j, t in enumerate(cfg.eval_tasks):
+        if t not in TASKS:
+            raise ConfigError(f"{where}: eval_tasks[{j}]: unknown task {t!r}; known tasks: {', '.join(TASKS)}")
 
 
 def training_eval(model, cfg) -> list[dict]:

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import os
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import torch
 
 from workbench import architectures, checkpoints, models
+from workbench.budget import budget_source, memory_budget
 from workbench.divergence import js_probs
 from workbench.interventions.perturb import apply_spec, touches
 from workbench.interventions.specs import Geometry, Spec, validate_all
@@ -393,31 +393,6 @@ def eager_bytes_per_token2(num_heads: int, n_rows: int, dtype: torch.dtype = tor
 def eager_attention_bytes(num_heads: int, n_rows: int, length: int, dtype: torch.dtype = torch.float32) -> float:
     """Estimated peak bytes of one eager attention layer over ``n_rows`` x ``length`` tokens."""
     return eager_bytes_per_token2(num_heads, n_rows, dtype) * float(length) ** 2
-
-
-def memory_budget(device: torch.device | str = "cpu") -> int:
-    """Bytes a run may use: ``WORKBENCH_MEMORY_BUDGET_GB`` if set, else 60 % of the device's memory
-    (CUDA: total memory of the device; CPU: MemAvailable of /proc/meminfo, or physical memory)."""
-    if os.environ.get("WORKBENCH_MEMORY_BUDGET_GB"):
-        return int(float(os.environ["WORKBENCH_MEMORY_BUDGET_GB"]) * 2**30)
-    device = torch.device(device)
-    if device.type == "cuda":
-        return int(0.6 * torch.cuda.get_device_properties(device).total_memory)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(0.6 * int(line.split()[1]) * 1024)
-    except OSError:
-        pass
-    return int(0.6 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-
-
-def budget_source(device: torch.device | str = "cpu") -> str:
-    if os.environ.get("WORKBENCH_MEMORY_BUDGET_GB"):
-        return "WORKBENCH_MEMORY_BUDGET_GB"
-    return "60 % of the GPU's memory" if torch.device(device).type == "cuda" else \
-        "60 % of available memory; set WORKBENCH_MEMORY_BUDGET_GB to change it"
 
 
 def check_eager_length(num_heads: int, n_rows: int, length: int, *, dtype: torch.dtype = torch.float32,

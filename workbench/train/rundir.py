@@ -10,7 +10,7 @@ a write probe and the memory check, all before any model is built (``trainer.pre
 - :func:`probe_writable`: create and remove a file in the run directory, so a read-only, full or foreign
   location is one line naming the path before any compute.
 - :func:`check_memory`: a training step's estimated memory (``memory.step_memory``; plus the O(T^2) document
-  mask) against the device budget (``interventions.backends.memory_budget``), refused with the estimate.
+  mask) against the device budget (``workbench.budget.memory_budget``), refused with the estimate.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from workbench import models, writable
+from workbench import attention, models, writable
+from workbench.budget import budget_source, memory_budget
 from workbench.config import ConfigError, RunConfig
 from workbench.runlock import RunLock
 
@@ -96,7 +97,6 @@ def check_resumable(run_dir: Path) -> None:
 
 def check_memory(cfg: RunConfig, world_size: int, device: str) -> None:
     """Refuse a phase whose training step cannot fit the memory budget (estimate, before anything is built)."""
-    from workbench.interventions.backends import budget_source, memory_budget
     from workbench.train.memory import step_memory
     from workbench.train.phases import phase_data
 
@@ -104,8 +104,9 @@ def check_memory(cfg: RunConfig, world_size: int, device: str) -> None:
     for i, ph in enumerate(cfg.phases):
         est = step_memory(cfg.model, ph.seq_len, micro_batch=cfg.optim.micro_batch_size, world_size=world_size,
                           chunk=cfg.loss.chunk_size, checkpointing=cfg.optim.activation_checkpointing).total
-        if phase_data(cfg, i).packing.attention == "document":  # the [B, 1, T, T] additive mask
-            est += 4.0 * cfg.optim.micro_batch_size * ph.seq_len ** 2
+        if phase_data(cfg, i).packing.attention == "document" and \
+                attention.resolve_backend("auto", device, grad=True, seq=ph.seq_len) == "dense":
+            est += attention.dense_mask_bytes(cfg.optim.micro_batch_size, ph.seq_len)  # flex: O((T/128)^2) only
         if est > budget:
             raise ConfigError(f"phases[{i}] ({ph.name}): one step of {cfg.optim.micro_batch_size} x {ph.seq_len:,} "
                               f"tokens needs about {est / 2**30:,.1f} GiB (weights, optimiser, activations, logits; "
