@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv chromium demo test test-fast figures bench clean
+.PHONY: venv chromium demo lint test test-fast figures bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,7 +32,11 @@ figures: venv chromium  ## regenerate every figure from the demo's stores into r
 notebooks: venv  ## JupyterLab on notebooks/ (their defaults read `make demo`'s runs/demo; 01 needs no demo)
 	$(VENV)/bin/jupyter lab notebooks/
 
-test: venv chromium
+lint: venv  ## ruff: the formatter and the linter (pyproject.toml [tool.ruff])
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+test: venv chromium lint
 	$(PY) -m pytest -q --durations=15
 
 test-fast: venv

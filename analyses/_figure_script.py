@@ -9,9 +9,13 @@ from pathlib import Path
 
 def main(job: str, doc: str | None) -> int:
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--store", type=Path, nargs="+",
-                        default=[Path("runs/demo/results.zarr"), Path("runs/demo/teacher.zarr")],
-                        help="results store(s) written by `workbench demo` / eval / trace / updates / probe")
+    parser.add_argument(
+        "--store",
+        type=Path,
+        nargs="+",
+        default=[Path("runs/demo/results.zarr"), Path("runs/demo/teacher.zarr")],
+        help="results store(s) written by `workbench demo` / eval / trace / updates / probe",
+    )
     parser.add_argument("--out", type=Path, default=Path("figures"), help="output folder (PNG + HTML)")
     parser.add_argument("--no-png", action="store_true", help="HTML only (no kaleido/chromium)")
     args = parser.parse_args()
@@ -21,8 +25,11 @@ def main(job: str, doc: str | None) -> int:
     written = []
     stores = [s for s in args.store if s.exists()]
     if not stores:
-        print(f"{Path(sys.argv[0]).name}: error: no store found at {', '.join(map(str, args.store))} "
-              "(run `make demo` first or pass --store)", file=sys.stderr)
+        print(
+            f"{Path(sys.argv[0]).name}: error: no store found at {', '.join(map(str, args.store))} "
+            "(run `make demo` first or pass --store)",
+            file=sys.stderr,
+        )
         return 2
     try:
         for store in stores:

@@ -22,8 +22,16 @@ from workbench import rope  # noqa: E402
 
 LENGTHS = [1024 << i for i in range(8)]  # 1k .. 128k
 PAPER_D128 = {1024: 4.3e3, 2048: 1.6e4, 4096: 2.7e4, 8192: 8.4e4, 16384: 3.1e5}  # its table, as quoted in issue 14
-COLUMNS = ["head_dim", "length", "base_lower_bound", "steps_per_decade", "resolution",
-           "finer_bound", "finer_steps_per_decade", "seconds"]
+COLUMNS = [
+    "head_dim",
+    "length",
+    "base_lower_bound",
+    "steps_per_decade",
+    "resolution",
+    "finer_bound",
+    "finer_steps_per_decade",
+    "seconds",
+]
 
 
 def row(head_dim: int, length: int, finer: int) -> dict[str, float | int | str]:
@@ -41,17 +49,25 @@ def row(head_dim: int, length: int, finer: int) -> dict[str, float | int | str]:
         fgrid = rope.bound_grid(steps_per_decade=finer)
         j = rope.scan_base_bound(head_dim, length, fgrid)
         fine = repr(float(fgrid[j])) if j is not None else ""
-    return {"head_dim": head_dim, "length": length, "base_lower_bound": repr(bound),
-            "steps_per_decade": rope.BOUND_STEPS_PER_DECADE, "resolution": f"{rope.BOUND_RESOLUTION:.6g}",
-            "finer_bound": fine, "finer_steps_per_decade": finer or "", "seconds": f"{seconds:.2f}"}
+    return {
+        "head_dim": head_dim,
+        "length": length,
+        "base_lower_bound": repr(bound),
+        "steps_per_decade": rope.BOUND_STEPS_PER_DECADE,
+        "resolution": f"{rope.BOUND_RESOLUTION:.6g}",
+        "finer_bound": fine,
+        "finer_steps_per_decade": finer or "",
+        "seconds": f"{seconds:.2f}",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--head-dims", type=int, nargs="+", default=[64, 128], help="head dimensions (even)")
     p.add_argument("--lengths", type=int, nargs="+", default=LENGTHS, help="context lengths L in tokens")
-    p.add_argument("--finer", type=int, default=50_000,
-                   help="points a decade of the resolution check column (0: skip it)")
+    p.add_argument(
+        "--finer", type=int, default=50_000, help="points a decade of the resolution check column (0: skip it)"
+    )
     p.add_argument("--out", type=Path, default=rope.BOUND_TABLE, help="CSV to write")
     args = p.parse_args(argv)
     rows = []
@@ -60,15 +76,19 @@ def main(argv: list[str] | None = None) -> int:
             r = row(d, length, args.finer)
             rows.append(r)
             paper = PAPER_D128.get(length) if d == 128 else None
-            print(f"d={d:<4} L={length:<7} bound {float(r['base_lower_bound']):.4g}  finer grid "
-                  f"{float(r['finer_bound'] or 'nan'):.4g}  paper {paper if paper else '-'}  ({r['seconds']} s)",
-                  flush=True)
+            print(
+                f"d={d:<4} L={length:<7} bound {float(r['base_lower_bound']):.4g}  finer grid "
+                f"{float(r['finer_bound'] or 'nan'):.4g}  paper {paper if paper else '-'}  ({r['seconds']} s)",
+                flush=True,
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    header = [f"# RoPE base lower bound (arXiv 2405.14591), written by analyses/base_bound_table.py",
-              f"# base_lower_bound: first theta = 10**(k/{rope.BOUND_STEPS_PER_DECADE}) (relative step "
-              f"{rope.BOUND_RESOLUTION:.4%}) with sum_j cos(m theta^(-2j/d)) >= 0 for all 0 <= m <= length",
-              "# finer_bound: the same on the grid of finer_steps_per_decade (resolution check); "
-              "seconds: time of the defining scan, one core"]
+    header = [
+        "# RoPE base lower bound (arXiv 2405.14591), written by analyses/base_bound_table.py",
+        f"# base_lower_bound: first theta = 10**(k/{rope.BOUND_STEPS_PER_DECADE}) (relative step "
+        f"{rope.BOUND_RESOLUTION:.4%}) with sum_j cos(m theta^(-2j/d)) >= 0 for all 0 <= m <= length",
+        "# finer_bound: the same on the grid of finer_steps_per_decade (resolution check); "
+        "seconds: time of the defining scan, one core",
+    ]
     body = [",".join(COLUMNS)] + [",".join(str(r[c]) for c in COLUMNS) for r in rows]
     args.out.write_text("\n".join(header + body) + "\n")
     print(f"wrote {args.out}")

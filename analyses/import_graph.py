@@ -10,7 +10,8 @@ components of the graph of both kinds: a deferred import hides a circle from Pyt
 Parent packages are not implied edges (Python initialises them first, so they close no circle).
 
 Prints the counts, every circle, the deferred imports of project modules (``--deferred`` lists them all), the
-edges against the data flow (``FORBIDDEN``; the README's "Where things live"), and with ``--longest DIR`` the longest functions there.
+edges against the data flow (``FORBIDDEN``; the README's "Where things live"), and with ``--longest DIR`` the
+longest functions there.
 Exit status 1 when there is a circle or a forbidden edge.
 """
 
@@ -23,13 +24,18 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# (importer prefix, imported prefix): the data flow config -> data -> train -> checkpoints -> evals/interventions/measurements -> store
+# (importer prefix, imported prefix): the data flow config -> data -> train -> checkpoints
+# -> evals/interventions/measurements -> store
 # -> figures -> app, read backwards
 FORBIDDEN = [
-    ("workbench.train", "workbench.evals"), ("workbench.train", "workbench.interventions"),
-    ("workbench.train", "workbench.measurements"), ("workbench.train", "workbench.demo"),
-    ("workbench.train", "workbench.cli"), ("workbench.store", "workbench.train"),
-    ("workbench.figures", "workbench.train"), ("app", "workbench.train"),
+    ("workbench.train", "workbench.evals"),
+    ("workbench.train", "workbench.interventions"),
+    ("workbench.train", "workbench.measurements"),
+    ("workbench.train", "workbench.demo"),
+    ("workbench.train", "workbench.cli"),
+    ("workbench.store", "workbench.train"),
+    ("workbench.figures", "workbench.train"),
+    ("app", "workbench.train"),
 ]
 
 
@@ -42,8 +48,9 @@ def module_name(path: Path) -> str:
 
 def _is_type_checking(node: ast.If) -> bool:
     t = node.test
-    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (isinstance(t, ast.Attribute)
-                                                                     and t.attr == "TYPE_CHECKING")
+    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING"
+    )
 
 
 def imports(tree: ast.Module, name: str, is_package: bool):
@@ -61,7 +68,7 @@ def imports(tree: ast.Module, name: str, is_package: bool):
                 base = child.module or ""
                 if child.level:
                     pkg = name.split(".") if is_package else name.split(".")[:-1]
-                    pkg = pkg[:len(pkg) - (child.level - 1)]
+                    pkg = pkg[: len(pkg) - (child.level - 1)]
                     base = ".".join(pkg + ([base] if base else []))
                 out.append(([f"{base}.{a.name}" for a in child.names] + [base], child.lineno, deferred))
             elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
@@ -103,7 +110,10 @@ def circles(mods, edges) -> list[list[str]]:
         if root in index:
             continue
         work = [(root, iter(edges.get(root, {})))]
-        index[root] = low[root] = counter[0]; counter[0] += 1; stack.append(root); on.add(root)
+        index[root] = low[root] = counter[0]
+        counter[0] += 1
+        stack.append(root)
+        on.add(root)
         while work:
             v, it = work[-1]
             w = next(it, None)
@@ -114,13 +124,18 @@ def circles(mods, edges) -> list[list[str]]:
                 if low[v] == index[v]:
                     comp = []
                     while True:
-                        x = stack.pop(); on.discard(x); comp.append(x)
+                        x = stack.pop()
+                        on.discard(x)
+                        comp.append(x)
                         if x == v:
                             break
                     if len(comp) > 1:
                         out.append(sorted(comp))
             elif w not in index:
-                index[w] = low[w] = counter[0]; counter[0] += 1; stack.append(w); on.add(w)
+                index[w] = low[w] = counter[0]
+                counter[0] += 1
+                stack.append(w)
+                on.add(w)
                 work.append((w, iter(edges.get(w, {}))))
             elif w in on:
                 low[v] = min(low[v], index[w])
@@ -144,16 +159,27 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     mods, edges, counts = build(args.dirs)
     n_edges = sum(len(v) for v in edges.values())
-    print(f"{len(mods)} modules in {' '.join(args.dirs)}; {counts['top']} top-level and {counts['deferred']} deferred "
-          f"import statements ({counts['deferred_project']} deferred of project modules); {n_edges} project edges")
+    print(
+        f"{len(mods)} modules in {' '.join(args.dirs)}; {counts['top']} top-level and {counts['deferred']} deferred "
+        f"import statements ({counts['deferred_project']} deferred of project modules); {n_edges} project edges"
+    )
     found = circles(mods, edges)
     print(f"circles: {len(found)}")
     for comp in found:
-        inner = [f"{a} -> {b} (line {edges[a][b][0]}{', deferred' if edges[a][b][1] else ''})"
-                 for a in comp for b in comp if b in edges.get(a, {})]
+        inner = [
+            f"{a} -> {b} (line {edges[a][b][0]}{', deferred' if edges[a][b][1] else ''})"
+            for a in comp
+            for b in comp
+            if b in edges.get(a, {})
+        ]
         print("  " + " <-> ".join(comp) + "\n    " + "\n    ".join(inner))
-    bad = [(a, b, line) for a, bs in edges.items() for b, (line, _) in bs.items()
-           for src, dst in FORBIDDEN if (a == src or a.startswith(src + ".")) and (b == dst or b.startswith(dst + "."))]
+    bad = [
+        (a, b, line)
+        for a, bs in edges.items()
+        for b, (line, _) in bs.items()
+        for src, dst in FORBIDDEN
+        if (a == src or a.startswith(src + ".")) and (b == dst or b.startswith(dst + "."))
+    ]
     print(f"against the data flow: {len(bad)}")
     for a, b, line in sorted(bad):
         print(f"  {a} -> {b} (line {line})")

@@ -15,8 +15,8 @@ from urllib.parse import parse_qs
 
 import plotly.graph_objects as go
 from dash import Dash, Input, Output, dcc, html
-from flask import request
 from dash.exceptions import DependencyException
+from flask import request
 
 from app.paths import root_of
 from app.views import retrieval, spectrum, traces, training, updates
@@ -35,19 +35,35 @@ def tab_from_query(search: str | None) -> str | None:
 def create_app(runs_dir: str | Path) -> Dash:
     """The dashboard for ``runs_dir`` (must exist); reads nothing outside it."""
     root = root_of(runs_dir)
-    app = Dash(__name__, title="RoPE-KD workbench", assets_folder=str(Path(__file__).parent / "assets"),
-               update_title=None, serve_locally=True)
-    app.layout = html.Div([
-        dcc.Location(id="url", refresh=False),
-        html.Div([html.H1("RoPE-KD workbench"), html.Span(f"RUNS_DIR: {root}", className="wb-root")],
-                 className="wb-header"),
-        html.Div([
-            dcc.Tabs(id="tabs", value=None, children=[  # set from the URL: no view computes before that
-                dcc.Tab(label=v.TAB[1], value=v.TAB[0], id=f"tab-{v.TAB[0]}", children=v.layout())
-                for v in VIEWS
-            ]),
-        ], className="wb-body"),
-    ])
+    app = Dash(
+        __name__,
+        title="RoPE-KD workbench",
+        assets_folder=str(Path(__file__).parent / "assets"),
+        update_title=None,
+        serve_locally=True,
+    )
+    app.layout = html.Div(
+        [
+            dcc.Location(id="url", refresh=False),
+            html.Div(
+                [html.H1("RoPE-KD workbench"), html.Span(f"RUNS_DIR: {root}", className="wb-root")],
+                className="wb-header",
+            ),
+            html.Div(
+                [
+                    dcc.Tabs(
+                        id="tabs",
+                        value=None,
+                        children=[  # set from the URL: no view computes before that
+                            dcc.Tab(label=v.TAB[1], value=v.TAB[0], id=f"tab-{v.TAB[0]}", children=v.layout())
+                            for v in VIEWS
+                        ],
+                    )
+                ],
+                className="wb-body",
+            ),
+        ]
+    )
 
     @app.callback(Output("tabs", "value"), Input("url", "search"))
     def tab_from_url(search: Any):
@@ -79,8 +95,9 @@ def malformed_call(app: Dash) -> tuple[str, int] | None:
         return "'outputs' must be an object or a list", 400
     for key in ("inputs", "state"):
         items = body.get(key, [])
-        if not isinstance(items, list) or not all(isinstance(i, dict) and "id" in i and "property" in i
-                                                  or isinstance(i, list) for i in items):
+        if not isinstance(items, list) or not all(
+            isinstance(i, dict) and "id" in i and "property" in i or isinstance(i, list) for i in items
+        ):
             return f"'{key}' must be a list of {{id, property, value}}", 400
     changed = body.get("changedPropIds", [])
     if not isinstance(changed, list) or not all(isinstance(c, str) for c in changed):

@@ -45,8 +45,9 @@ def inside(root: Path, relative: str | os.PathLike[str]) -> Path:
     try:
         resolved = (root / pure).resolve()
     except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
-        raise OutsideRunsDir(f"refused path {text!r}: it cannot be resolved ({type(exc).__name__}: a symlink loop?)") \
-            from None
+        raise OutsideRunsDir(
+            f"refused path {text!r}: it cannot be resolved ({type(exc).__name__}: a symlink loop?)"
+        ) from None
     if resolved != root and not resolved.is_relative_to(root):
         raise OutsideRunsDir(f"refused path {text!r}: it resolves outside RUNS_DIR (symlink)")
     return resolved
@@ -120,8 +121,11 @@ def confined_tree(root: Path, path: Path, *, most: int = 200_000) -> None:
                 where = f"{path.name}/.../{entry.name}" if here != path.resolve() else f"{path.name}/{entry.name}"
                 why = escape(root, Path(entry.path)) if entry.is_symlink() else None
                 if why:
-                    raise OutsideRunsDir(f"{where}: a symlink that {why.replace('is a ', 'makes a ')}; skipped"
-                                         if "loop" in why else f"{where}: a symlink leaving RUNS_DIR; skipped")
+                    raise OutsideRunsDir(
+                        f"{where}: a symlink that {why.replace('is a ', 'makes a ')}; skipped"
+                        if "loop" in why
+                        else f"{where}: a symlink leaving RUNS_DIR; skipped"
+                    )
                 try:
                     mode = os.stat(entry.path).st_mode
                 except OSError:

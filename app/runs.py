@@ -31,8 +31,9 @@ RUN_YAML = "run.yaml"
 
 def is_run_dir(path: Path) -> bool:
     """A directory the trainer wrote (or is writing)."""
-    return path.is_dir() and ((path / RUN_YAML).is_file() or (path / METRICS).is_file()
-                              or any(p.is_dir() for p in path.glob("ckpt-*")))
+    return path.is_dir() and (
+        (path / RUN_YAML).is_file() or (path / METRICS).is_file() or any(p.is_dir() for p in path.glob("ckpt-*"))
+    )
 
 
 MAX_DEPTH = 3  # runs are found up to RUNS_DIR/a/b/<run>
@@ -53,8 +54,13 @@ def list_runs(root: Path) -> list[str]:
         keep = []
         for d in sorted(dirnames):
             child = here / d
-            if d.startswith(".") or d.endswith(".zarr") or d.startswith("ckpt-") or child.is_symlink() \
-                    or not is_inside(root, child):
+            if (
+                d.startswith(".")
+                or d.endswith(".zarr")
+                or d.startswith("ckpt-")
+                or child.is_symlink()
+                or not is_inside(root, child)
+            ):
                 continue
             if is_run_dir(child):
                 names.append(child.relative_to(root).as_posix())
@@ -88,8 +94,10 @@ class Metrics:
         if self.partial_line:
             out.append(f"{name}: the last line of {METRICS} is incomplete (still being written); it is skipped")
         if self.bad_lines:
-            out.append(f"{name}: {self.bad_lines} line(s) of {METRICS} are not workbench records (malformed, "
-                       f"or longer than {MAX_LINE >> 20} MiB) and were skipped")
+            out.append(
+                f"{name}: {self.bad_lines} line(s) of {METRICS} are not workbench records (malformed, "
+                f"or longer than {MAX_LINE >> 20} MiB) and were skipped"
+            )
         return out
 
 
@@ -121,9 +129,11 @@ def valid_record(rec: Any) -> bool:
     step = rec.get("step", 0)
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         return False
-    return (all(rec.get(k) is None or _number(rec[k]) for k in NUMERIC)
-            and all(rec.get(k) is None or math.isfinite(rec[k]) for k in FINITE)
-            and all(rec.get(k) is None or isinstance(rec[k], str) for k in TEXT))
+    return (
+        all(rec.get(k) is None or _number(rec[k]) for k in NUMERIC)
+        and all(rec.get(k) is None or math.isfinite(rec[k]) for k in FINITE)
+        and all(rec.get(k) is None or isinstance(rec[k], str) for k in TEXT)
+    )
 
 
 def _parse(line: bytes) -> dict[str, Any] | None:
@@ -163,8 +173,9 @@ def read_metrics(run_dir: Path, root: Path | None = None) -> Metrics:
         records, bad, offset, skipping = list(cached.records), cached.bad_lines, cached.offset, cached.skipping
         pending = b""  # the start of a line not yet complete (at most MAX_LINE + 1 bytes kept)
         while offset + len(pending) < st.st_size:
-            block = read_regular(root, path, offset=offset + len(pending),
-                                 limit=min(_BLOCK, st.st_size - offset - len(pending)))
+            block = read_regular(
+                root, path, offset=offset + len(pending), limit=min(_BLOCK, st.st_size - offset - len(pending))
+            )
             if not block:
                 break
             data = pending + block
@@ -194,8 +205,14 @@ def read_metrics(run_dir: Path, root: Path | None = None) -> Metrics:
                 pending = b""
             else:
                 pending = rest
-        fresh = Metrics(records=records, partial_line=bool(pending.strip()) or skipping, bad_lines=bad,
-                        offset=offset, identity=identity, skipping=skipping)
+        fresh = Metrics(
+            records=records,
+            partial_line=bool(pending.strip()) or skipping,
+            bad_lines=bad,
+            offset=offset,
+            identity=identity,
+            skipping=skipping,
+        )
         _cache[path] = fresh
         return fresh
 
@@ -220,8 +237,13 @@ class RunInfo:
 
     @property
     def phase_lengths(self) -> list[int]:
-        return sorted({int(p["seq_len"]) for p in self.phases if _number(p.get("seq_len"))
-                       and math.isfinite(p["seq_len"]) and p["seq_len"] > 0})
+        return sorted(
+            {
+                int(p["seq_len"])
+                for p in self.phases
+                if _number(p.get("seq_len")) and math.isfinite(p["seq_len"]) and p["seq_len"] > 0
+            }
+        )
 
 
 MAX_YAML = 1 << 20  # bytes of run.yaml read at most: a bigger one is refused, not parsed truncated
@@ -303,8 +325,9 @@ def run_info(root: Path, name: str) -> RunInfo:
         try:
             text = read_regular(root, path / RUN_YAML, limit=MAX_YAML + 1)
             if len(text) > MAX_YAML:
-                raise NotRegular(f"{RUN_YAML} is larger than {MAX_YAML >> 20} MiB (no run.yaml the trainer writes); "
-                                 f"not read")
+                raise NotRegular(
+                    f"{RUN_YAML} is larger than {MAX_YAML >> 20} MiB (no run.yaml the trainer writes); not read"
+                )
             loaded = yaml.safe_load(text)
             if isinstance(loaded, dict):
                 config = loaded
@@ -322,10 +345,14 @@ def run_info(root: Path, name: str) -> RunInfo:
     incomplete = sorted(p.name for p in path.glob("ckpt-*") if p.is_dir() and not (p / MANIFEST).is_file())
     temporary = [t for t in temporary if t not in in_progress]
     if in_progress:
-        messages.append(f"{name}: {len(in_progress)} checkpoint save(s) in progress ({', '.join(in_progress)}); not shown")
+        messages.append(
+            f"{name}: {len(in_progress)} checkpoint save(s) in progress ({', '.join(in_progress)}); not shown"
+        )
     if temporary:
-        messages.append(f"{name}: {', '.join(temporary)} left by a writer that stopped (no live trainer holds the run); "
-                        f"removed at the run's next start; not shown")
+        messages.append(
+            f"{name}: {', '.join(temporary)} left by a writer that stopped (no live trainer holds the run); "
+            f"removed at the run's next start; not shown"
+        )
     if incomplete:
         messages.append(f"{name}: {', '.join(incomplete)} without {MANIFEST} (incomplete); not shown")
     metrics = None

@@ -88,8 +88,9 @@ def stores_with_group(root: Path, *groups: str) -> list[str]:
 def _stamp(path: Path, group: str) -> float:
     meta = path / group / "zarr.json"
     try:
-        return max(meta.stat().st_mtime, max((p.stat().st_mtime for p in (path / group).glob("*/zarr.json")),
-                                             default=0.0))
+        return max(
+            meta.stat().st_mtime, max((p.stat().st_mtime for p in (path / group).glob("*/zarr.json")), default=0.0)
+        )
     except OSError:
         return 0.0
 
@@ -116,8 +117,9 @@ def open_group(root: Path, relative: str, group: str) -> xr.Dataset:
     except wstore.StoreError:
         raise
     except Exception as exc:  # zarr/xarray raise many types for a store a writer left half-written
-        raise wstore.StoreError(f"store {relative!r}: group {group!r} cannot be read (half-written or damaged: "
-                                f"{type(exc).__name__}: {exc})") from None
+        raise wstore.StoreError(
+            f"store {relative!r}: group {group!r} cannot be read (half-written or damaged: {type(exc).__name__}: {exc})"
+        ) from None
     with _lock:
         _cache[(path, group)] = (stamp, ds)
     return ds
@@ -134,11 +136,12 @@ def groups_of(root: Path, relative: str) -> list[str]:
     except wstore.StoreError:
         raise
     except Exception as exc:  # a store whose metadata a writer left half-written
-        raise wstore.StoreError(f"store {relative!r} cannot be read (half-written or damaged: "
-                                f"{type(exc).__name__}: {exc})") from None
+        raise wstore.StoreError(
+            f"store {relative!r} cannot be read (half-written or damaged: {type(exc).__name__}: {exc})"
+        ) from None
 
 
-_loaded: "OrderedDict[tuple, tuple[float, xr.Dataset]]" = OrderedDict()
+_loaded: OrderedDict[tuple, tuple[float, xr.Dataset]] = OrderedDict()
 MAX_LOADED = 64  # slices kept in memory (a 32 x 32 x 64 float64 slice is 0.5 MB)
 
 
@@ -152,8 +155,9 @@ def loaded(root: Path, relative: str, group: str, var: str, **select: Any) -> xr
     """
     ds = open_group(root, relative, group)
     if var not in ds.data_vars:
-        raise ValueError(f"store {relative!r} group {group!r} has no variable {var!r} "
-                         f"(has {', '.join(map(str, ds.data_vars))})")
+        raise ValueError(
+            f"store {relative!r} group {group!r} has no variable {var!r} (has {', '.join(map(str, ds.data_vars))})"
+        )
     for dim, values in select.items():
         known = set(map(str, ds[dim].values)) if dim in ds.coords else set()
         missing = [v for v in values if str(v) not in known]
@@ -173,8 +177,9 @@ def loaded(root: Path, relative: str, group: str, var: str, **select: Any) -> xr
     try:
         sub = sub.load()
     except Exception as exc:  # a chunk missing or truncated: the writer did not finish
-        raise wstore.StoreError(f"store {relative!r}: {group}/{var} cannot be read (half-written or damaged: "
-                                f"{type(exc).__name__}: {exc})") from None
+        raise wstore.StoreError(
+            f"store {relative!r}: {group}/{var} cannot be read (half-written or damaged: {type(exc).__name__}: {exc})"
+        ) from None
     with _lock:
         _loaded[key] = (stamp, sub)
         while len(_loaded) > MAX_LOADED:

@@ -20,8 +20,17 @@ torch.set_num_threads(int(os.environ.get("WORKBENCH_TEST_THREADS", "2")))
 @pytest.fixture
 def gqa_config() -> ModelConfig:
     """A random-weight GQA Llama small enough for 4096-token forwards in a second."""
-    return ModelConfig(vocab_size=96, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                       head_dim=16, intermediate_size=128, max_position_embeddings=8192, rope_theta=500.0)
+    return ModelConfig(
+        vocab_size=96,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+        max_position_embeddings=8192,
+        rope_theta=500.0,
+    )
 
 
 @pytest.fixture
@@ -36,8 +45,17 @@ def saved_checkpoint(tmp_path_factory):
     """A small GQA checkpoint saved by the workbench (random weights, theta 500)."""
     from workbench.models import build_model, save_checkpoint
 
-    cfg = ModelConfig(vocab_size=96, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                      head_dim=16, intermediate_size=128, max_position_embeddings=8192, rope_theta=500.0)
+    cfg = ModelConfig(
+        vocab_size=96,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+        max_position_embeddings=8192,
+        rope_theta=500.0,
+    )
     path = tmp_path_factory.mktemp("ckpt") / "ckpt-000010"
     save_checkpoint(build_model(cfg, seed=1), path, {"phase": "test", "step": 10})
     return path
@@ -55,8 +73,24 @@ def quick_demo(tmp_path_factory):
     if not (SHIPPED_TEACHER / "manifest.json").is_file():
         pytest.fail(f"the shipped teacher is missing at {SHIPPED_TEACHER}")
     out = tmp_path_factory.mktemp("demo") / "run"
-    proc = subprocess.run([sys.executable, "-m", "workbench", "demo", "--quick", "--no-serve", "--seeds", "1",
-                           "--no-progress", "--out", str(out)], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workbench",
+            "demo",
+            "--quick",
+            "--no-serve",
+            "--seeds",
+            "1",
+            "--no-progress",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc.stdout + proc.stderr

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-WORDS = ("the of and to in is was for on that with as by at from his her it an were are which this be or had not "
-         "but have their they one all new more when who also been has would there time first after can other some "
-         "into its years only over such city may most between up out world during two state three about license "
-         "software copyright permission notice holder shall warranty granted provided distribute modify free "
-         "conditions following source binary code without express implied damages liability contract any person "
-         "obtaining copy documentation files deal use merge publish sublicense sell").split()
+WORDS = (
+    "the of and to in is was for on that with as by at from his her it an were are which this be or had not "
+    "but have their they one all new more when who also been has would there time first after can other some "
+    "into its years only over such city may most between up out world during two state three about license "
+    "software copyright permission notice holder shall warranty granted provided distribute modify free "
+    "conditions following source binary code without express implied damages liability contract any person "
+    "obtaining copy documentation files deal use merge publish sublicense sell"
+).split()
 
 
 def documents(n: int, seed: int = 0, words: tuple[int, int] = (20, 400)) -> list[str]:
@@ -43,10 +45,15 @@ def bpe_tokenizer(directory: Path, vocab_size: int = 512) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(documents(300, seed=99), trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                   pad_token="<|endoftext|>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
     fast.save_pretrained(str(directory))
     return directory

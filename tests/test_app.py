@@ -13,17 +13,24 @@ import pytest
 from app import create_app
 from app import runs as R
 from app import stores as S
+from app.main import tab_from_query
 from app.paths import OutsideRunsDir, inside, root_of
 from app.views import spectrum as spectrum_view
 from app.views import training as training_view
-from app.main import tab_from_query
-
 
 # ------------------------------------------------------------------------------------------- fixtures
 
 
-def write_metrics(path: Path, *, steps: int = 40, switch: int = 20, theta_a: float = 500.0,
-                  theta_b: float = 20000.0, evals: bool = True, seed: int = 0) -> list[dict]:
+def write_metrics(
+    path: Path,
+    *,
+    steps: int = 40,
+    switch: int = 20,
+    theta_a: float = 500.0,
+    theta_b: float = 20000.0,
+    evals: bool = True,
+    seed: int = 0,
+) -> list[dict]:
     """A metrics.jsonl in the trainer's documented record format: two phases with a theta switch."""
     import random
 
@@ -32,24 +39,46 @@ def write_metrics(path: Path, *, steps: int = 40, switch: int = 20, theta_a: flo
     for step in range(1, steps + 1):
         phase, theta = ("short", theta_a) if step <= switch else ("long", theta_b)
         loss = 4.0 / (1 + 0.05 * step) + (0.3 if step == switch + 1 else 0) + rng.random() * 0.05
-        records.append({"kind": "train", "step": step, "phase": phase, "rope_theta": theta, "loss": loss,
-                        "ce": loss * 0.4, "kd": loss * 0.6, "lr": 1e-3, "tokens": step * 4096,
-                        "tokens_per_s": 1000.0, "peak_mem_mb": 100.0, "loss_by_bucket": {"0-256": loss},
-                        "time": float(step)})
+        records.append(
+            {
+                "kind": "train",
+                "step": step,
+                "phase": phase,
+                "rope_theta": theta,
+                "loss": loss,
+                "ce": loss * 0.4,
+                "kd": loss * 0.6,
+                "lr": 1e-3,
+                "tokens": step * 4096,
+                "tokens_per_s": 1000.0,
+                "peak_mem_mb": 100.0,
+                "loss_by_bucket": {"0-256": loss},
+                "time": float(step),
+            }
+        )
         if evals and step % 10 == 0:
             for length in (256, 1024):
-                records.append({"kind": "eval", "step": step, "phase": phase, "task": "passkey", "length": length,
-                                "accuracy": min(1.0, step / steps * (256 / length) ** 0.5),
-                                "answer_logprob": -1.0})
+                records.append(
+                    {
+                        "kind": "eval",
+                        "step": step,
+                        "phase": phase,
+                        "task": "passkey",
+                        "length": length,
+                        "accuracy": min(1.0, step / steps * (256 / length) ** 0.5),
+                        "answer_logprob": -1.0,
+                    }
+                )
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return records
 
 
 def write_run_yaml(run: Path, *, short: int = 256, long: int = 1024) -> None:
     run.joinpath("run.yaml").write_text(
-        "name: {}\nphases:\n"
-        "  - {{name: short, steps: 20, seq_len: {}, rope_theta: 500.0}}\n"
-        "  - {{name: long, steps: 20, seq_len: {}, rope_theta: 20000.0}}\n".format(run.name, short, long))
+        f"name: {run.name}\nphases:\n"
+        f"  - {{name: short, steps: 20, seq_len: {short}, rope_theta: 500.0}}\n"
+        f"  - {{name: long, steps: 20, seq_len: {long}, rope_theta: 20000.0}}\n"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +94,17 @@ def runs_dir(tmp_path_factory) -> Path:
     good.mkdir(parents=True)
     write_run_yaml(good)
     write_metrics(good / "metrics.jsonl")
-    cfg = ModelConfig(vocab_size=32, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
-                      intermediate_size=64, max_position_embeddings=1024, rope_theta=500.0)
+    cfg = ModelConfig(
+        vocab_size=32,
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=16,
+        intermediate_size=64,
+        max_position_embeddings=1024,
+        rope_theta=500.0,
+    )
     save_checkpoint(build_model(cfg, seed=0), good / "ckpt-000020", {"phase": "short", "step": 20})
     (good / ".tmp-ckpt-000040-abcd").mkdir()
     os.utime(good / ".tmp-ckpt-000040-abcd", (0, 0))  # a save killed long ago (a young one counts as live)
@@ -94,12 +132,20 @@ def _tiny_run_config(name: str, theta_long: float, teacher: str | None = None):
 
     cfg = config.load_run_config(Path(__file__).resolve().parents[1] / "data/configs/tiny-ce-phasewise.yaml")
     cfg.name = name
-    cfg.model = dataclasses.replace(cfg.model, hidden_size=32, intermediate_size=64, num_heads=2, num_kv_heads=1,
-                                    head_dim=16, max_position_embeddings=256)
+    cfg.model = dataclasses.replace(
+        cfg.model,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=16,
+        max_position_embeddings=256,
+    )
     cfg.init_from = None  # from scratch, two phases: a short one at theta 500, a long one at theta_long
-    cfg.phases = [dataclasses.replace(cfg.phases[0], name="short", steps=3, seq_len=64, rope_theta=500.0, warmup_steps=1),
-                  dataclasses.replace(cfg.phases[0], name="long", steps=3, seq_len=128, rope_theta=theta_long,
-                                      warmup_steps=1)]
+    cfg.phases = [
+        dataclasses.replace(cfg.phases[0], name="short", steps=3, seq_len=64, rope_theta=500.0, warmup_steps=1),
+        dataclasses.replace(cfg.phases[0], name="long", steps=3, seq_len=128, rope_theta=theta_long, warmup_steps=1),
+    ]
     cfg.eval_tasks = ["passkey"]
     cfg.optim.micro_batch_size = 2
     cfg.checkpoint.every, cfg.checkpoint.keep_last = 3, 10
@@ -114,19 +160,27 @@ def _tiny_run_config(name: str, theta_long: float, teacher: str | None = None):
 
 def build_tiny_runs(root: Path) -> Path:
     """RUNS_DIR made only by the workbench's own writers: two real training runs (CE phase-wise, and KD
-    from the CE run's last checkpoint as teacher), then ``results.zarr`` with the per-pair update groups
-    (updates_weights, updates_states, bands) of the KD run, traces and repeated tokens of both final
-    checkpoints (two specs), the retrieval grid of both final checkpoints, and the arm summaries of both
-runs (one seed each)."""
+        from the CE run's last checkpoint as teacher), then ``results.zarr`` with the per-pair update groups
+        (updates_weights, updates_states, bands) of the KD run, traces and repeated tokens of both final
+        checkpoints (two specs), the retrieval grid of both final checkpoints, and the arm summaries of both
+    runs (one seed each)."""
     from workbench import measurements, models, store
     from workbench.evals import grid, training_eval
     from workbench.train.trainer import train
 
-    ce = train(_tiny_run_config("ce-phasewise", 10000.0), out=str(root / "ce-phasewise"), progress=False,
-               evaluate=training_eval)
+    ce = train(
+        _tiny_run_config("ce-phasewise", 10000.0),
+        out=str(root / "ce-phasewise"),
+        progress=False,
+        evaluate=training_eval,
+    )
     teacher = models.list_checkpoints(ce)[-1]
-    kd = train(_tiny_run_config("kd-phasewise", 10000.0, teacher=str(teacher)), out=str(root / "kd-phasewise"),
-               progress=False, evaluate=training_eval)
+    kd = train(
+        _tiny_run_config("kd-phasewise", 10000.0, teacher=str(teacher)),
+        out=str(root / "kd-phasewise"),
+        progress=False,
+        evaluate=training_eval,
+    )
     out = root / "results.zarr"
     ckpts = models.list_checkpoints(kd)
     weights = measurements.weight_updates(ckpts)
@@ -135,13 +189,17 @@ runs (one seed each)."""
     store.save(out, "bands", measurements.band_summary(weights, [64, 128]))
     from workbench import interventions
 
-    specs = [interventions.Spec("q-shift-16", [interventions.shift(16, "q")]), interventions.Spec("theta-swap", [interventions.theta_swap(50.0)])]
+    specs = [
+        interventions.Spec("q-shift-16", [interventions.shift(16, "q")]),
+        interventions.Spec("theta-swap", [interventions.theta_swap(50.0)]),
+    ]
     for ckpt in (teacher, ckpts[-1]):
         be = interventions.load_backend(ckpt, "nnsight")
         inputs = interventions.default_inputs(be.vocab_size, batch=1, length=64)
         interventions.write_traces(out, interventions.run_trace(ckpt, specs, inputs, backend=be, buckets=4))
-        interventions.write_repeated(out, interventions.repeated_tokens(ckpt, specs[:1], backend=be, window=128, period=16,
-                                                          copies=4, samples=1))
+        interventions.write_repeated(
+            out, interventions.repeated_tokens(ckpt, specs[:1], backend=be, window=128, period=16, copies=4, samples=1)
+        )
     plan = grid.plan([teacher, ckpts[-1]], tasks="passkey", lengths=[64, 128], depths=2, samples=1, store=out)
     store.save(out, "retrieval", grid.evaluate_plan(plan, device="cpu", progress=False))
     from workbench import arms as A
@@ -175,8 +233,20 @@ def tiny_runs(tmp_path_factory) -> Path:
 # ---------------------------------------------------------------------------------------- confinement
 
 
-@pytest.mark.parametrize("bad", ["../outside", "/etc", "escape", "escape/metrics.jsonl", "a/../../outside",
-                                 "kd-phasewise/../../outside", "..", "", "x\x00y"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "../outside",
+        "/etc",
+        "escape",
+        "escape/metrics.jsonl",
+        "a/../../outside",
+        "kd-phasewise/../../outside",
+        "..",
+        "",
+        "x\x00y",
+    ],
+)
 def test_paths_outside_runs_dir_are_refused(runs_dir, bad):
     with pytest.raises(OutsideRunsDir):
         inside(root_of(runs_dir), bad)
@@ -283,11 +353,16 @@ def test_spectrum_view_numbers_follow_the_controls():
     assert wave2.data[0].y[-1] > wave.data[0].y[-1]  # larger theta, longer wavelengths
 
 
-@pytest.mark.parametrize("args, match", [((None, 64, 4096, ""), "theta must be a number"),
-                                         ((-5, 64, 4096, ""), "theta must be in"),
-                                         ((1e4, 63, 4096, ""), "even"),
-                                         ((1e4, 64, 10**9, ""), "length must be in"),
-                                         ((1e4, 64, 4096, "12, abc"), "phase lengths")])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((None, 64, 4096, ""), "theta must be a number"),
+        ((-5, 64, 4096, ""), "theta must be in"),
+        ((1e4, 63, 4096, ""), "even"),
+        ((1e4, 64, 10**9, ""), "length must be in"),
+        ((1e4, 64, 4096, "12, abc"), "phase lengths"),
+    ],
+)
 def test_spectrum_view_rejects_bad_controls(args, match):
     with pytest.raises(ValueError, match=match):
         spectrum_view.update(*args)
@@ -332,29 +407,48 @@ def test_tab_from_query():
 
 
 def _post(client, output: str, outputs: list[tuple[str, str]], inputs: list[dict], state: list[dict] | None = None):
-    body = {"output": output, "outputs": [{"id": i, "property": p} for i, p in outputs],
-            "inputs": inputs, "state": state or [], "changedPropIds": [f"{inputs[0]['id']}.{inputs[0]['property']}"]}
+    body = {
+        "output": output,
+        "outputs": [{"id": i, "property": p} for i, p in outputs],
+        "inputs": inputs,
+        "state": state or [],
+        "changedPropIds": [f"{inputs[0]['id']}.{inputs[0]['property']}"],
+    }
     resp = client.post("/_dash-update-component", json=body)
     assert resp.status_code == 200, resp.data[:500]
     return resp.get_json()["response"]
 
 
-TRAIN_OUT = "..train-graph.figure...train-graph.style...train-messages.children...train-info.children...train-stamp.data.."
-TRAIN_OUTPUTS = [("train-graph", "figure"), ("train-graph", "style"), ("train-messages", "children"),
-                 ("train-info", "children"), ("train-stamp", "data")]
+TRAIN_OUT = (
+    "..train-graph.figure...train-graph.style...train-messages.children...train-info.children...train-stamp.data.."
+)
+TRAIN_OUTPUTS = [
+    ("train-graph", "figure"),
+    ("train-graph", "style"),
+    ("train-messages", "children"),
+    ("train-info", "children"),
+    ("train-stamp", "data"),
+]
 
 
 def _train_inputs(runs):
-    return [{"id": "train-runs", "property": "value", "value": runs},
-            {"id": "train-metric", "property": "value", "value": "loss"},
-            {"id": "train-poll", "property": "n_intervals", "value": None},
-            {"id": "tabs", "property": "value", "value": "training"}]
+    return [
+        {"id": "train-runs", "property": "value", "value": runs},
+        {"id": "train-metric", "property": "value", "value": "loss"},
+        {"id": "train-poll", "property": "n_intervals", "value": None},
+        {"id": "tabs", "property": "value", "value": "training"},
+    ]
 
 
 def test_server_callback_draws_a_run(runs_dir):
     client = create_app(runs_dir).server.test_client()
-    resp = _post(client, TRAIN_OUT, TRAIN_OUTPUTS, _train_inputs(["kd-phasewise"]),
-                 [{"id": "train-stamp", "property": "data", "value": None}])
+    resp = _post(
+        client,
+        TRAIN_OUT,
+        TRAIN_OUTPUTS,
+        _train_inputs(["kd-phasewise"]),
+        [{"id": "train-stamp", "property": "data", "value": None}],
+    )
     assert resp["train-graph"]["style"]["display"] == "block"
     assert len(resp["train-graph"]["figure"]["data"]) >= 2
 
@@ -362,17 +456,25 @@ def test_server_callback_draws_a_run(runs_dir):
 @pytest.mark.parametrize("bad", [["../outside"], ["escape"], [os.sep + "etc"], "../../..", [["nested"]]])
 def test_server_callback_refuses_paths_outside(runs_dir, bad):
     client = create_app(runs_dir).server.test_client()
-    resp = _post(client, TRAIN_OUT, TRAIN_OUTPUTS, _train_inputs(bad),
-                 [{"id": "train-stamp", "property": "data", "value": None}])
+    resp = _post(
+        client, TRAIN_OUT, TRAIN_OUTPUTS, _train_inputs(bad), [{"id": "train-stamp", "property": "data", "value": None}]
+    )
     assert resp["train-graph"]["style"]["display"] == "none"
     text = json.dumps(resp["train-messages"]["children"])
     assert "refused" in text or "must be strings" in text
     assert "Traceback" not in text
 
 
-@pytest.mark.parametrize("url", ["/assets/../../pyproject.toml", "/assets/%2e%2e/%2e%2e/pyproject.toml",
-                                 "/assets/..%2f..%2fpyproject.toml", "/_dash-component-suites/dash/../../../../etc/passwd",
-                                 "/_dash-component-suites/os/path.py"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/assets/../../pyproject.toml",
+        "/assets/%2e%2e/%2e%2e/pyproject.toml",
+        "/assets/..%2f..%2fpyproject.toml",
+        "/_dash-component-suites/dash/../../../../etc/passwd",
+        "/_dash-component-suites/os/path.py",
+    ],
+)
 def test_urls_cannot_read_files_outside(runs_dir, url):
     resp = create_app(runs_dir).server.test_client().get(url)
     assert resp.status_code == 404 and b"[project]" not in resp.data and b"root:" not in resp.data
@@ -456,10 +558,13 @@ def test_data_views_say_when_runs_dir_has_no_such_data(runs_dir):
     from app.views import common
 
     client = create_app(runs_dir).server.test_client()
-    resp = _post(client, "..retrieval-store.options...retrieval-store.value...retrieval-messages.children..",
-                 [("retrieval-store", "options"), ("retrieval-store", "value"), ("retrieval-messages", "children")],
-                 [{"id": "tabs", "property": "value", "value": "retrieval"}],
-                 [{"id": "retrieval-store", "property": "value", "value": None}])
+    resp = _post(
+        client,
+        "..retrieval-store.options...retrieval-store.value...retrieval-messages.children..",
+        [("retrieval-store", "options"), ("retrieval-store", "value"), ("retrieval-messages", "children")],
+        [{"id": "tabs", "property": "value", "value": "retrieval"}],
+        [{"id": "retrieval-store", "property": "value", "value": None}],
+    )
     assert resp["retrieval-store"]["options"] == []
     assert "no data of this kind in RUNS_DIR" in json.dumps(resp["retrieval-messages"]["children"])
     assert isinstance(common.notice(["x"])[0], html.Div)
@@ -473,8 +578,9 @@ def test_traces_view_reads_the_interp_groups(tiny_runs):
     c = traces.choices(root, "results.zarr")
     assert len(c["checkpoints"]) == 2 and c["specs"] == ["q-shift-16", "theta-swap"]
     assert [b["value"] for b in c["buckets"]] == [traces.MEAN, 0, 1, 2, 3]
-    lines, heat, bars = traces.trace_figures(root, "results.zarr", c["checkpoints"][0], "lens_kl", "theta-swap",
-                                             traces.MEAN)
+    lines, heat, bars = traces.trace_figures(
+        root, "results.zarr", c["checkpoints"][0], "lens_kl", "theta-swap", traces.MEAN
+    )
     assert [t.name for t in lines.data] == ["q-shift-16", "theta-swap"]
     assert len(heat.data[0].z) == 2 and len(heat.data[0].z[0]) == 4  # 2 layers x 4 buckets
     assert len(bars.data) == 2  # one bar group per checkpoint
@@ -499,8 +605,11 @@ def test_damaged_or_foreign_stores_are_messages(tiny_runs, tmp_path):
 
     root = tmp_path / "runs"
     shutil.copytree(tiny_runs / "results.zarr", root / "damaged.zarr")
-    chunk = next(p for p in (root / "damaged.zarr" / "updates_weights" / "q_rel_update").rglob("*")
-                 if p.is_file() and p.name != "zarr.json")
+    chunk = next(
+        p
+        for p in (root / "damaged.zarr" / "updates_weights" / "q_rel_update").rglob("*")
+        if p.is_file() and p.name != "zarr.json"
+    )
     chunk.write_bytes(chunk.read_bytes()[:7])  # a writer killed mid-chunk
     foreign = zarr.open_group(str(root / "foreign.zarr"), mode="w", zarr_format=3)
     foreign.attrs["schema"] = "someone-else/1"
@@ -537,15 +646,19 @@ def _arm_store(tiny_runs: Path, root: Path, *, comparisons: bool = True) -> str:
 
     import xarray as xr
 
-    from workbench import measurements, models, store
     from workbench import arms as A
+    from workbench import measurements, models, store
 
     out = root / "arms.zarr"
     shutil.copytree(tiny_runs / "results.zarr", out)
     shutil.rmtree(out / "updates_weights")
     shutil.rmtree(out / "bands")
-    weights = measurements.weight_updates([*models.list_checkpoints(tiny_runs / "ce-phasewise")[-2:],
-                                       *models.list_checkpoints(tiny_runs / "kd-phasewise")[-2:]])
+    weights = measurements.weight_updates(
+        [
+            *models.list_checkpoints(tiny_runs / "ce-phasewise")[-2:],
+            *models.list_checkpoints(tiny_runs / "kd-phasewise")[-2:],
+        ]
+    )
     weights = weights.isel(comparison=[0, 2])  # ce: ckpt-3 -> ckpt-6; kd: ckpt-3 -> ckpt-6
     store.save(out, "updates_weights", weights)
     store.save(out, "bands", measurements.band_summary(weights, [64, 128]))
@@ -555,8 +668,11 @@ def _arm_store(tiny_runs: Path, root: Path, *, comparisons: bool = True) -> str:
         store.save(out, "arm_comparisons", A.retrieval_comparisons(ret, [("kd-phasewise", "ce-phasewise")]))
     store.save(out, "arm_updates", A.arm_means(store.open_group(out, "updates_weights").load(), "comparison"))
     bands = store.open_group(out, "bands").load()
-    store.save(out, "arm_bands", xr.merge([A.band_table(bands, "q_rel_update"),
-                                          A.band_table(bands, "k_rel_update")], compat="no_conflicts"))
+    store.save(
+        out,
+        "arm_bands",
+        xr.merge([A.band_table(bands, "q_rel_update"), A.band_table(bands, "k_rel_update")], compat="no_conflicts"),
+    )
     return "arms.zarr"
 
 
@@ -574,15 +690,16 @@ def test_retrieval_view_shows_arms_with_intervals_and_paired_differences(tiny_ru
     heat, lines, diffs = retrieval.arm_grids(root, name, retrieval.ALL, ["kd-phasewise", "ce-phasewise"])
     summary = store.open_group(root / name, "arm_retrieval").load()
     assert len(heat.data) == 2
-    np.testing.assert_allclose(heat.data[0].z, summary["correct_by_depth"].sel(arm="kd-phasewise", task="passkey")
-                               .transpose("depth", "length").values)
+    np.testing.assert_allclose(
+        heat.data[0].z,
+        summary["correct_by_depth"].sel(arm="kd-phasewise", task="passkey").transpose("depth", "length").values,
+    )
     means = [t for t in lines.data if t.mode == "lines+markers"]
     assert [t.name for t in means] == ["kd-phasewise (n=1 seeds)", "ce-phasewise (n=1 seeds)"]
     assert sum(t.fill == "toself" for t in lines.data) == 2  # one interval band per arm
     stored = store.open_group(root / name, "arm_comparisons").load()
     assert list(diffs.data[0].y) == ["kd-phasewise - ce-phasewise"]
-    np.testing.assert_allclose([t.x[0] for t in diffs.data],
-                               stored["difference"].sel(task="passkey").values[0])
+    np.testing.assert_allclose([t.x[0] for t in diffs.data], stored["difference"].sel(task="passkey").values[0])
     # without a stored comparison the two picked arms are compared on the fly, with the same numbers
     other = tmp_path / "other"
     other.mkdir()
@@ -611,8 +728,9 @@ def test_updates_view_shows_two_arms_side_by_side_with_band_intervals(tiny_runs,
     fig = updates.arm_heatmaps(root, name, "W_q", ["kd-phasewise", "ce-phasewise"])
     weights = store.open_group(root / name, "updates_weights").load()
     kd = [str(c) for c in weights["comparison"].values if c.startswith("kd")]
-    np.testing.assert_allclose(fig.data[0].z, weights["q_rel_update"].sel(comparison=kd[0]).mean("head")
-                               .transpose("layer", "pair").values)
+    np.testing.assert_allclose(
+        fig.data[0].z, weights["q_rel_update"].sel(comparison=kd[0]).mean("head").transpose("layer", "pair").values
+    )
     assert len(fig.data) == 2 and fig.data[0].zmax == fig.data[1].zmax  # one colour scale
     assert fig.layout.shapes, "critical-pair lines at the arms' final theta"
     bars = updates.arm_bands(root, name, "W_k", ["kd-phasewise"])

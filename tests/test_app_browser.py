@@ -17,8 +17,15 @@ import pytest
 pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
 TIMEOUT_MS = 30_000
 
@@ -76,22 +83,31 @@ def wait_for_graph(page, graph_id: str) -> None:
 
 def graph_eval(page, graph_id: str, expr: str):
     """Evaluate ``expr`` with ``gd`` bound to the plotly div of ``graph_id``."""
-    return page.evaluate(f"id => {{ const gd = document.querySelector(`#${{id}} .js-plotly-plot`); return {expr}; }}",
-                         graph_id)
+    return page.evaluate(
+        f"id => {{ const gd = document.querySelector(`#${{id}} .js-plotly-plot`); return {expr}; }}", graph_id
+    )
 
 
 def wait_until(page, graph_id: str, expr: str, arg=None) -> None:
     page.wait_for_function(
         f"([id, arg]) => {{ const gd = document.querySelector(`#${{id}} .js-plotly-plot`); "
-        f"return !!gd && !!gd._fullData && ({expr}); }}", arg=[graph_id, arg], timeout=TIMEOUT_MS)
+        f"return !!gd && !!gd._fullData && ({expr}); }}",
+        arg=[graph_id, arg],
+        timeout=TIMEOUT_MS,
+    )
 
 
 def click_heatmap_cell(page, graph_id: str, row: int, col: int) -> None:
     """Click the centre of cell (row, col) of the first heatmap in ``graph_id``."""
-    box = graph_eval(page, graph_id, """(() => {
+    box = graph_eval(
+        page,
+        graph_id,
+        """(() => {
         const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, r = gd.getBoundingClientRect();
         return {x0: r.left + xa._offset, w: xa._length, y0: r.top + ya._offset, h: ya._length,
-                nx: gd._fullData[0].z[0].length, ny: gd._fullData[0].z.length, yrev: ya.autorange === 'reversed'}; })()""")
+                nx: gd._fullData[0].z[0].length, ny: gd._fullData[0].z.length,
+                yrev: ya.autorange === 'reversed'}; })()""",
+    )
     x = box["x0"] + (col + 0.5) * box["w"] / box["nx"]
     r = row if box["yrev"] else box["ny"] - 1 - row
     y = box["y0"] + (r + 0.5) * box["h"] / box["ny"]
@@ -119,9 +135,18 @@ def test_training_curves_grow_while_a_run_writes(server, wb_page, tiny_runs):
     run = tiny_runs / "live-run"
     run.mkdir()
     try:
-        lines = [{"kind": "train", "step": s, "phase": "short" if s <= 4 else "long",
-                  "rope_theta": 500.0 if s <= 4 else 10000.0, "loss": 5.0 - 0.1 * s, "ce": 5.0 - 0.1 * s, "kd": 0.0}
-                 for s in range(1, 9)]
+        lines = [
+            {
+                "kind": "train",
+                "step": s,
+                "phase": "short" if s <= 4 else "long",
+                "rope_theta": 500.0 if s <= 4 else 10000.0,
+                "loss": 5.0 - 0.1 * s,
+                "ce": 5.0 - 0.1 * s,
+                "kd": 0.0,
+            }
+            for s in range(1, 9)
+        ]
         (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines[:3]) + '{"kind": "tr')
         page.goto(server + "?tab=training&run=live-run")
         wait_for_graph(page, "train-graph")

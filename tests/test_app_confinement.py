@@ -48,8 +48,9 @@ def build_tree(base: Path) -> Path:
     root.mkdir()
     outside.mkdir()
     secret_file = outside / "secret.jsonl"
-    secret_file.write_text("".join(json.dumps({"kind": "train", "step": i, "loss": 1.0, "phase": SECRET}) + "\n"
-                                   for i in range(7)))
+    secret_file.write_text(
+        "".join(json.dumps({"kind": "train", "step": i, "loss": 1.0, "phase": SECRET}) + "\n" for i in range(7))
+    )
     (outside / "run.yaml").write_text(f"name: {SECRET}\nphases: []\n")
     # an honest run
     good = root / "good"
@@ -89,10 +90,17 @@ def build_tree(base: Path) -> Path:
     bad.mkdir()
     write_metrics(bad / "metrics.jsonl", steps=5, evals=False)
     with open(bad / "metrics.jsonl", "a") as f:
-        for line in ['{"kind": "train", "step": "12", "loss": 1.0}', '{"kind": "train", "step": 13, "loss": "x"}',
-                     '{"kind": "train", "step": true, "loss": 1.0}', '[1, 2, 3]', '"just a string"',
-                     '{"kind": 5, "step": 14}', '{"kind": "train", "step": 15, "loss": NaN}',
-                     "[" * 5000 + "]" * 5000, '{"kind": "train", "step": 16, "loss": null}']:
+        for line in [
+            '{"kind": "train", "step": "12", "loss": 1.0}',
+            '{"kind": "train", "step": 13, "loss": "x"}',
+            '{"kind": "train", "step": true, "loss": 1.0}',
+            "[1, 2, 3]",
+            '"just a string"',
+            '{"kind": 5, "step": 14}',
+            '{"kind": "train", "step": 15, "loss": NaN}',
+            "[" * 5000 + "]" * 5000,
+            '{"kind": "train", "step": 16, "loss": null}',
+        ]:
             f.write(line + "\n")
     # stores: an honest one, one whose group is a symlink to a store outside, one whose zarr.json is a FIFO
     _tiny_store(root / "good.zarr")
@@ -142,9 +150,13 @@ def within(seconds: float, fn, *args):
 
 
 def _draw(client, runs):
-    body = {"output": TRAIN_OUT, "outputs": [{"id": i, "property": p} for i, p in TRAIN_OUTPUTS],
-            "inputs": _train_inputs(runs), "state": [{"id": "train-stamp", "property": "data", "value": None}],
-            "changedPropIds": ["train-runs.value"]}
+    body = {
+        "output": TRAIN_OUT,
+        "outputs": [{"id": i, "property": p} for i, p in TRAIN_OUTPUTS],
+        "inputs": _train_inputs(runs),
+        "state": [{"id": "train-stamp", "property": "data", "value": None}],
+        "changedPropIds": ["train-runs.value"],
+    }
     return client.post("/_dash-update-component", json=body)
 
 
@@ -196,8 +208,17 @@ def test_store_discovery_skips_links_out_and_fifos(tree):
         assert bad not in found
 
 
-@pytest.mark.parametrize("store", ["linked-group.zarr", "fifo.zarr", "fifo-group.zarr", "chunk-link.zarr",
-                                   "whole-link.zarr", "escape-dir/elsewhere.zarr"])
+@pytest.mark.parametrize(
+    "store",
+    [
+        "linked-group.zarr",
+        "fifo.zarr",
+        "fifo-group.zarr",
+        "chunk-link.zarr",
+        "whole-link.zarr",
+        "escape-dir/elsewhere.zarr",
+    ],
+)
 def test_opening_a_confined_store_is_refused(tree, store):
     with pytest.raises(ValueError, match="outside RUNS_DIR|leaving RUNS_DIR|not a regular file|leaves RUNS_DIR"):
         within(10, S.open_group, root_of(tree), store, "demo_group")
@@ -227,8 +248,9 @@ def test_malformed_metrics_records_are_skipped_with_a_count(tree, client):
     assert resp.get_json()["response"]["train-graph"]["style"]["display"] == "block"
 
 
-@pytest.mark.parametrize("payload", [5, 3.5, True, {"a": 1}, [5], [None], [["good"]], "x" * 100_000,
-                                     ["good"] * 50, "\x00", ["good\x00"]])
+@pytest.mark.parametrize(
+    "payload", [5, 3.5, True, {"a": 1}, [5], [None], [["good"]], "x" * 100_000, ["good"] * 50, "\x00", ["good\x00"]]
+)
 def test_malformed_run_payloads_answer_a_message(client, payload):
     resp = _draw(client, payload)
     assert resp.status_code == 200, resp.data[:300]
@@ -236,12 +258,16 @@ def test_malformed_run_payloads_answer_a_message(client, payload):
 
 
 STORE_CALLBACKS = [  # (output, outputs, input ids with a store path among them)
-    ("retrieval", "ret-store"), ("updates", "upd-store"), ("traces", "trace-store"),
+    ("retrieval", "ret-store"),
+    ("updates", "upd-store"),
+    ("traces", "trace-store"),
 ]
 
 
-@pytest.mark.parametrize("payload", [5, ["good.zarr"], {"p": 1}, None, "../outside", "/etc", "fifo.zarr",
-                                     "linked-group.zarr", "chunk-link.zarr"])
+@pytest.mark.parametrize(
+    "payload",
+    [5, ["good.zarr"], {"p": 1}, None, "../outside", "/etc", "fifo.zarr", "linked-group.zarr", "chunk-link.zarr"],
+)
 def test_every_registered_callback_survives_bad_payloads(tree, client, payload):
     """Fire every callback the app registered with ``payload`` in each input: always a 200 or a 204."""
     app = create_app(tree)
@@ -251,9 +277,14 @@ def test_every_registered_callback_survives_bad_payloads(tree, client, payload):
         state = [{"id": s["id"], "property": s["property"], "value": payload} for s in spec.get("state", [])]
         outputs = key.strip(".").split("...")
         outs = [{"id": o.rsplit(".", 1)[0], "property": o.rsplit(".", 1)[1]} for o in outputs]
-        body = {"output": key, "outputs": outs if len(outs) > 1 else outs[0], "inputs": inputs, "state": state,
-                "changedPropIds": [f"{inputs[0]['id']}.{inputs[0]['property']}"] if inputs else []}
-        resp = within(30, lambda: cl.post("/_dash-update-component", json=body))
+        body = {
+            "output": key,
+            "outputs": outs if len(outs) > 1 else outs[0],
+            "inputs": inputs,
+            "state": state,
+            "changedPropIds": [f"{inputs[0]['id']}.{inputs[0]['property']}"] if inputs else [],
+        }
+        resp = within(30, lambda body=body: cl.post("/_dash-update-component", json=body))
         assert resp.status_code in (200, 204), (key, payload, resp.data[:300])
         text = resp.get_data(as_text=True)
         assert SECRET not in text and "root:x:" not in text

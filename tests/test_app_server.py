@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_app import TRAIN_OUT, TRAIN_OUTPUTS, _train_inputs, write_metrics, write_run_yaml
-from tests.test_app_confinement import SECRET, _tiny_store, build_tree
+from tests.test_app_confinement import SECRET, build_tree
 
 TIMEOUT = 30.0  # seconds per request: generous on 2 busy cores; a FIFO read would block forever
 FORBIDDEN = (SECRET, "root:x:0:0", "Traceback")
@@ -76,8 +76,9 @@ def _extras(root: Path) -> None:
     arr_link = root / "array-meta-link.zarr"  # an array's zarr.json symlinked to the outside store's
     shutil.copytree(root / "good.zarr", arr_link)
     (arr_link / "demo_group" / "x" / "zarr.json").unlink()
-    (arr_link / "demo_group" / "x" / "zarr.json").symlink_to(outside / "elsewhere.zarr" / "demo_group" / "x" /
-                                                             "zarr.json")
+    (arr_link / "demo_group" / "x" / "zarr.json").symlink_to(
+        outside / "elsewhere.zarr" / "demo_group" / "x" / "zarr.json"
+    )
     root_meta = root / "root-meta-link.zarr"  # the store's own zarr.json symlinked out
     shutil.copytree(root / "good.zarr", root_meta)
     (root_meta / "zarr.json").unlink()
@@ -97,13 +98,19 @@ def _extras(root: Path) -> None:
     (root / "ret-fifo-array.zarr" / wstore.RETRIEVAL / "x" / "zarr.json").unlink()
     os.mkfifo(root / "ret-fifo-array.zarr" / wstore.RETRIEVAL / "x" / "zarr.json")
     shutil.copytree(root / "ret.zarr", root / "ret-fifo-chunk.zarr")  # a chunk file replaced by a FIFO
-    chunk = next(p for p in (root / "ret-fifo-chunk.zarr" / wstore.RETRIEVAL / "x").rglob("*")
-                 if p.is_file() and p.name != "zarr.json")
+    chunk = next(
+        p
+        for p in (root / "ret-fifo-chunk.zarr" / wstore.RETRIEVAL / "x").rglob("*")
+        if p.is_file() and p.name != "zarr.json"
+    )
     chunk.unlink()
     os.mkfifo(chunk)
     shutil.copytree(root / "ret.zarr", root / "ret-chunk-link.zarr")  # a chunk file linking out
-    chunk = next(p for p in (root / "ret-chunk-link.zarr" / wstore.RETRIEVAL / "x").rglob("*")
-                 if p.is_file() and p.name != "zarr.json")
+    chunk = next(
+        p
+        for p in (root / "ret-chunk-link.zarr" / wstore.RETRIEVAL / "x").rglob("*")
+        if p.is_file() and p.name != "zarr.json"
+    )
     chunk.unlink()
     chunk.symlink_to(secret)
     # -- special files where files are expected
@@ -130,15 +137,19 @@ def _extras(root: Path) -> None:
     worse.mkdir()
     write_metrics(worse / "metrics.jsonl", steps=5, evals=False)
     with open(worse / "metrics.jsonl", "ab") as f:
-        for line in [b'{"kind": "train", "step": 6, "loss": 1.0, "phase": {"a": 1}}',
-                     b'{"kind": "eval", "step": 7, "task": ["passkey"], "length": 64, "accuracy": 1.0}',
-                     b'{"kind": "eval", "step": 8, "task": "passkey", "length": Infinity, "accuracy": 1.0}',
-                     b'{"kind": "eval", "step": 9, "task": "passkey", "length": NaN, "accuracy": 1.0}',
-                     b'{"kind": "train", "step": 3.5, "loss": 1.0}',
-                     b'{"kind": "train", "step": -1e999, "loss": 1.0}',
-                     b'\xff\xfe{"kind": "train"}', b'\x00' * 64, b'{"kind": "train", "step": 10, "loss": 1.0',
-                     b'{"kind": "train", "step": 11, "loss": 1.0, "x": "' + b"y" * 3_000_000 + b'"}',
-                     b'{"kind": "train", "step": 12, "loss": 0.5, "phase": "long"}']:
+        for line in [
+            b'{"kind": "train", "step": 6, "loss": 1.0, "phase": {"a": 1}}',
+            b'{"kind": "eval", "step": 7, "task": ["passkey"], "length": 64, "accuracy": 1.0}',
+            b'{"kind": "eval", "step": 8, "task": "passkey", "length": Infinity, "accuracy": 1.0}',
+            b'{"kind": "eval", "step": 9, "task": "passkey", "length": NaN, "accuracy": 1.0}',
+            b'{"kind": "train", "step": 3.5, "loss": 1.0}',
+            b'{"kind": "train", "step": -1e999, "loss": 1.0}',
+            b'\xff\xfe{"kind": "train"}',
+            b"\x00" * 64,
+            b'{"kind": "train", "step": 10, "loss": 1.0',
+            b'{"kind": "train", "step": 11, "loss": 1.0, "x": "' + b"y" * 3_000_000 + b'"}',
+            b'{"kind": "train", "step": 12, "loss": 0.5, "phase": "long"}',
+        ]:
             f.write(line + b"\n")
     big = root / "big-yaml"  # a 2 MB run.yaml: refused, not parsed truncated
     big.mkdir()
@@ -147,15 +158,19 @@ def _extras(root: Path) -> None:
     inf = root / "inf-yaml"  # phase lengths that are not finite numbers
     inf.mkdir()
     write_metrics(inf / "metrics.jsonl", steps=3, evals=False)
-    (inf / "run.yaml").write_text("name: inf\nphases:\n  - {name: a, steps: 1, seq_len: .inf, rope_theta: .nan}\n"
-                                  "  - {name: b, steps: 1, seq_len: .nan}\n  - {name: c, steps: 1, seq_len: -5}\n"
-                                  "  - {name: d, steps: 1, seq_len: 64}\n  - 7\n")
+    (inf / "run.yaml").write_text(
+        "name: inf\nphases:\n  - {name: a, steps: 1, seq_len: .inf, rope_theta: .nan}\n"
+        "  - {name: b, steps: 1, seq_len: .nan}\n  - {name: c, steps: 1, seq_len: -5}\n"
+        "  - {name: d, steps: 1, seq_len: 64}\n  - 7\n"
+    )
     bomb = root / "bomb-yaml"  # aliases nested nine deep (a billion leaves if expanded)
     bomb.mkdir()
     write_metrics(bomb / "metrics.jsonl", steps=3, evals=False)
-    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"] + \
-            [f"a{i}: &a{i} [*a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}]"
-             for i in range(1, 9)] + ["phases: *a8"]
+    lines = (
+        ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+        + [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+        + ["phases: *a8"]
+    )
     (bomb / "run.yaml").write_text("\n".join(lines) + "\n")
     for odd in (os.fsdecode(b"bad\xffname"), "new\nline", "<img src=x onerror=alert(1)>"):  # odd run names
         (root / odd).mkdir()
@@ -178,8 +193,12 @@ def server(tmp_path_factory):
         port = s.getsockname()[1]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), HF_HUB_OFFLINE="1")
     log = open(base / "server.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "workbench", "app", str(root), "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workbench", "app", str(root), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while True:
@@ -202,8 +221,11 @@ def server(tmp_path_factory):
 
 def post(server, body: dict) -> tuple[int, str]:
     """POST a callback request; (status, text). A request running past TIMEOUT fails the test."""
-    req = urllib.request.Request(server["url"] + "/_dash-update-component", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        server["url"] + "/_dash-update-component",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
             return resp.status, resp.read().decode()
@@ -214,10 +236,16 @@ def post(server, body: dict) -> tuple[int, str]:
 
 
 def draw(server, runs) -> tuple[int, dict | str]:
-    status, text = post(server, {"output": TRAIN_OUT, "outputs": [{"id": i, "property": p} for i, p in TRAIN_OUTPUTS],
-                                 "inputs": _train_inputs(runs),
-                                 "state": [{"id": "train-stamp", "property": "data", "value": None}],
-                                 "changedPropIds": ["train-runs.value"]})
+    status, text = post(
+        server,
+        {
+            "output": TRAIN_OUT,
+            "outputs": [{"id": i, "property": p} for i, p in TRAIN_OUTPUTS],
+            "inputs": _train_inputs(runs),
+            "state": [{"id": "train-stamp", "property": "data", "value": None}],
+            "changedPropIds": ["train-runs.value"],
+        },
+    )
     return status, (json.loads(text)["response"] if status == 200 else text)
 
 
@@ -233,11 +261,20 @@ def messages(resp: dict) -> str:
 # ------------------------------------------------------------------ found outside through links inside
 
 
-@pytest.mark.parametrize("run, expect", [
-    ("linked-files", "outside RUNS_DIR"), ("passwd", "outside RUNS_DIR"), ("relative-link", "outside RUNS_DIR"),
-    ("chain-link", "outside RUNS_DIR"), ("links-ckpt", "ckpt-000005"), ("nested-ckpt", "leaving RUNS_DIR"),
-    ("loop-link", "metrics.jsonl"), ("dangling-link", "metrics.jsonl"), ("escape-dir", "refused"),
-])
+@pytest.mark.parametrize(
+    "run, expect",
+    [
+        ("linked-files", "outside RUNS_DIR"),
+        ("passwd", "outside RUNS_DIR"),
+        ("relative-link", "outside RUNS_DIR"),
+        ("chain-link", "outside RUNS_DIR"),
+        ("links-ckpt", "ckpt-000005"),
+        ("nested-ckpt", "leaving RUNS_DIR"),
+        ("loop-link", "metrics.jsonl"),
+        ("dangling-link", "metrics.jsonl"),
+        ("escape-dir", "refused"),
+    ],
+)
 def test_run_files_found_outside_are_not_read(server, run, expect):
     status, resp = draw(server, [run])
     assert status == 200, resp
@@ -254,13 +291,21 @@ def test_a_link_inside_runs_dir_is_still_read(server):
 
 
 def test_run_list_and_deep_links_skip_what_leaves(server):
-    body = {"output": "..train-runs.options...train-runs.value...train-url-messages.children..",
-            "outputs": [{"id": "train-runs", "property": "options"}, {"id": "train-runs", "property": "value"},
-                        {"id": "train-url-messages", "property": "children"}],
-            "inputs": [{"id": "train-poll", "property": "n_intervals", "value": None},
-                       {"id": "url", "property": "search", "value": "?tab=training&run=escape-dir"},
-                       {"id": "tabs", "property": "value", "value": "training"}],
-            "state": [{"id": "train-runs", "property": "value", "value": None}], "changedPropIds": ["url.search"]}
+    body = {
+        "output": "..train-runs.options...train-runs.value...train-url-messages.children..",
+        "outputs": [
+            {"id": "train-runs", "property": "options"},
+            {"id": "train-runs", "property": "value"},
+            {"id": "train-url-messages", "property": "children"},
+        ],
+        "inputs": [
+            {"id": "train-poll", "property": "n_intervals", "value": None},
+            {"id": "url", "property": "search", "value": "?tab=training&run=escape-dir"},
+            {"id": "tabs", "property": "value", "value": "training"},
+        ],
+        "state": [{"id": "train-runs", "property": "value", "value": None}],
+        "changedPropIds": ["url.search"],
+    }
     status, text = post(server, body)
     assert status == 200
     clean(text)
@@ -270,13 +315,21 @@ def test_run_list_and_deep_links_skip_what_leaves(server):
 def test_runs_with_odd_names_are_listed_and_drawn(server):
     """Run directories named with undecodable bytes, a newline or markup round-trip through the browser's
     dropdown (JSON) and draw (the markup stays text: Dash renders strings, never HTML)."""
-    body = {"output": "..train-runs.options...train-runs.value...train-url-messages.children..",
-            "outputs": [{"id": "train-runs", "property": "options"}, {"id": "train-runs", "property": "value"},
-                        {"id": "train-url-messages", "property": "children"}],
-            "inputs": [{"id": "train-poll", "property": "n_intervals", "value": None},
-                       {"id": "url", "property": "search", "value": None},
-                       {"id": "tabs", "property": "value", "value": "training"}],
-            "state": [{"id": "train-runs", "property": "value", "value": None}], "changedPropIds": ["tabs.value"]}
+    body = {
+        "output": "..train-runs.options...train-runs.value...train-url-messages.children..",
+        "outputs": [
+            {"id": "train-runs", "property": "options"},
+            {"id": "train-runs", "property": "value"},
+            {"id": "train-url-messages", "property": "children"},
+        ],
+        "inputs": [
+            {"id": "train-poll", "property": "n_intervals", "value": None},
+            {"id": "url", "property": "search", "value": None},
+            {"id": "tabs", "property": "value", "value": "training"},
+        ],
+        "state": [{"id": "train-runs", "property": "value", "value": None}],
+        "changedPropIds": ["tabs.value"],
+    }
     status, text = post(server, body)
     assert status == 200
     names = [o["value"] for o in json.loads(text)["response"]["train-runs"]["options"]]
@@ -290,13 +343,17 @@ def test_runs_with_odd_names_are_listed_and_drawn(server):
 def test_store_picker_over_http_lists_only_confined_stores(server):
     """The retrieval view's store picker: the honest store with a retrieval group is offered, the ones whose
     group links out or whose metadata is a FIFO are not (and the request returns promptly)."""
-    body = {"output": "..retrieval-store.options...retrieval-store.value...retrieval-messages.children..",
-            "outputs": [{"id": "retrieval-store", "property": "options"},
-                        {"id": "retrieval-store", "property": "value"},
-                        {"id": "retrieval-messages", "property": "children"}],
-            "inputs": [{"id": "tabs", "property": "value", "value": "retrieval"}],
-            "state": [{"id": "retrieval-store", "property": "value", "value": None}],
-            "changedPropIds": ["tabs.value"]}
+    body = {
+        "output": "..retrieval-store.options...retrieval-store.value...retrieval-messages.children..",
+        "outputs": [
+            {"id": "retrieval-store", "property": "options"},
+            {"id": "retrieval-store", "property": "value"},
+            {"id": "retrieval-messages", "property": "children"},
+        ],
+        "inputs": [{"id": "tabs", "property": "value", "value": "retrieval"}],
+        "state": [{"id": "retrieval-store", "property": "value", "value": None}],
+        "changedPropIds": ["tabs.value"],
+    }
     status, text = post(server, body)
     assert status == 200, text
     clean(text)
@@ -304,13 +361,22 @@ def test_store_picker_over_http_lists_only_confined_stores(server):
     assert "ret.zarr" in offered and "ret-linked.zarr" not in offered and "ret-fifo.zarr" not in offered, offered
 
 
-PICKED = [("retrieval", "ret-fifo-array.zarr", "not a regular file"), ("retrieval", "ret-linked.zarr", "RUNS_DIR"),
-          ("retrieval", "ret-fifo.zarr", "not a regular file"),
-          ("retrieval", "ret-fifo-chunk.zarr", "not a regular file"),
-          ("retrieval", "ret-chunk-link.zarr", "leaving RUNS_DIR")] + [
-    (view, store, expect) for view in ("traces", "updates")
-    for store, expect in [("ret-linked.zarr", "RUNS_DIR"), ("ret-fifo.zarr", "not a regular file"),
-                          ("whole-link.zarr", "RUNS_DIR"), ("escape-dir/elsewhere.zarr", "RUNS_DIR")]]
+PICKED = [
+    ("retrieval", "ret-fifo-array.zarr", "not a regular file"),
+    ("retrieval", "ret-linked.zarr", "RUNS_DIR"),
+    ("retrieval", "ret-fifo.zarr", "not a regular file"),
+    ("retrieval", "ret-fifo-chunk.zarr", "not a regular file"),
+    ("retrieval", "ret-chunk-link.zarr", "leaving RUNS_DIR"),
+] + [
+    (view, store, expect)
+    for view in ("traces", "updates")
+    for store, expect in [
+        ("ret-linked.zarr", "RUNS_DIR"),
+        ("ret-fifo.zarr", "not a regular file"),
+        ("whole-link.zarr", "RUNS_DIR"),
+        ("escape-dir/elsewhere.zarr", "RUNS_DIR"),
+    ]
+]
 
 
 @pytest.mark.parametrize("prefix, store, expect", PICKED)
@@ -319,11 +385,19 @@ def test_picking_a_confined_store_says_why(server, callbacks, prefix, store, exp
     or any store confined away (a stale pick, a crafted request), answers promptly with why in the view's
     picker messages, instead of empty controls without a word."""
     key, outs, inputs, state = next(c for c in callbacks if f"{prefix}-picker-messages.children" in c[0])
-    ins = [{"id": i["id"], "property": i["property"], "value": store if i["id"] == f"{prefix}-store" else
-            ("W_q" if i["id"] == "updates-source" else None)} for i in inputs]
+    ins = [
+        {
+            "id": i["id"],
+            "property": i["property"],
+            "value": store if i["id"] == f"{prefix}-store" else ("W_q" if i["id"] == "updates-source" else None),
+        }
+        for i in inputs
+    ]
     sts = [{"id": i["id"], "property": i["property"], "value": None} for i in state]
-    status, text = post(server, {"output": key, "outputs": outs, "inputs": ins, "state": sts,
-                                 "changedPropIds": [f"{prefix}-store.value"]})
+    status, text = post(
+        server,
+        {"output": key, "outputs": outs, "inputs": ins, "state": sts, "changedPropIds": [f"{prefix}-store.value"]},
+    )
     assert status == 200, text[:300]
     clean(text)
     shown = json.dumps(json.loads(text)["response"][f"{prefix}-picker-messages"]["children"])
@@ -369,12 +443,47 @@ def test_saves_in_progress_only_while_the_writer_lives(server):
 
 # ------------------------------------------------------------------ every callback, every bad payload
 
-PAYLOADS = [5, -1, 3.5, True, None, [], [5], [None], [["good"]], {"a": 1}, {"points": "x"},
-            "x" * 200_000, "\x00", "a/" * 3000, "\udcff", "../outside", "/etc", "/etc/passwd",
-            "escape-dir", "escape-dir/elsewhere.zarr", "fifo.zarr", "fifo-group.zarr", "fifo-array.zarr",
-            "linked-group.zarr", "whole-link.zarr", "chunk-link.zarr", "array-meta-link.zarr",
-            "root-meta-link.zarr", "ret-linked.zarr", "ret-fifo.zarr", "ret-fifo-array.zarr", "fifo-run", "passwd",
-            ["passwd", "fifo-run"], list(range(1000)), float("1e308"), -(2 ** 70), [{"x": 1}] * 20, "ret.zarr"]
+PAYLOADS = [
+    5,
+    -1,
+    3.5,
+    True,
+    None,
+    [],
+    [5],
+    [None],
+    [["good"]],
+    {"a": 1},
+    {"points": "x"},
+    "x" * 200_000,
+    "\x00",
+    "a/" * 3000,
+    "\udcff",
+    "../outside",
+    "/etc",
+    "/etc/passwd",
+    "escape-dir",
+    "escape-dir/elsewhere.zarr",
+    "fifo.zarr",
+    "fifo-group.zarr",
+    "fifo-array.zarr",
+    "linked-group.zarr",
+    "whole-link.zarr",
+    "chunk-link.zarr",
+    "array-meta-link.zarr",
+    "root-meta-link.zarr",
+    "ret-linked.zarr",
+    "ret-fifo.zarr",
+    "ret-fifo-array.zarr",
+    "fifo-run",
+    "passwd",
+    ["passwd", "fifo-run"],
+    list(range(1000)),
+    float("1e308"),
+    -(2**70),
+    [{"x": 1}] * 20,
+    "ret.zarr",
+]
 STORE_INPUTS = {"retrieval-store", "traces-store", "updates-store"}
 
 
@@ -402,45 +511,92 @@ def test_every_callback_answers_every_payload(server, callbacks, payload):
         ins = [{"id": i["id"], "property": i["property"], "value": payload} for i in inputs]
         sts = [{"id": s["id"], "property": s["property"], "value": payload} for s in state]
         for changed in ins[:2]:  # the first two inputs as the trigger (a store picker, then a control)
-            body = {"output": key, "outputs": outs if len(outs) > 1 else outs[0], "inputs": ins, "state": sts,
-                    "changedPropIds": [f"{changed['id']}.{changed['property']}"]}
+            body = {
+                "output": key,
+                "outputs": outs if len(outs) > 1 else outs[0],
+                "inputs": ins,
+                "state": sts,
+                "changedPropIds": [f"{changed['id']}.{changed['property']}"],
+            }
             status, text = post(server, body)
             assert status in (200, 204), (key, payload, text[:300])
             clean(text)
 
 
-@pytest.mark.parametrize("store", ["ret.zarr", "ret-linked.zarr", "ret-fifo.zarr", "ret-fifo-array.zarr",
-                                   "ret-fifo-chunk.zarr", "ret-chunk-link.zarr"])
-@pytest.mark.parametrize("payload", [5, None, [None], {"points": [{"x": "a", "curveNumber": 99}]}, "x" * 10_000,
-                                     ["../outside"] * 3, -1], ids=lambda p: repr(p)[:20])
+@pytest.mark.parametrize(
+    "store",
+    [
+        "ret.zarr",
+        "ret-linked.zarr",
+        "ret-fifo.zarr",
+        "ret-fifo-array.zarr",
+        "ret-fifo-chunk.zarr",
+        "ret-chunk-link.zarr",
+    ],
+)
+@pytest.mark.parametrize(
+    "payload",
+    [5, None, [None], {"points": [{"x": "a", "curveNumber": 99}]}, "x" * 10_000, ["../outside"] * 3, -1],
+    ids=lambda p: repr(p)[:20],
+)
 def test_a_real_store_with_bad_controls(server, callbacks, store, payload):
     """A store the picker could offer (or a confined-away one) in the store inputs, a bad value in every
     other control: each callback answers a message, reads nothing outside, never blocks."""
     for key, outs, inputs, state in callbacks:
         if not STORE_INPUTS & {i["id"] for i in [*inputs, *state]}:
             continue
-        fill = lambda spec: [{"id": i["id"], "property": i["property"],  # noqa: E731
-                              "value": store if i["id"] in STORE_INPUTS else payload} for i in spec]
+
+        def fill(spec):
+            return [
+                {"id": i["id"], "property": i["property"], "value": store if i["id"] in STORE_INPUTS else payload}
+                for i in spec
+            ]
+
         ins, sts = fill(inputs), fill(state)
-        body = {"output": key, "outputs": outs if len(outs) > 1 else outs[0], "inputs": ins, "state": sts,
-                "changedPropIds": [f"{ins[-1]['id']}.{ins[-1]['property']}"]}
+        body = {
+            "output": key,
+            "outputs": outs if len(outs) > 1 else outs[0],
+            "inputs": ins,
+            "state": sts,
+            "changedPropIds": [f"{ins[-1]['id']}.{ins[-1]['property']}"],
+        }
         status, text = post(server, body)
         assert status in (200, 204), (key, store, payload, text[:300])
         clean(text)
 
 
-@pytest.mark.parametrize("body", [
-    b"not json", b"[]", b"{}", b'{"output": 5}', b'{"output": "..x.y..", "outputs": [], "inputs": []}',
-    json.dumps({"output": "train-poll.disabled", "outputs": {"id": "train-poll", "property": "disabled"},
-                "inputs": "x", "changedPropIds": []}).encode(),
-    json.dumps({"output": "train-poll.disabled", "outputs": {"id": "train-poll", "property": "disabled"},
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        b"{}",
+        b'{"output": 5}',
+        b'{"output": "..x.y..", "outputs": [], "inputs": []}',
+        json.dumps(
+            {
+                "output": "train-poll.disabled",
+                "outputs": {"id": "train-poll", "property": "disabled"},
+                "inputs": "x",
+                "changedPropIds": [],
+            }
+        ).encode(),
+        json.dumps(
+            {
+                "output": "train-poll.disabled",
+                "outputs": {"id": "train-poll", "property": "disabled"},
                 "inputs": [{"id": "train-live", "property": "value", "value": ["on"]}],
-                "changedPropIds": [{"a": 1}]}).encode(),
-], ids=["text", "list", "empty", "number-output", "unknown-output", "inputs-string", "changed-dict"])
+                "changedPropIds": [{"a": 1}],
+            }
+        ).encode(),
+    ],
+    ids=["text", "list", "empty", "number-output", "unknown-output", "inputs-string", "changed-dict"],
+)
 def test_malformed_requests_are_a_client_error(server, body):
     """Requests that are not Dash callback calls at all: a 4xx, never a 500 (Dash's own parsing)."""
-    req = urllib.request.Request(server["url"] + "/_dash-update-component", data=body,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        server["url"] + "/_dash-update-component", data=body, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
             status, text = resp.status, resp.read().decode()
@@ -451,10 +607,18 @@ def test_malformed_requests_are_a_client_error(server, body):
 
 
 def test_an_oversized_request_is_refused_unread(server):
-    body = {"output": TRAIN_OUT, "outputs": [{"id": i, "property": p} for i, p in TRAIN_OUTPUTS],
-            "inputs": _train_inputs("x" * (9 << 20)), "state": [], "changedPropIds": ["train-runs.value"]}
-    req = urllib.request.Request(server["url"] + "/_dash-update-component", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+    body = {
+        "output": TRAIN_OUT,
+        "outputs": [{"id": i, "property": p} for i, p in TRAIN_OUTPUTS],
+        "inputs": _train_inputs("x" * (9 << 20)),
+        "state": [],
+        "changedPropIds": ["train-runs.value"],
+    }
+    req = urllib.request.Request(
+        server["url"] + "/_dash-update-component",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
             status = resp.status
@@ -488,8 +652,9 @@ def test_a_huge_unfinished_last_line_is_not_drawn(server):
     assert "incomplete" in messages(resp) or "too long" in messages(resp)
 
 
-@pytest.mark.parametrize("run, expect", [("big-yaml", "larger than 1 MiB"), ("inf-yaml", "L=64"),
-                                         ("bomb-yaml", "run.yaml lists no phases")])
+@pytest.mark.parametrize(
+    "run, expect", [("big-yaml", "larger than 1 MiB"), ("inf-yaml", "L=64"), ("bomb-yaml", "run.yaml lists no phases")]
+)
 def test_hostile_run_yaml_is_a_message(server, run, expect):
     status, resp = draw(server, [run])
     assert status == 200 and resp["train-graph"]["style"]["display"] == "block"

@@ -24,8 +24,16 @@ torch.set_num_threads(1)
 
 ARCHS = list(A.NAMES)
 VOCAB = 128  # the synthetic tokenizer's, saved into every tiny model directory
-SHAPE = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, head_dim=16, max_position_embeddings=256)
+SHAPE = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=256,
+)
 # per architecture, what makes its layout differ (Gemma 2: a head dim apart from hidden/heads, small caps so
 # the soft-capping matters at these logit scales; Qwen3 with q/k biases off as released)
 EXTRA = {
@@ -37,8 +45,14 @@ EXTRA = {
 def hf_tiny(arch: str, seed: int = 0):
     """A tiny random model from transformers' own config class (no workbench code)."""
     a = A.get(arch)
-    kw = dict(SHAPE, bos_token_id=None, eos_token_id=None, pad_token_id=None,
-              rope_parameters={"rope_type": "default", "rope_theta": 500.0}, **EXTRA.get(arch, {}))
+    kw = dict(
+        SHAPE,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+        rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+        **EXTRA.get(arch, {}),
+    )
     cfg = a.config_class()(**kw)
     torch.manual_seed(seed)
     model = a.model_class()(cfg).eval()
@@ -89,9 +103,18 @@ class HFPreRope:
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_student_built_from_model_architecture(arch, tmp_path):
-    m = config.ModelConfig(vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                           intermediate_size=64, max_position_embeddings=256, rope_theta=300.0, head_dim=12,
-                           architecture=arch)
+    m = config.ModelConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+        rope_theta=300.0,
+        head_dim=12,
+        architecture=arch,
+    )
     config.validate_model(m)
     model = models.build_model(m, seed=1)
     assert type(model) is A.get(arch).model_class() and type(model.config) is A.get(arch).config_class()
@@ -114,9 +137,19 @@ def test_student_built_from_model_architecture(arch, tmp_path):
 
 
 def test_architecture_key_keeps_existing_run_hashes(tmp_path):
-    base = {"name": "t", "model": {"vocab_size": 128, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
-                                   "num_kv_heads": 1, "intermediate_size": 64, "max_position_embeddings": 128},
-            "phases": [{"name": "a", "steps": 1, "seq_len": 32, "rope_theta": 100, "lr": 1e-3, "objective": "ce"}]}
+    base = {
+        "name": "t",
+        "model": {
+            "vocab_size": 128,
+            "hidden_size": 32,
+            "num_layers": 1,
+            "num_heads": 2,
+            "num_kv_heads": 1,
+            "intermediate_size": 64,
+            "max_position_embeddings": 128,
+        },
+        "phases": [{"name": "a", "steps": 1, "seq_len": 32, "rope_theta": 100, "lr": 1e-3, "objective": "ce"}],
+    }
     plain = config.from_dict(config.RunConfig, base)
     explicit = config.from_dict(config.RunConfig, dict(base, model=dict(base["model"], architecture="llama")))
     qwen = config.from_dict(config.RunConfig, dict(base, model=dict(base["model"], architecture="qwen2")))
@@ -132,8 +165,10 @@ def test_architecture_key_keeps_existing_run_hashes(tmp_path):
     v1.pop("track_every", None)
     import hashlib
 
-    assert config.config_hash(plain, 1) == hashlib.sha256(
-        json.dumps(v1, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert (
+        config.config_hash(plain, 1)
+        == hashlib.sha256(json.dumps(v1, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    )
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(dict(base, model=dict(base["model"], architecture="gpt2"))))
     with pytest.raises(config.ConfigError, match=r"model\.architecture: 'gpt2' is not one of llama, mistral"):
@@ -147,7 +182,9 @@ def test_unsupported_models_get_one_clear_error(tmp_path, plain_dirs):
     shutil.copytree(plain_dirs["llama"], other)
     cfg = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps(dict(cfg, model_type="gpt2")))
-    with pytest.raises(models.CheckpointError, match="architecture 'gpt2' is not supported; the workbench supports llama"):
+    with pytest.raises(
+        models.CheckpointError, match="architecture 'gpt2' is not supported; the workbench supports llama"
+    ):
         models.load(other, allow_plain_hf=True)
     partial = tmp_path / "phi3-partial"
     shutil.copytree(plain_dirs["phi3"], partial)
@@ -167,8 +204,10 @@ def test_qk_rows_and_pre_rope_hooks_match_transformers(arch, monkeypatch):
     spy = HFPreRope(model, monkeypatch)
     attn_in: list[torch.Tensor] = []
     attn = model.model.layers[0].self_attn
-    attn.register_forward_pre_hook(lambda _m, args, kwargs: attn_in.append(kwargs.get("hidden_states", args[0] if args else None)),
-                                   with_kwargs=True)
+    attn.register_forward_pre_hook(
+        lambda _m, args, kwargs: attn_in.append(kwargs.get("hidden_states", args[0] if args else None)),
+        with_kwargs=True,
+    )
     ours: dict[str, torch.Tensor] = {}
     handles = A.pre_rope_hooks(attn, model.config, lambda which, x: ours.__setitem__(which, x))
     ids, pos = ids_pos()
@@ -193,7 +232,7 @@ def test_qk_rows_and_pre_rope_hooks_match_transformers(arch, monkeypatch):
         assert torch.equal(ours[which].view(b, t, -1, d).transpose(1, 2), ref)
     if arch == "phi3":  # views: writes go through to the fused parameter
         assert proj["q"]["weight"].data_ptr() == attn.qkv_proj.weight.data_ptr()
-        assert proj["k"]["weight"].data_ptr() == attn.qkv_proj.weight[model.config.num_attention_heads * d:].data_ptr()
+        assert proj["k"]["weight"].data_ptr() == attn.qkv_proj.weight[model.config.num_attention_heads * d :].data_ptr()
 
 
 def _pair_rows_by_gradient(model, arch, monkeypatch, which: str, head: int, pair: int) -> dict[str, torch.Tensor]:
@@ -256,7 +295,8 @@ class HFRawQK:
             for layer in model.model.layers:
                 layer.self_attn.q_norm.register_forward_pre_hook(lambda _m, a: self._q.append(a[0].transpose(1, 2)))
                 layer.self_attn.k_norm.register_forward_pre_hook(
-                    lambda _m, a: self.calls.append((self._q.pop(0), a[0].transpose(1, 2))))
+                    lambda _m, a: self.calls.append((self._q.pop(0), a[0].transpose(1, 2)))
+                )
         else:
             self.calls = HFPreRope(model, monkeypatch).calls
 
@@ -330,7 +370,9 @@ def test_transformerlens_phi3_bridge_does_not_run_its_rotary_hooks(plain_dirs):
     assert "blocks.0.attn.hook_rot_q" in bridge.hook_dict
     fired = []
     ids, pos = ids_pos(batch=1, length=8)
-    bridge.run_with_hooks(ids, position_ids=pos, fwd_hooks=[("blocks.0.attn.hook_rot_q", lambda x, hook: fired.append(1))])
+    bridge.run_with_hooks(
+        ids, position_ids=pos, fwd_hooks=[("blocks.0.attn.hook_rot_q", lambda x, hook: fired.append(1))]
+    )
     assert fired == []
 
 
@@ -374,13 +416,16 @@ def test_chunked_kd_loss_sees_the_teachers_real_logits(arch, plain_dirs):
     w = torch.randn(VOCAB, 24, requires_grad=True)
     labels = torch.randint(0, VOCAB, (2, 20))
     spec = LossSpec(ce_weight=0.3, kd_weight=1.0, temperature=2.0, chunk_size=7)
-    r = chunked_loss(h, w, labels, spec, teacher=OnlineTeacher(t_hidden, teacher.lm_head.weight,
-                                                               A.final_softcap(teacher.config)))
+    r = chunked_loss(
+        h, w, labels, spec, teacher=OnlineTeacher(t_hidden, teacher.lm_head.weight, A.final_softcap(teacher.config))
+    )
     r.loss.backward()
     gh, gw = h.grad.clone(), w.grad.clone()
     h.grad = w.grad = None
     s_logits = (h @ w.t()).reshape(-1, VOCAB)
-    kd = divergence(F.log_softmax(t_logits.reshape(-1, VOCAB) / 2.0, -1), F.log_softmax(s_logits / 2.0, -1), "forward_kl")
+    kd = divergence(
+        F.log_softmax(t_logits.reshape(-1, VOCAB) / 2.0, -1), F.log_softmax(s_logits / 2.0, -1), "forward_kl"
+    )
     dense = (0.3 * F.cross_entropy(s_logits, labels.reshape(-1), reduction="sum") + 4.0 * kd.sum()) / 40
     dense.backward()
     assert torch.allclose(r.loss, dense, rtol=1e-5, atol=1e-6)
@@ -403,17 +448,31 @@ def test_student_softcap_in_the_chunked_loss_matches_gemma2_logits(plain_dirs):
     assert not torch.allclose(plain, ref, rtol=1e-3)
 
 
-TRAIN_STUDENT = dict(vocab_size=VOCAB, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
-                     intermediate_size=64, max_position_embeddings=256, rope_theta=100.0)
+TRAIN_STUDENT = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+    intermediate_size=64,
+    max_position_embeddings=256,
+    rope_theta=100.0,
+)
 
 
 def _run_cfg(teacher: Path, **model) -> dict:
-    return {"name": "arch", "model": dict(TRAIN_STUDENT, **model), "seed": 3,
-            "data": {"kind": "synthetic-short", "doc_len_min": 16, "doc_len_max": 48},
-            "optim": {"micro_batch_size": 2, "grad_accum_steps": 1},
-            "checkpoint": {"every": 1, "keep_last": 3}, "loss": {"chunk_size": 40},
-            "teacher": {"path": str(teacher)},
-            "phases": [{"name": "p", "steps": 2, "seq_len": 48, "rope_theta": 100, "lr": 3e-3, "objective": "kd"}]}
+    return {
+        "name": "arch",
+        "model": dict(TRAIN_STUDENT, **model),
+        "seed": 3,
+        "data": {"kind": "synthetic-short", "doc_len_min": 16, "doc_len_max": 48},
+        "optim": {"micro_batch_size": 2, "grad_accum_steps": 1},
+        "checkpoint": {"every": 1, "keep_last": 3},
+        "loss": {"chunk_size": 40},
+        "teacher": {"path": str(teacher)},
+        "phases": [{"name": "p", "steps": 2, "seq_len": 48, "rope_theta": 100, "lr": 3e-3, "objective": "kd"}],
+    }
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -433,8 +492,11 @@ def test_kd_from_each_teacher_architecture_trains_and_resumes(arch, tmp_path, pl
     shutil.copytree(full, part)
     shutil.rmtree(part / "ckpt-000002")
     train(cfg, out=str(part), resume=True, progress=False)
-    again = [(r["step"], r["loss"]) for r in map(json.loads, (part / "metrics.jsonl").read_text().splitlines())
-             if r["kind"] == "train"]
+    again = [
+        (r["step"], r["loss"])
+        for r in map(json.loads, (part / "metrics.jsonl").read_text().splitlines())
+        if r["kind"] == "train"
+    ]
     assert again == train_recs
 
 
@@ -491,16 +553,24 @@ def bpe(tmp_path_factory) -> tuple[Path, Path]:
     """A BPE tokenizer trained locally with `tokenizers` (vocab 300) and a jsonl corpus of paragraphs. It has
     Qwen's ``<|endoftext|>``: transformers 5 loads a tokenizer next to a Qwen2 config.json as Qwen2Tokenizer,
     which adds that token when it is missing."""
-    from tokenizers import Tokenizer, models as tm, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, pre_tokenizers, trainers
+    from tokenizers import models as tm
     from transformers import PreTrainedTokenizerFast
 
     root = tmp_path_factory.mktemp("bpe")
-    paras = [p.strip() for f in LICENSES if f.is_file() for p in f.read_text(errors="ignore").split("\n\n")
-             if len(p.strip()) > 80][:200]
+    paras = [
+        p.strip()
+        for f in LICENSES
+        if f.is_file()
+        for p in f.read_text(errors="ignore").split("\n\n")
+        if len(p.strip()) > 80
+    ][:200]
     assert len(paras) > 20
     backend = Tokenizer(tm.BPE(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.train_from_iterator(paras, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<eos>", "<|endoftext|>"]))
+    backend.train_from_iterator(
+        paras, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<eos>", "<|endoftext|>"])
+    )
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>")
     tok.save_pretrained(root / "tok")
     corpus = root / "corpus.jsonl"
@@ -509,12 +579,25 @@ def bpe(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def _bpe_run(tok: Path, corpus: Path, teacher: Path | None = None, **model) -> dict:
-    raw = {"name": "bpe", "model": {**TRAIN_STUDENT, "vocab_size": 320, **model}, "seed": 1,
-           "data": {"kind": "jsonl", "paths": [str(corpus)], "tokenizer": str(tok)},
-           "optim": {"micro_batch_size": 2, "grad_accum_steps": 1},
-           "checkpoint": {"every": 1, "keep_last": 3}, "loss": {"chunk_size": 40},
-           "phases": [{"name": "p", "steps": 2, "seq_len": 48, "rope_theta": 100, "lr": 3e-3,
-                       "objective": "kd" if teacher else "ce"}]}
+    raw = {
+        "name": "bpe",
+        "model": {**TRAIN_STUDENT, "vocab_size": 320, **model},
+        "seed": 1,
+        "data": {"kind": "jsonl", "paths": [str(corpus)], "tokenizer": str(tok)},
+        "optim": {"micro_batch_size": 2, "grad_accum_steps": 1},
+        "checkpoint": {"every": 1, "keep_last": 3},
+        "loss": {"chunk_size": 40},
+        "phases": [
+            {
+                "name": "p",
+                "steps": 2,
+                "seq_len": 48,
+                "rope_theta": 100,
+                "lr": 3e-3,
+                "objective": "kd" if teacher else "ce",
+            }
+        ],
+    }
     if teacher is not None:
         raw["teacher"] = {"path": str(teacher)}
     return raw
@@ -564,17 +647,25 @@ def test_qwen2_teacher_with_the_shared_bpe_tokenizer_distils_into_llama_and_resu
     AutoTokenizer.from_pretrained(tok, local_files_only=True).save_pretrained(tdir)
     cfg = config.from_dict(config.RunConfig, _bpe_run(tok, corpus, tdir))
     full = train(cfg, out=str(tmp_path / "full"), progress=False)
-    losses = [(r["step"], r["kd"]) for r in map(json.loads, (full / "metrics.jsonl").read_text().splitlines())
-              if r["kind"] == "train"]
+    losses = [
+        (r["step"], r["kd"])
+        for r in map(json.loads, (full / "metrics.jsonl").read_text().splitlines())
+        if r["kind"] == "train"
+    ]
     assert len(losses) == 2 and all(kd > 0 for _, kd in losses)
     part = tmp_path / "part"
     shutil.copytree(full, part)
     shutil.rmtree(part / "ckpt-000002")
     train(cfg, out=str(part), resume=True, progress=False)
-    assert [(r["step"], r["kd"]) for r in map(json.loads, (part / "metrics.jsonl").read_text().splitlines())
-            if r["kind"] == "train"] == losses
-    assert AutoTokenizer.from_pretrained(models.list_checkpoints(part)[-1], local_files_only=True).get_vocab() == \
-        AutoTokenizer.from_pretrained(tok, local_files_only=True).get_vocab()
+    assert [
+        (r["step"], r["kd"])
+        for r in map(json.loads, (part / "metrics.jsonl").read_text().splitlines())
+        if r["kind"] == "train"
+    ] == losses
+    assert (
+        AutoTokenizer.from_pretrained(models.list_checkpoints(part)[-1], local_files_only=True).get_vocab()
+        == AutoTokenizer.from_pretrained(tok, local_files_only=True).get_vocab()
+    )
 
 
 def test_teacher_with_another_tokenizer_is_one_error_before_training(tmp_path, bpe, plain_dirs, capsys):

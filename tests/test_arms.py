@@ -45,16 +45,32 @@ def _retrieval(paths, acc):
     names = list(paths)
     rng = np.random.default_rng(0)
     correct = np.stack([(rng.random((1, 1, 2, 8)) < acc[n]) for n in names])
-    return xr.Dataset({"correct": (("checkpoint", "task", "length", "depth", "sample"), correct)},
-                      coords={"checkpoint": np.array(names, dtype=object), "task": ["passkey"], "length": [256],
-                              "depth": [0.0, 100.0], "sample": np.arange(8),
-                              "checkpoint_path": ("checkpoint", np.array(list(paths.values()), dtype=object)),
-                              "step": ("checkpoint", np.full(len(names), 10))})
+    return xr.Dataset(
+        {"correct": (("checkpoint", "task", "length", "depth", "sample"), correct)},
+        coords={
+            "checkpoint": np.array(names, dtype=object),
+            "task": ["passkey"],
+            "length": [256],
+            "depth": [0.0, 100.0],
+            "sample": np.arange(8),
+            "checkpoint_path": ("checkpoint", np.array(list(paths.values()), dtype=object)),
+            "step": ("checkpoint", np.full(len(names), 10)),
+        },
+    )
 
 
 def test_runs_group_into_arms_by_config_up_to_the_seed(tmp_path):
-    paths = _runs(tmp_path, [("kd-x-s0", 0, 1e-3), ("kd-x-s1", 1, 1e-3), ("ce-x-s0", 0, 1e-3), ("ce-x-s1", 1, 1e-3),
-                             ("odd-s0", 0, 1e-3), ("odd-s1", 1, 2e-3)])
+    paths = _runs(
+        tmp_path,
+        [
+            ("kd-x-s0", 0, 1e-3),
+            ("kd-x-s1", 1, 1e-3),
+            ("ce-x-s0", 0, 1e-3),
+            ("ce-x-s1", 1, 1e-3),
+            ("odd-s0", 0, 1e-3),
+            ("odd-s1", 1, 2e-3),
+        ],
+    )
     paths["teacher/tiny"] = str(tmp_path / "nowhere" / "tiny")
     groups, refs = arms.group_checkpoints(paths)
     assert refs == ["teacher/tiny"]
@@ -66,8 +82,15 @@ def test_runs_group_into_arms_by_config_up_to_the_seed(tmp_path):
 
 def test_summary_and_comparisons_store_intervals(tmp_path):
     paths = _runs(tmp_path, [("kd-x-s0", 0, 1e-3), ("kd-x-s1", 1, 1e-3), ("ce-x-s0", 0, 1e-3), ("ce-x-s1", 1, 1e-3)])
-    ds = _retrieval(paths, {"kd-x-s0/ckpt-000010": 1.0, "kd-x-s1/ckpt-000010": 1.0,
-                            "ce-x-s0/ckpt-000010": 0.0, "ce-x-s1/ckpt-000010": 0.0})
+    ds = _retrieval(
+        paths,
+        {
+            "kd-x-s0/ckpt-000010": 1.0,
+            "kd-x-s1/ckpt-000010": 1.0,
+            "ce-x-s0/ckpt-000010": 0.0,
+            "ce-x-s1/ckpt-000010": 0.0,
+        },
+    )
     summary = arms.retrieval_summary(ds)
     assert float(summary["correct"].sel(arm="kd-x", task="passkey", length=256)) == 1.0
     assert int(summary["n_seeds"].sel(arm="kd-x")) == 2
@@ -95,8 +118,15 @@ def test_shipped_stage1_students_retrieve_inside_their_window():
     for theta in (500.0, 10000.0):
         model, manifest = models.load(stage1_student(theta))
         assert manifest["rope_theta"] == theta and manifest["seq_len"] == 256
-        ds = grid.evaluate_model(model, grid.load_rendering("synthetic"), tasks=["passkey", "niah"], lengths=[256],
-                                 depths=[0.0, 25.0, 50.0, 75.0, 100.0, 12.5, 62.5, 87.5], samples=8, seed=4321)
+        ds = grid.evaluate_model(
+            model,
+            grid.load_rendering("synthetic"),
+            tasks=["passkey", "niah"],
+            lengths=[256],
+            depths=[0.0, 25.0, 50.0, 75.0, 100.0, 12.5, 62.5, 87.5],
+            samples=8,
+            seed=4321,
+        )
         acc = ds["correct"].astype(float).mean(["depth", "sample"])
         assert float(acc.sel(task="niah", length=256)) >= 0.95, theta
         assert float(acc.sel(task="passkey", length=256)) >= 0.7, theta  # measured in the report; margin for drift

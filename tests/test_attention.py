@@ -24,8 +24,9 @@ def tiny(arch: str):
 def packed_doc_ids() -> torch.Tensor:
     """[2, 256]: row 0 many short documents (block edges inside and on documents), row 1 one long + short ones."""
     lens = [[10, 118, 128, 0], [200, 40, 16, 0]]
-    return torch.stack([torch.repeat_interleave(torch.arange(4), torch.tensor(r[:3] + [T - sum(r[:3])]))
-                        for r in lens]).to(DEVICE)
+    return torch.stack(
+        [torch.repeat_interleave(torch.arange(4), torch.tensor(r[:3] + [T - sum(r[:3])])) for r in lens]
+    ).to(DEVICE)
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +78,10 @@ def test_flex_block_mask_equals_the_dense_mask(arch, batch):
     grad = DEVICE.type == "cuda"
     r = attention.compare_with_dense(model, ids, docs, grad=grad)
     gdiff = r.get("grad_rel_diff", float("nan"))
-    print(f"{arch}: max |logit diff| {r['logit_diff']:.2e} (logits up to {r['logit_max']:.2f}); "
-          f"relative max |grad diff| {gdiff:.2e}{'' if grad else ' (no flex backward on CPU)'}")
+    print(
+        f"{arch}: max |logit diff| {r['logit_diff']:.2e} (logits up to {r['logit_max']:.2f}); "
+        f"relative max |grad diff| {gdiff:.2e}{'' if grad else ' (no flex backward on CPU)'}"
+    )
     assert r["logit_diff"] < 1e-4
     if grad:
         assert gdiff < 1e-3
@@ -108,7 +111,7 @@ def test_reset_teacher_on_the_training_path_uses_flex_and_matches_dense(monkeypa
     module = distill.DistillModule(student, teacher, "reset")
     assert attention.is_block_mask(distill.reset_view(docs)["attention_mask"])
     results = []
-    for min_tokens in (attention.CPU_FLEX_MIN_TOKENS, 10 ** 9):  # flex, then dense
+    for min_tokens in (attention.CPU_FLEX_MIN_TOKENS, 10**9):  # flex, then dense
         monkeypatch.setattr(attention, "CPU_FLEX_MIN_TOKENS", min_tokens)
         student.zero_grad(set_to_none=True)
         mask = attention.attention_mask(docs, "causal", grad=True)
@@ -117,7 +120,9 @@ def test_reset_teacher_on_the_training_path_uses_flex_and_matches_dense(monkeypa
         results.append((loss.item(), student.model.layers[0].self_attn.q_proj.weight.grad.clone()))
     assert not attention.is_block_mask(distill.reset_view(docs)["attention_mask"])
     (l_flex, g_flex), (l_dense, g_dense) = results
-    print(f"reset teacher at {n} tokens: loss flex {l_flex:.6f} dense {l_dense:.6f}, "
-          f"max |grad diff| {(g_flex - g_dense).abs().max().item():.1e}")
+    print(
+        f"reset teacher at {n} tokens: loss flex {l_flex:.6f} dense {l_dense:.6f}, "
+        f"max |grad diff| {(g_flex - g_dense).abs().max().item():.1e}"
+    )
     assert l_flex == pytest.approx(l_dense, abs=1e-5)
     assert torch.allclose(g_flex, g_dense, atol=1e-5)

@@ -9,8 +9,17 @@ import pytest
 from workbench import config, models
 from workbench.train import train
 
-STUDENT = dict(vocab_size=128, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
-               intermediate_size=64, max_position_embeddings=512, rope_theta=100.0)
+STUDENT = dict(
+    vocab_size=128,
+    hidden_size=32,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+    intermediate_size=64,
+    max_position_embeddings=512,
+    rope_theta=100.0,
+)
 TOL = 1e-5  # absolute, on per-token losses around 5: float reassociation inside the compiled graphs only
 
 
@@ -18,14 +27,22 @@ TOL = 1e-5  # absolute, on per-token losses around 5: float reassociation inside
 def test_compiled_losses_match_eager_and_checkpoints_keep_their_names(tmp_path):
     losses = {}
     for compiled in (False, True):
-        cfg = config.from_dict(config.RunConfig, {
-            "name": "c", "model": dict(STUDENT), "seed": 2,
-            "data": {"kind": "synthetic-short", "doc_len_min": 16, "doc_len_max": 48},
-            "optim": {"micro_batch_size": 2, "compile": compiled}, "checkpoint": {"every": 0, "keep_last": 1},
-            "phases": [{"name": "a", "steps": 3, "seq_len": 64, "rope_theta": 100, "lr": 3e-3}]})
+        cfg = config.from_dict(
+            config.RunConfig,
+            {
+                "name": "c",
+                "model": dict(STUDENT),
+                "seed": 2,
+                "data": {"kind": "synthetic-short", "doc_len_min": 16, "doc_len_max": 48},
+                "optim": {"micro_batch_size": 2, "compile": compiled},
+                "checkpoint": {"every": 0, "keep_last": 1},
+                "phases": [{"name": "a", "steps": 3, "seq_len": 64, "rope_theta": 100, "lr": 3e-3}],
+            },
+        )
         run = train(cfg, out=str(tmp_path / f"run-{compiled}"), progress=False)
-        losses[compiled] = [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-                            if r["kind"] == "train"]
+        losses[compiled] = [
+            r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"
+        ]
     print(f"eager {losses[False]}\ncompiled {losses[True]}")
     assert len(losses[True]) == 3
     assert losses[True] == pytest.approx(losses[False], abs=TOL)

@@ -13,10 +13,20 @@ CONFIGS = Path(__file__).resolve().parents[1] / "data" / "configs"
 
 GOOD = {
     "name": "t",
-    "model": {"vocab_size": 128, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
-              "intermediate_size": 128, "max_position_embeddings": 1024, "rope_theta": 500},
-    "phases": [{"name": "short", "steps": 4, "seq_len": 256, "rope_theta": 500},
-               {"name": "long", "steps": 4, "seq_len": 1024, "rope_theta": 10000}],
+    "model": {
+        "vocab_size": 128,
+        "hidden_size": 64,
+        "num_layers": 2,
+        "num_heads": 4,
+        "num_kv_heads": 2,
+        "intermediate_size": 128,
+        "max_position_embeddings": 1024,
+        "rope_theta": 500,
+    },
+    "phases": [
+        {"name": "short", "steps": 4, "seq_len": 256, "rope_theta": 500},
+        {"name": "long", "steps": 4, "seq_len": 1024, "rope_theta": 10000},
+    ],
 }
 
 
@@ -42,22 +52,25 @@ def test_good_config_loads(tmp_path):
     assert config.config_hash(cfg) == config.config_hash(config.load_run_config(write(tmp_path, GOOD)))
 
 
-@pytest.mark.parametrize("keys,value,expected", [
-    (["model", "rope_theta"], 0, "model.rope_theta: must be > 0"),
-    (["model", "rope_theta"], -5.0, "model.rope_theta: must be > 0"),
-    (["phases", 0, "rope_theta"], 0, "phases[0].rope_theta: must be > 0"),
-    (["model", "head_dim"], 15, "model.head_dim: RoPE needs an even head dim"),
-    (["model", "num_kv_heads"], 3, "model.num_kv_heads: num_heads 4 is not divisible by num_kv_heads 3"),
-    (["model", "hidden_size"], 66, "model.num_heads: hidden_size 66 is not divisible"),
-    (["model", "colour"], "red", "model: unknown key 'colour'"),
-    (["optimiser"], {}, ": unknown key 'optimiser'"),
-    (["model", "num_layers"], "two", "model.num_layers: expected an integer, got 'two'"),
-    (["model", "tie_word_embeddings"], "yes", "model.tie_word_embeddings: expected true/false"),
-    (["phases", 1, "seq_len"], 4096, "phases[1].seq_len: 4096 is beyond the model's max_position_embeddings 1024"),
-    (["phases", 0, "objective"], "kd", "phases[0].objective: 'kd' needs a teacher"),
-    (["phases", 0, "objective"], "distil", "phases[0].objective: 'distil' is not one of"),
-    (["model", "rope_scaling"], {"rope_type": "warp"}, "model.rope_scaling.rope_type: 'warp' is not one of"),
-])
+@pytest.mark.parametrize(
+    "keys,value,expected",
+    [
+        (["model", "rope_theta"], 0, "model.rope_theta: must be > 0"),
+        (["model", "rope_theta"], -5.0, "model.rope_theta: must be > 0"),
+        (["phases", 0, "rope_theta"], 0, "phases[0].rope_theta: must be > 0"),
+        (["model", "head_dim"], 15, "model.head_dim: RoPE needs an even head dim"),
+        (["model", "num_kv_heads"], 3, "model.num_kv_heads: num_heads 4 is not divisible by num_kv_heads 3"),
+        (["model", "hidden_size"], 66, "model.num_heads: hidden_size 66 is not divisible"),
+        (["model", "colour"], "red", "model: unknown key 'colour'"),
+        (["optimiser"], {}, ": unknown key 'optimiser'"),
+        (["model", "num_layers"], "two", "model.num_layers: expected an integer, got 'two'"),
+        (["model", "tie_word_embeddings"], "yes", "model.tie_word_embeddings: expected true/false"),
+        (["phases", 1, "seq_len"], 4096, "phases[1].seq_len: 4096 is beyond the model's max_position_embeddings 1024"),
+        (["phases", 0, "objective"], "kd", "phases[0].objective: 'kd' needs a teacher"),
+        (["phases", 0, "objective"], "distil", "phases[0].objective: 'distil' is not one of"),
+        (["model", "rope_scaling"], {"rope_type": "warp"}, "model.rope_scaling.rope_type: 'warp' is not one of"),
+    ],
+)
 def test_bad_values_name_key_and_file(tmp_path, keys, value, expected):
     path = write(tmp_path, with_change(keys, value), "bad-config.yaml")
     with pytest.raises(config.ConfigError) as err:
@@ -90,8 +103,13 @@ def test_preset_parameter_count_matches_stated_size(preset):
 
 def test_paper_student_is_tinyllama_shaped():
     cfg = config.load_model_config(CONFIGS / "presets" / "paper-student-1.1b.yaml")
-    assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size) == \
-        (22, 2048, 32, 4, 5632)
+    assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size) == (
+        22,
+        2048,
+        32,
+        4,
+        5632,
+    )
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
@@ -113,14 +131,15 @@ def _v1_hash(resolved_v1: dict) -> str:
 # the keys of version 1's schema (a new key missing from config.ADDED_AFTER_V1 fails the test below)
 V1_SCHEMA = {
     "": "name model phases data teacher loss optim checkpoint seed out_dir init_from device metrics_every eval_every "
-        "eval_lengths eval_samples eval_tasks description",
+    "eval_lengths eval_samples eval_tasks description",
     "model": "vocab_size hidden_size num_layers num_heads num_kv_heads intermediate_size max_position_embeddings "
-             "rope_theta rope_scaling head_dim rms_norm_eps tie_word_embeddings initializer_range stated_params",
+    "rope_theta rope_scaling head_dim rms_norm_eps tie_word_embeddings initializer_range stated_params",
     "data": "kind paths tokenizer doc_len_min doc_len_max num_pairs_min num_pairs_max packing options",
     "loss": "kd_kind jsd_beta temperature scale_by_t2 ce_weight kd_weight chunk_size ignore_index",
     "optim": "micro_batch_size grad_accum_steps weight_decay betas grad_clip activation_checkpointing",
     "checkpoint": "every keep_last",
-    "phase": "name steps seq_len rope_theta rope_scaling lr warmup_steps min_lr_ratio objective data freeze_wavelengths",
+    "phase": "name steps seq_len rope_theta rope_scaling lr warmup_steps min_lr_ratio objective data "
+    "freeze_wavelengths",
 }
 
 
@@ -143,7 +162,10 @@ def test_ce_plus_kd_trains_with_default_weights(tmp_path):
     cfg = config.load_run_config(write(tmp_path, data))
     spec = LossSpec.for_objective(cfg.loss, "ce+kd")
     assert (spec.ce_weight, spec.kd_weight) == (0.5, 1.0)
-    assert (LossSpec.for_objective(cfg.loss, "kd").ce_weight, LossSpec.for_objective(cfg.loss, "ce").kd_weight) == (0, 0)
+    assert (LossSpec.for_objective(cfg.loss, "kd").ce_weight, LossSpec.for_objective(cfg.loss, "ce").kd_weight) == (
+        0,
+        0,
+    )
     with pytest.raises(config.ConfigError, match="loss.ce_weight: objective 'ce\\+kd' needs ce_weight > 0"):
         config.load_run_config(write(tmp_path, {**data, "loss": {"ce_weight": 0.0}}))
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from corpus_fixtures import bpe_tokenizer, documents, write_jsonl
+
 from workbench import config, models
 from workbench.cli import main as cli_main
 from workbench.data import corpus, make_stream, text
@@ -54,8 +54,22 @@ def test_tokenize_sources_manifest_split_and_reuse(tmp_path, bpe, jsonl, capsys)
 
     docs = [json.loads(x)["text"] for x in jsonl.read_text().splitlines()]
     out = tmp_path / "corpus"
-    assert cli_main(["tokenize", str(jsonl), "--tokenizer", str(bpe), "--out", str(out), "--val-fraction", "0.25",
-                     "--no-progress"]) == 0
+    assert (
+        cli_main(
+            [
+                "tokenize",
+                str(jsonl),
+                "--tokenizer",
+                str(bpe),
+                "--out",
+                str(out),
+                "--val-fraction",
+                "0.25",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     m = json.loads((out / "manifest.json").read_text())
     tok = AutoTokenizer.from_pretrained(str(bpe))
     assert m["dtype"] == "uint16" and m["tokenizer"]["vocab_size"] == len(tok) == 512
@@ -75,8 +89,22 @@ def test_tokenize_sources_manifest_split_and_reuse(tmp_path, bpe, jsonl, capsys)
     assert [w for w in want if w in got] == got  # file order kept
     assert not list(tmp_path.glob(".corpus.tmp-*"))
     # rerun: reused (said so); other options into the same --out: refused, nothing overwritten
-    assert cli_main(["tokenize", str(jsonl), "--tokenizer", str(bpe), "--out", str(out), "--val-fraction", "0.25",
-                     "--no-progress"]) == 0
+    assert (
+        cli_main(
+            [
+                "tokenize",
+                str(jsonl),
+                "--tokenizer",
+                str(bpe),
+                "--out",
+                str(out),
+                "--val-fraction",
+                "0.25",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "reusing it" in capsys.readouterr().out
     assert cli_main(["tokenize", str(jsonl), "--tokenizer", str(bpe), "--out", str(out), "--no-progress"]) == 2
     assert "exists and is not this corpus" in capsys.readouterr().err
@@ -87,44 +115,77 @@ def test_tokenize_sources_manifest_split_and_reuse(tmp_path, bpe, jsonl, capsys)
     ds = datasets.Dataset.from_dict({"body": docs[:5]})
     ds.to_parquet(str(tmp_path / "d.parquet"))
     ds.save_to_disk(str(tmp_path / "saved"))
-    for name, srcs, extra in (("txt", [str(tmp_path / "t" / f"{i}.txt") for i in range(5)], []),
-                              ("pq", [str(tmp_path / "d.parquet")], ["--field", "body"]),
-                              ("disk", [str(tmp_path / "saved")], ["--field", "body"])):
-        assert cli_main(["tokenize", *srcs, "--tokenizer", str(bpe), "--out", str(tmp_path / name), "--no-progress",
-                         *extra]) == 0, name
+    for name, srcs, extra in (
+        ("txt", [str(tmp_path / "t" / f"{i}.txt") for i in range(5)], []),
+        ("pq", [str(tmp_path / "d.parquet")], ["--field", "body"]),
+        ("disk", [str(tmp_path / "saved")], ["--field", "body"]),
+    ):
+        assert (
+            cli_main(
+                ["tokenize", *srcs, "--tokenizer", str(bpe), "--out", str(tmp_path / name), "--no-progress", *extra]
+            )
+            == 0
+        ), name
         assert list(_tokens(tmp_path / name)) == sum(want[:5], []), name
     # a text-kind run config's data section converts as it is (same ids the run would have tokenised)
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump({"data": {"kind": "jsonl", "paths": [str(jsonl)],
-                                                                "tokenizer": str(bpe)}}))
-    assert cli_main(["tokenize", "--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "conv"),
-                     "--no-progress"]) == 0
+    (tmp_path / "run.yaml").write_text(
+        yaml.safe_dump({"data": {"kind": "jsonl", "paths": [str(jsonl)], "tokenizer": str(bpe)}})
+    )
+    assert (
+        cli_main(["tokenize", "--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "conv"), "--no-progress"])
+        == 0
+    )
     text._tokenise_cached.cache_clear()
     ids, offsets = text.tokenise_corpus("jsonl", [str(jsonl)], str(bpe), {})
     assert np.array_equal(_tokens(tmp_path / "conv"), ids)
     assert np.array_equal(np.load(tmp_path / "conv" / "offsets.npy"), offsets)
-    assert cli_main(["tokenize", str(jsonl), "--tokenizer", str(bpe), "--out", str(tmp_path / "x"),
-                     "--field", "nope", "--no-progress"]) == 2
+    assert (
+        cli_main(
+            [
+                "tokenize",
+                str(jsonl),
+                "--tokenizer",
+                str(bpe),
+                "--out",
+                str(tmp_path / "x"),
+                "--field",
+                "nope",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "no column 'nope'" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_short_documents_at_tokenize_time_equal_on_the_fly(tmp_path, bpe, jsonl):
     corpus.tokenize([jsonl], tmp_path / "whole", bpe, progress=False, log=lambda s: None)
-    corpus.tokenize([jsonl], tmp_path / "cut", bpe, max_doc_tokens=100, min_doc_tokens=10, progress=False,
-                    log=lambda s: None)
+    corpus.tokenize(
+        [jsonl], tmp_path / "cut", bpe, max_doc_tokens=100, min_doc_tokens=10, progress=False, log=lambda s: None
+    )
     m = json.loads((tmp_path / "cut" / "manifest.json").read_text())
     lens = np.diff(np.load(tmp_path / "cut" / "offsets.npy"))
     assert lens.max() <= 100 and lens.min() >= 10 and m["max_doc_tokens"] == 100 and m["dropped_tokens"] > 0
     seq = 256
     for pos in ("continue", "reset"):
         base = {"kind": "tokens", "packing": {"positions": pos}}
-        fly = config.from_dict(config.DataConfig, {**base, "paths": [str(tmp_path / "whole")],
-                                                   "options": {"max_doc_tokens": 100, "min_doc_tokens": 10}})
+        fly = config.from_dict(
+            config.DataConfig,
+            {**base, "paths": [str(tmp_path / "whole")], "options": {"max_doc_tokens": 100, "min_doc_tokens": 10}},
+        )
         pre = config.from_dict(config.DataConfig, {**base, "paths": [str(tmp_path / "cut")]})
         a, b = make_stream(fly, seq, 4, seed=5).next(), make_stream(pre, seq, 4, seed=5).next()
         assert all(torch.equal(a[k], b[k]) for k in a), pos
     # documents, labels and positions follow the cuts: a new document every <= 100 tokens, no target at its start
-    whole = config.from_dict(config.DataConfig, {"kind": "tokens", "paths": [str(tmp_path / "whole")],
-                                                 "packing": {"positions": "reset"}, "options": {"max_doc_tokens": 64}})
+    whole = config.from_dict(
+        config.DataConfig,
+        {
+            "kind": "tokens",
+            "paths": [str(tmp_path / "whole")],
+            "packing": {"positions": "reset"},
+            "options": {"max_doc_tokens": 64},
+        },
+    )
     b = make_stream(whole, seq, 8, seed=1).next()
     starts = torch.ones_like(b["doc_ids"], dtype=torch.bool)
     starts[:, 1:] = b["doc_ids"][:, 1:] != b["doc_ids"][:, :-1]
@@ -141,23 +202,44 @@ def test_trainer_stream_reads_a_memmap_and_refuses_another_tokenizer(tmp_path, b
     stream = make_stream(dcfg, 128, 2, seed=0)
     source = stream._window.corpus
     import mmap
-    assert all(isinstance(s, np.memmap) and isinstance(s.base, mmap.mmap) and not s.flags.writeable and
-               Path(s.filename).parent == out.resolve() for s in source.shards)  # mapped, not copied
+
+    assert all(
+        isinstance(s, np.memmap)
+        and isinstance(s.base, mmap.mmap)
+        and not s.flags.writeable
+        and Path(s.filename).parent == out.resolve()
+        for s in source.shards
+    )  # mapped, not copied
     assert isinstance(source.offsets, np.memmap)
     b = stream.next()
     assert b["input_ids"].dtype == torch.int64 and tuple(b["input_ids"].shape) == (2, 128)
     # the run's tokenizer is the corpus's own copy; a teacher on another vocabulary is refused before training
-    student = dict(vocab_size=512, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
-                   intermediate_size=64, max_position_embeddings=256)
+    student = dict(
+        vocab_size=512,
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=16,
+        intermediate_size=64,
+        max_position_embeddings=256,
+    )
     teacher = tmp_path / "teacher"
     models.save_checkpoint(models.build_model(config.ModelConfig(**student), seed=0), teacher, {"step": 0})
     models.save_checkpoint(models.build_model(config.ModelConfig(**student), seed=0), tmp_path / "syn", {"step": 0})
     from workbench.data.tokenizer import synthetic_tokenizer
+
     synthetic_tokenizer().save_pretrained(str(teacher))
-    cfg = config.from_dict(config.RunConfig, {
-        "name": "t", "model": student, "teacher": {"path": str(teacher)},
-        "data": {"kind": "tokens", "paths": [str(out)]},
-        "phases": [{"name": "a", "steps": 1, "seq_len": 128, "rope_theta": 100, "objective": "kd"}]})
+    cfg = config.from_dict(
+        config.RunConfig,
+        {
+            "name": "t",
+            "model": student,
+            "teacher": {"path": str(teacher)},
+            "data": {"kind": "tokens", "paths": [str(out)]},
+            "phases": [{"name": "a", "steps": 1, "seq_len": 128, "rope_theta": 100, "objective": "kd"}],
+        },
+    )
     with pytest.raises(config.ConfigError, match="teacher's tokenizer"):
         phases.check_inputs(cfg)
     bad = config.from_dict(config.DataConfig, {"kind": "tokens", "paths": [str(out)], "tokenizer": str(teacher)})
@@ -167,8 +249,9 @@ def test_trainer_stream_reads_a_memmap_and_refuses_another_tokenizer(tmp_path, b
 
 def test_ranks_read_their_own_windows_and_the_cursor_is_tied_to_the_corpus(tmp_path, bpe, jsonl):
     out, _ = corpus.tokenize([jsonl], tmp_path / "c", bpe, progress=False, log=lambda s: None)
-    dcfg = config.from_dict(config.DataConfig, {"kind": "tokens", "paths": [str(out)],
-                                                "options": {"max_doc_tokens": 40}})
+    dcfg = config.from_dict(
+        config.DataConfig, {"kind": "tokens", "paths": [str(out)], "options": {"max_doc_tokens": 40}}
+    )
     single = make_stream(dcfg, 64, 4, seed=2)
     ranks = [make_stream(dcfg, 64, 2, seed=2, rank=r, world_size=2) for r in range(2)]
     for _ in range(3):
@@ -185,21 +268,50 @@ def test_ranks_read_their_own_windows_and_the_cursor_is_tied_to_the_corpus(tmp_p
 
 def test_teacher_cache_reads_a_token_corpus(tmp_path, bpe, jsonl):
     out, _ = corpus.tokenize([jsonl], tmp_path / "c", bpe, progress=False, log=lambda s: None)
-    mcfg = dict(vocab_size=512, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
-                intermediate_size=64, max_position_embeddings=256)
+    mcfg = dict(
+        vocab_size=512,
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=16,
+        intermediate_size=64,
+        max_position_embeddings=256,
+    )
     teacher = tmp_path / "teacher"
     models.save_checkpoint(models.build_model(config.ModelConfig(**mcfg), seed=0), teacher, {"step": 0})
     shutil.copytree(out / "tokenizer", teacher, dirs_exist_ok=True)
-    cfg = {"name": "t", "model": mcfg, "teacher": {"path": str(teacher)},
-           "data": {"kind": "tokens", "paths": [str(out)], "options": {"max_doc_tokens": 32}},
-           "optim": {"micro_batch_size": 2, "grad_accum_steps": 1},
-           "phases": [{"name": "a", "steps": 2, "seq_len": 64, "rope_theta": 100, "objective": "kd"}]}
+    cfg = {
+        "name": "t",
+        "model": mcfg,
+        "teacher": {"path": str(teacher)},
+        "data": {"kind": "tokens", "paths": [str(out)], "options": {"max_doc_tokens": 32}},
+        "optim": {"micro_batch_size": 2, "grad_accum_steps": 1},
+        "phases": [{"name": "a", "steps": 2, "seq_len": 64, "rope_theta": 100, "objective": "kd"}],
+    }
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    assert cli_main(["teacher-cache", str(path), "--out", str(tmp_path / "cache"), "--top-k", "4", "--threads", "1",
-                     "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        cli_main(
+            [
+                "teacher-cache",
+                str(path),
+                "--out",
+                str(tmp_path / "cache"),
+                "--top-k",
+                "4",
+                "--threads",
+                "1",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     cached = np.load(tmp_path / "cache" / "phase-0.input_ids.npy")
     from workbench.train.phases import phase_seed
+
     seed = phase_seed(config.from_dict(config.RunConfig, cfg), 0)
     want = make_stream(config.from_dict(config.DataConfig, cfg["data"]), 64, 4, seed=seed).next()["input_ids"]
     assert np.array_equal(cached, want.numpy())  # the windows the run will read, from the memory-map
@@ -207,8 +319,10 @@ def test_teacher_cache_reads_a_token_corpus(tmp_path, bpe, jsonl):
 
 def test_text_kinds_tokenise_once_per_process(tmp_path, bpe, jsonl):
     text._tokenise_cached.cache_clear()
-    dcfg = config.from_dict(config.DataConfig, {"kind": "jsonl", "paths": [str(jsonl)], "tokenizer": str(bpe),
-                                                "options": {"max_doc_tokens": 64}})
+    dcfg = config.from_dict(
+        config.DataConfig,
+        {"kind": "jsonl", "paths": [str(jsonl)], "tokenizer": str(bpe), "options": {"max_doc_tokens": 64}},
+    )
     a = make_stream(dcfg, 128, 2, seed=0).next()
     b = make_stream(dcfg, 256, 2, seed=1).next()  # a second phase of the same run
     assert text._tokenise_cached.cache_info().misses == 1 and text._tokenise_cached.cache_info().hits == 1
@@ -222,8 +336,17 @@ def test_kd_signal_needs_short_documents_on_real_text(tmp_path, bpe, capsys):
     out, _ = corpus.tokenize([src], tmp_path / "c", bpe, progress=False, log=lambda s: None)
     assert np.diff(np.load(out / "offsets.npy")).min() > 1024
     teacher = tmp_path / "teacher"
-    mcfg = config.ModelConfig(vocab_size=512, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16,
-                              intermediate_size=64, max_position_embeddings=1024, rope_theta=10000.0)
+    mcfg = config.ModelConfig(
+        vocab_size=512,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=16,
+        intermediate_size=64,
+        max_position_embeddings=1024,
+        rope_theta=10000.0,
+    )
     model = models.build_model(mcfg, seed=0)
     with torch.no_grad():  # sharper attention than the 0.02-std init, as a trained teacher has
         for layer in model.model.layers:
@@ -232,25 +355,60 @@ def test_kd_signal_needs_short_documents_on_real_text(tmp_path, bpe, capsys):
     models.save_checkpoint(model, teacher, {"step": 0})
     shutil.copytree(out / "tokenizer", teacher, dirs_exist_ok=True)
     for name, opts in (("plain", {}), ("short", {"max_doc_tokens": 256})):
-        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({"kind": "tokens", "paths": [str(out)],
-                                                                "options": opts}))
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({"kind": "tokens", "paths": [str(out)], "options": opts}))
     args = ["--seq-len", "1024", "--windows", "2", "--batch-size", "1", "--threads", "1", "--device", "cpu"]
-    assert cli_main(["kd-signal", str(teacher), "--data", str(tmp_path / "plain.yaml"), "--out",
-                     str(tmp_path / "a.zarr"), *args]) == 2
+    assert (
+        cli_main(
+            [
+                "kd-signal",
+                str(teacher),
+                "--data",
+                str(tmp_path / "plain.yaml"),
+                "--out",
+                str(tmp_path / "a.zarr"),
+                *args,
+            ]
+        )
+        == 2
+    )
     assert "0 tokens after a document boundary" in capsys.readouterr().err and not (tmp_path / "a.zarr").exists()
-    assert cli_main(["kd-signal", str(teacher), "--data", str(tmp_path / "short.yaml"), "--out",
-                     str(tmp_path / "b.zarr"), *args]) == 0
+    assert (
+        cli_main(
+            [
+                "kd-signal",
+                str(teacher),
+                "--data",
+                str(tmp_path / "short.yaml"),
+                "--out",
+                str(tmp_path / "b.zarr"),
+                *args,
+            ]
+        )
+        == 0
+    )
     import xarray as xr
+
     ds = xr.open_zarr(tmp_path / "b.zarr", group="kd_signal", consolidated=False)
     assert float(ds["mean"].values.ravel()[0]) > 1e-5 and float(ds["mean_after_first_doc"].values.ravel()[0]) > 1e-5
     # a KD run on the same short documents in 1,024-token windows, the corpus's tokenizer in its checkpoints
     from workbench.train import train
-    run = train(config.from_dict(config.RunConfig, {
-        "name": "kd", "model": dict(config.to_dict(mcfg), num_layers=1), "teacher": {"path": str(teacher)},
-        "data": {"kind": "tokens", "paths": [str(out)], "options": {"max_doc_tokens": 256}},
-        "optim": {"micro_batch_size": 1, "grad_accum_steps": 1}, "checkpoint": {"every": 0, "keep_last": 1},
-        "phases": [{"name": "a", "steps": 2, "seq_len": 1024, "rope_theta": 10000.0, "objective": "kd"}]}),
-        out=str(tmp_path / "run"), progress=False)
+
+    run = train(
+        config.from_dict(
+            config.RunConfig,
+            {
+                "name": "kd",
+                "model": dict(config.to_dict(mcfg), num_layers=1),
+                "teacher": {"path": str(teacher)},
+                "data": {"kind": "tokens", "paths": [str(out)], "options": {"max_doc_tokens": 256}},
+                "optim": {"micro_batch_size": 1, "grad_accum_steps": 1},
+                "checkpoint": {"every": 0, "keep_last": 1},
+                "phases": [{"name": "a", "steps": 2, "seq_len": 1024, "rope_theta": 10000.0, "objective": "kd"}],
+            },
+        ),
+        out=str(tmp_path / "run"),
+        progress=False,
+    )
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs if r["kind"] == "train"] == [1, 2]
     assert all(np.isfinite(r["kd"]) and r["kd"] > 0 for r in recs if r["kind"] == "train")
@@ -268,16 +426,37 @@ def test_inputs_take_a_token_corpus(tmp_path, bpe, jsonl):
     batch, what = inputs.build(str(out), vocab, seq_len=64, batch=3, seed=2)
     assert tuple(batch["input_ids"].shape) == (3, 64) and "token corpus" in what
     from workbench.data.tokenizer import synthetic_tokenizer
+
     with pytest.raises(inputs.InputError, match="corpus was tokenised with"):
         inputs.build(str(out), inputs.Vocabulary(synthetic_tokenizer(), True, "synthetic", 512), seq_len=64, batch=1)
 
 
 def _tokenize_proc(src: Path, bpe: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "workbench", "tokenize", str(src), "--tokenizer", str(bpe),
-                             "--out", str(out), "--batch-size", "20", "--shard-tokens", "50000",
-                             "--max-doc-tokens", "256", "--no-progress"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "workbench",
+            "tokenize",
+            str(src),
+            "--tokenizer",
+            str(bpe),
+            "--out",
+            str(out),
+            "--batch-size",
+            "20",
+            "--shard-tokens",
+            "50000",
+            "--max-doc-tokens",
+            "256",
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 @pytest.mark.slow
@@ -300,17 +479,29 @@ def test_kill9_during_tokenize_then_rerun_gives_the_identical_corpus(tmp_path, b
     rerun = _tokenize_proc(src, bpe, out)
     assert rerun.wait(timeout=300) == 0, rerun.stdout.read().decode()
     assert not list(tmp_path.glob(".c.tmp-*"))  # the killed run's leftovers cleaned up
-    ref, _ = corpus.tokenize([src], tmp_path / "ref", bpe, max_doc_tokens=256, batch_size=7, shard_tokens=50000,
-                             progress=False, log=lambda s: None)
+    ref, _ = corpus.tokenize(
+        [src],
+        tmp_path / "ref",
+        bpe,
+        max_doc_tokens=256,
+        batch_size=7,
+        shard_tokens=50000,
+        progress=False,
+        log=lambda s: None,
+    )
     assert _shard_hash(out) == _shard_hash(ref)
     assert len(list(out.glob("tokens-*.bin"))) > 2
 
 
 def _launch(cfg_path: Path, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "workbench.train", str(cfg_path), "--out", str(out),
-                             "--no-progress", *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "workbench.train", str(cfg_path), "--out", str(out), "--no-progress", *extra],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _records(run: Path) -> list[dict]:
@@ -328,21 +519,38 @@ def _records(run: Path) -> list[dict]:
 @pytest.mark.slow
 def test_sigkill_then_resume_on_a_token_corpus_gives_bit_identical_losses(tmp_path, bpe, jsonl):
     out, _ = corpus.tokenize([jsonl], tmp_path / "c", bpe, progress=False, log=lambda s: None)
-    student = dict(vocab_size=512, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
-                   intermediate_size=64, max_position_embeddings=256, rope_theta=100.0)
-    cfg = {"name": "t", "model": student, "seed": 3,
-           "data": {"kind": "tokens", "paths": [str(out)], "options": {"max_doc_tokens": 48}},
-           "optim": {"micro_batch_size": 2, "grad_accum_steps": 2}, "checkpoint": {"every": 5, "keep_last": 2},
-           "phases": [{"name": "short", "steps": 8, "seq_len": 64, "rope_theta": 100, "lr": 3e-3},
-                      {"name": "long", "steps": 40, "seq_len": 128, "rope_theta": 5000, "lr": 1e-3}]}
+    student = dict(
+        vocab_size=512,
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=16,
+        intermediate_size=64,
+        max_position_embeddings=256,
+        rope_theta=100.0,
+    )
+    cfg = {
+        "name": "t",
+        "model": student,
+        "seed": 3,
+        "data": {"kind": "tokens", "paths": [str(out)], "options": {"max_doc_tokens": 48}},
+        "optim": {"micro_batch_size": 2, "grad_accum_steps": 2},
+        "checkpoint": {"every": 5, "keep_last": 2},
+        "phases": [
+            {"name": "short", "steps": 8, "seq_len": 64, "rope_theta": 100, "lr": 3e-3},
+            {"name": "long", "steps": 40, "seq_len": 128, "rope_theta": 5000, "lr": 1e-3},
+        ],
+    }
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     full = _launch(path, tmp_path / "full")
     killed = _launch(path, tmp_path / "killed")
     deadline = time.time() + 240
     while time.time() < deadline and killed.poll() is None:  # between checkpoints 15 and 20 of phase 2
-        if (tmp_path / "killed" / "metrics.jsonl").exists() and \
-                max([r["step"] for r in _records(tmp_path / "killed")] or [0]) >= 17:
+        if (tmp_path / "killed" / "metrics.jsonl").exists() and max(
+            [r["step"] for r in _records(tmp_path / "killed")] or [0]
+        ) >= 17:
             break
         time.sleep(0.002)
     killed.send_signal(signal.SIGKILL)

@@ -19,8 +19,17 @@ ASK, SET, PASS = VOCAB.marker["ASK"], VOCAB.marker["SET"], VOCAB.marker["PASS"]
 
 @pytest.fixture(scope="module")
 def model():
-    cfg = ModelConfig(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
-                      intermediate_size=128, max_position_embeddings=1024, rope_theta=500.0)
+    cfg = ModelConfig(
+        vocab_size=128,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+        max_position_embeddings=1024,
+        rope_theta=500.0,
+    )
     return build_model(cfg, seed=0)
 
 
@@ -36,15 +45,15 @@ def answers_resolve_inside(ids: np.ndarray, start: int, end: int) -> int:
     facts, i, queries = {}, start, 0
     while i < end:
         if ids[i] == SET:
-            facts[ids[i + 1]] = ids[i + 2:i + 3]
+            facts[ids[i + 1]] = ids[i + 2 : i + 3]
             i += 3
         elif ids[i] == PASS:
-            facts[PASS] = ids[i + 1:i + 6]
+            facts[PASS] = ids[i + 1 : i + 6]
             i += 6
         elif ids[i] == ASK:
             key, n = ids[i + 1], 5 if ids[i + 1] == PASS else 1
-            assert key in facts, f"query at {i} ({decode(ids[i:i + 2])}) has no needle in its document"
-            assert np.array_equal(ids[i + 2:i + 2 + n], facts[key]), f"wrong answer at {i}"
+            assert key in facts, f"query at {i} ({decode(ids[i : i + 2])}) has no needle in its document"
+            assert np.array_equal(ids[i + 2 : i + 2 + n], facts[key]), f"wrong answer at {i}"
             queries += 1
             i += 2 + n
         else:
@@ -98,8 +107,8 @@ def test_echo_spans_are_supervised_copies_of_earlier_filler_in_the_same_document
     supervised = np.flatnonzero(doc.target)
     assert 3 * 7 <= len(supervised) <= 3 * 15 and np.isin(doc.ids[supervised], syn.FILLER).all()
     for run in np.split(supervised, np.flatnonzero(np.diff(supervised) > 1) + 1):
-        span = doc.ids[run[0] - 1:run[-1] + 1]  # the echo, including its unsupervised first token
-        earlier = [i for i in range(run[0] - len(span)) if np.array_equal(doc.ids[i:i + len(span)], span)]
+        span = doc.ids[run[0] - 1 : run[-1] + 1]  # the echo, including its unsupervised first token
+        earlier = [i for i in range(run[0] - len(span)) if np.array_equal(doc.ids[i : i + len(span)], span)]
         assert earlier, "an echo must repeat a span that occurs earlier in its document"
 
 
@@ -110,7 +119,7 @@ def test_repeated_sequences_are_identical_copies_at_their_offsets():
     assert offsets.tolist() == list(range(0, 512 - 47, 53))
     first = ids[:48]
     for off in offsets.tolist():
-        assert torch.equal(ids[off:off + 48], first)
+        assert torch.equal(ids[off : off + 48], first)
     _, reset, _ = repeated_sequences(512, 48, seed=1, gap=0, positions="reset")
     assert reset[0, 48:96].tolist() == list(range(48))
 
@@ -154,7 +163,9 @@ def test_causal_attention_really_crosses_documents_even_with_reset_positions(mod
     ids, pos, doc = batch["input_ids"][:1], batch["position_ids"][:1], batch["doc_ids"][0]
     span = (doc == 1).nonzero().squeeze(1)
     with torch.no_grad():
-        causal = model(input_ids=ids, position_ids=pos, attention_mask=attention_mask(batch["doc_ids"][:1], "causal")).logits
+        causal = model(
+            input_ids=ids, position_ids=pos, attention_mask=attention_mask(batch["doc_ids"][:1], "causal")
+        ).logits
         reference = model(input_ids=ids, position_ids=pos, attention_mask=torch.ones_like(ids)).logits  # plain 2D mask
         alone = model(input_ids=ids[0, span][None]).logits[0]
     torch.testing.assert_close(causal, reference, atol=1e-6, rtol=0)
@@ -171,8 +182,11 @@ def test_position_ids_reach_the_rotary_embedding_unchanged(model):
     handle = model.model.rotary_emb.register_forward_pre_hook(grab, with_kwargs=True)
     try:
         with torch.no_grad():
-            model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                  attention_mask=attention_mask(batch["doc_ids"], "document"))
+            model(
+                input_ids=batch["input_ids"],
+                position_ids=batch["position_ids"],
+                attention_mask=attention_mask(batch["doc_ids"], "document"),
+            )
     finally:
         handle.remove()
     assert torch.equal(seen["pos"], batch["position_ids"])
@@ -266,14 +280,17 @@ def test_text_jsonl_and_parquet_with_a_local_hf_tokenizer(tmp_path):
         assert len(set(seen)) == len(seen)  # no window twice within an epoch
 
 
-@pytest.mark.parametrize("cfg, match", [
-    (DataConfig(kind="books"), "data.kind"),
-    (DataConfig(kind="text", paths=["/nope/missing.txt"]), r"data.paths\[0\]: file not found"),
-    (DataConfig(kind="synthetic-short", options={"queries": 2}), "data.options.queries"),
-    (DataConfig(kind="synthetic-short", doc_len_min=0), "doc_len_min"),
-    (DataConfig(kind="repeated", options={"period": 1000}), "data.options.period"),
-    (DataConfig(kind="text", paths=["pyproject.toml"]), "does not look like text"),
-])
+@pytest.mark.parametrize(
+    "cfg, match",
+    [
+        (DataConfig(kind="books"), "data.kind"),
+        (DataConfig(kind="text", paths=["/nope/missing.txt"]), r"data.paths\[0\]: file not found"),
+        (DataConfig(kind="synthetic-short", options={"queries": 2}), "data.options.queries"),
+        (DataConfig(kind="synthetic-short", doc_len_min=0), "doc_len_min"),
+        (DataConfig(kind="repeated", options={"period": 1000}), "data.options.period"),
+        (DataConfig(kind="text", paths=["pyproject.toml"]), "does not look like text"),
+    ],
+)
 def test_bad_input_fails_with_one_clear_message(cfg, match):
     with pytest.raises(ValueError, match=match):
         make_stream(cfg, seq_len=128, batch_size=2, seed=0)

@@ -35,8 +35,11 @@ def test_arms_cover_objectives_schedules_seeds_and_share_a_token_budget(tmp_path
 
 def test_by_arm_aggregates_seeds_and_drops_the_teacher():
     names = ["teacher/tiny-teacher", "kd-phasewise-s0/ckpt-9", "kd-phasewise-s1/ckpt-9", "ce-fixed-small-s0/ckpt-9"]
-    da = xr.DataArray(np.array([[1.0, 1.0], [0.5, 0.25], [0.7, 0.35], [0.1, 0.0]]), dims=("checkpoint", "length"),
-                      coords={"checkpoint": names, "length": [256, 1024]})
+    da = xr.DataArray(
+        np.array([[1.0, 1.0], [0.5, 0.25], [0.7, 0.35], [0.1, 0.0]]),
+        dims=("checkpoint", "length"),
+        coords={"checkpoint": names, "length": [256, 1024]},
+    )
     out = findings.by_arm(da, "checkpoint")
     assert list(out["arm"].values) == ["kd-phasewise", "ce-fixed-small"]
     assert out.sel(arm="kd-phasewise", length=1024).values.tolist() == [0.25, 0.35]
@@ -45,17 +48,32 @@ def test_by_arm_aggregates_seeds_and_drops_the_teacher():
 
 
 def test_pair_trend_sign():
-    upd = xr.Dataset({"q_rel_update": (("comparison", "layer", "head", "pair"),
-                                       np.arange(8, dtype=float).reshape(1, 1, 1, 8) * np.ones((2, 2, 3, 1)))},
-                     coords={"comparison": ["a -> b", "c -> d"]})
+    upd = xr.Dataset(
+        {
+            "q_rel_update": (
+                ("comparison", "layer", "head", "pair"),
+                np.arange(8, dtype=float).reshape(1, 1, 1, 8) * np.ones((2, 2, 3, 1)),
+            )
+        },
+        coords={"comparison": ["a -> b", "c -> d"]},
+    )
     upd["q_rel_update"][1] = upd["q_rel_update"][1][..., ::-1].values
     assert findings.pair_trend(upd).values.tolist() == pytest.approx([1.0, -1.0])
 
 
 @pytest.fixture(scope="module")
 def gqa_checkpoint(tmp_path_factory):
-    cfg = ModelConfig(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
-                      intermediate_size=128, max_position_embeddings=2048, rope_theta=500.0)
+    cfg = ModelConfig(
+        vocab_size=128,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+        max_position_embeddings=2048,
+        rope_theta=500.0,
+    )
     path = tmp_path_factory.mktemp("abl") / "ckpt-000001"
     models.save_checkpoint(models.build_model(cfg, seed=5), path, {"step": 1})
     return path
@@ -77,9 +95,14 @@ def test_band_intervention_equals_the_engines_post_rope_edit(gqa_checkpoint, op)
         with ablations.band_intervention(model, pairs, op, angle=math.pi / 3, target=target):
             hooked = model(ids, position_ids=pos).logits
         again = model(ids, position_ids=pos).logits
-    edit = (interventions.zero("both", pairs=PairSet(indices=pairs)) if op == "zero"
-            else interventions.rotate(math.pi / 3, "q", pairs=PairSet(indices=pairs)))
-    engine = interventions.load_backend(gqa_checkpoint, "nnsight").run(ids, pos, [interventions.Spec("edit", [edit])])[0]["logits"]
+    edit = (
+        interventions.zero("both", pairs=PairSet(indices=pairs))
+        if op == "zero"
+        else interventions.rotate(math.pi / 3, "q", pairs=PairSet(indices=pairs))
+    )
+    engine = interventions.load_backend(gqa_checkpoint, "nnsight").run(ids, pos, [interventions.Spec("edit", [edit])])[
+        0
+    ]["logits"]
     assert (hooked - clean).abs().max() > 1e-3
     torch.testing.assert_close(hooked, engine.to(hooked.dtype), atol=1e-4, rtol=0)
     assert torch.equal(again, clean), "hooks must be removed on exit"
@@ -94,8 +117,10 @@ def test_band_conditions_are_interp_specs():
     got = ablations.band_spec([5, 6, 7], "rotate", math.pi / 3, "q")
     want = interventions.Spec("x", [interventions.rotate(math.pi / 3, "q", pairs=PairSet(indices=[5, 6, 7]))])
     assert got.ops_json() == want.ops_json()
-    assert ablations.band_spec(np.array([1, 2]), "zero").ops_json() == interventions.Spec(
-        "x", [interventions.zero("both", pairs=PairSet(indices=[1, 2]))]).ops_json()
+    assert (
+        ablations.band_spec(np.array([1, 2]), "zero").ops_json()
+        == interventions.Spec("x", [interventions.zero("both", pairs=PairSet(indices=[1, 2]))]).ops_json()
+    )
     assert ablations.band_spec([], "zero").is_identity
 
 
@@ -123,10 +148,14 @@ def test_report_flags_a_task_the_teacher_guesses_at():
 
     def summary(teacher_mean: float, half_width: float) -> xr.Dataset:
         mean = np.array([[[teacher_mean] * 2], [[0.5] * 2]])  # (arm, task, length)
-        return xr.Dataset({"correct": (("arm", "task", "length"), mean),
-                           "correct_lo": (("arm", "task", "length"), mean - half_width),
-                           "correct_hi": (("arm", "task", "length"), mean + half_width)},
-                          coords={"arm": arms, "task": np.array(["multikey"], dtype=object), "length": lengths})
+        return xr.Dataset(
+            {
+                "correct": (("arm", "task", "length"), mean),
+                "correct_lo": (("arm", "task", "length"), mean - half_width),
+                "correct_hi": (("arm", "task", "length"), mean + half_width),
+            },
+            coords={"arm": arms, "task": np.array(["multikey"], dtype=object), "length": lengths},
+        )
 
     note = teacher_at_chance(summary(0.27, 0.1), ["teacher/t"], "multikey")
     assert len(note) == 1 and "guessing rate (1/4 = 0.25" in note[0]

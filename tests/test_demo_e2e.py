@@ -28,8 +28,16 @@ def test_demo_prints_the_table_and_writes_the_report(demo_run):
     assert "| arm | task | seeds | @256 | @1024 |" in stdout
     assert "Loading weights" not in stdout  # transformers' per-load bars (also in worker processes) are off
     report = (out / "REPORT.md").read_text()
-    for heading in ("## Settings", "### Stage 1", "### Paired differences", "## F2", "## F3",
-                    "## The continuous scorecard", "Effective lengths", "F3 over training steps"):
+    for heading in (
+        "## Settings",
+        "### Stage 1",
+        "### Paired differences",
+        "## F2",
+        "## F3",
+        "## The continuous scorecard",
+        "Effective lengths",
+        "F3 over training steps",
+    ):
         assert heading in report
     for finding in ("**F1**", "**KD vs CE**", "**Cross-document KD signal**"):
         assert finding in report
@@ -39,8 +47,11 @@ def test_demo_prints_the_table_and_writes_the_report(demo_run):
 def test_demo_extends_every_arm_from_its_stage1_student(demo_run):
     out, _ = demo_run
     for arm in arms(1):
-        ends = [p for p in (out / "students" / arm.name).glob("ckpt-*")
-                if '"phase_end": true' in (p / "manifest.json").read_text()]
+        ends = [
+            p
+            for p in (out / "students" / arm.name).glob("ckpt-*")
+            if '"phase_end": true' in (p / "manifest.json").read_text()
+        ]
         assert len(ends) == 1, arm.name
         manifest = json.loads((ends[0] / "manifest.json").read_text())
         assert "tiny-student-short-theta" in str(manifest["parent"])
@@ -50,10 +61,24 @@ def test_demo_extends_every_arm_from_its_stage1_student(demo_run):
 
 def test_demo_stores_open_with_plain_xarray(demo_run):
     out, _ = demo_run
-    expected = {"results.zarr": ["retrieval", "arm_retrieval", "arm_comparisons", "kd_signal", "repeated_tokens",
-                                 "traces", "updates_weights", "updates_states", "bands", "arm_bands", "probes",
-                                 "position_loss", "arm_effective_length"],
-                "teacher.zarr": ["traces", "probes"]}
+    expected = {
+        "results.zarr": [
+            "retrieval",
+            "arm_retrieval",
+            "arm_comparisons",
+            "kd_signal",
+            "repeated_tokens",
+            "traces",
+            "updates_weights",
+            "updates_states",
+            "bands",
+            "arm_bands",
+            "probes",
+            "position_loss",
+            "arm_effective_length",
+        ],
+        "teacher.zarr": ["traces", "probes"],
+    }
     for store, groups in expected.items():
         for group in groups:
             ds = xr.open_zarr(out / store, group=group, consolidated=False)

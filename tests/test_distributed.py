@@ -22,18 +22,32 @@ import yaml
 from workbench import config, models
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = dict(vocab_size=128, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16,
-             intermediate_size=64, max_position_embeddings=512, rope_theta=100.0)
+MODEL = dict(
+    vocab_size=128,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+    intermediate_size=64,
+    max_position_embeddings=512,
+    rope_theta=100.0,
+)
 
 
 def _cfg(teacher: Path, micro: int, precision: str = "fp32") -> dict:
     return {
-        "name": "dist", "model": MODEL, "seed": 1, "teacher": {"path": str(teacher)},
+        "name": "dist",
+        "model": MODEL,
+        "seed": 1,
+        "teacher": {"path": str(teacher)},
         "data": {"kind": "synthetic-short", "doc_len_min": 16, "doc_len_max": 48},
         "optim": {"micro_batch_size": micro, "grad_accum_steps": 2, "precision": precision},
         "loss": {"chunk_size": 40, "ce_weight": 0.5},
-        "phases": [{"name": "short", "steps": 2, "seq_len": 64, "rope_theta": 100, "lr": 3e-3, "objective": "ce+kd"},
-                   {"name": "long", "steps": 2, "seq_len": 128, "rope_theta": 5000, "lr": 1e-3, "objective": "kd"}],
+        "phases": [
+            {"name": "short", "steps": 2, "seq_len": 64, "rope_theta": 100, "lr": 3e-3, "objective": "ce+kd"},
+            {"name": "long", "steps": 2, "seq_len": 128, "rope_theta": 5000, "lr": 1e-3, "objective": "kd"},
+        ],
     }
 
 
@@ -54,14 +68,39 @@ def test_two_gloo_ranks_match_single_process(tmp_path, precision):
     models.save_checkpoint(models.build_model(tcfg, seed=2), teacher, {"step": 0})
     for name, micro in (("one", 4), ("two", 2)):  # global batch 4 windows x 2 micro-batches in both
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(_cfg(teacher, micro, precision)))
-    _run([sys.executable, "-m", "workbench.train", str(tmp_path / "one.yaml"), "--out", str(tmp_path / "one"),
-          "--no-progress"])
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-          "-m", "workbench.train", str(tmp_path / "two.yaml"), "--out", str(tmp_path / "two"), "--no-progress"])
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "workbench.train",
+            str(tmp_path / "one.yaml"),
+            "--out",
+            str(tmp_path / "one"),
+            "--no-progress",
+        ]
+    )
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "workbench.train",
+            str(tmp_path / "two.yaml"),
+            "--out",
+            str(tmp_path / "two"),
+            "--no-progress",
+        ]
+    )
 
     def losses(run):
-        return [(r["step"], r["loss"], r["kd"], r["ce"], r["tokens"])
-                for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())]
+        return [
+            (r["step"], r["loss"], r["kd"], r["ce"], r["tokens"])
+            for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())
+        ]
 
     one, two = losses("one"), losses("two")
     tol = TOLERANCE[precision]

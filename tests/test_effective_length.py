@@ -15,10 +15,14 @@ LENGTHS = [256, 512, 1024, 2048]
 
 
 def test_definitions_on_known_curves():
-    acc = np.array([[1.0, 0.9, 0.4, 0.8],    # dips at 1024: "stays" means every shorter length passes too
-                    [0.4, 0.38, 0.2, 0.1],   # never reaches 0.5; holds 85 % of its own 0.4 up to 512
-                    [0.0, 0.0, 0.0, 0.0],    # no score at the shortest length: no effective length
-                    [0.9, 0.9, 0.9, 0.9]])
+    acc = np.array(
+        [
+            [1.0, 0.9, 0.4, 0.8],  # dips at 1024: "stays" means every shorter length passes too
+            [0.4, 0.38, 0.2, 0.1],  # never reaches 0.5; holds 85 % of its own 0.4 up to 512
+            [0.0, 0.0, 0.0, 0.0],  # no score at the shortest length: no effective length
+            [0.9, 0.9, 0.9, 0.9],
+        ]
+    )
     out = el.effective_lengths(acc, LENGTHS, threshold=0.5, fraction=0.85)
     assert out["threshold"].tolist() == [512, 0, 0, 2048]
     assert out["relative"].tolist() == [512, 512, 0, 2048]
@@ -44,11 +48,18 @@ def _arm_retrieval(tmp_path):
     paths["teacher/t"], curves["teacher/t"] = str(tmp_path / "t"), [0.9, 0.2, 0.1, 0.0]
     rng = np.random.default_rng(0)
     correct = np.stack([np.stack([rng.random((2, 32)) < p for p in c], axis=0)[None] for c in curves.values()])
-    return xr.Dataset({"correct": (("checkpoint", "task", "length", "depth", "sample"), correct)},
-                      coords={"checkpoint": np.array(list(paths), dtype=object), "task": ["passkey"],
-                              "length": LENGTHS, "depth": [0.0, 100.0], "sample": np.arange(32),
-                              "checkpoint_path": ("checkpoint", np.array(list(paths.values()), dtype=object)),
-                              "step": ("checkpoint", np.full(len(paths), 10))})
+    return xr.Dataset(
+        {"correct": (("checkpoint", "task", "length", "depth", "sample"), correct)},
+        coords={
+            "checkpoint": np.array(list(paths), dtype=object),
+            "task": ["passkey"],
+            "length": LENGTHS,
+            "depth": [0.0, 100.0],
+            "sample": np.arange(32),
+            "checkpoint_path": ("checkpoint", np.array(list(paths.values()), dtype=object)),
+            "step": ("checkpoint", np.full(len(paths), 10)),
+        },
+    )
 
 
 def test_arm_effective_lengths_with_intervals(tmp_path):

@@ -16,8 +16,17 @@ from workbench.data import tokenizer as syn
 from workbench.evals import TASKS, SyntheticRendering, TextRendering, make_sample, make_samples, quick_eval, scoring
 from workbench.evals.runner import greedy_batch, score_samples
 
-TINY = ModelConfig(vocab_size=128, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
-                   intermediate_size=64, max_position_embeddings=1024, rope_theta=500.0)
+TINY = ModelConfig(
+    vocab_size=128,
+    hidden_size=32,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+    intermediate_size=64,
+    max_position_embeddings=1024,
+    rope_theta=500.0,
+)
 
 
 def _local_tokenizer():
@@ -29,12 +38,18 @@ def _local_tokenizer():
 
     rng = np.random.default_rng(0)
     corpus = [v for t in (render.PASSKEY_TEXT, render.NIAH_TEXT, render.VT_TEXT) for v in t.values()] * 5
-    corpus.append(" ".join(str(x) for x in rng.integers(0, 10 ** 7, 50)))
+    corpus.append(" ".join(str(x) for x in rng.integers(0, 10**7, 50)))
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=700, special_tokens=["<s>", "</s>", "<pad>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=700,
+            special_tokens=["<s>", "</s>", "<pad>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
 
@@ -67,7 +82,7 @@ def _renderings(text_tokenizer):
 
 def _find(ids: np.ndarray, needle: np.ndarray) -> list[int]:
     n = len(needle)
-    return [i for i in range(len(ids) - n + 1) if np.array_equal(ids[i:i + n], needle)]
+    return [i for i in range(len(ids) - n + 1) if np.array_equal(ids[i : i + n], needle)]
 
 
 # ------------------------------------------------------------------------------------ task generation
@@ -82,10 +97,11 @@ def test_exact_length_and_needle_at_requested_depth(which, text_tokenizer):
             for depth in (0.0, 25.0, 50.0, 100.0):
                 s = make_sample(task, length, depth, rendering, seed=3)
                 assert len(s.input_ids) == length, (task, length, depth)
-                assert np.array_equal(s.input_ids[:s.haystack_start], rendering.prefix(task))
+                assert np.array_equal(s.input_ids[: s.haystack_start], rendering.prefix(task))
                 # the target needle's ids really are at needle_position
-                assert np.array_equal(s.input_ids[s.needle_position:s.needle_position + len(s.needle_ids)],
-                                      s.needle_ids)
+                assert np.array_equal(
+                    s.input_ids[s.needle_position : s.needle_position + len(s.needle_ids)], s.needle_ids
+                )
                 hay = s.haystack_end - s.haystack_start
                 if task in ("passkey", "niah", "multikey"):  # one gold needle: depth is its exact place
                     assert s.needle_position == s.haystack_start + round(depth / 100 * (hay - len(s.needle_ids)))
@@ -109,8 +125,15 @@ def test_same_seed_same_samples_and_cells_independent(text_tokenizer):
         alone = make_sample("multikey", 400, 90.0, rendering, seed=7, index=2)
         assert np.array_equal(alone.input_ids, a[5].input_ids)
     # needle-to-query distance is fixed by depth, but the distractors' places and the content vary
-    places = {tuple(np.flatnonzero(make_sample("multikey", 300, 50.0, SyntheticRendering(), seed=0, index=i)
-                                   .input_ids == syn.VOCAB.marker["SET"])) for i in range(8)}
+    places = {
+        tuple(
+            np.flatnonzero(
+                make_sample("multikey", 300, 50.0, SyntheticRendering(), seed=0, index=i).input_ids
+                == syn.VOCAB.marker["SET"]
+            )
+        )
+        for i in range(8)
+    }
     assert len(places) > 4
 
 
@@ -148,7 +171,7 @@ def test_synthetic_rendering_speaks_the_language():
         s = make_sample("multiquery", 200, 40.0, r, seed=i)
         text = syn.decode(s.input_ids)
         facts = dict(re.findall(r"SET (k\d+) (v\d+)", text))
-        asked = text[text.rindex("ASK") + 4:].split(" SEP ")
+        asked = text[text.rindex("ASK") + 4 :].split(" SEP ")
         assert syn.decode(s.answer_ids) == " SEP ".join(facts[k] for k in asked)
 
         s = make_sample("vt", 200, 40.0, r, seed=i)
@@ -169,7 +192,7 @@ def test_text_rendering_uses_ruler_templates(text_tokenizer):
     assert "The grass is green. The sky is blue." in text and text.endswith("What is the pass key? The pass key is")
     assert text_tokenizer.decode(s.answer_ids) == f" {key}"
     # the target needle starts a filler sentence (not in the middle of a word)
-    assert text_tokenizer.decode(s.input_ids[:s.needle_position]).endswith(".")
+    assert text_tokenizer.decode(s.input_ids[: s.needle_position]).endswith(".")
     s = make_sample("vt", 400, 20.0, r, seed=1)
     text = text_tokenizer.decode(s.input_ids, skip_special_tokens=True)
     assert f"VAR {s.refs[0]} = " in text and f"VAR {s.refs[1]} = VAR {s.refs[0]}." in text
@@ -190,8 +213,12 @@ def test_bad_requests_fail_clearly():
 
 
 def test_ruler_scores_on_hand_made_outputs():
-    preds = ["The special magic numbers are 1234567 and 7654321.", "I do not know.", "\n 7654321 \x07",
-             "THE ANSWER: ABCDE"]
+    preds = [
+        "The special magic numbers are 1234567 and 7654321.",
+        "I do not know.",
+        "\n 7654321 \x07",
+        "THE ANSWER: ABCDE",
+    ]
     refs = [["1234567", "7654321"], ["1234567"], ["1234567", "7654321"], ["abcde", "FGHIJ"]]
     # RULER: all = mean of found fractions, part = mean of any-found, percent, 2 decimals
     assert scoring.string_match_all(preds, refs) == round((1 + 0 + 0.5 + 0.5) / 4 * 100, 2) == 50.0
@@ -284,21 +311,51 @@ def test_eval_command_writes_store_and_heatmap(tmp_path, text_tokenizer, capsys)
     from workbench.cli import main
     from workbench.models import build_model, save_checkpoint
 
-    a = save_checkpoint(build_model(TINY, seed=0), tmp_path / "kd-run" / "ckpt-000100",
-                        {"phase": "short", "step": 100, "objective": "kd", "seq_len": 256})
+    a = save_checkpoint(
+        build_model(TINY, seed=0),
+        tmp_path / "kd-run" / "ckpt-000100",
+        {"phase": "short", "step": 100, "objective": "kd", "seq_len": 256},
+    )
     text_cfg = ModelConfig(**{**TINY.__dict__, "vocab_size": len(text_tokenizer)})
-    b = save_checkpoint(build_model(text_cfg, seed=1), tmp_path / "hf-run" / "ckpt-000001", {"step": 1},
-                        extra=text_tokenizer.save_pretrained)
+    b = save_checkpoint(
+        build_model(text_cfg, seed=1),
+        tmp_path / "hf-run" / "ckpt-000001",
+        {"step": 1},
+        extra=text_tokenizer.save_pretrained,
+    )
     out = tmp_path / "results.zarr"
-    common = ["--tasks", "passkey,niah,multikey,multivalue,multiquery,vt", "--lengths", "384,512", "--depths", "3",
-              "--samples", "2", "--out", str(out)]
+    common = [
+        "--tasks",
+        "passkey,niah,multikey,multivalue,multiquery,vt",
+        "--lengths",
+        "384,512",
+        "--depths",
+        "3",
+        "--samples",
+        "2",
+        "--out",
+        str(out),
+    ]
 
     # 384 and 512 > the 256 positions ckpt A was trained with: refused before any work, nothing written
     assert main(["eval", str(a), *common]) == 2
     assert "exceed the 256 positions" in capsys.readouterr().err and not out.exists()
 
-    assert main(["eval", str(a), *common, "--extrapolate", "--figure", str(tmp_path / "fig" / "grid"),
-                 "--figure-task", "passkey"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(a),
+                *common,
+                "--extrapolate",
+                "--figure",
+                str(tmp_path / "fig" / "grid"),
+                "--figure-task",
+                "passkey",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "fig" / "grid.html").stat().st_size > 0 and (tmp_path / "fig" / "grid.png").stat().st_size > 0
     assert main(["eval", str(b), *common]) == 0  # a second checkpoint (real tokenizer) is appended
     assert main(["eval", str(b), *common]) == 2  # the same checkpoint twice is refused
@@ -316,8 +373,10 @@ def test_eval_command_writes_store_and_heatmap(tmp_path, text_tokenizer, capsys)
         assert ds[name].dims == ("checkpoint", "task", "length", "depth", "sample")
     logprob = ds["answer_logprob"].values
     assert np.isfinite(logprob).all() and (logprob < 0).all()
-    assert ds["needle_position"].sel(checkpoint="kd-run/ckpt-000100", task="passkey", depth=0.0).values.tolist() \
-        == [[0, 0], [0, 0]]
+    assert ds["needle_position"].sel(checkpoint="kd-run/ckpt-000100", task="passkey", depth=0.0).values.tolist() == [
+        [0, 0],
+        [0, 0],
+    ]
     assert ds.attrs["schema"] == "workbench-store/3"
     assert set(json.loads(ds.attrs["checkpoint_hashes"])) == {"kd-run/ckpt-000100", "hf-run/ckpt-000001"}
     assert len(set(ds["checkpoint_hash"].values)) == 2
@@ -342,10 +401,18 @@ def test_figures_show_cell_means():
     rng = np.random.default_rng(0)
     shape = (2, 2, 3, 4, 5)  # checkpoint, task, length, depth, sample
     correct = rng.random(shape) < 0.5
-    ds = xr.Dataset({"correct": (("checkpoint", "task", "length", "depth", "sample"), correct)},
-                    coords={"checkpoint": ["kd/ckpt-1", "ce/ckpt-1"], "task": ["passkey", "niah"],
-                            "length": [256, 512, 1024], "depth": [0.0, 25.0, 75.0, 100.0], "sample": np.arange(5),
-                            "max_positions": ("checkpoint", [256, 256]), "rope_theta": ("checkpoint", [500.0, 5e4])})
+    ds = xr.Dataset(
+        {"correct": (("checkpoint", "task", "length", "depth", "sample"), correct)},
+        coords={
+            "checkpoint": ["kd/ckpt-1", "ce/ckpt-1"],
+            "task": ["passkey", "niah"],
+            "length": [256, 512, 1024],
+            "depth": [0.0, 25.0, 75.0, 100.0],
+            "sample": np.arange(5),
+            "max_positions": ("checkpoint", [256, 256]),
+            "rope_theta": ("checkpoint", [500.0, 5e4]),
+        },
+    )
     fig = fr.heatmap(ds, "ce/ckpt-1", task="niah")
     z = np.asarray(fig.data[0].z)
     assert z.shape == (4, 3)  # depth rows x length columns
@@ -353,8 +420,7 @@ def test_figures_show_cell_means():
     both = fr.heatmaps(ds)
     assert len(both.data) == 2 and np.allclose(both.data[0].z, correct[0].mean(axis=(0, 3)).T)
     lines = fr.accuracy_vs_length(ds, task="passkey")
-    assert [t.name for t in lines.data] == ["kd/ckpt-1 (theta 500)", "ce/ckpt-1 (theta 50000)",
-                                            "trained length 256"]
+    assert [t.name for t in lines.data] == ["kd/ckpt-1 (theta 500)", "ce/ckpt-1 (theta 50000)", "trained length 256"]
     assert np.allclose(lines.data[1].y, correct[1, 0].mean(axis=(1, 2)))
     with pytest.raises(ValueError, match="no checkpoint 'x'"):
         fr.heatmap(ds, "x")
@@ -384,8 +450,11 @@ def test_checkpoint_reading_commands_take_a_run_directory_and_phase_ends(tmp_pat
 
     run = tmp_path / "run"
     for step, end in ((1, False), (2, True), (3, True)):
-        save_checkpoint(build_model(TINY, seed=step), run / f"ckpt-{step:06d}",
-                        {"phase": "short", "step": step, "objective": "kd", "phase_end": end})
+        save_checkpoint(
+            build_model(TINY, seed=step),
+            run / f"ckpt-{step:06d}",
+            {"phase": "short", "step": step, "objective": "kd", "phase_end": end},
+        )
     common = ["--tasks", "passkey", "--lengths", "64", "--depths", "1", "--samples", "1", "--device", "cpu"]
     assert main(["eval", str(run), *common, "--out", str(tmp_path / "all.zarr")]) == 0
     assert main(["eval", str(run), "--phase-ends", *common]) == 0  # default store: results.zarr in the run

@@ -26,8 +26,17 @@ LONG = 2112  # covers positions >= 2048
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    cfg = ModelConfig(vocab_size=128, hidden_size=64, num_layers=3, num_heads=4, num_kv_heads=2, head_dim=16,
-                      intermediate_size=128, max_position_embeddings=4096, rope_theta=500.0)
+    cfg = ModelConfig(
+        vocab_size=128,
+        hidden_size=64,
+        num_layers=3,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+        max_position_embeddings=4096,
+        rope_theta=500.0,
+    )
     model = models.build_model(cfg, seed=3)
     with torch.no_grad():  # larger q/k so RoPE edits visibly move the logits of a random model
         for layer in model.model.layers:
@@ -68,8 +77,10 @@ SPECS = [
     S.Spec("theta-per-head", [S.theta_swap(60.0, "q", heads=[1, 3]), S.theta_swap(60.0, "k", kv_heads=[1])]),
     S.Spec("rotate-long-wavelengths", [S.rotate(1.3, "q", pairs=S.PairSet(wavelength=[100, math.inf]))]),
     S.Spec("zero-band", [S.zero(pairs=S.PairSet(band=0, context_lengths=[64]), layers=[0, 2])]),
-    S.Spec("scale-then-noise", [S.scale(0.3, "k", pairs=S.PairSet(indices=[5, 6])),
-                                S.noise(0.5, seed=4, target="q", positions=[64, 10_000])]),
+    S.Spec(
+        "scale-then-noise",
+        [S.scale(0.3, "k", pairs=S.PairSet(indices=[5, 6])), S.noise(0.5, seed=4, target="q", positions=[64, 10_000])],
+    ),
 ]
 
 
@@ -127,8 +138,12 @@ def test_q_shift_equals_transformers_rope_at_shifted_positions(nn, tl, ref):
     ids, pos = _inputs(length=64, batch=1)
     got = nn.run(ids, pos, [S.Spec("s", [S.shift(37, "q", layers=[0])])], capture="blocks.0.attn.hook_rot_q")[0]
     pre = {}
-    tl.bridge.run_with_hooks(ids, position_ids=pos, return_type="logits",
-                             fwd_hooks=[("blocks.0.attn.hook_q", lambda x, hook: pre.setdefault("q", x))])
+    tl.bridge.run_with_hooks(
+        ids,
+        position_ids=pos,
+        return_type="logits",
+        fwd_hooks=[("blocks.0.attn.hook_q", lambda x, hook: pre.setdefault("q", x))],
+    )
     q = pre["q"].transpose(1, 2)  # [B, H, T, d]
     cos, sin = ref.model.rotary_emb(q, pos + 37)
     expected, _ = apply_rotary_pos_emb(q, q, cos, sin)
@@ -159,8 +174,13 @@ def test_zeroing_pairs_equals_zeroing_their_weight_rows(nn, ckpt):
                 layer.self_attn.k_proj.weight[0 * d + j] = 0
                 layer.self_attn.k_proj.weight[0 * d + j + half] = 0
     ids, pos = _inputs(length=128, batch=1)
-    spec = S.Spec("z", [S.zero("q", pairs=S.PairSet(indices=[1, 6]), heads=[2]),
-                        S.zero("k", pairs=S.PairSet(indices=[1, 6]), kv_heads=[0])])
+    spec = S.Spec(
+        "z",
+        [
+            S.zero("q", pairs=S.PairSet(indices=[1, 6]), heads=[2]),
+            S.zero("k", pairs=S.PairSet(indices=[1, 6]), kv_heads=[0]),
+        ],
+    )
     assert (nn.run(ids, pos, [spec])[0]["logits"] - _hf(other, ids, pos)).abs().max() <= TOL
 
 
@@ -184,15 +204,18 @@ def test_noise_is_seeded(nn):
 # --------------------------------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize("spec, key", [
-    (S.Spec("x", [S.zero(layers=[3])]), "scope.layers: 3 out of range"),
-    (S.Spec("x", [S.zero("q", heads=[4])]), "scope.heads: 4 out of range"),
-    (S.Spec("x", [S.zero("k", kv_heads=[2])]), "scope.kv_heads: 2 out of range"),
-    (S.Spec("x", [S.zero(pairs=S.PairSet(indices=[8]))]), "pairs.indices: pair 8 out of range"),
-    (S.Spec("x", [S.zero(pairs=S.PairSet(wavelength=[1e9, 2e9]))]), "selects no pair"),
-    (S.Spec("x", [S.zero(pairs=S.PairSet(band=5, context_lengths=[64]))]), "pairs.band: 5 out of range"),
-    (S.Spec("x", [S.Op("theta")]), "theta"),
-])
+@pytest.mark.parametrize(
+    "spec, key",
+    [
+        (S.Spec("x", [S.zero(layers=[3])]), "scope.layers: 3 out of range"),
+        (S.Spec("x", [S.zero("q", heads=[4])]), "scope.heads: 4 out of range"),
+        (S.Spec("x", [S.zero("k", kv_heads=[2])]), "scope.kv_heads: 2 out of range"),
+        (S.Spec("x", [S.zero(pairs=S.PairSet(indices=[8]))]), "pairs.indices: pair 8 out of range"),
+        (S.Spec("x", [S.zero(pairs=S.PairSet(wavelength=[1e9, 2e9]))]), "selects no pair"),
+        (S.Spec("x", [S.zero(pairs=S.PairSet(band=5, context_lengths=[64]))]), "pairs.band: 5 out of range"),
+        (S.Spec("x", [S.Op("theta")]), "theta"),
+    ],
+)
 def test_out_of_range_specs_are_refused_before_running(nn, spec, key):
     ids, pos = _inputs(length=8, batch=1)
     with pytest.raises(ValueError, match=key.replace("(", r"\(")):
@@ -249,24 +272,38 @@ def test_streamed_trace_statistics_match_captured_activations(nn, ckpt):
     for c, spec in enumerate(specs, start=1):
         t = ds.isel(checkpoint=0).sel(spec=spec.name)
         for layer in range(3):
-            r, rc = got[c][f"blocks.{layer}.hook_resid_post"].double(), clean[f"blocks.{layer}.hook_resid_post"].double()
+            r, rc = (
+                got[c][f"blocks.{layer}.hook_resid_post"].double(),
+                clean[f"blocks.{layer}.hook_resid_post"].double(),
+            )
             rel = (r - rc).norm(dim=-1) / rc.norm(dim=-1)
-            np.testing.assert_allclose(float(t.resid_rel_l2.sel(layer=layer)[0]), float(rel[first].mean()), rtol=1e-5, atol=1e-9)
+            np.testing.assert_allclose(
+                float(t.resid_rel_l2.sel(layer=layer)[0]), float(rel[first].mean()), rtol=1e-5, atol=1e-9
+            )
             cos = torch.nn.functional.cosine_similarity(r, rc, dim=-1)
             np.testing.assert_allclose(float(t.resid_cos.sel(layer=layer)[1]), float(cos[~first].mean()), rtol=1e-6)
-            q, qc = got[c][f"blocks.{layer}.attn.hook_rot_q"].double(), clean[f"blocks.{layer}.attn.hook_rot_q"].double()
+            q, qc = (
+                got[c][f"blocks.{layer}.attn.hook_rot_q"].double(),
+                clean[f"blocks.{layer}.attn.hook_rot_q"].double(),
+            )
             qrel = (q - qc).transpose(1, 2).flatten(2).norm(dim=-1) / qc.transpose(1, 2).flatten(2).norm(dim=-1)
-            np.testing.assert_allclose(float(t.q_rel_l2.sel(layer=layer)[1]), float(qrel[~first].mean()), rtol=1e-5, atol=1e-9)
+            np.testing.assert_allclose(
+                float(t.q_rel_l2.sel(layer=layer)[1]), float(qrel[~first].mean()), rtol=1e-5, atol=1e-9
+            )
             with torch.no_grad():
                 lens = kl(nn.lens(rc.float()), nn.lens(r.float()))
-            np.testing.assert_allclose(float(t.lens_kl.sel(layer=layer)[0]), float(lens[first].mean()), rtol=2e-3, atol=1e-9)
+            np.testing.assert_allclose(
+                float(t.lens_kl.sel(layer=layer)[0]), float(lens[first].mean()), rtol=2e-3, atol=1e-9
+            )
         lk = kl(clean["logits"], got[c]["logits"])
         np.testing.assert_allclose(float(t.final_kl[1]), float(lk[~first].mean()), rtol=1e-6, atol=1e-12)
         from scipy.spatial.distance import jensenshannon  # independent reference: sqrt of JS in nats
 
         pc, pg = (torch.softmax(z.double(), -1).flatten(0, 1).numpy() for z in (clean["logits"], got[c]["logits"]))
         js = jensenshannon(pc, pg, axis=-1) ** 2
-        np.testing.assert_allclose(float(t.final_js[1]), float(js[(~first).flatten().numpy()].mean()), rtol=1e-6, atol=1e-12)
+        np.testing.assert_allclose(
+            float(t.final_js[1]), float(js[(~first).flatten().numpy()].mean()), rtol=1e-6, atol=1e-12
+        )
         flips = (clean["logits"].argmax(-1) != got[c]["logits"].argmax(-1)).double()
         assert float(t.top1_flip[0]) == pytest.approx(float(flips[first].mean()))
     assert float(ds.sel(spec="scale-then-noise").final_kl.max()) > 0
@@ -277,8 +314,15 @@ def test_lens_kl_is_exact_where_logits_agree_and_close_to_float64():
 
     g = torch.Generator().manual_seed(0)
     z0 = 3 * torch.randn(5, 64, generator=g)
-    z = torch.stack([z0, z0, z0 + 1e-3 * torch.randn(5, 64, generator=g), z0 + torch.randn(5, 64, generator=g),
-                     z0 + 200 * torch.randn(5, 64, generator=g)])
+    z = torch.stack(
+        [
+            z0,
+            z0,
+            z0 + 1e-3 * torch.randn(5, 64, generator=g),
+            z0 + torch.randn(5, 64, generator=g),
+            z0 + 200 * torch.randn(5, 64, generator=g),
+        ]
+    )
     got = lens_kl(z)
     lp, lq = torch.log_softmax(z0.double(), -1), torch.log_softmax(z[1:].double(), -1)
     want = (lp.exp() * (lp - lq)).sum(-1)
@@ -311,7 +355,9 @@ def test_tl_backend_refuses_lengths_over_its_memory_estimate(tl, ckpt, tmp_path,
 
 def test_repeated_tokens_store_and_result(nn, ckpt, tmp_path):
     late = S.Spec("noise-after-1024", [S.noise(1.0, seed=0, positions=[1024, 100_000])])
-    iso = interventions.repeated_tokens(ckpt, [late], backend=nn, window=2048, period=16, copies=6, attention="isolated")
+    iso = interventions.repeated_tokens(
+        ckpt, [late], backend=nn, window=2048, period=16, copies=6, attention="isolated"
+    )
     clean = iso.isel(checkpoint=0).sel(spec="clean")
     assert float(clean.kl_to_first.max()) < 1e-9  # RoPE is relative: isolated copies are identical
     pert = iso.isel(checkpoint=0).sel(spec="noise-after-1024")
@@ -332,8 +378,23 @@ def test_cli_trace_writes_a_store_and_refuses_twice(ckpt, tmp_path, capsys):
     spec = tmp_path / "s.yaml"
     S.dump_specs([SPECS[0]], spec)
     out = tmp_path / "t.zarr"
-    assert cli.main(["trace", str(ckpt), "--spec", str(spec), "--out", str(out), "--length", "64",
-                     "--capture", "blocks.1.attn.hook_rot_q"]) == 0
+    assert (
+        cli.main(
+            [
+                "trace",
+                str(ckpt),
+                "--spec",
+                str(spec),
+                "--out",
+                str(out),
+                "--length",
+                "64",
+                "--capture",
+                "blocks.1.attn.hook_rot_q",
+            ]
+        )
+        == 0
+    )
     ds = xr.open_zarr(out, group="traces", consolidated=False)
     assert list(ds.spec.values) == ["clean", "q-shift-layer1"]
     acts = xr.open_zarr(out, group="activations", consolidated=False)
@@ -361,7 +422,9 @@ def test_trace_figures_from_the_store(nn, ckpt, tmp_path):
     from workbench.figures import traces as F
 
     spec = S.Spec("rot-layer1", [S.rotate(1.0, "q", layers=[1])])
-    ds = interventions.run_trace(ckpt, [spec], interventions.default_inputs(128, batch=1, length=64), backend=nn, buckets=2)
+    ds = interventions.run_trace(
+        ckpt, [spec], interventions.default_inputs(128, batch=1, length=64), backend=nn, buckets=2
+    )
     interventions.write_traces(tmp_path / "f.zarr", ds)
     stored = xr.open_zarr(tmp_path / "f.zarr", group="traces", consolidated=False)
     fig = F.divergence_by_layer(stored, "lens_kl")
@@ -387,8 +450,11 @@ def test_trained_teacher_identity_parity_shift_and_repeated_tokens(tmp_path):
     ids, pos = _inputs(LONG, batch=1)
     hf = _hf(ref_t, ids, pos)
     last = nn_t.geometry.num_layers - 1
-    runs = [S.identity(), S.Spec("equal", [S.shift(700, "both")]),
-            S.Spec("q-shift-last", [S.shift(48, "q", layers=[last])])]
+    runs = [
+        S.identity(),
+        S.Spec("equal", [S.shift(700, "both")]),
+        S.Spec("q-shift-last", [S.shift(48, "q", layers=[last])]),
+    ]
     a, b = nn_t.run(ids, pos, runs, capture="blocks.0.*"), tl_t.run(ids, pos, runs, capture="blocks.0.*")
     tail = slice(2048, None)
     for out in (a, b):
@@ -402,18 +468,35 @@ def test_trained_teacher_identity_parity_shift_and_repeated_tokens(tmp_path):
     assert set(ds.spec.values) == {"clean", "q-shift-last"} and np.isfinite(ds.kl_to_mean.values).all()
 
 
-@pytest.mark.parametrize("scaling", [{"rope_type": "dynamic", "factor": 4.0},
-                                     {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [4.0] * 8,
-                                      "original_max_position_embeddings": 64, "factor": 1.0}],
-                         ids=["dynamic", "longrope"])
+@pytest.mark.parametrize(
+    "scaling",
+    [
+        {"rope_type": "dynamic", "factor": 4.0},
+        {
+            "rope_type": "longrope",
+            "short_factor": [1.0] * 8,
+            "long_factor": [4.0] * 8,
+            "original_max_position_embeddings": 64,
+            "factor": 1.0,
+        },
+    ],
+    ids=["dynamic", "longrope"],
+)
 def test_length_dependent_scaling_is_refused_past_the_frequencies_read_at_load(scaling, tmp_path):
     """dynamic-NTK and LongRoPE change their frequencies in transformers' forward past a length; below it the
     Geometry's frequencies are the ones transformers' rotary module runs with, past it a run is refused."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                      num_key_value_heads=4, max_position_embeddings=64,
-                      rope_parameters={**scaling, "rope_theta": 1e4})
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        rope_parameters={**scaling, "rope_theta": 1e4},
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(tmp_path / "m")
     be = interventions.load_backend(tmp_path / "m", "nnsight")

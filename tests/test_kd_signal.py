@@ -141,25 +141,59 @@ def test_command_writes_appends_and_refuses_a_rerun(ckpts, data_yaml, tmp_path, 
 
     # a store group written with another data setting is refused before any model runs
     fresh = tmp_path / "other.zarr"
-    assert cli.main(["kd-signal", str(ckpts[0]), "--data", str(data_yaml), "--seq-len", str(SEQ), "--windows", "3",
-                     "--out", str(fresh)]) == 0
+    assert (
+        cli.main(
+            [
+                "kd-signal",
+                str(ckpts[0]),
+                "--data",
+                str(data_yaml),
+                "--seq-len",
+                str(SEQ),
+                "--windows",
+                "3",
+                "--out",
+                str(fresh),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert cli.main(["kd-signal", str(ckpts[1]), "--data", str(data_yaml), "--seq-len", str(SEQ), "--windows", "2",
-                     "--out", str(fresh)]) == 2
+    assert (
+        cli.main(
+            [
+                "kd-signal",
+                str(ckpts[1]),
+                "--data",
+                str(data_yaml),
+                "--seq-len",
+                str(SEQ),
+                "--windows",
+                "2",
+                "--out",
+                str(fresh),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "windows" in err and "another --out store" in err
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "checkpoint directory not found"),
-    ("no-data", "no top-level 'data' section"),
-    ("preset", "data: missing"),
-    ("phase", "is not a phase"),
-    ("vocab", "vocab_size 96"),
-    ("window", "max_position_embeddings"),
-])
-def test_bad_inputs_give_one_error_before_any_model_runs(case, message, ckpts, saved_checkpoint, data_yaml,
-                                                         tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "checkpoint directory not found"),
+        ("no-data", "no top-level 'data' section"),
+        ("preset", "data: missing"),
+        ("phase", "is not a phase"),
+        ("vocab", "vocab_size 96"),
+        ("window", "max_position_embeddings"),
+    ],
+)
+def test_bad_inputs_give_one_error_before_any_model_runs(
+    case, message, ckpts, saved_checkpoint, data_yaml, tmp_path, capsys, monkeypatch
+):
     def no_model(*a, **k):
         raise AssertionError("a model ran")
 

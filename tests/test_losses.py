@@ -38,25 +38,30 @@ def _reference(h, w, th, tw, labels, spec, normalizer):
     else:
         b = spec.jsd_beta
         m = (b * t_lp.exp() + (1 - b) * s_lp.exp()).log()
-        kd = b * F.kl_div(m, t_lp, log_target=True, reduction="none").sum(-1) \
-            + (1 - b) * F.kl_div(m, s_lp, log_target=True, reduction="none").sum(-1)
+        kd = b * F.kl_div(m, t_lp, log_target=True, reduction="none").sum(-1) + (1 - b) * F.kl_div(
+            m, s_lp, log_target=True, reduction="none"
+        ).sum(-1)
     ce = F.cross_entropy(s, labels, ignore_index=-100, reduction="none")
     t2 = T * T if spec.scale_by_t2 else 1.0
     return (spec.ce_weight * ce.sum() + spec.kd_weight * t2 * kd[valid].sum()) / normalizer
 
 
-@pytest.mark.parametrize("kind,beta,T,t2,ce_w,kd_w", [
-    ("forward_kl", 0.5, 1.0, True, 0.0, 1.0),
-    ("forward_kl", 0.5, 2.0, True, 0.3, 0.7),
-    ("forward_kl", 0.5, 2.0, False, 0.0, 1.0),
-    ("reverse_kl", 0.5, 1.5, True, 0.0, 1.0),
-    ("jsd", 0.5, 1.0, True, 0.0, 1.0),
-    ("jsd", 0.2, 3.0, True, 0.5, 1.0),
-])
+@pytest.mark.parametrize(
+    "kind,beta,T,t2,ce_w,kd_w",
+    [
+        ("forward_kl", 0.5, 1.0, True, 0.0, 1.0),
+        ("forward_kl", 0.5, 2.0, True, 0.3, 0.7),
+        ("forward_kl", 0.5, 2.0, False, 0.0, 1.0),
+        ("reverse_kl", 0.5, 1.5, True, 0.0, 1.0),
+        ("jsd", 0.5, 1.0, True, 0.0, 1.0),
+        ("jsd", 0.2, 3.0, True, 0.5, 1.0),
+    ],
+)
 def test_chunked_matches_dense_value_and_gradient(kind, beta, T, t2, ce_w, kd_w):
     h, w, th, tw, labels = _inputs()
-    spec = LossSpec(ce_weight=ce_w, kd_weight=kd_w, kd_kind=kind, jsd_beta=beta, temperature=T, scale_by_t2=t2,
-                    chunk_size=8)
+    spec = LossSpec(
+        ce_weight=ce_w, kd_weight=kd_w, kd_kind=kind, jsd_beta=beta, temperature=T, scale_by_t2=t2, chunk_size=8
+    )
     normalizer = 100.0  # e.g. the valid count of a whole optimiser step
     out = chunked_loss(h, w, labels, spec, teacher=OnlineTeacher(th, tw), normalizer=normalizer)
     gh, gw = torch.autograd.grad(out.loss, (h, w))
@@ -93,8 +98,10 @@ def test_normalisation_over_micro_batches_equals_one_big_batch():
     full = chunked_loss(h, w, labels, spec, teacher=OnlineTeacher(th, tw))
     g_full = torch.autograd.grad(full.loss, w)[0]
     n = int((labels != -100).sum())
-    parts = [chunked_loss(h[s], w, labels[s], spec, teacher=OnlineTeacher(th[s], tw), normalizer=n)
-             for s in (slice(0, 20), slice(20, N))]
+    parts = [
+        chunked_loss(h[s], w, labels[s], spec, teacher=OnlineTeacher(th[s], tw), normalizer=n)
+        for s in (slice(0, 20), slice(20, N))
+    ]
     total = parts[0].loss + parts[1].loss
     assert total.item() == pytest.approx(full.loss.item(), abs=1e-6)
     assert torch.allclose(torch.autograd.grad(total, w)[0], g_full, atol=1e-6)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,17 +17,31 @@ from workbench.cli import main as cli_main
 from workbench.runlock import RunLock
 from workbench.train import rundir, train
 
-STUDENT = dict(vocab_size=128, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
-               intermediate_size=64, max_position_embeddings=256, rope_theta=100.0)
+STUDENT = dict(
+    vocab_size=128,
+    hidden_size=32,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+    intermediate_size=64,
+    max_position_embeddings=256,
+    rope_theta=100.0,
+)
 PRESET = "data/configs/presets/tiny-student.yaml"
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def ce_cfg(**over) -> dict:
-    cfg = {"name": "m", "model": dict(STUDENT), "seed": 1,
-           "data": {"kind": "synthetic-short", "doc_len_min": 16, "doc_len_max": 32},
-           "optim": {"micro_batch_size": 2}, "checkpoint": {"every": 1, "keep_last": 0},
-           "phases": [{"name": "a", "steps": 2, "seq_len": 32, "rope_theta": 100, "lr": 1e-3}]}
+    cfg = {
+        "name": "m",
+        "model": dict(STUDENT),
+        "seed": 1,
+        "data": {"kind": "synthetic-short", "doc_len_min": 16, "doc_len_max": 32},
+        "optim": {"micro_batch_size": 2},
+        "checkpoint": {"every": 1, "keep_last": 0},
+        "phases": [{"name": "a", "steps": 2, "seq_len": 32, "rope_theta": 100, "lr": 1e-3}],
+    }
     cfg.update(over)
     return cfg
 
@@ -152,43 +165,50 @@ def _phase(**kw) -> list[dict]:
     return [dict(ce_cfg()["phases"][0], **kw)]
 
 
-@pytest.mark.parametrize("over,message", [
-    (dict(model=dict(STUDENT, rope_theta=float("inf"))), "model.rope_theta: must be a finite number"),
-    (dict(phases=_phase(rope_theta=float("inf"))), "phases[0].rope_theta: must be a finite number"),
-    (dict(phases=_phase(rope_theta=float("nan"))), "phases[0].rope_theta: must be > 0"),
-    (dict(phases=_phase(min_lr_ratio=-0.5)), "phases[0].min_lr_ratio: must be in [0.0, 1.0]"),
-    (dict(phases=_phase(min_lr_ratio=1.5)), "phases[0].min_lr_ratio: must be in [0.0, 1.0]"),
-    (dict(phases=_phase(warmup_steps=-1)), "phases[0].warmup_steps: must be >= 0"),
-    (dict(phases=_phase(lr=float("inf"))), "phases[0].lr: must be a finite number"),
-    (dict(optim={"grad_clip": float("nan")}), "optim.grad_clip: must be a finite number"),
-    (dict(optim={"grad_clip": 0}), "optim.grad_clip: must be > 0"),
-    (dict(optim={"betas": [0.9]}), "optim.betas: expected two numbers"),
-    (dict(optim={"betas": [0.9, 1.0]}), "optim.betas[1]: must be in [0.0, 1.0)"),
-    (dict(optim={"eps": -1e-8}), "optim.eps: must be > 0"),
-    (dict(optim={"weight_decay": float("nan")}), "optim.weight_decay: must be a finite number"),
-    (dict(name="../escape"), "name: '../escape' must be a plain name"),
-    (dict(name="a/b"), "name: 'a/b' must be a plain name"),
-    (dict(phases=_phase(name="..")), "phases[0].name: '..' must be a plain name"),
-    (dict(metrics_every=0), "metrics_every: must be >= 1"),
-    (dict(checkpoint={"every": -1}), "checkpoint.every: must be >= 0"),
-    (dict(loss={"temperature": float("nan")}), "loss.temperature: must be a finite number"),
-    (dict(loss={"kd_weight": -1.0}), "loss.kd_weight: must be >= 0"),
-    (dict(eval_tasks=["passkey", "bogus"]), "eval_tasks[1]: unknown task 'bogus'"),
-    (dict(eval_every=1, eval_lengths=[128, 4096]), "eval_lengths[1]: 4096 is beyond the model's "
-                                                   "max_position_embeddings 256"),
-    (dict(data={"kind": "synthetic-short", "doc_len_min": 0, "doc_len_max": 8}), "data.doc_len_min: must be >= 1"),
-    (dict(data={"kind": "synthetic-short", "num_pairs_min": -1}), "data.num_pairs_min: must be >= 0"),
-    (dict(loss={"jsd_beta": float("nan")}), "loss.jsd_beta: must be a finite number"),
-    (dict(model=dict(STUDENT, rope_scaling={"rope_type": "linear", "factor": float("inf")})),
-     "model.rope_scaling.factor: must be a finite number"),
-    (dict(model=dict(STUDENT, rms_norm_eps=0.0)), "model.rms_norm_eps: must be > 0"),
-    (dict(model=dict(STUDENT, stated_params=float("nan"))), "model.stated_params: must be a finite number"),
-    (dict(teacher={"path": "/nowhere", "rope_theta": float("nan")}), "teacher.rope_theta: must be a finite number"),
-    (dict(optim={"betas": [0.9, 0.95, 0.99]}), "optim.betas: expected two numbers"),
-    (dict(optim={"betas": [-0.1, 0.95]}), "optim.betas[0]: must be in [0.0, 1.0)"),
-    (dict(name="a\\b"), "must be a plain name"),
-    (dict(phases=_phase(freeze_wavelengths=[float("nan"), 10.0])), "phases[0].freeze_wavelengths[0]: must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "over,message",
+    [
+        (dict(model=dict(STUDENT, rope_theta=float("inf"))), "model.rope_theta: must be a finite number"),
+        (dict(phases=_phase(rope_theta=float("inf"))), "phases[0].rope_theta: must be a finite number"),
+        (dict(phases=_phase(rope_theta=float("nan"))), "phases[0].rope_theta: must be > 0"),
+        (dict(phases=_phase(min_lr_ratio=-0.5)), "phases[0].min_lr_ratio: must be in [0.0, 1.0]"),
+        (dict(phases=_phase(min_lr_ratio=1.5)), "phases[0].min_lr_ratio: must be in [0.0, 1.0]"),
+        (dict(phases=_phase(warmup_steps=-1)), "phases[0].warmup_steps: must be >= 0"),
+        (dict(phases=_phase(lr=float("inf"))), "phases[0].lr: must be a finite number"),
+        (dict(optim={"grad_clip": float("nan")}), "optim.grad_clip: must be a finite number"),
+        (dict(optim={"grad_clip": 0}), "optim.grad_clip: must be > 0"),
+        (dict(optim={"betas": [0.9]}), "optim.betas: expected two numbers"),
+        (dict(optim={"betas": [0.9, 1.0]}), "optim.betas[1]: must be in [0.0, 1.0)"),
+        (dict(optim={"eps": -1e-8}), "optim.eps: must be > 0"),
+        (dict(optim={"weight_decay": float("nan")}), "optim.weight_decay: must be a finite number"),
+        (dict(name="../escape"), "name: '../escape' must be a plain name"),
+        (dict(name="a/b"), "name: 'a/b' must be a plain name"),
+        (dict(phases=_phase(name="..")), "phases[0].name: '..' must be a plain name"),
+        (dict(metrics_every=0), "metrics_every: must be >= 1"),
+        (dict(checkpoint={"every": -1}), "checkpoint.every: must be >= 0"),
+        (dict(loss={"temperature": float("nan")}), "loss.temperature: must be a finite number"),
+        (dict(loss={"kd_weight": -1.0}), "loss.kd_weight: must be >= 0"),
+        (dict(eval_tasks=["passkey", "bogus"]), "eval_tasks[1]: unknown task 'bogus'"),
+        (
+            dict(eval_every=1, eval_lengths=[128, 4096]),
+            "eval_lengths[1]: 4096 is beyond the model's max_position_embeddings 256",
+        ),
+        (dict(data={"kind": "synthetic-short", "doc_len_min": 0, "doc_len_max": 8}), "data.doc_len_min: must be >= 1"),
+        (dict(data={"kind": "synthetic-short", "num_pairs_min": -1}), "data.num_pairs_min: must be >= 0"),
+        (dict(loss={"jsd_beta": float("nan")}), "loss.jsd_beta: must be a finite number"),
+        (
+            dict(model=dict(STUDENT, rope_scaling={"rope_type": "linear", "factor": float("inf")})),
+            "model.rope_scaling.factor: must be a finite number",
+        ),
+        (dict(model=dict(STUDENT, rms_norm_eps=0.0)), "model.rms_norm_eps: must be > 0"),
+        (dict(model=dict(STUDENT, stated_params=float("nan"))), "model.stated_params: must be a finite number"),
+        (dict(teacher={"path": "/nowhere", "rope_theta": float("nan")}), "teacher.rope_theta: must be a finite number"),
+        (dict(optim={"betas": [0.9, 0.95, 0.99]}), "optim.betas: expected two numbers"),
+        (dict(optim={"betas": [-0.1, 0.95]}), "optim.betas[0]: must be in [0.0, 1.0)"),
+        (dict(name="a\\b"), "must be a plain name"),
+        (dict(phases=_phase(freeze_wavelengths=[float("nan"), 10.0])), "phases[0].freeze_wavelengths[0]: must be >= 0"),
+    ],
+)
 def test_bad_values_are_refused_naming_key_and_file_before_anything_is_written(tmp_path, capsys, over, message):
     out = tmp_path / "run"
     assert train_cli(tmp_path, ce_cfg(**over), out) == 2
@@ -210,8 +230,7 @@ def test_presets_and_shipped_configs_still_load():
 def test_teacher_without_tokenizer_must_have_the_run_tokenizers_rows(tmp_path, capsys):
     teacher = tmp_path / "teacher"
     models.save_checkpoint(models.build_model(config.ModelConfig(**dict(STUDENT, vocab_size=200))), teacher, {})
-    cfg = ce_cfg(model=dict(STUDENT, vocab_size=200), teacher={"path": str(teacher)},
-                 phases=_phase(objective="kd"))
+    cfg = ce_cfg(model=dict(STUDENT, vocab_size=200), teacher={"path": str(teacher)}, phases=_phase(objective="kd"))
     assert train_cli(tmp_path, cfg, tmp_path / "run") == 2
     err = capsys.readouterr().err
     assert "has no tokenizer and 200 embedding rows, but the run's tokenizer has 128 tokens" in err
@@ -225,8 +244,10 @@ def test_broken_teacher_config_json_and_garbage_data_are_named(tmp_path, capsys)
     teacher = tmp_path / "teacher"
     models.save_checkpoint(models.build_model(config.ModelConfig(**STUDENT)), teacher, {})
     (teacher / "config.json").write_text("{ garbage")
-    assert train_cli(tmp_path, ce_cfg(teacher={"path": str(teacher)}, phases=_phase(objective="kd")),
-                     tmp_path / "run") == 2
+    assert (
+        train_cli(tmp_path, ce_cfg(teacher={"path": str(teacher)}, phases=_phase(objective="kd")), tmp_path / "run")
+        == 2
+    )
     err = capsys.readouterr().err
     assert f"{teacher}/config.json" in err and "Traceback" not in err
     junk = tmp_path / "junk.jsonl"
@@ -237,9 +258,14 @@ def test_broken_teacher_config_json_and_garbage_data_are_named(tmp_path, capsys)
     assert "junk.jsonl" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("code,words", [(errno.ENOSPC, "no space left on the device"),
-                                        (errno.EROFS, "read-only file system"),
-                                        (errno.EACCES, "permission denied")])
+@pytest.mark.parametrize(
+    "code,words",
+    [
+        (errno.ENOSPC, "no space left on the device"),
+        (errno.EROFS, "read-only file system"),
+        (errno.EACCES, "permission denied"),
+    ],
+)
 def test_unwritable_run_directory_is_one_line_before_any_work(tmp_path, capsys, monkeypatch, code, words):
     real_write = os.write
 
@@ -285,21 +311,49 @@ def test_probe_max_train_zero_and_eval_runaway_depths_are_refused(tmp_path, caps
     assert "--max-train must be >= --buckets" in capsys.readouterr().err
     assert cli_main(["eval", str(ck), "--depths", "100000", "--lengths", "64", "--out", str(tmp_path / "e.zarr")]) == 2
     assert "100000 depths but the shortest length has only 64 positions" in capsys.readouterr().err
-    assert cli_main(["eval", str(ck), "--depths", "60", "--samples", "100000", "--lengths", "64",
-                     "--out", str(tmp_path / "e.zarr")]) == 2
+    assert (
+        cli_main(
+            [
+                "eval",
+                str(ck),
+                "--depths",
+                "60",
+                "--samples",
+                "100000",
+                "--lengths",
+                "64",
+                "--out",
+                str(tmp_path / "e.zarr"),
+            ]
+        )
+        == 2
+    )
     assert "prompts" in capsys.readouterr().err and not (tmp_path / "e.zarr").exists()
 
 
 # ------------------------------------------------------------------------------------------ runaway sizes
 
 
-@pytest.mark.parametrize("over,message", [
-    (dict(model=dict(STUDENT, max_position_embeddings=10**9), phases=_phase(seq_len=10**9)), "GiB"),
-    (dict(optim={"micro_batch_size": 10**6}), "one step of 1000000 x 32 tokens needs about"),
-    (dict(model=dict(STUDENT, max_position_embeddings=10**6), phases=_phase(seq_len=10**6),
-          data={"kind": "synthetic-short", "doc_len_min": 16, "doc_len_max": 32,
-                "packing": {"attention": "document"}}), "GiB"),
-])
+@pytest.mark.parametrize(
+    "over,message",
+    [
+        (dict(model=dict(STUDENT, max_position_embeddings=10**9), phases=_phase(seq_len=10**9)), "GiB"),
+        (dict(optim={"micro_batch_size": 10**6}), "one step of 1000000 x 32 tokens needs about"),
+        (
+            dict(
+                model=dict(STUDENT, max_position_embeddings=10**6),
+                phases=_phase(seq_len=10**6),
+                data={
+                    "kind": "synthetic-short",
+                    "doc_len_min": 16,
+                    "doc_len_max": 32,
+                    "packing": {"attention": "document"},
+                },
+            ),
+            "GiB",
+        ),
+    ],
+)
 def test_runaway_sizes_are_refused_with_an_estimate(tmp_path, capsys, over, message, monkeypatch):
     monkeypatch.setenv("WORKBENCH_MEMORY_BUDGET_GB", "8")
     assert train_cli(tmp_path, ce_cfg(**over), tmp_path / "run") == 2
@@ -308,9 +362,14 @@ def test_runaway_sizes_are_refused_with_an_estimate(tmp_path, capsys, over, mess
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("command", [["eval", "--lengths", "64", "--depths", "2", "--samples", "1"],
-                                     ["probe", "--windows", "4", "--seq-len", "16", "--no-scores"],
-                                     ["updates", "--no-states"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["eval", "--lengths", "64", "--depths", "2", "--samples", "1"],
+        ["probe", "--windows", "4", "--seq-len", "16", "--no-scores"],
+        ["updates", "--no-states"],
+    ],
+)
 def test_unwritable_store_is_refused_before_any_model_runs(tmp_path, capsys, monkeypatch, command):
     monkeypatch.chdir(ROOT)
     ck = tmp_path / "ck"
@@ -356,9 +415,17 @@ def test_lock_held_by_another_process_then_its_death(tmp_path, capsys):
     import sys
 
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from workbench.runlock import RunLock; "
-                               f"RunLock({str(out)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from workbench.runlock import RunLock; "
+            f"RunLock({str(out)!r}).acquire(); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         assert train_cli(tmp_path, ce_cfg(), out) == 2
@@ -377,11 +444,20 @@ def test_memory_check_counts_the_dense_mask_only_where_the_step_uses_it(monkeypa
     from workbench.train import rundir
 
     monkeypatch.setenv("WORKBENCH_MEMORY_BUDGET_GB", "8")
-    cfg = config.from_dict(config.RunConfig, ce_cfg(
-        model=dict(STUDENT, max_position_embeddings=65536),
-        data={"kind": "synthetic-short", "doc_len_min": 16, "doc_len_max": 32, "packing": {"attention": "document"}},
-        optim={"micro_batch_size": 1},
-        phases=[{"name": "a", "steps": 1, "seq_len": 65536, "rope_theta": 100, "lr": 1e-3}]))
+    cfg = config.from_dict(
+        config.RunConfig,
+        ce_cfg(
+            model=dict(STUDENT, max_position_embeddings=65536),
+            data={
+                "kind": "synthetic-short",
+                "doc_len_min": 16,
+                "doc_len_max": 32,
+                "packing": {"attention": "document"},
+            },
+            optim={"micro_batch_size": 1},
+            phases=[{"name": "a", "steps": 1, "seq_len": 65536, "rope_theta": 100, "lr": 1e-3}],
+        ),
+    )
     with pytest.raises(config.ConfigError, match="phases\\[0\\]"):
         rundir.check_memory(cfg, 1, "cpu")
     rundir.check_memory(cfg, 1, "cuda")  # flex: only the model's own step is counted

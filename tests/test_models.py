@@ -57,8 +57,9 @@ def test_set_rope_theta_equals_building_with_that_theta(gqa_config):
     fresh = models.build_model(ModelConfig(**{**gqa_config.__dict__, "rope_theta": 123456.0}), seed=3)
     ids = long_ids(gqa_config.vocab_size, 2048)
     assert torch.equal(changed(ids).logits, fresh(ids).logits)
-    torch.testing.assert_close(models.model_inv_freq(changed),
-                               torch.tensor(rope.inv_freq(123456.0, 16), dtype=torch.float32))
+    torch.testing.assert_close(
+        models.model_inv_freq(changed), torch.tensor(rope.inv_freq(123456.0, 16), dtype=torch.float32)
+    )
 
 
 @torch.no_grad()
@@ -66,8 +67,9 @@ def test_set_rope_theta_with_scaling_matches_transformers_init(gqa_config):
     scaling = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 2048}
     changed = models.build_model(gqa_config, seed=3)
     models.set_rope_theta(changed, 10000.0, scaling)
-    fresh = models.build_model(ModelConfig(**{**gqa_config.__dict__, "rope_theta": 10000.0,
-                                              "rope_scaling": scaling}), seed=3)
+    fresh = models.build_model(
+        ModelConfig(**{**gqa_config.__dict__, "rope_theta": 10000.0, "rope_scaling": scaling}), seed=3
+    )
     ids = long_ids(gqa_config.vocab_size, 1024)
     assert torch.equal(changed(ids).logits, fresh(ids).logits)
 
@@ -100,7 +102,7 @@ st.save_file = dying
 import transformers.modeling_utils as mu
 if hasattr(mu, 'safe_save_file'):
     mu.safe_save_file = dying
-models.save_checkpoint(m, {str(tmp_path / 'ckpt')!r}, {{'step': 1}})
+models.save_checkpoint(m, {str(tmp_path / "ckpt")!r}, {{'step': 1}})
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == 9, proc.stderr
@@ -196,8 +198,20 @@ def test_interleaved_import_gives_same_attention_scores_as_meta_layout():
 
 
 def test_model_command_builds_saves_reloads(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "workbench", "model", "data/configs/presets/tiny-student.yaml",
-                          "--out", str(tmp_path / "ckpt-init")], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workbench",
+            "model",
+            "data/configs/presets/tiny-student.yaml",
+            "--out",
+            str(tmp_path / "ckpt-init"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "max |logit diff| after reload: 0.00e+00" in out
     assert "critical dimension" in out
     models.load(tmp_path / "ckpt-init")
@@ -224,8 +238,20 @@ def test_corrupt_tensor_data_refused_by_workbench_eval(tmp_path, capsys):
     models.verify_checkpoint(copy)  # intact copy passes
     _corrupt_tensor_bytes(copy / models.WEIGHTS)
     models.read_config(copy)  # the header still parses: only the hash can tell
-    args = ["eval", str(copy), "--tasks", "passkey", "--lengths", "64", "--depths", "1", "--samples", "1",
-            "--out", str(tmp_path / "r.zarr")]
+    args = [
+        "eval",
+        str(copy),
+        "--tasks",
+        "passkey",
+        "--lengths",
+        "64",
+        "--depths",
+        "1",
+        "--samples",
+        "1",
+        "--out",
+        str(tmp_path / "r.zarr"),
+    ]
     assert cli.main(args) == 2
     err = capsys.readouterr().err
     assert f"{copy / models.WEIGHTS}: sha256" in err and "does not match the manifest" in err
@@ -280,7 +306,6 @@ def test_plain_hf_directory_hash_is_computed_once_per_file_state(gqa_model, tmp_
     assert models.checkpoint_hash(plain) != first and len(calls) == 2
 
 
-
 def test_ranks_loading_one_fresh_checkpoint_at_once_hash_each_file_once(gqa_model, tmp_path, monkeypatch):
     """Every rank of a torchrun job verifies the same fresh checkpoint at the same moment: one of them
     hashes each file (a lock per verdict), the others wait and read its verdict (was: every rank read every
@@ -292,27 +317,34 @@ def test_ranks_loading_one_fresh_checkpoint_at_once_hash_each_file_once(gqa_mode
     plain = tmp_path / "plain"
     gqa_model.save_pretrained(plain)
     calls, real = [], models._sha256
+
     def slow(p):
         calls.append(p.name)
         time.sleep(0.3)  # long enough for every "rank" to arrive while the first still hashes
         return real(p)
+
     monkeypatch.setattr(models, "_sha256", slow)
     for work in (lambda: models.verify_checkpoint(copied), lambda: models.checkpoint_hash(plain)):
         calls.clear()
         start, results, errors = threading.Barrier(4), [], []
-        def rank():
+
+        def rank(start=start, results=results, errors=errors, work=work):
             start.wait()
             try:
                 results.append(work())
             except Exception as exc:  # noqa: BLE001 (reported below)
                 errors.append(exc)
+
         threads = [threading.Thread(target=rank) for _ in range(4)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        assert not errors and len(results) == 4 and len({json.dumps(r, sort_keys=True, default=str) for r in results}) == 1
+        assert (
+            not errors and len(results) == 4 and len({json.dumps(r, sort_keys=True, default=str) for r in results}) == 1
+        )
         assert sorted(calls) == sorted(set(calls)) and calls, calls  # each file hashed by one rank only
+
 
 def test_fresh_save_is_remembered_and_hash_cost_is_small(gqa_model, tmp_path, monkeypatch):
     monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))

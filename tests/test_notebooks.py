@@ -19,18 +19,32 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-OVERRIDES = ("WORKBENCH_DEMO", "WORKBENCH_RUN", "WORKBENCH_MODEL", "WORKBENCH_CKPT_A",
-             "WORKBENCH_CKPT_B")  # the notebooks' overrides: unset, so the defaults are what runs
+OVERRIDES = (
+    "WORKBENCH_DEMO",
+    "WORKBENCH_RUN",
+    "WORKBENCH_MODEL",
+    "WORKBENCH_CKPT_A",
+    "WORKBENCH_CKPT_B",
+)  # the notebooks' overrides: unset, so the defaults are what runs
 PLOTLY = "application/vnd.plotly.v1+json"
 
 # notebook -> (needs the demo's output, figures it must end with at least, texts its outputs must contain)
 EXPECTED = {
-    "01_your_model.ipynb": (False, 5, ["ok   nnsight: identity == plain HF", "tl vs nnsight", "zero-lambda>256",
-                                       "clean_accuracy"]),
-    "02_spectrum_and_updates.ipynb": (True, 4, ["critical pair", "students/tiny-student-short-theta500",
-                                                "kd-phasewise-s0/ckpt-", "lambda>1024"]),
-    "03_demo_results.ipynb": (True, 7, ["arm_comparisons", "kd-phasewise - ce-phasewise", "kd-phasewise-s1/ckpt-",
-                                        "teacher/tiny-teacher"]),
+    "01_your_model.ipynb": (
+        False,
+        5,
+        ["ok   nnsight: identity == plain HF", "tl vs nnsight", "zero-lambda>256", "clean_accuracy"],
+    ),
+    "02_spectrum_and_updates.ipynb": (
+        True,
+        4,
+        ["critical pair", "students/tiny-student-short-theta500", "kd-phasewise-s0/ckpt-", "lambda>1024"],
+    ),
+    "03_demo_results.ipynb": (
+        True,
+        7,
+        ["arm_comparisons", "kd-phasewise - ce-phasewise", "kd-phasewise-s1/ckpt-", "teacher/tiny-teacher"],
+    ),
     "04_training_run.ipynb": (True, 3, ["positions 512-1024", "theta 500 -> 10000", "niah@1024"]),
 }
 
@@ -44,8 +58,9 @@ def test_committed_notebooks_have_no_outputs(name):
     book = nbformat.read(NOTEBOOKS / name, as_version=4)
     nbformat.validate(book)
     code = [c for c in book.cells if c.cell_type == "code"]
-    assert code and all(not c.outputs and c.execution_count is None for c in code), \
+    assert code and all(not c.outputs and c.execution_count is None for c in code), (
         f"{name}: strip the outputs before committing (Jupyter: Edit > Clear Outputs of All Cells)"
+    )
 
 
 def execute(name: str, tree: Path) -> tuple[nbformat.NotebookNode, float]:
@@ -56,8 +71,9 @@ def execute(name: str, tree: Path) -> tuple[nbformat.NotebookNode, float]:
     saved = {k: os.environ.pop(k) for k in OVERRIDES if k in os.environ}
     start = time.perf_counter()
     try:
-        NotebookClient(book, timeout=600, kernel_name="python3",
-                       resources={"metadata": {"path": str(tree / "notebooks")}}).execute()
+        NotebookClient(
+            book, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tree / "notebooks")}}
+        ).execute()
     finally:
         os.environ.update(saved)
     return book, time.perf_counter() - start

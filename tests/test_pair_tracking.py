@@ -9,25 +9,47 @@ import pytest
 from workbench import config, measurements, models, rope
 from workbench.train import pair_tracking, train
 
-STUDENT = dict(vocab_size=128, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16,
-               intermediate_size=64, max_position_embeddings=512, rope_theta=100.0)
+STUDENT = dict(
+    vocab_size=128,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+    intermediate_size=64,
+    max_position_embeddings=512,
+    rope_theta=100.0,
+)
 
 
 def test_tracked_updates_equal_workbench_updates_at_phase_ends(tmp_path):
     init = tmp_path / "init"
     models.save_checkpoint(models.build_model(config.ModelConfig(**STUDENT), seed=5), init, {"phase": "i", "step": 0})
-    cfg = config.from_dict(config.RunConfig, {
-        "name": "t", "model": dict(STUDENT), "seed": 3, "init_from": str(init), "track_every": 2,
-        "data": {"kind": "synthetic-short", "doc_len_min": 16, "doc_len_max": 48},
-        "optim": {"micro_batch_size": 2, "grad_accum_steps": 1}, "checkpoint": {"every": 0, "keep_last": 1},
-        "phases": [{"name": "short", "steps": 3, "seq_len": 64, "rope_theta": 100, "lr": 3e-3, "objective": "ce"},
-                   {"name": "long", "steps": 3, "seq_len": 128, "rope_theta": 5000, "lr": 3e-3, "objective": "ce"}]})
+    cfg = config.from_dict(
+        config.RunConfig,
+        {
+            "name": "t",
+            "model": dict(STUDENT),
+            "seed": 3,
+            "init_from": str(init),
+            "track_every": 2,
+            "data": {"kind": "synthetic-short", "doc_len_min": 16, "doc_len_max": 48},
+            "optim": {"micro_batch_size": 2, "grad_accum_steps": 1},
+            "checkpoint": {"every": 0, "keep_last": 1},
+            "phases": [
+                {"name": "short", "steps": 3, "seq_len": 64, "rope_theta": 100, "lr": 3e-3, "objective": "ce"},
+                {"name": "long", "steps": 3, "seq_len": 128, "rope_theta": 5000, "lr": 3e-3, "objective": "ce"},
+            ],
+        },
+    )
     run = train(cfg, out=str(tmp_path / "run"), progress=False)
     recs = pair_tracking.read_records(run)
     assert [(r["phase"], r["step"]) for r in recs] == [("short", 2), ("short", 3), ("long", 5), ("long", 6)]
     assert recs[-1]["critical_pair"] == rope.critical_pair(5000, 16, 128) == 3  # the long phase's
-    for rec, (before, after) in ((recs[1], (init, run / "ckpt-000003")),
-                                 (recs[3], (run / "ckpt-000003", run / "ckpt-000006"))):
+    for rec, (before, after) in (
+        (recs[1], (init, run / "ckpt-000003")),
+        (recs[3], (run / "ckpt-000003", run / "ckpt-000006")),
+    ):
         ref = measurements.weight_updates([before, after], allow_plain_hf=True)
         for p in ("q", "k"):
             tracked = np.asarray(rec[f"{p}_rel_update"])
@@ -55,5 +77,12 @@ def test_tracked_updates_equal_workbench_updates_at_phase_ends(tmp_path):
 
 def test_track_every_is_validated():
     with pytest.raises(config.ConfigError, match="track_every"):
-        config.from_dict(config.RunConfig, {"name": "t", "model": dict(STUDENT), "track_every": -1,
-                                            "phases": [{"name": "a", "steps": 1, "seq_len": 64, "rope_theta": 100}]})
+        config.from_dict(
+            config.RunConfig,
+            {
+                "name": "t",
+                "model": dict(STUDENT),
+                "track_every": -1,
+                "phases": [{"name": "a", "steps": 1, "seq_len": 64, "rope_theta": 100}],
+            },
+        )

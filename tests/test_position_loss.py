@@ -34,8 +34,9 @@ def ckpts(tmp_path_factory):
     base = tmp_path_factory.mktemp("pl")
     out = []
     for i, name in ((1, "student/ckpt-000001"), (2, "teacher/ckpt-000002")):
-        save_checkpoint(build_model(load_model_config(PRESET), seed=i), base / name,
-                        {"phase": "p", "step": i, "seq_len": 64})
+        save_checkpoint(
+            build_model(load_model_config(PRESET), seed=i), base / name, {"phase": "p", "step": i, "seq_len": 64}
+        )
         out.append(base / name)
     return out
 
@@ -56,8 +57,9 @@ def test_document_losses_match_dense_logits(ckpts):
     np.testing.assert_allclose(ce, ref_ce, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(kl, ref_kl, rtol=1e-3, atol=1e-5)
     cached = pl._hidden(teacher, torch.as_tensor(ids)).float()  # the teacher's states, computed once per document
-    np.testing.assert_allclose(pl.document_losses(student, ids, teacher=teacher, teacher_hidden=cached)[1], kl,
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        pl.document_losses(student, ids, teacher=teacher, teacher_hidden=cached)[1], kl, rtol=1e-5, atol=1e-7
+    )
     _, self_kl = pl.document_losses(teacher, ids, teacher=teacher)
     assert np.abs(self_kl).max() < 1e-5
 
@@ -65,8 +67,9 @@ def test_document_losses_match_dense_logits(ckpts):
 def test_buckets_regroup_and_extrapolation(ckpts):
     docs = pl.synthetic_documents(4, 128, seed=1)
     assert all(len(x) == 128 for x in docs.ids) and sum(t.sum() for t in docs.target) > 50
-    ds = pl.position_loss([ckpts[0]], docs, teacher=ckpts[1], first_bucket=16, extrapolate=True, n_boot=200,
-                          progress=False)
+    ds = pl.position_loss(
+        [ckpts[0]], docs, teacher=ckpts[1], first_bucket=16, extrapolate=True, n_boot=200, progress=False
+    )
     assert list(ds["position_bucket"].values) == ["0-16", "16-32", "32-64", "64-128"]
     assert ds["extrapolation"].sel(checkpoint=ds["checkpoint"].values[0]).values.tolist() == [False, False, False, True]
     n = ds["count"].sel(tokens="all").sum(["position_bucket"]).values
@@ -76,8 +79,10 @@ def test_buckets_regroup_and_extrapolation(ckpts):
     coarse = pl.regroup(ds, [32])
     assert list(coarse["position_bucket"].values) == ["0-32", "32-128"]
     np.testing.assert_allclose(coarse["count"].sum("position_bucket").values, ds["count"].sum("position_bucket").values)
-    np.testing.assert_allclose(coarse["loss_sum"].sel(position_bucket="0-32").values,
-                               ds["loss_sum"].sel(position_bucket=["0-16", "16-32"]).sum("position_bucket").values)
+    np.testing.assert_allclose(
+        coarse["loss_sum"].sel(position_bucket="0-32").values,
+        ds["loss_sum"].sel(position_bucket=["0-16", "16-32"]).sum("position_bucket").values,
+    )
     same = list(ds["checkpoint"].values)  # documents without answer tokens in a bucket are left out, not NaN
     ivs = pl.paired_difference(ds, same, same, tokens="answers", n_boot=100)
     assert sum(iv.mean == 0 for iv in ivs) >= 2 and all(iv.mean == 0 or np.isnan(iv.mean) for iv in ivs)
@@ -93,8 +98,24 @@ def test_buckets_regroup_and_extrapolation(ckpts):
 
 def test_command_writes_store_and_refuses_twice(ckpts, tmp_path, capsys):
     out = tmp_path / "s.zarr"
-    args = ["position-loss", str(ckpts[0]), "--teacher", str(ckpts[1]), "--length", "64", "--n-documents", "3",
-            "--edges", "16,32", "--boot", "100", "--threads", "1", "--out", str(out)]
+    args = [
+        "position-loss",
+        str(ckpts[0]),
+        "--teacher",
+        str(ckpts[1]),
+        "--length",
+        "64",
+        "--n-documents",
+        "3",
+        "--edges",
+        "16,32",
+        "--boot",
+        "100",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert cli.main(args) == 0
     ds = store.open_group(out, store.POSITION_LOSS)
     assert set(ds.dims) == {"checkpoint", "tokens", "position_bucket", "document"}
@@ -102,12 +123,37 @@ def test_command_writes_store_and_refuses_twice(ckpts, tmp_path, capsys):
     assert ds.attrs["teacher_hash"] and ds.attrs["documents"] == "synthetic"
     assert cli.main(args) == 2  # the checkpoint is already there
     assert "already" in capsys.readouterr().err
-    other = ["position-loss", str(ckpts[1]), "--length", "64", "--n-documents", "3", "--seed", "5", "--edges", "16,32",
-             "--out", str(out)]
+    other = [
+        "position-loss",
+        str(ckpts[1]),
+        "--length",
+        "64",
+        "--n-documents",
+        "3",
+        "--seed",
+        "5",
+        "--edges",
+        "16,32",
+        "--out",
+        str(out),
+    ]
     assert cli.main(other) == 2  # other documents in the same group: refused before any model runs
     assert "data_hash" in capsys.readouterr().err
-    assert cli.main(["position-loss", str(ckpts[0]), "--documents", "nope.txt", "--length", "64",
-                     "--out", str(tmp_path / "t.zarr")]) == 2
+    assert (
+        cli.main(
+            [
+                "position-loss",
+                str(ckpts[0]),
+                "--documents",
+                "nope.txt",
+                "--length",
+                "64",
+                "--out",
+                str(tmp_path / "t.zarr"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_documents_from_a_token_corpus_are_its_held_out_documents(tmp_path):
@@ -122,8 +168,22 @@ def test_documents_from_a_token_corpus_are_its_held_out_documents(tmp_path):
     bpe = bpe_tokenizer(tmp_path / "bpe")
     src = write_jsonl(tmp_path / "docs.jsonl", documents(40, seed=1))
     out = tmp_path / "corpus"
-    assert cli_main(["tokenize", str(src), "--tokenizer", str(bpe), "--out", str(out), "--val-fraction", "0.25",
-                     "--no-progress"]) == 0
+    assert (
+        cli_main(
+            [
+                "tokenize",
+                str(src),
+                "--tokenizer",
+                str(bpe),
+                "--out",
+                str(out),
+                "--val-fraction",
+                "0.25",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     tok = AutoTokenizer.from_pretrained(str(bpe))
     docs = pl.load_documents([str(out)], n=3, length=64, tokenizer=tok)
     val = wcorpus.open_corpus(out / "val")

@@ -19,8 +19,7 @@ import pytest
 import torch
 
 from workbench import config, models
-from workbench.train import distributed, train
-from workbench.train import distill
+from workbench.train import distill, distributed, train
 from workbench.train.losses import LossSpec, OnlineTeacher, chunked_loss
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -70,8 +69,12 @@ def test_precision_resolution_and_fsdp_policy():
     assert mp.param_dtype == torch.bfloat16 and mp.reduce_dtype == torch.float32
     assert distributed.mixed_precision("fp32").param_dtype is None
     with pytest.raises(config.ConfigError, match="optim.precision: 'fp16' is not one of"):
-        config.from_dict(config.RunConfig, run_cfg(None, optim={"precision": "fp16"},
-                                                    phases=[{"name": "a", "steps": 1, "seq_len": 8, "rope_theta": 1e2}]))
+        config.from_dict(
+            config.RunConfig,
+            run_cfg(
+                None, optim={"precision": "fp16"}, phases=[{"name": "a", "steps": 1, "seq_len": 8, "rope_theta": 1e2}]
+            ),
+        )
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +85,11 @@ def teacher(tmp_path_factory) -> Path:
 
 
 def _cfg(teacher: Path, precision: str) -> config.RunConfig:
-    c = run_cfg(teacher, optim={"micro_batch_size": 2, "grad_accum_steps": 2, "precision": precision},
-                checkpoint={"every": 0, "keep_last": 1})
+    c = run_cfg(
+        teacher,
+        optim={"micro_batch_size": 2, "grad_accum_steps": 2, "precision": precision},
+        checkpoint={"every": 0, "keep_last": 1},
+    )
     c["phases"][0].update(steps=2, objective="ce+kd")
     c["phases"][1].update(steps=2)
     return config.from_dict(config.RunConfig, c)
@@ -131,13 +137,34 @@ def test_device_check_dry_run_prints_the_table(tmp_path):
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "BENCH_TMP": str(tmp_path),
-           "PYTHONPATH": str(root)}
-    p = subprocess.run([sys.executable, str(root / "analyses/benchmarks/bench_gpu_trainer.py"), "--dry-run",
-                        "--only", "kd-32k,eval", "--json", str(tmp_path / "rows.json")], cwd=root, env=env,
-                       capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "BENCH_TMP": str(tmp_path),
+        "PYTHONPATH": str(root),
+    }
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(root / "analyses/benchmarks/bench_gpu_trainer.py"),
+            "--dry-run",
+            "--only",
+            "kd-32k,eval",
+            "--json",
+            str(tmp_path / "rows.json"),
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
-    assert "| check | device | tokens/step | tokens/s/GPU | MFU % | peak mem GB | estimate GB | time s | status |" in p.stdout
+    assert (
+        "| check | device | tokens/step | tokens/s/GPU | MFU % | peak mem GB | estimate GB | time s | status |"
+        in p.stdout
+    )
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     assert [r["check"] for r in rows] == ["kd-32k bf16 KD step +AC", "eval tiny-teacher"]
     assert rows[0]["tokens/step"] == 1024 and rows[0]["tokens/s/GPU"] > 0 and rows[0]["estimate GB"] > 0

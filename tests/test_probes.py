@@ -9,16 +9,25 @@ import torch
 import xarray as xr
 
 from workbench import cli, measurements, models, rope
+from workbench.config import ModelConfig
 from workbench.measurements import scores
 from workbench.measurements.capture import capture, probe_batch
-from workbench.config import ModelConfig
 
 D = 16
 
 
 def _cfg(**kw) -> ModelConfig:
-    base = dict(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=D,
-                intermediate_size=128, max_position_embeddings=4096, rope_theta=500.0)
+    base = dict(
+        vocab_size=128,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=D,
+        intermediate_size=128,
+        max_position_embeddings=4096,
+        rope_theta=500.0,
+    )
     return ModelConfig(**{**base, **kw})
 
 
@@ -27,16 +36,22 @@ def run_dir(tmp_path_factory):
     """Three checkpoints of a GQA 'run'; the last two were 'trained' (noise added) at a larger theta."""
     root = tmp_path_factory.mktemp("runs") / "toy"
     model = models.build_model(_cfg(), seed=0)
-    paths = [models.save_checkpoint(model, root / "ckpt-000001", {"phase": "short", "step": 1, "objective": "kd",
-                                                                        "phase_end": True})]
+    paths = [
+        models.save_checkpoint(
+            model, root / "ckpt-000001", {"phase": "short", "step": 1, "objective": "kd", "phase_end": True}
+        )
+    ]
     g = torch.Generator().manual_seed(0)
     models.set_rope_theta(model, 20000.0)
     for step in (2, 3):
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.01 * torch.randn(p.shape, generator=g))
-        paths.append(models.save_checkpoint(model, root / f"ckpt-{step:06d}",
-                                            {"phase": "long", "step": step, "phase_end": step == 3}))
+        paths.append(
+            models.save_checkpoint(
+                model, root / f"ckpt-{step:06d}", {"phase": "long", "step": step, "phase_end": step == 3}
+            )
+        )
     return paths
 
 
@@ -95,7 +110,10 @@ def test_bucketed_means_match_brute_force_and_sum_over_pairs():
 
 def _qk(b, h, t, d, seed=0):
     g = torch.Generator().manual_seed(seed)
-    q = torch.randn(b, h, t, d, generator=g, dtype=torch.float64) * torch.linspace(0.3, 2.0, d, dtype=torch.float64) + 0.2
+    q = (
+        torch.randn(b, h, t, d, generator=g, dtype=torch.float64) * torch.linspace(0.3, 2.0, d, dtype=torch.float64)
+        + 0.2
+    )
     k = torch.randn(b, h, t, d, generator=g, dtype=torch.float64) - 0.1
     return q, k
 
@@ -194,29 +212,56 @@ def test_position_probes_dataset(run_dir):
 def test_updates_and_probe_commands_write_and_append_to_the_store(run_dir, tmp_path, capsys):
     out = tmp_path / "res.zarr"
     a, b, c = map(str, run_dir)
-    assert cli.main(["updates", a, b, "--out", str(out), "--phase-lengths", "64,256", "--seq-len", "64",
-                     "--windows", "1"]) == 0
+    assert (
+        cli.main(["updates", a, b, "--out", str(out), "--phase-lengths", "64,256", "--seq-len", "64", "--windows", "1"])
+        == 0
+    )
     assert "toy/ckpt-000001 -> toy/ckpt-000002" in capsys.readouterr().out
-    assert cli.main(["updates", b, c, "--out", str(out), "--phase-lengths", "64,256", "--seq-len", "64",
-                     "--windows", "1"]) == 0
+    assert (
+        cli.main(["updates", b, c, "--out", str(out), "--phase-lengths", "64,256", "--seq-len", "64", "--windows", "1"])
+        == 0
+    )
     w = xr.open_zarr(out, group="updates_weights", consolidated=False)  # plain xarray, no project code
     assert list(w["comparison"].values) == ["toy/ckpt-000001 -> toy/ckpt-000002", "toy/ckpt-000002 -> toy/ckpt-000003"]
-    assert list(w["wavelength_after"].sel(comparison="toy/ckpt-000001 -> toy/ckpt-000002").values) == \
-        pytest.approx(list(rope.wavelengths(20000.0, D)))
+    assert list(w["wavelength_after"].sel(comparison="toy/ckpt-000001 -> toy/ckpt-000002").values) == pytest.approx(
+        list(rope.wavelengths(20000.0, D))
+    )
     assert w.attrs["analysis"] == "weight_updates"
     bands = xr.open_zarr(out, group="bands", consolidated=False)
-    assert bands.sizes["comparison"] == 2 and list(bands["band"].values) == ["lambda<=64", "64<lambda<=256", "lambda>256"]
+    assert bands.sizes["comparison"] == 2 and list(bands["band"].values) == [
+        "lambda<=64",
+        "64<lambda<=256",
+        "lambda>256",
+    ]
     st = xr.open_zarr(out, group="updates_states", consolidated=False)
     assert st["q_norm"].dims == ("comparison", "end", "layer", "head", "pair")
     before = w["q_rel_update"].values.copy()
     # the same comparison again is refused with one clear message, and nothing changes
     assert cli.main(["updates", a, b, "--out", str(out), "--phase-lengths", "64,256"]) == 2
     assert "already written" in capsys.readouterr().err
-    np.testing.assert_array_equal(xr.open_zarr(out, group="updates_weights", consolidated=False)["q_rel_update"].values,
-                                  before)
+    np.testing.assert_array_equal(
+        xr.open_zarr(out, group="updates_weights", consolidated=False)["q_rel_update"].values, before
+    )
     # a run directory stands for its checkpoints; probes append per checkpoint
-    assert cli.main(["probe", str(run_dir[0].parent), "--out", str(out), "--seq-len", "64", "--windows", "4",
-                     "--buckets", "4", "--score-seq-len", "32"]) == 0
+    assert (
+        cli.main(
+            [
+                "probe",
+                str(run_dir[0].parent),
+                "--out",
+                str(out),
+                "--seq-len",
+                "64",
+                "--windows",
+                "4",
+                "--buckets",
+                "4",
+                "--score-seq-len",
+                "32",
+            ]
+        )
+        == 0
+    )
     pr = xr.open_zarr(out, group="probes", consolidated=False)
     assert list(pr["checkpoint"].values) == ["toy/ckpt-000001", "toy/ckpt-000002", "toy/ckpt-000003"]
     sd = xr.open_zarr(out, group="score_decomposition", consolidated=False)
@@ -227,8 +272,27 @@ def test_probe_command_scores_a_long_window_with_the_sampled_path(run_dir, tmp_p
     """At 3k tokens the command's score decomposition samples the long buckets, says so in the store, and
     its mean terms still sum to the mean score."""
     out = tmp_path / "long.zarr"
-    assert cli.main(["probe", str(run_dir[0]), "--out", str(out), "--seq-len", "64", "--windows", "4",
-                     "--score-seq-len", "3072", "--abs-sample-pairs", "4096", "--seed", "5"]) == 0
+    assert (
+        cli.main(
+            [
+                "probe",
+                str(run_dir[0]),
+                "--out",
+                str(out),
+                "--seq-len",
+                "64",
+                "--windows",
+                "4",
+                "--score-seq-len",
+                "3072",
+                "--abs-sample-pairs",
+                "4096",
+                "--seed",
+                "5",
+            ]
+        )
+        == 0
+    )
     sd = xr.open_zarr(out, group="score_decomposition", consolidated=False).load()
     assert sd.attrs["score_method"] == "fast" and sd.attrs["abs_sample_pairs"] == 4096
     assert sd.attrs["abs_sample_seed"] == 5 and sd.attrs["seq_len"] == 3072
@@ -247,15 +311,23 @@ def test_updates_on_a_run_directory_compares_phase_ends(run_dir, tmp_path):
     assert list(ds["phase_before"].values) == ["short"] and list(ds["phase_after"].values) == ["long"]
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["updates", "{a}", "--out", "{out}"], "at least 2"),
-    (["updates", "{a}", "{missing}", "--out", "{out}"], "not found"),
-    (["updates", "{a}", "{a}", "--out", "{out}"], "more than once"),
-    (["updates", "{a}", "{b}", "--out", "{out}", "--phase-lengths", "64,x"], "not an integer"),
-    (["probe", "{a}", "--out", "{out}", "--windows", "2"], "--windows"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["updates", "{a}", "--out", "{out}"], "at least 2"),
+        (["updates", "{a}", "{missing}", "--out", "{out}"], "not found"),
+        (["updates", "{a}", "{a}", "--out", "{out}"], "more than once"),
+        (["updates", "{a}", "{b}", "--out", "{out}", "--phase-lengths", "64,x"], "not an integer"),
+        (["probe", "{a}", "--out", "{out}", "--windows", "2"], "--windows"),
+    ],
+)
 def test_commands_refuse_bad_input_with_one_message(run_dir, tmp_path, capsys, argv, message):
-    fill = {"a": str(run_dir[0]), "b": str(run_dir[1]), "missing": str(tmp_path / "nope"), "out": str(tmp_path / "s.zarr")}
+    fill = {
+        "a": str(run_dir[0]),
+        "b": str(run_dir[1]),
+        "missing": str(tmp_path / "nope"),
+        "out": str(tmp_path / "s.zarr"),
+    }
     assert cli.main([x.format(**fill) for x in argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"workbench {argv[0]}: error:") and message in err[0]
@@ -283,12 +355,19 @@ def test_figures_show_the_update_where_it_happened(run_dir):
     assert [t.name.split(" ")[0] for t in bars.data] == list(bands["band"].values)
     with pytest.raises(ValueError, match="no comparison"):
         fig.layer_pair_heatmap(w, comparison="x -> y")
-    probes = xr.Dataset({"r2": (("checkpoint", "layer"), [[0.0, 0.5]]), "accuracy": (("checkpoint", "layer"), [[0.2, 0.6]]),
-                         "chance": (("checkpoint", "layer"), [[0.25, 0.25]])},
-                        coords={"checkpoint": ["r/c"], "layer": [-1, 0], "site": ("layer", ["embed", "block 0"])})
+    probes = xr.Dataset(
+        {
+            "r2": (("checkpoint", "layer"), [[0.0, 0.5]]),
+            "accuracy": (("checkpoint", "layer"), [[0.2, 0.6]]),
+            "chance": (("checkpoint", "layer"), [[0.25, 0.25]]),
+        },
+        coords={"checkpoint": ["r/c"], "layer": [-1, 0], "site": ("layer", ["embed", "block 0"])},
+    )
     sd = measurements.score_decomposition(run_dir[:1], seq_len=32)
     profile = fig.score_profile(sd, 1)
-    np.testing.assert_allclose(profile.data[0].z, sd["contribution"].isel(checkpoint=0).sel(layer=1).mean("head").values)
+    np.testing.assert_allclose(
+        profile.data[0].z, sd["contribution"].isel(checkpoint=0).sel(layer=1).mean("head").values
+    )
     assert list(profile.data[0].x)[:4] == ["0", "1", "2-3", "4-7"] and profile.data[0].y[3].startswith("3 (")
     curves = fig.probe_curves(probes, metric="accuracy")
     assert list(curves.data[0].y) == [0.2, 0.6] and list(curves.data[0].x) == ["embed", "block 0"]

@@ -21,8 +21,13 @@ SPEC = Path(__file__).parents[1] / "data" / "specs" / "q-shift-low-freq.yaml"
 
 
 def _paragraphs() -> list[str]:
-    paras = [p.strip() for f in LICENSES if f.is_file() for p in f.read_text(errors="ignore").split("\n\n")
-             if len(p.strip()) > 80]
+    paras = [
+        p.strip()
+        for f in LICENSES
+        if f.is_file()
+        for p in f.read_text(errors="ignore").split("\n\n")
+        if len(p.strip()) > 80
+    ]
     if len(paras) < 20:  # no license texts on this machine: generated text instead
         rng = np.random.default_rng(0)
         words = ["the", "license", "software", "copy", "free", "work", "source", "code", "terms", "you", "may"]
@@ -31,12 +36,14 @@ def _paragraphs() -> list[str]:
 
 
 def _bpe(root: Path, vocab: int, texts: list[str], byte_level: bool = True) -> Path:
-    from tokenizers import Tokenizer, decoders, models as tm, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+    from tokenizers import models as tm
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(tm.BPE(unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False) if byte_level else \
-        pre_tokenizers.Whitespace()
+    backend.pre_tokenizer = (
+        pre_tokenizers.ByteLevel(add_prefix_space=False) if byte_level else pre_tokenizers.Whitespace()
+    )
     if byte_level:
         backend.decoder = decoders.ByteLevel()
     backend.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<unk>", "<eos>"]))
@@ -46,8 +53,17 @@ def _bpe(root: Path, vocab: int, texts: list[str], byte_level: bool = True) -> P
 
 
 def _model(vocab: int, seed: int = 0):
-    cfg = ModelConfig(vocab_size=vocab, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
-                      intermediate_size=64, max_position_embeddings=1024, rope_theta=500.0)
+    cfg = ModelConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        intermediate_size=64,
+        max_position_embeddings=1024,
+        rope_theta=500.0,
+    )
     return models.build_model(cfg, seed=seed)
 
 
@@ -68,8 +84,16 @@ def world(tmp_path_factory):
             shutil.copy(f, d / f.name)
     small = root / "hf" / "small"  # vocabulary < 128, no tokenizer
     _model(100).save_pretrained(small)
-    return dict(root=root, tok=tok, bare=bare, a=plain_a, b=plain_b, small=small,
-                jsonl=root / "corpus.jsonl", txt=root / "corpus.txt")
+    return dict(
+        root=root,
+        tok=tok,
+        bare=bare,
+        a=plain_a,
+        b=plain_b,
+        small=small,
+        jsonl=root / "corpus.jsonl",
+        txt=root / "corpus.txt",
+    )
 
 
 def _one_line_error(capsys, *names: str) -> str:
@@ -88,8 +112,20 @@ def _one_line_error(capsys, *names: str) -> str:
 
 def test_eval_on_a_checkpoint_without_tokenizer_is_one_error_naming_tokenizer(world, tmp_path, capsys):
     """Was: silent fall-back to the synthetic language and IndexError in data/tokenizer.py."""
-    argv = ["eval", str(world["bare"]), "--tasks", "passkey", "--lengths", "256", "--depths", "1", "--samples", "1",
-            "--out", str(tmp_path / "r.zarr")]
+    argv = [
+        "eval",
+        str(world["bare"]),
+        "--tasks",
+        "passkey",
+        "--lengths",
+        "256",
+        "--depths",
+        "1",
+        "--samples",
+        "1",
+        "--out",
+        str(tmp_path / "r.zarr"),
+    ]
     assert cli.main(argv) == 2
     _one_line_error(capsys, "--tokenizer", str(world["bare"]), "1000")
     assert cli.main([*argv, "--tokenizer", str(world["tok"])]) == 0
@@ -122,9 +158,11 @@ def test_updates_and_probe_read_a_bpe_model_with_its_own_tokenizer(world, tmp_pa
 def test_no_tokenizer_and_a_foreign_vocabulary_is_one_error_naming_tokenizer(world, tmp_path, command, capsys):
     """Was: IndexError: index out of range in self (vocab < 128) in the state view."""
     small = str(world["small"])
-    argv = {"updates": ["updates", small, str(world["a"]), "--seq-len", "32"],
-            "probe": ["probe", small, "--seq-len", "32", "--windows", "4"],
-            "trace": ["trace", small, "--spec", str(SPEC), "--length", "32"]}[command]
+    argv = {
+        "updates": ["updates", small, str(world["a"]), "--seq-len", "32"],
+        "probe": ["probe", small, "--seq-len", "32", "--windows", "4"],
+        "trace": ["trace", small, "--spec", str(SPEC), "--length", "32"],
+    }[command]
     assert cli.main([*argv, "--out", str(tmp_path / "s.zarr")]) == 2
     _one_line_error(capsys, "--tokenizer", small)
     # a tokenizer larger than the embedding is not the model's: one error too
@@ -212,8 +250,25 @@ def test_checkpoints_of_different_vocabularies_are_refused_together(world, tmp_p
 
 def test_trace_reads_a_jsonl_corpus_with_the_models_tokenizer(world, tmp_path):
     out = tmp_path / "t.zarr"
-    assert cli.main(["trace", str(world["a"]), "--spec", str(SPEC), "--inputs", str(world["jsonl"]),
-                     "--length", "48", "--samples", "1", "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "trace",
+                str(world["a"]),
+                "--spec",
+                str(SPEC),
+                "--inputs",
+                str(world["jsonl"]),
+                "--length",
+                "48",
+                "--samples",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     ds = xr.open_zarr(out, group="traces", consolidated=False)
     assert np.isfinite(ds["final_kl"].values).all()
 
@@ -247,8 +302,20 @@ def test_plain_hf_integrity_from_safetensors_headers(world, tmp_path, capsys):
 
 
 def test_allow_plain_hf_is_a_deprecated_no_op(world, tmp_path, capsys):
-    assert cli.main(["updates", str(world["a"]), str(world["b"]), "--no-states", "--out", str(tmp_path / "u.zarr"),
-                     "--allow-plain-hf"]) == 0
+    assert (
+        cli.main(
+            [
+                "updates",
+                str(world["a"]),
+                str(world["b"]),
+                "--no-states",
+                "--out",
+                str(tmp_path / "u.zarr"),
+                "--allow-plain-hf",
+            ]
+        )
+        == 0
+    )
     assert "--allow-plain-hf is deprecated and does nothing" in capsys.readouterr().err
 
 
@@ -281,7 +348,11 @@ def test_kd_over_the_real_vocabulary_when_embeddings_are_padded_differently():
     ce = F.cross_entropy(s, labels, ignore_index=-100, reduction="sum")
     ref = (0.5 * ce + kd) / valid.sum()
     rh, rw = torch.autograd.grad(ref, [h2, w2])
-    assert torch.allclose(r.loss, ref, atol=1e-5) and torch.allclose(gh, rh, atol=1e-5) and torch.allclose(gw, rw, atol=1e-5)
+    assert (
+        torch.allclose(r.loss, ref, atol=1e-5)
+        and torch.allclose(gh, rh, atol=1e-5)
+        and torch.allclose(gw, rw, atol=1e-5)
+    )
     assert gw[40:].abs().sum() > 0  # student padded rows still learn from CE (the softmax over its own rows)
     dense = dense_loss(h.detach(), w.detach(), labels, spec, teacher_hidden=th, teacher_weight=tw)
     assert torch.allclose(dense, ref.detach(), atol=1e-5)
@@ -293,18 +364,41 @@ def test_kd_over_the_real_vocabulary_when_embeddings_are_padded_differently():
 
 def _padded_run(tmp_path, teacher_rows: int, student_rows: int, world) -> dict:
     teacher = tmp_path / f"teacher-{teacher_rows}"
-    cfg = ModelConfig(vocab_size=teacher_rows, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
-                      intermediate_size=64, max_position_embeddings=256, rope_theta=100.0)
+    cfg = ModelConfig(
+        vocab_size=teacher_rows,
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=16,
+        intermediate_size=64,
+        max_position_embeddings=256,
+        rope_theta=100.0,
+    )
     models.build_model(cfg, seed=5).save_pretrained(teacher)
     for f in world["tok"].iterdir():
         shutil.copy(f, teacher / f.name)
-    return {"name": "pad", "seed": 1,
-            "model": dict(vocab_size=student_rows, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
-                          head_dim=16, intermediate_size=64, max_position_embeddings=256, rope_theta=100.0),
-            "data": {"kind": "jsonl", "paths": [str(world["jsonl"])], "tokenizer": str(world["tok"])},
-            "optim": {"micro_batch_size": 2, "grad_accum_steps": 1}, "checkpoint": {"every": 2, "keep_last": 1},
-            "loss": {"chunk_size": 40}, "teacher": {"path": str(teacher)},
-            "phases": [{"name": "p", "steps": 2, "seq_len": 32, "rope_theta": 100, "lr": 3e-3, "objective": "kd"}]}
+    return {
+        "name": "pad",
+        "seed": 1,
+        "model": dict(
+            vocab_size=student_rows,
+            hidden_size=32,
+            num_layers=1,
+            num_heads=2,
+            num_kv_heads=1,
+            head_dim=16,
+            intermediate_size=64,
+            max_position_embeddings=256,
+            rope_theta=100.0,
+        ),
+        "data": {"kind": "jsonl", "paths": [str(world["jsonl"])], "tokenizer": str(world["tok"])},
+        "optim": {"micro_batch_size": 2, "grad_accum_steps": 1},
+        "checkpoint": {"every": 2, "keep_last": 1},
+        "loss": {"chunk_size": 40},
+        "teacher": {"path": str(teacher)},
+        "phases": [{"name": "p", "steps": 2, "seq_len": 32, "rope_theta": 100, "lr": 3e-3, "objective": "kd"}],
+    }
 
 
 def test_training_distils_between_padded_vocabularies_and_refuses_other_mismatches(world, tmp_path, capsys):
@@ -313,8 +407,11 @@ def test_training_distils_between_padded_vocabularies_and_refuses_other_mismatch
     from workbench import config
     from workbench.train import train
 
-    run = train(config.from_dict(config.RunConfig, _padded_run(tmp_path, 1024, 1088, world)), out=str(tmp_path / "r"),
-                progress=False)
+    run = train(
+        config.from_dict(config.RunConfig, _padded_run(tmp_path, 1024, 1088, world)),
+        out=str(tmp_path / "r"),
+        progress=False,
+    )
     assert models.list_checkpoints(run)
     bad = tmp_path / "bad.yaml"  # a teacher smaller than the tokenizer: not the same vocabulary padded
     bad.write_text(yaml.safe_dump(_padded_run(tmp_path, 900, 1024, world)))
@@ -326,9 +423,11 @@ def test_training_distils_between_padded_vocabularies_and_refuses_other_mismatch
 def test_a_length_that_cannot_fit_is_one_error_before_any_input_is_built(world, tmp_path, command, capsys):
     """Was: trace --length 10**7 / probe --seq-len 10**7 ran away (12 GB and rising) with no message."""
     a = str(world["a"])
-    argv = {"updates": ["updates", a, str(world["b"]), "--seq-len", str(10**7)],
-            "probe": ["probe", a, "--seq-len", str(10**7), "--windows", "4"],
-            "trace": ["trace", a, "--spec", str(SPEC), "--length", str(10**7)]}[command]
+    argv = {
+        "updates": ["updates", a, str(world["b"]), "--seq-len", str(10**7)],
+        "probe": ["probe", a, "--seq-len", str(10**7), "--windows", "4"],
+        "trace": ["trace", a, "--spec", str(SPEC), "--length", str(10**7)],
+    }[command]
     assert cli.main([*argv, "--out", str(tmp_path / "s.zarr")]) == 2
     _one_line_error(capsys, "need at least", "GiB", "--length / --seq-len")
     assert not (tmp_path / "s.zarr").exists()

@@ -23,20 +23,41 @@ SCALINGS = [
     {"rope_type": "linear", "factor": 4.0},
     {"rope_type": "dynamic", "factor": 2.0},
     {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 2048},
-    {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 4096, "beta_fast": 16,
-     "beta_slow": 2, "mscale": 0.7, "mscale_all_dim": 1.0, "truncate": False},
-    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-     "original_max_position_embeddings": 2048},
-    {"rope_type": "longrope", "original_max_position_embeddings": 2048,
-     "short_factor": list(np.linspace(1.0, 2.0, HEAD_DIM // 2)),
-     "long_factor": list(np.linspace(1.0, 16.0, HEAD_DIM // 2))},
+    {
+        "rope_type": "yarn",
+        "factor": 8.0,
+        "original_max_position_embeddings": 4096,
+        "beta_fast": 16,
+        "beta_slow": 2,
+        "mscale": 0.7,
+        "mscale_all_dim": 1.0,
+        "truncate": False,
+    },
+    {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 2048,
+    },
+    {
+        "rope_type": "longrope",
+        "original_max_position_embeddings": 2048,
+        "short_factor": list(np.linspace(1.0, 2.0, HEAD_DIM // 2)),
+        "long_factor": list(np.linspace(1.0, 16.0, HEAD_DIM // 2)),
+    },
 ]
 
 
 def hf_inv_freq(theta, scaling, seq_len=None):
     params = {"rope_type": "default", **(scaling or {}), "rope_theta": theta}
-    cfg = LlamaConfig(hidden_size=HEAD_DIM * 4, num_attention_heads=4, head_dim=HEAD_DIM,
-                      max_position_embeddings=MAX_POS, rope_parameters=params)
+    cfg = LlamaConfig(
+        hidden_size=HEAD_DIM * 4,
+        num_attention_heads=4,
+        head_dim=HEAD_DIM,
+        max_position_embeddings=MAX_POS,
+        rope_parameters=params,
+    )
     if params["rope_type"] == "default":
         inv, factor = LlamaRotaryEmbedding.compute_default_rope_parameters(cfg)
     else:
@@ -52,8 +73,9 @@ def test_inv_freq_matches_transformers(theta, scaling):
     assert ours.shape == (HEAD_DIM // 2,)
     np.testing.assert_allclose(ours, expected, rtol=1e-6)
     assert rope.attention_factor(scaling, max_position_embeddings=MAX_POS) == pytest.approx(factor, rel=1e-6)
-    np.testing.assert_allclose(rope.wavelengths(theta, HEAD_DIM, scaling, max_position_embeddings=MAX_POS),
-                               2 * math.pi / expected, rtol=1e-6)
+    np.testing.assert_allclose(
+        rope.wavelengths(theta, HEAD_DIM, scaling, max_position_embeddings=MAX_POS), 2 * math.pi / expected, rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("scaling", [SCALINGS[2], SCALINGS[6]], ids=["dynamic", "longrope"])
@@ -68,8 +90,9 @@ def test_pair_layout_is_half_split_as_in_transformers():
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     d, theta, pos = 16, 100.0, 37
-    cfg = LlamaConfig(hidden_size=d, num_attention_heads=1, head_dim=d, rope_parameters={"rope_type": "default",
-                                                                                         "rope_theta": theta})
+    cfg = LlamaConfig(
+        hidden_size=d, num_attention_heads=1, head_dim=d, rope_parameters={"rope_type": "default", "rope_theta": theta}
+    )
     emb = LlamaRotaryEmbedding(cfg)
     x = torch.zeros(1, 1, 1, d)
     cos, sin = emb(x, torch.tensor([[pos]]))
@@ -103,7 +126,11 @@ def test_wavelength_mask_is_pairs_in_wavelengths_on_any_frequencies():
     theta, d = 1e4, 64
     inv, lam = rope.inv_freq(theta, d), rope.wavelengths(theta, d)
     mask = rope.wavelength_mask(inv, lam[3], lam[10])  # inclusive at both ends
-    assert np.flatnonzero(mask).tolist() == list(range(3, 11)) == rope.pairs_in_wavelengths(theta, d, lam[3], lam[10]).tolist()
+    assert (
+        np.flatnonzero(mask).tolist()
+        == list(range(3, 11))
+        == rope.pairs_in_wavelengths(theta, d, lam[3], lam[10]).tolist()
+    )
     doubled = rope.wavelength_mask(2 * inv, lam[3] / 2 * (1 - 1e-9), lam[10] / 2 * (1 + 1e-9))  # a model's own buffer
     assert np.flatnonzero(doubled).tolist() == list(range(3, 11))
     assert rope.wavelength_mask(inv).all()
@@ -137,7 +164,7 @@ def _brute_first_pass(head_dim: int, length: int, grid: np.ndarray, tolerance: f
     j = np.arange(head_dim // 2, dtype=np.float64)
     m = np.arange(length + 1, dtype=np.float64)
     for start in range(0, grid.size, 128):
-        omega = grid[start:start + 128, None] ** (-2.0 * j / head_dim)  # [T, d/2]
+        omega = grid[start : start + 128, None] ** (-2.0 * j / head_dim)  # [T, d/2]
         worst = np.cos(m[None, :, None] * omega[:, None, :]).sum(-1).min(axis=1)  # [T]
         ok = np.flatnonzero(worst >= -tolerance)
         if ok.size:
@@ -153,7 +180,7 @@ def test_bound_scan_equals_a_brute_force_fine_scan(d, length, tolerance):
     assert rope.scan_base_bound(d, length, grid, tolerance) == expected
     assert rope.base_lower_bound(d, length, thetas=grid, tolerance=tolerance) == grid[expected]
     # the passing set is fragmented: some later grid point fails again (why it is scanned, never bisected) ...
-    later = grid[expected + 1: expected + 2001: 10]
+    later = grid[expected + 1 : expected + 2001 : 10]
     assert not all(rope.long_range_sum(t, d, length).min() >= -tolerance for t in later)
     # ... and a coarser grid (100 a decade, a subset of this one) can only find the same theta or a later one
     coarse = rope.base_lower_bound(d, length, thetas=rope.bound_grid(2, 6, 100), tolerance=tolerance)
@@ -230,8 +257,12 @@ def test_bad_arguments_are_refused():
 
 
 def test_rope_command_prints_table():
-    out = subprocess.run([sys.executable, "-m", "workbench", "rope", "--theta", "10000", "--head-dim", "64",
-                          "--length", "4096"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "workbench", "rope", "--theta", "10000", "--head-dim", "64", "--length", "4096"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "critical dimension" in out
     rows = [line for line in out.splitlines() if line.strip()[:2].strip().isdigit()]
     assert len(rows) == 32

@@ -22,10 +22,14 @@ from workbench import rope, store
 def _cell(checkpoints, specs, value, hashes=None):
     ds = xr.Dataset(
         {"final_kl": (("checkpoint", "spec", "layer"), np.full((len(checkpoints), len(specs), 3), value, float))},
-        coords={"checkpoint": np.array(checkpoints, dtype=object), "spec": np.array(specs, dtype=object),
-                "layer": np.arange(3),
-                "spec_hash": ("spec", np.array(hashes or [f"h-{s}" for s in specs], dtype=object)),
-                "rope_theta": ("checkpoint", np.full(len(checkpoints), 500.0))})
+        coords={
+            "checkpoint": np.array(checkpoints, dtype=object),
+            "spec": np.array(specs, dtype=object),
+            "layer": np.arange(3),
+            "spec_hash": ("spec", np.array(hashes or [f"h-{s}" for s in specs], dtype=object)),
+            "rope_theta": ("checkpoint", np.full(len(checkpoints), 500.0)),
+        },
+    )
     ds.attrs.update(store.provenance(kind="test"))
     return ds
 
@@ -48,18 +52,25 @@ def test_grid_appends_checkpoints_and_specs_without_rewriting(tmp_path):
     assert store.written_cells(path, "traces") == {("a", "s1"), ("a", "s2"), ("a", "s3"), ("b", "s1"), ("b", "s2")}
 
 
-@pytest.mark.parametrize("bad, message", [
-    (_cell(["a"], ["s2"], 9.0), "already written"),
-    (_cell(["c"], ["s1"], 9.0, hashes=["other"]), "different definition"),
-    (_cell(["c"], ["renamed"], 9.0, hashes=["h-s1"]), "same perturbation as stored spec 's1'"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (_cell(["a"], ["s2"], 9.0), "already written"),
+        (_cell(["c"], ["s1"], 9.0, hashes=["other"]), "different definition"),
+        (_cell(["c"], ["renamed"], 9.0, hashes=["h-s1"]), "same perturbation as stored spec 's1'"),
+    ],
+)
 def test_refused_writes_overwrite_nothing(tmp_path, bad, message):
     path = tmp_path / "s.zarr"
     store.write_grid(path, "traces", _cell(["a"], ["s1", "s2"], 1.0))
     before = _read(path)
     with pytest.raises(store.StoreError, match=message):
-        store.check_grid(path, "traces", {"checkpoint": list(bad.checkpoint.values), "spec": list(bad.spec.values)},
-                         list(bad.spec_hash.values))
+        store.check_grid(
+            path,
+            "traces",
+            {"checkpoint": list(bad.checkpoint.values), "spec": list(bad.spec.values)},
+            list(bad.spec_hash.values),
+        )
     with pytest.raises(store.StoreError, match=message):
         store.write_grid(path, "traces", bad)
     xr.testing.assert_identical(_read(path), before)
@@ -108,9 +119,14 @@ def test_activations_are_chunked_by_checkpoint_and_layer_and_read_lazily(tmp_pat
     pairs = store.pair_coords(rope.wavelengths(500.0, 16))
     for ck in ("a", "b"):
         data = rng.standard_normal((1, 2, 2, 3, 4, 32, 8, 2)).astype(np.float32)
-        ds = xr.Dataset({"rot_q": (("checkpoint", "spec", "sample", "layer", "head", "position", "pair", "half"), data)},
-                        coords={"checkpoint": np.array([ck], dtype=object),
-                                "spec": np.array(["clean", "x"], dtype=object), **pairs})
+        ds = xr.Dataset(
+            {"rot_q": (("checkpoint", "spec", "sample", "layer", "head", "position", "pair", "half"), data)},
+            coords={
+                "checkpoint": np.array([ck], dtype=object),
+                "spec": np.array(["clean", "x"], dtype=object),
+                **pairs,
+            },
+        )
         store.write_grid(path, "activations", ds, chunk_dims=("checkpoint", "spec", "layer"), compress=False)
     chunk = 2 * 4 * 32 * 8 * 2 * 4  # bytes of one (checkpoint, spec, layer) chunk: heads and the pair axis whole
     assert len(list((path / "activations" / "rot_q").glob("c*"))) == 2 * 2  # one shard file per (checkpoint, spec)
@@ -124,7 +140,7 @@ def test_activations_are_chunked_by_checkpoint_and_layer_and_read_lazily(tmp_pat
     assert 2 * chunk <= nbytes <= 2 * (chunk + 3 * 16 + 4)  # one layer chunk (and the shard index) per spec
     assert piece.shape == (2, 2, 32, 8, 2) and np.isfinite(piece).all()
     counting.keys.clear(), counting.nbytes.clear()
-    ds.rot_q.values
+    _ = ds.rot_q.values
     assert counting.read("rot_q")[1] >= 2 * 2 * 3 * chunk
     assert ds.wavelength.dims == ("pair",) and float(ds.wavelength[0]) == pytest.approx(2 * np.pi)
 
@@ -138,16 +154,23 @@ def _files(root: Path) -> dict[str, bytes]:
 
 def _mixed():
     rng = np.random.default_rng(0)
-    ds = xr.Dataset({"final_kl": (("checkpoint", "spec", "layer"), rng.standard_normal((2, 3, 5))),
-                     "count": (("checkpoint", "spec"), np.arange(6).reshape(2, 3).astype(np.int32)),
-                     "flag": (("checkpoint", "spec"), np.ones((2, 3), bool)),
-                     "text": (("checkpoint",), np.array(["hello", "wörld"], dtype=object)),
-                     "scalar": ((), 3.5)},
-                    coords={"checkpoint": np.array(["a", "b"], dtype=object),
-                            "spec": np.array(["s1", "s2", "s3"], dtype=object), "layer": np.arange(5),
-                            "spec_hash": ("spec", np.array(["h1", "h2", "h3"], dtype=object)),
-                            "when": ("checkpoint", pd.date_range("2026-01-01", periods=2)),
-                            **store.pair_coords(rope.wavelengths(500.0, 8))})
+    ds = xr.Dataset(
+        {
+            "final_kl": (("checkpoint", "spec", "layer"), rng.standard_normal((2, 3, 5))),
+            "count": (("checkpoint", "spec"), np.arange(6).reshape(2, 3).astype(np.int32)),
+            "flag": (("checkpoint", "spec"), np.ones((2, 3), bool)),
+            "text": (("checkpoint",), np.array(["hello", "wörld"], dtype=object)),
+            "scalar": ((), 3.5),
+        },
+        coords={
+            "checkpoint": np.array(["a", "b"], dtype=object),
+            "spec": np.array(["s1", "s2", "s3"], dtype=object),
+            "layer": np.arange(5),
+            "spec_hash": ("spec", np.array(["h1", "h2", "h3"], dtype=object)),
+            "when": ("checkpoint", pd.date_range("2026-01-01", periods=2)),
+            **store.pair_coords(rope.wavelengths(500.0, 8)),
+        },
+    )
     ds.attrs.update({"kind": "test", "extra": "[1, 2]", "schema": store.SCHEMA})
     return ds
 
@@ -155,10 +178,15 @@ def _mixed():
 def _activations(ck="a", layers=3, seed=0, positions=16):
     data = np.random.default_rng(seed).standard_normal((1, 2, 1, layers, 2, positions, 4, 2)).astype(np.float32)
     data[0, 1, 0, 1] = np.nan  # a layer the capture filter did not match: an empty chunk
-    return xr.Dataset({"rot_q": (("checkpoint", "spec", "sample", "layer", "head", "position", "pair", "half"), data)},
-                      coords={"checkpoint": np.array([ck], dtype=object), "spec": np.array(["clean", "x"], dtype=object),
-                              "spec_hash": ("spec", np.array(["h-clean", "h-x"], dtype=object)),
-                              **store.pair_coords(rope.wavelengths(500.0, 8))})
+    return xr.Dataset(
+        {"rot_q": (("checkpoint", "spec", "sample", "layer", "head", "position", "pair", "half"), data)},
+        coords={
+            "checkpoint": np.array([ck], dtype=object),
+            "spec": np.array(["clean", "x"], dtype=object),
+            "spec_hash": ("spec", np.array(["h-clean", "h-x"], dtype=object)),
+            **store.pair_coords(rope.wavelengths(500.0, 8)),
+        },
+    )
 
 
 @pytest.mark.parametrize("case", ["mixed", "chunked", "raw", "sharded", "lz4", "large"])
@@ -183,18 +211,28 @@ def test_new_groups_are_byte_identical_to_xarray_to_zarr(tmp_path, case):
     ref.attrs.setdefault("schema", store.SCHEMA)
     ref.to_zarr(tmp_path / "ref", mode="w-", zarr_format=3, consolidated=False, encoding=dot)
     assert _files(tmp_path / "s.zarr" / "g") == _files(tmp_path / "ref")
-    xr.testing.assert_identical(xr.open_zarr(tmp_path / "s.zarr", group="g", consolidated=False).load(),
-                                xr.open_zarr(tmp_path / "ref", consolidated=False).load())
+    xr.testing.assert_identical(
+        xr.open_zarr(tmp_path / "s.zarr", group="g", consolidated=False).load(),
+        xr.open_zarr(tmp_path / "ref", consolidated=False).load(),
+    )
 
 
 def _retrieval(names, value):
     rng = np.random.default_rng(len(names))
-    ds = xr.Dataset({"correct": (("checkpoint", "task", "length"), rng.random((len(names), 2, 3)) > 0.5),
-                     "answer_logprob": (("checkpoint", "task", "length"), np.full((len(names), 2, 3), value, np.float32)),
-                     "prediction": (("checkpoint", "task"), np.array([[f"{c}-{t}" for t in "pq"] for c in names], dtype=object))},
-                    coords={"checkpoint": np.array(names, dtype=object), "task": np.array(["passkey", "niah"], dtype=object),
-                            "length": np.array([256, 512, 1024]), "rope_theta": ("checkpoint", np.full(len(names), 1e4)),
-                            "evaluated": ("checkpoint", pd.date_range("2026-01-01", periods=len(names)))})
+    ds = xr.Dataset(
+        {
+            "correct": (("checkpoint", "task", "length"), rng.random((len(names), 2, 3)) > 0.5),
+            "answer_logprob": (("checkpoint", "task", "length"), np.full((len(names), 2, 3), value, np.float32)),
+            "prediction": (("checkpoint", "task"), np.array([[f"{c}-{t}" for t in "pq"] for c in names], dtype=object)),
+        },
+        coords={
+            "checkpoint": np.array(names, dtype=object),
+            "task": np.array(["passkey", "niah"], dtype=object),
+            "length": np.array([256, 512, 1024]),
+            "rope_theta": ("checkpoint", np.full(len(names), 1e4)),
+            "evaluated": ("checkpoint", pd.date_range("2026-01-01", periods=len(names))),
+        },
+    )
     ds.attrs = {"kind": "retrieval", "value": float(value)}
     return ds
 
@@ -233,7 +271,6 @@ def test_grid_growth_keeps_the_group_attrs_and_unwritten_cells_read_nan(tmp_path
     assert (masked.final_kl.sel(checkpoint="b", spec="s1") == 2.0).all()
 
 
-
 def test_a_cell_left_half_written_reads_nan_beside_its_written_neighbours(tmp_path):
     """What a writer killed between a cell's data and its flag leaves: data on disk, flag 0. Readers
     (open_group: the app, figures, analyses) see NaN there, never the half-written numbers."""
@@ -247,6 +284,7 @@ def test_a_cell_left_half_written_reads_nan_beside_its_written_neighbours(tmp_pa
     assert (ds.final_kl.sel(checkpoint="b", spec="s1") == 1.0).all() and (ds.final_kl.sel(checkpoint="a") == 1.0).all()
     assert _read(path).final_kl.sel(checkpoint="b", spec="s2").values.tolist() == [99.0] * 3  # on disk, unmasked
 
+
 # ------------------------------------------------------------------------------------ writes killed half way
 
 WRITER = r"""
@@ -257,20 +295,27 @@ path, kind, name = sys.argv[1:4]
 if kind == "grid":
     seed = {"a": 0, "b": 1, "c": 2}[name]
     data = np.random.default_rng(seed).standard_normal((1, 2, 1, 3, 2, 16, 4, 2)).astype(np.float32)
-    ds = xr.Dataset({"rot_q": (("checkpoint", "spec", "sample", "layer", "head", "position", "pair", "half"), data)},
-                    coords={"checkpoint": np.array([name], dtype=object), "spec": np.array(["clean", "x"], dtype=object),
+    dims = ("checkpoint", "spec", "sample", "layer", "head", "position", "pair", "half")
+    ds = xr.Dataset({"rot_q": (dims, data)},
+                    coords={"checkpoint": np.array([name], dtype=object),
+                            "spec": np.array(["clean", "x"], dtype=object),
                             "spec_hash": ("spec", np.array(["h-clean", "h-x"], dtype=object)),
-                            "rope_theta": ("checkpoint", np.full(1, 500.0 + seed)), **store.pair_coords(rope.wavelengths(500.0, 8))})
+                            "rope_theta": ("checkpoint", np.full(1, 500.0 + seed)),
+                            **store.pair_coords(rope.wavelengths(500.0, 8))})
     ds.attrs = {"kind": "activations"}
     store.write_grid(path, "activations", ds, chunk_dims=("checkpoint", "spec", "layer"), compress=False)
 else:
     names = name.split(",")
     rng = np.random.default_rng(len(names))
-    ds = xr.Dataset({"correct": (("checkpoint", "task", "length"), rng.random((len(names), 2, 3)) > 0.5),
-                     "answer_logprob": (("checkpoint", "task", "length"), np.full((len(names), 2, 3), len(names), np.float32)),
-                     "prediction": (("checkpoint", "task"), np.array([[f"{c}-{t}" for t in "pq"] for c in names], dtype=object))},
-                    coords={"checkpoint": np.array(names, dtype=object), "task": np.array(["passkey", "niah"], dtype=object),
-                            "length": np.array([256, 512, 1024]), "rope_theta": ("checkpoint", np.full(len(names), 1e4)),
+    grid = ("checkpoint", "task", "length")
+    predictions = np.array([[f"{c}-{t}" for t in "pq"] for c in names], dtype=object)
+    ds = xr.Dataset({"correct": (grid, rng.random((len(names), 2, 3)) > 0.5),
+                     "answer_logprob": (grid, np.full((len(names), 2, 3), len(names), np.float32)),
+                     "prediction": (("checkpoint", "task"), predictions)},
+                    coords={"checkpoint": np.array(names, dtype=object),
+                            "task": np.array(["passkey", "niah"], dtype=object),
+                            "length": np.array([256, 512, 1024]),
+                            "rope_theta": ("checkpoint", np.full(len(names), 1e4)),
                             "evaluated": ("checkpoint", pd.date_range("2026-01-01", periods=len(names)))})
     ds.attrs = {"kind": "retrieval", "n": len(names)}
     store.write(path, "retrieval", ds, append_dim="checkpoint")
@@ -282,8 +327,14 @@ def _run(path: Path, kind: str, name: str, kill: str | None = None) -> int:
     env.pop(store.KILL_ENV, None)
     if kill:
         env[store.KILL_ENV] = kill
-    done = subprocess.run([sys.executable, "-c", WRITER, str(path), kind, name], env=env, capture_output=True,
-                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, "-c", WRITER, str(path), kind, name],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert done.returncode in (0, -signal.SIGKILL), done.stderr
     return done.returncode
 
@@ -294,8 +345,12 @@ def _plain(path: Path, group: str) -> xr.Dataset:
 
 def _no_leftovers(path: Path) -> None:
     assert not list(path.parent.glob(f".tmp-{path.name}-*")) and not list(path.rglob("*.partial"))
-    assert store.MARKER not in zarr.open_group(str(path), mode="r")["activations" if (path / "activations").exists()
-                                                                    else "retrieval"].attrs
+    assert (
+        store.MARKER
+        not in zarr.open_group(str(path), mode="r")[
+            "activations" if (path / "activations").exists() else "retrieval"
+        ].attrs
+    )
 
 
 @pytest.mark.parametrize("kill", ["data:1", "grow:1", "grow:3", "commit:1"])
@@ -307,8 +362,9 @@ def test_grid_write_killed_half_way_is_readable_marked_unwritten_and_completed_b
         assert "b" not in store.open_group(path, "activations").checkpoint.values
     plain = _plain(path, "activations")  # plain xarray, no project code
     committed = kill == "commit:1"
-    assert store.written_cells(path, "activations", ("checkpoint", "spec")) == \
-        {("a", "clean"), ("a", "x")} | ({("b", "clean"), ("b", "x")} if committed else set())
+    assert store.written_cells(path, "activations", ("checkpoint", "spec")) == {("a", "clean"), ("a", "x")} | (
+        {("b", "clean"), ("b", "x")} if committed else set()
+    )
     if "b" in plain.checkpoint.values:
         assert plain.cell_written.sel(checkpoint="b").values.tolist() == ([1, 1] if committed else [0, 0])
     view = store.open_group(path, "activations")

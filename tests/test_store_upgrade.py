@@ -150,7 +150,9 @@ def test_a_v2_store_opens_under_the_current_names_and_feeds_the_readers(runs_v2)
 def test_upgrade_store_converts_a_v2_store(runs_v2, capsys):
     path = runs_v2 / "toy" / "results.zarr"
     before, out = upgrade(path, capsys)
-    assert "repeated_tokens: kd_signal -> kl_to_mean" in out and "score_decomposition: attr batch_size -> n_windows" in out
+    assert (
+        "repeated_tokens: kd_signal -> kl_to_mean" in out and "score_decomposition: attr batch_size -> n_windows" in out
+    )
     assert store.schema_of(path) == "workbench-store/3"
     assert "kl_to_mean" in raw(path, "repeated_tokens") and raw(path, "updates_states").attrs["n_windows"] == 2
     assert_upgraded_unchanged(path, before)

@@ -42,8 +42,10 @@ def test_shipped_teacher_retrieves_within_its_window(teacher):
     length = load_run_config(CONFIG).phases[-1].seq_len
     # the project's own evaluation (greedy decoding, exact match) on 32 fresh seeded prompts per task,
     # needle depths spread over the whole window; the seed is one the training stream never used
-    rows = {r["task"]: r["accuracy"] for r in
-            quick_eval(model, lengths=[length], samples=32, seed=20260417, tasks=["niah", "passkey"], batch_size=8)}
+    rows = {
+        r["task"]: r["accuracy"]
+        for r in quick_eval(model, lengths=[length], samples=32, seed=20260417, tasks=["niah", "passkey"], batch_size=8)
+    }
     assert rows["niah"] >= 0.9, f"NIAH accuracy {rows['niah']:.2f} at {length} tokens"
     assert rows["passkey"] >= 0.5, f"passkey accuracy {rows['passkey']:.2f} at {length} tokens"
 

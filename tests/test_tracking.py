@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -12,16 +11,33 @@ from workbench import config
 from workbench.train import train
 from workbench.train.tracking import scalars
 
-STUDENT = dict(vocab_size=128, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
-               intermediate_size=64, max_position_embeddings=512, rope_theta=100.0)
+STUDENT = dict(
+    vocab_size=128,
+    hidden_size=32,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+    intermediate_size=64,
+    max_position_embeddings=512,
+    rope_theta=100.0,
+)
 
 
 def _cfg(**over) -> config.RunConfig:
-    d = {"name": "tb", "model": dict(STUDENT), "seed": 1,
-         "data": {"kind": "synthetic-short", "doc_len_min": 16, "doc_len_max": 48},
-         "optim": {"micro_batch_size": 2}, "checkpoint": {"every": 0, "keep_last": 1},
-         "phases": [{"name": "a", "steps": 3, "seq_len": 64, "rope_theta": 100, "lr": 3e-3},
-                    {"name": "b", "steps": 2, "seq_len": 64, "rope_theta": 1000, "lr": 1e-3}], **over}
+    d = {
+        "name": "tb",
+        "model": dict(STUDENT),
+        "seed": 1,
+        "data": {"kind": "synthetic-short", "doc_len_min": 16, "doc_len_max": 48},
+        "optim": {"micro_batch_size": 2},
+        "checkpoint": {"every": 0, "keep_last": 1},
+        "phases": [
+            {"name": "a", "steps": 3, "seq_len": 64, "rope_theta": 100, "lr": 3e-3},
+            {"name": "b", "steps": 2, "seq_len": 64, "rope_theta": 1000, "lr": 1e-3},
+        ],
+        **over,
+    }
     return config.from_dict(config.RunConfig, d)
 
 
@@ -46,9 +62,20 @@ def test_tensorboard_off_and_eval_tags():
     cfg = _cfg(logging={"tensorboard": False})
     assert cfg.logging.tensorboard is False and cfg.logging.wandb is None
     assert config.config_hash(_cfg()) == config.config_hash(_cfg(logging={"tensorboard": True}))
-    row = {"kind": "eval", "step": 4, "phase": "b", "rope_theta": 1000.0, "task": "passkey", "length": 256,
-           "accuracy": 0.5, "answer_logprob": -1.25}
-    assert scalars(row) == {"eval/passkey/256/rope_theta": 1000.0, "eval/passkey/256/accuracy": 0.5,
-                            "eval/passkey/256/answer_logprob": -1.25}
+    row = {
+        "kind": "eval",
+        "step": 4,
+        "phase": "b",
+        "rope_theta": 1000.0,
+        "task": "passkey",
+        "length": 256,
+        "accuracy": 0.5,
+        "answer_logprob": -1.25,
+    }
+    assert scalars(row) == {
+        "eval/passkey/256/rope_theta": 1000.0,
+        "eval/passkey/256/accuracy": 0.5,
+        "eval/passkey/256/answer_logprob": -1.25,
+    }
     wb = _cfg(logging={"wandb": {"project": "p"}})
     assert wb.logging.wandb.mode == "offline"

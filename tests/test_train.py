@@ -18,13 +18,21 @@ import yaml
 
 from workbench import config, models
 from workbench.cli import main as cli_main
-from workbench.train import TrainingDiverged, train
 from workbench.evals import training_eval
-from workbench.train import distill, phases
+from workbench.train import TrainingDiverged, distill, phases, train
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDENT = dict(vocab_size=128, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
-               intermediate_size=64, max_position_embeddings=512, rope_theta=100.0)
+STUDENT = dict(
+    vocab_size=128,
+    hidden_size=32,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+    intermediate_size=64,
+    max_position_embeddings=512,
+    rope_theta=100.0,
+)
 TEACHER = dict(STUDENT, hidden_size=48, num_layers=2, num_heads=3, intermediate_size=96, rope_theta=2000.0)
 
 
@@ -38,14 +46,17 @@ def teacher_dir(tmp_path_factory) -> Path:
 
 def run_cfg(teacher: Path | None, **over) -> dict:
     cfg = {
-        "name": "t", "model": dict(STUDENT), "seed": 3,
+        "name": "t",
+        "model": dict(STUDENT),
+        "seed": 3,
         "data": {"kind": "synthetic-short", "doc_len_min": 16, "doc_len_max": 48},
         "optim": {"micro_batch_size": 2, "grad_accum_steps": 2},
         "checkpoint": {"every": 2, "keep_last": 1},
         "loss": {"chunk_size": 40},
-        "phases": [{"name": "short", "steps": 3, "seq_len": 64, "rope_theta": 100, "lr": 3e-3, "objective": "kd"},
-                   {"name": "long", "steps": 3, "seq_len": 128, "rope_theta": 5000, "lr": 1e-3,
-                    "objective": "kd"}],
+        "phases": [
+            {"name": "short", "steps": 3, "seq_len": 64, "rope_theta": 100, "lr": 3e-3, "objective": "kd"},
+            {"name": "long", "steps": 3, "seq_len": 128, "rope_theta": 5000, "lr": 1e-3, "objective": "kd"},
+        ],
     }
     if teacher is not None:
         cfg["teacher"] = {"path": str(teacher)}
@@ -110,12 +121,15 @@ def _write(tmp_path, cfg: dict) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("change,message", [
-    (lambda c, t: c.update(teacher={"path": str(t) + "-missing"}), "teacher.path: directory"),
-    (lambda c, t: c["phases"][1].update(seq_len=1024), "beyond the model's max_position_embeddings 512"),
-    (lambda c, t: c.pop("teacher"), "needs a teacher"),
-    (lambda c, t: c["data"].update(kind="nope"), "data.kind: 'nope'"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda c, t: c.update(teacher={"path": str(t) + "-missing"}), "teacher.path: directory"),
+        (lambda c, t: c["phases"][1].update(seq_len=1024), "beyond the model's max_position_embeddings 512"),
+        (lambda c, t: c.pop("teacher"), "needs a teacher"),
+        (lambda c, t: c["data"].update(kind="nope"), "data.kind: 'nope'"),
+    ],
+)
 def test_bad_input_fails_before_compute(tmp_path, teacher_dir, capsys, change, message):
     cfg = run_cfg(teacher_dir)
     change(cfg, teacher_dir)
@@ -127,8 +141,10 @@ def test_bad_input_fails_before_compute(tmp_path, teacher_dir, capsys, change, m
 
 
 def test_teacher_vocab_and_window_mismatch(tmp_path, capsys):
-    for over, message in ((dict(vocab_size=96), "has no tokenizer and 96 embedding rows"),
-                          (dict(max_position_embeddings=64), "beyond the teacher's max_position_embeddings 64")):
+    for over, message in (
+        (dict(vocab_size=96), "has no tokenizer and 96 embedding rows"),
+        (dict(max_position_embeddings=64), "beyond the teacher's max_position_embeddings 64"),
+    ):
         t = tmp_path / f"t{len(over)}{over.popitem()[0] if False else ''}{message[:5]}"
         models.save_checkpoint(models.build_model(config.ModelConfig(**{**TEACHER, **over})), t, {"step": 0})
         out = tmp_path / "run"
@@ -158,8 +174,10 @@ def test_nan_guard_stops_with_last_good_checkpoint(tmp_path, monkeypatch):
         return r
 
     monkeypatch.setattr(distill, "chunked_loss", poisoned)
-    cfg = config.from_dict(config.RunConfig, run_cfg(None, phases=[
-        {"name": "a", "steps": 5, "seq_len": 64, "rope_theta": 100, "objective": "ce"}]))
+    cfg = config.from_dict(
+        config.RunConfig,
+        run_cfg(None, phases=[{"name": "a", "steps": 5, "seq_len": 64, "rope_theta": 100, "objective": "ce"}]),
+    )
     with pytest.raises(TrainingDiverged, match="step 3 .*Last good checkpoint: .*ckpt-000002"):
         train(cfg, out=str(tmp_path / "run"), progress=False)
     assert sorted(p.name for p in (tmp_path / "run").glob("ckpt-*")) == ["ckpt-000002"]
@@ -169,8 +187,13 @@ def test_nan_guard_stops_with_last_good_checkpoint(tmp_path, monkeypatch):
 
 def _launch(cfg_path: str, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "workbench.train", cfg_path, "--out", str(out), "--no-progress",
-                             *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "workbench.train", cfg_path, "--out", str(out), "--no-progress", *extra],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _last_step(metrics: Path) -> int:
@@ -189,8 +212,9 @@ def _last_step(metrics: Path) -> int:
 
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_bit_identical_losses(tmp_path, teacher_dir):
-    cfg = run_cfg(teacher_dir, checkpoint={"every": 5, "keep_last": 2}, optim={"micro_batch_size": 2,
-                                                                               "grad_accum_steps": 2})
+    cfg = run_cfg(
+        teacher_dir, checkpoint={"every": 5, "keep_last": 2}, optim={"micro_batch_size": 2, "grad_accum_steps": 2}
+    )
     cfg["phases"][0].update(steps=12, objective="ce+kd")
     cfg["phases"][1].update(steps=36)  # a long phase 2 leaves a wide window to kill it in
     cfg["loss"] = {"chunk_size": 40, "ce_weight": 0.5}
@@ -215,7 +239,9 @@ def test_sigkill_then_resume_gives_bit_identical_losses(tmp_path, teacher_dir):
     assert resumed.wait(timeout=300) == 0, resumed.stdout.read().decode()
     a, b = records(tmp_path / "full"), records(tmp_path / "killed")
     assert [r["step"] for r in b] == list(range(1, 49))
-    assert [(r["step"], r["loss"], r["ce"], r["kd"]) for r in a] == [(r["step"], r["loss"], r["ce"], r["kd"]) for r in b]
+    assert [(r["step"], r["loss"], r["ce"], r["kd"]) for r in a] == [
+        (r["step"], r["loss"], r["ce"], r["kd"]) for r in b
+    ]
     sa = models.load(tmp_path / "full" / "ckpt-000048")[0].state_dict()
     sb = models.load(tmp_path / "killed" / "ckpt-000048")[0].state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -227,10 +253,25 @@ def test_teacher_cache_with_full_topk_reproduces_online_kd(tmp_path, teacher_dir
     base = run_cfg(teacher_dir, checkpoint={"every": 0, "keep_last": 1}, loss={"chunk_size": 40, "temperature": 2.0})
     base["phases"][0]["steps"] = base["phases"][1]["steps"] = 2
     online = config.from_dict(config.RunConfig, base)
-    assert cli_main(["teacher-cache", _write(tmp_path, base), "--out", str(tmp_path / "cache"), "--top-k", "128",
-                     "--batch-size", "3", "--no-progress"]) == 0
-    cached = config.from_dict(config.RunConfig, {**base, "teacher": {"path": str(teacher_dir),
-                                                                     "cache": str(tmp_path / "cache")}})
+    assert (
+        cli_main(
+            [
+                "teacher-cache",
+                _write(tmp_path, base),
+                "--out",
+                str(tmp_path / "cache"),
+                "--top-k",
+                "128",
+                "--batch-size",
+                "3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    cached = config.from_dict(
+        config.RunConfig, {**base, "teacher": {"path": str(teacher_dir), "cache": str(tmp_path / "cache")}}
+    )
     a = records(train(online, out=str(tmp_path / "a"), progress=False))
     b = records(train(cached, out=str(tmp_path / "b"), progress=False))
     assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-4)
@@ -243,11 +284,26 @@ def test_teacher_cache_with_full_topk_reproduces_online_kd(tmp_path, teacher_dir
 
 def test_teacher_cache_with_reset_positions_reproduces_online_reset_kd(tmp_path, teacher_dir):
     """teacher.positions: reset is the cached teacher's view too; a cache of the other view is refused."""
-    base = run_cfg(teacher_dir, checkpoint={"every": 0, "keep_last": 1}, phases=[
-        {"name": "short", "steps": 2, "seq_len": 64, "rope_theta": 100, "lr": 3e-3, "objective": "kd"}])
+    base = run_cfg(
+        teacher_dir,
+        checkpoint={"every": 0, "keep_last": 1},
+        phases=[{"name": "short", "steps": 2, "seq_len": 64, "rope_theta": 100, "lr": 3e-3, "objective": "kd"}],
+    )
     base["teacher"]["positions"] = "reset"
-    assert cli_main(["teacher-cache", _write(tmp_path, base), "--out", str(tmp_path / "cache"), "--top-k", "128",
-                     "--no-progress"]) == 0
+    assert (
+        cli_main(
+            [
+                "teacher-cache",
+                _write(tmp_path, base),
+                "--out",
+                str(tmp_path / "cache"),
+                "--top-k",
+                "128",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     cached = {**base, "teacher": {**base["teacher"], "cache": str(tmp_path / "cache")}}
     a = records(train(config.from_dict(config.RunConfig, base), out=str(tmp_path / "a"), progress=False))
     b = records(train(config.from_dict(config.RunConfig, cached), out=str(tmp_path / "b"), progress=False))
@@ -266,29 +322,61 @@ def test_teacher_cache_of_another_teacher_or_theta_is_refused_before_training(tm
     one ConfigError in preflight (before, both silently distilled the cached targets)."""
     from workbench.train import teacher_cache
 
-    base = run_cfg(teacher_dir, checkpoint={"every": 0, "keep_last": 1}, phases=[
-        {"name": "short", "steps": 1, "seq_len": 64, "rope_theta": 100, "lr": 3e-3, "objective": "kd"}])
+    base = run_cfg(
+        teacher_dir,
+        checkpoint={"every": 0, "keep_last": 1},
+        phases=[{"name": "short", "steps": 1, "seq_len": 64, "rope_theta": 100, "lr": 3e-3, "objective": "kd"}],
+    )
     at_1234 = {**base, "teacher": {**base["teacher"], "rope_theta": 1234.0}}
-    assert cli_main(["teacher-cache", _write(tmp_path, at_1234), "--out", str(tmp_path / "cache"), "--top-k", "8",
-                     "--no-progress"]) == 0
+    assert (
+        cli_main(
+            [
+                "teacher-cache",
+                _write(tmp_path, at_1234),
+                "--out",
+                str(tmp_path / "cache"),
+                "--top-k",
+                "8",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     cache = str(tmp_path / "cache")
-    assert teacher_cache.check(Path(cache), config.from_dict(config.RunConfig, {
-        **at_1234, "teacher": {**at_1234["teacher"], "cache": cache}}))["teacher_theta"] == 1234.0
+    assert (
+        teacher_cache.check(
+            Path(cache),
+            config.from_dict(config.RunConfig, {**at_1234, "teacher": {**at_1234["teacher"], "cache": cache}}),
+        )["teacher_theta"]
+        == 1234.0
+    )
     own_theta = config.from_dict(config.RunConfig, {**base, "teacher": {**base["teacher"], "cache": cache}})
     with pytest.raises(config.ConfigError, match=r"config.json's rope_theta is 2000"):
         teacher_cache.check(Path(cache), own_theta)
     other = tmp_path / "other-teacher"
     models.save_checkpoint(models.build_model(config.ModelConfig(**TEACHER), seed=8), other, {"phase": "t", "step": 0})
     with pytest.raises(config.ConfigError, match="another teacher"):
-        train(config.from_dict(config.RunConfig, {**at_1234, "teacher": {**at_1234["teacher"], "path": str(other),
-                                                                           "cache": cache}}),
-              out=str(tmp_path / "x"), progress=False)
+        train(
+            config.from_dict(
+                config.RunConfig, {**at_1234, "teacher": {**at_1234["teacher"], "path": str(other), "cache": cache}}
+            ),
+            out=str(tmp_path / "x"),
+            progress=False,
+        )
     assert not (tmp_path / "x").exists()
 
 
 def test_eval_records_from_quick_eval(tmp_path):
-    cfg = config.from_dict(config.RunConfig, run_cfg(None, eval_every=2, eval_lengths=[64], eval_samples=2, phases=[
-        {"name": "a", "steps": 2, "seq_len": 64, "rope_theta": 100, "objective": "ce"}]))
+    cfg = config.from_dict(
+        config.RunConfig,
+        run_cfg(
+            None,
+            eval_every=2,
+            eval_lengths=[64],
+            eval_samples=2,
+            phases=[{"name": "a", "steps": 2, "seq_len": 64, "rope_theta": 100, "objective": "ce"}],
+        ),
+    )
     run = train(cfg, out=str(tmp_path / "run"), progress=False, evaluate=training_eval)
     ev = records(run, "eval")
     assert ev and all(r["step"] == 2 and r["length"] == 64 and 0.0 <= r["accuracy"] <= 1.0 for r in ev)
@@ -301,8 +389,10 @@ def test_tiny_student_presets_share_a_budget_and_differ_in_theta_and_objective()
     paths = sorted((ROOT / "data" / "configs").glob("tiny-[ck][ed]-*.yaml"))
     cfgs = {p.stem: config.load_run_config(p) for p in paths}
     assert set(cfgs) == {f"tiny-{o}-{v}" for o in ("kd", "ce") for v in ("phasewise", "fixed-small", "fixed-large")}
-    budget = {name: sum(ph.steps * ph.seq_len for ph in c.phases) * c.optim.micro_batch_size
-              * c.optim.grad_accum_steps for name, c in cfgs.items()}
+    budget = {
+        name: sum(ph.steps * ph.seq_len for ph in c.phases) * c.optim.micro_batch_size * c.optim.grad_accum_steps
+        for name, c in cfgs.items()
+    }
     assert len(set(budget.values())) == 1
     for name, c in cfgs.items():
         (extend,) = c.phases
@@ -313,8 +403,12 @@ def test_tiny_student_presets_share_a_budget_and_differ_in_theta_and_objective()
         start = models.read_manifest(ROOT / c.init_from)
         assert start["seq_len"] == 256  # a short-context (stage-1) student
         thetas = (start["rope_theta"], extend.rope_theta)
-        assert thetas == {"phasewise": (500.0, 10000.0), "fixed-small": (500.0, 500.0),
-                          "fixed-large": (10000.0, 10000.0)}[name.split("-", 2)[2]]
+        assert (
+            thetas
+            == {"phasewise": (500.0, 10000.0), "fixed-small": (500.0, 500.0), "fixed-large": (10000.0, 10000.0)}[
+                name.split("-", 2)[2]
+            ]
+        )
 
 
 @pytest.mark.parametrize("theta", ["500", "10000"])
@@ -324,8 +418,12 @@ def test_stage1_recipes_still_train(tmp_path, theta):
 
     cfg = config.load_run_config(ROOT / "data" / "configs" / "stage1" / f"tiny-student-short-theta{theta}.yaml")
     assert max(ph.seq_len for ph in cfg.phases) <= 256
-    cfg = dataclasses.replace(cfg, phases=[dataclasses.replace(ph, steps=2, warmup_steps=1) for ph in cfg.phases],
-                              eval_every=0, optim=dataclasses.replace(cfg.optim, micro_batch_size=2))
+    cfg = dataclasses.replace(
+        cfg,
+        phases=[dataclasses.replace(ph, steps=2, warmup_steps=1) for ph in cfg.phases],
+        eval_every=0,
+        optim=dataclasses.replace(cfg.optim, micro_batch_size=2),
+    )
     run = train(cfg, out=str(tmp_path / "run"), progress=False)
     ends = [p for p in models.list_checkpoints(run) if models.read_manifest(p).get("phase_end")]
     assert len(ends) == len(cfg.phases) and models.read_manifest(ends[-1])["rope_theta"] == float(theta)
@@ -345,12 +443,16 @@ def test_activation_checkpointing_leaves_the_losses_unchanged(tmp_path, monkeypa
 
     calls = []
     real = LlamaForCausalLM.activation_checkpointing_enable
-    monkeypatch.setattr(LlamaForCausalLM, "activation_checkpointing_enable",
-                        lambda self, **kw: calls.append(kw) or real(self, **kw))
+    monkeypatch.setattr(
+        LlamaForCausalLM, "activation_checkpointing_enable", lambda self, **kw: calls.append(kw) or real(self, **kw)
+    )
     losses = []
     for ac in (False, True):
-        cfg = run_cfg(None, optim={"micro_batch_size": 2, "grad_accum_steps": 1, "activation_checkpointing": ac},
-                      phases=[{"name": "a", "steps": 2, "seq_len": 64, "rope_theta": 100, "objective": "ce"}])
+        cfg = run_cfg(
+            None,
+            optim={"micro_batch_size": 2, "grad_accum_steps": 1, "activation_checkpointing": ac},
+            phases=[{"name": "a", "steps": 2, "seq_len": 64, "rope_theta": 100, "objective": "ce"}],
+        )
         run = train(config.from_dict(config.RunConfig, cfg), out=str(tmp_path / str(ac)), progress=False)
         losses.append([r["loss"] for r in records(run)])
     assert len(calls) == 1 and losses[0] == pytest.approx(losses[1], rel=1e-6)
@@ -389,9 +491,15 @@ def test_ce_plus_kd_with_default_weights_trains_and_run_yaml_holds_every_default
     resolved = yaml.safe_load((run / "run.yaml").read_text())
     assert resolved["loss"]["ce_weight"] == 0.5 and resolved["loss"]["kd_weight"] == 1.0
     assert resolved["optim"]["precision"] == "auto" and resolved["optim"]["eps"] == 1e-8
-    for section, cls in (("", config.RunConfig), ("loss", config.LossConfig), ("optim", config.OptimConfig),
-                         ("checkpoint", config.CheckpointConfig), ("model", config.ModelConfig),
-                         ("teacher", config.TeacherConfig), ("data", config.DataConfig)):
+    for section, cls in (
+        ("", config.RunConfig),
+        ("loss", config.LossConfig),
+        ("optim", config.OptimConfig),
+        ("checkpoint", config.CheckpointConfig),
+        ("model", config.ModelConfig),
+        ("teacher", config.TeacherConfig),
+        ("data", config.DataConfig),
+    ):
         assert set(resolved[section] if section else resolved) == _fields(cls), section
     assert set(resolved["phases"][0]) == _fields(config.PhaseConfig)
     manifest = models.read_manifest(run / "ckpt-000002")
@@ -422,7 +530,8 @@ def test_run_started_before_the_hash_change_still_resumes(tmp_path, teacher_dir)
         train(config.from_dict(config.RunConfig, changed), out=str(old), resume=True, progress=False)
     # ... the same YAML resumes, bit-exactly, and keeps the run's hash version
     train(config.load_run_config(path), out=str(old), resume=True, progress=False)
-    assert [(r["step"], r["loss"], r["kd"]) for r in records(old)] == [(r["step"], r["loss"], r["kd"])
-                                                                       for r in records(full)]
+    assert [(r["step"], r["loss"], r["kd"]) for r in records(old)] == [
+        (r["step"], r["loss"], r["kd"]) for r in records(full)
+    ]
     later = models.read_manifest(old / "ckpt-000004")
     assert later["config_hash"] == _v1_hash(v1) and later["config_hash_version"] == 1

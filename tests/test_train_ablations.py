@@ -11,8 +11,17 @@ from workbench import config, models, rope
 from workbench.data import attention_mask, reset_positions
 from workbench.train import train
 
-STUDENT = {"vocab_size": 128, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
-           "head_dim": 16, "intermediate_size": 128, "max_position_embeddings": 512, "rope_theta": 500.0}
+STUDENT = {
+    "vocab_size": 128,
+    "hidden_size": 64,
+    "num_layers": 2,
+    "num_heads": 4,
+    "num_kv_heads": 2,
+    "head_dim": 16,
+    "intermediate_size": 128,
+    "max_position_embeddings": 512,
+    "rope_theta": 500.0,
+}
 
 
 def test_reset_positions_restart_per_document():
@@ -26,24 +35,43 @@ def test_reset_teacher_sees_each_document_as_if_alone():
     model = models.build_model(config.ModelConfig(**STUDENT), seed=0)
     doc_ids = torch.tensor([[0] * 40 + [1] * 25 + [2] * 35])
     ids = torch.randint(0, 128, doc_ids.shape, generator=torch.Generator().manual_seed(1))
-    packed = model(ids, position_ids=reset_positions(doc_ids),
-                   attention_mask=attention_mask(doc_ids, "document", torch.float32)).logits
+    packed = model(
+        ids, position_ids=reset_positions(doc_ids), attention_mask=attention_mask(doc_ids, "document", torch.float32)
+    ).logits
     start = 0
     for n in (40, 25, 35):
-        alone = model(ids[:, start:start + n], position_ids=torch.arange(n)[None]).logits
-        torch.testing.assert_close(packed[:, start:start + n], alone, atol=1e-5, rtol=0)
+        alone = model(ids[:, start : start + n], position_ids=torch.arange(n)[None]).logits
+        torch.testing.assert_close(packed[:, start : start + n], alone, atol=1e-5, rtol=0)
         start += n
 
 
 def _run_cfg(tmp_path, **phase2):
-    teacher = models.save_checkpoint(models.build_model(config.ModelConfig(**STUDENT), seed=9), tmp_path / "teacher", {})
-    return config.from_dict(config.RunConfig, {
-        "name": "abl", "model": STUDENT, "teacher": {"path": str(teacher), "positions": "reset"},
-        "data": {"kind": "synthetic-short", "doc_len_min": 32, "doc_len_max": 64},
-        "optim": {"micro_batch_size": 2}, "checkpoint": {"every": 0},
-        "phases": [{"name": "short", "steps": 3, "seq_len": 128, "rope_theta": 500, "lr": 3e-3, "objective": "kd"},
-                   {"name": "long", "steps": 3, "seq_len": 256, "rope_theta": 10000, "lr": 3e-3, "objective": "kd",
-                    **phase2}]})
+    teacher = models.save_checkpoint(
+        models.build_model(config.ModelConfig(**STUDENT), seed=9), tmp_path / "teacher", {}
+    )
+    return config.from_dict(
+        config.RunConfig,
+        {
+            "name": "abl",
+            "model": STUDENT,
+            "teacher": {"path": str(teacher), "positions": "reset"},
+            "data": {"kind": "synthetic-short", "doc_len_min": 32, "doc_len_max": 64},
+            "optim": {"micro_batch_size": 2},
+            "checkpoint": {"every": 0},
+            "phases": [
+                {"name": "short", "steps": 3, "seq_len": 128, "rope_theta": 500, "lr": 3e-3, "objective": "kd"},
+                {
+                    "name": "long",
+                    "steps": 3,
+                    "seq_len": 256,
+                    "rope_theta": 10000,
+                    "lr": 3e-3,
+                    "objective": "kd",
+                    **phase2,
+                },
+            ],
+        },
+    )
 
 
 def test_frozen_band_rows_do_not_move_during_the_phase(tmp_path):

@@ -18,8 +18,17 @@ D = 16  # head dim: 8 pairs
 
 
 def _cfg(**kw) -> ModelConfig:
-    base = dict(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=D,
-                intermediate_size=128, max_position_embeddings=4096, rope_theta=500.0)
+    base = dict(
+        vocab_size=128,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=D,
+        intermediate_size=128,
+        max_position_embeddings=4096,
+        rope_theta=500.0,
+    )
     return ModelConfig(**{**base, **kw})
 
 
@@ -146,14 +155,19 @@ def test_identical_checkpoints_give_exactly_zero(run_dir):
 def test_consecutive_and_reference_comparisons(run_dir):
     a, b, c = run_dir["a"], run_dir["b"], run_dir["c"]
     cons = measurements.weight_updates([a, b, c])
-    assert list(cons["comparison"].values) == ["toy/ckpt-000001 -> toy/ckpt-000002",
-                                               "toy/ckpt-000002 -> toy/ckpt-000003"]
+    assert list(cons["comparison"].values) == [
+        "toy/ckpt-000001 -> toy/ckpt-000002",
+        "toy/ckpt-000002 -> toy/ckpt-000003",
+    ]
     ref = measurements.weight_updates([b, c], reference=a)
-    assert list(ref["comparison"].values) == ["toy/ckpt-000001 -> toy/ckpt-000002",
-                                              "toy/ckpt-000001 -> toy/ckpt-000003"]
+    assert list(ref["comparison"].values) == [
+        "toy/ckpt-000001 -> toy/ckpt-000002",
+        "toy/ckpt-000001 -> toy/ckpt-000003",
+    ]
     assert list(ref["step_after"].values) == [2, 3]
-    xr.testing.assert_equal(ref["q_rel_update"].isel(comparison=1, drop=True),
-                            cons["q_rel_update"].isel(comparison=1, drop=True))
+    xr.testing.assert_equal(
+        ref["q_rel_update"].isel(comparison=1, drop=True), cons["q_rel_update"].isel(comparison=1, drop=True)
+    )
 
 
 def test_state_view_sees_the_planted_query_change_only_in_its_pair(run_dir, tmp_path):
@@ -179,7 +193,9 @@ def test_bad_inputs_fail_before_any_work(run_dir, tmp_path):
         measurements.weight_updates([run_dir["a"]])
     with pytest.raises(CheckpointError, match="not found"):
         measurements.weight_updates([run_dir["a"], tmp_path / "nope"])
-    other = models.save_checkpoint(models.build_model(_cfg(num_layers=3), seed=0), tmp_path / "x" / "ckpt-1", {"step": 1})
+    other = models.save_checkpoint(
+        models.build_model(_cfg(num_layers=3), seed=0), tmp_path / "x" / "ckpt-1", {"step": 1}
+    )
     with pytest.raises(ValueError, match="attention shape"):
         measurements.weight_updates([run_dir["a"], other])
     with pytest.raises(ValueError, match="not an integer"):
@@ -206,7 +222,8 @@ def test_bands_follow_transformers_wavelengths_and_rope_theory(run_dir):
     b3 = int(expected_band[3])
     n = int((expected_band == b3).sum())
     assert bands["q_rel_update"].isel(comparison=0).sel(layer=1).values[b3] == pytest.approx(
-        run_dir["expect"]["q"] / (4 * n), rel=1e-9)
+        run_dir["expect"]["q"] / (4 * n), rel=1e-9
+    )
     others = np.delete(bands["q_rel_update"].isel(comparison=0).sel(layer=1).values, b3)
     assert np.nan_to_num(others).tolist() == [0.0] * len(others)
     crit = bands["critical_pair"].isel(comparison=0)
@@ -220,9 +237,16 @@ def test_bands_of_a_scaled_model_follow_the_frequencies_transformers_runs_with(t
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=4, max_position_embeddings=256,
-                      rope_parameters={"rope_type": "linear", "factor": 8.0, "rope_theta": 500.0})
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        rope_parameters={"rope_type": "linear", "factor": 8.0, "rope_theta": 500.0},
+    )
     for name in ("a", "b"):
         LlamaForCausalLM(cfg).save_pretrained(tmp_path / name)
     ds = measurements.weight_updates([tmp_path / "a", tmp_path / "b"], allow_plain_hf=True)
@@ -242,20 +266,68 @@ def test_dynamic_ntk_model_runs_through_updates_and_probe_at_transformers_wavele
 
     from workbench import cli
 
-    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=128,  # the synthetic vocabulary: no tokenizer
-                      rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1000.0})
+    cfg = LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,  # the synthetic vocabulary: no tokenizer
+        rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1000.0},
+    )
     for seed, name in enumerate(("a", "b")):
         torch.manual_seed(seed)
         LlamaForCausalLM(cfg).save_pretrained(tmp_path / name)
     hf_wavelength = (2 * math.pi / LlamaRotaryEmbedding(config=cfg).inv_freq.double()).numpy()
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    assert cli.main(["updates", a, b, "--out", str(tmp_path / "u.zarr"), "--seq-len", "32", "--windows", "1",
-                     "--phase-lengths", "32,128", "--device", "cpu"]) == 0
-    assert cli.main(["probe", a, "--out", str(tmp_path / "p.zarr"), "--seq-len", "32", "--windows", "4",
-                     "--buckets", "2", "--score-seq-len", "32", "--device", "cpu"]) == 0
-    for path, group in ((tmp_path / "u.zarr", store.UPDATES_WEIGHTS), (tmp_path / "u.zarr", store.UPDATES_STATES),
-                        (tmp_path / "u.zarr", store.BANDS), (tmp_path / "p.zarr", store.SCORE_DECOMPOSITION)):
+    assert (
+        cli.main(
+            [
+                "updates",
+                a,
+                b,
+                "--out",
+                str(tmp_path / "u.zarr"),
+                "--seq-len",
+                "32",
+                "--windows",
+                "1",
+                "--phase-lengths",
+                "32,128",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "probe",
+                a,
+                "--out",
+                str(tmp_path / "p.zarr"),
+                "--seq-len",
+                "32",
+                "--windows",
+                "4",
+                "--buckets",
+                "2",
+                "--score-seq-len",
+                "32",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    for path, group in (
+        (tmp_path / "u.zarr", store.UPDATES_WEIGHTS),
+        (tmp_path / "u.zarr", store.UPDATES_STATES),
+        (tmp_path / "u.zarr", store.BANDS),
+        (tmp_path / "p.zarr", store.SCORE_DECOMPOSITION),
+    ):
         np.testing.assert_allclose(store.open_group(path, group)["wavelength"].values, hf_wavelength, rtol=1e-6)
 
 
@@ -278,8 +350,9 @@ def test_store_appends_comparisons_at_other_thetas_and_refuses_repeats(run_dir, 
 
 def test_index_trend_says_whether_slower_pairs_moved_more():
     pairs = np.arange(8)
-    rising = xr.DataArray(np.broadcast_to(pairs * 0.1 + 0.01, (1, 2, 4, 8)).copy(),
-                          dims=("comparison", "layer", "head", "pair"))
+    rising = xr.DataArray(
+        np.broadcast_to(pairs * 0.1 + 0.01, (1, 2, 4, 8)).copy(), dims=("comparison", "layer", "head", "pair")
+    )
     rising[0, 1] = rising[0, 1, :, ::-1].values  # layer 1: faster pairs moved more
     trend = measurements.bands.index_trend(rising)
     assert trend[0].tolist() == [1.0, -1.0]
@@ -304,5 +377,6 @@ def test_one_spearman_for_bands_and_the_demo_with_ties_as_scipy():
     np.testing.assert_allclose(stats.index_spearman(per_layer), want, rtol=0, atol=1e-12)
     np.testing.assert_allclose(measurements.bands.index_trend(upd), want, rtol=0, atol=1e-12)
     trend = findings.pair_trend(xr.Dataset({"q_rel_update": upd}, coords={"comparison": ["a", "b", "c"]}))
-    np.testing.assert_allclose(trend.values, [spearmanr(np.arange(8), r).statistic for r in x.mean((1, 2))],
-                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        trend.values, [spearmanr(np.arange(8), r).statistic for r in x.mean((1, 2))], rtol=0, atol=1e-12
+    )

@@ -22,15 +22,19 @@ def keyword(new_value: Any, old_value: Any, old: str, new: str, where: str) -> A
     keyword (``old_value`` not None), that one with one FutureWarning."""
     if old_value is None:
         return new_value
-    warnings.warn(f"{where}({old}=) is deprecated, use {new}= (renamed; the old keyword goes in the next version)",
-                  FutureWarning, stacklevel=3)
+    warnings.warn(
+        f"{where}({old}=) is deprecated, use {new}= (renamed; the old keyword goes in the next version)",
+        FutureWarning,
+        stacklevel=3,
+    )
     return old_value
 
 
 def alias(old: str, new: str, submodules: dict[str, str]) -> ModuleType:
     """Make ``old`` and ``old.<name>`` (for each ``name -> new module``) the new modules; return ``new``."""
-    warnings.warn(f"{old} is deprecated, use {new} (renamed; the old name goes in the next version)",
-                  FutureWarning, stacklevel=3)
+    warnings.warn(
+        f"{old} is deprecated, use {new} (renamed; the old name goes in the next version)", FutureWarning, stacklevel=3
+    )
     package = importlib.import_module(new)
     for name, target in submodules.items():
         module = importlib.import_module(target)

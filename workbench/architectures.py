@@ -18,9 +18,10 @@ Nothing here imports the rest of the workbench, so any module may import it.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -66,16 +67,28 @@ def _gemma2_kwargs(cfg) -> dict[str, Any]:
     return {"query_pre_attn_scalar": cfg.resolved_head_dim}
 
 
-ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
-    Architecture("llama", "Llama", notes="reference layout"),
-    Architecture("mistral", "Mistral", notes="Llama layout; sliding window off for students",
-                 student_kwargs=lambda cfg: {"sliding_window": None}),
-    Architecture("qwen2", "Qwen2", qk_bias=True, notes="Llama layout with q/k/v biases"),
-    Architecture("qwen3", "Qwen3", qk_norm=True, notes="q_norm/k_norm (RMSNorm over each head) before RoPE"),
-    Architecture("gemma2", "Gemma2", sdpa=False, student_kwargs=_gemma2_kwargs,
-                 notes="own head_dim, query_pre_attn_scalar, attention + final-logit soft-capping, eager attention"),
-    Architecture("phi3", "Phi3", fused_qkv=True, notes="fused qkv_proj split by head counts; full rotary only"),
-)}
+ARCHITECTURES: dict[str, Architecture] = {
+    a.name: a
+    for a in (
+        Architecture("llama", "Llama", notes="reference layout"),
+        Architecture(
+            "mistral",
+            "Mistral",
+            notes="Llama layout; sliding window off for students",
+            student_kwargs=lambda cfg: {"sliding_window": None},
+        ),
+        Architecture("qwen2", "Qwen2", qk_bias=True, notes="Llama layout with q/k/v biases"),
+        Architecture("qwen3", "Qwen3", qk_norm=True, notes="q_norm/k_norm (RMSNorm over each head) before RoPE"),
+        Architecture(
+            "gemma2",
+            "Gemma2",
+            sdpa=False,
+            student_kwargs=_gemma2_kwargs,
+            notes="own head_dim, query_pre_attn_scalar, attention + final-logit soft-capping, eager attention",
+        ),
+        Architecture("phi3", "Phi3", fused_qkv=True, notes="fused qkv_proj split by head counts; full rotary only"),
+    )
+}
 NAMES = tuple(ARCHITECTURES)
 DEFAULT = "llama"
 
@@ -85,8 +98,9 @@ def get(name: str) -> Architecture:
     try:
         return ARCHITECTURES[name]
     except KeyError:
-        raise ArchitectureError(f"architecture {name!r} is not supported; the workbench supports "
-                                f"{', '.join(NAMES)}") from None
+        raise ArchitectureError(
+            f"architecture {name!r} is not supported; the workbench supports {', '.join(NAMES)}"
+        ) from None
 
 
 def of(obj: Any) -> Architecture:
@@ -133,8 +147,10 @@ def check(config: Any, arch: Architecture | None = None) -> None:
     params = rope_parameters(config)
     partial = float(params.get("partial_rotary_factor", _cfg_get(config, "partial_rotary_factor", 1.0)) or 1.0)
     if partial != 1.0:
-        raise ArchitectureError(f"{arch.name}: partial_rotary_factor {partial} (RoPE on part of each head) is not "
-                                "supported; the workbench's pair analyses assume every dim of a head is rotated")
+        raise ArchitectureError(
+            f"{arch.name}: partial_rotary_factor {partial} (RoPE on part of each head) is not "
+            "supported; the workbench's pair analyses assume every dim of a head is rotated"
+        )
 
 
 # ------------------------------------------------------------------------------------------- configs
@@ -147,12 +163,21 @@ def hf_config(cfg, attn_implementation: str = "sdpa"):
     if cfg.rope_scaling:
         rope_params = {**rope_params, **dict(cfg.rope_scaling), "rope_theta": float(cfg.rope_theta)}
     kwargs = dict(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
-        head_dim=cfg.resolved_head_dim, max_position_embeddings=cfg.max_position_embeddings,
-        rms_norm_eps=cfg.rms_norm_eps, tie_word_embeddings=cfg.tie_word_embeddings,
-        initializer_range=cfg.initializer_range, rope_parameters=rope_params,
-        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.resolved_head_dim,
+        max_position_embeddings=cfg.max_position_embeddings,
+        rms_norm_eps=cfg.rms_norm_eps,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        initializer_range=cfg.initializer_range,
+        rope_parameters=rope_params,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
     )
     kwargs.update(arch.student_kwargs(cfg))
     config = arch.config_class()(**kwargs)
@@ -220,8 +245,10 @@ def projections(attn, config: Any) -> dict[str, dict[str, torch.Tensor | None]]:
         for which, rows in fused_slices(config).items():
             out[which] = {"weight": proj.weight[rows], "bias": None if proj.bias is None else proj.bias[rows]}
         return out
-    return {which: {"weight": getattr(attn, f"{which}_proj").weight, "bias": getattr(attn, f"{which}_proj").bias}
-            for which in ("q", "k", "v")}
+    return {
+        which: {"weight": getattr(attn, f"{which}_proj").weight, "bias": getattr(attn, f"{which}_proj").bias}
+        for which in ("q", "k", "v")
+    }
 
 
 def tensor_sources(config: Any, layer: int) -> dict[str, tuple[str, slice | None]]:
@@ -247,10 +274,12 @@ def pre_rope_hooks(attn, config: Any, fn: Callable[[str, torch.Tensor], torch.Te
     intervention). Returns the handles."""
     arch = of(config)
     if arch.qk_norm:
+
         def normed(which: str):
             def hook(_m, _i, out):
                 new = fn(which, out.flatten(-2))
                 return None if new is None else new.reshape(out.shape)
+
             return hook
 
         return [m.register_forward_hook(normed(w)) for w, m in (("q", attn.q_norm), ("k", attn.k_norm))]
@@ -279,7 +308,7 @@ TL_UNSUPPORTED: dict[str, str] = {
     # the Phi-3 bridge lists blocks.{i}.attn.hook_rot_q/hook_rot_k but its fused-qkv attention never calls them,
     # so a post-RoPE edit would be silently dropped (tests/test_architectures.py shows they do not fire)
     "phi3": "TransformerLens 4.3's Phi-3 bridge never runs its hook_rot_q/hook_rot_k (fused qkv_proj), so "
-            "post-RoPE edits cannot be applied",
+    "post-RoPE edits cannot be applied"
 }
 
 
@@ -287,7 +316,9 @@ def check_tl(config: Any) -> None:
     """One clear error when the TransformerLens backend cannot run this architecture."""
     arch = of(config)
     if arch.name in TL_UNSUPPORTED:
-        raise ArchitectureError(f"backend tl: {TL_UNSUPPORTED[arch.name]}; use --backend nnsight for {arch.name} models")
+        raise ArchitectureError(
+            f"backend tl: {TL_UNSUPPORTED[arch.name]}; use --backend nnsight for {arch.name} models"
+        )
 
 
 def unsupported_backends(path, backends) -> dict[str, str]:
@@ -302,18 +333,38 @@ def unsupported_backends(path, backends) -> dict[str, str]:
 
 def table() -> list[dict[str, Any]]:
     """One row per architecture: its layout facts (for the README table and ``workbench`` help)."""
-    return [{"architecture": a.name, "fused_qkv": a.fused_qkv, "qk_bias": a.qk_bias, "qk_norm": a.qk_norm,
-             "sdpa": a.sdpa, "tl": a.name not in TL_UNSUPPORTED, "notes": a.notes} for a in ARCHITECTURES.values()]
+    return [
+        {
+            "architecture": a.name,
+            "fused_qkv": a.fused_qkv,
+            "qk_bias": a.qk_bias,
+            "qk_norm": a.qk_norm,
+            "sdpa": a.sdpa,
+            "tl": a.name not in TL_UNSUPPORTED,
+            "notes": a.notes,
+        }
+        for a in ARCHITECTURES.values()
+    ]
 
 
 # a tiny shape every architecture accepts (4 heads, 2 KV heads, head_dim 16), plus what each one needs to matter
-TINY_SHAPE: dict[str, Any] = dict(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, bos_token_id=None,
-                                  eos_token_id=None, pad_token_id=None,
-                                  rope_parameters={"rope_type": "default", "rope_theta": 500.0})
+TINY_SHAPE: dict[str, Any] = dict(
+    vocab_size=64,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    bos_token_id=None,
+    eos_token_id=None,
+    pad_token_id=None,
+    rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+)
 TINY_EXTRA: dict[str, dict[str, Any]] = {
     "gemma2": dict(query_pre_attn_scalar=20, final_logit_softcapping=2.0, attn_logit_softcapping=3.0),
-    "mistral": dict(sliding_window=None)}
+    "mistral": dict(sliding_window=None),
+}
 
 
 def tiny(name: str, *, seed: int = 0, max_positions: int = 1024):

@@ -17,9 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import xarray as xr
@@ -59,8 +59,9 @@ def arm_label(run_name: str) -> str:
     return SEED_SUFFIX.sub("", run_name) or run_name
 
 
-def group_checkpoints(paths: dict[str, str | Path], steps: dict[str, int] | None = None,
-                      which: str = "final") -> tuple[dict[str, list[Member]], list[str]]:
+def group_checkpoints(
+    paths: dict[str, str | Path], steps: dict[str, int] | None = None, which: str = "final"
+) -> tuple[dict[str, list[Member]], list[str]]:
     """Store labels -> checkpoint paths, grouped into arms: ({arm: members sorted by seed}, references).
 
     ``which="final"`` keeps, per run, the checkpoint with the highest step (the end of training);
@@ -80,7 +81,8 @@ def group_checkpoints(paths: dict[str, str | Path], steps: dict[str, int] | None
         name = arm_label(str(cfg.get("name", run.name)))
         key = arm_key(cfg)
         by_key.setdefault((name, key), []).append(
-            Member(label, run.name, int(cfg.get("seed", 0)), int(steps.get(label, -1))))
+            Member(label, run.name, int(cfg.get("seed", 0)), int(steps.get(label, -1)))
+        )
         labels.setdefault(name, set()).add(key)
     arms: dict[str, list[Member]] = {}
     for label, keys in sorted(labels.items()):
@@ -113,13 +115,13 @@ def _per_seed_prompts(ds: xr.Dataset, members: Sequence[Member], task: str, leng
     return np.stack([da.sel(checkpoint=m.checkpoint).values.reshape(-1) for m in members])
 
 
-def retrieval_summary(ds: xr.Dataset, *, metric: str = "correct", n_boot: int = stats.N_BOOT,
-                      level: float = stats.LEVEL, seed: int = 0) -> xr.Dataset:
+def retrieval_summary(
+    ds: xr.Dataset, *, metric: str = "correct", n_boot: int = stats.N_BOOT, level: float = stats.LEVEL, seed: int = 0
+) -> xr.Dataset:
     """Per arm (and per reference model) x task x length: mean, hierarchical-bootstrap interval, the per-seed
     means, and the mean per depth (over seeds and samples). Dims: (arm, task, length[, depth][, seed_index])."""
     arms, refs = retrieval_arms(ds)
-    groups = {**{name: members for name, members in arms.items()},
-              **{ref: [Member(ref, ref, 0, -1)] for ref in refs}}
+    groups = {**{name: members for name, members in arms.items()}, **{ref: [Member(ref, ref, 0, -1)] for ref in refs}}
     if not groups:
         raise ValueError("no checkpoints in the retrieval data")
     tasks = [str(t) for t in ds["task"].values]
@@ -136,26 +138,41 @@ def retrieval_summary(ds: xr.Dataset, *, metric: str = "correct", n_boot: int = 
                 x = _per_seed_prompts(ds, members, task, length, metric)
                 iv = stats.hierarchical_bootstrap(x, n_boot=n_boot, level=level, seed=seed)
                 mean[a, t, n], lo[a, t, n], hi[a, t, n] = iv.mean, iv.lo, iv.hi
-                per_seed[a, t, n, :len(members)] = x.mean(axis=1)
+                per_seed[a, t, n, : len(members)] = x.mean(axis=1)
                 by_depth[a, t, n] = x.reshape(len(members), len(depths), -1).mean(axis=(0, 2))
     dims = ("arm", "task", "length")
     out = xr.Dataset(
-        {metric: (dims, mean), f"{metric}_lo": (dims, lo), f"{metric}_hi": (dims, hi),
-         f"{metric}_per_seed": ((*dims, "seed_index"), per_seed),
-         f"{metric}_by_depth": ((*dims, "depth"), by_depth)},
-        coords={"arm": np.array(list(groups), dtype=object), "task": np.array(tasks, dtype=object),
-                "length": np.array(lengths, dtype=np.int64), "depth": depths, "seed_index": np.arange(n_seed),
-                "n_seeds": ("arm", np.array([len(m) for m in groups.values()], dtype=np.int64)),
-                "seeds": ("arm", np.array([",".join(str(m.seed) for m in ms) for ms in groups.values()], dtype=object)),
-                "members": ("arm", np.array([" ".join(m.checkpoint for m in ms) for ms in groups.values()],
-                                            dtype=object)),
-                "is_reference": ("arm", np.array([name in refs for name in groups], dtype=bool))})
-    out[metric].attrs["description"] = (f"mean of {metric} over seeds and prompts (prompts = depth x sample; "
-                                        "the same prompts for every checkpoint)")
+        {
+            metric: (dims, mean),
+            f"{metric}_lo": (dims, lo),
+            f"{metric}_hi": (dims, hi),
+            f"{metric}_per_seed": ((*dims, "seed_index"), per_seed),
+            f"{metric}_by_depth": ((*dims, "depth"), by_depth),
+        },
+        coords={
+            "arm": np.array(list(groups), dtype=object),
+            "task": np.array(tasks, dtype=object),
+            "length": np.array(lengths, dtype=np.int64),
+            "depth": depths,
+            "seed_index": np.arange(n_seed),
+            "n_seeds": ("arm", np.array([len(m) for m in groups.values()], dtype=np.int64)),
+            "seeds": ("arm", np.array([",".join(str(m.seed) for m in ms) for ms in groups.values()], dtype=object)),
+            "members": ("arm", np.array([" ".join(m.checkpoint for m in ms) for ms in groups.values()], dtype=object)),
+            "is_reference": ("arm", np.array([name in refs for name in groups], dtype=bool)),
+        },
+    )
+    out[metric].attrs["description"] = (
+        f"mean of {metric} over seeds and prompts (prompts = depth x sample; the same prompts for every checkpoint)"
+    )
     out[f"{metric}_lo"].attrs["description"] = _interval_doc(level, n_boot)
-    out.attrs.update(method="hierarchical bootstrap: resample seeds, then prompts within each seed",
-                     level=level, n_boot=n_boot, bootstrap_seed=seed, metric=metric,
-                     prompts_per_seed=int(ds.sizes["depth"] * ds.sizes["sample"]))
+    out.attrs.update(
+        method="hierarchical bootstrap: resample seeds, then prompts within each seed",
+        level=level,
+        n_boot=n_boot,
+        bootstrap_seed=seed,
+        metric=metric,
+        prompts_per_seed=int(ds.sizes["depth"] * ds.sizes["sample"]),
+    )
     return out
 
 
@@ -173,8 +190,10 @@ def effective_length_summary(ds: xr.Dataset, **kw) -> xr.Dataset:
 
 
 def _interval_doc(level: float, n_boot: int) -> str:
-    return (f"{level:.0%} percentile interval, {n_boot} hierarchical bootstrap resamples "
-            "(seeds, then prompts within each seed)")
+    return (
+        f"{level:.0%} percentile interval, {n_boot} hierarchical bootstrap resamples "
+        "(seeds, then prompts within each seed)"
+    )
 
 
 def parse_comparison(text: str) -> tuple[str, str]:
@@ -187,9 +206,16 @@ def parse_comparison(text: str) -> tuple[str, str]:
     raise ValueError(f"comparison {text!r}: write it as 'ARM_A - ARM_B' or 'ARM_A:ARM_B'")
 
 
-def retrieval_comparisons(ds: xr.Dataset, pairs: Iterable[tuple[str, str]], *, metric: str = "correct",
-                          questions: Sequence[str] | None = None, n_boot: int = stats.N_BOOT,
-                          level: float = stats.LEVEL, seed: int = 0) -> xr.Dataset:
+def retrieval_comparisons(
+    ds: xr.Dataset,
+    pairs: Iterable[tuple[str, str]],
+    *,
+    metric: str = "correct",
+    questions: Sequence[str] | None = None,
+    n_boot: int = stats.N_BOOT,
+    level: float = stats.LEVEL,
+    seed: int = 0,
+) -> xr.Dataset:
     """Paired differences A - B per task x length (same prompts, same seed index) with hierarchical
     bootstrap intervals. Dims: (comparison, task, length)."""
     arms, _ = retrieval_arms(ds)
@@ -207,25 +233,42 @@ def retrieval_comparisons(ds: xr.Dataset, pairs: Iterable[tuple[str, str]], *, m
         n_pairs[c] = min(len(arms[a]), len(arms[b]))
         for t, task in enumerate(tasks):
             for n, length in enumerate(lengths):
-                iv = stats.paired_bootstrap(_per_seed_prompts(ds, arms[a], task, length, metric),
-                                            _per_seed_prompts(ds, arms[b], task, length, metric),
-                                            n_boot=n_boot, level=level, seed=seed)
+                iv = stats.paired_bootstrap(
+                    _per_seed_prompts(ds, arms[a], task, length, metric),
+                    _per_seed_prompts(ds, arms[b], task, length, metric),
+                    n_boot=n_boot,
+                    level=level,
+                    seed=seed,
+                )
                 mean[c, t, n], lo[c, t, n], hi[c, t, n], p_pos[c, t, n] = iv.mean, iv.lo, iv.hi, iv.p_positive
     dims = ("comparison", "task", "length")
     out = xr.Dataset(
-        {"difference": (dims, mean), "difference_lo": (dims, lo), "difference_hi": (dims, hi),
-         "p_positive": (dims, p_pos)},
-        coords={"comparison": np.array([f"{a} - {b}" for a, b in pairs], dtype=object),
-                "arm_a": ("comparison", np.array([a for a, _ in pairs], dtype=object)),
-                "arm_b": ("comparison", np.array([b for _, b in pairs], dtype=object)),
-                "question": ("comparison", np.array(list(questions or [""] * len(pairs)), dtype=object)),
-                "seed_pairs": ("comparison", n_pairs),
-                "task": np.array(tasks, dtype=object), "length": np.array(lengths, dtype=np.int64)})
+        {
+            "difference": (dims, mean),
+            "difference_lo": (dims, lo),
+            "difference_hi": (dims, hi),
+            "p_positive": (dims, p_pos),
+        },
+        coords={
+            "comparison": np.array([f"{a} - {b}" for a, b in pairs], dtype=object),
+            "arm_a": ("comparison", np.array([a for a, _ in pairs], dtype=object)),
+            "arm_b": ("comparison", np.array([b for _, b in pairs], dtype=object)),
+            "question": ("comparison", np.array(list(questions or [""] * len(pairs)), dtype=object)),
+            "seed_pairs": ("comparison", n_pairs),
+            "task": np.array(tasks, dtype=object),
+            "length": np.array(lengths, dtype=np.int64),
+        },
+    )
     out["difference"].attrs["description"] = f"mean over seed indices and prompts of {metric}(A) - {metric}(B)"
     out["difference_lo"].attrs["description"] = _interval_doc(level, n_boot)
     out["p_positive"].attrs["description"] = "share of bootstrap resamples with a difference > 0"
-    out.attrs.update(method="paired hierarchical bootstrap over (seed index, prompt) differences",
-                     level=level, n_boot=n_boot, bootstrap_seed=seed, metric=metric)
+    out.attrs.update(
+        method="paired hierarchical bootstrap over (seed index, prompt) differences",
+        level=level,
+        n_boot=n_boot,
+        bootstrap_seed=seed,
+        metric=metric,
+    )
     return out
 
 
@@ -253,9 +296,14 @@ def summary_markdown(summary: xr.Dataset, metric: str = "correct", tasks: Sequen
     for task in tasks or [str(t) for t in summary["task"].values]:
         for arm in map(str, summary["arm"].values):
             cell = summary.sel(arm=arm, task=task)
-            rows.append([arm, task, str(int(cell["n_seeds"]))] +
-                        [f"{float(cell[metric].sel(length=n)):.2f} [{float(cell[f'{metric}_lo'].sel(length=n)):.2f}, "
-                         f"{float(cell[f'{metric}_hi'].sel(length=n)):.2f}]" for n in lengths])
+            rows.append(
+                [arm, task, str(int(cell["n_seeds"]))]
+                + [
+                    f"{float(cell[metric].sel(length=n)):.2f} [{float(cell[f'{metric}_lo'].sel(length=n)):.2f}, "
+                    f"{float(cell[f'{metric}_hi'].sel(length=n)):.2f}]"
+                    for n in lengths
+                ]
+            )
     return _markdown(["arm", "task", "seeds", *[f"@{n}" for n in lengths]], rows)
 
 
@@ -297,8 +345,10 @@ def arm_means(ds: xr.Dataset, dim: str, *, min_members: int = 1) -> xr.Dataset:
     numeric = [v for v in ds.data_vars if dim in ds[v].dims and ds[v].dtype.kind in "fiub"]
     means = [ds[numeric].sel({dim: m}).astype(np.float64).mean(dim) for m in groups.values()]
     out = xr.concat(means, dim=xr.DataArray(np.array(list(groups), dtype=object), dims="arm"))
-    out = out.assign_coords(n_seeds=("arm", np.array([len(m) for m in groups.values()], dtype=np.int64)),
-                            members=("arm", np.array([" | ".join(m) for m in groups.values()], dtype=object)))
+    out = out.assign_coords(
+        n_seeds=("arm", np.array([len(m) for m in groups.values()], dtype=np.int64)),
+        members=("arm", np.array([" | ".join(m) for m in groups.values()], dtype=object)),
+    )
     for name, coord in ds.coords.items():  # per-member coords all members of an arm share (e.g. rope_theta_after)
         if name == dim or dim not in coord.dims:
             continue
@@ -322,7 +372,12 @@ def band_table(bands: xr.Dataset, var: str = "q_rel_update", **kw) -> xr.Dataset
             iv = seed_interval(per.sel(comparison=members, band=band).values, **kw)
             mean[a, b], lo[a, b], hi[a, b] = iv.mean, iv.lo, iv.hi
     dims = ("arm", "band")
-    return xr.Dataset({var: (dims, mean), f"{var}_lo": (dims, lo), f"{var}_hi": (dims, hi)},
-                      coords={"arm": np.array(list(groups), dtype=object), "band": np.array(labels, dtype=object),
-                              "n_seeds": ("arm", np.array([len(m) for m in groups.values()], dtype=np.int64))},
-                      attrs={"method": "mean over layers, then over seeds; 95% bootstrap interval over seeds"})
+    return xr.Dataset(
+        {var: (dims, mean), f"{var}_lo": (dims, lo), f"{var}_hi": (dims, hi)},
+        coords={
+            "arm": np.array(list(groups), dtype=object),
+            "band": np.array(labels, dtype=object),
+            "n_seeds": ("arm", np.array([len(m) for m in groups.values()], dtype=np.int64)),
+        },
+        attrs={"method": "mean over layers, then over seeds; 95% bootstrap interval over seeds"},
+    )

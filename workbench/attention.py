@@ -15,7 +15,8 @@ Every place that keeps a token inside its own packed document (the ``document`` 
   student's ``document`` mode: torch 2.11-2.13 raise "FlexAttention does not support backward on CPU"), torch
   without ``torch.nn.attention.flex_attention``, a device other than CUDA or CPU (MPS), CPU without a C++
   compiler for inductor, or ``backend="dense"`` asked for; ``auto`` on CPU also keeps windows under
-  ``CPU_FLEX_MIN_TOKENS`` dense, where flex's per-shape compile costs more than the small mask): the additive ``[batch, 1, T, T]`` mask of :func:`workbench.data.packing.attention_mask`,
+  ``CPU_FLEX_MIN_TOKENS`` dense, where flex's per-shape compile costs more than the small mask): the additive
+  ``[batch, 1, T, T]`` mask of :func:`workbench.data.packing.attention_mask`,
   refused with one line naming the window and the memory when it would not fit in half the free memory.
 
 Causal attention across documents is not built here: it stays the all-ones 2D mask (plain causal SDPA, flash
@@ -30,7 +31,8 @@ import contextlib
 import functools
 import os
 import shutil
-from typing import Any, Iterator, Literal
+from collections.abc import Iterator
+from typing import Any, Literal
 
 import torch
 
@@ -49,7 +51,7 @@ class MaskTooLarge(MemoryError):
     """A dense document mask that would not fit in memory (one line: window, batch, bytes, free)."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _has_flex() -> bool:
     try:
         from torch.nn.attention.flex_attention import BlockMask, flex_attention  # noqa: F401
@@ -98,9 +100,11 @@ def check_dense_fits(batch: int, seq: int, dtype: torch.dtype, device: torch.dev
     """Refuse a dense mask larger than half the free memory, before building it (one line)."""
     need, free = dense_mask_bytes(batch, seq, dtype), available_bytes(device)
     if need > free // 2:
-        raise MaskTooLarge(f"dense document mask for a {seq:,}-token window x batch {batch} needs {need / 2**30:.1f} "
-                           f"GiB ({dtype}) but {torch.device(device)} has {free / 2**30:.1f} GiB free; use the flex "
-                           "backend (FlexAttention) or a shorter window")
+        raise MaskTooLarge(
+            f"dense document mask for a {seq:,}-token window x batch {batch} needs {need / 2**30:.1f} "
+            f"GiB ({dtype}) but {torch.device(device)} has {free / 2**30:.1f} GiB free; use the flex "
+            "backend (FlexAttention) or a shorter window"
+        )
 
 
 def _same_doc_causal(doc_ids: torch.Tensor):
@@ -149,12 +153,14 @@ def block_mask(doc_ids: torch.Tensor, block: int = BLOCK):
 
     kv_num, kv_idx = table(partial)
     full_num, full_idx = table(full)
-    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block,
-                                    mask_mod=_same_doc_causal(padded), seq_lengths=(T, T))
+    return BlockMask.from_kv_blocks(
+        kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block, mask_mod=_same_doc_causal(padded), seq_lengths=(T, T)
+    )
 
 
-def document_mask(doc_ids: torch.Tensor, *, backend: Backend = "auto", dtype: torch.dtype = torch.float32,
-                  grad: bool = False):
+def document_mask(
+    doc_ids: torch.Tensor, *, backend: Backend = "auto", dtype: torch.dtype = torch.float32, grad: bool = False
+):
     """The document mask of a packed batch ``doc_ids`` [batch, T]: a ``BlockMask`` (flex) or the dense additive
     ``[batch, 1, T, T]`` mask (checked to fit first). ``grad``: the pass backpropagates through attention (the
     student), which flex cannot do on CPU. Run the model with it inside :func:`attention_for`."""
@@ -164,8 +170,14 @@ def document_mask(doc_ids: torch.Tensor, *, backend: Backend = "auto", dtype: to
     return dense_attention_mask(doc_ids, "document", dtype)
 
 
-def attention_mask(doc_ids: torch.Tensor, mode: str, dtype: torch.dtype = torch.float32, *,
-                   backend: Backend = "auto", grad: bool = False):
+def attention_mask(
+    doc_ids: torch.Tensor,
+    mode: str,
+    dtype: torch.dtype = torch.float32,
+    *,
+    backend: Backend = "auto",
+    grad: bool = False,
+):
     """The ``attention_mask`` of a packed batch for packing attention ``mode``: ``causal`` -> the all-ones 2D
     mask (plain causal SDPA; see ``workbench.data.packing``), ``document`` -> :func:`document_mask`."""
     if mode == "document":

@@ -39,5 +39,8 @@ def budget_source(device: torch.device | str = "cpu") -> str:
     """Where :func:`memory_budget`'s number comes from, for the refusal's message."""
     if os.environ.get("WORKBENCH_MEMORY_BUDGET_GB"):
         return "WORKBENCH_MEMORY_BUDGET_GB"
-    return "60 % of the GPU's memory" if torch.device(device).type == "cuda" else \
-        "60 % of available memory; set WORKBENCH_MEMORY_BUDGET_GB to change it"
+    return (
+        "60 % of the GPU's memory"
+        if torch.device(device).type == "cuda"
+        else "60 % of available memory; set WORKBENCH_MEMORY_BUDGET_GB to change it"
+    )

@@ -17,9 +17,10 @@ Loading the weights is :func:`workbench.models.load`, which runs the same checks
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,8 +31,19 @@ from workbench.models import CheckpointError
 SYNTHETIC = "synthetic"
 SEQ_LEN_KEYS = ("seq_len", "train_seq_len", "phase_seq_len")  # manifest keys that state the trained length
 
-__all__ = ["CheckpointError", "Info", "SYNTHETIC", "InputError", "inspect", "inspect_all", "label",
-           "own_tokenizer", "position_limit", "tokenizer", "vocab_size"]
+__all__ = [
+    "CheckpointError",
+    "Info",
+    "SYNTHETIC",
+    "InputError",
+    "inspect",
+    "inspect_all",
+    "label",
+    "own_tokenizer",
+    "position_limit",
+    "tokenizer",
+    "vocab_size",
+]
 
 
 class InputError(ValueError):
@@ -100,8 +112,9 @@ class Info:
     def wavelengths(self) -> np.ndarray:
         """Wavelength of each RoPE pair in tokens as this checkpoint runs (its theta and RoPE scaling, up to
         its max_position_embeddings: dynamic NTK and LongRoPE switch beyond it)."""
-        return rope.wavelengths(self.rope_theta, self.head_dim, self.rope_scaling,
-                                max_position_embeddings=self.max_position_embeddings)
+        return rope.wavelengths(
+            self.rope_theta, self.head_dim, self.rope_scaling, max_position_embeddings=self.max_position_embeddings
+        )
 
     def position_limit(self) -> tuple[int, str]:
         """(positions it was trained or configured for, their source); CheckpointError when neither says."""
@@ -120,7 +133,9 @@ def expand(items: Sequence[str | Path], phase_ends: bool = False) -> list[Path]:
         if path.is_dir() and not (path / models.MANIFEST).exists() and not (path / "config.json").exists():
             found = models.list_checkpoints(path)
             if not found:
-                raise FileNotFoundError(f"{path}: neither a checkpoint nor a run directory with complete ckpt-* checkpoints")
+                raise FileNotFoundError(
+                    f"{path}: neither a checkpoint nor a run directory with complete ckpt-* checkpoints"
+                )
             out.extend(found)
         else:
             out.append(path)
@@ -171,12 +186,18 @@ def inspect(path: str | Path, *, allow_plain_hf: bool = True, verify: bool = Tru
     heads = int(cfg.get("num_attention_heads") or text.get("num_attention_heads") or 1)
     hidden = int(cfg.get("hidden_size") or text.get("hidden_size") or 0)
     return Info(
-        path=path, label=label(path), manifest=manifest, config=cfg,
+        path=path,
+        label=label(path),
+        manifest=manifest,
+        config=cfg,
         num_layers=int(cfg.get("num_hidden_layers") or text.get("num_hidden_layers") or 0),
-        num_heads=heads, num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-        head_dim=int(cfg.get("head_dim") or hidden // heads), hidden_size=hidden,
+        num_heads=heads,
+        num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+        head_dim=int(cfg.get("head_dim") or hidden // heads),
+        hidden_size=hidden,
         vocab_size=int(cfg.get("vocab_size") or text.get("vocab_size") or 0),
-        rope_theta=theta, rope_scaling=scaling,
+        rope_theta=theta,
+        rope_scaling=scaling,
     )
 
 
@@ -189,13 +210,17 @@ def inspect_all(paths: Sequence[str | Path], *, allow_plain_hf: bool = True, min
     first = infos[0]
     for info in infos[1:]:
         if info.architecture != first.architecture:
-            raise ValueError(f"{info.path}: architecture {info.architecture} differs from {first.path} "
-                             f"{first.architecture}; analyse each architecture in its own call and store")
+            raise ValueError(
+                f"{info.path}: architecture {info.architecture} differs from {first.path} "
+                f"{first.architecture}; analyse each architecture in its own call and store"
+            )
         if info.shape != first.shape:
             names = "(layers, heads, kv_heads, head_dim, hidden)"
-            raise ValueError(f"{info.path}: attention shape {info.shape} differs from {first.path} {first.shape} "
-                             f"{names}; only checkpoints of one architecture go together (analyse each "
-                             "architecture in its own call and store)")
+            raise ValueError(
+                f"{info.path}: attention shape {info.shape} differs from {first.path} {first.shape} "
+                f"{names}; only checkpoints of one architecture go together (analyse each "
+                "architecture in its own call and store)"
+            )
     labels = [i.label for i in infos]
     dupes = sorted({lab for lab in labels if labels.count(lab) > 1})
     if dupes:
@@ -228,23 +253,29 @@ def tokenizer(path: str | Path, choice: str | None = "auto") -> tuple[Any, str]:
         tok, source = tokenizers.synthetic(), SYNTHETIC
     elif choice not in (None, "auto"):
         if not Path(choice).is_dir():
-            raise InputError(f"--tokenizer {choice}: tokenizer directory not found (give a local directory with "
-                                 "tokenizer.json / tokenizer_config.json, or 'auto' / 'synthetic')")
+            raise InputError(
+                f"--tokenizer {choice}: tokenizer directory not found (give a local directory with "
+                "tokenizer.json / tokenizer_config.json, or 'auto' / 'synthetic')"
+            )
         tok, source = tokenizers.load(choice, f"--tokenizer {choice}"), str(choice)
     elif tokenizers.has_tokenizer(path):
         tok, source = tokenizers.load(path, f"{path} (its tokenizer files)"), str(path)
     elif vocab == 128:
         tok, source = tokenizers.synthetic(), SYNTHETIC
     else:
-        raise InputError(f"{path}: the directory has no tokenizer and its vocabulary ({vocab} embedding rows) is "
-                             "not the synthetic one (128); pass --tokenizer DIR with the tokenizer the model was "
-                             "trained with")
+        raise InputError(
+            f"{path}: the directory has no tokenizer and its vocabulary ({vocab} embedding rows) is "
+            "not the synthetic one (128); pass --tokenizer DIR with the tokenizer the model was "
+            "trained with"
+        )
     if tokenizers.is_synthetic(tok):
         source = SYNTHETIC
     if len(tok) > vocab:
-        raise InputError(f"{path}: tokenizer {source} has {len(tok)} tokens but the model has only {vocab} "
-                             "embedding rows, so it is not this model's tokenizer; pass --tokenizer DIR with the one "
-                             "it was trained with")
+        raise InputError(
+            f"{path}: tokenizer {source} has {len(tok)} tokens but the model has only {vocab} "
+            "embedding rows, so it is not this model's tokenizer; pass --tokenizer DIR with the one "
+            "it was trained with"
+        )
     return tok, source
 
 

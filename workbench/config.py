@@ -17,17 +17,16 @@ import hashlib
 import json
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Union
+from typing import Any, Literal, Union
 
 import yaml
 
 from workbench import rope
 from workbench import validate as ranges  # range and finiteness of every numeric key, plain names
 from workbench.validate import ConfigError  # noqa: F401 - defined with the range checks; used here and by callers
-
-
 
 # --------------------------------------------------------------------------------------------- schema
 
@@ -313,13 +312,17 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 HASH_VERSION = 2
 # (version that changed it, dotted key with "phases[]" for every phase, the default before that version)
-DEFAULT_CHANGES: list[tuple[int, str, Any]] = [
-    (2, "loss.ce_weight", 0.0),
-]
+DEFAULT_CHANGES: list[tuple[int, str, Any]] = [(2, "loss.ce_weight", 0.0)]
 # every key added since version 1, with the value that reproduces the behaviour from before it existed
-ADDED_AFTER_V1: dict[str, Any] = {"optim.eps": 1e-8, "optim.precision": "auto", "model.architecture": "llama",
-                                   "optim.compile": False, "logging.tensorboard": True, "logging.wandb": None,
-                                   "track_every": 0}
+ADDED_AFTER_V1: dict[str, Any] = {
+    "optim.eps": 1e-8,
+    "optim.precision": "auto",
+    "model.architecture": "llama",
+    "optim.compile": False,
+    "logging.tensorboard": True,
+    "logging.wandb": None,
+    "track_every": 0,
+}
 
 
 def _field_default(f: dataclasses.Field) -> Any:
@@ -353,7 +356,7 @@ def _written(obj: Any, name: str, current_default: Any) -> bool:
     return getattr(obj, name) != current_default
 
 
-def as_written_by(cfg: "RunConfig", version: int) -> "RunConfig":
+def as_written_by(cfg: RunConfig, version: int) -> RunConfig:
     """``cfg`` with the defaults of hash version ``version`` restored for every key the YAML did not write."""
     out = copy.deepcopy(cfg)
     for changed_in, key, old in DEFAULT_CHANGES:
@@ -391,7 +394,7 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def _v1_dict(cfg: "RunConfig") -> dict[str, Any]:
+def _v1_dict(cfg: RunConfig) -> dict[str, Any]:
     """The resolved config as version 1 wrote it: without the keys added since, when they keep v1 behaviour."""
     d = to_dict(cfg)
     for key, same in ADDED_AFTER_V1.items():
@@ -419,8 +422,10 @@ def config_hash(obj: Any, version: int | None = None) -> str:
         elif 2 <= version <= HASH_VERSION:
             body = {"config_hash_version": version, **_diff(obj, "", _defaults_at(version))}
         else:
-            raise ConfigError(f"config_hash_version {version} is newer than this workbench knows "
-                              f"({HASH_VERSION}); update the workbench to resume this run")
+            raise ConfigError(
+                f"config_hash_version {version} is newer than this workbench knows "
+                f"({HASH_VERSION}); update the workbench to resume this run"
+            )
     else:
         body = to_dict(obj)
     blob = json.dumps(body, sort_keys=True, default=str).encode()
@@ -434,8 +439,15 @@ def validate_model(m: ModelConfig, where: str = "model") -> None:
     def bad(key: str, msg: str) -> ConfigError:
         return ConfigError(f"{where}.{key}: {msg}")
 
-    for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
-                "max_position_embeddings"):
+    for key in (
+        "vocab_size",
+        "hidden_size",
+        "num_layers",
+        "num_heads",
+        "num_kv_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+    ):
         if getattr(m, key) <= 0:
             raise bad(key, f"must be > 0, got {getattr(m, key)}")
     if not m.rope_theta > 0:
@@ -486,19 +498,24 @@ def validate(obj: Any) -> None:
         if ph.seq_len <= 0:
             raise ConfigError(f"{key}.seq_len: must be > 0, got {ph.seq_len}")
         if ph.seq_len > obj.model.max_position_embeddings:
-            raise ConfigError(f"{key}.seq_len: {ph.seq_len} is beyond the model's max_position_embeddings "
-                              f"{obj.model.max_position_embeddings}")
+            raise ConfigError(
+                f"{key}.seq_len: {ph.seq_len} is beyond the model's max_position_embeddings "
+                f"{obj.model.max_position_embeddings}"
+            )
         if not ph.rope_theta > 0:
             raise ConfigError(f"{key}.rope_theta: must be > 0, got {ph.rope_theta}")
         if ph.rope_scaling is not None:
             validate_rope_scaling(ph.rope_scaling, f"{key}.rope_scaling")
-        if ph.freeze_wavelengths is not None and (len(ph.freeze_wavelengths) != 2
-                                                  or ph.freeze_wavelengths[0] > ph.freeze_wavelengths[1]):
+        if ph.freeze_wavelengths is not None and (
+            len(ph.freeze_wavelengths) != 2 or ph.freeze_wavelengths[0] > ph.freeze_wavelengths[1]
+        ):
             raise ConfigError(f"{key}.freeze_wavelengths: expected [min, max] tokens, got {ph.freeze_wavelengths}")
         if not ph.lr > 0:
             raise ConfigError(f"{key}.lr: must be > 0, got {ph.lr}")
         if ph.objective in ("kd", "ce+kd") and obj.teacher is None:
-            raise ConfigError(f"{key}.objective: {ph.objective!r} needs a teacher, but the config has no 'teacher' section")
+            raise ConfigError(
+                f"{key}.objective: {ph.objective!r} needs a teacher, but the config has no 'teacher' section"
+            )
         for dkey, d in ((f"{key}.data", ph.data), ("data", obj.data)):
             if d is not None and d.doc_len_min > d.doc_len_max:
                 raise ConfigError(f"{dkey}.doc_len_min: {d.doc_len_min} > doc_len_max {d.doc_len_max}")

@@ -39,8 +39,9 @@ def shard_tensors(shard: Path) -> set[str]:
                 raise ValueError(f"header length {n} beyond the file's {size} bytes")
             header = json.loads(f.read(n))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{shard}: corrupt or truncated safetensors file ({exc}); "
-                              "copy or download it again") from None
+        raise CheckpointError(
+            f"{shard}: corrupt or truncated safetensors file ({exc}); copy or download it again"
+        ) from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{shard}: corrupt or truncated safetensors file (header is not a JSON object)")
     end = 0
@@ -50,12 +51,15 @@ def shard_tensors(shard: Path) -> set[str]:
         try:
             end = max(end, int(meta["data_offsets"][1]))
         except (KeyError, TypeError, IndexError, ValueError):
-            raise CheckpointError(f"{shard}: corrupt or truncated safetensors file "
-                                  f"(tensor {name} has no data_offsets)") from None
+            raise CheckpointError(
+                f"{shard}: corrupt or truncated safetensors file (tensor {name} has no data_offsets)"
+            ) from None
     expected = 8 + n + end
     if size != expected:
-        raise CheckpointError(f"{shard}: {size} bytes but its header describes {expected} (truncated or still "
-                              "being written); copy or download it again")
+        raise CheckpointError(
+            f"{shard}: {size} bytes but its header describes {expected} (truncated or still "
+            "being written); copy or download it again"
+        )
     return {k for k in header if k != "__metadata__"}
 
 
@@ -63,9 +67,11 @@ def check_plain(path: str | Path) -> None:
     """Refuse (CheckpointError, one line) a plain HF directory whose weights are incomplete or damaged."""
     path = Path(path)
     if path.name.startswith(".tmp-") or (path / "trainer").is_dir():
-        raise CheckpointError(f"{path}: a workbench save that did not finish (no manifest.json, which is written "
-                              "last); use a complete checkpoint (workbench lists them with ckpt-*/manifest.json) "
-                              "or re-save it")
+        raise CheckpointError(
+            f"{path}: a workbench save that did not finish (no manifest.json, which is written "
+            "last); use a complete checkpoint (workbench lists them with ckpt-*/manifest.json) "
+            "or re-save it"
+        )
     index = path / INDEX
     shards = sorted(path.glob("*.safetensors"))
     if index.is_file():
@@ -80,12 +86,15 @@ def check_plain(path: str | Path) -> None:
         for shard, tensors in sorted(wanted.items()):
             f = path / shard
             if not f.is_file():
-                raise CheckpointError(f"{path}: shard {shard} named in {INDEX} is missing "
-                                      "(an incomplete copy or download)")
+                raise CheckpointError(
+                    f"{path}: shard {shard} named in {INDEX} is missing (an incomplete copy or download)"
+                )
             missing = tensors - shard_tensors(f)
             if missing:
-                raise CheckpointError(f"{f}: lacks {len(missing)} tensor(s) {INDEX} puts there "
-                                      f"(e.g. {sorted(missing)[0]}); copy or download it again")
+                raise CheckpointError(
+                    f"{f}: lacks {len(missing)} tensor(s) {INDEX} puts there "
+                    f"(e.g. {sorted(missing)[0]}); copy or download it again"
+                )
         return
     if not shards:
         raise CheckpointError(f"{path}: no *.safetensors weights")

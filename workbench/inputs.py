@@ -24,33 +24,38 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from workbench import checkpoints
+from workbench.budget import budget_source, memory_budget
 from workbench.checkpoints import SYNTHETIC, InputError
 from workbench.data import corpus
 from workbench.data.text import iter_texts
 from workbench.evals import tasks
 from workbench.evals.render import TextRendering
-from workbench.budget import budget_source, memory_budget
 from workbench.interventions.traces import default_inputs
 
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSONL_SUFFIXES = (".jsonl",)
 ID_SUFFIXES = (".pt", ".npz")
 
-INPUTS_HELP = ("token ids (.pt/.npz with input_ids [batch, seq], optional position_ids, doc_ids) or text "
-               "(.txt: cut into consecutive windows; .jsonl: documents in field 'text' packed into windows, "
-               "continue positions) read with the model's tokenizer, or a token corpus directory (workbench "
-               "tokenize); default: a generated needle-in-a-haystack text rendered through the model's own "
-               "tokenizer (the synthetic language for synthetic-vocabulary models)")
-TOKENIZER_HELP = ("'auto' (the model directory's own tokenizer; the synthetic language only for a 128-row model "
-                  "without one), 'synthetic', or a local tokenizer directory (for a model saved without one)")
+INPUTS_HELP = (
+    "token ids (.pt/.npz with input_ids [batch, seq], optional position_ids, doc_ids) or text "
+    "(.txt: cut into consecutive windows; .jsonl: documents in field 'text' packed into windows, "
+    "continue positions) read with the model's tokenizer, or a token corpus directory (workbench "
+    "tokenize); default: a generated needle-in-a-haystack text rendered through the model's own "
+    "tokenizer (the synthetic language for synthetic-vocabulary models)"
+)
+TOKENIZER_HELP = (
+    "'auto' (the model directory's own tokenizer; the synthetic language only for a 128-row model "
+    "without one), 'synthetic', or a local tokenizer directory (for a model saved without one)"
+)
 
 
 def add_arguments(p, *, inputs_default: str | None = None) -> None:
@@ -84,9 +89,11 @@ def resolve(paths: Sequence[str | Path], choice: str = "auto") -> Vocabulary:
         if first_tok is None:
             first_tok, first_src, first = tok, src, path
         elif src != first_src and tok.get_vocab() != first_tok.get_vocab():
-            raise InputError(f"{path}: its tokenizer ({src}, {len(tok)} tokens) differs from {first}'s ({first_src}, "
-                             f"{len(first_tok)} tokens); analyse checkpoints of different vocabularies in separate "
-                             "calls (or pass --tokenizer DIR if one was saved without its own)")
+            raise InputError(
+                f"{path}: its tokenizer ({src}, {len(tok)} tokens) differs from {first}'s ({first_src}, "
+                f"{len(first_tok)} tokens); analyse checkpoints of different vocabularies in separate "
+                "calls (or pass --tokenizer DIR if one was saved without its own)"
+            )
     return Vocabulary(first_tok, first_src == SYNTHETIC, first_src, min(sizes))
 
 
@@ -125,8 +132,11 @@ def _read_ids(path: Path) -> dict[str, torch.Tensor]:
         data = {"input_ids": data} if isinstance(data, torch.Tensor) else dict(data)
     if "input_ids" not in data:
         raise InputError(f"--inputs {path}: no 'input_ids' in it (has {sorted(data)})")
-    out = {k: torch.as_tensor(np.asarray(v)).long() for k, v in data.items()
-           if k in ("input_ids", "position_ids", "doc_ids")}
+    out = {
+        k: torch.as_tensor(np.asarray(v)).long()
+        for k, v in data.items()
+        if k in ("input_ids", "position_ids", "doc_ids")
+    }
     if out["input_ids"].ndim == 1:
         out = {k: v[None] for k, v in out.items()}
     return out
@@ -157,30 +167,42 @@ def _windows(path: Path, tokenizer, source: str, *, seq_len: int, batch: int, st
         doc += [i] * len(toks)
     need = seq_len * batch
     if len(ids) < need:
-        raise InputError(f"--inputs {path}: {len(ids)} tokens with tokenizer {source}, but {batch} window(s) of "
-                         f"{seq_len} tokens need {need}; give a longer text or a smaller length / batch")
+        raise InputError(
+            f"--inputs {path}: {len(ids)} tokens with tokenizer {source}, but {batch} window(s) of "
+            f"{seq_len} tokens need {need}; give a longer text or a smaller length / batch"
+        )
     x = torch.tensor(ids[:need], dtype=torch.long).view(batch, seq_len)
     d = torch.tensor(doc[:need], dtype=torch.long).view(batch, seq_len)
     d = d - d[:, :1]  # document ids per window from 0
-    return {"input_ids": x, "position_ids": torch.arange(start, start + seq_len).expand(batch, -1).contiguous(),
-            "doc_ids": d}
+    return {
+        "input_ids": x,
+        "position_ids": torch.arange(start, start + seq_len).expand(batch, -1).contiguous(),
+        "doc_ids": d,
+    }
 
 
-def _corpus_windows(path: Path, vocabulary: Vocabulary, *, seq_len: int, batch: int, seed: int, start: int
-                    ) -> dict[str, torch.Tensor]:
+def _corpus_windows(
+    path: Path, vocabulary: Vocabulary, *, seq_len: int, batch: int, seed: int, start: int
+) -> dict[str, torch.Tensor]:
     """A token corpus (``workbench tokenize``) -> ``batch`` windows from its memory-map (continue positions, document
     ids); refused when the corpus was tokenised with another vocabulary than the model's tokenizer."""
     try:
         source = corpus.open_corpus(path, "--inputs")
         if vocabulary.tokenizer is not None:
-            corpus.check_tokenizer(source.manifest, vocabulary.tokenizer,
-                                   f"the model's tokenizer ({vocabulary.source})", f"--inputs {path}")
+            corpus.check_tokenizer(
+                source.manifest,
+                vocabulary.tokenizer,
+                f"the model's tokenizer ({vocabulary.source})",
+                f"--inputs {path}",
+            )
     except ValueError as exc:
         raise InputError(str(exc)) from None
     windows = corpus.Windows(source, seq_len, seed, 0, "continue")
     if windows.per_epoch < batch:
-        raise InputError(f"--inputs {path}: {source.n_tokens} tokens hold {windows.per_epoch} window(s) of {seq_len}, "
-                         f"{batch} asked; give a larger corpus or a smaller length / batch")
+        raise InputError(
+            f"--inputs {path}: {source.n_tokens} tokens hold {windows.per_epoch} window(s) of {seq_len}, "
+            f"{batch} asked; give a larger corpus or a smaller length / batch"
+        )
     rows = [windows(k) for k in range(batch)]
     out = {k: torch.as_tensor(np.stack([r[k] for r in rows])) for k in ("input_ids", "doc_ids")}
     out["position_ids"] = torch.arange(start, start + seq_len).expand(batch, -1).contiguous()
@@ -194,29 +216,43 @@ def check_ids(batch: Mapping[str, torch.Tensor], vocab_size: int, where: str) ->
         raise InputError(f"{where}: input_ids must be [batch, seq] with seq >= 2, got shape {tuple(ids.shape)}")
     for key in ("position_ids", "doc_ids"):
         if key in batch and tuple(batch[key].shape) != tuple(ids.shape):
-            raise InputError(f"{where}: {key} shape {tuple(batch[key].shape)} differs from input_ids "
-                             f"{tuple(ids.shape)}")
+            raise InputError(
+                f"{where}: {key} shape {tuple(batch[key].shape)} differs from input_ids {tuple(ids.shape)}"
+            )
     if "position_ids" in batch and int(batch["position_ids"].min()) < 0:
         raise InputError(f"{where}: negative position_ids")
     lo, hi = int(ids.min()), int(ids.max())
     if lo < 0 or hi >= vocab_size:
-        raise InputError(f"{where}: token ids span {lo}..{hi} but the model has {vocab_size} embedding rows; these "
-                         "ids come from another tokenizer (give ids of the model's own tokenizer, or text)")
+        raise InputError(
+            f"{where}: token ids span {lo}..{hi} but the model has {vocab_size} embedding rows; these "
+            "ids come from another tokenizer (give ids of the model's own tokenizer, or text)"
+        )
 
 
-def build(spec: str | None, vocabulary: Vocabulary, *, seq_len: int, batch: int, seed: int = 0, start: int = 0,
-          synthetic_default: Callable[[], Mapping[str, torch.Tensor]] | None = None
-          ) -> tuple[dict[str, torch.Tensor], str]:
+def build(
+    spec: str | None,
+    vocabulary: Vocabulary,
+    *,
+    seq_len: int,
+    batch: int,
+    seed: int = 0,
+    start: int = 0,
+    synthetic_default: Callable[[], Mapping[str, torch.Tensor]] | None = None,
+) -> tuple[dict[str, torch.Tensor], str]:
     """(batch of input_ids / position_ids [/ doc_ids], one-line description for the store's attrs)."""
     if seq_len < 2 or batch < 1:
-        raise InputError(f"inputs: length {seq_len} and batch {batch}: the inputs need a length >= 2 and a batch >= 1 "
-                         "(--length / --seq-len, --samples / --windows)")
+        raise InputError(
+            f"inputs: length {seq_len} and batch {batch}: the inputs need a length >= 2 and a batch >= 1 "
+            "(--length / --seq-len, --samples / --windows)"
+        )
     if spec is None:
         if vocabulary.synthetic and synthetic_default is not None:
             out, what = dict(synthetic_default()), "synthetic language (the model's vocabulary)"
         elif vocabulary.synthetic:
-            out, what = default_inputs(vocabulary.vocab_size, batch=batch, length=seq_len, seed=seed, start=start), \
-                "synthetic language filler"
+            out, what = (
+                default_inputs(vocabulary.vocab_size, batch=batch, length=seq_len, seed=seed, start=start),
+                "synthetic language filler",
+            )
         else:
             out = haystack(vocabulary.tokenizer, seq_len=seq_len, batch=batch, seed=seed, start=start)
             what = f"generated RULER needle-in-a-haystack text, tokenizer {vocabulary.source}"
@@ -233,14 +269,16 @@ def build(spec: str | None, vocabulary: Vocabulary, *, seq_len: int, batch: int,
             out = _windows(path, vocabulary.tokenizer, vocabulary.source, seq_len=seq_len, batch=batch, start=start)
             what = f"text from {path}, tokenizer {vocabulary.source}"
         else:
-            raise InputError(f"--inputs {path}: expected token ids (.pt, .npz) or text "
-                             f"({', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)})")
+            raise InputError(
+                f"--inputs {path}: expected token ids (.pt, .npz) or text ({', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)})"
+            )
     check_ids(out, vocabulary.vocab_size, f"--inputs {spec}" if spec else "default inputs")
     return out, what
 
 
-def check_fits(paths: Sequence[str | Path], vocabulary: Vocabulary, *, seq_len: int, batch: int,
-               device: str = "cpu") -> None:
+def check_fits(
+    paths: Sequence[str | Path], vocabulary: Vocabulary, *, seq_len: int, batch: int, device: str = "cpu"
+) -> None:
     """Refuse, before any input is built or model loaded, a batch whose forward cannot fit: a lower bound of
     its memory is the fp32 logits plus two residual streams, ``batch x seq_len x (vocab + 2 x hidden) x 4``
     bytes, against the same budget as the TransformerLens length check (``memory_budget``)."""
@@ -249,26 +287,45 @@ def check_fits(paths: Sequence[str | Path], vocabulary: Vocabulary, *, seq_len: 
     budget = memory_budget(device)
     if need > budget:
         fits = budget // (batch * (vocabulary.vocab_size + 2 * hidden) * 4)
-        raise InputError(f"inputs: {batch} x {seq_len:,} tokens need at least {need / 2**30:.1f} GiB (logits and "
-                         f"residual streams) but the budget is {budget / 2**30:.1f} GiB ({budget_source(device)}); "
-                         f"at most about {fits:,} tokens per row fit: lower --length / --seq-len or the batch")
+        raise InputError(
+            f"inputs: {batch} x {seq_len:,} tokens need at least {need / 2**30:.1f} GiB (logits and "
+            f"residual streams) but the budget is {budget / 2**30:.1f} GiB ({budget_source(device)}); "
+            f"at most about {fits:,} tokens per row fit: lower --length / --seq-len or the batch"
+        )
 
 
-def for_models(paths: Sequence[str | Path], args, *, seq_len: int, batch: int, seed: int = 0, start: int = 0,
-               synthetic_default: Callable[[], Mapping[str, torch.Tensor]] | None = None
-               ) -> tuple[dict[str, torch.Tensor], str]:
+def for_models(
+    paths: Sequence[str | Path],
+    args,
+    *,
+    seq_len: int,
+    batch: int,
+    seed: int = 0,
+    start: int = 0,
+    synthetic_default: Callable[[], Mapping[str, torch.Tensor]] | None = None,
+) -> tuple[dict[str, torch.Tensor], str]:
     """:func:`resolve` + :func:`build` from a command's ``--inputs`` / ``--tokenizer`` arguments."""
     vocabulary = resolve(paths, getattr(args, "tokenizer", "auto") or "auto")
     check_fits(paths, vocabulary, seq_len=seq_len, batch=batch, device=getattr(args, "device", "cpu") or "cpu")
-    return build(getattr(args, "inputs", None), vocabulary, seq_len=seq_len, batch=batch, seed=seed, start=start,
-                 synthetic_default=synthetic_default)
+    return build(
+        getattr(args, "inputs", None),
+        vocabulary,
+        seq_len=seq_len,
+        batch=batch,
+        seed=seed,
+        start=start,
+        synthetic_default=synthetic_default,
+    )
 
 
 def plain_hf_flag(args) -> None:
     """``--allow-plain-hf`` is accepted as a deprecated no-op: every command takes plain HF directories."""
     if getattr(args, "allow_plain_hf", False):
-        print("workbench: warning: --allow-plain-hf is deprecated and does nothing; plain Hugging Face model "
-              "directories are always accepted (integrity checked from their safetensors headers)", file=sys.stderr)
+        print(
+            "workbench: warning: --allow-plain-hf is deprecated and does nothing; plain Hugging Face model "
+            "directories are always accepted (integrity checked from their safetensors headers)",
+            file=sys.stderr,
+        )
 
 
 def add_plain_hf_flag(p) -> None:

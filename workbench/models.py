@@ -16,8 +16,9 @@ import math
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -40,8 +41,14 @@ def hf_config(cfg: ModelConfig, attn_implementation: str = "sdpa"):
     return architectures.hf_config(cfg, attn_implementation)
 
 
-def build_model(cfg: ModelConfig, *, seed: int | None = 0, device: str | torch.device = "cpu",
-                dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"):
+def build_model(
+    cfg: ModelConfig,
+    *,
+    seed: int | None = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+):
     """A freshly initialised model of ``cfg.architecture`` (``LlamaForCausalLM`` by default; seeded)."""
     config = hf_config(cfg, attn_implementation)
     if seed is not None:
@@ -66,11 +73,19 @@ def model_config_of(model) -> ModelConfig:
     theta = float(params.pop("rope_theta", 10000.0))
     scaling = params if params.get("rope_type", "default") != "default" else None
     return ModelConfig(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_layers=c.num_hidden_layers,
-        num_heads=c.num_attention_heads, num_kv_heads=c.num_key_value_heads,
-        intermediate_size=c.intermediate_size, max_position_embeddings=c.max_position_embeddings,
-        rope_theta=theta, rope_scaling=scaling, head_dim=getattr(c, "head_dim", None),
-        rms_norm_eps=c.rms_norm_eps, tie_word_embeddings=bool(c.tie_word_embeddings), architecture=arch.name,
+        vocab_size=c.vocab_size,
+        hidden_size=c.hidden_size,
+        num_layers=c.num_hidden_layers,
+        num_heads=c.num_attention_heads,
+        num_kv_heads=c.num_key_value_heads,
+        intermediate_size=c.intermediate_size,
+        max_position_embeddings=c.max_position_embeddings,
+        rope_theta=theta,
+        rope_scaling=scaling,
+        head_dim=getattr(c, "head_dim", None),
+        rms_norm_eps=c.rms_norm_eps,
+        tie_word_embeddings=bool(c.tie_word_embeddings),
+        architecture=arch.name,
     )
 
 
@@ -171,8 +186,7 @@ def _sha256(path: Path) -> str:
 def library_versions() -> dict[str, str]:
     import transformers  # lazy: importing transformers costs seconds; only provenance needs its version
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "workbench": workbench.__version__}
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "workbench": workbench.__version__}
 
 
 def atomic_directory(final: Path, fill: Callable[[Path], None]) -> Path:
@@ -203,8 +217,9 @@ def atomic_directory(final: Path, fill: Callable[[Path], None]) -> Path:
     return final
 
 
-def save_checkpoint(model, path: str | Path, manifest: Mapping[str, Any] | None = None,
-                    extra: Callable[[Path], None] | None = None) -> Path:
+def save_checkpoint(
+    model, path: str | Path, manifest: Mapping[str, Any] | None = None, extra: Callable[[Path], None] | None = None
+) -> Path:
     """Save an HF checkpoint directory atomically, with ``manifest.json`` written last.
 
     ``manifest`` holds provenance (phase, step, objective, teacher, data, parent, config_hash ...); the
@@ -220,13 +235,16 @@ def save_checkpoint(model, path: str | Path, manifest: Mapping[str, Any] | None 
         model.save_pretrained(tmp, state_dict=state, safe_serialization=True)  # (it empties ``state``)
         if extra is not None:
             extra(tmp)
-        files = {p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-                 for p in sorted(tmp.rglob("*")) if p.is_file()}
+        files = {
+            p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file()
+        }
         body = {
             "format": FORMAT,
             "rope_theta": float(params["rope_theta"]),
             "rope_scaling": {k: v for k, v in params.items() if k != "rope_theta"},
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(),
             "versions": library_versions(),
             "weights_dtype": ",".join(dtypes),
             **dict(manifest or {}),
@@ -247,8 +265,10 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     try:
         return json.loads((path / MANIFEST).read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: no {MANIFEST}; not a complete workbench checkpoint "
-                              "(a save that did not finish, or a plain HF directory: use allow_plain_hf=True)") from None
+        raise CheckpointError(
+            f"{path}: no {MANIFEST}; not a complete workbench checkpoint "
+            "(a save that did not finish, or a plain HF directory: use allow_plain_hf=True)"
+        ) from None
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}/{MANIFEST}: corrupt JSON ({exc})") from None
 
@@ -341,9 +361,11 @@ def verify_file(f: Path, sha256: str) -> None:
             return
         actual = _sha256(f)
         if actual != sha256:
-            raise CheckpointError(f"{f}: sha256 {actual[:16]}... does not match the manifest's {sha256[:16]}...: the "
-                                  "file is corrupt or was changed after it was saved; refusing to load it (copy it "
-                                  "again or re-save the checkpoint)")
+            raise CheckpointError(
+                f"{f}: sha256 {actual[:16]}... does not match the manifest's {sha256[:16]}...: the "
+                "file is corrupt or was changed after it was saved; refusing to load it (copy it "
+                "again or re-save the checkpoint)"
+            )
         _remember(verdict, f, sha256)
 
 
@@ -366,7 +388,9 @@ def verify_checkpoint(path: str | Path, *, full_hash: bool = True, state: bool =
         if not f.is_file():
             raise CheckpointError(f"{path}: file {name} listed in the manifest is missing")
         if f.stat().st_size != meta["bytes"]:
-            raise CheckpointError(f"{f}: size {f.stat().st_size} bytes, manifest says {meta['bytes']} (truncated or replaced)")
+            raise CheckpointError(
+                f"{f}: size {f.stat().st_size} bytes, manifest says {meta['bytes']} (truncated or replaced)"
+            )
     if full_hash:
         for name, meta in files.items():
             if state or not name.startswith("trainer/"):
@@ -443,12 +467,20 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-         attn_implementation: str = "sdpa", allow_plain_hf: bool = False, full_hash: bool = True):
+def load(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+    allow_plain_hf: bool = False,
+    full_hash: bool = True,
+):
     """Load a checkpoint -> (model, manifest). The model runs with the theta in ``config.json``.
 
     Refuses, with one clear CheckpointError, a missing directory, a save that did not complete, a file
-    whose size or sha256 disagrees with the manifest (hashed once, then cached: ``verify_checkpoint``), a damaged safetensors file, or a non-Llama model.
+    whose size or sha256 disagrees with the manifest (hashed once, then cached: ``verify_checkpoint``), a damaged
+    safetensors file, or a non-Llama model.
     ``allow_plain_hf=True`` accepts any local HF Llama directory (manifest = {}).
     """
     path = Path(path)
@@ -461,18 +493,26 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.d
         hfdir.check_plain(path)  # plain HF directory: integrity from its safetensors headers / index
     arch = architectures.of(read_config(path))
     try:
-        model = arch.model_class().from_pretrained(path, dtype=dtype, local_files_only=True,
-                                                   attn_implementation=arch.attn_implementation(attn_implementation))
+        model = arch.model_class().from_pretrained(
+            path, dtype=dtype, local_files_only=True, attn_implementation=arch.attn_implementation(attn_implementation)
+        )
     except Exception as exc:
         raise CheckpointError(f"{path}: transformers could not load it ({type(exc).__name__}: {exc})") from None
     model.to(device).eval()
     theta = rope_theta(model)
     if manifest and not math.isclose(manifest["rope_theta"], theta, rel_tol=1e-9):
-        raise CheckpointError(f"{path}: config.json theta {theta} disagrees with manifest theta {manifest['rope_theta']}")
-    expected = torch.as_tensor(rope.inv_freq(theta, architectures.head_dim(model.config),
-                                             _scaling_of(model.config.rope_parameters),
-                                             max_position_embeddings=model.config.max_position_embeddings),
-                               dtype=torch.float32)
+        raise CheckpointError(
+            f"{path}: config.json theta {theta} disagrees with manifest theta {manifest['rope_theta']}"
+        )
+    expected = torch.as_tensor(
+        rope.inv_freq(
+            theta,
+            architectures.head_dim(model.config),
+            _scaling_of(model.config.rope_parameters),
+            max_position_embeddings=model.config.max_position_embeddings,
+        ),
+        dtype=torch.float32,
+    )
     if not torch.allclose(model_inv_freq(model).float().cpu(), expected, rtol=1e-5):
         raise CheckpointError(f"{path}: the rotary frequencies the model runs with do not match theta {theta}")
     return model, manifest

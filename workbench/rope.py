@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -126,15 +127,22 @@ def wavelengths(theta: float, head_dim: int, scaling: Mapping[str, Any] | None =
     return 2 * math.pi / inv_freq(theta, head_dim, scaling, **kw)
 
 
-def wavelength_mask(frequencies: np.ndarray, min_wavelength: float = 0.0, max_wavelength: float = math.inf) -> np.ndarray:
+def wavelength_mask(
+    frequencies: np.ndarray, min_wavelength: float = 0.0, max_wavelength: float = math.inf
+) -> np.ndarray:
     """Boolean mask [d/2] of the pairs whose wavelength 2*pi/omega_j lies in [min_wavelength, max_wavelength]
     (inclusive), from the frequencies omega_j themselves: `inv_freq` or the ones a model really runs with."""
     lam = 2 * math.pi / np.asarray(frequencies)
     return (lam >= min_wavelength) & (lam <= max_wavelength)
 
 
-def pairs_in_wavelengths(theta: float, head_dim: int, min_wavelength: float = 0.0, max_wavelength: float = math.inf,
-                         scaling: Mapping[str, Any] | None = None) -> np.ndarray:
+def pairs_in_wavelengths(
+    theta: float,
+    head_dim: int,
+    min_wavelength: float = 0.0,
+    max_wavelength: float = math.inf,
+    scaling: Mapping[str, Any] | None = None,
+) -> np.ndarray:
     """Indices j of the pairs whose wavelength at ``theta`` lies in [min_wavelength, max_wavelength] (inclusive)."""
     return np.flatnonzero(wavelength_mask(inv_freq(theta, head_dim, scaling), min_wavelength, max_wavelength))
 
@@ -157,7 +165,7 @@ def pair_view(x, dim: int = -1):
     axis = dim % x.ndim
     d = x.shape[axis]
     _check(1.0, d)
-    return x.reshape(*x.shape[:axis], 2, d // 2, *x.shape[axis + 1:])
+    return x.reshape(*x.shape[:axis], 2, d // 2, *x.shape[axis + 1 :])
 
 
 def critical_dimension(theta: float, head_dim: int, train_length: int) -> int:
@@ -209,8 +217,9 @@ BOUND_GRID_LABEL = f"log grid 10^(k/{BOUND_STEPS_PER_DECADE}), relative step {BO
 _WITNESSES = 32  # how many recently failing m are tried first at the next theta
 
 
-def bound_grid(lo_decade: int = BOUND_DECADES[0], hi_decade: int = BOUND_DECADES[1],
-               steps_per_decade: int = BOUND_STEPS_PER_DECADE) -> np.ndarray:
+def bound_grid(
+    lo_decade: int = BOUND_DECADES[0], hi_decade: int = BOUND_DECADES[1], steps_per_decade: int = BOUND_STEPS_PER_DECADE
+) -> np.ndarray:
     """The grid that defines the base bound: theta_k = 10 ** (k / steps_per_decade), both ends included."""
     k = np.arange(lo_decade * steps_per_decade, hi_decade * steps_per_decade + 1, dtype=np.float64)
     return 10.0 ** (k / steps_per_decade)
@@ -269,8 +278,15 @@ def _point_fails(omega: np.ndarray, length: int, floor: float, slack: float, wit
     return False
 
 
-def _interval_fails(omega_a: np.ndarray, omega_b: np.ndarray, length: int, floor: float, slack: float,
-                    witnesses: dict[int, None], probe: int = 32) -> bool:
+def _interval_fails(
+    omega_a: np.ndarray,
+    omega_b: np.ndarray,
+    length: int,
+    floor: float,
+    slack: float,
+    witnesses: dict[int, None],
+    probe: int = 32,
+) -> bool:
     """True only if every theta between theta_a < theta_b fails at one m: the latest witness, another
     witness, else some m <= probe."""
     recent = np.fromiter(witnesses, np.float64)
@@ -317,16 +333,15 @@ def shipped_base_bounds() -> dict[tuple[int, int], float]:
         return {}
     lines = [line.split(",") for line in BOUND_TABLE.read_text().splitlines() if line and not line.startswith("#")]
     col = {name: i for i, name in enumerate(lines[0])}
-    return {(int(r[col["head_dim"]]), int(r[col["length"]])): float(r[col["base_lower_bound"]])
-            for r in lines[1:] if int(r[col["steps_per_decade"]]) == BOUND_STEPS_PER_DECADE}
+    return {
+        (int(r[col["head_dim"]]), int(r[col["length"]])): float(r[col["base_lower_bound"]])
+        for r in lines[1:]
+        if int(r[col["steps_per_decade"]]) == BOUND_STEPS_PER_DECADE
+    }
 
 
 def base_lower_bound(
-    head_dim: int,
-    length: int,
-    *,
-    thetas: Sequence[float] | None = None,
-    tolerance: float = 0.0,
+    head_dim: int, length: int, *, thetas: Sequence[float] | None = None, tolerance: float = 0.0
 ) -> float:
     """Base lower bound of arXiv 2405.14591 at a stated resolution: the first theta of the log grid
     :func:`bound_grid` (10 ** (k / 10000), relative step BOUND_RESOLUTION = 0.023 %, theta in [1, 1e12]) with
@@ -343,8 +358,10 @@ def base_lower_bound(
     grid = bound_grid() if thetas is None else np.asarray(thetas, dtype=np.float64)
     i = scan_base_bound(head_dim, length, grid, tolerance)
     if i is None:
-        raise ValueError(f"no theta in the scanned range [{grid[0]:.3g}, {grid[-1]:.3g}] satisfies "
-                         f"B(m) >= {0.0 - tolerance:g} up to {length}")
+        raise ValueError(
+            f"no theta in the scanned range [{grid[0]:.3g}, {grid[-1]:.3g}] satisfies "
+            f"B(m) >= {0.0 - tolerance:g} up to {length}"
+        )
     return float(grid[i])
 
 
@@ -419,15 +436,21 @@ def format_spectrum(theta: float, head_dim: int, length: int, scaling: Mapping[s
     """Human-readable per-pair table plus summary numbers (what `workbench rope` prints)."""
     rows = spectrum_table(theta, head_dim, length, scaling)
     util = utilisation(theta, head_dim, length, scaling)
-    lines = [f"RoPE spectrum: theta={theta:g} head_dim={head_dim} length={length} scaling={dict(scaling or {}) or 'none'}"]
+    lines = [
+        f"RoPE spectrum: theta={theta:g} head_dim={head_dim} length={length} scaling={dict(scaling or {}) or 'none'}"
+    ]
     lines.append(f"{'pair':>4} {'dims':>11} {'omega':>12} {'wavelength':>13} {'turns in L':>12}  full")
     for r in rows:
         dims = f"({r['dims'][0]},{r['dims'][1]})"
         mark = "yes" if r["full_rotation"] else "-"
-        lines.append(f"{r['pair']:>4} {dims:>11} {r['omega']:>12.6g} {r['wavelength']:>13.6g} {r['turns']:>12.4g}  {mark}")
+        lines.append(
+            f"{r['pair']:>4} {dims:>11} {r['omega']:>12.6g} {r['wavelength']:>13.6g} {r['turns']:>12.4g}  {mark}"
+        )
     lines.append("")
-    lines.append(f"critical dimension (2310.05209): {critical_dimension(theta, head_dim, length)}"
-                 f"  -> critical pair {critical_pair(theta, head_dim, length)}")
+    lines.append(
+        f"critical dimension (2310.05209): {critical_dimension(theta, head_dim, length)}"
+        f"  -> critical pair {critical_pair(theta, head_dim, length)}"
+    )
     lines.append(f"largest theta with every pair rotating within L: {theta_for_full_rotation(head_dim, length):.6g}")
     lines.append(f"pairs completing >= 1 rotation in L: {util.full_rotation_fraction:.3f}")
     lines.append(f"mean coverage min(1, L*omega/2pi): {util.mean_coverage:.3f}")

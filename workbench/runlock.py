@@ -94,7 +94,7 @@ class RunLock:
         self.path = Path(run_dir) / LOCK
         self.fd: int | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         import fcntl  # lazy: POSIX only
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,7 +108,7 @@ class RunLock:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise RunLocked(f"{self.path}: not a regular file; remove it to run here")
-        for attempt in range(10):  # a reader's probe (writer_alive) holds a shared lock for microseconds
+        for _attempt in range(10):  # a reader's probe (writer_alive) holds a shared lock for microseconds
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
@@ -117,12 +117,17 @@ class RunLock:
         else:
             os.close(fd)
             who = before or {}
-            raise RunLocked(f"{self.path.parent}: another trainer is writing this run (pid {who.get('pid', '?')} on "
-                            f"{who.get('host', '?')} since {_when(who.get('since'))}); wait for it or use another "
-                            f"--out / name")
+            raise RunLocked(
+                f"{self.path.parent}: another trainer is writing this run (pid {who.get('pid', '?')} on "
+                f"{who.get('host', '?')} since {_when(who.get('since'))}); wait for it or use another "
+                f"--out / name"
+            )
         if before and before.get("pid") != os.getpid():
-            warnings.warn(f"{self.path}: taking over the lock of pid {before.get('pid')} on {before.get('host')}, "
-                          f"which is no longer running", stacklevel=2)
+            warnings.warn(
+                f"{self.path}: taking over the lock of pid {before.get('pid')} on {before.get('host')}, "
+                f"which is no longer running",
+                stacklevel=2,
+            )
         record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
         os.ftruncate(fd, 0)
         os.pwrite(fd, record.encode(), 0)
@@ -142,7 +147,7 @@ class RunLock:
             os.close(self.fd)
             self.fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:

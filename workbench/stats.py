@@ -34,8 +34,9 @@ class Interval:
         return f"{self.mean:.2f} [{self.lo:.2f}, {self.hi:.2f}]"
 
 
-def hierarchical_bootstrap(values: np.ndarray, *, n_boot: int = N_BOOT, level: float = LEVEL,
-                           seed: int = 0) -> Interval:
+def hierarchical_bootstrap(
+    values: np.ndarray, *, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0
+) -> Interval:
     """Mean of ``values`` [seed, prompt] with a two-level bootstrap interval (seeds, then prompts within
     each seed). NaN rows (a seed not scored) are dropped; one seed gives a prompt-only interval."""
     x = np.asarray(values, dtype=np.float64)

@@ -54,17 +54,23 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import xarray as xr
 import zarr
+
 # zarr/xarray internals: the store writes its own shards and encodings (pinned versions, see pyproject.toml)
 from xarray import conventions
-from xarray.backends.zarr import (FillValueCoder, encode_zarr_attr_value, encode_zarr_variable,
-                                  extract_zarr_variable_encoding)
+from xarray.backends.zarr import (
+    FillValueCoder,
+    encode_zarr_attr_value,
+    encode_zarr_variable,
+    extract_zarr_variable_encoding,
+)
 from xarray.coding.strings import check_vlen_dtype
 from zarr.abc.codec import ArrayArrayCodec, ArrayBytesCodec, BytesBytesCodec
 from zarr.api.asynchronous import create_array
@@ -95,13 +101,18 @@ SCHEMA = "workbench-store/3"
 #   the name of a group); the window count of updates_states, score_decomposition (was `batch_size`, which
 #   elsewhere means rows per forward pass) and kd_signal (was `windows`) is the attr `n_windows`, as in probes.
 _STEPS: dict[str, dict[str, Any]] = {
-    "workbench-store/1": {"renamed": {"theta": "rope_theta", "theta_before": "rope_theta_before",
-                                      "theta_after": "rope_theta_after"},
-                          "layer_shift": {"probes": -1}},
-    "workbench-store/2": {"renamed": {"kd_signal": "kl_to_mean"},
-                          "attrs_renamed": {"updates_states": {"batch_size": "n_windows"},
-                                            "score_decomposition": {"batch_size": "n_windows"},
-                                            "kd_signal": {"windows": "n_windows"}}},
+    "workbench-store/1": {
+        "renamed": {"theta": "rope_theta", "theta_before": "rope_theta_before", "theta_after": "rope_theta_after"},
+        "layer_shift": {"probes": -1},
+    },
+    "workbench-store/2": {
+        "renamed": {"kd_signal": "kl_to_mean"},
+        "attrs_renamed": {
+            "updates_states": {"batch_size": "n_windows"},
+            "score_decomposition": {"batch_size": "n_windows"},
+            "kd_signal": {"windows": "n_windows"},
+        },
+    },
 }
 OLD_SCHEMAS = tuple(_STEPS)
 
@@ -109,7 +120,7 @@ OLD_SCHEMAS = tuple(_STEPS)
 def _since(schema: str, key: str) -> dict[str, Any]:
     """The changes of every step from ``schema`` to SCHEMA under ``key``, merged (names never change twice)."""
     merged: dict[str, Any] = {}
-    for step in OLD_SCHEMAS[OLD_SCHEMAS.index(schema):] if schema in OLD_SCHEMAS else ():
+    for step in OLD_SCHEMAS[OLD_SCHEMAS.index(schema) :] if schema in OLD_SCHEMAS else ():
         for name, change in _STEPS[step].get(key, {}).items():
             merged[name] = {**merged.get(name, {}), **change} if isinstance(change, dict) else change
     return merged
@@ -148,10 +159,16 @@ def provenance(**extra: Any) -> dict[str, Any]:
 
     attrs: dict[str, Any] = {
         "schema": SCHEMA,
-        "written": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-        "versions": json.dumps({"workbench": workbench.__version__, "torch": torch.__version__,
-                                "transformers": transformers.__version__, "xarray": xr.__version__,
-                                "zarr": zarr.__version__}),
+        "written": _dt.datetime.now(_dt.UTC).isoformat(),
+        "versions": json.dumps(
+            {
+                "workbench": workbench.__version__,
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "xarray": xr.__version__,
+                "zarr": zarr.__version__,
+            }
+        ),
     }
     for key, value in extra.items():
         attrs[key] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value, default=str)
@@ -196,8 +213,10 @@ def _check_root(store: Path, create: bool, *, read: bool = False) -> str:
     if schema in OLD_SCHEMAS:
         if read:
             return schema
-        raise StoreError(f"{store}: store schema is {schema!r}, older than {SCHEMA!r}: it opens for reading; "
-                         f"to write into it, convert it once with `workbench upgrade-store {store}`")
+        raise StoreError(
+            f"{store}: store schema is {schema!r}, older than {SCHEMA!r}: it opens for reading; "
+            f"to write into it, convert it once with `workbench upgrade-store {store}`"
+        )
     if schema != SCHEMA:
         raise StoreError(f"{store}: store schema is {schema!r}, expected {SCHEMA!r}; refusing to touch it")
     return schema
@@ -265,8 +284,9 @@ def _lock(store: Path, *, wait: bool = True) -> Iterator[bool]:
                 if not wait:
                     break
                 if time.monotonic() > deadline:
-                    raise StoreError(f"{store}: another process has been writing this store for "
-                                     f"{LOCK_TIMEOUT_S:.0f} s; giving up") from None
+                    raise StoreError(
+                        f"{store}: another process has been writing this store for {LOCK_TIMEOUT_S:.0f} s; giving up"
+                    ) from None
                 time.sleep(0.05)
         yield got
     finally:
@@ -376,8 +396,9 @@ def _encode(ds: xr.Dataset, encoding: Mapping[str, Any] | None) -> tuple[list[_V
         for key in ("order", "fill_value", "cache_metadata"):
             enc.pop(key, None)
         dtype = str if check_vlen_dtype(var.dtype) is str else var.dtype
-        out.append(_Var(name, var, dtype, fill, {k: encode_zarr_attr_value(v) for k, v in vattrs.items()},
-                        enc, write_empty))
+        out.append(
+            _Var(name, var, dtype, fill, {k: encode_zarr_attr_value(v) for k, v in vattrs.items()}, enc, write_empty)
+        )
     return out, {k: encode_zarr_attr_value(v) for k, v in attrs.items()}
 
 
@@ -452,8 +473,9 @@ def _aligned(region: tuple[slice, ...], chunks: tuple[int, ...], shape: tuple[in
     return all(r.start % c == 0 and (r.stop % c == 0 or r.stop == n) for r, c, n in zip(region, chunks, shape))
 
 
-def _write_raw(files: _Files, prefix: str, meta: Any, data: np.ndarray, region: tuple[slice, ...],
-               write_empty: bool, phase: str) -> None:
+def _write_raw(
+    files: _Files, prefix: str, meta: Any, data: np.ndarray, region: tuple[slice, ...], write_empty: bool, phase: str
+) -> None:
     """Raw chunk (or shard) files of ``data`` (the values of ``region``); empty chunks are skipped (and an
     existing file deleted). A shard is its inner chunks back to back plus the (offset, length) index."""
     fill = meta.fill_value
@@ -511,24 +533,37 @@ def _metadata_v3(v: _Var) -> Any:
     shape = parse_shapelike(v.var.shape)
     shards = enc.get("shards")
     chunks = enc.get("chunks")
-    shard_shape, chunk_shape = _auto_partition(array_shape=shape, shard_shape=shards,
-                                               chunk_shape="auto" if chunks is None else chunks,
-                                               item_size=zdtype.item_size if isinstance(zdtype, HasItemSize) else 1)
-    aa, ab, bb = _parse_chunk_encoding_v3(compressors=enc.get("compressors", "auto"),
-                                          filters=enc.get("filters", "auto"),
-                                          serializer=enc.get("serializer", "auto"), dtype=zdtype)
+    shard_shape, chunk_shape = _auto_partition(
+        array_shape=shape,
+        shard_shape=shards,
+        chunk_shape="auto" if chunks is None else chunks,
+        item_size=zdtype.item_size if isinstance(zdtype, HasItemSize) else 1,
+    )
+    aa, ab, bb = _parse_chunk_encoding_v3(
+        compressors=enc.get("compressors", "auto"),
+        filters=enc.get("filters", "auto"),
+        serializer=enc.get("serializer", "auto"),
+        dtype=zdtype,
+    )
     codecs = (*aa, ab, *bb)
     grid = chunk_shape
     if shard_shape is not None:
         where = shards.get("index_location") if isinstance(shards, dict) else None
-        sharding = ShardingCodec(chunk_shape=chunk_shape, codecs=codecs,
-                                 index_location=ShardingCodecIndexLocation(where or "end"))
+        sharding = ShardingCodec(
+            chunk_shape=chunk_shape, codecs=codecs, index_location=ShardingCodecIndexLocation(where or "end")
+        )
         sharding.validate(shape=chunk_shape, dtype=zdtype, chunk_grid=RegularChunkGrid(chunk_shape=shard_shape))
         codecs, grid = (sharding,), shard_shape
     return AsyncArray._create_metadata_v3(
-        shape=shape, dtype=zdtype, fill_value=v.fill, chunk_shape=grid,
+        shape=shape,
+        dtype=zdtype,
+        fill_value=v.fill,
+        chunk_shape=grid,
         chunk_key_encoding=_parse_chunk_key_encoding(enc.get("chunk_key_encoding"), zarr_format=3),
-        codecs=codecs, dimension_names=v.var.dims, attributes=v.attrs)
+        codecs=codecs,
+        dimension_names=v.var.dims,
+        attributes=v.attrs,
+    )
 
 
 def _codec_specs(meta: Any, coords: tuple[int, ...], write_empty: bool) -> list[tuple[Any, Any]]:
@@ -538,8 +573,11 @@ def _codec_specs(meta: Any, coords: tuple[int, ...], write_empty: bool) -> list[
     spec = meta.get_chunk_spec(coords, config, default_buffer_prototype())
     out = []
     for codec in meta.codecs:
-        if not isinstance(codec, (ArrayArrayCodec, ArrayBytesCodec, BytesBytesCodec)) \
-                or not hasattr(codec, "_encode_sync") or not hasattr(codec, "_decode_sync"):
+        if (
+            not isinstance(codec, (ArrayArrayCodec, ArrayBytesCodec, BytesBytesCodec))
+            or not hasattr(codec, "_encode_sync")
+            or not hasattr(codec, "_decode_sync")
+        ):
             raise TypeError(f"no synchronous codec for {codec!r}")
         out.append((codec, spec))
         spec = codec.resolve_metadata(spec)
@@ -591,8 +629,7 @@ def _encode_sync(meta: Any, data: np.ndarray, write_empty: bool) -> list[tuple[s
     return out
 
 
-def _create_group(store: Path, group: str, ds: xr.Dataset, encoding: Mapping[str, Any] | None,
-                  hook: _Hook) -> None:
+def _create_group(store: Path, group: str, ds: xr.Dataset, encoding: Mapping[str, Any] | None, hook: _Hook) -> None:
     """Write a new group into a temp directory next to the store, then rename it into place: metadata and
     small arrays encoded in memory with zarr's own classes and codecs, big uncompressed arrays as raw chunk
     (or shard) files."""
@@ -621,8 +658,9 @@ def _create_group(store: Path, group: str, ds: xr.Dataset, encoding: Mapping[str
     def write_raw() -> None:  # mostly in the kernel, so it overlaps the encoding of the rest
         try:
             for v, meta, data, _ in raw_arrays:
-                _write_raw(files, v.name, meta, data, tuple(slice(0, n) for n in data.shape),
-                           bool(v.write_empty), "create")
+                _write_raw(
+                    files, v.name, meta, data, tuple(slice(0, n) for n in data.shape), bool(v.write_empty), "create"
+                )
         except BaseException as exc:  # re-raised by the caller's thread
             failed.append(exc)
 
@@ -636,8 +674,9 @@ def _create_group(store: Path, group: str, ds: xr.Dataset, encoding: Mapping[str
         for v in prepared:
             if all(v is not b for b in large):
                 add(v)
-        files.put("zarr.json", GroupMetadata(attributes=gattrs, zarr_format=3).to_buffer_dict(proto)["zarr.json"]
-                  .to_bytes())
+        files.put(
+            "zarr.json", GroupMetadata(attributes=gattrs, zarr_format=3).to_buffer_dict(proto)["zarr.json"].to_bytes()
+        )
         slow = []
         for v, meta, data, raw in arrays:
             files.put(f"{v.name}/zarr.json", meta.to_buffer_dict(proto)["zarr.json"].to_bytes())
@@ -650,14 +689,15 @@ def _create_group(store: Path, group: str, ds: xr.Dataset, encoding: Mapping[str
                 continue
             for key, value in chunks:
                 files.put(f"{v.name}/{key}", value)
-        for key, value in (sync(_zarr_chunks(slow)) if slow else []):
+        for key, value in sync(_zarr_chunks(slow)) if slow else []:
             files.put(key, value)
         if worker is None:
             write_raw()
         for v, meta, data, raw in arrays:  # raw arrays under 1 MiB (not given to the writer thread)
             if raw and id(v) not in threaded:
-                _write_raw(files, v.name, meta, data, tuple(slice(0, n) for n in data.shape),
-                           bool(v.write_empty), "create")
+                _write_raw(
+                    files, v.name, meta, data, tuple(slice(0, n) for n in data.shape), bool(v.write_empty), "create"
+                )
     finally:
         if worker is not None:
             worker.join()
@@ -668,26 +708,40 @@ def _create_group(store: Path, group: str, ds: xr.Dataset, encoding: Mapping[str
         try:
             os.rename(tmp, store / group)
         except OSError:
-            raise StoreError(f"{store}/{group}: the group appeared while it was being written; "
-                             "is another process writing it?") from None
+            raise StoreError(
+                f"{store}/{group}: the group appeared while it was being written; is another process writing it?"
+            ) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
 async def _zarr_metadata(v: _Var) -> Any:
-    arr = await create_array(MemoryStore(), name=v.name, shape=v.var.shape, dtype=v.dtype, fill_value=v.fill,
-                             attributes=v.attrs, dimension_names=v.var.dims, zarr_format=3, **v.encoding)
+    arr = await create_array(
+        MemoryStore(),
+        name=v.name,
+        shape=v.var.shape,
+        dtype=v.dtype,
+        fill_value=v.fill,
+        attributes=v.attrs,
+        dimension_names=v.var.dims,
+        zarr_format=3,
+        **v.encoding,
+    )
     return arr.metadata
 
 
 async def _zarr_chunks(arrays: list[tuple[_Var, Any, np.ndarray]]) -> list[tuple[str, bytes]]:
     """Chunks encoded by zarr's async codec pipeline (sharded arrays with compression ...), in memory."""
     mem, proto = MemoryStore(), default_buffer_prototype()
-    await asyncio.gather(*(
-        zarr.AsyncArray(metadata=meta, store_path=StorePath(mem, v.name),
-                        config={"write_empty_chunks": bool(v.write_empty)})
-        .setitem(tuple(slice(None) for _ in data.shape), data) for v, meta, data in arrays))
+    await asyncio.gather(
+        *(
+            zarr.AsyncArray(
+                metadata=meta, store_path=StorePath(mem, v.name), config={"write_empty_chunks": bool(v.write_empty)}
+            ).setitem(tuple(slice(None) for _ in data.shape), data)
+            for v, meta, data in arrays
+        )
+    )
     keys = [k async for k in mem.list_prefix("") if not k.endswith("zarr.json")]
     values = await asyncio.gather(*(mem.get(k, proto) for k in keys))
     return [(k, b.to_bytes()) for k, b in zip(keys, values)]
@@ -741,8 +795,11 @@ class _Group:
         self.meta[name] = new
 
     def array(self, name: str, write_empty: bool = False):
-        return zarr.AsyncArray(metadata=self.meta[name], config={"write_empty_chunks": write_empty},
-                               store_path=StorePath(LocalStore(str(self.store)), f"{self.group}/{name}"))
+        return zarr.AsyncArray(
+            metadata=self.meta[name],
+            config={"write_empty_chunks": write_empty},
+            store_path=StorePath(LocalStore(str(self.store)), f"{self.group}/{name}"),
+        )
 
     def update(self, name: str, index: tuple[Any, ...], value: Any, phase: str | None = None) -> None:
         """``array[index] = value`` (orthogonal index: slices or integer lists per axis) for a small
@@ -750,8 +807,10 @@ class _Group:
         synchronous halves."""
         meta = self.meta[name]
         grid = _grid(meta)
-        axes = [np.arange(meta.shape[a])[i] if isinstance(i, slice) else np.asarray(i, dtype=int).reshape(-1)
-                for a, i in enumerate(index)]
+        axes = [
+            np.arange(meta.shape[a])[i] if isinstance(i, slice) else np.asarray(i, dtype=int).reshape(-1)
+            for a, i in enumerate(index)
+        ]
         value = np.broadcast_to(np.asarray(value), tuple(len(a) for a in axes))
         try:
             _codec_specs(meta, (0,) * len(grid), False)
@@ -817,8 +876,9 @@ def _encoded_like(g: _Group, name: str, var: xr.Variable) -> np.ndarray | None:
     return values.astype(native, copy=False)
 
 
-def _write_vars(g: _Group, ds: xr.Dataset, names: Iterable[str], regions: Mapping[str, tuple[slice, ...]],
-                phase: str) -> None:
+def _write_vars(
+    g: _Group, ds: xr.Dataset, names: Iterable[str], regions: Mapping[str, tuple[slice, ...]], phase: str
+) -> None:
     """Write variables of ``ds`` into their regions of the group, encoded as stored."""
     writes, by_xarray = [], []
     for name in names:
@@ -875,8 +935,9 @@ def _marker(attrs: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def _new_marker(**fields: Any) -> str:
-    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                       "started": _dt.datetime.now(_dt.timezone.utc).isoformat(), **fields})
+    return json.dumps(
+        {"pid": os.getpid(), "host": socket.gethostname(), "started": _dt.datetime.now(_dt.UTC).isoformat(), **fields}
+    )
 
 
 def _clean_tmp(store: Path) -> None:
@@ -900,8 +961,11 @@ def _repair(store: Path, group: str) -> bool:
         grid = g.dims(WRITTEN)
         flags = np.asarray(sync(g.array(WRITTEN).getitem(tuple(slice(None) for _ in grid)))).astype(bool)
         cells = {d: [int(i) for i in mark["cells"].get(d, [])] for d in grid}
-        undone = [cell for cell in itertools.product(*[cells[d] for d in grid])
-                  if all(i < n for i, n in zip(cell, flags.shape)) and not flags[cell]]
+        undone = [
+            cell
+            for cell in itertools.product(*[cells[d] for d in grid])
+            if all(i < n for i, n in zip(cell, flags.shape)) and not flags[cell]
+        ]
         for name in g.meta:  # chunks of cells the writer did not commit read as fill again
             meta, dims = g.meta[name], g.dims(name)
             if name == WRITTEN or not set(grid) & set(dims):
@@ -909,11 +973,16 @@ def _repair(store: Path, group: str) -> bool:
             axes = {d: dims.index(d) for d in grid if d in dims}
             if any(_grid(meta)[a] != 1 for a in axes.values()):
                 continue  # chunks shared between cells: leave them (their flags say unwritten)
-            done = {tuple(c[grid.index(d)] for d in axes) for c in itertools.product(*[range(n) for n in flags.shape])
-                    if flags[c]}
+            done = {
+                tuple(c[grid.index(d)] for d in axes)
+                for c in itertools.product(*[range(n) for n in flags.shape])
+                if flags[c]
+            }
             for cell in {tuple(c[grid.index(d)] for d in axes) for c in undone} - done:
-                region = tuple(slice(cell[list(axes).index(d)], cell[list(axes).index(d)] + 1) if d in axes
-                               else slice(0, n) for d, n in zip(dims, meta.shape))
+                region = tuple(
+                    slice(cell[list(axes).index(d)], cell[list(axes).index(d)] + 1) if d in axes else slice(0, n)
+                    for d, n in zip(dims, meta.shape)
+                )
                 for coords, _ in _chunk_slices(meta.shape, _grid(meta), region):
                     g.files.delete(f"{name}/{meta.encode_chunk_key(coords)}")
         for d, old in grown.items():  # entries the killed write added and left without any written cell
@@ -986,8 +1055,14 @@ def _view(ds: xr.Dataset) -> xr.Dataset:
 # ---------------------------------------------------------------------------------------------- writes
 
 
-def write(store: str | Path, group: str, ds: xr.Dataset, *, append_dim: str | None = None,
-          encoding: Mapping[str, Any] | None = None) -> Path:
+def write(
+    store: str | Path,
+    group: str,
+    ds: xr.Dataset,
+    *,
+    append_dim: str | None = None,
+    encoding: Mapping[str, Any] | None = None,
+) -> Path:
     """Write ``ds`` as ``group`` of ``store``: create the group, or append along ``append_dim``.
 
     Refuses (StoreError, nothing written) a store of another schema, a group that exists when no
@@ -1013,30 +1088,37 @@ def write(store: str | Path, group: str, ds: xr.Dataset, *, append_dim: str | No
             raise StoreError(f"{store}/{group}: group already exists; pass append_dim to add to it")
         old = _open_raw(store, group)
         if append_dim not in old.dims:
-            raise StoreError(f"{store}/{group}: has no dim {append_dim!r} to append along "
-                             f"(dims: {dict(old.sizes)})")
+            raise StoreError(f"{store}/{group}: has no dim {append_dim!r} to append along (dims: {dict(old.sizes)})")
         if append_dim in ds.coords and append_dim in old.coords:
             clash = sorted(set(map(str, old[append_dim].values)) & set(map(str, ds[append_dim].values)))
             if clash:
                 raise StoreError(f"{store}/{group}: {append_dim} {clash} already written; refusing to write it twice")
         if set(old.data_vars) != set(ds.data_vars):
-            raise StoreError(f"{store}/{group}: variables differ: store has {sorted(old.data_vars)}, "
-                             f"new data has {sorted(ds.data_vars)}")
+            raise StoreError(
+                f"{store}/{group}: variables differ: store has {sorted(old.data_vars)}, "
+                f"new data has {sorted(ds.data_vars)}"
+            )
         for dim, size in ds.sizes.items():
             if dim != append_dim and old.sizes.get(dim) != size:
                 raise StoreError(f"{store}/{group}: dim {dim!r} has size {size}, the store has {old.sizes.get(dim)}")
         names = [n for n in ds.variables if append_dim in ds[n].dims]
         unknown = sorted(n for n in names if n not in old.variables)
         if unknown:
-            raise StoreError(f"{store}/{group}: variables {unknown} are not in the store; refusing to add them "
-                             "on an append")
+            raise StoreError(
+                f"{store}/{group}: variables {unknown} are not in the store; refusing to add them on an append"
+            )
         g = _Group(store, group, hook)
         n_old, n_new = old.sizes[append_dim], old.sizes[append_dim] + ds.sizes[append_dim]
         attrs_before = dict(g.attrs)
         g.put_attrs({**attrs_before, MARKER: _new_marker(grown={append_dim: n_old}, attrs_before=attrs_before)})
         _grow(g, append_dim, n_new)
-        regions = {n: tuple(slice(n_old, n_new) if d == append_dim else slice(0, g.meta[n].shape[i])
-                            for i, d in enumerate(g.dims(n))) for n in names}
+        regions = {
+            n: tuple(
+                slice(n_old, n_new) if d == append_dim else slice(0, g.meta[n].shape[i])
+                for i, d in enumerate(g.dims(n))
+            )
+            for n in names
+        }
         _write_vars(g, ds, names, regions, "data")
         hook.tick("commit")
         g.put_attrs(_group_attrs(ds))  # the marker goes last: this is the commit
@@ -1063,8 +1145,9 @@ def _open_repaired(store: Path, group: str, chunks: Any = None) -> tuple[xr.Data
         ds = _open_raw(store, group, chunks)
     except ValueError as exc:  # sizes that disagree: a resize under way, or killed half way
         if _marker(_Group(store, group, _Hook()).attrs) is None or not _try_repair(store, group):
-            raise StoreError(f"{store}/{group}: being written or left half-written ({exc}); "
-                             "retry, or rerun the write to repair it") from None
+            raise StoreError(
+                f"{store}/{group}: being written or left half-written ({exc}); retry, or rerun the write to repair it"
+            ) from None
         ds = _open_raw(store, group, chunks)
     if MARKER in ds.attrs and _try_repair(store, group):
         ds = _open_raw(store, group, chunks)
@@ -1122,15 +1205,26 @@ def _check_specs(old: xr.Dataset, new: xr.Dataset, where: str) -> None:
     by_hash = {h: n for n, h in old_hash.items()}
     for name, h in zip(map(str, new["spec"].values), map(str, new["spec_hash"].values)):
         if name in old_hash and old_hash[name] != h:
-            raise StoreError(f"{where}: spec {name!r} is already stored with a different definition; "
-                             "give the new perturbation another name")
+            raise StoreError(
+                f"{where}: spec {name!r} is already stored with a different definition; "
+                "give the new perturbation another name"
+            )
         if name not in old_hash and h in by_hash:
-            raise StoreError(f"{where}: spec {name!r} is the same perturbation as stored spec {by_hash[h]!r}; "
-                             "refusing to write it twice")
+            raise StoreError(
+                f"{where}: spec {name!r} is the same perturbation as stored spec {by_hash[h]!r}; "
+                "refusing to write it twice"
+            )
 
 
-def write_grid(store: str | Path, group: str, ds: xr.Dataset, *, grid: tuple[str, ...] = ("checkpoint", "spec"),
-               chunk_dims: Iterable[str] | None = None, compress: bool = True) -> Path:
+def write_grid(
+    store: str | Path,
+    group: str,
+    ds: xr.Dataset,
+    *,
+    grid: tuple[str, ...] = ("checkpoint", "spec"),
+    chunk_dims: Iterable[str] | None = None,
+    compress: bool = True,
+) -> Path:
     """Write ``ds`` into ``group`` cell by cell over the ``grid`` dims (new checkpoints, new specs, or a new
     spec for an old checkpoint all work); cells never written read as NaN.
 
@@ -1180,7 +1274,7 @@ def write_grid(store: str | Path, group: str, ds: xr.Dataset, *, grid: tuple[str
         index = {d: [stored[d].get(str(v), -1) for v in ds[d].values] for d in grid}
         for d in grid:  # the stored index of every new entry, after the ones already there
             n = old.sizes[d]
-            for pos, v in enumerate(ds[d].values):
+            for pos in range(ds.sizes[d]):
                 if index[d][pos] < 0:
                     index[d][pos] = n
                     n += 1
@@ -1188,11 +1282,29 @@ def write_grid(store: str | Path, group: str, ds: xr.Dataset, *, grid: tuple[str
         for d, n_old in grown.items():  # grow the grid; the new entries' coordinates
             n_new = n_old + len(new_values[d])
             _grow(g, d, n_new)
-            per_entry = [n for n in ds.variables if n in g.meta and d in ds[n].dims and n != WRITTEN
-                         and not (set(ds[n].dims) - {d}) & set(grid) and n not in ds.data_vars]
+            per_entry = [
+                n
+                for n in ds.variables
+                if n in g.meta
+                and d in ds[n].dims
+                and n != WRITTEN
+                and not (set(ds[n].dims) - {d}) & set(grid)
+                and n not in ds.data_vars
+            ]
             new = ds.drop_vars(list(ds.data_vars)).sel({d: new_values[d]})  # coordinates only: no data copy
-            _write_vars(g, new, per_entry, {n: tuple(slice(n_old, n_new) if dd == d else slice(0, g.meta[n].shape[i])
-                                                      for i, dd in enumerate(g.dims(n))) for n in per_entry}, "grow")
+            _write_vars(
+                g,
+                new,
+                per_entry,
+                {
+                    n: tuple(
+                        slice(n_old, n_new) if dd == d else slice(0, g.meta[n].shape[i])
+                        for i, dd in enumerate(g.dims(n))
+                    )
+                    for n in per_entry
+                },
+                "grow",
+            )
         body = [n for n in ds.data_vars if n != WRITTEN and set(ds[n].dims) & set(grid)]
         _write_cells(g, ds, body, grid, index)
         # commit: the flags of every cell of this write, after all its data (one chunk file: atomic)
@@ -1205,8 +1317,9 @@ def write_grid(store: str | Path, group: str, ds: xr.Dataset, *, grid: tuple[str
     return store
 
 
-def _write_cells(g: _Group, ds: xr.Dataset, names: list[str], grid: tuple[str, ...],
-                 index: Mapping[str, list[int]]) -> None:
+def _write_cells(
+    g: _Group, ds: xr.Dataset, names: list[str], grid: tuple[str, ...], index: Mapping[str, list[int]]
+) -> None:
     """Write the cells of ``ds`` (positions along the grid dims) at their stored indices ``index``."""
     fast, slow = [], []
     for name in names:
@@ -1216,13 +1329,16 @@ def _write_cells(g: _Group, ds: xr.Dataset, names: list[str], grid: tuple[str, .
         values = _encoded_like(g, name, var)
         for pos in itertools.product(*[range(ds.sizes[d]) for d in gdims]):
             at = dict(zip(gdims, pos))
-            region = tuple(slice(index[d][at[d]], index[d][at[d]] + 1) if d in at else slice(0, g.meta[name].shape[i])
-                           for i, d in enumerate(dims))
+            region = tuple(
+                slice(index[d][at[d]], index[d][at[d]] + 1) if d in at else slice(0, g.meta[name].shape[i])
+                for i, d in enumerate(dims)
+            )
             if values is None:
                 slow.append((name, ds[[name]].isel({d: [p] for d, p in at.items()}), {name: region}))
             else:
-                fast.append((name, values[tuple(slice(at[d], at[d] + 1) if d in at else slice(None) for d in dims)],
-                             region))
+                fast.append(
+                    (name, values[tuple(slice(at[d], at[d] + 1) if d in at else slice(None) for d in dims)], region)
+                )
     g.write(fast, "data")
     for name, part, regions in slow:
         _write_vars(g, part, [name], regions, "data")
@@ -1230,16 +1346,20 @@ def _write_cells(g: _Group, ds: xr.Dataset, names: list[str], grid: tuple[str, .
 
 def _check_grid_write(old: xr.Dataset, ds: xr.Dataset, grid: tuple[str, ...], where: str) -> None:
     if set(old.data_vars) != set(ds.data_vars):
-        raise StoreError(f"{where}: variables differ: store has {sorted(old.data_vars)}, "
-                         f"new data has {sorted(ds.data_vars)}")
+        raise StoreError(
+            f"{where}: variables differ: store has {sorted(old.data_vars)}, new data has {sorted(ds.data_vars)}"
+        )
     for dim, size in ds.sizes.items():
         if dim in grid:
             continue
         if old.sizes.get(dim) != size:
             raise StoreError(f"{where}: dim {dim!r} has size {size}, the store has {old.sizes.get(dim)}")
     for name, coord in ds.coords.items():
-        if name in old.coords and not set(coord.dims) & set(grid) and \
-                not np.array_equal(np.asarray(coord.values), np.asarray(old[name].values)):
+        if (
+            name in old.coords
+            and not set(coord.dims) & set(grid)
+            and not np.array_equal(np.asarray(coord.values), np.asarray(old[name].values))
+        ):
             raise StoreError(f"{where}: coordinate {name!r} differs from the stored one")
     unknown = sorted(n for n in ds.coords if n not in old.variables and set(ds[n].dims) & set(grid))
     if unknown:
@@ -1277,8 +1397,9 @@ def written_cells(store: str | Path, group: str, grid: tuple[str, ...] = ("check
     return {tuple(c[i] for c, i in zip(coords, idx)) for idx in zip(*np.nonzero(mask))}
 
 
-def check_grid(store: str | Path, group: str, coords: Mapping[str, Iterable[Any]],
-               spec_hash: Iterable[str] | None = None) -> None:
+def check_grid(
+    store: str | Path, group: str, coords: Mapping[str, Iterable[Any]], spec_hash: Iterable[str] | None = None
+) -> None:
     """Refuse, before any expensive work, a planned write of the cells ``coords`` (grid dim -> values)
     that :func:`write_grid` would refuse (already written, or a spec name/definition clash)."""
     store = Path(store)
@@ -1332,24 +1453,43 @@ _DERIVED = "Derived summaries"
 _PAIR_GROUP = dict(section=_PAIRS, keep_attrs=True, varying=("wavelength",))
 TRACES = _register(Group("traces", _INTERP, grid=("checkpoint", "spec")))
 REPEATED_TOKENS = _register(Group("repeated_tokens", _INTERP, grid=("checkpoint", "spec")))
-ACTIVATIONS = _register(Group("activations", _INTERP, grid=("checkpoint", "spec"),
-                              chunk_dims=("checkpoint", "spec", "layer"), compress=False))
-UPDATES_WEIGHTS = _register(Group("updates_weights", append="comparison", chunk_dims=("comparison", "layer"),
-                                  **_PAIR_GROUP))
-UPDATES_STATES = _register(Group("updates_states", append="comparison", chunk_dims=("comparison", "layer"),
-                                 **_PAIR_GROUP))
+ACTIVATIONS = _register(
+    Group(
+        "activations", _INTERP, grid=("checkpoint", "spec"), chunk_dims=("checkpoint", "spec", "layer"), compress=False
+    )
+)
+UPDATES_WEIGHTS = _register(
+    Group("updates_weights", append="comparison", chunk_dims=("comparison", "layer"), **_PAIR_GROUP)
+)
+UPDATES_STATES = _register(
+    Group("updates_states", append="comparison", chunk_dims=("comparison", "layer"), **_PAIR_GROUP)
+)
 BANDS = _register(Group("bands", append="comparison", chunk_dims=("comparison", "layer"), **_PAIR_GROUP))
-SCORE_DECOMPOSITION = _register(Group("score_decomposition", append="checkpoint", chunk_dims=("checkpoint", "layer"),
-                                      **_PAIR_GROUP))
+SCORE_DECOMPOSITION = _register(
+    Group("score_decomposition", append="checkpoint", chunk_dims=("checkpoint", "layer"), **_PAIR_GROUP)
+)
 PROBES = _register(Group("probes", append="checkpoint", chunk_dims=("checkpoint", "layer"), **_PAIR_GROUP))
-RETRIEVAL = _register(Group("retrieval", "Retrieval", append="checkpoint",
-                            merge_attrs=("checkpoint_hashes", "rope_theta")))
-KD_SIGNAL = _register(Group("kd_signal", "Cross-document KD signal", append="checkpoint",
-                            merge_attrs=("checkpoint_hashes",),
-                            same_attrs=("data_hash", "seq_len", "n_windows", "seed", "summary_tokens", "token_kinds",
-                                        "kept_tokens")))
-POSITION_LOSS = _register(Group("position_loss", "Loss and KL by position", append="checkpoint",
-                                merge_attrs=("checkpoint_hashes",), same_attrs=("data_hash", "teacher_hash", "edges")))
+RETRIEVAL = _register(
+    Group("retrieval", "Retrieval", append="checkpoint", merge_attrs=("checkpoint_hashes", "rope_theta"))
+)
+KD_SIGNAL = _register(
+    Group(
+        "kd_signal",
+        "Cross-document KD signal",
+        append="checkpoint",
+        merge_attrs=("checkpoint_hashes",),
+        same_attrs=("data_hash", "seq_len", "n_windows", "seed", "summary_tokens", "token_kinds", "kept_tokens"),
+    )
+)
+POSITION_LOSS = _register(
+    Group(
+        "position_loss",
+        "Loss and KL by position",
+        append="checkpoint",
+        merge_attrs=("checkpoint_hashes",),
+        same_attrs=("data_hash", "teacher_hash", "edges"),
+    )
+)
 ABLATIONS = _register(Group("ablations", _DERIVED))
 ARM_RETRIEVAL = _register(Group("arm_retrieval", _DERIVED, derived=True))
 ARM_COMPARISONS = _register(Group("arm_comparisons", _DERIVED, derived=True))
@@ -1386,9 +1526,16 @@ def _same_values(a: Any, b: Any) -> bool:
     return list(map(str, a.ravel())) == list(map(str, b.ravel()))
 
 
-def refuse(store: str | Path, group: str, ds: xr.Dataset | None = None, *, labels: Iterable[str] | None = None,
-           cells: Mapping[str, Iterable[Any]] | None = None, spec_hash: Iterable[str] | None = None,
-           attrs: Mapping[str, Any] | None = None) -> None:
+def refuse(
+    store: str | Path,
+    group: str,
+    ds: xr.Dataset | None = None,
+    *,
+    labels: Iterable[str] | None = None,
+    cells: Mapping[str, Iterable[Any]] | None = None,
+    spec_hash: Iterable[str] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> None:
     """Raise StoreError, before any work, for a write :func:`save` would refuse: a foreign store; for an
     append group, ``labels`` already written (with ``ds``: its labels), ``attrs`` that differ from the
     group's ``same_attrs``, and with ``ds`` also other labels along the other dims or other entry-free
@@ -1400,9 +1547,16 @@ def refuse(store: str | Path, group: str, ds: xr.Dataset | None = None, *, label
     writable.probe(store)  # a read-only / full / forbidden store location: one line now, not after the work
 
 
-def _refuse(store: str | Path, group: str, ds: xr.Dataset | None = None, *, labels: Iterable[str] | None = None,
-            cells: Mapping[str, Iterable[Any]] | None = None, spec_hash: Iterable[str] | None = None,
-            attrs: Mapping[str, Any] | None = None) -> xr.Dataset | None:
+def _refuse(
+    store: str | Path,
+    group: str,
+    ds: xr.Dataset | None = None,
+    *,
+    labels: Iterable[str] | None = None,
+    cells: Mapping[str, Iterable[Any]] | None = None,
+    spec_hash: Iterable[str] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> xr.Dataset | None:
     """:func:`refuse`; returns the stored group it checked against (an existing append group), else None."""
     spec = group_spec(group)
     store = Path(store)
@@ -1428,24 +1582,32 @@ def _refuse(store: str | Path, group: str, ds: xr.Dataset | None = None, *, labe
         labels = map(str, ds[dim].values)
     clash = sorted(set(map(str, old[dim].values)) & set(map(str, labels or ())))
     if clash:
-        raise StoreError(f"{where}: {dim} {clash} already written; refusing to write it twice (use another --out store)")
+        raise StoreError(
+            f"{where}: {dim} {clash} already written; refusing to write it twice (use another --out store)"
+        )
     attrs = ds.attrs if attrs is None and ds is not None else attrs
     for key in spec.same_attrs:
         if attrs is not None and key in attrs and key in old.attrs and str(old.attrs[key]) != str(attrs[key]):
-            raise StoreError(f"{where}: written with {key}={old.attrs[key]!r}, this run has {key}={attrs[key]!r}; "
-                             "one group holds one setting (use another --out store)")
+            raise StoreError(
+                f"{where}: written with {key}={old.attrs[key]!r}, this run has {key}={attrs[key]!r}; "
+                "one group holds one setting (use another --out store)"
+            )
     if ds is None:
         return old
     for name in ds.dims:
         if name != dim and name in old.coords and name in ds.coords and not _same_values(old[name], ds[name]):
-            raise StoreError(f"{where}: {name} labels {list(map(str, ds[name].values))} differ from the store's "
-                             f"{list(map(str, old[name].values))}; one group holds one setting (use another --out store)")
+            raise StoreError(
+                f"{where}: {name} labels {list(map(str, ds[name].values))} differ from the store's "
+                f"{list(map(str, old[name].values))}; one group holds one setting (use another --out store)"
+            )
     for name in ds.variables:
         if name in ds.dims or dim in ds[name].dims or name in spec.varying or name not in old.variables:
             continue
         if not _same_values(old[name].values, ds[name].values):
-            raise StoreError(f"{where}: {name} differs from the store's (the group was written with another "
-                             "setting); one group holds one setting (use another --out store)")
+            raise StoreError(
+                f"{where}: {name} differs from the store's (the group was written with another "
+                "setting); one group holds one setting (use another --out store)"
+            )
     return old
 
 
@@ -1471,7 +1633,9 @@ def save(store: str | Path, group: str, ds: xr.Dataset) -> Path:
     new.attrs = dict(old.attrs) if spec.keep_attrs else dict(ds.attrs)
     new.attrs.pop(MARKER, None)
     for key in spec.merge_attrs:
-        new.attrs[key] = json.dumps({**(decode_attr(old.attrs.get(key)) or {}), **(decode_attr(ds.attrs.get(key)) or {})})
+        new.attrs[key] = json.dumps(
+            {**(decode_attr(old.attrs.get(key)) or {}), **(decode_attr(ds.attrs.get(key)) or {})}
+        )
     return write(store, group, new, append_dim=dim)
 
 

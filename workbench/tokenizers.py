@@ -37,7 +37,9 @@ def load(path: str | Path, what: str = "tokenizer"):
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:  # transformers raises many types for a bad directory
-        raise ValueError(f"{what}: {path} is not a loadable tokenizer directory ({type(exc).__name__}: {exc})") from None
+        raise ValueError(
+            f"{what}: {path} is not a loadable tokenizer directory ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def synthetic():
@@ -66,8 +68,10 @@ def _data_tokenizer_path(cfg) -> str | None:
         if data is not None:
             paths.add(data_tokenizer(data))
     if len(paths) > 1:
-        raise ValueError(f"data.tokenizer: phases use different tokenizers {sorted(map(str, paths))}; "
-                         "a run (and its checkpoints) has one vocabulary")
+        raise ValueError(
+            f"data.tokenizer: phases use different tokenizers {sorted(map(str, paths))}; "
+            "a run (and its checkpoints) has one vocabulary"
+        )
     return paths.pop()
 
 
@@ -80,13 +84,17 @@ def for_run(cfg, *, warn: bool = True) -> tuple[Any, str]:
     if teacher_path and not getattr(cfg.teacher, "cache", None) and Path(teacher_path).is_dir():
         if has_tokenizer(teacher_path):
             teacher_tok = load(teacher_path, "teacher.path")
-            reference, name = (data_tok, f"data.tokenizer {data_path}") if data_tok is not None else \
-                (synthetic(), "the synthetic vocabulary of the run's data")
+            reference, name = (
+                (data_tok, f"data.tokenizer {data_path}")
+                if data_tok is not None
+                else (synthetic(), "the synthetic vocabulary of the run's data")
+            )
             if not same_vocabulary(teacher_tok, reference):
                 raise TokenizerMismatch(
                     f"teacher.path: the teacher's tokenizer ({teacher_path}, {len(teacher_tok)} tokens) differs from "
                     f"{name} ({len(reference)} tokens); KD compares distributions token by token, so set "
-                    f"data.tokenizer to the teacher's tokenizer directory (or use a teacher trained on this vocabulary)")
+                    f"data.tokenizer to the teacher's tokenizer directory (or use a teacher trained on this vocabulary)"
+                )
         else:  # no tokenizer to compare: its embedding must have exactly the run tokenizer's rows
             size = len(data_tok) if data_tok is not None else len(synthetic())
             rows = _embedding_rows(Path(teacher_path))
@@ -94,15 +102,21 @@ def for_run(cfg, *, warn: bool = True) -> tuple[Any, str]:
                 raise TokenizerMismatch(
                     f"teacher.path: {teacher_path} has no tokenizer and {rows} embedding rows, but the run's "
                     f"tokenizer has {size} tokens; without a tokenizer to compare, the teacher's vocab_size must "
-                    "equal the run tokenizer's size (padded vocabularies need tokenizers on both sides that agree)")
+                    "equal the run tokenizer's size (padded vocabularies need tokenizers on both sides that agree)"
+                )
             if warn:
-                warnings.warn(f"teacher.path: {teacher_path} has no tokenizer; assuming it uses the run's "
-                              f"({size} tokens, as many as its {rows} embedding rows)", stacklevel=2)
+                warnings.warn(
+                    f"teacher.path: {teacher_path} has no tokenizer; assuming it uses the run's "
+                    f"({size} tokens, as many as its {rows} embedding rows)",
+                    stacklevel=2,
+                )
     student = getattr(cfg, "init_from", None)
     if data_tok is not None and student and Path(student).is_dir() and has_tokenizer(student):
         if not same_vocabulary(load(student, "init_from"), data_tok):
-            raise TokenizerMismatch(f"init_from: the student's tokenizer ({student}) differs from data.tokenizer "
-                                    f"{data_path}; the student would read other tokens than it was trained on")
+            raise TokenizerMismatch(
+                f"init_from: the student's tokenizer ({student}) differs from data.tokenizer "
+                f"{data_path}; the student would read other tokens than it was trained on"
+            )
     if data_tok is not None:
         return data_tok, f"data.tokenizer {data_path}"
     if teacher_tok is not None:
@@ -131,8 +145,10 @@ def check_run(cfg) -> None:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if len(tok) > cfg.model.vocab_size:
-        raise ConfigError(f"model.vocab_size: {cfg.model.vocab_size} is smaller than the run's tokenizer "
-                          f"({source}, {len(tok)} tokens)")
+        raise ConfigError(
+            f"model.vocab_size: {cfg.model.vocab_size} is smaller than the run's tokenizer "
+            f"({source}, {len(tok)} tokens)"
+        )
 
 
 def save(tokenizer, directory: str | Path) -> None:

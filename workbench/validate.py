@@ -13,7 +13,6 @@ import math
 from typing import Any
 
 
-
 class ConfigError(ValueError):
     """A bad config value: the message names the file and the key (``workbench.config.ConfigError``)."""
 
@@ -48,8 +47,10 @@ def in_range(where: str, value: Any, low: float, high: float, *, high_open: bool
 def name(where: str, value: str) -> None:
     """A name that becomes one path component (run and phase names): no separator, no ``.``/``..``."""
     if not value or "/" in value or "\\" in value or value in (".", "..") or "\0" in value:
-        raise ConfigError(f"{where}: {value!r} must be a plain name (no path separators, not '.' or '..'); "
-                          "it names a directory under runs/")
+        raise ConfigError(
+            f"{where}: {value!r} must be a plain name (no path separators, not '.' or '..'); "
+            "it names a directory under runs/"
+        )
 
 
 def rope_scaling(where: str, scaling: dict | None) -> None:
@@ -116,6 +117,8 @@ def check_run(cfg) -> None:
         limit = cfg.model.max_position_embeddings
         for j, n in enumerate(cfg.eval_lengths):
             if n > limit:  # as `workbench eval` refuses prompts beyond the window without --extrapolate
-                raise ConfigError(f"eval_lengths[{j}]: {n} is beyond the model's max_position_embeddings {limit}; "
-                                  "the training eval does not extrapolate (evaluate longer prompts with "
-                                  "`workbench eval --extrapolate` on the checkpoints)")
+                raise ConfigError(
+                    f"eval_lengths[{j}]: {n} is beyond the model's max_position_embeddings {limit}; "
+                    "the training eval does not extrapolate (evaluate longer prompts with "
+                    "`workbench eval --extrapolate` on the checkpoints)"
+                )

@@ -13,9 +13,13 @@ import os
 import uuid
 from pathlib import Path
 
-FS_ERRORS = {errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on the device",
-             errno.EDQUOT: "disk quota exceeded", errno.EACCES: "permission denied",
-             errno.EPERM: "operation not permitted"}
+FS_ERRORS = {
+    errno.EROFS: "read-only file system",
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
 
 
 class NotWritable(OSError):

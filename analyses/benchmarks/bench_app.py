@@ -39,8 +39,17 @@ def build_store(root: Path, n_ckpts: int) -> str:
     from workbench.models import build_model, save_checkpoint
 
     run = root / "bench"
-    cfg = ModelConfig(vocab_size=128, hidden_size=32, num_layers=32, num_heads=32, num_kv_heads=4, head_dim=128,
-                      intermediate_size=8, max_position_embeddings=4096, rope_theta=10000.0)
+    cfg = ModelConfig(
+        vocab_size=128,
+        hidden_size=32,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=4,
+        head_dim=128,
+        intermediate_size=8,
+        max_position_embeddings=4096,
+        rope_theta=10000.0,
+    )
     model = build_model(cfg, seed=0)
     paths = []
     for i in range(n_ckpts):
@@ -70,18 +79,27 @@ def callback_times(root: Path, store: str) -> dict[str, float]:
     out["heatmap ms, each new pair (median)"] = statistics.median(warm)
     out["heatmap ms, each new pair (max)"] = max(warm)
     out["head x pair ms, cached slice (median)"] = statistics.median(
-        [timed(updates.heads, root, store, "W_q", c, 7) for c in comps])
+        [timed(updates.heads, root, store, "W_q", c, 7) for c in comps]
+    )
     client = dash_app.server.test_client()
     output = next(k for k in dash_app.callback_map if k.startswith("..updates-graph.figure..."))
     body = lambda c: {  # noqa: E731
         "output": output,
-        "outputs": [{"id": "updates-graph", "property": "figure"}, {"id": "updates-graph", "property": "style"},
-                    {"id": "updates-bands", "property": "figure"}, {"id": "updates-bands", "property": "style"},
-                    {"id": "updates-messages", "property": "children"}],
-        "inputs": [{"id": "updates-store", "property": "value", "value": store},
-                   {"id": "updates-source", "property": "value", "value": "W_q"},
-                   {"id": "updates-comparison", "property": "value", "value": c}],
-        "changedPropIds": ["updates-comparison.value"], "state": []}
+        "outputs": [
+            {"id": "updates-graph", "property": "figure"},
+            {"id": "updates-graph", "property": "style"},
+            {"id": "updates-bands", "property": "figure"},
+            {"id": "updates-bands", "property": "style"},
+            {"id": "updates-messages", "property": "children"},
+        ],
+        "inputs": [
+            {"id": "updates-store", "property": "value", "value": store},
+            {"id": "updates-source", "property": "value", "value": "W_q"},
+            {"id": "updates-comparison", "property": "value", "value": c},
+        ],
+        "changedPropIds": ["updates-comparison.value"],
+        "state": [],
+    }
     http = []
     for c in comps:
         start = time.perf_counter()
@@ -115,14 +133,26 @@ def first_render(root: Path) -> dict[str, float]:
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     ready = """() => { const gd = document.querySelector('#updates-graph .js-plotly-plot');
-                       return !!gd && !!gd._fullData && gd._fullData.some(t => (t.z && t.z.length) || (t.y && t.y.length)); }"""
+                       return !!gd && !!gd._fullData
+                              && gd._fullData.some(t => (t.z && t.z.length) || (t.y && t.y.length)); }"""
     out = {}
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        for name, app, query in (("baseline (bare Dash page)", baseline_app(), ""),
-                                 ("dashboard updates view", create_app(root), "?tab=updates")):
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        for name, app, query in (
+            ("baseline (bare Dash page)", baseline_app(), ""),
+            ("dashboard updates view", create_app(root), "?tab=updates"),
+        ):
             srv = make_server("127.0.0.1", 0, app.server, threaded=True)
             threading.Thread(target=srv.serve_forever, daemon=True).start()
             try:
@@ -162,7 +192,10 @@ def main() -> None:
     for key, value in results.items():
         goal = "<= 100 ms" if " ms" in key and "max" not in key else ("<= 3 s" if "dashboard" in key else "")
         print(f"{key:<62} {value:>9.2f}  {goal}")
-    ratio = results["first render cold s: dashboard updates view"] / results["first render cold s: baseline (bare Dash page)"]
+    ratio = (
+        results["first render cold s: dashboard updates view"]
+        / results["first render cold s: baseline (bare Dash page)"]
+    )
     print(f"{'first render cold, dashboard / bare Dash page (same run)':<62} {ratio:>9.2f}")
     print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 

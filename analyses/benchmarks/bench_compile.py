@@ -35,20 +35,48 @@ def main(argv=None) -> int:
     from workbench import config, models
     from workbench.train import train
 
-    student = dict(vocab_size=256, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
-                   intermediate_size=128, max_position_embeddings=4096, rope_theta=500.0)
+    student = dict(
+        vocab_size=256,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+        max_position_embeddings=4096,
+        rope_theta=500.0,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         teacher = Path(tmp) / "teacher"
-        models.save_checkpoint(models.build_model(config.ModelConfig(**dict(student, hidden_size=96)), seed=7),
-                               teacher, {"phase": "t", "step": 0})
+        models.save_checkpoint(
+            models.build_model(config.ModelConfig(**dict(student, hidden_size=96)), seed=7),
+            teacher,
+            {"phase": "t", "step": 0},
+        )
         results = {}
         for compiled in (False, True):
-            cfg = config.from_dict(config.RunConfig, {
-                "name": "bench", "model": student, "seed": 0, "teacher": {"path": str(teacher)},
-                "data": {"kind": "synthetic-short", "doc_len_min": 32, "doc_len_max": 128},
-                "optim": {"micro_batch_size": 2, "compile": compiled}, "checkpoint": {"every": 0, "keep_last": 1},
-                "phases": [{"name": "p", "steps": args.steps, "seq_len": args.seq_len, "rope_theta": 500,
-                            "lr": 1e-3, "objective": "kd"}]})
+            cfg = config.from_dict(
+                config.RunConfig,
+                {
+                    "name": "bench",
+                    "model": student,
+                    "seed": 0,
+                    "teacher": {"path": str(teacher)},
+                    "data": {"kind": "synthetic-short", "doc_len_min": 32, "doc_len_max": 128},
+                    "optim": {"micro_batch_size": 2, "compile": compiled},
+                    "checkpoint": {"every": 0, "keep_last": 1},
+                    "phases": [
+                        {
+                            "name": "p",
+                            "steps": args.steps,
+                            "seq_len": args.seq_len,
+                            "rope_theta": 500,
+                            "lr": 1e-3,
+                            "objective": "kd",
+                        }
+                    ],
+                },
+            )
             t0 = time.perf_counter()
             run = train(cfg, out=str(Path(tmp) / f"run-{compiled}"), progress=False)
             wall = time.perf_counter() - t0
@@ -63,11 +91,15 @@ def main(argv=None) -> int:
     diff = max(abs(e["loss"] - c["loss"]) for e, c in zip(eager[:n], comp[:n]))
     tps = [sum(r["tokens_per_s"] for r in rs[1:]) / max(len(rs) - 1, 1) for rs in (eager, comp)]
     first = [rs[0]["tokens"] / rs[0]["tokens_per_s"] for rs in (eager, comp)]
-    print(f"\nmax |loss diff| over the first {n} steps: {diff:.2e}; after step {n}: "
-          f"{abs(eager[n - 1]['loss'] - comp[n - 1]['loss']):.2e}")
+    print(
+        f"\nmax |loss diff| over the first {n} steps: {diff:.2e}; after step {n}: "
+        f"{abs(eager[n - 1]['loss'] - comp[n - 1]['loss']):.2e}"
+    )
     print(f"first step: eager {first[0]:.1f} s, compiled {first[1]:.1f} s (the compile)")
-    print(f"tokens/s after the first step: eager {tps[0]:.0f}, compiled {tps[1]:.0f}, ratio compiled/eager "
-          f"{tps[1] / tps[0]:.2f}x (threads {args.threads})")
+    print(
+        f"tokens/s after the first step: eager {tps[0]:.0f}, compiled {tps[1]:.0f}, ratio compiled/eager "
+        f"{tps[1] / tps[0]:.2f}x (threads {args.threads})"
+    )
     return 0
 
 

@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from corpus_fixtures import bpe_tokenizer, documents, write_jsonl  # noqa: E402
+
 from workbench.data import corpus  # noqa: E402
 
 CHILD = """
@@ -47,25 +48,54 @@ def build(seed_corpus: Path, out: Path, n_tokens: int) -> Path:
     docs = np.split(ids, offsets[1:-1])
     w = corpus.CorpusWriter(out, src.manifest["tokenizer"]["vocab_size"], max_doc_tokens=256)
     while w.n_tokens < n_tokens:
-        take = docs if w.n_tokens + src.n_tokens <= n_tokens else docs[:max(1, len(docs) * (n_tokens - w.n_tokens)
-                                                                           // src.n_tokens)]
+        take = (
+            docs
+            if w.n_tokens + src.n_tokens <= n_tokens
+            else docs[: max(1, len(docs) * (n_tokens - w.n_tokens) // src.n_tokens)]
+        )
         w.add(take)
-    corpus.write_manifest(out, w.close(), w, {k: src.manifest[k] for k in ("tokenizer", "eos")} |
-                          {"sources": [], "options": {}, "fingerprint": f"bench-{n_tokens}", "split": "train"})
+    corpus.write_manifest(
+        out,
+        w.close(),
+        w,
+        {k: src.manifest[k] for k in ("tokenizer", "eos")}
+        | {"sources": [], "options": {}, "fingerprint": f"bench-{n_tokens}", "split": "train"},
+    )
     (out / corpus.TOKENIZER_DIR).symlink_to((seed_corpus / corpus.TOKENIZER_DIR).resolve())
     return out
 
 
 def run(corpus_dir: Path, out: Path, steps: int) -> float:
-    student = dict(vocab_size=512, hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32,
-                   intermediate_size=256, max_position_embeddings=1024, rope_theta=10000.0)
-    cfg = {"name": "rss", "model": student, "seed": 0, "data": {"kind": "tokens", "paths": [str(corpus_dir)]},
-           "optim": {"micro_batch_size": 4, "grad_accum_steps": 1}, "checkpoint": {"every": 0, "keep_last": 1},
-           "phases": [{"name": "p", "steps": steps, "seq_len": 512, "rope_theta": 10000.0, "lr": 1e-3}]}
-    env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PATH": "/usr/bin:/bin"}
-    res = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg), str(out)], env=env, capture_output=True,
-                         text=True, cwd=ROOT)
+    student = dict(
+        vocab_size=512,
+        hidden_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        intermediate_size=256,
+        max_position_embeddings=1024,
+        rope_theta=10000.0,
+    )
+    cfg = {
+        "name": "rss",
+        "model": student,
+        "seed": 0,
+        "data": {"kind": "tokens", "paths": [str(corpus_dir)]},
+        "optim": {"micro_batch_size": 4, "grad_accum_steps": 1},
+        "checkpoint": {"every": 0, "keep_last": 1},
+        "phases": [{"name": "p", "steps": steps, "seq_len": 512, "rope_theta": 10000.0, "lr": 1e-3}],
+    }
+    env = {
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PATH": "/usr/bin:/bin",
+    }
+    res = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(cfg), str(out)], env=env, capture_output=True, text=True, cwd=ROOT
+    )
     if res.returncode:
         raise RuntimeError(res.stderr[-3000:])
     return json.loads(res.stdout.strip().splitlines()[-1])["maxrss_mb"]
@@ -92,12 +122,14 @@ def main() -> None:
             print(f"{k}: {corpus.open_corpus(d).n_tokens:,} tokens, {bin_mb:,.0f} MB of shards")
         peaks: dict[str, list[float]] = {k: [] for k in dirs}
         for r in range(args.rounds):
-            for k in (("small", "large") if r % 2 == 0 else ("large", "small")):
+            for k in ("small", "large") if r % 2 == 0 else ("large", "small"):
                 peaks[k].append(run(dirs[k], work / f"run-{k}-{r}", args.steps))
                 print(f"round {r} {k}: peak RSS {peaks[k][-1]:.1f} MB")
-        s, l = min(peaks["small"]), min(peaks["large"])
-        print(f"\npeak RSS (best of {args.rounds}): {sizes['small']:,} tokens {s:.1f} MB, {sizes['large']:,} tokens "
-              f"{l:.1f} MB; difference {l - s:+.1f} MB ({100 * (l - s) / s:+.2f} %; goal under 5 %)")
+        s, big = min(peaks["small"]), min(peaks["large"])
+        print(
+            f"\npeak RSS (best of {args.rounds}): {sizes['small']:,} tokens {s:.1f} MB, {sizes['large']:,} tokens "
+            f"{big:.1f} MB; difference {big - s:+.1f} MB ({100 * (big - s) / s:+.2f} %; goal under 5 %)"
+        )
 
 
 if __name__ == "__main__":

@@ -66,17 +66,27 @@ def child(mode: str, length: int) -> dict:
     from workbench.train.losses import LossSpec
 
     def model(seed: int, layers: int):
-        return build_model(ModelConfig(vocab_size=256, hidden_size=64, num_layers=layers, num_heads=2, num_kv_heads=2,
-                                       head_dim=32, intermediate_size=128, max_position_embeddings=length,
-                                       rope_theta=10000.0), seed=seed)
+        return build_model(
+            ModelConfig(
+                vocab_size=256,
+                hidden_size=64,
+                num_layers=layers,
+                num_heads=2,
+                num_kv_heads=2,
+                head_dim=32,
+                intermediate_size=128,
+                max_position_embeddings=length,
+                rope_theta=10000.0,
+            ),
+            seed=seed,
+        )
 
     student, teacher = model(0, 2), model(1, 2).requires_grad_(False).eval()
     g = torch.Generator().manual_seed(0)
     lens = torch.randint(64, 257, (length // 64,), generator=g)
     doc_ids = torch.repeat_interleave(torch.arange(len(lens)), lens)[:length][None]  # [1, T] packed 64-256 docs
     ids = torch.randint(0, 256, (1, length), generator=g)
-    batch = {"input_ids": ids, "labels": ids.clone(), "doc_ids": doc_ids,
-             "position_ids": torch.arange(length)[None]}
+    batch = {"input_ids": ids, "labels": ids.clone(), "doc_ids": doc_ids, "position_ids": torch.arange(length)[None]}
     backend = {"flex": "flex", "dense": "dense", "student-dense": "dense"}.get(mode, "auto")
     orig = attention.document_mask
 
@@ -101,8 +111,14 @@ def child(mode: str, length: int) -> dict:
     base = rss_bytes()
     reset_peak()
     seconds = step()
-    return {"mode": mode, "length": length, "peak_mb": (peak_rss_bytes() - base) / 2**20, "seconds": seconds,
-            "tokens_per_s": length / seconds, "warmup_s": t_warm}
+    return {
+        "mode": mode,
+        "length": length,
+        "peak_mb": (peak_rss_bytes() - base) / 2**20,
+        "seconds": seconds,
+        "tokens_per_s": length / seconds,
+        "warmup_s": t_warm,
+    }
 
 
 def main(argv=None) -> int:
@@ -129,8 +145,9 @@ def main(argv=None) -> int:
                 mask_gb = n * n * 4 / 2**30
                 print(f"{mode:<14}{n:>8}  not run: the dense [1, 1, T, T] mask alone is {mask_gb:.1f} GiB (fp32)")
                 continue
-            p = subprocess.run([sys.executable, __file__, "--child", mode, str(n)], capture_output=True, text=True,
-                               env=env)
+            p = subprocess.run(
+                [sys.executable, __file__, "--child", mode, str(n)], capture_output=True, text=True, env=env
+            )
             if p.returncode != 0:
                 print(f"{mode:<14}{n:>8}  failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
                 continue
@@ -148,8 +165,10 @@ def main(argv=None) -> int:
     for n in lengths:
         if ("flex", n) in rows and ("dense", n) in rows:
             f, d = rows[("flex", n)], rows[("dense", n)]
-            print(f"  {n} tokens: dense / flex peak {d['peak_mb'] / max(f['peak_mb'], 1e-9):.2f}x, "
-                  f"flex / dense tokens/s {f['tokens_per_s'] / d['tokens_per_s']:.2f}x")
+            print(
+                f"  {n} tokens: dense / flex peak {d['peak_mb'] / max(f['peak_mb'], 1e-9):.2f}x, "
+                f"flex / dense tokens/s {f['tokens_per_s'] / d['tokens_per_s']:.2f}x"
+            )
     return 0
 
 

@@ -35,7 +35,7 @@ def naive_greedy(model, samples) -> list[np.ndarray]:
         for _ in range(len(s.answer_ids)):
             nxt = model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[:, -1].argmax(-1)
             ids = torch.cat([ids, nxt[:, None]], 1)
-        out.append(ids[0, len(s.input_ids):].numpy())
+        out.append(ids[0, len(s.input_ids) :].numpy())
     return out
 
 
@@ -53,8 +53,10 @@ def main() -> None:
     model = models.build_model(config.load_model_config(args.preset), seed=0)
     rendering = SyntheticRendering()
     print(f"preset {args.preset}, task {args.task}, {args.samples} samples per length, threads {args.threads}")
-    print(f"{'length':>7} {'batched s/s':>12} {'one-by-one s/s':>15} {'no-cache s/s':>13} "
-          f"{'batched/one':>12} {'batched/no-cache':>17}")
+    print(
+        f"{'length':>7} {'batched s/s':>12} {'one-by-one s/s':>15} {'no-cache s/s':>13} "
+        f"{'batched/one':>12} {'batched/no-cache':>17}"
+    )
     for length in (int(x) for x in args.lengths.split(",")):
         depths = list(np.linspace(0, 100, args.samples))
         samples = make_samples(args.task, length, depths, 1, rendering, seed=0)
@@ -69,12 +71,16 @@ def main() -> None:
             t0 = time.perf_counter()
             naive = naive_greedy(model, samples)
             best["naive"] = min(best["naive"], time.perf_counter() - t0)
-        same = all(np.array_equal(a.generated, b.generated) and np.array_equal(a.generated, c)
-                   for a, b, c in zip(outputs["batched"], outputs["single"], naive))
+        same = all(
+            np.array_equal(a.generated, b.generated) and np.array_equal(a.generated, c)
+            for a, b, c in zip(outputs["batched"], outputs["single"], naive)
+        )
         rate = {m: len(samples) / t for m, t in best.items()}
-        print(f"{length:>7} {rate['batched']:>12.1f} {rate['single']:>15.1f} {rate['naive']:>13.1f} "
-              f"{rate['batched'] / rate['single']:>11.1f}x {rate['batched'] / rate['naive']:>16.1f}x"
-              f"{'' if same else '  OUTPUTS DIFFER'}")
+        print(
+            f"{length:>7} {rate['batched']:>12.1f} {rate['single']:>15.1f} {rate['naive']:>13.1f} "
+            f"{rate['batched'] / rate['single']:>11.1f}x {rate['batched'] / rate['naive']:>16.1f}x"
+            f"{'' if same else '  OUTPUTS DIFFER'}"
+        )
 
 
 if __name__ == "__main__":

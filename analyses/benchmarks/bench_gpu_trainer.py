@@ -19,7 +19,8 @@ Rows (each a separate measurement; a failing row prints its error and the others
 - ``eval``: ``workbench eval`` of the shipped tiny teacher (data/teacher/tiny-teacher) on the device;
 - ``trace-check``: ``workbench trace --check --device DEVICE`` of the same checkpoint (TransformerLens and
   nnsight parity, identity, q/k shift invariance), as a user runs it;
-- ``trace-device``: the same checks in-process (``workbench.interventions.check(..., device=)``), for the worst difference.
+- ``trace-device``: the same checks in-process (``workbench.interventions.check(..., device=)``),
+  for the worst difference.
 
 Columns: tokens per step, median tokens/s per GPU after warm-up, MFU, peak memory (CUDA: max allocated; CPU:
 the process's max RSS) and ``workbench.train.memory.step_memory``'s estimate, wall time (for the KD rows: building
@@ -83,23 +84,37 @@ from workbench.train.memory import GB, step_memory  # noqa: E402
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 PRESETS = ROOT / "data/configs/presets"
 TINY_CKPT = ROOT / "data/teacher/tiny-teacher"
-ROWS = ("kd-8k", "kd-32k", "doc-kd-32k", "doc-kd-128k", "kd-8k-compiled", "flex-equal", "eval", "trace-check",
-        "trace-device")
+ROWS = (
+    "kd-8k",
+    "kd-32k",
+    "doc-kd-32k",
+    "doc-kd-128k",
+    "kd-8k-compiled",
+    "flex-equal",
+    "eval",
+    "trace-check",
+    "trace-device",
+)
 KD_ROWS = ("kd-8k", "kd-32k", "doc-kd-32k", "doc-kd-128k", "kd-8k-compiled")
 DOC_LEN = 256  # document length of the document-masked rows
 COLUMNS = ("check", "device", "tokens/step", "tokens/s/GPU", "MFU %", "peak mem GB", "estimate GB", "time s", "status")
 
 
-def flops_per_token(student: config.ModelConfig, teacher: config.ModelConfig | None, seq_len: int,
-                    keys_per_query: float | None = None) -> float:
+def flops_per_token(
+    student: config.ModelConfig, teacher: config.ModelConfig | None, seq_len: int, keys_per_query: float | None = None
+) -> float:
     """Training FLOPs per token: student forward+backward, teacher forward; attention over ``keys_per_query``
     keys per query (default T / 2: causal attention halves QK/AV)."""
     k = seq_len / 2 if keys_per_query is None else keys_per_query
-    f = 6 * models.count_parameters(student) + 12 * student.num_layers * k * student.num_heads \
-        * student.resolved_head_dim
+    f = (
+        6 * models.count_parameters(student)
+        + 12 * student.num_layers * k * student.num_heads * student.resolved_head_dim
+    )
     if teacher is not None:
-        f += 2 * models.count_parameters(teacher) + 4 * teacher.num_layers * k * teacher.num_heads \
-            * teacher.resolved_head_dim
+        f += (
+            2 * models.count_parameters(teacher)
+            + 4 * teacher.num_layers * k * teacher.num_heads * teacher.resolved_head_dim
+        )
     return float(f)
 
 
@@ -111,7 +126,7 @@ def masked_keys_per_query(seq_len: int, doc_len: int = DOC_LEN) -> tuple[float, 
     bm = attention.block_mask((torch.arange(seq_len) // doc_len)[None])
     kept = int(bm.kv_num_blocks.sum() + bm.full_kv_num_blocks.sum())
     nb = -(-seq_len // attention.BLOCK)
-    return kept * attention.BLOCK ** 2 / seq_len, kept / (nb * (nb + 1) / 2)
+    return kept * attention.BLOCK**2 / seq_len, kept / (nb * (nb + 1) / 2)
 
 
 def peak_tflops(arg: float | None, device: torch.device) -> float | None:
@@ -133,48 +148,106 @@ def device_name(device: torch.device) -> str:
 def plan(dry_run: bool) -> dict:
     """Shapes and sizes of the check (the device run) or of its CPU rehearsal (tiny presets)."""
     if dry_run:
-        return {"student": PRESETS / "tiny-student.yaml", "teacher": PRESETS / "tiny-teacher.yaml",
-                "kd-8k": 256, "kd-32k": 1024, "doc-kd-32k": 1024, "doc-kd-128k": 2048, "kd-8k-compiled": 256,
-                "flex-equal": 256, "chunk": 256, "steps": 3, "warmup": 1,
-                "eval_lengths": "256,512", "eval_samples": 2}
-    return {"student": PRESETS / "paper-student-1.1b.yaml", "teacher": PRESETS / "paper-student-1.1b.yaml",
-            "kd-8k": 8192, "kd-32k": 32768, "doc-kd-32k": 32768, "doc-kd-128k": 131072, "kd-8k-compiled": 8192,
-            "flex-equal": 1024, "chunk": 4096, "steps": 6, "warmup": 2,
-            "eval_lengths": "512,1024,2048", "eval_samples": 8}
+        return {
+            "student": PRESETS / "tiny-student.yaml",
+            "teacher": PRESETS / "tiny-teacher.yaml",
+            "kd-8k": 256,
+            "kd-32k": 1024,
+            "doc-kd-32k": 1024,
+            "doc-kd-128k": 2048,
+            "kd-8k-compiled": 256,
+            "flex-equal": 256,
+            "chunk": 256,
+            "steps": 3,
+            "warmup": 1,
+            "eval_lengths": "256,512",
+            "eval_samples": 2,
+        }
+    return {
+        "student": PRESETS / "paper-student-1.1b.yaml",
+        "teacher": PRESETS / "paper-student-1.1b.yaml",
+        "kd-8k": 8192,
+        "kd-32k": 32768,
+        "doc-kd-32k": 32768,
+        "doc-kd-128k": 131072,
+        "kd-8k-compiled": 8192,
+        "flex-equal": 1024,
+        "chunk": 4096,
+        "steps": 6,
+        "warmup": 2,
+        "eval_lengths": "512,1024,2048",
+        "eval_samples": 8,
+    }
 
 
-def kd_row(name: str, p: dict, seq_len: int, checkpointing: bool, device: torch.device, tmp: Path,
-           peak: float | None, world: int, rank: int, document: bool = False, compile: bool = False) -> dict:
+def kd_row(
+    name: str,
+    p: dict,
+    seq_len: int,
+    checkpointing: bool,
+    device: torch.device,
+    tmp: Path,
+    peak: float | None,
+    world: int,
+    rank: int,
+    document: bool = False,
+    compile: bool = False,
+) -> dict:
     from workbench.train import train
 
     student = config.load_model_config(p["student"])
     teacher = config.load_model_config(p["teacher"])
     window = max(p[r] for r in KD_ROWS)  # one random teacher (saved once) for every KD row
-    student = config.ModelConfig(**{**config.to_dict(student), "max_position_embeddings":
-                                    max(student.max_position_embeddings, window)})
-    teacher = config.ModelConfig(**{**config.to_dict(teacher), "max_position_embeddings":
-                                    max(teacher.max_position_embeddings, window)})
+    student = config.ModelConfig(
+        **{**config.to_dict(student), "max_position_embeddings": max(student.max_position_embeddings, window)}
+    )
+    teacher = config.ModelConfig(
+        **{**config.to_dict(teacher), "max_position_embeddings": max(teacher.max_position_embeddings, window)}
+    )
     teacher_dir = tmp / f"teacher-{teacher.hidden_size}-{window}"
     if rank == 0 and not teacher_dir.exists():
-        models.save_checkpoint(models.build_model(teacher, seed=1, dtype=torch.bfloat16, device=device), teacher_dir,
-                               {"step": 0, "phase": "random-teacher"})
+        models.save_checkpoint(
+            models.build_model(teacher, seed=1, dtype=torch.bfloat16, device=device),
+            teacher_dir,
+            {"step": 0, "phase": "random-teacher"},
+        )
     if world > 1:
         import torch.distributed as dist
 
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         dist.barrier()
-    raw = {"name": f"bench-{name}", "model": config.to_dict(student), "device": device.type, "seed": 0,
-           "data": {"kind": "repeated", "options": {"period": DOC_LEN if document else min(512, seq_len // 4)},
-                    "packing": {"attention": "document" if document else "causal"}},
-           "teacher": {"path": str(teacher_dir)},
-           "optim": {"micro_batch_size": 1, "grad_accum_steps": 1, "precision": "bf16",
-                     "activation_checkpointing": checkpointing, "compile": compile},
-           "loss": {"chunk_size": p["chunk"]},
-           "checkpoint": {"every": 0, "keep_last": 1},
-           "phases": [{"name": "bench", "steps": p["steps"] if name in ("kd-8k", "kd-32k") else p["warmup"] + 2,
-                       "seq_len": seq_len,
-                       "rope_theta": student.rope_theta, "lr": 1e-4, "objective": "kd"}]}
+    raw = {
+        "name": f"bench-{name}",
+        "model": config.to_dict(student),
+        "device": device.type,
+        "seed": 0,
+        "data": {
+            "kind": "repeated",
+            "options": {"period": DOC_LEN if document else min(512, seq_len // 4)},
+            "packing": {"attention": "document" if document else "causal"},
+        },
+        "teacher": {"path": str(teacher_dir)},
+        "optim": {
+            "micro_batch_size": 1,
+            "grad_accum_steps": 1,
+            "precision": "bf16",
+            "activation_checkpointing": checkpointing,
+            "compile": compile,
+        },
+        "loss": {"chunk_size": p["chunk"]},
+        "checkpoint": {"every": 0, "keep_last": 1},
+        "phases": [
+            {
+                "name": "bench",
+                "steps": p["steps"] if name in ("kd-8k", "kd-32k") else p["warmup"] + 2,
+                "seq_len": seq_len,
+                "rope_theta": student.rope_theta,
+                "lr": 1e-4,
+                "objective": "kd",
+            }
+        ],
+    }
     cfg = config.from_dict(config.RunConfig, raw, "bench")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -186,8 +259,15 @@ def kd_row(name: str, p: dict, seq_len: int, checkpointing: bool, device: torch.
     tps = statistics.median(r["tokens_per_s"] for r in train_recs if r["step"] > p["warmup"]) / world
     kpq, kept = masked_keys_per_query(seq_len) if document else (None, 1.0)
     mfu = tps * flops_per_token(student, teacher, seq_len, kpq) / (peak * 1e12) if peak else None
-    est = step_memory(student, seq_len, micro_batch=1, world_size=world, teacher=teacher, chunk=p["chunk"],
-                      checkpointing=checkpointing)
+    est = step_memory(
+        student,
+        seq_len,
+        micro_batch=1,
+        world_size=world,
+        teacher=teacher,
+        chunk=p["chunk"],
+        checkpointing=checkpointing,
+    )
     finite = all(map(lambda r: r["loss"] == r["loss"], train_recs))
     if rank == 0:  # the phase-end checkpoint (fp32 weights + AdamW state: 13 GB at 1.1B) is not kept
         import shutil
@@ -195,17 +275,27 @@ def kd_row(name: str, p: dict, seq_len: int, checkpointing: bool, device: torch.
         shutil.rmtree(run, ignore_errors=True)
     status = f"ok, loss {train_recs[-1]['loss']:.3f}" if finite else "NaN loss"
     if document:
-        status += (f", flex, {100 * kept:.1f}% of causal blocks" if device.type == "cuda" else
-                   ", dense mask (CPU: flex has no backward)")
+        status += (
+            f", flex, {100 * kept:.1f}% of causal blocks"
+            if device.type == "cuda"
+            else ", dense mask (CPU: flex has no backward)"
+        )
     if compile:
         first = train_recs[0]["tokens"] / train_recs[0]["tokens_per_s"]
         eager = [r for r in rows_done if r.get("check", "").startswith(f"kd-{seq_len // 1024}k ")]
-        status += f", first step {first:.0f} s" + (f", {tps / eager[0]['tokens/s/GPU']:.2f}x eager"
-                                                   if eager and eager[0].get("tokens/s/GPU") else "")
-    return {"check": f"{name} bf16 KD step" + (" +AC" if checkpointing else ""), "tokens/step": seq_len,
-            "tokens/s/GPU": tps, "MFU %": None if mfu is None else 100 * mfu,
-            "peak mem GB": max(r["peak_mem_mb"] for r in train_recs) / 1024, "estimate GB": est.total / GB,
-            "time s": wall, "status": status}
+        status += f", first step {first:.0f} s" + (
+            f", {tps / eager[0]['tokens/s/GPU']:.2f}x eager" if eager and eager[0].get("tokens/s/GPU") else ""
+        )
+    return {
+        "check": f"{name} bf16 KD step" + (" +AC" if checkpointing else ""),
+        "tokens/step": seq_len,
+        "tokens/s/GPU": tps,
+        "MFU %": None if mfu is None else 100 * mfu,
+        "peak mem GB": max(r["peak_mem_mb"] for r in train_recs) / 1024,
+        "estimate GB": est.total / GB,
+        "time s": wall,
+        "status": status,
+    }
 
 
 rows_done: list[dict] = []  # the rows measured so far (the compiled row compares itself with kd-8k)
@@ -226,18 +316,29 @@ def flex_equal_row(p: dict, device: torch.device) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 both ways: the comparison is of masks, not of TF32
     for arch in architectures.NAMES:
         try:
-            res[arch] = attention.compare_with_dense(architectures.tiny(arch, max_positions=seq).to(device), ids, docs,
-                                                     grad=grad)
+            res[arch] = attention.compare_with_dense(
+                architectures.tiny(arch, max_positions=seq).to(device), ids, docs, grad=grad
+            )
         except Exception as exc:  # one architecture's failure is reported, the others still run
             bad.append(f"{arch}: {type(exc).__name__}: {str(exc)[:80]}")
     torch.backends.cuda.matmul.allow_tf32 = tf32
-    bad += [f"{a}: logits {r['logit_diff']:.1e}" for a, r in res.items() if r["logit_diff"] > 1e-3 * max(r["logit_max"], 1)]
+    bad += [
+        f"{a}: logits {r['logit_diff']:.1e}" for a, r in res.items() if r["logit_diff"] > 1e-3 * max(r["logit_max"], 1)
+    ]
     bad += [f"{a}: grads {r['grad_rel_diff']:.1e}" for a, r in res.items() if r.get("grad_rel_diff", 0) > 1e-2]
-    cells = " ".join(f"{a} {r['logit_diff']:.0e}" + (f"/{r['grad_rel_diff']:.0e}" if grad else "") for a, r in res.items())
-    status = ("ok, " if not bad else "FAILED " + "; ".join(bad)[:200] + " | ") + \
-        f"max abs logit diff{'/rel grad diff' if grad else ' (no CPU backward)'}: {cells}"
-    return {"check": "flex vs dense mask, 6 architectures", "device": device_name(device), "tokens/step": seq,
-            "time s": time.perf_counter() - t0, "status": status}
+    cells = " ".join(
+        f"{a} {r['logit_diff']:.0e}" + (f"/{r['grad_rel_diff']:.0e}" if grad else "") for a, r in res.items()
+    )
+    status = (
+        "ok, " if not bad else "FAILED " + "; ".join(bad)[:200] + " | "
+    ) + f"max abs logit diff{'/rel grad diff' if grad else ' (no CPU backward)'}: {cells}"
+    return {
+        "check": "flex vs dense mask, 6 architectures",
+        "device": device_name(device),
+        "tokens/step": seq,
+        "time s": time.perf_counter() - t0,
+        "status": status,
+    }
 
 
 def eval_row(p: dict, device: torch.device, tmp: Path) -> dict:
@@ -246,8 +347,23 @@ def eval_row(p: dict, device: torch.device, tmp: Path) -> dict:
     from workbench import cli
 
     shutil.rmtree(tmp / "eval.zarr", ignore_errors=True)  # a rerun evaluates again
-    args = ["eval", str(TINY_CKPT), "--tasks", "passkey,niah", "--lengths", p["eval_lengths"], "--depths", "3",
-            "--samples", str(p["eval_samples"]), "--extrapolate", "--device", str(device), "--out", str(tmp / "eval.zarr")]
+    args = [
+        "eval",
+        str(TINY_CKPT),
+        "--tasks",
+        "passkey,niah",
+        "--lengths",
+        p["eval_lengths"],
+        "--depths",
+        "3",
+        "--samples",
+        str(p["eval_samples"]),
+        "--extrapolate",
+        "--device",
+        str(device),
+        "--out",
+        str(tmp / "eval.zarr"),
+    ]
     out, err = io.StringIO(), io.StringIO()
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -255,22 +371,40 @@ def eval_row(p: dict, device: torch.device, tmp: Path) -> dict:
     status = "ok" if rc == 0 else f"rc {rc}: {err.getvalue().strip()[-200:]}"
     niah = [ln for ln in out.getvalue().splitlines() if " niah " in f" {ln} "]
     if rc == 0 and niah:
-        status += ", " + " ".join(niah[0].split()[-len(p["eval_lengths"].split(",")):])
-    return {"check": "eval tiny-teacher", "device": device_name(device),
-            "tokens/step": max(int(x) for x in p["eval_lengths"].split(",")), "time s": time.perf_counter() - t0,
-            "status": status}
+        status += ", " + " ".join(niah[0].split()[-len(p["eval_lengths"].split(",")) :])
+    return {
+        "check": "eval tiny-teacher",
+        "device": device_name(device),
+        "tokens/step": max(int(x) for x in p["eval_lengths"].split(",")),
+        "time s": time.perf_counter() - t0,
+        "status": status,
+    }
 
 
 def trace_row(device: torch.device) -> dict:
     """``workbench trace --check --device DEVICE`` as a user runs it (both backends, plain-HF reference)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "workbench", "trace", str(TINY_CKPT), "--check", "--device", str(device)],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-m", "workbench", "trace", str(TINY_CKPT), "--check", "--device", str(device)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     lines = [ln for ln in p.stdout.splitlines() if ln.strip()]
     status = f"ok ({len(lines)} lines)" if p.returncode == 0 else f"rc {p.returncode}: {(p.stderr or p.stdout)[-200:]}"
-    return {"check": "trace --check tiny-teacher", "device": device_name(device), "time s": time.perf_counter() - t0,
-            "status": status}
+    return {
+        "check": "trace --check tiny-teacher",
+        "device": device_name(device),
+        "time s": time.perf_counter() - t0,
+        "status": status,
+    }
 
 
 def trace_device_row(device: torch.device) -> dict:
@@ -281,10 +415,17 @@ def trace_device_row(device: torch.device) -> dict:
     results = sanity.check(TINY_CKPT, device=str(device))
     failed = [r for r in results if not r.ok]
     worst = max(results, key=lambda r: r.value / r.tolerance if r.tolerance else (0.0 if r.value == 0 else 1e9))
-    status = (f"ok, {len(results)} checks, worst {worst.value:.1e} (tol {worst.tolerance:g})" if not failed else
-              f"FAILED {len(failed)}/{len(results)}: " + "; ".join(f"{r.name} {r.value:.1e}" for r in failed)[:200])
-    return {"check": "trace checks in-process", "device": device_name(device), "time s": time.perf_counter() - t0,
-            "status": status}
+    status = (
+        f"ok, {len(results)} checks, worst {worst.value:.1e} (tol {worst.tolerance:g})"
+        if not failed
+        else f"FAILED {len(failed)}/{len(results)}: " + "; ".join(f"{r.name} {r.value:.1e}" for r in failed)[:200]
+    )
+    return {
+        "check": "trace checks in-process",
+        "device": device_name(device),
+        "time s": time.perf_counter() - t0,
+        "status": status,
+    }
 
 
 class RowTimeout(Exception):
@@ -320,19 +461,29 @@ def main() -> int:
     ap.add_argument("--only", default=",".join(ROWS), help="comma-separated rows")
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
-    ap.add_argument("--row-timeout", type=float, default=150.0,
-                    help="seconds one row may take before it is stopped and reported (0: no limit)")
-    ap.add_argument("--budget", type=float, default=0.0,
-                    help="seconds for the whole check: a row that would start after it is reported as skipped, and "
-                         "no row runs past it (0: no limit)")
+    ap.add_argument(
+        "--row-timeout",
+        type=float,
+        default=150.0,
+        help="seconds one row may take before it is stopped and reported (0: no limit)",
+    )
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=0.0,
+        help="seconds for the whole check: a row that would start after it is reported as skipped, and "
+        "no row runs past it (0: no limit)",
+    )
     args = ap.parse_args()
     rows_wanted = [r.strip() for r in args.only.split(",") if r.strip()]
     unknown = set(rows_wanted) - set(ROWS)
     if unknown:
         ap.error(f"--only: unknown rows {sorted(unknown)}")
     if not args.dry_run and not torch.cuda.is_available():
-        print("bench_gpu_trainer: needs a CUDA GPU (this machine has none); nothing measured. "
-              "Rehearse with --dry-run.", file=sys.stderr)
+        print(
+            "bench_gpu_trainer: needs a CUDA GPU (this machine has none); nothing measured. Rehearse with --dry-run.",
+            file=sys.stderr,
+        )
         return 2
     from transformers.utils import logging as hf_logging
 
@@ -363,8 +514,19 @@ def main() -> int:
                 signal.signal(signal.SIGALRM, _row_timeout)
                 signal.setitimer(signal.ITIMER_REAL, limit)
             if name in KD_ROWS:
-                row = kd_row(name, p, p[name], name in ("kd-32k", "doc-kd-32k", "doc-kd-128k"), device, tmp, peak,
-                             world, rank, document=name.startswith("doc-"), compile=name == "kd-8k-compiled")
+                row = kd_row(
+                    name,
+                    p,
+                    p[name],
+                    name in ("kd-32k", "doc-kd-32k", "doc-kd-128k"),
+                    device,
+                    tmp,
+                    peak,
+                    world,
+                    rank,
+                    document=name.startswith("doc-"),
+                    compile=name == "kd-8k-compiled",
+                )
             elif rank != 0:
                 continue
             elif name == "flex-equal":
@@ -377,8 +539,11 @@ def main() -> int:
                 row = trace_device_row(device)
         except Exception as exc:  # one failing row must not hide the others
             traceback.print_exc()
-            row = {"check": name, "time s": time.perf_counter() - t0, "status": f"FAILED {type(exc).__name__}: "
-                                                                               f"{str(exc)[:160]}"}
+            row = {
+                "check": name,
+                "time s": time.perf_counter() - t0,
+                "status": f"FAILED {type(exc).__name__}: {str(exc)[:160]}",
+            }
         finally:
             if limit < float("inf") and world == 1:
                 signal.setitimer(signal.ITIMER_REAL, 0)
@@ -392,12 +557,15 @@ def main() -> int:
     if rank != 0:
         return 0
     versions = f"torch {torch.__version__}, transformers {__import__('transformers').__version__}"
-    print(f"\n{'dry run (CPU, tiny presets)' if args.dry_run else device_name(device)}; {versions}; "
-          f"peak {peak or '-'} TFLOP/s bf16\n")
+    print(
+        f"\n{'dry run (CPU, tiny presets)' if args.dry_run else device_name(device)}; {versions}; "
+        f"peak {peak or '-'} TFLOP/s bf16\n"
+    )
     print(table(rows))
     if args.json:
-        Path(args.json).write_text(json.dumps({"versions": versions, "dry_run": args.dry_run, "rows": rows},
-                                              indent=2, default=str))
+        Path(args.json).write_text(
+            json.dumps({"versions": versions, "dry_run": args.dry_run, "rows": rows}, indent=2, default=str)
+        )
     return 0 if all(str(r["status"]).startswith("ok") for r in rows) else 1
 
 

@@ -28,9 +28,9 @@ from workbench.train.losses import LossSpec, OnlineTeacher, chunked_loss, dense_
 def make_inputs(n: int, v: int, h: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(n, h, generator=g).requires_grad_()
-    weight = (torch.randn(v, h, generator=g) / h ** 0.5).requires_grad_()
+    weight = (torch.randn(v, h, generator=g) / h**0.5).requires_grad_()
     t_hidden = torch.randn(n, h, generator=g)
-    t_weight = torch.randn(v, h, generator=g) / h ** 0.5
+    t_weight = torch.randn(v, h, generator=g) / h**0.5
     labels = torch.randint(0, v, (n,), generator=g)
     labels[::17] = -100
     return hidden, weight, t_hidden, t_weight, labels
@@ -64,8 +64,20 @@ def child(args) -> None:
 
 
 def peak_in_subprocess(variant: str, args) -> float:
-    cmd = [sys.executable, __file__, "--child", variant, "--tokens", str(args.tokens), "--vocab", str(args.vocab),
-           "--hidden", str(args.hidden), "--chunk", str(args.chunk)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        variant,
+        "--tokens",
+        str(args.tokens),
+        "--vocab",
+        str(args.vocab),
+        "--hidden",
+        str(args.hidden),
+        "--chunk",
+        str(args.chunk),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_mb"]
 
@@ -82,8 +94,10 @@ def main() -> None:
     if args.child:
         return child(args)
     torch.set_num_threads(1)
-    print(f"KD loss (forward KL, fp32, CPU, 1 thread): {args.tokens} tokens x vocab {args.vocab}, hidden "
-          f"{args.hidden}, chunk {args.chunk}")
+    print(
+        f"KD loss (forward KL, fp32, CPU, 1 thread): {args.tokens} tokens x vocab {args.vocab}, hidden "
+        f"{args.hidden}, chunk {args.chunk}"
+    )
     mem = {v: peak_in_subprocess(v, args) for v in ("dense", "chunked")}
     inputs = make_inputs(args.tokens, args.vocab, args.hidden)
     times: dict[str, list[float]] = {"dense": [], "chunked": []}

@@ -73,13 +73,35 @@ def command(case: str, length: int, work: Path, out: Path, device: str) -> list[
     a, b = str(work / "run" / "ckpt-000001"), str(work / "run" / "ckpt-000002")
     dev = ["--device", device]
     if case == "trace":
-        return ["trace", a, "--spec", str(work / "spec.yaml"), "--samples", "1", "--length", str(length),
-                "--out", str(out), *dev]
+        return [
+            "trace",
+            a,
+            "--spec",
+            str(work / "spec.yaml"),
+            "--samples",
+            "1",
+            "--length",
+            str(length),
+            "--out",
+            str(out),
+            *dev,
+        ]
     if case == "updates":
         return ["updates", a, b, "--seq-len", str(length), "--windows", "1", "--out", str(out), *dev]
     if case == "probe":
-        return ["probe", a, "--seq-len", str(length), "--windows", "4", "--score-seq-len", str(length),
-                "--out", str(out), *dev]
+        return [
+            "probe",
+            a,
+            "--seq-len",
+            str(length),
+            "--windows",
+            "4",
+            "--score-seq-len",
+            str(length),
+            "--out",
+            str(out),
+            *dev,
+        ]
     raise ValueError(case)
 
 
@@ -112,8 +134,9 @@ def child(case: str, length: int, work: Path, device: str) -> None:
             path = work / "run" / "ckpt-000001"
             be = interventions.load_backend(path, "nnsight", device=device)
             specs = interventions.load_specs(work / "spec.yaml")
-            ds = interventions.run_trace(path, specs, interventions.default_inputs(be.vocab_size, batch=1, length=length),
-                                  backend=be)
+            ds = interventions.run_trace(
+                path, specs, interventions.default_inputs(be.vocab_size, batch=1, length=length), backend=be
+            )
             interventions.write_traces(out, ds)
             rc = 0
         else:
@@ -121,8 +144,14 @@ def child(case: str, length: int, work: Path, device: str) -> None:
     if cuda:
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
-    row = {"case": case, "length": length, "rc": rc, "time_s": wall,
-           "peak_mb": (peak_rss_bytes() - idle) / 2**20 if clean_peak else float("nan"), "idle_mb": idle / 2**20}
+    row = {
+        "case": case,
+        "length": length,
+        "rc": rc,
+        "time_s": wall,
+        "peak_mb": (peak_rss_bytes() - idle) / 2**20 if clean_peak else float("nan"),
+        "idle_mb": idle / 2**20,
+    }
     if cuda:
         row["gpu_peak_mb"] = (torch.cuda.max_memory_allocated() - idle_gpu) / 2**20
     print("RESULT " + json.dumps(row))
@@ -146,8 +175,14 @@ def make_checkpoints(work: Path, max_len: int) -> None:
 
 
 def run_case(case: str, length: int, work: Path, device: str, timeout: float) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": str(ROOT),
+    }
     cmd = [sys.executable, __file__, "--child", case, "--length", str(length), "--work", str(work), "--device", device]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
@@ -207,20 +242,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         make_checkpoints(work, max(lengths + cuda_lengths))
-        print(f"2-layer tiny model (tiny-student preset), one window per case, 1 torch thread, one subprocess per "
-              f"case; memory = peak RSS above the idle process")
+        print(
+            "2-layer tiny model (tiny-student preset), one window per case, 1 torch thread, one subprocess per "
+            "case; memory = peak RSS above the idle process"
+        )
         rows = []
         for length in lengths:
             for case in cases:
                 rows.append(run_case(case, length, work, "cpu", args.timeout))
                 r = rows[-1]
-                print(f"  ran {case} at {length}: {r.get('time_s', float('nan')):.1f} s, "
-                      f"{r.get('peak_mb', float('nan')):.0f} MiB (rc {r.get('rc')})", flush=True)
+                print(
+                    f"  ran {case} at {length}: {r.get('time_s', float('nan')):.1f} s, "
+                    f"{r.get('peak_mb', float('nan')):.0f} MiB (rc {r.get('rc')})",
+                    flush=True,
+                )
         print("\nCPU")
         table(rows, cases, "peak_mb", "peak MiB")
         bad = check_linear(rows, "peak_mb")
-        print("memory linear in length (each 4x in tokens <= 4.5x in memory): " + ("yes" if not bad else
-                                                                                      "NO: " + "; ".join(bad)))
+        print(
+            "memory linear in length (each 4x in tokens <= 4.5x in memory): "
+            + ("yes" if not bad else "NO: " + "; ".join(bad))
+        )
         print("\nCUDA")
         if not torch.cuda.is_available():
             print("skipped: no CUDA device on this machine")

@@ -47,7 +47,7 @@ def _fsync_tree(path: str) -> None:
         with open(path, "rb") as f:
             os.fsync(f.fileno())
         return
-    for root, dirs, files in os.walk(path):
+    for root, _dirs, files in os.walk(path):
         for name in files:
             with open(os.path.join(root, name), "rb") as f:
                 os.fsync(f.fileno())
@@ -59,10 +59,14 @@ def _fsync_tree(path: str) -> None:
 
 
 def _dataset(data: np.ndarray, name: str, pairs: int) -> xr.Dataset:
-    return xr.Dataset({"rot_q": (DIMS, data)},
-                      coords={"checkpoint": np.array([name], dtype=object),
-                              "spec": np.array(["clean", "x"], dtype=object),
-                              **store.pair_coords(rope.wavelengths(10000.0, 2 * pairs))})
+    return xr.Dataset(
+        {"rot_q": (DIMS, data)},
+        coords={
+            "checkpoint": np.array([name], dtype=object),
+            "spec": np.array(["clean", "x"], dtype=object),
+            **store.pair_coords(rope.wavelengths(10000.0, 2 * pairs)),
+        },
+    )
 
 
 def main() -> None:
@@ -94,8 +98,14 @@ def main() -> None:
         ds[store.WRITTEN] = (("checkpoint", "spec"), np.ones((1, 2), np.int8))
         cfg = {"async.concurrency": concurrency} if concurrency else {}
         with zarr.config.set(cfg):
-            ds.to_zarr(path, group=store.ACTIVATIONS, mode="w-", zarr_format=3, consolidated=False,
-                       encoding=store.chunk_encoding(ds, CHUNK_DIMS, compress=False))
+            ds.to_zarr(
+                path,
+                group=store.ACTIVATIONS,
+                mode="w-",
+                zarr_format=3,
+                consolidated=False,
+                encoding=store.chunk_encoding(ds, CHUNK_DIMS, compress=False),
+            )
 
     def grid(path: str) -> None:  # one shard file per (checkpoint, spec) cell, chunks of one layer inside
         store.save(path, store.ACTIVATIONS, _dataset(data, "c", pairs))  # write_grid, as the registry says
@@ -104,6 +114,7 @@ def main() -> None:
         def run(path: str) -> None:
             ds = _dataset(data, "c", pairs)
             store.write(path, store.ACTIVATIONS, ds, encoding=encoding(ds, **extra))
+
         return run
 
     def npsave(path: str) -> None:
@@ -116,25 +127,32 @@ def main() -> None:
         "write_grid (new group)": (grid, None, True),
     }
     if not args.quick:
-        cases.update({
-            "  previous, zarr async.concurrency=1": (lambda p: previous(p, 1), None, False),
-            "  previous, zarr async.concurrency=64": (lambda p: previous(p, 64), None, False),
-            "write_grid (append a 2nd checkpoint)": (
-                lambda p: store.save(p, store.ACTIVATIONS, _dataset(other, "d", pairs)),
-                grid, False),
-            "store.write, one shard per cell": (variant(shards=shard), None, False),
-            "store.write, one file per (ckpt, spec, layer)": (variant(), None, False),
-            "store.write, blosc lz4 clevel 1 + shuffle": (
-                variant(compressors=[BloscCodec(cname="lz4", clevel=1, shuffle="shuffle")]), None, False),
-            "store.write, zstd level 1": (variant(compressors=[ZstdCodec(level=1)]), None, False),
-        })
+        cases.update(
+            {
+                "  previous, zarr async.concurrency=1": (lambda p: previous(p, 1), None, False),
+                "  previous, zarr async.concurrency=64": (lambda p: previous(p, 64), None, False),
+                "write_grid (append a 2nd checkpoint)": (
+                    lambda p: store.save(p, store.ACTIVATIONS, _dataset(other, "d", pairs)),
+                    grid,
+                    False,
+                ),
+                "store.write, one shard per cell": (variant(shards=shard), None, False),
+                "store.write, one file per (ckpt, spec, layer)": (variant(), None, False),
+                "store.write, blosc lz4 clevel 1 + shuffle": (
+                    variant(compressors=[BloscCodec(cname="lz4", clevel=1, shuffle="shuffle")]),
+                    None,
+                    False,
+                ),
+                "store.write, zstd level 1": (variant(compressors=[ZstdCodec(level=1)]), None, False),
+            }
+        )
     modes = ("back to back", "after os.sync()")
     times = {(mode, name): [] for mode in modes for name in cases}
     durable: dict[str, list[float]] = {name: [] for name, c in cases.items() if c[2]}
     names = list(cases)
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         for r in range(args.repeats + 1):  # the first round warms imports and caches; not counted
-            order = names[r % len(names):] + names[:r % len(names)]
+            order = names[r % len(names) :] + names[: r % len(names)]
             for i, name in enumerate(order):
                 write, prepare, fsync = cases[name]
                 for mode in modes:
@@ -161,22 +179,26 @@ def main() -> None:
             piece, whole = [], []
             for _ in range(args.repeats):
                 t = time.perf_counter()
-                opened.rot_q.isel(layer=3, head=5).values
+                _ = opened.rot_q.isel(layer=3, head=5).values
                 piece.append(time.perf_counter() - t)
                 t = time.perf_counter()
-                opened.rot_q.values
+                _ = opened.rot_q.values
                 whole.append(time.perf_counter() - t)
             reads[label] = statistics.median(piece) / statistics.median(whole)
 
     mb = data.nbytes / 2**20
     med = {key: statistics.median(v) for key, v in times.items()}
-    print(f"{mb:.1f} MiB float32 activations, {layers} layers x {heads} heads; median of {args.repeats} "
-          f"interleaved repeats (zarr {zarr.__version__}, xarray {xr.__version__})")
+    print(
+        f"{mb:.1f} MiB float32 activations, {layers} layers x {heads} heads; median of {args.repeats} "
+        f"interleaved repeats (zarr {zarr.__version__}, xarray {xr.__version__})"
+    )
     print(f"{'case':44s} " + "".join(f"{m:>26s}" for m in modes))
     print(f"{'':44s} " + "".join(f"{'ms   / numpy.save':>26s}" for _ in modes))
     for name in names:
-        print(f"{name:44s} " + "".join(f"{med[m, name] * 1e3:17.1f} {med[m, 'numpy.save'] / med[m, name]:7.2f}x"
-                                       for m in modes))
+        print(
+            f"{name:44s} "
+            + "".join(f"{med[m, name] * 1e3:17.1f} {med[m, 'numpy.save'] / med[m, name]:7.2f}x" for m in modes)
+        )
     dbase = statistics.median(durable["numpy.save"])
     print("both fsynced to disk (durable; after os.sync()):")
     for name in durable:
@@ -185,13 +207,19 @@ def main() -> None:
     new, old = "write_grid (new group)", "xarray.to_zarr (previous write_grid)"
     for mode in modes:
         base = med[mode, "numpy.save"]
-        print(f"zarr write throughput / numpy.save throughput ({mode}): {base / med[mode, new]:.2f}x "
-              f"(before: {base / med[mode, old]:.2f}x; page cache; goal >= 0.5x)")
-    print(f"  the same, both fsynced to disk: {dbase / statistics.median(durable[new]):.2f}x "
-          f"(before: {dbase / statistics.median(durable[old]):.2f}x)")
+        print(
+            f"zarr write throughput / numpy.save throughput ({mode}): {base / med[mode, new]:.2f}x "
+            f"(before: {base / med[mode, old]:.2f}x; page cache; goal >= 0.5x)"
+        )
+    print(
+        f"  the same, both fsynced to disk: {dbase / statistics.median(durable[new]):.2f}x "
+        f"(before: {dbase / statistics.median(durable[old]):.2f}x)"
+    )
     for label, ratio in reads.items():
-        print(f"one (layer, head) slice read / full read time, {label}: {ratio:.3f}x "
-              f"(slice is 1/{layers * heads} of the data)")
+        print(
+            f"one (layer, head) slice read / full read time, {label}: {ratio:.3f}x "
+            f"(slice is 1/{layers * heads} of the data)"
+        )
 
 
 if __name__ == "__main__":

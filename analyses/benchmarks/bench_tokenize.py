@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from corpus_fixtures import bpe_tokenizer, documents, write_jsonl  # noqa: E402
+
 from workbench.data import corpus  # noqa: E402
 
 
@@ -34,16 +35,22 @@ def plain(src: Path, tok_dir: Path, cache: Path, num_proc: int, batch_size: int)
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
     ds = datasets.load_dataset("json", data_files=[str(src)], split="train", cache_dir=str(cache))
-    ds = ds.map(lambda b: tok(b["text"], add_special_tokens=False), batched=True, batch_size=batch_size,
-                num_proc=num_proc if num_proc > 1 else None, remove_columns=ds.column_names)
+    ds = ds.map(
+        lambda b: tok(b["text"], add_special_tokens=False),
+        batched=True,
+        batch_size=batch_size,
+        num_proc=num_proc if num_proc > 1 else None,
+        remove_columns=ds.column_names,
+    )
     n = sum(len(x) for x in ds["input_ids"])
     return n, time.perf_counter() - t0
 
 
 def ours(src: Path, tok_dir: Path, out: Path, num_proc: int, batch_size: int) -> tuple[int, float]:
     t0 = time.perf_counter()
-    corpus.tokenize([src], out, tok_dir, num_proc=num_proc, batch_size=batch_size, progress=False, log=lambda s: None,
-                    add_eos=False)
+    corpus.tokenize(
+        [src], out, tok_dir, num_proc=num_proc, batch_size=batch_size, progress=False, log=lambda s: None, add_eos=False
+    )
     return corpus.open_corpus(out).n_tokens, time.perf_counter() - t0
 
 
@@ -63,17 +70,22 @@ def main() -> None:
         src = write_jsonl(work / "docs.jsonl", documents(args.docs, seed=0, words=(50, 800)))
         rates: dict[str, list[float]] = {"plain": [], "workbench": []}
         for r in range(args.rounds):
-            for side in (("plain", "workbench") if r % 2 == 0 else ("workbench", "plain")):
+            for side in ("plain", "workbench") if r % 2 == 0 else ("workbench", "plain"):
                 target = work / f"{side}-{r}"
-                n, secs = (plain(src, bpe, target, args.num_proc, args.batch_size) if side == "plain" else
-                           ours(src, bpe, target, args.num_proc, args.batch_size))
+                n, secs = (
+                    plain(src, bpe, target, args.num_proc, args.batch_size)
+                    if side == "plain"
+                    else ours(src, bpe, target, args.num_proc, args.batch_size)
+                )
                 rates[side].append(n / secs)
                 print(f"round {r} {side:>9}: {n:,} tokens in {secs:.2f} s = {n / secs:,.0f} tokens/s")
                 shutil.rmtree(target, ignore_errors=True)
         best = {k: max(v) for k, v in rates.items()}
-        print(f"\nbest of {args.rounds}, num_proc={args.num_proc}: plain datasets.map {best['plain']:,.0f} tokens/s, "
-              f"workbench tokenize {best['workbench']:,.0f} tokens/s; ratio workbench/plain "
-              f"{best['workbench'] / best['plain']:.2f}")
+        print(
+            f"\nbest of {args.rounds}, num_proc={args.num_proc}: plain datasets.map {best['plain']:,.0f} tokens/s, "
+            f"workbench tokenize {best['workbench']:,.0f} tokens/s; ratio workbench/plain "
+            f"{best['workbench'] / best['plain']:.2f}"
+        )
 
 
 if __name__ == "__main__":

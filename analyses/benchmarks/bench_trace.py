@@ -74,13 +74,17 @@ def main() -> None:
                 t = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t)
-    print(f"preset {args.preset}, batch {args.batch} x {args.length} tokens, clean + {args.specs} specs "
-          f"({n * args.batch} rows), 1 thread, {args.repeats} interleaved repeats")
+    print(
+        f"preset {args.preset}, batch {args.batch} x {args.length} tokens, clean + {args.specs} specs "
+        f"({n * args.batch} rows), 1 thread, {args.repeats} interleaved repeats"
+    )
     print(f"{'mode':<20} {'median ratio':>13} {'best/best':>10} {'min..max ratio':>16}   reference")
     for name, ref in (("nnsight run", "hf sdpa"), ("nnsight run_trace", "hf sdpa"), ("tl run", "hf eager")):
         ratios = [a / b for a, b in zip(times[name], times[ref])]
-        print(f"{name:<20} {statistics.median(ratios):>12.2f}x {min(times[name]) / min(times[ref]):>9.2f}x "
-              f"{min(ratios):>7.2f}..{max(ratios):.2f}x   {ref} (median {statistics.median(times[ref]) * 1e3:.0f} ms)")
+        print(
+            f"{name:<20} {statistics.median(ratios):>12.2f}x {min(times[name]) / min(times[ref]):>9.2f}x "
+            f"{min(ratios):>7.2f}..{max(ratios):.2f}x   {ref} (median {statistics.median(times[ref]) * 1e3:.0f} ms)"
+        )
 
 
 if __name__ == "__main__":

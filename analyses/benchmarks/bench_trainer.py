@@ -34,12 +34,24 @@ from workbench.train.phases import phase_seed  # noqa: E402
 
 def run_config(objective: str, teacher: Path | None, args) -> config.RunConfig:
     student = config.load_model_config(ROOT / "data" / "configs" / "presets" / "tiny-student.yaml")
-    raw = {"name": "bench", "model": config.to_dict(student), "seed": 0,
-           "data": {"kind": "synthetic-short", "doc_len_min": 64, "doc_len_max": 256},
-           "optim": {"micro_batch_size": args.batch, "grad_accum_steps": 1, "grad_clip": 1.0},
-           "checkpoint": {"every": 0, "keep_last": 1},
-           "phases": [{"name": "p", "steps": args.steps, "seq_len": args.seq_len, "rope_theta": 10000,
-                       "lr": 1e-3, "objective": objective}]}
+    raw = {
+        "name": "bench",
+        "model": config.to_dict(student),
+        "seed": 0,
+        "data": {"kind": "synthetic-short", "doc_len_min": 64, "doc_len_max": 256},
+        "optim": {"micro_batch_size": args.batch, "grad_accum_steps": 1, "grad_clip": 1.0},
+        "checkpoint": {"every": 0, "keep_last": 1},
+        "phases": [
+            {
+                "name": "p",
+                "steps": args.steps,
+                "seq_len": args.seq_len,
+                "rope_theta": 10000,
+                "lr": 1e-3,
+                "objective": objective,
+            }
+        ],
+    }
     if teacher is not None:
         raw["teacher"] = {"path": str(teacher)}
     return config.from_dict(config.RunConfig, raw, "bench")
@@ -63,8 +75,9 @@ def bare_tps(cfg: config.RunConfig, teacher_path: Path | None, warmup: int) -> t
     models.set_rope_theta(model, ph.rope_theta)
     model.train()
     teacher = models.load(teacher_path)[0].requires_grad_(False) if teacher_path else None
-    opt = torch.optim.AdamW(model.parameters(), lr=ph.lr, betas=tuple(cfg.optim.betas),
-                            weight_decay=cfg.optim.weight_decay)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=ph.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
+    )
     stream = make_stream(cfg.data, ph.seq_len, cfg.optim.micro_batch_size, phase_seed(cfg, 0))
     rates, tokens = [], 0
     for i in range(ph.steps):
@@ -72,15 +85,17 @@ def bare_tps(cfg: config.RunConfig, teacher_path: Path | None, warmup: int) -> t
         b = stream.next()
         mask = attention_mask(b["doc_ids"], cfg.data.packing.attention)
         if teacher is None:
-            loss = model(input_ids=b["input_ids"], position_ids=b["position_ids"], attention_mask=mask,
-                         labels=b["labels"]).loss
+            loss = model(
+                input_ids=b["input_ids"], position_ids=b["position_ids"], attention_mask=mask, labels=b["labels"]
+            ).loss
         else:
             with torch.no_grad():
                 t = teacher(input_ids=b["input_ids"], position_ids=b["position_ids"], attention_mask=mask).logits
             s = model(input_ids=b["input_ids"], position_ids=b["position_ids"], attention_mask=mask).logits
             valid = b["labels"][:, 1:] != -100
-            kl = F.kl_div(s[:, :-1].log_softmax(-1), t[:, :-1].log_softmax(-1), log_target=True,
-                          reduction="none").sum(-1)
+            kl = F.kl_div(s[:, :-1].log_softmax(-1), t[:, :-1].log_softmax(-1), log_target=True, reduction="none").sum(
+                -1
+            )
             loss = kl[valid].sum() / valid.sum()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
@@ -111,10 +126,14 @@ def main() -> None:
         tcfg = config.load_model_config(ROOT / "data" / "configs" / "presets" / "tiny-teacher.yaml")
         models.save_checkpoint(models.build_model(tcfg, seed=1), teacher, {"step": 0})
         print(f"tiny-student, {args.batch} x {args.seq_len} tokens per step, {args.steps} steps, 1 thread")
-        print("wall: median tokens/s per step after warm-up; cpu: tokens per CPU-second of the whole run "
-              "(robust to other processes; includes model build and the final checkpoint)")
-        print(f"{'objective':>9} {'bare wall':>10} {'ours wall':>10} {'ratio':>6} {'bare cpu':>9} {'ours cpu':>9} "
-              f"{'ratio':>6}")
+        print(
+            "wall: median tokens/s per step after warm-up; cpu: tokens per CPU-second of the whole run "
+            "(robust to other processes; includes model build and the final checkpoint)"
+        )
+        print(
+            f"{'objective':>9} {'bare wall':>10} {'ours wall':>10} {'ratio':>6} {'bare cpu':>9} {'ours cpu':>9} "
+            f"{'ratio':>6}"
+        )
         for objective in ("ce", "kd"):
             t_path = teacher if objective == "kd" else None
             cfg = run_config(objective, t_path, args)

@@ -28,8 +28,9 @@ def main() -> None:
     torch.set_num_threads(1)
     model, manifest = models.load(args.checkpoint)
     lengths = [args.train_len // 2, args.train_len, args.train_len * 2]
-    for row in quick_eval(model, lengths=lengths, samples=args.samples, seed=args.seed,
-                          tasks=args.tasks.split(","), batch_size=8):
+    for row in quick_eval(
+        model, lengths=lengths, samples=args.samples, seed=args.seed, tasks=args.tasks.split(","), batch_size=8
+    ):
         row["x_train_len"] = row["length"] / args.train_len
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
 

@@ -1,5 +1,6 @@
 """Recipe search for the tiny long-context teacher: a bare training loop over build_model + synthetic
-long documents, logging held-out passkey / key-value accuracy (``workbench.evals.quick_eval``, not only the loss) as it trains.
+long documents, logging held-out passkey / key-value accuracy (``workbench.evals.quick_eval``, not only the loss)
+as it trains.
 
     .venv/bin/python analyses/experiments/teacher_recipe.py --stages 256:400,512:300,1024:300 --out /tmp/t1
 
@@ -50,16 +51,26 @@ def main() -> None:
     stages = [tuple(int(x) for x in s.split(":")) for s in args.stages.split(",")]
     total = sum(n for _, n in stages)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup) * (
-        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: min(1.0, (s + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))),
+    )
     rng = np.random.default_rng(args.seed)
     step, t0 = 0, time.time()
     for seq_len, n_steps in stages:
         max_pairs = max(1, int(args.pairs * seq_len / 256))
         for _ in range(n_steps):
-            docs = [document(rng, seq_len, num_pairs=int(rng.integers(1, max_pairs + 1)),
-                             queries_per_fact=args.queries, supervise=args.supervise,
-                             echoes=int(args.echoes * seq_len / 128)) for _ in range(args.batch)]
+            docs = [
+                document(
+                    rng,
+                    seq_len,
+                    num_pairs=int(rng.integers(1, max_pairs + 1)),
+                    queries_per_fact=args.queries,
+                    supervise=args.supervise,
+                    echoes=int(args.echoes * seq_len / 128),
+                )
+                for _ in range(args.batch)
+            ]
             ids = torch.as_tensor(np.stack([d.ids for d in docs]))
             labels = torch.where(torch.as_tensor(np.stack([d.target for d in docs])), ids, -100)
             loss = model(input_ids=ids, labels=labels).loss
@@ -71,15 +82,21 @@ def main() -> None:
             step += 1
             if step % args.eval_every == 0 or step == total:
                 model.eval()
-                row = {"step": step, "seq_len": seq_len, "loss": round(loss.item(), 4),
-                       "wall_s": round(time.time() - t0, 1)}
+                row = {
+                    "step": step,
+                    "seq_len": seq_len,
+                    "loss": round(loss.item(), 4),
+                    "wall_s": round(time.time() - t0, 1),
+                }
                 # the project's evaluation (greedy exact match, depths spread 0-100 %), as the trainer runs it
-                for r in quick_eval(model, lengths=sorted({256, seq_len, 1024}), samples=args.eval_n, seed=123,
-                                    tasks=["passkey"]):
+                for r in quick_eval(
+                    model, lengths=sorted({256, seq_len, 1024}), samples=args.eval_n, seed=123, tasks=["passkey"]
+                ):
                     row[f"pk@{r['length']}"] = r["accuracy"]
                     row[f"pk_logprob@{r['length']}"] = round(r["answer_logprob"], 3)  # partial credit
-                for r in quick_eval(model, lengths=[seq_len], samples=args.eval_n, seed=123,
-                                    tasks=["niah", "multikey"]):
+                for r in quick_eval(
+                    model, lengths=[seq_len], samples=args.eval_n, seed=123, tasks=["niah", "multikey"]
+                ):
                     row[f"{r['task']}@{seq_len}"] = r["accuracy"]
                 print(json.dumps(row), flush=True)
                 model.train()

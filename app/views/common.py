@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from dash import Input, Output, State, dcc, html
 from dash.exceptions import PreventUpdate
@@ -39,8 +40,10 @@ def notice(messages: Iterable[str], kind: str = "info") -> list[html.Div]:
 def no_data(*groups: str) -> str:
     """The message for a view whose kind of result is not in RUNS_DIR."""
     names = " or ".join(f"'{g}'" for g in groups)
-    return (f"no data of this kind in RUNS_DIR: no store holds a {names} group "
-            f"(see docs/store-schema.md for the command that writes it)")
+    return (
+        f"no data of this kind in RUNS_DIR: no store holds a {names} group "
+        f"(see docs/store-schema.md for the command that writes it)"
+    )
 
 
 def guarded(fn: Callable[..., Any], fallback: Callable[[str], Any]) -> Callable[..., Any]:
@@ -117,13 +120,17 @@ def store_picker(prefix: str) -> html.Div:
 def register_store_picker(app: Any, root: Any, prefix: str, *groups: str) -> None:
     """Fill ``{prefix}-store`` with the stores holding any of ``groups`` whenever the tabs change; when
     none does, ``{prefix}-messages`` says so."""
+
     def fill(tab: Any, current: Any):
         only_when_shown(tab, prefix)
         found = stores.stores_with_group(root, *groups)
         value = current if current in found else (found[0] if found else None)
-        return ([{"label": s, "value": s} for s in found], value,
-                [] if found else notice([no_data(*groups)], "error"))
+        return ([{"label": s, "value": s} for s in found], value, [] if found else notice([no_data(*groups)], "error"))
 
-    app.callback(Output(f"{prefix}-store", "options"), Output(f"{prefix}-store", "value"),
-                 Output(f"{prefix}-messages", "children"), Input("tabs", "value"), State(f"{prefix}-store", "value"))(
-        guarded(fill, lambda m: ([], None, notice([m], "error"))))
+    app.callback(
+        Output(f"{prefix}-store", "options"),
+        Output(f"{prefix}-store", "value"),
+        Output(f"{prefix}-messages", "children"),
+        Input("tabs", "value"),
+        State(f"{prefix}-store", "value"),
+    )(guarded(fill, lambda m: ([], None, notice([m], "error"))))

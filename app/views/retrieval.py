@@ -19,12 +19,21 @@ from dash import Dash, Input, Output, State, callback_context, dcc, html, no_upd
 from app import runs as R
 from app import stores as S
 from app.paths import is_inside
-from app.views.common import (control, graph, guarded, notice, picked, register_store_picker, shown,
-                              store_picker, with_picker_messages)
+from app.views.common import (
+    control,
+    graph,
+    guarded,
+    notice,
+    picked,
+    register_store_picker,
+    shown,
+    store_picker,
+    with_picker_messages,
+)
 from workbench import arms as A
 from workbench import store as wstore
-from workbench.figures import findings as arm_figs
 from workbench.figures import effective_length as eff_figs
+from workbench.figures import findings as arm_figs
 from workbench.figures import retrieval as figs
 from workbench.figures import training as training_figs
 
@@ -64,8 +73,10 @@ def grids(root: Path, store: str, task: Any, metric: Any, checkpoints: Any):
     """(side-by-side heatmaps, accuracy-vs-length lines) for the chosen checkpoints."""
     task, metric, names = _args(task, metric, checkpoints)
     ds = S.loaded(root, store, GROUP, metric)
-    return (figs.heatmaps(ds, names, task=task, metric=metric),
-            figs.accuracy_vs_length(ds, task=task, metric=metric, checkpoints=names))
+    return (
+        figs.heatmaps(ds, names, task=task, metric=metric),
+        figs.accuracy_vs_length(ds, task=task, metric=metric, checkpoints=names),
+    )
 
 
 def has_arms(root: Path, store: str) -> bool:
@@ -109,8 +120,11 @@ def arm_differences(root: Path, store: str, arms: list[str]):
     chosen = set(arms)
     if COMPARISONS_GROUP in S.groups_of(root, store):
         comp = S.open_group(root, store, COMPARISONS_GROUP)
-        keep = [str(c) for c, a, b in zip(comp["comparison"].values, comp["arm_a"].values, comp["arm_b"].values)
-                if str(a) in chosen and str(b) in chosen]
+        keep = [
+            str(c)
+            for c, a, b in zip(comp["comparison"].values, comp["arm_a"].values, comp["arm_b"].values)
+            if str(a) in chosen and str(b) in chosen
+        ]
         if keep:
             return comp.sel(comparison=keep).load()
     if len(arms) != 2 or GROUP not in S.groups_of(root, store):
@@ -126,9 +140,11 @@ def arm_grids(root: Path, store: str, task: Any, value: Any):
     task, names = _arm_args(root, store, task, value)
     summary = S.open_group(root, store, ARMS_GROUP).load()
     diffs = arm_differences(root, store, names)
-    return (figs.arm_heatmaps(summary, names, task=task),
-            arm_figs.arm_accuracy_intervals(summary, task, arms=names),
-            arm_figs.comparison_intervals(diffs, task) if diffs is not None else None)
+    return (
+        figs.arm_heatmaps(summary, names, task=task),
+        arm_figs.arm_accuracy_intervals(summary, task, arms=names),
+        arm_figs.comparison_intervals(diffs, task) if diffs is not None else None,
+    )
 
 
 def effective_figure(root: Path, store: str, task: Any, value: Any):
@@ -171,33 +187,49 @@ def clicked_curve(root: Path, store: str, task: Any, checkpoints: Any, click: An
     info = R.run_info(root, run)
     records = info.metrics.records if info.metrics else []
     for t in tasks:
-        if any(r.get("kind") == "eval" and str(r.get("task")) == t and int(r.get("length", -1)) == length
-               for r in records):
+        if any(
+            r.get("kind") == "eval" and str(r.get("task")) == t and int(r.get("length", -1)) == length for r in records
+        ):
             return training_figs.eval_curve_figure({run: records}, t, length), ""
-    return None, (f"run {run} logged no held-out eval of {', '.join(tasks)} at length {length} during training "
-                  f"(its metrics.jsonl has {sum(r.get('kind') == 'eval' for r in records)} eval records)")
+    return None, (
+        f"run {run} logged no held-out eval of {', '.join(tasks)} at length {length} during training "
+        f"(its metrics.jsonl has {sum(r.get('kind') == 'eval' for r in records)} eval records)"
+    )
 
 
 def layout() -> html.Div:
-    return html.Div([
-        html.Div([
-            store_picker("retrieval"),
-            control("show", dcc.RadioItems(id="retrieval-mode", options=[{"label": v, "value": k}
-                                                                         for k, v in MODES.items()],
-                                           value="checkpoints", inline=True)),
-            control("task", dcc.Dropdown(id="retrieval-task", clearable=False)),
-            control("metric", dcc.Dropdown(id="retrieval-metric", clearable=False)),
-            control("checkpoints or arms (side by side)", dcc.Dropdown(id="retrieval-checkpoints", multi=True,
-                                                               style={"minWidth": "420px"})),
-        ], className="wb-controls"),
-        html.Div(id="retrieval-messages"),
-        html.Div(id="retrieval-picker-messages"),
-        graph("retrieval-graph", 420),
-        html.Div([graph("retrieval-lines", 380), graph("retrieval-curve", 380)], className="wb-row"),
-        html.Div(id="retrieval-curve-messages"),
-        graph("retrieval-differences", 360),
-        graph("retrieval-effective", 360),
-    ])
+    return html.Div(
+        [
+            html.Div(
+                [
+                    store_picker("retrieval"),
+                    control(
+                        "show",
+                        dcc.RadioItems(
+                            id="retrieval-mode",
+                            options=[{"label": v, "value": k} for k, v in MODES.items()],
+                            value="checkpoints",
+                            inline=True,
+                        ),
+                    ),
+                    control("task", dcc.Dropdown(id="retrieval-task", clearable=False)),
+                    control("metric", dcc.Dropdown(id="retrieval-metric", clearable=False)),
+                    control(
+                        "checkpoints or arms (side by side)",
+                        dcc.Dropdown(id="retrieval-checkpoints", multi=True, style={"minWidth": "420px"}),
+                    ),
+                ],
+                className="wb-controls",
+            ),
+            html.Div(id="retrieval-messages"),
+            html.Div(id="retrieval-picker-messages"),
+            graph("retrieval-graph", 420),
+            html.Div([graph("retrieval-lines", 380), graph("retrieval-curve", 380)], className="wb-row"),
+            html.Div(id="retrieval-curve-messages"),
+            graph("retrieval-differences", 360),
+            graph("retrieval-effective", 360),
+        ]
+    )
 
 
 def register(app: Dash, root: Path) -> None:
@@ -212,22 +244,40 @@ def register(app: Dash, root: Path) -> None:
             tasks, arms = arm_choices(root, store)
             switched = callback_context.triggered_id == "retrieval-mode"  # checkpoint picks are not arm picks
             keep = ([] if switched else [a for a in (current or []) if a in arms]) or default_arms(root, store)
-            return ([{"label": t, "value": t} for t in tasks], task if task in tasks else tasks[0],
-                    ["correct"], "correct", arms, keep)
+            return (
+                [{"label": t, "value": t} for t in tasks],
+                task if task in tasks else tasks[0],
+                ["correct"],
+                "correct",
+                arms,
+                keep,
+            )
         tasks, metrics, ckpts = choices(root, store)
         switched = callback_context.triggered_id == "retrieval-mode"
         keep = ([] if switched else [c for c in (current or []) if c in ckpts]) or default_checkpoints(ckpts)
         task_opts = [{"label": "all tasks", "value": ALL}] + [{"label": t, "value": t} for t in tasks]
-        return (task_opts, task if task in tasks else ALL, metrics, metric if metric in metrics else metrics[0],
-                ckpts, keep)
+        return (
+            task_opts,
+            task if task in tasks else ALL,
+            metrics,
+            metric if metric in metrics else metrics[0],
+            ckpts,
+            keep,
+        )
 
     app.callback(
-        Output("retrieval-task", "options"), Output("retrieval-task", "value"),
-        Output("retrieval-metric", "options"), Output("retrieval-metric", "value"),
-        Output("retrieval-checkpoints", "options"), Output("retrieval-checkpoints", "value"),
+        Output("retrieval-task", "options"),
+        Output("retrieval-task", "value"),
+        Output("retrieval-metric", "options"),
+        Output("retrieval-metric", "value"),
+        Output("retrieval-checkpoints", "options"),
+        Output("retrieval-checkpoints", "value"),
         Output("retrieval-picker-messages", "children"),
-        Input("retrieval-store", "value"), Input("retrieval-mode", "value"), State("retrieval-task", "value"),
-        State("retrieval-metric", "value"), State("retrieval-checkpoints", "value"),
+        Input("retrieval-store", "value"),
+        Input("retrieval-mode", "value"),
+        State("retrieval-task", "value"),
+        State("retrieval-metric", "value"),
+        State("retrieval-checkpoints", "value"),
     )(guarded(with_picker_messages(pickers), lambda m: ([], None, [], None, [], [], notice([m], "error"))))
 
     hidden = ({}, shown(False, 420), {}, shown(False, 380), {}, shown(False, 360))
@@ -237,19 +287,33 @@ def register(app: Dash, root: Path) -> None:
             return (*hidden, no_update)
         if mode == "arms":
             heat, lines, diffs = arm_grids(root, store, task, checkpoints)
-            return (heat, shown(True, 420), lines, shown(True, 380), diffs or {}, shown(diffs is not None, 360),
-                    [] if diffs is not None else notice(["no paired difference among the picked arms (pick two "
-                                                         "trained arms)"]))
+            return (
+                heat,
+                shown(True, 420),
+                lines,
+                shown(True, 380),
+                diffs or {},
+                shown(diffs is not None, 360),
+                []
+                if diffs is not None
+                else notice(["no paired difference among the picked arms (pick two trained arms)"]),
+            )
         heat, lines = grids(root, store, task, metric, checkpoints)
         return heat, shown(True, 420), lines, shown(True, 380), {}, shown(False, 360), []
 
     app.callback(
-        Output("retrieval-graph", "figure"), Output("retrieval-graph", "style"),
-        Output("retrieval-lines", "figure"), Output("retrieval-lines", "style"),
-        Output("retrieval-differences", "figure"), Output("retrieval-differences", "style"),
+        Output("retrieval-graph", "figure"),
+        Output("retrieval-graph", "style"),
+        Output("retrieval-lines", "figure"),
+        Output("retrieval-lines", "style"),
+        Output("retrieval-differences", "figure"),
+        Output("retrieval-differences", "style"),
         Output("retrieval-messages", "children", allow_duplicate=True),
-        Input("retrieval-store", "value"), Input("retrieval-mode", "value"), Input("retrieval-task", "value"),
-        Input("retrieval-metric", "value"), Input("retrieval-checkpoints", "value"),
+        Input("retrieval-store", "value"),
+        Input("retrieval-mode", "value"),
+        Input("retrieval-task", "value"),
+        Input("retrieval-metric", "value"),
+        Input("retrieval-checkpoints", "value"),
         prevent_initial_call="initial_duplicate",
     )(guarded(draw, lambda m: (*hidden, notice([m], "error"))))
 
@@ -262,10 +326,14 @@ def register(app: Dash, root: Path) -> None:
         return fig or {}, shown(fig is not None, 380), notice([message]) if message else []
 
     app.callback(
-        Output("retrieval-curve", "figure"), Output("retrieval-curve", "style"),
+        Output("retrieval-curve", "figure"),
+        Output("retrieval-curve", "style"),
         Output("retrieval-curve-messages", "children"),
-        Input("retrieval-graph", "clickData"), State("retrieval-store", "value"), Input("retrieval-mode", "value"),
-        State("retrieval-task", "value"), State("retrieval-checkpoints", "value"),
+        Input("retrieval-graph", "clickData"),
+        State("retrieval-store", "value"),
+        Input("retrieval-mode", "value"),
+        State("retrieval-task", "value"),
+        State("retrieval-checkpoints", "value"),
     )(guarded(curve, lambda m: ({}, shown(False, 380), notice([m], "error"))))
 
     def effective(store: Any, mode: Any, task: Any, value: Any):
@@ -273,7 +341,10 @@ def register(app: Dash, root: Path) -> None:
         return fig or {}, shown(fig is not None, 360)
 
     app.callback(
-        Output("retrieval-effective", "figure"), Output("retrieval-effective", "style"),
-        Input("retrieval-store", "value"), Input("retrieval-mode", "value"), Input("retrieval-task", "value"),
+        Output("retrieval-effective", "figure"),
+        Output("retrieval-effective", "style"),
+        Input("retrieval-store", "value"),
+        Input("retrieval-mode", "value"),
+        Input("retrieval-task", "value"),
         Input("retrieval-checkpoints", "value"),
     )(guarded(effective, lambda m: ({}, shown(False, 360))))

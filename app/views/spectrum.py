@@ -66,24 +66,37 @@ def summary(theta: float, head_dim: int, length: int, phases: list[int]) -> list
     bound = base_bound(head_dim, length)
     crit = rope.critical_dimension(theta, head_dim, length)
     rows = [
-        ("critical dimension (2310.05209)", f"{crit} (pairs 0..{crit // 2 - 1} rotate fully within L)"
-         if crit else "0 (no pair rotates fully within L)"),
+        (
+            "critical dimension (2310.05209)",
+            f"{crit} (pairs 0..{crit // 2 - 1} rotate fully within L)"
+            if crit
+            else "0 (no pair rotates fully within L)",
+        ),
         ("critical pair", str(rope.critical_pair(theta, head_dim, length))),
-        ("pairs with >= 1 full rotation in L", f"{util.n_full_pairs} of {head_dim // 2} "
-                                               f"({util.full_rotation_fraction:.1%})"),
+        (
+            "pairs with >= 1 full rotation in L",
+            f"{util.n_full_pairs} of {head_dim // 2} ({util.full_rotation_fraction:.1%})",
+        ),
         ("mean coverage min(1, L omega / 2pi)", f"{util.mean_coverage:.3f}"),
         ("largest theta with every pair rotating in L", f"{rope.theta_for_full_rotation(head_dim, length):.4g}"),
-        ("base lower bound (2405.14591)",
-         f"{bound:.4g}: first theta with B(m) >= 0 for all m <= L on the {rope.BOUND_GRID_LABEL} "
-         f"({'theta is above it' if theta >= bound else 'theta is BELOW it'})" if bound is not None
-         else f"not scanned in the app for L x d/2 > {MAX_BOUND_CELLS:,}; run `workbench rope --base-bound "
-              f"--head-dim {head_dim} --length {length}` (instant for the shipped table's d = 64, 128 and "
-              f"L = 1k..128k)"),
+        (
+            "base lower bound (2405.14591)",
+            f"{bound:.4g}: first theta with B(m) >= 0 for all m <= L on the {rope.BOUND_GRID_LABEL} "
+            f"({'theta is above it' if theta >= bound else 'theta is BELOW it'})"
+            if bound is not None
+            else f"not scanned in the app for L x d/2 > {MAX_BOUND_CELLS:,}; run `workbench rope --base-bound "
+            f"--head-dim {head_dim} --length {length}` (instant for the shipped table's d = 64, 128 and "
+            f"L = 1k..128k)",
+        ),
     ]
     for other in phases:
         if other != length and other > 2 * math.pi and length > 2 * math.pi:
-            rows.append((f"theta keeping this critical dim at L = {other:,}",
-                         f"{rope.theta_for_target_length(theta, length, other):.4g}"))
+            rows.append(
+                (
+                    f"theta keeping this critical dim at L = {other:,}",
+                    f"{rope.theta_for_target_length(theta, length, other):.4g}",
+                )
+            )
     return rows
 
 
@@ -97,20 +110,30 @@ def figures(theta: float, head_dim: int, length: int, phases: list[int]):
 
 
 def layout() -> html.Div:
-    return html.Div([
-        html.Div([
-            control("theta", dcc.Input(id="spec-theta", type="number", value=10000, debounce=True)),
-            control("head dim", dcc.Dropdown(id="spec-head-dim", options=HEAD_DIMS, value=64, clearable=False)),
-            control("length L", dcc.Input(id="spec-length", type="number", value=4096, min=8, step=1,
-                                          debounce=True)),
-            control("other phase lengths", dcc.Input(id="spec-phases", type="text", value="",
-                                                     placeholder="e.g. 1024, 32768", debounce=True)),
-        ], className="wb-controls"),
-        html.Div(id="spec-messages"),
-        html.Table(id="spec-summary", className="wb-summary"),
-        graph("spec-wavelengths", 420),
-        graph("spec-longrange", 360),
-    ])
+    return html.Div(
+        [
+            html.Div(
+                [
+                    control("theta", dcc.Input(id="spec-theta", type="number", value=10000, debounce=True)),
+                    control("head dim", dcc.Dropdown(id="spec-head-dim", options=HEAD_DIMS, value=64, clearable=False)),
+                    control(
+                        "length L", dcc.Input(id="spec-length", type="number", value=4096, min=8, step=1, debounce=True)
+                    ),
+                    control(
+                        "other phase lengths",
+                        dcc.Input(
+                            id="spec-phases", type="text", value="", placeholder="e.g. 1024, 32768", debounce=True
+                        ),
+                    ),
+                ],
+                className="wb-controls",
+            ),
+            html.Div(id="spec-messages"),
+            html.Table(id="spec-summary", className="wb-summary"),
+            graph("spec-wavelengths", 420),
+            graph("spec-longrange", 360),
+        ]
+    )
 
 
 def update(theta: Any, head_dim: Any, length: Any, phases: Any):
@@ -133,9 +156,15 @@ def register(app: Dash, root: Path) -> None:
         return {}, shown(False, 420), {}, shown(False, 360), [], notice([message], "error")
 
     app.callback(
-        Output("spec-wavelengths", "figure"), Output("spec-wavelengths", "style"),
-        Output("spec-longrange", "figure"), Output("spec-longrange", "style"),
-        Output("spec-summary", "children"), Output("spec-messages", "children"),
-        Input("spec-theta", "value"), Input("spec-head-dim", "value"), Input("spec-length", "value"),
-        Input("spec-phases", "value"), Input("tabs", "value"),
+        Output("spec-wavelengths", "figure"),
+        Output("spec-wavelengths", "style"),
+        Output("spec-longrange", "figure"),
+        Output("spec-longrange", "style"),
+        Output("spec-summary", "children"),
+        Output("spec-messages", "children"),
+        Input("spec-theta", "value"),
+        Input("spec-head-dim", "value"),
+        Input("spec-length", "value"),
+        Input("spec-phases", "value"),
+        Input("tabs", "value"),
     )(guarded(shown_update, fallback))

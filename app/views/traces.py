@@ -12,8 +12,17 @@ from typing import Any
 from dash import Dash, Input, Output, State, callback_context, dcc, html, no_update
 
 from app import stores as S
-from app.views.common import (control, graph, guarded, no_data, notice, register_store_picker, shown,
-                              store_picker, with_picker_messages)
+from app.views.common import (
+    control,
+    graph,
+    guarded,
+    no_data,
+    notice,
+    register_store_picker,
+    shown,
+    store_picker,
+    with_picker_messages,
+)
 from workbench import store as wstore
 from workbench.figures import traces as figs
 
@@ -40,11 +49,13 @@ def choices(root: Path, store: str) -> dict[str, list]:
         buckets = [f"{int(a)}-{int(b) - 1}" for a, b in zip(ds["bucket_start"].values, ds["bucket_stop"].values)]
     else:
         buckets = [str(b) for b in ds["position_bucket"].values]
-    return {"checkpoints": [str(c) for c in ds["checkpoint"].values],
-            "specs": [str(s) for s in ds["spec"].values if str(s) != "clean"],
-            "vars": [v for v in LAYER_VARS if v in ds.data_vars],
-            "buckets": [{"label": "mean over positions", "value": MEAN}] +
-                       [{"label": f"positions {b}", "value": i} for i, b in enumerate(buckets)]}
+    return {
+        "checkpoints": [str(c) for c in ds["checkpoint"].values],
+        "specs": [str(s) for s in ds["spec"].values if str(s) != "clean"],
+        "vars": [v for v in LAYER_VARS if v in ds.data_vars],
+        "buckets": [{"label": "mean over positions", "value": MEAN}]
+        + [{"label": f"positions {b}", "value": i} for i, b in enumerate(buckets)],
+    }
 
 
 def _checked(options: list, value: Any, what: str) -> Any:
@@ -95,23 +106,41 @@ def bucket_from_click(click: Any, buckets: list[dict]) -> int | None:
 
 
 def layout() -> html.Div:
-    return html.Div([
-        html.Div([
-            store_picker("traces"),
-            control("checkpoint", dcc.Dropdown(id="traces-checkpoint", clearable=False)),
-            control("variable", dcc.Dropdown(id="traces-var", clearable=False)),
-            control("spec (heatmap)", dcc.Dropdown(id="traces-spec", clearable=False)),
-            control("position bucket (or click a cell)", dcc.Dropdown(id="traces-bucket", clearable=False)),
-        ], className="wb-controls"),
-        html.Div(id="traces-messages"),
-        html.Div(id="traces-picker-messages"),
-        html.Div([graph("traces-heatmap", 420), graph("traces-graph", 420)], className="wb-row"),
-        html.Div([graph("traces-bars", 380), html.Div([
-            control("repeated tokens", dcc.RadioItems(id="traces-repeated-var", options=REPEATED_VARS,
-                                                      value="kl_to_mean", inline=True)),
-            graph("traces-repeated", 380)])], className="wb-row"),
-        html.Div(id="traces-repeated-messages"),
-    ])
+    return html.Div(
+        [
+            html.Div(
+                [
+                    store_picker("traces"),
+                    control("checkpoint", dcc.Dropdown(id="traces-checkpoint", clearable=False)),
+                    control("variable", dcc.Dropdown(id="traces-var", clearable=False)),
+                    control("spec (heatmap)", dcc.Dropdown(id="traces-spec", clearable=False)),
+                    control("position bucket (or click a cell)", dcc.Dropdown(id="traces-bucket", clearable=False)),
+                ],
+                className="wb-controls",
+            ),
+            html.Div(id="traces-messages"),
+            html.Div(id="traces-picker-messages"),
+            html.Div([graph("traces-heatmap", 420), graph("traces-graph", 420)], className="wb-row"),
+            html.Div(
+                [
+                    graph("traces-bars", 380),
+                    html.Div(
+                        [
+                            control(
+                                "repeated tokens",
+                                dcc.RadioItems(
+                                    id="traces-repeated-var", options=REPEATED_VARS, value="kl_to_mean", inline=True
+                                ),
+                            ),
+                            graph("traces-repeated", 380),
+                        ]
+                    ),
+                ],
+                className="wb-row",
+            ),
+            html.Div(id="traces-repeated-messages"),
+        ]
+    )
 
 
 def register(app: Dash, root: Path) -> None:
@@ -126,19 +155,32 @@ def register(app: Dash, root: Path) -> None:
             bucket = clicked if clicked is not None else bucket
         pick = lambda opts, v, default: v if v in opts else default  # noqa: E731
         values = [b["value"] for b in c["buckets"]]
-        return (c["checkpoints"], pick(c["checkpoints"], ckpt, c["checkpoints"][-1]),
-                c["vars"], pick(c["vars"], var, c["vars"][0]),
-                c["specs"], pick(c["specs"], spec, c["specs"][0] if c["specs"] else None),
-                c["buckets"], pick(values, bucket, MEAN))
+        return (
+            c["checkpoints"],
+            pick(c["checkpoints"], ckpt, c["checkpoints"][-1]),
+            c["vars"],
+            pick(c["vars"], var, c["vars"][0]),
+            c["specs"],
+            pick(c["specs"], spec, c["specs"][0] if c["specs"] else None),
+            c["buckets"],
+            pick(values, bucket, MEAN),
+        )
 
     app.callback(
-        Output("traces-checkpoint", "options"), Output("traces-checkpoint", "value"),
-        Output("traces-var", "options"), Output("traces-var", "value"),
-        Output("traces-spec", "options"), Output("traces-spec", "value"),
-        Output("traces-bucket", "options"), Output("traces-bucket", "value"),
+        Output("traces-checkpoint", "options"),
+        Output("traces-checkpoint", "value"),
+        Output("traces-var", "options"),
+        Output("traces-var", "value"),
+        Output("traces-spec", "options"),
+        Output("traces-spec", "value"),
+        Output("traces-bucket", "options"),
+        Output("traces-bucket", "value"),
         Output("traces-picker-messages", "children"),
-        Input("traces-store", "value"), Input("traces-heatmap", "clickData"),
-        State("traces-checkpoint", "value"), State("traces-var", "value"), State("traces-spec", "value"),
+        Input("traces-store", "value"),
+        Input("traces-heatmap", "clickData"),
+        State("traces-checkpoint", "value"),
+        State("traces-var", "value"),
+        State("traces-spec", "value"),
         State("traces-bucket", "value"),
     )(guarded(with_picker_messages(pickers), lambda m: ([], None, [], None, [], None, [], None, notice([m], "error"))))
 
@@ -151,12 +193,19 @@ def register(app: Dash, root: Path) -> None:
         return lines, shown(True, 420), heat, shown(True, 420), bars, shown(True, 380), []
 
     app.callback(
-        Output("traces-graph", "figure"), Output("traces-graph", "style"),
-        Output("traces-heatmap", "figure"), Output("traces-heatmap", "style"),
-        Output("traces-bars", "figure"), Output("traces-bars", "style"),
+        Output("traces-graph", "figure"),
+        Output("traces-graph", "style"),
+        Output("traces-heatmap", "figure"),
+        Output("traces-heatmap", "style"),
+        Output("traces-bars", "figure"),
+        Output("traces-bars", "style"),
         Output("traces-messages", "children", allow_duplicate=True),
-        Input("traces-store", "value"), Input("traces-checkpoint", "value"), Input("traces-var", "value"),
-        Input("traces-spec", "value"), Input("traces-bucket", "value"), prevent_initial_call="initial_duplicate",
+        Input("traces-store", "value"),
+        Input("traces-checkpoint", "value"),
+        Input("traces-var", "value"),
+        Input("traces-spec", "value"),
+        Input("traces-bucket", "value"),
+        prevent_initial_call="initial_duplicate",
     )(guarded(draw, lambda m: (*hidden, notice([m], "error"))))
 
     def draw_repeated(store: Any, var: Any):
@@ -168,7 +217,9 @@ def register(app: Dash, root: Path) -> None:
         return fig, shown(True, 380), []
 
     app.callback(
-        Output("traces-repeated", "figure"), Output("traces-repeated", "style"),
+        Output("traces-repeated", "figure"),
+        Output("traces-repeated", "style"),
         Output("traces-repeated-messages", "children"),
-        Input("traces-store", "value"), Input("traces-repeated-var", "value"),
+        Input("traces-store", "value"),
+        Input("traces-repeated-var", "value"),
     )(guarded(draw_repeated, lambda m: ({}, shown(False, 380), notice([m], "error"))))

@@ -48,9 +48,10 @@ def training_view(root: Path, names: list[str], metric: str):
             messages.append(str(exc))
             continue
         messages.extend(run.messages)
-        phases = ", ".join(f"{p.get('name')} ({p.get('steps')} steps, L={p.get('seq_len')}, theta={p.get('rope_theta')})"
-                           for p in run.phases) or \
-            ("unknown (no run.yaml)" if run.config is None else "unknown (run.yaml lists no phases)")
+        phases = ", ".join(
+            f"{p.get('name')} ({p.get('steps')} steps, L={p.get('seq_len')}, theta={p.get('rope_theta')})"
+            for p in run.phases
+        ) or ("unknown (no run.yaml)" if run.config is None else "unknown (run.yaml lists no phases)")
         info.append((name, phases, ", ".join(run.checkpoints) or "none complete"))
         records = run.metrics.records if run.metrics else []
         if any(r.get("kind") == "train" and r.get(metric) is not None for r in records):
@@ -93,21 +94,30 @@ def run_from_query(root: Path, search: str | None) -> str | None:
 
 
 def layout() -> html.Div:
-    return html.Div([
-        html.Div([
-            control("runs", dcc.Dropdown(id="train-runs", multi=True, placeholder="pick runs")),
-            control("metric", dcc.RadioItems(id="train-metric", options=METRICS, value="loss", inline=True)),
-            control("live", dcc.Checklist(id="train-live", options=[{"label": " poll metrics.jsonl", "value": "on"}],
-                                          value=["on"])),
-        ], className="wb-controls"),
-        dcc.Interval(id="train-poll", interval=POLL_MS),
-        dcc.Store(id="train-stamp"),
-        html.Div(id="train-url-messages"),
-        html.Div(id="train-messages"),
-        graph("train-graph", 560),
-        graph("train-pairs", 420),
-        html.Table(id="train-info", className="wb-summary"),
-    ])
+    return html.Div(
+        [
+            html.Div(
+                [
+                    control("runs", dcc.Dropdown(id="train-runs", multi=True, placeholder="pick runs")),
+                    control("metric", dcc.RadioItems(id="train-metric", options=METRICS, value="loss", inline=True)),
+                    control(
+                        "live",
+                        dcc.Checklist(
+                            id="train-live", options=[{"label": " poll metrics.jsonl", "value": "on"}], value=["on"]
+                        ),
+                    ),
+                ],
+                className="wb-controls",
+            ),
+            dcc.Interval(id="train-poll", interval=POLL_MS),
+            dcc.Store(id="train-stamp"),
+            html.Div(id="train-url-messages"),
+            html.Div(id="train-messages"),
+            graph("train-graph", 560),
+            graph("train-pairs", 420),
+            html.Table(id="train-info", className="wb-summary"),
+        ]
+    )
 
 
 def register(app: Dash, root: Path) -> None:
@@ -127,8 +137,13 @@ def register(app: Dash, root: Path) -> None:
         return [{"label": n, "value": n} for n in names], value, []
 
     app.callback(
-        Output("train-runs", "options"), Output("train-runs", "value"), Output("train-url-messages", "children"),
-        Input("train-poll", "n_intervals"), Input("url", "search"), Input("tabs", "value"), State("train-runs", "value"),
+        Output("train-runs", "options"),
+        Output("train-runs", "value"),
+        Output("train-url-messages", "children"),
+        Input("train-poll", "n_intervals"),
+        Input("url", "search"),
+        Input("tabs", "value"),
+        State("train-runs", "value"),
     )(guarded(refresh, lambda m: (no_update, no_update, notice([m], "error"))))
 
     def draw(value: Any, metric: str, _n: Any, tab: Any, stamp: Any):
@@ -138,16 +153,28 @@ def register(app: Dash, root: Path) -> None:
         if callback_context.triggered_id == "train-poll" and stamp == now:
             return no_update, no_update, no_update, no_update, no_update
         fig, messages, info = training_view(root, names, metric)
-        rows = [html.Tr([html.Th("run"), html.Th("phases"), html.Th("checkpoints")])] + \
-               [html.Tr([html.Td(a), html.Td(b), html.Td(c)]) for a, b, c in info]
-        return (fig or {}, shown(fig is not None, 560), notice(messages, "info" if fig else "error"),
-                rows if info else [], now)
+        rows = [html.Tr([html.Th("run"), html.Th("phases"), html.Th("checkpoints")])] + [
+            html.Tr([html.Td(a), html.Td(b), html.Td(c)]) for a, b, c in info
+        ]
+        return (
+            fig or {},
+            shown(fig is not None, 560),
+            notice(messages, "info" if fig else "error"),
+            rows if info else [],
+            now,
+        )
 
     app.callback(
-        Output("train-graph", "figure"), Output("train-graph", "style"), Output("train-messages", "children"),
-        Output("train-info", "children"), Output("train-stamp", "data"),
-        Input("train-runs", "value"), Input("train-metric", "value"), Input("train-poll", "n_intervals"),
-        Input("tabs", "value"), State("train-stamp", "data"),
+        Output("train-graph", "figure"),
+        Output("train-graph", "style"),
+        Output("train-messages", "children"),
+        Output("train-info", "children"),
+        Output("train-stamp", "data"),
+        Input("train-runs", "value"),
+        Input("train-metric", "value"),
+        Input("train-poll", "n_intervals"),
+        Input("tabs", "value"),
+        State("train-stamp", "data"),
     )(guarded(draw, lambda m: ({}, shown(False, 560), notice([m], "error"), [], None)))
 
     def pairs(value: Any, _n: Any, tab: Any):
@@ -156,6 +183,9 @@ def register(app: Dash, root: Path) -> None:
         return fig or {}, shown(fig is not None, 420)
 
     app.callback(
-        Output("train-pairs", "figure"), Output("train-pairs", "style"),
-        Input("train-runs", "value"), Input("train-poll", "n_intervals"), Input("tabs", "value"),
+        Output("train-pairs", "figure"),
+        Output("train-pairs", "style"),
+        Input("train-runs", "value"),
+        Input("train-poll", "n_intervals"),
+        Input("tabs", "value"),
     )(guarded(pairs, lambda m: ({}, shown(False, 420))))

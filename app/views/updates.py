@@ -20,8 +20,17 @@ from dash import Dash, Input, Output, State, callback_context, dcc, html, no_upd
 
 from app import runs as R
 from app import stores as S
-from app.views.common import (control, graph, guarded, notice, picked, register_store_picker, shown,
-                              store_picker, with_picker_messages)
+from app.views.common import (
+    control,
+    graph,
+    guarded,
+    notice,
+    picked,
+    register_store_picker,
+    shown,
+    store_picker,
+    with_picker_messages,
+)
 from workbench import arms as A
 from workbench import store as wstore
 from workbench.figures import findings as arm_figs
@@ -118,7 +127,9 @@ def heads(root: Path, store: str, source: str, comparison: str | None, layer: An
     except (TypeError, ValueError):
         raise ValueError(f"layer must be an integer, got {layer!r}") from None
     ds = _slice(root, store, group, var, comparison)
-    return figs.head_pair_heatmap(ds, layer, comparison=comparison, var=var, phase_lengths=phase_lengths(root, store, source))
+    return figs.head_pair_heatmap(
+        ds, layer, comparison=comparison, var=var, phase_lengths=phase_lengths(root, store, source)
+    )
 
 
 def bands(root: Path, store: str, source: str, comparison: str | None):
@@ -132,8 +143,9 @@ def bands(root: Path, store: str, source: str, comparison: str | None):
 def arms(root: Path, store: str) -> list[str]:
     """Arms of the store's ``arm_updates`` group (one clear error when it has none)."""
     if ARMS_GROUP not in S.groups_of(root, store):
-        raise ValueError(f"{store} has no {ARMS_GROUP!r} group (per-arm means over seeds; the demo's pair "
-                         "analysis writes it)")
+        raise ValueError(
+            f"{store} has no {ARMS_GROUP!r} group (per-arm means over seeds; the demo's pair analysis writes it)"
+        )
     return [str(a) for a in S.open_group(root, store, ARMS_GROUP)["arm"].values]
 
 
@@ -147,8 +159,9 @@ def _arm_args(root: Path, store: str, source: str, value: Any) -> tuple[str, lis
 def arm_heatmaps(root: Path, store: str, source: str, value: Any):
     """Layer x pair heatmaps of the picked arms side by side (mean over heads and seeds)."""
     var, names = _arm_args(root, store, source, value)
-    return figs.arm_layer_pair_heatmaps(S.loaded(root, store, ARMS_GROUP, var), names, var=var,
-                                        phase_lengths=phase_lengths(root, store, source))
+    return figs.arm_layer_pair_heatmaps(
+        S.loaded(root, store, ARMS_GROUP, var), names, var=var, phase_lengths=phase_lengths(root, store, source)
+    )
 
 
 def arm_bands(root: Path, store: str, source: str, value: Any):
@@ -157,8 +170,7 @@ def arm_bands(root: Path, store: str, source: str, value: Any):
     if ARM_BANDS_GROUP not in S.groups_of(root, store):
         return None
     table = S.open_group(root, store, ARM_BANDS_GROUP)
-    return arm_figs.band_update_intervals(table.sel(arm=[n for n in names if n in table["arm"].values]).load(),
-                                          var=var)
+    return arm_figs.band_update_intervals(table.sel(arm=[n for n in names if n in table["arm"].values]).load(), var=var)
 
 
 def default_arms(names: list[str]) -> list[str]:
@@ -176,23 +188,40 @@ def layer_from_click(click: Any) -> int | None:
 
 
 def layout() -> html.Div:
-    return html.Div([
-        html.Div([
-            store_picker("updates"),
-            control("show", dcc.RadioItems(id="updates-mode", options=[{"label": v, "value": k}
-                                                                       for k, v in MODES.items()],
-                                           value="pairs", inline=True)),
-            control("what", dcc.RadioItems(id="updates-source", options=list(SOURCES), value="W_q", inline=True)),
-            control("checkpoint pair", dcc.Dropdown(id="updates-comparison", clearable=False,
-                                                    style={"minWidth": "320px"})),
-            control("layer (or click a cell)", dcc.Dropdown(id="updates-layer", clearable=False)),
-            control("arms (side by side)", dcc.Dropdown(id="updates-arms", multi=True, style={"minWidth": "320px"})),
-        ], className="wb-controls"),
-        html.Div(id="updates-messages"),
-        html.Div(id="updates-picker-messages"),
-        graph("updates-graph", 460),
-        html.Div([graph("updates-heads", 400), graph("updates-bands", 400)], className="wb-row"),
-    ])
+    return html.Div(
+        [
+            html.Div(
+                [
+                    store_picker("updates"),
+                    control(
+                        "show",
+                        dcc.RadioItems(
+                            id="updates-mode",
+                            options=[{"label": v, "value": k} for k, v in MODES.items()],
+                            value="pairs",
+                            inline=True,
+                        ),
+                    ),
+                    control(
+                        "what", dcc.RadioItems(id="updates-source", options=list(SOURCES), value="W_q", inline=True)
+                    ),
+                    control(
+                        "checkpoint pair",
+                        dcc.Dropdown(id="updates-comparison", clearable=False, style={"minWidth": "320px"}),
+                    ),
+                    control("layer (or click a cell)", dcc.Dropdown(id="updates-layer", clearable=False)),
+                    control(
+                        "arms (side by side)", dcc.Dropdown(id="updates-arms", multi=True, style={"minWidth": "320px"})
+                    ),
+                ],
+                className="wb-controls",
+            ),
+            html.Div(id="updates-messages"),
+            html.Div(id="updates-picker-messages"),
+            graph("updates-graph", 460),
+            html.Div([graph("updates-heads", 400), graph("updates-bands", 400)], className="wb-row"),
+        ]
+    )
 
 
 def register(app: Dash, root: Path) -> None:
@@ -210,15 +239,26 @@ def register(app: Dash, root: Path) -> None:
         if callback_context.triggered_id == "updates-graph":
             clicked = layer_from_click(click)
             layer = clicked if clicked is not None else layer
-        return (comps, comparison if comparison in comps else comps[-1], lays,
-                layer if layer in lays else lays[0], no_update)
+        return (
+            comps,
+            comparison if comparison in comps else comps[-1],
+            lays,
+            layer if layer in lays else lays[0],
+            no_update,
+        )
 
     app.callback(
-        Output("updates-comparison", "options"), Output("updates-comparison", "value"),
-        Output("updates-layer", "options"), Output("updates-layer", "value"), Output("updates-source", "value"),
+        Output("updates-comparison", "options"),
+        Output("updates-comparison", "value"),
+        Output("updates-layer", "options"),
+        Output("updates-layer", "value"),
+        Output("updates-source", "value"),
         Output("updates-picker-messages", "children"),
-        Input("updates-store", "value"), Input("updates-source", "value"), Input("updates-graph", "clickData"),
-        State("updates-comparison", "value"), State("updates-layer", "value"),
+        Input("updates-store", "value"),
+        Input("updates-source", "value"),
+        Input("updates-graph", "clickData"),
+        State("updates-comparison", "value"),
+        State("updates-layer", "value"),
     )(guarded(with_picker_messages(pickers), lambda m: ([], None, [], None, no_update, notice([m], "error"))))
 
     def arm_picker(store: Any, mode: Any, current: Any):
@@ -228,8 +268,11 @@ def register(app: Dash, root: Path) -> None:
         return names, [a for a in (current or []) if a in names] or default_arms(names)
 
     app.callback(
-        Output("updates-arms", "options"), Output("updates-arms", "value"),
-        Input("updates-store", "value"), Input("updates-mode", "value"), State("updates-arms", "value"),
+        Output("updates-arms", "options"),
+        Output("updates-arms", "value"),
+        Input("updates-store", "value"),
+        Input("updates-mode", "value"),
+        State("updates-arms", "value"),
     )(guarded(arm_picker, lambda m: ([], [])))
 
     def draw(store: Any, mode: Any, source: Any, comparison: Any, chosen: Any):
@@ -238,8 +281,13 @@ def register(app: Dash, root: Path) -> None:
                 arms(root, store)  # says so when the store has no arm summary
                 return {}, shown(False, 460), {}, shown(False, 400), no_update
             bars = arm_bands(root, store, source, chosen)
-            return (arm_heatmaps(root, store, source, chosen), shown(True, 460), bars or {},
-                    shown(bars is not None, 400), [])
+            return (
+                arm_heatmaps(root, store, source, chosen),
+                shown(True, 460),
+                bars or {},
+                shown(bars is not None, 400),
+                [],
+            )
         if not store or not comparison:
             return {}, shown(False, 460), {}, shown(False, 400), no_update
         fig = heatmap(root, store, source, comparison)
@@ -247,11 +295,17 @@ def register(app: Dash, root: Path) -> None:
         return fig, shown(True, 460), bars or {}, shown(bars is not None, 400), []
 
     app.callback(
-        Output("updates-graph", "figure"), Output("updates-graph", "style"),
-        Output("updates-bands", "figure"), Output("updates-bands", "style"),
+        Output("updates-graph", "figure"),
+        Output("updates-graph", "style"),
+        Output("updates-bands", "figure"),
+        Output("updates-bands", "style"),
         Output("updates-messages", "children", allow_duplicate=True),
-        Input("updates-store", "value"), Input("updates-mode", "value"), Input("updates-source", "value"),
-        Input("updates-comparison", "value"), Input("updates-arms", "value"), prevent_initial_call="initial_duplicate",
+        Input("updates-store", "value"),
+        Input("updates-mode", "value"),
+        Input("updates-source", "value"),
+        Input("updates-comparison", "value"),
+        Input("updates-arms", "value"),
+        prevent_initial_call="initial_duplicate",
     )(guarded(draw, lambda m: ({}, shown(False, 460), {}, shown(False, 400), notice([m], "error"))))
 
     def draw_heads(store: Any, mode: Any, source: Any, comparison: Any, layer: Any):
@@ -260,7 +314,11 @@ def register(app: Dash, root: Path) -> None:
         return heads(root, store, source, comparison, layer), shown(True, 400)
 
     app.callback(
-        Output("updates-heads", "figure"), Output("updates-heads", "style"),
-        Input("updates-store", "value"), Input("updates-mode", "value"), Input("updates-source", "value"),
-        Input("updates-comparison", "value"), Input("updates-layer", "value"),
+        Output("updates-heads", "figure"),
+        Output("updates-heads", "style"),
+        Input("updates-store", "value"),
+        Input("updates-mode", "value"),
+        Input("updates-source", "value"),
+        Input("updates-comparison", "value"),
+        Input("updates-layer", "value"),
     )(guarded(draw_heads, lambda m: ({}, shown(False, 400))))

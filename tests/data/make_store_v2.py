@@ -8,27 +8,108 @@ whose names changed in schema 3 (repeated_tokens, updates_states, score_decompos
 Standalone on purpose, like make_store_v1.py (the same toy run): each runs at its own old commit, where no
 shared helper can be assumed to exist.
 """
-import sys, shutil
+
+import shutil
+import sys
 from pathlib import Path
+
 import torch
+
 torch.set_num_threads(1)
-from workbench import models, cli, store
-from workbench.config import ModelConfig
+from workbench import cli, models, store  # noqa: E402 (after the thread pin)
+from workbench.config import ModelConfig  # noqa: E402
+
 assert store.SCHEMA == "workbench-store/2"
-work = Path(sys.argv[1]); shutil.rmtree(work, ignore_errors=True); work.mkdir(parents=True)
+work = Path(sys.argv[1])
+shutil.rmtree(work, ignore_errors=True)
+work.mkdir(parents=True)
 root = work / "runs" / "toy"
-cfg = ModelConfig(vocab_size=128, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16,
-                  intermediate_size=64, max_position_embeddings=512, rope_theta=500.0)
+cfg = ModelConfig(
+    vocab_size=128,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+    intermediate_size=64,
+    max_position_embeddings=512,
+    rope_theta=500.0,
+)
 model = models.build_model(cfg, seed=0)
-a = models.save_checkpoint(model, root / "ckpt-000001", {"phase": "short", "step": 1, "objective": "kd", "phase_end": True})
+a = models.save_checkpoint(
+    model, root / "ckpt-000001", {"phase": "short", "step": 1, "objective": "kd", "phase_end": True}
+)
 models.set_rope_theta(model, 20000.0)
 g = torch.Generator().manual_seed(0)
 with torch.no_grad():
     for p in model.parameters():
         p.add_(0.01 * torch.randn(p.shape, generator=g))
-b = models.save_checkpoint(model, root / "ckpt-000002", {"phase": "long", "step": 2, "objective": "kd", "phase_end": True})
+b = models.save_checkpoint(
+    model, root / "ckpt-000002", {"phase": "long", "step": 2, "objective": "kd", "phase_end": True}
+)
 out = str(root / "results.zarr")
-assert cli.main(["updates", str(a), str(b), "--out", out, "--phase-lengths", "64,256", "--seq-len", "32", "--windows", "2", "--device", "cpu"]) == 0
-assert cli.main(["probe", str(b), "--out", out, "--seq-len", "32", "--windows", "4", "--buckets", "4", "--score-seq-len", "32", "--max-train", "200", "--device", "cpu"]) == 0
-assert cli.main(["trace", str(b), "--experiment", "repeated-tokens", "--out", out, "--window", "64", "--period", "16", "--samples", "1", "--device", "cpu"]) == 0
+assert (
+    cli.main(
+        [
+            "updates",
+            str(a),
+            str(b),
+            "--out",
+            out,
+            "--phase-lengths",
+            "64,256",
+            "--seq-len",
+            "32",
+            "--windows",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
+    == 0
+)
+assert (
+    cli.main(
+        [
+            "probe",
+            str(b),
+            "--out",
+            out,
+            "--seq-len",
+            "32",
+            "--windows",
+            "4",
+            "--buckets",
+            "4",
+            "--score-seq-len",
+            "32",
+            "--max-train",
+            "200",
+            "--device",
+            "cpu",
+        ]
+    )
+    == 0
+)
+assert (
+    cli.main(
+        [
+            "trace",
+            str(b),
+            "--experiment",
+            "repeated-tokens",
+            "--out",
+            out,
+            "--window",
+            "64",
+            "--period",
+            "16",
+            "--samples",
+            "1",
+            "--device",
+            "cpu",
+        ]
+    )
+    == 0
+)
 print(store.groups(out))

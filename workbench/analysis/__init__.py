@@ -2,5 +2,8 @@
 
 from workbench._moved import alias
 
-alias(__name__, "workbench.measurements", {
-    m: f"workbench.measurements.{m}" for m in ("bands", "capture", "pairs", "probes", "scores", "states", "weights")})
+alias(
+    __name__,
+    "workbench.measurements",
+    {m: f"workbench.measurements.{m}" for m in ("bands", "capture", "pairs", "probes", "scores", "states", "weights")},
+)

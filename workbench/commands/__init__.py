@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 
 def run_command(name: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
@@ -49,16 +49,27 @@ class _DeprecatedOption(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         if option_string not in _WARNED:
             _WARNED.add(option_string)
-            print(f"workbench: warning: {option_string} is deprecated, use {self.new} (the old name goes in the "
-                  f"next version)", file=sys.stderr)
+            print(
+                f"workbench: warning: {option_string} is deprecated, use {self.new} (the old name goes in the "
+                f"next version)",
+                file=sys.stderr,
+            )
         setattr(namespace, self.dest, values)
 
 
 def deprecated_alias(p: argparse.ArgumentParser, old: str, new: str) -> None:
     """``old`` as a hidden alias of the already-added option ``new``: same dest and type, warns once."""
     target = p._option_string_actions[new]
-    p.add_argument(old, dest=target.dest, type=target.type, action=_DeprecatedOption, new=new,
-                   metavar=target.metavar, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument(
+        old,
+        dest=target.dest,
+        type=target.type,
+        action=_DeprecatedOption,
+        new=new,
+        metavar=target.metavar,
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+    )
 
 
 # analysis commands (trace, updates, probe, kd-signal, eval, teacher-cache) all default to this device
@@ -69,11 +80,18 @@ DEVICE_HELP = "where the models run: auto (this rank's CUDA device if there is o
 def add_checkpoints(p: argparse.ArgumentParser) -> None:
     """The checkpoints a command reads, the same in every command that reads several: ``CKPT...`` (a run
     directory stands for all its complete checkpoints, ``workbench.checkpoints.expand``) and ``--phase-ends``."""
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT",
-                   help="checkpoint directories (runs/<run>/ckpt-*, or plain Hugging Face model directories), "
-                        "or a run directory for all its checkpoints")
-    p.add_argument("--phase-ends", action="store_true",
-                   help="keep only checkpoints whose manifest says phase_end (e.g. phase 1 end, phase 2 end)")
+    p.add_argument(
+        "checkpoints",
+        nargs="+",
+        metavar="CKPT",
+        help="checkpoint directories (runs/<run>/ckpt-*, or plain Hugging Face model directories), "
+        "or a run directory for all its checkpoints",
+    )
+    p.add_argument(
+        "--phase-ends",
+        action="store_true",
+        help="keep only checkpoints whose manifest says phase_end (e.g. phase 1 end, phase 2 end)",
+    )
 
 
 def add_threads(p: argparse.ArgumentParser) -> None:

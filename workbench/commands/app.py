@@ -5,14 +5,21 @@ from __future__ import annotations
 import argparse
 
 HELP = "serve the browser dashboard (Dash) for a runs directory"
-DESCRIPTION = ("Serve the dashboard: query updates per RoPE pair, perturbation traces, retrieval grids, live "
-               "training curves and the RoPE spectrum explorer, for the runs and stores under RUNS_DIR. "
-               "It reads nothing outside RUNS_DIR and binds to 127.0.0.1 unless --host says otherwise.")
+DESCRIPTION = (
+    "Serve the dashboard: query updates per RoPE pair, perturbation traces, retrieval grids, live "
+    "training curves and the RoPE spectrum explorer, for the runs and stores under RUNS_DIR. "
+    "It reads nothing outside RUNS_DIR and binds to 127.0.0.1 unless --host says otherwise."
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("runs_dir", metavar="RUNS_DIR", nargs="?", default="runs",
-                   help="directory holding run directories and *.zarr stores")
+    p.add_argument(
+        "runs_dir",
+        metavar="RUNS_DIR",
+        nargs="?",
+        default="runs",
+        help="directory holding run directories and *.zarr stores",
+    )
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (keep 127.0.0.1 unless you mean it)")
     p.add_argument("--port", type=int, default=8050, help="TCP port")
     p.add_argument("--debug", action="store_true", help="Dash debug mode (reloader, error overlay)")

@@ -19,22 +19,44 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("store", nargs="?", default=None, metavar="STORE",
-                   help="results store (*.zarr) with a retrieval group (or --store STORE)")
-    p.add_argument("--store", dest="store_flag", default=None, metavar="STORE",
-                   help="the input store as a flag, as in the analyses' figure scripts")
+    p.add_argument(
+        "store",
+        nargs="?",
+        default=None,
+        metavar="STORE",
+        help="results store (*.zarr) with a retrieval group (or --store STORE)",
+    )
+    p.add_argument(
+        "--store",
+        dest="store_flag",
+        default=None,
+        metavar="STORE",
+        help="the input store as a flag, as in the analyses' figure scripts",
+    )
     p.add_argument("--out", default=None, help="store to write the summaries into (default: the input store)")
-    p.add_argument("--compare", action="append", default=[], metavar="'A - B'",
-                   help="a paired difference between two arms (repeatable); default: every kd-X - ce-X")
+    p.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="'A - B'",
+        help="a paired difference between two arms (repeatable); default: every kd-X - ce-X",
+    )
     p.add_argument("--metric", default="correct", help="per-sample retrieval variable (correct, match_all, ...)")
     p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--level", type=float, default=0.95, help="interval level")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--threshold", type=float, default=0.5,
-                   help="effective length (RULER): longest length whose accuracy stays >= this")
-    p.add_argument("--fraction", type=float, default=0.85,
-                   help="effective length (NoLiMa): longest length whose accuracy stays >= this x its own at the "
-                        "shortest length")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="effective length (RULER): longest length whose accuracy stays >= this",
+    )
+    p.add_argument(
+        "--fraction",
+        type=float,
+        default=0.85,
+        help="effective length (NoLiMa): longest length whose accuracy stays >= this x its own at the shortest length",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,8 +74,10 @@ def run(args: argparse.Namespace) -> int:
     pairs = [arms.parse_comparison(c) for c in args.compare]
     ds = store.open_group(args.store, store.RETRIEVAL).load()
     if args.metric not in ds:
-        raise ValueError(f"--metric {args.metric!r}: not a variable of {args.store}/{store.RETRIEVAL} "
-                         f"(has {', '.join(ds.data_vars)})")
+        raise ValueError(
+            f"--metric {args.metric!r}: not a variable of {args.store}/{store.RETRIEVAL} "
+            f"(has {', '.join(ds.data_vars)})"
+        )
     groups, refs = arms.retrieval_arms(ds)
     pairs = pairs or arms.objective_pairs(groups)
     kw = dict(metric=args.metric, n_boot=args.boot, level=args.level, seed=args.seed)

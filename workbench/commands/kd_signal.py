@@ -22,18 +22,26 @@ DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_checkpoints(p)
-    p.add_argument("--data", required=True, metavar="CONFIG.yaml",
-                   help="a run config (its data section), a file with a data: section, or a bare data section")
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="CONFIG.yaml",
+        help="a run config (its data section), a file with a data: section, or a bare data section",
+    )
     p.add_argument("--phase", default=None, metavar="NAME", help="use this phase's data (falls back to the run's)")
     p.add_argument("--seq-len", type=int, default=1024, help="window length the documents are packed into")
     p.add_argument("--windows", type=int, default=8, help="number of windows")
     p.add_argument("--batch-size", type=int, default=2, help="windows per forward pass (results do not depend on it)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data stream")
     p.add_argument("--out", required=True, metavar="STORE", help="results store (*.zarr) to create or append to")
-    p.add_argument("--figure", default=None, metavar="PATH",
-                   help="also write PATH-by-distance and PATH-by-kind (.html + .png)")
-    p.add_argument("--all-tokens", action="store_true",
-                   help="summarise every token (default: only the targets the KD loss uses, labels != -100)")
+    p.add_argument(
+        "--figure", default=None, metavar="PATH", help="also write PATH-by-distance and PATH-by-kind (.html + .png)"
+    )
+    p.add_argument(
+        "--all-tokens",
+        action="store_true",
+        help="summarise every token (default: only the targets the KD loss uses, labels != -100)",
+    )
     p.add_argument("--chunk-size", type=int, default=1024, help="tokens per unembedding chunk (memory bound)")
     add_threads(p)
     add_device(p)
@@ -56,15 +64,27 @@ def run(args: argparse.Namespace) -> int:
     cd.check_boundaries(dcfg, seq_len=args.seq_len, n_windows=args.windows, batch_size=args.batch_size, seed=args.seed)
     summary = "all" if args.all_tokens else "kd_targets"
     labels = [checkpoints.label(p) for p in paths]
-    cd.check_writable(args.out, labels, cd.data_attrs(dcfg, seq_len=args.seq_len, n_windows=args.windows,
-                                                      seed=args.seed, summary_tokens=summary))
+    cd.check_writable(
+        args.out,
+        labels,
+        cd.data_attrs(dcfg, seq_len=args.seq_len, n_windows=args.windows, seed=args.seed, summary_tokens=summary),
+    )
     if args.figure:
         import workbench.figures.kd_signal  # noqa: F401  (a broken plotting stack fails before the models run)
 
     ds = cd.cross_document_kl_checkpoints(
-        paths, dcfg, seq_len=args.seq_len, n_windows=args.windows, batch_size=args.batch_size, seed=args.seed,
-        device=args.device, dtype=getattr(torch, args.dtype), chunk_size=args.chunk_size, summary_tokens=summary,
-        progress=True)
+        paths,
+        dcfg,
+        seq_len=args.seq_len,
+        n_windows=args.windows,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        dtype=getattr(torch, args.dtype),
+        chunk_size=args.chunk_size,
+        summary_tokens=summary,
+        progress=True,
+    )
     ds.attrs["data_config"] = str(args.data)
     if args.phase:
         ds.attrs["phase"] = args.phase
@@ -84,8 +104,11 @@ def run(args: argparse.Namespace) -> int:
         except RuntimeError as exc:  # kaleido without a Chrome/Chromium: keep the HTML, say so, keep the results
             written = [stem.parent / f"{name}.html" for name in figs]
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            print(f"workbench kd-signal: warning: PNG figures not written ({first}; install chromium for "
-                  "kaleido); the HTML figures and the store are written", file=sys.stderr)
+            print(
+                f"workbench kd-signal: warning: PNG figures not written ({first}; install chromium for "
+                "kaleido); the HTML figures and the store are written",
+                file=sys.stderr,
+            )
         print("figures: " + ", ".join(map(str, written)))
     return 0
 
@@ -99,10 +122,14 @@ def print_summary(ds) -> None:
     print(f"{'checkpoint':<{width}}  {'mean':>8} {'median':>9} {'p95':>8} {'top5%share':>10} {'after doc 0':>11}")
     for n in names:
         r = ds.sel(checkpoint=n)
-        print(f"{n:<{width}}  {float(r['mean']):8.3f} {float(r['median']):9.2e} {float(r['p95']):8.3f} "
-              f"{float(r['top5_share']):10.3f} {float(r['mean_after_first_doc']):11.3f}")
-    for dim, short, title in (("kind", "kind", "predicted token kind"), ("distance_bucket", "distance",
-                                                                         "distance to document start")):
+        print(
+            f"{n:<{width}}  {float(r['mean']):8.3f} {float(r['median']):9.2e} {float(r['p95']):8.3f} "
+            f"{float(r['top5_share']):10.3f} {float(r['mean_after_first_doc']):11.3f}"
+        )
+    for dim, short, title in (
+        ("kind", "kind", "predicted token kind"),
+        ("distance_bucket", "distance", "distance to document start"),
+    ):
         print(f"\nmean / median / p95 / share of KL mass by {title} (n tokens)")
         for n in names:
             print(f"  {n}")
@@ -111,5 +138,7 @@ def print_summary(ds) -> None:
                 if int(count) == 0:
                     continue
                 v = r.sel({dim: label})
-                print(f"    {str(label):<10} {float(v[f'mean_by_{short}']):8.3f} {float(v[f'median_by_{short}']):9.2e} "
-                      f"{float(v[f'p95_by_{short}']):8.3f} {float(v[f'share_by_{short}']):7.3f}   ({int(count)})")
+                print(
+                    f"    {str(label):<10} {float(v[f'mean_by_{short}']):8.3f} {float(v[f'median_by_{short}']):9.2e} "
+                    f"{float(v[f'p95_by_{short}']):8.3f} {float(v[f'share_by_{short}']):7.3f}   ({int(count)})"
+                )

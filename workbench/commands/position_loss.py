@@ -3,32 +3,43 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from workbench.commands import add_checkpoints, add_device, add_threads, set_threads
 
 HELP = "loss and KL(teacher || checkpoint) by position bucket on held-out long documents, with bootstrap intervals"
-DESCRIPTION = (HELP + ". The continuous context-extension scorecard (retrieval accuracy saturates): one held-out "
-               "document per window, per-token CE and (with --teacher) KL to the teacher from the chunked loss on "
-               "hidden states (memory linear in length), summed in log-spaced position buckets up to --length; "
-               "buckets beyond a checkpoint's trained positions are marked extrapolation. Written to the store "
-               "group position_loss, appended along checkpoint.")
+DESCRIPTION = (
+    HELP + ". The continuous context-extension scorecard (retrieval accuracy saturates): one held-out "
+    "document per window, per-token CE and (with --teacher) KL to the teacher from the chunked loss on "
+    "hidden states (memory linear in length), summed in log-spaced position buckets up to --length; "
+    "buckets beyond a checkpoint's trained positions are marked extrapolation. Written to the store "
+    "group position_loss, appended along checkpoint."
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_checkpoints(p)
-    p.add_argument("--documents", nargs="+", default=["synthetic"], metavar="SRC",
-                   help="'synthetic' (the synthetic language, held-out seeds), a token corpus directory "
-                        "(`workbench tokenize`; its val split when it has one; its tokenizer must be the "
-                        "checkpoint's) or text files (one document each, through the checkpoint's tokenizer)")
+    p.add_argument(
+        "--documents",
+        nargs="+",
+        default=["synthetic"],
+        metavar="SRC",
+        help="'synthetic' (the synthetic language, held-out seeds), a token corpus directory "
+        "(`workbench tokenize`; its val split when it has one; its tokenizer must be the "
+        "checkpoint's) or text files (one document each, through the checkpoint's tokenizer)",
+    )
     p.add_argument("--n-documents", type=int, default=16, help="number of documents (synthetic, corpus, files)")
     p.add_argument("--length", type=int, default=2048, help="document length in tokens (the longest position asked)")
     p.add_argument("--teacher", default=None, metavar="CKPT", help="also KL(teacher || checkpoint) by position")
     p.add_argument("--first-bucket", type=int, default=32, help="upper edge of the first bucket; edges double")
     p.add_argument("--edges", default=None, help="explicit bucket edges, e.g. 256,1024 (0 and --length added)")
-    p.add_argument("--extrapolate", action="store_true",
-                   help="allow documents beyond a checkpoint's trained positions (recorded per bucket)")
-    p.add_argument("--tokenizer", default="auto", help="for text documents: 'auto' (the checkpoint's own) or a directory")
+    p.add_argument(
+        "--extrapolate",
+        action="store_true",
+        help="allow documents beyond a checkpoint's trained positions (recorded per bucket)",
+    )
+    p.add_argument(
+        "--tokenizer", default="auto", help="for text documents: 'auto' (the checkpoint's own) or a directory"
+    )
     p.add_argument("--seed", type=int, default=0, help="document seed (synthetic) and bootstrap seed")
     p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--chunk-size", type=int, default=1024, help="tokens per lm_head chunk (memory bound)")
@@ -60,9 +71,18 @@ def run(args: argparse.Namespace) -> int:
     labels = [checkpoints.label(p) for p in paths]
     edges = pl.bucket_edges(docs, args.first_bucket, edges)
     store.refuse(args.out, store.POSITION_LOSS, labels=labels, attrs=pl.settings(docs, edges, args.teacher))
-    ds = pl.position_loss(paths, docs, teacher=args.teacher, first_bucket=args.first_bucket, edges=edges,
-                          extrapolate=args.extrapolate, device=args.device, chunk_size=args.chunk_size,
-                          n_boot=args.boot, seed=args.seed)
+    ds = pl.position_loss(
+        paths,
+        docs,
+        teacher=args.teacher,
+        first_bucket=args.first_bucket,
+        edges=edges,
+        extrapolate=args.extrapolate,
+        device=args.device,
+        chunk_size=args.chunk_size,
+        n_boot=args.boot,
+        seed=args.seed,
+    )
     store.save(args.out, store.POSITION_LOSS, ds)
     print(pl.table(ds))
     print(f"wrote {len(labels)} checkpoint(s) to {args.out} (group '{store.POSITION_LOSS}')")

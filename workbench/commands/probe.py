@@ -28,13 +28,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-train", type=int, default=4000, help="at most this many training tokens per probe")
     p.add_argument("--no-scores", action="store_true", help="skip the attention-score decomposition")
     p.add_argument("--score-seq-len", type=int, default=512, help="window length for the score decomposition")
-    p.add_argument("--score-method", choices=["fast", "exact"], default="fast",
-                   help="fast: mean terms exact via prefix sums, mean |term| from a seeded sample of (query, key) "
-                        "positions per distance bucket, linear in length; exact: every pair, quadratic (reference)")
-    p.add_argument("--abs-sample-pairs", type=int, default=65536,
-                   help="fast method: (query, key) pairs sampled per distance bucket for the mean |term|")
+    p.add_argument(
+        "--score-method",
+        choices=["fast", "exact"],
+        default="fast",
+        help="fast: mean terms exact via prefix sums, mean |term| from a seeded sample of (query, key) "
+        "positions per distance bucket, linear in length; exact: every pair, quadratic (reference)",
+    )
+    p.add_argument(
+        "--abs-sample-pairs",
+        type=int,
+        default=65536,
+        help="fast method: (query, key) pairs sampled per distance bucket for the mean |term|",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--figures", default=None, metavar="DIR", help="also write the probe curves (HTML + PNG) into this folder")
+    p.add_argument(
+        "--figures", default=None, metavar="DIR", help="also write the probe curves (HTML + PNG) into this folder"
+    )
     add_threads(p)
     add_device(p, "; statistics are float32 either way")
     inputs.add_arguments(p)  # --inputs / --tokenizer, shared with trace and updates (workbench.inputs)
@@ -57,33 +67,68 @@ def run(args: argparse.Namespace) -> int:
     if args.buckets < 2 or args.buckets > args.seq_len:
         raise ValueError(f"--buckets must be between 2 and --seq-len, got {args.buckets}")
     if args.max_train < args.buckets:  # the probe needs training tokens of every position bucket
-        raise ValueError(f"--max-train must be >= --buckets ({args.buckets}): a probe needs training tokens of "
-                         f"every position bucket, got {args.max_train}")
+        raise ValueError(
+            f"--max-train must be >= --buckets ({args.buckets}): a probe needs training tokens of "
+            f"every position bucket, got {args.max_train}"
+        )
     inputs.plain_hf_flag(args)
     infos = checkpoints.inspect_all(paths, allow_plain_hf=True, minimum=1)
-    batch, what = inputs.for_models(paths, args, seq_len=args.seq_len, batch=args.windows, seed=args.seed,
-                                    synthetic_default=lambda: probe_batch(args.seq_len, args.windows, args.seed))
+    batch, what = inputs.for_models(
+        paths,
+        args,
+        seq_len=args.seq_len,
+        batch=args.windows,
+        seed=args.seed,
+        synthetic_default=lambda: probe_batch(args.seq_len, args.windows, args.seed),
+    )
     if batch["input_ids"].shape[0] < 4:
-        raise inputs.InputError(f"--inputs {args.inputs}: {batch['input_ids'].shape[0]} window(s); position probes "
-                                "need at least 4 (a quarter are held out)")
-    score_batch = None if args.no_scores else inputs.for_models(
-        paths, args, seq_len=args.score_seq_len, batch=1, seed=args.seed,
-        synthetic_default=lambda: probe_batch(args.score_seq_len, 1, args.seed))[0]
+        raise inputs.InputError(
+            f"--inputs {args.inputs}: {batch['input_ids'].shape[0]} window(s); position probes "
+            "need at least 4 (a quarter are held out)"
+        )
+    score_batch = (
+        None
+        if args.no_scores
+        else inputs.for_models(
+            paths,
+            args,
+            seq_len=args.score_seq_len,
+            batch=1,
+            seed=args.seed,
+            synthetic_default=lambda: probe_batch(args.score_seq_len, 1, args.seed),
+        )[0]
+    )
     labels = [i.label for i in infos]
     groups = [store.PROBES] + ([] if args.no_scores else [store.SCORE_DECOMPOSITION])
     for group in groups:
         store.refuse(args.out, group, labels=labels)
 
-    probes = measurements.position_probes(paths, seq_len=args.seq_len, n_windows=args.windows, n_buckets=args.buckets,
-                                      seed=args.seed, max_train=args.max_train,
-                                      allow_plain_hf=True, device=args.device, progress=True, inputs=batch)
+    probes = measurements.position_probes(
+        paths,
+        seq_len=args.seq_len,
+        n_windows=args.windows,
+        n_buckets=args.buckets,
+        seed=args.seed,
+        max_train=args.max_train,
+        allow_plain_hf=True,
+        device=args.device,
+        progress=True,
+        inputs=batch,
+    )
     probes.attrs["inputs"] = what
     store.save(args.out, store.PROBES, probes)
     if not args.no_scores:
-        scores = measurements.score_decomposition(paths, seq_len=args.score_seq_len, seed=args.seed,
-                                              method=args.score_method, abs_sample={"pairs": args.abs_sample_pairs},
-                                              allow_plain_hf=True, device=args.device, progress=True,
-                                              inputs=score_batch)
+        scores = measurements.score_decomposition(
+            paths,
+            seq_len=args.score_seq_len,
+            seed=args.seed,
+            method=args.score_method,
+            abs_sample={"pairs": args.abs_sample_pairs},
+            allow_plain_hf=True,
+            device=args.device,
+            progress=True,
+            inputs=score_batch,
+        )
         scores.attrs["inputs"] = what
         store.save(args.out, store.SCORE_DECOMPOSITION, scores)
     sites = [str(s) for s in probes["site"].values]

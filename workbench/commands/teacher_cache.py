@@ -7,8 +7,10 @@ import argparse
 from workbench.commands import add_device, add_threads, set_threads
 
 HELP = "run a run config's teacher once over the run's data and store top-k log-probs (+ leftover mass) for KD"
-DESCRIPTION = (HELP + ". Then set teacher.cache: DIR in the run config; the trainer reads the cache instead of "
-               "running the teacher.")
+DESCRIPTION = (
+    HELP + ". Then set teacher.cache: DIR in the run config; the trainer reads the cache instead of "
+    "running the teacher."
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,7 +34,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--world-size and --batch-size must be >= 1")
     args.device = str(models.pick_device(args.device))  # a bad device is one error before any work
     cfg = load_run_config(args.config)
-    path = teacher_cache.build(cfg, args.out, k=args.top_k, world_size=args.world_size, batch_size=args.batch_size,
-                               device=args.device, progress=not args.no_progress)
+    path = teacher_cache.build(
+        cfg,
+        args.out,
+        k=args.top_k,
+        world_size=args.world_size,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=not args.no_progress,
+    )
     print(f"teacher cache: {path}")
     return 0

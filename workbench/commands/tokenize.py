@@ -15,24 +15,48 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("sources", nargs="*", metavar="SOURCE",
-                   help="files (.txt/.md, .jsonl/.json, .parquet) or directories saved with datasets' save_to_disk")
-    p.add_argument("--config", default=None, metavar="CONFIG.yaml",
-                   help="convert the text / jsonl / parquet data section of a run config (its files, tokenizer, field, "
-                        "split, add_eos, max/min_doc_tokens) instead of SOURCE... and --tokenizer")
+    p.add_argument(
+        "sources",
+        nargs="*",
+        metavar="SOURCE",
+        help="files (.txt/.md, .jsonl/.json, .parquet) or directories saved with datasets' save_to_disk",
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="CONFIG.yaml",
+        help="convert the text / jsonl / parquet data section of a run config (its files, tokenizer, field, "
+        "split, add_eos, max/min_doc_tokens) instead of SOURCE... and --tokenizer",
+    )
     p.add_argument("--tokenizer", default=None, metavar="DIR", help="local Hugging Face tokenizer directory")
     p.add_argument("--out", required=True, metavar="CORPUS", help="corpus directory to create (or reuse)")
-    p.add_argument("--kind", default=None, choices=["text", "jsonl", "parquet"],
-                   help="file type of every source (default: from each file's suffix)")
+    p.add_argument(
+        "--kind",
+        default=None,
+        choices=["text", "jsonl", "parquet"],
+        help="file type of every source (default: from each file's suffix)",
+    )
     p.add_argument("--field", default="text", help="jsonl / parquet / dataset column holding the document text")
     p.add_argument("--split-lines", action="store_true", help="text files: one document per line (default: per file)")
-    p.add_argument("--eos", choices=["auto", "yes", "no"], default="auto",
-                   help="append the tokenizer's eos to every document (auto: when it has one)")
-    p.add_argument("--max-doc-tokens", type=int, default=None,
-                   help="cut every document into consecutive segments of at most this many tokens, each a document")
+    p.add_argument(
+        "--eos",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="append the tokenizer's eos to every document (auto: when it has one)",
+    )
+    p.add_argument(
+        "--max-doc-tokens",
+        type=int,
+        default=None,
+        help="cut every document into consecutive segments of at most this many tokens, each a document",
+    )
     p.add_argument("--min-doc-tokens", type=int, default=0, help="drop documents/segments shorter than this")
-    p.add_argument("--val-fraction", type=float, default=0.0,
-                   help="fraction of source documents held out into CORPUS/val (seeded, by document)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.0,
+        help="fraction of source documents held out into CORPUS/val (seeded, by document)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
     p.add_argument("--num-proc", type=int, default=1, help="tokenising processes (datasets' map num_proc)")
     p.add_argument("--batch-size", type=int, default=1000, help="documents per map batch")
@@ -50,10 +74,22 @@ def run(args: argparse.Namespace) -> int:
     if not args.sources or not args.tokenizer:
         raise ValueError("give SOURCE... and --tokenizer DIR, or --config CONFIG.yaml")
     out, reused = corpus.tokenize(
-        args.sources, args.out, args.tokenizer, kind=args.kind, field=args.field, split_lines=args.split_lines,
-        add_eos={"auto": None, "yes": True, "no": False}[args.eos], max_doc_tokens=args.max_doc_tokens,
-        min_doc_tokens=args.min_doc_tokens, val_fraction=args.val_fraction, seed=args.seed, num_proc=args.num_proc,
-        batch_size=args.batch_size, shard_tokens=args.shard_tokens, progress=not args.no_progress)
+        args.sources,
+        args.out,
+        args.tokenizer,
+        kind=args.kind,
+        field=args.field,
+        split_lines=args.split_lines,
+        add_eos={"auto": None, "yes": True, "no": False}[args.eos],
+        max_doc_tokens=args.max_doc_tokens,
+        min_doc_tokens=args.min_doc_tokens,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        num_proc=args.num_proc,
+        batch_size=args.batch_size,
+        shard_tokens=args.shard_tokens,
+        progress=not args.no_progress,
+    )
     print(f"token corpus: {out}" + (" (reused)" if reused else ""))
     return 0
 
@@ -80,5 +116,7 @@ def from_config(args: argparse.Namespace) -> None:
         args.eos = "yes" if opts["add_eos"] else "no"
     args.max_doc_tokens = opts.get("max_doc_tokens", args.max_doc_tokens)
     args.min_doc_tokens = opts.get("min_doc_tokens", args.min_doc_tokens)
-    print(f"tokenize: converting the data section of {args.config}; then use data: {{kind: tokens, paths: "
-          f"[{args.out}]}} (the same packing)")
+    print(
+        f"tokenize: converting the data section of {args.config}; then use data: {{kind: tokens, paths: "
+        f"[{args.out}]}} (the same packing)"
+    )

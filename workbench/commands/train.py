@@ -11,8 +11,10 @@ import os
 import sys
 
 HELP = "train a student (CE or logit KD from a frozen teacher) through phases of window length and RoPE theta"
-DESCRIPTION = (HELP + ". Single process here; multi-GPU: torchrun --nproc_per_node N -m workbench.train CONFIG. "
-               "Writes runs/<name>/ (run.yaml, metrics.jsonl, ckpt-<step>/).")
+DESCRIPTION = (
+    HELP + ". Single process here; multi-GPU: torchrun --nproc_per_node N -m workbench.train CONFIG. "
+    "Writes runs/<name>/ (run.yaml, metrics.jsonl, ckpt-<step>/)."
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m workbench.train``: this command alone, with the ``workbench`` command's error handling."""
     from workbench.commands import run_command
 
-    parser = argparse.ArgumentParser(prog="torchrun -m workbench.train", description=DESCRIPTION,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="torchrun -m workbench.train",
+        description=DESCRIPTION,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     add_arguments(parser)
     return run_command("train", run, parser.parse_args(argv))

@@ -22,15 +22,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     add_checkpoints(p)
     p.add_argument("--out", required=True, help="results store (*.zarr) to create or append to")
-    p.add_argument("--reference", default=None, help="compare every checkpoint against this one instead of consecutively")
-    p.add_argument("--phase-lengths", default=None,
-                   help="context lengths of the phases, e.g. 256,1024 (default: the phases' seq_len in the run's "
-                        "run.yaml; without either, no band summary)")
+    p.add_argument(
+        "--reference", default=None, help="compare every checkpoint against this one instead of consecutively"
+    )
+    p.add_argument(
+        "--phase-lengths",
+        default=None,
+        help="context lengths of the phases, e.g. 256,1024 (default: the phases' seq_len in the run's "
+        "run.yaml; without either, no band summary)",
+    )
     p.add_argument("--no-states", action="store_true", help="skip the state view (weights and bands only)")
     p.add_argument("--seq-len", type=int, default=1024, help="length of the packed probe windows for the state view")
     p.add_argument("--windows", type=int, default=2, help="packed probe windows for the state view")
     p.add_argument("--seed", type=int, default=0, help="seed of the probe windows")
-    p.add_argument("--figures", default=None, metavar="DIR", help="also write the heatmaps and band bars (HTML + PNG) into this folder")
+    p.add_argument(
+        "--figures",
+        default=None,
+        metavar="DIR",
+        help="also write the heatmaps and band bars (HTML + PNG) into this folder",
+    )
     add_threads(p)
     add_device(p, "; statistics are float32 either way")
     deprecated_alias(p, "--batch-size", "--windows")
@@ -52,21 +62,41 @@ def run(args: argparse.Namespace) -> int:
     all_paths, ref = resolve_reference(paths, args.reference)
     inputs.plain_hf_flag(args)
     infos = checkpoints.inspect_all(all_paths, allow_plain_hf=True, minimum=2)
-    batch, what = (None, None) if args.no_states else inputs.for_models(  # the models' own vocabulary, checked
-        all_paths, args, seq_len=args.seq_len, batch=args.windows, seed=args.seed,
-        synthetic_default=lambda: probe_batch(args.seq_len, args.windows, args.seed))
+    batch, what = (
+        (None, None)
+        if args.no_states
+        else inputs.for_models(  # the models' own vocabulary, checked
+            all_paths,
+            args,
+            seq_len=args.seq_len,
+            batch=args.windows,
+            seed=args.seed,
+            synthetic_default=lambda: probe_batch(args.seq_len, args.windows, args.seed),
+        )
+    )
     labels = [comparison_label(infos[a].label, infos[b].label) for a, b in comparison_pairs(len(infos), ref)]
-    groups = [store.UPDATES_WEIGHTS] + ([] if args.no_states else [store.UPDATES_STATES]) + \
-        ([store.BANDS] if lengths else [])
+    groups = (
+        [store.UPDATES_WEIGHTS]
+        + ([] if args.no_states else [store.UPDATES_STATES])
+        + ([store.BANDS] if lengths else [])
+    )
     for group in groups:
         store.refuse(args.out, group, labels=labels)
 
     weights = measurements.weight_updates(paths, reference=args.reference, allow_plain_hf=True, progress=True)
     store.save(args.out, store.UPDATES_WEIGHTS, weights)
     if not args.no_states:
-        states = measurements.state_updates(paths, reference=args.reference, seq_len=args.seq_len,
-                                        n_windows=args.windows, seed=args.seed,
-                                        allow_plain_hf=True, device=args.device, progress=True, inputs=batch)
+        states = measurements.state_updates(
+            paths,
+            reference=args.reference,
+            seq_len=args.seq_len,
+            n_windows=args.windows,
+            seed=args.seed,
+            allow_plain_hf=True,
+            device=args.device,
+            progress=True,
+            inputs=batch,
+        )
         states.attrs["inputs"] = what
         store.save(args.out, store.UPDATES_STATES, states)
     bands = None
@@ -84,8 +114,10 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.figures)
         for i, comp in enumerate(map(str, weights["comparison"].values)):
             save_figure(fig.layer_pair_heatmap(weights, comparison=comp, phase_lengths=lengths), out / f"updates-q-{i}")
-            save_figure(fig.layer_pair_heatmap(weights, comparison=comp, var="k_rel_update", phase_lengths=lengths),
-                        out / f"updates-k-{i}")
+            save_figure(
+                fig.layer_pair_heatmap(weights, comparison=comp, var="k_rel_update", phase_lengths=lengths),
+                out / f"updates-k-{i}",
+            )
             if bands is not None:
                 save_figure(fig.band_bars(bands, comparison=comp), out / f"bands-q-{i}")
         print(f"figures in {out}")
@@ -96,8 +128,10 @@ def summary(weights, bands) -> str:
     """Plain-text digest: per comparison, the mean relative W_q update per layer and band (or per pair)."""
     lines = []
     for comp in map(str, weights["comparison"].values):
-        lines.append(f"{comp}  (theta {float(weights['rope_theta_before'].sel(comparison=comp)):g} -> "
-                     f"{float(weights['rope_theta_after'].sel(comparison=comp)):g})")
+        lines.append(
+            f"{comp}  (theta {float(weights['rope_theta_before'].sel(comparison=comp)):g} -> "
+            f"{float(weights['rope_theta_after'].sel(comparison=comp)):g})"
+        )
         if bands is not None:
             b = bands.sel(comparison=comp)
             head = "  layer " + " ".join(f"{str(x):>18}" for x in b["band"].values)
@@ -105,8 +139,10 @@ def summary(weights, bands) -> str:
             for layer in b["layer"].values:
                 vals = b["q_rel_update"].sel(layer=layer).values
                 lines.append(f"  {int(layer):>5} " + " ".join(f"{v:>18.4g}" for v in vals))
-            crit = ", ".join(f"L={int(L)}: {int(c)}" for L, c in zip(b["phase_length"].values,
-                                                                   b["critical_pair"].sel(end="after").values))
+            crit = ", ".join(
+                f"L={int(L)}: {int(c)}"
+                for L, c in zip(b["phase_length"].values, b["critical_pair"].sel(end="after").values)
+            )
             lines.append(f"  critical pair at theta after: {crit}; pairs per band {b['n_pairs'].values.tolist()}")
             trend = ", ".join(f"layer {int(x)}: {v:+.2f}" for x, v in zip(b["layer"].values, b["q_index_trend"].values))
             lines.append(f"  rank correlation pair index vs |dW_q|/|W_q| (> 0: slower pairs moved more): {trend}")

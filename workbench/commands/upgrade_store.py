@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 
 HELP = "convert results stores (*.zarr) of an older schema in place to the current one (names in docs/glossary.md)"
-DESCRIPTION = (HELP + ". Old stores open for reading as they are (under the new names); writing into one needs "
-               "this once. Only metadata (and probes' small layer coordinate) is rewritten; a store already of "
-               "the current schema is left as it is.")
+DESCRIPTION = (
+    HELP + ". Old stores open for reading as they are (under the new names); writing into one needs "
+    "this once. Only metadata (and probes' small layer coordinate) is rewritten; a store already of "
+    "the current schema is left as it is."
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

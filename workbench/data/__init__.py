@@ -17,5 +17,14 @@ Entry points: ``make_stream(data_cfg, seq_len, batch_size, seed, rank=0, world_s
 from workbench.data.packing import attention_mask, document_starts, pack, position_ids, reset_positions
 from workbench.data.stream import KINDS, Stream, make_stream, repeated_sequences
 
-__all__ = ["KINDS", "Stream", "attention_mask", "document_starts", "make_stream", "pack", "position_ids",
-           "repeated_sequences", "reset_positions"]
+__all__ = [
+    "KINDS",
+    "Stream",
+    "attention_mask",
+    "document_starts",
+    "make_stream",
+    "pack",
+    "position_ids",
+    "repeated_sequences",
+    "reset_positions",
+]

@@ -26,9 +26,10 @@ import json
 import mmap
 import os
 import shutil
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -77,8 +78,9 @@ def vocabulary_hash(tokenizer) -> str:
 # -------------------------------------------------------------------------------------- short documents
 
 
-def segments(offsets: np.ndarray, max_doc_tokens: int | None = None, min_doc_tokens: int = 0
-             ) -> tuple[np.ndarray, np.ndarray]:
+def segments(
+    offsets: np.ndarray, max_doc_tokens: int | None = None, min_doc_tokens: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """(starts, lengths) of the documents of ``offsets`` [n_docs + 1] cut into consecutive segments of at most
     ``max_doc_tokens`` (None: uncut), segments shorter than ``min_doc_tokens`` dropped. int64 [n_segments] each."""
     offsets = np.asarray(offsets, dtype=np.int64)
@@ -116,8 +118,15 @@ class CorpusWriter:
     shorter than ``min_doc_tokens`` are dropped before they are written. Only the offsets live in memory.
     """
 
-    def __init__(self, directory: str | Path, vocab_size: int, *, max_doc_tokens: int | None = None,
-                 min_doc_tokens: int = 0, shard_tokens: int = SHARD_TOKENS):
+    def __init__(
+        self,
+        directory: str | Path,
+        vocab_size: int,
+        *,
+        max_doc_tokens: int | None = None,
+        min_doc_tokens: int = 0,
+        shard_tokens: int = SHARD_TOKENS,
+    ):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dtype = np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
@@ -152,7 +161,7 @@ class CorpusWriter:
         if kept == len(flat):
             self._write(flat)
         else:
-            self._write(np.concatenate([flat[s:s + n] for s, n in zip(starts, seg_lens)]))
+            self._write(np.concatenate([flat[s : s + n] for s, n in zip(starts, seg_lens)]))
         self.offsets.append(self.n_tokens + np.cumsum(seg_lens))
         self.n_tokens += kept
 
@@ -179,12 +188,23 @@ def histogram(offsets: np.ndarray) -> dict[str, int]:
 
 def write_manifest(directory: str | Path, offsets: np.ndarray, writer: CorpusWriter, extra: dict[str, Any]) -> dict:
     lens = np.diff(offsets)
-    manifest = {"format": FORMAT, "dtype": writer.dtype.name, "shards": writer.shards, "n_tokens": int(writer.n_tokens),
-                "n_docs": int(len(lens)), "dropped_tokens": writer.dropped_tokens,
-                "doc_tokens": {"min": int(lens.min()) if len(lens) else 0, "max": int(lens.max()) if len(lens) else 0,
-                               "mean": float(lens.mean()) if len(lens) else 0.0},
-                "doc_length_histogram": histogram(offsets), "max_doc_tokens": writer.max_doc_tokens,
-                "min_doc_tokens": writer.min_doc_tokens, **extra}
+    manifest = {
+        "format": FORMAT,
+        "dtype": writer.dtype.name,
+        "shards": writer.shards,
+        "n_tokens": int(writer.n_tokens),
+        "n_docs": int(len(lens)),
+        "dropped_tokens": writer.dropped_tokens,
+        "doc_tokens": {
+            "min": int(lens.min()) if len(lens) else 0,
+            "max": int(lens.max()) if len(lens) else 0,
+            "mean": float(lens.mean()) if len(lens) else 0.0,
+        },
+        "doc_length_histogram": histogram(offsets),
+        "max_doc_tokens": writer.max_doc_tokens,
+        "min_doc_tokens": writer.min_doc_tokens,
+        **extra,
+    }
     (Path(directory) / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -231,8 +251,10 @@ def read_manifest(path: str | Path, where: str = "data.paths[0]") -> dict[str, A
         raise ValueError(f"{where}: token corpus directory not found: {path} (make one with `workbench tokenize`)")
     mfile = path / MANIFEST
     if not mfile.is_file():
-        raise ValueError(f"{where}: {path} has no {MANIFEST}: not a token corpus, or an incomplete one "
-                         "(make one with `workbench tokenize`)")
+        raise ValueError(
+            f"{where}: {path} has no {MANIFEST}: not a token corpus, or an incomplete one "
+            "(make one with `workbench tokenize`)"
+        )
     manifest = json.loads(mfile.read_text())
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{where}: {path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
@@ -247,14 +269,18 @@ def open_corpus(path: str | Path, where: str = "data.paths[0]") -> Corpus:
     path = Path(path)
     manifest = read_manifest(path, where)
     dtype = np.dtype(manifest["dtype"]).newbyteorder("<")
-    shards = [np.memmap(path / name, dtype=dtype, mode="r") if (path / name).stat().st_size else
-              np.zeros(0, dtype=dtype) for name in manifest["shards"]]
+    shards = [
+        np.memmap(path / name, dtype=dtype, mode="r") if (path / name).stat().st_size else np.zeros(0, dtype=dtype)
+        for name in manifest["shards"]
+    ]
     offsets = np.load(path / OFFSETS, mmap_mode="r")
     for array in shards + [offsets]:
         _random_access(array)
     if int(offsets[-1]) != sum(len(s) for s in shards):
-        raise ValueError(f"{where}: {path}: offsets end at {int(offsets[-1])} but the shards hold "
-                         f"{sum(len(s) for s in shards)} tokens (a damaged corpus)")
+        raise ValueError(
+            f"{where}: {path}: offsets end at {int(offsets[-1])} but the shards hold "
+            f"{sum(len(s) for s in shards)} tokens (a damaged corpus)"
+        )
     return Corpus(shards, offsets, manifest, path)
 
 
@@ -303,8 +329,16 @@ class Windows:
     segments (16 bytes a segment; cut at tokenise time to avoid it).
     """
 
-    def __init__(self, corpus: Corpus, seq_len: int, seed: int, salt: int, positions: str,
-                 max_doc_tokens: int | None = None, min_doc_tokens: int = 0):
+    def __init__(
+        self,
+        corpus: Corpus,
+        seq_len: int,
+        seed: int,
+        salt: int,
+        positions: str,
+        max_doc_tokens: int | None = None,
+        min_doc_tokens: int = 0,
+    ):
         self.corpus, self.seq_len, self.seed, self.salt, self.positions = corpus, seq_len, seed, salt, positions
         self.max_doc_tokens = max_doc_tokens
         self.kept = None
@@ -327,7 +361,7 @@ class Windows:
         offsets = self.corpus.offsets
         lo = int(np.searchsorted(offsets, a, side="right")) - 1
         hi = int(np.searchsorted(offsets, b, side="left"))
-        doc_starts = np.asarray(offsets[lo:max(hi, lo + 1)], dtype=np.int64)  # the starts <= each token
+        doc_starts = np.asarray(offsets[lo : max(hi, lo + 1)], dtype=np.int64)  # the starts <= each token
         t = np.arange(a, b, dtype=np.int64)
         rel = t - doc_starts[np.searchsorted(doc_starts, t, side="right") - 1]
         start = rel == 0
@@ -355,8 +389,12 @@ class Windows:
         self.corpus.release()
         start[0] = True
         doc_ids = np.cumsum(start, dtype=np.int64) - 1
-        return {"input_ids": ids, "labels": np.where(start, IGNORE, ids), "doc_ids": doc_ids,
-                "position_ids": position_ids(doc_ids, self.positions)}
+        return {
+            "input_ids": ids,
+            "labels": np.where(start, IGNORE, ids),
+            "doc_ids": doc_ids,
+            "position_ids": position_ids(doc_ids, self.positions),
+        }
 
 
 # ------------------------------------------------------------------------------------------- tokenising
@@ -365,8 +403,11 @@ class Windows:
 def source_kind(path: Path, kind: str | None = None) -> str:
     """The ``datasets`` builder for a source file (text / json / parquet), or ``disk`` for a saved dataset."""
     if path.is_dir():
-        if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file() or \
-                (path / "state.json").is_file():
+        if (
+            (path / "dataset_info.json").is_file()
+            or (path / "dataset_dict.json").is_file()
+            or (path / "state.json").is_file()
+        ):
             return "disk"
         raise ValueError(f"{path}: a directory but not a Hugging Face dataset saved with save_to_disk")
     if kind:
@@ -400,8 +441,13 @@ def _load_dataset(path: Path, builder: str, field: str, split_lines: bool, cache
                 raise ValueError(f"{path}: a DatasetDict without a 'train' split (splits: {', '.join(ds)})")
             ds = ds["train"]
     elif builder == "text":
-        ds = datasets.load_dataset("text", data_files=[str(path)], split="train", cache_dir=str(cache_dir),
-                                   sample_by="line" if split_lines else "document")
+        ds = datasets.load_dataset(
+            "text",
+            data_files=[str(path)],
+            split="train",
+            cache_dir=str(cache_dir),
+            sample_by="line" if split_lines else "document",
+        )
         field = "text"
     else:
         ds = datasets.load_dataset(builder, data_files=[str(path)], split="train", cache_dir=str(cache_dir))
@@ -417,8 +463,9 @@ def tokenize_function(tokenizer, add_eos: bool) -> Callable[[dict[str, list]], d
     def fn(batch: dict[str, list]) -> dict[str, list]:
         texts = [t if isinstance(t, str) else "" for t in batch["text"]]
         ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return {"input_ids": [x + [eos] if add_eos and t.strip() else (x if t.strip() else [])
-                              for x, t in zip(ids, texts)]}
+        return {
+            "input_ids": [x + [eos] if add_eos and t.strip() else (x if t.strip() else []) for x, t in zip(ids, texts)]
+        }
 
     return fn
 
@@ -427,11 +474,25 @@ def fingerprint(sources: list[dict], tok_hash: str, options: dict[str, Any]) -> 
     return hashlib.sha256(json.dumps([sources, tok_hash, options], sort_keys=True).encode()).hexdigest()
 
 
-def tokenize(paths: Sequence[str | Path], out: str | Path, tokenizer_path: str | Path, *, kind: str | None = None,
-             field: str = "text", split_lines: bool = False, add_eos: bool | None = None,
-             max_doc_tokens: int | None = None, min_doc_tokens: int = 0, val_fraction: float = 0.0, seed: int = 0,
-             num_proc: int = 1, batch_size: int = 1000, shard_tokens: int = SHARD_TOKENS, progress: bool = True,
-             log: Callable[[str], None] = print) -> tuple[Path, bool]:
+def tokenize(
+    paths: Sequence[str | Path],
+    out: str | Path,
+    tokenizer_path: str | Path,
+    *,
+    kind: str | None = None,
+    field: str = "text",
+    split_lines: bool = False,
+    add_eos: bool | None = None,
+    max_doc_tokens: int | None = None,
+    min_doc_tokens: int = 0,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    num_proc: int = 1,
+    batch_size: int = 1000,
+    shard_tokens: int = SHARD_TOKENS,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> tuple[Path, bool]:
     """Tokenise text/jsonl/parquet files or saved HF datasets into a token corpus at ``out``.
 
     Returns (out, reused): a corpus already at ``out`` with the same fingerprint (sources, tokenizer, options) is
@@ -457,9 +518,16 @@ def tokenize(paths: Sequence[str | Path], out: str | Path, tokenizer_path: str |
     if add_eos and tok.eos_token_id is None:
         raise ValueError(f"--eos: the tokenizer {tokenizer_path} has no eos token")
     tok_hash = tokenizer_files_hash(tokenizer_path)
-    options = {"kind": kind, "field": field, "split_lines": split_lines, "add_eos": add_eos,
-               "max_doc_tokens": max_doc_tokens, "min_doc_tokens": min_doc_tokens, "val_fraction": val_fraction,
-               "seed": seed}
+    options = {
+        "kind": kind,
+        "field": field,
+        "split_lines": split_lines,
+        "add_eos": add_eos,
+        "max_doc_tokens": max_doc_tokens,
+        "min_doc_tokens": min_doc_tokens,
+        "val_fraction": val_fraction,
+        "seed": seed,
+    }
     sources = describe_sources(files)
     fp = fingerprint([{k: s[k] for k in ("bytes", "sha256")} for s in sources], tok_hash, options)
     if out.exists():
@@ -470,8 +538,10 @@ def tokenize(paths: Sequence[str | Path], out: str | Path, tokenizer_path: str |
         if old == fp:
             log(f"tokenize: {out} already holds this corpus (same sources, tokenizer and options); reusing it")
             return out, True
-        raise FileExistsError(f"--out: {out} exists and is not this corpus (other sources, tokenizer or options); "
-                              "choose another --out or remove it (nothing is overwritten)")
+        raise FileExistsError(
+            f"--out: {out} exists and is not this corpus (other sources, tokenizer or options); "
+            "choose another --out or remove it (nothing is overwritten)"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a killed run
         pid = stale.name.rsplit("-", 1)[-1]
@@ -492,14 +562,20 @@ def tokenize(paths: Sequence[str | Path], out: str | Path, tokenizer_path: str |
         bar = tqdm(total=None, desc="tokenize", unit="tok", unit_scale=True, disable=not progress)
         for path, builder in zip(files, builders):
             ds = _load_dataset(path, builder, field, split_lines, tmp / "hf-cache")
-            ds = ds.map(fn, batched=True, batch_size=batch_size, num_proc=num_proc if num_proc > 1 else None,
-                        remove_columns=["text"], cache_file_name=str(tmp / "hf-cache" / f"tok-{path.name}.arrow"),
-                        desc=None)
+            ds = ds.map(
+                fn,
+                batched=True,
+                batch_size=batch_size,
+                num_proc=num_proc if num_proc > 1 else None,
+                remove_columns=["text"],
+                cache_file_name=str(tmp / "hf-cache" / f"tok-{path.name}.arrow"),
+                desc=None,
+            )
             held = rng.random(len(ds)) < val_fraction  # by source document, seeded: one draw per document
             for lo in range(0, len(ds), batch_size):
-                docs = ds[lo:lo + batch_size]["input_ids"]
+                docs = ds[lo : lo + batch_size]["input_ids"]
                 for split, w in writers.items():
-                    mask = held[lo:lo + len(docs)] if split == "val" else ~held[lo:lo + len(docs)]
+                    mask = held[lo : lo + len(docs)] if split == "val" else ~held[lo : lo + len(docs)]
                     w.add([d for d, m in zip(docs, mask) if m and len(d)])
                 bar.update(sum(map(len, docs)))
                 n_source_docs += len(docs)
@@ -507,11 +583,19 @@ def tokenize(paths: Sequence[str | Path], out: str | Path, tokenizer_path: str |
         bar.close()
         shutil.rmtree(tmp / "hf-cache", ignore_errors=True)
         tok.save_pretrained(str(tmp / TOKENIZER_DIR))
-        extra = {"tokenizer": {"name": str(tokenizer_path), "vocab_size": vocab, "files_sha256": tok_hash,
-                               "vocab_sha256": vocabulary_hash(tok)},
-                 "sources": sources, "source_docs": n_source_docs,
-                 "eos": {"appended": add_eos, "id": tok.eos_token_id if add_eos else None},
-                 "options": options, "fingerprint": fp}
+        extra = {
+            "tokenizer": {
+                "name": str(tokenizer_path),
+                "vocab_size": vocab,
+                "files_sha256": tok_hash,
+                "vocab_sha256": vocabulary_hash(tok),
+            },
+            "sources": sources,
+            "source_docs": n_source_docs,
+            "eos": {"appended": add_eos, "id": tok.eos_token_id if add_eos else None},
+            "options": options,
+            "fingerprint": fp,
+        }
         manifests = {}
         for split, w in writers.items():
             d = tmp if split == "train" else tmp / "val"
@@ -544,10 +628,12 @@ def check_tokenizer(manifest: dict[str, Any], tokenizer, what: str, where: str) 
     """ValueError when ``tokenizer``'s vocabulary is not the one the corpus was tokenised with (hash compare)."""
     want, got = manifest["tokenizer"]["vocab_sha256"], vocabulary_hash(tokenizer)
     if want != got:
-        raise ValueError(f"{where}: the corpus was tokenised with {manifest['tokenizer']['name']} (vocabulary sha256 "
-                         f"{want[:12]}, {manifest['tokenizer']['vocab_size']} tokens) but {what} has another "
-                         f"vocabulary (sha256 {got[:12]}, {len(tokenizer)} tokens); re-tokenise the corpus with "
-                         "`workbench tokenize --tokenizer` of the model you train")
+        raise ValueError(
+            f"{where}: the corpus was tokenised with {manifest['tokenizer']['name']} (vocabulary sha256 "
+            f"{want[:12]}, {manifest['tokenizer']['vocab_size']} tokens) but {what} has another "
+            f"vocabulary (sha256 {got[:12]}, {len(tokenizer)} tokens); re-tokenise the corpus with "
+            "`workbench tokenize --tokenizer` of the model you train"
+        )
 
 
 def check_config(data_cfg) -> dict[str, Any]:
@@ -557,8 +643,9 @@ def check_config(data_cfg) -> dict[str, Any]:
         raise ValueError(f"data.paths: kind 'tokens' takes one token corpus directory, got {len(data_cfg.paths)}")
     manifest = read_manifest(data_cfg.paths[0])
     if data_cfg.tokenizer is not None:
-        check_tokenizer(manifest, load_tokenizer(data_cfg.tokenizer), f"data.tokenizer {data_cfg.tokenizer}",
-                        "data.tokenizer")
+        check_tokenizer(
+            manifest, load_tokenizer(data_cfg.tokenizer), f"data.tokenizer {data_cfg.tokenizer}", "data.tokenizer"
+        )
     elif not tokenizer_dir(data_cfg.paths[0]).is_dir():
         raise ValueError(f"data.paths[0]: {data_cfg.paths[0]} has no tokenizer/ directory; set data.tokenizer")
     return manifest

@@ -12,7 +12,8 @@ really is causal whatever the positions are.
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -36,8 +37,12 @@ def pack(docs: Sequence[Doc], positions: PositionMode = "continue") -> dict[str,
     doc_ids = np.concatenate([np.full(len(d), i, dtype=np.int64) for i, d in enumerate(docs)])
     starts = np.cumsum([0] + [len(d) for d in docs[:-1]])
     target[starts] = False
-    return {"input_ids": ids, "labels": np.where(target, ids, IGNORE), "doc_ids": doc_ids,
-            "position_ids": position_ids(doc_ids, positions)}
+    return {
+        "input_ids": ids,
+        "labels": np.where(target, ids, IGNORE),
+        "doc_ids": doc_ids,
+        "position_ids": position_ids(doc_ids, positions),
+    }
 
 
 def position_ids(doc_ids: np.ndarray, mode: PositionMode) -> np.ndarray:

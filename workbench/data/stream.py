@@ -9,15 +9,15 @@ exactly the single-process batch of ``batch_size * world_size``, and ranks never
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from workbench.config import DataConfig
-from workbench.data import corpus
+from workbench.data import corpus, text
 from workbench.data import synthetic as syn
-from workbench.data import text
 from workbench.data.packing import IGNORE, pack, position_ids
 
 KINDS = ("synthetic-long", "synthetic-short", "repeated", "text", "jsonl", "parquet", "tokens")
@@ -39,8 +39,18 @@ Window = dict[str, np.ndarray]
 class Stream:
     """Batches of the batch contract, in a fixed seeded order, with an exact cursor."""
 
-    def __init__(self, window: Callable[[int], Window], *, kind: str, seq_len: int, batch_size: int, seed: int,
-                 rank: int = 0, world_size: int = 1, source: str | None = None):
+    def __init__(
+        self,
+        window: Callable[[int], Window],
+        *,
+        kind: str,
+        seq_len: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        source: str | None = None,
+    ):
         self._window = window
         self.source = source  # a token corpus's fingerprint: the cursor only resumes on the same corpus
         self.kind, self.seq_len, self.batch_size, self.seed = kind, seq_len, batch_size, seed
@@ -52,8 +62,10 @@ class Stream:
         first = self.next_window + self.rank * self.batch_size
         rows = [self._window(first + b) for b in range(self.batch_size)]
         self.next_window += self.batch_size * self.world_size
-        return {key: torch.as_tensor(np.stack([r[key] for r in rows])) for key in
-                ("input_ids", "labels", "position_ids", "doc_ids")}
+        return {
+            key: torch.as_tensor(np.stack([r[key] for r in rows]))
+            for key in ("input_ids", "labels", "position_ids", "doc_ids")
+        }
 
     __next__ = next
 
@@ -70,16 +82,21 @@ class Stream:
         """Resume from ``state_dict()``; refuses a cursor of another kind, seed or window length."""
         for key in ("kind", "seed", "seq_len"):
             if state.get(key) != getattr(self, key):
-                raise ValueError(f"data cursor: saved {key}={state.get(key)!r} does not match this stream's "
-                                 f"{key}={getattr(self, key)!r}")
+                raise ValueError(
+                    f"data cursor: saved {key}={state.get(key)!r} does not match this stream's "
+                    f"{key}={getattr(self, key)!r}"
+                )
         if state.get("source") is not None and self.source is not None and state["source"] != self.source:
-            raise ValueError(f"data cursor: saved on corpus {state['source'][:12]}, this stream reads corpus "
-                             f"{self.source[:12]} (the token corpus changed since the checkpoint)")
+            raise ValueError(
+                f"data cursor: saved on corpus {state['source'][:12]}, this stream reads corpus "
+                f"{self.source[:12]} (the token corpus changed since the checkpoint)"
+            )
         self.next_window = int(state["next_window"])
 
 
-def make_stream(data_cfg: DataConfig, seq_len: int, batch_size: int, seed: int, rank: int = 0,
-                world_size: int = 1) -> Stream:
+def make_stream(
+    data_cfg: DataConfig, seq_len: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+) -> Stream:
     """The stream ``data_cfg.kind`` describes, packed into windows of ``seq_len`` (checks inputs first)."""
     check(data_cfg, seq_len, batch_size, rank, world_size)
     kind, opts = data_cfg.kind, data_cfg.options
@@ -91,8 +108,9 @@ def make_stream(data_cfg: DataConfig, seq_len: int, batch_size: int, seed: int, 
     if kind in ("synthetic-long", "synthetic-short"):
         long = kind == "synthetic-long"
         fill = long and opts.get("fill_window", True)
-        doc_kw = dict(queries_per_fact=int(opts.get("queries_per_fact", 3 if long else 2)),
-                      supervise=opts.get("supervise", "all"))
+        doc_kw = dict(
+            queries_per_fact=int(opts.get("queries_per_fact", 3 if long else 2)), supervise=opts.get("supervise", "all")
+        )
         p_passkey = float(opts.get("passkey_prob", 1.0 if long else 0.5))
         echo_rate = float(opts.get("echo_rate", 0.0))  # echo spans per 128 tokens of document
 
@@ -101,8 +119,16 @@ def make_stream(data_cfg: DataConfig, seq_len: int, batch_size: int, seed: int, 
             while left:
                 n = left if fill else min(left, int(r.integers(data_cfg.doc_len_min, data_cfg.doc_len_max + 1)))
                 pairs = int(r.integers(data_cfg.num_pairs_min, data_cfg.num_pairs_max + 1))
-                docs.append(syn.document(r, n, num_pairs=pairs, passkey=bool(r.random() < p_passkey),
-                                         echoes=round(echo_rate * n / 128), **doc_kw))
+                docs.append(
+                    syn.document(
+                        r,
+                        n,
+                        num_pairs=pairs,
+                        passkey=bool(r.random() < p_passkey),
+                        echoes=round(echo_rate * n / 128),
+                        **doc_kw,
+                    )
+                )
                 left -= n
             return pack(docs, positions)
 
@@ -116,8 +142,9 @@ def make_stream(data_cfg: DataConfig, seq_len: int, batch_size: int, seed: int, 
         if kind == "tokens":
             source = corpus.open_corpus(data_cfg.paths[0])
         else:
-            ids, offsets = text.tokenise_corpus(kind, data_cfg.paths, data_cfg.tokenizer,
-                                                {k: v for k, v in opts.items() if k not in DOC_OPTIONS})
+            ids, offsets = text.tokenise_corpus(
+                kind, data_cfg.paths, data_cfg.tokenizer, {k: v for k, v in opts.items() if k not in DOC_OPTIONS}
+            )
             source = corpus.in_memory(ids, offsets)
         max_doc, min_doc = corpus.check_doc_options(opts)
         window = corpus.Windows(source, seq_len, seed, salt, positions, max_doc, min_doc)
@@ -125,12 +152,21 @@ def make_stream(data_cfg: DataConfig, seq_len: int, batch_size: int, seed: int, 
             raise ValueError(f"data.paths: only {source.n_tokens} tokens, fewer than one window of {seq_len}")
 
     source = window.corpus.manifest.get("fingerprint") if kind == "tokens" else None
-    return Stream(window, kind=kind, seq_len=seq_len, batch_size=batch_size, seed=seed, rank=rank,
-                  world_size=world_size, source=source)
+    return Stream(
+        window,
+        kind=kind,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        source=source,
+    )
 
 
-def repeated_batch_row(rng: np.random.Generator, seq_len: int, period: int, gap: int = 0,
-                       positions: str = "continue") -> Window:
+def repeated_batch_row(
+    rng: np.random.Generator, seq_len: int, period: int, gap: int = 0, positions: str = "continue"
+) -> Window:
     """One window of a repeated sequence, each copy its own packed document (tail filler: one more)."""
     ids, offsets = syn.repeated_window(rng, seq_len, period, gap)
     start = np.zeros(seq_len, dtype=bool)
@@ -139,20 +175,29 @@ def repeated_batch_row(rng: np.random.Generator, seq_len: int, period: int, gap:
     ends = offsets + period
     start[ends[ends < seq_len]] = True  # gap filler and the tail are documents of their own
     doc_ids = np.cumsum(start, dtype=np.int64) - 1
-    return {"input_ids": ids, "labels": np.where(start, IGNORE, ids), "doc_ids": doc_ids,
-            "position_ids": position_ids(doc_ids, positions), "offsets": offsets}
+    return {
+        "input_ids": ids,
+        "labels": np.where(start, IGNORE, ids),
+        "doc_ids": doc_ids,
+        "position_ids": position_ids(doc_ids, positions),
+        "offsets": offsets,
+    }
 
 
-def repeated_sequences(seq_len: int, period: int, *, seed: int = 0, gap: int = 0, positions: str = "continue"
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def repeated_sequences(
+    seq_len: int, period: int, *, seed: int = 0, gap: int = 0, positions: str = "continue"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The repeated-token input: (input_ids [1, seq_len], position_ids [1, seq_len], offsets [copies]).
 
     One random ``period``-token sequence repeated through one window (copy c starts at ``offsets[c]``),
     each copy a packed document; positions continue (the paper's setting) or reset per copy.
     """
     row = repeated_batch_row(np.random.default_rng([seed, _SALT["repeated"]]), seq_len, period, gap, positions)
-    return (torch.as_tensor(row["input_ids"])[None], torch.as_tensor(row["position_ids"])[None],
-            torch.as_tensor(row["offsets"]))
+    return (
+        torch.as_tensor(row["input_ids"])[None],
+        torch.as_tensor(row["position_ids"])[None],
+        torch.as_tensor(row["offsets"]),
+    )
 
 
 def check(data_cfg: DataConfig, seq_len: int, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
@@ -162,8 +207,9 @@ def check(data_cfg: DataConfig, seq_len: int, batch_size: int, rank: int = 0, wo
         raise ValueError(f"data.kind: {kind!r} is not one of {', '.join(KINDS)}")
     unknown = sorted(set(data_cfg.options) - OPTIONS[kind])
     if unknown:
-        raise ValueError(f"data.options.{unknown[0]}: not an option of kind {kind!r} "
-                         f"(known: {', '.join(sorted(OPTIONS[kind]))})")
+        raise ValueError(
+            f"data.options.{unknown[0]}: not an option of kind {kind!r} (known: {', '.join(sorted(OPTIONS[kind]))})"
+        )
     if seq_len <= 0 or batch_size <= 0:
         raise ValueError(f"seq_len and batch_size must be > 0, got {seq_len} and {batch_size}")
     if world_size <= 0 or not 0 <= rank < world_size:
@@ -174,11 +220,15 @@ def check(data_cfg: DataConfig, seq_len: int, batch_size: int, rank: int = 0, wo
         raise ValueError(f"data.packing.attention: {data_cfg.packing.attention!r} is not 'causal' or 'document'")
     if kind.startswith("synthetic"):
         if not 1 <= data_cfg.doc_len_min <= data_cfg.doc_len_max:
-            raise ValueError(f"data.doc_len_min/doc_len_max: need 1 <= min <= max, got "
-                             f"{data_cfg.doc_len_min}, {data_cfg.doc_len_max}")
+            raise ValueError(
+                f"data.doc_len_min/doc_len_max: need 1 <= min <= max, got "
+                f"{data_cfg.doc_len_min}, {data_cfg.doc_len_max}"
+            )
         if not 0 <= data_cfg.num_pairs_min <= data_cfg.num_pairs_max:
-            raise ValueError(f"data.num_pairs_min/num_pairs_max: need 0 <= min <= max, got "
-                             f"{data_cfg.num_pairs_min}, {data_cfg.num_pairs_max}")
+            raise ValueError(
+                f"data.num_pairs_min/num_pairs_max: need 0 <= min <= max, got "
+                f"{data_cfg.num_pairs_min}, {data_cfg.num_pairs_max}"
+            )
         if data_cfg.options.get("supervise", "all") not in ("all", "answers"):
             raise ValueError(f"data.options.supervise: {data_cfg.options['supervise']!r} is not 'all' or 'answers'")
         for key in ("passkey_prob", "echo_rate", "queries_per_fact"):

@@ -49,8 +49,9 @@ def filler(rng: np.random.Generator, n: int) -> np.ndarray:
     return rng.choice(FILLER, size=n)
 
 
-def _needles(rng: np.random.Generator, num_pairs: int, passkey: bool, echoes: int = 0,
-             echo_len: tuple[int, int] = (8, 16)):
+def _needles(
+    rng: np.random.Generator, num_pairs: int, passkey: bool, echoes: int = 0, echo_len: tuple[int, int] = (8, 16)
+):
     """(needle tokens, query tokens, answer length) for each fact of one document (echoes last)."""
     facts = []
     if passkey:
@@ -65,8 +66,16 @@ def _needles(rng: np.random.Generator, num_pairs: int, passkey: bool, echoes: in
     return facts
 
 
-def document(rng: np.random.Generator, length: int, *, num_pairs: int = 1, passkey: bool = True,
-             queries_per_fact: int = 2, supervise: Supervise = "all", echoes: int = 0) -> Doc:
+def document(
+    rng: np.random.Generator,
+    length: int,
+    *,
+    num_pairs: int = 1,
+    passkey: bool = True,
+    queries_per_fact: int = 2,
+    supervise: Supervise = "all",
+    echoes: int = 0,
+) -> Doc:
     """A document of exactly ``length`` tokens: facts hidden in filler, each queried later.
 
     Needle and query times are drawn so that query-needle distances spread over the whole document
@@ -109,8 +118,7 @@ def document(rng: np.random.Generator, length: int, *, num_pairs: int = 1, passk
     return doc
 
 
-def repeated_window(rng: np.random.Generator, seq_len: int, period: int, gap: int = 0
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def repeated_window(rng: np.random.Generator, seq_len: int, period: int, gap: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """One random sequence of ``period`` filler tokens repeated through a window.
 
     Returns (ids [seq_len], offsets [copies]): copy c starts at ``offsets[c]``; with ``gap > 0`` copies are
@@ -126,5 +134,5 @@ def repeated_window(rng: np.random.Generator, seq_len: int, period: int, gap: in
     offsets = np.arange(copies, dtype=np.int64) * (period + gap)
     ids = filler(rng, seq_len)
     for off in offsets:
-        ids[off:off + period] = pattern
+        ids[off : off + period] = pattern
     return ids.astype(np.int64), offsets

@@ -11,9 +11,10 @@ tokenizer, the synthetic one, for text already written in the synthetic language
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -94,8 +95,9 @@ def _read_utf8(path: Path) -> str:
         raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
-def tokenise_corpus(kind: str, paths: list[str], tokenizer_path: str | None, options: dict[str, Any]
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def tokenise_corpus(
+    kind: str, paths: list[str], tokenizer_path: str | None, options: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
     """All documents tokenised and concatenated: (ids [N] uint32, offsets [n_docs + 1] int64) in file order.
 
     With ``options.add_eos`` (default true when the tokenizer has an eos token) each document ends in eos.
@@ -108,8 +110,9 @@ def tokenise_corpus(kind: str, paths: list[str], tokenizer_path: str | None, opt
 
 
 @lru_cache(maxsize=2)
-def _tokenise_cached(kind: str, stamp: tuple, tokenizer_path: str | None, options_json: str
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def _tokenise_cached(
+    kind: str, stamp: tuple, tokenizer_path: str | None, options_json: str
+) -> tuple[np.ndarray, np.ndarray]:
     files, options = [Path(s[0]) for s in stamp], json.loads(options_json)
     tok = load_tokenizer(tokenizer_path)
     add_eos = options.get("add_eos", tok.eos_token_id is not None and tokenizer_path is not None)

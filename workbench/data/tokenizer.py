@@ -72,7 +72,10 @@ class Vocab:
 TOKEN_TO_ID = {t: i for i, t in enumerate(TOKENS)}
 
 VOCAB = Vocab(
-    pad=TOKEN_TO_ID["<pad>"], unk=TOKEN_TO_ID["<unk>"], bos=TOKEN_TO_ID["<bos>"], eos=TOKEN_TO_ID["<eos>"],
+    pad=TOKEN_TO_ID["<pad>"],
+    unk=TOKEN_TO_ID["<unk>"],
+    bos=TOKEN_TO_ID["<bos>"],
+    eos=TOKEN_TO_ID["<eos>"],
     marker={m: TOKEN_TO_ID[m] for m in MARKERS},
     digits=tuple(TOKEN_TO_ID[t] for t in DIGITS),
     filler=tuple(TOKEN_TO_ID[t] for t in FILLER),
@@ -89,8 +92,9 @@ def synthetic_tokenizer():
 
     backend = Tokenizer(models.WordLevel(dict(TOKEN_TO_ID), unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>",
-                                   bos_token="<bos>", eos_token="<eos>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eos>"
+    )
 
 
 def encode(text: str) -> list[int]:

@@ -16,8 +16,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -29,8 +30,12 @@ from workbench.interventions.perturb import apply_spec, touches
 from workbench.interventions.specs import Spec
 
 
-def band_spec(pairs, op: Literal["zero", "rotate"] = "zero", angle: float = math.pi / 2,
-              target: Literal["q", "k", "both"] = "both") -> Spec:
+def band_spec(
+    pairs,
+    op: Literal["zero", "rotate"] = "zero",
+    angle: float = math.pi / 2,
+    target: Literal["q", "k", "both"] = "both",
+) -> Spec:
     """The interpretability spec of a band condition: zero or rotate ``pairs`` of every head in every layer
     (the identity for no pairs)."""
     if op not in ("zero", "rotate"):
@@ -39,13 +44,20 @@ def band_spec(pairs, op: Literal["zero", "rotate"] = "zero", angle: float = math
     if not idx:
         return interventions.identity()
     chosen = interventions.PairSet(indices=idx)
-    edit = interventions.zero(target, pairs=chosen) if op == "zero" else interventions.rotate(angle, target, pairs=chosen)
+    edit = (
+        interventions.zero(target, pairs=chosen) if op == "zero" else interventions.rotate(angle, target, pairs=chosen)
+    )
     return Spec(f"{op}-{target}", [edit])
 
 
 @contextmanager
-def band_intervention(model, pairs, op: Literal["zero", "rotate"] = "zero", angle: float = math.pi / 2,
-                      target: Literal["q", "k", "both"] = "both") -> Iterator[None]:
+def band_intervention(
+    model,
+    pairs,
+    op: Literal["zero", "rotate"] = "zero",
+    angle: float = math.pi / 2,
+    target: Literal["q", "k", "both"] = "both",
+) -> Iterator[None]:
     """Zero or rotate RoPE pairs ``pairs`` (pair j = dims j, j + d/2) of every head in every layer of a Hugging
     Face model (generation runs on it): the spec :func:`band_spec`, applied by the engines' edit
     (:func:`workbench.interventions.perturb.apply_spec`) to the pre-RoPE q/k at
@@ -68,8 +80,9 @@ def band_intervention(model, pairs, op: Literal["zero", "rotate"] = "zero", angl
     handles = []
     try:
         for i, layer in enumerate(model.model.layers):
-            handles += architectures.pre_rope_hooks(layer.self_attn, model.config,
-                                                    lambda which, out, i=i: edit(which, out, i))
+            handles += architectures.pre_rope_hooks(
+                layer.self_attn, model.config, lambda which, out, i=i: edit(which, out, i)
+            )
         yield
     finally:
         for h in handles:
@@ -82,31 +95,37 @@ def band_conditions(theta: float, head_dim: int, doc_length: int) -> dict[str, t
     rotate the long band of q only by pi/2 (rotating q and k alike would leave every q.k unchanged)."""
     short = rope.pairs_in_wavelengths(theta, head_dim, 0, doc_length)
     long = rope.pairs_in_wavelengths(theta, head_dim, doc_length + 1e-9)
-    return {"clean": ("zero", "both", np.array([], dtype=np.int64)),
-            f"zero lambda<={doc_length}": ("zero", "both", short),
-            f"zero lambda>{doc_length}": ("zero", "both", long),
-            f"rotate q lambda>{doc_length} by pi/2": ("rotate", "q", long)}
+    return {
+        "clean": ("zero", "both", np.array([], dtype=np.int64)),
+        f"zero lambda<={doc_length}": ("zero", "both", short),
+        f"zero lambda>{doc_length}": ("zero", "both", long),
+        f"rotate q lambda>{doc_length} by pi/2": ("rotate", "q", long),
+    }
 
 
-def band_ablation(checkpoints: dict[str, str], *, tasks, lengths, depths, samples, seed, doc_length: int = 256) -> xr.Dataset:
+def band_ablation(
+    checkpoints: dict[str, str], *, tasks, lengths, depths, samples, seed, doc_length: int = 256
+) -> xr.Dataset:
     """Per-sample greedy exact match (condition, model, task, length, depth, sample) of each checkpoint under
     each band condition; the same prompts for every condition and model (so differences are paired)."""
     rendering = grid.load_rendering("synthetic")
     per_model = []
-    for name, path in checkpoints.items():
+    for path in checkpoints.values():
         model, _ = models.load(path, allow_plain_hf=True)
         conds = band_conditions(models.rope_theta(model), model.config.head_dim, doc_length)
         per_cond = []
-        for cond, (op, target, pairs) in conds.items():
+        for op, target, pairs in conds.values():
             with band_intervention(model, pairs, op, target=target):
-                ds = grid.evaluate_model(model, rendering, tasks=tasks, lengths=lengths, depths=depths,
-                                         samples=samples, seed=seed)
+                ds = grid.evaluate_model(
+                    model, rendering, tasks=tasks, lengths=lengths, depths=depths, samples=samples, seed=seed
+                )
             per_cond.append(ds["correct"])
         per_model.append(xr.concat(per_cond, dim=xr.DataArray(np.array(list(conds), dtype=object), dims="condition")))
     correct = xr.concat(per_model, dim=xr.DataArray(np.array(list(checkpoints), dtype=object), dims="model"))
-    return xr.Dataset({"correct": correct.transpose("condition", "model", "task", "length", "depth", "sample")},
-                      attrs=store.provenance(kind=store.ABLATIONS, doc_length=doc_length, seed=seed,
-                                             checkpoints=checkpoints))
+    return xr.Dataset(
+        {"correct": correct.transpose("condition", "model", "task", "length", "depth", "sample")},
+        attrs=store.provenance(kind=store.ABLATIONS, doc_length=doc_length, seed=seed, checkpoints=checkpoints),
+    )
 
 
 def band_effects(ds: xr.Dataset) -> xr.Dataset:
@@ -120,8 +139,12 @@ def band_effects(ds: xr.Dataset) -> xr.Dataset:
     tasks, lengths = [str(t) for t in ds["task"].values], [int(n) for n in ds["length"].values]
     shape = (len(groups), len(conds), len(tasks), len(lengths))
     mean, lo, hi, clean = (np.full(shape, np.nan) for _ in range(4))
-    x = ds["correct"].astype(np.float64).stack(prompt=("depth", "sample")).transpose(
-        "condition", "model", "task", "length", "prompt")
+    x = (
+        ds["correct"]
+        .astype(np.float64)
+        .stack(prompt=("depth", "sample"))
+        .transpose("condition", "model", "task", "length", "prompt")
+    )
     for g, members in enumerate(groups.values()):
         for c, cond in enumerate(conds):
             for t, task in enumerate(tasks):
@@ -131,13 +154,26 @@ def band_effects(ds: xr.Dataset) -> xr.Dataset:
                     mean[g, c, t, n], lo[g, c, t, n], hi[g, c, t, n] = iv.mean, iv.lo, iv.hi
                     clean[g, c, t, n] = float(cell.sel(condition="clean").mean())
     dims = ("arm", "condition", "task", "length")
-    return xr.Dataset({"difference": (dims, mean), "difference_lo": (dims, lo), "difference_hi": (dims, hi),
-                       "clean_accuracy": (dims, clean)},
-                      coords={"arm": np.array(list(groups), dtype=object), "condition": np.array(conds, dtype=object),
-                              "task": np.array(tasks, dtype=object), "length": np.array(lengths, dtype=np.int64),
-                              "n_models": ("arm", np.array([len(m) for m in groups.values()], dtype=np.int64))},
-                      attrs={"method": "condition - clean, paired hierarchical bootstrap (seeds, then prompts)",
-                             "level": stats.LEVEL, "n_boot": stats.N_BOOT})
+    return xr.Dataset(
+        {
+            "difference": (dims, mean),
+            "difference_lo": (dims, lo),
+            "difference_hi": (dims, hi),
+            "clean_accuracy": (dims, clean),
+        },
+        coords={
+            "arm": np.array(list(groups), dtype=object),
+            "condition": np.array(conds, dtype=object),
+            "task": np.array(tasks, dtype=object),
+            "length": np.array(lengths, dtype=np.int64),
+            "n_models": ("arm", np.array([len(m) for m in groups.values()], dtype=np.int64)),
+        },
+        attrs={
+            "method": "condition - clean, paired hierarchical bootstrap (seeds, then prompts)",
+            "level": stats.LEVEL,
+            "n_boot": stats.N_BOOT,
+        },
+    )
 
 
 VARIANTS = ("posfree", "freeze-long")  # data/configs/ablations/tiny-kd-phasewise-<variant>.yaml

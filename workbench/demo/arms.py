@@ -60,16 +60,28 @@ def arm_config(arm: Arm, *, teacher: Path, step_scale: float = 1.0) -> config.Ru
     """The RunConfig of an arm: its shipped config with seed, name, absolute teacher and stage-1 paths and
     scaled steps (``--quick``) set."""
     cfg = config.load_run_config(arm.config_path)
-    phases = [dataclasses.replace(ph, steps=max(2, round(ph.steps * step_scale)),
-                                  warmup_steps=min(ph.warmup_steps, max(1, round(ph.steps * step_scale) // 4)))
-              for ph in cfg.phases]
+    phases = [
+        dataclasses.replace(
+            ph,
+            steps=max(2, round(ph.steps * step_scale)),
+            warmup_steps=min(ph.warmup_steps, max(1, round(ph.steps * step_scale) // 4)),
+        )
+        for ph in cfg.phases
+    ]
     teacher_cfg = dataclasses.replace(cfg.teacher, path=str(teacher)) if cfg.teacher else None
     init = str(REPO / cfg.init_from) if cfg.init_from and not Path(cfg.init_from).is_absolute() else cfg.init_from
     total = sum(ph.steps for ph in phases)
     eval_every = cfg.eval_every if step_scale == 1.0 else max(1, total // 2)  # scaled runs: two held-out evals
-    cfg = dataclasses.replace(cfg, name=arm.name, seed=arm.seed, phases=phases, teacher=teacher_cfg,
-                              init_from=init, eval_every=eval_every if cfg.eval_every else 0,
-                              track_every=cfg.track_every or max(1, total // TRACKS))
+    cfg = dataclasses.replace(
+        cfg,
+        name=arm.name,
+        seed=arm.seed,
+        phases=phases,
+        teacher=teacher_cfg,
+        init_from=init,
+        eval_every=eval_every if cfg.eval_every else 0,
+        track_every=cfg.track_every or max(1, total // TRACKS),
+    )
     config.validate(cfg)
     return cfg
 

@@ -33,10 +33,15 @@ def by_arm(da: xr.DataArray, dim: str) -> xr.DataArray:
     arm_names = sorted({parsed[lab][0] for lab in keep}, key=_arm_order)
     seeds = sorted({parsed[lab][1] for lab in keep})
     rest = [d for d in da.dims if d != dim]
-    out = xr.DataArray(np.full((len(arm_names), len(seeds), *[da.sizes[d] for d in rest]), np.nan),
-                       dims=("arm", "seed", *rest),
-                       coords={"arm": np.array(arm_names, dtype=object), "seed": seeds,
-                               **{d: da[d].values for d in rest if d in da.coords}})
+    out = xr.DataArray(
+        np.full((len(arm_names), len(seeds), *[da.sizes[d] for d in rest]), np.nan),
+        dims=("arm", "seed", *rest),
+        coords={
+            "arm": np.array(arm_names, dtype=object),
+            "seed": seeds,
+            **{d: da[d].values for d in rest if d in da.coords},
+        },
+    )
     for lab in keep:
         arm, seed = parsed[lab]
         out.loc[{"arm": arm, "seed": seed}] = da.sel({dim: lab}).transpose(*rest).values
@@ -69,8 +74,9 @@ def pair_trend(updates: xr.Dataset, var: str = "q_rel_update") -> xr.DataArray:
     per comparison: > 0 means higher-index (longer-wavelength) pairs moved more (F3)."""
     head = "head" if var.startswith("q") else "kv_head"
     per_pair = updates[var].mean(["layer", head]).transpose("comparison", "pair")
-    return xr.DataArray(stats.index_spearman(per_pair.values), dims="comparison",
-                        coords={"comparison": per_pair["comparison"].values})
+    return xr.DataArray(
+        stats.index_spearman(per_pair.values), dims="comparison", coords={"comparison": per_pair["comparison"].values}
+    )
 
 
 def repeated_summary(rep: xr.Dataset, spec: str = "clean") -> xr.DataArray:
@@ -104,15 +110,25 @@ def results_table(retrieval: xr.Dataset, task: str = "passkey") -> tuple[list[st
     rows = []
     for name in map(str, acc["checkpoint"].values):
         if parse_checkpoint(name) is None:
-            rows.append({"model": name, "seeds": "1",
-                         **{f"acc@{n}": f"{float(acc.sel(checkpoint=name, length=n)):.2f}" for n in lengths},
-                         f"logp@{lengths[-1]}": f"{float(logp.sel(checkpoint=name, length=lengths[-1])):.2f}"})
+            rows.append(
+                {
+                    "model": name,
+                    "seeds": "1",
+                    **{f"acc@{n}": f"{float(acc.sel(checkpoint=name, length=n)):.2f}" for n in lengths},
+                    f"logp@{lengths[-1]}": f"{float(logp.sel(checkpoint=name, length=lengths[-1])):.2f}",
+                }
+            )
     arm_acc, arm_logp = by_arm(acc, "checkpoint"), by_arm(logp, "checkpoint")
     for arm in map(str, arm_acc["arm"].values):
         a = arm_acc.sel(arm=arm)
-        rows.append({"model": arm, "seeds": str(int(a.notnull().any("length").sum())),
-                     **{f"acc@{n}": fmt_mean_std(a.sel(length=n).values) for n in lengths},
-                     f"logp@{lengths[-1]}": fmt_mean_std(arm_logp.sel(arm=arm, length=lengths[-1]).values)})
+        rows.append(
+            {
+                "model": arm,
+                "seeds": str(int(a.notnull().any("length").sum())),
+                **{f"acc@{n}": fmt_mean_std(a.sel(length=n).values) for n in lengths},
+                f"logp@{lengths[-1]}": fmt_mean_std(arm_logp.sel(arm=arm, length=lengths[-1]).values),
+            }
+        )
     return columns, rows
 
 

@@ -13,30 +13,38 @@ import dataclasses
 import json
 import multiprocessing
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import xarray as xr
 import yaml
 from transformers.utils import logging as hf_logging
 
-from workbench import config, interventions, measurements, models
-from workbench import store as wstore  # the module; `store` is a store path
 from workbench import arms as A
 from workbench import checkpoints as ck
-from workbench.measurements.weights import comparison_label
+from workbench import config, interventions, measurements, models
+from workbench import store as wstore  # the module; `store` is a store path
 from workbench.config import DataConfig
 from workbench.data import make_stream
 from workbench.demo import ablations, report
-from workbench.demo.arms import (SCHEDULES, SHIPPED_TEACHER, STAGE1_CONFIGS, TEACHER_CONFIG, Arm, arm_config, arms,
-                                 stage1_student)
+from workbench.demo.arms import (
+    SCHEDULES,
+    SHIPPED_TEACHER,
+    STAGE1_CONFIGS,
+    TEACHER_CONFIG,
+    Arm,
+    arm_config,
+    arms,
+    stage1_student,
+)
 from workbench.evals import grid, position_loss, training_eval
-from workbench.measurements import cross_document
 from workbench.interventions.specs import PairSet
+from workbench.measurements import cross_document
+from workbench.measurements.weights import comparison_label
 from workbench.train import train
 
 
@@ -139,8 +147,12 @@ def ensure_teacher(opts: DemoOptions) -> Path:
     if (SHIPPED_TEACHER / models.MANIFEST).is_file():
         return SHIPPED_TEACHER
     log(f"no shipped teacher at {SHIPPED_TEACHER}; training one with {TEACHER_CONFIG} (slow on CPU)")
-    run_dir = train(config.load_run_config(TEACHER_CONFIG), out=str(opts.out / "teacher"), progress=opts.progress,
-                    evaluate=training_eval)
+    run_dir = train(
+        config.load_run_config(TEACHER_CONFIG),
+        out=str(opts.out / "teacher"),
+        progress=opts.progress,
+        evaluate=training_eval,
+    )
     return phase_end_checkpoints(run_dir)[-1]
 
 
@@ -158,7 +170,8 @@ def ensure_stage1(opts: DemoOptions) -> dict[float, Path]:
         log(f"no shipped stage-1 student at {shipped}; training it with {recipe} (slow on CPU)")
         run_dir = opts.out / "stage1" / cfg.name
         found[theta] = phase_end_checkpoints(
-            Path(_train_one(cfg, str(run_dir), run_dir.exists(), opts.progress, None)))[-1]
+            Path(_train_one(cfg, str(run_dir), run_dir.exists(), opts.progress, None))
+        )[-1]
     return found
 
 
@@ -178,8 +191,11 @@ def _quiet_transformers() -> None:
 def in_workers(fn, calls: list[tuple], jobs: int, done=None) -> list:
     """``fn(*args)`` for every ``args`` of ``calls`` in ``jobs`` spawned worker processes; results in order
     (a worker's error re-raises here); ``done(i)`` after each result."""
-    with ProcessPoolExecutor(max_workers=min(jobs, len(calls)), mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_quiet_transformers) as pool:
+    with ProcessPoolExecutor(
+        max_workers=min(jobs, len(calls)),
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_quiet_transformers,
+    ) as pool:
         futures = [pool.submit(fn, *args) for args in calls]
         results = []
         for i, future in enumerate(futures):
@@ -209,8 +225,12 @@ def train_students(opts: DemoOptions, state: DemoState, todo: list[Arm]) -> None
             _train_one(cfg, str(run_dir), run_dir.exists(), opts.progress, None)
         return
     log(f"training {len(pending)} arms in {opts.jobs} worker processes")
-    in_workers(_train_one, [(cfg, str(run_dir), run_dir.exists(), False, 1) for _, cfg, run_dir in pending],
-               opts.jobs, done=lambda i: log(f"[{i + 1}/{len(pending)}] trained {pending[i][0].name}"))
+    in_workers(
+        _train_one,
+        [(cfg, str(run_dir), run_dir.exists(), False, 1) for _, cfg, run_dir in pending],
+        opts.jobs,
+        done=lambda i: log(f"[{i + 1}/{len(pending)}] trained {pending[i][0].name}"),
+    )
 
 
 def _stage1_for(state: DemoState, shipped: Path) -> Path:
@@ -237,19 +257,24 @@ def _evaluate_part(paths: list[str], grid_args: dict, threads: int | None) -> xr
 def evaluate_retrieval(opts: DemoOptions, state: DemoState, checkpoints: list[Path]) -> None:
     """Passkey / NIAH at lengths from the document length to twice the window (extrapolation recorded);
     with ``opts.jobs`` > 1 the checkpoints are split over worker processes."""
-    todo = _new_checkpoints(opts.store, wstore.RETRIEVAL, "checkpoint",
-                            {ck.label(p): p for p in checkpoints})
+    todo = _new_checkpoints(opts.store, wstore.RETRIEVAL, "checkpoint", {ck.label(p): p for p in checkpoints})
     if not todo:
         log("retrieval: every checkpoint already evaluated")
         return
-    grid_args = dict(tasks=opts.eval_tasks, lengths=opts.eval_lengths, depths=opts.eval_depths,
-                     samples=opts.eval_samples, seed=1234, extrapolate=True)
+    grid_args = dict(
+        tasks=opts.eval_tasks,
+        lengths=opts.eval_lengths,
+        depths=opts.eval_depths,
+        samples=opts.eval_samples,
+        seed=1234,
+        extrapolate=True,
+    )
     grid.plan(list(todo.values()), store=opts.store, **grid_args)  # every check before any work
     paths = [str(p) for p in todo.values()]
     if opts.jobs <= 1 or len(paths) <= 1:
         parts = [_evaluate_part(paths, grid_args, None)]
     else:
-        split = [paths[i::opts.jobs] for i in range(opts.jobs) if paths[i::opts.jobs]]
+        split = [paths[i :: opts.jobs] for i in range(opts.jobs) if paths[i :: opts.jobs]]
         parts = in_workers(_evaluate_part, [(part, grid_args, 1) for part in split], opts.jobs)
     for ds in parts:
         wstore.save(opts.store, wstore.RETRIEVAL, ds)
@@ -261,9 +286,16 @@ def interp_specs(head_dim_lengths: list[int]):
     return [
         interventions.Spec("q-shift-64", [interventions.shift(64, "q")]),
         interventions.Spec("k-shift-64", [interventions.shift(64, "k")]),
-        interventions.Spec("theta-to-1e5", [interventions.theta_swap(100000.0, "both")]),  # x10 for theta 1e4, x200 for 500
-        interventions.Spec(f"zero-band-le-{short}", [interventions.zero("both", pairs=PairSet(band=0, context_lengths=[short, long]))]),
-        interventions.Spec(f"zero-band-gt-{short}", [interventions.zero("both", pairs=PairSet(wavelength=[float(short), float("inf")]))]),
+        interventions.Spec(
+            "theta-to-1e5", [interventions.theta_swap(100000.0, "both")]
+        ),  # x10 for theta 1e4, x200 for 500
+        interventions.Spec(
+            f"zero-band-le-{short}", [interventions.zero("both", pairs=PairSet(band=0, context_lengths=[short, long]))]
+        ),
+        interventions.Spec(
+            f"zero-band-gt-{short}",
+            [interventions.zero("both", pairs=PairSet(wavelength=[float(short), float("inf")]))],
+        ),
     ]
 
 
@@ -282,13 +314,23 @@ def run_interp(opts: DemoOptions, state: DemoState, checkpoints: list[Path], win
         be = None
         if name in _new_checkpoints(opts.store, wstore.REPEATED_TOKENS, "checkpoint", {name: path}):
             be = interventions.load_backend(path, "nnsight")
-            interventions.write_repeated(opts.store, interventions.repeated_tokens(
-                path, specs[-2:], backend=be, window=window, period=32, copies=4 if opts.quick else 8,
-                samples=1 if opts.quick else 2))
+            interventions.write_repeated(
+                opts.store,
+                interventions.repeated_tokens(
+                    path,
+                    specs[-2:],
+                    backend=be,
+                    window=window,
+                    period=32,
+                    copies=4 if opts.quick else 8,
+                    samples=1 if opts.quick else 2,
+                ),
+            )
         if name in _new_checkpoints(layered, wstore.TRACES, "checkpoint", {name: path}):
             be = be or interventions.load_backend(path, "nnsight")
-            interventions.write_traces(layered, interventions.run_trace(path, specs, inputs, backend=be,
-                                                          buckets=4 if opts.quick else 8))
+            interventions.write_traces(
+                layered, interventions.run_trace(path, specs, inputs, backend=be, buckets=4 if opts.quick else 8)
+            )
         log(f"repeated tokens + traces: {name}")
 
 
@@ -305,9 +347,17 @@ def run_pair_analysis(opts: DemoOptions, state: DemoState, phase_lengths: list[i
         upd = measurements.weight_updates(finals, reference=start)
         wstore.save(opts.store, wstore.UPDATES_WEIGHTS, upd)
         wstore.save(opts.store, wstore.BANDS, measurements.band_summary(upd, phase_lengths))
-        wstore.save(opts.store, wstore.UPDATES_STATES, measurements.state_updates(
-            finals, reference=start, seq_len=phase_lengths[-1], n_windows=1 if opts.quick else 2,
-            data=DataConfig(kind="synthetic-short")))
+        wstore.save(
+            opts.store,
+            wstore.UPDATES_STATES,
+            measurements.state_updates(
+                finals,
+                reference=start,
+                seq_len=phase_lengths[-1],
+                n_windows=1 if opts.quick else 2,
+                data=DataConfig(kind="synthetic-short"),
+            ),
+        )
     summarise_updates(opts.store)
 
 
@@ -316,11 +366,15 @@ def summarise_updates(store: Path) -> None:
     means with intervals over seeds (``arm_bands``, for F3)."""
     if not wstore.has_group(store, wstore.UPDATES_WEIGHTS):
         return
-    wstore.save(store, wstore.ARM_UPDATES, A.arm_means(wstore.open_group(store, wstore.UPDATES_WEIGHTS).load(),
-                                                          "comparison"))
+    wstore.save(
+        store, wstore.ARM_UPDATES, A.arm_means(wstore.open_group(store, wstore.UPDATES_WEIGHTS).load(), "comparison")
+    )
     bands = wstore.open_group(store, wstore.BANDS).load()
-    wstore.save(store, wstore.ARM_BANDS, xr.merge([A.band_table(bands, "q_rel_update"),
-                                                      A.band_table(bands, "k_rel_update")], compat="no_conflicts"))
+    wstore.save(
+        store,
+        wstore.ARM_BANDS,
+        xr.merge([A.band_table(bands, "q_rel_update"), A.band_table(bands, "k_rel_update")], compat="no_conflicts"),
+    )
 
 
 def compare_arms(opts: DemoOptions, state: DemoState) -> None:
@@ -345,8 +399,11 @@ def compare_arms(opts: DemoOptions, state: DemoState) -> None:
     wstore.save(opts.store, wstore.ARM_RETRIEVAL, A.retrieval_summary(ds))
     wstore.save(opts.store, wstore.ARM_EFFECTIVE_LENGTH, A.effective_length_summary(ds))
     if keep:
-        wstore.save(opts.store, wstore.ARM_COMPARISONS, A.retrieval_comparisons(
-            ds, [p for p, _ in keep], questions=[q for _, q in keep]))
+        wstore.save(
+            opts.store,
+            wstore.ARM_COMPARISONS,
+            A.retrieval_comparisons(ds, [p for p, _ in keep], questions=[q for _, q in keep]),
+        )
 
 
 def run_kd_signal(opts: DemoOptions, state: DemoState, checkpoints: list[Path], window: int) -> None:
@@ -357,9 +414,16 @@ def run_kd_signal(opts: DemoOptions, state: DemoState, checkpoints: list[Path], 
     if not todo:
         return
     data = config_data(state)
-    ds = cross_document.cross_document_kl_checkpoints(list(todo.values()), data, seq_len=window,
-                                                      n_windows=2 if opts.quick else 8, batch_size=2, seed=11,
-                                                      labels=list(todo), progress=opts.progress)
+    ds = cross_document.cross_document_kl_checkpoints(
+        list(todo.values()),
+        data,
+        seq_len=window,
+        n_windows=2 if opts.quick else 8,
+        batch_size=2,
+        seed=11,
+        labels=list(todo),
+        progress=opts.progress,
+    )
     cross_document.write_kd_signal(opts.store, ds)
 
 
@@ -414,11 +478,20 @@ def run_ablations(opts: DemoOptions, state: DemoState) -> None:
         for arm in state.runs:
             if arm.schedule == "phasewise" and not arm.variant:
                 chosen[ck.label(state.final(arm))] = str(state.final(arm))
-        ds = ablations.band_ablation(chosen, tasks=["passkey", "niah"], lengths=[256, 1024],  # documents, window
-                                     depths=[0.0, 50.0, 100.0], samples=max(2, opts.eval_samples // 2), seed=99)
+        ds = ablations.band_ablation(
+            chosen,
+            tasks=["passkey", "niah"],
+            lengths=[256, 1024],  # documents, window
+            depths=[0.0, 50.0, 100.0],
+            samples=max(2, opts.eval_samples // 2),
+            seed=99,
+        )
         wstore.save(opts.store, wstore.ABLATIONS, ds)
-    wstore.save(opts.store, wstore.ABLATION_EFFECTS,
-               ablations.band_effects(wstore.open_group(opts.store, wstore.ABLATIONS).load()))
+    wstore.save(
+        opts.store,
+        wstore.ABLATION_EFFECTS,
+        ablations.band_effects(wstore.open_group(opts.store, wstore.ABLATIONS).load()),
+    )
 
 
 # ----------------------------------------------------------------------------------------------- main

@@ -9,8 +9,8 @@ differences pair the same seed index and the same documents.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import xarray as xr
@@ -40,8 +40,14 @@ def _per_doc(ds: xr.Dataset, var: str, tokens: str) -> xr.DataArray:
 def region_table(ds: xr.Dataset, groups: dict[str, list[str]], *, tokens: str = "answers") -> list[str]:
     """Markdown: per arm and region, loss and KL to the teacher, mean [95 % interval] over seeds x documents."""
     regions = [str(b) for b in ds["position_bucket"].values]
-    lines = ["| arm | seeds | " + " | ".join(f"loss {r}" for r in regions) + " | "
-             + " | ".join(f"KL {r}" for r in regions) + " |", "|---|---|" + "---|" * (2 * len(regions))]
+    lines = [
+        "| arm | seeds | "
+        + " | ".join(f"loss {r}" for r in regions)
+        + " | "
+        + " | ".join(f"KL {r}" for r in regions)
+        + " |",
+        "|---|---|" + "---|" * (2 * len(regions)),
+    ]
     for arm, members in groups.items():
         row = [arm, str(len(members))]
         for var in ("loss", "kl"):
@@ -54,13 +60,16 @@ def region_table(ds: xr.Dataset, groups: dict[str, list[str]], *, tokens: str = 
     return lines
 
 
-def paired_table(ds: xr.Dataset, groups: dict[str, list[str]], pairs: Sequence[tuple[str, str]], *,
-                 tokens: str = "answers") -> tuple[list[str], dict[str, list[stats.Interval]]]:
+def paired_table(
+    ds: xr.Dataset, groups: dict[str, list[str]], pairs: Sequence[tuple[str, str]], *, tokens: str = "answers"
+) -> tuple[list[str], dict[str, list[stats.Interval]]]:
     """Markdown of the paired differences A - B in KL to the teacher and in loss per region (* = excludes 0),
     and the KL intervals by comparison."""
     regions = [str(b) for b in ds["position_bucket"].values]
-    lines = ["| A - B | " + " | ".join(f"KL {r}" for r in regions) + " | " + " | ".join(f"loss {r}" for r in regions)
-             + " |", "|---|" + "---|" * (2 * len(regions))]
+    lines = [
+        "| A - B | " + " | ".join(f"KL {r}" for r in regions) + " | " + " | ".join(f"loss {r}" for r in regions) + " |",
+        "|---|" + "---|" * (2 * len(regions)),
+    ]
     kl = {}
     for a, b in pairs:
         if a not in groups or b not in groups:
@@ -70,8 +79,9 @@ def paired_table(ds: xr.Dataset, groups: dict[str, list[str]], pairs: Sequence[t
             ivs = pl.paired_difference(ds, groups[a], groups[b], var=var, tokens=tokens)
             if var == "kl":
                 kl[f"{a} - {b}"] = ivs
-            cells += [f"{iv.mean:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}]" + ("*" if iv.excludes_zero() else "")
-                      for iv in ivs]
+            cells += [
+                f"{iv.mean:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}]" + ("*" if iv.excludes_zero() else "") for iv in ivs
+            ]
         lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
     return lines, kl
 
@@ -91,9 +101,11 @@ def tracked_f3(run_dirs: dict[str, Path]) -> list[str]:
             c = r["critical_pair"]
             parts.append(f"step {r['step']}: {by_pair[:c].mean():.4f} / {by_pair[c:].mean():.4f}")
         rho = stats.index_spearman(np.asarray(recs[-1]["q_rel_update"], dtype=np.float64).mean(axis=(0, 1)))
-        lines.append(f"- `{name}` (phase {phase!r}, critical pair {recs[-1]['critical_pair']}; W_q update below / "
-                     f"from the critical pair): " + "; ".join(parts) + f"; Spearman(pair index, update) at the end "
-                     f"{float(rho):+.2f}")
+        lines.append(
+            f"- `{name}` (phase {phase!r}, critical pair {recs[-1]['critical_pair']}; W_q update below / "
+            f"from the critical pair): " + "; ".join(parts) + f"; Spearman(pair index, update) at the end "
+            f"{float(rho):+.2f}"
+        )
     return lines
 
 
@@ -102,8 +114,13 @@ def _retrieval_verdict(comp: xr.Dataset | None, name: str) -> str:
     if comp is None or name not in comp["comparison"].values:
         return "not compared"
     cell = comp.sel(comparison=name)
-    hits = [f"{t}@{int(n)}" for t in map(str, cell["task"].values) for n in cell["length"].values
-            if float(cell["difference_lo"].sel(task=t, length=n)) > 0 or float(cell["difference_hi"].sel(task=t, length=n)) < 0]
+    hits = [
+        f"{t}@{int(n)}"
+        for t in map(str, cell["task"].values)
+        for n in cell["length"].values
+        if float(cell["difference_lo"].sel(task=t, length=n)) > 0
+        or float(cell["difference_hi"].sel(task=t, length=n)) < 0
+    ]
     return ("differs (interval excludes 0) at " + ", ".join(hits)) if hits else "differs at no task and length"
 
 
@@ -114,29 +131,47 @@ def section(store: Path, run_dirs: dict[str, Path], pairs: Sequence[tuple[str, s
         ds = wstore.open_group(store, wstore.POSITION_LOSS).load()
         coarse = pl.regroup(ds, [e for e in REGIONS if e < int(ds["bucket_stop"].values[-1])])
         groups = groups_of(coarse)
-        lines += [f"Held-out long documents ({ds.attrs.get('n_documents', '?')} synthetic documents of "
-                  f"{ds.attrs.get('length', '?')} tokens, seeded apart from training; answer tokens: query answers "
-                  "and recurring spans): loss and KL(teacher || model), mean [95 % interval] over seeds x "
-                  "documents, by position of the predicted token.", "", *region_table(coarse, groups), "",
-                  "Paired differences (same seed index, same documents; * = interval excludes 0). Negative KL "
-                  "difference = A is closer to the teacher.", ""]
+        lines += [
+            f"Held-out long documents ({ds.attrs.get('n_documents', '?')} synthetic documents of "
+            f"{ds.attrs.get('length', '?')} tokens, seeded apart from training; answer tokens: query answers "
+            "and recurring spans): loss and KL(teacher || model), mean [95 % interval] over seeds x "
+            "documents, by position of the predicted token.",
+            "",
+            *region_table(coarse, groups),
+            "",
+            "Paired differences (same seed index, same documents; * = interval excludes 0). Negative KL "
+            "difference = A is closer to the teacher.",
+            "",
+        ]
         table, kl = paired_table(coarse, groups, pairs)
         lines += table + [""]
-        comp = wstore.open_group(store, wstore.ARM_COMPARISONS).load() if wstore.has_group(
-            store, wstore.ARM_COMPARISONS) else None
+        comp = (
+            wstore.open_group(store, wstore.ARM_COMPARISONS).load()
+            if wstore.has_group(store, wstore.ARM_COMPARISONS)
+            else None
+        )
         lines += ["What this adds to the retrieval verdicts:", ""]
         for name, ivs in kl.items():
             regions = list(map(str, coarse["position_bucket"].values))
             sep = [f"{r} ({iv.mean:+.3f})" for r, iv in zip(regions, ivs) if iv.excludes_zero()]
-            lines.append(f"- `{name}`: retrieval {_retrieval_verdict(comp, name)}; KL to the teacher separates in "
-                         f"{', '.join(sep) if sep else 'no region'}.")
+            lines.append(
+                f"- `{name}`: retrieval {_retrieval_verdict(comp, name)}; KL to the teacher separates in "
+                f"{', '.join(sep) if sep else 'no region'}."
+            )
         lines.append("")
-    eff = wstore.open_group(store, wstore.ARM_EFFECTIVE_LENGTH).load() if wstore.has_group(
-        store, wstore.ARM_EFFECTIVE_LENGTH) else None
+    eff = (
+        wstore.open_group(store, wstore.ARM_EFFECTIVE_LENGTH).load()
+        if wstore.has_group(store, wstore.ARM_EFFECTIVE_LENGTH)
+        else None
+    )
     if eff is not None:
-        lines += ["Effective lengths (longest evaluated length whose accuracy and every shorter one's stay above the "
-                  "line; 0 = the shortest fails; [95 % interval] from the retrieval bootstrap):", "",
-                  effective_length.markdown(eff), ""]
+        lines += [
+            "Effective lengths (longest evaluated length whose accuracy and every shorter one's stay above the "
+            "line; 0 = the shortest fails; [95 % interval] from the retrieval bootstrap):",
+            "",
+            effective_length.markdown(eff),
+            "",
+        ]
     f3 = tracked_f3(run_dirs)
     if f3:
         lines += ["F3 over training steps (pair updates tracked during the extension phase, seed 0):", "", *f3, ""]

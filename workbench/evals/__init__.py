@@ -13,6 +13,17 @@ from workbench.evals.render import SyntheticRendering, TextRendering, rendering_
 from workbench.evals.runner import quick_eval, score_samples, training_eval
 from workbench.evals.tasks import TASKS, Sample, TaskSpec, depth_grid, make_sample, make_samples
 
-__all__ = ["TASKS", "Sample", "TaskSpec", "SyntheticRendering", "TextRendering", "depth_grid", "make_sample",
-           "make_samples", "quick_eval", "rendering_for", "score_samples",
-           "training_eval"]
+__all__ = [
+    "TASKS",
+    "Sample",
+    "TaskSpec",
+    "SyntheticRendering",
+    "TextRendering",
+    "depth_grid",
+    "make_sample",
+    "make_samples",
+    "quick_eval",
+    "rendering_for",
+    "score_samples",
+    "training_eval",
+]

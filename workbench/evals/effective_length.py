@@ -14,7 +14,7 @@ lengths), the effective length of every resample, percentile interval (of observ
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import xarray as xr
@@ -35,8 +35,9 @@ def longest_passing(acc: np.ndarray, lengths: Sequence[int], floor: np.ndarray |
     return lens[ok.sum(-1)]
 
 
-def effective_lengths(acc: np.ndarray, lengths: Sequence[int], *, threshold: float = THRESHOLD,
-                      fraction: float = FRACTION) -> dict[str, np.ndarray]:
+def effective_lengths(
+    acc: np.ndarray, lengths: Sequence[int], *, threshold: float = THRESHOLD, fraction: float = FRACTION
+) -> dict[str, np.ndarray]:
     """acc [..., length] (lengths ascending) -> {"threshold": [...], "relative": [...]} effective lengths."""
     acc = np.asarray(acc, dtype=np.float64)
     base = acc[..., 0]
@@ -49,9 +50,17 @@ def check(threshold: float, fraction: float) -> None:
         raise ValueError(f"effective length needs threshold and fraction in (0, 1], got {threshold}, {fraction}")
 
 
-def arm_effective_lengths(ds: xr.Dataset, groups: dict[str, list[str]], *, metric: str = "correct",
-                          threshold: float = THRESHOLD, fraction: float = FRACTION, n_boot: int = stats.N_BOOT,
-                          level: float = stats.LEVEL, seed: int = 0) -> xr.Dataset:
+def arm_effective_lengths(
+    ds: xr.Dataset,
+    groups: dict[str, list[str]],
+    *,
+    metric: str = "correct",
+    threshold: float = THRESHOLD,
+    fraction: float = FRACTION,
+    n_boot: int = stats.N_BOOT,
+    level: float = stats.LEVEL,
+    seed: int = 0,
+) -> xr.Dataset:
     """Per group (an arm: its checkpoints, one per seed; or one checkpoint) x task x criterion: the effective
     length of the pooled accuracy, with a percentile interval over hierarchical resamples. ``ds`` is a
     ``retrieval`` group (dims checkpoint, task, length, depth, sample)."""
@@ -70,38 +79,63 @@ def arm_effective_lengths(ds: xr.Dataset, groups: dict[str, list[str]], *, metri
             x = np.stack([da.sel(checkpoint=c).values.reshape(-1, len(lengths)) for c in members])  # [seed, prompt, L]
             acc = x.mean(axis=(0, 1))
             acc_out[g, t] = acc
-            boot = effective_lengths(stats.resampled_means(x, n_boot=n_boot, seed=seed), lengths,
-                                     threshold=threshold, fraction=fraction)
+            boot = effective_lengths(
+                stats.resampled_means(x, n_boot=n_boot, seed=seed), lengths, threshold=threshold, fraction=fraction
+            )
             est = effective_lengths(acc, lengths, threshold=threshold, fraction=fraction)
             for c, crit in enumerate(CRITERIA):
                 point[g, t, c] = est[crit]
                 lo[g, t, c], hi[g, t, c] = np.quantile(boot[crit], [tail, 1.0 - tail], method="inverted_cdf")
     dims = ("arm", "task", "criterion")
-    out = xr.Dataset({"effective_length": (dims, point), "effective_length_lo": (dims, lo),
-                      "effective_length_hi": (dims, hi), metric: (("arm", "task", "length"), acc_out)},
-                     coords={"arm": np.array(list(groups), dtype=object), "task": np.array(tasks, dtype=object),
-                             "criterion": np.array(CRITERIA, dtype=object),
-                             "length": np.array(lengths, dtype=np.int64),
-                             "members": ("arm", np.array([" ".join(m) for m in groups.values()], dtype=object))})
+    out = xr.Dataset(
+        {
+            "effective_length": (dims, point),
+            "effective_length_lo": (dims, lo),
+            "effective_length_hi": (dims, hi),
+            metric: (("arm", "task", "length"), acc_out),
+        },
+        coords={
+            "arm": np.array(list(groups), dtype=object),
+            "task": np.array(tasks, dtype=object),
+            "criterion": np.array(CRITERIA, dtype=object),
+            "length": np.array(lengths, dtype=np.int64),
+            "members": ("arm", np.array([" ".join(m) for m in groups.values()], dtype=object)),
+        },
+    )
     out["effective_length"].attrs["description"] = (
         f"longest evaluated length whose {metric} and every shorter length's stay >= {threshold} (threshold) or "
-        f">= {fraction} x its own {metric} at the shortest length (relative); 0 = the shortest length fails")
-    out["effective_length_lo"].attrs["description"] = (f"{level:.0%} percentile interval over {n_boot} hierarchical "
-                                                       "bootstrap resamples (seeds, then prompts)")
-    out.attrs.update(threshold=threshold, fraction=fraction, metric=metric, n_boot=n_boot, level=level,
-                     bootstrap_seed=seed, method=__doc__.split("\n\n")[1].replace("\n", " "))
+        f">= {fraction} x its own {metric} at the shortest length (relative); 0 = the shortest length fails"
+    )
+    out["effective_length_lo"].attrs["description"] = (
+        f"{level:.0%} percentile interval over {n_boot} hierarchical bootstrap resamples (seeds, then prompts)"
+    )
+    out.attrs.update(
+        threshold=threshold,
+        fraction=fraction,
+        metric=metric,
+        n_boot=n_boot,
+        level=level,
+        bootstrap_seed=seed,
+        method=__doc__.split("\n\n")[1].replace("\n", " "),
+    )
     return out
 
 
 def markdown(ds: xr.Dataset) -> str:
     """One row per (arm, task): both effective lengths with intervals."""
-    lines = [f"| arm | task | effective length (>= {ds.attrs['threshold']:g}) | "
-             f"effective length (>= {ds.attrs['fraction']:g} x own @{int(ds['length'].values[0])}) |",
-             "|---|---|---|---|"]
+    lines = [
+        f"| arm | task | effective length (>= {ds.attrs['threshold']:g}) | "
+        f"effective length (>= {ds.attrs['fraction']:g} x own @{int(ds['length'].values[0])}) |",
+        "|---|---|---|---|",
+    ]
     for task in map(str, ds["task"].values):
         for arm in map(str, ds["arm"].values):
             cell = ds.sel(arm=arm, task=task)
-            cols = [f"{int(cell['effective_length'].sel(criterion=c))} [{int(cell['effective_length_lo'].sel(criterion=c))}, "
-                    f"{int(cell['effective_length_hi'].sel(criterion=c))}]" for c in CRITERIA]
+            cols = [
+                f"{int(cell['effective_length'].sel(criterion=c))} "
+                f"[{int(cell['effective_length_lo'].sel(criterion=c))}, "
+                f"{int(cell['effective_length_hi'].sel(criterion=c))}]"
+                for c in CRITERIA
+            ]
             lines.append(f"| {arm} | {task} | {cols[0]} | {cols[1]} |")
     return "\n".join(lines)

@@ -11,9 +11,10 @@ set; the flag is stored per checkpoint (coordinate ``extrapolate``) and in the a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from workbench import store as wstore  # the module; `store` is a store path
 from workbench.evals import tasks as T
 from workbench.evals.render import Rendering, SyntheticRendering, rendering_for
 from workbench.evals.runner import score_samples
+
 
 @dataclass
 class Plan:
@@ -59,9 +61,18 @@ def load_rendering(tokenizer: str) -> Rendering:
 MAX_PROMPTS = 1_000_000  # one eval request at most (hours on a GPU at 128k tokens; a typo like --depths 100000)
 
 
-def plan(checkpoints: Sequence[str | Path], *, tasks: str | Sequence[str], lengths: Sequence[int],
-         depths: int | Sequence[float], samples: int, seed: int = 0, extrapolate: bool = False,
-         tokenizer: str | None = None, store: str | Path | None = None) -> Plan:
+def plan(
+    checkpoints: Sequence[str | Path],
+    *,
+    tasks: str | Sequence[str],
+    lengths: Sequence[int],
+    depths: int | Sequence[float],
+    samples: int,
+    seed: int = 0,
+    extrapolate: bool = False,
+    tokenizer: str | None = None,
+    store: str | Path | None = None,
+) -> Plan:
     """Validate a request (cheap: no weights are loaded). Raises ValueError / CheckpointError / StoreError."""
     if not checkpoints:
         raise ValueError("no checkpoints given")
@@ -75,14 +86,18 @@ def plan(checkpoints: Sequence[str | Path], *, tasks: str | Sequence[str], lengt
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     if len(depth_list) > min(lengths):  # more depths than positions: the same prompts again and again
-        raise ValueError(f"depths: {len(depth_list)} depths but the shortest length has only {min(lengths)} "
-                         f"positions to put the needle at; ask for at most {min(lengths)} (e.g. --depths 11)")
+        raise ValueError(
+            f"depths: {len(depth_list)} depths but the shortest length has only {min(lengths)} "
+            f"positions to put the needle at; ask for at most {min(lengths)} (e.g. --depths 11)"
+        )
     prompts = len(checkpoints) * len(task_names) * len(lengths) * len(depth_list) * int(samples)
     if prompts > MAX_PROMPTS:
-        raise ValueError(f"{len(checkpoints)} checkpoints x {len(task_names)} tasks x {len(lengths)} lengths x "
-                         f"{len(depth_list)} depths x {samples} samples = {prompts:,} prompts "
-                         f"({prompts // len(lengths) * sum(lengths):,} tokens to score), over the limit of "
-                         f"{MAX_PROMPTS:,}; ask for fewer depths, samples or lengths")
+        raise ValueError(
+            f"{len(checkpoints)} checkpoints x {len(task_names)} tasks x {len(lengths)} lengths x "
+            f"{len(depth_list)} depths x {samples} samples = {prompts:,} prompts "
+            f"({prompts // len(lengths) * sum(lengths):,} tokens to score), over the limit of "
+            f"{MAX_PROMPTS:,}; ask for fewer depths, samples or lengths"
+        )
     ckpts, limits, toks, renderings = [], {}, {}, {}
     for path in checkpoints:
         c = ck.inspect(path)
@@ -100,15 +115,28 @@ def plan(checkpoints: Sequence[str | Path], *, tasks: str | Sequence[str], lengt
         limit, source = limits[c.label]
         too_long = [x for x in lengths if x > limit]
         if too_long and not extrapolate:
-            raise ValueError(f"{c.label}: lengths {too_long} exceed the {limit} positions it was trained "
-                             f"or configured for ({source}); pass --extrapolate (extrapolate=True) to "
-                             "evaluate beyond them (it is recorded in the results)")
+            raise ValueError(
+                f"{c.label}: lengths {too_long} exceed the {limit} positions it was trained "
+                f"or configured for ({source}); pass --extrapolate (extrapolate=True) to "
+                "evaluate beyond them (it is recorded in the results)"
+            )
         extrapolating[c.label] = bool(too_long)
     for rendering in renderings.values():  # every sample must fit in the shortest length with every rendering (cheap)
         for task in task_names:
             T.make_samples(task, min(lengths), depth_list, int(samples), rendering, seed=seed)
-    p = Plan(ckpts, task_names, sorted(lengths), depth_list, int(samples), int(seed), bool(extrapolate),
-             tokenizers=toks, max_positions=limits, extrapolating=extrapolating, renderings=renderings)
+    p = Plan(
+        ckpts,
+        task_names,
+        sorted(lengths),
+        depth_list,
+        int(samples),
+        int(seed),
+        bool(extrapolate),
+        tokenizers=toks,
+        max_positions=limits,
+        extrapolating=extrapolating,
+        renderings=renderings,
+    )
     if store is not None:
         check_store(store, p)
     return p
@@ -116,15 +144,31 @@ def plan(checkpoints: Sequence[str | Path], *, tasks: str | Sequence[str], lengt
 
 def check_store(store: str | Path, p: Plan) -> None:
     """Refuse, before any work, a store that already has these checkpoints or another grid."""
-    skeleton = xr.Dataset(coords={"checkpoint": np.array([c.label for c in p.checkpoints], dtype=object),
-                                  "task": np.array(p.tasks, dtype=object), "length": np.array(p.lengths),
-                                  "depth": np.array(p.depths, dtype=np.float64), "sample": np.arange(p.samples)})
+    skeleton = xr.Dataset(
+        coords={
+            "checkpoint": np.array([c.label for c in p.checkpoints], dtype=object),
+            "task": np.array(p.tasks, dtype=object),
+            "length": np.array(p.lengths),
+            "depth": np.array(p.depths, dtype=np.float64),
+            "sample": np.arange(p.samples),
+        }
+    )
     wstore.refuse(store, wstore.RETRIEVAL, skeleton)
 
 
-def evaluate_model(model, rendering: Rendering, *, tasks: Sequence[str], lengths: Sequence[int],
-                   depths: Sequence[float], samples: int, seed: int = 0, batch_size: int | None = None,
-                   extra_tokens: int | None = None, progress=None) -> xr.Dataset:
+def evaluate_model(
+    model,
+    rendering: Rendering,
+    *,
+    tasks: Sequence[str],
+    lengths: Sequence[int],
+    depths: Sequence[float],
+    samples: int,
+    seed: int = 0,
+    batch_size: int | None = None,
+    extra_tokens: int | None = None,
+    progress=None,
+) -> xr.Dataset:
     """Score one model on the grid -> Dataset with dims (task, length, depth, sample)."""
     shape = (len(tasks), len(lengths), len(depths), samples)
     arrays = {
@@ -142,8 +186,11 @@ def evaluate_model(model, rendering: Rendering, *, tasks: Sequence[str], lengths
     for ti, task in enumerate(tasks):
         for li, length in enumerate(lengths):
             batch = T.make_samples(task, int(length), depths, samples, rendering, seed=seed)
-            for k, r in enumerate(score_samples(model, batch, rendering, batch_size=batch_size,
-                                                extra_tokens=extra_tokens, progress=progress)):
+            for k, r in enumerate(
+                score_samples(
+                    model, batch, rendering, batch_size=batch_size, extra_tokens=extra_tokens, progress=progress
+                )
+            ):
                 idx = (ti, li, k // samples, k % samples)
                 arrays["correct"][idx] = r.correct
                 arrays["match_all"][idx] = r.match_all
@@ -154,9 +201,15 @@ def evaluate_model(model, rendering: Rendering, *, tasks: Sequence[str], lengths
                 arrays["prediction"][idx] = r.prediction
                 arrays["gold"][idx] = rendering.decode(r.sample.answer_ids)
     dims = ("task", "length", "depth", "sample")
-    ds = xr.Dataset({name: (dims, arr) for name, arr in arrays.items()},
-                    coords={"task": np.array(list(tasks), dtype=object), "length": np.array(lengths, dtype=np.int64),
-                            "depth": np.array(depths, dtype=np.float64), "sample": np.arange(samples)})
+    ds = xr.Dataset(
+        {name: (dims, arr) for name, arr in arrays.items()},
+        coords={
+            "task": np.array(list(tasks), dtype=object),
+            "length": np.array(lengths, dtype=np.int64),
+            "depth": np.array(depths, dtype=np.float64),
+            "sample": np.arange(samples),
+        },
+    )
     for name, text in VARIABLE_DOCS.items():
         ds[name].attrs["description"] = text
     ds["depth"].attrs["units"] = "percent"
@@ -185,8 +238,15 @@ def _dtype(dtype: str, device: torch.device) -> torch.dtype:
     return table[dtype]
 
 
-def evaluate_plan(p: Plan, *, device: str = "auto", dtype: str = "auto", batch_size: int | None = None,
-                  extra_tokens: int | None = None, progress: bool = True) -> xr.Dataset:
+def evaluate_plan(
+    p: Plan,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    batch_size: int | None = None,
+    extra_tokens: int | None = None,
+    progress: bool = True,
+) -> xr.Dataset:
     """Load each checkpoint and score it -> Dataset with dims (checkpoint, task, length, depth, sample)."""
     dev = models.pick_device(device)
     torch_dtype = _dtype(dtype, dev)
@@ -197,9 +257,18 @@ def evaluate_plan(p: Plan, *, device: str = "auto", dtype: str = "auto", batch_s
             bar.set_postfix_str(c.label)
             model, _ = models.load(c.path, device=dev, dtype=torch_dtype, allow_plain_hf=True)
             rendering = p.renderings[p.tokenizers[c.label]]
-            ds = evaluate_model(model, rendering, tasks=p.tasks, lengths=p.lengths, depths=p.depths,
-                                samples=p.samples, seed=p.seed, batch_size=batch_size, extra_tokens=extra_tokens,
-                                progress=bar)
+            ds = evaluate_model(
+                model,
+                rendering,
+                tasks=p.tasks,
+                lengths=p.lengths,
+                depths=p.depths,
+                samples=p.samples,
+                seed=p.seed,
+                batch_size=batch_size,
+                extra_tokens=extra_tokens,
+                progress=bar,
+            )
             per_ckpt.append((ds, c, models.rope_theta(model), rendering.name))
             del model
     finally:
@@ -218,8 +287,12 @@ def evaluate_plan(p: Plan, *, device: str = "auto", dtype: str = "auto", batch_s
         objective=("checkpoint", np.array([c.objective for c, *_ in info], dtype=object)),
     )
     ds.attrs = wstore.provenance(
-        kind=wstore.RETRIEVAL, seed=p.seed, dtype=str(torch_dtype).replace("torch.", ""), device=dev.type,
-        extrapolate=p.extrapolate, samples=p.samples,
+        kind=wstore.RETRIEVAL,
+        seed=p.seed,
+        dtype=str(torch_dtype).replace("torch.", ""),
+        device=dev.type,
+        extrapolate=p.extrapolate,
+        samples=p.samples,
         checkpoint_hashes={c.label: h for (c, *_), h in zip(info, ds["checkpoint_hash"].values)},
         rope_theta={c.label: theta for c, theta, _ in info},
         tasks={t: T.TASKS[t].description for t in p.tasks},

@@ -31,9 +31,10 @@ corpus format: :func:`load_documents` is the one place that maps a source to :cl
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,8 +68,9 @@ class Documents:
         return max(len(x) for x in self.ids)
 
 
-def synthetic_documents(n: int, length: int, *, seed: int = 0, num_pairs: int = 8, echoes: int | None = None,
-                        queries_per_fact: int = 3) -> Documents:
+def synthetic_documents(
+    n: int, length: int, *, seed: int = 0, num_pairs: int = 8, echoes: int | None = None, queries_per_fact: int = 3
+) -> Documents:
     """``n`` synthetic-language documents of exactly ``length`` tokens: a passkey, ``num_pairs`` key-value facts
     and ``echoes`` recurring filler spans (default one per 32 tokens, so about a third of the tokens are
     answers), each queried / recurring at random distances over the whole document."""
@@ -77,12 +79,30 @@ def synthetic_documents(n: int, length: int, *, seed: int = 0, num_pairs: int = 
     echoes = max(1, length // 32) if echoes is None else echoes
     ids, target = [], []
     for i in range(n):
-        doc = synthetic.document(np.random.default_rng([HELD_OUT, int(seed), i]), int(length), num_pairs=num_pairs,
-                                 passkey=True, queries_per_fact=queries_per_fact, supervise="answers", echoes=echoes)
+        doc = synthetic.document(
+            np.random.default_rng([HELD_OUT, int(seed), i]),
+            int(length),
+            num_pairs=num_pairs,
+            passkey=True,
+            queries_per_fact=queries_per_fact,
+            supervise="answers",
+            echoes=echoes,
+        )
         ids.append(doc.ids)
         target.append(doc.target)
-    return Documents(ids, target, dict(documents="synthetic", n_documents=n, length=int(length), seed=int(seed),
-                                       num_pairs=num_pairs, echoes=echoes, queries_per_fact=queries_per_fact))
+    return Documents(
+        ids,
+        target,
+        dict(
+            documents="synthetic",
+            n_documents=n,
+            length=int(length),
+            seed=int(seed),
+            num_pairs=num_pairs,
+            echoes=echoes,
+            queries_per_fact=queries_per_fact,
+        ),
+    )
 
 
 def text_documents(paths: Sequence[str | Path], tokenizer, length: int) -> Documents:
@@ -91,14 +111,23 @@ def text_documents(paths: Sequence[str | Path], tokenizer, length: int) -> Docum
     for p in map(Path, paths):
         if not p.is_file():
             raise FileNotFoundError(f"--documents {p}: text file not found")
-        x = np.asarray(tokenizer(p.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"],
-                       dtype=np.int64)[:length]
+        x = np.asarray(tokenizer(p.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"], dtype=np.int64)[
+            :length
+        ]
         if len(x) < 2:
             raise ValueError(f"--documents {p}: fewer than 2 tokens")
         ids.append(x)
         target.append(np.r_[False, np.ones(len(x) - 1, dtype=bool)])
-    return Documents(ids, target, dict(documents="text", files=[str(p) for p in paths], length=int(length),
-                                       tokenizer=str(getattr(tokenizer, "name_or_path", ""))))
+    return Documents(
+        ids,
+        target,
+        dict(
+            documents="text",
+            files=[str(p) for p in paths],
+            length=int(length),
+            tokenizer=str(getattr(tokenizer, "name_or_path", "")),
+        ),
+    )
 
 
 def corpus_documents(path: str | Path, n: int, length: int, tokenizer=None) -> Documents:
@@ -120,8 +149,17 @@ def corpus_documents(path: str | Path, n: int, length: int, tokenizer=None) -> D
             target.append(np.r_[False, np.ones(len(x) - 1, dtype=bool)])
     if not ids:
         raise ValueError(f"--documents {path}: no document of at least 2 tokens")
-    return Documents(ids, target, dict(documents="tokens", corpus=str(split), length=int(length),
-                                       n_documents=len(ids), tokenizer=corp.manifest["tokenizer"]["name"]))
+    return Documents(
+        ids,
+        target,
+        dict(
+            documents="tokens",
+            corpus=str(split),
+            length=int(length),
+            n_documents=len(ids),
+            tokenizer=corp.manifest["tokenizer"]["name"],
+        ),
+    )
 
 
 def load_documents(source: Sequence[str], *, n: int, length: int, tokenizer=None, seed: int = 0) -> Documents:
@@ -153,8 +191,9 @@ def _hidden(model, ids: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def document_losses(model, ids: np.ndarray, *, teacher=None, teacher_hidden: torch.Tensor | None = None,
-                    chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray | None]:
+def document_losses(
+    model, ids: np.ndarray, *, teacher=None, teacher_hidden: torch.Tensor | None = None, chunk_size: int = 1024
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Per predicted token t = 1..T-1 of one document: (CE [T-1], KL(teacher || model) [T-1] or None).
 
     The chunked loss on hidden states: at most one chunk of both models' logits exists at a time.
@@ -167,10 +206,17 @@ def document_losses(model, ids: np.ndarray, *, teacher=None, teacher_hidden: tor
     online = None
     if teacher is not None:
         th = teacher_hidden if teacher_hidden is not None else _hidden(teacher, x.to(next(teacher.parameters()).device))
-        online = OnlineTeacher(th[:-1].float().to(device), teacher.get_output_embeddings().weight.float().to(device),
-                               getattr(teacher.config, "final_logit_softcapping", None))
-    spec = LossSpec(ce_weight=1.0, kd_weight=1.0 if online is not None else 0.0, chunk_size=chunk_size,
-                    student_softcap=getattr(model.config, "final_logit_softcapping", None))
+        online = OnlineTeacher(
+            th[:-1].float().to(device),
+            teacher.get_output_embeddings().weight.float().to(device),
+            getattr(teacher.config, "final_logit_softcapping", None),
+        )
+    spec = LossSpec(
+        ce_weight=1.0,
+        kd_weight=1.0 if online is not None else 0.0,
+        chunk_size=chunk_size,
+        student_softcap=getattr(model.config, "final_logit_softcapping", None),
+    )
     w = model.get_output_embeddings().weight.float()
     _, ce, kd = ChunkedLoss.apply(h, w, labels, torch.arange(len(labels), device=device), online, spec, 1.0)
     return ce.cpu().numpy(), (kd.clamp_min(0).cpu().numpy() if online is not None else None)
@@ -198,18 +244,32 @@ def bucket_edges(docs: Documents, first_bucket: int = 32, edges: Sequence[int] |
 
 def settings(docs: Documents, edges: Sequence[int], teacher: str | Path | None) -> dict[str, str]:
     """The attrs one ``position_loss`` group must share (documents, bucketing, teacher), as the store keeps them."""
-    return {"data_hash": _docs_hash(docs), "edges": json.dumps(list(map(int, edges))),
-            "teacher_hash": ck.inspect(teacher).content_hash() if teacher is not None else ""}
+    return {
+        "data_hash": _docs_hash(docs),
+        "edges": json.dumps(list(map(int, edges))),
+        "teacher_hash": ck.inspect(teacher).content_hash() if teacher is not None else "",
+    }
 
 
 def bucket_labels(edges: Sequence[int]) -> list[str]:
     return [f"{lo}-{hi}" for lo, hi in zip(edges[:-1], edges[1:])]
 
 
-def position_loss(paths: Sequence[str | Path], docs: Documents, *, teacher: str | Path | None = None,
-                  first_bucket: int = 32, edges: Sequence[int] | None = None, extrapolate: bool = False,
-                  device: str = "cpu", dtype: torch.dtype = torch.float32, chunk_size: int = 1024,
-                  n_boot: int = stats.N_BOOT, seed: int = 0, progress: bool = True) -> xr.Dataset:
+def position_loss(
+    paths: Sequence[str | Path],
+    docs: Documents,
+    *,
+    teacher: str | Path | None = None,
+    first_bucket: int = 32,
+    edges: Sequence[int] | None = None,
+    extrapolate: bool = False,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    chunk_size: int = 1024,
+    n_boot: int = stats.N_BOOT,
+    seed: int = 0,
+    progress: bool = True,
+) -> xr.Dataset:
     """Checkpoints x held-out documents -> Dataset (checkpoint, tokens, bucket[, document]) with per-document
     sums and counts and the bootstrap summaries (:func:`summarise`). Position limits are checked first."""
     if not paths:
@@ -222,8 +282,10 @@ def position_loss(paths: Sequence[str | Path], docs: Documents, *, teacher: str 
         if T > limit and not extrapolate and info is t_info:
             raise ValueError(f"teacher {info.label}: documents of {T} tokens exceed its {limit} positions ({where})")
         if T > limit and not extrapolate:
-            raise ValueError(f"{info.label}: documents of {T} tokens exceed the {limit} positions it was trained or "
-                             f"configured for ({where}); pass --extrapolate to evaluate beyond them (recorded)")
+            raise ValueError(
+                f"{info.label}: documents of {T} tokens exceed the {limit} positions it was trained or "
+                f"configured for ({where}); pass --extrapolate to evaluate beyond them (recorded)"
+            )
     edges = bucket_edges(docs, first_bucket, edges)
     n_doc, n_b = len(docs.ids), len(edges) - 1
     shape = (len(infos), len(TOKEN_SETS), n_b, n_doc)
@@ -241,13 +303,14 @@ def position_loss(paths: Sequence[str | Path], docs: Documents, *, teacher: str 
         for c, info in enumerate(infos):
             model = models.load(info.path, device=dev, dtype=dtype, allow_plain_hf=True)[0].eval()
             if t_model is not None and t_model.config.vocab_size != model.config.vocab_size:
-                raise ValueError(f"{info.label}: vocab {model.config.vocab_size} != teacher vocab "
-                                 f"{t_model.config.vocab_size}; KL needs one vocabulary")
+                raise ValueError(
+                    f"{info.label}: vocab {model.config.vocab_size} != teacher vocab "
+                    f"{t_model.config.vocab_size}; KL needs one vocabulary"
+                )
             thetas.append(float(models.rope_theta(model)))
             hashes.append(info.content_hash())
             for d, (ids, target) in enumerate(zip(docs.ids, docs.target)):
-                ce, kl = document_losses(model, ids, teacher=t_model, teacher_hidden=t_hidden[d],
-                                         chunk_size=chunk_size)
+                ce, kl = document_losses(model, ids, teacher=t_model, teacher_hidden=t_hidden[d], chunk_size=chunk_size)
                 for s, mask in enumerate((np.ones(len(ce), dtype=bool), target[1:])):
                     loss_sum[c, s, :, d], count[c, s, :, d] = bucket_sums(ce, mask, edges)
                     if kl is not None:
@@ -260,28 +323,40 @@ def position_loss(paths: Sequence[str | Path], docs: Documents, *, teacher: str 
     dims = ("checkpoint", "tokens", "position_bucket", "document")
     ds = xr.Dataset(
         {"loss_sum": (dims, loss_sum), "kl_sum": (dims, kl_sum), "count": (dims, count)},
-        coords={"checkpoint": np.array([i.label for i in infos], dtype=object),
-                "tokens": np.array(TOKEN_SETS, dtype=object),
-                "position_bucket": np.array(bucket_labels(edges), dtype=object),
-                "bucket_start": ("position_bucket", np.array(edges[:-1], dtype=np.int64)),
-                "bucket_stop": ("position_bucket", np.array(edges[1:], dtype=np.int64)),
-                "document": np.arange(n_doc),
-                "checkpoint_path": ("checkpoint", np.array([str(i.path.resolve()) for i in infos], dtype=object)),
-                "checkpoint_hash": ("checkpoint", np.array(hashes, dtype=object)),
-                "rope_theta": ("checkpoint", np.array(thetas)),
-                "max_positions": ("checkpoint", limits),
-                "step": ("checkpoint", np.array([i.step for i in infos], dtype=np.int64)),
-                "phase": ("checkpoint", np.array([i.phase for i in infos], dtype=object)),
-                "objective": ("checkpoint", np.array([i.objective for i in infos], dtype=object)),
-                "extrapolation": (("checkpoint", "position_bucket"), np.array(edges[1:])[None, :] > limits[:, None] + 1)})
+        coords={
+            "checkpoint": np.array([i.label for i in infos], dtype=object),
+            "tokens": np.array(TOKEN_SETS, dtype=object),
+            "position_bucket": np.array(bucket_labels(edges), dtype=object),
+            "bucket_start": ("position_bucket", np.array(edges[:-1], dtype=np.int64)),
+            "bucket_stop": ("position_bucket", np.array(edges[1:], dtype=np.int64)),
+            "document": np.arange(n_doc),
+            "checkpoint_path": ("checkpoint", np.array([str(i.path.resolve()) for i in infos], dtype=object)),
+            "checkpoint_hash": ("checkpoint", np.array(hashes, dtype=object)),
+            "rope_theta": ("checkpoint", np.array(thetas)),
+            "max_positions": ("checkpoint", limits),
+            "step": ("checkpoint", np.array([i.step for i in infos], dtype=np.int64)),
+            "phase": ("checkpoint", np.array([i.phase for i in infos], dtype=object)),
+            "objective": ("checkpoint", np.array([i.objective for i in infos], dtype=object)),
+            "extrapolation": (("checkpoint", "position_bucket"), np.array(edges[1:])[None, :] > limits[:, None] + 1),
+        },
+    )
     ds = summarise(ds, n_boot=n_boot, seed=seed)
     ds.attrs = wstore.provenance(
-        kind="position_loss", teacher=str(t_info.path.resolve()) if t_info else "",
-        teacher_hash=t_info.content_hash() if t_info else "", dtype=str(dtype).replace("torch.", ""),
-        device=dev.type, edges=list(map(int, edges)), n_boot=n_boot, bootstrap_seed=seed, extrapolate=extrapolate,
-        checkpoint_hashes=dict(zip([i.label for i in infos], hashes)), data_hash=_docs_hash(docs),
+        kind="position_loss",
+        teacher=str(t_info.path.resolve()) if t_info else "",
+        teacher_hash=t_info.content_hash() if t_info else "",
+        dtype=str(dtype).replace("torch.", ""),
+        device=dev.type,
+        edges=list(map(int, edges)),
+        n_boot=n_boot,
+        bootstrap_seed=seed,
+        extrapolate=extrapolate,
+        checkpoint_hashes=dict(zip([i.label for i in infos], hashes)),
+        data_hash=_docs_hash(docs),
         position="a token at position p is predicted from the p tokens before it (p = 1..T-1)",
-        kl="KL(teacher || checkpoint), temperature 1, nats" if t_info else "no teacher", **docs.source)
+        kl="KL(teacher || checkpoint), temperature 1, nats" if t_info else "no teacher",
+        **docs.source,
+    )
     return ds
 
 
@@ -294,14 +369,16 @@ def _docs_hash(docs: Documents) -> str:
     return h.hexdigest()[:16]
 
 
-def summarise(ds: xr.Dataset, *, n_boot: int = stats.N_BOOT, level: float = stats.LEVEL, seed: int = 0
-              ) -> xr.Dataset:
+def summarise(ds: xr.Dataset, *, n_boot: int = stats.N_BOOT, level: float = stats.LEVEL, seed: int = 0) -> xr.Dataset:
     """Add ``loss``, ``kl`` [checkpoint, tokens, bucket] (mean over documents of each document's mean in the
     bucket) with ``*_lo`` / ``*_hi`` bootstrap intervals over documents, and ``tokens_in_bucket``."""
     out = ds.copy()
     for var in ("loss", "kl"):
-        per_doc = (ds[f"{var}_sum"] / ds["count"].where(ds["count"] > 0)).transpose("checkpoint", "tokens", "position_bucket",
-                                                                                   "document").values
+        per_doc = (
+            (ds[f"{var}_sum"] / ds["count"].where(ds["count"] > 0))
+            .transpose("checkpoint", "tokens", "position_bucket", "document")
+            .values
+        )
         mean, lo, hi = (np.full(per_doc.shape[:-1], np.nan) for _ in range(3))
         for i in np.ndindex(*per_doc.shape[:-1]):
             x = per_doc[i][~np.isnan(per_doc[i])]
@@ -330,20 +407,37 @@ def regroup(ds: xr.Dataset, edges: Sequence[int], **kw) -> xr.Dataset:
         raise ValueError(f"edges {missing} are not bucket edges of the data ({old})")
     group = np.searchsorted(np.array(edges), ds["bucket_start"].values, side="right") - 1
     labels = np.array(bucket_labels(edges), dtype=object)
-    raw = ds[["loss_sum", "kl_sum", "count"]].assign_coords(position_bucket=labels[group]).drop_vars(
-        ["bucket_start", "bucket_stop", "extrapolation"], errors="ignore")
+    raw = (
+        ds[["loss_sum", "kl_sum", "count"]]
+        .assign_coords(position_bucket=labels[group])
+        .drop_vars(["bucket_start", "bucket_stop", "extrapolation"], errors="ignore")
+    )
     summed = raw.groupby("position_bucket", squeeze=False).sum(skipna=False).sel(position_bucket=labels)
-    summed = summed.assign_coords(bucket_start=("position_bucket", np.array(edges[:-1])), bucket_stop=("position_bucket", np.array(edges[1:])))
+    summed = summed.assign_coords(
+        bucket_start=("position_bucket", np.array(edges[:-1])), bucket_stop=("position_bucket", np.array(edges[1:]))
+    )
     if "max_positions" in ds.coords:
-        summed = summed.assign_coords(extrapolation=(("checkpoint", "position_bucket"), np.array(edges[1:])[None, :]
-                                                     > ds["max_positions"].values[:, None] + 1))
+        summed = summed.assign_coords(
+            extrapolation=(
+                ("checkpoint", "position_bucket"),
+                np.array(edges[1:])[None, :] > ds["max_positions"].values[:, None] + 1,
+            )
+        )
     out = summarise(summed, **{"n_boot": ds.attrs.get("n_boot", stats.N_BOOT), **kw})
     out.attrs = dict(ds.attrs)
     return out
 
 
-def paired_difference(ds: xr.Dataset, a: Sequence[str], b: Sequence[str], *, var: str = "kl", tokens: str = "answers",
-                      n_boot: int = stats.N_BOOT, seed: int = 0) -> list[stats.Interval]:
+def paired_difference(
+    ds: xr.Dataset,
+    a: Sequence[str],
+    b: Sequence[str],
+    *,
+    var: str = "kl",
+    tokens: str = "answers",
+    n_boot: int = stats.N_BOOT,
+    seed: int = 0,
+) -> list[stats.Interval]:
     """Per bucket: mean of var(A) - var(B) over (seed index, document) with the paired hierarchical bootstrap;
     ``a``/``b`` are the checkpoints of two arms, seeds in the same order (the same documents on both sides)."""
     per_doc = (ds[f"{var}_sum"] / ds["count"].where(ds["count"] > 0)).sel(tokens=tokens)
@@ -359,13 +453,18 @@ def paired_difference(ds: xr.Dataset, a: Sequence[str], b: Sequence[str], *, var
 def table(ds: xr.Dataset, *, tokens: str = "answers") -> str:
     """Markdown: per checkpoint and bucket, loss and KL with intervals (x = beyond the position limit)."""
     has_kl = bool(np.isfinite(ds["kl"].values).any())
-    lines = ["| checkpoint | bucket | loss | " + ("KL to teacher |" if has_kl else ""),
-             "|---|---|---|" + ("---|" if has_kl else "")]
+    lines = [
+        "| checkpoint | bucket | loss | " + ("KL to teacher |" if has_kl else ""),
+        "|---|---|---|" + ("---|" if has_kl else ""),
+    ]
     for c in map(str, ds["checkpoint"].values):
         for b in map(str, ds["position_bucket"].values):
             cell = ds.sel(checkpoint=c, tokens=tokens, position_bucket=b)
             mark = " (x)" if "extrapolation" in ds.coords and bool(cell["extrapolation"]) else ""
-            row = f"| {c} | {b}{mark} | {float(cell['loss']):.3f} [{float(cell['loss_lo']):.3f}, {float(cell['loss_hi']):.3f}] |"
+            row = (
+                f"| {c} | {b}{mark} | {float(cell['loss']):.3f} "
+                f"[{float(cell['loss_lo']):.3f}, {float(cell['loss_hi']):.3f}] |"
+            )
             if has_kl:
                 row += f" {float(cell['kl']):.3f} [{float(cell['kl_lo']):.3f}, {float(cell['kl_hi']):.3f}] |"
             lines.append(row)

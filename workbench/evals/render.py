@@ -17,8 +17,9 @@ the needle position are exact whatever the tokenizer does at piece boundaries.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cached_property
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -130,37 +131,97 @@ class SyntheticRendering(Rendering):
 
 # RULER / LongLoRA-style text. Keys are "adjective-noun" words (RULER draws them from wonderwords),
 # values 7-digit numbers, variable names 5 upper-case letters, passkeys 5-digit numbers.
-_ADJECTIVES = ("amber", "brave", "calm", "dusty", "eager", "faint", "gentle", "hollow", "icy", "jolly",
-               "keen", "lively", "mellow", "noisy", "odd", "proud", "quiet", "rapid", "shy", "tidy",
-               "upbeat", "vivid", "wary", "young", "zany", "bold", "crisp", "dark", "early", "fancy",
-               "grand", "humble")
-_NOUNS = ("anchor", "badger", "candle", "desert", "engine", "falcon", "garden", "harbor", "island", "jacket",
-          "kettle", "lantern", "meadow", "needle", "orchard", "pepper", "quartz", "river", "saddle", "tunnel",
-          "umbrella", "valley", "window", "yarn", "zephyr", "basket", "castle", "dragon", "feather", "glacier",
-          "hammer", "violin")
+_ADJECTIVES = (
+    "amber",
+    "brave",
+    "calm",
+    "dusty",
+    "eager",
+    "faint",
+    "gentle",
+    "hollow",
+    "icy",
+    "jolly",
+    "keen",
+    "lively",
+    "mellow",
+    "noisy",
+    "odd",
+    "proud",
+    "quiet",
+    "rapid",
+    "shy",
+    "tidy",
+    "upbeat",
+    "vivid",
+    "wary",
+    "young",
+    "zany",
+    "bold",
+    "crisp",
+    "dark",
+    "early",
+    "fancy",
+    "grand",
+    "humble",
+)
+_NOUNS = (
+    "anchor",
+    "badger",
+    "candle",
+    "desert",
+    "engine",
+    "falcon",
+    "garden",
+    "harbor",
+    "island",
+    "jacket",
+    "kettle",
+    "lantern",
+    "meadow",
+    "needle",
+    "orchard",
+    "pepper",
+    "quartz",
+    "river",
+    "saddle",
+    "tunnel",
+    "umbrella",
+    "valley",
+    "window",
+    "yarn",
+    "zephyr",
+    "basket",
+    "castle",
+    "dragon",
+    "feather",
+    "glacier",
+    "hammer",
+    "violin",
+)
 PASSKEY_TEXT = {
     "prefix": "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
-              "I will quiz you about the important information there.",
+    "I will quiz you about the important information there.",
     "filler": " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.",
     "needle": " The pass key is {key}. Remember it. {key} is the pass key.",
     "query": " What is the pass key? The pass key is",
 }
 NIAH_TEXT = {
     "prefix": "Some special magic numbers are hidden within the following text. Make sure to memorize it. "
-              "I will quiz you about the numbers afterwards.",
+    "I will quiz you about the numbers afterwards.",
     "needle": " One of the special magic numbers for {key} is: {value}.",
     "query_one": " What is the special magic number for {key} mentioned in the provided text? "
-                 "The special magic number for {key} mentioned in the provided text is",
+    "The special magic number for {key} mentioned in the provided text is",
     "query_all": " What are all the special magic numbers for {key} mentioned in the provided text? "
-                 "The special magic numbers for {key} mentioned in the provided text are",
+    "The special magic numbers for {key} mentioned in the provided text are",
 }
 VT_TEXT = {
     "prefix": "Memorize and track the chain(s) of variable assignment hidden in the following text.",
     "var": " VAR {name} = {value}.",
     "alias": " VAR {dst} = VAR {src}.",
     "query": " Question: Find all variables that are assigned the value {value} in the text above. Answer: "
-             "According to the chain(s) of variable assignment in the text above, {n} variables are assigned "
-             "the value {value}, they are:",
+    "According to the chain(s) of variable assignment in the text above, {n} variables are assigned "
+    "the value {value}, they are:",
 }
 
 
@@ -169,7 +230,7 @@ class TextRendering(Rendering):
 
     n_keys = len(_ADJECTIVES) * len(_NOUNS)
     n_values = 9_000_000
-    n_names = 26 ** 5
+    n_names = 26**5
     word_boundary = False
 
     def __init__(self, tokenizer, *, add_bos: bool | None = None, name: str | None = None) -> None:

@@ -12,8 +12,8 @@ So greedy decoding and the teacher-forced score share one prefill. The output of
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -47,8 +47,9 @@ def model_device(model) -> torch.device:
 
 
 @torch.no_grad()
-def greedy_batch(model, prompts: torch.Tensor, gold: torch.Tensor, gold_mask: torch.Tensor,
-                 max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+def greedy_batch(
+    model, prompts: torch.Tensor, gold: torch.Tensor, gold_mask: torch.Tensor, max_new_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy continuation and teacher-forced gold log-prob for equal-length prompts.
 
     prompts [B, L] ids; gold [B, A] ids right-padded (any id) with ``gold_mask`` [B, A] marking real tokens.
@@ -77,8 +78,15 @@ def greedy_batch(model, prompts: torch.Tensor, gold: torch.Tensor, gold_mask: to
     return torch.stack(generated, dim=1), logprob
 
 
-def score_samples(model, samples: Sequence[Sample], rendering: Rendering, *, batch_size: int | None = None,
-                  extra_tokens: int = 0, progress=None) -> list[Result]:
+def score_samples(
+    model,
+    samples: Sequence[Sample],
+    rendering: Rendering,
+    *,
+    batch_size: int | None = None,
+    extra_tokens: int = 0,
+    progress=None,
+) -> list[Result]:
     """Score samples in batches of equal prompt length (consecutive samples of one length form a batch).
 
     Greedy decoding runs for the longest gold answer of the batch plus ``extra_tokens``; ``progress`` is an
@@ -93,8 +101,8 @@ def score_samples(model, samples: Sequence[Sample], rendering: Rendering, *, bat
         gold = torch.zeros((len(chunk), answer), dtype=torch.long, device=device)
         mask = torch.zeros((len(chunk), answer), dtype=torch.bool, device=device)
         for row, s in enumerate(chunk):
-            gold[row, :len(s.answer_ids)] = torch.as_tensor(s.answer_ids, device=device)
-            mask[row, :len(s.answer_ids)] = True
+            gold[row, : len(s.answer_ids)] = torch.as_tensor(s.answer_ids, device=device)
+            mask[row, : len(s.answer_ids)] = True
         generated, logprob = greedy_batch(model, prompts, gold, mask, answer + extra_tokens)
         generated = generated.cpu().numpy()
         logprob = logprob.cpu().numpy()
@@ -102,11 +110,17 @@ def score_samples(model, samples: Sequence[Sample], rendering: Rendering, *, bat
             gen = generated[row]
             pred = rendering.decode(gen)
             wb = rendering.word_boundary
-            results.append(Result(sample=s, generated=gen, prediction=pred,
-                                  correct=scoring.exact_match(gen, s.answer_ids),
-                                  match_all=scoring.match_all(pred, s.refs, word_boundary=wb),
-                                  match_part=scoring.match_part(pred, s.refs, word_boundary=wb),
-                                  answer_logprob=float(logprob[row])))
+            results.append(
+                Result(
+                    sample=s,
+                    generated=gen,
+                    prediction=pred,
+                    correct=scoring.exact_match(gen, s.answer_ids),
+                    match_all=scoring.match_all(pred, s.refs, word_boundary=wb),
+                    match_part=scoring.match_part(pred, s.refs, word_boundary=wb),
+                    answer_logprob=float(logprob[row]),
+                )
+            )
         if progress is not None:
             progress.update(len(chunk))
     return results
@@ -124,9 +138,16 @@ def _batches(samples: Sequence[Sample], batch_size: int | None, budget: int) -> 
         yield chunk
 
 
-def quick_eval(model, *, lengths: Sequence[int], samples: int = 16, seed: int = 0,
-               tasks: Sequence[str] = ("passkey",), depths: Sequence[float] | None = None,
-               batch_size: int | None = None) -> list[dict]:
+def quick_eval(
+    model,
+    *,
+    lengths: Sequence[int],
+    samples: int = 16,
+    seed: int = 0,
+    tasks: Sequence[str] = ("passkey",),
+    depths: Sequence[float] | None = None,
+    batch_size: int | None = None,
+) -> list[dict]:
     """A fast held-out retrieval check for a model on the synthetic vocabulary (used during training).
 
     One dict per (task, length) with keys ``task``, ``length``, ``accuracy`` (greedy exact match),
@@ -146,14 +167,20 @@ def quick_eval(model, *, lengths: Sequence[int], samples: int = 16, seed: int = 
             for length in lengths:
                 if depths is None:
                     grid = [float(d) for d in np.linspace(0.0, 100.0, samples)] if samples > 1 else [50.0]
-                    batch = [make_sample(task, int(length), d, rendering, seed=seed, index=i)
-                             for i, d in enumerate(grid)]
+                    batch = [
+                        make_sample(task, int(length), d, rendering, seed=seed, index=i) for i, d in enumerate(grid)
+                    ]
                 else:
                     batch = make_samples(task, int(length), list(depths), samples, rendering, seed=seed)
                 res = score_samples(model, batch, rendering, batch_size=batch_size)
-                rows.append({"task": task, "length": int(length),
-                             "accuracy": float(np.mean([r.correct for r in res])),
-                             "answer_logprob": float(np.mean([r.answer_logprob for r in res]))})
+                rows.append(
+                    {
+                        "task": task,
+                        "length": int(length),
+                        "accuracy": float(np.mean([r.correct for r in res])),
+                        "answer_logprob": float(np.mean([r.answer_logprob for r in res])),
+                    }
+                )
     finally:
         model.train(was_training)
     return rows
@@ -171,5 +198,6 @@ def training_eval(model, cfg) -> list[dict]:
     """The held-out retrieval check during training, as the trainer's evaluation callback
     (``workbench.train.train(cfg, evaluate=training_eval)``): :func:`quick_eval` at the run config's
     ``eval_lengths``, ``eval_samples``, ``eval_tasks`` and ``seed``; one row per (task, length)."""
-    return quick_eval(model, lengths=list(cfg.eval_lengths), samples=cfg.eval_samples, seed=cfg.seed,
-                      tasks=list(cfg.eval_tasks))
+    return quick_eval(
+        model, lengths=list(cfg.eval_lengths), samples=cfg.eval_samples, seed=cfg.seed, tasks=list(cfg.eval_tasks)
+    )

@@ -14,7 +14,7 @@ For the synthetic vocabulary a substring test would let ``v1`` match inside ``v1
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

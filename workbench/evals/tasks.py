@@ -16,8 +16,8 @@ places; distractors go anywhere (chains keep their order). Every distance varies
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -37,20 +37,29 @@ class TaskSpec:
     hops: int = 4  # variable tracking: aliases per chain
 
 
-TASKS: dict[str, TaskSpec] = {t.name: t for t in (
-    TaskSpec("passkey", "a 5-digit pass key hidden in repeated filler (LongLoRA / Landmark Attention)"),
-    TaskSpec("niah", "one key-value needle in the haystack (RULER niah_single)"),
-    TaskSpec("multikey", "the asked needle among 3 distractor needles with other keys (RULER niah_multikey)", keys=4),
-    TaskSpec("multivalue", "4 needles with the same key; answer all values in order (RULER niah_multivalue)",
-             values=4),
-    TaskSpec("multiquery", "4 needles, all 4 keys asked at once (RULER niah_multiquery)", keys=4, queries=4),
-    TaskSpec("vt", "a chain of variable assignments; answer every name bound to the value (RULER vt)",
-             chains=1, hops=4),
-)}
+TASKS: dict[str, TaskSpec] = {
+    t.name: t
+    for t in (
+        TaskSpec("passkey", "a 5-digit pass key hidden in repeated filler (LongLoRA / Landmark Attention)"),
+        TaskSpec("niah", "one key-value needle in the haystack (RULER niah_single)"),
+        TaskSpec(
+            "multikey", "the asked needle among 3 distractor needles with other keys (RULER niah_multikey)", keys=4
+        ),
+        TaskSpec(
+            "multivalue", "4 needles with the same key; answer all values in order (RULER niah_multivalue)", values=4
+        ),
+        TaskSpec("multiquery", "4 needles, all 4 keys asked at once (RULER niah_multiquery)", keys=4, queries=4),
+        TaskSpec(
+            "vt", "a chain of variable assignments; answer every name bound to the value (RULER vt)", chains=1, hops=4
+        ),
+    )
+}
 
 PASSKEY_DIGITS = 5
-DEPTH_DEFINITION = ("target needle's first token at haystack index round(depth/100 * (H - G)); H = haystack "
-                    "tokens, G = tokens of the gold needles; 0 = right after the prefix, 100 = against the query")
+DEPTH_DEFINITION = (
+    "target needle's first token at haystack index round(depth/100 * (H - G)); H = haystack "
+    "tokens, G = tokens of the gold needles; 0 = right after the prefix, 100 = against the query"
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -120,7 +129,7 @@ def _content(spec: TaskSpec, rng: np.random.Generator, rendering: Rendering):
                 values.append(d)
         chains = []
         for c in range(spec.chains):
-            chain_names = names[c * n:(c + 1) * n]
+            chain_names = names[c * n : (c + 1) * n]
             chain: list[Item] = [("var", chain_names[0], values[c])]
             chain += [("alias", chain_names[i + 1], chain_names[i]) for i in range(spec.hops)]
             chains.append((chain, chain_names))
@@ -135,16 +144,26 @@ def _content(spec: TaskSpec, rng: np.random.Generator, rendering: Rendering):
     vals = rng.choice(rendering.n_values, size=spec.keys, replace=False).tolist()
     needles = [("kv", k, v) for k, v in zip(keys, vals)]
     if spec.queries > 1:  # multi-query: the asked needles appear in a random order, asked in another
-        asked = needles[:spec.queries]
+        asked = needles[: spec.queries]
         order = rng.permutation(len(asked)).tolist()
         asked_in_query = [asked[i] for i in order]
-        return (asked, [[n] for n in needles[spec.queries:]], ("kv", [n[1] for n in asked_in_query]),
-                [("value", n[2]) for n in asked_in_query])
+        return (
+            asked,
+            [[n] for n in needles[spec.queries :]],
+            ("kv", [n[1] for n in asked_in_query]),
+            [("value", n[2]) for n in asked_in_query],
+        )
     return [needles[0]], [[n] for n in needles[1:]], ("kv", [keys[0]]), [("value", vals[0])]
 
 
-def _place(rng: np.random.Generator, haystack: int, depth: float, gold: list[list[int]],
-           distractors: list[list[list[int]]], where: str) -> tuple[int, dict[str, tuple[int, list[list[int]]]]]:
+def _place(
+    rng: np.random.Generator,
+    haystack: int,
+    depth: float,
+    gold: list[list[int]],
+    distractors: list[list[list[int]]],
+    where: str,
+) -> tuple[int, dict[str, tuple[int, list[list[int]]]]]:
     """Lay out needles in a haystack of ``haystack`` ids.
 
     Returns (target start, {"before"|"after": (filler tokens, needle ids in order)}). The target
@@ -153,8 +172,9 @@ def _place(rng: np.random.Generator, haystack: int, depth: float, gold: list[lis
     """
     total = sum(map(len, gold)) + sum(len(n) for g in distractors for n in g)
     if total > haystack:
-        raise ValueError(f"{where}: needles need {total} tokens but the haystack has only {haystack}; "
-                         "use a longer length")
+        raise ValueError(
+            f"{where}: needles need {total} tokens but the haystack has only {haystack}; use a longer length"
+        )
     target = gold[0]
     p = round(depth / 100.0 * (haystack - sum(map(len, gold))))
     room = {"before": p, "after": haystack - p - len(target)}
@@ -182,8 +202,10 @@ def _place(rng: np.random.Generator, haystack: int, depth: float, gold: list[lis
         else:
             break
     if used("before") > room["before"] or used("after") > room["after"]:
-        raise ValueError(f"{where}: the needles do not fit around depth {depth:g}% in {haystack} haystack "
-                         "tokens; use a longer length")
+        raise ValueError(
+            f"{where}: the needles do not fit around depth {depth:g}% in {haystack} haystack "
+            "tokens; use a longer length"
+        )
     regions = {}
     for region in ("before", "after"):
         seq = sorted((it for it in items if it[1] == region), key=lambda it: it[0])
@@ -208,8 +230,9 @@ def _snapper(rendering: Rendering, shift: int):
     return snap
 
 
-def make_sample(task: str | TaskSpec, length: int, depth: float, rendering: Rendering, *, seed: int = 0,
-                index: int = 0) -> Sample:
+def make_sample(
+    task: str | TaskSpec, length: int, depth: float, rendering: Rendering, *, seed: int = 0, index: int = 0
+) -> Sample:
     """One sample of ``task`` with exactly ``length`` prompt ids and its target needle at ``depth`` percent.
 
     Pure: the same (task, length, depth, rendering, seed, index) gives the same sample.
@@ -231,7 +254,9 @@ def make_sample(task: str | TaskSpec, length: int, depth: float, rendering: Rend
     period = rendering.filler_period
     shift = 0
     if rendering.sentence_starts and period:
-        shift = (rendering.sentence_starts[int(rng.integers(len(rendering.sentence_starts)))] - regions["before"][0]) % period
+        shift = (
+            rendering.sentence_starts[int(rng.integers(len(rendering.sentence_starts)))] - regions["before"][0]
+        ) % period
     snap = _snapper(rendering, shift)
     ids: list[int] = list(prefix)
     emitted = 0
@@ -252,15 +277,23 @@ def make_sample(task: str | TaskSpec, length: int, depth: float, rendering: Rend
     ids += query
     assert len(ids) == length, (len(ids), length)
     refs = rendering.refs(answer_parts)
-    return Sample(task=spec.name, length=length, depth=float(depth), index=index,
-                  input_ids=np.asarray(ids, dtype=np.int64),
-                  answer_ids=np.asarray(rendering.answer(refs), dtype=np.int64), refs=tuple(refs),
-                  needle_position=len(prefix) + p, needle_ids=np.asarray(gold[0], dtype=np.int64),
-                  haystack_start=len(prefix), haystack_end=len(prefix) + haystack)
+    return Sample(
+        task=spec.name,
+        length=length,
+        depth=float(depth),
+        index=index,
+        input_ids=np.asarray(ids, dtype=np.int64),
+        answer_ids=np.asarray(rendering.answer(refs), dtype=np.int64),
+        refs=tuple(refs),
+        needle_position=len(prefix) + p,
+        needle_ids=np.asarray(gold[0], dtype=np.int64),
+        haystack_start=len(prefix),
+        haystack_end=len(prefix) + haystack,
+    )
 
 
-def make_samples(task: str, length: int, depths: Sequence[float], samples: int, rendering: Rendering, *,
-                 seed: int = 0) -> list[Sample]:
+def make_samples(
+    task: str, length: int, depths: Sequence[float], samples: int, rendering: Rendering, *, seed: int = 0
+) -> list[Sample]:
     """``samples`` samples at each depth (depth-major order)."""
     return [make_sample(task, length, d, rendering, seed=seed, index=i) for d in depths for i in range(samples)]
-

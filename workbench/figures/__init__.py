@@ -17,8 +17,9 @@ import plotly.graph_objects as go
 CHROMIUM = "/usr/bin/chromium"
 
 
-def save_figure(fig: go.Figure, stem: str | Path, *, png: bool = True, html: bool = True,
-                width: int = 1000, height: int = 600) -> list[Path]:
+def save_figure(
+    fig: go.Figure, stem: str | Path, *, png: bool = True, html: bool = True, width: int = 1000, height: int = 600
+) -> list[Path]:
     """Write ``stem.html`` (interactive; plotly.min.js beside it, so it opens offline) and ``stem.png``
     (kaleido through Debian's chromium). Each file is written to a temp name and renamed."""
     stem = Path(stem)
@@ -41,8 +42,15 @@ def save_figure(fig: go.Figure, stem: str | Path, *, png: bool = True, html: boo
     return written
 
 
-def save_figures(figs: dict[str, go.Figure], out_dir: str | Path, *, png: bool = True, html: bool = True,
-                 width: int = 1000, height: int = 600) -> list[Path]:
+def save_figures(
+    figs: dict[str, go.Figure],
+    out_dir: str | Path,
+    *,
+    png: bool = True,
+    html: bool = True,
+    width: int = 1000,
+    height: int = 600,
+) -> list[Path]:
     """Write many figures as ``out_dir/<name>.html`` and ``.png``; the PNGs are rendered in one kaleido
     batch (one browser start instead of one per figure: several times faster than :func:`save_figure`)."""
     import plotly.io as pio  # lazy: image export (kaleido) only when PNGs are written

@@ -19,8 +19,13 @@ def _style(arm: str) -> dict:
     return dict(color=OBJECTIVE_COLOURS.get(objective, "#7f7f7f"), dash=SCHEDULE_DASH.get(schedule, "solid"))
 
 
-def accuracy_by_arm(acc: xr.DataArray, *, title: str = "Retrieval accuracy by objective x theta schedule",
-                    doc_length: int | None = None, window: int | None = None) -> go.Figure:
+def accuracy_by_arm(
+    acc: xr.DataArray,
+    *,
+    title: str = "Retrieval accuracy by objective x theta schedule",
+    doc_length: int | None = None,
+    window: int | None = None,
+) -> go.Figure:
     """F1: mean accuracy over seeds against length, one line per arm, error bars = std over seeds.
     ``acc`` has dims (arm, seed, length); NaN seeds (missing runs) are ignored."""
     fig = go.Figure()
@@ -29,14 +34,26 @@ def accuracy_by_arm(acc: xr.DataArray, *, title: str = "Retrieval accuracy by ob
         mean = da.mean("seed", skipna=True) if "seed" in da.dims else da
         std = da.std("seed", skipna=True) if "seed" in da.dims else xr.zeros_like(da)
         n = int(da.notnull().any("length").sum()) if "seed" in da.dims else 1
-        fig.add_scatter(x=acc["length"].values, y=mean.values, mode="lines+markers", name=f"{arm} (n={n})",
-                        line=_style(arm), error_y=dict(type="data", array=std.values, visible=True))
+        fig.add_scatter(
+            x=acc["length"].values,
+            y=mean.values,
+            mode="lines+markers",
+            name=f"{arm} (n={n})",
+            line=_style(arm),
+            error_y=dict(type="data", array=std.values, visible=True),
+        )
     for x, text in ((doc_length, "max doc length"), (window, "training window")):
         if x:
             fig.add_vline(x=x, line_dash="dot", line_color="grey", annotation_text=text, annotation_position="top")
-    fig.update_layout(title=title, xaxis_title="context length (tokens)", yaxis_title="accuracy (mean ± std over seeds)",
-                      xaxis_type="log", yaxis_range=[-0.05, 1.05], margin=dict(t=60, r=20, b=50, l=70),
-                      legend_title="arm (objective-schedule)")
+    fig.update_layout(
+        title=title,
+        xaxis_title="context length (tokens)",
+        yaxis_title="accuracy (mean ± std over seeds)",
+        xaxis_type="log",
+        yaxis_range=[-0.05, 1.05],
+        margin=dict(t=60, r=20, b=50, l=70),
+        legend_title="arm (objective-schedule)",
+    )
     fig.update_xaxes(tickvals=[int(x) for x in acc["length"].values])
     return fig
 
@@ -47,10 +64,19 @@ def band_update_by_arm(bands: xr.DataArray, *, var: str = "q_rel_update") -> go.
     fig = go.Figure()
     for b, label in enumerate(map(str, bands["band"].values)):
         da = bands.isel(band=b)
-        fig.add_bar(x=list(map(str, bands["arm"].values)), y=da.mean("seed", skipna=True).values, name=label,
-                    error_y=dict(type="data", array=da.std("seed", skipna=True).values, visible=True))
-    fig.update_layout(barmode="group", title=f"{var} by frequency band, phase 1 -> phase 2 (mean over layers, heads)",
-                      yaxis_title=var, legend_title="band (wavelength lambda)", margin=dict(t=60, r=20, b=80, l=70))
+        fig.add_bar(
+            x=list(map(str, bands["arm"].values)),
+            y=da.mean("seed", skipna=True).values,
+            name=label,
+            error_y=dict(type="data", array=da.std("seed", skipna=True).values, visible=True),
+        )
+    fig.update_layout(
+        barmode="group",
+        title=f"{var} by frequency band, phase 1 -> phase 2 (mean over layers, heads)",
+        yaxis_title=var,
+        legend_title="band (wavelength lambda)",
+        margin=dict(t=60, r=20, b=80, l=70),
+    )
     return fig
 
 
@@ -59,8 +85,9 @@ def ablation_bars(drop: xr.DataArray, *, title: str = "Ablations: retrieval accu
     fig = go.Figure()
     for cond in map(str, drop["condition"].values):
         fig.add_bar(x=list(map(str, drop["model"].values)), y=drop.sel(condition=cond).values, name=cond)
-    fig.update_layout(barmode="group", title=title, yaxis_title="accuracy", yaxis_range=[0, 1.05],
-                      margin=dict(t=60, r=20, b=80, l=70))
+    fig.update_layout(
+        barmode="group", title=title, yaxis_title="accuracy", yaxis_range=[0, 1.05], margin=dict(t=60, r=20, b=80, l=70)
+    )
     return fig
 
 
@@ -72,11 +99,15 @@ def summary_table_figure(rows: list[dict], columns: list[str]) -> go.Figure:
     return fig
 
 
-
-
-def arm_accuracy_intervals(summary: xr.Dataset, task: str, *, metric: str = "correct",
-                           doc_length: int | None = None, window: int | None = None,
-                           arms: list[str] | None = None) -> go.Figure:
+def arm_accuracy_intervals(
+    summary: xr.Dataset,
+    task: str,
+    *,
+    metric: str = "correct",
+    doc_length: int | None = None,
+    window: int | None = None,
+    arms: list[str] | None = None,
+) -> go.Figure:
     """F1 with intervals: mean accuracy against length per arm (seeds pooled), shaded band = the
     hierarchical bootstrap interval; reference models (teacher, stage-1 students) as thin grey lines.
     ``summary`` is an ``arm_retrieval`` Dataset (dims arm, task, length)."""
@@ -89,19 +120,40 @@ def arm_accuracy_intervals(summary: xr.Dataset, task: str, *, metric: str = "cor
         mean, lo, hi = (cell[v].values for v in (metric, f"{metric}_lo", f"{metric}_hi"))
         label = f"{arm} (ref)" if ref else f"{arm} (n={int(cell['n_seeds'])} seeds)"
         if not ref:
-            fig.add_scatter(x=x + x[::-1], y=list(hi) + list(lo[::-1]), fill="toself", mode="lines", line=dict(width=0),
-                            fillcolor=_rgba(style["color"], 0.12), hoverinfo="skip", showlegend=False,
-                            legendgroup=arm)
-        fig.add_scatter(x=x, y=mean, mode="lines+markers", name=label, line=style, legendgroup=arm,
-                        customdata=list(zip(lo, hi)),
-                        hovertemplate="%{x}: %{y:.2f} [%{customdata[0]:.2f}, %{customdata[1]:.2f}]")
+            fig.add_scatter(
+                x=x + x[::-1],
+                y=list(hi) + list(lo[::-1]),
+                fill="toself",
+                mode="lines",
+                line=dict(width=0),
+                fillcolor=_rgba(style["color"], 0.12),
+                hoverinfo="skip",
+                showlegend=False,
+                legendgroup=arm,
+            )
+        fig.add_scatter(
+            x=x,
+            y=mean,
+            mode="lines+markers",
+            name=label,
+            line=style,
+            legendgroup=arm,
+            customdata=list(zip(lo, hi)),
+            hovertemplate="%{x}: %{y:.2f} [%{customdata[0]:.2f}, %{customdata[1]:.2f}]",
+        )
     for pos, text in ((doc_length, "max doc length"), (window, "training window")):
         if pos:
             fig.add_vline(x=pos, line_dash="dot", line_color="grey", annotation_text=text, annotation_position="top")
     level = float(summary.attrs.get("level", 0.95))
-    fig.update_layout(title=f"{task}: accuracy by arm (mean, {level:.0%} hierarchical bootstrap interval)",
-                      xaxis_title="context length (tokens)", yaxis_title="greedy exact match", xaxis_type="log",
-                      yaxis_range=[-0.05, 1.05], margin=dict(t=60, r=20, b=50, l=70), legend_title="arm")
+    fig.update_layout(
+        title=f"{task}: accuracy by arm (mean, {level:.0%} hierarchical bootstrap interval)",
+        xaxis_title="context length (tokens)",
+        yaxis_title="greedy exact match",
+        xaxis_type="log",
+        yaxis_range=[-0.05, 1.05],
+        margin=dict(t=60, r=20, b=50, l=70),
+        legend_title="arm",
+    )
     fig.update_xaxes(tickvals=x)
     return fig
 
@@ -113,13 +165,22 @@ def comparison_intervals(comp: xr.Dataset, task: str) -> go.Figure:
     for n in comp["length"].values:
         cell = comp.sel(task=task, length=n)
         mean, lo, hi = (cell[v].values for v in ("difference", "difference_lo", "difference_hi"))
-        fig.add_scatter(x=mean, y=labels, mode="markers", name=f"length {int(n)}",
-                        error_x=dict(type="data", symmetric=False, array=hi - mean, arrayminus=mean - lo))
+        fig.add_scatter(
+            x=mean,
+            y=labels,
+            mode="markers",
+            name=f"length {int(n)}",
+            error_x=dict(type="data", symmetric=False, array=hi - mean, arrayminus=mean - lo),
+        )
     fig.add_vline(x=0, line_color="black", line_width=1)
     level = float(comp.attrs.get("level", 0.95))
-    fig.update_layout(title=f"{task}: paired differences A - B (same prompts, same seed index; {level:.0%} interval)",
-                      xaxis_title="accuracy difference", yaxis_autorange="reversed",
-                      margin=dict(t=60, r=20, b=50, l=260), legend_title="context length")
+    fig.update_layout(
+        title=f"{task}: paired differences A - B (same prompts, same seed index; {level:.0%} interval)",
+        xaxis_title="accuracy difference",
+        yaxis_autorange="reversed",
+        margin=dict(t=60, r=20, b=50, l=260),
+        legend_title="context length",
+    )
     return fig
 
 
@@ -131,12 +192,24 @@ def band_update_intervals(table: xr.Dataset, *, var: str = "q_rel_update") -> go
     for label in map(str, table["band"].values):
         cell = table.sel(band=label)
         mean = cell[var].values
-        fig.add_bar(x=arms, y=mean, name=label, error_y=dict(type="data", symmetric=False,
-                                                            array=cell[f"{var}_hi"].values - mean,
-                                                            arrayminus=mean - cell[f"{var}_lo"].values))
-    fig.update_layout(barmode="group", title=f"{var} by frequency band, stage 1 -> end of extension "
-                      "(mean over layers and heads; interval over seeds)", yaxis_title=var,
-                      legend_title="band (wavelength lambda)", margin=dict(t=60, r=20, b=80, l=70))
+        fig.add_bar(
+            x=arms,
+            y=mean,
+            name=label,
+            error_y=dict(
+                type="data",
+                symmetric=False,
+                array=cell[f"{var}_hi"].values - mean,
+                arrayminus=mean - cell[f"{var}_lo"].values,
+            ),
+        )
+    fig.update_layout(
+        barmode="group",
+        title=f"{var} by frequency band, stage 1 -> end of extension (mean over layers and heads; interval over seeds)",
+        yaxis_title=var,
+        legend_title="band (wavelength lambda)",
+        margin=dict(t=60, r=20, b=80, l=70),
+    )
     return fig
 
 
@@ -146,12 +219,24 @@ def ablation_effects(effects: xr.Dataset, task: str, length: int) -> go.Figure:
     for cond in map(str, effects["condition"].values):
         cell = effects.sel(condition=cond, task=task, length=length)
         mean = cell["difference"].values
-        fig.add_bar(x=[str(a) for a in effects["arm"].values], y=mean, name=cond,
-                    error_y=dict(type="data", symmetric=False, array=cell["difference_hi"].values - mean,
-                                 arrayminus=mean - cell["difference_lo"].values))
-    fig.update_layout(barmode="group", title=f"Band interventions at evaluation time: {task} at {length} tokens, "
-                      "change against clean (paired interval)", yaxis_title="accuracy difference",
-                      margin=dict(t=60, r=20, b=80, l=70))
+        fig.add_bar(
+            x=[str(a) for a in effects["arm"].values],
+            y=mean,
+            name=cond,
+            error_y=dict(
+                type="data",
+                symmetric=False,
+                array=cell["difference_hi"].values - mean,
+                arrayminus=mean - cell["difference_lo"].values,
+            ),
+        )
+    fig.update_layout(
+        barmode="group",
+        title=f"Band interventions at evaluation time: {task} at {length} tokens, "
+        "change against clean (paired interval)",
+        yaxis_title="accuracy difference",
+        margin=dict(t=60, r=20, b=80, l=70),
+    )
     return fig
 
 

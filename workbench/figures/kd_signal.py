@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -28,12 +28,15 @@ def _checkpoints(ds: xr.Dataset, checkpoints: Sequence[str] | None) -> list[str]
 
 def _title(ds: xr.Dataset, what: str) -> str:
     tokens = "KD targets" if ds.attrs.get("summary_tokens", "kd_targets") == "kd_targets" else "all tokens"
-    return (f"Cross-document KD signal {what}: mean over {tokens} "
-            f"({ds.attrs.get('n_windows', '?')} windows of {ds.attrs.get('seq_len', '?')} tokens)")
+    return (
+        f"Cross-document KD signal {what}: mean over {tokens} "
+        f"({ds.attrs.get('n_windows', '?')} windows of {ds.attrs.get('seq_len', '?')} tokens)"
+    )
 
 
-def kl_by_distance(ds: xr.Dataset, *, stat: str = "mean", checkpoints: Sequence[str] | None = None,
-                   log_y: bool = True) -> go.Figure:
+def kl_by_distance(
+    ds: xr.Dataset, *, stat: str = "mean", checkpoints: Sequence[str] | None = None, log_y: bool = True
+) -> go.Figure:
     """Lines: ``{stat}_by_distance`` (mean, median, p95) against the distance bucket, one per checkpoint."""
     var = f"{stat}_by_distance"
     if var not in ds:
@@ -43,20 +46,33 @@ def kl_by_distance(ds: xr.Dataset, *, stat: str = "mean", checkpoints: Sequence[
     fig = go.Figure()
     for name in _checkpoints(ds, checkpoints):
         y = ds[var].sel(checkpoint=name).values.astype(float)
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=name, customdata=counts,
-                                 hovertemplate="distance %{x}<br>" + stat + " KL %{y:.3g} nats<br>%{customdata} tokens"
-                                               "<extra>" + name + "</extra>"))
-    fig.update_layout(title=_title(ds, "by distance to the document start"), template="plotly_white",
-                      xaxis_title="distance of the token to its document start [tokens] (0: the document's first token)",
-                      yaxis_title=YLABEL.replace("KL", f"{stat} KL"), legend_title="checkpoint")
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                mode="lines+markers",
+                name=name,
+                customdata=counts,
+                hovertemplate="distance %{x}<br>" + stat + " KL %{y:.3g} nats<br>%{customdata} tokens"
+                "<extra>" + name + "</extra>",
+            )
+        )
+    fig.update_layout(
+        title=_title(ds, "by distance to the document start"),
+        template="plotly_white",
+        xaxis_title="distance of the token to its document start [tokens] (0: the document's first token)",
+        yaxis_title=YLABEL.replace("KL", f"{stat} KL"),
+        legend_title="checkpoint",
+    )
     fig.update_xaxes(type="category")
     if log_y:
         fig.update_yaxes(type="log")
     return fig
 
 
-def kl_by_kind(ds: xr.Dataset, *, stat: str = "mean", checkpoints: Sequence[str] | None = None,
-               log_y: bool = False) -> go.Figure:
+def kl_by_kind(
+    ds: xr.Dataset, *, stat: str = "mean", checkpoints: Sequence[str] | None = None, log_y: bool = False
+) -> go.Figure:
     """Grouped bars: ``{stat}_by_kind`` per kind of the predicted token, one bar colour per checkpoint
     (kinds no token of the data has are left out)."""
     var = f"{stat}_by_kind"
@@ -68,13 +84,24 @@ def kl_by_kind(ds: xr.Dataset, *, stat: str = "mean", checkpoints: Sequence[str]
     fig = go.Figure()
     for name in _checkpoints(ds, checkpoints):
         y = ds[var].sel(checkpoint=name).values.astype(float)
-        fig.add_trace(go.Bar(x=[kinds[i] for i in keep], y=[y[i] for i in keep], name=name,
-                             customdata=[int(counts[i]) for i in keep],
-                             hovertemplate="%{x}<br>" + stat + " KL %{y:.3g} nats<br>%{customdata} tokens"
-                                           "<extra>" + name + "</extra>"))
-    fig.update_layout(title=_title(ds, "by kind of the predicted token"), template="plotly_white",
-                      barmode="group", xaxis_title="kind of the predicted token",
-                      yaxis_title=YLABEL.replace("KL", f"{stat} KL"), legend_title="checkpoint")
+        fig.add_trace(
+            go.Bar(
+                x=[kinds[i] for i in keep],
+                y=[y[i] for i in keep],
+                name=name,
+                customdata=[int(counts[i]) for i in keep],
+                hovertemplate="%{x}<br>" + stat + " KL %{y:.3g} nats<br>%{customdata} tokens"
+                "<extra>" + name + "</extra>",
+            )
+        )
+    fig.update_layout(
+        title=_title(ds, "by kind of the predicted token"),
+        template="plotly_white",
+        barmode="group",
+        xaxis_title="kind of the predicted token",
+        yaxis_title=YLABEL.replace("KL", f"{stat} KL"),
+        legend_title="checkpoint",
+    )
     if log_y:
         fig.update_yaxes(type="log")
     return fig

@@ -13,15 +13,19 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 import xarray as xr
 from plotly.subplots import make_subplots
 
-LABELS = {"correct": "accuracy (exact match)", "match_all": "RULER string_match_all",
-          "match_part": "RULER string_match_part", "answer_logprob": "log p(gold answer)"}
+LABELS = {
+    "correct": "accuracy (exact match)",
+    "match_all": "RULER string_match_all",
+    "match_part": "RULER string_match_part",
+    "answer_logprob": "log p(gold answer)",
+}
 _BOUNDED = {"correct", "match_all", "match_part"}
 
 
@@ -54,10 +58,19 @@ def _heat(grid: xr.DataArray, metric: str, showscale: bool, zrange) -> go.Heatma
     z = grid.transpose("depth", "length").values
     lengths = [str(int(n)) for n in grid["length"].values]  # categorical axis: evenly spaced cells
     depths = [f"{float(d):g}%" for d in grid["depth"].values]
-    return go.Heatmap(z=z, x=lengths, y=depths, zmin=zrange[0], zmax=zrange[1],
-                      colorscale="RdYlGn", showscale=showscale, colorbar=dict(title=metric),
-                      text=np.round(z, 2), texttemplate="%{text}",
-                      hovertemplate="length %{x}<br>depth %{y}<br>" + metric + " %{z:.3f}<extra></extra>")
+    return go.Heatmap(
+        z=z,
+        x=lengths,
+        y=depths,
+        zmin=zrange[0],
+        zmax=zrange[1],
+        colorscale="RdYlGn",
+        showscale=showscale,
+        colorbar=dict(title=metric),
+        text=np.round(z, 2),
+        texttemplate="%{text}",
+        hovertemplate="length %{x}<br>depth %{y}<br>" + metric + " %{z:.3f}<extra></extra>",
+    )
 
 
 def _zrange(values: np.ndarray, metric: str) -> tuple[float, float]:
@@ -67,26 +80,48 @@ def _zrange(values: np.ndarray, metric: str) -> tuple[float, float]:
     return (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
 
 
-def heatmap(ds: xr.Dataset, checkpoint: str | None = None, *, task: str | None = None,
-            metric: str = "correct", title: str | None = None) -> go.Figure:
+def heatmap(
+    ds: xr.Dataset,
+    checkpoint: str | None = None,
+    *,
+    task: str | None = None,
+    metric: str = "correct",
+    title: str | None = None,
+) -> go.Figure:
     """Depth (rows) x length (columns) grid of ``metric`` averaged over samples for one checkpoint
     (default: the first); each cell is annotated with its value."""
     name = _pick(ds, checkpoint)
     grid = _cell_means(ds.sel(checkpoint=name), metric, task)
     fig = go.Figure(_heat(grid, metric, True, _zrange(grid.values, metric)))
-    fig.update_layout(title=title or f"{name}: {_what(metric, task)}", xaxis_title="length (tokens)",
-                      yaxis_title="needle depth", yaxis_autorange="reversed", margin=dict(t=60, r=20, b=50, l=70))
+    fig.update_layout(
+        title=title or f"{name}: {_what(metric, task)}",
+        xaxis_title="length (tokens)",
+        yaxis_title="needle depth",
+        yaxis_autorange="reversed",
+        margin=dict(t=60, r=20, b=50, l=70),
+    )
     return fig
 
 
-def heatmaps(ds: xr.Dataset, checkpoints: Sequence[str] | None = None, *, task: str | None = None,
-             metric: str = "correct", title: str | None = None) -> go.Figure:
+def heatmaps(
+    ds: xr.Dataset,
+    checkpoints: Sequence[str] | None = None,
+    *,
+    task: str | None = None,
+    metric: str = "correct",
+    title: str | None = None,
+) -> go.Figure:
     """The depth x length grid side by side for several checkpoints, on one colour scale."""
     names = [_pick(ds, c) for c in checkpoints] if checkpoints else [str(c) for c in ds["checkpoint"].values]
     grids = [_cell_means(ds.sel(checkpoint=n), metric, task) for n in names]
     zrange = _zrange(np.concatenate([g.values.ravel() for g in grids]), metric)
-    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, shared_yaxes=True,
-                        horizontal_spacing=min(0.05, 0.3 / max(1, len(names))))
+    fig = make_subplots(
+        rows=1,
+        cols=len(names),
+        subplot_titles=names,
+        shared_yaxes=True,
+        horizontal_spacing=min(0.05, 0.3 / max(1, len(names))),
+    )
     for i, g in enumerate(grids):
         fig.add_trace(_heat(g, metric, i == len(grids) - 1, zrange), row=1, col=i + 1)
         fig.update_xaxes(title_text="length (tokens)", row=1, col=i + 1)
@@ -109,10 +144,14 @@ def arm_heatmaps(summary: xr.Dataset, arms: Sequence[str], *, task: str, metric:
     if task not in tasks:
         raise ValueError(f"no task {task!r} in the arm summary (has {', '.join(tasks)})")
     grids = [summary[var].sel(arm=a, task=task) for a in arms]
-    titles = [f"{a} ({int(summary['n_seeds'].sel(arm=a))} seed(s))" if "n_seeds" in summary.coords else a
-              for a in arms]
-    fig = make_subplots(rows=1, cols=len(arms), subplot_titles=titles, shared_yaxes=True,
-                        horizontal_spacing=min(0.05, 0.3 / max(1, len(arms))))
+    titles = [f"{a} ({int(summary['n_seeds'].sel(arm=a))} seed(s))" if "n_seeds" in summary.coords else a for a in arms]
+    fig = make_subplots(
+        rows=1,
+        cols=len(arms),
+        subplot_titles=titles,
+        shared_yaxes=True,
+        horizontal_spacing=min(0.05, 0.3 / max(1, len(arms))),
+    )
     for i, g in enumerate(grids):
         fig.add_trace(_heat(g, metric, i == len(grids) - 1, (0.0, 1.0)), row=1, col=i + 1)
         fig.update_xaxes(title_text="length (tokens)", row=1, col=i + 1)
@@ -121,8 +160,14 @@ def arm_heatmaps(summary: xr.Dataset, arms: Sequence[str], *, task: str, metric:
     return fig
 
 
-def accuracy_vs_length(ds: xr.Dataset, *, task: str | None = None, metric: str = "correct",
-                       checkpoints: Sequence[str] | None = None, title: str | None = None) -> go.Figure:
+def accuracy_vs_length(
+    ds: xr.Dataset,
+    *,
+    task: str | None = None,
+    metric: str = "correct",
+    checkpoints: Sequence[str] | None = None,
+    title: str | None = None,
+) -> go.Figure:
     """One line per checkpoint: ``metric`` averaged over depths and samples against length (log2 x axis).
     A dotted vertical line marks each checkpoint's trained/configured length (``max_positions``)."""
     names = [_pick(ds, c) for c in checkpoints] if checkpoints else [str(c) for c in ds["checkpoint"].values]
@@ -136,18 +181,37 @@ def accuracy_vs_length(ds: xr.Dataset, *, task: str | None = None, metric: str =
         label = name
         if "rope_theta" in sub.coords:
             label += f" (theta {float(sub['rope_theta']):g})"
-        fig.add_trace(go.Scatter(x=line["length"].values, y=line.values, mode="lines+markers", name=label,
-                                 hovertemplate="length %{x}<br>" + metric + " %{y:.3f}<extra>" + name + "</extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=line["length"].values,
+                y=line.values,
+                mode="lines+markers",
+                name=label,
+                hovertemplate="length %{x}<br>" + metric + " %{y:.3f}<extra>" + name + "</extra>",
+            )
+        )
         if "max_positions" in sub.coords:
             limits.add(int(sub["max_positions"]))
     # trained lengths as dotted vertical traces (shapes misplace x on log axes)
     y0, y1 = (0.0, 1.0) if metric in _BOUNDED else (min(lows), max(highs))
     for limit in sorted(limits):
-        fig.add_trace(go.Scatter(x=[limit, limit], y=[y0, y1], mode="lines", name=f"trained length {limit}",
-                                 line=dict(dash="dot", color="grey"), hoverinfo="skip"))
-    fig.update_layout(title=title or f"{_what(metric, task)} vs length", xaxis_title="length (tokens)",
-                      yaxis_title=LABELS.get(metric, metric), xaxis_type="log",
-                      margin=dict(t=60, r=20, b=50, l=70))
+        fig.add_trace(
+            go.Scatter(
+                x=[limit, limit],
+                y=[y0, y1],
+                mode="lines",
+                name=f"trained length {limit}",
+                line=dict(dash="dot", color="grey"),
+                hoverinfo="skip",
+            )
+        )
+    fig.update_layout(
+        title=title or f"{_what(metric, task)} vs length",
+        xaxis_title="length (tokens)",
+        yaxis_title=LABELS.get(metric, metric),
+        xaxis_type="log",
+        margin=dict(t=60, r=20, b=50, l=70),
+    )
     fig.update_xaxes(tickvals=[int(n) for n in ds["length"].values])
     if metric in _BOUNDED:
         fig.update_yaxes(range=[-0.02, 1.02])

@@ -3,8 +3,14 @@
 
 from workbench._moved import alias
 
-alias(__name__, "workbench.interventions", {
-    **{m: f"workbench.interventions.{m}" for m in ("activations", "backends", "perturb", "repeated", "sanity",
-                                                 "specs", "traces")},
-    "cross_document": "workbench.measurements.cross_document",
-})
+alias(
+    __name__,
+    "workbench.interventions",
+    {
+        **{
+            m: f"workbench.interventions.{m}"
+            for m in ("activations", "backends", "perturb", "repeated", "sanity", "specs", "traces")
+        },
+        "cross_document": "workbench.measurements.cross_document",
+    },
+)

@@ -30,12 +30,33 @@ import xarray as xr
 from workbench import checkpoints
 from workbench import store as wstore  # the module; `store` is a store path
 from workbench.interventions.activations import capture_activations, write_activations
-from workbench.interventions.backends import (Backend, LengthLimitError, NNsightBackend, TransformerLensBackend,
-                                              check_eager_length, load_backend, plain_hf_logits)
+from workbench.interventions.backends import (
+    Backend,
+    LengthLimitError,
+    NNsightBackend,
+    TransformerLensBackend,
+    check_eager_length,
+    load_backend,
+    plain_hf_logits,
+)
 from workbench.interventions.repeated import repeated_tokens
 from workbench.interventions.sanity import check
-from workbench.interventions.specs import (Geometry, Op, PairSet, Scope, Spec, dump_specs, identity, load_specs, noise,
-                                    rotate, scale, shift, theta_swap, zero)
+from workbench.interventions.specs import (
+    Geometry,
+    Op,
+    PairSet,
+    Scope,
+    Spec,
+    dump_specs,
+    identity,
+    load_specs,
+    noise,
+    rotate,
+    scale,
+    shift,
+    theta_swap,
+    zero,
+)
 from workbench.interventions.traces import default_inputs, run_trace
 
 
@@ -74,11 +95,43 @@ def check_writable(store: str | Path, group: str, ckpt_path: str | Path, specs) 
     if (label, "clean") not in wstore.written_cells(store, group):
         runs = [identity("clean"), *runs]
     if runs:
-        wstore.refuse(store, group, cells={"checkpoint": [label], "spec": [r.name for r in runs]},
-                     spec_hash=[r.ops_hash for r in runs])
+        wstore.refuse(
+            store,
+            group,
+            cells={"checkpoint": [label], "spec": [r.name for r in runs]},
+            spec_hash=[r.ops_hash for r in runs],
+        )
 
 
-__all__ = ["Backend", "Geometry", "LengthLimitError", "check_backend_length", "NNsightBackend", "Op", "PairSet", "Scope", "Spec", "TransformerLensBackend",
-           "capture_activations", "check", "check_writable", "default_inputs", "dump_specs", "identity", "load_backend",
-           "load_specs", "noise", "plain_hf_logits", "repeated_tokens", "rotate", "run_trace", "scale", "shift",
-           "theta_swap", "write_activations", "write_repeated", "write_traces", "zero"]
+__all__ = [
+    "Backend",
+    "Geometry",
+    "LengthLimitError",
+    "check_backend_length",
+    "NNsightBackend",
+    "Op",
+    "PairSet",
+    "Scope",
+    "Spec",
+    "TransformerLensBackend",
+    "capture_activations",
+    "check",
+    "check_writable",
+    "default_inputs",
+    "dump_specs",
+    "identity",
+    "load_backend",
+    "load_specs",
+    "noise",
+    "plain_hf_logits",
+    "repeated_tokens",
+    "rotate",
+    "run_trace",
+    "scale",
+    "shift",
+    "theta_swap",
+    "write_activations",
+    "write_repeated",
+    "write_traces",
+    "zero",
+]

@@ -15,8 +15,8 @@ Written uncompressed with chunks of one (checkpoint, spec, layer), whole along h
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import xarray as xr
@@ -35,9 +35,14 @@ KINDS = {  # variable -> capture name template
 }
 
 
-def capture_activations(ckpt_path: str | Path, specs: Sequence[Spec] = (), inputs=None, *,
-                        names: Iterable[str] | Callable[[str], bool] = ("blocks.*.attn.hook_rot_q",),
-                        backend: str | Backend = "nnsight") -> xr.Dataset:
+def capture_activations(
+    ckpt_path: str | Path,
+    specs: Sequence[Spec] = (),
+    inputs=None,
+    *,
+    names: Iterable[str] | Callable[[str], bool] = ("blocks.*.attn.hook_rot_q",),
+    backend: str | Backend = "nnsight",
+) -> xr.Dataset:
     """Raw activations matching ``names`` for clean + each spec -> Dataset (see module docstring)."""
     be = backend if isinstance(backend, Backend) else load_backend(ckpt_path, backend)
     runs = [identity("clean"), *[s for s in specs if not s.is_identity]]
@@ -70,15 +75,24 @@ def capture_activations(ckpt_path: str | Path, specs: Sequence[Spec] = (), input
                 for i in layers:
                     arr[s, :, i] = got[KINDS[var].format(i=i)].float().cpu().numpy()
             data_vars[var] = (("spec", "sample", "layer", "position", "hidden"), arr)
-    coords = {"spec": np.array([r.name for r in runs], dtype=object), "sample": np.arange(b),
-              "layer": np.arange(g.num_layers), "half": np.array(["j", "j+d/2"], dtype=object),
-              "spec_json": ("spec", np.array([r.to_json() for r in runs], dtype=object)),
-              "spec_hash": ("spec", np.array([r.ops_hash for r in runs], dtype=object)),
-              "position_id": (("sample", "position"), pos.numpy())}
+    coords = {
+        "spec": np.array([r.name for r in runs], dtype=object),
+        "sample": np.arange(b),
+        "layer": np.arange(g.num_layers),
+        "half": np.array(["j", "j+d/2"], dtype=object),
+        "spec_json": ("spec", np.array([r.to_json() for r in runs], dtype=object)),
+        "spec_hash": ("spec", np.array([r.ops_hash for r in runs], dtype=object)),
+        "position_id": (("sample", "position"), pos.numpy()),
+    }
     coords.update(wstore.pair_coords(2 * np.pi / g.inv_freq_for(g.theta)))
     ds = xr.Dataset(data_vars, coords=coords)
-    return finish(ds, be, ckpt_path, kind=wstore.ACTIVATIONS,
-                  extra={"names": names if not callable(names) else "callable", "captured": sorted(matched)})
+    return finish(
+        ds,
+        be,
+        ckpt_path,
+        kind=wstore.ACTIVATIONS,
+        extra={"names": names if not callable(names) else "callable", "captured": sorted(matched)},
+    )
 
 
 def write_activations(store: str | Path, ds: xr.Dataset) -> Path:

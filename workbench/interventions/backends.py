@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -47,27 +47,31 @@ def name_filter(patterns: Iterable[str] | Callable[[str], bool] | None) -> Calla
     return lambda name: any(fnmatch.fnmatchcase(name, p) for p in pats)
 
 
-def load_hf(path: str | Path, *, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32,
-            device: str = "cpu"):
+def load_hf(
+    path: str | Path, *, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32, device: str = "cpu"
+):
     """A fresh transformers instance of a workbench checkpoint or a plain local HF Llama dir -> (model, manifest)."""
-    return models.load(path, allow_plain_hf=True, attn_implementation=attn_implementation, dtype=dtype,
-                       device=device)
+    return models.load(path, allow_plain_hf=True, attn_implementation=attn_implementation, dtype=dtype, device=device)
 
 
 def _check_inputs(input_ids: torch.Tensor, position_ids: torch.Tensor, geom: Geometry, vocab: int) -> None:
     if input_ids.ndim != 2 or position_ids.shape != input_ids.shape:
-        raise ValueError(f"input_ids and position_ids must both be [batch, seq]; got {tuple(input_ids.shape)} "
-                         f"and {tuple(position_ids.shape)}")
+        raise ValueError(
+            f"input_ids and position_ids must both be [batch, seq]; got {tuple(input_ids.shape)} "
+            f"and {tuple(position_ids.shape)}"
+        )
     if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
         raise ValueError(f"input_ids: token id {int(input_ids.max())} outside the model's vocabulary of {vocab}")
     if position_ids.numel() and int(position_ids.min()) < 0:
         raise ValueError("position_ids: negative positions")
     limit = length_dependent_limit(geom)
     if limit is not None and position_ids.numel() and int(position_ids.max()) + 1 > limit:
-        raise ValueError(f"position_ids up to {int(position_ids.max())}: with {geom.scaling['rope_type']} RoPE scaling "
-                         f"transformers switches to other frequencies beyond {limit} positions, so the spectrum the "
-                         f"specs are resolved against (read at load) would not be the one the model runs with; keep "
-                         f"positions below {limit}")
+        raise ValueError(
+            f"position_ids up to {int(position_ids.max())}: with {geom.scaling['rope_type']} RoPE scaling "
+            f"transformers switches to other frequencies beyond {limit} positions, so the spectrum the "
+            f"specs are resolved against (read at load) would not be the one the model runs with; keep "
+            f"positions below {limit}"
+        )
 
 
 def length_dependent_limit(geom: Geometry) -> int | None:
@@ -95,8 +99,14 @@ class Backend:
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
 
-    def run(self, input_ids: torch.Tensor, position_ids: torch.Tensor, specs: Sequence[Spec], *,
-            capture: Iterable[str] | Callable[[str], bool] | None = None) -> list[dict[str, torch.Tensor]]:
+    def run(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        specs: Sequence[Spec],
+        *,
+        capture: Iterable[str] | Callable[[str], bool] | None = None,
+    ) -> list[dict[str, torch.Tensor]]:
         """Run the batch once per spec (all in one forward); per spec, ``logits`` plus every capture whose
         name the filter accepts (see the module docstring)."""
         input_ids, position_ids, specs = self._prepare(input_ids, position_ids, specs)
@@ -118,9 +128,15 @@ class Backend:
         """Logit lens: final norm + unembedding applied to a residual stream [..., D]."""
         raise NotImplementedError
 
-    def stream(self, input_ids: torch.Tensor, position_ids: torch.Tensor, specs: Sequence[Spec],
-               reduce: Callable[[str, torch.Tensor], None], *, want: Iterable[str] | Callable[[str], bool] | None = None,
-               ) -> None:
+    def stream(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        specs: Sequence[Spec],
+        reduce: Callable[[str, torch.Tensor], None],
+        *,
+        want: Iterable[str] | Callable[[str], bool] | None = None,
+    ) -> None:
         """Run the batch once per spec, all specs as one batch of ``len(specs) * B`` rows, and hand every
         capture to ``reduce(name, x)`` *while the forward runs*, with ``x`` laid out [n_specs, B, T, ...]
         (a view of the batched activation: no clone, no host copy). Names as in the module docstring;
@@ -137,14 +153,15 @@ class Backend:
         raise NotImplementedError
 
 
-def _edit_slices(x: torch.Tensor, specs: Sequence[Spec], which: str, layer: int, position_ids: torch.Tensor,
-                 geom: Geometry) -> torch.Tensor:
+def _edit_slices(
+    x: torch.Tensor, specs: Sequence[Spec], which: str, layer: int, position_ids: torch.Tensor, geom: Geometry
+) -> torch.Tensor:
     """Apply each spec, in place, to its slice of a batched post-RoPE tensor [n*B, H, T, d] (a fresh output of
     the rotary code; unchanged where no spec touches this layer)."""
     b = position_ids.shape[0]
     for c, spec in enumerate(specs):
         if touches(spec, which, layer):
-            part = x[c * b:(c + 1) * b]
+            part = x[c * b : (c + 1) * b]
             part.copy_(apply_spec(spec, part, which, layer, position_ids, geom))
     return x
 
@@ -170,13 +187,14 @@ class TransformerLensBackend(Backend):
         tok.init_kwargs.setdefault("name_or_path", str(path))
         tok.init_kwargs["add_bos_token"] = True
         self.bridge = TransformerBridge.boot_transformers(
-            str(path), hf_model=hf, tokenizer=tok, device=device, dtype=dtype,
-            hf_config_overrides={"rope_theta": theta})
+            str(path), hf_model=hf, tokenizer=tok, device=device, dtype=dtype, hf_config_overrides={"rope_theta": theta}
+        )
         if getattr(self.bridge.cfg, "rotary_adjacent_pairs", False):
             raise ValueError(f"{path}: TransformerBridge is set up for adjacent RoPE pairs; workbench needs half-split")
         if abs(float(self.bridge.cfg.rotary_base) - theta) > 1e-6 * theta:
-            raise ValueError(f"{path}: TransformerBridge runs with theta {self.bridge.cfg.rotary_base}, "
-                             f"checkpoint says {theta}")
+            raise ValueError(
+                f"{path}: TransformerBridge runs with theta {self.bridge.cfg.rotary_base}, checkpoint says {theta}"
+            )
         self.bridge.eval()
 
     def lens(self, resid: torch.Tensor) -> torch.Tensor:
@@ -195,10 +213,11 @@ class TransformerLensBackend(Backend):
             def hook(x, hook):  # x [n*B, T, H, d]
                 parts = []
                 for c, spec in enumerate(specs):
-                    part = x[c * b:(c + 1) * b]
+                    part = x[c * b : (c + 1) * b]
                     if touches(spec, which, layer):
-                        part = apply_spec(spec, part.transpose(1, 2), which, layer, position_ids,
-                                          self.geometry).transpose(1, 2)
+                        part = apply_spec(
+                            spec, part.transpose(1, 2), which, layer, position_ids, self.geometry
+                        ).transpose(1, 2)
                     parts.append(part)
                     if want(name):
                         out[c][name] = part.transpose(1, 2).detach().clone()
@@ -209,7 +228,7 @@ class TransformerLensBackend(Backend):
         def save_hook(name: str):
             def hook(x, hook):
                 for c in range(n):
-                    out[c][name] = x[c * b:(c + 1) * b].detach().clone()
+                    out[c][name] = x[c * b : (c + 1) * b].detach().clone()
                 return x
 
             return hook
@@ -218,7 +237,7 @@ class TransformerLensBackend(Backend):
             def hook(x, hook):  # [n*B, H, T, T]
                 clean = x[:b]
                 for c in range(n):
-                    out[c][name] = js_probs(clean, x[c * b:(c + 1) * b]).mean(1)
+                    out[c][name] = js_probs(clean, x[c * b : (c + 1) * b]).mean(1)
                 return x
 
             return hook
@@ -235,7 +254,7 @@ class TransformerLensBackend(Backend):
                 hooks.append((f"blocks.{i}.attn.hook_pattern", pattern_hook(f"blocks.{i}.attn.pattern_js")))
         logits = self.bridge.run_with_hooks(ids, position_ids=pos, return_type="logits", fwd_hooks=hooks)
         for c in range(n):
-            out[c]["logits"] = logits[c * b:(c + 1) * b]
+            out[c]["logits"] = logits[c * b : (c + 1) * b]
         return out
 
     def max_tokens(self, n_rows: int, *, budget_bytes: int | None = None) -> int:
@@ -278,9 +297,11 @@ class TransformerLensBackend(Backend):
             for which in ("q", "k"):
                 if want(f"blocks.{i}.attn.hook_rot_{which}") or any(touches(s, which, i) for s in specs):
                     hooks.append((f"blocks.{i}.attn.hook_rot_{which}", rot_hook(i, which)))
-            for tl_name, name in ((f"blocks.{i}.attn.hook_pattern", f"blocks.{i}.attn.hook_pattern"),
-                                  (f"blocks.{i}.attn.hook_out", f"blocks.{i}.hook_attn_out"),
-                                  (f"blocks.{i}.hook_out", f"blocks.{i}.hook_resid_post")):
+            for tl_name, name in (
+                (f"blocks.{i}.attn.hook_pattern", f"blocks.{i}.attn.hook_pattern"),
+                (f"blocks.{i}.attn.hook_out", f"blocks.{i}.hook_attn_out"),
+                (f"blocks.{i}.hook_out", f"blocks.{i}.hook_resid_post"),
+            ):
                 if want(name):
                     hooks.append((tl_name, pass_hook(name)))
         logits = self.bridge.run_with_hooks(ids, position_ids=pos, return_type="logits", fwd_hooks=hooks)
@@ -307,9 +328,13 @@ class NNsightBackend(Backend):
         """Whether the lens of the last block's residual equals the model's logits (final norm + lm_head and
         nothing else: no soft-capping or logit scaling, as in Llama, Mistral, Qwen2/3, Phi-3)."""
         cfg = self.hf.config
-        return (getattr(cfg, "final_logit_softcapping", None) is None and getattr(cfg, "logit_scale", None) is None
-                and getattr(cfg, "logits_scaling", None) in (None, 1, 1.0)
-                and type(self.hf).__name__.endswith("ForCausalLM") and hasattr(self.hf.model, "norm"))
+        return (
+            getattr(cfg, "final_logit_softcapping", None) is None
+            and getattr(cfg, "logit_scale", None) is None
+            and getattr(cfg, "logits_scaling", None) in (None, 1, 1.0)
+            and type(self.hf).__name__.endswith("ForCausalLM")
+            and hasattr(self.hf.model, "norm")
+        )
 
     def lens(self, resid: torch.Tensor) -> torch.Tensor:
         # the modules' own forward, past nnsight's hooks: safe inside a trace (Backend.stream); soft-capped (Gemma 2)
@@ -341,7 +366,9 @@ class NNsightBackend(Backend):
                             out[c][f"blocks.{i}.hook_attn_out"] = layer.self_attn.output[0].detach().clone().save()
                         if want(f"blocks.{i}.hook_resid_post"):
                             out[c][f"blocks.{i}.hook_resid_post"] = layer.output.detach().clone().save()
-                    out[c]["logits"] = architectures.final_logits(self.hf.config, self.model.lm_head.output).detach().clone().save()
+                    out[c]["logits"] = (
+                        architectures.final_logits(self.hf.config, self.model.lm_head.output).detach().clone().save()
+                    )
         return [{k: _value(v) for k, v in d.items()} for d in out]
 
     def _stream(self, input_ids, position_ids, specs, reduce, want):
@@ -395,8 +422,15 @@ def eager_attention_bytes(num_heads: int, n_rows: int, length: int, dtype: torch
     return eager_bytes_per_token2(num_heads, n_rows, dtype) * float(length) ** 2
 
 
-def check_eager_length(num_heads: int, n_rows: int, length: int, *, dtype: torch.dtype = torch.float32,
-                       device: torch.device | str = "cpu", backend: str = "tl") -> None:
+def check_eager_length(
+    num_heads: int,
+    n_rows: int,
+    length: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    backend: str = "tl",
+) -> None:
     """Raise ``LengthLimitError`` when eager attention over ``n_rows`` x ``length`` tokens exceeds the budget."""
     need = eager_attention_bytes(num_heads, n_rows, length, dtype)
     budget = memory_budget(device)
@@ -407,7 +441,8 @@ def check_eager_length(num_heads: int, n_rows: int, length: int, *, dtype: torch
             f"TransformerLens' eager attention ([rows, {num_heads} heads, T, T] scores, pattern and its statistics), "
             f"over the budget of {budget / 2**30:.1f} GiB ({budget_source(device)}): at most {limit} tokens for "
             f"{n_rows} rows. Use --backend nnsight (sdpa attention, memory linear in length), fewer rows "
-            f"(--batch-size, fewer specs) or a shorter --length.")
+            f"(--batch-size, fewer specs) or a shorter --length."
+        )
 
 
 def load_backend(path: str | Path, backend: str = "nnsight", **kw) -> Backend:
@@ -417,12 +452,20 @@ def load_backend(path: str | Path, backend: str = "nnsight", **kw) -> Backend:
     return (NNsightBackend if backend == "nnsight" else TransformerLensBackend)(path, **kw)
 
 
-def plain_hf_logits(path: str | Path, input_ids: torch.Tensor, position_ids: torch.Tensor,
-                    *, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa",
-                    device: str = "cpu") -> torch.Tensor:
+def plain_hf_logits(
+    path: str | Path,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    *,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+    device: str = "cpu",
+) -> torch.Tensor:
     """Logits of plain transformers (a fresh instance on ``device``, no project hooks): the reference for
     sanity checks."""
     hf, _ = load_hf(path, attn_implementation=attn_implementation, dtype=dtype, device=device)
     with torch.no_grad():
-        return hf(input_ids=torch.as_tensor(input_ids, device=device),
-                  position_ids=torch.as_tensor(position_ids, device=device)).logits
+        return hf(
+            input_ids=torch.as_tensor(input_ids, device=device),
+            position_ids=torch.as_tensor(position_ids, device=device),
+        ).logits

@@ -50,8 +50,9 @@ def _mask(op: Op, geom: Geometry, x: torch.Tensor, which: str, positions: torch.
     return head_mask[None, :, None, None] & pos_mask[:, None, :, None] & pair_mask[None, None, None, :]
 
 
-def apply_op(op: Op, x: torch.Tensor, which: Literal["q", "k"], layer: int, positions: torch.Tensor,
-             geom: Geometry) -> torch.Tensor:
+def apply_op(
+    op: Op, x: torch.Tensor, which: Literal["q", "k"], layer: int, positions: torch.Tensor, geom: Geometry
+) -> torch.Tensor:
     """One op on post-RoPE ``x`` [B, H, T, d] of layer ``layer``; ``positions`` [B, T] are the position ids
     the model rotated with. Returns a new tensor (the input is not modified)."""
     if op.target not in (which, "both") or (op.scope.layers is not None and layer not in op.scope.layers):
@@ -87,8 +88,9 @@ def _touches_everything(op: Op, geom: Geometry, which: str) -> bool:
     return heads is None and op.scope.positions is None and bool(op.pairs.mask(geom).all())
 
 
-def apply_spec(spec: Spec, x: torch.Tensor, which: Literal["q", "k"], layer: int, positions: torch.Tensor,
-               geom: Geometry) -> torch.Tensor:
+def apply_spec(
+    spec: Spec, x: torch.Tensor, which: Literal["q", "k"], layer: int, positions: torch.Tensor, geom: Geometry
+) -> torch.Tensor:
     """All ops of ``spec`` in order on post-RoPE q or k of one layer ([B, H, T, d])."""
     for op in spec.ops:
         x = apply_op(op, x, which, layer, positions, geom)
@@ -97,12 +99,12 @@ def apply_spec(spec: Spec, x: torch.Tensor, which: Literal["q", "k"], layer: int
 
 def touches(spec: Spec, which: str, layer: int) -> bool:
     """Whether ``spec`` edits q/k of ``layer`` at all (backends skip hooks that would do nothing)."""
-    return any(op.target in (which, "both") and (op.scope.layers is None or layer in op.scope.layers)
-               for op in spec.ops)
+    return any(
+        op.target in (which, "both") and (op.scope.layers is None or layer in op.scope.layers) for op in spec.ops
+    )
 
 
 def first_layer(spec: Spec, num_layers: int) -> int:
     """The first layer a spec edits (num_layers for the identity): everything upstream is untouched."""
     layers = [layer for layer in range(num_layers) if touches(spec, "q", layer) or touches(spec, "k", layer)]
     return min(layers) if layers else num_layers
-

@@ -25,8 +25,9 @@ Dims (checkpoint, spec, copy) with coordinate ``offset`` (absolute start positio
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -43,9 +44,15 @@ from workbench.interventions.traces import finish
 VARS = ("kl_to_first", "kl_to_mean", "kl_vs_clean", "top1_agree_first", "entropy")
 
 
-def repeated_inputs(window: int, period: int, gap: int, *, samples: int = 2, seed: int = 0,
-                    attention: Literal["packed", "isolated"] = "packed"
-                    ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+def repeated_inputs(
+    window: int,
+    period: int,
+    gap: int,
+    *,
+    samples: int = 2,
+    seed: int = 0,
+    attention: Literal["packed", "isolated"] = "packed",
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """(input_ids, position_ids, offsets) for the experiment, from ``workbench.data.repeated_sequences``.
 
     packed: [samples, window]; isolated: [samples * copies, period], row s * copies + c is copy c of sample s.
@@ -57,10 +64,12 @@ def repeated_inputs(window: int, period: int, gap: int, *, samples: int = 2, see
             raise ValueError("repeated_sequences gave different offsets for different seeds")
         offsets = off.numpy()
         if attention == "packed":
-            rows.append(ids[0]); poss.append(pos[0])
+            rows.append(ids[0])
+            poss.append(pos[0])
         else:
             for o in offsets:
-                rows.append(ids[0, o:o + period]); poss.append(torch.arange(o, o + period))
+                rows.append(ids[0, o : o + period])
+                poss.append(torch.arange(o, o + period))
     if offsets is None or len(offsets) < 2:
         raise ValueError(f"window {window} holds fewer than two copies of period {period} with gap {gap}")
     return torch.stack(rows).long(), torch.stack(poss).long(), offsets
@@ -69,14 +78,24 @@ def repeated_inputs(window: int, period: int, gap: int, *, samples: int = 2, see
 def _copy_logits(logits: torch.Tensor, offsets: np.ndarray, period: int, samples: int, attention: str) -> torch.Tensor:
     """-> [samples, copies, period - 1, V], each copy's logits for its tokens 1..period-1 (predicting 2..)."""
     if attention == "packed":
-        return torch.stack([logits[:, o + 1:o + period] for o in offsets], 1)
+        return torch.stack([logits[:, o + 1 : o + period] for o in offsets], 1)
     return logits.reshape(samples, len(offsets), period, -1)[:, :, 1:]
 
 
-def repeated_tokens(ckpt_path: str | Path, specs: Sequence[Spec] = (), *, backend: str | Backend = "nnsight",
-                    window: int | None = None, period: int = 32, gap: int | None = None, copies: int = 8,
-                    samples: int = 2, seed: int = 0, attention: Literal["packed", "isolated"] = "packed",
-                    progress: bool = False) -> xr.Dataset:
+def repeated_tokens(
+    ckpt_path: str | Path,
+    specs: Sequence[Spec] = (),
+    *,
+    backend: str | Backend = "nnsight",
+    window: int | None = None,
+    period: int = 32,
+    gap: int | None = None,
+    copies: int = 8,
+    samples: int = 2,
+    seed: int = 0,
+    attention: Literal["packed", "isolated"] = "packed",
+    progress: bool = False,
+) -> xr.Dataset:
     """Run the repeated-token experiment -> Dataset (checkpoint, spec, copy); ``clean`` is always the first spec.
 
     ``window`` defaults to the model's max_position_embeddings; ``gap`` defaults to spreading ``copies``
@@ -89,8 +108,9 @@ def repeated_tokens(ckpt_path: str | Path, specs: Sequence[Spec] = (), *, backen
     validate_all(runs, be.geometry)
     window = window or be.geometry.max_position_embeddings
     if window > be.geometry.max_position_embeddings:
-        raise ValueError(f"window {window} exceeds the model's max_position_embeddings "
-                         f"{be.geometry.max_position_embeddings}")
+        raise ValueError(
+            f"window {window} exceeds the model's max_position_embeddings {be.geometry.max_position_embeddings}"
+        )
     if copies < 2:
         raise ValueError(f"copies must be >= 2, got {copies}")
     if gap is None:
@@ -117,11 +137,25 @@ def repeated_tokens(ckpt_path: str | Path, specs: Sequence[Spec] = (), *, backen
         vals["entropy"][s] = (-(logp.exp() * logp).sum(-1)).mean((0, 2)).cpu().numpy()
     ds = xr.Dataset(
         {k: (("spec", "copy"), v) for k, v in vals.items()},
-        coords={"spec": np.array([r.name for r in runs], dtype=object), "copy": np.arange(n_copies),
-                "offset": ("copy", offsets.astype(np.int64)),
-                "spec_json": ("spec", np.array([r.to_json() for r in runs], dtype=object)),
-                "spec_hash": ("spec", np.array([r.ops_hash for r in runs], dtype=object))},
+        coords={
+            "spec": np.array([r.name for r in runs], dtype=object),
+            "copy": np.arange(n_copies),
+            "offset": ("copy", offsets.astype(np.int64)),
+            "spec_json": ("spec", np.array([r.to_json() for r in runs], dtype=object)),
+            "spec_hash": ("spec", np.array([r.ops_hash for r in runs], dtype=object)),
+        },
     )
-    return finish(ds, be, ckpt_path, kind=store.REPEATED_TOKENS,
-                  extra={"window": window, "period": period, "gap": gap, "samples": samples, "seed": seed,
-                         "attention": attention})
+    return finish(
+        ds,
+        be,
+        ckpt_path,
+        kind=store.REPEATED_TOKENS,
+        extra={
+            "window": window,
+            "period": period,
+            "gap": gap,
+            "samples": samples,
+            "seed": seed,
+            "attention": attention,
+        },
+    )

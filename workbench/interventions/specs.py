@@ -30,9 +30,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import yaml
@@ -57,15 +58,16 @@ class PairSet:
         if self.wavelength is not None:
             self.wavelength = [float(w) for w in self.wavelength]
 
-    def mask(self, geom: "Geometry", where: str = "pairs") -> np.ndarray:
+    def mask(self, geom: Geometry, where: str = "pairs") -> np.ndarray:
         """Boolean mask over the model's pairs; raises ValueError naming ``where`` on bad input."""
         half = geom.head_dim // 2
         keep = np.ones(half, dtype=bool)
         if self.indices is not None:
             bad = [j for j in self.indices if not 0 <= j < half]
             if bad:
-                raise ValueError(f"{where}.indices: pair {bad[0]} out of range (head_dim {geom.head_dim} "
-                                 f"has pairs 0..{half - 1})")
+                raise ValueError(
+                    f"{where}.indices: pair {bad[0]} out of range (head_dim {geom.head_dim} has pairs 0..{half - 1})"
+                )
             sel = np.zeros(half, dtype=bool)
             sel[list(self.indices)] = True
             keep &= sel
@@ -78,12 +80,16 @@ class PairSet:
                 raise ValueError(f"{where}: band and context_lengths go together")
             n_bands = len(self.context_lengths) + 1
             if not 0 <= self.band < n_bands:
-                raise ValueError(f"{where}.band: {self.band} out of range ({n_bands} bands: "
-                                 f"{', '.join(rope.band_edges_label(self.context_lengths))})")
+                raise ValueError(
+                    f"{where}.band: {self.band} out of range ({n_bands} bands: "
+                    f"{', '.join(rope.band_edges_label(self.context_lengths))})"
+                )
             keep &= rope.assign_bands(geom.theta, geom.head_dim, self.context_lengths, geom.scaling) == self.band
         if not keep.any():
-            raise ValueError(f"{where}: selects no pair of this model (wavelengths "
-                             f"{geom.wavelengths[0]:.3g}..{geom.wavelengths[-1]:.3g} tokens)")
+            raise ValueError(
+                f"{where}: selects no pair of this model (wavelengths "
+                f"{geom.wavelengths[0]:.3g}..{geom.wavelengths[-1]:.3g} tokens)"
+            )
         return keep
 
 
@@ -127,10 +133,13 @@ class Spec:
     ops: list[Op] = field(default_factory=list)
     description: str = ""
 
-    def __add__(self, other: "Spec") -> "Spec":
+    def __add__(self, other: Spec) -> Spec:
         """Compose: this spec's ops, then the other's."""
-        return Spec(f"{self.name}+{other.name}", [*self.ops, *other.ops],
-                    "; ".join(d for d in (self.description, other.description) if d))
+        return Spec(
+            f"{self.name}+{other.name}",
+            [*self.ops, *other.ops],
+            "; ".join(d for d in (self.description, other.description) if d),
+        )
 
     @property
     def is_identity(self) -> bool:
@@ -150,7 +159,7 @@ class Spec:
     def ops_hash(self) -> str:
         return hashlib.sha256(self.ops_json().encode()).hexdigest()[:16]
 
-    def validate(self, geom: "Geometry") -> None:
+    def validate(self, geom: Geometry) -> None:
         validate(self, geom)
 
 
@@ -162,9 +171,15 @@ def _json_default(value: Any) -> Any:
 
 # ------------------------------------------------------------------------------------ constructors
 
+
 def _op(kind: str, target: str, pairs: PairSet | None, layers, heads, kv_heads, positions, **params) -> Op:
-    return Op(kind=kind, target=target, pairs=pairs or PairSet(),  # type: ignore[arg-type]
-              scope=Scope(_list(layers), _list(heads), _list(kv_heads), _list(positions)), **params)
+    return Op(
+        kind=kind,
+        target=target,
+        pairs=pairs or PairSet(),  # type: ignore[arg-type]
+        scope=Scope(_list(layers), _list(heads), _list(kv_heads), _list(positions)),
+        **params,
+    )
 
 
 def _list(x: Iterable[int] | int | None) -> list[int] | None:
@@ -173,35 +188,77 @@ def _list(x: Iterable[int] | int | None) -> list[int] | None:
     return [int(x)] if isinstance(x, (int, np.integer)) else [int(v) for v in x]
 
 
-def shift(offset: float, target: Target = "q", *, pairs: PairSet | None = None, layers=None, heads=None,
-          kv_heads=None, positions=None) -> Op:
+def shift(
+    offset: float,
+    target: Target = "q",
+    *,
+    pairs: PairSet | None = None,
+    layers=None,
+    heads=None,
+    kv_heads=None,
+    positions=None,
+) -> Op:
     """Rotate as if at position p + offset (only q or only k: a relative-distance change)."""
     return _op("shift", target, pairs, layers, heads, kv_heads, positions, offset=float(offset))
 
 
-def theta_swap(theta: float, target: Target = "both", *, pairs: PairSet | None = None, layers=None, heads=None,
-               kv_heads=None, positions=None) -> Op:
+def theta_swap(
+    theta: float,
+    target: Target = "both",
+    *,
+    pairs: PairSet | None = None,
+    layers=None,
+    heads=None,
+    kv_heads=None,
+    positions=None,
+) -> Op:
     """Apply RoPE with base ``theta`` instead of the model's."""
     return _op("theta", target, pairs, layers, heads, kv_heads, positions, theta=float(theta))
 
 
-def rotate(angle: float, target: Target = "both", *, pairs: PairSet | None = None, layers=None, heads=None,
-           kv_heads=None, positions=None) -> Op:
+def rotate(
+    angle: float,
+    target: Target = "both",
+    *,
+    pairs: PairSet | None = None,
+    layers=None,
+    heads=None,
+    kv_heads=None,
+    positions=None,
+) -> Op:
     return _op("rotate", target, pairs, layers, heads, kv_heads, positions, angle=float(angle))
 
 
-def zero(target: Target = "both", *, pairs: PairSet | None = None, layers=None, heads=None, kv_heads=None,
-         positions=None) -> Op:
+def zero(
+    target: Target = "both", *, pairs: PairSet | None = None, layers=None, heads=None, kv_heads=None, positions=None
+) -> Op:
     return _op("zero", target, pairs, layers, heads, kv_heads, positions)
 
 
-def scale(factor: float, target: Target = "both", *, pairs: PairSet | None = None, layers=None, heads=None,
-          kv_heads=None, positions=None) -> Op:
+def scale(
+    factor: float,
+    target: Target = "both",
+    *,
+    pairs: PairSet | None = None,
+    layers=None,
+    heads=None,
+    kv_heads=None,
+    positions=None,
+) -> Op:
     return _op("scale", target, pairs, layers, heads, kv_heads, positions, factor=float(factor))
 
 
-def noise(sigma: float, seed: int = 0, target: Target = "both", *, pairs: PairSet | None = None, layers=None,
-          heads=None, kv_heads=None, positions=None) -> Op:
+def noise(
+    sigma: float,
+    seed: int = 0,
+    target: Target = "both",
+    *,
+    pairs: PairSet | None = None,
+    layers=None,
+    heads=None,
+    kv_heads=None,
+    positions=None,
+) -> Op:
     return _op("noise", target, pairs, layers, heads, kv_heads, positions, sigma=float(sigma), seed=int(seed))
 
 
@@ -210,6 +267,7 @@ def identity(name: str = "clean") -> Spec:
 
 
 # -------------------------------------------------------------------------------------- geometry
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -229,12 +287,19 @@ class Geometry:
         return 2 * math.pi / self.inv_freq
 
     @classmethod
-    def of(cls, hf_model) -> "Geometry":
+    def of(cls, hf_model) -> Geometry:
         """Geometry of a transformers Llama model (frequencies read from its rotary buffers)."""
         cfg = models.model_config_of(hf_model)
-        return cls(cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim, cfg.rope_theta,
-                   cfg.rope_scaling, cfg.max_position_embeddings,
-                   models.model_inv_freq(hf_model).double().cpu().numpy())
+        return cls(
+            cfg.num_layers,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.resolved_head_dim,
+            cfg.rope_theta,
+            cfg.rope_scaling,
+            cfg.max_position_embeddings,
+            models.model_inv_freq(hf_model).double().cpu().numpy(),
+        )
 
     def inv_freq_for(self, theta: float) -> np.ndarray:
         """Frequencies the model would run with at base ``theta`` (same scaling type)."""
@@ -242,6 +307,7 @@ class Geometry:
 
 
 # ------------------------------------------------------------------------------------ validation
+
 
 def validate(spec: Spec, geom: Geometry) -> None:
     """Refuse (ValueError naming spec, op and key) anything out of range for this model, before any run."""
@@ -251,9 +317,11 @@ def validate(spec: Spec, geom: Geometry) -> None:
         raise ValueError(f"spec name {spec.name!r}: must be non-empty without '/' or newlines")
     for i, op in enumerate(spec.ops):
         where = f"spec {spec.name!r}: ops[{i}]"
-        for key, values, n, what in (("layers", op.scope.layers, geom.num_layers, "layers"),
-                                     ("heads", op.scope.heads, geom.num_heads, "query heads"),
-                                     ("kv_heads", op.scope.kv_heads, geom.num_kv_heads, "key/value heads")):
+        for key, values, n, what in (
+            ("layers", op.scope.layers, geom.num_layers, "layers"),
+            ("heads", op.scope.heads, geom.num_heads, "query heads"),
+            ("kv_heads", op.scope.kv_heads, geom.num_kv_heads, "key/value heads"),
+        ):
             bad = [v for v in values or [] if not 0 <= v < n]
             if bad:
                 raise ValueError(f"{where}.scope.{key}: {bad[0]} out of range (model has {n} {what}: 0..{n - 1})")
@@ -288,6 +356,7 @@ def validate_all(specs: Sequence[Spec], geom: Geometry) -> None:
 
 
 # ------------------------------------------------------------------------------------------ I/O
+
 
 def from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Spec:
     """A Spec from its dict form; ConfigError names the source and the key."""

@@ -17,8 +17,8 @@ position_bucket), ready for ``workbench.interventions.write_traces``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -37,8 +37,10 @@ FINAL_VARS = ("final_kl", "final_js", "top1_flip")
 
 # ------------------------------------------------------------------------------------- pure math
 
+
 def rel_l2(new: torch.Tensor, old: torch.Tensor, token_dims: int = 1) -> torch.Tensor:
-    """||new - old|| / ||old|| per token: [B, T, D] -> [B, T]; for [B, H, T, d] (token_dims=2) norms over heads and d."""
+    """||new - old|| / ||old|| per token: [B, T, D] -> [B, T]; for [B, H, T, d] (token_dims=2) norms over heads
+    and d."""
     if token_dims == 2:
         new, old = new.transpose(1, 2).flatten(2), old.transpose(1, 2).flatten(2)
     diff = (new.double() - old.double()).norm(dim=-1)
@@ -76,8 +78,10 @@ def bucket_mean(values: torch.Tensor, positions: torch.Tensor, edges: np.ndarray
 
 # ------------------------------------------------------------------------------------------ trace
 
-def default_inputs(vocab_size: int, *, batch: int = 2, length: int = 512, seed: int = 0,
-                   start: int = 0) -> dict[str, torch.Tensor]:
+
+def default_inputs(
+    vocab_size: int, *, batch: int = 2, length: int = 512, seed: int = 0, start: int = 0
+) -> dict[str, torch.Tensor]:
     """Seeded random inputs from the synthetic language (filler words), positions start..start+length-1."""
     pool = torch.tensor([t for t in VOCAB.filler if t < vocab_size] or list(range(vocab_size)))
     g = torch.Generator().manual_seed(seed)
@@ -150,8 +154,11 @@ class TraceStats:
                 kls.append((p_lp - torch.einsum("btv,btv->bt", p, lq)).clamp_min(0))
                 # JS = H(m) - (H(p) + H(q)) / 2 with m = (p + q) / 2
                 m = (0.5 * (p + q)).clamp_min(1e-300)
-                jss.append((0.5 * p_lp + 0.5 * torch.einsum("btv,btv->bt", q, lq)
-                            - torch.einsum("btv,btv->bt", m, m.log())).clamp_min(0))
+                jss.append(
+                    (
+                        0.5 * p_lp + 0.5 * torch.einsum("btv,btv->bt", q, lq) - torch.einsum("btv,btv->bt", m, m.log())
+                    ).clamp_min(0)
+                )
                 del lq, q, m
                 flips.append((x[s].gather(-1, top) < x[s].amax(-1, keepdim=True)).squeeze(-1).double())
             final_kl = torch.stack(kls)  # [n - 1, B, T]
@@ -169,7 +176,7 @@ class TraceStats:
             diff = torch.linalg.vector_norm(xf[1:] - xf[:1], dim=-1)
             self._add(sums[0, :, layer], diff / norms[0].clamp_min(1e-30))
             # cos from the three norms: 2 a.b = |a|^2 + |b|^2 - |a - b|^2 (no extra pass over the states)
-            cos = (norms[1:] ** 2 + norms[:1] ** 2 - diff ** 2) / (2 * norms[1:] * norms[:1]).clamp_min(1e-30)
+            cos = (norms[1:] ** 2 + norms[:1] ** 2 - diff**2) / (2 * norms[1:] * norms[:1]).clamp_min(1e-30)
             self._add(sums[1, :, layer], cos.clamp(-1, 1))
             if not (self.last_lens_is_output and layer == self.n_layers - 1):
                 self._add(sums[5, :, layer], lens_kl(self.backend.lens(x)))
@@ -196,13 +203,18 @@ class TraceStats:
         final[:, 0][:, ~empty] = 0.0
         names = np.array([r.name for r in self.runs], dtype=object)
         return xr.Dataset(
-            {**{k: (("spec", "layer", "position_bucket"), layer[v]) for v, k in enumerate(LAYER_VARS)},
-             **{k: (("spec", "position_bucket"), final[v]) for v, k in enumerate(FINAL_VARS)}},
+            {
+                **{k: (("spec", "layer", "position_bucket"), layer[v]) for v, k in enumerate(LAYER_VARS)},
+                **{k: (("spec", "position_bucket"), final[v]) for v, k in enumerate(FINAL_VARS)},
+            },
             coords={
-                "spec": names, "layer": np.arange(self.n_layers), "position_bucket": np.arange(self.nb),
+                "spec": names,
+                "layer": np.arange(self.n_layers),
+                "position_bucket": np.arange(self.nb),
                 "spec_json": ("spec", np.array([r.to_json() for r in self.runs], dtype=object)),
                 "spec_hash": ("spec", np.array([r.ops_hash for r in self.runs], dtype=object)),
-                "bucket_start": ("position_bucket", self.edges[:-1]), "bucket_stop": ("position_bucket", self.edges[1:]),
+                "bucket_start": ("position_bucket", self.edges[:-1]),
+                "bucket_stop": ("position_bucket", self.edges[1:]),
             },
         )
 
@@ -215,8 +227,14 @@ def _rel_l2_tokens(x: torch.Tensor) -> torch.Tensor:
     return num / torch.linalg.vector_norm(xf[0], dim=tuple(d - 1 for d in dims)).clamp_min(1e-30)
 
 
-def trace_batch(backend: Backend, specs: Sequence[Spec], input_ids: torch.Tensor, position_ids: torch.Tensor,
-                *, buckets: int | Sequence[int] = 8) -> xr.Dataset:
+def trace_batch(
+    backend: Backend,
+    specs: Sequence[Spec],
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    *,
+    buckets: int | Sequence[int] = 8,
+) -> xr.Dataset:
     """Clean + every spec in one batched run -> Dataset (spec, layer, position_bucket) without checkpoint dim."""
     runs = [identity("clean"), *[s for s in specs if not s.is_identity]]
     stats = TraceStats(backend, runs, trace_bucket_edges(position_ids, buckets))
@@ -232,8 +250,16 @@ def _stream_chunk(be: Backend, runs: Sequence[Spec], stats: TraceStats, ids: tor
     be.stream(ids, pos, runs, stats, want=want)
 
 
-def run_trace(ckpt_path: str | Path, specs: Sequence[Spec], inputs=None, *, backend: str | Backend = "nnsight",
-              buckets: int | Sequence[int] = 8, batch_size: int | None = None, progress: bool = False) -> xr.Dataset:
+def run_trace(
+    ckpt_path: str | Path,
+    specs: Sequence[Spec],
+    inputs=None,
+    *,
+    backend: str | Backend = "nnsight",
+    buckets: int | Sequence[int] = 8,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> xr.Dataset:
     """Trace ``specs`` on a checkpoint -> Dataset with dims (checkpoint, spec, layer, position_bucket).
 
     ``inputs``: a batch dict (``input_ids``, optional ``position_ids``), an ids tensor, or None (seeded
@@ -256,7 +282,7 @@ def run_trace(ckpt_path: str | Path, specs: Sequence[Spec], inputs=None, *, back
     if progress:
         iterator = tqdm(chunks, desc=f"trace {len(specs)} spec(s) [{be.name}]", unit="batch")
     for start in iterator:
-        _stream_chunk(be, runs, stats, ids[start:start + step], pos[start:start + step])
+        _stream_chunk(be, runs, stats, ids[start : start + step], pos[start : start + step])
     return finish(stats.dataset(), be, ckpt_path, kind=store.TRACES, extra={"inputs_shape": list(ids.shape)})
 
 
@@ -268,7 +294,15 @@ def finish(ds: xr.Dataset, be: Backend, ckpt_path: str | Path, *, kind: str, ext
         checkpoint_hash=("checkpoint", np.array([models.checkpoint_hash(ckpt_path)], dtype=object)),
         rope_theta=("checkpoint", np.array([be.geometry.theta])),
     )
-    ds.attrs.update(store.provenance(kind=kind, backend=be.name, dtype=str(be.dtype).replace("torch.", ""),
-                                     device=str(be.device), head_dim=be.geometry.head_dim,
-                                     num_layers=be.geometry.num_layers, **(extra or {})))
+    ds.attrs.update(
+        store.provenance(
+            kind=kind,
+            backend=be.name,
+            dtype=str(be.dtype).replace("torch.", ""),
+            device=str(be.device),
+            head_dim=be.geometry.head_dim,
+            num_layers=be.geometry.num_layers,
+            **(extra or {}),
+        )
+    )
     return ds

@@ -14,8 +14,7 @@ an xarray Dataset with named dims, written into the results store by :func:`work
 """
 
 from workbench.measurements.bands import band_summary, parse_lengths
-from workbench.measurements.cross_document import (cross_document_kl, cross_document_kl_checkpoints,
-                                                  write_kd_signal)
+from workbench.measurements.cross_document import cross_document_kl, cross_document_kl_checkpoints, write_kd_signal
 from workbench.measurements.pairs import pair_rows, pair_update_stats, split_pairs
 from workbench.measurements.probes import position_probes
 from workbench.measurements.scores import score_decomposition
@@ -23,7 +22,17 @@ from workbench.measurements.states import state_updates
 from workbench.measurements.weights import comparison_label, weight_updates
 
 __all__ = [
-    "band_summary", "comparison_label", "cross_document_kl", "cross_document_kl_checkpoints",
-    "pair_rows", "pair_update_stats", "parse_lengths", "position_probes",
-    "score_decomposition", "split_pairs", "state_updates", "weight_updates", "write_kd_signal",
+    "band_summary",
+    "comparison_label",
+    "cross_document_kl",
+    "cross_document_kl_checkpoints",
+    "pair_rows",
+    "pair_update_stats",
+    "parse_lengths",
+    "position_probes",
+    "score_decomposition",
+    "split_pairs",
+    "state_updates",
+    "weight_updates",
+    "write_kd_signal",
 ]

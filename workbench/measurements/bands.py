@@ -8,7 +8,7 @@ short context (lambda <= L1), 1 = within the long context, ..., last = beyond ev
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import xarray as xr
@@ -54,8 +54,11 @@ def band_summary(updates: xr.Dataset, phase_lengths: Sequence[int]) -> xr.Datase
         band_of = rope.wavelength_bands(updates["wavelength_after"].transpose("comparison", "pair").values, lengths)
     else:
         band_of = np.stack([rope.assign_bands(float(t), d, lengths) for t in updates["rope_theta_after"].values])
-    out = {f"{p}_{s}": np.full((len(comps), updates.sizes["layer"], n_bands), np.nan)
-           for p in ("q", "k") for s in ("rel_update", "cosine")}
+    out = {
+        f"{p}_{s}": np.full((len(comps), updates.sizes["layer"], n_bands), np.nan)
+        for p in ("q", "k")
+        for s in ("rel_update", "cosine")
+    }
     for c in range(len(comps)):
         for b in range(n_bands):
             sel = band_of[c] == b
@@ -79,10 +82,19 @@ def band_summary(updates: xr.Dataset, phase_lengths: Sequence[int]) -> xr.Datase
                 frac[c, e, k], cover[c, e, k] = u.full_rotation_fraction, u.mean_coverage
     keep = [n for n in updates.coords if updates[n].dims == ("comparison",)]
     coords = {n: updates[n] for n in keep}
-    coords.update({"band": labels, "phase_length": np.array(lengths, dtype=np.int64),
-                   "end": np.array(ends, dtype=object), "layer": updates["layer"].values,
-                   **store.pair_coords(updates["wavelength"].values if "wavelength" in updates.coords
-                                       else rope.wavelengths(float(updates["rope_theta_after"].values[-1]), d))})
+    coords.update(
+        {
+            "band": labels,
+            "phase_length": np.array(lengths, dtype=np.int64),
+            "end": np.array(ends, dtype=object),
+            "layer": updates["layer"].values,
+            **store.pair_coords(
+                updates["wavelength"].values
+                if "wavelength" in updates.coords
+                else rope.wavelengths(float(updates["rope_theta_after"].values[-1]), d)
+            ),
+        }
+    )
     ds = xr.Dataset(
         {
             **{k: (("comparison", "layer", "band"), v) for k, v in out.items()},
@@ -99,9 +111,18 @@ def band_summary(updates: xr.Dataset, phase_lengths: Sequence[int]) -> xr.Datase
     for p in ("q", "k"):
         ds[f"{p}_index_trend"].attrs["description"] = (
             "Spearman rank correlation between pair index j and the head-mean relative update: > 0 when "
-            "higher-index (longer-wavelength) pairs moved more (the paper's F3)")
+            "higher-index (longer-wavelength) pairs moved more (the paper's F3)"
+        )
     ds["pair_band"].attrs["description"] = "band index of each pair at the comparison's after-theta"
-    ds["critical_pair"].attrs["description"] = "first pair not completing a rotation within phase_length (arXiv 2310.05209)"
-    ds.attrs.update(store.provenance(analysis="band_summary", phase_lengths=lengths, head_dim=d,
-                                     band_rule="workbench.rope.assign_bands at rope_theta_after"))
+    ds["critical_pair"].attrs["description"] = (
+        "first pair not completing a rotation within phase_length (arXiv 2310.05209)"
+    )
+    ds.attrs.update(
+        store.provenance(
+            analysis="band_summary",
+            phase_lengths=lengths,
+            head_dim=d,
+            band_rule="workbench.rope.assign_bands at rope_theta_after",
+        )
+    )
     return ds

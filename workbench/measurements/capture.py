@@ -5,16 +5,16 @@ model really used, and the residual stream after every block. Post-RoPE q/k come
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from workbench import architectures, models, rope
-from workbench.config import DataConfig
 from workbench.attention import attention_for, attention_mask
+from workbench.config import DataConfig
 from workbench.data import make_stream
 
 
@@ -46,8 +46,9 @@ def probe_batch(seq_len: int, n_windows: int, seed: int = 0, data: DataConfig | 
 
 
 @torch.no_grad()
-def capture(model, batch: Mapping[str, torch.Tensor], *, qk: bool = True, resid: bool = False,
-            attention: str = "causal") -> Captured:
+def capture(
+    model, batch: Mapping[str, torch.Tensor], *, qk: bool = True, resid: bool = False, attention: str = "causal"
+) -> Captured:
     """Run ``model`` on a batch (input_ids, position_ids, doc_ids) and collect what the analyses need."""
     out = Captured()
     layers = model.model.layers
@@ -65,6 +66,7 @@ def capture(model, batch: Mapping[str, torch.Tensor], *, qk: bool = True, resid:
     def keep(target: dict, i: int, is_tuple: bool = False):
         def hook(_mod, _inp, output):
             target[i] = host(output[0] if is_tuple and isinstance(output, tuple) else output)
+
         return hook
 
     def rotary_hook(_mod, _inp, output):
@@ -75,8 +77,10 @@ def capture(model, batch: Mapping[str, torch.Tensor], *, qk: bool = True, resid:
         for i, layer in enumerate(layers):
             if qk:  # pre-RoPE q/k per architecture (after Qwen3's q_norm/k_norm, split out of Phi-3's qkv_proj)
                 handles += architectures.pre_rope_hooks(
-                    layer.self_attn, model.config,
-                    lambda which, x, i=i: (q_raw if which == "q" else k_raw).__setitem__(i, host(x)))
+                    layer.self_attn,
+                    model.config,
+                    lambda which, x, i=i: (q_raw if which == "q" else k_raw).__setitem__(i, host(x)),
+                )
             if resid:
                 handles.append(layer.register_forward_hook(keep(res, i + 1, is_tuple=True)))
         if resid:
@@ -99,14 +103,21 @@ def capture(model, batch: Mapping[str, torch.Tensor], *, qk: bool = True, resid:
     return out
 
 
-def load_for_analysis(path, *, allow_plain_hf: bool = False, attn_implementation: str = "sdpa",
-                      device: str = "cpu", dtype: torch.dtype = torch.float32):
+def load_for_analysis(
+    path,
+    *,
+    allow_plain_hf: bool = False,
+    attn_implementation: str = "sdpa",
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+):
     """Load a checkpoint for analysis (float32 on CPU by default; the model runs with its config.json theta)."""
     from transformers.utils import logging as hf_logging  # lazy: transformers costs seconds to import
 
     hf_logging.disable_progress_bar()  # no per-tensor "Loading weights" bars inside our own progress bar
-    model, manifest = models.load(path, allow_plain_hf=allow_plain_hf, attn_implementation=attn_implementation,
-                                  device=device, dtype=dtype)
+    model, manifest = models.load(
+        path, allow_plain_hf=allow_plain_hf, attn_implementation=attn_implementation, device=device, dtype=dtype
+    )
     return model, manifest
 
 
@@ -128,8 +139,9 @@ def phase_coherence(x: torch.Tensor, dims: tuple[int, ...]) -> np.ndarray:
     return torch.sqrt(torch.cos(ph).mean(dims) ** 2 + torch.sin(ph).mean(dims) ** 2).numpy()
 
 
-def per_checkpoint(infos, fn, *, progress: bool = False, desc: str = "checkpoints",
-                   allow_plain_hf: bool = False, device: str = "cpu") -> list:
+def per_checkpoint(
+    infos, fn, *, progress: bool = False, desc: str = "checkpoints", allow_plain_hf: bool = False, device: str = "cpu"
+) -> list:
     """Load each checkpoint in turn (one model in memory at a time) and return ``[fn(model) ...]``."""
     items = infos
     if progress:

@@ -43,8 +43,9 @@ Python API::
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,8 +55,8 @@ from tqdm.auto import tqdm
 from workbench import _moved, checkpoints, divergence, models, tokenizers
 from workbench import config as wconfig
 from workbench import store as wstore  # the module; `store` is a store path
-from workbench.config import ConfigError, DataConfig
 from workbench.attention import attention_for, attention_mask
+from workbench.config import ConfigError, DataConfig
 from workbench.data import corpus, make_stream, text
 from workbench.data import stream as wstream
 from workbench.data.packing import document_starts
@@ -83,11 +84,14 @@ def load_data_config(path: str | Path, phase: str | None = None) -> DataConfig:
         if phase is not None:
             names = [ph.name for ph in cfg.phases]
             if phase not in names:
-                raise ConfigError(f"{path}: --phase {phase!r} is not a phase of this config (phases: {', '.join(names)})")
+                raise ConfigError(
+                    f"{path}: --phase {phase!r} is not a phase of this config (phases: {', '.join(names)})"
+                )
             ph = cfg.phases[names.index(phase)]
             if ph.data is None and "data" not in raw:
-                raise ConfigError(f"{path}: phase {phase!r} has no data section and the config has no top-level "
-                                  "'data' section")
+                raise ConfigError(
+                    f"{path}: phase {phase!r} has no data section and the config has no top-level 'data' section"
+                )
             return ph.data or cfg.data
         if "data" not in raw:
             with_data = [ph.name for ph in cfg.phases if ph.data is not None]
@@ -103,8 +107,10 @@ def load_data_config(path: str | Path, phase: str | None = None) -> DataConfig:
         return wconfig.from_dict(DataConfig, raw["data"], f"{path}: data")
     if "kind" in raw and set(raw) <= fields:
         return wconfig.from_dict(DataConfig, raw, str(path))
-    raise ConfigError(f"{path}: data: missing: not a run config with a data section, nor a data section "
-                      f"(top-level keys: {', '.join(sorted(raw)) or 'none'})")
+    raise ConfigError(
+        f"{path}: data: missing: not a run config with a data section, nor a data section "
+        f"(top-level keys: {', '.join(sorted(raw)) or 'none'})"
+    )
 
 
 def _token_kinds(data_cfg: DataConfig) -> bool:
@@ -112,8 +118,9 @@ def _token_kinds(data_cfg: DataConfig) -> bool:
     return corpus.data_tokenizer(data_cfg) is None
 
 
-def check_inputs(paths: Sequence[str | Path], data_cfg: DataConfig, *, seq_len: int, n_windows: int,
-                 batch_size: int = 1) -> None:
+def check_inputs(
+    paths: Sequence[str | Path], data_cfg: DataConfig, *, seq_len: int, n_windows: int, batch_size: int = 1
+) -> None:
     """Every input error before any model runs (one ValueError / CheckpointError / ConfigError): data config,
     window sizes, each checkpoint's directory, window length and vocabulary against the data's."""
     if not paths:
@@ -135,18 +142,24 @@ def check_inputs(paths: Sequence[str | Path], data_cfg: DataConfig, *, seq_len: 
         labels[label] = p
         vocab = int(cfg.get("vocab_size") or 0)
         if vocab < data_vocab:
-            raise ValueError(f"{p}: model vocab_size {vocab} is smaller than the data's vocabulary ({data_vocab} "
-                             f"tokens, {'the synthetic tokenizer' if synthetic else corpus.data_tokenizer(data_cfg)}); "
-                             "the model and the data must share one vocabulary")
+            raise ValueError(
+                f"{p}: model vocab_size {vocab} is smaller than the data's vocabulary ({data_vocab} "
+                f"tokens, {'the synthetic tokenizer' if synthetic else corpus.data_tokenizer(data_cfg)}); "
+                "the model and the data must share one vocabulary"
+            )
         if tokenizers.has_tokenizer(p):
             own = tokenizers.load(p, f"{p} (its tokenizer files)")
             if own.get_vocab() != data_tok.get_vocab():
-                raise ValueError(f"{p}: the checkpoint's tokenizer ({len(own)} tokens) is not the data's "
-                                 f"({data_vocab} tokens, {'synthetic' if synthetic else data_cfg.tokenizer}); "
-                                 "the model and the data must share one vocabulary")
+                raise ValueError(
+                    f"{p}: the checkpoint's tokenizer ({len(own)} tokens) is not the data's "
+                    f"({data_vocab} tokens, {'synthetic' if synthetic else data_cfg.tokenizer}); "
+                    "the model and the data must share one vocabulary"
+                )
         elif synthetic and vocab != VOCAB_SIZE:
-            raise ValueError(f"{p}: model vocab_size {vocab} is not the synthetic vocabulary's {VOCAB_SIZE} "
-                             "(and the checkpoint has no tokenizer); the model and the data must share one vocabulary")
+            raise ValueError(
+                f"{p}: model vocab_size {vocab} is not the synthetic vocabulary's {VOCAB_SIZE} "
+                "(and the checkpoint has no tokenizer); the model and the data must share one vocabulary"
+            )
         max_pos = int(cfg.get("max_position_embeddings") or 0)
         if max_pos and seq_len > max_pos:
             raise ValueError(f"{p}: seq_len {seq_len} is beyond the model's max_position_embeddings {max_pos}")
@@ -158,14 +171,17 @@ def check_boundaries(data_cfg: DataConfig, *, seq_len: int, n_windows: int, batc
     Raises ValueError with the plain reason when there are none: every window holds one document, so the full and
     the document-masked views are the same model on the same tokens and the signal is zero by construction (real
     documents longer than the window; set ``data.options.max_doc_tokens``)."""
-    batches, _, _ = _materialise(data_cfg, seq_len=seq_len, n_windows=n_windows, batch_size=batch_size, seed=seed,
-                                 phase=None)
+    batches, _, _ = _materialise(
+        data_cfg, seq_len=seq_len, n_windows=n_windows, batch_size=batch_size, seed=seed, phase=None
+    )
     after = sum(int((b["doc_ids"] > 0).sum()) for b in batches)
     if after == 0:
-        raise ValueError(f"0 tokens after a document boundary in {n_windows} window(s) of {seq_len} tokens: every "
-                         "window holds a single document, so there is no cross-document signal to measure; set "
-                         "max_doc_tokens (data.options, or workbench tokenize --max-doc-tokens) or use shorter "
-                         "documents")
+        raise ValueError(
+            f"0 tokens after a document boundary in {n_windows} window(s) of {seq_len} tokens: every "
+            "window holds a single document, so there is no cross-document signal to measure; set "
+            "max_doc_tokens (data.options, or workbench tokenize --max-doc-tokens) or use shorter "
+            "documents"
+        )
     return after
 
 
@@ -177,8 +193,13 @@ def kind_table(vocab_size: int, synthetic: bool) -> tuple[tuple[str, ...], np.nd
     if not synthetic:
         return OTHER_KINDS, np.zeros(vocab_size, dtype=np.int64)
     table = np.full(vocab_size, SYNTHETIC_KINDS.index("special"), dtype=np.int64)  # ids beyond the vocab too
-    for name, ids in (("marker", VOCAB.marker.values()), ("key", VOCAB.keys), ("value", VOCAB.values),
-                      ("digit", VOCAB.digits), ("filler", VOCAB.filler)):
+    for name, ids in (
+        ("marker", VOCAB.marker.values()),
+        ("key", VOCAB.keys),
+        ("value", VOCAB.values),
+        ("digit", VOCAB.digits),
+        ("filler", VOCAB.filler),
+    ):
         table[np.fromiter(ids, dtype=np.int64)] = SYNTHETIC_KINDS.index(name)
     return SYNTHETIC_KINDS, table
 
@@ -229,17 +250,19 @@ def batch_kl(model, batch: Mapping[str, torch.Tensor], *, chunk_size: int = 1024
         return torch.log_softmax(logits, -1)
 
     for s in range(0, h_full.shape[0], chunk_size):
-        lp_full, lp_doc = logp(h_full[s:s + chunk_size]), logp(h_doc[s:s + chunk_size])
-        kl[s:s + chunk_size] = divergence.kl(lp_full, lp_doc).clamp_min(0).cpu()
+        lp_full, lp_doc = logp(h_full[s : s + chunk_size]), logp(h_doc[s : s + chunk_size])
+        kl[s : s + chunk_size] = divergence.kl(lp_full, lp_doc).clamp_min(0).cpu()
         del lp_full, lp_doc
     return kl.reshape(ids.shape[0], ids.shape[1] - 1)
 
 
-def token_table(batches: Sequence[Mapping[str, torch.Tensor]], *, synthetic: bool, vocab_size: int
-                ) -> dict[str, np.ndarray]:
+def token_table(
+    batches: Sequence[Mapping[str, torch.Tensor]], *, synthetic: bool, vocab_size: int
+) -> dict[str, np.ndarray]:
     """Per-token coordinates of the windows in ``batches`` (every position but each window's last)."""
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("window", "position", "position_id", "doc", "distance",
-                                                          "token_id", "kd_target", "boundary")}
+    cols: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("window", "position", "position_id", "doc", "distance", "token_id", "kd_target", "boundary")
+    }
     w0 = 0
     for b in batches:
         docs = b["doc_ids"].cpu()
@@ -268,8 +291,12 @@ def _stats(x: np.ndarray, total: float) -> tuple[float, float, float, float]:
     """mean, median, p95, share of ``total`` for the values x (NaN when empty)."""
     if x.size == 0:
         return (np.nan, np.nan, np.nan, 0.0 if total > 0 else np.nan)
-    return (float(x.mean()), float(np.median(x)), float(np.percentile(x, 95)),
-            float(x.sum() / total) if total > 0 else np.nan)
+    return (
+        float(x.mean()),
+        float(np.median(x)),
+        float(np.percentile(x, 95)),
+        float(x.sum() / total) if total > 0 else np.nan,
+    )
 
 
 def top_share(x: np.ndarray, fraction: float = 0.05) -> float:
@@ -280,8 +307,12 @@ def top_share(x: np.ndarray, fraction: float = 0.05) -> float:
     return float(np.sort(x)[-k:].sum() / x.sum())
 
 
-def summarise(kl: np.ndarray, tokens: Mapping[str, np.ndarray], buckets: Sequence[tuple[int, int]],
-              summary_tokens: str = "kd_targets") -> dict[str, np.ndarray]:
+def summarise(
+    kl: np.ndarray,
+    tokens: Mapping[str, np.ndarray],
+    buckets: Sequence[tuple[int, int]],
+    summary_tokens: str = "kd_targets",
+) -> dict[str, np.ndarray]:
     """The summary variables of one checkpoint from its per-token KL."""
     use = tokens["kd_target"] if summary_tokens == "kd_targets" else np.ones_like(tokens["kd_target"], dtype=bool)
     x, dist, kind, doc = kl[use], tokens["distance"][use], tokens["kind"][use], tokens["doc"][use]
@@ -290,8 +321,10 @@ def summarise(kl: np.ndarray, tokens: Mapping[str, np.ndarray], buckets: Sequenc
     out["mean"], out["median"], out["p95"], _ = _stats(x, total)
     out["top5_share"] = top_share(x)
     out["mean_after_first_doc"] = float(x[doc > 0].mean()) if (doc > 0).any() else np.nan
-    for name, groups in (("distance", [(dist >= lo) & (dist <= hi) for lo, hi in buckets]),
-                         ("kind", [kind == k for k in range(len(tokens["kinds"]))])):
+    for name, groups in (
+        ("distance", [(dist >= lo) & (dist <= hi) for lo, hi in buckets]),
+        ("kind", [kind == k for k in range(len(tokens["kinds"]))]),
+    ):
         stats = np.array([_stats(x[g], total) for g in groups]).reshape(len(groups), 4)
         for i, stat in enumerate(("mean", "median", "p95", "share")):
             out[f"{stat}_by_{name}"] = stats[:, i]
@@ -299,9 +332,15 @@ def summarise(kl: np.ndarray, tokens: Mapping[str, np.ndarray], buckets: Sequenc
     return out
 
 
-def _materialise(data: DataConfig | str | Path | Iterable[Mapping[str, torch.Tensor]], *, seq_len: int,
-                 n_windows: int, batch_size: int, seed: int, phase: str | None
-                 ) -> tuple[list[dict[str, torch.Tensor]], DataConfig | None, dict[str, Any]]:
+def _materialise(
+    data: DataConfig | str | Path | Iterable[Mapping[str, torch.Tensor]],
+    *,
+    seq_len: int,
+    n_windows: int,
+    batch_size: int,
+    seed: int,
+    phase: str | None,
+) -> tuple[list[dict[str, torch.Tensor]], DataConfig | None, dict[str, Any]]:
     """-> (batches, data config or None, provenance of the data)."""
     source: dict[str, Any] = {}
     if isinstance(data, (str, Path)):
@@ -317,9 +356,15 @@ def _materialise(data: DataConfig | str | Path | Iterable[Mapping[str, torch.Ten
             take = min(left, batch_size)
             batches.append({k: v[:take] for k, v in b.items()})
             left -= take
-        source.update(data=wconfig.to_dict(data), data_hash=wconfig.config_hash(data), seq_len=seq_len,
-                      n_windows=n_windows, seed=seed, batch_size=batch_size,
-                      packing=f"positions={data.packing.positions}, attention={data.packing.attention}")
+        source.update(
+            data=wconfig.to_dict(data),
+            data_hash=wconfig.config_hash(data),
+            seq_len=seq_len,
+            n_windows=n_windows,
+            seed=seed,
+            batch_size=batch_size,
+            packing=f"positions={data.packing.positions}, attention={data.packing.attention}",
+        )
         return batches, data, source
     batches = [{k: torch.as_tensor(v) for k, v in b.items()} for b in data]
     if not batches:
@@ -338,9 +383,14 @@ def _materialise(data: DataConfig | str | Path | Iterable[Mapping[str, torch.Ten
     for b in batches:
         for k in ("input_ids", "position_ids", "doc_ids"):
             digest.update(b[k].cpu().numpy().astype(np.int64).tobytes())
-    source.update(data="batches", data_hash=digest.hexdigest()[:16], seq_len=widths.pop(),
-                  n_windows=sum(int(b["input_ids"].shape[0]) for b in batches), seed=-1,
-                  batch_size=int(batches[0]["input_ids"].shape[0]))
+    source.update(
+        data="batches",
+        data_hash=digest.hexdigest()[:16],
+        seq_len=widths.pop(),
+        n_windows=sum(int(b["input_ids"].shape[0]) for b in batches),
+        seed=-1,
+        batch_size=int(batches[0]["input_ids"].shape[0]),
+    )
     return batches, None, source
 
 
@@ -357,27 +407,44 @@ def _load(model_or_path, *, device: str, dtype: torch.dtype, allow_plain_hf: boo
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
-        info = {"checkpoint_path": str(path), "checkpoint_hash": models.checkpoint_hash(path),
-                "rope_theta": float(models.rope_theta(model)), "step": int(manifest.get("step", -1)),
-                "phase": str(manifest.get("phase", "")), "objective": str(manifest.get("objective") or "")}
+        info = {
+            "checkpoint_path": str(path),
+            "checkpoint_hash": models.checkpoint_hash(path),
+            "rope_theta": float(models.rope_theta(model)),
+            "step": int(manifest.get("step", -1)),
+            "phase": str(manifest.get("phase", "")),
+            "objective": str(manifest.get("objective") or ""),
+        }
         return model, checkpoints.label(path), info
     model = model_or_path.eval()
     try:
         theta = float(models.rope_theta(model))
     except Exception:  # a model without the rotary layout we know
         theta = float("nan")
-    info = {"checkpoint_path": "", "checkpoint_hash": "", "rope_theta": theta, "step": -1, "phase": "",
-            "objective": ""}
+    info = {"checkpoint_path": "", "checkpoint_hash": "", "rope_theta": theta, "step": -1, "phase": "", "objective": ""}
     return model, None, info
 
 
-def cross_document_kl(model_or_path, data: DataConfig | str | Path | Iterable[Mapping[str, torch.Tensor]], *,
-                      seq_len: int = 1024, n_windows: int = 8, batch_size: int = 2, seed: int = 0,
-                      phase: str | None = None, label: str | None = None, device: str = "cpu",
-                      dtype: torch.dtype = torch.float32, chunk_size: int = 1024, keep_tokens: bool | None = None,
-                      summary_tokens: str = "kd_targets", token_kinds: bool | None = None,
-                      allow_plain_hf: bool = True, progress: bool | Callable[[int], None] = False,
-                      windows: int | None = None) -> xr.Dataset:
+def cross_document_kl(
+    model_or_path,
+    data: DataConfig | str | Path | Iterable[Mapping[str, torch.Tensor]],
+    *,
+    seq_len: int = 1024,
+    n_windows: int = 8,
+    batch_size: int = 2,
+    seed: int = 0,
+    phase: str | None = None,
+    label: str | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    chunk_size: int = 1024,
+    keep_tokens: bool | None = None,
+    summary_tokens: str = "kd_targets",
+    token_kinds: bool | None = None,
+    allow_plain_hf: bool = True,
+    progress: bool | Callable[[int], None] = False,
+    windows: int | None = None,
+) -> xr.Dataset:
     """The cross-document KD signal of one model -> Dataset with dims (checkpoint=1, token, distance_bucket, kind).
 
     ``model_or_path``: a checkpoint directory (loaded with ``workbench.models.load``) or a loaded HF causal
@@ -387,22 +454,46 @@ def cross_document_kl(model_or_path, data: DataConfig | str | Path | Iterable[Ma
     predicted tokens by the synthetic vocabulary (default: when the data has no tokenizer of its own).
     """
     n_windows = _moved.keyword(n_windows, windows, "windows", "n_windows", "cross_document_kl")
-    return cross_document_kl_checkpoints([model_or_path], data, seq_len=seq_len, n_windows=n_windows,
-                                         batch_size=batch_size, seed=seed, phase=phase,
-                                         labels=None if label is None else [label], device=device, dtype=dtype,
-                                         chunk_size=chunk_size, keep_tokens=keep_tokens,
-                                         summary_tokens=summary_tokens, token_kinds=token_kinds,
-                                         allow_plain_hf=allow_plain_hf, progress=progress)
+    return cross_document_kl_checkpoints(
+        [model_or_path],
+        data,
+        seq_len=seq_len,
+        n_windows=n_windows,
+        batch_size=batch_size,
+        seed=seed,
+        phase=phase,
+        labels=None if label is None else [label],
+        device=device,
+        dtype=dtype,
+        chunk_size=chunk_size,
+        keep_tokens=keep_tokens,
+        summary_tokens=summary_tokens,
+        token_kinds=token_kinds,
+        allow_plain_hf=allow_plain_hf,
+        progress=progress,
+    )
 
 
-def cross_document_kl_checkpoints(models_or_paths: Sequence, data, *, seq_len: int = 1024, n_windows: int = 8,
-                                  batch_size: int = 2, seed: int = 0, phase: str | None = None,
-                                  labels: Sequence[str] | None = None, device: str = "cpu",
-                                  dtype: torch.dtype = torch.float32, chunk_size: int = 1024,
-                                  keep_tokens: bool | None = None, summary_tokens: str = "kd_targets",
-                                  token_kinds: bool | None = None, allow_plain_hf: bool = True,
-                                  progress: bool | Callable[[int], None] = False,
-                                  windows: int | None = None) -> xr.Dataset:
+def cross_document_kl_checkpoints(
+    models_or_paths: Sequence,
+    data,
+    *,
+    seq_len: int = 1024,
+    n_windows: int = 8,
+    batch_size: int = 2,
+    seed: int = 0,
+    phase: str | None = None,
+    labels: Sequence[str] | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    chunk_size: int = 1024,
+    keep_tokens: bool | None = None,
+    summary_tokens: str = "kd_targets",
+    token_kinds: bool | None = None,
+    allow_plain_hf: bool = True,
+    progress: bool | Callable[[int], None] = False,
+    windows: int | None = None,
+) -> xr.Dataset:
     """:func:`cross_document_kl` for several checkpoints on the same windows -> one Dataset along
     ``checkpoint`` (models load one at a time). ``progress``: True for a tqdm bar over all batches, or a
     callable receiving the number of windows done after each batch."""
@@ -413,8 +504,9 @@ def cross_document_kl_checkpoints(models_or_paths: Sequence, data, *, seq_len: i
         raise ValueError("no checkpoint given")
     if labels is not None and len(labels) != len(models_or_paths):
         raise ValueError(f"{len(labels)} labels for {len(models_or_paths)} models")
-    batches, data_cfg, source = _materialise(data, seq_len=seq_len, n_windows=n_windows, batch_size=batch_size,
-                                             seed=seed, phase=phase)
+    batches, data_cfg, source = _materialise(
+        data, seq_len=seq_len, n_windows=n_windows, batch_size=batch_size, seed=seed, phase=phase
+    )
     if token_kinds is None:
         token_kinds = data_cfg is None or _token_kinds(data_cfg)
         if data_cfg is None:  # raw batches: the synthetic classes only if every id is in the synthetic vocabulary
@@ -434,8 +526,10 @@ def cross_document_kl_checkpoints(models_or_paths: Sequence, data, *, seq_len: i
             vocab = max(vocab, int(model.config.vocab_size))
             too_big = max(int(b["input_ids"].max()) for b in batches)
             if too_big >= model.config.vocab_size:
-                raise ValueError(f"{info['checkpoint_path'] or 'model'}: token id {too_big} is beyond its vocab_size "
-                                 f"{model.config.vocab_size}; the model and the data must share one vocabulary")
+                raise ValueError(
+                    f"{info['checkpoint_path'] or 'model'}: token id {too_big} is beyond its vocab_size "
+                    f"{model.config.vocab_size}; the model and the data must share one vocabulary"
+                )
             name = labels[i] if labels is not None else (auto_label or "model")
             rows = []
             for b in batches:
@@ -453,14 +547,33 @@ def cross_document_kl_checkpoints(models_or_paths: Sequence, data, *, seq_len: i
     if dupes:
         raise ValueError(f"checkpoint label(s) {dupes} given more than once")
     tokens = token_table(batches, synthetic=token_kinds, vocab_size=vocab)
-    return build_dataset(per_ckpt, names, infos, tokens, source, summary_tokens=summary_tokens,
-                         keep_tokens=keep_tokens, token_kinds=token_kinds, device=device, dtype=dtype)
+    return build_dataset(
+        per_ckpt,
+        names,
+        infos,
+        tokens,
+        source,
+        summary_tokens=summary_tokens,
+        keep_tokens=keep_tokens,
+        token_kinds=token_kinds,
+        device=device,
+        dtype=dtype,
+    )
 
 
-def build_dataset(per_ckpt: Sequence[np.ndarray], names: Sequence[str], infos: Sequence[Mapping[str, Any]],
-                  tokens: Mapping[str, np.ndarray], source: Mapping[str, Any], *, summary_tokens: str,
-                  keep_tokens: bool | None, token_kinds: bool, device: str = "cpu",
-                  dtype: torch.dtype = torch.float32) -> xr.Dataset:
+def build_dataset(
+    per_ckpt: Sequence[np.ndarray],
+    names: Sequence[str],
+    infos: Sequence[Mapping[str, Any]],
+    tokens: Mapping[str, np.ndarray],
+    source: Mapping[str, Any],
+    *,
+    summary_tokens: str,
+    keep_tokens: bool | None,
+    token_kinds: bool,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> xr.Dataset:
     """Per-token KL of each checkpoint + the token table -> the ``kd_signal`` Dataset."""
     n_tok = len(tokens["distance"])
     keep = n_tok <= AUTO_KEEP_TOKENS if keep_tokens is None else bool(keep_tokens)
@@ -489,27 +602,36 @@ def build_dataset(per_ckpt: Sequence[np.ndarray], names: Sequence[str], infos: S
     if keep:
         data_vars["kl"] = (ck + ("token",), np.stack(per_ckpt).astype(np.float32))
         kinds = np.asarray(tokens["kinds"], dtype=object)
-        coords.update({
-            "token": np.arange(n_tok, dtype=np.int64),
-            "token_window": ("token", tokens["window"].astype(np.int32)),
-            "token_position": ("token", tokens["position"].astype(np.int32)),
-            "token_position_id": ("token", tokens["position_id"].astype(np.int32)),
-            "token_doc": ("token", tokens["doc"].astype(np.int32)),
-            "token_distance": ("token", tokens["distance"].astype(np.int32)),
-            "token_id": ("token", tokens["token_id"].astype(np.int32)),
-            "token_kind": ("token", kinds[tokens["kind"]]),
-            "kd_target": ("token", tokens["kd_target"].astype(bool)),
-            "boundary": ("token", tokens["boundary"].astype(bool)),
-        })
+        coords.update(
+            {
+                "token": np.arange(n_tok, dtype=np.int64),
+                "token_window": ("token", tokens["window"].astype(np.int32)),
+                "token_position": ("token", tokens["position"].astype(np.int32)),
+                "token_position_id": ("token", tokens["position_id"].astype(np.int32)),
+                "token_doc": ("token", tokens["doc"].astype(np.int32)),
+                "token_distance": ("token", tokens["distance"].astype(np.int32)),
+                "token_id": ("token", tokens["token_id"].astype(np.int32)),
+                "token_kind": ("token", kinds[tokens["kind"]]),
+                "kd_target": ("token", tokens["kd_target"].astype(bool)),
+                "boundary": ("token", tokens["boundary"].astype(bool)),
+            }
+        )
     attrs = wstore.provenance(
-        kind=wstore.KD_SIGNAL, divergence=DIVERGENCE, summary_tokens=summary_tokens, token_kinds=bool(token_kinds),
-        kept_tokens=bool(keep), n_tokens=int(n_tok), device=str(device), dtype=str(dtype).replace("torch.", ""),
+        kind=wstore.KD_SIGNAL,
+        divergence=DIVERGENCE,
+        summary_tokens=summary_tokens,
+        token_kinds=bool(token_kinds),
+        kept_tokens=bool(keep),
+        n_tokens=int(n_tok),
+        device=str(device),
+        dtype=str(dtype).replace("torch.", ""),
         checkpoint_hashes={n: i["checkpoint_hash"] for n, i in zip(names, infos)},
         token_definition="token t: the distribution at position t of a window, predicting token t+1; the "
-                         "last position of each window is left out",
+        "last position of each window is left out",
         distance_definition="t minus the index of its document's first token (0: the document's first token, "
-                            "which sees only itself under the document mask)",
-        **dict(source))
+        "which sees only itself under the document mask)",
+        **dict(source),
+    )
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 
@@ -522,13 +644,26 @@ def check_writable(store: str | Path, labels: Iterable[str], attrs: Mapping[str,
     wstore.refuse(store, wstore.KD_SIGNAL, labels=labels, attrs=attrs)
 
 
-def data_attrs(data_cfg: DataConfig, *, seq_len: int, n_windows: int, seed: int,
-               summary_tokens: str = "kd_targets", keep_tokens: bool | None = None) -> dict[str, Any]:
+def data_attrs(
+    data_cfg: DataConfig,
+    *,
+    seq_len: int,
+    n_windows: int,
+    seed: int,
+    summary_tokens: str = "kd_targets",
+    keep_tokens: bool | None = None,
+) -> dict[str, Any]:
     """The attrs a run on ``data_cfg`` will write, for :func:`check_writable` before the run."""
     n = n_windows * (seq_len - 1)
-    return {"data_hash": wconfig.config_hash(data_cfg), "seq_len": seq_len, "n_windows": n_windows, "seed": seed,
-            "summary_tokens": summary_tokens, "token_kinds": _token_kinds(data_cfg),
-            "kept_tokens": n <= AUTO_KEEP_TOKENS if keep_tokens is None else bool(keep_tokens)}
+    return {
+        "data_hash": wconfig.config_hash(data_cfg),
+        "seq_len": seq_len,
+        "n_windows": n_windows,
+        "seed": seed,
+        "summary_tokens": summary_tokens,
+        "token_kinds": _token_kinds(data_cfg),
+        "kept_tokens": n <= AUTO_KEEP_TOKENS if keep_tokens is None else bool(keep_tokens),
+    }
 
 
 def write_kd_signal(store: str | Path, ds: xr.Dataset) -> Path:
@@ -537,6 +672,17 @@ def write_kd_signal(store: str | Path, ds: xr.Dataset) -> Path:
     return wstore.save(store, wstore.KD_SIGNAL, ds)
 
 
-__all__ = ["batch_kl", "check_inputs", "check_writable", "cross_document_kl",
-           "cross_document_kl_checkpoints", "data_attrs", "distance_buckets", "kind_table", "load_data_config",
-           "summarise", "top_share", "write_kd_signal"]
+__all__ = [
+    "batch_kl",
+    "check_inputs",
+    "check_writable",
+    "cross_document_kl",
+    "cross_document_kl_checkpoints",
+    "data_attrs",
+    "distance_buckets",
+    "kind_table",
+    "load_data_config",
+    "summarise",
+    "top_share",
+    "write_kd_signal",
+]

@@ -24,7 +24,8 @@ def pair_rows(head: int, pair: int, head_dim: int) -> tuple[int, int]:
 
 
 def split_pairs(weight: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
-    """[num_heads*head_dim, in] (or a bias [num_heads*head_dim]) -> [num_heads, pairs, 2, in]: the two rows of each pair."""
+    """[num_heads*head_dim, in] (or a bias [num_heads*head_dim]) -> [num_heads, pairs, 2, in]: the two rows of
+    each pair."""
     if weight.shape[0] != num_heads * head_dim:
         raise ValueError(f"projection has {weight.shape[0]} rows, expected heads*head_dim = {num_heads * head_dim}")
     w = rope.pair_view(weight.reshape(num_heads, head_dim, *weight.shape[1:]), dim=1)  # [h, half-index, j, ...]
@@ -32,7 +33,9 @@ def split_pairs(weight: torch.Tensor, num_heads: int, head_dim: int) -> torch.Te
     return w.reshape(num_heads, head_dim // 2, 2, -1)
 
 
-def pair_update_stats(before: torch.Tensor, after: torch.Tensor, num_heads: int, head_dim: int) -> dict[str, torch.Tensor]:
+def pair_update_stats(
+    before: torch.Tensor, after: torch.Tensor, num_heads: int, head_dim: int
+) -> dict[str, torch.Tensor]:
     """Per (head, pair): norm before/after, norm of the update relative to the norm before, and the cosine.
 
     Norms are Frobenius norms of the 2 x in block of each pair (float64). The cosine is computed from the
@@ -50,5 +53,9 @@ def pair_update_stats(before: torch.Tensor, after: torch.Tensor, num_heads: int,
     with torch.no_grad():
         rel = torch.sqrt(sd) / torch.sqrt(sa)
         cos = (sa + sb - sd) / (2 * torch.sqrt(sa * sb))
-    return {"norm_before": torch.sqrt(sa), "norm_after": torch.sqrt(sb), "rel_update": rel,
-            "cosine": cos.clamp(-1.0, 1.0)}
+    return {
+        "norm_before": torch.sqrt(sa),
+        "norm_after": torch.sqrt(sb),
+        "rel_update": rel,
+        "cosine": cos.clamp(-1.0, 1.0),
+    }

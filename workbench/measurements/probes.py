@@ -9,21 +9,29 @@ Train/test split by window (held-out windows), never by token within a window.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import xarray as xr
 
 from workbench import checkpoints as ck
 from workbench import store
+from workbench.config import DataConfig
 from workbench.measurements.capture import capture, per_checkpoint, probe_batch
 from workbench.measurements.scores import checkpoint_coords
-from workbench.config import DataConfig
 
 
-def fit_probes(features: np.ndarray, positions: np.ndarray, groups: np.ndarray, *, n_buckets: int,
-               seq_len: int, seed: int = 0, max_train: int = 4000) -> dict[str, float]:
+def fit_probes(
+    features: np.ndarray,
+    positions: np.ndarray,
+    groups: np.ndarray,
+    *,
+    n_buckets: int,
+    seq_len: int,
+    seed: int = 0,
+    max_train: int = 4000,
+) -> dict[str, float]:
     """Fit both probes on one site's features [N, hidden] -> held-out r2, accuracy and chance accuracy."""
     from sklearn.linear_model import LogisticRegression, RidgeCV  # lazy: scikit-learn only for probes (seconds)
     from sklearn.metrics import accuracy_score, r2_score
@@ -56,8 +64,18 @@ def model_probes(model, batch, *, n_buckets: int, seed: int = 0, max_train: int 
     b, t = batch["input_ids"].shape
     positions = batch["position_ids"].reshape(-1).numpy()
     groups = np.repeat(np.arange(b), t)
-    rows = [fit_probes(r.reshape(b * t, -1).double().numpy(), positions, groups, n_buckets=n_buckets,
-                       seq_len=int(positions.max()) + 1, seed=seed, max_train=max_train) for r in cap.resid]
+    rows = [
+        fit_probes(
+            r.reshape(b * t, -1).double().numpy(),
+            positions,
+            groups,
+            n_buckets=n_buckets,
+            seq_len=int(positions.max()) + 1,
+            seed=seed,
+            max_train=max_train,
+        )
+        for r in cap.resid
+    ]
     return {k: np.array([row[k] for row in rows]) for k in ("r2", "accuracy", "chance")}
 
 
@@ -83,22 +101,38 @@ def position_probes(
         raise ValueError(f"position probes need at least 2 buckets, got {n_buckets}")
     infos = ck.inspect_all(paths, allow_plain_hf=allow_plain_hf, minimum=1)
     batch = probe_batch(seq_len, n_windows, seed, data) if inputs is None else inputs  # inputs: workbench.inputs
-    per = per_checkpoint(infos, lambda m: model_probes(m, batch, n_buckets=n_buckets, seed=seed, max_train=max_train),
-                         progress=progress, desc="position probes", allow_plain_hf=allow_plain_hf,
-                         device=device)
+    per = per_checkpoint(
+        infos,
+        lambda m: model_probes(m, batch, n_buckets=n_buckets, seed=seed, max_train=max_train),
+        progress=progress,
+        desc="position probes",
+        allow_plain_hf=allow_plain_hf,
+        device=device,
+    )
     n_layers = infos[0].num_layers
     ds = xr.Dataset(
         {k: (("checkpoint", "layer"), np.stack([r[k] for r in per])) for k in ("r2", "accuracy", "chance")},
-        coords={**checkpoint_coords(infos), "layer": np.arange(-1, n_layers),
-                "site": ("layer", np.array(["embed"] + [f"block {i}" for i in range(n_layers)], dtype=object))},
+        coords={
+            **checkpoint_coords(infos),
+            "layer": np.arange(-1, n_layers),
+            "site": ("layer", np.array(["embed"] + [f"block {i}" for i in range(n_layers)], dtype=object)),
+        },
     )
     ds["r2"].attrs["description"] = "held-out R^2 of ridge regression residual -> log(1 + position)"
-    ds["accuracy"].attrs["description"] = (f"held-out accuracy of logistic regression into {n_buckets} "
-                                           "equal-width position buckets")
+    ds["accuracy"].attrs["description"] = (
+        f"held-out accuracy of logistic regression into {n_buckets} equal-width position buckets"
+    )
     ds["chance"].attrs["description"] = "share of the most frequent bucket among held-out tokens"
-    ds.attrs.update(store.provenance(analysis="position_probes", seq_len=seq_len, n_windows=n_windows,
-                                     n_buckets=n_buckets, seed=seed, max_train=max_train,
-                                     split="GroupShuffleSplit by window, test_size 0.25",
-                                     models="StandardScaler+RidgeCV(alphas 1e-2..1e4); "
-                                            "StandardScaler+LogisticRegression(C=0.1)"))
+    ds.attrs.update(
+        store.provenance(
+            analysis="position_probes",
+            seq_len=seq_len,
+            n_windows=n_windows,
+            n_buckets=n_buckets,
+            seed=seed,
+            max_train=max_train,
+            split="GroupShuffleSplit by window, test_size 0.25",
+            models="StandardScaler+RidgeCV(alphas 1e-2..1e4); StandardScaler+LogisticRegression(C=0.1)",
+        )
+    )
     return ds

@@ -20,25 +20,24 @@ Two ways to get there (``method``):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 import xarray as xr
 
-from workbench import _moved
+from workbench import _moved, rope, store
 from workbench import checkpoints as ck
-from workbench import rope, store
-from workbench.measurements.capture import capture, per_checkpoint, probe_batch
 from workbench.config import DataConfig
+from workbench.measurements.capture import capture, per_checkpoint, probe_batch
 
 
 def distance_buckets(seq_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper (inclusive) edges of the log2 distance buckets covering 0..seq_len-1."""
     n = int(np.floor(np.log2(max(seq_len - 1, 1)))) + 2
     lo = np.array([0] + [2 ** (i - 1) for i in range(1, n)], dtype=np.int64)
-    hi = np.array([0] + [2 ** i - 1 for i in range(1, n)], dtype=np.int64)
+    hi = np.array([0] + [2**i - 1 for i in range(1, n)], dtype=np.int64)
     hi[-1] = min(hi[-1], seq_len - 1)
     return lo, hi
 
@@ -54,8 +53,9 @@ def pair_contributions(q: torch.Tensor, k: torch.Tensor, scaling: float) -> torc
     return scaling * torch.einsum("bhtxp,bhsxp->bhtsp", rope.pair_view(q), rope.pair_view(k))
 
 
-def bucketed_contributions(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, scaling: float,
-                           n_buckets: int, block: int = 32) -> dict[str, np.ndarray]:
+def bucketed_contributions(
+    q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, scaling: float, n_buckets: int, block: int = 32
+) -> dict[str, np.ndarray]:
     """Sums over causal (t, s <= t) of the per-pair terms by distance bucket, chunked over queries.
 
     The distance is the position_ids difference (what RoPE sees); causal pairs with a negative difference
@@ -83,9 +83,11 @@ def bucketed_contributions(q: torch.Tensor, k: torch.Tensor, positions: torch.Te
         total.index_add_(0, bucket, flat)
         total_abs.index_add_(0, bucket, flat.abs())
         count.index_add_(0, bucket, torch.ones_like(bucket, dtype=torch.float64))
-    return {"contribution": total[:n_buckets].permute(1, 2, 0).numpy(),
-            "abs_contribution": total_abs[:n_buckets].permute(1, 2, 0).numpy(),
-            "count": count[:n_buckets].numpy()}
+    return {
+        "contribution": total[:n_buckets].permute(1, 2, 0).numpy(),
+        "abs_contribution": total_abs[:n_buckets].permute(1, 2, 0).numpy(),
+        "count": count[:n_buckets].numpy(),
+    }
 
 
 ABS_SAMPLE = {"pairs": 65536}
@@ -97,8 +99,9 @@ def contiguous(positions: torch.Tensor) -> bool:
     return bool((positions[:, 1:] - positions[:, :-1] == 1).all()) if positions.shape[1] > 1 else True
 
 
-def prefix_contributions(q: torch.Tensor, k: torch.Tensor, scaling: float, lo: np.ndarray,
-                         hi: np.ndarray) -> dict[str, np.ndarray]:
+def prefix_contributions(
+    q: torch.Tensor, k: torch.Tensor, scaling: float, lo: np.ndarray, hi: np.ndarray
+) -> dict[str, np.ndarray]:
     """Exact sums over causal (t, s) with t - s in each bucket [lo, hi] of the per-pair terms, in
     O(T * buckets) with prefix sums of k (contiguous positions: distance = index difference).
 
@@ -144,9 +147,17 @@ def bucket_pairs(t: int, a: int, z: int, *, n: int, seed: int, bucket: int) -> t
     return tq, rr, False
 
 
-def sampled_abs_contributions(q: torch.Tensor, k: torch.Tensor, scaling: float, lo: np.ndarray, hi: np.ndarray,
-                              *, seed: int = 0, pairs: int = ABS_SAMPLE["pairs"], chunk: int = 8192
-                              ) -> dict[str, np.ndarray]:
+def sampled_abs_contributions(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scaling: float,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    *,
+    seed: int = 0,
+    pairs: int = ABS_SAMPLE["pairs"],
+    chunk: int = 8192,
+) -> dict[str, np.ndarray]:
     """Sums of |per-pair term| per distance bucket over a seeded uniform sample of ``pairs`` causal
     (query, key) positions of the bucket (every pair when the bucket has no more; contiguous positions),
     the same positions in every row. Returns ``abs_contribution`` [H, P, n_buckets] and ``n_sampled``
@@ -163,15 +174,24 @@ def sampled_abs_contributions(q: torch.Tensor, k: torch.Tensor, scaling: float, 
         tq, rr, exact[i] = bucket_pairs(t, a, z, n=pairs, seed=seed, bucket=i)
         tq, sk = tq.to(q.device), (tq - rr).to(q.device)
         for c in range(0, len(tq), chunk):
-            term = (qv[:, :, tq[c:c + chunk]] * kv[:, :, sk[c:c + chunk]]).sum(-2).abs_()  # [B, H, n, P]
+            term = (qv[:, :, tq[c : c + chunk]] * kv[:, :, sk[c : c + chunk]]).sum(-2).abs_()  # [B, H, n, P]
             total[:, :, i] += scaling * term.sum((0, 2))
         n_sampled[i] = b * len(tq)
     return {"abs_contribution": total.cpu().numpy(), "n_sampled": n_sampled, "exact": exact}
 
 
-def decompose(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, scaling: float, lo: np.ndarray,
-              hi: np.ndarray, *, method: str = "fast", seed: int = 0, abs_sample: dict | None = None
-              ) -> dict[str, np.ndarray]:
+def decompose(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    positions: torch.Tensor,
+    scaling: float,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    *,
+    method: str = "fast",
+    seed: int = 0,
+    abs_sample: dict | None = None,
+) -> dict[str, np.ndarray]:
     """Bucket means for one layer: ``contribution`` and ``abs_contribution`` [H, P, n_buckets], ``count``
     (triples behind the mean term) and ``n_abs`` (triples behind the mean |term|) [n_buckets]."""
     if method not in METHODS:
@@ -179,21 +199,30 @@ def decompose(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, scaling
     with np.errstate(invalid="ignore", divide="ignore"):
         if method == "exact":
             sums = bucketed_contributions(q, k, positions, scaling, len(lo))
-            return {"contribution": sums["contribution"] / sums["count"],
-                    "abs_contribution": sums["abs_contribution"] / sums["count"],
-                    "count": sums["count"], "n_abs": sums["count"]}
+            return {
+                "contribution": sums["contribution"] / sums["count"],
+                "abs_contribution": sums["abs_contribution"] / sums["count"],
+                "count": sums["count"],
+                "n_abs": sums["count"],
+            }
         if not contiguous(positions):
-            raise ValueError("score decomposition method 'fast' needs contiguous position ids in every row "
-                             "(packed windows with continue positions); use method='exact' (time quadratic in length)")
+            raise ValueError(
+                "score decomposition method 'fast' needs contiguous position ids in every row "
+                "(packed windows with continue positions); use method='exact' (time quadratic in length)"
+            )
         sums = prefix_contributions(q, k, scaling, lo, hi)
         sampled = sampled_abs_contributions(q, k, scaling, lo, hi, seed=seed, **(abs_sample or ABS_SAMPLE))
-        return {"contribution": sums["contribution"] / sums["count"],
-                "abs_contribution": sampled["abs_contribution"] / sampled["n_sampled"],
-                "count": sums["count"], "n_abs": sampled["n_sampled"]}
+        return {
+            "contribution": sums["contribution"] / sums["count"],
+            "abs_contribution": sampled["abs_contribution"] / sampled["n_sampled"],
+            "count": sums["count"],
+            "n_abs": sampled["n_sampled"],
+        }
 
 
-def model_decomposition(model, batch, n_buckets: int, *, method: str = "fast", seed: int = 0,
-                        abs_sample: dict | None = None) -> dict[str, np.ndarray]:
+def model_decomposition(
+    model, batch, n_buckets: int, *, method: str = "fast", seed: int = 0, abs_sample: dict | None = None
+) -> dict[str, np.ndarray]:
     """Per layer: mean per-pair term, mean |term| and mean score per distance bucket for one model."""
     from transformers.models.llama.modeling_llama import repeat_kv  # lazy: transformers costs seconds to import
 
@@ -205,12 +234,25 @@ def model_decomposition(model, batch, n_buckets: int, *, method: str = "fast", s
     out = {}
     for layer in range(len(cap.q)):
         q_rot, k_rot = cap.rotated(layer)
-        out = decompose(q_rot, repeat_kv(k_rot, n_rep), batch["position_ids"], cap.scaling, lo, hi,
-                        method=method, seed=seed, abs_sample=abs_sample)
+        out = decompose(
+            q_rot,
+            repeat_kv(k_rot, n_rep),
+            batch["position_ids"],
+            cap.scaling,
+            lo,
+            hi,
+            method=method,
+            seed=seed,
+            abs_sample=abs_sample,
+        )
         contrib.append(out["contribution"])
         abs_c.append(out["abs_contribution"])
-    return {"contribution": np.stack(contrib), "abs_contribution": np.stack(abs_c), "count": out["count"],
-            "n_abs": out["n_abs"]}
+    return {
+        "contribution": np.stack(contrib),
+        "abs_contribution": np.stack(abs_c),
+        "count": out["count"],
+        "n_abs": out["n_abs"],
+    }
 
 
 def score_decomposition(
@@ -240,53 +282,76 @@ def score_decomposition(
     n_windows = _moved.keyword(n_windows, batch_size, "batch_size", "n_windows", "score_decomposition")
     batch = probe_batch(seq_len, n_windows, seed, data) if inputs is None else inputs  # inputs: workbench.inputs
     if method == "fast" and not contiguous(batch["position_ids"]):
-        raise ValueError("score decomposition: the probe windows reset positions inside a window; method 'fast' "
-                         "needs continue positions (use method='exact', time quadratic in length)")
+        raise ValueError(
+            "score decomposition: the probe windows reset positions inside a window; method 'fast' "
+            "needs continue positions (use method='exact', time quadratic in length)"
+        )
     lo, hi = distance_buckets(int(batch["input_ids"].shape[1]))
-    per = per_checkpoint(infos, lambda m: model_decomposition(m, batch, len(lo), method=method, seed=seed,
-                                                              abs_sample=abs_sample),
-                         progress=progress, desc="score decomposition", allow_plain_hf=allow_plain_hf, device=device)
+    per = per_checkpoint(
+        infos,
+        lambda m: model_decomposition(m, batch, len(lo), method=method, seed=seed, abs_sample=abs_sample),
+        progress=progress,
+        desc="score decomposition",
+        allow_plain_hf=allow_plain_hf,
+        device=device,
+    )
     first = infos[0]
     contrib = np.stack([r["contribution"] for r in per])
     ds = xr.Dataset(
         {
             "contribution": (("checkpoint", "layer", "head", "pair", "distance"), contrib),
-            "abs_contribution": (("checkpoint", "layer", "head", "pair", "distance"),
-                                 np.stack([r["abs_contribution"] for r in per])),
+            "abs_contribution": (
+                ("checkpoint", "layer", "head", "pair", "distance"),
+                np.stack([r["abs_contribution"] for r in per]),
+            ),
             "score": (("checkpoint", "layer", "head", "distance"), contrib.sum(axis=3)),
             "n_scored": (("checkpoint", "distance"), np.stack([r["count"] for r in per])),
             "n_abs_sampled": (("checkpoint", "distance"), np.stack([r["n_abs"] for r in per])),
         },
         coords={
             **checkpoint_coords(infos),
-            "layer": np.arange(first.num_layers), "head": np.arange(first.num_heads),
+            "layer": np.arange(first.num_layers),
+            "head": np.arange(first.num_heads),
             **store.pair_coords(infos[-1].wavelengths()),
-            "distance": lo, "distance_hi": ("distance", hi),
+            "distance": lo,
+            "distance_hi": ("distance", hi),
             "wavelength_ckpt": (("checkpoint", "pair"), np.stack([i.wavelengths() for i in infos])),
         },
     )
-    ds["contribution"].attrs["description"] = ("mean over causal (t,s) in the bucket of "
-                                               "scale*(q_t[j]k_s[j] + q_t[j+d/2]k_s[j+d/2])")
-    ds["score"].attrs["description"] = "mean pre-softmax score scale*q_t.k_s in the bucket (sum of contribution over pairs)"
-    ds.attrs.update(store.provenance(
-        analysis=store.SCORE_DECOMPOSITION, seq_len=seq_len, n_windows=n_windows, seed=seed,
-        head_dim=first.head_dim, wavelength_theta=infos[-1].rope_theta,
-        buckets="log2 distance buckets: [0], [1], [2,3], [4,7], ... (position_ids differences, causal pairs)",
-        score_method=method,
-        score_method_description=(
-            "contribution exact over all causal pairs (prefix sums of k over each query's key range); "
-            "abs_contribution over a seeded uniform sample of abs_sample_pairs causal (query, key) positions "
-            "per distance bucket (all pairs where the bucket has no more), see n_abs_sampled" if method == "fast" else
-            "contribution and abs_contribution exact over all causal pairs (query blocks)"),
-        abs_sample_pairs=int(abs_sample["pairs"]) if method == "fast" else 0,
-        abs_sample_seed=int(seed),
-    ))
+    ds["contribution"].attrs["description"] = (
+        "mean over causal (t,s) in the bucket of scale*(q_t[j]k_s[j] + q_t[j+d/2]k_s[j+d/2])"
+    )
+    ds["score"].attrs["description"] = (
+        "mean pre-softmax score scale*q_t.k_s in the bucket (sum of contribution over pairs)"
+    )
+    ds.attrs.update(
+        store.provenance(
+            analysis=store.SCORE_DECOMPOSITION,
+            seq_len=seq_len,
+            n_windows=n_windows,
+            seed=seed,
+            head_dim=first.head_dim,
+            wavelength_theta=infos[-1].rope_theta,
+            buckets="log2 distance buckets: [0], [1], [2,3], [4,7], ... (position_ids differences, causal pairs)",
+            score_method=method,
+            score_method_description=(
+                "contribution exact over all causal pairs (prefix sums of k over each query's key range); "
+                "abs_contribution over a seeded uniform sample of abs_sample_pairs causal (query, key) positions "
+                "per distance bucket (all pairs where the bucket has no more), see n_abs_sampled"
+                if method == "fast"
+                else "contribution and abs_contribution exact over all causal pairs (query blocks)"
+            ),
+            abs_sample_pairs=int(abs_sample["pairs"]) if method == "fast" else 0,
+            abs_sample_seed=int(seed),
+        )
+    )
     ds["n_abs_sampled"].attrs["description"] = "(b, t, s) triples behind abs_contribution (== n_scored where exact)"
     return ds
 
 
 def checkpoint_coords(infos: Sequence[ck.Info]) -> dict:
     """Coordinates along ``checkpoint``: label plus step, phase, objective, theta and content hash."""
+
     def col(values, dtype=object):
         return ("checkpoint", np.array(values, dtype=dtype))
 

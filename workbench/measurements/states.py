@@ -8,20 +8,18 @@ the post-RoPE angle (after transformers' own rotation: how much of the circle po
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 import xarray as xr
 
-from workbench import _moved
+from workbench import _moved, store
 from workbench import checkpoints as ck
-from workbench import store
-from workbench.measurements.capture import (capture, describe_qk, pair_norm, per_checkpoint, phase_coherence,
-                                        probe_batch)
-from workbench.measurements.weights import comparison_coords, comparison_pairs, resolve_reference
 from workbench.config import DataConfig, to_dict
+from workbench.measurements.capture import capture, describe_qk, pair_norm, per_checkpoint, phase_coherence, probe_batch
+from workbench.measurements.weights import comparison_coords, comparison_pairs, resolve_reference
 
 STATS = ("norm", "content_coherence", "phase_coherence")
 
@@ -61,9 +59,14 @@ def state_updates(
     n_windows = _moved.keyword(n_windows, batch_size, "batch_size", "n_windows", "state_updates")
     batch = probe_batch(seq_len, n_windows, seed, data) if inputs is None else inputs  # inputs: workbench.inputs
     needed = sorted({i for pr in pairs for i in pr})
-    results = per_checkpoint([infos[i] for i in needed], lambda m: checkpoint_state_stats(m, batch),
-                             progress=progress, desc="state statistics", allow_plain_hf=allow_plain_hf,
-                             device=device)
+    results = per_checkpoint(
+        [infos[i] for i in needed],
+        lambda m: checkpoint_state_stats(m, batch),
+        progress=progress,
+        desc="state statistics",
+        allow_plain_hf=allow_plain_hf,
+        device=device,
+    )
     stats = dict(zip(needed, results))
     first = infos[0]
     data_vars = {}
@@ -86,14 +89,22 @@ def state_updates(
     desc = {
         "norm": "mean over tokens of the pre-RoPE pair norm sqrt(x_j^2 + x_{j+d/2}^2)",
         "content_coherence": "|mean exp(i*angle)| of the pre-RoPE pair angle over tokens (1 = fixed direction)",
-        "phase_coherence": "|mean exp(i*angle)| of the post-RoPE pair angle over tokens (0 = positions sweep the circle)",
+        "phase_coherence": "|mean exp(i*angle)| of the post-RoPE pair angle over tokens "
+        "(0 = positions sweep the circle)",
         "norm_change": "(norm after - norm before) / norm before",
     }
     describe_qk(ds, desc, {"q": "query states", "k": "key states"})
-    ds.attrs.update(store.provenance(
-        analysis="state_updates", inputs="workbench.data.make_stream packed windows (continue positions, causal)",
-        data=to_dict(data or DataConfig()), device=str(device),
-        seq_len=seq_len, n_windows=n_windows, seed=seed, head_dim=first.head_dim,
-        wavelength_theta=infos[-1].rope_theta,
-    ))
+    ds.attrs.update(
+        store.provenance(
+            analysis="state_updates",
+            inputs="workbench.data.make_stream packed windows (continue positions, causal)",
+            data=to_dict(data or DataConfig()),
+            device=str(device),
+            seq_len=seq_len,
+            n_windows=n_windows,
+            seed=seed,
+            head_dim=first.head_dim,
+            wavelength_theta=infos[-1].rope_theta,
+        )
+    )
     return ds

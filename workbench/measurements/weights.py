@@ -8,8 +8,8 @@ together with the cosine between the before and after rows. Raw safetensors weig
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -80,12 +80,15 @@ def _rows(tensors: dict[str, torch.Tensor], proj: str) -> torch.Tensor:
     return w if bias is None else torch.cat([w, bias[:, None]], dim=1)
 
 
-def layer_pair_stats(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], n_heads: int, n_kv: int,
-                     head_dim: int) -> dict[str, dict[str, torch.Tensor]]:
+def layer_pair_stats(
+    before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], n_heads: int, n_kv: int, head_dim: int
+) -> dict[str, dict[str, torch.Tensor]]:
     """{"q": stats [heads, pair], "k": stats [kv_heads, pair]} of one layer's q/k tensors (``read_qk_weights``
     layout) before and after: the one definition of the per-pair update (checkpoints and training alike)."""
-    return {p: pair_update_stats(_rows(before, proj), _rows(after, proj), heads, head_dim)
-            for p, proj, heads in (("q", "q_proj", n_heads), ("k", "k_proj", n_kv))}
+    return {
+        p: pair_update_stats(_rows(before, proj), _rows(after, proj), heads, head_dim)
+        for p, proj, heads in (("q", "q_proj", n_heads), ("k", "k_proj", n_kv))
+    }
 
 
 def live_qk_weights(model, layer: int) -> dict[str, torch.Tensor]:
@@ -106,6 +109,7 @@ def live_qk_weights(model, layer: int) -> dict[str, torch.Tensor]:
 
 def comparison_coords(infos: Sequence[ck.Info], pairs: Sequence[tuple[int, int]]) -> dict:
     """Coordinates along ``comparison``: label, before/after labels, steps, phases, thetas, hashes."""
+
     def col(values, dtype=object):
         return ("comparison", np.array(values, dtype=dtype))
 
@@ -158,8 +162,11 @@ def weight_updates(
     first = infos[0]
     n_layers, n_heads, n_kv, d = first.num_layers, first.num_heads, first.num_kv_heads, first.head_dim
     half = d // 2
-    out = {f"{p}_{s}": np.zeros((len(pairs), n_layers, n_heads if p == "q" else n_kv, half))
-           for p in ("q", "k") for s in STATS}
+    out = {
+        f"{p}_{s}": np.zeros((len(pairs), n_layers, n_heads if p == "q" else n_kv, half))
+        for p in ("q", "k")
+        for s in STATS
+    }
     files = [weight_files(i.path) for i in infos]
     steps = range(n_layers)
     if progress:
@@ -191,9 +198,14 @@ def weight_updates(
         "norm_after": "Frobenius norm of the pair's rows after",
     }
     describe_qk(ds, describe, {"q": "W_q", "k": "W_k"})
-    ds.attrs.update(store.provenance(
-        analysis="weight_updates", source="raw safetensors weights (not TransformerLens-processed)",
-        layout="half-split: pair j = rows h*d+j and h*d+j+d/2", head_dim=d,
-        wavelength_theta=infos[-1].rope_theta, mode="consecutive" if ref_index is None else "reference",
-    ))
+    ds.attrs.update(
+        store.provenance(
+            analysis="weight_updates",
+            source="raw safetensors weights (not TransformerLens-processed)",
+            layout="half-split: pair j = rows h*d+j and h*d+j+d/2",
+            head_dim=d,
+            wavelength_theta=infos[-1].rope_theta,
+            mode="consecutive" if ref_index is None else "reference",
+        )
+    )
     return ds

@@ -35,11 +35,12 @@ class FrozenPairs:
                     self.saved.append((tensor, rows, tensor.detach()[rows].clone()))
 
     @classmethod
-    def for_phase(cls, model, phase) -> "FrozenPairs | None":
+    def for_phase(cls, model, phase) -> FrozenPairs | None:
         if phase.freeze_wavelengths is None:
             return None
-        pairs = rope.pairs_in_wavelengths(phase.rope_theta, architectures.head_dim(model.config),
-                                          *phase.freeze_wavelengths)
+        pairs = rope.pairs_in_wavelengths(
+            phase.rope_theta, architectures.head_dim(model.config), *phase.freeze_wavelengths
+        )
         return cls(model, pairs) if len(pairs) else None
 
     @torch.no_grad()

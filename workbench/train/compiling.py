@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import sys
 
-import torch
-
 
 def compile_blocks(model) -> int:
     """Compile every decoder block of an HF causal LM in place; returns how many."""
@@ -32,5 +30,8 @@ class CompileReport:
     def after_step(self, seconds: float) -> None:
         if self.pending:
             self.pending = False
-            print(f"workbench train: optim.compile: first step {seconds:.1f} s (torch.compile of the student's and "
-                  f"teacher's blocks; later steps reuse the graphs, a new window length recompiles)", file=sys.stderr)
+            print(
+                f"workbench train: optim.compile: first step {seconds:.1f} s (torch.compile of the student's and "
+                f"teacher's blocks; later steps reuse the graphs, a new window length recompiles)",
+                file=sys.stderr,
+            )

@@ -29,8 +29,14 @@ class DistillModule(torch.nn.Module):
         self.teacher = teacher
         self.teacher_positions = teacher_positions  # "reset": position-invariant targets (an ablation)
 
-    def forward(self, batch: dict[str, torch.Tensor], attention_mask, spec: LossSpec, normalizer: float,
-                cached: CachedTeacher | None = None):
+    def forward(
+        self,
+        batch: dict[str, torch.Tensor],
+        attention_mask,
+        spec: LossSpec,
+        normalizer: float,
+        cached: CachedTeacher | None = None,
+    ):
         kw = dict(attention_mask=attention_mask, position_ids=batch["position_ids"], use_cache=False)
         with attention.attention_for(self.student, attention_mask):  # flex_attention for a BlockMask
             hidden = self.student.model(input_ids=batch["input_ids"], **kw).last_hidden_state[:, :-1]
@@ -42,7 +48,9 @@ class DistillModule(torch.nn.Module):
                     kw = dict(kw, **reset_view(batch["doc_ids"], hidden.dtype))
                 with attention.attention_for(self.teacher, kw["attention_mask"]):
                     t_hidden = self.teacher.model(input_ids=batch["input_ids"], **kw).last_hidden_state[:, :-1]
-            teacher = OnlineTeacher(t_hidden, self.teacher.lm_head.weight, architectures.final_softcap(self.teacher.config))
+            teacher = OnlineTeacher(
+                t_hidden, self.teacher.lm_head.weight, architectures.final_softcap(self.teacher.config)
+            )
         if architectures.final_softcap(self.student.config):  # Gemma 2: the loss sees the soft-capped logits
             spec = dc_replace(spec, student_softcap=architectures.final_softcap(self.student.config))
         r = chunked_loss(hidden, self.student.lm_head.weight, labels, spec, teacher=teacher, normalizer=normalizer)
@@ -53,8 +61,10 @@ def reset_view(doc_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> dic
     """The teacher's inputs under ``teacher.positions: reset`` (online and cached alike): every packed document
     alone, from position 0 and document-masked (a FlexAttention BlockMask where flex runs: the teacher is never
     differentiated, so on CPU too; see ``workbench.attention``)."""
-    return {"position_ids": data.reset_positions(doc_ids),
-            "attention_mask": attention.document_mask(doc_ids, dtype=dtype)}
+    return {
+        "position_ids": data.reset_positions(doc_ids),
+        "attention_mask": attention.document_mask(doc_ids, dtype=dtype),
+    }
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

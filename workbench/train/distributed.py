@@ -36,8 +36,9 @@ def init(device: torch.device) -> Dist:
         return Dist()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(
+        rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0"))
+    )
 
 
 def shutdown() -> None:

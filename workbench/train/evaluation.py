@@ -9,7 +9,7 @@ passes; ``train(cfg)`` without one skips the evals (with one warning when ``eval
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -24,8 +24,11 @@ class Evaluator:
     def __init__(self, cfg: RunConfig, evaluate: EvalFn | None, dd: distributed.Dist):
         self.cfg, self.fn, self.dd = cfg, evaluate, dd
         if cfg.eval_every and evaluate is None and dd.is_main:
-            warnings.warn("eval_every is set but no evaluate callback was passed to train(); skipping evals "
-                          "(pass evaluate=workbench.evals.training_eval)", stacklevel=3)
+            warnings.warn(
+                "eval_every is set but no evaluate callback was passed to train(); skipping evals "
+                "(pass evaluate=workbench.evals.training_eval)",
+                stacklevel=3,
+            )
 
     def due(self, step: int, phase_end: bool) -> bool:
         return self.fn is not None and bool(self.cfg.eval_every) and (step % self.cfg.eval_every == 0 or phase_end)

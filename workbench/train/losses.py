@@ -59,17 +59,24 @@ class LossSpec:
     kd_vocab_size: int | None = None
 
     @classmethod
-    def for_objective(cls, loss_cfg, objective: str) -> "LossSpec":
+    def for_objective(cls, loss_cfg, objective: str) -> LossSpec:
         """The spec for a phase objective: ``ce`` (CE only), ``kd`` (KD only), ``ce+kd`` (both weights)."""
         ce_w = {"ce": 1.0, "kd": 0.0, "ce+kd": loss_cfg.ce_weight}[objective]
         kd_w = {"ce": 0.0, "kd": loss_cfg.kd_weight, "ce+kd": loss_cfg.kd_weight}[objective]
-        return cls(ce_weight=ce_w, kd_weight=kd_w, kd_kind=loss_cfg.kd_kind, jsd_beta=loss_cfg.jsd_beta,
-                   temperature=loss_cfg.temperature, scale_by_t2=loss_cfg.scale_by_t2,
-                   chunk_size=loss_cfg.chunk_size, ignore_index=loss_cfg.ignore_index)
+        return cls(
+            ce_weight=ce_w,
+            kd_weight=kd_w,
+            kd_kind=loss_cfg.kd_kind,
+            jsd_beta=loss_cfg.jsd_beta,
+            temperature=loss_cfg.temperature,
+            scale_by_t2=loss_cfg.scale_by_t2,
+            chunk_size=loss_cfg.chunk_size,
+            ignore_index=loss_cfg.ignore_index,
+        )
 
     @property
     def kd_scale(self) -> float:
-        return self.kd_weight * (self.temperature ** 2 if self.scale_by_t2 else 1.0)
+        return self.kd_weight * (self.temperature**2 if self.scale_by_t2 else 1.0)
 
 
 @dataclass
@@ -159,7 +166,7 @@ class ChunkedLoss(torch.autograd.Function):
         scale = 1.0 / normalizer
         w_d = w.detach().requires_grad_(ctx.needs_input_grad[1])
         for start in range(0, n_valid, spec.chunk_size):
-            idx = valid_idx[start:start + spec.chunk_size]
+            idx = valid_idx[start : start + spec.chunk_size]
             h_c = h.detach().index_select(0, idx).requires_grad_(ctx.needs_input_grad[0])
             t_c = None
             if isinstance(teacher, OnlineTeacher):
@@ -176,8 +183,8 @@ class ChunkedLoss(torch.autograd.Function):
                         grad_h.index_add_(0, idx, grads.pop(0))
                     if ctx.needs_input_grad[1]:
                         grad_w += grads.pop(0)
-            ce_tok[start:start + len(idx)] = ce.detach()
-            kd_tok[start:start + len(idx)] = kd.detach()
+            ce_tok[start : start + len(idx)] = ce.detach()
+            kd_tok[start : start + len(idx)] = kd.detach()
         ctx.save_for_backward(grad_h, None if grad_w is None else grad_w.to(w.dtype))
         loss = (spec.ce_weight * ce_tok.sum() + spec.kd_scale * kd_tok.sum()) * scale
         ctx.mark_non_differentiable(ce_tok, kd_tok)
@@ -191,9 +198,15 @@ class ChunkedLoss(torch.autograd.Function):
         return gh, gw, None, None, None, None, None
 
 
-def chunked_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, spec: LossSpec, *,
-                 teacher: OnlineTeacher | CachedTeacher | None = None,
-                 normalizer: float | None = None) -> LossResult:
+def chunked_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    spec: LossSpec,
+    *,
+    teacher: OnlineTeacher | CachedTeacher | None = None,
+    normalizer: float | None = None,
+) -> LossResult:
     """CE and/or KD loss from the student's hidden states [..., H] and lm_head weight [V, H].
 
     ``labels`` [...] are the next-token targets already aligned with ``hidden`` (ignore_index = no loss);
@@ -209,8 +222,10 @@ def chunked_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
         teacher = OnlineTeacher(teacher.hidden.reshape(-1, teacher.hidden.shape[-1]), teacher.weight, teacher.softcap)
         rows, v = (teacher.weight.shape[0], weight.shape[0]), spec.kd_vocab_size
         if (rows[0] != rows[1] and v is None) or (v is not None and v > min(rows)):
-            raise ValueError(f"teacher vocab {rows[0]} != student vocab {rows[1]}" + ("" if v is None else
-                             f" and kd_vocab_size {v} is beyond one of them"))
+            raise ValueError(
+                f"teacher vocab {rows[0]} != student vocab {rows[1]}"
+                + ("" if v is None else f" and kd_vocab_size {v} is beyond one of them")
+            )
     elif isinstance(teacher, CachedTeacher):
         k = teacher.topk_ids.shape[-1]
         teacher = CachedTeacher(teacher.topk_ids.reshape(-1, k), teacher.topk_logp.reshape(-1, k))
@@ -224,13 +239,26 @@ def chunked_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
     loss, ce_tok, kd_tok = ChunkedLoss.apply(h, weight, safe_labels, valid_idx, teacher, spec, float(normalizer))
     per_tok = torch.zeros(len(lab), dtype=torch.float32, device=h.device)
     per_tok[valid_idx] = spec.ce_weight * ce_tok + spec.kd_scale * kd_tok
-    return LossResult(loss=loss, per_token=per_tok.view(labels.shape), ce_sum=ce_tok.sum(), kd_sum=kd_tok.sum(),
-                      valid=valid.view(labels.shape))
+    return LossResult(
+        loss=loss,
+        per_token=per_tok.view(labels.shape),
+        ce_sum=ce_tok.sum(),
+        kd_sum=kd_tok.sum(),
+        valid=valid.view(labels.shape),
+    )
 
 
-def dense_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, spec: LossSpec, *,
-               teacher_hidden: torch.Tensor | None = None, teacher_weight: torch.Tensor | None = None,
-               normalizer: float | None = None, teacher_softcap: float | None = None) -> torch.Tensor:
+def dense_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    spec: LossSpec,
+    *,
+    teacher_hidden: torch.Tensor | None = None,
+    teacher_weight: torch.Tensor | None = None,
+    normalizer: float | None = None,
+    teacher_softcap: float | None = None,
+) -> torch.Tensor:
     """The same objective with full ``[tokens x vocab]`` logits and plain autograd (benchmark baseline)."""
     logits = softcap_logits((hidden.reshape(-1, hidden.shape[-1]) @ weight.t()).float(), spec.student_softcap)
     lab = labels.reshape(-1)
@@ -240,12 +268,16 @@ def dense_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
     if spec.ce_weight:
         total = total + spec.ce_weight * F.cross_entropy(logits, lab, ignore_index=spec.ignore_index, reduction="sum")
     if spec.kd_weight:
-        t_logits = softcap_logits((teacher_hidden.reshape(-1, teacher_hidden.shape[-1]) @ teacher_weight.t()).float(),
-                                  teacher_softcap)
+        t_logits = softcap_logits(
+            (teacher_hidden.reshape(-1, teacher_hidden.shape[-1]) @ teacher_weight.t()).float(), teacher_softcap
+        )
         v = spec.kd_vocab_size or min(t_logits.shape[-1], logits.shape[-1])
-        kd = divergence(F.log_softmax(t_logits[:, :v] / spec.temperature, -1),
-                        F.log_softmax(logits[:, :v] / spec.temperature, -1),
-                        spec.kd_kind, spec.jsd_beta)
+        kd = divergence(
+            F.log_softmax(t_logits[:, :v] / spec.temperature, -1),
+            F.log_softmax(logits[:, :v] / spec.temperature, -1),
+            spec.kd_kind,
+            spec.jsd_beta,
+        )
         total = total + spec.kd_scale * (kd * valid).sum()
     return total / n
 
@@ -263,8 +295,9 @@ def doubling_edges(seq_len: int, first: int = 64) -> list[int]:
     return edges + [seq_len]
 
 
-def loss_by_bucket(per_token: torch.Tensor, valid: torch.Tensor, position_ids: torch.Tensor,
-                   edges: list[int]) -> dict[str, tuple[float, int]]:
+def loss_by_bucket(
+    per_token: torch.Tensor, valid: torch.Tensor, position_ids: torch.Tensor, edges: list[int]
+) -> dict[str, tuple[float, int]]:
     """Sum of per-token loss and valid count per position bucket ``"lo-hi"`` (hi exclusive)."""
     out = {}
     pos = position_ids.reshape(-1)

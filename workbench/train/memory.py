@@ -36,8 +36,16 @@ def _block_params(m: ModelConfig) -> int:
     return attn + 3 * m.hidden_size * m.intermediate_size + 2 * m.hidden_size
 
 
-def step_memory(student: ModelConfig, seq_len: int, *, micro_batch: int = 1, world_size: int = 8,
-                teacher: ModelConfig | None = None, chunk: int = 4096, checkpointing: bool = True) -> StepMemory:
+def step_memory(
+    student: ModelConfig,
+    seq_len: int,
+    *,
+    micro_batch: int = 1,
+    world_size: int = 8,
+    teacher: ModelConfig | None = None,
+    chunk: int = 4096,
+    checkpointing: bool = True,
+) -> StepMemory:
     """Estimated bytes per GPU for one micro-batch of ``seq_len`` tokens."""
     tokens = micro_batch * seq_len
     p = count_parameters(student)
@@ -53,5 +61,6 @@ def step_memory(student: ModelConfig, seq_len: int, *, micro_batch: int = 1, wor
     if teacher is not None:
         teacher_bytes = 2 * count_parameters(teacher) / world_size + 2 * tokens * teacher.hidden_size * 2
         gathered += 2 * _block_params(teacher)
-    return StepMemory(states=states, activations=stored + per_block_peak, loss=loss, teacher=teacher_bytes,
-                      gathered=gathered)
+    return StepMemory(
+        states=states, activations=stored + per_block_peak, loss=loss, teacher=teacher_bytes, gathered=gathered
+    )

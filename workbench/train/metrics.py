@@ -42,8 +42,9 @@ class StepStats:
     tokens: int = 0  # over all ranks
     seconds: float = 0.0
 
-    def add(self, per_token: torch.Tensor, ce_sum: torch.Tensor, kd_sum: torch.Tensor,
-            buckets: dict[str, tuple[float, int]]) -> None:
+    def add(
+        self, per_token: torch.Tensor, ce_sum: torch.Tensor, kd_sum: torch.Tensor, buckets: dict[str, tuple[float, int]]
+    ) -> None:
         self.loss += float(per_token.sum())
         self.ce += float(ce_sum)
         self.kd += float(kd_sum)
@@ -60,16 +61,30 @@ class StepStats:
 class MetricsLog:
     """``metrics.jsonl`` and the progress bar of a run (rank 0 writes; ``log_step`` is called on every rank)."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, step: int, total: int, dd: distributed.Dist,
-                 device: torch.device, progress: bool = True):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: Path,
+        step: int,
+        total: int,
+        dd: distributed.Dist,
+        device: torch.device,
+        progress: bool = True,
+    ):
         self.path, self.every, self.dd, self.device = Path(run_dir) / "metrics.jsonl", cfg.metrics_every, dd, device
         if dd.is_main:
             Path(run_dir).mkdir(parents=True, exist_ok=True)
             write_run_yaml(cfg, Path(run_dir), replace=step == 0)  # a fresh start describes its own config
             truncate(self.path, step)
         self.tracker = Tracker(cfg, Path(run_dir)) if dd.is_main else None  # TensorBoard / W&B beside the jsonl
-        self.bar = tqdm(total=total, initial=step, disable=not (progress and dd.is_main), desc="train", unit="step",
-                        dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total,
+            initial=step,
+            disable=not (progress and dd.is_main),
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+        )
 
     def append(self, record: dict) -> None:
         if self.dd.is_main:
@@ -81,10 +96,24 @@ class MetricsLog:
     def log_step(self, step: int, ph: PhaseConfig, stats: StepStats, tokens: int, phase_end: bool) -> None:
         if step % self.every == 0 or phase_end:
             buckets = reduce_buckets(stats.buckets, self.dd)  # a collective: every rank
-            self.append({"kind": "train", "step": step, "phase": ph.name, "rope_theta": ph.rope_theta,
-                         "loss": stats.loss, "ce": stats.ce, "kd": stats.kd, "lr": stats.lr,
-                         "grad_norm": stats.grad_norm, "tokens": tokens, "tokens_per_s": stats.tokens / stats.seconds,
-                         "peak_mem_mb": peak_mem_mb(self.device), "loss_by_bucket": buckets, "time": time.time()})
+            self.append(
+                {
+                    "kind": "train",
+                    "step": step,
+                    "phase": ph.name,
+                    "rope_theta": ph.rope_theta,
+                    "loss": stats.loss,
+                    "ce": stats.ce,
+                    "kd": stats.kd,
+                    "lr": stats.lr,
+                    "grad_norm": stats.grad_norm,
+                    "tokens": tokens,
+                    "tokens_per_s": stats.tokens / stats.seconds,
+                    "peak_mem_mb": peak_mem_mb(self.device),
+                    "loss_by_bucket": buckets,
+                    "time": time.time(),
+                }
+            )
         self.bar.update(1)
         self.bar.set_postfix(phase=ph.name, loss=f"{stats.loss:.4f}", theta=f"{ph.rope_theta:g}")
 
@@ -98,8 +127,16 @@ class MetricsLog:
             self.tracker.log_values(values, step)
 
     def log_error(self, step: int, ph: PhaseConfig, stats: StepStats) -> None:
-        self.append({"kind": "error", "step": step, "phase": ph.name, "loss": stats.loss,
-                     "grad_norm": stats.grad_norm, "time": time.time()})
+        self.append(
+            {
+                "kind": "error",
+                "step": step,
+                "phase": ph.name,
+                "loss": stats.loss,
+                "grad_norm": stats.grad_norm,
+                "time": time.time(),
+            }
+        )
 
     def close(self) -> None:
         self.bar.close()

@@ -58,8 +58,19 @@ def relative_updates(start: list[dict[str, torch.Tensor]], model) -> dict[str, n
 class PairTracker:
     """The tracker of one phase (``for_phase``); ``track`` after every optimiser step (a no-op between tracks)."""
 
-    def __init__(self, run_dir: Path, every: int, is_main: bool, model, *, phase: str, start_step: int, step: int,
-                 theta: float, seq_len: int):
+    def __init__(
+        self,
+        run_dir: Path,
+        every: int,
+        is_main: bool,
+        model,
+        *,
+        phase: str,
+        start_step: int,
+        step: int,
+        theta: float,
+        seq_len: int,
+    ):
         self.run_dir, self.every, self.is_main = Path(run_dir), int(every), is_main
         self.phase, self.start_step, self.theta, self.seq_len = phase, start_step, float(theta), int(seq_len)
         self.head_dim = _shape(model)[3]
@@ -74,8 +85,11 @@ class PairTracker:
         if self.start is None:
             if step > start_step:  # tracking switched on at a resume: no phase start to measure from
                 if is_main:
-                    print(f"workbench train: warning: {path} holds no phase-start weights of phase {phase!r}; "
-                          "pair updates are not tracked in this phase", file=sys.stderr)
+                    print(
+                        f"workbench train: warning: {path} holds no phase-start weights of phase {phase!r}; "
+                        "pair updates are not tracked in this phase",
+                        file=sys.stderr,
+                    )
                 self.every = 0
                 return
             self.start = snapshot(model)
@@ -87,10 +101,19 @@ class PairTracker:
             wmetrics.truncate(self.run_dir / RECORDS, step)
 
     @classmethod
-    def for_phase(cls, run, ph) -> "PairTracker":
+    def for_phase(cls, run, ph) -> PairTracker:
         """The tracker of the trainer's phase ``ph`` (``trainer.Run``, ``trainer.Phase``)."""
-        return cls(run.run_dir, run.cfg.track_every, run.dd.is_main, run.student, phase=ph.cfg.name,
-                   start_step=ph.start, step=run.step, theta=ph.cfg.rope_theta, seq_len=ph.cfg.seq_len)
+        return cls(
+            run.run_dir,
+            run.cfg.track_every,
+            run.dd.is_main,
+            run.student,
+            phase=ph.cfg.name,
+            start_step=ph.start,
+            step=run.step,
+            theta=ph.cfg.rope_theta,
+            seq_len=ph.cfg.seq_len,
+        )
 
     def due(self, step: int, phase_end: bool) -> bool:
         return bool(self.every) and ((step - self.start_step) % self.every == 0 or phase_end)
@@ -101,10 +124,18 @@ class PairTracker:
             return None
         rel = relative_updates(self.start, model)
         critical = rope.critical_pair(self.theta, self.head_dim, self.seq_len)
-        record = {"kind": "pair_updates", "step": step, "phase": self.phase, "phase_start": self.start_step,
-                  "rope_theta": self.theta, "seq_len": self.seq_len, "head_dim": self.head_dim,
-                  "critical_pair": int(critical) if 0 <= critical < self.head_dim // 2 else None,
-                  **{k: v.tolist() for k, v in rel.items()}, "time": time.time()}
+        record = {
+            "kind": "pair_updates",
+            "step": step,
+            "phase": self.phase,
+            "phase_start": self.start_step,
+            "rope_theta": self.theta,
+            "seq_len": self.seq_len,
+            "head_dim": self.head_dim,
+            "critical_pair": int(critical) if 0 <= critical < self.head_dim // 2 else None,
+            **{k: v.tolist() for k, v in rel.items()},
+            "time": time.time(),
+        }
         if self.is_main:
             with open(self.run_dir / RECORDS, "a") as f:
                 f.write(json.dumps(record) + "\n")

@@ -38,7 +38,7 @@ def phase_seed(cfg: RunConfig, i: int) -> int:
 
 def phase_ends(cfg: RunConfig) -> list[int]:
     """The global step at which each phase ends."""
-    return [sum(ph.steps for ph in cfg.phases[:i + 1]) for i in range(len(cfg.phases))]
+    return [sum(ph.steps for ph in cfg.phases[: i + 1]) for i in range(len(cfg.phases))]
 
 
 def windows_per_step(cfg: RunConfig, world_size: int) -> int:
@@ -65,8 +65,10 @@ def check_inputs(cfg: RunConfig, world_size: int = 1) -> None:
     longest = max(ph.seq_len for ph in cfg.phases)
     for i, ph in enumerate(cfg.phases):
         if ph.seq_len > cfg.model.max_position_embeddings:
-            raise ConfigError(f"phases[{i}].seq_len: {ph.seq_len} is beyond the student's max_position_embeddings "
-                              f"{cfg.model.max_position_embeddings}")
+            raise ConfigError(
+                f"phases[{i}].seq_len: {ph.seq_len} is beyond the student's max_position_embeddings "
+                f"{cfg.model.max_position_embeddings}"
+            )
         if ph.seq_len < 2:
             raise ConfigError(f"phases[{i}].seq_len: needs at least 2 tokens (one input, one target)")
         if ph.freeze_wavelengths is not None and world_size > 1:
@@ -76,8 +78,9 @@ def check_inputs(cfg: RunConfig, world_size: int = 1) -> None:
         except ValueError as exc:
             raise ConfigError(f"phases[{i}] ({ph.name}): {exc}") from None
         if ph.objective != "ce" and cfg.teacher is None:
-            raise ConfigError(f"phases[{i}].objective: {ph.objective!r} needs a teacher, but the config has no "
-                              "'teacher' section")
+            raise ConfigError(
+                f"phases[{i}].objective: {ph.objective!r} needs a teacher, but the config has no 'teacher' section"
+            )
     if cfg.init_from:
         hf_config(Path(cfg.init_from), "init_from")
     if cfg.teacher is not None and needs_teacher(cfg) and not cfg.teacher.cache:
@@ -85,6 +88,8 @@ def check_inputs(cfg: RunConfig, world_size: int = 1) -> None:
         kd_vocab_size(cfg, tcfg.get("vocab_size"))  # same rows, or one tokenizer padded differently
         t_max = tcfg.get("max_position_embeddings", 0)
         if longest > t_max:
-            raise ConfigError(f"phases: the longest phase ({longest} tokens) is beyond the teacher's "
-                              f"max_position_embeddings {t_max} ({cfg.teacher.path})")
+            raise ConfigError(
+                f"phases: the longest phase ({longest} tokens) is beyond the teacher's "
+                f"max_position_embeddings {t_max} ({cfg.teacher.path})"
+            )
     tokenizers.check_run(cfg)  # one vocabulary: the teacher's tokenizer equals the data's (before any training)

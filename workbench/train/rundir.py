@@ -38,19 +38,27 @@ def check_own(run_dir: Path) -> None:
     """Refuse an existing directory that is not a run's (FileExistsError): a new or empty one, one with a run
     (checkpoints or metrics; ``preflight`` then wants --resume), or only what a failed start left."""
     if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
-        raise FileExistsError(f"{run_dir}: is {'a symlink' if run_dir.is_symlink() else 'a file'}, not a run "
-                              "directory; give --out a new or empty directory (nothing is overwritten)")
+        raise FileExistsError(
+            f"{run_dir}: is {'a symlink' if run_dir.is_symlink() else 'a file'}, not a run "
+            "directory; give --out a new or empty directory (nothing is overwritten)"
+        )
     lock = run_dir / "run.lock"
     if lock.is_symlink() or (lock.exists() and not lock.is_file()):  # the trainer writes a plain file only
-        raise FileExistsError(f"{lock}: is not a plain file (a symlink or special file); the trainer would write "
-                              "through it: remove it first")
+        raise FileExistsError(
+            f"{lock}: is not a plain file (a symlink or special file); the trainer would write "
+            "through it: remove it first"
+        )
     if not run_dir.is_dir() or any(run_dir.glob("ckpt-*")) or (run_dir / "metrics.jsonl").exists():
         return
-    foreign = [p.name for p in run_dir.iterdir() if p.name not in ("run.yaml", "run.lock") and not LEFTOVER.match(p.name)]
+    foreign = [
+        p.name for p in run_dir.iterdir() if p.name not in ("run.yaml", "run.lock") and not LEFTOVER.match(p.name)
+    ]
     if foreign:
-        raise FileExistsError(f"{run_dir}: exists and is not a run directory (it holds {', '.join(sorted(foreign)[:3])}"
-                              f"{' ...' if len(foreign) > 3 else ''}); give --out a new or empty directory "
-                              "(nothing is overwritten)")
+        raise FileExistsError(
+            f"{run_dir}: exists and is not a run directory (it holds {', '.join(sorted(foreign)[:3])}"
+            f"{' ...' if len(foreign) > 3 else ''}); give --out a new or empty directory "
+            "(nothing is overwritten)"
+        )
 
 
 def claim(run_dir: Path) -> RunLock:
@@ -72,8 +80,11 @@ def clean_leftovers(run_dir: Path) -> list[Path]:
             p.unlink(missing_ok=True)
         gone.append(p)
     if gone:
-        print(f"workbench train: removed {len(gone)} leftover(s) of an interrupted writer in {run_dir}: "
-              f"{', '.join(p.name for p in gone)}", file=sys.stderr)
+        print(
+            f"workbench train: removed {len(gone)} leftover(s) of an interrupted writer in {run_dir}: "
+            f"{', '.join(p.name for p in gone)}",
+            file=sys.stderr,
+        )
     return gone
 
 
@@ -91,8 +102,10 @@ def check_resumable(run_dir: Path) -> None:
     try:
         models.verify_checkpoint(newest, full_hash=False)
     except models.CheckpointError as exc:
-        raise models.CheckpointError(f"{exc}; it is the run's latest checkpoint, so --resume stops here (move it "
-                                     f"away to resume from the one before, nothing was overwritten)") from None
+        raise models.CheckpointError(
+            f"{exc}; it is the run's latest checkpoint, so --resume stops here (move it "
+            f"away to resume from the one before, nothing was overwritten)"
+        ) from None
 
 
 def check_memory(cfg: RunConfig, world_size: int, device: str) -> None:
@@ -102,14 +115,24 @@ def check_memory(cfg: RunConfig, world_size: int, device: str) -> None:
 
     budget = memory_budget("cuda" if device == "cuda" else "cpu")
     for i, ph in enumerate(cfg.phases):
-        est = step_memory(cfg.model, ph.seq_len, micro_batch=cfg.optim.micro_batch_size, world_size=world_size,
-                          chunk=cfg.loss.chunk_size, checkpointing=cfg.optim.activation_checkpointing).total
-        if phase_data(cfg, i).packing.attention == "document" and \
-                attention.resolve_backend("auto", device, grad=True, seq=ph.seq_len) == "dense":
+        est = step_memory(
+            cfg.model,
+            ph.seq_len,
+            micro_batch=cfg.optim.micro_batch_size,
+            world_size=world_size,
+            chunk=cfg.loss.chunk_size,
+            checkpointing=cfg.optim.activation_checkpointing,
+        ).total
+        if (
+            phase_data(cfg, i).packing.attention == "document"
+            and attention.resolve_backend("auto", device, grad=True, seq=ph.seq_len) == "dense"
+        ):
             est += attention.dense_mask_bytes(cfg.optim.micro_batch_size, ph.seq_len)  # flex: O((T/128)^2) only
         if est > budget:
-            raise ConfigError(f"phases[{i}] ({ph.name}): one step of {cfg.optim.micro_batch_size} x {ph.seq_len:,} "
-                              f"tokens needs about {est / 2**30:,.1f} GiB (weights, optimiser, activations, logits; "
-                              f"workbench.train.memory) but the budget is {budget / 2**30:,.1f} GiB "
-                              f"({budget_source(device if device == 'cuda' else 'cpu')}); lower seq_len or "
-                              "optim.micro_batch_size (raise grad_accum_steps), or shrink the model")
+            raise ConfigError(
+                f"phases[{i}] ({ph.name}): one step of {cfg.optim.micro_batch_size} x {ph.seq_len:,} "
+                f"tokens needs about {est / 2**30:,.1f} GiB (weights, optimiser, activations, logits; "
+                f"workbench.train.memory) but the budget is {budget / 2**30:,.1f} GiB "
+                f"({budget_source(device if device == 'cuda' else 'cpu')}); lower seq_len or "
+                "optim.micro_batch_size (raise grad_accum_steps), or shrink the model"
+            )

@@ -27,9 +27,11 @@ STATE_FILE = "state.pt"
 def rng_state() -> dict[str, Any]:
     """torch / numpy / python RNG state of this process, in a form ``torch.load(weights_only=True)`` reads."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos,
-                                                        has_gauss, cached],
-             "python": random.getstate()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -55,8 +57,9 @@ def read_state(ckpt: Path) -> dict[str, Any]:
     """The trainer state of a checkpoint, after checking its sha256 against the manifest (cached verdict)."""
     path = Path(ckpt) / STATE_DIR / STATE_FILE
     if not path.is_file():
-        raise models.CheckpointError(f"{ckpt}: no {STATE_DIR}/{STATE_FILE}; this checkpoint cannot be resumed "
-                                     "(saved without trainer state)")
+        raise models.CheckpointError(
+            f"{ckpt}: no {STATE_DIR}/{STATE_FILE}; this checkpoint cannot be resumed (saved without trainer state)"
+        )
     meta = models.read_manifest(ckpt).get("files", {}).get(f"{STATE_DIR}/{STATE_FILE}")
     if meta is not None:
         models.verify_file(path, meta["sha256"])

@@ -63,13 +63,20 @@ class Tracker:
             try:
                 import wandb  # lazy: never required unless configured
             except ImportError as e:
-                raise RuntimeError("logging.wandb is set but the wandb package is not installed "
-                                   "(pip install wandb, or remove logging.wandb)") from e
+                raise RuntimeError(
+                    "logging.wandb is set but the wandb package is not installed "
+                    "(pip install wandb, or remove logging.wandb)"
+                ) from e
             from workbench import config as wconfig
 
-            self.wandb_run = wandb.init(project=logging_cfg.wandb.project, mode=logging_cfg.wandb.mode,
-                                        name=cfg.name, dir=str(run_dir), config=wconfig.to_dict(cfg),
-                                        resume="allow")
+            self.wandb_run = wandb.init(
+                project=logging_cfg.wandb.project,
+                mode=logging_cfg.wandb.mode,
+                name=cfg.name,
+                dir=str(run_dir),
+                config=wconfig.to_dict(cfg),
+                resume="allow",
+            )
 
     def log(self, record: dict) -> None:
         self.log_values(scalars(record), int(record.get("step", 0)), record.get("time"))

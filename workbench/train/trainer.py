@@ -16,15 +16,17 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass, replace as dc_replace
+from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import replace as dc_replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from transformers.utils import logging as hf_logging
 
-from workbench import config as wconfig
 from workbench import attention, data, models, tokenizers
+from workbench import config as wconfig
 from workbench.config import ConfigError, PhaseConfig, RunConfig
 from workbench.train import distributed, pair_tracking, rundir, state
 from workbench.train.ablations import FrozenPairs
@@ -36,7 +38,8 @@ from workbench.train.metrics import MetricsLog, StepStats
 from workbench.train.pair_tracking import PairTracker
 from workbench.train.phases import check_inputs, needs_teacher, phase_data, phase_ends, phase_seed
 from workbench.train.schedule import lr_at
-from workbench.train.teacher_cache import TeacherCache, check as check_cache
+from workbench.train.teacher_cache import TeacherCache
+from workbench.train.teacher_cache import check as check_cache
 from workbench.train.vocab import kd_vocab_size
 
 
@@ -60,8 +63,10 @@ def preflight(cfg: RunConfig, run_dir: Path, *, resume: bool, world_size: int = 
     has_run = run_dir.is_dir() and (any(run_dir.glob("ckpt-*")) or (run_dir / "metrics.jsonl").exists())
     first_rank = os.environ.get("RANK", "0") == "0"  # other ranks may start after rank 0 created the run
     if has_run and not resume and first_rank:
-        raise FileExistsError(f"{run_dir}: already holds a run; pass --resume to continue it, or --out for a new "
-                              "run directory (nothing is overwritten)")
+        raise FileExistsError(
+            f"{run_dir}: already holds a run; pass --resume to continue it, or --out for a new "
+            "run directory (nothing is overwritten)"
+        )
     version = wconfig.HASH_VERSION
     if resume and has_run:
         rundir.check_resumable(run_dir)  # a corrupt latest checkpoint stops here, naming it
@@ -72,8 +77,10 @@ def preflight(cfg: RunConfig, run_dir: Path, *, resume: bool, world_size: int = 
             cfg = wconfig.as_written_by(cfg, version)
             new = wconfig.config_hash(cfg, version)
             if old != new:
-                raise ConfigError(f"{run_dir}: --resume with a config that differs from the one the run was started "
-                                  f"with (config_hash {old} vs {new}, hash version {version}); see {run_dir}/run.yaml")
+                raise ConfigError(
+                    f"{run_dir}: --resume with a config that differs from the one the run was started "
+                    f"with (config_hash {old} vs {new}, hash version {version}); see {run_dir}/run.yaml"
+                )
     check_inputs(cfg, world_size)
     if cfg.teacher is not None and cfg.teacher.cache and needs_teacher(cfg):
         check_cache(Path(cfg.teacher.cache), cfg, world_size)
@@ -112,8 +119,17 @@ class Run:
     parent: str | None = None  # the previous checkpoint (or init_from), for the next manifest
 
 
-def build(cfg: RunConfig, run_dir: Path, *, resume: bool, device: torch.device, dd: distributed.Dist,
-          hash_version: int = wconfig.HASH_VERSION, progress: bool = True, evaluate: EvalFn | None = None) -> Run:
+def build(
+    cfg: RunConfig,
+    run_dir: Path,
+    *,
+    resume: bool,
+    device: torch.device,
+    dd: distributed.Dist,
+    hash_version: int = wconfig.HASH_VERSION,
+    progress: bool = True,
+    evaluate: EvalFn | None = None,
+) -> Run:
     """Student (from the checkpoint we resume, from init_from, or fresh and seeded), teacher or teacher cache,
     FSDP2, optimiser, the resumed trainer state and the run's components."""
     ckpt = state.latest_checkpoint(run_dir) if resume else None
@@ -145,16 +161,40 @@ def build(cfg: RunConfig, run_dir: Path, *, resume: bool, device: torch.device, 
         distributed.shard(module, blocks, precision=precision)
         if dd.is_main:
             shadow = models.build_model(models.model_config_of(student), seed=None)
-    opt = torch.optim.AdamW(student.parameters(), lr=cfg.phases[0].lr, betas=tuple(cfg.optim.betas),
-                            eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
-    checkpointer = state.Checkpointer(run_dir, cfg.checkpoint.every, cfg.checkpoint.keep_last, dd,
-                                      tokenizer=run_tokenizer, shadow=shadow)
+    opt = torch.optim.AdamW(
+        student.parameters(),
+        lr=cfg.phases[0].lr,
+        betas=tuple(cfg.optim.betas),
+        eps=cfg.optim.eps,
+        weight_decay=cfg.optim.weight_decay,
+    )
+    checkpointer = state.Checkpointer(
+        run_dir, cfg.checkpoint.every, cfg.checkpoint.keep_last, dd, tokenizer=run_tokenizer, shadow=shadow
+    )
     st = checkpointer.load(ckpt, student, opt) if ckpt is not None else {"step": 0, "tokens": 0, "data": None}
     metrics = MetricsLog(cfg, run_dir, st["step"], phase_ends(cfg)[-1], dd, device, progress)
-    return Run(cfg, run_dir, device, dd, precision, student, teacher, cache, module, shadow, opt, checkpointer,
-               metrics, Evaluator(cfg, evaluate, dd), wconfig.config_hash(cfg, hash_version), hash_version,
-               step=st["step"], tokens=st["tokens"], data_state=st["data"],
-               parent=ckpt.name if ckpt is not None else cfg.init_from)
+    return Run(
+        cfg,
+        run_dir,
+        device,
+        dd,
+        precision,
+        student,
+        teacher,
+        cache,
+        module,
+        shadow,
+        opt,
+        checkpointer,
+        metrics,
+        Evaluator(cfg, evaluate, dd),
+        wconfig.config_hash(cfg, hash_version),
+        hash_version,
+        step=st["step"],
+        tokens=st["tokens"],
+        data_state=st["data"],
+        parent=ckpt.name if ckpt is not None else cfg.init_from,
+    )
 
 
 @dataclass
@@ -185,14 +225,29 @@ def phases(run: Run) -> Iterator[Phase]:
         if run.shadow is not None:
             models.set_rope_theta(run.shadow, ph.rope_theta, ph.rope_scaling)
         dcfg = phase_data(cfg, i)
-        stream = data.make_stream(dcfg, ph.seq_len, cfg.optim.micro_batch_size, phase_seed(cfg, i),
-                                  rank=run.dd.rank, world_size=run.dd.world_size)
+        stream = data.make_stream(
+            dcfg,
+            ph.seq_len,
+            cfg.optim.micro_batch_size,
+            phase_seed(cfg, i),
+            rank=run.dd.rank,
+            world_size=run.dd.world_size,
+        )
         if run.data_state is not None and run.step > end - ph.steps:
             stream.load_state_dict(run.data_state)
         run.data_state = None
         spec = dc_replace(LossSpec.for_objective(cfg.loss, ph.objective), kd_vocab_size=kd_vocab)
-        yield Phase(i, ph, end - ph.steps, end, dcfg, stream, spec, FrozenPairs.for_phase(run.student, ph),
-                    doubling_edges(ph.seq_len))
+        yield Phase(
+            i,
+            ph,
+            end - ph.steps,
+            end,
+            dcfg,
+            stream,
+            spec,
+            FrozenPairs.for_phase(run.student, ph),
+            doubling_edges(ph.seq_len),
+        )
 
 
 # ------------------------------------------------------------------------------------------- step
@@ -211,9 +266,15 @@ def train_step(run: Run, ph: Phase) -> StepStats:
     for _ in range(cfg.optim.grad_accum_steps):
         first = ph.stream.state_dict().get("next_window", 0) + dd.rank * cfg.optim.micro_batch_size
         micro.append((first, {k: v.to(device) for k, v in ph.stream.next().items()}))
-    n_valid = max(distributed.all_reduce_sum(
-        torch.tensor([float((b["labels"][:, 1:] != spec.ignore_index).sum()) for _, b in micro],
-                     device=device).sum(), dd).item(), 1.0)
+    n_valid = max(
+        distributed.all_reduce_sum(
+            torch.tensor(
+                [float((b["labels"][:, 1:] != spec.ignore_index).sum()) for _, b in micro], device=device
+            ).sum(),
+            dd,
+        ).item(),
+        1.0,
+    )
     mask_dtype = torch.bfloat16 if run.precision == "bf16" else torch.float32
     for first, b in micro:
         mask = attention.attention_mask(b["doc_ids"], ph.data.packing.attention, mask_dtype, grad=True)
@@ -225,13 +286,19 @@ def train_step(run: Run, ph: Phase) -> StepStats:
             loss.backward()
         stats.add(per_tok, ce_sum, kd_sum, loss_by_bucket(per_tok, valid, b["position_ids"][:, 1:], ph.edges))
     stats.grad_norm = _clip(run.student, cfg.optim.grad_clip)
-    stats.loss, stats.ce, stats.kd = (float(x) / n_valid for x in distributed.all_reduce_sum(
-        torch.tensor([stats.loss, stats.ce, stats.kd], dtype=torch.float64, device=device), dd))
+    stats.loss, stats.ce, stats.kd = (
+        float(x) / n_valid
+        for x in distributed.all_reduce_sum(
+            torch.tensor([stats.loss, stats.ce, stats.kd], dtype=torch.float64, device=device), dd
+        )
+    )
     if not stats.finite:
         run.metrics.log_error(run.step + 1, ph.cfg, stats)
-        raise TrainingDiverged(f"step {run.step + 1} (phase {ph.cfg.name}): loss {stats.loss}, grad norm "
-                               f"{stats.grad_norm}; stopped before the optimiser step. Last good checkpoint: "
-                               f"{state.latest_checkpoint(run.run_dir)}")
+        raise TrainingDiverged(
+            f"step {run.step + 1} (phase {ph.cfg.name}): loss {stats.loss}, grad norm "
+            f"{stats.grad_norm}; stopped before the optimiser step. Last good checkpoint: "
+            f"{state.latest_checkpoint(run.run_dir)}"
+        )
     run.opt.step()
     if ph.frozen is not None:
         ph.frozen.restore()
@@ -255,27 +322,51 @@ def _clip(model, max_norm: float) -> float:
 def manifest(run: Run, ph: Phase, phase_end: bool) -> dict:
     """The checkpoint's ``manifest.json`` fields for the step just taken."""
     cfg, teacher, cache = run.cfg, run.teacher, run.cache
-    return {"run": cfg.name, "phase": ph.cfg.name, "phase_index": ph.index, "step": run.step,
-            "phase_step": run.step - ph.start, "phase_end": phase_end, "objective": ph.cfg.objective,
-            "teacher": cfg.teacher.path if cfg.teacher and ph.cfg.objective != "ce" else None,
-            "teacher_theta": models.rope_theta(teacher) if teacher is not None else
-            (cache.meta["teacher_theta"] if cache is not None else None),
-            "data": wconfig.to_dict(ph.data), "parent": run.parent, "config_hash": run.config_hash,
-            "config_hash_version": run.hash_version, "precision": run.precision,
-            "seq_len": ph.cfg.seq_len, "tokens": run.tokens, "world_size": run.dd.world_size}
+    return {
+        "run": cfg.name,
+        "phase": ph.cfg.name,
+        "phase_index": ph.index,
+        "step": run.step,
+        "phase_step": run.step - ph.start,
+        "phase_end": phase_end,
+        "objective": ph.cfg.objective,
+        "teacher": cfg.teacher.path if cfg.teacher and ph.cfg.objective != "ce" else None,
+        "teacher_theta": models.rope_theta(teacher)
+        if teacher is not None
+        else (cache.meta["teacher_theta"] if cache is not None else None),
+        "data": wconfig.to_dict(ph.data),
+        "parent": run.parent,
+        "config_hash": run.config_hash,
+        "config_hash_version": run.hash_version,
+        "precision": run.precision,
+        "seq_len": ph.cfg.seq_len,
+        "tokens": run.tokens,
+        "world_size": run.dd.world_size,
+    }
 
 
 def trainer_state(run: Run, ph: Phase) -> dict:
     """What exact resume needs besides weights, optimiser and RNG (``trainer/state.pt``)."""
-    return {"step": run.step, "tokens": run.tokens, "phase_index": ph.index, "data": ph.stream.state_dict(),
-            "config_hash": run.config_hash}
+    return {
+        "step": run.step,
+        "tokens": run.tokens,
+        "phase_index": ph.index,
+        "data": ph.stream.state_dict(),
+        "config_hash": run.config_hash,
+    }
 
 
 # ------------------------------------------------------------------------------------------- loop
 
 
-def train(cfg: RunConfig, *, out: str | None = None, resume: bool = False, progress: bool = True,
-          evaluate: EvalFn | None = None) -> Path:
+def train(
+    cfg: RunConfig,
+    *,
+    out: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    evaluate: EvalFn | None = None,
+) -> Path:
     """Run (or resume) a training run; returns the run directory. ``evaluate(model, cfg) -> rows`` is the
     held-out check every ``eval_every`` steps (``workbench.evals.training_eval``; see ``train.evaluation``)."""
     hf_logging.disable_progress_bar()  # one progress bar: ours
@@ -288,8 +379,7 @@ def train(cfg: RunConfig, *, out: str | None = None, resume: bool = False, progr
             lock = rundir.claim(run_dir)
             rundir.clean_leftovers(run_dir)  # a dead writer's temp dirs: ours now that we hold the lock
     try:
-        cfg, hash_version = preflight(cfg, run_dir, resume=resume,
-                                      world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        cfg, hash_version = preflight(cfg, run_dir, resume=resume, world_size=int(os.environ.get("WORLD_SIZE", "1")))
         if first_rank and lock is None:
             lock = rundir.claim(run_dir)
     except BaseException:
@@ -301,8 +391,16 @@ def train(cfg: RunConfig, *, out: str | None = None, resume: bool = False, progr
     if device.type == "cuda":
         torch.cuda.set_device(device)
     try:
-        run = build(cfg, run_dir, resume=resume, device=device, dd=dd, hash_version=hash_version,
-                    progress=progress, evaluate=evaluate)
+        run = build(
+            cfg,
+            run_dir,
+            resume=resume,
+            device=device,
+            dd=dd,
+            hash_version=hash_version,
+            progress=progress,
+            evaluate=evaluate,
+        )
         compiled = CompileReport(cfg.optim.compile, dd.is_main)
         for ph in phases(run):
             tracker = PairTracker.for_phase(run, ph)  # W_q/W_k pair updates since the phase start (track_every)
@@ -319,8 +417,9 @@ def train(cfg: RunConfig, *, out: str | None = None, resume: bool = False, progr
                 if run.evaluator.due(run.step, phase_end):
                     run.metrics.log_eval(run.step, ph.cfg, run.evaluator.run(run.student, run.shadow))
                 if run.checkpointer.due(run.step, phase_end):
-                    saved = run.checkpointer.save(run.step, run.student, run.opt, manifest(run, ph, phase_end),
-                                                  trainer_state(run, ph))
+                    saved = run.checkpointer.save(
+                        run.step, run.student, run.opt, manifest(run, ph, phase_end), trainer_state(run, ph)
+                    )
                     run.parent = saved.name
         run.metrics.close()
         distributed.barrier(dd)

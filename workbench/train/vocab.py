@@ -24,7 +24,9 @@ def kd_vocab_size(cfg, teacher_rows: int | None, where: str = "teacher.path") ->
     n = len(tok)
     if n <= min(student_rows, int(teacher_rows)):
         return n
-    raise ConfigError(f"{where}: teacher vocab_size {teacher_rows} differs from the student's model.vocab_size "
-                      f"{student_rows} and the run's tokenizer ({source}, {n} tokens) is larger than one of them, so "
-                      "they are not one vocabulary padded differently; KD needs one vocabulary (use a teacher trained "
-                      "with the run's tokenizer, or set model.vocab_size to cover it)")
+    raise ConfigError(
+        f"{where}: teacher vocab_size {teacher_rows} differs from the student's model.vocab_size "
+        f"{student_rows} and the run's tokenizer ({source}, {n} tokens) is larger than one of them, so "
+        "they are not one vocabulary padded differently; KD needs one vocabulary (use a teacher trained "
+        "with the run's tokenizer, or set model.vocab_size to cover it)"
+    )
