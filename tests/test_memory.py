@@ -1,4 +1,4 @@
-"""The per-GPU memory estimate used for the README's GPU recipe behaves as its formula says."""
+"""The per-GPU memory estimate used for the GPU recipe (docs/gpu.md) behaves as its formula says."""
 
 from workbench import config
 from workbench.train.memory import step_memory
