@@ -17,7 +17,7 @@ checkpoints, specs, conditions). Writing a coordinate value that is already ther
 already written is overwritten. String coordinates are stored as object dtype so appends work.
 
 This package is the public face; callers use ``from workbench import store`` and the names below. The layers,
-each importing only the ones above it in this list (docs/store-schema.md, "How writes are made"):
+each importing only the ones above it in this list (docs/store-schema.md, "The code, in layers"):
 
 1. :mod:`~workbench.store.schema`: the schema, the root check, pair coordinates, provenance attrs;
 2. :mod:`~workbench.store.zarr_bytes`: Zarr v3 metadata and chunk files written lean (the only module on
