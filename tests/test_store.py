@@ -17,6 +17,7 @@ import zarr
 import zarr.storage as zs
 
 from workbench import rope, store
+from workbench.store import schema, transactions
 
 
 def _cell(checkpoints, specs, value, hashes=None):
@@ -83,6 +84,34 @@ def test_store_of_another_schema_is_refused(tmp_path):
     with pytest.raises(store.StoreError, match="someone-else/2"):
         store.write_grid(path, "traces", _cell(["a"], ["s1"], 1.0))
     assert list(zarr.open_group(str(path), mode="r").groups()) == []  # nothing was written into it
+
+
+def test_a_store_of_an_old_schema_gets_one_line_saying_to_rerun(tmp_path):
+    from app import stores
+    from app.paths import root_of
+    from app.views import common
+
+    path = tmp_path / "toy" / "results.zarr"
+    store.save(path, store.TRACES, _cell(["a"], ["s1"], 1.0))
+    root = zarr.open_group(str(path), mode="r+")
+    root.attrs["schema"] = "workbench-store/1"
+    line = f"{path}: store schema is 'workbench-store/1'; this version of the workbench reads and writes only "
+    for attempt in (
+        lambda: store.open_group(path, store.TRACES),
+        lambda: store.groups(path),
+        lambda: store.refuse(path, store.TRACES, _cell(["b"], ["s1"], 2.0)),
+        lambda: store.save(path, store.TRACES, _cell(["b"], ["s1"], 2.0)),
+    ):
+        with pytest.raises(store.StoreError) as refused:
+            attempt()
+        message = str(refused.value)
+        assert message.startswith(line) and "'workbench-store/3'" in message and "rerun the command" in message
+        assert "\n" not in message
+    with pytest.raises(store.StoreError, match="workbench-store/1"):  # the app: a message, not a traceback
+        stores.open_group(root_of(tmp_path), "toy/results.zarr", store.TRACES)
+    shown = common.guarded(lambda: stores.groups_of(root_of(tmp_path), "toy/results.zarr"), lambda m: m)()
+    assert isinstance(shown, str) and "store schema is 'workbench-store/1'; this version" in shown and "\n" not in shown
+    assert root.attrs["schema"] == "workbench-store/1" and list(root.group_keys()) == ["traces"]  # untouched
 
 
 def test_plain_write_append_still_works(tmp_path):
@@ -207,7 +236,7 @@ def test_new_groups_are_byte_identical_to_xarray_to_zarr(tmp_path, case):
     dot = {n: {"chunk_key_encoding": {"name": "default", "separator": "."}} for n in ds.variables}
     for n, e in (enc or {}).items():
         dot[n].update(e)
-    ref = store._objectify(ds.copy())
+    ref = schema.objectify(ds.copy())
     ref.attrs.setdefault("schema", store.SCHEMA)
     ref.to_zarr(tmp_path / "ref", mode="w-", zarr_format=3, consolidated=False, encoding=dot)
     assert _files(tmp_path / "s.zarr" / "g") == _files(tmp_path / "ref")
@@ -421,7 +450,7 @@ def test_readers_skip_what_a_live_writer_has_not_finished(tmp_path):
     path = tmp_path / "s.zarr"
     _run(path, "append", "a,b")
     _run(path, "append", "c", "data:2")
-    with store._lock(path):  # as if the writer were still running: readers must not repair, only skip
+    with transactions.lock(path):  # as if the writer were still running: readers must not repair, only skip
         assert store.open_group(path, "retrieval").checkpoint.values.tolist() == ["a", "b"]
         assert store.MARKER in zarr.open_group(str(path), mode="r")["retrieval"].attrs
         assert _plain(path, "retrieval").sizes["checkpoint"] == 3  # plain xarray sees the entry, and the marker

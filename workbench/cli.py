@@ -26,7 +26,6 @@ COMMANDS = {
     "kd-signal": "kd_signal",
     "position-loss": "position_loss",
     "compare": "compare",
-    "upgrade-store": "upgrade_store",
     "app": "app",
     "demo": "demo",
 }
