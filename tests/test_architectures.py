@@ -687,8 +687,8 @@ def test_band_intervention_is_the_engines_edit_in_every_layout(arch, plain_dirs)
     inside Phi-3's fused qkv_proj) equals the nnsight engine's post-RoPE edit of the same spec."""
     import math
 
-    from workbench.demo import ablations
     from workbench.interventions import backends as B
+    from workbench.interventions import bands
 
     model, _ = models.load(plain_dirs[arch], allow_plain_hf=True)
     ids, pos = ids_pos(batch=1, length=24)
@@ -698,9 +698,9 @@ def test_band_intervention_is_the_engines_edit_in_every_layout(arch, plain_dirs)
     with torch.no_grad():
         clean = model(ids, position_ids=pos).logits
         for op, target in (("zero", "both"), ("rotate", "q")):
-            with ablations.band_intervention(model, pairs, op, angle=math.pi / 3, target=target):
+            with bands.band_intervention(model, pairs, op, angle=math.pi / 3, target=target):
                 hooked = model(ids, position_ids=pos).logits
-            want = engine.run(ids, pos, [ablations.band_spec(pairs, op, math.pi / 3, target)])[0]["logits"]
+            want = engine.run(ids, pos, [bands.band_spec(pairs, op, math.pi / 3, target)])[0]["logits"]
             assert (hooked - clean).abs().max() > 1e-4, (arch, op)
             torch.testing.assert_close(hooked, want.to(hooked.dtype), atol=1e-4, rtol=0)
         assert torch.equal(model(ids, position_ids=pos).logits, clean), "hooks must be removed on exit"
