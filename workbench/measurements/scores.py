@@ -48,11 +48,6 @@ def bucket_of(distance: torch.Tensor) -> torch.Tensor:
     return torch.where(distance <= 0, torch.zeros_like(distance), torch.floor(torch.log2(r)).to(distance.dtype) + 1)
 
 
-def pair_contributions(q: torch.Tensor, k: torch.Tensor, scaling: float) -> torch.Tensor:
-    """Full per-pair score terms for small inputs: q [B, H, Tq, d], k [B, H, Tk, d] -> [B, H, Tq, Tk, d/2]."""
-    return scaling * torch.einsum("bhtxp,bhsxp->bhtsp", rope.pair_view(q), rope.pair_view(k))
-
-
 def bucketed_contributions(
     q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, scaling: float, n_buckets: int, block: int = 32
 ) -> dict[str, np.ndarray]:
