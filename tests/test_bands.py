@@ -9,37 +9,18 @@ import pytest
 import torch
 
 from workbench import models
-from workbench.config import ModelConfig
 from workbench.interventions import bands
 
 
-@pytest.fixture(scope="module")
-def gqa_checkpoint(tmp_path_factory):
-    cfg = ModelConfig(
-        vocab_size=128,
-        hidden_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=16,
-        intermediate_size=128,
-        max_position_embeddings=2048,
-        rope_theta=500.0,
-    )
-    path = tmp_path_factory.mktemp("abl") / "ckpt-000001"
-    models.save_checkpoint(models.build_model(cfg, seed=5), path, {"step": 1})
-    return path
-
-
 @pytest.mark.parametrize("op", ["zero", "rotate"])
-def test_band_intervention_equals_the_engines_post_rope_edit(gqa_checkpoint, op):
+def test_band_intervention_equals_the_engines_post_rope_edit(saved_checkpoint, op):
     """Editing q_proj/k_proj outputs (pre-RoPE) must equal the nnsight engine's edit of post-RoPE q/k."""
     from workbench import interventions
     from workbench.interventions.specs import PairSet
 
     pairs = [5, 6, 7]
-    model, _ = models.load(gqa_checkpoint)
-    ids = torch.randint(0, 128, (1, 300), generator=torch.Generator().manual_seed(0))
+    model, _ = models.load(saved_checkpoint)  # GQA, head_dim 16, theta 500
+    ids = torch.randint(0, 96, (1, 300), generator=torch.Generator().manual_seed(0))
     pos = torch.arange(300)[None]
     target = "both" if op == "zero" else "q"  # rotating q and k alike would leave q.k unchanged
     with torch.no_grad():
@@ -52,9 +33,9 @@ def test_band_intervention_equals_the_engines_post_rope_edit(gqa_checkpoint, op)
         if op == "zero"
         else interventions.rotate(math.pi / 3, "q", pairs=PairSet(indices=pairs))
     )
-    engine = interventions.load_backend(gqa_checkpoint, "nnsight").run(ids, pos, [interventions.Spec("edit", [edit])])[
-        0
-    ]["logits"]
+    engine = interventions.load_backend(saved_checkpoint, "nnsight").run(
+        ids, pos, [interventions.Spec("edit", [edit])]
+    )[0]["logits"]
     assert (hooked - clean).abs().max() > 1e-3
     torch.testing.assert_close(hooked, engine.to(hooked.dtype), atol=1e-4, rtol=0)
     assert torch.equal(again, clean), "hooks must be removed on exit"
