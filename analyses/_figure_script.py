@@ -19,7 +19,7 @@ def main(job: str, doc: str | None) -> int:
     parser.add_argument("--out", type=Path, default=Path("figures"), help="output folder (PNG + HTML)")
     parser.add_argument("--no-png", action="store_true", help="HTML only (no kaleido/chromium)")
     args = parser.parse_args()
-    from workbench.demo import report
+    from workbench.figures import jobs
     from workbench.store import StoreError
 
     written = []
@@ -34,7 +34,7 @@ def main(job: str, doc: str | None) -> int:
     try:
         for store in stores:
             out = args.out / store.stem if len(stores) > 1 else args.out
-            written += report.render(job, store, out, png=not args.no_png)
+            written += jobs.render(job, store, out, png=not args.no_png)
     except StoreError as exc:
         print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
         return 2

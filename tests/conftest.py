@@ -68,7 +68,7 @@ def quick_demo(tmp_path_factory):
     import subprocess
     import sys
 
-    from workbench.demo.arms import SHIPPED_TEACHER
+    from workbench.demo.students import SHIPPED_TEACHER
 
     if not (SHIPPED_TEACHER / "manifest.json").is_file():
         pytest.fail(f"the shipped teacher is missing at {SHIPPED_TEACHER}")

@@ -111,7 +111,7 @@ def test_shipped_stage1_students_retrieve_inside_their_window():
     import torch
 
     from workbench import models
-    from workbench.demo.arms import stage1_student
+    from workbench.demo.students import stage1_student
     from workbench.evals import grid
 
     torch.set_num_threads(1)
@@ -130,3 +130,26 @@ def test_shipped_stage1_students_retrieve_inside_their_window():
         acc = ds["correct"].astype(float).mean(["depth", "sample"])
         assert float(acc.sel(task="niah", length=256)) >= 0.95, theta
         assert float(acc.sel(task="passkey", length=256)) >= 0.7, theta  # measured in the report; margin for drift
+
+
+def test_paper_comparisons_in_order_for_the_arms_present():
+    """KD - CE per schedule, phase-wise - fixed under KD then CE, each ablation - its base; absent arms left out."""
+    names = [f"{o}-{s}" for o in arms.OBJECTIVES for s in arms.SCHEDULES] + ["kd-phasewise+posfree"]
+    got = arms.paper_comparisons(names)
+    assert [(a, b) for a, b, _ in got] == [
+        ("kd-fixed-small", "ce-fixed-small"),
+        ("kd-fixed-large", "ce-fixed-large"),
+        ("kd-phasewise", "ce-phasewise"),
+        ("kd-phasewise", "kd-fixed-small"),
+        ("kd-phasewise", "kd-fixed-large"),
+        ("ce-phasewise", "ce-fixed-small"),
+        ("ce-phasewise", "ce-fixed-large"),
+        ("kd-phasewise+posfree", "kd-phasewise"),
+    ]
+    assert got[3][2] == "F1: does phase-wise theta beat fixed-small under KD?"
+    assert [(a, b) for a, b, _ in arms.paper_comparisons(["kd-phasewise", "ce-phasewise", "kd-x+y"])] == [
+        ("kd-phasewise", "ce-phasewise")
+    ]
+    assert arms.parse_checkpoint("kd-phasewise+posfree-s2/ckpt-000090") == ("kd-phasewise+posfree", 2)
+    assert arms.parse_checkpoint("a -> ce-fixed-small-s0/ckpt-1") == ("ce-fixed-small", 0)
+    assert arms.parse_checkpoint("students/tiny-student-short-theta500") is None

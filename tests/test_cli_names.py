@@ -1,13 +1,8 @@
-"""One flag name per concept (docs/glossary.md): the new names parse, the old ones still work and warn once."""
+"""One flag name per concept (docs/glossary.md)."""
 
 import pytest
 
 from workbench import cli, commands
-
-
-@pytest.fixture(autouse=True)
-def fresh_warnings(monkeypatch):
-    monkeypatch.setattr(commands, "_WARNED", set())
 
 
 def parse(argv):
@@ -23,29 +18,12 @@ def parse(argv):
         (["kd-signal", "a", "--data", "d.yaml", "--out", "s.zarr", "--windows", "3"], "windows", 3),
     ],
 )
-def test_new_names_parse_without_a_warning(argv, dest, value, capsys):
+def test_one_name_per_concept_parses_without_a_warning(argv, dest, value, capsys):
     assert getattr(parse(argv), dest) == value
     assert "deprecated" not in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(
-    "argv, old, new, dest",
-    [
-        (["trace", "ck", "--batch", "3"], "--batch", "--samples", "samples"),
-        (["updates", "a", "b", "--out", "s.zarr", "--batch-size", "3"], "--batch-size", "--windows", "windows"),
-    ],
-)
-def test_old_names_still_work_and_warn_once(argv, old, new, dest, capsys):
-    assert getattr(parse(argv), dest) == 3
-    err = capsys.readouterr().err
-    assert f"{old} is deprecated, use {new}" in err and err.count("deprecated") == 1
-    assert getattr(parse(argv + [old, "4"]), dest) == 4  # the last one wins, as with the new name
-    assert "deprecated" not in capsys.readouterr().err  # once per run
-    helptext = cli.build_parser()._subparsers._group_actions[0].choices[argv[0]].format_help()
-    assert f"{old} {dest.upper()}" not in helptext and f"{old}," not in helptext  # hidden
-
-
-def test_old_name_default_leaves_the_new_default():
+def test_samples_and_windows_defaults():
     assert parse(["trace", "ck"]).samples == 2 and parse(["updates", "a", "b", "--out", "s"]).windows == 2
 
 
@@ -113,34 +91,3 @@ def test_compare_takes_its_store_positionally_or_as_store(tmp_path, capsys):
 def test_figure_is_a_path_prefix_and_figures_a_folder(command, flag, metavar):
     helptext = cli.build_parser()._subparsers._group_actions[0].choices[command[0]].format_help()
     assert f"{flag} {metavar}" in helptext
-
-
-def test_old_package_names_warn_and_run_the_new_code():
-    """workbench.interp / workbench.analysis (renamed to interventions / measurements) keep working for one
-    version: importing them warns, and every old import path gives the new objects."""
-    import subprocess
-    import sys
-
-    code = """
-import warnings
-warnings.simplefilter("error", FutureWarning)
-try:
-    import workbench.interp
-except FutureWarning as w:
-    assert "workbench.interventions" in str(w), w
-else:
-    raise AssertionError("no warning")
-warnings.simplefilter("ignore", FutureWarning)
-from workbench.interp.specs import Spec
-from workbench.interp import cross_document, run_trace
-from workbench import analysis, interventions, measurements
-from workbench.analysis.capture import capture
-import workbench.interventions.specs, workbench.measurements.capture
-assert Spec is workbench.interventions.specs.Spec and run_trace is interventions.run_trace
-assert cross_document is measurements.cross_document
-assert analysis is measurements and analysis.weight_updates is measurements.weight_updates
-assert capture is workbench.measurements.capture.capture
-print("ok")
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -120,41 +120,6 @@ def test_every_shipped_config_loads(path):
 # ------------------------------------------------------------------------- defaults and the config hash
 
 
-def _v1_hash(resolved_v1: dict) -> str:
-    """config_hash as version 1 defined it (before optim.precision/eps and the ce_weight default 0.5)."""
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(resolved_v1, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-# the keys of version 1's schema (a new key missing from config.ADDED_AFTER_V1 fails the test below)
-V1_SCHEMA = {
-    "": "name model phases data teacher loss optim checkpoint seed out_dir init_from device metrics_every eval_every "
-    "eval_lengths eval_samples eval_tasks description",
-    "model": "vocab_size hidden_size num_layers num_heads num_kv_heads intermediate_size max_position_embeddings "
-    "rope_theta rope_scaling head_dim rms_norm_eps tie_word_embeddings initializer_range stated_params",
-    "data": "kind paths tokenizer doc_len_min doc_len_max num_pairs_min num_pairs_max packing options",
-    "loss": "kd_kind jsd_beta temperature scale_by_t2 ce_weight kd_weight chunk_size ignore_index",
-    "optim": "micro_batch_size grad_accum_steps weight_decay betas grad_clip activation_checkpointing",
-    "checkpoint": "every keep_last",
-    "phase": "name steps seq_len rope_theta rope_scaling lr warmup_steps min_lr_ratio objective data "
-    "freeze_wavelengths",
-}
-
-
-def _as_v1_wrote_it(cfg) -> dict:
-    """The resolved run.yaml that version 1 wrote for the same YAML: its key set and its defaults."""
-    d = config.to_dict(cfg)
-    keep = {k: v.split() for k, v in V1_SCHEMA.items()}
-    d = {k: v for k, v in d.items() if k in keep[""]}
-    for section in ("model", "data", "loss", "optim", "checkpoint"):
-        d[section] = {k: v for k, v in d[section].items() if k in keep[section]}
-    d["phases"] = [{k: v for k, v in ph.items() if k in keep["phase"]} for ph in d["phases"]]
-    d["loss"]["ce_weight"] = 0.0  # version 1's default
-    return d
-
-
 def test_ce_plus_kd_trains_with_default_weights(tmp_path):
     from workbench.train.losses import LossSpec
 
@@ -180,16 +145,10 @@ def test_new_keys_at_their_defaults_leave_the_hash_alone(tmp_path):
     assert config.config_hash(cfg) == config.config_hash(config.from_dict(config.RunConfig, config.to_dict(cfg)))
 
 
-def test_hash_of_a_version_1_run_by_the_old_definition(tmp_path):
-    cfg = config.load_run_config(write(tmp_path, GOOD))  # writes no ce_weight: version 1 resolved it to 0.0
-    old = config.as_written_by(cfg, 1)
-    assert old.loss.ce_weight == 0.0 and cfg.loss.ce_weight == 0.5
-    assert config.config_hash(old, 1) == _v1_hash(_as_v1_wrote_it(cfg))
-    # a YAML that wrote ce_weight keeps it, whatever the version
-    wrote = config.load_run_config(write(tmp_path, {**GOOD, "loss": {"ce_weight": 0.5}}))
-    assert config.as_written_by(wrote, 1).loss.ce_weight == 0.5
-    # a new key set away from the old behaviour cannot match a version-1 hash
-    bf16 = config.load_run_config(write(tmp_path, {**GOOD, "optim": {"precision": "bf16"}}))
-    assert config.config_hash(config.as_written_by(bf16, 1), 1) != config.config_hash(old, 1)
+def test_a_run_of_another_hash_version_is_one_error(tmp_path):
+    cfg = config.load_run_config(write(tmp_path, GOOD))
+    assert config.as_written_by(cfg, config.HASH_VERSION) is cfg
+    with pytest.raises(config.ConfigError, match=r"config_hash_version 1 \(this workbench: 2\).*retrain, or resume"):
+        config.as_written_by(cfg, 1)
     with pytest.raises(config.ConfigError, match="newer than this workbench knows"):
         config.config_hash(cfg, config.HASH_VERSION + 1)

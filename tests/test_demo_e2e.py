@@ -8,7 +8,7 @@ import json
 import pytest
 import xarray as xr
 
-from workbench.demo.arms import arms
+from workbench.demo.students import arms
 
 pytestmark = pytest.mark.slow
 

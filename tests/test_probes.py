@@ -16,6 +16,11 @@ from workbench.measurements.capture import capture, probe_batch
 D = 16
 
 
+def pair_contributions(q: torch.Tensor, k: torch.Tensor, scaling: float) -> torch.Tensor:
+    """The dense reference: every per-pair score term, q [B, H, Tq, d], k [B, H, Tk, d] -> [B, H, Tq, Tk, d/2]."""
+    return scaling * torch.einsum("bhtxp,bhsxp->bhtsp", rope.pair_view(q), rope.pair_view(k))
+
+
 def _cfg(**kw) -> ModelConfig:
     base = dict(
         vocab_size=128,
@@ -81,7 +86,7 @@ def test_pair_terms_sum_to_the_scores_of_transformers_eager_attention(monkeypatc
         torch.testing.assert_close(q_rot, hf_q, rtol=0, atol=1e-6)
         torch.testing.assert_close(k_rot, hf_k, rtol=0, atol=1e-6)
         k_full = modeling_llama.repeat_kv(k_rot, 2)
-        terms = scores.pair_contributions(q_rot, k_full, cap.scaling)  # [B, H, T, T, P]
+        terms = pair_contributions(q_rot, k_full, cap.scaling)  # [B, H, T, T, P]
         assert terms.shape[-1] == D // 2
         score = terms.sum(-1)
         torch.testing.assert_close(score, q_rot @ k_full.transpose(2, 3) * cap.scaling, rtol=1e-5, atol=1e-6)
@@ -98,7 +103,7 @@ def test_bucketed_means_match_brute_force_and_sum_over_pairs():
     lo, hi = scores.distance_buckets(t)
     assert lo.tolist() == [0, 1, 2, 4, 8, 16, 32] and hi.tolist() == [0, 1, 3, 7, 15, 31, 36]
     got = scores.bucketed_contributions(q, k, pos, 0.5, len(lo), block=5)
-    full = scores.pair_contributions(q, k, 0.5).numpy()  # [B, H, T, T, P]
+    full = pair_contributions(q, k, 0.5).numpy()  # [B, H, T, T, P]
     ti, si = np.meshgrid(np.arange(t), np.arange(t), indexing="ij")
     for i, (a, z) in enumerate(zip(lo, hi)):
         sel = (ti >= si) & (ti - si >= a) & (ti - si <= z)

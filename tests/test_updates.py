@@ -146,10 +146,7 @@ def test_identical_checkpoints_give_exactly_zero(run_dir):
         assert (ds[f"{p}_norm_before"].values == ds[f"{p}_norm_after"].values).all()
     st = measurements.state_updates([run_dir["a"], run_dir["b"]], seq_len=64, n_windows=1)
     assert (st["q_norm_change"].values == 0).all() and (st["k_norm_change"].values == 0).all()
-    with pytest.warns(FutureWarning, match=r"state_updates\(batch_size=\) is deprecated, use n_windows="):
-        old = measurements.state_updates([run_dir["a"], run_dir["b"]], seq_len=64, batch_size=1)  # the old keyword
-    xr.testing.assert_identical(old.drop_attrs(), st.drop_attrs())
-    assert old.attrs["n_windows"] == st.attrs["n_windows"] == 1 and "batch_size" not in st.attrs
+    assert st.attrs["n_windows"] == 1 and "batch_size" not in st.attrs
 
 
 def test_consecutive_and_reference_comparisons(run_dir):

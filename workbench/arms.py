@@ -381,3 +381,39 @@ def band_table(bands: xr.Dataset, var: str = "q_rel_update", **kw) -> xr.Dataset
         },
         attrs={"method": "mean over layers, then over seeds; 95% bootstrap interval over seeds"},
     )
+
+
+# ----------------------------------------------------------------------------- the paper's arms and comparisons
+# The arms as the shipped configs and the demo name them: ``<objective>-<schedule>[+<ablation>]``, one run per
+# seed named ``<arm>-s<seed>``. Shared by the demo's comparisons, its report and the figure jobs.
+
+OBJECTIVES = ("kd", "ce")
+SCHEDULES = ("fixed-small", "fixed-large", "phasewise")  # theta: small, large, sized to each phase (F1)
+FIXED_SCHEDULES = SCHEDULES[:2]
+PAPER_RUN = re.compile(r"^(?P<arm>[a-z]+-[a-z-]+(?:\+[a-z0-9-]+)?)-s(?P<seed>\d+)$")
+
+
+def parse_checkpoint(label: str) -> tuple[str, int] | None:
+    """(arm, seed) of a checkpoint label ``<run>/<ckpt>`` or comparison ``A -> B`` whose run is named as the
+    paper's arms; None otherwise (a teacher, a stage-1 student)."""
+    match = PAPER_RUN.match(run_name_of(label))
+    return (match["arm"], int(match["seed"])) if match else None
+
+
+def paper_comparisons(arm_names: Iterable[str]) -> list[tuple[str, str, str]]:
+    """The paired differences A - B that answer the paper's questions, as (A, B, question), for the arms
+    present: KD - CE per theta schedule; phase-wise - each fixed schedule under KD, then under CE; each
+    ablation arm (``<base>+<variant>``) - its base arm."""
+    names = [str(n) for n in arm_names]
+    candidates = [(f"kd-{s}", f"ce-{s}", f"does KD beat CE under the {s} schedule?") for s in SCHEDULES]
+    candidates += [
+        (f"{o}-phasewise", f"{o}-{fixed}", f"F1: does phase-wise theta beat {fixed} under {o.upper()}?")
+        for o in OBJECTIVES
+        for fixed in FIXED_SCHEDULES
+    ]
+    candidates += [
+        (a, a.split("+")[0], f"ablation: what does {a.split('+')[1]} change against its base arm?")
+        for a in names
+        if "+" in a
+    ]
+    return [(a, b, q) for a, b, q in candidates if a in names and b in names]

@@ -11,7 +11,6 @@ relative to the config file.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -259,9 +258,6 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
 
 
-GIVEN = "_given_keys"  # instance attribute (not a field): the keys the YAML wrote, for as_written_by
-
-
 def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -275,9 +271,7 @@ def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
             kwargs[name] = _convert(data[name], hints[name], key)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{key}: missing required key")
-    obj = cls(**kwargs)
-    obj.__dict__[GIVEN] = frozenset(data)
-    return obj
+    return cls(**kwargs)
 
 
 def from_dict(cls: type, data: Mapping[str, Any], source: str = "<dict>") -> Any:
@@ -297,32 +291,12 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------- config hash
 #
-# A run's checkpoints record ``config_hash`` and ``config_hash_version``; ``--resume`` recomputes the hash of
-# the config it is given *by the version the run recorded*, after restoring the defaults of that version for
-# every key the YAML does not write (``as_written_by``), and trains on with that restored config. So new keys
-# and changed defaults never refuse (nor silently change) a run started before them.
-#
-# - version 1 (manifests without config_hash_version): sha256 of the whole resolved config of the v1 schema.
-# - version 2: sha256 of the entries that differ from the defaults (of version 2), so a new key at its default
-#   changes no hash.
-#
-# Maintainers: when a default changes, bump HASH_VERSION and add (the new version, key, the old default) to
-# DEFAULT_CHANGES. A new key must default to the behaviour from before it existed; add it to ADDED_AFTER_V1
-# (version-1 hashes never had it); version 2+ hashes omit it at its default by themselves.
+# A run's checkpoints record ``config_hash`` and ``config_hash_version``; ``--resume`` recomputes the hash of the
+# config it is given and refuses a different one. The hash covers only the entries that differ from the
+# defaults, so a new key at its default changes no hash. A checkpoint of another hash version (version 1:
+# manifests without config_hash_version) is one error: retrain, or resume from a checkpoint of this version.
 
 HASH_VERSION = 2
-# (version that changed it, dotted key with "phases[]" for every phase, the default before that version)
-DEFAULT_CHANGES: list[tuple[int, str, Any]] = [(2, "loss.ce_weight", 0.0)]
-# every key added since version 1, with the value that reproduces the behaviour from before it existed
-ADDED_AFTER_V1: dict[str, Any] = {
-    "optim.eps": 1e-8,
-    "optim.precision": "auto",
-    "model.architecture": "llama",
-    "optim.compile": False,
-    "logging.tensorboard": True,
-    "logging.wandb": None,
-    "track_every": 0,
-}
 
 
 def _field_default(f: dataclasses.Field) -> Any:
@@ -333,58 +307,37 @@ def _field_default(f: dataclasses.Field) -> Any:
     return dataclasses.MISSING
 
 
-def _instances(obj: Any, parts: list[str]):
-    """Every (dataclass instance, field name) that a dotted key path reaches (``phases[]`` = every phase)."""
-    if obj is None:
-        return
-    head, rest = parts[0], parts[1:]
-    if not rest:
-        yield obj, head
-        return
-    if head.endswith("[]"):
-        for item in getattr(obj, head[:-2]):
-            yield from _instances(item, rest)
-    else:
-        yield from _instances(getattr(obj, head, None), rest)
-
-
-def _written(obj: Any, name: str, current_default: Any) -> bool:
-    """Did the YAML write this key? (Configs built in Python: yes unless the value is the current default.)"""
-    given = obj.__dict__.get(GIVEN)
-    if given is not None:
-        return name in given
-    return getattr(obj, name) != current_default
+def check_hash_version(version: int) -> None:
+    """Refuse a run recorded under another config-hash version, in one line."""
+    if version > HASH_VERSION:
+        raise ConfigError(
+            f"config_hash_version {version} is newer than this workbench knows "
+            f"({HASH_VERSION}); update the workbench to resume this run"
+        )
+    if version != HASH_VERSION:
+        raise ConfigError(
+            f"the checkpoint was written with config_hash_version {version} (this workbench: {HASH_VERSION}); "
+            "it cannot be resumed: retrain, or resume from a checkpoint of the current version"
+        )
 
 
 def as_written_by(cfg: RunConfig, version: int) -> RunConfig:
-    """``cfg`` with the defaults of hash version ``version`` restored for every key the YAML did not write."""
-    out = copy.deepcopy(cfg)
-    for changed_in, key, old in DEFAULT_CHANGES:
-        if changed_in <= version:
-            continue
-        for inst, name in _instances(out, key.split(".")):
-            f = {f.name: f for f in dataclasses.fields(inst)}[name]
-            if not _written(inst, name, _field_default(f)):
-                setattr(inst, name, copy.deepcopy(old))
-    return out
+    """``cfg`` for resuming a run of hash ``version``: unchanged for the current version, else one error."""
+    check_hash_version(version)
+    return cfg
 
 
-def _defaults_at(version: int) -> dict[str, Any]:
-    return {key: old for changed_in, key, old in DEFAULT_CHANGES if changed_in > version}
-
-
-def _diff(obj: Any, prefix: str, defaults: dict[str, Any]) -> dict[str, Any]:
-    """The entries of a dataclass that differ from the defaults (nested sections recursively)."""
+def _diff(obj: Any) -> dict[str, Any]:
+    """The entries of a dataclass that differ from its defaults (nested sections recursively)."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(obj):
-        key, value = prefix + f.name, getattr(obj, f.name)
-        default = defaults.get(key, _field_default(f))
+        value, default = getattr(obj, f.name), _field_default(f)
         if dataclasses.is_dataclass(value):
-            sub = _diff(value, key + ".", defaults)
+            sub = _diff(value)
             if sub or not dataclasses.is_dataclass(default):  # a section present where the default is None
                 out[f.name] = sub
         elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
-            out[f.name] = [_diff(v, key + "[].", defaults) for v in value]
+            out[f.name] = [_diff(v) for v in value]
         elif default is dataclasses.MISSING or _plain(value) != _plain(default):
             out[f.name] = _plain(value)
     return out
@@ -394,38 +347,15 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def _v1_dict(cfg: RunConfig) -> dict[str, Any]:
-    """The resolved config as version 1 wrote it: without the keys added since, when they keep v1 behaviour."""
-    d = to_dict(cfg)
-    for key, same in ADDED_AFTER_V1.items():
-        *path, name = key.split(".")
-        section = d
-        for part in path:
-            section = section.get(part) or {}
-        if name in section and _plain(section[name]) == _plain(same):
-            del section[name]
-    if d.get("logging") == {}:  # a section added after v1 whose keys all kept v1 behaviour
-        del d["logging"]
-    return d
-
-
 def config_hash(obj: Any, version: int | None = None) -> str:
     """Short stable hash of a config, recorded in manifests.
 
-    Run configs: by hash ``version`` (default the current one; see the notes above). Any other config
-    (data, model) hashes its whole resolved form, as version 1 did: their schemas have not changed.
+    Run configs: their entries that differ from the defaults (``version``: the run's recorded hash version,
+    refused unless it is the current one). Any other config (data, model) hashes its whole resolved form.
     """
     if isinstance(obj, RunConfig):
-        version = HASH_VERSION if version is None else version
-        if version == 1:
-            body: Any = _v1_dict(obj)
-        elif 2 <= version <= HASH_VERSION:
-            body = {"config_hash_version": version, **_diff(obj, "", _defaults_at(version))}
-        else:
-            raise ConfigError(
-                f"config_hash_version {version} is newer than this workbench knows "
-                f"({HASH_VERSION}); update the workbench to resume this run"
-            )
+        check_hash_version(HASH_VERSION if version is None else version)
+        body: Any = {"config_hash_version": HASH_VERSION, **_diff(obj)}
     else:
         body = to_dict(obj)
     blob = json.dumps(body, sort_keys=True, default=str).encode()

@@ -36,42 +36,6 @@ def run_command(name: str, run: Callable[[argparse.Namespace], int], args: argpa
         return 2
 
 
-# Flags renamed to the glossary's one name per concept (docs/glossary.md): the old spelling stays a hidden alias
-# for one version and warns once per run. Keep these until the version after the rename.
-_WARNED: set[str] = set()
-
-
-class _DeprecatedOption(argparse.Action):
-    def __init__(self, option_strings, dest, new: str = "", **kwargs):
-        super().__init__(option_strings, dest, **kwargs)
-        self.new = new
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if option_string not in _WARNED:
-            _WARNED.add(option_string)
-            print(
-                f"workbench: warning: {option_string} is deprecated, use {self.new} (the old name goes in the "
-                f"next version)",
-                file=sys.stderr,
-            )
-        setattr(namespace, self.dest, values)
-
-
-def deprecated_alias(p: argparse.ArgumentParser, old: str, new: str) -> None:
-    """``old`` as a hidden alias of the already-added option ``new``: same dest and type, warns once."""
-    target = p._option_string_actions[new]
-    p.add_argument(
-        old,
-        dest=target.dest,
-        type=target.type,
-        action=_DeprecatedOption,
-        new=new,
-        metavar=target.metavar,
-        default=argparse.SUPPRESS,
-        help=argparse.SUPPRESS,
-    )
-
-
 # analysis commands (trace, updates, probe, kd-signal, eval, teacher-cache) all default to this device
 DEVICE_DEFAULT = "auto"
 DEVICE_HELP = "where the models run: auto (this rank's CUDA device if there is one, else cpu), cpu, cuda, cuda:N"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from workbench.commands import add_device, add_threads, deprecated_alias, set_threads
+from workbench.commands import add_device, add_threads, set_threads
 
 HELP = "perturb RoPE on queries/keys of a checkpoint, trace the effect into the logits, write a Zarr store"
 DESCRIPTION = (
@@ -59,7 +59,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="packed",
         help="repeated tokens: copies causal across one window, or each its own sequence",
     )
-    deprecated_alias(p, "--batch", "--samples")
 
 
 def run(args: argparse.Namespace) -> int:

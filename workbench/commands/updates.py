@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from workbench.commands import add_checkpoints, add_device, add_threads, deprecated_alias, set_threads
+from workbench.commands import add_checkpoints, add_device, add_threads, set_threads
 
 HELP = "per layer x head x RoPE pair: W_q/W_k updates and q/k state changes between checkpoints, by frequency band"
 DESCRIPTION = (
@@ -43,7 +43,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_threads(p)
     add_device(p, "; statistics are float32 either way")
-    deprecated_alias(p, "--batch-size", "--windows")
     inputs.add_arguments(p)  # --inputs / --tokenizer, shared with trace and probe (workbench.inputs)
     inputs.add_plain_hf_flag(p)  # deprecated no-op: plain HF directories are always accepted
 

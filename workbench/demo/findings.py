@@ -1,72 +1,10 @@
-"""From store groups to the paper's findings: pure aggregations by training arm (no figures, no I/O).
-
-Checkpoints of the demo's students are named ``<objective>-<schedule>[+variant]-s<seed>/<ckpt-dir>``
-(the run directory name, see :mod:`workbench.demo.arms`); anything else (the teacher) is not an arm.
-"""
+"""From store groups to the numbers the report states for F2 and F3: pure aggregations (no figures, no I/O)."""
 
 from __future__ import annotations
 
-import re
-
-import numpy as np
 import xarray as xr
 
 from workbench import stats
-
-RUN_NAME = re.compile(r"^(?P<arm>[a-z]+-[a-z-]+(?:\+[a-z0-9-]+)?)-s(?P<seed>\d+)$")
-
-
-def parse_checkpoint(name: str) -> tuple[str, int] | None:
-    """(arm, seed) of a student checkpoint label ``<run>/<ckpt>`` or comparison ``A -> B``; None otherwise."""
-    run = str(name).split(" -> ")[-1].split("/")[0]
-    match = RUN_NAME.match(run)
-    return (match["arm"], int(match["seed"])) if match else None
-
-
-def by_arm(da: xr.DataArray, dim: str) -> xr.DataArray:
-    """Re-index ``dim`` (checkpoint or comparison labels) into (arm, seed); non-arm entries dropped."""
-    labels = [str(x) for x in da[dim].values]
-    parsed = {lab: parse_checkpoint(lab) for lab in labels}
-    keep = [lab for lab in labels if parsed[lab]]
-    if not keep:
-        raise ValueError(f"no student runs among {dim} values {labels}")
-    arm_names = sorted({parsed[lab][0] for lab in keep}, key=_arm_order)
-    seeds = sorted({parsed[lab][1] for lab in keep})
-    rest = [d for d in da.dims if d != dim]
-    out = xr.DataArray(
-        np.full((len(arm_names), len(seeds), *[da.sizes[d] for d in rest]), np.nan),
-        dims=("arm", "seed", *rest),
-        coords={
-            "arm": np.array(arm_names, dtype=object),
-            "seed": seeds,
-            **{d: da[d].values for d in rest if d in da.coords},
-        },
-    )
-    for lab in keep:
-        arm, seed = parsed[lab]
-        out.loc[{"arm": arm, "seed": seed}] = da.sel({dim: lab}).transpose(*rest).values
-    return out
-
-
-def _arm_order(arm: str) -> tuple:
-    objective, _, schedule = arm.partition("-")
-    order = {"phasewise": 0, "fixed-small": 1, "fixed-large": 2}
-    return (objective != "kd", order.get(schedule.split("+")[0], 9), arm)
-
-
-def retrieval_accuracy(ds: xr.Dataset, task: str, metric: str = "correct") -> xr.DataArray:
-    """Mean over depths and samples -> (checkpoint, length)."""
-    return ds[metric].sel(task=task).astype(float).mean(["depth", "sample"])
-
-
-def arm_accuracy(ds: xr.Dataset, task: str, metric: str = "correct") -> xr.DataArray:
-    """F1 data: accuracy (arm, seed, length)."""
-    return by_arm(retrieval_accuracy(ds, task, metric), "checkpoint")
-
-
-def arm_band_updates(bands: xr.Dataset, var: str = "q_rel_update") -> xr.DataArray:
-    """F3 data: mean update per band over layers, (arm, seed, band)."""
-    return by_arm(bands[var].mean("layer"), "comparison")
 
 
 def pair_trend(updates: xr.Dataset, var: str = "q_rel_update") -> xr.DataArray:
@@ -88,51 +26,3 @@ def repeated_summary(rep: xr.Dataset, spec: str = "clean") -> xr.DataArray:
 def trace_summary(traces: xr.Dataset) -> xr.DataArray:
     """F2 data: final-logit KL(clean || perturbed) per checkpoint and spec (mean over position buckets)."""
     return traces["final_kl"].mean("position_bucket").drop_sel(spec="clean", errors="ignore")
-
-
-def fmt_mean_std(values: np.ndarray) -> str:
-    values = np.asarray(values, dtype=float)
-    values = values[~np.isnan(values)]
-    if values.size == 0:
-        return "n/a"
-    if values.size == 1:
-        return f"{values[0]:.2f}"
-    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
-
-
-def results_table(retrieval: xr.Dataset, task: str = "passkey") -> tuple[list[str], list[dict]]:
-    """Rows: the teacher(s) then every arm; columns: accuracy per length (mean ± std over seeds, n seeds)
-    and the gold-answer log-prob at the longest length."""
-    acc = retrieval_accuracy(retrieval, task)
-    logp = retrieval_accuracy(retrieval, task, "answer_logprob")
-    lengths = [int(x) for x in acc["length"].values]
-    columns = ["model", "seeds", *[f"acc@{n}" for n in lengths], f"logp@{lengths[-1]}"]
-    rows = []
-    for name in map(str, acc["checkpoint"].values):
-        if parse_checkpoint(name) is None:
-            rows.append(
-                {
-                    "model": name,
-                    "seeds": "1",
-                    **{f"acc@{n}": f"{float(acc.sel(checkpoint=name, length=n)):.2f}" for n in lengths},
-                    f"logp@{lengths[-1]}": f"{float(logp.sel(checkpoint=name, length=lengths[-1])):.2f}",
-                }
-            )
-    arm_acc, arm_logp = by_arm(acc, "checkpoint"), by_arm(logp, "checkpoint")
-    for arm in map(str, arm_acc["arm"].values):
-        a = arm_acc.sel(arm=arm)
-        rows.append(
-            {
-                "model": arm,
-                "seeds": str(int(a.notnull().any("length").sum())),
-                **{f"acc@{n}": fmt_mean_std(a.sel(length=n).values) for n in lengths},
-                f"logp@{lengths[-1]}": fmt_mean_std(arm_logp.sel(arm=arm, length=lengths[-1]).values),
-            }
-        )
-    return columns, rows
-
-
-def markdown_table(columns: list[str], rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)

@@ -31,8 +31,7 @@ from workbench import store as wstore  # the module; `store` is a store path
 from workbench.config import DataConfig
 from workbench.data import make_stream
 from workbench.demo import ablations, report
-from workbench.demo.arms import (
-    SCHEDULES,
+from workbench.demo.students import (
     SHIPPED_TEACHER,
     STAGE1_CONFIGS,
     TEACHER_CONFIG,
@@ -42,6 +41,7 @@ from workbench.demo.arms import (
     stage1_student,
 )
 from workbench.evals import grid, position_loss, training_eval
+from workbench.figures import jobs
 from workbench.interventions.specs import PairSet
 from workbench.measurements import cross_document
 from workbench.measurements.weights import comparison_label
@@ -383,26 +383,14 @@ def compare_arms(opts: DemoOptions, state: DemoState) -> None:
     each ablation - its base arm. Written to the store's ``arm_retrieval`` / ``arm_comparisons`` groups."""
     ds = wstore.open_group(opts.store, wstore.RETRIEVAL).load()
     groups, _ = A.retrieval_arms(ds)
-    pairs, questions = [], []
-    for sched in SCHEDULES:
-        pairs.append((f"kd-{sched}", f"ce-{sched}"))
-        questions.append(f"does KD beat CE under the {sched} schedule?")
-    for obj in ("kd", "ce"):
-        for fixed in ("fixed-small", "fixed-large"):
-            pairs.append((f"{obj}-phasewise", f"{obj}-{fixed}"))
-            questions.append(f"F1: does phase-wise theta beat {fixed} under {obj.upper()}?")
-    for arm in groups:
-        if "+" in arm:
-            pairs.append((arm, arm.split("+")[0]))
-            questions.append(f"ablation: what does {arm.split('+')[1]} change against its base arm?")
-    keep = [(p, q) for p, q in zip(pairs, questions) if p[0] in groups and p[1] in groups]
+    keep = A.paper_comparisons(groups)
     wstore.save(opts.store, wstore.ARM_RETRIEVAL, A.retrieval_summary(ds))
     wstore.save(opts.store, wstore.ARM_EFFECTIVE_LENGTH, A.effective_length_summary(ds))
     if keep:
         wstore.save(
             opts.store,
             wstore.ARM_COMPARISONS,
-            A.retrieval_comparisons(ds, [p for p, _ in keep], questions=[q for _, q in keep]),
+            A.retrieval_comparisons(ds, [(a, b) for a, b, _ in keep], questions=[q for _, _, q in keep]),
         )
 
 
@@ -532,7 +520,7 @@ def run(opts: DemoOptions) -> tuple[Path, DemoState]:
     with timed(state, "position probes"):
         run_probes(opts, state, [state.teacher, *seed0], window)
     with timed(state, "figures"):
-        figures = report.render_figures([opts.store, opts.teacher_store], opts.out / "figures")
+        figures = jobs.render_figures([opts.store, opts.teacher_store], opts.out / "figures")
     path = report.write_report(opts, state, figures)
     (opts.out / "timings.json").write_text(json.dumps(state.timings, indent=2))
     return path, state

@@ -3,7 +3,8 @@
 The app, the analysis scripts and the notebooks draw only through these builders. One module per area:
 ``spectrum`` (RoPE theory), ``training`` (loss curves), ``retrieval`` (depth x length grids),
 ``traces`` (perturbation propagation, repeated tokens), ``updates`` (per-pair query/key updates, bands,
-probes). Builders take xarray Datasets/DataArrays (or plain records) and return ``plotly.graph_objects.Figure``.
+probes). Builders take xarray Datasets/DataArrays (or plain records) and return ``plotly.graph_objects.Figure``;
+``jobs`` maps a results store to one figure family (the analyses' scripts and the demo run them).
 """
 
 from __future__ import annotations

@@ -257,12 +257,6 @@ class TransformerLensBackend(Backend):
             out[c]["logits"] = logits[c * b : (c + 1) * b]
         return out
 
-    def max_tokens(self, n_rows: int, *, budget_bytes: int | None = None) -> int:
-        """Longest sequence this backend may run for ``n_rows`` rows (specs x batch) within the memory budget."""
-        budget = memory_budget(self.device) if budget_bytes is None else budget_bytes
-        per_t2 = eager_bytes_per_token2(self.geometry.num_heads, n_rows, self.dtype)
-        return int((budget / per_t2) ** 0.5)
-
     def check_length(self, n_rows: int, length: int) -> None:
         """Refuse, before any work, a run whose eager [rows, heads, T, T] attention would not fit in memory."""
         check_eager_length(self.geometry.num_heads, n_rows, length, dtype=self.dtype, device=self.device)

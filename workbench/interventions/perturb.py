@@ -102,9 +102,3 @@ def touches(spec: Spec, which: str, layer: int) -> bool:
     return any(
         op.target in (which, "both") and (op.scope.layers is None or layer in op.scope.layers) for op in spec.ops
     )
-
-
-def first_layer(spec: Spec, num_layers: int) -> int:
-    """The first layer a spec edits (num_layers for the identity): everything upstream is untouched."""
-    layers = [layer for layer in range(num_layers) if touches(spec, "q", layer) or touches(spec, "k", layer)]
-    return min(layers) if layers else num_layers

@@ -376,10 +376,6 @@ def _inf(value: Any) -> Any:
     return value
 
 
-def from_json(text: str, source: str = "<json>") -> Spec:
-    return from_dict(json.loads(text), source)
-
-
 def load_specs(path: str | Path) -> list[Spec]:
     """Specs from a YAML or JSON file holding one spec or ``specs: [...]``."""
     path = Path(path)

@@ -38,15 +38,6 @@ FINAL_VARS = ("final_kl", "final_js", "top1_flip")
 # ------------------------------------------------------------------------------------- pure math
 
 
-def rel_l2(new: torch.Tensor, old: torch.Tensor, token_dims: int = 1) -> torch.Tensor:
-    """||new - old|| / ||old|| per token: [B, T, D] -> [B, T]; for [B, H, T, d] (token_dims=2) norms over heads
-    and d."""
-    if token_dims == 2:
-        new, old = new.transpose(1, 2).flatten(2), old.transpose(1, 2).flatten(2)
-    diff = (new.double() - old.double()).norm(dim=-1)
-    return diff / old.double().norm(dim=-1).clamp_min(1e-30)
-
-
 def cosine(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(new.double(), old.double(), dim=-1)
 
@@ -62,18 +53,6 @@ def trace_bucket_edges(positions: torch.Tensor, buckets: int | Sequence[int]) ->
     if edges.size < 2:
         raise ValueError("explicit position bucket edges need at least two values")
     return edges
-
-
-def bucket_mean(values: torch.Tensor, positions: torch.Tensor, edges: np.ndarray) -> np.ndarray:
-    """Mean of per-token ``values`` [B, T] within each position bucket [start, stop) -> [n_buckets] (NaN if empty)."""
-    v = values.double().cpu().numpy()
-    p = positions.cpu().numpy()
-    out = np.full(len(edges) - 1, np.nan)
-    for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
-        sel = (p >= a) & (p < b)
-        if sel.any():
-            out[i] = v[sel].mean()
-    return out
 
 
 # ------------------------------------------------------------------------------------------ trace
@@ -225,21 +204,6 @@ def _rel_l2_tokens(x: torch.Tensor) -> torch.Tensor:
     dims = tuple(range(3, xf.ndim))
     num = torch.linalg.vector_norm(xf[1:] - xf[:1], dim=dims)
     return num / torch.linalg.vector_norm(xf[0], dim=tuple(d - 1 for d in dims)).clamp_min(1e-30)
-
-
-def trace_batch(
-    backend: Backend,
-    specs: Sequence[Spec],
-    input_ids: torch.Tensor,
-    position_ids: torch.Tensor,
-    *,
-    buckets: int | Sequence[int] = 8,
-) -> xr.Dataset:
-    """Clean + every spec in one batched run -> Dataset (spec, layer, position_bucket) without checkpoint dim."""
-    runs = [identity("clean"), *[s for s in specs if not s.is_identity]]
-    stats = TraceStats(backend, runs, trace_bucket_edges(position_ids, buckets))
-    _stream_chunk(backend, runs, stats, input_ids, position_ids)
-    return stats.dataset()
 
 
 def _stream_chunk(be: Backend, runs: Sequence[Spec], stats: TraceStats, ids: torch.Tensor, pos: torch.Tensor) -> None:

@@ -52,7 +52,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from workbench import _moved, checkpoints, divergence, models, tokenizers
+from workbench import checkpoints, divergence, models, tokenizers
 from workbench import config as wconfig
 from workbench import store as wstore  # the module; `store` is a store path
 from workbench.attention import attention_for, attention_mask
@@ -443,7 +443,6 @@ def cross_document_kl(
     token_kinds: bool | None = None,
     allow_plain_hf: bool = True,
     progress: bool | Callable[[int], None] = False,
-    windows: int | None = None,
 ) -> xr.Dataset:
     """The cross-document KD signal of one model -> Dataset with dims (checkpoint=1, token, distance_bucket, kind).
 
@@ -453,7 +452,6 @@ def cross_document_kl(
     optional; ``seq_len``/``n_windows``/``seed`` are then read off the batches). ``token_kinds``: classify
     predicted tokens by the synthetic vocabulary (default: when the data has no tokenizer of its own).
     """
-    n_windows = _moved.keyword(n_windows, windows, "windows", "n_windows", "cross_document_kl")
     return cross_document_kl_checkpoints(
         [model_or_path],
         data,
@@ -492,12 +490,10 @@ def cross_document_kl_checkpoints(
     token_kinds: bool | None = None,
     allow_plain_hf: bool = True,
     progress: bool | Callable[[int], None] = False,
-    windows: int | None = None,
 ) -> xr.Dataset:
     """:func:`cross_document_kl` for several checkpoints on the same windows -> one Dataset along
     ``checkpoint`` (models load one at a time). ``progress``: True for a tqdm bar over all batches, or a
     callable receiving the number of windows done after each batch."""
-    n_windows = _moved.keyword(n_windows, windows, "windows", "n_windows", "cross_document_kl_checkpoints")
     if summary_tokens not in ("kd_targets", "all"):
         raise ValueError(f"summary_tokens must be 'kd_targets' or 'all', got {summary_tokens!r}")
     if not models_or_paths:

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from workbench import _moved, rope, store
 from workbench import checkpoints as ck
+from workbench import rope, store
 from workbench.config import DataConfig
 from workbench.measurements.capture import capture, per_checkpoint, probe_batch
 
@@ -46,11 +46,6 @@ def bucket_of(distance: torch.Tensor) -> torch.Tensor:
     """Bucket index of non-negative distances: 0 -> 0, r >= 1 -> floor(log2 r) + 1."""
     r = distance.clamp(min=1).to(torch.float64)
     return torch.where(distance <= 0, torch.zeros_like(distance), torch.floor(torch.log2(r)).to(distance.dtype) + 1)
-
-
-def pair_contributions(q: torch.Tensor, k: torch.Tensor, scaling: float) -> torch.Tensor:
-    """Full per-pair score terms for small inputs: q [B, H, Tq, d], k [B, H, Tk, d] -> [B, H, Tq, Tk, d/2]."""
-    return scaling * torch.einsum("bhtxp,bhsxp->bhtsp", rope.pair_view(q), rope.pair_view(k))
 
 
 def bucketed_contributions(
@@ -268,7 +263,6 @@ def score_decomposition(
     device: str = "cpu",
     progress: bool = False,
     inputs=None,
-    batch_size: int | None = None,
 ) -> xr.Dataset:
     """Per checkpoint: dims (checkpoint, layer, head, pair, distance). ``contribution`` = mean per-pair
     score term in each distance bucket, ``abs_contribution`` = mean |term|, ``score`` = mean pre-softmax
@@ -279,7 +273,6 @@ def score_decomposition(
         raise ValueError(f"score decomposition method must be one of {', '.join(METHODS)}, got {method!r}")
     abs_sample = {**ABS_SAMPLE, **(abs_sample or {})}
     infos = ck.inspect_all(paths, allow_plain_hf=allow_plain_hf, minimum=1)
-    n_windows = _moved.keyword(n_windows, batch_size, "batch_size", "n_windows", "score_decomposition")
     batch = probe_batch(seq_len, n_windows, seed, data) if inputs is None else inputs  # inputs: workbench.inputs
     if method == "fast" and not contiguous(batch["position_ids"]):
         raise ValueError(

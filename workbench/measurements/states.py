@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from workbench import _moved, store
 from workbench import checkpoints as ck
+from workbench import store
 from workbench.config import DataConfig, to_dict
 from workbench.measurements.capture import capture, describe_qk, pair_norm, per_checkpoint, phase_coherence, probe_batch
 from workbench.measurements.weights import comparison_coords, comparison_pairs, resolve_reference
@@ -49,14 +49,12 @@ def state_updates(
     device: str = "cpu",
     progress: bool = False,
     inputs=None,
-    batch_size: int | None = None,
 ) -> xr.Dataset:
     """State statistics per comparison "A -> B": dims (comparison, end, layer, head|kv_head, pair) with
     ``end`` = before/after, plus ``q_norm_change`` / ``k_norm_change`` = (after - before) / before."""
     paths, ref_index = resolve_reference(paths, reference)
     infos = ck.inspect_all(paths, allow_plain_hf=allow_plain_hf, minimum=2)
     pairs = comparison_pairs(len(infos), ref_index)
-    n_windows = _moved.keyword(n_windows, batch_size, "batch_size", "n_windows", "state_updates")
     batch = probe_batch(seq_len, n_windows, seed, data) if inputs is None else inputs  # inputs: workbench.inputs
     needed = sorted({i for pr in pairs for i in pr})
     results = per_checkpoint(

@@ -1,4 +1,4 @@
-"""The demo's experimental arms: {KD, CE} x {fixed small theta, fixed large theta, phase-wise theta} x seeds.
+"""The students the demo trains: {KD, CE} x {fixed small theta, fixed large theta, phase-wise theta} x seeds.
 
 Stage 2 of the paper's protocol: every arm extends a shipped stage-1 (short-context) student
 (``data/students/``, recipes in ``data/configs/stage1/``) to the long window. Every arm is one of the shipped
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workbench import config
+from workbench.arms import OBJECTIVES, SCHEDULES
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "data" / "configs"
@@ -22,14 +23,12 @@ TEACHER_CONFIG = CONFIGS / "tiny-teacher.yaml"
 STUDENTS = REPO / "data" / "students"  # the shipped stage-1 students
 STAGE1_CONFIGS = CONFIGS / "stage1"
 
-OBJECTIVES = ("kd", "ce")
-SCHEDULES = ("fixed-small", "fixed-large", "phasewise")
 TRACKS = 8  # pair-update records per run (track_every = total steps / TRACKS): F3 over training steps
 
 
 @dataclass(frozen=True)
 class Arm:
-    """One training arm of the demo (a config file) with one seed."""
+    """One student run of the demo: a training arm (a shipped config file) with one seed."""
 
     objective: str
     schedule: str

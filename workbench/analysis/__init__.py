@@ -1,9 +1,0 @@
-"""Deprecated old name of :mod:`workbench.measurements`; importing it warns once."""
-
-from workbench._moved import alias
-
-alias(
-    __name__,
-    "workbench.measurements",
-    {m: f"workbench.measurements.{m}" for m in ("bands", "capture", "pairs", "probes", "scores", "states", "weights")},
-)
