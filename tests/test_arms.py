@@ -110,13 +110,13 @@ def test_shipped_stage1_students_retrieve_inside_their_window():
     """Issue bar: NIAH >= 0.95 and passkey >= 0.8 at 256 tokens, 64 prompts over depths 0-100 %."""
     import torch
 
-    from workbench import models
+    from workbench import checkpoint_io
     from workbench.demo.arms import stage1_student
     from workbench.evals import grid
 
     torch.set_num_threads(1)
     for theta in (500.0, 10000.0):
-        model, manifest = models.load(stage1_student(theta))
+        model, manifest = checkpoint_io.load(stage1_student(theta))
         assert manifest["rope_theta"] == theta and manifest["seq_len"] == 256
         ds = grid.evaluate_model(
             model,

@@ -9,7 +9,7 @@ import pytest
 import torch
 import xarray as xr
 
-from workbench import models
+from workbench import checkpoint_io, models
 from workbench.config import ModelConfig
 from workbench.demo import ablations, findings
 from workbench.demo.arms import arm_config, arms
@@ -25,7 +25,7 @@ def test_arms_cover_objectives_schedules_seeds_and_share_a_token_budget(tmp_path
         assert all(ph.objective == arm.objective for ph in cfg.phases)
         assert cfg.data.packing.positions == "continue"
         budgets.add(sum(ph.steps * ph.seq_len for ph in cfg.phases))
-        start = models.read_manifest(cfg.init_from)["rope_theta"]  # the stage-1 student it extends
+        start = checkpoint_io.read_manifest(cfg.init_from)["rope_theta"]  # the stage-1 student it extends
         assert (start < cfg.phases[-1].rope_theta) == (arm.schedule == "phasewise")
         assert (start == 500.0) == (arm.schedule != "fixed-large")
     assert len(budgets) == 1, f"arms must have the same token budget, got {budgets}"
@@ -75,7 +75,7 @@ def gqa_checkpoint(tmp_path_factory):
         rope_theta=500.0,
     )
     path = tmp_path_factory.mktemp("abl") / "ckpt-000001"
-    models.save_checkpoint(models.build_model(cfg, seed=5), path, {"step": 1})
+    checkpoint_io.save_checkpoint(models.build_model(cfg, seed=5), path, {"step": 1})
     return path
 
 
@@ -86,7 +86,7 @@ def test_band_intervention_equals_the_engines_post_rope_edit(gqa_checkpoint, op)
     from workbench.interventions.specs import PairSet
 
     pairs = [5, 6, 7]
-    model, _ = models.load(gqa_checkpoint)
+    model, _ = checkpoint_io.load(gqa_checkpoint)
     ids = torch.randint(0, 128, (1, 300), generator=torch.Generator().manual_seed(0))
     pos = torch.arange(300)[None]
     target = "both" if op == "zero" else "q"  # rotating q and k alike would leave q.k unchanged

@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-import yaml
 
 from workbench import stats
+from workbench.runs import RunDir
 
-RUN_FILE = "run.yaml"
 NOT_ARM_KEYS = ("name", "seed", "out_dir", "description")
 SEED_SUFFIX = re.compile(r"[-_.]?(?:s|seed)\d+$")
 
@@ -40,12 +39,6 @@ class Member:
     run: str
     seed: int
     step: int
-
-
-def run_dir_of(checkpoint_path: str | Path) -> Path | None:
-    """The run directory of a checkpoint (its parent, if that holds a ``run.yaml``), else None."""
-    parent = Path(checkpoint_path).resolve().parent
-    return parent if (parent / RUN_FILE).is_file() else None
 
 
 def arm_key(run_config: dict) -> str:
@@ -73,15 +66,15 @@ def group_checkpoints(
     labels: dict[str, set[str]] = {}
     references = []
     for label, path in paths.items():
-        run = run_dir_of(path)
+        run = RunDir.of_checkpoint(path)
         if run is None:
             references.append(label)
             continue
-        cfg = yaml.safe_load((run / RUN_FILE).read_text())
-        name = arm_label(str(cfg.get("name", run.name)))
+        cfg = run.config()
+        name = arm_label(str(cfg.get("name", run.path.name)))
         key = arm_key(cfg)
         by_key.setdefault((name, key), []).append(
-            Member(label, run.name, int(cfg.get("seed", 0)), int(steps.get(label, -1)))
+            Member(label, run.path.name, int(cfg.get("seed", 0)), int(steps.get(label, -1)))
         )
         labels.setdefault(name, set()).add(key)
     arms: dict[str, list[Member]] = {}

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 torch.set_num_threads(1)
-from workbench import cli, models, store  # noqa: E402 (after the thread pin)
+from workbench import checkpoint_io, cli, models, store  # noqa: E402 (after the thread pin)
 from workbench.config import ModelConfig  # noqa: E402
 
 assert store.SCHEMA == "workbench-store/2"
@@ -36,7 +36,7 @@ cfg = ModelConfig(
     rope_theta=500.0,
 )
 model = models.build_model(cfg, seed=0)
-a = models.save_checkpoint(
+a = checkpoint_io.save_checkpoint(
     model, root / "ckpt-000001", {"phase": "short", "step": 1, "objective": "kd", "phase_end": True}
 )
 models.set_rope_theta(model, 20000.0)
@@ -44,7 +44,7 @@ g = torch.Generator().manual_seed(0)
 with torch.no_grad():
     for p in model.parameters():
         p.add_(0.01 * torch.randn(p.shape, generator=g))
-b = models.save_checkpoint(
+b = checkpoint_io.save_checkpoint(
     model, root / "ckpt-000002", {"phase": "long", "step": 2, "objective": "kd", "phase_end": True}
 )
 out = str(root / "results.zarr")

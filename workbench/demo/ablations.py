@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from workbench import architectures, arms, interventions, models, rope, stats, store
+from workbench import architectures, arms, checkpoint_io, interventions, models, rope, stats, store
 from workbench.evals import grid
 from workbench.interventions.perturb import apply_spec, touches
 from workbench.interventions.specs import Spec
@@ -111,7 +111,7 @@ def band_ablation(
     rendering = grid.load_rendering("synthetic")
     per_model = []
     for path in checkpoints.values():
-        model, _ = models.load(path, allow_plain_hf=True)
+        model, _ = checkpoint_io.load(path)
         conds = band_conditions(models.rope_theta(model), model.config.head_dim, doc_length)
         per_cond = []
         for op, target, pairs in conds.values():
