@@ -10,6 +10,7 @@ import torch
 import xarray as xr
 
 from workbench import checkpoint_io, models
+from workbench.arms import parse_arm
 from workbench.config import ModelConfig
 from workbench.demo import ablations, findings
 from workbench.demo.arms import arm_config, arms
@@ -29,8 +30,9 @@ def test_arms_cover_objectives_schedules_seeds_and_share_a_token_budget(tmp_path
         assert (start < cfg.phases[-1].rope_theta) == (arm.schedule == "phasewise")
         assert (start == 500.0) == (arm.schedule != "fixed-large")
     assert len(budgets) == 1, f"arms must have the same token budget, got {budgets}"
-    assert findings.parse_checkpoint(f"{todo[3].name}/ckpt-000090") == (todo[3].group, todo[3].seed)
-    assert findings.parse_checkpoint("teacher/tiny-teacher") is None
+    parsed = parse_arm(f"{todo[3].name}/ckpt-000090")
+    assert parsed.is_protocol_arm and (parsed.arm, parsed.seed) == (todo[3].group, todo[3].seed)
+    assert not parse_arm("teacher/tiny-teacher").is_protocol_arm
 
 
 def test_by_arm_aggregates_seeds_and_drops_the_teacher():

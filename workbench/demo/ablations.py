@@ -134,7 +134,7 @@ def band_effects(ds: xr.Dataset) -> xr.Dataset:
     models_ = [str(m) for m in ds["model"].values]
     groups: dict[str, list[str]] = {}
     for m in models_:
-        groups.setdefault(arms.arm_label(m.split("/")[0]), []).append(m)
+        groups.setdefault(arms.parse_arm(m).arm, []).append(m)
     conds = [str(c) for c in ds["condition"].values if str(c) != "clean"]
     tasks, lengths = [str(t) for t in ds["task"].values], [int(n) for n in ds["length"].values]
     shape = (len(groups), len(conds), len(tasks), len(lengths))

@@ -1,37 +1,28 @@
 """From store groups to the paper's findings: pure aggregations by training arm (no figures, no I/O).
 
 Checkpoints of the demo's students are named ``<objective>-<schedule>[+variant]-s<seed>/<ckpt-dir>``
-(the run directory name, see :mod:`workbench.demo.arms`); anything else (the teacher) is not an arm.
+(the run directory name, see :mod:`workbench.demo.arms`; read by ``workbench.arms.parse_arm``); anything
+else (the teacher) is not an arm.
 """
 
 from __future__ import annotations
-
-import re
 
 import numpy as np
 import xarray as xr
 
 from workbench import stats
-
-RUN_NAME = re.compile(r"^(?P<arm>[a-z]+-[a-z-]+(?:\+[a-z0-9-]+)?)-s(?P<seed>\d+)$")
-
-
-def parse_checkpoint(name: str) -> tuple[str, int] | None:
-    """(arm, seed) of a student checkpoint label ``<run>/<ckpt>`` or comparison ``A -> B``; None otherwise."""
-    run = str(name).split(" -> ")[-1].split("/")[0]
-    match = RUN_NAME.match(run)
-    return (match["arm"], int(match["seed"])) if match else None
+from workbench.arms import parse_arm
 
 
 def by_arm(da: xr.DataArray, dim: str) -> xr.DataArray:
     """Re-index ``dim`` (checkpoint or comparison labels) into (arm, seed); non-arm entries dropped."""
     labels = [str(x) for x in da[dim].values]
-    parsed = {lab: parse_checkpoint(lab) for lab in labels}
-    keep = [lab for lab in labels if parsed[lab]]
+    parsed = {lab: parse_arm(lab) for lab in labels}
+    keep = [lab for lab in labels if parsed[lab].is_protocol_arm]
     if not keep:
         raise ValueError(f"no student runs among {dim} values {labels}")
-    arm_names = sorted({parsed[lab][0] for lab in keep}, key=_arm_order)
-    seeds = sorted({parsed[lab][1] for lab in keep})
+    arm_names = sorted({parsed[lab].arm for lab in keep}, key=_arm_order)
+    seeds = sorted({parsed[lab].seed for lab in keep})
     rest = [d for d in da.dims if d != dim]
     out = xr.DataArray(
         np.full((len(arm_names), len(seeds), *[da.sizes[d] for d in rest]), np.nan),
@@ -43,15 +34,14 @@ def by_arm(da: xr.DataArray, dim: str) -> xr.DataArray:
         },
     )
     for lab in keep:
-        arm, seed = parsed[lab]
-        out.loc[{"arm": arm, "seed": seed}] = da.sel({dim: lab}).transpose(*rest).values
+        out.loc[{"arm": parsed[lab].arm, "seed": parsed[lab].seed}] = da.sel({dim: lab}).transpose(*rest).values
     return out
 
 
 def _arm_order(arm: str) -> tuple:
-    objective, _, schedule = arm.partition("-")
+    name = parse_arm(arm)
     order = {"phasewise": 0, "fixed-small": 1, "fixed-large": 2}
-    return (objective != "kd", order.get(schedule.split("+")[0], 9), arm)
+    return (name.objective != "kd", order.get(name.schedule, 9), arm)
 
 
 def retrieval_accuracy(ds: xr.Dataset, task: str, metric: str = "correct") -> xr.DataArray:
@@ -109,7 +99,7 @@ def results_table(retrieval: xr.Dataset, task: str = "passkey") -> tuple[list[st
     columns = ["model", "seeds", *[f"acc@{n}" for n in lengths], f"logp@{lengths[-1]}"]
     rows = []
     for name in map(str, acc["checkpoint"].values):
-        if parse_checkpoint(name) is None:
+        if not parse_arm(name).is_protocol_arm:
             rows.append(
                 {
                     "model": name,

@@ -31,11 +31,11 @@ def _group(store: Path, name: str):
 
 
 def _students(labels, predicate=lambda arm, seed: seed == 0) -> list[str]:
-    return [str(x) for x in labels if (p := findings.parse_checkpoint(str(x))) and predicate(*p)]
+    return [str(x) for x in labels if (p := arms.parse_arm(x)).is_protocol_arm and predicate(p.arm, p.seed)]
 
 
 def _teachers(labels) -> list[str]:
-    return [str(x) for x in labels if findings.parse_checkpoint(str(x)) is None]
+    return [str(x) for x in labels if not arms.parse_arm(x).is_protocol_arm]
 
 
 def f1_retrieval(store: Path) -> dict[str, go.Figure]:
