@@ -158,6 +158,11 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}/{MANIFEST}: corrupt JSON ({exc})") from None
 
 
+def is_phase_end(path: str | Path) -> bool:
+    """Whether a checkpoint's manifest marks it as the last of its phase (a plain HF directory never is)."""
+    return (Path(path) / MANIFEST).is_file() and bool(read_manifest(path).get("phase_end"))
+
+
 # Integrity verdicts: hashing a 2.2 GB safetensors file takes about 1.6 s from the page cache (1.35 GB/s measured
 # here; 2 ms for the 2.5 MB tiny teacher), more from a cold disk, and every command loads checkpoints again and
 # again. So a file whose sha256 matched its manifest is remembered in a user cache directory (never inside the
@@ -324,7 +329,16 @@ def shard_tensors(shard: Path) -> set[str]:
 
 
 def check_plain(path: str | Path) -> None:
-    """Refuse (CheckpointError, one line) a plain HF directory whose weights are incomplete or damaged."""
+    """Refuse (CheckpointError, one line) a plain HF directory whose weights are incomplete or damaged, from the
+    files' own headers (no tensor data is read):
+
+    - ``model.safetensors.index.json``, when present, parses, and every shard it names exists and holds the
+      tensors the index puts in it;
+    - every shard's header parses and the file is exactly as long as the header says (8-byte length + header +
+      the end of the last tensor's data): a truncated copy or an interrupted download is refused;
+    - a directory the workbench was writing (a ``.tmp-*`` save directory, or one with ``trainer/`` state but no
+      ``manifest.json``) is a save that did not finish, not a plain HF directory: refused.
+    """
     path = Path(path)
     if path.name.startswith(".tmp-") or (path / STATE_DIR).is_dir():
         raise CheckpointError(

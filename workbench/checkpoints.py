@@ -142,9 +142,7 @@ def expand(items: Sequence[str | Path], phase_ends: bool = False) -> list[Path]:
         else:
             out.append(path)
     if phase_ends:
-        out = [
-            p for p in out if (p / checkpoint_io.MANIFEST).is_file() and checkpoint_io.read_manifest(p).get("phase_end")
-        ]
+        out = [p for p in out if checkpoint_io.is_phase_end(p)]
         if not out:
             raise ValueError("--phase-ends: none of the given checkpoints is a phase end (manifest phase_end)")
     return out

@@ -34,7 +34,7 @@ from workbench.runlock import LOCK
 RUN_YAML = "run.yaml"
 METRICS = "metrics.jsonl"
 CHECKPOINT_PREFIX = "ckpt-"
-CHECKPOINT_NAME = re.compile(r"ckpt-(\d+)")
+CHECKPOINT_NAME = re.compile(rf"{CHECKPOINT_PREFIX}(\d+)")
 
 
 def checkpoint_name(step: int) -> str:
@@ -126,7 +126,7 @@ class RunDir:
 
     def phase_ends(self) -> list[Path]:
         """The complete checkpoints that end a phase, in phase order (the per-pair analyses compare these)."""
-        return [p for p in self.checkpoints() if checkpoint_io.read_manifest(p).get("phase_end")]
+        return [p for p in self.checkpoints() if checkpoint_io.is_phase_end(p)]
 
     def incomplete(self) -> list[str]:
         """Names of the ``ckpt-*`` directories without a manifest (saves that did not complete), sorted."""

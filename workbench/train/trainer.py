@@ -53,6 +53,7 @@ class TrainingDiverged(RuntimeError):
 
 
 def run_dir_of(cfg: RunConfig, out: str | None = None) -> Path:
+    """Where a run is written: ``--out``, else the config's ``out_dir``, else ``runs/<name>``."""
     return Path(out or cfg.out_dir or Path("runs") / cfg.name)
 
 
