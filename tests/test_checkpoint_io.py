@@ -21,13 +21,9 @@ from workbench import checkpoint_io, models
 from workbench.runs import RunDir
 
 
-def long_ids(vocab: int, length: int = 4096, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(seed))
-
-
 @torch.no_grad()
 def test_checkpoint_loads_in_plain_transformers_with_equal_logits(gqa_model, tmp_path):
-    ids = long_ids(gqa_model.config.vocab_size)
+    ids = torch.randint(0, gqa_model.config.vocab_size, (1, 4096), generator=torch.Generator().manual_seed(0))
     ours = gqa_model(ids).logits
     path = checkpoint_io.save_checkpoint(gqa_model, tmp_path / "ckpt", {"step": 1})
     plain = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True).eval()
