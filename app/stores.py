@@ -20,6 +20,7 @@ import xarray as xr
 
 from app.paths import NotRegular, OutsideRunsDir, confined_tree, inside, is_inside
 from workbench import store as wstore
+from workbench.runs import is_checkpoint_name
 
 _cache: dict[tuple[Path, str], tuple[float, xr.Dataset]] = {}
 _lock = threading.Lock()
@@ -67,7 +68,7 @@ def find_stores(root: Path) -> list[str]:
                 except (wstore.StoreError, OSError):
                     continue
                 found.append(candidate.relative_to(root).as_posix())
-            elif not (here / d).is_symlink() and not (here / d).name.startswith("ckpt-"):
+            elif not (here / d).is_symlink() and not is_checkpoint_name(d):
                 keep.append(d)
         dirnames[:] = keep
     return sorted(found)

@@ -6,7 +6,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# checkpoint-integrity verdicts (workbench.models.cache_dir) go to a fresh directory, never the user's cache
+# checkpoint-integrity verdicts (workbench.checkpoint_io.cache_dir) go to a fresh directory, never the user's cache
 os.environ.setdefault("WORKBENCH_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="workbench-test-cache-"))
 
 import pytest
@@ -43,7 +43,8 @@ def gqa_model(gqa_config):
 @pytest.fixture(scope="session")
 def saved_checkpoint(tmp_path_factory):
     """A small GQA checkpoint saved by the workbench (random weights, theta 500)."""
-    from workbench.models import build_model, save_checkpoint
+    from workbench.checkpoint_io import save_checkpoint
+    from workbench.models import build_model
 
     cfg = ModelConfig(
         vocab_size=96,

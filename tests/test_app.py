@@ -17,6 +17,7 @@ from app.main import tab_from_query
 from app.paths import OutsideRunsDir, inside, root_of
 from app.views import spectrum as spectrum_view
 from app.views import training as training_view
+from workbench.runs import RunDir
 
 # ------------------------------------------------------------------------------------------- fixtures
 
@@ -85,8 +86,9 @@ def write_run_yaml(run: Path, *, short: int = 256, long: int = 1024) -> None:
 def runs_dir(tmp_path_factory) -> Path:
     """RUNS_DIR with a complete run (config, metrics, a real checkpoint, a save in progress), a run whose
     last metrics line is being written, a directory that is not a run, and a symlink leading outside."""
+    from workbench.checkpoint_io import save_checkpoint
     from workbench.config import ModelConfig
-    from workbench.models import build_model, save_checkpoint
+    from workbench.models import build_model
 
     base = tmp_path_factory.mktemp("app")
     root = base / "runs"
@@ -164,7 +166,7 @@ def build_tiny_runs(root: Path) -> Path:
         (updates_weights, updates_states, bands) of the KD run, traces and repeated tokens of both final
         checkpoints (two specs), the retrieval grid of both final checkpoints, and the arm summaries of both
     runs (one seed each)."""
-    from workbench import measurements, models, store
+    from workbench import measurements, store
     from workbench.evals import grid, training_eval
     from workbench.train.trainer import train
 
@@ -174,7 +176,7 @@ def build_tiny_runs(root: Path) -> Path:
         progress=False,
         evaluate=training_eval,
     )
-    teacher = models.list_checkpoints(ce)[-1]
+    teacher = RunDir(ce).checkpoints()[-1]
     kd = train(
         _tiny_run_config("kd-phasewise", 10000.0, teacher=str(teacher)),
         out=str(root / "kd-phasewise"),
@@ -182,7 +184,7 @@ def build_tiny_runs(root: Path) -> Path:
         evaluate=training_eval,
     )
     out = root / "results.zarr"
-    ckpts = models.list_checkpoints(kd)
+    ckpts = RunDir(kd).checkpoints()
     weights = measurements.weight_updates(ckpts)
     store.save(out, "updates_weights", weights)
     store.save(out, "updates_states", measurements.state_updates(ckpts, seq_len=32, n_windows=1))
@@ -647,7 +649,7 @@ def _arm_store(tiny_runs: Path, root: Path, *, comparisons: bool = True) -> str:
     import xarray as xr
 
     from workbench import arms as A
-    from workbench import measurements, models, store
+    from workbench import measurements, store
 
     out = root / "arms.zarr"
     shutil.copytree(tiny_runs / "results.zarr", out)
@@ -655,8 +657,8 @@ def _arm_store(tiny_runs: Path, root: Path, *, comparisons: bool = True) -> str:
     shutil.rmtree(out / "bands")
     weights = measurements.weight_updates(
         [
-            *models.list_checkpoints(tiny_runs / "ce-phasewise")[-2:],
-            *models.list_checkpoints(tiny_runs / "kd-phasewise")[-2:],
+            *RunDir(tiny_runs / "ce-phasewise").checkpoints()[-2:],
+            *RunDir(tiny_runs / "kd-phasewise").checkpoints()[-2:],
         ]
     )
     weights = weights.isel(comparison=[0, 2])  # ce: ckpt-3 -> ckpt-6; kd: ckpt-3 -> ckpt-6

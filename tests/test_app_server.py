@@ -673,17 +673,18 @@ def test_metrics_read_across_polls_skips_an_over_long_line_once(tmp_path):
     """The incremental reader: a line longer than MAX_LINE written over several polls is counted once and
     never held whole; the records around it, and a short line completed on a later poll, are kept."""
     from app import runs as R
+    from workbench.runs import MAX_LINE
 
     run = tmp_path / "r"
     run.mkdir()
     path = run / "metrics.jsonl"
     write_metrics(path, steps=2, evals=False)
     with open(path, "ab") as f:
-        f.write(b'{"kind": "train", "x": "' + b"y" * (R.MAX_LINE + 10))
+        f.write(b'{"kind": "train", "x": "' + b"y" * (MAX_LINE + 10))
     first = R.read_metrics(run)
     assert len(first.records) == 2 and first.bad_lines == 1 and first.partial_line and first.skipping
     with open(path, "ab") as f:
-        f.write(b"y" * (3 * R.MAX_LINE) + b'"}\n{"kind": "train", "step": 3, "loss": 1.0}\n{"kind": "tr')
+        f.write(b"y" * (3 * MAX_LINE) + b'"}\n{"kind": "train", "step": 3, "loss": 1.0}\n{"kind": "tr')
     second = R.read_metrics(run)
     assert [r["step"] for r in second.records] == [1, 2, 3] and second.bad_lines == 1 and second.partial_line
     with open(path, "ab") as f:

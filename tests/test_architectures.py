@@ -18,7 +18,8 @@ import torch.nn.functional as F
 import yaml
 
 from workbench import architectures as A
-from workbench import config, models
+from workbench import checkpoint_io, config, models
+from workbench.runs import RunDir
 
 torch.set_num_threads(1)
 
@@ -121,8 +122,8 @@ def test_student_built_from_model_architecture(arch, tmp_path):
     assert model.config.model_type == arch and model.config.head_dim == 12
     assert models.model_config_of(model) == m
     ids, pos = ids_pos()
-    path = models.save_checkpoint(model, tmp_path / "ckpt", {"phase": "p", "step": 0})
-    loaded, manifest = models.load(path)
+    path = checkpoint_io.save_checkpoint(model, tmp_path / "ckpt", {"phase": "p", "step": 0})
+    loaded, manifest = checkpoint_io.load(path)
     assert type(loaded) is type(model) and manifest["rope_theta"] == 300.0
     with torch.no_grad():
         before = loaded(input_ids=ids, position_ids=pos).logits
@@ -169,16 +170,16 @@ def test_unsupported_models_get_one_clear_error(tmp_path, plain_dirs):
     cfg = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps(dict(cfg, model_type="gpt2")))
     with pytest.raises(
-        models.CheckpointError, match="architecture 'gpt2' is not supported; the workbench supports llama"
+        checkpoint_io.CheckpointError, match="architecture 'gpt2' is not supported; the workbench supports llama"
     ):
-        models.load(other, allow_plain_hf=True)
+        checkpoint_io.load(other)
     partial = tmp_path / "phi3-partial"
     shutil.copytree(plain_dirs["phi3"], partial)
     cfg = json.loads((partial / "config.json").read_text())
     cfg["rope_parameters"]["partial_rotary_factor"] = 0.5
     (partial / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(models.CheckpointError, match="partial_rotary_factor 0.5"):
-        models.load(partial, allow_plain_hf=True)
+    with pytest.raises(checkpoint_io.CheckpointError, match="partial_rotary_factor 0.5"):
+        checkpoint_io.load(partial)
 
 
 # ---------------------------------------------------------------------------------- q/k rows
@@ -263,7 +264,7 @@ def test_updates_find_the_pair_rows_in_every_layout(arch, tmp_path, monkeypatch,
             p[mask] += 0.5
     a = save_plain(before, tmp_path / "a")
     b = save_plain(after, tmp_path / "b")
-    ds = measurements.weight_updates([a, b], allow_plain_hf=True)
+    ds = measurements.weight_updates([a, b])
     rel = ds["q_rel_update"].isel(comparison=0).values  # [layer, head, pair]
     changed = np.argwhere(rel > 1e-9)
     assert changed.tolist() == [[0, head, pair]]
@@ -349,7 +350,7 @@ def test_transformerlens_phi3_bridge_does_not_run_its_rotary_hooks(plain_dirs):
 
     from workbench.data.tokenizer import synthetic_tokenizer
 
-    hf = models.load(plain_dirs["phi3"], allow_plain_hf=True, attn_implementation="eager")[0]
+    hf = checkpoint_io.load(plain_dirs["phi3"], attn_implementation="eager")[0]
     tok = synthetic_tokenizer()
     tok.init_kwargs.setdefault("name_or_path", str(plain_dirs["phi3"]))
     bridge = TransformerBridge.boot_transformers(str(plain_dirs["phi3"]), hf_model=hf, tokenizer=tok, device="cpu")
@@ -369,7 +370,7 @@ def test_logit_lens_applies_the_final_softcap(arch, plain_dirs):
     from workbench.interventions import specs as S
 
     ids, pos = ids_pos(batch=1, length=16)
-    hf = models.load(plain_dirs[arch], allow_plain_hf=True)[0]
+    hf = checkpoint_io.load(plain_dirs[arch])[0]
     with torch.no_grad():
         ref = hf(input_ids=ids, position_ids=pos).logits
     last = f"blocks.{hf.config.num_hidden_layers - 1}.hook_resid_post"
@@ -392,7 +393,7 @@ def test_chunked_kd_loss_sees_the_teachers_real_logits(arch, plain_dirs):
     teacher's own output logits from transformers, in value and gradient."""
     from workbench.train.losses import LossSpec, OnlineTeacher, chunked_loss, divergence
 
-    teacher = models.load(plain_dirs[arch], allow_plain_hf=True)[0]
+    teacher = checkpoint_io.load(plain_dirs[arch])[0]
     ids, pos = ids_pos(batch=2, length=20)
     with torch.no_grad():
         t_out = teacher(input_ids=ids, position_ids=pos, output_hidden_states=True)
@@ -422,7 +423,7 @@ def test_student_softcap_in_the_chunked_loss_matches_gemma2_logits(plain_dirs):
     """A Gemma 2 student: the loss is CE of its soft-capped output logits, gradient included."""
     from workbench.train.losses import LossSpec, chunked_loss
 
-    student = models.load(plain_dirs["gemma2"], allow_plain_hf=True)[0].train()
+    student = checkpoint_io.load(plain_dirs["gemma2"])[0].train()
     ids, pos = ids_pos(batch=1, length=12)
     labels = torch.randint(0, VOCAB, (1, 12))
     hidden = student.model(input_ids=ids, position_ids=pos).last_hidden_state
@@ -497,7 +498,7 @@ def test_student_of_each_architecture_trains_with_ce(arch, tmp_path, plain_dirs)
     raw["phases"][0]["objective"] = "ce"
     del raw["teacher"]
     run = train(config.from_dict(config.RunConfig, raw), out=str(tmp_path / "run"), progress=False)
-    ckpt = models.list_checkpoints(run)[-1]
+    ckpt = RunDir(run).checkpoints()[-1]
     plain = AutoModelForCausalLM.from_pretrained(ckpt, local_files_only=True)
     assert plain.config.model_type == arch
 
@@ -520,10 +521,10 @@ def test_eval_runs_on_each_architecture(arch, plain_dirs):
 def test_probe_and_state_view_on_each_architecture(arch, tmp_path, plain_dirs):
     from workbench import measurements
 
-    probes = measurements.position_probes([plain_dirs[arch]], seq_len=64, n_windows=4, allow_plain_hf=True)
+    probes = measurements.position_probes([plain_dirs[arch]], seq_len=64, n_windows=4)
     assert probes.sizes["layer"] == 3 and np.isfinite(probes["r2"].values).all()
     other = save_plain(hf_tiny(arch, seed=1), tmp_path / "other")
-    states = measurements.state_updates([plain_dirs[arch], other], seq_len=32, n_windows=1, allow_plain_hf=True)
+    states = measurements.state_updates([plain_dirs[arch], other], seq_len=32, n_windows=1)
     half = A.head_dim(dict(SHAPE, **EXTRA.get(arch, {}))) // 2
     assert states.sizes["pair"] == half
     assert np.isfinite(states["q_norm_change"].values).all()
@@ -596,11 +597,11 @@ def test_checkpoints_carry_the_data_tokenizer(tmp_path, bpe):
 
     tok, corpus = bpe
     run = train(config.from_dict(config.RunConfig, _bpe_run(tok, corpus)), out=str(tmp_path / "run"), progress=False)
-    for ckpt in models.list_checkpoints(run):
+    for ckpt in RunDir(run).checkpoints():
         saved = AutoTokenizer.from_pretrained(ckpt, local_files_only=True)
         assert saved.get_vocab() == AutoTokenizer.from_pretrained(tok, local_files_only=True).get_vocab()
-        models.verify_checkpoint(ckpt)  # tokenizer files are listed (and hashed) in the manifest
-        assert "tokenizer.json" in models.read_manifest(ckpt)["files"]
+        checkpoint_io.verify_checkpoint(ckpt)  # tokenizer files are listed (and hashed) in the manifest
+        assert "tokenizer.json" in checkpoint_io.read_manifest(ckpt)["files"]
 
 
 def test_synthetic_runs_carry_the_synthetic_tokenizer(tmp_path):
@@ -613,7 +614,7 @@ def test_synthetic_runs_carry_the_synthetic_tokenizer(tmp_path):
     del raw["teacher"]
     raw["phases"][0]["objective"] = "ce"
     run = train(config.from_dict(config.RunConfig, raw), out=str(tmp_path / "run"), progress=False)
-    saved = AutoTokenizer.from_pretrained(models.list_checkpoints(run)[-1], local_files_only=True)
+    saved = AutoTokenizer.from_pretrained(RunDir(run).checkpoints()[-1], local_files_only=True)
     assert saved.get_vocab() == synthetic_tokenizer().get_vocab()
 
 
@@ -649,7 +650,7 @@ def test_qwen2_teacher_with_the_shared_bpe_tokenizer_distils_into_llama_and_resu
         if r["kind"] == "train"
     ] == losses
     assert (
-        AutoTokenizer.from_pretrained(models.list_checkpoints(part)[-1], local_files_only=True).get_vocab()
+        AutoTokenizer.from_pretrained(RunDir(part).checkpoints()[-1], local_files_only=True).get_vocab()
         == AutoTokenizer.from_pretrained(tok, local_files_only=True).get_vocab()
     )
 
@@ -690,7 +691,7 @@ def test_band_intervention_is_the_engines_edit_in_every_layout(arch, plain_dirs)
     from workbench.interventions import backends as B
     from workbench.interventions import bands
 
-    model, _ = models.load(plain_dirs[arch], allow_plain_hf=True)
+    model, _ = checkpoint_io.load(plain_dirs[arch])
     ids, pos = ids_pos(batch=1, length=24)
     half = A.head_dim(model.config) // 2
     pairs = [1, half - 2]

@@ -110,13 +110,13 @@ def test_shipped_stage1_students_retrieve_inside_their_window():
     """Issue bar: NIAH >= 0.95 and passkey >= 0.8 at 256 tokens, 64 prompts over depths 0-100 %."""
     import torch
 
-    from workbench import models
+    from workbench import checkpoint_io
     from workbench.demo.students import stage1_student
     from workbench.evals import grid
 
     torch.set_num_threads(1)
     for theta in (500.0, 10000.0):
-        model, manifest = models.load(stage1_student(theta))
+        model, manifest = checkpoint_io.load(stage1_student(theta))
         assert manifest["rope_theta"] == theta and manifest["seq_len"] == 256
         ds = grid.evaluate_model(
             model,
@@ -150,6 +150,10 @@ def test_paper_comparisons_in_order_for_the_arms_present():
     assert [(a, b) for a, b, _ in arms.paper_comparisons(["kd-phasewise", "ce-phasewise", "kd-x+y"])] == [
         ("kd-phasewise", "ce-phasewise")
     ]
-    assert arms.parse_checkpoint("kd-phasewise+posfree-s2/ckpt-000090") == ("kd-phasewise+posfree", 2)
-    assert arms.parse_checkpoint("a -> ce-fixed-small-s0/ckpt-1") == ("ce-fixed-small", 0)
-    assert arms.parse_checkpoint("students/tiny-student-short-theta500") is None
+    for label, arm, seed in [
+        ("kd-phasewise+posfree-s2/ckpt-000090", "kd-phasewise+posfree", 2),
+        ("a -> ce-fixed-small-s0/ckpt-1", "ce-fixed-small", 0),
+    ]:
+        parsed = arms.parse_arm(label)
+        assert parsed.is_protocol_arm and (parsed.arm, parsed.seed) == (arm, seed)
+    assert not arms.parse_arm("students/tiny-student-short-theta500").is_protocol_arm

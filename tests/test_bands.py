@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from workbench import models
+from workbench import checkpoint_io
 from workbench.interventions import bands
 
 
@@ -19,7 +19,7 @@ def test_band_intervention_equals_the_engines_post_rope_edit(saved_checkpoint, o
     from workbench.interventions.specs import PairSet
 
     pairs = [5, 6, 7]
-    model, _ = models.load(saved_checkpoint)  # GQA, head_dim 16, theta 500
+    model, _ = checkpoint_io.load(saved_checkpoint)  # GQA, head_dim 16, theta 500
     ids = torch.randint(0, 96, (1, 300), generator=torch.Generator().manual_seed(0))
     pos = torch.arange(300)[None]
     target = "both" if op == "zero" else "q"  # rotating q and k alike would leave q.k unchanged

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from workbench import config, models
+from workbench import checkpoint_io, config
 from workbench.train import train
 
 STUDENT = dict(
@@ -46,5 +46,5 @@ def test_compiled_losses_match_eager_and_checkpoints_keep_their_names(tmp_path):
     print(f"eager {losses[False]}\ncompiled {losses[True]}")
     assert len(losses[True]) == 3
     assert losses[True] == pytest.approx(losses[False], abs=TOL)
-    model, _ = models.load(tmp_path / "run-True" / "ckpt-000003")  # plain parameter names (no _orig_mod)
+    model, _ = checkpoint_io.load(tmp_path / "run-True" / "ckpt-000003")  # plain parameter names (no _orig_mod)
     assert "model.layers.0.self_attn.q_proj.weight" in model.state_dict()

@@ -19,7 +19,7 @@ import torch
 import yaml
 from corpus_fixtures import bpe_tokenizer, documents, write_jsonl
 
-from workbench import config, models
+from workbench import checkpoint_io, config, models
 from workbench.cli import main as cli_main
 from workbench.data import corpus, make_stream, text
 
@@ -225,8 +225,10 @@ def test_trainer_stream_reads_a_memmap_and_refuses_another_tokenizer(tmp_path, b
         max_position_embeddings=256,
     )
     teacher = tmp_path / "teacher"
-    models.save_checkpoint(models.build_model(config.ModelConfig(**student), seed=0), teacher, {"step": 0})
-    models.save_checkpoint(models.build_model(config.ModelConfig(**student), seed=0), tmp_path / "syn", {"step": 0})
+    checkpoint_io.save_checkpoint(models.build_model(config.ModelConfig(**student), seed=0), teacher, {"step": 0})
+    checkpoint_io.save_checkpoint(
+        models.build_model(config.ModelConfig(**student), seed=0), tmp_path / "syn", {"step": 0}
+    )
     from workbench.data.tokenizer import synthetic_tokenizer
 
     synthetic_tokenizer().save_pretrained(str(teacher))
@@ -279,7 +281,7 @@ def test_teacher_cache_reads_a_token_corpus(tmp_path, bpe, jsonl):
         max_position_embeddings=256,
     )
     teacher = tmp_path / "teacher"
-    models.save_checkpoint(models.build_model(config.ModelConfig(**mcfg), seed=0), teacher, {"step": 0})
+    checkpoint_io.save_checkpoint(models.build_model(config.ModelConfig(**mcfg), seed=0), teacher, {"step": 0})
     shutil.copytree(out / "tokenizer", teacher, dirs_exist_ok=True)
     cfg = {
         "name": "t",
@@ -352,7 +354,7 @@ def test_kd_signal_needs_short_documents_on_real_text(tmp_path, bpe, capsys):
         for layer in model.model.layers:
             layer.self_attn.q_proj.weight.mul_(8)
             layer.self_attn.k_proj.weight.mul_(8)
-    models.save_checkpoint(model, teacher, {"step": 0})
+    checkpoint_io.save_checkpoint(model, teacher, {"step": 0})
     shutil.copytree(out / "tokenizer", teacher, dirs_exist_ok=True)
     for name, opts in (("plain", {}), ("short", {"max_doc_tokens": 256})):
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({"kind": "tokens", "paths": [str(out)], "options": opts}))
@@ -565,4 +567,4 @@ def test_sigkill_then_resume_on_a_token_corpus_gives_bit_identical_losses(tmp_pa
     b = {r["step"]: r for r in b}  # the steps after the checkpoint ran twice; the resumed ones come last
     assert sorted(b) == list(range(1, 49))
     assert [(r["step"], r["loss"]) for r in a] == [(s, b[s]["loss"]) for s in range(1, 49)]
-    assert models.read_manifest(tmp_path / "full" / "ckpt-000048")["data"]["options"] == {"max_doc_tokens": 48}
+    assert checkpoint_io.read_manifest(tmp_path / "full" / "ckpt-000048")["data"]["options"] == {"max_doc_tokens": 48}

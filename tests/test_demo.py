@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from workbench import models
-from workbench.arms import parse_checkpoint
+from workbench import checkpoint_io
+from workbench.arms import parse_arm
 from workbench.demo import findings
 from workbench.demo.students import arm_config, arms
 
@@ -22,12 +22,13 @@ def test_arms_cover_objectives_schedules_seeds_and_share_a_token_budget(tmp_path
         assert all(ph.objective == arm.objective for ph in cfg.phases)
         assert cfg.data.packing.positions == "continue"
         budgets.add(sum(ph.steps * ph.seq_len for ph in cfg.phases))
-        start = models.read_manifest(cfg.init_from)["rope_theta"]  # the stage-1 student it extends
+        start = checkpoint_io.read_manifest(cfg.init_from)["rope_theta"]  # the stage-1 student it extends
         assert (start < cfg.phases[-1].rope_theta) == (arm.schedule == "phasewise")
         assert (start == 500.0) == (arm.schedule != "fixed-large")
     assert len(budgets) == 1, f"arms must have the same token budget, got {budgets}"
-    assert parse_checkpoint(f"{todo[3].name}/ckpt-000090") == (todo[3].group, todo[3].seed)
-    assert parse_checkpoint("teacher/tiny-teacher") is None
+    parsed = parse_arm(f"{todo[3].name}/ckpt-000090")
+    assert parsed.is_protocol_arm and (parsed.arm, parsed.seed) == (todo[3].group, todo[3].seed)
+    assert not parse_arm("teacher/tiny-teacher").is_protocol_arm
 
 
 def test_pair_trend_sign():

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from workbench import config, models
+from workbench import checkpoint_io, config, models
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = dict(
@@ -65,7 +65,7 @@ TOLERANCE = {"fp32": dict(rel=1e-5, abs=1e-7, weights=1e-5), "bf16": dict(rel=2e
 def test_two_gloo_ranks_match_single_process(tmp_path, precision):
     teacher = tmp_path / "teacher"
     tcfg = config.ModelConfig(**{**MODEL, "hidden_size": 48, "num_heads": 3, "rope_theta": 2000.0})
-    models.save_checkpoint(models.build_model(tcfg, seed=2), teacher, {"step": 0})
+    checkpoint_io.save_checkpoint(models.build_model(tcfg, seed=2), teacher, {"step": 0})
     for name, micro in (("one", 4), ("two", 2)):  # global batch 4 windows x 2 micro-batches in both
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(_cfg(teacher, micro, precision)))
     _run(
@@ -108,8 +108,8 @@ def test_two_gloo_ranks_match_single_process(tmp_path, precision):
     for a, b in zip(one, two):
         assert b[1:4] == pytest.approx(a[1:4], rel=tol["rel"], abs=tol["abs"])
     # the sharded run's phase-end checkpoints are whole HF models with the phase-2 theta and equal weights
-    m1, man1 = models.load(tmp_path / "one" / "ckpt-000004")
-    m2, man2 = models.load(tmp_path / "two" / "ckpt-000004")
+    m1, man1 = checkpoint_io.load(tmp_path / "one" / "ckpt-000004")
+    m2, man2 = checkpoint_io.load(tmp_path / "two" / "ckpt-000004")
     assert man2["world_size"] == 2 and man2["rope_theta"] == 5000.0
     assert man1["precision"] == man2["precision"] == precision and man2["weights_dtype"] == "float32"
     s1, s2 = m1.state_dict(), m2.state_dict()

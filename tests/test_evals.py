@@ -308,8 +308,9 @@ def test_quick_eval_rows(tiny_model):
 def test_eval_command_writes_store_and_heatmap(tmp_path, text_tokenizer, capsys):
     import xarray as xr
 
+    from workbench.checkpoint_io import save_checkpoint
     from workbench.cli import main
-    from workbench.models import build_model, save_checkpoint
+    from workbench.models import build_model
 
     a = save_checkpoint(
         build_model(TINY, seed=0),
@@ -432,7 +433,7 @@ TEACHER = __import__("pathlib").Path(__file__).resolve().parents[1] / "data" / "
 @pytest.mark.skipif(not (TEACHER / "manifest.json").exists(), reason="the tiny teacher has not been shipped yet")
 def test_shipped_teacher_retrieves_in_the_synthetic_language():
     """The tasks speak the language the teacher was trained on: it retrieves where a random model cannot."""
-    from workbench.models import load
+    from workbench.checkpoint_io import load
 
     model, manifest = load(TEACHER)
     rows = {r["task"]: r for r in quick_eval(model, lengths=[256], samples=12, tasks=("passkey", "niah"), seed=1)}
@@ -445,8 +446,9 @@ def test_checkpoint_reading_commands_take_a_run_directory_and_phase_ends(tmp_pat
     for its complete checkpoints (oldest first); `--phase-ends` keeps the phase ends."""
     import xarray as xr
 
+    from workbench.checkpoint_io import save_checkpoint
     from workbench.cli import main
-    from workbench.models import build_model, save_checkpoint
+    from workbench.models import build_model
 
     run = tmp_path / "run"
     for step, end in ((1, False), (2, True), (3, True)):

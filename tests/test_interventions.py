@@ -15,7 +15,7 @@ import pytest
 import torch
 import xarray as xr
 
-from workbench import interventions, models
+from workbench import checkpoint_io, interventions, models
 from workbench.config import ConfigError, ModelConfig
 from workbench.interventions import specs as S
 from workbench.interventions.perturb import rotate_pairs
@@ -43,7 +43,7 @@ def ckpt(tmp_path_factory):
             layer.self_attn.q_proj.weight.mul_(8)
             layer.self_attn.k_proj.weight.mul_(8)
     path = tmp_path_factory.mktemp("interp") / "run" / "ckpt-000001"
-    models.save_checkpoint(model, path, {"phase": "test", "step": 1})
+    checkpoint_io.save_checkpoint(model, path, {"phase": "test", "step": 1})
     return path
 
 
@@ -59,7 +59,7 @@ def tl(ckpt):
 
 @pytest.fixture(scope="module")
 def ref(ckpt):
-    return models.load(ckpt)[0]
+    return checkpoint_io.load(ckpt)[0]
 
 
 def _inputs(length=192, batch=2, start=0, seed=0):
@@ -164,7 +164,7 @@ def test_theta_swap_equals_transformers_model_with_that_theta(nn, ckpt):
 def test_zeroing_pairs_equals_zeroing_their_weight_rows(nn, ckpt):
     """Pair j is dims (j, j + d/2): zeroing pairs {1, 6} of query head 2 and KV head 0 equals zeroing those
     rows of q_proj / k_proj in a plain transformers model."""
-    other, _ = models.load(ckpt)
+    other, _ = checkpoint_io.load(ckpt)
     d, half = 16, 8
     with torch.no_grad():
         for layer in other.model.layers:
@@ -444,7 +444,7 @@ TEACHER = Path(__file__).parents[1] / "data" / "teacher" / "tiny-teacher"
 @pytest.mark.skipif(not (TEACHER / "config.json").is_file(), reason="tiny teacher not shipped in data/teacher/")
 def test_trained_teacher_identity_parity_shift_and_repeated_tokens(tmp_path):
     nn_t, tl_t = interventions.load_backend(TEACHER, "nnsight"), interventions.load_backend(TEACHER, "tl")
-    ref_t = models.load(TEACHER, allow_plain_hf=True)[0]
+    ref_t = checkpoint_io.load(TEACHER)[0]
     ids, pos = _inputs(LONG, batch=1)
     hf = _hf(ref_t, ids, pos)
     last = nn_t.geometry.num_layers - 1

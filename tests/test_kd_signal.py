@@ -41,7 +41,8 @@ def tiny():
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     """Two saved tiny-student checkpoints (random weights) of one run."""
-    from workbench.models import build_model, save_checkpoint
+    from workbench.checkpoint_io import save_checkpoint
+    from workbench.models import build_model
 
     run = tmp_path_factory.mktemp("kd") / "toy"
     out = []

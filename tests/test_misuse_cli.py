@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workbench import config, models, writable
+from workbench import checkpoint_io, config, models, writable
 from workbench.cli import main as cli_main
 from workbench.runlock import RunLock
 from workbench.train import rundir, train
@@ -125,7 +125,7 @@ def test_eval_record_survives_a_kill_right_after_its_checkpoint(tmp_path, monkey
     out = tmp_path / "run"
     cfg = config.from_dict(config.RunConfig, ce_cfg(eval_every=1, eval_lengths=[32], eval_samples=1))
     rows = lambda model, c: [{"task": "probe-order", "accuracy": 1.0}]  # noqa: E731 (what is recorded, not how)
-    save = rundir.models.save_checkpoint  # the kill: right after ckpt-000001 is committed
+    save = checkpoint_io.save_checkpoint  # the kill: right after ckpt-000001 is committed
 
     def save_then_die(model, path, *a, **kw):
         final = save(model, path, *a, **kw)
@@ -133,10 +133,10 @@ def test_eval_record_survives_a_kill_right_after_its_checkpoint(tmp_path, monkey
             raise KeyboardInterrupt
         return final
 
-    monkeypatch.setattr(models, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(checkpoint_io, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, out=str(out), progress=False, evaluate=rows)
-    monkeypatch.setattr(models, "save_checkpoint", save)
+    monkeypatch.setattr(checkpoint_io, "save_checkpoint", save)
     evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in evals if r["kind"] == "eval"] == [1]  # recorded before the checkpoint
     train(cfg, out=str(out), resume=True, progress=False, evaluate=rows)
@@ -229,7 +229,7 @@ def test_presets_and_shipped_configs_still_load():
 
 def test_teacher_without_tokenizer_must_have_the_run_tokenizers_rows(tmp_path, capsys):
     teacher = tmp_path / "teacher"
-    models.save_checkpoint(models.build_model(config.ModelConfig(**dict(STUDENT, vocab_size=200))), teacher, {})
+    checkpoint_io.save_checkpoint(models.build_model(config.ModelConfig(**dict(STUDENT, vocab_size=200))), teacher, {})
     cfg = ce_cfg(model=dict(STUDENT, vocab_size=200), teacher={"path": str(teacher)}, phases=_phase(objective="kd"))
     assert train_cli(tmp_path, cfg, tmp_path / "run") == 2
     err = capsys.readouterr().err
@@ -242,7 +242,7 @@ def test_teacher_without_tokenizer_must_have_the_run_tokenizers_rows(tmp_path, c
 
 def test_broken_teacher_config_json_and_garbage_data_are_named(tmp_path, capsys):
     teacher = tmp_path / "teacher"
-    models.save_checkpoint(models.build_model(config.ModelConfig(**STUDENT)), teacher, {})
+    checkpoint_io.save_checkpoint(models.build_model(config.ModelConfig(**STUDENT)), teacher, {})
     (teacher / "config.json").write_text("{ garbage")
     assert (
         train_cli(tmp_path, ce_cfg(teacher={"path": str(teacher)}, phases=_phase(objective="kd")), tmp_path / "run")
@@ -284,20 +284,20 @@ def test_unwritable_run_directory_is_one_line_before_any_work(tmp_path, capsys, 
 
 def test_filesystem_error_during_a_run_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
-    save = models.save_checkpoint
+    save = checkpoint_io.save_checkpoint
 
     def full_at_step_2(model, path, *a, **kw):  # the disk fills up while the second checkpoint is written
         if Path(path).name == "ckpt-000002":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / ".tmp-ckpt-000002-x"))
         return save(model, path, *a, **kw)
 
-    monkeypatch.setattr(models, "save_checkpoint", full_at_step_2)
+    monkeypatch.setattr(checkpoint_io, "save_checkpoint", full_at_step_2)
     assert train_cli(tmp_path, ce_cfg(), out) == 2
     err = capsys.readouterr().err
     assert "no space left on the device" in err and ".tmp-ckpt-000002" in err and "Traceback" not in err
     assert sorted(p.name for p in out.glob("ckpt-*")) == ["ckpt-000001"]
-    models.verify_checkpoint(out / "ckpt-000001")  # what existed is intact
-    monkeypatch.setattr(models, "save_checkpoint", save)
+    checkpoint_io.verify_checkpoint(out / "ckpt-000001")  # what existed is intact
+    monkeypatch.setattr(checkpoint_io, "save_checkpoint", save)
     assert train_cli(tmp_path, ce_cfg(), out, "--resume") == 0  # and the run goes on from it
     assert (out / "ckpt-000002").is_dir()
 
@@ -441,7 +441,6 @@ def test_lock_held_by_another_process_then_its_death(tmp_path, capsys):
 def test_memory_check_counts_the_dense_mask_only_where_the_step_uses_it(monkeypatch):
     """A document-masked 64k window: on CPU the student's step backpropagates through the dense [B, 1, T, T] mask
     (16 GiB) and is refused; on CUDA it runs under FlexAttention (no T x T tensor), so the same budget holds."""
-    from workbench.train import rundir
 
     monkeypatch.setenv("WORKBENCH_MEMORY_BUDGET_GB", "8")
     cfg = config.from_dict(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workbench import config, measurements, models, rope
+from workbench import checkpoint_io, config, measurements, models, rope
 from workbench.train import pair_tracking, train
 
 STUDENT = dict(
@@ -24,7 +24,9 @@ STUDENT = dict(
 
 def test_tracked_updates_equal_workbench_updates_at_phase_ends(tmp_path):
     init = tmp_path / "init"
-    models.save_checkpoint(models.build_model(config.ModelConfig(**STUDENT), seed=5), init, {"phase": "i", "step": 0})
+    checkpoint_io.save_checkpoint(
+        models.build_model(config.ModelConfig(**STUDENT), seed=5), init, {"phase": "i", "step": 0}
+    )
     cfg = config.from_dict(
         config.RunConfig,
         {
@@ -50,7 +52,7 @@ def test_tracked_updates_equal_workbench_updates_at_phase_ends(tmp_path):
         (recs[1], (init, run / "ckpt-000003")),
         (recs[3], (run / "ckpt-000003", run / "ckpt-000006")),
     ):
-        ref = measurements.weight_updates([before, after], allow_plain_hf=True)
+        ref = measurements.weight_updates([before, after])
         for p in ("q", "k"):
             tracked = np.asarray(rec[f"{p}_rel_update"])
             assert tracked.shape == ref[f"{p}_rel_update"].shape[1:] and tracked.max() > 0

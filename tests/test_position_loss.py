@@ -29,7 +29,8 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     """A tiny student checkpoint trained for 64 positions and a tiny teacher (random weights)."""
-    from workbench.models import build_model, save_checkpoint
+    from workbench.checkpoint_io import save_checkpoint
+    from workbench.models import build_model
 
     base = tmp_path_factory.mktemp("pl")
     out = []
@@ -43,7 +44,7 @@ def ckpts(tmp_path_factory):
 
 def test_document_losses_match_dense_logits(ckpts):
     """Chunked CE and KL(teacher || student) equal the full-logit computation, whatever the chunk size."""
-    from workbench.models import load
+    from workbench.checkpoint_io import load
 
     student, teacher = (load(p)[0].eval() for p in ckpts)
     ids = pl.synthetic_documents(1, 80, seed=3).ids[0]

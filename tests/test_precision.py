@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench import config, models
+from workbench import checkpoint_io, config, models
 from workbench.train import distill, distributed, train
 from workbench.train.losses import LossSpec, OnlineTeacher, chunked_loss
 
@@ -80,7 +80,7 @@ def test_precision_resolution_and_fsdp_policy():
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("teacher") / "teacher"
-    models.save_checkpoint(models.build_model(config.ModelConfig(**TEACHER), seed=7), path, {"step": 0})
+    checkpoint_io.save_checkpoint(models.build_model(config.ModelConfig(**TEACHER), seed=7), path, {"step": 0})
     return path
 
 
@@ -113,11 +113,11 @@ def test_bf16_kd_run_within_tolerance_of_fp32_and_saves_fp32_weights(teacher, bf
     for a, b in zip(fp32, bf16):
         assert b[1:] == pytest.approx(a[1:], rel=1e-2, abs=1e-9)
     for ckpt in ("ckpt-000002", "ckpt-000004"):
-        manifest = models.read_manifest(bf16_run / ckpt)
+        manifest = checkpoint_io.read_manifest(bf16_run / ckpt)
         assert manifest["precision"] == "bf16" and manifest["weights_dtype"] == "float32"
-    model, _ = models.load(bf16_run / "ckpt-000004")
+    model, _ = checkpoint_io.load(bf16_run / "ckpt-000004")
     assert {p.dtype for p in model.parameters()} == {torch.float32}
-    assert models.read_manifest(tmp_path / "fp32" / "ckpt-000004")["precision"] == "fp32"
+    assert checkpoint_io.read_manifest(tmp_path / "fp32" / "ckpt-000004")["precision"] == "fp32"
 
 
 def test_bf16_resume_is_bit_exact(bf16_run, teacher, tmp_path):
@@ -126,8 +126,8 @@ def test_bf16_resume_is_bit_exact(bf16_run, teacher, tmp_path):
     shutil.rmtree(resumed / "ckpt-000004")
     train(_cfg(teacher, "bf16"), out=str(resumed), resume=True, progress=False)
     assert _records(resumed) == _records(bf16_run)
-    a = models.load(bf16_run / "ckpt-000004")[0].state_dict()
-    b = models.load(resumed / "ckpt-000004")[0].state_dict()
+    a = checkpoint_io.load(bf16_run / "ckpt-000004")[0].state_dict()
+    b = checkpoint_io.load(resumed / "ckpt-000004")[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

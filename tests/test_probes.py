@@ -3,12 +3,14 @@ probes (scikit-learn), the `workbench updates` / `workbench probe` commands, the
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
 import xarray as xr
 
-from workbench import cli, measurements, models, rope
+from workbench import checkpoint_io, cli, measurements, models, rope
 from workbench.config import ModelConfig
 from workbench.measurements import scores
 from workbench.measurements.capture import capture, probe_batch
@@ -42,7 +44,7 @@ def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs") / "toy"
     model = models.build_model(_cfg(), seed=0)
     paths = [
-        models.save_checkpoint(
+        checkpoint_io.save_checkpoint(
             model, root / "ckpt-000001", {"phase": "short", "step": 1, "objective": "kd", "phase_end": True}
         )
     ]
@@ -53,7 +55,7 @@ def run_dir(tmp_path_factory):
             for p in model.parameters():
                 p.add_(0.01 * torch.randn(p.shape, generator=g))
         paths.append(
-            models.save_checkpoint(
+            checkpoint_io.save_checkpoint(
                 model, root / f"ckpt-{step:06d}", {"phase": "long", "step": step, "phase_end": step == 3}
             )
         )
@@ -378,11 +380,15 @@ def test_figures_show_the_update_where_it_happened(run_dir):
     assert list(curves.data[0].y) == [0.2, 0.6] and list(curves.data[0].x) == ["embed", "block 0"]
 
 
-def test_plain_hf_directories_need_the_flag(tmp_path):
-    """A foreign HF Llama directory (no manifest, e.g. a teacher) is analysed only with allow_plain_hf."""
+def test_plain_hf_directories_are_analysed_like_checkpoints(tmp_path):
+    """A foreign HF Llama directory (no manifest, e.g. a teacher) is analysed as it is (it needed
+    ``allow_plain_hf`` before); a workbench save that lost its manifest (``trainer/`` inside) is refused."""
     path = tmp_path / "hf" / "teacher"
     models.build_model(_cfg(num_layers=1), seed=4).save_pretrained(path)
-    with pytest.raises(models.CheckpointError, match="manifest"):
-        measurements.position_probes([path], seq_len=32, n_windows=4, n_buckets=2)
-    ds = measurements.position_probes([path], seq_len=32, n_windows=4, n_buckets=2, allow_plain_hf=True)
+    half = tmp_path / "hf" / "half"
+    shutil.copytree(path, half)
+    (half / checkpoint_io.STATE_DIR).mkdir()
+    with pytest.raises(checkpoint_io.CheckpointError, match="did not finish"):
+        measurements.position_probes([half], seq_len=32, n_windows=4, n_buckets=2)
+    ds = measurements.position_probes([path], seq_len=32, n_windows=4, n_buckets=2)
     assert list(ds["checkpoint"].values) == ["hf/teacher"] and ds["step"].values.tolist() == [-1]

@@ -12,8 +12,9 @@ import pytest
 import torch
 import xarray as xr
 
-from workbench import cli, inputs, models
+from workbench import checkpoint_io, cli, inputs, models
 from workbench.config import ModelConfig
+from workbench.runs import RunDir
 
 torch.set_num_threads(1)
 LICENSES = sorted(Path("/usr/share/common-licenses").glob("*"))
@@ -75,7 +76,7 @@ def world(tmp_path_factory):
     tok = _bpe(root / "tok", 1000, paras)
     (root / "corpus.jsonl").write_text("\n".join(json.dumps({"text": p}) for p in paras))
     (root / "corpus.txt").write_text("\n\n".join(paras))
-    bare = models.save_checkpoint(_model(1000), root / "run" / "ckpt-000001", {"phase": "p", "step": 1})
+    bare = checkpoint_io.save_checkpoint(_model(1000), root / "run" / "ckpt-000001", {"phase": "p", "step": 1})
     plain_a, plain_b = root / "hf" / "a", root / "hf" / "b"
     _model(1000, 0).save_pretrained(plain_a)
     _model(1000, 1).save_pretrained(plain_b)
@@ -183,7 +184,7 @@ def test_a_small_vocabulary_with_its_own_tokenizer_runs_the_state_view(tmp_path)
     args = _Args(tokenizer=str(tok))
     batch, _ = inputs.for_models([a, b], args, seq_len=48, batch=1)
     assert int(batch["input_ids"].max()) < 64
-    ds = measurements.state_updates([a, b], seq_len=48, n_windows=1, allow_plain_hf=True, inputs=batch)
+    ds = measurements.state_updates([a, b], seq_len=48, n_windows=1, inputs=batch)
     assert np.isfinite(ds["q_norm"].values).all()
 
 
@@ -281,42 +282,33 @@ def test_plain_hf_integrity_from_safetensors_headers(world, tmp_path, capsys):
     shutil.copytree(world["a"], trunc)
     w = trunc / "model.safetensors"
     w.write_bytes(w.read_bytes()[:-100])
-    with pytest.raises(models.CheckpointError, match="truncated or still being written"):
-        models.load(trunc, allow_plain_hf=True)
+    with pytest.raises(checkpoint_io.CheckpointError, match="truncated or still being written"):
+        checkpoint_io.load(trunc)
     assert cli.main(["probe", str(trunc), "--out", str(tmp_path / "p.zarr"), "--seq-len", "32", "--windows", "4"]) == 2
     _one_line_error(capsys, str(w))
     half = tmp_path / "run" / "ckpt-000002"  # a workbench save that lost its manifest
     shutil.copytree(world["bare"], half)
     (half / "manifest.json").unlink()
     (half / "trainer").mkdir()
-    with pytest.raises(models.CheckpointError, match="did not finish"):
-        models.load(half, allow_plain_hf=True)
+    with pytest.raises(checkpoint_io.CheckpointError, match="did not finish"):
+        checkpoint_io.load(half)
     sharded = tmp_path / "sharded"
     _model(1000).save_pretrained(sharded, max_shard_size="20KB")
     assert (sharded / "model.safetensors.index.json").is_file()
-    models.load(sharded, allow_plain_hf=True)
+    checkpoint_io.load(sharded)
     shard = sorted(sharded.glob("*.safetensors"))[-1]
     shard.unlink()
-    with pytest.raises(models.CheckpointError, match=f"shard {shard.name} named in"):
-        models.load(sharded, allow_plain_hf=True)
+    with pytest.raises(checkpoint_io.CheckpointError, match=f"shard {shard.name} named in"):
+        checkpoint_io.load(sharded)
 
 
-def test_allow_plain_hf_is_a_deprecated_no_op(world, tmp_path, capsys):
-    assert (
-        cli.main(
-            [
-                "updates",
-                str(world["a"]),
-                str(world["b"]),
-                "--no-states",
-                "--out",
-                str(tmp_path / "u.zarr"),
-                "--allow-plain-hf",
-            ]
-        )
-        == 0
-    )
-    assert "--allow-plain-hf is deprecated and does nothing" in capsys.readouterr().err
+def test_allow_plain_hf_flag_is_removed(world, tmp_path, capsys):
+    """``--allow-plain-hf`` was a deprecated no-op (plain HF directories are always taken); now unknown."""
+    argv = ["updates", str(world["a"]), str(world["b"]), "--no-states", "--out", str(tmp_path / "u.zarr")]
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*argv, "--allow-plain-hf"])
+    assert exc.value.code == 2 and "--allow-plain-hf" in capsys.readouterr().err
+    assert cli.main(argv) == 0
 
 
 # ------------------------------------------------------------------------------------ vocabulary padding
@@ -412,7 +404,7 @@ def test_training_distils_between_padded_vocabularies_and_refuses_other_mismatch
         out=str(tmp_path / "r"),
         progress=False,
     )
-    assert models.list_checkpoints(run)
+    assert RunDir(run).checkpoints()
     bad = tmp_path / "bad.yaml"  # a teacher smaller than the tokenizer: not the same vocabulary padded
     bad.write_text(yaml.safe_dump(_padded_run(tmp_path, 900, 1024, world)))
     assert cli.main(["train", str(bad), "--out", str(tmp_path / "r2")]) == 2

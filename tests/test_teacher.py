@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workbench import models
+from workbench import checkpoint_io, models
 from workbench.config import load_run_config
 from workbench.evals import quick_eval
+from workbench.runs import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "data" / "teacher" / "tiny-teacher"
@@ -18,12 +19,12 @@ CONFIG = ROOT / "data" / "configs" / "tiny-teacher.yaml"
 
 @pytest.fixture(scope="module")
 def teacher():
-    return models.load(TEACHER)
+    return checkpoint_io.load(TEACHER)
 
 
 def test_shipped_teacher_is_a_small_complete_checkpoint_of_its_config(teacher):
     model, manifest = teacher
-    models.verify_checkpoint(TEACHER, full_hash=True)
+    checkpoint_io.verify_checkpoint(TEACHER, full_hash=True)
     assert sum(f.stat().st_size for f in TEACHER.rglob("*") if f.is_file()) < 5e6
     cfg = load_run_config(CONFIG)
     assert models.model_config_of(model).hidden_size == cfg.model.hidden_size
@@ -68,9 +69,9 @@ def test_regeneration_command_starts_and_trains(tmp_path):
 
     out = tmp_path / "run"
     assert main(["train", str(small_copy(CONFIG, tmp_path)), "--out", str(out), "--no-progress"]) == 0
-    ckpts = models.list_checkpoints(out)
+    ckpts = RunDir(out).checkpoints()
     phases = load_run_config(CONFIG).phases
     assert len(ckpts) == len(phases)  # one phase-end checkpoint per curriculum stage
-    last = models.read_manifest(ckpts[-1])
+    last = checkpoint_io.read_manifest(ckpts[-1])
     assert last["phase"] == phases[-1].name and last["step"] == len(phases) and last["objective"] == "ce"
     assert (out / "metrics.jsonl").read_text().strip()

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from workbench import config, models
+from workbench import checkpoint_io, config, models
 from workbench.cli import main as cli_main
 from workbench.evals import training_eval
+from workbench.runs import RunDir
 from workbench.train import TrainingDiverged, distill, phases, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +40,9 @@ TEACHER = dict(STUDENT, hidden_size=48, num_layers=2, num_heads=3, intermediate_
 def teacher_dir(tmp_path_factory) -> Path:
     """A random-weight teacher saved as a workbench checkpoint (its own theta, same vocabulary)."""
     path = tmp_path_factory.mktemp("teacher") / "teacher"
-    models.save_checkpoint(models.build_model(config.ModelConfig(**TEACHER), seed=7), path, {"phase": "t", "step": 0})
+    checkpoint_io.save_checkpoint(
+        models.build_model(config.ModelConfig(**TEACHER), seed=7), path, {"phase": "t", "step": 0}
+    )
     return path
 
 
@@ -74,7 +77,7 @@ def test_two_phase_kd_run_checkpoints_theta_and_loss(tmp_path, teacher_dir):
     names = sorted(p.name for p in run.glob("ckpt-*"))
     # every 2 steps + both phase ends; keep_last=1 pruned ckpt-000002 but never a phase end
     assert names == ["ckpt-000003", "ckpt-000004", "ckpt-000006"]
-    m3, m6 = models.read_manifest(run / "ckpt-000003"), models.read_manifest(run / "ckpt-000006")
+    m3, m6 = checkpoint_io.read_manifest(run / "ckpt-000003"), checkpoint_io.read_manifest(run / "ckpt-000006")
     assert (m3["phase"], m3["phase_end"], m3["rope_theta"]) == ("short", True, 100.0)
     assert (m6["phase"], m6["phase_end"], m6["rope_theta"], m6["parent"]) == ("long", True, 5000.0, "ckpt-000004")
     assert m6["objective"] == "kd" and m6["teacher"] == str(teacher_dir) and m6["config_hash"]
@@ -93,12 +96,12 @@ def test_two_phase_kd_run_checkpoints_theta_and_loss(tmp_path, teacher_dir):
 
     from workbench.data import make_stream
 
-    student, _ = models.load(run / "ckpt-000003")
+    student, _ = checkpoint_io.load(run / "ckpt-000003")
     hf_cfg = student.config
     hf_cfg.rope_parameters = {"rope_type": "default", "rope_theta": 5000.0}
     fresh = LlamaForCausalLM(hf_cfg)
     fresh.load_state_dict(student.state_dict())
-    teacher, _ = models.load(teacher_dir)
+    teacher, _ = checkpoint_io.load(teacher_dir)
     stream = make_stream(cfg.data, 128, 2, phases.phase_seed(cfg, 1))
     kl_sum, count = 0.0, 0
     with torch.no_grad():
@@ -145,7 +148,7 @@ def test_teacher_vocab_and_window_mismatch(tmp_path, capsys):
         (dict(max_position_embeddings=64), "beyond the teacher's max_position_embeddings 64"),
     ):
         t = tmp_path / f"t{len(over)}{over.popitem()[0] if False else ''}{message[:5]}"
-        models.save_checkpoint(models.build_model(config.ModelConfig(**{**TEACHER, **over})), t, {"step": 0})
+        checkpoint_io.save_checkpoint(models.build_model(config.ModelConfig(**{**TEACHER, **over})), t, {"step": 0})
         out = tmp_path / "run"
         assert cli_main(["train", _write(tmp_path, run_cfg(t)), "--out", str(out), "--no-progress"]) == 2
         assert message in capsys.readouterr().err and not out.exists()
@@ -180,7 +183,7 @@ def test_nan_guard_stops_with_last_good_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(TrainingDiverged, match="step 3 .*Last good checkpoint: .*ckpt-000002"):
         train(cfg, out=str(tmp_path / "run"), progress=False)
     assert sorted(p.name for p in (tmp_path / "run").glob("ckpt-*")) == ["ckpt-000002"]
-    models.verify_checkpoint(tmp_path / "run" / "ckpt-000002", full_hash=True)
+    checkpoint_io.verify_checkpoint(tmp_path / "run" / "ckpt-000002", full_hash=True)
     assert records(tmp_path / "run", "error")[0]["step"] == 3
 
 
@@ -241,8 +244,8 @@ def test_sigkill_then_resume_gives_bit_identical_losses(tmp_path, teacher_dir):
     assert [(r["step"], r["loss"], r["ce"], r["kd"]) for r in a] == [
         (r["step"], r["loss"], r["ce"], r["kd"]) for r in b
     ]
-    sa = models.load(tmp_path / "full" / "ckpt-000048")[0].state_dict()
-    sb = models.load(tmp_path / "killed" / "ckpt-000048")[0].state_dict()
+    sa = checkpoint_io.load(tmp_path / "full" / "ckpt-000048")[0].state_dict()
+    sb = checkpoint_io.load(tmp_path / "killed" / "ckpt-000048")[0].state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
@@ -353,7 +356,9 @@ def test_teacher_cache_of_another_teacher_or_theta_is_refused_before_training(tm
     with pytest.raises(config.ConfigError, match=r"config.json's rope_theta is 2000"):
         teacher_cache.check(Path(cache), own_theta)
     other = tmp_path / "other-teacher"
-    models.save_checkpoint(models.build_model(config.ModelConfig(**TEACHER), seed=8), other, {"phase": "t", "step": 0})
+    checkpoint_io.save_checkpoint(
+        models.build_model(config.ModelConfig(**TEACHER), seed=8), other, {"phase": "t", "step": 0}
+    )
     with pytest.raises(config.ConfigError, match="another teacher"):
         train(
             config.from_dict(
@@ -399,7 +404,7 @@ def test_tiny_student_presets_share_a_budget_and_differ_in_theta_and_objective()
         assert c.data.packing.positions == "continue" and 64 <= c.data.doc_len_min <= c.data.doc_len_max <= 256
         assert all(ph.objective == ("kd" if "-kd-" in name else "ce") for ph in c.phases)
         assert (c.teacher is not None) == ("-kd-" in name)
-        start = models.read_manifest(ROOT / c.init_from)
+        start = checkpoint_io.read_manifest(ROOT / c.init_from)
         assert start["seq_len"] == 256  # a short-context (stage-1) student
         thetas = (start["rope_theta"], extend.rope_theta)
         assert (
@@ -424,8 +429,8 @@ def test_stage1_recipes_still_train(tmp_path, theta):
         optim=dataclasses.replace(cfg.optim, micro_batch_size=2),
     )
     run = train(cfg, out=str(tmp_path / "run"), progress=False)
-    ends = [p for p in models.list_checkpoints(run) if models.read_manifest(p).get("phase_end")]
-    assert len(ends) == len(cfg.phases) and models.read_manifest(ends[-1])["rope_theta"] == float(theta)
+    ends = [p for p in RunDir(run).checkpoints() if checkpoint_io.read_manifest(p).get("phase_end")]
+    assert len(ends) == len(cfg.phases) and checkpoint_io.read_manifest(ends[-1])["rope_theta"] == float(theta)
 
 
 def test_lr_schedule_warmup_then_cosine_to_min_per_phase():
@@ -472,7 +477,7 @@ def test_teacher_runs_at_its_configured_theta(teacher_dir):
     ids = torch.randint(0, 128, (1, 200), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.allclose(teacher(ids).logits, fresh(ids).logits, atol=1e-5)
-        assert not torch.allclose(models.load(teacher_dir)[0](ids).logits, fresh(ids).logits, atol=1e-3)
+        assert not torch.allclose(checkpoint_io.load(teacher_dir)[0](ids).logits, fresh(ids).logits, atol=1e-3)
 
 
 def _fields(cls) -> set[str]:
@@ -501,7 +506,7 @@ def test_ce_plus_kd_with_default_weights_trains_and_run_yaml_holds_every_default
     ):
         assert set(resolved[section] if section else resolved) == _fields(cls), section
     assert set(resolved["phases"][0]) == _fields(config.PhaseConfig)
-    manifest = models.read_manifest(run / "ckpt-000002")
+    manifest = checkpoint_io.read_manifest(run / "ckpt-000002")
     assert manifest["config_hash_version"] == config.HASH_VERSION and manifest["precision"] == "fp32"
 
 
@@ -514,10 +519,10 @@ def test_resume_refuses_a_changed_config_and_a_run_of_hash_version_1(tmp_path, c
     changed = dict(cfg, phases=[dict(cfg["phases"][0], lr=2e-3)])
     with pytest.raises(config.ConfigError, match="differs from the one the run was started with"):
         train(config.from_dict(config.RunConfig, changed), out=str(out), resume=True, progress=False)
-    ckpt = models.list_checkpoints(out)[-1]
-    manifest = json.loads((ckpt / models.MANIFEST).read_text())
+    ckpt = RunDir(out).checkpoints()[-1]
+    manifest = json.loads((ckpt / checkpoint_io.MANIFEST).read_text())
     del manifest["config_hash_version"]
-    (ckpt / models.MANIFEST).write_text(json.dumps(manifest))
+    (ckpt / checkpoint_io.MANIFEST).write_text(json.dumps(manifest))
     capsys.readouterr()
     assert cli_main(["train", path, "--out", str(out), "--resume", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

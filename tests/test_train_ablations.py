@@ -7,8 +7,9 @@ import dataclasses
 import numpy as np
 import torch
 
-from workbench import config, models, rope
+from workbench import checkpoint_io, config, models, rope
 from workbench.data import attention_mask, reset_positions
+from workbench.runs import RunDir
 from workbench.train import train
 
 STUDENT = {
@@ -46,7 +47,7 @@ def test_reset_teacher_sees_each_document_as_if_alone():
 
 
 def _run_cfg(tmp_path, **phase2):
-    teacher = models.save_checkpoint(
+    teacher = checkpoint_io.save_checkpoint(
         models.build_model(config.ModelConfig(**STUDENT), seed=9), tmp_path / "teacher", {}
     )
     return config.from_dict(
@@ -77,8 +78,8 @@ def _run_cfg(tmp_path, **phase2):
 def test_frozen_band_rows_do_not_move_during_the_phase(tmp_path):
     cfg = _run_cfg(tmp_path, freeze_wavelengths=[300.0, float("inf")])
     run = train(cfg, out=str(tmp_path / "run"), progress=False)
-    ends = [p for p in models.list_checkpoints(run) if models.read_manifest(p)["phase_end"]]
-    (a, _), (b, _) = models.load(ends[0]), models.load(ends[1])
+    ends = [p for p in RunDir(run).checkpoints() if checkpoint_io.read_manifest(p)["phase_end"]]
+    (a, _), (b, _) = checkpoint_io.load(ends[0]), checkpoint_io.load(ends[1])
     frozen = rope.pairs_in_wavelengths(10000.0, 16, 300.0, float("inf"))
     assert 0 < len(frozen) < 8 and (rope.wavelengths(10000.0, 16)[frozen] >= 300).all()
     moving = np.setdiff1d(np.arange(8), frozen)

@@ -10,9 +10,9 @@ import pytest
 import torch
 import xarray as xr
 
-from workbench import measurements, models, rope, store
+from workbench import checkpoint_io, measurements, models, rope, store
+from workbench.checkpoint_io import CheckpointError
 from workbench.config import ModelConfig
-from workbench.models import CheckpointError
 
 D = 16  # head dim: 8 pairs
 
@@ -38,8 +38,8 @@ def run_dir(tmp_path_factory):
     in q (layer 1, head 2, pair 3) and k (layer 0, kv_head 1, pair 5), trained at a larger theta."""
     root = tmp_path_factory.mktemp("runs") / "toy"
     model = models.build_model(_cfg(), seed=0)
-    a = models.save_checkpoint(model, root / "ckpt-000001", {"phase": "short", "step": 1})
-    b = models.save_checkpoint(model, root / "ckpt-000002", {"phase": "short", "step": 2})
+    a = checkpoint_io.save_checkpoint(model, root / "ckpt-000001", {"phase": "short", "step": 1})
+    b = checkpoint_io.save_checkpoint(model, root / "ckpt-000002", {"phase": "short", "step": 2})
     g = torch.Generator().manual_seed(1)
     dq = torch.randn(2, 64, generator=g, dtype=torch.float64) * 0.1
     dk = torch.randn(2, 64, generator=g, dtype=torch.float64) * 0.1
@@ -54,7 +54,7 @@ def run_dir(tmp_path_factory):
         delta_q = wq[list(rq)].double() - before_q  # what float32 storage really holds
         delta_k = wk[list(rk)].double() - before_k
     models.set_rope_theta(model, 20000.0)
-    c = models.save_checkpoint(model, root / "ckpt-000003", {"phase": "long", "step": 3})
+    c = checkpoint_io.save_checkpoint(model, root / "ckpt-000003", {"phase": "long", "step": 3})
     expect = {"q": (delta_q.norm() / before_q.norm()).item(), "k": (delta_k.norm() / before_k.norm()).item()}
     return {"a": a, "b": b, "c": c, "expect": expect}
 
@@ -169,11 +169,11 @@ def test_consecutive_and_reference_comparisons(run_dir):
 
 def test_state_view_sees_the_planted_query_change_only_in_its_pair(run_dir, tmp_path):
     """Only W_q of layer 1 changed (theta kept): pre-RoPE query norms move in that one pair only."""
-    model, _ = models.load(run_dir["a"])
+    model, _ = checkpoint_io.load(run_dir["a"])
     rows = list(measurements.pair_rows(2, 3, D))
     with torch.no_grad():
         model.model.layers[1].self_attn.q_proj.weight[rows] *= 2.0
-    other = models.save_checkpoint(model, tmp_path / "toy" / "ckpt-000009", {"phase": "short", "step": 9})
+    other = checkpoint_io.save_checkpoint(model, tmp_path / "toy" / "ckpt-000009", {"phase": "short", "step": 9})
     st = measurements.state_updates([run_dir["a"], other], seq_len=128, n_windows=1)
     change = st["q_norm_change"].isel(comparison=0).values
     assert np.argwhere(change != 0).tolist() == [[1, 2, 3]]
@@ -190,7 +190,7 @@ def test_bad_inputs_fail_before_any_work(run_dir, tmp_path):
         measurements.weight_updates([run_dir["a"]])
     with pytest.raises(CheckpointError, match="not found"):
         measurements.weight_updates([run_dir["a"], tmp_path / "nope"])
-    other = models.save_checkpoint(
+    other = checkpoint_io.save_checkpoint(
         models.build_model(_cfg(num_layers=3), seed=0), tmp_path / "x" / "ckpt-1", {"step": 1}
     )
     with pytest.raises(ValueError, match="attention shape"):
@@ -210,7 +210,7 @@ def test_bands_follow_transformers_wavelengths_and_rope_theory(run_dir):
     ds = measurements.weight_updates([run_dir["b"], run_dir["c"]])
     bands = measurements.band_summary(ds, [64, 1024])
     assert list(bands["band"].values) == ["lambda<=64", "64<lambda<=1024", "lambda>1024"]
-    model, _ = models.load(run_dir["c"])
+    model, _ = checkpoint_io.load(run_dir["c"])
     hf_wavelength = (2 * math.pi / LlamaRotaryEmbedding(config=model.config).inv_freq.double()).numpy()
     expected_band = np.searchsorted([64, 1024], hf_wavelength, side="left")
     assert bands["pair_band"].isel(comparison=0).values.tolist() == expected_band.tolist()
@@ -246,7 +246,7 @@ def test_bands_of_a_scaled_model_follow_the_frequencies_transformers_runs_with(t
     )
     for name in ("a", "b"):
         LlamaForCausalLM(cfg).save_pretrained(tmp_path / name)
-    ds = measurements.weight_updates([tmp_path / "a", tmp_path / "b"], allow_plain_hf=True)
+    ds = measurements.weight_updates([tmp_path / "a", tmp_path / "b"])
     bands = measurements.band_summary(ds, [64, 1024])
     hf_wavelength = (2 * math.pi / LlamaRotaryEmbedding(config=cfg).inv_freq.double()).numpy()
     expected_band = np.searchsorted([64, 1024], hf_wavelength, side="left")

@@ -2,9 +2,9 @@
 
 A researcher trains each setting (objective x theta schedule x ablation ...) with several seeds. An *arm*
 is the set of runs whose resolved configs (``run.yaml``) are equal once ``name``, ``seed``, ``out_dir`` and
-``description`` are left out; it is labelled by the run name without its seed suffix (``kd-phasewise-s2``
--> ``kd-phasewise``). Checkpoints outside any run directory (a shipped teacher, a plain HF model) are
-*references*: reported on their own, never pooled.
+``description`` are left out; it is labelled by the run name without its seed suffix (:func:`parse_arm`,
+the one parser of arm names: ``kd-phasewise-s2`` -> ``kd-phasewise``, seed 2). Checkpoints outside any run
+directory (a shipped teacher, a plain HF model) are *references*: reported on their own, never pooled.
 
 :func:`retrieval_summary` turns a ``retrieval`` group into per-arm means with hierarchical bootstrap
 intervals (``workbench.stats``) and :func:`retrieval_comparisons` into paired differences between arms:
@@ -23,13 +23,51 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-import yaml
 
 from workbench import stats
+from workbench.runs import RunDir
 
-RUN_FILE = "run.yaml"
 NOT_ARM_KEYS = ("name", "seed", "out_dir", "description")
-SEED_SUFFIX = re.compile(r"[-_.]?(?:s|seed)\d+$")
+SEED_SUFFIX = re.compile(r"[-_.]?(?:s|seed)(\d+)$")
+PROTOCOL_ARM = re.compile(r"[a-z]+-[a-z-]+(?:\+[a-z0-9-]+)?")  # <objective>-<schedule>[+<variant>]
+
+
+@dataclass(frozen=True)
+class ArmName:
+    """A run name read as an arm and a seed: ``kd-fixed-small+posfree-s1`` -> arm ``kd-fixed-small+posfree``
+    (objective ``kd``, schedule ``fixed-small``, variant ``posfree``), seed 1."""
+
+    run: str
+    arm: str  # the run name without its seed suffix (the whole name when it has none)
+    seed: int | None  # None: no seed suffix
+
+    @property
+    def objective(self) -> str:
+        return self.arm.partition("-")[0]
+
+    @property
+    def schedule(self) -> str:
+        return self.arm.partition("-")[2].split("+")[0]
+
+    @property
+    def variant(self) -> str:
+        return self.arm.partition("+")[2]
+
+    @property
+    def is_protocol_arm(self) -> bool:
+        """A seeded run named ``<objective>-<schedule>[+<variant>]-s<seed>``, as the demo names its students
+        (a teacher or a stage-1 student is not one)."""
+        return self.seed is not None and PROTOCOL_ARM.fullmatch(self.arm) is not None
+
+
+def parse_arm(label: str) -> ArmName:
+    """The arm and seed of a run name, a checkpoint label ``<run>/<ckpt>`` or a comparison ``A -> <run>/<ckpt>``
+    (its after side). The one parser of arm names."""
+    run = str(label).split(" -> ")[-1].split("/")[0]
+    match = SEED_SUFFIX.search(run)
+    if match is None or match.start() == 0:
+        return ArmName(run, run, None)
+    return ArmName(run, run[: match.start()], int(match.group(1)))
 
 
 @dataclass(frozen=True)
@@ -42,21 +80,10 @@ class Member:
     step: int
 
 
-def run_dir_of(checkpoint_path: str | Path) -> Path | None:
-    """The run directory of a checkpoint (its parent, if that holds a ``run.yaml``), else None."""
-    parent = Path(checkpoint_path).resolve().parent
-    return parent if (parent / RUN_FILE).is_file() else None
-
-
 def arm_key(run_config: dict) -> str:
     """Hash of a resolved run config without the keys that differ between seeds of one arm."""
     rest = {k: v for k, v in run_config.items() if k not in NOT_ARM_KEYS}
     return hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def arm_label(run_name: str) -> str:
-    """``kd-phasewise-s2`` -> ``kd-phasewise`` (a name without a seed suffix is its own label)."""
-    return SEED_SUFFIX.sub("", run_name) or run_name
 
 
 def group_checkpoints(
@@ -73,15 +100,15 @@ def group_checkpoints(
     labels: dict[str, set[str]] = {}
     references = []
     for label, path in paths.items():
-        run = run_dir_of(path)
+        run = RunDir.of_checkpoint(path)
         if run is None:
             references.append(label)
             continue
-        cfg = yaml.safe_load((run / RUN_FILE).read_text())
-        name = arm_label(str(cfg.get("name", run.name)))
+        cfg = run.config()
+        name = parse_arm(str(cfg.get("name", run.path.name))).arm
         key = arm_key(cfg)
         by_key.setdefault((name, key), []).append(
-            Member(label, run.name, int(cfg.get("seed", 0)), int(steps.get(label, -1)))
+            Member(label, run.path.name, int(cfg.get("seed", 0)), int(steps.get(label, -1)))
         )
         labels.setdefault(name, set()).add(key)
     arms: dict[str, list[Member]] = {}
@@ -322,17 +349,12 @@ def comparisons_markdown(comp: xr.Dataset, tasks: Sequence[str] | None = None) -
     return _markdown(["A - B", "task", *[f"@{n}" for n in lengths]], rows)
 
 
-def run_name_of(label: str) -> str:
-    """The run of a checkpoint label ``<run>/<ckpt>`` or of a comparison ``A -> <run>/<ckpt>`` (its after side)."""
-    return str(label).split(" -> ")[-1].split("/")[0]
-
-
 def members_by_label(labels: Iterable[str]) -> dict[str, list[str]]:
     """Labels along a dim (checkpoints or comparisons) grouped by arm: run name without its seed suffix.
     (For stores without checkpoint paths; :func:`retrieval_arms` groups by config.)"""
     groups: dict[str, list[str]] = {}
     for label in map(str, labels):
-        groups.setdefault(arm_label(run_name_of(label)), []).append(label)
+        groups.setdefault(parse_arm(label).arm, []).append(label)
     return groups
 
 
@@ -385,19 +407,12 @@ def band_table(bands: xr.Dataset, var: str = "q_rel_update", **kw) -> xr.Dataset
 
 # ----------------------------------------------------------------------------- the paper's arms and comparisons
 # The arms as the shipped configs and the demo name them: ``<objective>-<schedule>[+<ablation>]``, one run per
-# seed named ``<arm>-s<seed>``. Shared by the demo's comparisons, its report and the figure jobs.
+# seed named ``<arm>-s<seed>`` (read by :func:`parse_arm`). Shared by the demo's comparisons, its report and the
+# figure jobs.
 
 OBJECTIVES = ("kd", "ce")
 SCHEDULES = ("fixed-small", "fixed-large", "phasewise")  # theta: small, large, sized to each phase (F1)
 FIXED_SCHEDULES = SCHEDULES[:2]
-PAPER_RUN = re.compile(r"^(?P<arm>[a-z]+-[a-z-]+(?:\+[a-z0-9-]+)?)-s(?P<seed>\d+)$")
-
-
-def parse_checkpoint(label: str) -> tuple[str, int] | None:
-    """(arm, seed) of a checkpoint label ``<run>/<ckpt>`` or comparison ``A -> B`` whose run is named as the
-    paper's arms; None otherwise (a teacher, a stage-1 student)."""
-    match = PAPER_RUN.match(run_name_of(label))
-    return (match["arm"], int(match["seed"])) if match else None
 
 
 def paper_comparisons(arm_names: Iterable[str]) -> list[tuple[str, str, str]]:

@@ -10,9 +10,11 @@ One place for each of these (every package uses them):
 - :func:`tokenizer` -- the tokenizer a checkpoint is read with under ``--tokenizer auto|synthetic|DIR``
   (its own, else the synthetic language for a 128-row model, else one error naming ``--tokenizer``);
   :func:`own_tokenizer` where a tokenizer is only a stand-in (the interpretability backends' wrappers);
+- :func:`expand` -- checkpoints named on the command line (a run directory stands for its complete
+  checkpoints, ``workbench.runs.RunDir``), and :func:`phase_lengths` of the run they belong to;
 - the device: :func:`workbench.models.pick_device` (``auto``, ``cpu``, ``cuda``, ``cuda:N``; one error).
 
-Loading the weights is :func:`workbench.models.load`, which runs the same checks.
+Loading the weights is :func:`workbench.checkpoint_io.load`, which runs the same checks.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from workbench import hfdir, models, rope, tokenizers
-from workbench.config import load_run_config
-from workbench.models import CheckpointError
+from workbench import checkpoint_io, rope, tokenizers
+from workbench.checkpoint_io import CheckpointError
+from workbench.runs import RunDir
 
 SYNTHETIC = "synthetic"
 SEQ_LEN_KEYS = ("seq_len", "train_seq_len", "phase_seq_len")  # manifest keys that state the trained length
@@ -121,7 +123,7 @@ class Info:
         return position_limit(self.manifest, self.config)
 
     def content_hash(self) -> str:
-        return models.checkpoint_hash(self.path)
+        return checkpoint_io.checkpoint_hash(self.path)
 
 
 def expand(items: Sequence[str | Path], phase_ends: bool = False) -> list[Path]:
@@ -130,8 +132,8 @@ def expand(items: Sequence[str | Path], phase_ends: bool = False) -> list[Path]:
     out: list[Path] = []
     for item in items:
         path = Path(item)
-        if path.is_dir() and not (path / models.MANIFEST).exists() and not (path / "config.json").exists():
-            found = models.list_checkpoints(path)
+        if path.is_dir() and not (path / checkpoint_io.MANIFEST).exists() and not (path / "config.json").exists():
+            found = RunDir(path).checkpoints()
             if not found:
                 raise FileNotFoundError(
                     f"{path}: neither a checkpoint nor a run directory with complete ckpt-* checkpoints"
@@ -140,26 +142,26 @@ def expand(items: Sequence[str | Path], phase_ends: bool = False) -> list[Path]:
         else:
             out.append(path)
     if phase_ends:
-        out = [p for p in out if (p / models.MANIFEST).is_file() and models.read_manifest(p).get("phase_end")]
+        out = [p for p in out if checkpoint_io.is_phase_end(p)]
         if not out:
             raise ValueError("--phase-ends: none of the given checkpoints is a phase end (manifest phase_end)")
     return out
 
 
 def phase_lengths(paths: Sequence[str | Path]) -> list[int] | None:
-    """The phases' seq_len from the run.yaml next to the checkpoints (None when there is none)."""
+    """The phases' seq_len from the run.yaml of the run the checkpoints belong to (None when there is none)."""
     for path in reversed(paths):
-        run_yaml = Path(path).parent / "run.yaml"
-        if run_yaml.is_file():
-            return sorted({ph.seq_len for ph in load_run_config(run_yaml).phases})
+        run = RunDir.of_checkpoint(path)
+        if run is not None:
+            return sorted({ph.seq_len for ph in run.run_config().phases})
     return None
 
 
-def inspect(path: str | Path, *, allow_plain_hf: bool = True, verify: bool = True, what: str | None = None) -> Info:
+def inspect(path: str | Path, *, verify: bool = True, what: str | None = None) -> Info:
     """Check a checkpoint directory cheaply, without loading the model -> :class:`Info`.
 
     ``verify`` (the default) checks the manifest (file sizes, hashes once, cached) of a workbench checkpoint,
-    or, with ``allow_plain_hf``, the safetensors headers / index of a plain HF directory, and that the
+    or the safetensors headers / index of a plain HF directory (``checkpoint_io.verify``), and that the
     weights are readable; ``verify=False`` reads only ``config.json`` (a supported architecture). Raises
     CheckpointError naming the path (prefixed ``what: `` when given, e.g. ``teacher.path``)."""
     path = Path(path)
@@ -167,13 +169,11 @@ def inspect(path: str | Path, *, allow_plain_hf: bool = True, verify: bool = Tru
         if not path.is_dir():
             raise CheckpointError(f"{path}: checkpoint directory not found")
         manifest: dict[str, Any] = {}
-        if verify and ((path / models.MANIFEST).exists() or not allow_plain_hf):
-            manifest = models.verify_checkpoint(path)
-        elif verify:
-            hfdir.check_plain(path)  # plain HF directory: integrity from its safetensors headers / index
-        elif (path / models.MANIFEST).exists():
-            manifest = models.read_manifest(path)
-        cfg = models.read_config(path, weights=verify)
+        if verify:
+            manifest = checkpoint_io.verify(path)  # {} for a plain HF directory (checked from its headers)
+        elif (path / checkpoint_io.MANIFEST).exists():
+            manifest = checkpoint_io.read_manifest(path)
+        cfg = checkpoint_io.read_config(path, weights=verify)
     except CheckpointError as exc:
         if what:
             raise CheckpointError(f"{what}: {exc}") from None
@@ -201,12 +201,12 @@ def inspect(path: str | Path, *, allow_plain_hf: bool = True, verify: bool = Tru
     )
 
 
-def inspect_all(paths: Sequence[str | Path], *, allow_plain_hf: bool = True, minimum: int = 1) -> list[Info]:
+def inspect_all(paths: Sequence[str | Path], *, minimum: int = 1) -> list[Info]:
     """Inspect checkpoints analysed together: at least ``minimum``, one architecture and attention shape,
     distinct labels (ValueError otherwise)."""
     if len(paths) < minimum:
         raise ValueError(f"need at least {minimum} checkpoint(s), got {len(paths)}")
-    infos = [inspect(p, allow_plain_hf=allow_plain_hf) for p in paths]
+    infos = [inspect(p) for p in paths]
     first = infos[0]
     for info in infos[1:]:
         if info.architecture != first.architecture:
@@ -233,7 +233,7 @@ def inspect_all(paths: Sequence[str | Path], *, allow_plain_hf: bool = True, min
 
 def vocab_size(path: str | Path) -> int:
     """``vocab_size`` (embedding rows) from a model directory's config.json (CheckpointError if unreadable)."""
-    cfg = models.read_config(path, weights=False, architecture=False)
+    cfg = checkpoint_io.read_config(path, weights=False, architecture=False)
     size = cfg.get("vocab_size") or (cfg.get("text_config") or {}).get("vocab_size")
     if not isinstance(size, int) or size < 1:
         raise CheckpointError(f"{Path(path) / 'config.json'}: no vocab_size")

@@ -22,8 +22,6 @@ indexes past a vocabulary (the ``IndexError`` of a mismatched tokenizer) or sile
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -316,17 +314,3 @@ def for_models(
         start=start,
         synthetic_default=synthetic_default,
     )
-
-
-def plain_hf_flag(args) -> None:
-    """``--allow-plain-hf`` is accepted as a deprecated no-op: every command takes plain HF directories."""
-    if getattr(args, "allow_plain_hf", False):
-        print(
-            "workbench: warning: --allow-plain-hf is deprecated and does nothing; plain Hugging Face model "
-            "directories are always accepted (integrity checked from their safetensors headers)",
-            file=sys.stderr,
-        )
-
-
-def add_plain_hf_flag(p) -> None:
-    p.add_argument("--allow-plain-hf", action="store_true", help=argparse.SUPPRESS)

@@ -35,8 +35,9 @@ def build_store(root: Path, n_ckpts: int) -> str:
     import torch
 
     from workbench import measurements, store
+    from workbench.checkpoint_io import save_checkpoint
     from workbench.config import ModelConfig
-    from workbench.models import build_model, save_checkpoint
+    from workbench.models import build_model
 
     run = root / "bench"
     cfg = ModelConfig(

@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from workbench import config, models
+    from workbench import checkpoint_io, config, models
     from workbench.train import train
 
     student = dict(
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     )
     with tempfile.TemporaryDirectory() as tmp:
         teacher = Path(tmp) / "teacher"
-        models.save_checkpoint(
+        checkpoint_io.save_checkpoint(
             models.build_model(config.ModelConfig(**dict(student, hidden_size=96)), seed=7),
             teacher,
             {"phase": "t", "step": 0},

@@ -160,17 +160,17 @@ def child(case: str, length: int, work: Path, device: str) -> None:
 def make_checkpoints(work: Path, max_len: int) -> None:
     import torch
 
-    from workbench import config, models
+    from workbench import checkpoint_io, config, models
 
     cfg = config.load_model_config(ROOT / "data/configs/presets/tiny-student.yaml")
     cfg = dataclasses.replace(cfg, max_position_embeddings=max_len)
     model = models.build_model(cfg, seed=0)
-    models.save_checkpoint(model, work / "run" / "ckpt-000001", {"phase": "short", "step": 1, "objective": "kd"})
+    checkpoint_io.save_checkpoint(model, work / "run" / "ckpt-000001", {"phase": "short", "step": 1, "objective": "kd"})
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.01 * torch.randn(p.shape, generator=g))
-    models.save_checkpoint(model, work / "run" / "ckpt-000002", {"phase": "long", "step": 2, "objective": "kd"})
+    checkpoint_io.save_checkpoint(model, work / "run" / "ckpt-000002", {"phase": "long", "step": 2, "objective": "kd"})
     (work / "spec.yaml").write_text(SPEC)
 
 

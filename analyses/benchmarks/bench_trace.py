@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from workbench import config, interventions, models  # noqa: E402
+from workbench import checkpoint_io, config, interventions, models  # noqa: E402
 from workbench.interventions import specs as S  # noqa: E402
 
 
@@ -44,15 +44,15 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = config.load_model_config(args.preset)
     with tempfile.TemporaryDirectory() as tmp:
-        path = models.save_checkpoint(models.build_model(cfg, seed=0), f"{tmp}/bench/ckpt-0", {"phase": "bench"})
+        path = checkpoint_io.save_checkpoint(models.build_model(cfg, seed=0), f"{tmp}/bench/ckpt-0", {"phase": "bench"})
         specs = [S.Spec(f"q-shift-{k}", [S.shift(16 * (k + 1), "q")]) for k in range(args.specs)]
         runs = [S.identity(), *specs]
         inputs = interventions.default_inputs(cfg.vocab_size, batch=args.batch, length=args.length)
         ids, pos = inputs["input_ids"], inputs["position_ids"]
         n = len(runs)
         big_ids, big_pos = ids.repeat(n, 1), pos.repeat(n, 1)
-        sdpa, _ = models.load(path)
-        eager, _ = models.load(path, attn_implementation="eager")
+        sdpa, _ = checkpoint_io.load(path)
+        eager, _ = checkpoint_io.load(path, attn_implementation="eager")
         nn, tl = interventions.load_backend(path, "nnsight"), interventions.load_backend(path, "tl")
 
         def hf(model):

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from workbench import config, models  # noqa: E402
+from workbench import checkpoint_io, config, models  # noqa: E402
 from workbench.data import attention_mask, make_stream  # noqa: E402
 from workbench.train import train  # noqa: E402
 from workbench.train.phases import phase_seed  # noqa: E402
@@ -74,7 +74,7 @@ def bare_tps(cfg: config.RunConfig, teacher_path: Path | None, warmup: int) -> t
     model = models.build_model(cfg.model, seed=cfg.seed)
     models.set_rope_theta(model, ph.rope_theta)
     model.train()
-    teacher = models.load(teacher_path)[0].requires_grad_(False) if teacher_path else None
+    teacher = checkpoint_io.load(teacher_path)[0].requires_grad_(False) if teacher_path else None
     opt = torch.optim.AdamW(
         model.parameters(), lr=ph.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
     )
@@ -124,7 +124,7 @@ def main() -> None:
         tmp = Path(tmp)
         teacher = tmp / "teacher"
         tcfg = config.load_model_config(ROOT / "data" / "configs" / "presets" / "tiny-teacher.yaml")
-        models.save_checkpoint(models.build_model(tcfg, seed=1), teacher, {"step": 0})
+        checkpoint_io.save_checkpoint(models.build_model(tcfg, seed=1), teacher, {"step": 0})
         print(f"tiny-student, {args.batch} x {args.seq_len} tokens per step, {args.steps} steps, 1 thread")
         print(
             "wall: median tokens/s per step after warm-up; cpu: tokens per CPU-second of the whole run "

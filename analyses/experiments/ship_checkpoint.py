@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from workbench import models
+from workbench import checkpoint_io
 from workbench.data.tokenizer import synthetic_tokenizer
+from workbench.runs import RunDir
 
 DROP = {"files", "created", "versions", "rope_theta", "rope_scaling", "format"}  # re-filled by save_checkpoint
 
@@ -26,17 +27,17 @@ def main() -> None:
     p.add_argument("--out", required=True, help="the shipped directory (must not exist)")
     p.add_argument("--recipe", required=True, help="the run config that regenerates it")
     args = p.parse_args()
-    ckpts = models.list_checkpoints(args.run_dir)
+    ckpts = RunDir(args.run_dir).checkpoints()
     if not ckpts:
         raise SystemExit(f"{args.run_dir}: no complete checkpoint")
     if Path(args.out).exists():
         raise SystemExit(f"{args.out}: already exists; remove it first (nothing is overwritten)")
-    model, manifest = models.load(ckpts[-1])
+    model, manifest = checkpoint_io.load(ckpts[-1])
     manifest = {k: v for k, v in manifest.items() if k not in DROP}
     manifest["source"] = f"{Path(args.run_dir).name}/{ckpts[-1].name}"
-    manifest["source_hash"] = models.checkpoint_hash(ckpts[-1])
+    manifest["source_hash"] = checkpoint_io.checkpoint_hash(ckpts[-1])
     manifest["regenerate"] = f"workbench train {args.recipe}"
-    path = models.save_checkpoint(model, args.out, manifest, extra=synthetic_tokenizer().save_pretrained)
+    path = checkpoint_io.save_checkpoint(model, args.out, manifest, extra=synthetic_tokenizer().save_pretrained)
     print(f"shipped {ckpts[-1]} -> {path}")
 
 

@@ -13,7 +13,7 @@ import json
 
 import torch
 
-from workbench import models
+from workbench import checkpoint_io
 from workbench.evals import quick_eval
 
 
@@ -26,7 +26,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=20260417)
     args = p.parse_args()
     torch.set_num_threads(1)
-    model, manifest = models.load(args.checkpoint)
+    model, manifest = checkpoint_io.load(args.checkpoint)
     lengths = [args.train_len // 2, args.train_len, args.train_len * 2]
     for row in quick_eval(
         model, lengths=lengths, samples=args.samples, seed=args.seed, tasks=args.tasks.split(","), batch_size=8

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from workbench import config, models
+from workbench import checkpoint_io, config, models
 from workbench.data.synthetic import document
 from workbench.evals import quick_eval
 
@@ -47,7 +47,7 @@ def main() -> None:
     cfg = config.load_model_config(args.preset)
     if args.theta:
         cfg.rope_theta = args.theta
-    model = (models.load(args.init)[0] if args.init else models.build_model(cfg, seed=args.seed)).train()
+    model = (checkpoint_io.load(args.init)[0] if args.init else models.build_model(cfg, seed=args.seed)).train()
     stages = [tuple(int(x) for x in s.split(":")) for s in args.stages.split(",")]
     total = sum(n for _, n in stages)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -101,7 +101,9 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
                 model.train()
         if args.out:
-            models.save_checkpoint(model.eval(), f"{args.out}-{seq_len}-{step}", {"phase": "recipe", "step": step})
+            checkpoint_io.save_checkpoint(
+                model.eval(), f"{args.out}-{seq_len}-{step}", {"phase": "recipe", "step": step}
+            )
             model.train()
 
 

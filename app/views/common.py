@@ -10,7 +10,7 @@ from dash import Input, Output, State, dcc, html
 from dash.exceptions import PreventUpdate
 
 from app import stores
-from workbench.models import CheckpointError
+from workbench.checkpoint_io import CheckpointError
 
 log = logging.getLogger("workbench.app")
 

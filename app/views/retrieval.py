@@ -36,6 +36,7 @@ from workbench.figures import effective_length as eff_figs
 from workbench.figures import findings as arm_figs
 from workbench.figures import retrieval as figs
 from workbench.figures import training as training_figs
+from workbench.runs import RunDir
 
 TAB = ("retrieval", "Retrieval")
 GROUP = wstore.RETRIEVAL
@@ -163,7 +164,7 @@ def run_of_checkpoint(root: Path, store: str, checkpoint: str) -> str | None:
         raise ValueError(f"no checkpoint {checkpoint!r} in {store}")
     if "checkpoint_path" in ds.coords:
         run_dir = Path(str(ds["checkpoint_path"].values[names.index(checkpoint)])).parent
-        if is_inside(root, run_dir) and R.is_run_dir(run_dir):
+        if is_inside(root, run_dir) and RunDir(run_dir).is_run():
             return run_dir.resolve().relative_to(root).as_posix() or "."
     return R.find_run(root, checkpoint.split("/")[0]) if "/" in checkpoint else None
 

@@ -14,6 +14,7 @@ from app.paths import inside
 from app.views.common import control, graph, guarded, notice, only_when_shown, shown
 from workbench.figures import pair_tracking as pair_figs
 from workbench.figures import training as figs
+from workbench.runs import RunDir
 
 TAB = ("training", "Training")
 METRICS = ["loss", "ce", "kd"]
@@ -88,7 +89,7 @@ def run_from_query(root: Path, search: str | None) -> str | None:
         return None
     name = values[0]
     path = inside(root, name)
-    if not path.is_dir() or not R.is_run_dir(path):
+    if not path.is_dir() or not RunDir(path).is_run():
         raise ValueError(f"run {name!r} from the URL is not a run in RUNS_DIR")
     return name
 

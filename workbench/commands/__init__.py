@@ -15,8 +15,8 @@ from collections.abc import Callable
 def run_command(name: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a command; the user's errors (bad config, checkpoint, path, value) are one line and exit status 2."""
     # deferred: models imports torch, which `workbench --help` does not need
+    from workbench.checkpoint_io import CheckpointError
     from workbench.config import ConfigError
-    from workbench.models import CheckpointError
 
     try:
         return int(run(args) or 0)

@@ -31,12 +31,14 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from workbench import config, models, rope
+    from workbench import checkpoint_io, config, models, rope
 
     cfg = config.load_model_config(args.preset)
     out = Path(args.out)
     if (out.exists() or out.is_symlink()) and not args.overwrite:
-        what = "a checkpoint" if (out / models.MANIFEST).is_file() else "a file" if out.is_file() else "a directory"
+        what = (
+            "a checkpoint" if (out / checkpoint_io.MANIFEST).is_file() else "a file" if out.is_file() else "a directory"
+        )
         raise FileExistsError(
             f"--out {out}: already exists ({what}); pass --overwrite to replace it, or choose "
             "another --out (nothing was written)"
@@ -57,12 +59,12 @@ def run(args: argparse.Namespace) -> int:
     model = models.build_model(cfg, seed=args.seed)
     if args.theta is not None:
         models.set_rope_theta(model, args.theta)
-    path = models.save_checkpoint(
+    path = checkpoint_io.save_checkpoint(
         model,
         args.out,
         {"phase": "init", "step": 0, "objective": None, "config_hash": config.config_hash(cfg), "source": args.preset},
     )
-    loaded, manifest = models.load(path)
+    loaded, manifest = checkpoint_io.load(path)
     ids = torch.randint(0, cfg.vocab_size, (1, 64), generator=torch.Generator().manual_seed(args.seed))
     with torch.no_grad():
         diff = (model(ids).logits - loaded(ids).logits).abs().max().item()

@@ -48,7 +48,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_threads(p)
     add_device(p, "; statistics are float32 either way")
     inputs.add_arguments(p)  # --inputs / --tokenizer, shared with trace and updates (workbench.inputs)
-    inputs.add_plain_hf_flag(p)  # deprecated no-op: plain HF directories are always accepted
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,8 +70,7 @@ def run(args: argparse.Namespace) -> int:
             f"--max-train must be >= --buckets ({args.buckets}): a probe needs training tokens of "
             f"every position bucket, got {args.max_train}"
         )
-    inputs.plain_hf_flag(args)
-    infos = checkpoints.inspect_all(paths, allow_plain_hf=True, minimum=1)
+    infos = checkpoints.inspect_all(paths, minimum=1)
     batch, what = inputs.for_models(
         paths,
         args,
@@ -110,7 +108,6 @@ def run(args: argparse.Namespace) -> int:
         n_buckets=args.buckets,
         seed=args.seed,
         max_train=args.max_train,
-        allow_plain_hf=True,
         device=args.device,
         progress=True,
         inputs=batch,
@@ -124,7 +121,6 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             method=args.score_method,
             abs_sample={"pairs": args.abs_sample_pairs},
-            allow_plain_hf=True,
             device=args.device,
             progress=True,
             inputs=score_batch,

@@ -64,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from workbench import architectures, interventions, models, store
+    from workbench import architectures, checkpoint_io, interventions, models, store
     from workbench import inputs as wb_inputs
     from workbench.interventions.specs import validate_all
 
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     args.device = str(models.pick_device(args.device))  # a bad device is one error before any work
     ckpt = Path(args.checkpoint)
     if not ckpt.is_dir():
-        raise models.CheckpointError(f"{ckpt}: checkpoint directory not found")
+        raise checkpoint_io.CheckpointError(f"{ckpt}: checkpoint directory not found")
     specs = [s for path in args.spec for s in interventions.load_specs(path)]
     if args.out and Path(args.out).exists():
         store.check_schema(args.out)  # refuses a store of another (or an old) schema before any work

@@ -44,7 +44,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_threads(p)
     add_device(p, "; statistics are float32 either way")
     inputs.add_arguments(p)  # --inputs / --tokenizer, shared with trace and probe (workbench.inputs)
-    inputs.add_plain_hf_flag(p)  # deprecated no-op: plain HF directories are always accepted
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--seq-len must be >= 2 and --windows >= 1, got {args.seq_len} and {args.windows}")
     lengths = measurements.parse_lengths(args.phase_lengths) if args.phase_lengths else checkpoints.phase_lengths(paths)
     all_paths, ref = resolve_reference(paths, args.reference)
-    inputs.plain_hf_flag(args)
-    infos = checkpoints.inspect_all(all_paths, allow_plain_hf=True, minimum=2)
+    infos = checkpoints.inspect_all(all_paths, minimum=2)
     batch, what = (
         (None, None)
         if args.no_states
@@ -82,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     for group in groups:
         store.refuse(args.out, group, labels=labels)
 
-    weights = measurements.weight_updates(paths, reference=args.reference, allow_plain_hf=True, progress=True)
+    weights = measurements.weight_updates(paths, reference=args.reference, progress=True)
     store.save(args.out, store.UPDATES_WEIGHTS, weights)
     if not args.no_states:
         states = measurements.state_updates(
@@ -91,7 +89,6 @@ def run(args: argparse.Namespace) -> int:
             seq_len=args.seq_len,
             n_windows=args.windows,
             seed=args.seed,
-            allow_plain_hf=True,
             device=args.device,
             progress=True,
             inputs=batch,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from workbench import arms, models, stats, store
+from workbench import arms, checkpoint_io, models, stats, store
 from workbench.evals import grid
 from workbench.interventions.bands import band_conditions, band_intervention
 
@@ -28,7 +28,7 @@ def band_ablation(
     rendering = grid.load_rendering("synthetic")
     per_model = []
     for path in checkpoints.values():
-        model, _ = models.load(path, allow_plain_hf=True)
+        model, _ = checkpoint_io.load(path)
         conds = band_conditions(models.rope_theta(model), model.config.head_dim, doc_length)
         per_cond = []
         for op, target, pairs in conds.values():
@@ -51,7 +51,7 @@ def band_effects(ds: xr.Dataset) -> xr.Dataset:
     models_ = [str(m) for m in ds["model"].values]
     groups: dict[str, list[str]] = {}
     for m in models_:
-        groups.setdefault(arms.arm_label(m.split("/")[0]), []).append(m)
+        groups.setdefault(arms.parse_arm(m).arm, []).append(m)
     conds = [str(c) for c in ds["condition"].values if str(c) != "clean"]
     tasks, lengths = [str(t) for t in ds["task"].values], [int(n) for n in ds["length"].values]
     shape = (len(groups), len(conds), len(tasks), len(lengths))

@@ -21,12 +21,11 @@ from pathlib import Path
 
 import torch
 import xarray as xr
-import yaml
 from transformers.utils import logging as hf_logging
 
 from workbench import arms as A
+from workbench import checkpoint_io, config, interventions, measurements
 from workbench import checkpoints as ck
-from workbench import config, interventions, measurements, models
 from workbench import store as wstore  # the module; `store` is a store path
 from workbench.config import DataConfig
 from workbench.data import make_stream
@@ -45,6 +44,7 @@ from workbench.figures import jobs
 from workbench.interventions.specs import PairSet
 from workbench.measurements import cross_document
 from workbench.measurements.weights import comparison_label
+from workbench.runs import RunDir
 from workbench.train import train
 
 
@@ -103,11 +103,11 @@ class DemoState:
     findings: dict[str, object] = field(default_factory=dict)
 
     def final(self, arm: Arm) -> Path:
-        return phase_end_checkpoints(self.runs[arm])[-1]
+        return RunDir(self.runs[arm]).phase_ends()[-1]
 
     def start(self, arm: Arm) -> Path:
         """The stage-1 student an arm was extended from (its run's ``init_from``)."""
-        return Path(run_config(self.runs[arm])["init_from"])
+        return Path(RunDir(self.runs[arm]).config()["init_from"])
 
 
 def log(msg: str) -> None:
@@ -123,17 +123,8 @@ def timed(state: DemoState, step: str) -> Iterator[None]:
     log(f"{step} done in {state.timings[step]:.1f} s")
 
 
-def phase_end_checkpoints(run_dir: Path) -> list[Path]:
-    """The phase-end checkpoints of a run, in phase order (the per-pair analysis compares these)."""
-    return [p for p in models.list_checkpoints(run_dir) if models.read_manifest(p).get("phase_end")]
-
-
-def run_config(run_dir: Path) -> dict:
-    return yaml.safe_load((Path(run_dir) / "run.yaml").read_text())
-
-
 def run_is_complete(run_dir: Path, n_phases: int) -> bool:
-    return run_dir.is_dir() and len(phase_end_checkpoints(run_dir)) >= n_phases
+    return run_dir.is_dir() and len(RunDir(run_dir).phase_ends()) >= n_phases
 
 
 # ----------------------------------------------------------------------------------------------- steps
@@ -142,9 +133,9 @@ def run_is_complete(run_dir: Path, n_phases: int) -> bool:
 def ensure_teacher(opts: DemoOptions) -> Path:
     """The teacher checkpoint: the given one, the shipped one, or one trained now with our trainer."""
     if opts.teacher is not None:
-        models.verify_checkpoint(opts.teacher)
+        checkpoint_io.verify_checkpoint(opts.teacher)
         return Path(opts.teacher)
-    if (SHIPPED_TEACHER / models.MANIFEST).is_file():
+    if (SHIPPED_TEACHER / checkpoint_io.MANIFEST).is_file():
         return SHIPPED_TEACHER
     log(f"no shipped teacher at {SHIPPED_TEACHER}; training one with {TEACHER_CONFIG} (slow on CPU)")
     run_dir = train(
@@ -153,7 +144,7 @@ def ensure_teacher(opts: DemoOptions) -> Path:
         progress=opts.progress,
         evaluate=training_eval,
     )
-    return phase_end_checkpoints(run_dir)[-1]
+    return RunDir(run_dir).phase_ends()[-1]
 
 
 def ensure_stage1(opts: DemoOptions) -> dict[float, Path]:
@@ -164,14 +155,12 @@ def ensure_stage1(opts: DemoOptions) -> dict[float, Path]:
         cfg = config.load_run_config(recipe)
         theta = float(cfg.phases[-1].rope_theta)
         shipped = stage1_student(theta)
-        if (shipped / models.MANIFEST).is_file():
+        if (shipped / checkpoint_io.MANIFEST).is_file():
             found[theta] = shipped
             continue
         log(f"no shipped stage-1 student at {shipped}; training it with {recipe} (slow on CPU)")
         run_dir = opts.out / "stage1" / cfg.name
-        found[theta] = phase_end_checkpoints(
-            Path(_train_one(cfg, str(run_dir), run_dir.exists(), opts.progress, None))
-        )[-1]
+        found[theta] = RunDir(_train_one(cfg, str(run_dir), run_dir.exists(), opts.progress, None)).phase_ends()[-1]
     return found
 
 
@@ -211,7 +200,7 @@ def train_students(opts: DemoOptions, state: DemoState, todo: list[Arm]) -> None
     pending = []
     for arm in todo:
         cfg = arm_config(arm, teacher=state.teacher, step_scale=opts.step_scale)
-        if not (Path(cfg.init_from) / models.MANIFEST).is_file():  # not shipped: the one trained just now
+        if not (Path(cfg.init_from) / checkpoint_io.MANIFEST).is_file():  # not shipped: the one trained just now
             cfg = dataclasses.replace(cfg, init_from=str(_stage1_for(state, Path(cfg.init_from))))
         run_dir = opts.out / "students" / arm.name
         state.runs[arm] = run_dir
@@ -439,7 +428,7 @@ def run_position_loss(opts: DemoOptions, state: DemoState, checkpoints: list[Pat
 
 def config_data(state: DemoState) -> DataConfig:
     """The data config the arms were extended on (from one run's resolved config)."""
-    return config.load_run_config(next(iter(state.runs.values())) / "run.yaml").data
+    return RunDir(next(iter(state.runs.values()))).run_config().data
 
 
 def run_probes(opts: DemoOptions, state: DemoState, checkpoints: list[Path], window: int) -> None:

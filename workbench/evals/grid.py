@@ -21,8 +21,8 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
+from workbench import checkpoint_io, models, tokenizers
 from workbench import checkpoints as ck
-from workbench import models, tokenizers
 from workbench import store as wstore  # the module; `store` is a store path
 from workbench.evals import tasks as T
 from workbench.evals.render import Rendering, SyntheticRendering, rendering_for
@@ -255,7 +255,7 @@ def evaluate_plan(
     try:
         for c in p.checkpoints:
             bar.set_postfix_str(c.label)
-            model, _ = models.load(c.path, device=dev, dtype=torch_dtype, allow_plain_hf=True)
+            model, _ = checkpoint_io.load(c.path, device=dev, dtype=torch_dtype)
             rendering = p.renderings[p.tokenizers[c.label]]
             ds = evaluate_model(
                 model,

@@ -41,8 +41,8 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
+from workbench import checkpoint_io, models, stats
 from workbench import checkpoints as ck
-from workbench import models, stats
 from workbench import store as wstore
 from workbench.data import corpus as wcorpus
 from workbench.data import synthetic
@@ -292,7 +292,7 @@ def position_loss(
     loss_sum, kl_sum = np.zeros(shape), np.full(shape, np.nan)
     count = np.zeros(shape, dtype=np.int64)
     dev = models.pick_device(device)
-    t_model = models.load(t_info.path, device=dev, dtype=dtype, allow_plain_hf=True)[0].eval() if t_info else None
+    t_model = checkpoint_io.load(t_info.path, device=dev, dtype=dtype)[0].eval() if t_info else None
     t_hidden: list[torch.Tensor | None] = [None] * n_doc  # the teacher's hidden states, once per document
     if t_model is not None and sum(map(len, docs.ids)) * t_model.config.hidden_size * 4 <= TEACHER_CACHE_BYTES:
         with torch.no_grad():
@@ -301,7 +301,7 @@ def position_loss(
     bar = tqdm(total=len(infos) * n_doc, desc="position-loss", unit="doc", disable=not progress)
     try:
         for c, info in enumerate(infos):
-            model = models.load(info.path, device=dev, dtype=dtype, allow_plain_hf=True)[0].eval()
+            model = checkpoint_io.load(info.path, device=dev, dtype=dtype)[0].eval()
             if t_model is not None and t_model.config.vocab_size != model.config.vocab_size:
                 raise ValueError(
                     f"{info.label}: vocab {model.config.vocab_size} != teacher vocab "

@@ -10,14 +10,15 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import xarray as xr
 
+from workbench.arms import parse_arm
+
 OBJECTIVE_COLOURS = {"kd": "#1f77b4", "ce": "#d62728", "teacher": "#2ca02c"}
 SCHEDULE_DASH = {"phasewise": "solid", "fixed-small": "dot", "fixed-large": "dash"}
 
 
 def _style(arm: str) -> dict:
-    objective, _, schedule = arm.partition("-")
-    schedule = schedule.split("+")[0]
-    return dict(color=OBJECTIVE_COLOURS.get(objective, "#7f7f7f"), dash=SCHEDULE_DASH.get(schedule, "solid"))
+    name = parse_arm(arm)
+    return dict(color=OBJECTIVE_COLOURS.get(name.objective, "#7f7f7f"), dash=SCHEDULE_DASH.get(name.schedule, "solid"))
 
 
 def arm_accuracy_intervals(

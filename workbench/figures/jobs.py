@@ -12,7 +12,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from workbench import store as wstore  # the module; `store` is a store path
-from workbench.arms import parse_checkpoint
+from workbench.arms import parse_arm
 from workbench.figures import findings as ffig
 from workbench.figures import kd_signal as fkd
 from workbench.figures import retrieval as fret
@@ -26,11 +26,11 @@ def _group(store: Path, name: str):
 
 
 def _students(labels, predicate=lambda arm, seed: seed == 0) -> list[str]:
-    return [str(x) for x in labels if (p := parse_checkpoint(str(x))) and predicate(*p)]
+    return [str(x) for x in labels if (p := parse_arm(x)).is_protocol_arm and predicate(p.arm, p.seed)]
 
 
 def _teachers(labels) -> list[str]:
-    return [str(x) for x in labels if parse_checkpoint(str(x)) is None]
+    return [str(x) for x in labels if not parse_arm(x).is_protocol_arm]
 
 
 def f1_retrieval(store: Path) -> dict[str, go.Figure]:

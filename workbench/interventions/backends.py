@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from workbench import architectures, checkpoints, models
+from workbench import architectures, checkpoint_io, checkpoints, models
 from workbench.budget import budget_source, memory_budget
 from workbench.divergence import js_probs
 from workbench.interventions.perturb import apply_spec, touches
@@ -51,7 +51,7 @@ def load_hf(
     path: str | Path, *, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32, device: str = "cpu"
 ):
     """A fresh transformers instance of a workbench checkpoint or a plain local HF Llama dir -> (model, manifest)."""
-    return models.load(path, allow_plain_hf=True, attn_implementation=attn_implementation, dtype=dtype, device=device)
+    return checkpoint_io.load(path, attn_implementation=attn_implementation, dtype=dtype, device=device)
 
 
 def _check_inputs(input_ids: torch.Tensor, position_ids: torch.Tensor, geom: Geometry, vocab: int) -> None:

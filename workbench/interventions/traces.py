@@ -25,7 +25,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from workbench import checkpoints, models, store
+from workbench import checkpoint_io, checkpoints, store
 from workbench.data.tokenizer import VOCAB
 from workbench.divergence import js_probs, lens_kl
 from workbench.interventions.backends import Backend, load_backend
@@ -255,7 +255,7 @@ def finish(ds: xr.Dataset, be: Backend, ckpt_path: str | Path, *, kind: str, ext
     label = checkpoints.label(ckpt_path)
     ds = ds.expand_dims(checkpoint=np.array([label], dtype=object))
     ds = ds.assign_coords(
-        checkpoint_hash=("checkpoint", np.array([models.checkpoint_hash(ckpt_path)], dtype=object)),
+        checkpoint_hash=("checkpoint", np.array([checkpoint_io.checkpoint_hash(ckpt_path)], dtype=object)),
         rope_theta=("checkpoint", np.array([be.geometry.theta])),
     )
     ds.attrs.update(

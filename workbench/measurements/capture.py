@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from workbench import architectures, models, rope
+from workbench import architectures, checkpoint_io, rope
 from workbench.attention import attention_for, attention_mask
 from workbench.config import DataConfig
 from workbench.data import make_stream
@@ -106,7 +106,6 @@ def capture(
 def load_for_analysis(
     path,
     *,
-    allow_plain_hf: bool = False,
     attn_implementation: str = "sdpa",
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
@@ -115,9 +114,7 @@ def load_for_analysis(
     from transformers.utils import logging as hf_logging  # lazy: transformers costs seconds to import
 
     hf_logging.disable_progress_bar()  # no per-tensor "Loading weights" bars inside our own progress bar
-    model, manifest = models.load(
-        path, allow_plain_hf=allow_plain_hf, attn_implementation=attn_implementation, device=device, dtype=dtype
-    )
+    model, manifest = checkpoint_io.load(path, attn_implementation=attn_implementation, device=device, dtype=dtype)
     return model, manifest
 
 
@@ -139,16 +136,14 @@ def phase_coherence(x: torch.Tensor, dims: tuple[int, ...]) -> np.ndarray:
     return torch.sqrt(torch.cos(ph).mean(dims) ** 2 + torch.sin(ph).mean(dims) ** 2).numpy()
 
 
-def per_checkpoint(
-    infos, fn, *, progress: bool = False, desc: str = "checkpoints", allow_plain_hf: bool = False, device: str = "cpu"
-) -> list:
+def per_checkpoint(infos, fn, *, progress: bool = False, desc: str = "checkpoints", device: str = "cpu") -> list:
     """Load each checkpoint in turn (one model in memory at a time) and return ``[fn(model) ...]``."""
     items = infos
     if progress:
         items = tqdm(infos, desc=desc, unit="ckpt")
     out = []
     for info in items:
-        model, _ = load_for_analysis(info.path, allow_plain_hf=allow_plain_hf, device=device)
+        model, _ = load_for_analysis(info.path, device=device)
         out.append(fn(model))
         del model
     return out

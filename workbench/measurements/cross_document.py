@@ -52,7 +52,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from workbench import checkpoints, divergence, models, tokenizers
+from workbench import checkpoint_io, checkpoints, divergence, models, tokenizers
 from workbench import config as wconfig
 from workbench import store as wstore  # the module; `store` is a store path
 from workbench.attention import attention_for, attention_mask
@@ -394,7 +394,7 @@ def _materialise(
     return batches, None, source
 
 
-def _load(model_or_path, *, device: str, dtype: torch.dtype, allow_plain_hf: bool):
+def _load(model_or_path, *, device: str, dtype: torch.dtype):
     """-> (model, label, per-checkpoint coords)."""
     if isinstance(model_or_path, (str, Path)):
         from transformers.utils import logging as hf_logging  # lazy: transformers costs seconds to import
@@ -403,13 +403,13 @@ def _load(model_or_path, *, device: str, dtype: torch.dtype, allow_plain_hf: boo
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # transformers' "Loading weights" bar would break our own
         try:
-            model, manifest = models.load(path, device=device, dtype=dtype, allow_plain_hf=allow_plain_hf)
+            model, manifest = checkpoint_io.load(path, device=device, dtype=dtype)
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
         info = {
             "checkpoint_path": str(path),
-            "checkpoint_hash": models.checkpoint_hash(path),
+            "checkpoint_hash": checkpoint_io.checkpoint_hash(path),
             "rope_theta": float(models.rope_theta(model)),
             "step": int(manifest.get("step", -1)),
             "phase": str(manifest.get("phase", "")),
@@ -441,12 +441,11 @@ def cross_document_kl(
     keep_tokens: bool | None = None,
     summary_tokens: str = "kd_targets",
     token_kinds: bool | None = None,
-    allow_plain_hf: bool = True,
     progress: bool | Callable[[int], None] = False,
 ) -> xr.Dataset:
     """The cross-document KD signal of one model -> Dataset with dims (checkpoint=1, token, distance_bucket, kind).
 
-    ``model_or_path``: a checkpoint directory (loaded with ``workbench.models.load``) or a loaded HF causal
+    ``model_or_path``: a checkpoint directory (loaded with ``workbench.checkpoint_io.load``) or a loaded HF causal
     LM (``label`` names it; default ``"model"``). ``data``: a DataConfig, a YAML config path (``phase``
     picks a phase's data), or an iterable of batches of the ``workbench.data`` contract (``labels``
     optional; ``seq_len``/``n_windows``/``seed`` are then read off the batches). ``token_kinds``: classify
@@ -467,7 +466,6 @@ def cross_document_kl(
         keep_tokens=keep_tokens,
         summary_tokens=summary_tokens,
         token_kinds=token_kinds,
-        allow_plain_hf=allow_plain_hf,
         progress=progress,
     )
 
@@ -488,7 +486,6 @@ def cross_document_kl_checkpoints(
     keep_tokens: bool | None = None,
     summary_tokens: str = "kd_targets",
     token_kinds: bool | None = None,
-    allow_plain_hf: bool = True,
     progress: bool | Callable[[int], None] = False,
 ) -> xr.Dataset:
     """:func:`cross_document_kl` for several checkpoints on the same windows -> one Dataset along
@@ -518,7 +515,7 @@ def cross_document_kl_checkpoints(
     per_ckpt, names, infos, vocab = [], [], [], 0
     try:
         for i, item in enumerate(models_or_paths):
-            model, auto_label, info = _load(item, device=device, dtype=dtype, allow_plain_hf=allow_plain_hf)
+            model, auto_label, info = _load(item, device=device, dtype=dtype)
             vocab = max(vocab, int(model.config.vocab_size))
             too_big = max(int(b["input_ids"].max()) for b in batches)
             if too_big >= model.config.vocab_size:

@@ -88,7 +88,6 @@ def position_probes(
     seed: int = 0,
     max_train: int = 4000,
     data: DataConfig | None = None,
-    allow_plain_hf: bool = False,
     device: str = "cpu",
     progress: bool = False,
     inputs=None,
@@ -99,14 +98,13 @@ def position_probes(
         raise ValueError(f"position probes need at least 4 windows (held-out split by window), got {n_windows}")
     if n_buckets < 2:
         raise ValueError(f"position probes need at least 2 buckets, got {n_buckets}")
-    infos = ck.inspect_all(paths, allow_plain_hf=allow_plain_hf, minimum=1)
+    infos = ck.inspect_all(paths, minimum=1)
     batch = probe_batch(seq_len, n_windows, seed, data) if inputs is None else inputs  # inputs: workbench.inputs
     per = per_checkpoint(
         infos,
         lambda m: model_probes(m, batch, n_buckets=n_buckets, seed=seed, max_train=max_train),
         progress=progress,
         desc="position probes",
-        allow_plain_hf=allow_plain_hf,
         device=device,
     )
     n_layers = infos[0].num_layers

@@ -259,7 +259,6 @@ def score_decomposition(
     data: DataConfig | None = None,
     method: str = "fast",
     abs_sample: dict | None = None,
-    allow_plain_hf: bool = False,
     device: str = "cpu",
     progress: bool = False,
     inputs=None,
@@ -272,7 +271,7 @@ def score_decomposition(
     if method not in METHODS:
         raise ValueError(f"score decomposition method must be one of {', '.join(METHODS)}, got {method!r}")
     abs_sample = {**ABS_SAMPLE, **(abs_sample or {})}
-    infos = ck.inspect_all(paths, allow_plain_hf=allow_plain_hf, minimum=1)
+    infos = ck.inspect_all(paths, minimum=1)
     batch = probe_batch(seq_len, n_windows, seed, data) if inputs is None else inputs  # inputs: workbench.inputs
     if method == "fast" and not contiguous(batch["position_ids"]):
         raise ValueError(
@@ -285,7 +284,6 @@ def score_decomposition(
         lambda m: model_decomposition(m, batch, len(lo), method=method, seed=seed, abs_sample=abs_sample),
         progress=progress,
         desc="score decomposition",
-        allow_plain_hf=allow_plain_hf,
         device=device,
     )
     first = infos[0]

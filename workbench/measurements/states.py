@@ -45,7 +45,6 @@ def state_updates(
     n_windows: int = 2,
     seed: int = 0,
     data: DataConfig | None = None,
-    allow_plain_hf: bool = False,
     device: str = "cpu",
     progress: bool = False,
     inputs=None,
@@ -53,7 +52,7 @@ def state_updates(
     """State statistics per comparison "A -> B": dims (comparison, end, layer, head|kv_head, pair) with
     ``end`` = before/after, plus ``q_norm_change`` / ``k_norm_change`` = (after - before) / before."""
     paths, ref_index = resolve_reference(paths, reference)
-    infos = ck.inspect_all(paths, allow_plain_hf=allow_plain_hf, minimum=2)
+    infos = ck.inspect_all(paths, minimum=2)
     pairs = comparison_pairs(len(infos), ref_index)
     batch = probe_batch(seq_len, n_windows, seed, data) if inputs is None else inputs  # inputs: workbench.inputs
     needed = sorted({i for pr in pairs for i in pr})
@@ -62,7 +61,6 @@ def state_updates(
         lambda m: checkpoint_state_stats(m, batch),
         progress=progress,
         desc="state statistics",
-        allow_plain_hf=allow_plain_hf,
         device=device,
     )
     stats = dict(zip(needed, results))

@@ -146,7 +146,6 @@ def weight_updates(
     paths: Sequence[str | Path],
     *,
     reference: str | Path | int | None = None,
-    allow_plain_hf: bool = False,
     progress: bool = False,
 ) -> xr.Dataset:
     """Per-pair update statistics of W_q and W_k for consecutive checkpoints (or each vs ``reference``).
@@ -157,7 +156,7 @@ def weight_updates(
     wavelengths at each comparison's after-theta.
     """
     paths, ref_index = resolve_reference(paths, reference)
-    infos = ck.inspect_all(paths, allow_plain_hf=allow_plain_hf, minimum=2)
+    infos = ck.inspect_all(paths, minimum=2)
     pairs = comparison_pairs(len(infos), ref_index)
     first = infos[0]
     n_layers, n_heads, n_kv, d = first.num_layers, first.num_heads, first.num_kv_heads, first.head_dim

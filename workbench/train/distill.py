@@ -13,7 +13,7 @@ from dataclasses import replace as dc_replace
 
 import torch
 
-from workbench import architectures, attention, data, models
+from workbench import architectures, attention, checkpoint_io, data, models
 from workbench.config import ConfigError, RunConfig
 from workbench.train.losses import CachedTeacher, LossSpec, OnlineTeacher, chunked_loss
 
@@ -87,7 +87,7 @@ def autocast_for(precision: str, device: torch.device):
 def load_teacher(cfg: RunConfig, device: torch.device, precision: str = "fp32"):
     """The frozen teacher at its configured theta; held in bf16 under bf16 precision (it is never trained)."""
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    teacher, _ = models.load(cfg.teacher.path, device=device, dtype=dtype, allow_plain_hf=True)
+    teacher, _ = checkpoint_io.load(cfg.teacher.path, device=device, dtype=dtype)
     if cfg.teacher.rope_theta is not None:
         models.set_rope_theta(teacher, cfg.teacher.rope_theta, models.model_config_of(teacher).rope_scaling)
     teacher.requires_grad_(False)

@@ -1,5 +1,5 @@
 """What a run writes besides checkpoints: ``run.yaml`` (once), ``metrics.jsonl`` (one JSON record a line) and
-the progress bar.
+the progress bar (the paths are ``workbench.runs.RunDir``'s; reading the records back is ``RunDir.metrics``).
 
 Records: ``kind: train`` every ``metrics_every`` steps and at each phase end (loss, ce, kd as means over the
 step's valid tokens of all ranks, lr, grad norm, tokens, throughput, peak memory, loss by position bucket),
@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from workbench import config as wconfig
 from workbench.config import PhaseConfig, RunConfig
+from workbench.runs import RunDir, parse_record
 from workbench.train import distributed
 from workbench.train.tracking import Tracker
 
@@ -71,7 +72,7 @@ class MetricsLog:
         device: torch.device,
         progress: bool = True,
     ):
-        self.path, self.every, self.dd, self.device = Path(run_dir) / "metrics.jsonl", cfg.metrics_every, dd, device
+        self.path, self.every, self.dd, self.device = RunDir(run_dir).metrics_path, cfg.metrics_every, dd, device
         if dd.is_main:
             Path(run_dir).mkdir(parents=True, exist_ok=True)
             write_run_yaml(cfg, Path(run_dir), replace=step == 0)  # a fresh start describes its own config
@@ -157,29 +158,23 @@ def peak_mem_mb(device: torch.device) -> float:
 
 
 def truncate(path: Path, step: int) -> None:
-    """On resume, drop records of steps after the checkpoint (they are recomputed), atomically."""
+    """On resume, drop records of steps after the checkpoint (they are recomputed), atomically; a line that is
+    no record (one cut short by a kill) goes with them."""
     if not path.exists():
         return
-    lines = path.read_text().splitlines()
-    keep = [ln for ln in lines if _record_step(ln) <= step]
+    lines = path.read_bytes().splitlines()
+    keep = [ln for ln in lines if (rec := parse_record(ln)) is not None and rec.get("step", 0) <= step]
     if len(keep) != len(lines):
         tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
+        tmp.write_bytes(b"".join(ln + b"\n" for ln in keep))
         os.replace(tmp, path)
 
 
-def _record_step(line: str) -> float:
-    """The step of a metrics line; a line cut short by a kill counts as after every checkpoint."""
-    try:
-        return json.loads(line).get("step", 0)
-    except json.JSONDecodeError:
-        return math.inf
-
-
 def write_run_yaml(cfg: RunConfig, run_dir: Path, replace: bool = False) -> None:
-    target = run_dir / "run.yaml"
+    """The run's resolved config, once (``replace``: a fresh start describes its own config), atomically."""
+    target = RunDir(run_dir).config_path
     if target.exists() and not replace:
         return  # the resolved config of the run is written once; resume checks the hash instead
-    tmp = run_dir / ".run.yaml.tmp"
+    tmp = run_dir / f".{target.name}.tmp"
     tmp.write_text(yaml.safe_dump(wconfig.to_dict(cfg), sort_keys=False))
     os.replace(tmp, target)

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from workbench import checkpoint_io, tokenizers
 from workbench import config as wconfig
-from workbench import models, tokenizers
 from workbench.config import ConfigError, RunConfig
 from workbench.data import stream as data_stream
 from workbench.train.vocab import kd_vocab_size
@@ -47,16 +47,16 @@ def windows_per_step(cfg: RunConfig, world_size: int) -> int:
 
 def hf_config(path: Path, what: str) -> dict[str, Any]:
     if not path.is_dir():
-        raise models.CheckpointError(f"{what}: directory {path} not found")
+        raise checkpoint_io.CheckpointError(f"{what}: directory {path} not found")
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
-        raise models.CheckpointError(f"{what}: {path} has no config.json (not a Hugging Face model directory)")
+        raise checkpoint_io.CheckpointError(f"{what}: {path} has no config.json (not a Hugging Face model directory)")
     try:
         out = json.loads(cfg_file.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
-        raise models.CheckpointError(f"{what}: {cfg_file}: not a valid config.json ({exc})") from None
+        raise checkpoint_io.CheckpointError(f"{what}: {cfg_file}: not a valid config.json ({exc})") from None
     if not isinstance(out, dict):
-        raise models.CheckpointError(f"{what}: {cfg_file}: expected a JSON object, got {type(out).__name__}")
+        raise checkpoint_io.CheckpointError(f"{what}: {cfg_file}: expected a JSON object, got {type(out).__name__}")
     return out
 
 

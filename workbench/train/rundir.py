@@ -1,5 +1,6 @@
-"""The run directory as one writer owns it: the lock, the leftovers of dead writers, the resumable checkpoint,
-a write probe and the memory check, all before any model is built (``trainer.preflight`` / ``trainer.train``).
+"""Preparing a run directory (``workbench.runs.RunDir``) for one writer: the lock, the leftovers of dead writers,
+the resumable checkpoint, a write probe and the memory check, all before any model is built
+(``trainer.preflight`` / ``trainer.train``).
 
 - :func:`claim` holds ``run.lock`` (``workbench.runlock``) for the whole run on rank 0: a second ``workbench
   train`` on the same directory fails at once naming the holder; a dead holder's lock is taken over.
@@ -20,13 +21,16 @@ import shutil
 import sys
 from pathlib import Path
 
-from workbench import attention, models, writable
+from workbench import attention, checkpoint_io, writable
 from workbench.budget import budget_source, memory_budget
 from workbench.config import ConfigError, RunConfig
-from workbench.runlock import RunLock
+from workbench.runlock import LOCK, RunLock
+from workbench.runs import CHECKPOINT_PREFIX, METRICS, RUN_YAML, RunDir
 
 # only what the trainer itself writes (a store's ``.tmp-<store>-*`` beside it belongs to another writer)
-LEFTOVER = re.compile(r"^\.(tmp|old)-(ckpt-|probe-).*|^\.run\.yaml\.tmp$|^metrics\.jsonl\.tmp$")
+LEFTOVER = re.compile(
+    rf"^\.(tmp|old)-({CHECKPOINT_PREFIX}|probe-).*|^\.{re.escape(RUN_YAML)}\.tmp$|^{re.escape(METRICS)}\.tmp$"
+)
 
 
 RunDirError = writable.NotWritable  # the run directory cannot be written: one line naming the path
@@ -42,17 +46,15 @@ def check_own(run_dir: Path) -> None:
             f"{run_dir}: is {'a symlink' if run_dir.is_symlink() else 'a file'}, not a run "
             "directory; give --out a new or empty directory (nothing is overwritten)"
         )
-    lock = run_dir / "run.lock"
+    lock = RunDir(run_dir).lock_path
     if lock.is_symlink() or (lock.exists() and not lock.is_file()):  # the trainer writes a plain file only
         raise FileExistsError(
             f"{lock}: is not a plain file (a symlink or special file); the trainer would write "
             "through it: remove it first"
         )
-    if not run_dir.is_dir() or any(run_dir.glob("ckpt-*")) or (run_dir / "metrics.jsonl").exists():
+    if not run_dir.is_dir() or RunDir(run_dir).has_progress():
         return
-    foreign = [
-        p.name for p in run_dir.iterdir() if p.name not in ("run.yaml", "run.lock") and not LEFTOVER.match(p.name)
-    ]
+    foreign = [p.name for p in run_dir.iterdir() if p.name not in (RUN_YAML, LOCK) and not LEFTOVER.match(p.name)]
     if foreign:
         raise FileExistsError(
             f"{run_dir}: exists and is not a run directory (it holds {', '.join(sorted(foreign)[:3])}"
@@ -88,21 +90,16 @@ def clean_leftovers(run_dir: Path) -> list[Path]:
     return gone
 
 
-def _step_of(path: Path) -> int | None:
-    m = re.fullmatch(r"ckpt-(\d+)", path.name)
-    return int(m.group(1)) if m else None
-
-
 def check_resumable(run_dir: Path) -> None:
     """The newest ``ckpt-<step>`` must verify (manifest, listed files and sizes); else CheckpointError naming it."""
-    ckpts = sorted((s, p) for p in run_dir.glob("ckpt-*") if (s := _step_of(p)) is not None and p.is_dir())
+    ckpts = RunDir(run_dir).checkpoint_dirs()
     if not ckpts:
         return
-    newest = ckpts[-1][1]
+    newest = ckpts[-1]
     try:
-        models.verify_checkpoint(newest, full_hash=False)
-    except models.CheckpointError as exc:
-        raise models.CheckpointError(
+        checkpoint_io.verify_checkpoint(newest, full_hash=False)
+    except checkpoint_io.CheckpointError as exc:
+        raise checkpoint_io.CheckpointError(
             f"{exc}; it is the run's latest checkpoint, so --resume stops here (move it "
             f"away to resume from the one before, nothing was overwritten)"
         ) from None

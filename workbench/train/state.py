@@ -1,7 +1,7 @@
 """Checkpointing for the trainer: trainer state inside a checkpoint (``trainer/state.pt``), finding the
 checkpoint to resume, pruning, and the ``Checkpointer`` component the training loop calls.
 
-The HF weights and ``manifest.json`` are written by ``workbench.models.save_checkpoint``; this module
+The HF weights and ``manifest.json`` are written by ``workbench.checkpoint_io.save_checkpoint``; this module
 adds what exact resume needs on top: optimiser state (full, keyed by parameter name, so it loads under
 any world size), the step, the data cursor and every RNG (per rank).
 """
@@ -17,11 +17,10 @@ import numpy as np
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_optimizer_state_dict
 
-from workbench import models, tokenizers
+from workbench import checkpoint_io, tokenizers
+from workbench.checkpoint_io import STATE_DIR, STATE_FILE
+from workbench.runs import RunDir
 from workbench.train import distributed
-
-STATE_DIR = "trainer"
-STATE_FILE = "state.pt"
 
 
 def rng_state() -> dict[str, Any]:
@@ -57,26 +56,13 @@ def read_state(ckpt: Path) -> dict[str, Any]:
     """The trainer state of a checkpoint, after checking its sha256 against the manifest (cached verdict)."""
     path = Path(ckpt) / STATE_DIR / STATE_FILE
     if not path.is_file():
-        raise models.CheckpointError(
+        raise checkpoint_io.CheckpointError(
             f"{ckpt}: no {STATE_DIR}/{STATE_FILE}; this checkpoint cannot be resumed (saved without trainer state)"
         )
-    meta = models.read_manifest(ckpt).get("files", {}).get(f"{STATE_DIR}/{STATE_FILE}")
+    meta = checkpoint_io.read_manifest(ckpt).get("files", {}).get(f"{STATE_DIR}/{STATE_FILE}")
     if meta is not None:
-        models.verify_file(path, meta["sha256"])
+        checkpoint_io.verify_file(path, meta["sha256"])
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint (manifest present, every listed file there with its size) of a run, or
-    None. Hashes are checked when it is loaded: a corrupt latest checkpoint is an error, never skipped."""
-    for ckpt in reversed(models.list_checkpoints(run_dir)):
-        try:
-            models.verify_checkpoint(ckpt, full_hash=False)
-        except models.CheckpointError:
-            continue
-        if (ckpt / STATE_DIR / STATE_FILE).is_file():
-            return ckpt
-    return None
 
 
 def prune(run_dir: Path, keep_last: int) -> list[Path]:
@@ -84,7 +70,9 @@ def prune(run_dir: Path, keep_last: int) -> list[Path]:
     Phase-end checkpoints are never deleted: the per-pair analyses compare every phase's final weights."""
     if keep_last <= 0:
         return []
-    regular = [c for c in models.list_checkpoints(run_dir) if not models.read_manifest(c).get("phase_end")]
+    run = RunDir(run_dir)
+    ends = set(run.phase_ends())
+    regular = [c for c in run.checkpoints() if c not in ends]
     doomed = regular[:-keep_last]
     for c in doomed:
         shutil.rmtree(c)
@@ -113,7 +101,7 @@ class Checkpointer:
 
     def save(self, step: int, student, opt, manifest: dict, trainer_state: dict) -> Path:
         """Write ``ckpt-<step>`` atomically (rank 0), then prune old regular checkpoints; a collective."""
-        path = self.run_dir / f"ckpt-{step:06d}"
+        path = RunDir(self.run_dir).checkpoint_path(step)
         msd, osd = get_state_dict(student, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         low = sorted({str(v.dtype) for v in msd.values() if v.is_floating_point() and v.dtype != torch.float32})
         if low:  # bf16 runs compute in bf16 but keep (and save) fp32 master weights
@@ -131,7 +119,7 @@ class Checkpointer:
                 if self.tokenizer is not None:  # the run's tokenizer travels with every checkpoint
                     tokenizers.save(self.tokenizer, tmp)
 
-            models.save_checkpoint(model, path, manifest, extra=extra)
+            checkpoint_io.save_checkpoint(model, path, manifest, extra=extra)
         distributed.barrier(self.dd)
         if self.dd.is_main:
             prune(self.run_dir, self.keep_last)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from workbench import architectures, attention, checkpoints, data, models
+from workbench import architectures, attention, checkpoint_io, checkpoints, data, models
 from workbench import config as wconfig
 from workbench.config import ConfigError, RunConfig
 from workbench.train.distill import load_teacher, reset_view
@@ -67,10 +67,10 @@ def check(path: Path, cfg: RunConfig, world_size: int = 1) -> dict[str, Any]:
             f"{cfg.loss.temperature}; rebuild the cache"
         )
     teacher = Path(cfg.teacher.path)
-    if meta.get("teacher_hash") and teacher.is_dir() and models.checkpoint_hash(teacher) != meta["teacher_hash"]:
+    if meta.get("teacher_hash") and teacher.is_dir() and checkpoint_io.checkpoint_hash(teacher) != meta["teacher_hash"]:
         raise ConfigError(
             f"teacher.cache: built from another teacher (weights hash {meta['teacher_hash']}; "
-            f"teacher.path {teacher} has {models.checkpoint_hash(teacher)}); rebuild the cache"
+            f"teacher.path {teacher} has {checkpoint_io.checkpoint_hash(teacher)}); rebuild the cache"
         )
     # the theta the teacher runs at: teacher.rope_theta when set, else its own config.json's
     theta, source = None, ""
@@ -146,7 +146,7 @@ def build(
         body = {
             "format": FORMAT,
             "teacher": cfg.teacher.path,
-            "teacher_hash": models.checkpoint_hash(cfg.teacher.path),
+            "teacher_hash": checkpoint_io.checkpoint_hash(cfg.teacher.path),
             "teacher_theta": models.rope_theta(teacher),
             "teacher_positions": cfg.teacher.positions,
             "temperature": cfg.loss.temperature,
@@ -158,7 +158,7 @@ def build(
         }
         (tmp / META).write_text(json.dumps(body, indent=2))
 
-    return models.atomic_directory(out, fill)
+    return checkpoint_io.atomic_directory(out, fill)
 
 
 def _cache_phase(

@@ -2,9 +2,10 @@
 
 Read top to bottom, as in torchtitan: ``preflight`` (every input error before any compute), ``build`` (student,
 teacher, optimiser, FSDP2 when launched by torchrun, the resumed state, and the components: checkpointing
-``state.Checkpointer``, metrics ``metrics.MetricsLog``, evaluation ``evaluation.Evaluator``), ``start_phase``
-(theta, data stream, loss spec of a phase), ``train_step`` (one optimiser step, returning its stats), and
-``train``, whose loop is only these calls.
+``state.Checkpointer``, metrics ``metrics.MetricsLog``, evaluation ``evaluation.Evaluator``), ``phases`` (yields
+each phase still to run with its theta set, data stream and loss spec), ``train_step`` (one optimiser step,
+returning its stats), ``manifest`` / ``trainer_state`` (what a checkpoint records), and ``train``, whose loop is
+only these calls. The run directory's layout is ``workbench.runs.RunDir``.
 
 One optimiser step = ``grad_accum_steps`` micro-batches of ``micro_batch_size`` windows per rank. The
 loss of every micro-batch is divided by the number of valid target tokens of the whole step, summed over
@@ -25,9 +26,10 @@ from typing import Any
 import torch
 from transformers.utils import logging as hf_logging
 
-from workbench import attention, data, models, tokenizers
+from workbench import attention, checkpoint_io, data, models, tokenizers
 from workbench import config as wconfig
 from workbench.config import ConfigError, PhaseConfig, RunConfig
+from workbench.runs import RunDir
 from workbench.train import distributed, pair_tracking, rundir, state
 from workbench.train.ablations import FrozenPairs
 from workbench.train.compiling import CompileReport, compile_blocks
@@ -51,6 +53,7 @@ class TrainingDiverged(RuntimeError):
 
 
 def run_dir_of(cfg: RunConfig, out: str | None = None) -> Path:
+    """Where a run is written: ``--out``, else the config's ``out_dir``, else ``runs/<name>``."""
     return Path(out or cfg.out_dir or Path("runs") / cfg.name)
 
 
@@ -60,7 +63,7 @@ def preflight(cfg: RunConfig, run_dir: Path, *, resume: bool, world_size: int = 
     Returns the config to train with and its hash version: on ``--resume`` of a run written by an older
     version, ``cfg`` with that version's defaults restored for the keys the YAML leaves out (see
     ``workbench.config.as_written_by``), checked against the run's ``config_hash``."""
-    has_run = run_dir.is_dir() and (any(run_dir.glob("ckpt-*")) or (run_dir / "metrics.jsonl").exists())
+    has_run = RunDir(run_dir).has_progress()
     first_rank = os.environ.get("RANK", "0") == "0"  # other ranks may start after rank 0 created the run
     if has_run and not resume and first_rank:
         raise FileExistsError(
@@ -70,16 +73,16 @@ def preflight(cfg: RunConfig, run_dir: Path, *, resume: bool, world_size: int = 
     version = wconfig.HASH_VERSION
     if resume and has_run:
         rundir.check_resumable(run_dir)  # a corrupt latest checkpoint stops here, naming it
-        ckpt = state.latest_checkpoint(run_dir)
+        ckpt = RunDir(run_dir).latest_checkpoint(resumable=True)
         if ckpt is not None:
-            manifest = models.read_manifest(ckpt)
+            manifest = checkpoint_io.read_manifest(ckpt)
             old, version = manifest.get("config_hash"), int(manifest.get("config_hash_version", 1))
             cfg = wconfig.as_written_by(cfg, version)
             new = wconfig.config_hash(cfg, version)
             if old != new:
                 raise ConfigError(
                     f"{run_dir}: --resume with a config that differs from the one the run was started "
-                    f"with (config_hash {old} vs {new}, hash version {version}); see {run_dir}/run.yaml"
+                    f"with (config_hash {old} vs {new}, hash version {version}); see {RunDir(run_dir).config_path}"
                 )
     check_inputs(cfg, world_size)
     if cfg.teacher is not None and cfg.teacher.cache and needs_teacher(cfg):
@@ -132,16 +135,16 @@ def build(
 ) -> Run:
     """Student (from the checkpoint we resume, from init_from, or fresh and seeded), teacher or teacher cache,
     FSDP2, optimiser, the resumed trainer state and the run's components."""
-    ckpt = state.latest_checkpoint(run_dir) if resume else None
+    ckpt = RunDir(run_dir).latest_checkpoint(resumable=True) if resume else None
     if resume and ckpt is None and dd.is_main:
         print(f"workbench train: no complete checkpoint in {run_dir}; starting from scratch", file=sys.stderr)
     torch.manual_seed(cfg.seed)
     run_tokenizer, _ = tokenizers.for_run(cfg, warn=False)  # preflight checked it (and warned once)
     precision = resolve_precision(cfg.optim.precision, device)
     if ckpt is not None:
-        student, _ = models.load(ckpt, device=device)
+        student, _ = checkpoint_io.load(ckpt, device=device)
     elif cfg.init_from:
-        student, _ = models.load(cfg.init_from, device=device, allow_plain_hf=True)
+        student, _ = checkpoint_io.load(cfg.init_from, device=device)
     else:
         student = models.build_model(cfg.model, seed=cfg.seed, device=device)
     cached = needs_teacher(cfg) and bool(cfg.teacher.cache)
@@ -297,7 +300,7 @@ def train_step(run: Run, ph: Phase) -> StepStats:
         raise TrainingDiverged(
             f"step {run.step + 1} (phase {ph.cfg.name}): loss {stats.loss}, grad norm "
             f"{stats.grad_norm}; stopped before the optimiser step. Last good checkpoint: "
-            f"{state.latest_checkpoint(run.run_dir)}"
+            f"{RunDir(run.run_dir).latest_checkpoint(resumable=True)}"
         )
     run.opt.step()
     if ph.frozen is not None:
