@@ -2,7 +2,8 @@
 
 Both load a workbench checkpoint (or any local HF Llama directory) into *their own* model instance (the
 bridge rewrites the instance it is handed), run a batch under several specs at once and return, per spec,
-the same captures under TransformerLens-style names, all in the same layout:
+the same captures under TransformerLens-style names (built by :func:`workbench.interventions.hooks.act_name`),
+all in the same layout:
 
 - ``logits`` [B, T, V]
 - ``blocks.{i}.hook_resid_post`` [B, T, D] (the residual stream after block i)
@@ -29,6 +30,7 @@ import torch
 from workbench import architectures, checkpoints, models
 from workbench.budget import budget_source, memory_budget
 from workbench.divergence import js_probs
+from workbench.interventions.hooks import act_name
 from workbench.interventions.perturb import apply_spec, touches
 from workbench.interventions.specs import Geometry, Spec, validate_all
 
@@ -208,7 +210,7 @@ class TransformerLensBackend(Backend):
         hooks = []
 
         def rot_hook(layer: int, which: str):
-            name = f"blocks.{layer}.attn.hook_rot_{which}"
+            name = act_name(f"rot_{which}", layer)
 
             def hook(x, hook):  # x [n*B, T, H, d]
                 parts = []
@@ -244,14 +246,11 @@ class TransformerLensBackend(Backend):
 
         for i in range(self.geometry.num_layers):
             for which in ("q", "k"):
-                if want(f"blocks.{i}.attn.hook_rot_{which}") or any(touches(s, which, i) for s in specs):
-                    hooks.append((f"blocks.{i}.attn.hook_rot_{which}", rot_hook(i, which)))
-            if want(f"blocks.{i}.hook_attn_out"):
-                hooks.append((f"blocks.{i}.attn.hook_out", save_hook(f"blocks.{i}.hook_attn_out")))
-            if want(f"blocks.{i}.hook_resid_post"):
-                hooks.append((f"blocks.{i}.hook_out", save_hook(f"blocks.{i}.hook_resid_post")))
-            if want(f"blocks.{i}.attn.pattern_js"):
-                hooks.append((f"blocks.{i}.attn.hook_pattern", pattern_hook(f"blocks.{i}.attn.pattern_js")))
+                if want(act_name(f"rot_{which}", i)) or any(touches(s, which, i) for s in specs):
+                    hooks.append((act_name(f"rot_{which}", i, bridge=True), rot_hook(i, which)))
+            for kind, make in (("attn_out", save_hook), ("resid_post", save_hook), ("pattern_js", pattern_hook)):
+                if want(act_name(kind, i)):
+                    hooks.append((act_name(kind, i, bridge=True), make(act_name(kind, i))))
         logits = self.bridge.run_with_hooks(ids, position_ids=pos, return_type="logits", fwd_hooks=hooks)
         for c in range(n):
             out[c]["logits"] = logits[c * b : (c + 1) * b]
@@ -275,7 +274,7 @@ class TransformerLensBackend(Backend):
         hooks = []
 
         def rot_hook(layer: int, which: str):
-            name = f"blocks.{layer}.attn.hook_rot_{which}"
+            name = act_name(f"rot_{which}", layer)
 
             def hook(x, hook):  # x [n*B, T, H, d]
                 x = _edit_slices(x.transpose(1, 2), specs, which, layer, position_ids, geom).transpose(1, 2)
@@ -285,25 +284,23 @@ class TransformerLensBackend(Backend):
 
             return hook
 
-        def pass_hook(name: str):
+        def pass_hook(layer: int, kind: str):
+            name = act_name(kind, layer)
+
             def hook(x, hook):  # [n*B, T, ...] or the pattern [n*B, H, T, T_k]
-                y = x.unflatten(0, (n, b))
-                reduce(name, y.transpose(2, 3) if name.endswith("hook_pattern") else y)
+                y = x.unflatten(0, (n, b))  # [n, B, T, ...] or [n, B, H, T, T_k]
+                reduce(name, y.transpose(2, 3) if kind == "pattern" else y)  # pattern -> [n, B, T, H, T_k]
                 return x
 
             return hook
 
         for i in range(geom.num_layers):
             for which in ("q", "k"):
-                if want(f"blocks.{i}.attn.hook_rot_{which}") or any(touches(s, which, i) for s in specs):
-                    hooks.append((f"blocks.{i}.attn.hook_rot_{which}", rot_hook(i, which)))
-            for tl_name, name in (
-                (f"blocks.{i}.attn.hook_pattern", f"blocks.{i}.attn.hook_pattern"),
-                (f"blocks.{i}.attn.hook_out", f"blocks.{i}.hook_attn_out"),
-                (f"blocks.{i}.hook_out", f"blocks.{i}.hook_resid_post"),
-            ):
-                if want(name):
-                    hooks.append((tl_name, pass_hook(name)))
+                if want(act_name(f"rot_{which}", i)) or any(touches(s, which, i) for s in specs):
+                    hooks.append((act_name(f"rot_{which}", i, bridge=True), rot_hook(i, which)))
+            for kind in ("pattern", "attn_out", "resid_post"):
+                if want(act_name(kind, i)):
+                    hooks.append((act_name(kind, i, bridge=True), pass_hook(i, kind)))
         logits = self.bridge.run_with_hooks(ids, position_ids=pos, return_type="logits", fwd_hooks=hooks)
         reduce("logits", logits.unflatten(0, (n, b)))
 
@@ -347,7 +344,7 @@ class NNsightBackend(Backend):
             for c, spec in enumerate(specs):
                 with tracer.invoke(input_ids, position_ids=position_ids):
                     for i, layer in enumerate(self.model.model.layers):
-                        rq, rk = f"blocks.{i}.attn.hook_rot_q", f"blocks.{i}.attn.hook_rot_k"
+                        rq, rk = act_name("rot_q", i), act_name("rot_k", i)
                         edit_q, edit_k = touches(spec, "q", i), touches(spec, "k", i)
                         if edit_q or edit_k or want(rq) or want(rk):
                             rot = layer.self_attn.source.apply_rotary_pos_emb_0
@@ -362,10 +359,11 @@ class NNsightBackend(Backend):
                                 out[c][rq] = q.detach().clone().save()
                             if want(rk):
                                 out[c][rk] = k.detach().clone().save()
-                        if want(f"blocks.{i}.hook_attn_out"):
-                            out[c][f"blocks.{i}.hook_attn_out"] = layer.self_attn.output[0].detach().clone().save()
-                        if want(f"blocks.{i}.hook_resid_post"):
-                            out[c][f"blocks.{i}.hook_resid_post"] = layer.output.detach().clone().save()
+                        attn_out, resid = act_name("attn_out", i), act_name("resid_post", i)
+                        if want(attn_out):
+                            out[c][attn_out] = layer.self_attn.output[0].detach().clone().save()  # [B, T, D]
+                        if want(resid):
+                            out[c][resid] = layer.output.detach().clone().save()  # [B, T, D]
                     out[c]["logits"] = (
                         architectures.final_logits(self.hf.config, self.model.lm_head.output).detach().clone().save()
                     )
@@ -379,7 +377,7 @@ class NNsightBackend(Backend):
         geom = self.geometry
         with self.model.trace(ids, position_ids=pos):
             for i, layer in enumerate(self.model.model.layers):
-                rq, rk = f"blocks.{i}.attn.hook_rot_q", f"blocks.{i}.attn.hook_rot_k"
+                rq, rk = act_name("rot_q", i), act_name("rot_k", i)
                 edit_q = any(touches(s, "q", i) for s in specs)
                 edit_k = any(touches(s, "k", i) for s in specs)
                 if edit_q or edit_k or want(rq) or want(rk):
@@ -393,10 +391,11 @@ class NNsightBackend(Backend):
                         reduce(rq, q.unflatten(0, (n, b)).transpose(2, 3))
                     if want(rk):
                         reduce(rk, k.unflatten(0, (n, b)).transpose(2, 3))
-                if want(f"blocks.{i}.hook_attn_out"):
-                    reduce(f"blocks.{i}.hook_attn_out", layer.self_attn.output[0].unflatten(0, (n, b)))
-                if want(f"blocks.{i}.hook_resid_post"):
-                    reduce(f"blocks.{i}.hook_resid_post", layer.output.unflatten(0, (n, b)))
+                attn_out, resid = act_name("attn_out", i), act_name("resid_post", i)
+                if want(attn_out):
+                    reduce(attn_out, layer.self_attn.output[0].unflatten(0, (n, b)))  # [n, B, T, D]
+                if want(resid):
+                    reduce(resid, layer.output.unflatten(0, (n, b)))  # [n, B, T, D]
             reduce("logits", architectures.final_logits(self.hf.config, self.model.lm_head.output).unflatten(0, (n, b)))
 
 
