@@ -5,5 +5,6 @@ from workbench._moved import alias
 alias(
     __name__,
     "workbench.measurements",
-    {m: f"workbench.measurements.{m}" for m in ("bands", "capture", "pairs", "probes", "scores", "states", "weights")},
+    {m: f"workbench.measurements.{m}" for m in ("bands", "capture", "probes", "scores", "states", "weights")}
+    | {"pairs": "workbench.pair_updates"},
 )
