@@ -19,6 +19,7 @@ import yaml
 
 from workbench import architectures as A
 from workbench import checkpoint_io, config, models
+from workbench.interventions.hooks import act_name
 from workbench.runs import RunDir
 
 torch.set_num_threads(1)
@@ -354,11 +355,11 @@ def test_transformerlens_phi3_bridge_does_not_run_its_rotary_hooks(plain_dirs):
     tok = synthetic_tokenizer()
     tok.init_kwargs.setdefault("name_or_path", str(plain_dirs["phi3"]))
     bridge = TransformerBridge.boot_transformers(str(plain_dirs["phi3"]), hf_model=hf, tokenizer=tok, device="cpu")
-    assert "blocks.0.attn.hook_rot_q" in bridge.hook_dict
+    assert act_name("rot_q", 0, bridge=True) in bridge.hook_dict
     fired = []
     ids, pos = ids_pos(batch=1, length=8)
     bridge.run_with_hooks(
-        ids, position_ids=pos, fwd_hooks=[("blocks.0.attn.hook_rot_q", lambda x, hook: fired.append(1))]
+        ids, position_ids=pos, fwd_hooks=[(act_name("rot_q", 0, bridge=True), lambda x, hook: fired.append(1))]
     )
     assert fired == []
 
@@ -373,7 +374,7 @@ def test_logit_lens_applies_the_final_softcap(arch, plain_dirs):
     hf = checkpoint_io.load(plain_dirs[arch])[0]
     with torch.no_grad():
         ref = hf(input_ids=ids, position_ids=pos).logits
-    last = f"blocks.{hf.config.num_hidden_layers - 1}.hook_resid_post"
+    last = act_name("resid_post", hf.config.num_hidden_layers - 1)
     for name in ("nnsight", "tl") if arch not in A.TL_UNSUPPORTED else ("nnsight",):
         be = B.load_backend(plain_dirs[arch], name)
         out = be.run(ids, pos, [S.identity()], capture=[last])[0]

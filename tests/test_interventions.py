@@ -18,6 +18,7 @@ import xarray as xr
 from workbench import checkpoint_io, interventions, models
 from workbench.config import ConfigError, ModelConfig
 from workbench.interventions import specs as S
+from workbench.interventions.hooks import KINDS, act_name, parse_act_name
 from workbench.interventions.perturb import rotate_pairs
 
 TOL = 1e-4
@@ -106,7 +107,7 @@ def test_same_spec_same_numbers_on_both_backends(nn, tl, ref):
     for spec, x, y in zip(SPECS, a, b):
         assert (x["logits"] - y["logits"]).abs().max() <= TOL, spec.name
         assert (x["logits"] - hf).abs().max() > 1e-3, f"{spec.name} changed nothing"
-        for name in ("blocks.1.attn.hook_rot_q", "blocks.1.attn.hook_rot_k", "blocks.2.hook_resid_post"):
+        for name in (act_name("rot_q", 1), act_name("rot_k", 1), act_name("resid_post", 2)):
             assert (x[name] - y[name]).abs().max() <= TOL, (spec.name, name)
 
 
@@ -125,9 +126,28 @@ def test_perturbation_confined_to_a_layer_changes_nothing_upstream(nn, tl):
     for be in (nn, tl):
         clean, pert = be.run(ids, pos, [S.identity(), spec], capture="*")
         for name in clean:
-            if name.startswith(("blocks.0.", "blocks.1.")):
+            if parse_act_name(name)[1] in (0, 1):
                 assert torch.equal(clean[name], pert[name]), (be.name, name)
-        assert (clean["blocks.2.hook_attn_out"] - pert["blocks.2.hook_attn_out"]).abs().max() > 1e-3
+        assert (clean[act_name("attn_out", 2)] - pert[act_name("attn_out", 2)]).abs().max() > 1e-3
+
+
+def test_hook_names_exist_in_transformer_lens(tl):
+    """Every name act_name builds is a hook of TransformerLens 4's bridge (its HookedTransformer; the capture
+    names are the bridge's TransformerLens aliases), round-trips through parse_act_name, and an unknown kind is
+    refused with one clear error."""
+    for layer in range(tl.geometry.num_layers):
+        for kind in KINDS[1:]:
+            assert act_name(kind, layer, bridge=True) in tl.bridge.hook_dict, kind
+            assert parse_act_name(act_name(kind, layer)) == (kind, layer)
+            if kind != "pattern_js":  # a statistic of hook_pattern, no hook of its own
+                assert act_name(kind, layer) in tl.bridge.hook_dict, kind
+    assert parse_act_name(act_name("logits")) == ("logits", None)
+    with pytest.raises(ValueError, match="unknown activation 'resid_mid'; known: logits, resid_post"):
+        act_name("resid_mid", 0)
+    with pytest.raises(ValueError, match="needs a layer"):
+        act_name("rot_q")
+    with pytest.raises(ValueError, match="not a capture name"):
+        parse_act_name("blocks.x.hook_resid_post")
 
 
 def test_q_shift_equals_transformers_rope_at_shifted_positions(nn, tl, ref):
@@ -136,18 +156,18 @@ def test_q_shift_equals_transformers_rope_at_shifted_positions(nn, tl, ref):
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     ids, pos = _inputs(length=64, batch=1)
-    got = nn.run(ids, pos, [S.Spec("s", [S.shift(37, "q", layers=[0])])], capture="blocks.0.attn.hook_rot_q")[0]
+    got = nn.run(ids, pos, [S.Spec("s", [S.shift(37, "q", layers=[0])])], capture=act_name("rot_q", 0))[0]
     pre = {}
     tl.bridge.run_with_hooks(
         ids,
         position_ids=pos,
         return_type="logits",
-        fwd_hooks=[("blocks.0.attn.hook_q", lambda x, hook: pre.setdefault("q", x))],
+        fwd_hooks=[(act_name("q", 0, bridge=True), lambda x, hook: pre.setdefault("q", x))],
     )
     q = pre["q"].transpose(1, 2)  # [B, H, T, d]
     cos, sin = ref.model.rotary_emb(q, pos + 37)
     expected, _ = apply_rotary_pos_emb(q, q, cos, sin)
-    assert (got["blocks.0.attn.hook_rot_q"] - expected).abs().max() <= 1e-4
+    assert (got[act_name("rot_q", 0)] - expected).abs().max() <= 1e-4
 
 
 def test_theta_swap_equals_transformers_model_with_that_theta(nn, ckpt):
@@ -272,8 +292,8 @@ def test_streamed_trace_statistics_match_captured_activations(nn, ckpt):
         t = ds.isel(checkpoint=0).sel(spec=spec.name)
         for layer in range(3):
             r, rc = (
-                got[c][f"blocks.{layer}.hook_resid_post"].double(),
-                clean[f"blocks.{layer}.hook_resid_post"].double(),
+                got[c][act_name("resid_post", layer)].double(),
+                clean[act_name("resid_post", layer)].double(),
             )
             rel = (r - rc).norm(dim=-1) / rc.norm(dim=-1)
             np.testing.assert_allclose(
@@ -282,8 +302,8 @@ def test_streamed_trace_statistics_match_captured_activations(nn, ckpt):
             cos = torch.nn.functional.cosine_similarity(r, rc, dim=-1)
             np.testing.assert_allclose(float(t.resid_cos.sel(layer=layer)[1]), float(cos[~first].mean()), rtol=1e-6)
             q, qc = (
-                got[c][f"blocks.{layer}.attn.hook_rot_q"].double(),
-                clean[f"blocks.{layer}.attn.hook_rot_q"].double(),
+                got[c][act_name("rot_q", layer)].double(),
+                clean[act_name("rot_q", layer)].double(),
             )
             qrel = (q - qc).transpose(1, 2).flatten(2).norm(dim=-1) / qc.transpose(1, 2).flatten(2).norm(dim=-1)
             np.testing.assert_allclose(
@@ -458,7 +478,7 @@ def test_trained_teacher_identity_parity_shift_and_repeated_tokens(tmp_path):
     for out in (a, b):
         assert (out[0]["logits"] - hf)[:, tail].abs().max() <= TOL
         assert (out[1]["logits"] - hf).abs().max() <= TOL
-        assert torch.equal(out[2]["blocks.0.hook_resid_post"], out[0]["blocks.0.hook_resid_post"]) or last == 0
+        assert torch.equal(out[2][act_name("resid_post", 0)], out[0][act_name("resid_post", 0)]) or last == 0
     assert (a[2]["logits"] - b[2]["logits"])[:, tail].abs().max() <= TOL
     rep = interventions.repeated_tokens(TEACHER, [runs[2]], backend=nn_t, window=2048, period=32, copies=4, samples=1)
     interventions.write_repeated(tmp_path / "t.zarr", rep)

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from workbench.commands import run_command
+from workbench.user_errors import run_command
 
 # command name -> module under workbench.commands
 COMMANDS = {

@@ -3,7 +3,7 @@
 A command that writes (a run directory, a store, a checkpoint) calls :func:`probe` on its output before it
 builds models or evaluates anything: a read-only, full or forbidden location is then one line naming the
 path (``NotWritable``), not a traceback after an hour of work. :data:`FS_ERRORS` / :func:`describe` turn
-the same errors raised later (the disk fills up mid-run) into one line in ``commands.run_command``.
+the same errors raised later (the disk fills up mid-run) into one line in ``user_errors.run_command``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""One module per ``workbench`` subcommand: ``HELP``, ``add_arguments(parser)``, ``run(args) -> int``.
+"""One module per ``workbench`` subcommand: ``HELP``, ``add_arguments(parser)``, ``run(args) -> int``; the
+command line runs each through :func:`workbench.user_errors.run_command`.
 
 Each ``run`` imports the workbench modules it uses inside the function, the one place the house defers
 imports of its own modules: ``workbench --help`` imports every command module, and those modules pull in
@@ -9,32 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
-
-
-def run_command(name: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a command; the user's errors (bad config, checkpoint, path, value) are one line and exit status 2."""
-    # deferred: models imports torch, which `workbench --help` does not need
-    from workbench.checkpoint_io import CheckpointError
-    from workbench.config import ConfigError
-
-    try:
-        return int(run(args) or 0)
-    except (ConfigError, CheckpointError, FileNotFoundError, FileExistsError, ValueError) as exc:
-        print(f"workbench {name}: error: {exc}", file=sys.stderr)
-        return 2
-    except (RuntimeError, OSError) as exc:  # a held run lock; a read-only, full or forbidden output location
-        from workbench.runlock import RunLocked
-        from workbench.writable import FS_ERRORS, NotWritable, describe
-
-        if isinstance(exc, (RunLocked, NotWritable)):
-            print(f"workbench {name}: error: {exc}", file=sys.stderr)
-        elif isinstance(exc, OSError) and exc.errno in FS_ERRORS:
-            print(f"workbench {name}: error: {exc.filename or '?'}: {describe(exc)}", file=sys.stderr)
-        else:
-            raise
-        return 2
-
 
 # analysis commands (trace, updates, probe, kd-signal, eval, teacher-cache) all default to this device
 DEVICE_DEFAULT = "auto"

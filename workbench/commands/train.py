@@ -1,55 +1,11 @@
 """``workbench train CONFIG.yaml [--resume]``: phase-wise CE / logit-KD training (see workbench.train).
 
-Also the torchrun entry point's command: ``torchrun -m workbench.train CONFIG`` (``workbench/train/__main__.py``)
-parses and runs it through :func:`main`, without the ``workbench`` command line around it.
+The command is :mod:`workbench.launch`, which ``python -m workbench.train`` (torchrun's entry point) runs too,
+without the ``workbench`` command line around it.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
+from workbench.launch import DESCRIPTION, HELP, add_arguments, run
 
-HELP = "train a student (CE or logit KD from a frozen teacher) through phases of window length and RoPE theta"
-DESCRIPTION = (
-    HELP + ". Single process here; multi-GPU: torchrun --nproc_per_node N -m workbench.train CONFIG. "
-    "Writes runs/<name>/ (run.yaml, metrics.jsonl, ckpt-<step>/)."
-)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="run config YAML (e.g. data/configs/tiny-kd-phasewise.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint of the run")
-    p.add_argument("--out", default=None, help="run directory (default: the config's out_dir, else runs/<name>)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-    # deferred: `workbench --help` imports every command module, and these pull in torch and transformers
-    from workbench.config import load_run_config
-    from workbench.evals.runner import check_training_eval, training_eval
-    from workbench.train import TrainingDiverged, train
-
-    cfg = load_run_config(args.config)
-    check_training_eval(cfg, args.config)
-    try:
-        run_dir = train(cfg, out=args.out, resume=args.resume, progress=not args.no_progress, evaluate=training_eval)
-    except TrainingDiverged as exc:
-        print(f"workbench train: stopped: {exc}", file=sys.stderr)
-        return 1
-    if os.environ.get("RANK", "0") == "0":
-        print(f"run directory: {run_dir}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m workbench.train``: this command alone, with the ``workbench`` command's error handling."""
-    from workbench.commands import run_command
-
-    parser = argparse.ArgumentParser(
-        prog="torchrun -m workbench.train",
-        description=DESCRIPTION,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_arguments(parser)
-    return run_command("train", run, parser.parse_args(argv))
+__all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]

@@ -12,7 +12,7 @@ placed in random filler:
   circuit that both queries need, which a tiny model otherwise forms slowly.
 
 Queries only ever refer to needles of the same document, so no target depends on anything before the
-document's first token (``short_document`` is used for packed student data and relies on this).
+document's first token (packed student data is built from :func:`document` and relies on this).
 """
 
 from __future__ import annotations

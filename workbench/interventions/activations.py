@@ -24,15 +24,12 @@ import xarray as xr
 from workbench import rope
 from workbench import store as wstore  # the module; `store` is a store path
 from workbench.interventions.backends import Backend, load_backend, name_filter
+from workbench.interventions.hooks import act_name
 from workbench.interventions.specs import Spec, identity, validate_all
 from workbench.interventions.traces import _as_inputs, finish
 
-KINDS = {  # variable -> capture name template
-    "rot_q": "blocks.{i}.attn.hook_rot_q",
-    "rot_k": "blocks.{i}.attn.hook_rot_k",
-    "attn_out": "blocks.{i}.hook_attn_out",
-    "resid_post": "blocks.{i}.hook_resid_post",
-}
+KINDS = ("rot_q", "rot_k", "attn_out", "resid_post")  # variables, named as their capture kinds (hooks.act_name)
+DEFAULT_NAMES = (act_name("rot_q", "*"),)  # post-RoPE queries of every layer
 
 
 def capture_activations(
@@ -40,7 +37,7 @@ def capture_activations(
     specs: Sequence[Spec] = (),
     inputs=None,
     *,
-    names: Iterable[str] | Callable[[str], bool] = ("blocks.*.attn.hook_rot_q",),
+    names: Iterable[str] | Callable[[str], bool] = DEFAULT_NAMES,
     backend: str | Backend = "nnsight",
 ) -> xr.Dataset:
     """Raw activations matching ``names`` for clean + each spec -> Dataset (see module docstring)."""
@@ -49,23 +46,23 @@ def capture_activations(
     validate_all(runs, be.geometry)
     want = name_filter(names)
     g = be.geometry
-    matched = {var: [i for i in range(g.num_layers) if want(t.format(i=i))] for var, t in KINDS.items()}
+    matched = {var: [i for i in range(g.num_layers) if want(act_name(var, i))] for var in KINDS}
     matched = {k: v for k, v in matched.items() if v}
     if not matched:
-        raise ValueError(f"activation filter {names!r} matches no capture name (e.g. {KINDS['rot_q'].format(i=0)})")
+        raise ValueError(f"activation filter {names!r} matches no capture name (e.g. {act_name('rot_q', 0)})")
     ids, pos = _as_inputs(inputs, be)
     out = be.run(ids, pos, runs, capture=want)
     b, t = ids.shape
     pairs = g.head_dim // 2
     data_vars = {}
     for var, layers in matched.items():
-        sample = out[0][KINDS[var].format(i=layers[0])]
+        sample = out[0][act_name(var, layers[0])]
         if var in ("rot_q", "rot_k"):
             heads = sample.shape[1]
             arr = np.full((len(runs), b, g.num_layers, heads, t, pairs, 2), np.nan, dtype=np.float32)
             for s, got in enumerate(out):
                 for i in layers:
-                    x = got[KINDS[var].format(i=i)].float().cpu().numpy()  # [B, H, T, d]
+                    x = got[act_name(var, i)].float().cpu().numpy()  # [B, H, T, d]
                     arr[s, :, i] = np.moveaxis(rope.pair_view(x), -2, -1)  # [B, H, T, pair, half]
             hdim = "head" if var == "rot_q" else "kv_head"
             data_vars[var] = (("spec", "sample", "layer", hdim, "position", "pair", "half"), arr)
@@ -73,7 +70,7 @@ def capture_activations(
             arr = np.full((len(runs), b, g.num_layers, t, sample.shape[-1]), np.nan, dtype=np.float32)
             for s, got in enumerate(out):
                 for i in layers:
-                    arr[s, :, i] = got[KINDS[var].format(i=i)].float().cpu().numpy()
+                    arr[s, :, i] = got[act_name(var, i)].float().cpu().numpy()
             data_vars[var] = (("spec", "sample", "layer", "position", "hidden"), arr)
     coords = {
         "spec": np.array([r.name for r in runs], dtype=object),

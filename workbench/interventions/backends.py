@@ -2,7 +2,8 @@
 
 Both load a workbench checkpoint (or any local HF Llama directory) into *their own* model instance (the
 bridge rewrites the instance it is handed), run a batch under several specs at once and return, per spec,
-the same captures under TransformerLens-style names, all in the same layout:
+the same captures under TransformerLens-style names (built by :func:`workbench.interventions.hooks.act_name`),
+all in the same layout:
 
 - ``logits`` [B, T, V]
 - ``blocks.{i}.hook_resid_post`` [B, T, D] (the residual stream after block i)
@@ -15,6 +16,7 @@ the same captures under TransformerLens-style names, all in the same layout:
 ``TransformerLensBackend`` batches the specs along the batch axis and edits each slice in the
 ``hook_rot_q``/``hook_rot_k`` hooks; ``NNsightBackend`` runs one ``tracer.invoke`` per spec inside a single
 trace and edits ``self_attn.source.apply_rotary_pos_emb_0.output``. Position ids are always explicit.
+Shapes in comments: n specs, B rows, T tokens, H (H_kv) query (key) heads, d head_dim, D hidden, V vocabulary.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 from workbench import architectures, checkpoint_io, checkpoints, models
 from workbench.budget import budget_source, memory_budget
 from workbench.divergence import js_probs
+from workbench.interventions.hooks import act_name
 from workbench.interventions.perturb import apply_spec, touches
 from workbench.interventions.specs import Geometry, Spec, validate_all
 
@@ -198,63 +201,60 @@ class TransformerLensBackend(Backend):
         self.bridge.eval()
 
     def lens(self, resid: torch.Tensor) -> torch.Tensor:
-        return architectures.softcap_logits(self.bridge.unembed(self.bridge.ln_final(resid)), self.softcap)
+        return architectures.softcap_logits(self.bridge.unembed(self.bridge.ln_final(resid)), self.softcap)  # [..., V]
 
     def _run(self, input_ids, position_ids, specs, want):
         n, b = len(specs), input_ids.shape[0]
         self.check_length(n * b, input_ids.shape[1])
         out: list[dict[str, torch.Tensor]] = [{} for _ in specs]
-        ids, pos = input_ids.repeat(n, 1), position_ids.repeat(n, 1)
+        ids, pos = input_ids.repeat(n, 1), position_ids.repeat(n, 1)  # [n*B, T] each
         hooks = []
 
         def rot_hook(layer: int, which: str):
-            name = f"blocks.{layer}.attn.hook_rot_{which}"
+            name = act_name(f"rot_{which}", layer)
 
             def hook(x, hook):  # x [n*B, T, H, d]
                 parts = []
                 for c, spec in enumerate(specs):
-                    part = x[c * b : (c + 1) * b]
+                    part = x[c * b : (c + 1) * b]  # [B, T, H, d]
                     if touches(spec, which, layer):
                         part = apply_spec(
                             spec, part.transpose(1, 2), which, layer, position_ids, self.geometry
                         ).transpose(1, 2)
                     parts.append(part)
                     if want(name):
-                        out[c][name] = part.transpose(1, 2).detach().clone()
-                return torch.cat(parts, 0)
+                        out[c][name] = part.transpose(1, 2).detach().clone()  # [B, H, T, d]
+                return torch.cat(parts, 0)  # [n*B, T, H, d]
 
             return hook
 
         def save_hook(name: str):
-            def hook(x, hook):
+            def hook(x, hook):  # [n*B, T, D]
                 for c in range(n):
-                    out[c][name] = x[c * b : (c + 1) * b].detach().clone()
+                    out[c][name] = x[c * b : (c + 1) * b].detach().clone()  # [B, T, D]
                 return x
 
             return hook
 
         def pattern_hook(name: str):
             def hook(x, hook):  # [n*B, H, T, T]
-                clean = x[:b]
+                clean = x[:b]  # [B, H, T, T]
                 for c in range(n):
-                    out[c][name] = js_probs(clean, x[c * b : (c + 1) * b]).mean(1)
+                    out[c][name] = js_probs(clean, x[c * b : (c + 1) * b]).mean(1)  # [B, T]
                 return x
 
             return hook
 
         for i in range(self.geometry.num_layers):
             for which in ("q", "k"):
-                if want(f"blocks.{i}.attn.hook_rot_{which}") or any(touches(s, which, i) for s in specs):
-                    hooks.append((f"blocks.{i}.attn.hook_rot_{which}", rot_hook(i, which)))
-            if want(f"blocks.{i}.hook_attn_out"):
-                hooks.append((f"blocks.{i}.attn.hook_out", save_hook(f"blocks.{i}.hook_attn_out")))
-            if want(f"blocks.{i}.hook_resid_post"):
-                hooks.append((f"blocks.{i}.hook_out", save_hook(f"blocks.{i}.hook_resid_post")))
-            if want(f"blocks.{i}.attn.pattern_js"):
-                hooks.append((f"blocks.{i}.attn.hook_pattern", pattern_hook(f"blocks.{i}.attn.pattern_js")))
-        logits = self.bridge.run_with_hooks(ids, position_ids=pos, return_type="logits", fwd_hooks=hooks)
+                if want(act_name(f"rot_{which}", i)) or any(touches(s, which, i) for s in specs):
+                    hooks.append((act_name(f"rot_{which}", i, bridge=True), rot_hook(i, which)))
+            for kind, make in (("attn_out", save_hook), ("resid_post", save_hook), ("pattern_js", pattern_hook)):
+                if want(act_name(kind, i)):
+                    hooks.append((act_name(kind, i, bridge=True), make(act_name(kind, i))))
+        logits = self.bridge.run_with_hooks(ids, position_ids=pos, return_type="logits", fwd_hooks=hooks)  # [n*B, T, V]
         for c in range(n):
-            out[c]["logits"] = logits[c * b : (c + 1) * b]
+            out[c]["logits"] = logits[c * b : (c + 1) * b]  # [B, T, V]
         return out
 
     def check_length(self, n_rows: int, length: int) -> None:
@@ -264,42 +264,40 @@ class TransformerLensBackend(Backend):
     def _stream(self, input_ids, position_ids, specs, reduce, want):
         n, b = len(specs), input_ids.shape[0]
         self.check_length(n * b, input_ids.shape[1])
-        ids, pos = input_ids.repeat(n, 1), position_ids.repeat(n, 1)
+        ids, pos = input_ids.repeat(n, 1), position_ids.repeat(n, 1)  # [n*B, T] each
         geom = self.geometry
         hooks = []
 
         def rot_hook(layer: int, which: str):
-            name = f"blocks.{layer}.attn.hook_rot_{which}"
+            name = act_name(f"rot_{which}", layer)
 
             def hook(x, hook):  # x [n*B, T, H, d]
                 x = _edit_slices(x.transpose(1, 2), specs, which, layer, position_ids, geom).transpose(1, 2)
                 if want(name):
-                    reduce(name, x.unflatten(0, (n, b)))
+                    reduce(name, x.unflatten(0, (n, b)))  # [n, B, T, H, d]
                 return x
 
             return hook
 
-        def pass_hook(name: str):
+        def pass_hook(layer: int, kind: str):
+            name = act_name(kind, layer)
+
             def hook(x, hook):  # [n*B, T, ...] or the pattern [n*B, H, T, T_k]
-                y = x.unflatten(0, (n, b))
-                reduce(name, y.transpose(2, 3) if name.endswith("hook_pattern") else y)
+                y = x.unflatten(0, (n, b))  # [n, B, T, ...] or [n, B, H, T, T_k]
+                reduce(name, y.transpose(2, 3) if kind == "pattern" else y)  # pattern -> [n, B, T, H, T_k]
                 return x
 
             return hook
 
         for i in range(geom.num_layers):
             for which in ("q", "k"):
-                if want(f"blocks.{i}.attn.hook_rot_{which}") or any(touches(s, which, i) for s in specs):
-                    hooks.append((f"blocks.{i}.attn.hook_rot_{which}", rot_hook(i, which)))
-            for tl_name, name in (
-                (f"blocks.{i}.attn.hook_pattern", f"blocks.{i}.attn.hook_pattern"),
-                (f"blocks.{i}.attn.hook_out", f"blocks.{i}.hook_attn_out"),
-                (f"blocks.{i}.hook_out", f"blocks.{i}.hook_resid_post"),
-            ):
-                if want(name):
-                    hooks.append((tl_name, pass_hook(name)))
-        logits = self.bridge.run_with_hooks(ids, position_ids=pos, return_type="logits", fwd_hooks=hooks)
-        reduce("logits", logits.unflatten(0, (n, b)))
+                if want(act_name(f"rot_{which}", i)) or any(touches(s, which, i) for s in specs):
+                    hooks.append((act_name(f"rot_{which}", i, bridge=True), rot_hook(i, which)))
+            for kind in ("pattern", "attn_out", "resid_post"):
+                if want(act_name(kind, i)):
+                    hooks.append((act_name(kind, i, bridge=True), pass_hook(i, kind)))
+        logits = self.bridge.run_with_hooks(ids, position_ids=pos, return_type="logits", fwd_hooks=hooks)  # [n*B, T, V]
+        reduce("logits", logits.unflatten(0, (n, b)))  # [n, B, T, V]
 
 
 class NNsightBackend(Backend):
@@ -341,56 +339,59 @@ class NNsightBackend(Backend):
             for c, spec in enumerate(specs):
                 with tracer.invoke(input_ids, position_ids=position_ids):
                     for i, layer in enumerate(self.model.model.layers):
-                        rq, rk = f"blocks.{i}.attn.hook_rot_q", f"blocks.{i}.attn.hook_rot_k"
+                        rq, rk = act_name("rot_q", i), act_name("rot_k", i)
                         edit_q, edit_k = touches(spec, "q", i), touches(spec, "k", i)
                         if edit_q or edit_k or want(rq) or want(rk):
                             rot = layer.self_attn.source.apply_rotary_pos_emb_0
-                            q, k = rot.output
+                            q, k = rot.output  # [B, H, T, d], [B, H_kv, T, d]
                             if edit_q or edit_k:
                                 if edit_q:
-                                    q = apply_spec(spec, q, "q", i, position_ids, geom)
+                                    q = apply_spec(spec, q, "q", i, position_ids, geom)  # [B, H, T, d]
                                 if edit_k:
-                                    k = apply_spec(spec, k, "k", i, position_ids, geom)
+                                    k = apply_spec(spec, k, "k", i, position_ids, geom)  # [B, H_kv, T, d]
                                 rot.output = (q, k)
                             if want(rq):
                                 out[c][rq] = q.detach().clone().save()
                             if want(rk):
                                 out[c][rk] = k.detach().clone().save()
-                        if want(f"blocks.{i}.hook_attn_out"):
-                            out[c][f"blocks.{i}.hook_attn_out"] = layer.self_attn.output[0].detach().clone().save()
-                        if want(f"blocks.{i}.hook_resid_post"):
-                            out[c][f"blocks.{i}.hook_resid_post"] = layer.output.detach().clone().save()
+                        attn_out, resid = act_name("attn_out", i), act_name("resid_post", i)
+                        if want(attn_out):
+                            out[c][attn_out] = layer.self_attn.output[0].detach().clone().save()  # [B, T, D]
+                        if want(resid):
+                            out[c][resid] = layer.output.detach().clone().save()  # [B, T, D]
                     out[c]["logits"] = (
                         architectures.final_logits(self.hf.config, self.model.lm_head.output).detach().clone().save()
-                    )
+                    )  # [B, T, V]
         return [{k: _value(v) for k, v in d.items()} for d in out]
 
     def _stream(self, input_ids, position_ids, specs, reduce, want):
         # one invoke over the specs stacked along the batch: every intervention sees all specs at once, so
         # statistics against the clean slice are computed inside the forward and nothing is saved
         n, b = len(specs), input_ids.shape[0]
-        ids, pos = input_ids.repeat(n, 1), position_ids.repeat(n, 1)
+        ids, pos = input_ids.repeat(n, 1), position_ids.repeat(n, 1)  # [n*B, T] each
         geom = self.geometry
         with self.model.trace(ids, position_ids=pos):
             for i, layer in enumerate(self.model.model.layers):
-                rq, rk = f"blocks.{i}.attn.hook_rot_q", f"blocks.{i}.attn.hook_rot_k"
+                rq, rk = act_name("rot_q", i), act_name("rot_k", i)
                 edit_q = any(touches(s, "q", i) for s in specs)
                 edit_k = any(touches(s, "k", i) for s in specs)
                 if edit_q or edit_k or want(rq) or want(rk):
                     rot = layer.self_attn.source.apply_rotary_pos_emb_0
-                    q, k = rot.output
+                    q, k = rot.output  # [n*B, H, T, d], [n*B, H_kv, T, d]
                     if edit_q or edit_k:
-                        q = _edit_slices(q, specs, "q", i, position_ids, geom)
-                        k = _edit_slices(k, specs, "k", i, position_ids, geom)
+                        q = _edit_slices(q, specs, "q", i, position_ids, geom)  # [n*B, H, T, d]
+                        k = _edit_slices(k, specs, "k", i, position_ids, geom)  # [n*B, H_kv, T, d]
                         rot.output = (q, k)
                     if want(rq):
-                        reduce(rq, q.unflatten(0, (n, b)).transpose(2, 3))
+                        reduce(rq, q.unflatten(0, (n, b)).transpose(2, 3))  # [n, B, T, H, d]
                     if want(rk):
-                        reduce(rk, k.unflatten(0, (n, b)).transpose(2, 3))
-                if want(f"blocks.{i}.hook_attn_out"):
-                    reduce(f"blocks.{i}.hook_attn_out", layer.self_attn.output[0].unflatten(0, (n, b)))
-                if want(f"blocks.{i}.hook_resid_post"):
-                    reduce(f"blocks.{i}.hook_resid_post", layer.output.unflatten(0, (n, b)))
+                        reduce(rk, k.unflatten(0, (n, b)).transpose(2, 3))  # [n, B, T, H_kv, d]
+                attn_out, resid = act_name("attn_out", i), act_name("resid_post", i)
+                if want(attn_out):
+                    reduce(attn_out, layer.self_attn.output[0].unflatten(0, (n, b)))  # [n, B, T, D]
+                if want(resid):
+                    reduce(resid, layer.output.unflatten(0, (n, b)))  # [n, B, T, D]
+            # final logits [n*B, T, V], handed over as [n, B, T, V]
             reduce("logits", architectures.final_logits(self.hf.config, self.model.lm_head.output).unflatten(0, (n, b)))
 
 

@@ -17,6 +17,7 @@ import torch
 from workbench import architectures
 from workbench.interventions import specs as S
 from workbench.interventions.backends import load_backend, plain_hf_logits
+from workbench.interventions.hooks import act_name
 from workbench.interventions.traces import default_inputs
 
 
@@ -100,9 +101,7 @@ def _check(
     equal = S.Spec("equal-qk-shift", [S.shift(333, "both")])
     results, logits = [], {}
     for name, be in loaded.items():
-        out = be.run(
-            ids, pos, [S.identity(), probe, equal], capture=[f"blocks.{i}.hook_resid_post" for i in range(last)]
-        )
+        out = be.run(ids, pos, [S.identity(), probe, equal], capture=[act_name("resid_post", i) for i in range(last)])
         logits[name] = out[1]["logits"]
         results.append(
             CheckResult(
@@ -119,7 +118,7 @@ def _check(
             )
         )
         upstream = max(
-            [(out[1][k] - out[0][k]).abs().max().item() for k in out[0] if k.startswith("blocks.")], default=0.0
+            [(out[1][k] - out[0][k]).abs().max().item() for k in out[0] if k != act_name("logits")], default=0.0
         )
         results.append(CheckResult(f"{name}: spec on layer {last} changes nothing upstream", upstream, 0.0))
         if progress:

@@ -29,6 +29,7 @@ from workbench import checkpoint_io, checkpoints, store
 from workbench.data.tokenizer import VOCAB
 from workbench.divergence import js_probs, lens_kl
 from workbench.interventions.backends import Backend, load_backend
+from workbench.interventions.hooks import act_name, parse_act_name
 from workbench.interventions.specs import Spec, identity, validate_all
 
 LAYER_VARS = ("resid_rel_l2", "resid_cos", "attn_out_rel_l2", "q_rel_l2", "k_rel_l2", "lens_kl", "pattern_js")
@@ -147,9 +148,9 @@ class TraceStats:
             self._add(self.final_sums[1], torch.stack(jss))
             self._add(self.final_sums[2], torch.stack(flips))
             return
-        layer, kind = int(name.split(".")[1]), name.rsplit(".", 1)[-1]
+        kind, layer = parse_act_name(name)
         sums = self.layer_sums
-        if kind == "hook_resid_post":
+        if kind == "resid_post":
             xf = x.float()
             norms = torch.linalg.vector_norm(xf, dim=-1)  # [n, B, T]
             diff = torch.linalg.vector_norm(xf[1:] - xf[:1], dim=-1)
@@ -159,12 +160,12 @@ class TraceStats:
             self._add(sums[1, :, layer], cos.clamp(-1, 1))
             if not (self.last_lens_is_output and layer == self.n_layers - 1):
                 self._add(sums[5, :, layer], lens_kl(self.backend.lens(x)))
-        elif kind == "hook_attn_out":
+        elif kind == "attn_out":
             self._add(sums[2, :, layer], _rel_l2_tokens(x))
-        elif kind in ("hook_rot_q", "hook_rot_k"):
-            v = 3 if kind == "hook_rot_q" else 4
+        elif kind in ("rot_q", "rot_k"):
+            v = 3 if kind == "rot_q" else 4
             self._add(sums[v, :, layer], _rel_l2_tokens(x))
-        elif kind == "hook_pattern":  # [n, B, T, H, T_k]
+        elif kind == "pattern":  # [n, B, T, H, T_k]
             self._add(sums[6, :, layer], js_probs(x[:1], x[1:]).mean(-1))
 
     def dataset(self) -> xr.Dataset:
@@ -207,9 +208,8 @@ def _rel_l2_tokens(x: torch.Tensor) -> torch.Tensor:
 
 
 def _stream_chunk(be: Backend, runs: Sequence[Spec], stats: TraceStats, ids: torch.Tensor, pos: torch.Tensor) -> None:
-    want = ["logits", "blocks.*.hook_resid_post", "blocks.*.hook_attn_out", "blocks.*.attn.hook_rot_*"]
-    if be.supports_pattern:
-        want.append("blocks.*.attn.hook_pattern")
+    kinds = ["resid_post", "attn_out", "rot_q", "rot_k"] + (["pattern"] if be.supports_pattern else [])
+    want = [act_name("logits"), *(act_name(kind, "*") for kind in kinds)]
     stats.begin(pos)
     be.stream(ids, pos, runs, stats, want=want)
 

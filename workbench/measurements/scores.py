@@ -16,6 +16,8 @@ Two ways to get there (``method``):
   has no more; with the default 65536 that is exact up to about 360 tokens), the same positions in every
   row. Time and memory O(T * buckets).
 - ``exact``: every causal (t, s) pair in query blocks (memory linear, time quadratic): the reference.
+
+Shapes in comments: B windows, H query heads (H_kv key heads), T tokens, d head_dim, P = d/2 pairs.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def distance_buckets(seq_len: int) -> tuple[np.ndarray, np.ndarray]:
 
 def bucket_of(distance: torch.Tensor) -> torch.Tensor:
     """Bucket index of non-negative distances: 0 -> 0, r >= 1 -> floor(log2 r) + 1."""
-    r = distance.clamp(min=1).to(torch.float64)
+    r = distance.clamp(min=1).to(torch.float64)  # same shape as distance
     return torch.where(distance <= 0, torch.zeros_like(distance), torch.floor(torch.log2(r)).to(distance.dtype) + 1)
 
 
@@ -62,26 +64,26 @@ def bucketed_contributions(
     """
     b, h, t, d = q.shape
     p = d // 2
-    qv, kv = rope.pair_view(q.to(torch.float64)), rope.pair_view(k.to(torch.float64))
-    total = torch.zeros(n_buckets + 1, h, p, dtype=torch.float64)
-    total_abs = torch.zeros_like(total)
-    count = torch.zeros(n_buckets + 1, dtype=torch.float64)
-    idx_t = torch.arange(t)
+    qv, kv = rope.pair_view(q.to(torch.float64)), rope.pair_view(k.to(torch.float64))  # [B, H, T, 2, P] each
+    total = torch.zeros(n_buckets + 1, h, p, dtype=torch.float64)  # [n_buckets + 1, H, P]; the last: left out
+    total_abs = torch.zeros_like(total)  # [n_buckets + 1, H, P]
+    count = torch.zeros(n_buckets + 1, dtype=torch.float64)  # [n_buckets + 1]
+    idx_t = torch.arange(t)  # [T]
     for start in range(0, t, block):
         stop = min(start + block, t)
         c = scaling * torch.einsum("bhtxp,bhsxp->btshp", qv[:, :, start:stop], kv)  # [B, tb, T, H, P]
         dist = positions[:, start:stop, None] - positions[:, None, :]  # [B, tb, T]
-        causal = idx_t[None, start:stop, None] >= idx_t[None, None, :]
-        bucket = torch.where(causal & (dist >= 0), bucket_of(dist), torch.full_like(dist, n_buckets))
-        bucket = bucket.clamp(max=n_buckets).reshape(-1)
-        flat = c.reshape(-1, h, p)
+        causal = idx_t[None, start:stop, None] >= idx_t[None, None, :]  # [1, tb, T]
+        bucket = torch.where(causal & (dist >= 0), bucket_of(dist), torch.full_like(dist, n_buckets))  # [B, tb, T]
+        bucket = bucket.clamp(max=n_buckets).reshape(-1)  # [B * tb * T]
+        flat = c.reshape(-1, h, p)  # [B * tb * T, H, P]
         total.index_add_(0, bucket, flat)
         total_abs.index_add_(0, bucket, flat.abs())
         count.index_add_(0, bucket, torch.ones_like(bucket, dtype=torch.float64))
     return {
-        "contribution": total[:n_buckets].permute(1, 2, 0).numpy(),
-        "abs_contribution": total_abs[:n_buckets].permute(1, 2, 0).numpy(),
-        "count": count[:n_buckets].numpy(),
+        "contribution": total[:n_buckets].permute(1, 2, 0).numpy(),  # [H, P, n_buckets]
+        "abs_contribution": total_abs[:n_buckets].permute(1, 2, 0).numpy(),  # [H, P, n_buckets]
+        "count": count[:n_buckets].numpy(),  # [n_buckets]
     }
 
 
@@ -104,20 +106,20 @@ def prefix_contributions(
     and ``count`` [n_buckets] (number of (b, t, s) triples), as ``bucketed_contributions``."""
     b, h, t, d = q.shape
     qv = rope.pair_view(q.to(torch.float64))  # [B, H, T, 2, P]
-    kv = rope.pair_view(k.to(torch.float64))
-    cum = torch.zeros(b, h, t + 1, 2, d // 2, dtype=torch.float64, device=q.device)
-    cum[:, :, 1:] = kv.cumsum(2)
-    contribution = torch.zeros(h, d // 2, len(lo), dtype=torch.float64, device=q.device)
-    count = np.zeros(len(lo))
-    ts = torch.arange(t, device=q.device)
+    kv = rope.pair_view(k.to(torch.float64))  # [B, H, T, 2, P]
+    cum = torch.zeros(b, h, t + 1, 2, d // 2, dtype=torch.float64, device=q.device)  # [B, H, T + 1, 2, P]
+    cum[:, :, 1:] = kv.cumsum(2)  # cum[:, :, s] = sum of k over keys < s
+    contribution = torch.zeros(h, d // 2, len(lo), dtype=torch.float64, device=q.device)  # [H, P, n_buckets]
+    count = np.zeros(len(lo))  # [n_buckets]
+    ts = torch.arange(t, device=q.device)  # [T]
     for i, (a, z) in enumerate(zip(lo.tolist(), hi.tolist())):
         if a >= t:
             continue
-        tq = ts[a:]  # queries with at least one key at distance >= a
-        upper = tq - a + 1  # keys s <= t - a (exclusive end in the prefix sums)
-        lower = (tq - z).clamp_min(0)  # keys s >= t - z
+        tq = ts[a:]  # [Tq]: queries with at least one key at distance >= a
+        upper = tq - a + 1  # [Tq]: keys s <= t - a (exclusive end in the prefix sums)
+        lower = (tq - z).clamp_min(0)  # [Tq]: keys s >= t - z
         window = cum[:, :, upper] - cum[:, :, lower]  # [B, H, Tq, 2, P]: sum of k over the key range
-        contribution[:, :, i] = scaling * torch.einsum("bhtxp,bhtxp->hp", qv[:, :, a:], window)
+        contribution[:, :, i] = scaling * torch.einsum("bhtxp,bhtxp->hp", qv[:, :, a:], window)  # [H, P]
         count[i] = b * float((upper - lower).sum())
     return {"contribution": contribution.cpu().numpy(), "count": count}
 
@@ -127,18 +129,18 @@ def bucket_pairs(t: int, a: int, z: int, *, n: int, seed: int, bucket: int) -> t
     when there are at most ``n``, else ``n`` drawn uniformly (with replacement) over the bucket's pairs,
     seeded by (seed, bucket). Returns (query index, distance, exact)."""
     z = min(z, t - 1)
-    r = torch.arange(a, z + 1)
-    per_r = t - r  # queries that have a key at distance r
+    r = torch.arange(a, z + 1)  # [R] distances of the bucket
+    per_r = t - r  # [R]: queries that have a key at distance r
     total = int(per_r.sum())
     if total <= n:
-        rr = torch.repeat_interleave(r, per_r)
-        start = torch.cumsum(per_r, 0) - per_r
-        tq = rr + (torch.arange(total) - torch.repeat_interleave(start, per_r))
+        rr = torch.repeat_interleave(r, per_r)  # [total]
+        start = torch.cumsum(per_r, 0) - per_r  # [R]
+        tq = rr + (torch.arange(total) - torch.repeat_interleave(start, per_r))  # [total]
         return tq, rr, True
     g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(bucket))
-    rr = r[torch.multinomial(per_r.to(torch.float64), n, replacement=True, generator=g)]
-    u = torch.rand(n, generator=g, dtype=torch.float64)
-    tq = rr + (u * (t - rr)).long().clamp_max(t - 1 - rr)
+    rr = r[torch.multinomial(per_r.to(torch.float64), n, replacement=True, generator=g)]  # [n]
+    u = torch.rand(n, generator=g, dtype=torch.float64)  # [n]
+    tq = rr + (u * (t - rr)).long().clamp_max(t - 1 - rr)  # [n]
     return tq, rr, False
 
 
@@ -158,19 +160,19 @@ def sampled_abs_contributions(
     the same positions in every row. Returns ``abs_contribution`` [H, P, n_buckets] and ``n_sampled``
     [n_buckets] ((b, t, s) triples summed; the mean is the ratio). O(buckets * pairs) work whatever T."""
     b, h, t, d = q.shape
-    qv = rope.pair_view(q.to(torch.float64))
-    kv = rope.pair_view(k.to(torch.float64))
-    total = torch.zeros(h, d // 2, len(lo), dtype=torch.float64, device=q.device)
-    n_sampled = np.zeros(len(lo))
-    exact = np.zeros(len(lo), dtype=bool)
+    qv = rope.pair_view(q.to(torch.float64))  # [B, H, T, 2, P]
+    kv = rope.pair_view(k.to(torch.float64))  # [B, H, T, 2, P]
+    total = torch.zeros(h, d // 2, len(lo), dtype=torch.float64, device=q.device)  # [H, P, n_buckets]
+    n_sampled = np.zeros(len(lo))  # [n_buckets]
+    exact = np.zeros(len(lo), dtype=bool)  # [n_buckets]
     for i, (a, z) in enumerate(zip(lo.tolist(), hi.tolist())):
         if a >= t:
             continue
         tq, rr, exact[i] = bucket_pairs(t, a, z, n=pairs, seed=seed, bucket=i)
-        tq, sk = tq.to(q.device), (tq - rr).to(q.device)
+        tq, sk = tq.to(q.device), (tq - rr).to(q.device)  # [n] query and key indices
         for c in range(0, len(tq), chunk):
             term = (qv[:, :, tq[c : c + chunk]] * kv[:, :, sk[c : c + chunk]]).sum(-2).abs_()  # [B, H, n, P]
-            total[:, :, i] += scaling * term.sum((0, 2))
+            total[:, :, i] += scaling * term.sum((0, 2))  # [H, P]
         n_sampled[i] = b * len(tq)
     return {"abs_contribution": total.cpu().numpy(), "n_sampled": n_sampled, "exact": exact}
 
@@ -221,17 +223,17 @@ def model_decomposition(
     """Per layer: mean per-pair term, mean |term| and mean score per distance bucket for one model."""
     from transformers.models.llama.modeling_llama import repeat_kv  # lazy: transformers costs seconds to import
 
-    cap = capture(model, batch, qk=True)
-    n_rep = cap.q[0].shape[1] // cap.k[0].shape[1]
+    cap = capture(model, batch, qk=True)  # pre-RoPE q [B, H, T, d] and k [B, H_kv, T, d] per layer
+    n_rep = cap.q[0].shape[1] // cap.k[0].shape[1]  # H // H_kv
     lo, hi = distance_buckets(batch["input_ids"].shape[1])
     lo, hi = lo[:n_buckets], hi[:n_buckets]
     contrib, abs_c = [], []
     out = {}
     for layer in range(len(cap.q)):
-        q_rot, k_rot = cap.rotated(layer)
+        q_rot, k_rot = cap.rotated(layer)  # [B, H, T, d], [B, H_kv, T, d]
         out = decompose(
             q_rot,
-            repeat_kv(k_rot, n_rep),
+            repeat_kv(k_rot, n_rep),  # [B, H, T, d]
             batch["position_ids"],
             cap.scaling,
             lo,
@@ -243,10 +245,10 @@ def model_decomposition(
         contrib.append(out["contribution"])
         abs_c.append(out["abs_contribution"])
     return {
-        "contribution": np.stack(contrib),
-        "abs_contribution": np.stack(abs_c),
-        "count": out["count"],
-        "n_abs": out["n_abs"],
+        "contribution": np.stack(contrib),  # [layer, H, P, n_buckets]
+        "abs_contribution": np.stack(abs_c),  # [layer, H, P, n_buckets]
+        "count": out["count"],  # [n_buckets]
+        "n_abs": out["n_abs"],  # [n_buckets]
     }
 
 
@@ -287,7 +289,7 @@ def score_decomposition(
         device=device,
     )
     first = infos[0]
-    contrib = np.stack([r["contribution"] for r in per])
+    contrib = np.stack([r["contribution"] for r in per])  # [checkpoint, layer, H, P, distance]
     ds = xr.Dataset(
         {
             "contribution": (("checkpoint", "layer", "head", "pair", "distance"), contrib),

@@ -21,7 +21,7 @@ from workbench import architectures, store
 from workbench import checkpoints as ck
 from workbench.checkpoints import CheckpointError
 from workbench.measurements.capture import describe_qk
-from workbench.measurements.pairs import pair_update_stats
+from workbench.pair_updates import layer_pair_stats
 
 STATS = ("rel_update", "cosine", "norm_before", "norm_after")
 
@@ -72,39 +72,6 @@ def comparison_pairs(n: int, reference: int | None = None) -> list[tuple[int, in
 
 def comparison_label(a: str, b: str) -> str:
     return f"{a} -> {b}"
-
-
-def _rows(tensors: dict[str, torch.Tensor], proj: str) -> torch.Tensor:
-    w = tensors[f"{proj}.weight"]
-    bias = tensors.get(f"{proj}.bias")
-    return w if bias is None else torch.cat([w, bias[:, None]], dim=1)
-
-
-def layer_pair_stats(
-    before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], n_heads: int, n_kv: int, head_dim: int
-) -> dict[str, dict[str, torch.Tensor]]:
-    """{"q": stats [heads, pair], "k": stats [kv_heads, pair]} of one layer's q/k tensors (``read_qk_weights``
-    layout) before and after: the one definition of the per-pair update (checkpoints and training alike)."""
-    return {
-        p: pair_update_stats(_rows(before, proj), _rows(after, proj), heads, head_dim)
-        for p, proj, heads in (("q", "q_proj", n_heads), ("k", "k_proj", n_kv))
-    }
-
-
-def live_qk_weights(model, layer: int) -> dict[str, torch.Tensor]:
-    """The q/k weights (and biases) of one layer of a loaded model, keyed as :func:`read_qk_weights` reads
-    them from safetensors (same tensor sources, float64 CPU copies; FSDP2 shards are gathered)."""
-    params = dict(model.named_parameters())
-    out: dict[str, torch.Tensor] = {}
-    for name, (key, rows) in architectures.tensor_sources(model.config.to_dict(), layer).items():
-        if key not in params:
-            if name.endswith("weight"):
-                raise KeyError(f"model has no parameter {key}")
-            continue
-        t = params[key].detach()
-        t = t.full_tensor() if hasattr(t, "full_tensor") else t
-        out[name] = (t[rows] if rows is not None else t).to("cpu", torch.float64, copy=True)
-    return out
 
 
 def comparison_coords(infos: Sequence[ck.Info], pairs: Sequence[tuple[int, int]]) -> dict:

@@ -2,14 +2,14 @@
 
     torchrun --standalone --nproc_per_node 8 -m workbench.train data/configs/paper-kd-phasewise.yaml
 
-It runs the ``workbench train`` command (``workbench.commands.train``, which passes the retrieval check as the
-evaluation callback) without the rest of the ``workbench`` command line.
+It runs :mod:`workbench.launch`, the program behind ``workbench train`` (the same flags, the retrieval check as
+the evaluation callback, the same one-line errors), without importing the ``workbench`` command line.
 """
 
 import os
 import sys
 
-from workbench.commands.train import main
+from workbench.launch import main
 
 
 def _exit(code: int) -> None:

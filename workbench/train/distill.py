@@ -4,6 +4,7 @@
 forward, so FSDP2's root unshards both lm_head weights while the loss uses them. Precision: ``auto`` is bf16 on
 CUDA and fp32 elsewhere; bf16 autocasts the compute while master weights, optimiser state and checkpoints stay
 fp32; the frozen teacher is held in bf16 under bf16 precision.
+Shapes in comments: B windows, T tokens a window, H / H_t the student's / teacher's hidden size.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ class DistillModule(torch.nn.Module):
     ):
         kw = dict(attention_mask=attention_mask, position_ids=batch["position_ids"], use_cache=False)
         with attention.attention_for(self.student, attention_mask):  # flex_attention for a BlockMask
-            hidden = self.student.model(input_ids=batch["input_ids"], **kw).last_hidden_state[:, :-1]
-        labels = batch["labels"][:, 1:]  # HF convention: hidden at t predicts labels[t + 1]
+            hidden = self.student.model(input_ids=batch["input_ids"], **kw).last_hidden_state[:, :-1]  # [B, T-1, H]
+        labels = batch["labels"][:, 1:]  # [B, T-1]; HF convention: hidden at t predicts labels[t + 1]
         teacher = cached
         if spec.kd_weight and cached is None:
             with torch.no_grad():
@@ -48,13 +49,14 @@ class DistillModule(torch.nn.Module):
                     kw = dict(kw, **reset_view(batch["doc_ids"], hidden.dtype))
                 with attention.attention_for(self.teacher, kw["attention_mask"]):
                     t_hidden = self.teacher.model(input_ids=batch["input_ids"], **kw).last_hidden_state[:, :-1]
+                    # t_hidden [B, T-1, H_t]
             teacher = OnlineTeacher(
                 t_hidden, self.teacher.lm_head.weight, architectures.final_softcap(self.teacher.config)
             )
         if architectures.final_softcap(self.student.config):  # Gemma 2: the loss sees the soft-capped logits
             spec = dc_replace(spec, student_softcap=architectures.final_softcap(self.student.config))
         r = chunked_loss(hidden, self.student.lm_head.weight, labels, spec, teacher=teacher, normalizer=normalizer)
-        return r.loss, r.per_token, r.ce_sum, r.kd_sum, r.valid
+        return r.loss, r.per_token, r.ce_sum, r.kd_sum, r.valid  # [], [B, T-1], [], [], [B, T-1]
 
 
 def reset_view(doc_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -62,8 +64,8 @@ def reset_view(doc_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> dic
     alone, from position 0 and document-masked (a FlexAttention BlockMask where flex runs: the teacher is never
     differentiated, so on CPU too; see ``workbench.attention``)."""
     return {
-        "position_ids": data.reset_positions(doc_ids),
-        "attention_mask": attention.document_mask(doc_ids, dtype=dtype),
+        "position_ids": data.reset_positions(doc_ids),  # [B, T]
+        "attention_mask": attention.document_mask(doc_ids, dtype=dtype),  # [B, 1, T, T] or a BlockMask
     }
 
 

@@ -22,6 +22,9 @@ The returned loss is ``sum_i l_i / normalizer``. The trainer passes the number o
 *whole optimiser step* (all micro-batches, all ranks) so gradient accumulation and data parallelism give
 the same gradient as one big batch.
 
+Shapes in comments: N tokens (flattened batch), C the tokens of one chunk, H hidden size, V vocabulary, k the
+cached teacher's top-k.
+
 The teacher is either online (its hidden states + its ``lm_head`` weight) or offline: top-k log-probs
 plus the leftover mass from ``workbench teacher-cache``; then both distributions are compared on the k+1
 buckets (the k teacher tokens and "everything else").
@@ -124,32 +127,33 @@ def divergence(t_logp: torch.Tensor, s_logp: torch.Tensor, kind: KDKind, beta: f
 
 def _rest_logp(topk_logp: torch.Tensor) -> torch.Tensor:
     """log of the mass outside the top-k buckets, log(1 - sum exp(topk)), kept finite."""
-    inside = torch.logsumexp(topk_logp, dim=-1).clamp(max=-1e-6)
-    return torch.log(-torch.expm1(inside)).clamp(min=-80.0)
+    inside = torch.logsumexp(topk_logp, dim=-1).clamp(max=-1e-6)  # [N]
+    return torch.log(-torch.expm1(inside)).clamp(min=-80.0)  # [N]
 
 
 def bucketed(logp_topk: torch.Tensor) -> torch.Tensor:
     """[N, k] top-k log-probs -> [N, k+1] log-probs of (the k tokens, everything else)."""
-    return torch.cat([logp_topk, _rest_logp(logp_topk).unsqueeze(-1)], dim=-1)
+    return torch.cat([logp_topk, _rest_logp(logp_topk).unsqueeze(-1)], dim=-1)  # [N, k+1]
 
 
 def _chunk_losses(h: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, teacher_chunk, spec: LossSpec):
     """Per-token (ce, kd) for one chunk, differentiable w.r.t. ``h`` and ``w``."""
-    logits = softcap_logits((h @ w.t()).float(), spec.student_softcap)
-    ce = F.cross_entropy(logits, labels, reduction="none") if spec.ce_weight else logits.new_zeros(len(h))
+    logits = softcap_logits((h @ w.t()).float(), spec.student_softcap)  # [C, V] from h [C, H], w [V, H]
+    ce = F.cross_entropy(logits, labels, reduction="none") if spec.ce_weight else logits.new_zeros(len(h))  # [C]
     if not spec.kd_weight or teacher_chunk is None:
         return ce, logits.new_zeros(len(h))
     v = spec.kd_vocab_size
-    s_logp = F.log_softmax((logits if v is None else logits[:, :v]) / spec.temperature, dim=-1)
+    s_logp = F.log_softmax((logits if v is None else logits[:, :v]) / spec.temperature, dim=-1)  # [C, V or v]
     if isinstance(teacher_chunk, tuple):  # online: (hidden, weight)
         t_hidden, t_weight, t_cap = teacher_chunk
-        t_weight = t_weight if v is None else t_weight[:v]
+        t_weight = t_weight if v is None else t_weight[:v]  # [V or v, H_t]
         t_logp = F.log_softmax(softcap_logits((t_hidden @ t_weight.t()).float(), t_cap) / spec.temperature, dim=-1)
+        # t_logp [C, V or v], as s_logp
     else:  # cached: (ids, logp)
-        ids, t_topk = teacher_chunk.topk_ids, teacher_chunk.topk_logp.float()
-        s_logp = bucketed(s_logp.gather(-1, ids.long()))
-        t_logp = bucketed(t_topk)
-    return ce, divergence(t_logp, s_logp, spec.kd_kind, spec.jsd_beta)
+        ids, t_topk = teacher_chunk.topk_ids, teacher_chunk.topk_logp.float()  # [C, k], [C, k]
+        s_logp = bucketed(s_logp.gather(-1, ids.long()))  # [C, k+1]
+        t_logp = bucketed(t_topk)  # [C, k+1]
+    return ce, divergence(t_logp, s_logp, spec.kd_kind, spec.jsd_beta)  # [C], [C]
 
 
 class ChunkedLoss(torch.autograd.Function):
@@ -159,22 +163,22 @@ class ChunkedLoss(torch.autograd.Function):
     def forward(ctx, h, w, labels, valid_idx, teacher, spec: LossSpec, normalizer: float):  # type: ignore[override]
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         n_valid = len(valid_idx)
-        ce_tok = h.new_zeros(n_valid, dtype=torch.float32)
-        kd_tok = h.new_zeros(n_valid, dtype=torch.float32)
-        grad_h = torch.zeros_like(h) if ctx.needs_input_grad[0] else None
-        grad_w = torch.zeros_like(w, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        ce_tok = h.new_zeros(n_valid, dtype=torch.float32)  # [N_valid]
+        kd_tok = h.new_zeros(n_valid, dtype=torch.float32)  # [N_valid]
+        grad_h = torch.zeros_like(h) if ctx.needs_input_grad[0] else None  # [N, H]
+        grad_w = torch.zeros_like(w, dtype=torch.float32) if ctx.needs_input_grad[1] else None  # [V, H]
         scale = 1.0 / normalizer
         w_d = w.detach().requires_grad_(ctx.needs_input_grad[1])
         for start in range(0, n_valid, spec.chunk_size):
-            idx = valid_idx[start : start + spec.chunk_size]
-            h_c = h.detach().index_select(0, idx).requires_grad_(ctx.needs_input_grad[0])
+            idx = valid_idx[start : start + spec.chunk_size]  # [C]
+            h_c = h.detach().index_select(0, idx).requires_grad_(ctx.needs_input_grad[0])  # [C, H]
             t_c = None
             if isinstance(teacher, OnlineTeacher):
                 t_c = (teacher.hidden.detach().index_select(0, idx), teacher.weight.detach(), teacher.softcap)
             elif isinstance(teacher, CachedTeacher):
                 t_c = CachedTeacher(teacher.topk_ids.index_select(0, idx), teacher.topk_logp.index_select(0, idx))
             with torch.enable_grad() if need_grad else torch.no_grad():
-                ce, kd = _chunk_losses(h_c, w_d, labels.index_select(0, idx), t_c, spec)
+                ce, kd = _chunk_losses(h_c, w_d, labels.index_select(0, idx), t_c, spec)  # [C], [C]
                 total = (spec.ce_weight * ce + spec.kd_scale * kd).sum() * scale
                 if need_grad:
                     inputs = [t for t, n in ((h_c, ctx.needs_input_grad[0]), (w_d, ctx.needs_input_grad[1])) if n]
@@ -212,8 +216,8 @@ def chunked_loss(
     ``labels`` [...] are the next-token targets already aligned with ``hidden`` (ignore_index = no loss);
     ``teacher`` rows are aligned with ``hidden`` rows. ``normalizer`` defaults to this call's valid count.
     """
-    h = hidden.reshape(-1, hidden.shape[-1])
-    lab = labels.reshape(-1)
+    h = hidden.reshape(-1, hidden.shape[-1])  # [N, H]
+    lab = labels.reshape(-1)  # [N]
     if len(h) != len(lab):
         raise ValueError(f"hidden has {len(h)} tokens but labels has {len(lab)}")
     if spec.kd_weight and teacher is None:
@@ -231,13 +235,13 @@ def chunked_loss(
         teacher = CachedTeacher(teacher.topk_ids.reshape(-1, k), teacher.topk_logp.reshape(-1, k))
     if not torch.is_grad_enabled():  # e.g. evaluation: skip the fused gradient work
         h, weight = h.detach(), weight.detach()
-    valid = lab != spec.ignore_index
-    valid_idx = valid.nonzero().squeeze(-1)
+    valid = lab != spec.ignore_index  # [N]
+    valid_idx = valid.nonzero().squeeze(-1)  # [N_valid]
     if normalizer is None:
         normalizer = max(int(valid_idx.numel()), 1)
-    safe_labels = torch.where(valid, lab, torch.zeros_like(lab))
+    safe_labels = torch.where(valid, lab, torch.zeros_like(lab))  # [N]
     loss, ce_tok, kd_tok = ChunkedLoss.apply(h, weight, safe_labels, valid_idx, teacher, spec, float(normalizer))
-    per_tok = torch.zeros(len(lab), dtype=torch.float32, device=h.device)
+    per_tok = torch.zeros(len(lab), dtype=torch.float32, device=h.device)  # [N]
     per_tok[valid_idx] = spec.ce_weight * ce_tok + spec.kd_scale * kd_tok
     return LossResult(
         loss=loss,
@@ -260,9 +264,9 @@ def dense_loss(
     teacher_softcap: float | None = None,
 ) -> torch.Tensor:
     """The same objective with full ``[tokens x vocab]`` logits and plain autograd (benchmark baseline)."""
-    logits = softcap_logits((hidden.reshape(-1, hidden.shape[-1]) @ weight.t()).float(), spec.student_softcap)
-    lab = labels.reshape(-1)
-    valid = lab != spec.ignore_index
+    logits = softcap_logits((hidden.reshape(-1, hidden.shape[-1]) @ weight.t()).float(), spec.student_softcap)  # [N, V]
+    lab = labels.reshape(-1)  # [N]
+    valid = lab != spec.ignore_index  # [N]
     n = normalizer or max(int(valid.sum()), 1)
     total = logits.new_zeros(())
     if spec.ce_weight:
@@ -270,14 +274,14 @@ def dense_loss(
     if spec.kd_weight:
         t_logits = softcap_logits(
             (teacher_hidden.reshape(-1, teacher_hidden.shape[-1]) @ teacher_weight.t()).float(), teacher_softcap
-        )
+        )  # [N, V_t]
         v = spec.kd_vocab_size or min(t_logits.shape[-1], logits.shape[-1])
         kd = divergence(
             F.log_softmax(t_logits[:, :v] / spec.temperature, -1),
             F.log_softmax(logits[:, :v] / spec.temperature, -1),
             spec.kd_kind,
             spec.jsd_beta,
-        )
+        )  # [N]
         total = total + spec.kd_scale * (kd * valid).sum()
     return total / n
 
@@ -300,9 +304,9 @@ def loss_by_bucket(
 ) -> dict[str, tuple[float, int]]:
     """Sum of per-token loss and valid count per position bucket ``"lo-hi"`` (hi exclusive)."""
     out = {}
-    pos = position_ids.reshape(-1)
-    pt, v = per_token.reshape(-1).detach(), valid.reshape(-1)
+    pos = position_ids.reshape(-1)  # [N]
+    pt, v = per_token.reshape(-1).detach(), valid.reshape(-1)  # [N], [N]
     for lo, hi in zip(edges[:-1], edges[1:]):
-        sel = v & (pos >= lo) & (pos < hi)
+        sel = v & (pos >= lo) & (pos < hi)  # [N]
         out[f"{lo}-{hi}"] = (float(pt[sel].sum()), int(sel.sum()))
     return out

@@ -2,7 +2,7 @@
 
 Every ``track_every`` optimiser steps (config key; 0 = off) and at each phase end, per layer x head x RoPE pair,
 the relative update of W_q and W_k since the start of the phase: raw weights, no forward pass, computed by
-:func:`workbench.measurements.weights.layer_pair_stats`, the same definition ``workbench updates`` applies to
+:func:`workbench.pair_updates.layer_pair_stats`, the same definition ``workbench updates`` applies to
 two checkpoints (so the record at a phase end equals ``workbench updates PHASE_START_CKPT PHASE_END_CKPT``).
 
 Written beside ``metrics.jsonl`` (rank 0):
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from workbench import rope
-from workbench.measurements.weights import layer_pair_stats, live_qk_weights
+from workbench.pair_updates import layer_pair_stats, live_qk_weights
 from workbench.train import metrics as wmetrics
 
 RECORDS = "pair_updates.jsonl"

@@ -1,4 +1,7 @@
-"""Per-RoPE-pair bookkeeping of projection weights (pure functions).
+"""Per-RoPE-pair bookkeeping of W_q / W_k and the per-pair update: the one definition that training's pair
+tracking (``track_every``, :mod:`workbench.train.pair_tracking`) and ``workbench updates``
+(:mod:`workbench.measurements.weights`) both apply, so a phase-end record equals the command on the phase's two
+checkpoints. Below both in the data flow: raw tensors in, float64 statistics out.
 
 Hugging Face's Llama reshapes ``q_proj(x)`` to [..., heads, head_dim] and rotates dims (j, j + d/2)
 together (``rotate_half``), so pair j of head h is rows ``h*d + j`` and ``h*d + j + d/2`` of ``W_q``
@@ -9,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from workbench import rope
+from workbench import architectures, rope
 
 
 def pair_rows(head: int, pair: int, head_dim: int) -> tuple[int, int]:
@@ -59,3 +62,40 @@ def pair_update_stats(
         "rel_update": rel,
         "cosine": cos.clamp(-1.0, 1.0),
     }
+
+
+def qk_rows(tensors: dict[str, torch.Tensor], proj: str) -> torch.Tensor:
+    """The rows of projection ``proj`` (``q_proj`` / ``k_proj``) with its bias, when there is one, as a last
+    column: [rows, in (+1)]."""
+    w = tensors[f"{proj}.weight"]
+    bias = tensors.get(f"{proj}.bias")
+    return w if bias is None else torch.cat([w, bias[:, None]], dim=1)
+
+
+def layer_pair_stats(
+    before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], n_heads: int, n_kv: int, head_dim: int
+) -> dict[str, dict[str, torch.Tensor]]:
+    """{"q": stats [heads, pair], "k": stats [kv_heads, pair]} of one layer's q/k tensors before and after (keyed
+    as :func:`live_qk_weights` and ``measurements.weights.read_qk_weights`` return them): the one definition of
+    the per-pair update (checkpoints and training alike)."""
+    return {
+        p: pair_update_stats(qk_rows(before, proj), qk_rows(after, proj), heads, head_dim)
+        for p, proj, heads in (("q", "q_proj", n_heads), ("k", "k_proj", n_kv))
+    }
+
+
+def live_qk_weights(model, layer: int) -> dict[str, torch.Tensor]:
+    """The q/k weights (and biases) of one layer of a loaded model, keyed as
+    :func:`workbench.measurements.weights.read_qk_weights` reads them from safetensors (same tensor sources,
+    float64 CPU copies; FSDP2 shards are gathered)."""
+    params = dict(model.named_parameters())
+    out: dict[str, torch.Tensor] = {}
+    for name, (key, rows) in architectures.tensor_sources(model.config.to_dict(), layer).items():
+        if key not in params:
+            if name.endswith("weight"):
+                raise KeyError(f"model has no parameter {key}")
+            continue
+        t = params[key].detach()
+        t = t.full_tensor() if hasattr(t, "full_tensor") else t
+        out[name] = (t[rows] if rows is not None else t).to("cpu", torch.float64, copy=True)
+    return out
