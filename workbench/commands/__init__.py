@@ -9,7 +9,6 @@ torch, transformers, xarray and dash, seconds of start-up that ``--help`` and ar
 from __future__ import annotations
 
 import argparse
-import sys
 
 # analysis commands (trace, updates, probe, kd-signal, eval, teacher-cache) all default to this device
 DEVICE_DEFAULT = "auto"
