@@ -321,12 +321,6 @@ def check_hash_version(version: int) -> None:
         )
 
 
-def as_written_by(cfg: RunConfig, version: int) -> RunConfig:
-    """``cfg`` for resuming a run of hash ``version``: unchanged for the current version, else one error."""
-    check_hash_version(version)
-    return cfg
-
-
 def _diff(obj: Any) -> dict[str, Any]:
     """The entries of a dataclass that differ from its defaults (nested sections recursively)."""
     out: dict[str, Any] = {}
@@ -347,14 +341,13 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def config_hash(obj: Any, version: int | None = None) -> str:
+def config_hash(obj: Any) -> str:
     """Short stable hash of a config, recorded in manifests.
 
-    Run configs: their entries that differ from the defaults (``version``: the run's recorded hash version,
-    refused unless it is the current one). Any other config (data, model) hashes its whole resolved form.
+    Run configs: their entries that differ from the defaults (hash version ``HASH_VERSION``). Any other config
+    (data, model) hashes its whole resolved form.
     """
     if isinstance(obj, RunConfig):
-        check_hash_version(HASH_VERSION if version is None else version)
         body: Any = {"config_hash_version": HASH_VERSION, **_diff(obj)}
     else:
         body = to_dict(obj)

@@ -57,12 +57,9 @@ def run_dir_of(cfg: RunConfig, out: str | None = None) -> Path:
     return Path(out or cfg.out_dir or Path("runs") / cfg.name)
 
 
-def preflight(cfg: RunConfig, run_dir: Path, *, resume: bool, world_size: int = 1) -> tuple[RunConfig, int]:
-    """Every input error as one clear exception, before any model is built or any data generated.
-
-    Returns the config to train with and its hash version: on ``--resume`` of a run written by an older
-    version, ``cfg`` with that version's defaults restored for the keys the YAML leaves out (see
-    ``workbench.config.as_written_by``), checked against the run's ``config_hash``."""
+def preflight(cfg: RunConfig, run_dir: Path, *, resume: bool, world_size: int = 1) -> None:
+    """Every input error as one clear exception, before any model is built or any data generated; on
+    ``--resume``, the config is checked against the run's ``config_hash`` (of this hash version only)."""
     has_run = RunDir(run_dir).has_progress()
     first_rank = os.environ.get("RANK", "0") == "0"  # other ranks may start after rank 0 created the run
     if has_run and not resume and first_rank:
@@ -70,19 +67,17 @@ def preflight(cfg: RunConfig, run_dir: Path, *, resume: bool, world_size: int = 
             f"{run_dir}: already holds a run; pass --resume to continue it, or --out for a new "
             "run directory (nothing is overwritten)"
         )
-    version = wconfig.HASH_VERSION
     if resume and has_run:
         rundir.check_resumable(run_dir)  # a corrupt latest checkpoint stops here, naming it
         ckpt = RunDir(run_dir).latest_checkpoint(resumable=True)
         if ckpt is not None:
             manifest = checkpoint_io.read_manifest(ckpt)
-            old, version = manifest.get("config_hash"), int(manifest.get("config_hash_version", 1))
-            cfg = wconfig.as_written_by(cfg, version)
-            new = wconfig.config_hash(cfg, version)
+            wconfig.check_hash_version(int(manifest.get("config_hash_version", 1)))
+            old, new = manifest.get("config_hash"), wconfig.config_hash(cfg)
             if old != new:
                 raise ConfigError(
                     f"{run_dir}: --resume with a config that differs from the one the run was started "
-                    f"with (config_hash {old} vs {new}, hash version {version}); see {RunDir(run_dir).config_path}"
+                    f"with (config_hash {old} vs {new}); see {RunDir(run_dir).config_path}"
                 )
     check_inputs(cfg, world_size)
     if cfg.teacher is not None and cfg.teacher.cache and needs_teacher(cfg):
@@ -90,7 +85,6 @@ def preflight(cfg: RunConfig, run_dir: Path, *, resume: bool, world_size: int = 
     rundir.check_memory(cfg, world_size, models.pick_device(cfg.device).type)
     if first_rank:
         rundir.probe_writable(run_dir)
-    return cfg, version
 
 
 # ------------------------------------------------------------------------------------------ build
@@ -115,7 +109,6 @@ class Run:
     metrics: MetricsLog
     evaluator: Evaluator
     config_hash: str
-    hash_version: int
     step: int = 0
     tokens: int = 0
     data_state: dict | None = None  # the resumed data cursor, for the phase the run resumes in
@@ -129,7 +122,6 @@ def build(
     resume: bool,
     device: torch.device,
     dd: distributed.Dist,
-    hash_version: int = wconfig.HASH_VERSION,
     progress: bool = True,
     evaluate: EvalFn | None = None,
 ) -> Run:
@@ -191,8 +183,7 @@ def build(
         checkpointer,
         metrics,
         Evaluator(cfg, evaluate, dd),
-        wconfig.config_hash(cfg, hash_version),
-        hash_version,
+        wconfig.config_hash(cfg),
         step=st["step"],
         tokens=st["tokens"],
         data_state=st["data"],
@@ -340,7 +331,7 @@ def manifest(run: Run, ph: Phase, phase_end: bool) -> dict:
         "data": wconfig.to_dict(ph.data),
         "parent": run.parent,
         "config_hash": run.config_hash,
-        "config_hash_version": run.hash_version,
+        "config_hash_version": wconfig.HASH_VERSION,
         "precision": run.precision,
         "seq_len": ph.cfg.seq_len,
         "tokens": run.tokens,
@@ -382,7 +373,7 @@ def train(
             lock = rundir.claim(run_dir)
             rundir.clean_leftovers(run_dir)  # a dead writer's temp dirs: ours now that we hold the lock
     try:
-        cfg, hash_version = preflight(cfg, run_dir, resume=resume, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        preflight(cfg, run_dir, resume=resume, world_size=int(os.environ.get("WORLD_SIZE", "1")))
         if first_rank and lock is None:
             lock = rundir.claim(run_dir)
     except BaseException:
@@ -400,7 +391,6 @@ def train(
             resume=resume,
             device=device,
             dd=dd,
-            hash_version=hash_version,
             progress=progress,
             evaluate=evaluate,
         )
