@@ -24,6 +24,17 @@ from workbench.cli import main as cli_main
 from workbench.data import corpus, make_stream, text
 
 ROOT = Path(__file__).resolve().parents[1]
+# the tiny student (and teacher) on the 512-token BPE
+TINY = dict(
+    vocab_size=512,
+    hidden_size=32,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+    intermediate_size=64,
+    max_position_embeddings=256,
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +52,13 @@ def _tokens(path: Path) -> np.ndarray:
     return c.tokens(0, c.n_tokens)
 
 
+def _cli_tokenize(sources, bpe: Path, out: Path, *extra: str) -> int:
+    """``workbench tokenize SOURCES --tokenizer BPE --out OUT --no-progress EXTRA...``: its exit status."""
+    return cli_main(
+        ["tokenize", *map(str, sources), "--tokenizer", str(bpe), "--out", str(out), "--no-progress", *extra]
+    )
+
+
 def _shard_hash(path: Path) -> str:
     h = hashlib.sha256()
     for name in sorted(p.name for p in path.glob("tokens-*.bin")) + [corpus.OFFSETS]:
@@ -54,22 +72,7 @@ def test_tokenize_sources_manifest_split_and_reuse(tmp_path, bpe, jsonl, capsys)
 
     docs = [json.loads(x)["text"] for x in jsonl.read_text().splitlines()]
     out = tmp_path / "corpus"
-    assert (
-        cli_main(
-            [
-                "tokenize",
-                str(jsonl),
-                "--tokenizer",
-                str(bpe),
-                "--out",
-                str(out),
-                "--val-fraction",
-                "0.25",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert _cli_tokenize([jsonl], bpe, out, "--val-fraction", "0.25") == 0
     m = json.loads((out / "manifest.json").read_text())
     tok = AutoTokenizer.from_pretrained(str(bpe))
     assert m["dtype"] == "uint16" and m["tokenizer"]["vocab_size"] == len(tok) == 512
@@ -89,24 +92,9 @@ def test_tokenize_sources_manifest_split_and_reuse(tmp_path, bpe, jsonl, capsys)
     assert [w for w in want if w in got] == got  # file order kept
     assert not list(tmp_path.glob(".corpus.tmp-*"))
     # rerun: reused (said so); other options into the same --out: refused, nothing overwritten
-    assert (
-        cli_main(
-            [
-                "tokenize",
-                str(jsonl),
-                "--tokenizer",
-                str(bpe),
-                "--out",
-                str(out),
-                "--val-fraction",
-                "0.25",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert _cli_tokenize([jsonl], bpe, out, "--val-fraction", "0.25") == 0
     assert "reusing it" in capsys.readouterr().out
-    assert cli_main(["tokenize", str(jsonl), "--tokenizer", str(bpe), "--out", str(out), "--no-progress"]) == 2
+    assert _cli_tokenize([jsonl], bpe, out) == 2
     assert "exists and is not this corpus" in capsys.readouterr().err
     # text, parquet and a dataset saved to disk give the same ids as the jsonl
     (tmp_path / "t").mkdir()
@@ -120,12 +108,7 @@ def test_tokenize_sources_manifest_split_and_reuse(tmp_path, bpe, jsonl, capsys)
         ("pq", [str(tmp_path / "d.parquet")], ["--field", "body"]),
         ("disk", [str(tmp_path / "saved")], ["--field", "body"]),
     ):
-        assert (
-            cli_main(
-                ["tokenize", *srcs, "--tokenizer", str(bpe), "--out", str(tmp_path / name), "--no-progress", *extra]
-            )
-            == 0
-        ), name
+        assert _cli_tokenize(srcs, bpe, tmp_path / name, *extra) == 0, name
         assert list(_tokens(tmp_path / name)) == sum(want[:5], []), name
     # a text-kind run config's data section converts as it is (same ids the run would have tokenised)
     (tmp_path / "run.yaml").write_text(
@@ -139,22 +122,7 @@ def test_tokenize_sources_manifest_split_and_reuse(tmp_path, bpe, jsonl, capsys)
     ids, offsets = text.tokenise_corpus("jsonl", [str(jsonl)], str(bpe), {})
     assert np.array_equal(_tokens(tmp_path / "conv"), ids)
     assert np.array_equal(np.load(tmp_path / "conv" / "offsets.npy"), offsets)
-    assert (
-        cli_main(
-            [
-                "tokenize",
-                str(jsonl),
-                "--tokenizer",
-                str(bpe),
-                "--out",
-                str(tmp_path / "x"),
-                "--field",
-                "nope",
-                "--no-progress",
-            ]
-        )
-        == 2
-    )
+    assert _cli_tokenize([jsonl], bpe, tmp_path / "x", "--field", "nope") == 2
     assert "no column 'nope'" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
@@ -214,21 +182,9 @@ def test_trainer_stream_reads_a_memmap_and_refuses_another_tokenizer(tmp_path, b
     b = stream.next()
     assert b["input_ids"].dtype == torch.int64 and tuple(b["input_ids"].shape) == (2, 128)
     # the run's tokenizer is the corpus's own copy; a teacher on another vocabulary is refused before training
-    student = dict(
-        vocab_size=512,
-        hidden_size=32,
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=1,
-        head_dim=16,
-        intermediate_size=64,
-        max_position_embeddings=256,
-    )
     teacher = tmp_path / "teacher"
-    checkpoint_io.save_checkpoint(models.build_model(config.ModelConfig(**student), seed=0), teacher, {"step": 0})
-    checkpoint_io.save_checkpoint(
-        models.build_model(config.ModelConfig(**student), seed=0), tmp_path / "syn", {"step": 0}
-    )
+    checkpoint_io.save_checkpoint(models.build_model(config.ModelConfig(**TINY), seed=0), teacher, {"step": 0})
+    checkpoint_io.save_checkpoint(models.build_model(config.ModelConfig(**TINY), seed=0), tmp_path / "syn", {"step": 0})
     from workbench.data.tokenizer import synthetic_tokenizer
 
     synthetic_tokenizer().save_pretrained(str(teacher))
@@ -236,7 +192,7 @@ def test_trainer_stream_reads_a_memmap_and_refuses_another_tokenizer(tmp_path, b
         config.RunConfig,
         {
             "name": "t",
-            "model": student,
+            "model": TINY,
             "teacher": {"path": str(teacher)},
             "data": {"kind": "tokens", "paths": [str(out)]},
             "phases": [{"name": "a", "steps": 1, "seq_len": 128, "rope_theta": 100, "objective": "kd"}],
@@ -270,22 +226,12 @@ def test_ranks_read_their_own_windows_and_the_cursor_is_tied_to_the_corpus(tmp_p
 
 def test_teacher_cache_reads_a_token_corpus(tmp_path, bpe, jsonl):
     out, _ = corpus.tokenize([jsonl], tmp_path / "c", bpe, progress=False, log=lambda s: None)
-    mcfg = dict(
-        vocab_size=512,
-        hidden_size=32,
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=1,
-        head_dim=16,
-        intermediate_size=64,
-        max_position_embeddings=256,
-    )
     teacher = tmp_path / "teacher"
-    checkpoint_io.save_checkpoint(models.build_model(config.ModelConfig(**mcfg), seed=0), teacher, {"step": 0})
+    checkpoint_io.save_checkpoint(models.build_model(config.ModelConfig(**TINY), seed=0), teacher, {"step": 0})
     shutil.copytree(out / "tokenizer", teacher, dirs_exist_ok=True)
     cfg = {
         "name": "t",
-        "model": mcfg,
+        "model": TINY,
         "teacher": {"path": str(teacher)},
         "data": {"kind": "tokens", "paths": [str(out)], "options": {"max_doc_tokens": 32}},
         "optim": {"micro_batch_size": 2, "grad_accum_steps": 1},
@@ -521,17 +467,7 @@ def _records(run: Path) -> list[dict]:
 @pytest.mark.slow
 def test_sigkill_then_resume_on_a_token_corpus_gives_bit_identical_losses(tmp_path, bpe, jsonl):
     out, _ = corpus.tokenize([jsonl], tmp_path / "c", bpe, progress=False, log=lambda s: None)
-    student = dict(
-        vocab_size=512,
-        hidden_size=32,
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=1,
-        head_dim=16,
-        intermediate_size=64,
-        max_position_embeddings=256,
-        rope_theta=100.0,
-    )
+    student = {**TINY, "rope_theta": 100.0}
     cfg = {
         "name": "t",
         "model": student,
