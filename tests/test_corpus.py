@@ -504,3 +504,46 @@ def test_sigkill_then_resume_on_a_token_corpus_gives_bit_identical_losses(tmp_pa
     assert sorted(b) == list(range(1, 49))
     assert [(r["step"], r["loss"]) for r in a] == [(s, b[s]["loss"]) for s in range(1, 49)]
     assert checkpoint_io.read_manifest(tmp_path / "full" / "ckpt-000048")["data"]["options"] == {"max_doc_tokens": 48}
+
+
+def test_a_damaged_or_hostile_corpus_is_one_clear_line(tmp_path, bpe, jsonl):
+    good, _ = corpus.tokenize([jsonl], tmp_path / "good", bpe, progress=False, log=lambda s: None)
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(np.arange(1000, dtype="<u2").tobytes())
+    offsets = np.load(good / corpus.OFFSETS)
+
+    def manifest(**kw):
+        def edit(d: Path) -> None:
+            m = json.loads((d / corpus.MANIFEST).read_text())
+            m.update(kw)
+            (d / corpus.MANIFEST).write_text(json.dumps({k: v for k, v in m.items() if v is not None}))
+
+        return edit
+
+    cases = {
+        "not json": (lambda d: (d / corpus.MANIFEST).write_text("{oops"), "not a JSON manifest"),
+        "a list": (lambda d: (d / corpus.MANIFEST).write_text("[1]"), "format 'list'"),
+        "no shards": (manifest(shards=None), "shards None"),
+        "absolute shard": (manifest(shards=[str(outside)]), "shards"),
+        "shard outside": (manifest(shards=["../outside.bin"]), "shards"),
+        "dtype": (manifest(dtype="float32"), "dtype 'float32'"),
+        "no tokenizer": (manifest(tokenizer=None), "no tokenizer name"),
+        "odd shard": (lambda d: open(d / "tokens-00000.bin", "ab").write(b"x"), "not a whole number"),
+        "offsets garbage": (lambda d: (d / corpus.OFFSETS).write_bytes(b"garbage"), "not a readable offsets"),
+        "offsets float": (lambda d: np.save(d / corpus.OFFSETS, offsets.astype(float)), "need int64"),
+        "offsets empty": (lambda d: np.save(d / corpus.OFFSETS, offsets[:0]), "need int64"),
+        "offsets decrease": (
+            lambda d: np.save(d / corpus.OFFSETS, np.r_[0, offsets[2], offsets[1], offsets[3:]]),
+            "offsets decrease",
+        ),
+    }
+    for name, (damage, match) in cases.items():
+        d = tmp_path / name.replace(" ", "-")
+        shutil.copytree(good, d)
+        damage(d)
+        with pytest.raises(ValueError, match=match):
+            corpus.open_corpus(d)
+        cfg = config.from_dict(config.DataConfig, {"kind": "tokens", "paths": [str(d)]})
+        with pytest.raises(ValueError, match="damaged corpus|format|dtype|not a JSON"):
+            make_stream(cfg, 64, 1, seed=0)
+

@@ -255,10 +255,23 @@ def read_manifest(path: str | Path, where: str = "data.paths[0]") -> dict[str, A
             f"{where}: {path} has no {MANIFEST}: not a token corpus, or an incomplete one "
             "(make one with `workbench tokenize`)"
         )
-    manifest = json.loads(mfile.read_text())
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{where}: {path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    for name in manifest["shards"] + [OFFSETS]:
+    try:
+        manifest = json.loads(mfile.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{where}: {mfile}: not a JSON manifest ({exc}); a damaged corpus") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ValueError(f"{where}: {path}: format {got!r}, expected {FORMAT!r}")
+    shards = manifest.get("shards")
+    # the shard names the writer gives, nothing else: a manifest never points a reader outside its directory
+    if not isinstance(shards, list) or not shards or shards != [SHARD.format(i) for i in range(len(shards))]:
+        raise ValueError(f"{where}: {mfile}: shards {shards!r} are not {SHARD.format(0)}, ... (a damaged corpus)")
+    if manifest.get("dtype") not in ("uint16", "uint32"):
+        raise ValueError(f"{where}: {mfile}: dtype {manifest.get('dtype')!r}, expected uint16 or uint32")
+    tok = manifest.get("tokenizer")
+    if not (isinstance(tok, dict) and {"name", "vocab_size", "vocab_sha256"} <= tok.keys()):
+        raise ValueError(f"{where}: {mfile}: no tokenizer name, vocab_size and vocab_sha256 (a damaged corpus)")
+    for name in shards + [OFFSETS]:
         if not (path / name).is_file():
             raise ValueError(f"{where}: {path} lacks {name} (an incomplete corpus)")
     return manifest
@@ -269,18 +282,35 @@ def open_corpus(path: str | Path, where: str = "data.paths[0]") -> Corpus:
     path = Path(path)
     manifest = read_manifest(path, where)
     dtype = np.dtype(manifest["dtype"]).newbyteorder("<")
+    for name in manifest["shards"]:
+        if (path / name).stat().st_size % dtype.itemsize:
+            raise ValueError(f"{where}: {path / name}: not a whole number of {dtype.name} tokens (a damaged corpus)")
     shards = [
         np.memmap(path / name, dtype=dtype, mode="r") if (path / name).stat().st_size else np.zeros(0, dtype=dtype)
         for name in manifest["shards"]
     ]
-    offsets = np.load(path / OFFSETS, mmap_mode="r")
+    try:
+        offsets = np.load(path / OFFSETS, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{where}: {path / OFFSETS}: not a readable offsets array ({exc}); a damaged corpus") from None
     for array in shards + [offsets]:
         _random_access(array)
-    if int(offsets[-1]) != sum(len(s) for s in shards):
+    n_tokens = sum(len(s) for s in shards)
+    if offsets.dtype != np.int64 or offsets.ndim != 1 or len(offsets) == 0 or int(offsets[0]) != 0:
         raise ValueError(
-            f"{where}: {path}: offsets end at {int(offsets[-1])} but the shards hold "
-            f"{sum(len(s) for s in shards)} tokens (a damaged corpus)"
+            f"{where}: {path / OFFSETS}: need int64 [n_docs + 1] starting at 0, got {offsets.dtype} "
+            f"{tuple(offsets.shape)} (a damaged corpus)"
         )
+    if int(offsets[-1]) != n_tokens:
+        raise ValueError(
+            f"{where}: {path}: offsets end at {int(offsets[-1])} but the shards hold {n_tokens} tokens "
+            "(a damaged corpus)"
+        )
+    for lo in range(0, len(offsets) - 1, 1 << 20):  # in chunks: memory stays flat in the number of documents
+        chunk = np.asarray(offsets[lo : lo + (1 << 20) + 1])
+        if (chunk[1:] < chunk[:-1]).any():
+            raise ValueError(f"{where}: {path / OFFSETS}: document offsets decrease (a damaged corpus)")
+    _release(offsets, 0, len(offsets))
     return Corpus(shards, offsets, manifest, path)
 
 
