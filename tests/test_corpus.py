@@ -547,3 +547,23 @@ def test_a_damaged_or_hostile_corpus_is_one_clear_line(tmp_path, bpe, jsonl):
         with pytest.raises(ValueError, match="damaged corpus|format|dtype|not a JSON"):
             make_stream(cfg, 64, 1, seed=0)
 
+
+def test_concurrent_tokenize_of_one_out_reuses_the_first_corpus_and_replaces_nothing(tmp_path, bpe, jsonl, monkeypatch):
+    first, _ = corpus.tokenize([jsonl], tmp_path / "first", bpe, progress=False, log=lambda s: None)
+    other, _ = corpus.tokenize([jsonl], tmp_path / "other", bpe, max_doc_tokens=64, progress=False, log=lambda s: None)
+    rename = os.rename
+
+    def finished_first(src, dst, winner):  # another tokenize of the same --out renames its corpus in just before
+        if Path(dst) == tmp_path / "out" and not Path(dst).exists():
+            shutil.copytree(winner, dst)
+        return rename(src, dst)
+
+    monkeypatch.setattr(corpus.os, "rename", lambda s, d: finished_first(s, d, first))
+    out, reused = corpus.tokenize([jsonl], tmp_path / "out", bpe, progress=False, log=lambda s: None)
+    assert reused and _shard_hash(out) == _shard_hash(first)
+    shutil.rmtree(out)
+    monkeypatch.setattr(corpus.os, "rename", lambda s, d: finished_first(s, d, other))
+    with pytest.raises(FileExistsError, match="exists and is not this corpus"):
+        corpus.tokenize([jsonl], tmp_path / "out", bpe, progress=False, log=lambda s: None)
+    assert _shard_hash(tmp_path / "out") == _shard_hash(other)
+    assert not list(tmp_path.glob(".out.tmp-*"))

@@ -561,17 +561,7 @@ def tokenize(
     sources = describe_sources(files)
     fp = fingerprint([{k: s[k] for k in ("bytes", "sha256")} for s in sources], tok_hash, options)
     if out.exists():
-        try:
-            old = read_manifest(out, "--out").get("fingerprint")
-        except ValueError:
-            old = None
-        if old == fp:
-            log(f"tokenize: {out} already holds this corpus (same sources, tokenizer and options); reusing it")
-            return out, True
-        raise FileExistsError(
-            f"--out: {out} exists and is not this corpus (other sources, tokenizer or options); "
-            "choose another --out or remove it (nothing is overwritten)"
-        )
+        return _reuse(out, fp, log), True
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a killed run
         pid = stale.name.rsplit("-", 1)[-1]
@@ -634,13 +624,32 @@ def tokenize(
             manifests[split] = write_manifest(d, w.close(), w, {**extra, "split": split})
         if manifests["train"]["n_tokens"] == 0:
             raise ValueError(f"tokenize: no tokens in {', '.join(map(str, files))}")
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        try:
+            os.rename(tmp, out)
+        except OSError:  # another tokenize of the same --out finished first (or --out appeared meanwhile)
+            if not out.exists():
+                raise
+            return _reuse(out, fp, log), True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # still there only when the rename did not happen (error, lost race)
     for split, m in manifests.items():
         log(f"tokenize: {split}: {m['n_tokens']:,} tokens in {m['n_docs']:,} documents ({m['dtype']})")
     return out, False
+
+
+def _reuse(out: Path, fp: str, log: Callable[[str], None]) -> Path:
+    """``out`` when it already holds the corpus of fingerprint ``fp``; FileExistsError otherwise (never replaced)."""
+    try:
+        old = read_manifest(out, "--out").get("fingerprint")
+    except ValueError:
+        old = None
+    if old != fp:
+        raise FileExistsError(
+            f"--out: {out} exists and is not this corpus (other sources, tokenizer or options); "
+            "choose another --out or remove it (nothing is overwritten)"
+        )
+    log(f"tokenize: {out} already holds this corpus (same sources, tokenizer and options); reusing it")
+    return out
 
 
 # ------------------------------------------------------------------------------------------- configs
