@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -567,3 +568,22 @@ def test_concurrent_tokenize_of_one_out_reuses_the_first_corpus_and_replaces_not
         corpus.tokenize([jsonl], tmp_path / "out", bpe, progress=False, log=lambda s: None)
     assert _shard_hash(tmp_path / "out") == _shard_hash(other)
     assert not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_unreadable_sources_and_tokenizers_are_one_line_naming_the_file(tmp_path, bpe, jsonl, capsys):
+    (tmp_path / "binary.txt").write_bytes(bytes(range(128, 256)) * 8)
+    (tmp_path / "blank.jsonl").write_text("\n \n")
+    (tmp_path / "broken.jsonl").write_text('{"text": "a b"\n')
+    (tmp_path / "notok").mkdir()
+    (tmp_path / "notok" / "config.json").write_text("{}")
+    for srcs, tok, extra, match in (
+        (["binary.txt"], bpe, (), "binary.txt: not readable as text .UnicodeDecodeError"),
+        (["blank.jsonl"], bpe, (), "blank.jsonl: not readable as json"),
+        (["broken.jsonl"], bpe, (), "broken.jsonl: not readable as json"),
+        ([str(jsonl)], bpe, ("--kind", "parquet"), f"{jsonl}: not readable as parquet"),
+        ([str(jsonl)], tmp_path / "notok", (), "--tokenizer: .* is not a loadable tokenizer directory"),
+    ):
+        assert _cli_tokenize([tmp_path / s for s in srcs], tok, tmp_path / "out", *extra) == 2, match
+        captured = capsys.readouterr()
+        assert len(captured.err.strip().splitlines()) == 1 and re.search(match, captured.err), captured.err
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))

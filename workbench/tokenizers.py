@@ -17,6 +17,7 @@ from typing import Any
 from workbench.config import ConfigError
 from workbench.data import tokenizer as syn
 from workbench.data.corpus import data_tokenizer
+from workbench.data.text import load_tokenizer
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
@@ -32,14 +33,7 @@ def has_tokenizer(path: str | Path) -> bool:
 
 def load(path: str | Path, what: str = "tokenizer"):
     """A local HF tokenizer directory, offline; ValueError naming ``what`` if it does not load."""
-    from transformers import AutoTokenizer  # lazy: transformers costs seconds to import
-
-    try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except Exception as exc:  # transformers raises many types for a bad directory
-        raise ValueError(
-            f"{what}: {path} is not a loadable tokenizer directory ({type(exc).__name__}: {exc})"
-        ) from None
+    return load_tokenizer(path, what)
 
 
 def synthetic():

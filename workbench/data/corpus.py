@@ -486,6 +486,24 @@ def _load_dataset(path: Path, builder: str, field: str, split_lines: bool, cache
     return ds.select_columns([field]).rename_column(field, "text") if field != "text" else ds.select_columns(["text"])
 
 
+def _read_source(path: Path, builder: str, field: str, split_lines: bool, cache_dir: Path):
+    """:func:`_load_dataset`, its failures one ValueError naming the file and the root cause (datasets wraps a
+    non-UTF-8 text file, a file of another type or an empty one in its own errors, none naming the file)."""
+    import datasets
+
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its "Failed to read ..." lines repeat the error below
+    try:
+        return _load_dataset(path, builder, field, split_lines, cache_dir)
+    except Exception as exc:
+        if isinstance(exc, ValueError) and str(exc).startswith(f"{path}:"):
+            raise  # ours, already naming the file
+        root = exc
+        while root.__cause__ is not None or root.__context__ is not None:
+            root = root.__cause__ or root.__context__
+        why = " ".join(f"{type(root).__name__}: {root}".split())
+        raise ValueError(f"{path}: not readable as {builder} ({why})") from None
+
+
 def tokenize_function(tokenizer, add_eos: bool) -> Callable[[dict[str, list]], dict[str, list]]:
     """The batched ``datasets.map`` function: texts -> token ids (+ eos), empty texts -> no tokens."""
     eos = tokenizer.eos_token_id
@@ -541,8 +559,6 @@ def tokenize(
         raise ValueError(f"--val-fraction: need a number in [0, 1), got {val_fraction}")
     if num_proc < 1 or batch_size < 1:
         raise ValueError(f"--num-proc and --batch-size must be >= 1, got {num_proc} and {batch_size}")
-    if not Path(tokenizer_path).is_dir():
-        raise ValueError(f"--tokenizer: tokenizer directory not found: {tokenizer_path}")
     tok = load_tokenizer(tokenizer_path, "--tokenizer")
     add_eos = tok.eos_token_id is not None if add_eos is None else add_eos
     if add_eos and tok.eos_token_id is None:
@@ -581,7 +597,7 @@ def tokenize(
         n_source_docs = 0
         bar = tqdm(total=None, desc="tokenize", unit="tok", unit_scale=True, disable=not progress)
         for path, builder in zip(files, builders):
-            ds = _load_dataset(path, builder, field, split_lines, tmp / "hf-cache")
+            ds = _read_source(path, builder, field, split_lines, tmp / "hf-cache")
             ds = ds.map(
                 fn,
                 batched=True,

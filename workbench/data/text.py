@@ -51,7 +51,8 @@ def load_tokenizer(path: str | Path | None, what: str = "data.tokenizer"):
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:  # transformers raises OSError/ValueError/... for a bad directory
-        raise ValueError(f"{what}: {path} is not a loadable tokenizer directory ({exc})") from None
+        why = " ".join(f"{type(exc).__name__}: {exc}".split())  # transformers' messages span lines
+        raise ValueError(f"{what}: {path} is not a loadable tokenizer directory ({why})") from None
 
 
 def iter_texts(kind: str, paths: list[Path], options: dict[str, Any]) -> Iterator[str]:
