@@ -587,3 +587,14 @@ def test_unreadable_sources_and_tokenizers_are_one_line_naming_the_file(tmp_path
         captured = capsys.readouterr()
         assert len(captured.err.strip().splitlines()) == 1 and re.search(match, captured.err), captured.err
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_links_out_of_a_saved_dataset_directory_are_not_read(tmp_path, bpe):
+    import datasets
+
+    datasets.Dataset.from_dict({"text": documents(10, seed=4)}).save_to_disk(str(tmp_path / "saved"))
+    (tmp_path / "outside.txt").write_text("not the user's to hash")
+    (tmp_path / "saved" / "link.txt").symlink_to(tmp_path / "outside.txt")
+    out, _ = corpus.tokenize([tmp_path / "saved"], tmp_path / "c", bpe, progress=False, log=lambda s: None)
+    names = [Path(s["path"]).name for s in json.loads((out / corpus.MANIFEST).read_text())["sources"]]
+    assert "link.txt" not in names and "state.json" in names

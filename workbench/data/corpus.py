@@ -449,10 +449,15 @@ def source_kind(path: Path, kind: str | None = None) -> str:
 
 
 def describe_sources(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """Path, size and sha256 of every source file (every file of a saved dataset directory)."""
+    """Path, size and sha256 of every source file (every file of a saved dataset directory; a link found there
+    that leads outside the directory is not read: save_to_disk writes none, and nothing outside what the user named
+    is read or hashed)."""
     out = []
     for p in map(Path, paths):
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        inside = p.resolve()
+        files = (
+            sorted(f for f in p.rglob("*") if f.is_file() and f.resolve().is_relative_to(inside)) if p.is_dir() else [p]
+        )
         for f in files:
             out.append({"path": str(f), "bytes": f.stat().st_size, "sha256": sha256_file(f)})
     return out
