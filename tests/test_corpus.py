@@ -547,6 +547,13 @@ def test_a_damaged_or_hostile_corpus_is_one_clear_line(tmp_path, bpe, jsonl):
         cfg = config.from_dict(config.DataConfig, {"kind": "tokens", "paths": [str(d)]})
         with pytest.raises(ValueError, match="damaged corpus|format|dtype|not a JSON"):
             make_stream(cfg, 64, 1, seed=0)
+    # ids beyond those written (a shard overwritten in place): the window that reads one says so, not the embedding
+    d = tmp_path / "ids"
+    shutil.copytree(good, d)
+    (d / "tokens-00000.bin").write_bytes(np.full(int(offsets[-1]), 60000, "<u2").tobytes())
+    stream = make_stream(config.from_dict(config.DataConfig, {"kind": "tokens", "paths": [str(d)]}), 64, 1, seed=0)
+    with pytest.raises(ValueError, match="token id 60000, beyond the largest id .* damaged shard"):
+        stream.next()
 
 
 def test_concurrent_tokenize_of_one_out_reuses_the_first_corpus_and_replaces_nothing(tmp_path, bpe, jsonl, monkeypatch):

@@ -133,6 +133,7 @@ class CorpusWriter:
         self.max_doc_tokens, self.min_doc_tokens, self.shard_tokens = max_doc_tokens, min_doc_tokens, shard_tokens
         self.offsets: list[np.ndarray] = [np.zeros(1, dtype=np.int64)]
         self.n_tokens, self.dropped_tokens, self.shards = 0, 0, []
+        self.max_id = -1  # the largest id written (the readers' bound: a larger one is a damaged shard)
         self._file, self._in_shard = None, 0
 
     def _write(self, ids: np.ndarray) -> None:
@@ -155,6 +156,7 @@ class CorpusWriter:
         flat = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
         if flat.size and (flat.min() < 0 or flat.max() > np.iinfo(self.dtype).max):
             raise ValueError(f"token ids outside [0, {np.iinfo(self.dtype).max}] for a {self.dtype} corpus")
+        self.max_id = max(self.max_id, int(flat.max())) if flat.size else self.max_id
         starts, seg_lens = segments(np.r_[0, np.cumsum(lens)], self.max_doc_tokens, self.min_doc_tokens)
         kept = int(seg_lens.sum())
         self.dropped_tokens += int(lens.sum()) - kept
@@ -195,6 +197,7 @@ def write_manifest(directory: str | Path, offsets: np.ndarray, writer: CorpusWri
         "n_tokens": int(writer.n_tokens),
         "n_docs": int(len(lens)),
         "dropped_tokens": writer.dropped_tokens,
+        "max_id": writer.max_id,
         "doc_tokens": {
             "min": int(lens.min()) if len(lens) else 0,
             "max": int(lens.max()) if len(lens) else 0,
@@ -371,6 +374,7 @@ class Windows:
     ):
         self.corpus, self.seq_len, self.seed, self.salt, self.positions = corpus, seq_len, seed, salt, positions
         self.max_doc_tokens = max_doc_tokens
+        self.max_id = corpus.manifest.get("max_id")  # corpora written before it was recorded: not checked
         self.kept = None
         n = corpus.n_tokens
         if min_doc_tokens > 1:
@@ -416,6 +420,11 @@ class Windows:
         epoch, i = divmod(k, self.per_epoch)
         a = int(self.order(epoch)[i]) * self.seq_len
         ids, start = self._kept(a) if self.kept is not None else self._plain(a)
+        if self.max_id is not None and len(ids) and int(ids.max()) > self.max_id:
+            raise ValueError(
+                f"{self.corpus.path}: window {k} holds token id {int(ids.max())}, beyond the largest id "
+                f"{self.max_id} the corpus was written with (a damaged shard); re-tokenise it"
+            )
         self.corpus.release()
         start[0] = True
         doc_ids = np.cumsum(start, dtype=np.int64) - 1
