@@ -7,8 +7,9 @@ A *token corpus* is a directory:
 - ``offsets.npy``: int64 [n_docs + 1], the global start of every document and the total token count last;
 - ``tokenizer/``: the tokenizer the ids come from (``save_pretrained``), so the corpus is self-contained;
 - ``manifest.json``: tokenizer (name, vocabulary size, sha256 of its files and of its vocabulary), sources (path,
-  size, sha256), token and document counts, a document-length histogram, the eos policy, ``max_doc_tokens`` /
-  ``min_doc_tokens``, and a fingerprint of all inputs (a rerun with the same fingerprint reuses the corpus);
+  size, sha256), token and document counts, the largest id, a document-length histogram, the eos policy,
+  ``max_doc_tokens`` / ``min_doc_tokens``, and a fingerprint of all inputs (a rerun with the same fingerprint reuses
+  the corpus);
 - ``val/``: with ``--val-fraction``, the held-out documents as a corpus of their own.
 
 Writes are atomic: everything goes to ``.NAME.tmp-PID`` beside the target (the Hugging Face ``datasets`` cache
