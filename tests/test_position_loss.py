@@ -196,3 +196,37 @@ def test_documents_from_a_token_corpus_are_its_held_out_documents(tmp_path):
     other = bpe_tokenizer(tmp_path / "other", vocab_size=300)
     with pytest.raises(ValueError, match="another vocabulary"):
         pl.load_documents([str(out)], n=3, length=64, tokenizer=AutoTokenizer.from_pretrained(str(other)))
+
+
+def test_command_refuses_documents_outside_the_models_vocabulary(ckpts, tmp_path, capsys):
+    """Synthetic documents on a model with its own BPE tokenizer, or a teacher of another vocabulary, are one
+    clear error before any model runs (the documents' ids are shared by every model)."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from tests.corpus_fixtures import bpe_tokenizer
+
+    cfg = Qwen2Config(
+        vocab_size=512,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+    )
+    qwen = tmp_path / "qwen"
+    Qwen2ForCausalLM(cfg).save_pretrained(qwen)
+    AutoTokenizer.from_pretrained(str(bpe_tokenizer(tmp_path / "bpe"))).save_pretrained(qwen)
+    text = tmp_path / "doc.txt"
+    text.write_text("the cat sat on the mat and the dog sat on the log " * 20)
+    base = ["position-loss", "--length", "64", "--boot", "100", "--threads", "1"]
+    assert cli.main(["position-loss", str(qwen), "--length", "64", "--out", str(tmp_path / "a.zarr")]) == 2
+    assert "synthetic vocabulary" in capsys.readouterr().err
+    assert (
+        cli.main(
+            [*base, str(qwen), "--teacher", str(ckpts[1]), "--documents", str(text), "--out", str(tmp_path / "b.zarr")]
+        )
+        == 2
+    )
+    assert "differs" in capsys.readouterr().err
+    assert cli.main([*base, str(qwen), "--documents", str(text), "--out", str(tmp_path / "c.zarr")]) == 0
