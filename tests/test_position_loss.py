@@ -93,6 +93,9 @@ def test_buckets_regroup_and_extrapolation(ckpts):
     assert len(drawn.data) == 2 * 3 and drawn.data[1].y is not None  # band, inside, beyond x (loss, KL)
     with pytest.raises(ValueError, match="not bucket edges"):
         pl.regroup(ds, [48])
+    seeded = pl.summarise(ds, n_boot=200, seed=5).assign_attrs(bootstrap_seed=5)  # a store written with --seed 5
+    again = pl.regroup(seeded, [16, 32, 64])  # the same buckets: the stored intervals, not seed 0's
+    np.testing.assert_allclose(again["kl_lo"].values, seeded["kl_lo"].values)
     with pytest.raises(ValueError, match="--extrapolate"):
         pl.position_loss([ckpts[0]], docs, progress=False)
 
