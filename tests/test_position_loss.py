@@ -3,6 +3,7 @@ Llamas on short synthetic documents, a few seconds in all."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -233,3 +234,5 @@ def test_command_refuses_documents_outside_the_models_vocabulary(ckpts, tmp_path
     )
     assert "differs" in capsys.readouterr().err
     assert cli.main([*base, str(qwen), "--documents", str(text), "--out", str(tmp_path / "c.zarr")]) == 0
+    files = store.open_group(tmp_path / "c.zarr", store.POSITION_LOSS).attrs["files"]  # JSON in the store attrs
+    assert json.loads(files) == [str(text.resolve())]

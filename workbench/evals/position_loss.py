@@ -123,7 +123,7 @@ def text_documents(paths: Sequence[str | Path], tokenizer, length: int) -> Docum
         target,
         dict(
             documents="text",
-            files=[str(p) for p in paths],
+            files=[str(Path(p).resolve()) for p in paths],  # provenance: absolute, as checkpoint_path
             length=int(length),
             tokenizer=str(getattr(tokenizer, "name_or_path", "")),
         ),
@@ -154,7 +154,7 @@ def corpus_documents(path: str | Path, n: int, length: int, tokenizer=None) -> D
         target,
         dict(
             documents="tokens",
-            corpus=str(split),
+            corpus=str(split.resolve()),  # provenance: absolute, as checkpoint_path
             length=int(length),
             n_documents=len(ids),
             tokenizer=corp.manifest["tokenizer"]["name"],
