@@ -71,3 +71,53 @@ def test_report_flags_a_task_the_teacher_guesses_at():
     assert teacher_at_chance(summary(0.9, 0.05), ["teacher/t"], "multikey") == []
     assert teacher_at_chance(summary(0.27, 0.1), [], "multikey") == []  # no teacher: nothing to say
     assert teacher_at_chance(summary(0.27, 0.1).assign_coords(task=["niah"]), ["teacher/t"], "niah") == []
+
+
+def test_report_verdicts_come_from_intervals_over_seeds():
+    """One seed has no interval over seeds: no verdict and no [x, x]; several seeds: the verdict of the
+    intervals, a contradiction said as such."""
+    from workbench.demo.report import _over_seeds, _seed_verdict
+    from workbench.stats import Interval
+
+    below, across = Interval(-0.5, -0.8, -0.2, 0.0), Interval(0.1, -0.2, 0.4, 0.7)
+    assert "not tested" in _seed_verdict([below], 1)
+    assert _over_seeds(below, 1) == "-0.50"
+    assert _over_seeds(below, 3) == "-0.50 [-0.80, -0.20]"
+    assert "contradicted" in _seed_verdict([below, below], 3)
+    assert "inconclusive" in _seed_verdict([across], 3)
+    assert "supported" in _seed_verdict([Interval(0.5, 0.2, 0.8, 1.0)], 3)
+
+
+def test_report_kd_vs_ce_verdict_reads_only_the_lengths_beyond_the_documents(tmp_path):
+    """The KD vs CE verdict is 'beyond the 256-token documents': a difference at 128 or 256 does not enter it."""
+    from workbench import store as wstore
+    from workbench.demo.report import f1_section
+
+    lengths = np.array([128, 256, 512])
+    arm_names = np.array(["kd-phasewise", "ce-phasewise"], dtype=object)
+    ones = np.ones((2, 1, 3))
+    summary = xr.Dataset(
+        {v: (("arm", "task", "length"), ones) for v in ("correct", "correct_lo", "correct_hi")},
+        coords={
+            "arm": arm_names,
+            "task": np.array(["niah"], dtype=object),
+            "length": lengths,
+            "is_reference": ("arm", np.array([False, False])),
+            "n_seeds": ("arm", np.array([3, 3])),
+        },
+    )
+    diff = np.array([[[0.5, 0.5, -0.3]]])  # KD above CE inside the documents, below beyond them
+    comp = xr.Dataset(
+        {"difference": (("comparison", "task", "length"), diff)}
+        | {f"difference_{s}": (("comparison", "task", "length"), diff + d) for s, d in (("lo", -0.1), ("hi", 0.1))},
+        coords={
+            "comparison": np.array(["kd-phasewise - ce-phasewise"], dtype=object),
+            "task": np.array(["niah"], dtype=object),
+            "length": lengths,
+        },
+    )
+    store = tmp_path / "s.zarr"
+    wstore.save(store, wstore.ARM_RETRIEVAL, summary)
+    wstore.save(store, wstore.ARM_COMPARISONS, comp)
+    (line,) = [x for x in f1_section(store, {}, tmp_path) if x.startswith("- **KD vs CE**")]
+    assert "**contradicted**" in line, line

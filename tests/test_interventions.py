@@ -424,6 +424,10 @@ def test_cli_trace_writes_a_store_and_refuses_twice(ckpt, tmp_path, capsys):
     assert cli.main(["trace", str(ckpt), "--spec", str(bad), "--out", str(tmp_path / "u.zarr")]) == 2
     assert "layers: 7 out of range" in capsys.readouterr().err
     assert not (tmp_path / "u.zarr").exists()
+    none = ["--capture", "blocks.0.attn.hook_bogus"]  # a capture filter matching nothing: refused before the trace
+    assert cli.main(["trace", str(ckpt), "--spec", str(spec), "--out", str(tmp_path / "v.zarr"), *none]) == 2
+    assert "matches no capture name" in capsys.readouterr().err
+    assert not (tmp_path / "v.zarr").exists()
 
 
 @pytest.mark.slow

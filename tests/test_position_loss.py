@@ -3,6 +3,7 @@ Llamas on short synthetic documents, a few seconds in all."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,9 @@ def test_buckets_regroup_and_extrapolation(ckpts):
     assert len(drawn.data) == 2 * 3 and drawn.data[1].y is not None  # band, inside, beyond x (loss, KL)
     with pytest.raises(ValueError, match="not bucket edges"):
         pl.regroup(ds, [48])
+    seeded = pl.summarise(ds, n_boot=200, seed=5).assign_attrs(bootstrap_seed=5)  # a store written with --seed 5
+    again = pl.regroup(seeded, [16, 32, 64])  # the same buckets: the stored intervals, not seed 0's
+    np.testing.assert_allclose(again["kl_lo"].values, seeded["kl_lo"].values)
     with pytest.raises(ValueError, match="--extrapolate"):
         pl.position_loss([ckpts[0]], docs, progress=False)
 
@@ -196,3 +200,39 @@ def test_documents_from_a_token_corpus_are_its_held_out_documents(tmp_path):
     other = bpe_tokenizer(tmp_path / "other", vocab_size=300)
     with pytest.raises(ValueError, match="another vocabulary"):
         pl.load_documents([str(out)], n=3, length=64, tokenizer=AutoTokenizer.from_pretrained(str(other)))
+
+
+def test_command_refuses_documents_outside_the_models_vocabulary(ckpts, tmp_path, capsys):
+    """Synthetic documents on a model with its own BPE tokenizer, or a teacher of another vocabulary, are one
+    clear error before any model runs (the documents' ids are shared by every model)."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from tests.corpus_fixtures import bpe_tokenizer
+
+    cfg = Qwen2Config(
+        vocab_size=512,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+    )
+    qwen = tmp_path / "qwen"
+    Qwen2ForCausalLM(cfg).save_pretrained(qwen)
+    AutoTokenizer.from_pretrained(str(bpe_tokenizer(tmp_path / "bpe"))).save_pretrained(qwen)
+    text = tmp_path / "doc.txt"
+    text.write_text("the cat sat on the mat and the dog sat on the log " * 20)
+    base = ["position-loss", "--length", "64", "--boot", "100", "--threads", "1"]
+    assert cli.main(["position-loss", str(qwen), "--length", "64", "--out", str(tmp_path / "a.zarr")]) == 2
+    assert "synthetic vocabulary" in capsys.readouterr().err
+    assert (
+        cli.main(
+            [*base, str(qwen), "--teacher", str(ckpts[1]), "--documents", str(text), "--out", str(tmp_path / "b.zarr")]
+        )
+        == 2
+    )
+    assert "differs" in capsys.readouterr().err
+    assert cli.main([*base, str(qwen), "--documents", str(text), "--out", str(tmp_path / "c.zarr")]) == 0
+    files = store.open_group(tmp_path / "c.zarr", store.POSITION_LOSS).attrs["files"]  # JSON in the store attrs
+    assert json.loads(files) == [str(text.resolve())]

@@ -38,7 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="allow documents beyond a checkpoint's trained positions (recorded per bucket)",
     )
     p.add_argument(
-        "--tokenizer", default="auto", help="for text documents: 'auto' (the checkpoint's own) or a directory"
+        "--tokenizer",
+        default="auto",
+        help="'auto' (each checkpoint's own), 'synthetic' or a directory; the checkpoints and the teacher must "
+        "share one vocabulary (the synthetic one for --documents synthetic)",
     )
     p.add_argument("--seed", type=int, default=0, help="document seed (synthetic) and bootstrap seed")
     p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
@@ -50,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from workbench import checkpoints, store
+    from workbench import checkpoints, inputs, store
     from workbench.evals import position_loss as pl
 
     set_threads(args)
@@ -64,9 +67,16 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             raise ValueError(f"--edges must be comma-separated integers, got {args.edges!r}") from None
         edges = [0] + [e for e in inner if e < args.length] + [args.length]
-    tok = None
-    if args.documents != ["synthetic"]:
-        tok = checkpoints.tokenizer(paths[0], args.tokenizer)[0]
+    # one vocabulary for every model (the documents' token ids are shared, and KL needs one): the synthetic
+    # language for synthetic documents, else the tokenizer the text or corpus is read with
+    vocab = inputs.resolve(paths + ([args.teacher] if args.teacher else []), args.tokenizer)
+    synthetic = args.documents == [pl.SYNTHETIC_SOURCE]
+    if synthetic and not vocab.synthetic:
+        raise inputs.InputError(
+            f"--documents synthetic: the models read {vocab.source}'s tokenizer, not the synthetic vocabulary; "
+            "give text files or a token corpus in their vocabulary (--documents FILE ...)"
+        )
+    tok = None if synthetic else vocab.tokenizer
     docs = pl.load_documents(args.documents, n=args.n_documents, length=args.length, tokenizer=tok, seed=args.seed)
     labels = [checkpoints.label(p) for p in paths]
     edges = pl.bucket_edges(docs, args.first_bucket, edges)

@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     from workbench import architectures, checkpoint_io, interventions, models, store
     from workbench import inputs as wb_inputs
+    from workbench.interventions.activations import captured_layers
     from workbench.interventions.specs import validate_all
 
     set_threads(args)
@@ -103,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
             interventions.check_backend_length(ckpt, "tl", rows, length, device=args.device)
     be = interventions.load_backend(ckpt, args.backend, device=args.device)
     validate_all([interventions.identity("clean"), *specs], be.geometry)  # before any forward pass
+    if args.capture:
+        captured_layers(args.capture, be.geometry.num_layers)  # a filter matching nothing, before the trace is written
     if args.experiment == "repeated-tokens":
         ds = interventions.repeated_tokens(
             ckpt,

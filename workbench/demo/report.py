@@ -22,9 +22,20 @@ def _group(store: Path, name: str):
 BEYOND = "beyond the 256-token documents"
 
 
-def _interval(mean: float, lo: float, hi: float, signed: bool = True) -> str:
-    f = "+.2f" if signed else ".2f"
+def _interval(mean: float, lo: float, hi: float, f: str = "+.2f") -> str:
     return f"{mean:{f}} [{lo:{f}}, {hi:{f}}]"
+
+
+def _over_seeds(iv, n_seeds: int, f: str = "+.2f") -> str:
+    """A mean over seeds with its interval over seeds (the mean alone for one seed: no [mean, mean])."""
+    return _interval(iv.mean, iv.lo, iv.hi, f=f) if n_seeds > 1 else f"{iv.mean:{f}}"
+
+
+def _seed_verdict(ivs: list, n_seeds: int) -> str:
+    """:func:`_verdict` of intervals over seeds; one seed has no interval over seeds, so no verdict."""
+    if n_seeds < 2:
+        return "**not tested** (one seed: no interval over seeds)"
+    return _verdict([(iv.mean, iv.lo, iv.hi) for iv in ivs])
 
 
 def _difference_at(cell: Any, length: int) -> str:
@@ -98,8 +109,9 @@ def f1_section(store: Path, figures: dict[str, Path], out: Path) -> list[str]:
         for sched in ("fixed-small", "fixed-large", "phasewise"):
             d = _diff_cells(comp, f"kd-{sched} - ce-{sched}", task, lengths)
             if d:
+                far = [x for n, x in zip(lengths, d) if n in beyond]
                 lines.append(
-                    f"- **KD vs CE** ({task}, {sched}) KD - CE: {_verdict(d[1:] if len(d) > 1 else d)} "
+                    f"- **KD vs CE** ({task}, {sched}) KD - CE: {_verdict(far)} "
                     f"{BEYOND}; " + ", ".join(f"@{n} {_interval(*x)}" for n, x in zip(lengths, d)) + "."
                 )
     return lines + [""]
@@ -144,13 +156,24 @@ def f2_section(store: Path, teacher_store: Path, figures: dict[str, Path], out: 
         rows = []
         for arm, members in groups.items():
             iv = arms.seed_interval(sig["mean"].sel(checkpoint=members).values)
-            rows.append(f"`{arm}` {_interval(iv.mean, iv.lo, iv.hi, signed=False)}")
+            rows.append(f"`{arm}` {_over_seeds(iv, len(members), '.2f')}")
         if rows:
             lines.append(
                 "- Students' own cross-document dependence (mean KL, interval over seeds): "
                 + "; ".join(rows)
                 + ". If KD transfers cross-document information, KD arms sit above their CE twins."
             )
+        for sched in ("fixed-small", "fixed-large", "phasewise"):
+            kd, ce = (
+                sorted(groups.get(f"{o}-{sched}", []), key=lambda c: arms.parse_arm(c).seed) for o in ("kd", "ce")
+            )
+            if kd and len(kd) == len(ce):
+                iv = arms.seed_interval(sig["mean"].sel(checkpoint=kd).values - sig["mean"].sel(checkpoint=ce).values)
+                lines.append(
+                    f"- **KD vs CE, cross-document dependence** ({sched}) KD - CE "
+                    f"{_over_seeds(iv, len(kd), '+.3f')} nats (same seed index): KD above CE "
+                    f"{_seed_verdict([iv], len(kd))}."
+                )
         lines += [""] + _fig(figures, out, "results/f2_cross_document_kl_by_distance", "cross-document KL by distance")
         lines += _fig(figures, out, "results/f2_cross_document_kl_by_kind", "cross-document KL by token kind")
     rep = _group(store, wstore.REPEATED_TOKENS)
@@ -189,16 +212,9 @@ def f3_section(store: Path, figures: dict[str, Path], out: Path) -> list[str]:
         r = arms.seed_interval(rho.sel(comparison=members).values)
         d = arms.seed_interval(long_minus_short.sel(comparison=members).values)
         lines.append(
-            f"- `{arm}`: Spearman(pair index, update) {_interval(r.mean, r.lo, r.hi)}; longest-band minus "
-            f"shortest-band update {_interval(d.mean, d.lo, d.hi)} ({len(members)} seeds)"
-            + (
-                " (higher-index pairs adapt more)"
-                if d.lo > 0
-                else " (no clear band ordering)"
-                if d.hi >= 0
-                else " (lower-index pairs adapt more)"
-            )
-            + "."
+            f"- **F3** `{arm}` (higher-index pairs adapt more): {_seed_verdict([r, d], len(members))}. "
+            f"Spearman(pair index, update) {_over_seeds(r, len(members))}; longest-band minus shortest-band "
+            f"update {_over_seeds(d, len(members), '+.2g')} ({len(members)} seeds)."
         )
     lines += [""] + _fig(figures, out, "results/f3_band_updates_by_arm", "band updates by arm")
     lines += _fig(figures, out, "results/f3_heatmap_q_kd-phasewise", "kd-phasewise layer x pair update")

@@ -123,7 +123,7 @@ def text_documents(paths: Sequence[str | Path], tokenizer, length: int) -> Docum
         target,
         dict(
             documents="text",
-            files=[str(p) for p in paths],
+            files=[str(Path(p).resolve()) for p in paths],  # provenance: absolute, as checkpoint_path
             length=int(length),
             tokenizer=str(getattr(tokenizer, "name_or_path", "")),
         ),
@@ -154,7 +154,7 @@ def corpus_documents(path: str | Path, n: int, length: int, tokenizer=None) -> D
         target,
         dict(
             documents="tokens",
-            corpus=str(split),
+            corpus=str(split.resolve()),  # provenance: absolute, as checkpoint_path
             length=int(length),
             n_documents=len(ids),
             tokenizer=corp.manifest["tokenizer"]["name"],
@@ -395,7 +395,8 @@ def summarise(ds: xr.Dataset, *, n_boot: int = stats.N_BOOT, level: float = stat
 
 
 def regroup(ds: xr.Dataset, edges: Sequence[int], **kw) -> xr.Dataset:
-    """The same data in coarser buckets (``edges`` a subset of the stored edges), summaries recomputed."""
+    """The same data in coarser buckets (``edges`` a subset of the stored edges), summaries recomputed (with the
+    stored bootstrap settings unless ``kw`` says otherwise)."""
     old = [int(x) for x in ds["bucket_start"].values] + [int(ds["bucket_stop"].values[-1])]
     edges = [int(e) for e in edges]
     if edges[0] != 0:
@@ -423,7 +424,8 @@ def regroup(ds: xr.Dataset, edges: Sequence[int], **kw) -> xr.Dataset:
                 np.array(edges[1:])[None, :] > ds["max_positions"].values[:, None] + 1,
             )
         )
-    out = summarise(summed, **{"n_boot": ds.attrs.get("n_boot", stats.N_BOOT), **kw})
+    stored = {"n_boot": ds.attrs.get("n_boot", stats.N_BOOT), "seed": ds.attrs.get("bootstrap_seed", 0)}
+    out = summarise(summed, **{**stored, **kw})
     out.attrs = dict(ds.attrs)
     return out
 

@@ -32,6 +32,17 @@ KINDS = ("rot_q", "rot_k", "attn_out", "resid_post")  # variables, named as thei
 DEFAULT_NAMES = (act_name("rot_q", "*"),)  # post-RoPE queries of every layer
 
 
+def captured_layers(names: Iterable[str] | Callable[[str], bool], num_layers: int) -> dict[str, list[int]]:
+    """{variable: the layers whose capture name matches ``names``}, the variables with none left out; a filter
+    matching nothing is a ValueError (checked before any forward pass)."""
+    want = name_filter(names)
+    matched = {var: [i for i in range(num_layers) if want(act_name(var, i))] for var in KINDS}
+    matched = {k: v for k, v in matched.items() if v}
+    if not matched:
+        raise ValueError(f"activation filter {names!r} matches no capture name (e.g. {act_name('rot_q', 0)})")
+    return matched
+
+
 def capture_activations(
     ckpt_path: str | Path,
     specs: Sequence[Spec] = (),
@@ -46,10 +57,7 @@ def capture_activations(
     validate_all(runs, be.geometry)
     want = name_filter(names)
     g = be.geometry
-    matched = {var: [i for i in range(g.num_layers) if want(act_name(var, i))] for var in KINDS}
-    matched = {k: v for k, v in matched.items() if v}
-    if not matched:
-        raise ValueError(f"activation filter {names!r} matches no capture name (e.g. {act_name('rot_q', 0)})")
+    matched = captured_layers(names, g.num_layers)
     ids, pos = _as_inputs(inputs, be)
     out = be.run(ids, pos, runs, capture=want)
     b, t = ids.shape
