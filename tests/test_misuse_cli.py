@@ -394,6 +394,28 @@ def test_unwritable_store_is_refused_before_any_model_runs(tmp_path, capsys, mon
     assert not store.exists()
 
 
+def test_a_start_killed_before_its_first_record_is_still_a_run_directory(tmp_path, monkeypatch, capsys):
+    """Killed in its first step (or while tokenising): run.yaml, tensorboard/ and the pair tracker's phase start
+    are there but no metrics.jsonl; a new start and --resume both go ahead (they were refused as foreign)."""
+    from workbench.train import trainer
+
+    cfg = ce_cfg(track_every=1, logging={"tensorboard": True})
+    out = tmp_path / "run"
+    step = trainer.train_step
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(config.from_dict(config.RunConfig, cfg), out=str(out), progress=False)
+    monkeypatch.setattr(trainer, "train_step", step)
+    assert {"run.yaml", "tensorboard", "pair_updates.start.pt"} <= {p.name for p in out.iterdir()}
+    assert not (out / "metrics.jsonl").exists()
+    assert train_cli(tmp_path, cfg, out, "--resume") == 0, capsys.readouterr().err
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
 def test_symlinked_lock_or_out_and_a_file_as_out_are_refused_untouched(tmp_path, capsys):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")

@@ -26,10 +26,15 @@ from workbench.budget import budget_source, memory_budget
 from workbench.config import ConfigError, RunConfig
 from workbench.runlock import LOCK, RunLock
 from workbench.runs import CHECKPOINT_PREFIX, METRICS, RUN_YAML, RunDir
+from workbench.train import pair_tracking, tracking
 
+# what the trainer writes before its first metrics record or checkpoint (a start killed while it tokenised the
+# corpus or ran its first step leaves these): a run directory still, not a foreign one
+STARTED = (RUN_YAML, LOCK, tracking.TENSORBOARD, tracking.WANDB, pair_tracking.RECORDS, pair_tracking.START)
 # only what the trainer itself writes (a store's ``.tmp-<store>-*`` beside it belongs to another writer)
 LEFTOVER = re.compile(
-    rf"^\.(tmp|old)-({CHECKPOINT_PREFIX}|probe-).*|^\.{re.escape(RUN_YAML)}\.tmp$|^{re.escape(METRICS)}\.tmp$"
+    rf"^\.(tmp|old)-({CHECKPOINT_PREFIX}|probe-).*|^\.{re.escape(RUN_YAML)}\.tmp$"
+    rf"|^({'|'.join(map(re.escape, (METRICS, pair_tracking.RECORDS, pair_tracking.START)))})\.tmp$"
 )
 
 
@@ -54,7 +59,7 @@ def check_own(run_dir: Path) -> None:
         )
     if not run_dir.is_dir() or RunDir(run_dir).has_progress():
         return
-    foreign = [p.name for p in run_dir.iterdir() if p.name not in (RUN_YAML, LOCK) and not LEFTOVER.match(p.name)]
+    foreign = [p.name for p in run_dir.iterdir() if p.name not in STARTED and not LEFTOVER.match(p.name)]
     if foreign:
         raise FileExistsError(
             f"{run_dir}: exists and is not a run directory (it holds {', '.join(sorted(foreign)[:3])}"
