@@ -71,6 +71,9 @@ def test_model_out_refuses_an_existing_checkpoint_and_overwrite_replaces_it(tmp_
     (tmp_path / "plain" / "notes.txt").write_text("mine")
     assert cli_main(["model", PRESET, "--out", str(tmp_path / "plain")]) == 2
     assert (tmp_path / "plain" / "notes.txt").read_text() == "mine"
+    assert cli_main(["model", PRESET, "--out", str(tmp_path / "plain"), "--overwrite"]) == 2  # not a checkpoint
+    assert "not a model checkpoint" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["notes.txt"]
     (tmp_path / "file").write_text("x")
     assert cli_main(["model", PRESET, "--out", str(tmp_path / "file"), "--overwrite"]) == 2
     assert "replaces checkpoint directories only" in capsys.readouterr().err
