@@ -397,6 +397,22 @@ def test_unwritable_store_is_refused_before_any_model_runs(tmp_path, capsys, mon
     assert not store.exists()
 
 
+def test_init_from_a_model_other_than_the_config_describes_is_refused(tmp_path, capsys):
+    start = tmp_path / "start"
+    checkpoint_io.save_checkpoint(models.build_model(config.ModelConfig(**STUDENT)), start)
+    wider = dict(STUDENT, hidden_size=64, intermediate_size=128)
+    assert train_cli(tmp_path, ce_cfg(model=wider, init_from=str(start)), tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert "not the model the config's model section describes (hidden_size 32 vs 64, intermediate_size" in err
+    assert not (tmp_path / "run").exists()
+    assert (
+        train_cli(
+            tmp_path, ce_cfg(init_from=str(start), phases=[dict(ce_cfg()["phases"][0], steps=1)]), tmp_path / "ok"
+        )
+        == 0
+    )
+
+
 def test_a_start_killed_before_its_first_record_is_still_a_run_directory(tmp_path, monkeypatch, capsys):
     """Killed in its first step (or while tokenising): run.yaml, tensorboard/ and the pair tracker's phase start
     are there but no metrics.jsonl; a new start and --resume both go ahead (they were refused as foreign)."""
