@@ -501,3 +501,18 @@ def test_memory_check_counts_the_dense_mask_only_where_the_step_uses_it(monkeypa
     with pytest.raises(config.ConfigError, match="phases\\[0\\]"):
         rundir.check_memory(cfg, 1, "cpu")
     rundir.check_memory(cfg, 1, "cuda")  # flex: only the model's own step is counted
+
+
+def test_pruning_leaves_a_symlinked_checkpoint_and_its_target_alone(tmp_path):
+    from workbench.train import state
+
+    run = tmp_path / "run"
+    run.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    model = models.build_model(config.ModelConfig(**STUDENT))
+    checkpoint_io.save_checkpoint(model, elsewhere, {"step": 1})
+    (run / "ckpt-000001").symlink_to(elsewhere, target_is_directory=True)  # a user's link, not the trainer's
+    for step in (2, 3):
+        checkpoint_io.save_checkpoint(model, run / f"ckpt-{step:06d}", {"step": step})
+    assert [p.name for p in state.prune(run, keep_last=1)] == ["ckpt-000002"]  # it raised on the link before
+    assert (run / "ckpt-000001").is_symlink() and (elsewhere / checkpoint_io.MANIFEST).is_file()
