@@ -516,3 +516,29 @@ def test_pruning_leaves_a_symlinked_checkpoint_and_its_target_alone(tmp_path):
         checkpoint_io.save_checkpoint(model, run / f"ckpt-{step:06d}", {"step": step})
     assert [p.name for p in state.prune(run, keep_last=1)] == ["ckpt-000002"]  # it raised on the link before
     assert (run / "ckpt-000001").is_symlink() and (elsewhere / checkpoint_io.MANIFEST).is_file()
+
+
+def test_a_prune_killed_part_way_leaves_no_half_checkpoint(tmp_path, monkeypatch):
+    """kill -9 during pruning left a ckpt-* with some files and no manifest, for ever; now the doomed checkpoint
+    is renamed to a .old-* leftover first, which the next start removes under the lock."""
+    import shutil
+
+    from workbench.train import state
+
+    run = tmp_path / "run"
+    model = models.build_model(config.ModelConfig(**STUDENT))
+    for step in (1, 2):
+        checkpoint_io.save_checkpoint(model, run / f"ckpt-{step:06d}", {"step": step})
+
+    def killed(path, *a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        state.prune(run, keep_last=1)
+    monkeypatch.undo()
+    names = sorted(p.name for p in run.iterdir())
+    assert names[1:] == ["ckpt-000002"] and names[0].startswith(".old-ckpt-000001-")
+    assert rundir.LEFTOVER.match(names[0])
+    rundir.clean_leftovers(run)
+    assert [p.name for p in run.iterdir()] == ["ckpt-000002"]

@@ -99,6 +99,15 @@ def atomic_directory(final: Path, fill: Callable[[Path], None]) -> Path:
     return final
 
 
+def discard_directory(path: Path) -> None:
+    """Delete a directory so that a kill part-way leaves no half of it under its name: renamed to a ``.old-*``
+    sibling first (atomic), then removed (a run's leftovers cleaning removes what a kill left)."""
+    path = Path(path)
+    gone = path.parent / f".old-{path.name}-{uuid.uuid4().hex[:8]}"
+    os.rename(path, gone)
+    shutil.rmtree(gone)
+
+
 def save_checkpoint(
     model, path: str | Path, manifest: Mapping[str, Any] | None = None, extra: Callable[[Path], None] | None = None
 ) -> Path:

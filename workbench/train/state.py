@@ -9,7 +9,6 @@ any world size), the step, the data cursor and every RNG (per rank).
 from __future__ import annotations
 
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +75,7 @@ def prune(run_dir: Path, keep_last: int) -> list[Path]:
     regular = [c for c in run.checkpoints() if c not in ends and not c.is_symlink()]
     doomed = regular[:-keep_last]
     for c in doomed:
-        shutil.rmtree(c)
+        checkpoint_io.discard_directory(c)  # a kill mid-delete leaves a .old-* leftover, not a half ckpt-*
     return doomed
 
 
