@@ -266,3 +266,10 @@ def test_inspect_reads_the_scaling_of_an_older_config_json_as_the_loaded_model_r
     params = dict(model.config.rope_parameters)
     assert info.rope_theta == params.pop("rope_theta") == 5000.0
     assert info.rope_scaling == params == {"rope_type": "linear", "factor": 4.0}
+
+
+@pytest.mark.parametrize("content", [b"[1, 2]", b"\xff\xfe"])
+def test_read_config_refuses_a_config_json_that_is_no_json_object(tmp_path, content):
+    (tmp_path / "config.json").write_bytes(content)
+    with pytest.raises(checkpoint_io.CheckpointError, match="config.json: (expected a JSON object|corrupt JSON)"):
+        checkpoint_io.read_config(tmp_path, weights=False)

@@ -399,8 +399,10 @@ def read_config(path: str | Path, *, weights: bool = True, architecture: bool = 
         raise CheckpointError(f"{path}: no config.json; not a Hugging Face model directory")
     try:
         cfg = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{cfg_file}: corrupt JSON ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_file}: expected a JSON object, got {type(cfg).__name__}")
     if architecture:
         try:
             architectures.of(cfg)

@@ -8,7 +8,6 @@ teacher directory as one ConfigError before any compute (a teacher *cache* is ch
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +45,14 @@ def windows_per_step(cfg: RunConfig, world_size: int) -> int:
 
 
 def hf_config(path: Path, what: str) -> dict[str, Any]:
+    """``config.json`` of a model directory (``checkpoint_io.read_config``, no weights or architecture checked);
+    CheckpointError prefixed with ``what`` (the config key)."""
     if not path.is_dir():
         raise checkpoint_io.CheckpointError(f"{what}: directory {path} not found")
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise checkpoint_io.CheckpointError(f"{what}: {path} has no config.json (not a Hugging Face model directory)")
     try:
-        out = json.loads(cfg_file.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise checkpoint_io.CheckpointError(f"{what}: {cfg_file}: not a valid config.json ({exc})") from None
-    if not isinstance(out, dict):
-        raise checkpoint_io.CheckpointError(f"{what}: {cfg_file}: expected a JSON object, got {type(out).__name__}")
-    return out
+        return checkpoint_io.read_config(path, weights=False, architecture=False)
+    except checkpoint_io.CheckpointError as exc:
+        raise checkpoint_io.CheckpointError(f"{what}: {exc}") from None
 
 
 def check_init_from(cfg: RunConfig, found: dict[str, Any]) -> None:
