@@ -542,3 +542,20 @@ def test_a_prune_killed_part_way_leaves_no_half_checkpoint(tmp_path, monkeypatch
     assert rundir.LEFTOVER.match(names[0])
     rundir.clean_leftovers(run)
     assert [p.name for p in run.iterdir()] == ["ckpt-000002"]
+
+
+def test_memory_check_counts_the_teacher_of_kd_phases(tmp_path, monkeypatch):
+    """A 7B-shaped teacher beside a tiny student: its weights (13 GiB in bf16) were left out of the estimate."""
+    from transformers import LlamaConfig
+
+    big = tmp_path / "teacher"
+    LlamaConfig(
+        vocab_size=128, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32
+    ).save_pretrained(big)  # config.json only: the check reads no weights
+    monkeypatch.setenv("WORKBENCH_MEMORY_BUDGET_GB", "4")
+    phases = [dict(ce_cfg()["phases"][0], objective="ce"), dict(ce_cfg()["phases"][0], name="b", objective="kd")]
+    cfg = config.from_dict(config.RunConfig, ce_cfg(teacher={"path": str(big)}, phases=phases))
+    with pytest.raises(config.ConfigError, match="phases\\[1\\] \\(b\\).*GiB.*teacher.cache"):
+        rundir.check_memory(cfg, 1, "cpu")
+    cfg.phases = cfg.phases[:1]  # a CE phase holds no teacher
+    rundir.check_memory(cfg, 1, "cpu")

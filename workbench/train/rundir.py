@@ -10,7 +10,7 @@ the resumable checkpoint, a write probe and the memory check, all before any mod
   ``--resume`` naming it (it is never skipped and then overwritten by the resumed run).
 - :func:`probe_writable`: create and remove a file in the run directory, so a read-only, full or foreign
   location is one line naming the path before any compute.
-- :func:`check_memory`: a training step's estimated memory (``memory.step_memory``; plus the O(T^2) document
+- :func:`check_memory`: a training step's estimated memory (``memory.step_memory``, with the teacher in KD phases; plus the O(T^2) document
   mask) against the device budget (``workbench.budget.memory_budget``), refused with the estimate.
 """
 
@@ -21,7 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from workbench import attention, checkpoint_io, writable
+from workbench import attention, checkpoint_io, models, writable
 from workbench.budget import budget_source, memory_budget
 from workbench.config import ConfigError, RunConfig
 from workbench.runlock import LOCK, RunLock
@@ -116,12 +116,18 @@ def check_memory(cfg: RunConfig, world_size: int, device: str) -> None:
     from workbench.train.phases import phase_data
 
     budget = memory_budget("cuda" if device == "cuda" else "cpu")
+    teacher = None  # the frozen teacher the KD phases hold beside the student (from its config.json)
+    if cfg.teacher is not None and not cfg.teacher.cache and any(ph.objective != "ce" for ph in cfg.phases):
+        from transformers import AutoConfig  # lazy: only a run with a teacher reads its config
+
+        teacher = models.model_config_of(AutoConfig.from_pretrained(cfg.teacher.path, local_files_only=True))
     for i, ph in enumerate(cfg.phases):
         est = step_memory(
             cfg.model,
             ph.seq_len,
             micro_batch=cfg.optim.micro_batch_size,
             world_size=world_size,
+            teacher=teacher if ph.objective != "ce" else None,
             chunk=cfg.loss.chunk_size,
             checkpointing=cfg.optim.activation_checkpointing,
         ).total
@@ -133,8 +139,13 @@ def check_memory(cfg: RunConfig, world_size: int, device: str) -> None:
         if est > budget:
             raise ConfigError(
                 f"phases[{i}] ({ph.name}): one step of {cfg.optim.micro_batch_size} x {ph.seq_len:,} "
-                f"tokens needs about {est / 2**30:,.1f} GiB (weights, optimiser, activations, logits; "
+                f"tokens needs about {est / 2**30:,.1f} GiB (weights, optimiser, activations, logits, teacher; "
                 f"workbench.train.memory) but the budget is {budget / 2**30:,.1f} GiB "
                 f"({budget_source(device if device == 'cuda' else 'cpu')}); lower seq_len or "
                 "optim.micro_batch_size (raise grad_accum_steps), or shrink the model"
+                + (
+                    " (or the teacher: a teacher.cache keeps it out of training)"
+                    if teacher and ph.objective != "ce"
+                    else ""
+                )
             )
