@@ -10,8 +10,9 @@ the resumable checkpoint, a write probe and the memory check, all before any mod
   ``--resume`` naming it (it is never skipped and then overwritten by the resumed run).
 - :func:`probe_writable`: create and remove a file in the run directory, so a read-only, full or foreign
   location is one line naming the path before any compute.
-- :func:`check_memory`: a training step's estimated memory (``memory.step_memory``, with the teacher in KD phases; plus the O(T^2) document
-  mask) against the device budget (``workbench.budget.memory_budget``), refused with the estimate.
+- :func:`check_memory`: a training step's estimated memory (``memory.step_memory``, with the teacher in KD
+  phases; plus the O(T^2) document mask) against the device budget (``workbench.budget.memory_budget``),
+  refused with the estimate.
 """
 
 from __future__ import annotations
