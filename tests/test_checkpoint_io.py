@@ -248,3 +248,28 @@ def test_fresh_save_is_remembered_and_hash_cost_is_small(gqa_model, tmp_path, mo
     path = checkpoint_io.save_checkpoint(gqa_model, tmp_path / "ckpt-000001", {"step": 1})
     monkeypatch.setattr(checkpoint_io, "_sha256", lambda p: pytest.fail(f"{p} hashed again after its own save"))
     checkpoint_io.verify_checkpoint(path)
+
+
+def test_inspect_reads_the_scaling_of_an_older_config_json_as_the_loaded_model_runs(gqa_model, tmp_path):
+    """A config.json written before transformers 5 states ``rope_theta`` / ``rope_scaling`` at the top level:
+    inspect (and so every wavelength the analyses draw) must see the scaling the loaded model runs with."""
+    from workbench import checkpoints
+
+    gqa_model.save_pretrained(tmp_path / "old")
+    cfg_file = tmp_path / "old" / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg.pop("rope_parameters", None)
+    cfg.update(rope_theta=5000.0, rope_scaling={"rope_type": "linear", "factor": 4.0})
+    cfg_file.write_text(json.dumps(cfg))
+    info = checkpoints.inspect(tmp_path / "old")
+    model, _ = checkpoint_io.load(tmp_path / "old")
+    params = dict(model.config.rope_parameters)
+    assert info.rope_theta == params.pop("rope_theta") == 5000.0
+    assert info.rope_scaling == params == {"rope_type": "linear", "factor": 4.0}
+
+
+@pytest.mark.parametrize("content", [b"[1, 2]", b"\xff\xfe"])
+def test_read_config_refuses_a_config_json_that_is_no_json_object(tmp_path, content):
+    (tmp_path / "config.json").write_bytes(content)
+    with pytest.raises(checkpoint_io.CheckpointError, match="config.json: (expected a JSON object|corrupt JSON)"):
+        checkpoint_io.read_config(tmp_path, weights=False)

@@ -145,3 +145,17 @@ def test_buckets_cover_positions_and_sum_to_total():
     b = loss_by_bucket(per_tok, valid, torch.arange(300), edges)
     assert sum(c for _, c in b.values()) == 299
     assert math.isclose(sum(s for s, _ in b.values()), float(per_tok.sum() - 10))
+
+
+def test_buckets_stay_on_the_loss_device_without_a_host_sync():
+    """Per micro-batch the buckets are tensors on the loss's device (the meta device has no values to read: any
+    float()/int() or boolean indexing here, a host sync per bucket on CUDA, would raise); read once when logged."""
+    edges = doubling_edges(300)
+    b = loss_by_bucket(
+        torch.zeros(2, 300, device="meta"),
+        torch.ones(2, 300, dtype=torch.bool, device="meta"),
+        torch.arange(300, device="meta").repeat(2, 1),
+        edges,
+    )
+    assert list(b) == ["0-64", "64-128", "128-256", "256-300"]
+    assert all(t.device.type == "meta" and t.shape == (2,) and t.dtype == torch.float64 for t in b.values())

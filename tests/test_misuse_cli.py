@@ -71,6 +71,9 @@ def test_model_out_refuses_an_existing_checkpoint_and_overwrite_replaces_it(tmp_
     (tmp_path / "plain" / "notes.txt").write_text("mine")
     assert cli_main(["model", PRESET, "--out", str(tmp_path / "plain")]) == 2
     assert (tmp_path / "plain" / "notes.txt").read_text() == "mine"
+    assert cli_main(["model", PRESET, "--out", str(tmp_path / "plain"), "--overwrite"]) == 2  # not a checkpoint
+    assert "not a model checkpoint" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["notes.txt"]
     (tmp_path / "file").write_text("x")
     assert cli_main(["model", PRESET, "--out", str(tmp_path / "file"), "--overwrite"]) == 2
     assert "replaces checkpoint directories only" in capsys.readouterr().err
@@ -394,6 +397,44 @@ def test_unwritable_store_is_refused_before_any_model_runs(tmp_path, capsys, mon
     assert not store.exists()
 
 
+def test_init_from_a_model_other_than_the_config_describes_is_refused(tmp_path, capsys):
+    start = tmp_path / "start"
+    checkpoint_io.save_checkpoint(models.build_model(config.ModelConfig(**STUDENT)), start)
+    wider = dict(STUDENT, hidden_size=64, intermediate_size=128)
+    assert train_cli(tmp_path, ce_cfg(model=wider, init_from=str(start)), tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert "not the model the config's model section describes (hidden_size 32 vs 64, intermediate_size" in err
+    assert not (tmp_path / "run").exists()
+    assert (
+        train_cli(
+            tmp_path, ce_cfg(init_from=str(start), phases=[dict(ce_cfg()["phases"][0], steps=1)]), tmp_path / "ok"
+        )
+        == 0
+    )
+
+
+def test_a_start_killed_before_its_first_record_is_still_a_run_directory(tmp_path, monkeypatch, capsys):
+    """Killed in its first step (or while tokenising): run.yaml, tensorboard/ and the pair tracker's phase start
+    are there but no metrics.jsonl; a new start and --resume both go ahead (they were refused as foreign)."""
+    from workbench.train import trainer
+
+    cfg = ce_cfg(track_every=1, logging={"tensorboard": True})
+    out = tmp_path / "run"
+    step = trainer.train_step
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(config.from_dict(config.RunConfig, cfg), out=str(out), progress=False)
+    monkeypatch.setattr(trainer, "train_step", step)
+    assert {"run.yaml", "tensorboard", "pair_updates.start.pt"} <= {p.name for p in out.iterdir()}
+    assert not (out / "metrics.jsonl").exists()
+    assert train_cli(tmp_path, cfg, out, "--resume") == 0, capsys.readouterr().err
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
 def test_symlinked_lock_or_out_and_a_file_as_out_are_refused_untouched(tmp_path, capsys):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
@@ -460,3 +501,61 @@ def test_memory_check_counts_the_dense_mask_only_where_the_step_uses_it(monkeypa
     with pytest.raises(config.ConfigError, match="phases\\[0\\]"):
         rundir.check_memory(cfg, 1, "cpu")
     rundir.check_memory(cfg, 1, "cuda")  # flex: only the model's own step is counted
+
+
+def test_pruning_leaves_a_symlinked_checkpoint_and_its_target_alone(tmp_path):
+    from workbench.train import state
+
+    run = tmp_path / "run"
+    run.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    model = models.build_model(config.ModelConfig(**STUDENT))
+    checkpoint_io.save_checkpoint(model, elsewhere, {"step": 1})
+    (run / "ckpt-000001").symlink_to(elsewhere, target_is_directory=True)  # a user's link, not the trainer's
+    for step in (2, 3):
+        checkpoint_io.save_checkpoint(model, run / f"ckpt-{step:06d}", {"step": step})
+    assert [p.name for p in state.prune(run, keep_last=1)] == ["ckpt-000002"]  # it raised on the link before
+    assert (run / "ckpt-000001").is_symlink() and (elsewhere / checkpoint_io.MANIFEST).is_file()
+
+
+def test_a_prune_killed_part_way_leaves_no_half_checkpoint(tmp_path, monkeypatch):
+    """kill -9 during pruning left a ckpt-* with some files and no manifest, for ever; now the doomed checkpoint
+    is renamed to a .old-* leftover first, which the next start removes under the lock."""
+    import shutil
+
+    from workbench.train import state
+
+    run = tmp_path / "run"
+    model = models.build_model(config.ModelConfig(**STUDENT))
+    for step in (1, 2):
+        checkpoint_io.save_checkpoint(model, run / f"ckpt-{step:06d}", {"step": step})
+
+    def killed(path, *a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        state.prune(run, keep_last=1)
+    monkeypatch.undo()
+    names = sorted(p.name for p in run.iterdir())
+    assert names[1:] == ["ckpt-000002"] and names[0].startswith(".old-ckpt-000001-")
+    assert rundir.LEFTOVER.match(names[0])
+    rundir.clean_leftovers(run)
+    assert [p.name for p in run.iterdir()] == ["ckpt-000002"]
+
+
+def test_memory_check_counts_the_teacher_of_kd_phases(tmp_path, monkeypatch):
+    """A 7B-shaped teacher beside a tiny student: its weights (13 GiB in bf16) were left out of the estimate."""
+    from transformers import LlamaConfig
+
+    big = tmp_path / "teacher"
+    LlamaConfig(
+        vocab_size=128, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32
+    ).save_pretrained(big)  # config.json only: the check reads no weights
+    monkeypatch.setenv("WORKBENCH_MEMORY_BUDGET_GB", "4")
+    phases = [dict(ce_cfg()["phases"][0], objective="ce"), dict(ce_cfg()["phases"][0], name="b", objective="kd")]
+    cfg = config.from_dict(config.RunConfig, ce_cfg(teacher={"path": str(big)}, phases=phases))
+    with pytest.raises(config.ConfigError, match="phases\\[1\\] \\(b\\).*GiB.*teacher.cache"):
+        rundir.check_memory(cfg, 1, "cpu")
+    cfg.phases = cfg.phases[:1]  # a CE phase holds no teacher
+    rundir.check_memory(cfg, 1, "cpu")

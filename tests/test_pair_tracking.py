@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from workbench import checkpoint_io, config, measurements, models, rope
 from workbench.train import pair_tracking, train
@@ -88,3 +89,13 @@ def test_track_every_is_validated():
                 "phases": [{"name": "a", "steps": 1, "seq_len": 64, "rope_theta": 100}],
             },
         )
+
+
+def test_phase_start_snapshot_is_exact_float32():
+    """The phase start is kept in float32 (half of float64's memory and file): the fp32 weights exactly."""
+    from workbench.train.pair_tracking import snapshot
+
+    model = models.build_model(config.ModelConfig(**STUDENT), seed=1)
+    snap = snapshot(model)
+    assert len(snap) == STUDENT["num_layers"] and all(t.dtype == torch.float32 for t in snap[0].values())
+    assert torch.equal(snap[0]["q_proj.weight"], model.model.layers[0].self_attn.q_proj.weight.detach())

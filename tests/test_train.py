@@ -519,6 +519,8 @@ def test_resume_refuses_a_changed_config_and_a_run_of_hash_version_1(tmp_path, c
     changed = dict(cfg, phases=[dict(cfg["phases"][0], lr=2e-3)])
     with pytest.raises(config.ConfigError, match="differs from the one the run was started with"):
         train(config.from_dict(config.RunConfig, changed), out=str(out), resume=True, progress=False)
+    with pytest.raises(config.ConfigError, match="differs at phases\\[0\\].lr\\)"):  # the key, named
+        train(config.from_dict(config.RunConfig, changed), out=str(out), resume=True, progress=False)
     ckpt = RunDir(out).checkpoints()[-1]
     manifest = json.loads((ckpt / checkpoint_io.MANIFEST).read_text())
     del manifest["config_hash_version"]

@@ -99,6 +99,15 @@ def atomic_directory(final: Path, fill: Callable[[Path], None]) -> Path:
     return final
 
 
+def discard_directory(path: Path) -> None:
+    """Delete a directory so that a kill part-way leaves no half of it under its name: renamed to a ``.old-*``
+    sibling first (atomic), then removed (a run's leftovers cleaning removes what a kill left)."""
+    path = Path(path)
+    gone = path.parent / f".old-{path.name}-{uuid.uuid4().hex[:8]}"
+    os.rename(path, gone)
+    shutil.rmtree(gone)
+
+
 def save_checkpoint(
     model, path: str | Path, manifest: Mapping[str, Any] | None = None, extra: Callable[[Path], None] | None = None
 ) -> Path:
@@ -390,8 +399,10 @@ def read_config(path: str | Path, *, weights: bool = True, architecture: bool = 
         raise CheckpointError(f"{path}: no config.json; not a Hugging Face model directory")
     try:
         cfg = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{cfg_file}: corrupt JSON ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_file}: expected a JSON object, got {type(cfg).__name__}")
     if architecture:
         try:
             architectures.of(cfg)

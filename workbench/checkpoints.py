@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from workbench import checkpoint_io, rope, tokenizers
+from workbench import architectures, checkpoint_io, rope, tokenizers
 from workbench.checkpoint_io import CheckpointError
 from workbench.runs import RunDir
 
@@ -178,8 +178,8 @@ def inspect(path: str | Path, *, verify: bool = True, what: str | None = None) -
         if what:
             raise CheckpointError(f"{what}: {exc}") from None
         raise
-    params = dict(cfg.get("rope_parameters") or {})
-    theta = float(params.pop("rope_theta", cfg.get("rope_theta", 10000.0)))
+    params = architectures.rope_parameters(cfg)  # transformers 5's rope_parameters, or an older file's keys
+    theta = float(params.pop("rope_theta", 10000.0))
     params.pop("partial_rotary_factor", None)
     scaling = params if params.get("rope_type", "default") != "default" else None
     text = cfg.get("text_config") or {}

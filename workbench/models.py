@@ -64,8 +64,8 @@ def count_parameters(cfg: ModelConfig) -> int:
 
 
 def model_config_of(model) -> ModelConfig:
-    """The ModelConfig that describes a loaded HF model of a supported architecture."""
-    c = model.config
+    """The ModelConfig that describes a loaded HF model (or its HF config) of a supported architecture."""
+    c = getattr(model, "config", model)
     arch = architectures.of(c)
     params = dict(c.rope_parameters or {})
     params.pop("partial_rotary_factor", None)  # Phi-3 states 1.0 (architectures.check refuses anything else)

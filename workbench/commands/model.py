@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace an existing --out directory (atomically: the "
+        help="replace an existing --out checkpoint directory (atomically: the "
         "new checkpoint is written beside it and renamed over it); without it an existing one is refused",
     )
 
@@ -47,6 +47,15 @@ def run(args: argparse.Namespace) -> int:
         raise FileExistsError(
             f"--out {out}: is {'a symlink' if out.is_symlink() else 'a file'}; --overwrite "
             "replaces checkpoint directories only"
+        )
+    if (
+        out.is_dir()
+        and any(out.iterdir())
+        and not any((out / f).is_file() for f in (checkpoint_io.MANIFEST, "config.json"))
+    ):
+        raise FileExistsError(
+            f"--out {out}: a directory that is not a model checkpoint (no {checkpoint_io.MANIFEST} or config.json); "
+            "--overwrite replaces checkpoint directories only (nothing was written)"
         )
     from workbench.writable import probe
 

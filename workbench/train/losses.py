@@ -301,12 +301,15 @@ def doubling_edges(seq_len: int, first: int = 64) -> list[int]:
 
 def loss_by_bucket(
     per_token: torch.Tensor, valid: torch.Tensor, position_ids: torch.Tensor, edges: list[int]
-) -> dict[str, tuple[float, int]]:
-    """Sum of per-token loss and valid count per position bucket ``"lo-hi"`` (hi exclusive)."""
-    out = {}
+) -> dict[str, torch.Tensor]:
+    """Sum of per-token loss and valid count per position bucket ``"lo-hi"`` (hi exclusive), each a float64
+    tensor [sum, count] on the loss's device: no host sync here (the trainer adds them up over a step's
+    micro-batches and reads them once, when the step is logged)."""
     pos = position_ids.reshape(-1)  # [N]
-    pt, v = per_token.reshape(-1).detach(), valid.reshape(-1)  # [N], [N]
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        sel = v & (pos >= lo) & (pos < hi)  # [N]
-        out[f"{lo}-{hi}"] = (float(pt[sel].sum()), int(sel.sum()))
-    return out
+    pt = per_token.reshape(-1).detach()  # [N]
+    v = valid.reshape(-1) & (pos >= edges[0]) & (pos < edges[-1])  # [N]
+    bucket = torch.bucketize(pos, torch.tensor(edges[1:-1], device=pos.device), right=True)  # [N] in [0, B)
+    out = torch.zeros(len(edges) - 1, 2, dtype=torch.float64, device=pt.device)  # [B, (sum, count)]
+    out[:, 0].index_add_(0, bucket, torch.where(v, pt, 0).double())
+    out[:, 1].index_add_(0, bucket, v.double())
+    return {f"{lo}-{hi}": row for lo, hi, row in zip(edges[:-1], edges[1:], out)}

@@ -37,22 +37,20 @@ class StepStats:
     loss: float = 0.0
     ce: float = 0.0
     kd: float = 0.0
-    buckets: dict[str, list[float]] = field(default_factory=dict)
+    buckets: dict[str, torch.Tensor] = field(default_factory=dict)  # [sum, count] on the device
     lr: float = 0.0
     grad_norm: float = 0.0
     tokens: int = 0  # over all ranks
     seconds: float = 0.0
 
     def add(
-        self, per_token: torch.Tensor, ce_sum: torch.Tensor, kd_sum: torch.Tensor, buckets: dict[str, tuple[float, int]]
+        self, per_token: torch.Tensor, ce_sum: torch.Tensor, kd_sum: torch.Tensor, buckets: dict[str, torch.Tensor]
     ) -> None:
         self.loss += float(per_token.sum())
         self.ce += float(ce_sum)
         self.kd += float(kd_sum)
-        for key, (total, count) in buckets.items():
-            acc = self.buckets.setdefault(key, [0.0, 0.0])
-            acc[0] += total
-            acc[1] += count
+        for key, acc in buckets.items():
+            self.buckets[key] = acc if key not in self.buckets else self.buckets[key] + acc
 
     @property
     def finite(self) -> bool:
@@ -145,10 +143,13 @@ class MetricsLog:
             self.tracker.close()
 
 
-def reduce_buckets(buckets: dict[str, list[float]], dd: distributed.Dist) -> dict[str, float]:
+def reduce_buckets(buckets: dict[str, torch.Tensor], dd: distributed.Dist) -> dict[str, float]:
+    """Mean loss per bucket over ranks (a collective, on the tensors' device: NCCL reduces no CPU tensors)."""
     keys = list(buckets)
-    t = distributed.all_reduce_sum(torch.tensor([buckets[k] for k in keys], dtype=torch.float64), dd)
-    return {k: (float(s) / c if c else None) for k, (s, c) in zip(keys, t.tolist())}
+    if not keys:
+        return {}
+    t = distributed.all_reduce_sum(torch.stack([buckets[k] for k in keys]), dd)
+    return {k: (s / c if c else None) for k, (s, c) in zip(keys, t.tolist())}
 
 
 def peak_mem_mb(device: torch.device) -> float:

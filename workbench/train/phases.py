@@ -8,11 +8,10 @@ teacher directory as one ConfigError before any compute (a teacher *cache* is ch
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from workbench import checkpoint_io, tokenizers
+from workbench import architectures, checkpoint_io, tokenizers
 from workbench import config as wconfig
 from workbench.config import ConfigError, RunConfig
 from workbench.data import stream as data_stream
@@ -46,18 +45,41 @@ def windows_per_step(cfg: RunConfig, world_size: int) -> int:
 
 
 def hf_config(path: Path, what: str) -> dict[str, Any]:
+    """``config.json`` of a model directory (``checkpoint_io.read_config``, no weights or architecture checked);
+    CheckpointError prefixed with ``what`` (the config key)."""
     if not path.is_dir():
         raise checkpoint_io.CheckpointError(f"{what}: directory {path} not found")
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise checkpoint_io.CheckpointError(f"{what}: {path} has no config.json (not a Hugging Face model directory)")
     try:
-        out = json.loads(cfg_file.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise checkpoint_io.CheckpointError(f"{what}: {cfg_file}: not a valid config.json ({exc})") from None
-    if not isinstance(out, dict):
-        raise checkpoint_io.CheckpointError(f"{what}: {cfg_file}: expected a JSON object, got {type(out).__name__}")
-    return out
+        return checkpoint_io.read_config(path, weights=False, architecture=False)
+    except checkpoint_io.CheckpointError as exc:
+        raise checkpoint_io.CheckpointError(f"{what}: {exc}") from None
+
+
+def check_init_from(cfg: RunConfig, found: dict[str, Any]) -> None:
+    """The ``init_from`` checkpoint must be the model the ``model`` section describes (theta aside: the phases set
+    it): the trainer trains the checkpoint but sizes the memory check, the vocabulary and the windows, and
+    records the run, by the section."""
+    try:
+        arch = architectures.of(found).name
+    except architectures.ArchitectureError as exc:
+        raise checkpoint_io.CheckpointError(f"init_from: {cfg.init_from}: {exc}") from None
+    m = cfg.model
+    pairs = {
+        "architecture": (arch, m.architecture),
+        "vocab_size": (found.get("vocab_size"), m.vocab_size),
+        "hidden_size": (found.get("hidden_size"), m.hidden_size),
+        "num_layers": (found.get("num_hidden_layers"), m.num_layers),
+        "num_heads": (found.get("num_attention_heads"), m.num_heads),
+        "num_kv_heads": (architectures.num_kv_heads(found), m.num_kv_heads),
+        "head_dim": (architectures.head_dim(found), m.resolved_head_dim),
+        "intermediate_size": (found.get("intermediate_size"), m.intermediate_size),
+    }
+    differ = [f"{k} {have} vs {want}" for k, (have, want) in pairs.items() if have != want]
+    if differ:
+        raise ConfigError(
+            f"init_from: {cfg.init_from} is not the model the config's model section describes "
+            f"({', '.join(differ)}: checkpoint vs config); make model: match it (its config.json)"
+        )
 
 
 def check_inputs(cfg: RunConfig, world_size: int = 1) -> None:
@@ -82,7 +104,7 @@ def check_inputs(cfg: RunConfig, world_size: int = 1) -> None:
                 f"phases[{i}].objective: {ph.objective!r} needs a teacher, but the config has no 'teacher' section"
             )
     if cfg.init_from:
-        hf_config(Path(cfg.init_from), "init_from")
+        check_init_from(cfg, hf_config(Path(cfg.init_from), "init_from"))
     if cfg.teacher is not None and needs_teacher(cfg) and not cfg.teacher.cache:
         tcfg = hf_config(Path(cfg.teacher.path), "teacher.path")
         kd_vocab_size(cfg, tcfg.get("vocab_size"))  # same rows, or one tokenizer padded differently

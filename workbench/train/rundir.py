@@ -10,8 +10,9 @@ the resumable checkpoint, a write probe and the memory check, all before any mod
   ``--resume`` naming it (it is never skipped and then overwritten by the resumed run).
 - :func:`probe_writable`: create and remove a file in the run directory, so a read-only, full or foreign
   location is one line naming the path before any compute.
-- :func:`check_memory`: a training step's estimated memory (``memory.step_memory``; plus the O(T^2) document
-  mask) against the device budget (``workbench.budget.memory_budget``), refused with the estimate.
+- :func:`check_memory`: a training step's estimated memory (``memory.step_memory``, with the teacher in KD
+  phases; plus the O(T^2) document mask) against the device budget (``workbench.budget.memory_budget``),
+  refused with the estimate.
 """
 
 from __future__ import annotations
@@ -21,15 +22,20 @@ import shutil
 import sys
 from pathlib import Path
 
-from workbench import attention, checkpoint_io, writable
+from workbench import attention, checkpoint_io, models, writable
 from workbench.budget import budget_source, memory_budget
 from workbench.config import ConfigError, RunConfig
 from workbench.runlock import LOCK, RunLock
 from workbench.runs import CHECKPOINT_PREFIX, METRICS, RUN_YAML, RunDir
+from workbench.train import pair_tracking, tracking
 
+# what the trainer writes before its first metrics record or checkpoint (a start killed while it tokenised the
+# corpus or ran its first step leaves these): a run directory still, not a foreign one
+STARTED = (RUN_YAML, LOCK, tracking.TENSORBOARD, tracking.WANDB, pair_tracking.RECORDS, pair_tracking.START)
 # only what the trainer itself writes (a store's ``.tmp-<store>-*`` beside it belongs to another writer)
 LEFTOVER = re.compile(
-    rf"^\.(tmp|old)-({CHECKPOINT_PREFIX}|probe-).*|^\.{re.escape(RUN_YAML)}\.tmp$|^{re.escape(METRICS)}\.tmp$"
+    rf"^\.(tmp|old)-({CHECKPOINT_PREFIX}|probe-).*|^\.{re.escape(RUN_YAML)}\.tmp$"
+    rf"|^({'|'.join(map(re.escape, (METRICS, pair_tracking.RECORDS, pair_tracking.START)))})\.tmp$"
 )
 
 
@@ -54,7 +60,7 @@ def check_own(run_dir: Path) -> None:
         )
     if not run_dir.is_dir() or RunDir(run_dir).has_progress():
         return
-    foreign = [p.name for p in run_dir.iterdir() if p.name not in (RUN_YAML, LOCK) and not LEFTOVER.match(p.name)]
+    foreign = [p.name for p in run_dir.iterdir() if p.name not in STARTED and not LEFTOVER.match(p.name)]
     if foreign:
         raise FileExistsError(
             f"{run_dir}: exists and is not a run directory (it holds {', '.join(sorted(foreign)[:3])}"
@@ -111,12 +117,18 @@ def check_memory(cfg: RunConfig, world_size: int, device: str) -> None:
     from workbench.train.phases import phase_data
 
     budget = memory_budget("cuda" if device == "cuda" else "cpu")
+    teacher = None  # the frozen teacher the KD phases hold beside the student (from its config.json)
+    if cfg.teacher is not None and not cfg.teacher.cache and any(ph.objective != "ce" for ph in cfg.phases):
+        from transformers import AutoConfig  # lazy: only a run with a teacher reads its config
+
+        teacher = models.model_config_of(AutoConfig.from_pretrained(cfg.teacher.path, local_files_only=True))
     for i, ph in enumerate(cfg.phases):
         est = step_memory(
             cfg.model,
             ph.seq_len,
             micro_batch=cfg.optim.micro_batch_size,
             world_size=world_size,
+            teacher=teacher if ph.objective != "ce" else None,
             chunk=cfg.loss.chunk_size,
             checkpointing=cfg.optim.activation_checkpointing,
         ).total
@@ -128,8 +140,13 @@ def check_memory(cfg: RunConfig, world_size: int, device: str) -> None:
         if est > budget:
             raise ConfigError(
                 f"phases[{i}] ({ph.name}): one step of {cfg.optim.micro_batch_size} x {ph.seq_len:,} "
-                f"tokens needs about {est / 2**30:,.1f} GiB (weights, optimiser, activations, logits; "
+                f"tokens needs about {est / 2**30:,.1f} GiB (weights, optimiser, activations, logits, teacher; "
                 f"workbench.train.memory) but the budget is {budget / 2**30:,.1f} GiB "
                 f"({budget_source(device if device == 'cuda' else 'cpu')}); lower seq_len or "
                 "optim.micro_batch_size (raise grad_accum_steps), or shrink the model"
+                + (
+                    " (or the teacher: a teacher.cache keeps it out of training)"
+                    if teacher and ph.objective != "ce"
+                    else ""
+                )
             )

@@ -9,7 +9,6 @@ any world size), the step, the data cursor and every RNG (per rank).
 from __future__ import annotations
 
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -67,15 +66,16 @@ def read_state(ckpt: Path) -> dict[str, Any]:
 
 def prune(run_dir: Path, keep_last: int) -> list[Path]:
     """Delete all but the newest ``keep_last`` checkpoints that are *not* phase ends (keep_last <= 0: keep all).
-    Phase-end checkpoints are never deleted: the per-pair analyses compare every phase's final weights."""
+    Phase-end checkpoints are never deleted: the per-pair analyses compare every phase's final weights; nor is
+    a ``ckpt-*`` symlink (the trainer writes none: not ours, and its target lies elsewhere)."""
     if keep_last <= 0:
         return []
     run = RunDir(run_dir)
     ends = set(run.phase_ends())
-    regular = [c for c in run.checkpoints() if c not in ends]
+    regular = [c for c in run.checkpoints() if c not in ends and not c.is_symlink()]
     doomed = regular[:-keep_last]
     for c in doomed:
-        shutil.rmtree(c)
+        checkpoint_io.discard_directory(c)  # a kill mid-delete leaves a .old-* leftover, not a half ckpt-*
     return doomed
 
 

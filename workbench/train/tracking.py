@@ -18,6 +18,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+TENSORBOARD = "tensorboard"  # <run>/tensorboard: the event files
+WANDB = "wandb"  # <run>/wandb: W&B's files (wandb.init(dir=<run>))
 # record fields that label a record rather than measure it
 _LABELS = ("kind", "step", "phase", "time", "task", "length")
 
@@ -58,7 +60,7 @@ class Tracker:
         if logging_cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # lazy: imports tensorboard
 
-            self.writers.append(SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard")))
+            self.writers.append(SummaryWriter(log_dir=str(Path(run_dir) / TENSORBOARD)))
         if logging_cfg.wandb is not None:
             try:
                 import wandb  # lazy: never required unless configured

@@ -77,7 +77,8 @@ def preflight(cfg: RunConfig, run_dir: Path, *, resume: bool, world_size: int = 
             if old != new:
                 raise ConfigError(
                     f"{run_dir}: --resume with a config that differs from the one the run was started "
-                    f"with (config_hash {old} vs {new}); see {RunDir(run_dir).config_path}"
+                    f"with (config_hash {old} vs {new}{_differing(RunDir(run_dir), cfg)}); see "
+                    f"{RunDir(run_dir).config_path}"
                 )
     check_inputs(cfg, world_size)
     if cfg.teacher is not None and cfg.teacher.cache and needs_teacher(cfg):
@@ -85,6 +86,25 @@ def preflight(cfg: RunConfig, run_dir: Path, *, resume: bool, world_size: int = 
     rundir.check_memory(cfg, world_size, models.pick_device(cfg.device).type)
     if first_rank:
         rundir.probe_writable(run_dir)
+
+
+def _differing(run: RunDir, cfg: RunConfig) -> str:
+    """``; differs at KEY, ...``: the keys where ``cfg`` differs from the run's ``run.yaml`` ("" if unreadable)."""
+    try:
+        written = run.config()
+    except (OSError, ValueError):
+        return ""
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(d, dict):
+            return {k: v for key, sub in d.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+        if isinstance(d, list) and d and all(isinstance(x, dict) for x in d):
+            return {k: v for i, sub in enumerate(d) for k, v in flat(sub, f"{prefix[:-1]}[{i}].").items()}
+        return {prefix[:-1]: d}
+
+    a, b = flat(written), flat(wconfig.to_dict(cfg))
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return f"; differs at {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}" if keys else ""
 
 
 # ------------------------------------------------------------------------------------------ build
