@@ -29,10 +29,11 @@ log = logging.getLogger("workbench.app")
 
 def check_metadata(root: Path, path: Path) -> None:
     """Refuse a store before zarr reads it: it (or a group directory in it) resolving outside RUNS_DIR, or a
-    ``zarr.json`` that is not a regular file (a FIFO would block the reading thread for good)."""
+    ``zarr.json`` that is not a regular file (a FIFO would block the reading thread for good). Hidden
+    children (``.tmp-*``) are checked too: zarr reads every child's ``zarr.json`` when it lists groups."""
     if not is_inside(root, path):
         raise OutsideRunsDir(f"store {path.name}: resolves outside RUNS_DIR (symlink); skipped")
-    for here in [path, *(p for p in path.iterdir() if not p.name.startswith("."))]:
+    for here in [path, *path.iterdir()]:
         if not is_inside(root, here):
             raise OutsideRunsDir(f"store {path.name}: {here.name} resolves outside RUNS_DIR (symlink); skipped")
         if not here.is_dir():

@@ -337,3 +337,24 @@ def test_without_run_lock_temporary_dirs_are_judged_by_age(tmp_path):
     (run / "run.lock").unlink()
     (run / "run.lock").write_text('{"pid": 999999999, "host": "x", "since": 0}')  # a dead writer's record
     assert R.run_info(root_of(root), "r").in_progress == []
+
+
+def test_hidden_children_of_a_store_are_confined_too(tmp_path):
+    """zarr reads every child's zarr.json when it lists a store's groups, hidden ones (.tmp-*) included:
+    a FIFO there must not hang discovery, a link there must not be read outside RUNS_DIR."""
+    root, outside = tmp_path / "runs", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    _tiny_store(outside / "elsewhere.zarr")
+    fifo = root / "hidden-fifo.zarr"
+    _tiny_store(fifo)
+    (fifo / ".tmp-x").mkdir()
+    os.mkfifo(fifo / ".tmp-x" / "zarr.json")
+    link = root / "hidden-link.zarr"
+    _tiny_store(link)
+    (link / ".y").symlink_to(outside / "elsewhere.zarr" / "demo_group", target_is_directory=True)
+    _tiny_store(root / "good.zarr")
+    assert within(20, S.find_stores, root_of(root)) == ["good.zarr"]
+    for store in ("hidden-fifo.zarr", "hidden-link.zarr"):
+        with pytest.raises(ValueError, match="outside RUNS_DIR|not a regular file"):
+            within(10, S.groups_of, root_of(root), store)
