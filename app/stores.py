@@ -88,11 +88,14 @@ def stores_with_group(root: Path, *groups: str) -> list[str]:
 
 
 def _stamp(path: Path, group: str) -> float:
-    meta = path / group / "zarr.json"
+    """Latest change of the group: its metadata and its arrays' directories (a chunk file replaced, or
+    swapped for a symlink, after the group was opened changes its directory, so the next open checks the
+    tree again before zarr reads it)."""
     try:
-        return max(
-            meta.stat().st_mtime, max((p.stat().st_mtime for p in (path / group).glob("*/zarr.json")), default=0.0)
-        )
+        stamps = [(path / group / "zarr.json").stat().st_mtime]
+        for meta in (path / group).glob("*/zarr.json"):
+            stamps += [meta.stat().st_mtime, meta.parent.stat().st_mtime]
+        return max(stamps)
     except OSError:
         return 0.0
 

@@ -358,3 +358,27 @@ def test_hidden_children_of_a_store_are_confined_too(tmp_path):
     for store in ("hidden-fifo.zarr", "hidden-link.zarr"):
         with pytest.raises(ValueError, match="outside RUNS_DIR|not a regular file"):
             within(10, S.groups_of, root_of(root), store)
+
+
+def test_a_chunk_swapped_for_a_link_after_opening_is_not_read(tmp_path):
+    """The opened group is cached; a chunk file the store's writer made, replaced by a symlink out of
+    RUNS_DIR afterwards, must be caught before zarr reads it (the cache stamp covers the arrays' directories)."""
+    import numpy as np
+    import xarray as xr
+
+    from workbench import store
+
+    root, outside = tmp_path / "runs", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    secret = outside / "secret.bin"
+    secret.write_bytes(np.full(4, 7.0).tobytes())
+    ds = xr.Dataset({"x": (("pair",), np.arange(4.0))}, coords={"pair": np.arange(4)})
+    store.write(root / "s.zarr", "demo_group", ds, encoding={"x": {"compressors": None}})
+    top = root_of(root)
+    assert list(S.loaded(top, "s.zarr", "demo_group", "x")["x"].values) == [0.0, 1.0, 2.0, 3.0]
+    chunk = root / "s.zarr" / "demo_group" / "x" / "c.0"
+    chunk.unlink()
+    chunk.symlink_to(secret)
+    with pytest.raises(ValueError, match="leaving RUNS_DIR|outside RUNS_DIR"):
+        S.loaded(top, "s.zarr", "demo_group", "x", pair=["1"])
