@@ -249,12 +249,13 @@ def run_info(root: Path, name: str) -> RunInfo:
     return RunInfo(name, path, config, ckpts, in_progress, metrics, messages)
 
 
-def metrics_mtime(root: Path, names: list[str]) -> float:
-    """Latest modification time among the runs' metrics files (0 when none): lets a poll skip redraws."""
+def metrics_mtime(root: Path, names: list[str], file: str = METRICS) -> float:
+    """Latest modification time among the runs' metrics files (or another ``file`` of theirs; 0 when none):
+    lets a poll skip redraws."""
     latest = 0.0
     for name in names:
         try:
-            latest = max(latest, os.stat(inside(root, name) / METRICS).st_mtime)
+            latest = max(latest, os.stat(inside(root, name) / file).st_mtime)
         except (OSError, ValueError):
             continue
     return latest

@@ -382,3 +382,50 @@ def test_a_chunk_swapped_for_a_link_after_opening_is_not_read(tmp_path):
     chunk.symlink_to(secret)
     with pytest.raises(ValueError, match="leaving RUNS_DIR|outside RUNS_DIR"):
         S.loaded(top, "s.zarr", "demo_group", "x", pair=["1"])
+
+
+def test_pair_updates_linked_outside_are_not_read_and_polls_skip_unchanged(tmp_path):
+    """pair_updates.jsonl is read confined to RUNS_DIR like metrics.jsonl, and a poll redraws it only when
+    it changed (the callback answers no update otherwise)."""
+    from app.views import training
+
+    root, outside = tmp_path / "runs", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    record = {"kind": "pair_updates", "step": 1, "phase": SECRET, "rope_theta": 1e4, "seq_len": 64}
+    record["q_rel_update"] = [[[0.5] * 4]]
+    (outside / "pairs.jsonl").write_text(json.dumps(record) + "\n")
+    for name in ("linked", "own"):
+        (root / name).mkdir()
+        write_run_yaml(root / name)
+        write_metrics(root / name / "metrics.jsonl", steps=3)
+    (root / "linked" / training.PAIR_UPDATES).symlink_to(outside / "pairs.jsonl")
+    shutil.copy(outside / "pairs.jsonl", root / "own" / training.PAIR_UPDATES)
+    top = root_of(root)
+    assert training.pair_updates_view(top, ["linked"]) is None
+    assert training.pair_updates_view(top, ["own"]) is not None
+    client = create_app(root).server.test_client()
+    out = "..train-pairs.figure...train-pairs.style...train-pairs-stamp.data.."
+    outputs = [{"id": "train-pairs", "property": p} for p in ("figure", "style")]
+    outputs.append({"id": "train-pairs-stamp", "property": "data"})
+
+    def poll(stamp):
+        inputs = [
+            {"id": "train-runs", "property": "value", "value": ["own"]},
+            {"id": "train-poll", "property": "n_intervals", "value": 3},
+            {"id": "tabs", "property": "value", "value": "training"},
+        ]
+        body = {
+            "output": out,
+            "outputs": outputs,
+            "inputs": inputs,
+            "state": [{"id": "train-pairs-stamp", "property": "data", "value": stamp}],
+            "changedPropIds": ["train-poll.n_intervals"],
+        }
+        return client.post("/_dash-update-component", json=body)
+
+    first = poll(None)
+    assert first.status_code == 200
+    stamp = first.get_json()["response"]["train-pairs-stamp"]["data"]
+    again = poll(stamp)
+    assert again.status_code == 200 and again.get_json()["response"] == {}  # unchanged: nothing re-read or sent
