@@ -498,7 +498,7 @@ def test_updates_view_reads_the_analysis_groups(tiny_runs):
     from app.views import updates
 
     root = root_of(tiny_runs)
-    assert updates.stores(root) == ["results.zarr"]
+    assert S.stores_with_group(root, updates.GROUP, updates.wstore.UPDATES_STATES) == ["results.zarr"]
     assert updates.available_sources(root, "results.zarr") == ["W_q", "W_k", "q states", "k states"]
     comps = updates.comparisons(root, "results.zarr", "W_q")
     assert len(comps) == 1 and "->" in comps[0]
@@ -576,7 +576,7 @@ def test_traces_view_reads_the_interp_groups(tiny_runs):
     from app.views import traces
 
     root = root_of(tiny_runs)
-    assert traces.stores(root) == ["results.zarr"]
+    assert S.stores_with_group(root, traces.GROUP, traces.REPEATED) == ["results.zarr"]
     c = traces.choices(root, "results.zarr")
     assert len(c["checkpoints"]) == 2 and c["specs"] == ["q-shift-16", "theta-swap"]
     assert [b["value"] for b in c["buckets"]] == [traces.MEAN, 0, 1, 2, 3]
@@ -616,7 +616,9 @@ def test_damaged_or_foreign_stores_are_messages(tiny_runs, tmp_path):
     foreign = zarr.open_group(str(root / "foreign.zarr"), mode="w", zarr_format=3)
     foreign.attrs["schema"] = "someone-else/1"
     root = root_of(root)
-    assert updates.stores(root) == ["damaged.zarr"]  # the foreign store is not offered
+    assert S.stores_with_group(root, updates.GROUP, updates.wstore.UPDATES_STATES) == [
+        "damaged.zarr"
+    ]  # not the foreign
     comp = updates.comparisons(root, "damaged.zarr", "W_q")[-1]
     with pytest.raises(ValueError, match="half-written or damaged"):
         updates.heatmap(root, "damaged.zarr", "W_q", comp)

@@ -112,6 +112,12 @@ def control(label: str, component: Any) -> html.Div:
     return html.Div([html.Label(label, className="wb-label"), component], className="wb-control")
 
 
+def mode_picker(prefix: str, modes: dict[str, str], value: str) -> html.Div:
+    """The "show" radio of a view with a per-checkpoint and a per-arm mode (``{prefix}-mode``)."""
+    options = [{"label": v, "value": k} for k, v in modes.items()]
+    return control("show", dcc.RadioItems(id=f"{prefix}-mode", options=options, value=value, inline=True))
+
+
 def store_picker(prefix: str) -> html.Div:
     """The store dropdown of a data view (``{prefix}-store``)."""
     return control("store", dcc.Dropdown(id=f"{prefix}-store", placeholder="pick a store", clearable=False))

@@ -23,6 +23,7 @@ from app.views.common import (
     control,
     graph,
     guarded,
+    mode_picker,
     notice,
     picked,
     register_store_picker,
@@ -204,15 +205,7 @@ def layout() -> html.Div:
             html.Div(
                 [
                     store_picker("retrieval"),
-                    control(
-                        "show",
-                        dcc.RadioItems(
-                            id="retrieval-mode",
-                            options=[{"label": v, "value": k} for k, v in MODES.items()],
-                            value="checkpoints",
-                            inline=True,
-                        ),
-                    ),
+                    mode_picker("retrieval", MODES, "checkpoints"),
                     control("task", dcc.Dropdown(id="retrieval-task", clearable=False)),
                     control("metric", dcc.Dropdown(id="retrieval-metric", clearable=False)),
                     control(

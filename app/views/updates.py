@@ -24,6 +24,7 @@ from app.views.common import (
     control,
     graph,
     guarded,
+    mode_picker,
     notice,
     picked,
     register_store_picker,
@@ -48,11 +49,6 @@ SOURCES = {
     "q states": (wstore.UPDATES_STATES, "q_norm_change"),
     "k states": (wstore.UPDATES_STATES, "k_norm_change"),
 }
-
-
-def stores(root: Path) -> list[str]:
-    """Stores with any updates group."""
-    return S.stores_with_group(root, GROUP, wstore.UPDATES_STATES)
 
 
 def source_of(source: Any) -> tuple[str, str]:
@@ -193,15 +189,7 @@ def layout() -> html.Div:
             html.Div(
                 [
                     store_picker("updates"),
-                    control(
-                        "show",
-                        dcc.RadioItems(
-                            id="updates-mode",
-                            options=[{"label": v, "value": k} for k, v in MODES.items()],
-                            value="pairs",
-                            inline=True,
-                        ),
-                    ),
+                    mode_picker("updates", MODES, "pairs"),
                     control(
                         "what", dcc.RadioItems(id="updates-source", options=list(SOURCES), value="W_q", inline=True)
                     ),
