@@ -49,8 +49,9 @@ def check_metadata(root: Path, path: Path) -> None:
             raise NotRegular(f"store {path.name}: {meta.relative_to(path)} is not a regular file; skipped")
 
 
-def find_stores(root: Path) -> list[str]:
-    """Workbench stores under RUNS_DIR as paths relative to it, sorted."""
+def find_stores(root: Path, skipped: list[str] | None = None) -> list[str]:
+    """Workbench stores under RUNS_DIR as paths relative to it, sorted; why each other ``*.zarr`` is not
+    one (leaves RUNS_DIR, a special file, another schema) is appended to ``skipped`` when given."""
     found: list[str] = []
     for dirpath, dirnames, _ in os.walk(root, followlinks=False):
         here = Path(dirpath)
@@ -63,10 +64,12 @@ def find_stores(root: Path) -> list[str]:
                 try:
                     check_metadata(root, candidate)
                     wstore.groups(candidate)
-                except (OutsideRunsDir, NotRegular) as exc:
+                except (OutsideRunsDir, NotRegular, wstore.StoreError) as exc:
                     log.info("%s", exc)
+                    if skipped is not None:  # a StoreError names the absolute path: say the relative one
+                        skipped.append(str(exc).replace(str(candidate), f"store {candidate.relative_to(root)}", 1))
                     continue
-                except (wstore.StoreError, OSError):
+                except OSError:
                     continue
                 found.append(candidate.relative_to(root).as_posix())
             elif not (here / d).is_symlink() and not is_checkpoint_name(d):
@@ -75,10 +78,10 @@ def find_stores(root: Path) -> list[str]:
     return sorted(found)
 
 
-def stores_with_group(root: Path, *groups: str) -> list[str]:
-    """The stores (relative paths) that hold any of ``groups``."""
+def stores_with_group(root: Path, *groups: str, skipped: list[str] | None = None) -> list[str]:
+    """The stores (relative paths) that hold any of ``groups`` (``skipped``: see :func:`find_stores`)."""
     out = []
-    for rel in find_stores(root):
+    for rel in find_stores(root, skipped):
         try:
             if set(groups) & set(groups_of(root, rel)):
                 out.append(rel)

@@ -429,3 +429,28 @@ def test_pair_updates_linked_outside_are_not_read_and_polls_skip_unchanged(tmp_p
     stamp = first.get_json()["response"]["train-pairs-stamp"]["data"]
     again = poll(stamp)
     assert again.status_code == 200 and again.get_json()["response"] == {}  # unchanged: nothing re-read or sent
+
+
+def test_store_picker_says_why_each_zarr_is_not_offered(tmp_path):
+    """One message each for a store of an older schema and a store linked out of RUNS_DIR, beside the
+    honest store the picker offers."""
+    import zarr
+
+    from workbench import store
+
+    root, outside = tmp_path / "runs", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    _tiny_store(root / "good.zarr")
+    _tiny_store(root / "old.zarr")
+    zarr.open_group(str(root / "old.zarr"), mode="r+").attrs["schema"] = "workbench-store/1"
+    _tiny_store(outside / "elsewhere.zarr")
+    (root / "link.zarr").symlink_to(outside / "elsewhere.zarr", target_is_directory=True)
+    skipped: list[str] = []
+    assert S.find_stores(root_of(root), skipped) == ["good.zarr"]
+    assert len(skipped) == 2, skipped
+    link, old = sorted(skipped)
+    assert link.startswith("store link.zarr:") and "outside RUNS_DIR" in link
+    assert old.startswith("store old.zarr:") and "'workbench-store/1'" in old and "rerun" in old
+    assert str(tmp_path) not in old
+    assert store.SCHEMA in old

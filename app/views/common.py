@@ -124,14 +124,16 @@ def store_picker(prefix: str) -> html.Div:
 
 
 def register_store_picker(app: Any, root: Any, prefix: str, *groups: str) -> None:
-    """Fill ``{prefix}-store`` with the stores holding any of ``groups`` whenever the tabs change; when
-    none does, ``{prefix}-messages`` says so."""
+    """Fill ``{prefix}-store`` with the stores holding any of ``groups`` whenever the tabs change;
+    ``{prefix}-messages`` says when none does, and why each ``*.zarr`` that is no store was left out."""
 
     def fill(tab: Any, current: Any):
         only_when_shown(tab, prefix)
-        found = stores.stores_with_group(root, *groups)
+        skipped: list[str] = []
+        found = stores.stores_with_group(root, *groups, skipped=skipped)
         value = current if current in found else (found[0] if found else None)
-        return ([{"label": s, "value": s} for s in found], value, [] if found else notice([no_data(*groups)], "error"))
+        messages = ([] if found else notice([no_data(*groups)], "error")) + notice(skipped)
+        return [{"label": s, "value": s} for s in found], value, messages
 
     app.callback(
         Output(f"{prefix}-store", "options"),
