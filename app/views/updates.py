@@ -91,7 +91,7 @@ def phase_lengths(root: Path, store: str, source: str = "W_q") -> list[int]:
         if run is None:
             continue
         try:
-            lengths = R.run_info(root, run).phase_lengths
+            lengths = R.phase_lengths_of(R.run_config(root, run))  # run.yaml only: no checkpoint or metrics reads
         except (ValueError, OSError):
             continue
         if lengths:
