@@ -133,20 +133,35 @@ def open_group(root: Path, relative: str, group: str) -> xr.Dataset:
     return ds
 
 
+_groups: dict[Path, tuple[tuple[int, int], list[str]]] = {}
+
+
 def groups_of(root: Path, relative: str) -> list[str]:
-    """Group names of the store at ``relative`` (confined to RUNS_DIR)."""
+    """Group names of the store at ``relative`` (confined to RUNS_DIR), cached per modification time of
+    the store directory (a group appears, or is replaced, by a rename into it) and of its root metadata."""
     path = inside(root, relative)
     if not path.is_dir():
         raise wstore.StoreError(f"store {relative!r} not found in RUNS_DIR")
     check_metadata(root, path)
     try:
-        return wstore.groups(path)
+        stamp = (path.stat().st_mtime_ns, (path / "zarr.json").stat().st_mtime_ns)
+    except OSError:
+        stamp = (0, 0)
+    with _lock:
+        hit = _groups.get(path)
+    if hit is not None and hit[0] == stamp and stamp != (0, 0):
+        return list(hit[1])
+    try:
+        names = wstore.groups(path)
     except wstore.StoreError:
         raise
     except Exception as exc:  # a store whose metadata a writer left half-written
         raise wstore.StoreError(
             f"store {relative!r} cannot be read (half-written or damaged: {type(exc).__name__}: {exc})"
         ) from None
+    with _lock:
+        _groups[path] = (stamp, names)
+    return list(names)
 
 
 _loaded: OrderedDict[tuple, tuple[float, xr.Dataset]] = OrderedDict()

@@ -454,3 +454,28 @@ def test_store_picker_says_why_each_zarr_is_not_offered(tmp_path):
     assert old.startswith("store old.zarr:") and "'workbench-store/1'" in old and "rerun" in old
     assert str(tmp_path) not in old
     assert store.SCHEMA in old
+
+
+def test_group_names_are_cached_until_the_store_changes(tmp_path):
+    """groups_of answers from its cache while the store directory is unchanged, and sees a new group (a
+    rename into the store) and a root rewritten to another schema at once."""
+    import numpy as np
+    import xarray as xr
+
+    from workbench import store
+
+    root = tmp_path / "runs"
+    root.mkdir()
+    ds = xr.Dataset({"x": (("pair",), np.arange(4.0))}, coords={"pair": np.arange(4)})
+    store.write(root / "s.zarr", "a", ds)
+    top = root_of(root)
+    assert S.groups_of(top, "s.zarr") == ["a"]
+    store.write(root / "s.zarr", "b", ds)
+    assert S.groups_of(top, "s.zarr") == ["a", "b"]
+    meta = root / "s.zarr" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"]["schema"] = "workbench-store/1"
+    meta.write_text(json.dumps(doc))
+    os.utime(meta, ns=(meta.stat().st_atime_ns, meta.stat().st_mtime_ns + 1))  # coarse clocks: a later mtime
+    with pytest.raises(ValueError, match="workbench-store/1"):
+        S.groups_of(top, "s.zarr")
