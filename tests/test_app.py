@@ -746,3 +746,19 @@ def test_updates_view_shows_two_arms_side_by_side_with_band_intervals(tiny_runs,
     shutil.rmtree(root / name / "arm_updates")
     with pytest.raises(ValueError, match="no 'arm_updates' group"):
         updates.arms(root, name)
+
+
+def test_arms_mode_without_an_arm_summary_says_what_writes_it(tmp_path):
+    """The pickers and the draw of the retrieval view say the same one line for a store without
+    ``arm_retrieval`` (was: a StoreError naming the store's absolute path from the draw)."""
+    import numpy as np
+    import xarray as xr
+
+    from app.views import retrieval
+    from workbench import store
+
+    ds = xr.Dataset({"x": (("pair",), np.arange(4.0))}, coords={"pair": np.arange(4)})
+    store.write(tmp_path / "results.zarr", "other", ds)
+    root = root_of(tmp_path)
+    with pytest.raises(ValueError, match=r"results.zarr has no 'arm_retrieval' group \(`workbench compare"):
+        retrieval.arm_grids(root, "results.zarr", None, ["a", "b"])

@@ -118,6 +118,12 @@ def mode_picker(prefix: str, modes: dict[str, str], value: str) -> html.Div:
     return control("show", dcc.RadioItems(id=f"{prefix}-mode", options=options, value=value, inline=True))
 
 
+def require_group(root: Any, store: str, group: str, writer: str) -> None:
+    """One message, naming what writes it, when the store has no ``group`` (a view's per-arm summary)."""
+    if group not in stores.groups_of(root, store):
+        raise ValueError(f"{store} has no {group!r} group ({writer} writes it)")
+
+
 def store_picker(prefix: str) -> html.Div:
     """The store dropdown of a data view (``{prefix}-store``)."""
     return control("store", dcc.Dropdown(id=f"{prefix}-store", placeholder="pick a store", clearable=False))

@@ -28,6 +28,7 @@ from app.views.common import (
     notice,
     picked,
     register_store_picker,
+    require_group,
     shown,
     store_picker,
     with_picker_messages,
@@ -138,10 +139,7 @@ def bands(root: Path, store: str, source: str, comparison: str | None):
 
 def arms(root: Path, store: str) -> list[str]:
     """Arms of the store's ``arm_updates`` group (one clear error when it has none)."""
-    if ARMS_GROUP not in S.groups_of(root, store):
-        raise ValueError(
-            f"{store} has no {ARMS_GROUP!r} group (per-arm means over seeds; the demo's pair analysis writes it)"
-        )
+    require_group(root, store, ARMS_GROUP, "per-arm means over seeds: the demo's pair analysis")
     return [str(a) for a in S.open_group(root, store, ARMS_GROUP)["arm"].values]
 
 
