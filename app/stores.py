@@ -1,6 +1,7 @@
 """Data access for result stores under RUNS_DIR: find them, list their groups, open one group.
 
-Discovery walks RUNS_DIR without following symlinks and without descending into stores, and keeps only
+Discovery walks RUNS_DIR (as deep as runs are found, plus one level: a store inside a run) without following
+symlinks and without descending into stores, checkpoints or hidden directories, and keeps only
 workbench stores (root attr ``schema``) that resolve inside RUNS_DIR. Opened groups are cached per
 (path, modification time of the group's metadata), so repeated callbacks do not re-open Zarr metadata
 but a writer appending new checkpoints is picked up.
@@ -19,9 +20,11 @@ from typing import Any
 import xarray as xr
 
 from app.paths import NotRegular, OutsideRunsDir, confined_tree, inside, is_inside
+from app.runs import MAX_DEPTH as MAX_RUN_DEPTH
 from workbench import store as wstore
 from workbench.runs import is_checkpoint_name
 
+MAX_DEPTH = MAX_RUN_DEPTH + 1  # stores are found up to RUNS_DIR/a/b/<run>/<store>
 _cache: dict[tuple[Path, str], tuple[float, xr.Dataset]] = {}
 _lock = threading.Lock()
 log = logging.getLogger("workbench.app")
@@ -55,9 +58,10 @@ def find_stores(root: Path, skipped: list[str] | None = None) -> list[str]:
     found: list[str] = []
     for dirpath, dirnames, _ in os.walk(root, followlinks=False):
         here = Path(dirpath)
+        depth = len(here.relative_to(root).parts)
         keep = []
         for d in sorted(dirnames):
-            if d.startswith(".tmp-"):
+            if d.startswith("."):  # temp dirs, and .git / .venv (RUNS_DIR at a repository's root: seconds a walk)
                 continue
             if d.endswith(".zarr"):
                 candidate = here / d
@@ -72,7 +76,7 @@ def find_stores(root: Path, skipped: list[str] | None = None) -> list[str]:
                 except OSError:
                     continue
                 found.append(candidate.relative_to(root).as_posix())
-            elif not (here / d).is_symlink() and not is_checkpoint_name(d):
+            elif not (here / d).is_symlink() and not is_checkpoint_name(d) and depth + 1 < MAX_DEPTH:
                 keep.append(d)
         dirnames[:] = keep
     return sorted(found)

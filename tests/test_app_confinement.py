@@ -479,3 +479,13 @@ def test_group_names_are_cached_until_the_store_changes(tmp_path):
     os.utime(meta, ns=(meta.stat().st_atime_ns, meta.stat().st_mtime_ns + 1))  # coarse clocks: a later mtime
     with pytest.raises(ValueError, match="workbench-store/1"):
         S.groups_of(top, "s.zarr")
+
+
+def test_store_discovery_is_as_deep_as_runs_plus_one_and_skips_hidden_dirs(tmp_path):
+    """Stores are found up to RUNS_DIR/a/b/<run>/<store>; hidden directories (.git, .venv, temp dirs) and
+    anything deeper are not walked (a RUNS_DIR at a repository's root took seconds a tab switch)."""
+    root = tmp_path / "runs"
+    for rel in ("top.zarr", "a/b/run/deep.zarr", "a/b/run/x/too-deep.zarr", ".venv/lib/hidden.zarr"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        _tiny_store(root / rel)
+    assert S.find_stores(root_of(root)) == ["a/b/run/deep.zarr", "top.zarr"]
