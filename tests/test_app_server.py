@@ -578,8 +578,16 @@ def test_a_real_store_with_bad_controls(server, callbacks, store, payload):
                 "changedPropIds": [{"a": 1}],
             }
         ).encode(),
+        json.dumps(
+            {
+                "output": "train-poll.disabled",
+                "outputs": {"id": "train-poll", "property": "disabled"},
+                "inputs": [],
+                "changedPropIds": [],
+            }
+        ).encode(),
     ],
-    ids=["text", "list", "empty", "number-output", "unknown-output", "inputs-string", "changed-dict"],
+    ids=["text", "list", "empty", "number-output", "unknown-output", "inputs-string", "changed-dict", "inputs-short"],
 )
 def test_malformed_requests_are_a_client_error(server, body):
     """Requests that are not Dash callback calls at all: a 4xx, never a 500 (Dash's own parsing)."""
