@@ -456,3 +456,23 @@ def test_readers_skip_what_a_live_writer_has_not_finished(tmp_path):
         assert _plain(path, "retrieval").sizes["checkpoint"] == 3  # plain xarray sees the entry, and the marker
     assert store.open_group(path, "retrieval").checkpoint.values.tolist() == ["a", "b"]
     assert store.MARKER not in zarr.open_group(str(path), mode="r")["retrieval"].attrs
+
+
+def test_a_writer_cleans_only_temp_groups_no_live_writer_holds(tmp_path):
+    """clean_tmp removes what killed first writes left next to the store, but not the temp group a live
+    writer of another store is building (``a.zarr-b``'s temp names start with ``.tmp-a.zarr-`` too)."""
+    import fcntl
+    import os
+
+    live = tmp_path / ".tmp-a.zarr-b-g-12345678"
+    dead = tmp_path / ".tmp-a.zarr-g-87654321"
+    live.mkdir()
+    dead.mkdir()
+    fd = os.open(live, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as create_group holds it while it builds
+    try:
+        ds = xr.Dataset({"x": (("pair",), np.arange(4.0))}, coords={"pair": np.arange(4)})
+        store.write(tmp_path / "a.zarr", "g", ds)
+        assert live.is_dir() and not dead.exists()
+    finally:
+        os.close(fd)
