@@ -144,6 +144,12 @@ def clean_tmp(store: Path) -> None:
         finally:
             os.close(fd)
         shutil.rmtree(tmp, ignore_errors=True)
+    for old in store.glob(".old-*"):  # a replace_group killed between its two renames (they run under the lock)
+        group = old.name[len(".old-") :].rpartition("-")[0]
+        if group and not (store / group).exists():
+            os.replace(old, store / group)  # the previous summary comes back
+        else:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def repair(store: Path, group: str) -> bool:
