@@ -99,6 +99,9 @@ def malformed_call(app: Dash) -> tuple[str, int] | None:
             isinstance(i, dict) and "id" in i and "property" in i or isinstance(i, list) for i in items
         ):
             return f"'{key}' must be a list of {{id, property, value}}", 400
+        want = len(app.callback_map[body["output"]].get(key) or [])
+        if len(items) != want:  # Dash indexes them by position: too few is an IndexError (HTTP 500)
+            return f"'{key}' must have {want} entries for this callback, got {len(items)}", 400
     changed = body.get("changedPropIds", [])
     if not isinstance(changed, list) or not all(isinstance(c, str) for c in changed):
         return "'changedPropIds' must be a list of strings", 400

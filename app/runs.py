@@ -111,18 +111,28 @@ class RunInfo:
     @property
     def phases(self) -> list[dict[str, Any]]:
         """Phases of run.yaml (name, steps, seq_len, rope_theta ...), [] when unknown."""
-        phases = (self.config or {}).get("phases") or []
-        return [p for p in phases if isinstance(p, dict)]
+        return phases_of(self.config)
 
     @property
     def phase_lengths(self) -> list[int]:
-        return sorted(
-            {
-                int(p["seq_len"])
-                for p in self.phases
-                if is_number(p.get("seq_len")) and math.isfinite(p["seq_len"]) and p["seq_len"] > 0
-            }
-        )
+        return phase_lengths_of(self.config)
+
+
+def phases_of(config: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Phases of a run.yaml (name, steps, seq_len, rope_theta ...), [] when unknown."""
+    phases = (config or {}).get("phases") or []
+    return [p for p in phases if isinstance(p, dict)] if isinstance(phases, list) else []
+
+
+def phase_lengths_of(config: dict[str, Any] | None) -> list[int]:
+    """The phases' context lengths (``seq_len``) of a run.yaml, sorted, [] when unknown."""
+    return sorted(
+        {
+            int(p["seq_len"])
+            for p in phases_of(config)
+            if is_number(p.get("seq_len")) and math.isfinite(p["seq_len"]) and p["seq_len"] > 0
+        }
+    )
 
 
 MAX_YAML = 1 << 20  # bytes of run.yaml read at most: a bigger one is refused, not parsed truncated
@@ -187,6 +197,32 @@ def checkpoints(root: Path, path: Path, name: str, messages: list[str]) -> list[
     return [n for _, n in sorted(found)]
 
 
+def run_config(root: Path, name: str, messages: list[str] | None = None) -> dict[str, Any] | None:
+    """The run's ``run.yaml`` (confined to RUNS_DIR), None when it has none or it cannot be used; why it
+    cannot is appended to ``messages``. Raises OutsideRunsDir for a name that leaves RUNS_DIR."""
+    path = inside(root, name) / RUN_YAML
+    messages = [] if messages is None else messages
+    if not (path.exists() or path.is_symlink()):  # a link looping or leading nowhere: said below
+        return None
+    try:
+        text = read_regular(root, path, limit=MAX_YAML + 1)
+        if len(text) > MAX_YAML:
+            raise NotRegular(
+                f"{RUN_YAML} is larger than {MAX_YAML >> 20} MiB (no run.yaml the trainer writes); not read"
+            )
+        loaded = yaml.safe_load(text)
+        if isinstance(loaded, dict):
+            return loaded
+        messages.append(f"{name}: {RUN_YAML} is not a mapping; ignored")
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        messages.append(f"{name}: {RUN_YAML} is not valid YAML ({str(exc).splitlines()[0]})")
+    except (OutsideRunsDir, NotRegular) as exc:
+        messages.append(f"{name}: {exc}")
+    except OSError as exc:
+        messages.append(f"{name}: cannot read {RUN_YAML} ({exc.strerror})")
+    return None
+
+
 def run_info(root: Path, name: str) -> RunInfo:
     """Everything the app needs about one run, never raising for a broken run: problems become messages.
 
@@ -199,25 +235,7 @@ def run_info(root: Path, name: str) -> RunInfo:
     messages: list[str] = []
     if not RunDir(path).is_run():
         messages.append(f"{name}: not a workbench run (no {RUN_YAML}, {METRICS} or ckpt-* directories)")
-    config = None
-    if (path / RUN_YAML).exists() or (path / RUN_YAML).is_symlink():  # a link looping or leading nowhere: said
-        try:
-            text = read_regular(root, path / RUN_YAML, limit=MAX_YAML + 1)
-            if len(text) > MAX_YAML:
-                raise NotRegular(
-                    f"{RUN_YAML} is larger than {MAX_YAML >> 20} MiB (no run.yaml the trainer writes); not read"
-                )
-            loaded = yaml.safe_load(text)
-            if isinstance(loaded, dict):
-                config = loaded
-            else:
-                messages.append(f"{name}: {RUN_YAML} is not a mapping; ignored")
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            messages.append(f"{name}: {RUN_YAML} is not valid YAML ({str(exc).splitlines()[0]})")
-        except (OutsideRunsDir, NotRegular) as exc:
-            messages.append(f"{name}: {exc}")
-        except OSError as exc:
-            messages.append(f"{name}: cannot read {RUN_YAML} ({exc.strerror})")
+    config = run_config(root, name, messages)
     ckpts = checkpoints(root, path, name, messages)
     temporary = sorted(p.name for p in path.glob(".tmp-*") if p.is_dir() and not p.is_symlink())
     in_progress = saves_in_progress(path, temporary)
@@ -249,12 +267,13 @@ def run_info(root: Path, name: str) -> RunInfo:
     return RunInfo(name, path, config, ckpts, in_progress, metrics, messages)
 
 
-def metrics_mtime(root: Path, names: list[str]) -> float:
-    """Latest modification time among the runs' metrics files (0 when none): lets a poll skip redraws."""
+def metrics_mtime(root: Path, names: list[str], file: str = METRICS) -> float:
+    """Latest modification time among the runs' metrics files (or another ``file`` of theirs; 0 when none):
+    lets a poll skip redraws."""
     latest = 0.0
     for name in names:
         try:
-            latest = max(latest, os.stat(inside(root, name) / METRICS).st_mtime)
+            latest = max(latest, os.stat(inside(root, name) / file).st_mtime)
         except (OSError, ValueError):
             continue
     return latest

@@ -1,6 +1,7 @@
 """Data access for result stores under RUNS_DIR: find them, list their groups, open one group.
 
-Discovery walks RUNS_DIR without following symlinks and without descending into stores, and keeps only
+Discovery walks RUNS_DIR (as deep as runs are found, plus one level: a store inside a run) without following
+symlinks and without descending into stores, checkpoints or hidden directories, and keeps only
 workbench stores (root attr ``schema``) that resolve inside RUNS_DIR. Opened groups are cached per
 (path, modification time of the group's metadata), so repeated callbacks do not re-open Zarr metadata
 but a writer appending new checkpoints is picked up.
@@ -19,9 +20,11 @@ from typing import Any
 import xarray as xr
 
 from app.paths import NotRegular, OutsideRunsDir, confined_tree, inside, is_inside
+from app.runs import MAX_DEPTH as MAX_RUN_DEPTH
 from workbench import store as wstore
 from workbench.runs import is_checkpoint_name
 
+MAX_DEPTH = MAX_RUN_DEPTH + 1  # stores are found up to RUNS_DIR/a/b/<run>/<store>
 _cache: dict[tuple[Path, str], tuple[float, xr.Dataset]] = {}
 _lock = threading.Lock()
 log = logging.getLogger("workbench.app")
@@ -29,10 +32,11 @@ log = logging.getLogger("workbench.app")
 
 def check_metadata(root: Path, path: Path) -> None:
     """Refuse a store before zarr reads it: it (or a group directory in it) resolving outside RUNS_DIR, or a
-    ``zarr.json`` that is not a regular file (a FIFO would block the reading thread for good)."""
+    ``zarr.json`` that is not a regular file (a FIFO would block the reading thread for good). Hidden
+    children (``.tmp-*``) are checked too: zarr reads every child's ``zarr.json`` when it lists groups."""
     if not is_inside(root, path):
         raise OutsideRunsDir(f"store {path.name}: resolves outside RUNS_DIR (symlink); skipped")
-    for here in [path, *(p for p in path.iterdir() if not p.name.startswith("."))]:
+    for here in [path, *path.iterdir()]:
         if not is_inside(root, here):
             raise OutsideRunsDir(f"store {path.name}: {here.name} resolves outside RUNS_DIR (symlink); skipped")
         if not here.is_dir():
@@ -48,36 +52,40 @@ def check_metadata(root: Path, path: Path) -> None:
             raise NotRegular(f"store {path.name}: {meta.relative_to(path)} is not a regular file; skipped")
 
 
-def find_stores(root: Path) -> list[str]:
-    """Workbench stores under RUNS_DIR as paths relative to it, sorted."""
+def find_stores(root: Path, skipped: list[str] | None = None) -> list[str]:
+    """Workbench stores under RUNS_DIR as paths relative to it, sorted; why each other ``*.zarr`` is not
+    one (leaves RUNS_DIR, a special file, another schema) is appended to ``skipped`` when given."""
     found: list[str] = []
     for dirpath, dirnames, _ in os.walk(root, followlinks=False):
         here = Path(dirpath)
+        depth = len(here.relative_to(root).parts)
         keep = []
         for d in sorted(dirnames):
-            if d.startswith(".tmp-"):
+            if d.startswith("."):  # temp dirs, and .git / .venv (RUNS_DIR at a repository's root: seconds a walk)
                 continue
             if d.endswith(".zarr"):
                 candidate = here / d
                 try:
                     check_metadata(root, candidate)
                     wstore.groups(candidate)
-                except (OutsideRunsDir, NotRegular) as exc:
+                except (OutsideRunsDir, NotRegular, wstore.StoreError) as exc:
                     log.info("%s", exc)
+                    if skipped is not None:  # a StoreError names the absolute path: say the relative one
+                        skipped.append(str(exc).replace(str(candidate), f"store {candidate.relative_to(root)}", 1))
                     continue
-                except (wstore.StoreError, OSError):
+                except OSError:
                     continue
                 found.append(candidate.relative_to(root).as_posix())
-            elif not (here / d).is_symlink() and not is_checkpoint_name(d):
+            elif not (here / d).is_symlink() and not is_checkpoint_name(d) and depth + 1 < MAX_DEPTH:
                 keep.append(d)
         dirnames[:] = keep
     return sorted(found)
 
 
-def stores_with_group(root: Path, *groups: str) -> list[str]:
-    """The stores (relative paths) that hold any of ``groups``."""
+def stores_with_group(root: Path, *groups: str, skipped: list[str] | None = None) -> list[str]:
+    """The stores (relative paths) that hold any of ``groups`` (``skipped``: see :func:`find_stores`)."""
     out = []
-    for rel in find_stores(root):
+    for rel in find_stores(root, skipped):
         try:
             if set(groups) & set(groups_of(root, rel)):
                 out.append(rel)
@@ -87,11 +95,14 @@ def stores_with_group(root: Path, *groups: str) -> list[str]:
 
 
 def _stamp(path: Path, group: str) -> float:
-    meta = path / group / "zarr.json"
+    """Latest change of the group: its metadata and its arrays' directories (a chunk file replaced, or
+    swapped for a symlink, after the group was opened changes its directory, so the next open checks the
+    tree again before zarr reads it)."""
     try:
-        return max(
-            meta.stat().st_mtime, max((p.stat().st_mtime for p in (path / group).glob("*/zarr.json")), default=0.0)
-        )
+        stamps = [(path / group / "zarr.json").stat().st_mtime]
+        for meta in (path / group).glob("*/zarr.json"):
+            stamps += [meta.stat().st_mtime, meta.parent.stat().st_mtime]
+        return max(stamps)
     except OSError:
         return 0.0
 
@@ -126,20 +137,35 @@ def open_group(root: Path, relative: str, group: str) -> xr.Dataset:
     return ds
 
 
+_groups: dict[Path, tuple[tuple[int, int], list[str]]] = {}
+
+
 def groups_of(root: Path, relative: str) -> list[str]:
-    """Group names of the store at ``relative`` (confined to RUNS_DIR)."""
+    """Group names of the store at ``relative`` (confined to RUNS_DIR), cached per modification time of
+    the store directory (a group appears, or is replaced, by a rename into it) and of its root metadata."""
     path = inside(root, relative)
     if not path.is_dir():
         raise wstore.StoreError(f"store {relative!r} not found in RUNS_DIR")
     check_metadata(root, path)
     try:
-        return wstore.groups(path)
+        stamp = (path.stat().st_mtime_ns, (path / "zarr.json").stat().st_mtime_ns)
+    except OSError:
+        stamp = (0, 0)
+    with _lock:
+        hit = _groups.get(path)
+    if hit is not None and hit[0] == stamp and stamp != (0, 0):
+        return list(hit[1])
+    try:
+        names = wstore.groups(path)
     except wstore.StoreError:
         raise
     except Exception as exc:  # a store whose metadata a writer left half-written
         raise wstore.StoreError(
             f"store {relative!r} cannot be read (half-written or damaged: {type(exc).__name__}: {exc})"
         ) from None
+    with _lock:
+        _groups[path] = (stamp, names)
+    return list(names)
 
 
 _loaded: OrderedDict[tuple, tuple[float, xr.Dataset]] = OrderedDict()

@@ -498,7 +498,7 @@ def test_updates_view_reads_the_analysis_groups(tiny_runs):
     from app.views import updates
 
     root = root_of(tiny_runs)
-    assert updates.stores(root) == ["results.zarr"]
+    assert S.stores_with_group(root, updates.GROUP, updates.wstore.UPDATES_STATES) == ["results.zarr"]
     assert updates.available_sources(root, "results.zarr") == ["W_q", "W_k", "q states", "k states"]
     comps = updates.comparisons(root, "results.zarr", "W_q")
     assert len(comps) == 1 and "->" in comps[0]
@@ -576,7 +576,7 @@ def test_traces_view_reads_the_interp_groups(tiny_runs):
     from app.views import traces
 
     root = root_of(tiny_runs)
-    assert traces.stores(root) == ["results.zarr"]
+    assert S.stores_with_group(root, traces.GROUP, traces.REPEATED) == ["results.zarr"]
     c = traces.choices(root, "results.zarr")
     assert len(c["checkpoints"]) == 2 and c["specs"] == ["q-shift-16", "theta-swap"]
     assert [b["value"] for b in c["buckets"]] == [traces.MEAN, 0, 1, 2, 3]
@@ -616,7 +616,9 @@ def test_damaged_or_foreign_stores_are_messages(tiny_runs, tmp_path):
     foreign = zarr.open_group(str(root / "foreign.zarr"), mode="w", zarr_format=3)
     foreign.attrs["schema"] = "someone-else/1"
     root = root_of(root)
-    assert updates.stores(root) == ["damaged.zarr"]  # the foreign store is not offered
+    assert S.stores_with_group(root, updates.GROUP, updates.wstore.UPDATES_STATES) == [
+        "damaged.zarr"
+    ]  # not the foreign
     comp = updates.comparisons(root, "damaged.zarr", "W_q")[-1]
     with pytest.raises(ValueError, match="half-written or damaged"):
         updates.heatmap(root, "damaged.zarr", "W_q", comp)
@@ -744,3 +746,19 @@ def test_updates_view_shows_two_arms_side_by_side_with_band_intervals(tiny_runs,
     shutil.rmtree(root / name / "arm_updates")
     with pytest.raises(ValueError, match="no 'arm_updates' group"):
         updates.arms(root, name)
+
+
+def test_arms_mode_without_an_arm_summary_says_what_writes_it(tmp_path):
+    """The pickers and the draw of the retrieval view say the same one line for a store without
+    ``arm_retrieval`` (was: a StoreError naming the store's absolute path from the draw)."""
+    import numpy as np
+    import xarray as xr
+
+    from app.views import retrieval
+    from workbench import store
+
+    ds = xr.Dataset({"x": (("pair",), np.arange(4.0))}, coords={"pair": np.arange(4)})
+    store.write(tmp_path / "results.zarr", "other", ds)
+    root = root_of(tmp_path)
+    with pytest.raises(ValueError, match=r"results.zarr has no 'arm_retrieval' group \(`workbench compare"):
+        retrieval.arm_grids(root, "results.zarr", None, ["a", "b"])

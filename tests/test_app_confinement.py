@@ -337,3 +337,155 @@ def test_without_run_lock_temporary_dirs_are_judged_by_age(tmp_path):
     (run / "run.lock").unlink()
     (run / "run.lock").write_text('{"pid": 999999999, "host": "x", "since": 0}')  # a dead writer's record
     assert R.run_info(root_of(root), "r").in_progress == []
+
+
+def test_hidden_children_of_a_store_are_confined_too(tmp_path):
+    """zarr reads every child's zarr.json when it lists a store's groups, hidden ones (.tmp-*) included:
+    a FIFO there must not hang discovery, a link there must not be read outside RUNS_DIR."""
+    root, outside = tmp_path / "runs", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    _tiny_store(outside / "elsewhere.zarr")
+    fifo = root / "hidden-fifo.zarr"
+    _tiny_store(fifo)
+    (fifo / ".tmp-x").mkdir()
+    os.mkfifo(fifo / ".tmp-x" / "zarr.json")
+    link = root / "hidden-link.zarr"
+    _tiny_store(link)
+    (link / ".y").symlink_to(outside / "elsewhere.zarr" / "demo_group", target_is_directory=True)
+    _tiny_store(root / "good.zarr")
+    assert within(20, S.find_stores, root_of(root)) == ["good.zarr"]
+    for store in ("hidden-fifo.zarr", "hidden-link.zarr"):
+        with pytest.raises(ValueError, match="outside RUNS_DIR|not a regular file"):
+            within(10, S.groups_of, root_of(root), store)
+
+
+def test_a_chunk_swapped_for_a_link_after_opening_is_not_read(tmp_path):
+    """The opened group is cached; a chunk file the store's writer made, replaced by a symlink out of
+    RUNS_DIR afterwards, must be caught before zarr reads it (the cache stamp covers the arrays' directories)."""
+    import numpy as np
+    import xarray as xr
+
+    from workbench import store
+
+    root, outside = tmp_path / "runs", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    secret = outside / "secret.bin"
+    secret.write_bytes(np.full(4, 7.0).tobytes())
+    ds = xr.Dataset({"x": (("pair",), np.arange(4.0))}, coords={"pair": np.arange(4)})
+    store.write(root / "s.zarr", "demo_group", ds, encoding={"x": {"compressors": None}})
+    top = root_of(root)
+    assert list(S.loaded(top, "s.zarr", "demo_group", "x")["x"].values) == [0.0, 1.0, 2.0, 3.0]
+    chunk = root / "s.zarr" / "demo_group" / "x" / "c.0"
+    chunk.unlink()
+    chunk.symlink_to(secret)
+    with pytest.raises(ValueError, match="leaving RUNS_DIR|outside RUNS_DIR"):
+        S.loaded(top, "s.zarr", "demo_group", "x", pair=["1"])
+
+
+def test_pair_updates_linked_outside_are_not_read_and_polls_skip_unchanged(tmp_path):
+    """pair_updates.jsonl is read confined to RUNS_DIR like metrics.jsonl, and a poll redraws it only when
+    it changed (the callback answers no update otherwise)."""
+    from app.views import training
+
+    root, outside = tmp_path / "runs", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    record = {"kind": "pair_updates", "step": 1, "phase": SECRET, "rope_theta": 1e4, "seq_len": 64}
+    record["q_rel_update"] = [[[0.5] * 4]]
+    (outside / "pairs.jsonl").write_text(json.dumps(record) + "\n")
+    for name in ("linked", "own"):
+        (root / name).mkdir()
+        write_run_yaml(root / name)
+        write_metrics(root / name / "metrics.jsonl", steps=3)
+    (root / "linked" / training.PAIR_UPDATES).symlink_to(outside / "pairs.jsonl")
+    shutil.copy(outside / "pairs.jsonl", root / "own" / training.PAIR_UPDATES)
+    top = root_of(root)
+    assert training.pair_updates_view(top, ["linked"]) is None
+    assert training.pair_updates_view(top, ["own"]) is not None
+    client = create_app(root).server.test_client()
+    out = "..train-pairs.figure...train-pairs.style...train-pairs-stamp.data.."
+    outputs = [{"id": "train-pairs", "property": p} for p in ("figure", "style")]
+    outputs.append({"id": "train-pairs-stamp", "property": "data"})
+
+    def poll(stamp):
+        inputs = [
+            {"id": "train-runs", "property": "value", "value": ["own"]},
+            {"id": "train-poll", "property": "n_intervals", "value": 3},
+            {"id": "tabs", "property": "value", "value": "training"},
+        ]
+        body = {
+            "output": out,
+            "outputs": outputs,
+            "inputs": inputs,
+            "state": [{"id": "train-pairs-stamp", "property": "data", "value": stamp}],
+            "changedPropIds": ["train-poll.n_intervals"],
+        }
+        return client.post("/_dash-update-component", json=body)
+
+    first = poll(None)
+    assert first.status_code == 200
+    stamp = first.get_json()["response"]["train-pairs-stamp"]["data"]
+    again = poll(stamp)
+    assert again.status_code == 200 and again.get_json()["response"] == {}  # unchanged: nothing re-read or sent
+
+
+def test_store_picker_says_why_each_zarr_is_not_offered(tmp_path):
+    """One message each for a store of an older schema and a store linked out of RUNS_DIR, beside the
+    honest store the picker offers."""
+    import zarr
+
+    from workbench import store
+
+    root, outside = tmp_path / "runs", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    _tiny_store(root / "good.zarr")
+    _tiny_store(root / "old.zarr")
+    zarr.open_group(str(root / "old.zarr"), mode="r+").attrs["schema"] = "workbench-store/1"
+    _tiny_store(outside / "elsewhere.zarr")
+    (root / "link.zarr").symlink_to(outside / "elsewhere.zarr", target_is_directory=True)
+    skipped: list[str] = []
+    assert S.find_stores(root_of(root), skipped) == ["good.zarr"]
+    assert len(skipped) == 2, skipped
+    link, old = sorted(skipped)
+    assert link.startswith("store link.zarr:") and "outside RUNS_DIR" in link
+    assert old.startswith("store old.zarr:") and "'workbench-store/1'" in old and "rerun" in old
+    assert str(tmp_path) not in old
+    assert store.SCHEMA in old
+
+
+def test_group_names_are_cached_until_the_store_changes(tmp_path):
+    """groups_of answers from its cache while the store directory is unchanged, and sees a new group (a
+    rename into the store) and a root rewritten to another schema at once."""
+    import numpy as np
+    import xarray as xr
+
+    from workbench import store
+
+    root = tmp_path / "runs"
+    root.mkdir()
+    ds = xr.Dataset({"x": (("pair",), np.arange(4.0))}, coords={"pair": np.arange(4)})
+    store.write(root / "s.zarr", "a", ds)
+    top = root_of(root)
+    assert S.groups_of(top, "s.zarr") == ["a"]
+    store.write(root / "s.zarr", "b", ds)
+    assert S.groups_of(top, "s.zarr") == ["a", "b"]
+    meta = root / "s.zarr" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"]["schema"] = "workbench-store/1"
+    meta.write_text(json.dumps(doc))
+    os.utime(meta, ns=(meta.stat().st_atime_ns, meta.stat().st_mtime_ns + 1))  # coarse clocks: a later mtime
+    with pytest.raises(ValueError, match="workbench-store/1"):
+        S.groups_of(top, "s.zarr")
+
+
+def test_store_discovery_is_as_deep_as_runs_plus_one_and_skips_hidden_dirs(tmp_path):
+    """Stores are found up to RUNS_DIR/a/b/<run>/<store>; hidden directories (.git, .venv, temp dirs) and
+    anything deeper are not walked (a RUNS_DIR at a repository's root took seconds a tab switch)."""
+    root = tmp_path / "runs"
+    for rel in ("top.zarr", "a/b/run/deep.zarr", "a/b/run/x/too-deep.zarr", ".venv/lib/hidden.zarr"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        _tiny_store(root / rel)
+    assert S.find_stores(root_of(root)) == ["a/b/run/deep.zarr", "top.zarr"]

@@ -290,8 +290,9 @@ def test_a_link_inside_runs_dir_is_still_read(server):
     assert status == 200 and resp["train-graph"]["style"]["display"] == "block"
 
 
-def test_run_list_and_deep_links_skip_what_leaves(server):
-    body = {
+def run_list_call(search: str | None, changed: str) -> dict:
+    """The training view's run-list callback as the browser posts it."""
+    return {
         "output": "..train-runs.options...train-runs.value...train-url-messages.children..",
         "outputs": [
             {"id": "train-runs", "property": "options"},
@@ -300,13 +301,16 @@ def test_run_list_and_deep_links_skip_what_leaves(server):
         ],
         "inputs": [
             {"id": "train-poll", "property": "n_intervals", "value": None},
-            {"id": "url", "property": "search", "value": "?tab=training&run=escape-dir"},
+            {"id": "url", "property": "search", "value": search},
             {"id": "tabs", "property": "value", "value": "training"},
         ],
         "state": [{"id": "train-runs", "property": "value", "value": None}],
-        "changedPropIds": ["url.search"],
+        "changedPropIds": [changed],
     }
-    status, text = post(server, body)
+
+
+def test_run_list_and_deep_links_skip_what_leaves(server):
+    status, text = post(server, run_list_call("?tab=training&run=escape-dir", "url.search"))
     assert status == 200
     clean(text)
     assert "refused" in text and "resolves outside RUNS_DIR" in text
@@ -315,22 +319,7 @@ def test_run_list_and_deep_links_skip_what_leaves(server):
 def test_runs_with_odd_names_are_listed_and_drawn(server):
     """Run directories named with undecodable bytes, a newline or markup round-trip through the browser's
     dropdown (JSON) and draw (the markup stays text: Dash renders strings, never HTML)."""
-    body = {
-        "output": "..train-runs.options...train-runs.value...train-url-messages.children..",
-        "outputs": [
-            {"id": "train-runs", "property": "options"},
-            {"id": "train-runs", "property": "value"},
-            {"id": "train-url-messages", "property": "children"},
-        ],
-        "inputs": [
-            {"id": "train-poll", "property": "n_intervals", "value": None},
-            {"id": "url", "property": "search", "value": None},
-            {"id": "tabs", "property": "value", "value": "training"},
-        ],
-        "state": [{"id": "train-runs", "property": "value", "value": None}],
-        "changedPropIds": ["tabs.value"],
-    }
-    status, text = post(server, body)
+    status, text = post(server, run_list_call(None, "tabs.value"))
     assert status == 200
     names = [o["value"] for o in json.loads(text)["response"]["train-runs"]["options"]]
     odd = [n for n in names if n.startswith(("bad\udcff", "new\n", "<img"))]
@@ -589,8 +578,16 @@ def test_a_real_store_with_bad_controls(server, callbacks, store, payload):
                 "changedPropIds": [{"a": 1}],
             }
         ).encode(),
+        json.dumps(
+            {
+                "output": "train-poll.disabled",
+                "outputs": {"id": "train-poll", "property": "disabled"},
+                "inputs": [],
+                "changedPropIds": [],
+            }
+        ).encode(),
     ],
-    ids=["text", "list", "empty", "number-output", "unknown-output", "inputs-string", "changed-dict"],
+    ids=["text", "list", "empty", "number-output", "unknown-output", "inputs-string", "changed-dict", "inputs-short"],
 )
 def test_malformed_requests_are_a_client_error(server, body):
     """Requests that are not Dash callback calls at all: a 4xx, never a 500 (Dash's own parsing)."""

@@ -4,6 +4,7 @@ identical to xarray's own writer, and writes killed half way (subprocess + SIGKI
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -456,3 +457,39 @@ def test_readers_skip_what_a_live_writer_has_not_finished(tmp_path):
         assert _plain(path, "retrieval").sizes["checkpoint"] == 3  # plain xarray sees the entry, and the marker
     assert store.open_group(path, "retrieval").checkpoint.values.tolist() == ["a", "b"]
     assert store.MARKER not in zarr.open_group(str(path), mode="r")["retrieval"].attrs
+
+
+def test_a_writer_cleans_only_temp_groups_no_live_writer_holds(tmp_path):
+    """clean_tmp removes what killed first writes left next to the store, but not the temp group a live
+    writer of another store is building (``a.zarr-b``'s temp names start with ``.tmp-a.zarr-`` too)."""
+    import fcntl
+    import os
+
+    live = tmp_path / ".tmp-a.zarr-b-g-12345678"
+    dead = tmp_path / ".tmp-a.zarr-g-87654321"
+    live.mkdir()
+    dead.mkdir()
+    fd = os.open(live, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as create_group holds it while it builds
+    try:
+        ds = xr.Dataset({"x": (("pair",), np.arange(4.0))}, coords={"pair": np.arange(4)})
+        store.write(tmp_path / "a.zarr", "g", ds)
+        assert live.is_dir() and not dead.exists()
+    finally:
+        os.close(fd)
+
+
+def test_a_replace_killed_between_its_renames_gets_the_old_summary_back(tmp_path):
+    """replace_group moves the old derived group aside, then renames the new one in (under the lock); a
+    writer killed between the two leaves the group missing: the next write puts the old one back (and
+    removes a moved-aside one that was already replaced)."""
+    path = tmp_path / "s.zarr"
+    ds = xr.Dataset({"x": (("pair",), np.arange(4.0))}, coords={"pair": np.arange(4)})
+    store.save(path, store.ARM_BANDS, ds)
+    store.save(path, store.ARM_UPDATES, ds)
+    (path / store.ARM_BANDS).rename(path / f".old-{store.ARM_BANDS}-999")  # killed after the first rename
+    shutil.copytree(path / store.ARM_UPDATES, path / f".old-{store.ARM_UPDATES}-998")  # after the second
+    store.write(path, "other", ds)
+    assert store.groups(path) == sorted([store.ARM_BANDS, store.ARM_UPDATES, "other"])
+    assert list(store.open_group(path, store.ARM_BANDS)["x"].values) == [0.0, 1.0, 2.0, 3.0]
+    assert not list(path.glob(".old-*"))

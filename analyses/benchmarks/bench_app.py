@@ -95,8 +95,10 @@ def callback_times(root: Path, store: str) -> dict[str, float]:
         ],
         "inputs": [
             {"id": "updates-store", "property": "value", "value": store},
+            {"id": "updates-mode", "property": "value", "value": "pairs"},
             {"id": "updates-source", "property": "value", "value": "W_q"},
             {"id": "updates-comparison", "property": "value", "value": c},
+            {"id": "updates-arms", "property": "value", "value": None},
         ],
         "changedPropIds": ["updates-comparison.value"],
         "state": [],

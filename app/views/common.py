@@ -112,20 +112,34 @@ def control(label: str, component: Any) -> html.Div:
     return html.Div([html.Label(label, className="wb-label"), component], className="wb-control")
 
 
+def mode_picker(prefix: str, modes: dict[str, str], value: str) -> html.Div:
+    """The "show" radio of a view with a per-checkpoint and a per-arm mode (``{prefix}-mode``)."""
+    options = [{"label": v, "value": k} for k, v in modes.items()]
+    return control("show", dcc.RadioItems(id=f"{prefix}-mode", options=options, value=value, inline=True))
+
+
+def require_group(root: Any, store: str, group: str, writer: str) -> None:
+    """One message, naming what writes it, when the store has no ``group`` (a view's per-arm summary)."""
+    if group not in stores.groups_of(root, store):
+        raise ValueError(f"{store} has no {group!r} group ({writer} writes it)")
+
+
 def store_picker(prefix: str) -> html.Div:
     """The store dropdown of a data view (``{prefix}-store``)."""
     return control("store", dcc.Dropdown(id=f"{prefix}-store", placeholder="pick a store", clearable=False))
 
 
 def register_store_picker(app: Any, root: Any, prefix: str, *groups: str) -> None:
-    """Fill ``{prefix}-store`` with the stores holding any of ``groups`` whenever the tabs change; when
-    none does, ``{prefix}-messages`` says so."""
+    """Fill ``{prefix}-store`` with the stores holding any of ``groups`` whenever the tabs change;
+    ``{prefix}-messages`` says when none does, and why each ``*.zarr`` that is no store was left out."""
 
     def fill(tab: Any, current: Any):
         only_when_shown(tab, prefix)
-        found = stores.stores_with_group(root, *groups)
+        skipped: list[str] = []
+        found = stores.stores_with_group(root, *groups, skipped=skipped)
         value = current if current in found else (found[0] if found else None)
-        return ([{"label": s, "value": s} for s in found], value, [] if found else notice([no_data(*groups)], "error"))
+        messages = ([] if found else notice([no_data(*groups)], "error")) + notice(skipped)
+        return [{"label": s, "value": s} for s in found], value, messages
 
     app.callback(
         Output(f"{prefix}-store", "options"),

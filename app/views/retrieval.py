@@ -23,9 +23,11 @@ from app.views.common import (
     control,
     graph,
     guarded,
+    mode_picker,
     notice,
     picked,
     register_store_picker,
+    require_group,
     shown,
     store_picker,
     with_picker_messages,
@@ -80,12 +82,9 @@ def grids(root: Path, store: str, task: Any, metric: Any, checkpoints: Any):
     )
 
 
-def has_arms(root: Path, store: str) -> bool:
-    return ARMS_GROUP in S.groups_of(root, store)
-
-
 def arm_choices(root: Path, store: str) -> tuple[list[str], list[str]]:
     """(tasks, arms) of the store's arm summary; trained arms first, reference models last."""
+    require_group(root, store, ARMS_GROUP, f"`workbench compare {store}`")
     ds = S.open_group(root, store, ARMS_GROUP)
     names = [str(a) for a in ds["arm"].values]
     refs = set(np.array(names)[ds["is_reference"].values]) if "is_reference" in ds.coords else set()
@@ -204,15 +203,7 @@ def layout() -> html.Div:
             html.Div(
                 [
                     store_picker("retrieval"),
-                    control(
-                        "show",
-                        dcc.RadioItems(
-                            id="retrieval-mode",
-                            options=[{"label": v, "value": k} for k, v in MODES.items()],
-                            value="checkpoints",
-                            inline=True,
-                        ),
-                    ),
+                    mode_picker("retrieval", MODES, "checkpoints"),
                     control("task", dcc.Dropdown(id="retrieval-task", clearable=False)),
                     control("metric", dcc.Dropdown(id="retrieval-metric", clearable=False)),
                     control(
@@ -240,8 +231,6 @@ def register(app: Dash, root: Path) -> None:
         if not store:
             return [], None, [], None, [], []
         if mode == "arms":
-            if not has_arms(root, store):
-                raise ValueError(f"{store} has no {ARMS_GROUP!r} group: `workbench compare {store}` writes it")
             tasks, arms = arm_choices(root, store)
             switched = callback_context.triggered_id == "retrieval-mode"  # checkpoint picks are not arm picks
             keep = ([] if switched else [a for a in (current or []) if a in arms]) or default_arms(root, store)

@@ -35,11 +35,6 @@ REPEATED_VARS = ["kl_to_mean", "kl_to_first", "kl_vs_clean"]
 MEAN = -1  # bucket value meaning "mean over position buckets"
 
 
-def stores(root: Path) -> list[str]:
-    """Stores with traces or repeated-token results."""
-    return S.stores_with_group(root, GROUP, REPEATED)
-
-
 def choices(root: Path, store: str) -> dict[str, list]:
     """Checkpoints, specs, layer variables and position buckets of the store's traces group ({} without one)."""
     if GROUP not in S.groups_of(root, store):

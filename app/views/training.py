@@ -10,7 +10,7 @@ from urllib.parse import parse_qs
 from dash import Dash, Input, Output, State, callback_context, dcc, html, no_update
 
 from app import runs as R
-from app.paths import inside
+from app.paths import NotRegular, OutsideRunsDir, inside, read_regular
 from app.views.common import control, graph, guarded, notice, only_when_shown, shown
 from workbench.figures import pair_tracking as pair_figs
 from workbench.figures import training as figs
@@ -65,20 +65,23 @@ def training_view(root: Path, names: list[str], metric: str):
 
 
 def pair_updates_view(root: Path, names: list[str]):
-    """The tracked pair updates (W_q) of the first selected run that has them, or None."""
+    """The tracked pair updates (W_q) of the first selected run that has them, or None. The file is read
+    confined to RUNS_DIR (a link leaving it, or a FIFO, counts as no file)."""
     import json
 
     for name in names:
-        path = inside(root, name) / PAIR_UPDATES
-        if path.is_file():
-            records = []
-            for line in path.read_text().splitlines():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:  # a line being written
-                    continue
-            if records:
-                return pair_figs.pair_updates_figure(records, run=name)
+        try:
+            text = read_regular(root, inside(root, name) / PAIR_UPDATES)
+        except (OutsideRunsDir, NotRegular, OSError):
+            continue
+        records = []
+        for line in text.splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:  # a line being written
+                continue
+        if records:
+            return pair_figs.pair_updates_figure(records, run=name)
     return None
 
 
@@ -112,6 +115,7 @@ def layout() -> html.Div:
             ),
             dcc.Interval(id="train-poll", interval=POLL_MS),
             dcc.Store(id="train-stamp"),
+            dcc.Store(id="train-pairs-stamp"),
             html.Div(id="train-url-messages"),
             html.Div(id="train-messages"),
             graph("train-graph", 560),
@@ -178,15 +182,21 @@ def register(app: Dash, root: Path) -> None:
         State("train-stamp", "data"),
     )(guarded(draw, lambda m: ({}, shown(False, 560), notice([m], "error"), [], None)))
 
-    def pairs(value: Any, _n: Any, tab: Any):
+    def pairs(value: Any, _n: Any, tab: Any, stamp: Any):
         only_when_shown(tab, TAB[0])
-        fig = pair_updates_view(root, selected_runs(value))
-        return fig or {}, shown(fig is not None, 420)
+        names = selected_runs(value)
+        now = [names, R.metrics_mtime(root, names, PAIR_UPDATES)]
+        if callback_context.triggered_id == "train-poll" and stamp == now:
+            return no_update, no_update, no_update  # a poll re-reads the file only when it changed
+        fig = pair_updates_view(root, names)
+        return fig or {}, shown(fig is not None, 420), now
 
     app.callback(
         Output("train-pairs", "figure"),
         Output("train-pairs", "style"),
+        Output("train-pairs-stamp", "data"),
         Input("train-runs", "value"),
         Input("train-poll", "n_intervals"),
         Input("tabs", "value"),
-    )(guarded(pairs, lambda m: ({}, shown(False, 420))))
+        State("train-pairs-stamp", "data"),
+    )(guarded(pairs, lambda m: ({}, shown(False, 420), None)))

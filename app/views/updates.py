@@ -24,9 +24,11 @@ from app.views.common import (
     control,
     graph,
     guarded,
+    mode_picker,
     notice,
     picked,
     register_store_picker,
+    require_group,
     shown,
     store_picker,
     with_picker_messages,
@@ -48,11 +50,6 @@ SOURCES = {
     "q states": (wstore.UPDATES_STATES, "q_norm_change"),
     "k states": (wstore.UPDATES_STATES, "k_norm_change"),
 }
-
-
-def stores(root: Path) -> list[str]:
-    """Stores with any updates group."""
-    return S.stores_with_group(root, GROUP, wstore.UPDATES_STATES)
 
 
 def source_of(source: Any) -> tuple[str, str]:
@@ -95,7 +92,7 @@ def phase_lengths(root: Path, store: str, source: str = "W_q") -> list[int]:
         if run is None:
             continue
         try:
-            lengths = R.run_info(root, run).phase_lengths
+            lengths = R.phase_lengths_of(R.run_config(root, run))  # run.yaml only: no checkpoint or metrics reads
         except (ValueError, OSError):
             continue
         if lengths:
@@ -142,10 +139,7 @@ def bands(root: Path, store: str, source: str, comparison: str | None):
 
 def arms(root: Path, store: str) -> list[str]:
     """Arms of the store's ``arm_updates`` group (one clear error when it has none)."""
-    if ARMS_GROUP not in S.groups_of(root, store):
-        raise ValueError(
-            f"{store} has no {ARMS_GROUP!r} group (per-arm means over seeds; the demo's pair analysis writes it)"
-        )
+    require_group(root, store, ARMS_GROUP, "per-arm means over seeds: the demo's pair analysis")
     return [str(a) for a in S.open_group(root, store, ARMS_GROUP)["arm"].values]
 
 
@@ -193,15 +187,7 @@ def layout() -> html.Div:
             html.Div(
                 [
                     store_picker("updates"),
-                    control(
-                        "show",
-                        dcc.RadioItems(
-                            id="updates-mode",
-                            options=[{"label": v, "value": k} for k, v in MODES.items()],
-                            value="pairs",
-                            inline=True,
-                        ),
-                    ),
+                    mode_picker("updates", MODES, "pairs"),
                     control(
                         "what", dcc.RadioItems(id="updates-source", options=list(SOURCES), value="W_q", inline=True)
                     ),

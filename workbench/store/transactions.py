@@ -127,9 +127,29 @@ def new_marker(**fields: Any) -> str:
 
 
 def clean_tmp(store: Path) -> None:
-    """Temp groups of killed first writes (only called with the store's lock held)."""
+    """Temp groups of killed first writes (only called with the store's lock held). One whose builder still
+    holds it (its ``flock``: a live writer of another store whose name starts with this one's) is left."""
     for tmp in store.absolute().parent.glob(f"{TMP_PREFIX}{store.name}-*"):
+        try:
+            import fcntl  # lazy: POSIX only
+
+            fd = os.open(tmp, os.O_RDONLY)
+        except (ImportError, OSError):
+            shutil.rmtree(tmp, ignore_errors=True)
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # being built
+        finally:
+            os.close(fd)
         shutil.rmtree(tmp, ignore_errors=True)
+    for old in store.glob(".old-*"):  # a replace_group killed between its two renames (they run under the lock)
+        group = old.name[len(".old-") :].rpartition("-")[0]
+        if group and not (store / group).exists():
+            os.replace(old, store / group)  # the previous summary comes back
+        else:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def repair(store: Path, group: str) -> bool:

@@ -419,6 +419,7 @@ def create_group(store: Path, group: str, ds: xr.Dataset, encoding: Mapping[str,
         add(v)
     tmp = store.absolute().parent / f"{TMP_PREFIX}{store.name}-{group}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
+    held = _hold(tmp)
     files = _Files(tmp, atomic=False, hook=hook)
     failed: list[BaseException] = []
     raw_arrays = [a for a in arrays if a[3]]
@@ -481,6 +482,21 @@ def create_group(store: Path, group: str, ds: xr.Dataset, encoding: Mapping[str,
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if held is not None:
+            os.close(held)
+
+
+def _hold(tmp: Path) -> int | None:
+    """An exclusive ``flock`` on a temp directory while it is built (released when closed, or by the kernel
+    when the writer dies): another store's writer cleaning up killed writes whose temp names match leaves
+    it alone (:func:`workbench.store.transactions.clean_tmp`). None where there is no flock."""
+    try:
+        import fcntl  # lazy: POSIX only
+    except ImportError:
+        return None
+    fd = os.open(tmp, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
 
 
 async def _zarr_metadata(v: _Var) -> Any:
