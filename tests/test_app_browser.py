@@ -194,6 +194,8 @@ def test_retrieval_view_side_by_side_and_click_opens_training_curve(server, wb_p
     page.screenshot(path=str(SHOTS / "retrieval.png"), full_page=True)
     click_heatmap_cell(page, "retrieval-graph", row=1, col=1)  # depth 100 %, length 128 of the first run
     wait_for_graph(page, "retrieval-curve")
+    # the curve may already show the default cell (length 64): wait for the click's redraw, not any data
+    wait_until(page, "retrieval-curve", "gd._fullLayout.title.text.includes('length 128')")
     title = graph_eval(page, "retrieval-curve", "gd._fullLayout.title.text")
     assert "passkey at length 128" in title
     page.screenshot(path=str(SHOTS / "retrieval-click.png"), full_page=True)
