@@ -78,7 +78,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from workbench import checkpoint_io, config, models  # noqa: E402
+from workbench import checkpoint_io, config, models, tokenizers  # noqa: E402
 from workbench.train.memory import GB, step_memory  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
@@ -210,6 +210,7 @@ def kd_row(
             models.build_model(teacher, seed=1, dtype=torch.bfloat16, device=device),
             teacher_dir,
             {"step": 0, "phase": "random-teacher"},
+            extra=lambda tmp_dir: tokenizers.save(tokenizers.synthetic(), tmp_dir),  # the run's vocabulary
         )
     if world > 1:
         import torch.distributed as dist
