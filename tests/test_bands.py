@@ -58,12 +58,41 @@ def test_band_conditions_are_interp_specs():
 
 
 def test_band_conditions_split_pairs_by_document_length():
-    conds = bands.band_conditions(10000.0, 32, 256)
-    short, long = conds["zero lambda<=256"][2], conds["zero lambda>256"][2]
-    assert sorted(short.tolist() + long.tolist()) == list(range(16))
     from workbench import rope
 
+    conds = bands.band_conditions(rope.inv_freq(10000.0, 32), 256)
+    short, long = conds["zero lambda<=256"][2], conds["zero lambda>256"][2]
+    assert sorted(short.tolist() + long.tolist()) == list(range(16))
     assert (rope.wavelengths(10000.0, 32)[long] > 256).all()
     with pytest.raises(ValueError, match="op must be"):
         with bands.band_intervention(torch.nn.Module(), [], "warp"):
             pass
+
+
+def test_bands_and_frozen_pairs_follow_the_models_rope_scaling():
+    """A Llama-3-scaled model: the band split and the frozen pairs come from the wavelengths transformers'
+    rotary module runs with (low frequencies stretched by the factor), not from theta alone."""
+    import types
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from workbench import models, rope
+    from workbench.train.ablations import FrozenPairs
+
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+    cfg = LlamaConfig(
+        vocab_size=64, hidden_size=128, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=32768,
+        rope_parameters={"rope_theta": 500000.0, **scaling, "original_max_position_embeddings": 8192},
+    )  # fmt: skip
+    model = LlamaForCausalLM(cfg)
+    runs_with = 2 * math.pi / model.model.rotary_emb.inv_freq.double().numpy()  # transformers' own [32]
+    plain = rope.wavelengths(500000.0, 64)
+    assert not np.allclose(runs_with, plain)
+    doc = 20000
+    long = bands.band_conditions(models.model_inv_freq(model).double().numpy(), doc)["zero lambda>20000"][2]
+    assert long.tolist() == np.flatnonzero(runs_with > doc).tolist()
+    assert long.tolist() != np.flatnonzero(plain > doc).tolist()
+    phase = types.SimpleNamespace(rope_theta=500000.0, freeze_wavelengths=(doc, math.inf))
+    frozen = FrozenPairs.for_phase(model, phase).pairs
+    assert frozen.tolist() == np.flatnonzero(runs_with >= doc).tolist() == long.tolist()

@@ -5,13 +5,15 @@ really runs with, and convert between RoPE layouts. Saving, verifying and loadin
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
-from workbench import architectures
+from workbench import architectures, rope
 from workbench.config import ModelConfig
 
 # ------------------------------------------------------------------------------------------- build
@@ -134,6 +136,13 @@ def set_rope_theta(model, theta: float, scaling: Mapping[str, Any] | None = None
 def model_inv_freq(model) -> torch.Tensor:
     """The frequencies the model's rotary module actually uses (not what the config claims)."""
     return rotary_modules(model)[0].inv_freq.detach().clone()
+
+
+def pairs_in_wavelengths(model, min_wavelength: float = 0.0, max_wavelength: float = math.inf) -> np.ndarray:
+    """Indices j of the pairs whose wavelength, at the frequencies the model runs with (its theta and any RoPE
+    scaling, read from the rotary buffer), lies in [min_wavelength, max_wavelength] (inclusive)."""
+    frequencies = model_inv_freq(model).double().cpu().numpy()  # [d/2]
+    return np.flatnonzero(rope.wavelength_mask(frequencies, min_wavelength, max_wavelength))
 
 
 def interleaved_to_half_split(weight: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:

@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from workbench import checkpoint_io, config, models
+    from workbench import checkpoint_io, config, models, tokenizers
     from workbench.train import train
 
     student = dict(
@@ -52,6 +52,7 @@ def main(argv=None) -> int:
             models.build_model(config.ModelConfig(**dict(student, hidden_size=96)), seed=7),
             teacher,
             {"phase": "t", "step": 0},
+            extra=lambda tmp_dir: tokenizers.save(tokenizers.synthetic(), tmp_dir),  # the run's vocabulary
         )
         results = {}
         for compiled in (False, True):

@@ -29,7 +29,7 @@ def band_ablation(
     per_model = []
     for path in checkpoints.values():
         model, _ = checkpoint_io.load(path)
-        conds = band_conditions(models.rope_theta(model), model.config.head_dim, doc_length)
+        conds = band_conditions(models.model_inv_freq(model).double().numpy(), doc_length)
         per_cond = []
         for op, target, pairs in conds.values():
             with band_intervention(model, pairs, op, target=target):

@@ -80,12 +80,15 @@ def band_intervention(
             h.remove()
 
 
-def band_conditions(theta: float, head_dim: int, doc_length: int) -> dict[str, tuple[str, str, np.ndarray]]:
+def band_conditions(frequencies: np.ndarray, doc_length: int) -> dict[str, tuple[str, str, np.ndarray]]:
     """The evaluation-time conditions, name -> (op, target, pairs): clean; zero the short band (lambda <= doc
     length) or the long band (lambda > doc length, which short documents never see turn fully) in q and k;
-    rotate the long band of q only by pi/2 (rotating q and k alike would leave every q.k unchanged)."""
-    short = rope.pairs_in_wavelengths(theta, head_dim, 0, doc_length)
-    long = rope.pairs_in_wavelengths(theta, head_dim, doc_length + 1e-9)
+    rotate the long band of q only by pi/2 (rotating q and k alike would leave every q.k unchanged).
+
+    ``frequencies`` [d/2] are the omega_j the model runs with (``models.model_inv_freq``: theta and any RoPE
+    scaling), or ``rope.inv_freq(theta, head_dim)``."""
+    short = np.flatnonzero(rope.wavelength_mask(frequencies, 0, doc_length))
+    long = np.flatnonzero(rope.wavelength_mask(frequencies, doc_length + 1e-9))
     return {
         "clean": ("zero", "both", np.array([], dtype=np.int64)),
         f"zero lambda<={doc_length}": ("zero", "both", short),

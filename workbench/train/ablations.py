@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from workbench import architectures, rope
+from workbench import architectures, models, rope
 
 
 class FrozenPairs:
@@ -38,9 +38,7 @@ class FrozenPairs:
     def for_phase(cls, model, phase) -> FrozenPairs | None:
         if phase.freeze_wavelengths is None:
             return None
-        pairs = rope.pairs_in_wavelengths(
-            phase.rope_theta, architectures.head_dim(model.config), *phase.freeze_wavelengths
-        )
+        pairs = models.pairs_in_wavelengths(model, *phase.freeze_wavelengths)  # at the phase's theta and scaling
         return cls(model, pairs) if len(pairs) else None
 
     @torch.no_grad()
