@@ -180,21 +180,20 @@ def plan(dry_run: bool) -> dict:
     }
 
 
-def kd_row(
+def kd_config(
     name: str,
     p: dict,
     seq_len: int,
     checkpointing: bool,
     device: torch.device,
     tmp: Path,
-    peak: float | None,
     world: int,
     rank: int,
     document: bool = False,
     compile: bool = False,
-) -> dict:
-    from workbench.train import train
-
+    steps: int | None = None,
+) -> tuple[config.RunConfig, config.ModelConfig, config.ModelConfig]:
+    """(run config, student, teacher) of a KD row; the random teacher is built and saved once under ``tmp``."""
     student = config.load_model_config(p["student"])
     teacher = config.load_model_config(p["teacher"])
     window = max(p[r] for r in KD_ROWS)  # one random teacher (saved once) for every KD row
@@ -241,7 +240,7 @@ def kd_row(
         "phases": [
             {
                 "name": "bench",
-                "steps": p["steps"] if name in ("kd-8k", "kd-32k") else p["warmup"] + 2,
+                "steps": steps or (p["steps"] if name in ("kd-8k", "kd-32k") else p["warmup"] + 2),
                 "seq_len": seq_len,
                 "rope_theta": student.rope_theta,
                 "lr": 1e-4,
@@ -249,7 +248,27 @@ def kd_row(
             }
         ],
     }
-    cfg = config.from_dict(config.RunConfig, raw, "bench")
+    return config.from_dict(config.RunConfig, raw, "bench"), student, teacher
+
+
+def kd_row(
+    name: str,
+    p: dict,
+    seq_len: int,
+    checkpointing: bool,
+    device: torch.device,
+    tmp: Path,
+    peak: float | None,
+    world: int,
+    rank: int,
+    document: bool = False,
+    compile: bool = False,
+) -> dict:
+    from workbench.train import train
+
+    cfg, student, teacher = kd_config(
+        name, p, seq_len, checkpointing, device, tmp, world, rank, document=document, compile=compile
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
