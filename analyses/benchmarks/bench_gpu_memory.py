@@ -112,7 +112,7 @@ def measure(row: str, p: dict, device: torch.device, tmp: Path, steps: int) -> d
         "row": row,
         "tokens": seq_len,
         "checkpointing": checkpointing,
-        "estimate GiB": {k: getattr(est, k) / GB for k in ("states", "activations", "loss", "teacher", "gathered")},
+        "estimate GiB": {k: getattr(est, k) / GB for k in ("states", "teacher", "gathered", "stored", "working")},
         "estimate total GiB": est.total / GB,
         "time s": wall,
     }

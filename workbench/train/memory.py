@@ -1,10 +1,23 @@
-"""Per-GPU memory estimate of a training step (for planning paper-scale runs; not a measurement).
+"""Per-GPU memory estimate of a training step (for planning paper-scale runs and the trainer's memory check).
 
-Counts, in bytes, under bf16 autocast with fp32 master weights and FSDP2 sharding over ``world_size`` ranks:
-student weights + gradients + AdamW moments (16 bytes/param, sharded), the all-gathered bf16 copy of one
-block, activation-checkpointed block inputs (one [B, T, H] bf16 tensor per layer) plus one block's
-recompute peak (attention by SDPA/flash is O(T)), the chunked KD loss (student and teacher fp32 logits of one
-chunk, with softmax and gradient), and a frozen bf16 teacher (sharded) with one block's activations.
+The peak of a step is one of two moments, whichever is larger (measured with the allocator's history on an H200,
+``analyses/benchmarks/bench_gpu_memory.py``, 2026-12-04; docs/gpu.md):
+
+- the **loss**: every activation kept for backward plus the chunked KD/CE loss (logits of one chunk for both
+  models, softmax and gradient) and the hidden states around the head;
+- the **backward** through the last block: the kept activations plus that block's recompute and the gradients
+  of its largest intermediates (the parameter gradients appear as the kept activations are freed, so they count
+  only where they outgrow them).
+
+Always alive: the student's fp32 weights and AdamW moments (sharded over ``world_size`` ranks; gradients are set
+to None after each step), the frozen teacher, and under FSDP2 one all-gathered bf16 block of each model.
+
+Under bf16 autocast with fp32 weights (one GPU) the **residual stream is fp32** (the embedding output is fp32,
+and fp32 + bf16 adds to fp32): each checkpointed block input is ``T x H x 4`` bytes, not 2. Under FSDP2 the
+gathered weights are bf16 and so is the stream (not measured here: no multi-GPU machine was lent). One block's
+activations per token, as transformers' Llama runs them under autocast: two residual-stream tensors, the two
+RMSNorms' fp32 intermediates (8 H bytes), attention (q, k, v, RoPE, output: about 6 H low-precision values) and
+the MLP (gate, up, SiLU, product: about 5.5 I values).
 """
 
 from __future__ import annotations
@@ -15,25 +28,34 @@ from workbench.config import ModelConfig
 from workbench.models import count_parameters
 
 GB = 1024**3
+LOSS_CHUNK_COPIES = 6.5  # fp32 [chunk, vocab] buffers alive in the chunked loss (measured: 3.16 GiB at 4096 x 32000)
+HEAD_BYTES_PER_HIDDEN = 44  # hidden states around the head in the loss phase, bytes per token per H (measured)
 
 
 @dataclass(frozen=True)
 class StepMemory:
-    states: float  # student fp32 weights, grads, AdamW moments (sharded)
-    activations: float  # checkpointed block inputs + one block's recompute peak
-    loss: float  # chunked KD/CE logits of one chunk for both models
-    teacher: float  # teacher bf16 weights (sharded) + one block's activations
-    gathered: float  # one all-gathered bf16 block of each model
+    states: float  # student fp32 weights + AdamW moments (sharded); gradients are in `working`
+    teacher: float  # frozen teacher weights (sharded)
+    gathered: float  # one all-gathered bf16 block of each model (FSDP2 only)
+    stored: float  # activations kept for backward: block inputs (checkpointing) or every block's activations
+    working: float  # the larger of the loss phase and the backward phase, beyond `stored`
 
     @property
     def total(self) -> float:
-        return self.states + self.activations + self.loss + self.teacher + self.gathered
+        return self.states + self.teacher + self.gathered + self.stored + self.working
 
 
 def _block_params(m: ModelConfig) -> int:
     d = m.resolved_head_dim
     attn = m.hidden_size * d * (m.num_heads * 2 + m.num_kv_heads * 2)
     return attn + 3 * m.hidden_size * m.intermediate_size + 2 * m.hidden_size
+
+
+def block_activation_bytes(m: ModelConfig, *, low: int, stream: int) -> float:
+    """Bytes per token one block keeps for its backward (``low``: bytes of an autocast value, ``stream``: of the
+    residual stream)."""
+    h, i = m.hidden_size, m.intermediate_size
+    return 2 * stream * h + 8 * h + 6 * low * h + 5.5 * low * i
 
 
 def step_memory(
@@ -45,22 +67,38 @@ def step_memory(
     teacher: ModelConfig | None = None,
     chunk: int = 4096,
     checkpointing: bool = True,
+    precision: str = "bf16",
 ) -> StepMemory:
-    """Estimated bytes per GPU for one micro-batch of ``seq_len`` tokens."""
+    """Estimated peak bytes per GPU for one micro-batch of ``seq_len`` tokens (``precision``: bf16 or fp32)."""
     tokens = micro_batch * seq_len
     p = count_parameters(student)
-    states = 16 * p / world_size
-    h, i = student.hidden_size, student.intermediate_size
-    per_block_peak = tokens * (8 * h + 3 * i) * 2  # q,k,v,o, norms, residuals + gate/up/act in bf16
-    stored = tokens * h * 2 * (student.num_layers if checkpointing else 0)
-    if not checkpointing:
-        per_block_peak *= student.num_layers
-    loss = 3 * 2 * min(chunk, tokens) * student.vocab_size * 4
-    teacher_bytes = 0.0
-    gathered = 2 * _block_params(student)
+    sharded = world_size > 1
+    low = 2 if precision == "bf16" else 4  # an autocast activation
+    stream = 2 if sharded and precision == "bf16" else 4  # the residual stream: fp32 unless FSDP2 gathers bf16
+    h, i, layers = student.hidden_size, student.intermediate_size, student.num_layers
+    block = tokens * block_activation_bytes(student, low=low, stream=stream)  # one block's activations
+    block_grads = tokens * (3 * low * i + stream * h)  # gradients of its largest intermediates
+    if checkpointing:
+        stored = (layers + 1) * tokens * h * stream  # every block's input and the last block's output
+        backward = block + block_grads
+    else:
+        stored = layers * block
+        backward = block_grads
+    grads = 4 * p / world_size
+    head_grads = 4 * student.vocab_size * h * (1 if student.tie_word_embeddings else 2) / world_size
+    backward += max(grads - stored, 0.0) + head_grads
+    loss = LOSS_CHUNK_COPIES * min(chunk, tokens) * student.vocab_size * 4
+    loss += tokens * HEAD_BYTES_PER_HIDDEN * h * (low / 2)
+    teacher_bytes = gathered = 0.0
     if teacher is not None:
-        teacher_bytes = 2 * count_parameters(teacher) / world_size + 2 * tokens * teacher.hidden_size * 2
-        gathered += 2 * _block_params(teacher)
+        teacher_bytes = low * count_parameters(teacher) / world_size
+        loss += tokens * teacher.hidden_size * low  # the teacher's last hidden states, kept for the chunked loss
+    if sharded:
+        gathered = 2 * _block_params(student) + (2 * _block_params(teacher) if teacher is not None else 0)
     return StepMemory(
-        states=states, activations=stored + per_block_peak, loss=loss, teacher=teacher_bytes, gathered=gathered
+        states=12 * p / world_size,
+        teacher=teacher_bytes,
+        gathered=gathered,
+        stored=stored,
+        working=max(loss, backward),
     )

@@ -113,10 +113,14 @@ def check_resumable(run_dir: Path) -> None:
 
 def check_memory(cfg: RunConfig, world_size: int, device: str) -> None:
     """Refuse a phase whose training step cannot fit the memory budget (estimate, before anything is built)."""
+    import torch
+
+    from workbench.train.distill import resolve_precision
     from workbench.train.memory import step_memory
     from workbench.train.phases import phase_data
 
     budget = memory_budget("cuda" if device == "cuda" else "cpu")
+    precision = resolve_precision(cfg.optim.precision, torch.device(device))
     teacher = None  # the frozen teacher the KD phases hold beside the student (from its config.json)
     if cfg.teacher is not None and not cfg.teacher.cache and any(ph.objective != "ce" for ph in cfg.phases):
         from transformers import AutoConfig  # lazy: only a run with a teacher reads its config
@@ -131,6 +135,7 @@ def check_memory(cfg: RunConfig, world_size: int, device: str) -> None:
             teacher=teacher if ph.objective != "ce" else None,
             chunk=cfg.loss.chunk_size,
             checkpointing=cfg.optim.activation_checkpointing,
+            precision=precision,
         ).total
         if (
             phase_data(cfg, i).packing.attention == "document"
