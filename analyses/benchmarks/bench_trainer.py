@@ -114,8 +114,10 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=3, help="steps not timed, fewer than --steps (default 3)")
     args = p.parse_args()
+    if not 0 <= args.warmup < args.steps:  # the medians are over the steps after the warm-up
+        p.error(f"--warmup: from 0 to --steps - 1 ({args.steps - 1}), not {args.warmup}")
     torch.set_num_threads(1)
     from transformers.utils import logging as hf_logging
 
