@@ -26,7 +26,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from workbench import checkpoint_io, config, models  # noqa: E402
+from workbench import checkpoint_io, config, models, tokenizers  # noqa: E402
 from workbench.data import attention_mask, make_stream  # noqa: E402
 from workbench.train import train  # noqa: E402
 from workbench.train.phases import phase_seed  # noqa: E402
@@ -126,7 +126,12 @@ def main() -> None:
         tmp = Path(tmp)
         teacher = tmp / "teacher"
         tcfg = config.load_model_config(ROOT / "data" / "configs" / "presets" / "tiny-teacher.yaml")
-        checkpoint_io.save_checkpoint(models.build_model(tcfg, seed=1), teacher, {"step": 0})
+        checkpoint_io.save_checkpoint(
+            models.build_model(tcfg, seed=1),
+            teacher,
+            {"step": 0},
+            extra=lambda tmp_dir: tokenizers.save(tokenizers.synthetic(), tmp_dir),  # the run's vocabulary
+        )
         print(f"tiny-student, {args.batch} x {args.seq_len} tokens per step, {args.steps} steps, 1 thread")
         print(
             "wall: median tokens/s per step after warm-up; cpu: tokens per CPU-second of the whole run "
