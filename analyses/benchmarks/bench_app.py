@@ -172,10 +172,14 @@ def first_render(root: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", default=None, help="build the RUNS_DIR here (reused when it already has the store)")
-    parser.add_argument("--checkpoints", type=int, default=21, help="checkpoints (comparisons = this - 1)")
+    parser.add_argument(
+        "--checkpoints", type=int, default=21, help="checkpoints, at least 3 (comparisons = this - 1; default 21)"
+    )
     args = parser.parse_args()
+    if args.checkpoints < 3:  # the warm timings are every comparison after the first
+        parser.error(f"--checkpoints: at least 3 (two comparisons), not {args.checkpoints}")
     import torch
 
     torch.set_num_threads(1)

@@ -25,10 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=6, help="training steps, at least 2 (default 6)")
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
+    if args.steps < 2:  # the loss comparison and the tokens/s ratio are over the steps after the first
+        ap.error(f"--steps: at least 2, not {args.steps}")
     import torch
 
     torch.set_num_threads(args.threads)

@@ -204,7 +204,7 @@ def kd_config(
         **{**config.to_dict(teacher), "max_position_embeddings": max(teacher.max_position_embeddings, window)}
     )
     teacher_dir = tmp / f"teacher-{teacher.hidden_size}-{window}"
-    if rank == 0 and not teacher_dir.exists():
+    if rank == 0 and not tokenizers.has_tokenizer(teacher_dir):  # also rebuilds a cached teacher saved without one
         checkpoint_io.save_checkpoint(
             models.build_model(teacher, seed=1, dtype=torch.bfloat16, device=device),
             teacher_dir,

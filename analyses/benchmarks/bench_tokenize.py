@@ -55,7 +55,7 @@ def ours(src: Path, tok_dir: Path, out: Path, num_proc: int, batch_size: int) ->
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--docs", type=int, default=6000)
     p.add_argument("--num-proc", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=1000)

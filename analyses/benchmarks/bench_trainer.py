@@ -26,7 +26,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from workbench import checkpoint_io, config, models  # noqa: E402
+from workbench import checkpoint_io, config, models, tokenizers  # noqa: E402
 from workbench.data import attention_mask, make_stream  # noqa: E402
 from workbench.train import train  # noqa: E402
 from workbench.train.phases import phase_seed  # noqa: E402
@@ -114,8 +114,10 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=3, help="steps not timed, fewer than --steps (default 3)")
     args = p.parse_args()
+    if not 0 <= args.warmup < args.steps:  # the medians are over the steps after the warm-up
+        p.error(f"--warmup: from 0 to --steps - 1 ({args.steps - 1}), not {args.warmup}")
     torch.set_num_threads(1)
     from transformers.utils import logging as hf_logging
 
@@ -124,7 +126,12 @@ def main() -> None:
         tmp = Path(tmp)
         teacher = tmp / "teacher"
         tcfg = config.load_model_config(ROOT / "data" / "configs" / "presets" / "tiny-teacher.yaml")
-        checkpoint_io.save_checkpoint(models.build_model(tcfg, seed=1), teacher, {"step": 0})
+        checkpoint_io.save_checkpoint(
+            models.build_model(tcfg, seed=1),
+            teacher,
+            {"step": 0},
+            extra=lambda tmp_dir: tokenizers.save(tokenizers.synthetic(), tmp_dir),  # the run's vocabulary
+        )
         print(f"tiny-student, {args.batch} x {args.seq_len} tokens per step, {args.steps} steps, 1 thread")
         print(
             "wall: median tokens/s per step after warm-up; cpu: tokens per CPU-second of the whole run "

@@ -18,7 +18,7 @@ from workbench.evals import quick_eval
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")
     p.add_argument("--train-len", type=int, required=True)
     p.add_argument("--tasks", default="passkey,niah,multikey")

@@ -5,7 +5,7 @@ as it trains.
     .venv/bin/python analyses/experiments/teacher_recipe.py --stages 256:400,512:300,1024:300 --out /tmp/t1
 
 Each stage is SEQ_LEN:STEPS; the number of key-value facts grows with the stage (--pairs per 256 tokens).
-Prints one JSON line per evaluation; the last model is saved to --out (HF dir) when given.
+Prints one JSON line per evaluation; with --out, each stage ends by saving the model to OUT-SEQ_LEN-STEP (HF dir).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from workbench.evals import quick_eval
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="data/configs/presets/tiny-teacher.yaml")
     p.add_argument("--stages", default="256:400,512:300,1024:300")
     p.add_argument("--batch", type=int, default=16)
