@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -147,7 +148,23 @@ def test_new_keys_at_their_defaults_leave_the_hash_alone(tmp_path):
 
 def test_a_run_of_another_hash_version_is_one_error(tmp_path):
     config.check_hash_version(config.HASH_VERSION)
-    with pytest.raises(config.ConfigError, match=r"config_hash_version 1 \(this workbench: 2\).*retrain, or resume"):
+    config.check_hash_version(2)  # version 2 checkpoints resume (compared under version 2)
+    with pytest.raises(config.ConfigError, match=r"config_hash_version 1 \(this workbench: 3\).*retrain, or resume"):
         config.check_hash_version(1)
     with pytest.raises(config.ConfigError, match="newer than this workbench knows"):
         config.check_hash_version(config.HASH_VERSION + 1)
+
+
+def test_hash_v3_leaves_out_what_is_not_trained_and_v2_is_unchanged():
+    """Version 3 ignores description, logging, evaluation and checkpointing; version 2 still hashes them, with
+    the values the workbench wrote into version-2 manifests (computed before version 3 existed)."""
+    import copy
+
+    untrained = copy.deepcopy(GOOD)
+    untrained.update(description="x", eval_every=5, logging={"tensorboard": False}, checkpoint={"keep_last": 1})
+    plain, changed = (config.from_dict(config.RunConfig, d) for d in (GOOD, untrained))
+    assert config.config_hash(plain) == config.config_hash(changed)
+    assert (config.config_hash(plain, 2), config.config_hash(changed, 2)) == ("2f7f6134bda53ae2", "47ade4636c470215")
+    trained = config.from_dict(config.RunConfig, with_change(["phases", 1, "lr"], 2e-3))
+    assert config.config_hash(trained) != config.config_hash(plain)
+    assert set(config.UNTRAINED_KEYS) <= {f.name for f in dataclasses.fields(config.RunConfig)}

@@ -292,11 +292,26 @@ def to_dict(obj: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------- config hash
 #
 # A run's checkpoints record ``config_hash`` and ``config_hash_version``; ``--resume`` recomputes the hash of the
-# config it is given and refuses a different one. The hash covers only the entries that differ from the
-# defaults, so a new key at its default changes no hash. A checkpoint of another hash version (version 1:
-# manifests without config_hash_version) is one error: retrain, or resume from a checkpoint of this version.
+# config it is given (under the checkpoint's version) and refuses a different one. The hash covers only the
+# entries that differ from the defaults, so a new key at its default changes no hash. Version 3 leaves out the
+# entries that do not change what is trained (how the run is described, logged, evaluated and checkpointed), so
+# they may change on --resume; version 2 hashed them too. Version 1 (manifests without config_hash_version) is
+# one error: retrain, or resume from a checkpoint of a current version.
 
-HASH_VERSION = 2
+HASH_VERSION = 3
+RESUMABLE_VERSIONS = (2, 3)
+UNTRAINED_KEYS = (
+    "description",
+    "logging",
+    "metrics_every",
+    "track_every",
+    "eval_every",
+    "eval_lengths",
+    "eval_samples",
+    "eval_tasks",
+    "checkpoint",
+    "out_dir",
+)
 
 
 def _field_default(f: dataclasses.Field) -> Any:
@@ -314,7 +329,7 @@ def check_hash_version(version: int) -> None:
             f"config_hash_version {version} is newer than this workbench knows "
             f"({HASH_VERSION}); update the workbench to resume this run"
         )
-    if version != HASH_VERSION:
+    if version not in RESUMABLE_VERSIONS:
         raise ConfigError(
             f"the checkpoint was written with config_hash_version {version} (this workbench: {HASH_VERSION}); "
             "it cannot be resumed: retrain, or resume from a checkpoint of the current version"
@@ -341,14 +356,18 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def config_hash(obj: Any) -> str:
+def config_hash(obj: Any, version: int = HASH_VERSION) -> str:
     """Short stable hash of a config, recorded in manifests.
 
-    Run configs: their entries that differ from the defaults (hash version ``HASH_VERSION``). Any other config
-    (data, model) hashes its whole resolved form.
+    Run configs: their entries that differ from the defaults, without ``UNTRAINED_KEYS`` from ``version`` 3 on
+    (``version``: the one a checkpoint recorded, to compare with it). Any other config (data, model) hashes its
+    whole resolved form.
     """
     if isinstance(obj, RunConfig):
-        body: Any = {"config_hash_version": HASH_VERSION, **_diff(obj)}
+        diff = _diff(obj)
+        if version >= 3:
+            diff = {k: v for k, v in diff.items() if k not in UNTRAINED_KEYS}
+        body: Any = {"config_hash_version": version, **diff}
     else:
         body = to_dict(obj)
     blob = json.dumps(body, sort_keys=True, default=str).encode()

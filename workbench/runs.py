@@ -1,7 +1,7 @@
 """A run directory: what the trainer writes for one run, and what every reader finds there.
 
     runs/<name>/
-        run.yaml        the resolved config (written once, at the start)
+        run.yaml        the resolved config (at the start; a --resume rewrites it with new untrained keys)
         metrics.jsonl   one JSON record a line (``kind``: train, eval, error), appended while training
         ckpt-<step>/    checkpoints (``workbench.checkpoint_io``), complete once ``manifest.json`` is written;
                         the manifest's ``phase_end`` marks the last one of each phase

@@ -1,4 +1,4 @@
-"""What a run writes besides checkpoints: ``run.yaml`` (once), ``metrics.jsonl`` (one JSON record a line) and
+"""What a run writes besides checkpoints: ``run.yaml``, ``metrics.jsonl`` (one JSON record a line) and
 the progress bar (the paths are ``workbench.runs.RunDir``'s; reading the records back is ``RunDir.metrics``).
 
 Records: ``kind: train`` every ``metrics_every`` steps and at each phase end (loss, ce, kd as means over the
@@ -73,7 +73,7 @@ class MetricsLog:
         self.path, self.every, self.dd, self.device = RunDir(run_dir).metrics_path, cfg.metrics_every, dd, device
         if dd.is_main:
             Path(run_dir).mkdir(parents=True, exist_ok=True)
-            write_run_yaml(cfg, Path(run_dir), replace=step == 0)  # a fresh start describes its own config
+            write_run_yaml(cfg, Path(run_dir))
             truncate(self.path, step)
         self.tracker = Tracker(cfg, Path(run_dir)) if dd.is_main else None  # TensorBoard / W&B beside the jsonl
         self.bar = tqdm(
@@ -171,11 +171,13 @@ def truncate(path: Path, step: int) -> None:
         os.replace(tmp, path)
 
 
-def write_run_yaml(cfg: RunConfig, run_dir: Path, replace: bool = False) -> None:
-    """The run's resolved config, once (``replace``: a fresh start describes its own config), atomically."""
+def write_run_yaml(cfg: RunConfig, run_dir: Path) -> None:
+    """The run's resolved config, atomically; rewritten only when it changed (a fresh start, or a --resume that
+    changed what the hash leaves out: description, logging, evaluation, checkpointing)."""
     target = RunDir(run_dir).config_path
-    if target.exists() and not replace:
-        return  # the resolved config of the run is written once; resume checks the hash instead
+    text = yaml.safe_dump(wconfig.to_dict(cfg), sort_keys=False)
+    if target.is_file() and target.read_text() == text:
+        return
     tmp = run_dir / f".{target.name}.tmp"
-    tmp.write_text(yaml.safe_dump(wconfig.to_dict(cfg), sort_keys=False))
+    tmp.write_text(text)
     os.replace(tmp, target)

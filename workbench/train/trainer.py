@@ -72,13 +72,22 @@ def preflight(cfg: RunConfig, run_dir: Path, *, resume: bool, world_size: int = 
         ckpt = RunDir(run_dir).latest_checkpoint(resumable=True)
         if ckpt is not None:
             manifest = checkpoint_io.read_manifest(ckpt)
-            wconfig.check_hash_version(int(manifest.get("config_hash_version", 1)))
-            old, new = manifest.get("config_hash"), wconfig.config_hash(cfg)
+            version = int(manifest.get("config_hash_version", 1))
+            wconfig.check_hash_version(version)
+            old, new = manifest.get("config_hash"), wconfig.config_hash(cfg, version)
             if old != new:
                 raise ConfigError(
                     f"{run_dir}: --resume with a config that differs from the one the run was started "
                     f"with (config_hash {old} vs {new}{_differing(RunDir(run_dir), cfg)}); see "
                     f"{RunDir(run_dir).config_path}"
+                )
+            if first_rank and (
+                changed := _differing(RunDir(run_dir), cfg)
+            ):  # only what the hash leaves out can differ here
+                print(
+                    f"workbench train: resuming with a changed{changed.removeprefix('; differs at')} (not part "
+                    "of what is trained: run.yaml is updated)",
+                    file=sys.stderr,
                 )
     check_inputs(cfg, world_size)
     if cfg.teacher is not None and cfg.teacher.cache and needs_teacher(cfg):
