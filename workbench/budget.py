@@ -24,23 +24,23 @@ def available_bytes(device: torch.device | str = "cpu") -> int:
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
-def memory_budget(device: torch.device | str = "cpu") -> int:
-    """Bytes a run may use: ``WORKBENCH_MEMORY_BUDGET_GB`` if set, else 60 % of the device's memory
-    (CUDA: total memory of the device; CPU: 60 % of :func:`available_bytes`)."""
+def memory_budget(device: torch.device | str = "cpu", cuda_fraction: float = 0.6) -> int:
+    """Bytes a run may use: ``WORKBENCH_MEMORY_BUDGET_GB`` if set, else a fraction of the device's memory
+    (CUDA: ``cuda_fraction`` of the device's total memory; CPU: 60 % of :func:`available_bytes`)."""
     if os.environ.get("WORKBENCH_MEMORY_BUDGET_GB"):
         return int(float(os.environ["WORKBENCH_MEMORY_BUDGET_GB"]) * 2**30)
     device = torch.device(device)
     if device.type == "cuda":
-        return int(0.6 * torch.cuda.get_device_properties(device).total_memory)
+        return int(cuda_fraction * torch.cuda.get_device_properties(device).total_memory)
     return int(0.6 * available_bytes(device))
 
 
-def budget_source(device: torch.device | str = "cpu") -> str:
+def budget_source(device: torch.device | str = "cpu", cuda_fraction: float = 0.6) -> str:
     """Where :func:`memory_budget`'s number comes from, for the refusal's message."""
     if os.environ.get("WORKBENCH_MEMORY_BUDGET_GB"):
         return "WORKBENCH_MEMORY_BUDGET_GB"
     return (
-        "60 % of the GPU's memory"
+        f"{100 * cuda_fraction:.0f} % of the GPU's memory"
         if torch.device(device).type == "cuda"
         else "60 % of available memory; set WORKBENCH_MEMORY_BUDGET_GB to change it"
     )

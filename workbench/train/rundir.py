@@ -20,7 +20,9 @@ from __future__ import annotations
 import re
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from workbench import attention, checkpoint_io, models, writable
 from workbench.budget import budget_source, memory_budget
@@ -111,23 +113,49 @@ def check_resumable(run_dir: Path) -> None:
         ) from None
 
 
-def check_memory(cfg: RunConfig, world_size: int, device: str) -> None:
-    """Refuse a phase whose training step cannot fit the memory budget (estimate, before anything is built)."""
+# A training step's estimate is fitted to measured peaks (-1.4 % to +9.1 %, docs/gpu.md), so on CUDA the step may
+# use more of the device than the cruder estimates elsewhere; the rest is the allocator's and CUDA's own.
+TRAIN_CUDA_FRACTION = 0.85
+
+
+@dataclass(frozen=True)
+class PhaseMemory:
+    """One phase's estimated training step: the model's step (``memory.StepMemory``) and a dense document mask
+    where FlexAttention cannot run."""
+
+    index: int
+    name: str
+    seq_len: int
+    step: Any  # workbench.train.memory.StepMemory
+    mask: float
+    with_teacher: bool
+
+    @property
+    def total(self) -> float:
+        return self.step.total + self.mask
+
+
+def phase_memory(cfg: RunConfig, world_size: int, device: str) -> list[PhaseMemory]:
+    """The estimated step of every phase on ``device`` over ``world_size`` ranks (the teacher's shape read from
+    its config.json; nothing is built)."""
     import torch
 
     from workbench.train.distill import resolve_precision
     from workbench.train.memory import step_memory
     from workbench.train.phases import phase_data
 
-    budget = memory_budget("cuda" if device == "cuda" else "cpu")
     precision = resolve_precision(cfg.optim.precision, torch.device(device))
     teacher = None  # the frozen teacher the KD phases hold beside the student (from its config.json)
     if cfg.teacher is not None and not cfg.teacher.cache and any(ph.objective != "ce" for ph in cfg.phases):
         from transformers import AutoConfig  # lazy: only a run with a teacher reads its config
 
-        teacher = models.model_config_of(AutoConfig.from_pretrained(cfg.teacher.path, local_files_only=True))
+        try:
+            teacher = models.model_config_of(AutoConfig.from_pretrained(cfg.teacher.path, local_files_only=True))
+        except OSError as exc:
+            raise ConfigError(f"teacher.path: {cfg.teacher.path}: no readable config.json ({exc})") from None
+    out = []
     for i, ph in enumerate(cfg.phases):
-        est = step_memory(
+        step = step_memory(
             cfg.model,
             ph.seq_len,
             micro_batch=cfg.optim.micro_batch_size,
@@ -136,22 +164,26 @@ def check_memory(cfg: RunConfig, world_size: int, device: str) -> None:
             chunk=cfg.loss.chunk_size,
             checkpointing=cfg.optim.activation_checkpointing,
             precision=precision,
-        ).total
-        if (
+        )
+        dense = (
             phase_data(cfg, i).packing.attention == "document"
             and attention.resolve_backend("auto", device, grad=True, seq=ph.seq_len) == "dense"
-        ):
-            est += attention.dense_mask_bytes(cfg.optim.micro_batch_size, ph.seq_len)  # flex: O((T/128)^2) only
-        if est > budget:
+        )  # flex: O((T/128)^2) only
+        mask = attention.dense_mask_bytes(cfg.optim.micro_batch_size, ph.seq_len) if dense else 0.0
+        out.append(PhaseMemory(i, ph.name, ph.seq_len, step, mask, teacher is not None and ph.objective != "ce"))
+    return out
+
+
+def check_memory(cfg: RunConfig, world_size: int, device: str) -> None:
+    """Refuse a phase whose training step cannot fit the memory budget (estimate, before anything is built)."""
+    budget = memory_budget("cuda" if device == "cuda" else "cpu", cuda_fraction=TRAIN_CUDA_FRACTION)
+    for pm in phase_memory(cfg, world_size, device):
+        if pm.total > budget:
             raise ConfigError(
-                f"phases[{i}] ({ph.name}): one step of {cfg.optim.micro_batch_size} x {ph.seq_len:,} "
-                f"tokens needs about {est / 2**30:,.1f} GiB (weights, optimiser, activations, logits, teacher; "
+                f"phases[{pm.index}] ({pm.name}): one step of {cfg.optim.micro_batch_size} x {pm.seq_len:,} "
+                f"tokens needs about {pm.total / 2**30:,.1f} GiB (weights, optimiser, activations, logits, teacher; "
                 f"workbench.train.memory) but the budget is {budget / 2**30:,.1f} GiB "
-                f"({budget_source(device if device == 'cuda' else 'cpu')}); lower seq_len or "
+                f"({budget_source(device if device == 'cuda' else 'cpu', TRAIN_CUDA_FRACTION)}); lower seq_len or "
                 "optim.micro_batch_size (raise grad_accum_steps), or shrink the model"
-                + (
-                    " (or the teacher: a teacher.cache keeps it out of training)"
-                    if teacher and ph.objective != "ce"
-                    else ""
-                )
+                + (" (or the teacher: a teacher.cache keeps it out of training)" if pm.with_teacher else "")
             )

@@ -1,0 +1,66 @@
+"""``workbench train CONFIG --plan``: every phase's estimated memory per GPU against the budget, nothing trained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workbench import config
+from workbench.cli import main as cli_main
+from workbench.train import rundir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def paper_config(tmp_path, monkeypatch):
+    """The shipped paper KD config with an 8B Llama-3-shaped teacher (its config.json only: --plan reads no
+    weights), written beside the presets it names."""
+    from transformers import LlamaConfig
+
+    teacher = tmp_path / "teacher"
+    LlamaConfig(
+        vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, max_position_embeddings=131072,
+    ).save_pretrained(teacher)  # fmt: skip
+    raw = yaml.safe_load((ROOT / "data/configs/paper-kd-phasewise.yaml").read_text())
+    raw["teacher"]["path"] = str(teacher)
+    raw["data"] = {"kind": "synthetic-short", "doc_len_min": 64, "doc_len_max": 2048}  # no corpus on disk here
+    raw["model"] = config.to_dict(config.load_model_config(ROOT / "data/configs/presets/paper-student-1.1b.yaml"))
+    path = tmp_path / "paper.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    monkeypatch.delenv("WORKBENCH_MEMORY_BUDGET_GB", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return path
+
+
+def test_plan_of_the_paper_run_on_one_and_on_eight_h100s(paper_config, capsys):
+    args = ["train", str(paper_config), "--plan", "--device", "cuda", "--gpu-memory", "80"]
+    assert cli_main([*args, "--world-size", "1"]) == 2
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert "budget 68.0 GiB per GPU (85 % of --gpu-memory 80 GiB)" in lines[0], lines[0]
+    short, long = lines[2].split(), lines[3].split()
+    assert short[0] == "short-8k" and long[0] == "long-128k" and long[-1] == "OVER" and short[-1] != "OVER"
+    assert "phases[1] (long-128k) needs about" in err and "over the 68.0 GiB budget" in err
+    assert cli_main([*args, "--world-size", "8"]) == 0  # FSDP2 over 8 ranks shards weights, moments and teacher
+    eight = capsys.readouterr().out.splitlines()
+    cfg = config.load_run_config(paper_config)
+    want = [r.total / 2**30 for r in rundir.phase_memory(cfg, 8, "cuda")]
+    assert [float(line.split()[-1]) for line in eight[2:4]] == pytest.approx(want, abs=0.05)
+    assert not any("OVER" in line for line in eight)
+
+
+def test_plan_on_cpu_and_its_mistakes(paper_config, tmp_path, capsys):
+    tiny = ROOT / "data/configs/tiny-ce-phasewise.yaml"
+    assert cli_main(["train", str(tiny), "--plan"]) == 0  # the CPU budget: 60 % of available memory
+    assert "on cpu" in capsys.readouterr().out
+    assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
+    if not __import__("torch").cuda.is_available():
+        assert cli_main(["train", str(paper_config), "--plan", "--device", "cuda"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "give --gpu-memory GIB" in err[0], err
+    assert cli_main(["train", str(tiny), "--plan", "--gpu-memory", "80", "--device", "cpu"]) == 2
+    assert "use it with --device cuda" in capsys.readouterr().err
