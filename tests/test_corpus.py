@@ -605,3 +605,32 @@ def test_links_out_of_a_saved_dataset_directory_are_not_read(tmp_path, bpe):
     out, _ = corpus.tokenize([tmp_path / "saved"], tmp_path / "c", bpe, progress=False, log=lambda s: None)
     names = [Path(s["path"]).name for s in json.loads((out / corpus.MANIFEST).read_text())["sources"]]
     assert "link.txt" not in names and "state.json" in names
+
+
+def test_tokenize_config_converts_a_phases_own_text_data(tmp_path, bpe, jsonl, capsys):
+    """A run whose phase reads text of its own (the run's data is synthetic): --config names the phases to pick
+    from, --phase NAME converts that phase's section with its options; a wrong name is one line, nothing written."""
+    model = {"vocab_size": 512, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 2}
+    text = {"kind": "jsonl", "paths": [str(jsonl)], "tokenizer": str(bpe), "options": {"max_doc_tokens": 64}}
+    run = {
+        "name": "r",
+        "model": {**model, "intermediate_size": 64, "max_position_embeddings": 256, "rope_theta": 500},
+        "phases": [
+            {"name": "synthetic", "steps": 1, "seq_len": 128, "rope_theta": 500},
+            {"name": "real", "steps": 1, "seq_len": 256, "rope_theta": 5000, "data": text},
+        ],
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(run))
+    tokenize = ["tokenize", "--config", str(path), "--no-progress", "--out"]
+    assert cli_main([*tokenize, str(tmp_path / "a")]) == 2
+    assert "the phases real read text of their own: pick one with --phase NAME" in capsys.readouterr().err
+    assert cli_main([*tokenize, str(tmp_path / "b"), "--phase", "nope"]) == 2
+    assert "has the phases synthetic, real" in capsys.readouterr().err
+    assert cli_main([*tokenize, str(tmp_path / "c"), "--phase", "synthetic"]) == 2
+    assert "data.kind 'synthetic-short' is not text" in capsys.readouterr().err
+    assert not [p for p in tmp_path.iterdir() if p.name in "abc"]
+    assert cli_main([*tokenize, str(tmp_path / "real"), "--phase", "real"]) == 0
+    assert "then use phases[1].data: {kind: tokens" in capsys.readouterr().out
+    lengths = np.diff(np.load(tmp_path / "real" / "offsets.npy"))
+    assert lengths.max() == 64  # the phase's max_doc_tokens applied (the documents are longer)

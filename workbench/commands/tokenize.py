@@ -28,6 +28,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="convert the text / jsonl / parquet data section of a run config (its files, tokenizer, field, "
         "split, add_eos, max/min_doc_tokens) instead of SOURCE... and --tokenizer",
     )
+    p.add_argument(
+        "--phase",
+        default=None,
+        metavar="NAME",
+        help="with --config: the data section of this phase (a phase's own data replaces the run's; default: the "
+        "run's data section)",
+    )
     p.add_argument("--tokenizer", default=None, metavar="DIR", help="local Hugging Face tokenizer directory")
     p.add_argument("--out", required=True, metavar="CORPUS", help="corpus directory to create (or reuse)")
     p.add_argument(
@@ -69,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.shard_tokens < 1:
         raise ValueError(f"--shard-tokens must be >= 1, got {args.shard_tokens}")
+    if args.phase and not args.config:
+        raise ValueError("--phase NAME picks a phase's data section of --config CONFIG.yaml: give --config too")
     if args.config:
         from_config(args)
     if not args.sources or not args.tokenizer:
@@ -99,14 +108,31 @@ def from_config(args: argparse.Namespace) -> None:
     from workbench import config as wconfig
 
     raw = wconfig.read_yaml(args.config)
+    where = "data"
     if "phases" in raw or "name" in raw:
-        dcfg = wconfig.load_run_config(args.config).data
+        run = wconfig.load_run_config(args.config)
+        dcfg, text_phases = run.data, [ph.name for ph in run.phases if ph.data is not None and _is_text(ph.data)]
+        if args.phase is not None:
+            names = [ph.name for ph in run.phases]
+            if args.phase not in names:
+                raise ValueError(f"--phase {args.phase!r}: {args.config} has the phases {', '.join(names)}")
+            phase = run.phases[names.index(args.phase)]
+            dcfg, where = phase.data or run.data, f"phases[{names.index(args.phase)}].data" if phase.data else where
+        elif not _is_text(dcfg) and text_phases:
+            raise ValueError(
+                f"--config {args.config}: the run's data is {dcfg.kind!r}, but the phases {', '.join(text_phases)} "
+                "read text of their own: pick one with --phase NAME (one corpus per --out)"
+            )
     else:
+        if args.phase is not None:
+            raise ValueError(f"--phase {args.phase!r}: {args.config} is a data section, not a run config with phases")
         dcfg = wconfig.from_dict(wconfig.DataConfig, raw.get("data", raw), f"{args.config}: data")
-    if dcfg.kind not in ("text", "jsonl", "parquet"):
-        raise ValueError(f"--config {args.config}: data.kind {dcfg.kind!r} is not text, jsonl or parquet")
+    if not _is_text(dcfg):
+        raise ValueError(f"--config {args.config}: {where}.kind {dcfg.kind!r} is not text, jsonl or parquet")
     if dcfg.tokenizer is None:
-        raise ValueError(f"--config {args.config}: data.tokenizer is not set (the synthetic language needs no corpus)")
+        raise ValueError(
+            f"--config {args.config}: {where}.tokenizer is not set (the synthetic language needs no corpus)"
+        )
     if args.sources:
         raise ValueError("give SOURCE... or --config, not both")
     opts = dcfg.options
@@ -117,6 +143,10 @@ def from_config(args: argparse.Namespace) -> None:
     args.max_doc_tokens = opts.get("max_doc_tokens", args.max_doc_tokens)
     args.min_doc_tokens = opts.get("min_doc_tokens", args.min_doc_tokens)
     print(
-        f"tokenize: converting the data section of {args.config}; then use data: {{kind: tokens, paths: "
+        f"tokenize: converting {where} of {args.config}; then use {where}: {{kind: tokens, paths: "
         f"[{args.out}]}} (the same packing)"
     )
+
+
+def _is_text(dcfg) -> bool:
+    return dcfg.kind in ("text", "jsonl", "parquet")
