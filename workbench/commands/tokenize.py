@@ -123,6 +123,8 @@ def from_config(args: argparse.Namespace) -> None:
                 f"--config {args.config}: the run's data is {dcfg.kind!r}, but the phases {', '.join(text_phases)} "
                 "read text of their own: pick one with --phase NAME (one corpus per --out)"
             )
+        elif text_phases:
+            print(f"tokenize: the phases {', '.join(text_phases)} read text of their own: convert each with --phase")
     else:
         if args.phase is not None:
             raise ValueError(f"--phase {args.phase!r}: {args.config} is a data section, not a run config with phases")
