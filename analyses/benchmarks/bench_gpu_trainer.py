@@ -13,6 +13,8 @@ Rows (each a separate measurement; a failing row prints its error and the others
   of 256 tokens): student and teacher under FlexAttention ``BlockMask``s from the document ids
   (``workbench.attention``), activation checkpointing, at 32768 and 131072 tokens;
 - ``kd-8k-compiled``: ``kd-8k`` with ``optim.compile: true`` (the first step, which compiles, is a warm-up step);
+- ``doc-kd-32k-compiled``: ``doc-kd-32k`` with ``optim.compile: true`` (compiled blocks around FlexAttention with
+  activation checkpointing);
 - ``flex-equal``: every architecture of ``workbench.architectures`` (tiny random models, 1024 tokens): max |logit
   difference| and relative max |gradient difference| of the BlockMask against the dense 4D mask (the gradients
   only here: FlexAttention has no backward on CPU);
@@ -90,12 +92,14 @@ ROWS = (
     "doc-kd-32k",
     "doc-kd-128k",
     "kd-8k-compiled",
+    "doc-kd-32k-compiled",
     "flex-equal",
     "eval",
     "trace-check",
     "trace-device",
 )
-KD_ROWS = ("kd-8k", "kd-32k", "doc-kd-32k", "doc-kd-128k", "kd-8k-compiled")
+KD_ROWS = ("kd-8k", "kd-32k", "doc-kd-32k", "doc-kd-128k", "kd-8k-compiled", "doc-kd-32k-compiled")
+CHECKPOINTED = ("kd-32k", "doc-kd-32k", "doc-kd-128k", "doc-kd-32k-compiled")  # rows with activation checkpointing
 DOC_LEN = 256  # document length of the document-masked rows
 COLUMNS = ("check", "device", "tokens/step", "tokens/s/GPU", "MFU %", "peak mem GB", "estimate GB", "time s", "status")
 
@@ -156,6 +160,7 @@ def plan(dry_run: bool) -> dict:
             "doc-kd-32k": 1024,
             "doc-kd-128k": 2048,
             "kd-8k-compiled": 256,
+            "doc-kd-32k-compiled": 1024,
             "flex-equal": 256,
             "chunk": 256,
             "steps": 3,
@@ -171,6 +176,7 @@ def plan(dry_run: bool) -> dict:
         "doc-kd-32k": 32768,
         "doc-kd-128k": 131072,
         "kd-8k-compiled": 8192,
+        "doc-kd-32k-compiled": 32768,
         "flex-equal": 1024,
         "chunk": 4096,
         "steps": 6,
@@ -302,7 +308,7 @@ def kd_row(
         )
     if compile:
         first = train_recs[0]["tokens"] / train_recs[0]["tokens_per_s"]
-        eager = [r for r in rows_done if r.get("check", "").startswith(f"kd-{seq_len // 1024}k ")]
+        eager = [r for r in rows_done if r.get("check", "").startswith(name.removesuffix("-compiled") + " ")]
         status += f", first step {first:.0f} s" + (
             f", {tps / eager[0]['tokens/s/GPU']:.2f}x eager" if eager and eager[0].get("tokens/s/GPU") else ""
         )
@@ -538,14 +544,14 @@ def main() -> int:
                     name,
                     p,
                     p[name],
-                    name in ("kd-32k", "doc-kd-32k", "doc-kd-128k"),
+                    name in CHECKPOINTED,
                     device,
                     tmp,
                     peak,
                     world,
                     rank,
                     document=name.startswith("doc-"),
-                    compile=name == "kd-8k-compiled",
+                    compile=name.endswith("-compiled"),
                 )
             elif rank != 0:
                 continue
