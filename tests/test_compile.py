@@ -48,3 +48,15 @@ def test_compiled_losses_match_eager_and_checkpoints_keep_their_names(tmp_path):
     assert losses[True] == pytest.approx(losses[False], abs=TOL)
     model, _ = checkpoint_io.load(tmp_path / "run-True" / "ckpt-000003")  # plain parameter names (no _orig_mod)
     assert "model.layers.0.self_attn.q_proj.weight" in model.state_dict()
+
+
+def test_compile_auto_is_on_for_cuda_only_and_a_wrong_value_is_one_error():
+    import torch
+
+    from workbench.train.compiling import resolve_compile
+
+    assert config.OptimConfig().compile == "auto"
+    assert resolve_compile("auto", torch.device("cuda")) and not resolve_compile("auto", torch.device("cpu"))
+    assert resolve_compile(True, torch.device("cpu")) and not resolve_compile(False, torch.device("cuda"))
+    with pytest.raises(config.ConfigError, match="compile: .sometimes. matches none of true/false or .auto."):
+        config.from_dict(config.OptimConfig, {"compile": "sometimes"}, "optim")

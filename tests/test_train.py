@@ -508,6 +508,7 @@ def test_ce_plus_kd_with_default_weights_trains_and_run_yaml_holds_every_default
     assert set(resolved["phases"][0]) == _fields(config.PhaseConfig)
     manifest = checkpoint_io.read_manifest(run / "ckpt-000002")
     assert manifest["config_hash_version"] == config.HASH_VERSION and manifest["precision"] == "fp32"
+    assert manifest["compiled"] is False  # optim.compile: auto, on CPU
 
 
 def test_resume_refuses_a_changed_config_and_a_run_of_hash_version_1(tmp_path, capsys):

@@ -5,12 +5,22 @@ torchtitan's pattern: activation checkpointing first, then ``compile`` per trans
 hooks, not inside the block). ``nn.Module.compile`` compiles in place, so parameter names, ``state_dict`` keys and
 checkpoints stay those of the plain model. The compile itself happens in the first step (and again for a new
 window length or when a pass switches to ``flex_attention``); the trainer reports the first step's time once.
-For GPUs: on CPU a tiny model's compiled step is slower than eager (DESIGN.md pitfalls), so it is off by default.
+
+``auto`` (the default) compiles on CUDA only: on one H200 the 1.1B KD step ran 1.31x faster compiled at 8k tokens
+and 1.49x with document masks (FlexAttention) at 32k, in 19 % and 7 % less memory, after a 14-17 s first step
+(docs/gpu.md); on CPU the tiny models gained nothing measurable (0.94x-1.07x).
 """
 
 from __future__ import annotations
 
 import sys
+
+import torch
+
+
+def resolve_compile(setting: bool | str, device: torch.device) -> bool:
+    """``optim.compile`` for a device: ``auto`` compiles on CUDA, not elsewhere."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
 
 
 def compile_blocks(model) -> int:

@@ -32,7 +32,7 @@ from workbench.config import ConfigError, PhaseConfig, RunConfig
 from workbench.runs import RunDir
 from workbench.train import distributed, pair_tracking, rundir, state
 from workbench.train.ablations import FrozenPairs
-from workbench.train.compiling import CompileReport, compile_blocks
+from workbench.train.compiling import CompileReport, compile_blocks, resolve_compile
 from workbench.train.distill import DistillModule, autocast_for, load_teacher, resolve_precision
 from workbench.train.evaluation import EvalFn, Evaluator
 from workbench.train.losses import LossSpec, doubling_edges, loss_by_bucket
@@ -128,6 +128,7 @@ class Run:
     device: torch.device
     dd: distributed.Dist
     precision: str
+    compiled: bool  # optim.compile resolved for the device
     student: Any
     teacher: Any
     cache: TeacherCache | None
@@ -174,7 +175,8 @@ def build(
     student.train()
     if cfg.optim.activation_checkpointing:
         student.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.optim.compile:  # after activation checkpointing, before FSDP2 (torchtitan's order)
+    compiled = resolve_compile(cfg.optim.compile, device)
+    if compiled:  # after activation checkpointing, before FSDP2 (torchtitan's order)
         compile_blocks(student)
         if teacher is not None:
             compile_blocks(teacher)
@@ -203,6 +205,7 @@ def build(
         device,
         dd,
         precision,
+        compiled,
         student,
         teacher,
         cache,
@@ -362,6 +365,7 @@ def manifest(run: Run, ph: Phase, phase_end: bool) -> dict:
         "config_hash": run.config_hash,
         "config_hash_version": wconfig.HASH_VERSION,
         "precision": run.precision,
+        "compiled": run.compiled,
         "seq_len": ph.cfg.seq_len,
         "tokens": run.tokens,
         "world_size": run.dd.world_size,
@@ -423,12 +427,12 @@ def train(
             progress=progress,
             evaluate=evaluate,
         )
-        compiled = CompileReport(cfg.optim.compile, dd.is_main)
+        report = CompileReport(run.compiled, dd.is_main)
         for ph in phases(run):
             tracker = PairTracker.for_phase(run, ph)  # W_q/W_k pair updates since the phase start (track_every)
             while run.step < ph.end:
                 stats = train_step(run, ph)
-                compiled.after_step(stats.seconds)
+                report.after_step(stats.seconds)
                 run.step, run.tokens = run.step + 1, run.tokens + stats.tokens
                 phase_end = run.step == ph.end
                 run.metrics.log_step(run.step, ph.cfg, stats, run.tokens, phase_end)
