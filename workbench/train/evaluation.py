@@ -44,7 +44,9 @@ class Evaluator:
             model = shadow if shadow is not None else student
             was_training = model.training
             model.eval()
-            with torch.no_grad():
+            # compiled blocks (optim.compile) run eagerly here: generation with a KV cache changes shapes and
+            # strides every step, which would recompile the training graphs up to dynamo's limit
+            with torch.no_grad(), torch.compiler.set_stance("force_eager"):
                 rows = list(self.fn(model, self.cfg))
             model.train(was_training)
         distributed.barrier(self.dd)
