@@ -302,9 +302,9 @@ def to_dict(obj: Any) -> dict[str, Any]:
 # A run's checkpoints record ``config_hash`` and ``config_hash_version``; ``--resume`` recomputes the hash of the
 # config it is given (under the checkpoint's version) and refuses a different one. The hash covers only the
 # entries that differ from the defaults, so a new key at its default changes no hash. Version 3 leaves out the
-# entries that do not change what is trained (how the run is described, logged, evaluated and checkpointed), so
-# they may change on --resume; version 2 hashed them too. Version 1 (manifests without config_hash_version) is
-# one error: retrain, or resume from a checkpoint of a current version.
+# entries that do not change what is trained (how the run is described, logged, evaluated, checkpointed and
+# compiled), so they may change on --resume; version 2 hashed them too, against its own defaults. Version 1
+# (manifests without config_hash_version) is one error: retrain, or resume from a checkpoint of a current version.
 
 HASH_VERSION = 3
 RESUMABLE_VERSIONS = (2, 3)
@@ -319,7 +319,24 @@ UNTRAINED_KEYS = (
     "eval_tasks",
     "checkpoint",
     "out_dir",
+    "optim.compile",  # float reassociation only (tests/test_compile.py)
 )
+V2_DEFAULTS = {"optim.compile": False}  # defaults that changed after version 2 (its hashes compare against these)
+
+
+def _without(diff: dict[str, Any], dotted: str, unless_not: Any = dataclasses.MISSING) -> dict[str, Any]:
+    """``diff`` without the entry at ``dotted`` (``a.b``); with ``unless_not``, only where it equals that value."""
+    head, _, rest = dotted.partition(".")
+    if head not in diff:
+        return diff
+    if rest:
+        if not isinstance(diff[head], dict) or not diff[head]:
+            return diff
+        sub = _without(diff[head], rest, unless_not)
+        return {**diff, head: sub} if sub else {k: v for k, v in diff.items() if k != head}  # as _diff omits it
+    if unless_not is not dataclasses.MISSING and diff[head] != unless_not:
+        return diff
+    return {k: v for k, v in diff.items() if k != head}
 
 
 def _field_default(f: dataclasses.Field) -> Any:
@@ -368,13 +385,15 @@ def config_hash(obj: Any, version: int = HASH_VERSION) -> str:
     """Short stable hash of a config, recorded in manifests.
 
     Run configs: their entries that differ from the defaults, without ``UNTRAINED_KEYS`` from ``version`` 3 on
-    (``version``: the one a checkpoint recorded, to compare with it). Any other config (data, model) hashes its
-    whole resolved form.
+    (``version``: the one a checkpoint recorded, to compare with it; version 2 against ``V2_DEFAULTS``). Any
+    other config (data, model) hashes its whole resolved form.
     """
     if isinstance(obj, RunConfig):
         diff = _diff(obj)
-        if version >= 3:
-            diff = {k: v for k, v in diff.items() if k not in UNTRAINED_KEYS}
+        for dotted, old_default in V2_DEFAULTS.items() if version == 2 else ():
+            diff = _without(diff, dotted, unless_not=old_default)
+        for dotted in UNTRAINED_KEYS if version >= 3 else ():
+            diff = _without(diff, dotted)
         body: Any = {"config_hash_version": version, **diff}
     else:
         body = to_dict(obj)
