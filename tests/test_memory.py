@@ -4,6 +4,7 @@ peaks measured on an H200 (``analyses/benchmarks/bench_gpu_memory.py``, 2026-12-
 import pytest
 
 from workbench import config
+from workbench.train import rundir
 from workbench.train.memory import GB, step_memory
 
 PAPER_STUDENT = "data/configs/presets/paper-student-1.1b.yaml"
@@ -20,6 +21,28 @@ def test_memory_estimate_scales_as_expected():
     fp32 = step_memory(s, 8192, world_size=8, precision="fp32")
     assert fp32.stored == 2 * short.stored  # an fp32 residual stream where FSDP2 would gather bf16
     assert fp32.total > short.total
+
+
+def test_accumulated_gradients_are_alive_through_the_later_micro_batches():
+    """grad_accum_steps 4 (the paper configs): the first micro-batch's fp32 gradients are held while the next
+    ones run their loss and backward: both moments hold them whole beside the kept activations."""
+    s = config.load_model_config(PAPER_STUDENT)
+    grads = 4 * 1_100_048_384
+    for world, seq_len in ((1, 8192), (1, 131072), (8, 8192)):
+        one = step_memory(s, seq_len, world_size=world)
+        four = step_memory(s, seq_len, world_size=world, grad_accum=4)
+        assert four.working > grads / world and four.total > one.total, (world, seq_len)
+        assert four.total - one.total <= grads / world, (world, seq_len)
+
+
+def test_the_plan_counts_the_configs_grad_accumulation():
+    cfg = config.load_run_config("data/configs/paper-ce-phasewise.yaml")
+    one = config.from_dict(
+        config.RunConfig, {**config.to_dict(cfg), "optim": {**config.to_dict(cfg.optim), "grad_accum_steps": 1}}, "x"
+    )
+    accum, single = rundir.phase_memory(cfg, 1, "cuda"), rundir.phase_memory(one, 1, "cuda")
+    assert cfg.optim.grad_accum_steps == 4
+    assert all(a.total > b.total for a, b in zip(accum, single))
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,9 @@ The peak of a step is one of two moments, whichever is larger (measured with the
   only where they outgrow them).
 
 Always alive: the student's fp32 weights and AdamW moments (sharded over ``world_size`` ranks; gradients are set
-to None after each step), the frozen teacher, and under FSDP2 one all-gathered bf16 block of each model.
+to None after each step), the frozen teacher, and under FSDP2 one all-gathered bf16 block of each model. With
+``grad_accum`` > 1 the gradients summed over the earlier micro-batches are alive through the later ones' loss and
+backward as well.
 
 Under bf16 autocast with fp32 weights (one GPU) the **residual stream is fp32** (the embedding output is fp32,
 and fp32 + bf16 adds to fp32): each checkpointed block input is ``T x H x 4`` bytes, not 2. Under FSDP2 the
@@ -68,8 +70,10 @@ def step_memory(
     chunk: int = 4096,
     checkpointing: bool = True,
     precision: str = "bf16",
+    grad_accum: int = 1,
 ) -> StepMemory:
-    """Estimated peak bytes per GPU for one micro-batch of ``seq_len`` tokens (``precision``: bf16 or fp32)."""
+    """Estimated peak bytes per GPU for one micro-batch of ``seq_len`` tokens (``precision``: bf16 or fp32;
+    ``grad_accum``: micro-batches per optimiser step)."""
     tokens = micro_batch * seq_len
     p = count_parameters(student)
     sharded = world_size > 1
@@ -86,9 +90,10 @@ def step_memory(
         backward = block_grads
     grads = 4 * p / world_size
     head_grads = 4 * student.vocab_size * h * (1 if student.tie_word_embeddings else 2) / world_size
-    backward += max(grads - stored, 0.0) + head_grads
+    held = grads if grad_accum > 1 else 0.0  # the earlier micro-batches' summed gradients
+    backward += (held or max(grads - stored, 0.0)) + head_grads
     loss = LOSS_CHUNK_COPIES * min(chunk, tokens) * student.vocab_size * 4
-    loss += tokens * HEAD_BYTES_PER_HIDDEN * h * (low / 2)
+    loss += tokens * HEAD_BYTES_PER_HIDDEN * h * (low / 2) + held
     teacher_bytes = gathered = 0.0
     if teacher is not None:
         teacher_bytes = low * count_parameters(teacher) / world_size

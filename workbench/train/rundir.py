@@ -164,6 +164,7 @@ def phase_memory(cfg: RunConfig, world_size: int, device: str) -> list[PhaseMemo
             chunk=cfg.loss.chunk_size,
             checkpointing=cfg.optim.activation_checkpointing,
             precision=precision,
+            grad_accum=cfg.optim.grad_accum_steps,
         )
         dense = (
             phase_data(cfg, i).packing.attention == "document"
