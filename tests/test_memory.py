@@ -45,6 +45,20 @@ def test_the_plan_counts_the_configs_grad_accumulation():
     assert all(a.total > b.total for a, b in zip(accum, single))
 
 
+def test_a_ce_phase_of_a_distilling_run_holds_the_teacher():
+    """The trainer loads the teacher once for the run: a CE phase before a KD one holds its weights too (it does
+    not run it: no hidden states, no gathered block)."""
+    cfg = config.load_run_config("data/configs/tiny-kd-phasewise.yaml")
+    raw = config.to_dict(cfg)
+    raw["phases"] = [{**raw["phases"][0], "name": "warm", "objective": "ce"}, raw["phases"][0]]
+    ce, kd = rundir.phase_memory(config.from_dict(config.RunConfig, raw, "x"), 1, "cpu")
+    assert ce.step.teacher == kd.step.teacher > 0 and ce.with_teacher
+    s = config.load_model_config(PAPER_STUDENT)
+    idle = step_memory(s, 8192, world_size=8, teacher=s, teacher_runs=False)
+    alone, runs = step_memory(s, 8192, world_size=8), step_memory(s, 8192, world_size=8, teacher=s)
+    assert idle.total == alone.total + idle.teacher < runs.total and idle.gathered == alone.gathered
+
+
 @pytest.mark.parametrize(
     "seq_len, checkpointing, measured_gib",
     [(8192, False, 37.96), (32768, True, 26.50), (131072, True, 52.73)],

@@ -71,9 +71,11 @@ def step_memory(
     checkpointing: bool = True,
     precision: str = "bf16",
     grad_accum: int = 1,
+    teacher_runs: bool = True,
 ) -> StepMemory:
     """Estimated peak bytes per GPU for one micro-batch of ``seq_len`` tokens (``precision``: bf16 or fp32;
-    ``grad_accum``: micro-batches per optimiser step)."""
+    ``grad_accum``: micro-batches per optimiser step; ``teacher_runs`` False: the teacher is held but not run, as
+    in a CE phase of a run that distils in another)."""
     tokens = micro_batch * seq_len
     p = count_parameters(student)
     sharded = world_size > 1
@@ -97,9 +99,12 @@ def step_memory(
     teacher_bytes = gathered = 0.0
     if teacher is not None:
         teacher_bytes = low * count_parameters(teacher) / world_size
+    if teacher is not None and teacher_runs:
         loss += tokens * teacher.hidden_size * low  # the teacher's last hidden states, kept for the chunked loss
     if sharded:
-        gathered = 2 * _block_params(student) + (2 * _block_params(teacher) if teacher is not None else 0)
+        gathered = 2 * _block_params(student) + (
+            2 * _block_params(teacher) if teacher is not None and teacher_runs else 0
+        )
     return StepMemory(
         states=12 * p / world_size,
         teacher=teacher_bytes,

@@ -160,7 +160,8 @@ def phase_memory(cfg: RunConfig, world_size: int, device: str) -> list[PhaseMemo
             ph.seq_len,
             micro_batch=cfg.optim.micro_batch_size,
             world_size=world_size,
-            teacher=teacher if ph.objective != "ce" else None,
+            teacher=teacher,  # loaded for the whole run: a CE phase holds it too
+            teacher_runs=ph.objective != "ce",
             chunk=cfg.loss.chunk_size,
             checkpointing=cfg.optim.activation_checkpointing,
             precision=precision,
@@ -171,7 +172,7 @@ def phase_memory(cfg: RunConfig, world_size: int, device: str) -> list[PhaseMemo
             and attention.resolve_backend("auto", device, grad=True, seq=ph.seq_len) == "dense"
         )  # flex: O((T/128)^2) only
         mask = attention.dense_mask_bytes(cfg.optim.micro_batch_size, ph.seq_len) if dense else 0.0
-        out.append(PhaseMemory(i, ph.name, ph.seq_len, step, mask, teacher is not None and ph.objective != "ce"))
+        out.append(PhaseMemory(i, ph.name, ph.seq_len, step, mask, teacher is not None))
     return out
 
 
