@@ -20,6 +20,7 @@ def test_memory_estimate_scales_as_expected():
     assert step_memory(s, 8192, checkpointing=False).stored > short.stored
     fp32 = step_memory(s, 8192, world_size=8, precision="fp32")
     assert fp32.stored == 2 * short.stored  # an fp32 residual stream where FSDP2 would gather bf16
+    assert fp32.gathered == 2 * short.gathered  # fp32 precision gathers the fp32 weights: no mixed-precision cast
     assert fp32.total > short.total
 
 

@@ -38,7 +38,7 @@ HEAD_BYTES_PER_HIDDEN = 44  # hidden states around the head in the loss phase, b
 class StepMemory:
     states: float  # student fp32 weights + AdamW moments (sharded); gradients are in `working`
     teacher: float  # frozen teacher weights (sharded)
-    gathered: float  # one all-gathered bf16 block of each model (FSDP2 only)
+    gathered: float  # one all-gathered block of each model (FSDP2 only; fp32 under fp32 precision)
     stored: float  # activations kept for backward: block inputs (checkpointing) or every block's activations
     working: float  # the larger of the loss phase and the backward phase, beyond `stored`
 
@@ -101,9 +101,9 @@ def step_memory(
         teacher_bytes = low * count_parameters(teacher) / world_size
     if teacher is not None and teacher_runs:
         loss += tokens * teacher.hidden_size * low  # the teacher's last hidden states, kept for the chunked loss
-    if sharded:
-        gathered = 2 * _block_params(student) + (
-            2 * _block_params(teacher) if teacher is not None and teacher_runs else 0
+    if sharded:  # bf16 under mixed precision; fp32 precision gathers the fp32 weights (distributed.mixed_precision)
+        gathered = low * _block_params(student) + (
+            low * _block_params(teacher) if teacher is not None and teacher_runs else 0
         )
     return StepMemory(
         states=12 * p / world_size,
