@@ -64,3 +64,10 @@ def test_plan_on_cpu_and_its_mistakes(paper_config, tmp_path, capsys):
         assert len(err) == 1 and "give --gpu-memory GIB" in err[0], err
     assert cli_main(["train", str(tiny), "--plan", "--gpu-memory", "80", "--device", "cpu"]) == 2
     assert "use it with --device cuda" in capsys.readouterr().err
+
+
+def test_plan_refuses_world_size_0(capsys):
+    """--world-size 0 planned one rank ($WORLD_SIZE's default took over the falsy 0)."""
+    assert cli_main(["train", str(ROOT / "data/configs/tiny-ce-phasewise.yaml"), "--plan", "--world-size", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--world-size must be >= 1, got 0" in err[0], err

@@ -76,7 +76,7 @@ def print_plan(cfg, args: argparse.Namespace) -> int:
     from workbench import budget, models
     from workbench.train.rundir import TRAIN_CUDA_FRACTION, phase_memory
 
-    world = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    world = args.world_size if args.world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
     if world < 1:
         raise ValueError(f"--world-size must be >= 1, got {world}")
     device = args.device or models.pick_device(cfg.device).type
