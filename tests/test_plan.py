@@ -71,3 +71,13 @@ def test_plan_refuses_world_size_0(capsys):
     assert cli_main(["train", str(ROOT / "data/configs/tiny-ce-phasewise.yaml"), "--plan", "--world-size", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--world-size must be >= 1, got 0" in err[0], err
+
+
+@pytest.mark.parametrize("option", [["--device", "cpu"], ["--world-size", "8"], ["--gpu-memory", "80"]])
+def test_planning_options_without_plan_are_refused(option, tmp_path, capsys):
+    """A run trained on the config's device, ignoring --device (and --world-size, --gpu-memory) without --plan."""
+    out = tmp_path / "run"
+    assert cli_main(["train", str(ROOT / "data/configs/tiny-ce-phasewise.yaml"), *option, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "use them with --plan" in err[0], err
+    assert not out.exists()

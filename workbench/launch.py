@@ -58,6 +58,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.config)
     if args.plan:
         return print_plan(cfg, args)
+    if (args.world_size, args.device, args.gpu_memory) != (None, None, None):
+        raise ValueError(
+            "--world-size, --device and --gpu-memory plan a run: use them with --plan (a run trains on the config's "
+            "device, over the ranks torchrun starts)"
+        )
     check_training_eval(cfg, args.config)
     try:
         run_dir = train(cfg, out=args.out, resume=args.resume, progress=not args.no_progress, evaluate=training_eval)
