@@ -81,3 +81,11 @@ def test_planning_options_without_plan_are_refused(option, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "use them with --plan" in err[0], err
     assert not out.exists()
+
+
+def test_plan_refuses_gpu_memory_with_the_budget_variable(paper_config, capsys, monkeypatch):
+    """WORKBENCH_MEMORY_BUDGET_GB silently won over an explicit --gpu-memory."""
+    monkeypatch.setenv("WORKBENCH_MEMORY_BUDGET_GB", "8")
+    assert cli_main(["train", str(paper_config), "--plan", "--device", "cuda", "--gpu-memory", "80"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unset one" in err[0], err

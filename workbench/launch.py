@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="GIB",
         help="memory of one GPU in GiB, for planning on a machine without it (e.g. 80 for an H100; default: this "
-        "machine's GPU, or $WORKBENCH_MEMORY_BUDGET_GB as the budget itself)",
+        "machine's GPU, or $WORKBENCH_MEMORY_BUDGET_GB as the budget itself; not both)",
     )
 
 
@@ -87,7 +87,9 @@ def print_plan(cfg, args: argparse.Namespace) -> int:
     device = args.device or models.pick_device(cfg.device).type
     if args.gpu_memory is not None and (device != "cuda" or not args.gpu_memory > 0):
         raise ValueError("--gpu-memory GIB (> 0) plans a CUDA run: use it with --device cuda")
-    if args.gpu_memory is not None and not os.environ.get("WORKBENCH_MEMORY_BUDGET_GB"):
+    if args.gpu_memory is not None and os.environ.get("WORKBENCH_MEMORY_BUDGET_GB"):
+        raise ValueError("--gpu-memory and WORKBENCH_MEMORY_BUDGET_GB both give the budget: unset one")
+    if args.gpu_memory is not None:
         limit = TRAIN_CUDA_FRACTION * args.gpu_memory * 2**30
         source = f"{100 * TRAIN_CUDA_FRACTION:.0f} % of --gpu-memory {args.gpu_memory:g} GiB"
     elif device == "cuda" and not torch.cuda.is_available() and not os.environ.get("WORKBENCH_MEMORY_BUDGET_GB"):
