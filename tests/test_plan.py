@@ -89,3 +89,10 @@ def test_plan_refuses_gpu_memory_with_the_budget_variable(paper_config, capsys, 
     assert cli_main(["train", str(paper_config), "--plan", "--device", "cuda", "--gpu-memory", "80"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unset one" in err[0], err
+
+
+def test_plan_takes_the_configs_cuda_device_on_a_machine_without_one(paper_config, capsys):
+    """--device's default is the config's (cuda for the paper runs); it was refused where this machine has no GPU
+    ("device: 'cuda' requested but no CUDA device is available") unless --device cuda was repeated."""
+    assert cli_main(["train", str(paper_config), "--plan", "--gpu-memory", "141", "--world-size", "8"]) == 0
+    assert "8 ranks on cuda" in capsys.readouterr().out

@@ -84,7 +84,10 @@ def print_plan(cfg, args: argparse.Namespace) -> int:
     world = args.world_size if args.world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
     if world < 1:
         raise ValueError(f"--world-size must be >= 1, got {world}")
-    device = args.device or models.pick_device(cfg.device).type
+    if args.device or cfg.device == "auto":
+        device = args.device or models.pick_device("auto").type
+    else:  # the config's device, whether or not this machine has it (a cluster run planned on a laptop)
+        device = "cuda" if cfg.device.startswith("cuda") else models.pick_device(cfg.device).type
     if args.gpu_memory is not None and (device != "cuda" or not args.gpu_memory > 0):
         raise ValueError("--gpu-memory GIB (> 0) plans a CUDA run: use it with --device cuda")
     if args.gpu_memory is not None and os.environ.get("WORKBENCH_MEMORY_BUDGET_GB"):
@@ -93,7 +96,7 @@ def print_plan(cfg, args: argparse.Namespace) -> int:
         limit = TRAIN_CUDA_FRACTION * args.gpu_memory * 2**30
         source = f"{100 * TRAIN_CUDA_FRACTION:.0f} % of --gpu-memory {args.gpu_memory:g} GiB"
     elif device == "cuda" and not torch.cuda.is_available() and not os.environ.get("WORKBENCH_MEMORY_BUDGET_GB"):
-        raise ValueError("--device cuda on a machine without a GPU: give --gpu-memory GIB (one GPU's memory)")
+        raise ValueError("planning a CUDA run on a machine without a GPU: give --gpu-memory GIB (one GPU's memory)")
     else:
         limit = budget.memory_budget(device, cuda_fraction=TRAIN_CUDA_FRACTION)
         source = budget.budget_source(device, TRAIN_CUDA_FRACTION)
