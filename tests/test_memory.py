@@ -60,6 +60,18 @@ def test_a_ce_phase_of_a_distilling_run_holds_the_teacher():
     assert idle.total == alone.total + idle.teacher < runs.total and idle.gathered == alone.gathered
 
 
+@pytest.mark.parametrize("precision, element", [("bf16", 2), ("fp32", 4)])
+def test_the_dense_document_mask_is_counted_in_the_runs_precision(precision, element):
+    """On CPU below CPU_FLEX_MIN_TOKENS the trainer builds a dense [B, 1, T, T] mask, bf16 under bf16 precision
+    (train_step's mask_dtype); it was counted in fp32 whatever the precision."""
+    raw = config.to_dict(config.load_run_config("data/configs/tiny-ce-phasewise.yaml"))
+    raw["data"]["packing"] = {**raw["data"].get("packing", {}), "attention": "document"}
+    raw["optim"]["precision"] = precision
+    cfg = config.from_dict(config.RunConfig, raw, "x")
+    (row,) = rundir.phase_memory(cfg, 1, "cpu")
+    assert row.mask == cfg.optim.micro_batch_size * row.seq_len**2 * element
+
+
 @pytest.mark.parametrize(
     "seq_len, checkpointing, measured_gib",
     [(8192, False, 37.96), (32768, True, 26.50), (131072, True, 52.73)],

@@ -171,7 +171,8 @@ def phase_memory(cfg: RunConfig, world_size: int, device: str) -> list[PhaseMemo
             phase_data(cfg, i).packing.attention == "document"
             and attention.resolve_backend("auto", device, grad=True, seq=ph.seq_len) == "dense"
         )  # flex: O((T/128)^2) only
-        mask = attention.dense_mask_bytes(cfg.optim.micro_batch_size, ph.seq_len) if dense else 0.0
+        mask_dtype = torch.bfloat16 if precision == "bf16" else torch.float32  # as the trainer builds it
+        mask = attention.dense_mask_bytes(cfg.optim.micro_batch_size, ph.seq_len, mask_dtype) if dense else 0.0
         out.append(PhaseMemory(i, ph.name, ph.seq_len, step, mask, teacher is not None))
     return out
 
