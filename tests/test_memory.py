@@ -46,6 +46,18 @@ def test_the_plan_counts_the_configs_grad_accumulation():
     assert all(a.total > b.total for a, b in zip(accum, single))
 
 
+def test_fsdp2_holds_the_root_group_and_a_full_head_gradient_on_every_rank():
+    """Under FSDP2 the root's parameters (embeddings, norms, lm_heads) stay gathered from the forward through the
+    backward, and the chunked loss takes its fp32 gradient of the unsharded lm_head (checked with two gloo ranks):
+    neither is divided by the ranks."""
+    s = config.load_model_config(PAPER_STUDENT)
+    vh = s.vocab_size * s.hidden_size
+    for world in (2, 8):
+        est = step_memory(s, 128, world_size=world)
+        assert est.gathered > 2 * 2 * vh  # bf16 embedding and lm_head (untied)
+        assert est.working >= 4 * 1_100_048_384 / world - est.stored + 4 * vh
+
+
 def test_a_ce_phase_of_a_distilling_run_holds_the_teacher():
     """The trainer loads the teacher once for the run: a CE phase before a KD one holds its weights too (it does
     not run it: no hidden states, no gathered block)."""
@@ -57,7 +69,8 @@ def test_a_ce_phase_of_a_distilling_run_holds_the_teacher():
     s = config.load_model_config(PAPER_STUDENT)
     idle = step_memory(s, 8192, world_size=8, teacher=s, teacher_runs=False)
     alone, runs = step_memory(s, 8192, world_size=8), step_memory(s, 8192, world_size=8, teacher=s)
-    assert idle.total == alone.total + idle.teacher < runs.total and idle.gathered == alone.gathered
+    assert idle.total < runs.total and idle.stored == alone.stored and idle.working == alone.working
+    assert alone.gathered < idle.gathered < runs.gathered  # FSDP2's root group holds the idle teacher's head too
 
 
 @pytest.mark.parametrize("precision, element", [("bf16", 2), ("fp32", 4)])

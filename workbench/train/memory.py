@@ -10,7 +10,9 @@ The peak of a step is one of two moments, whichever is larger (measured with the
   only where they outgrow them).
 
 Always alive: the student's fp32 weights and AdamW moments (sharded over ``world_size`` ranks; gradients are set
-to None after each step), the frozen teacher, and under FSDP2 one all-gathered bf16 block of each model. With
+to None after each step), the frozen teacher, and under FSDP2 one all-gathered bf16 block of each model and the
+root group (both models' embeddings, final norms and lm_heads: gathered from the forward through the backward,
+checked on CPU with two gloo ranks; the chunked loss's gradient of the lm_head is of that unsharded weight). With
 ``grad_accum`` > 1 the gradients summed over the earlier micro-batches are alive through the later ones' loss and
 backward as well.
 
@@ -38,7 +40,7 @@ HEAD_BYTES_PER_HIDDEN = 44  # hidden states around the head in the loss phase, b
 class StepMemory:
     states: float  # student fp32 weights + AdamW moments (sharded); gradients are in `working`
     teacher: float  # frozen teacher weights (sharded)
-    gathered: float  # one all-gathered block of each model (FSDP2 only; fp32 under fp32 precision)
+    gathered: float  # FSDP2 only: one all-gathered block of each model and the root group (fp32 under fp32 precision)
     stored: float  # activations kept for backward: block inputs (checkpointing) or every block's activations
     working: float  # the larger of the loss phase and the backward phase, beyond `stored`
 
@@ -51,6 +53,11 @@ def _block_params(m: ModelConfig) -> int:
     d = m.resolved_head_dim
     attn = m.hidden_size * d * (m.num_heads * 2 + m.num_kv_heads * 2)
     return attn + 3 * m.hidden_size * m.intermediate_size + 2 * m.hidden_size
+
+
+def _root_params(m: ModelConfig) -> int:
+    """Parameters outside the blocks (embeddings, final norm, lm_head): FSDP2's root group."""
+    return count_parameters(m) - m.num_layers * _block_params(m)
 
 
 def block_activation_bytes(m: ModelConfig, *, low: int, stream: int) -> float:
@@ -91,7 +98,10 @@ def step_memory(
         stored = layers * block
         backward = block_grads
     grads = 4 * p / world_size
-    head_grads = 4 * student.vocab_size * h * (1 if student.tie_word_embeddings else 2) / world_size
+    # the chunked loss's fp32 gradient of the lm_head weight it is given: under FSDP2 the root's unsharded weight,
+    # full size on every rank (the rest of the head's gradients are sharded)
+    vh = student.vocab_size * h
+    head_grads = 4 * vh + (0 if student.tie_word_embeddings else 4 * vh / world_size)
     held = grads if grad_accum > 1 else 0.0  # the earlier micro-batches' summed gradients
     backward += (held or max(grads - stored, 0.0)) + head_grads
     loss = LOSS_CHUNK_COPIES * min(chunk, tokens) * student.vocab_size * 4
@@ -102,9 +112,11 @@ def step_memory(
     if teacher is not None and teacher_runs:
         loss += tokens * teacher.hidden_size * low  # the teacher's last hidden states, kept for the chunked loss
     if sharded:  # bf16 under mixed precision; fp32 precision gathers the fp32 weights (distributed.mixed_precision)
-        gathered = low * _block_params(student) + (
-            low * _block_params(teacher) if teacher is not None and teacher_runs else 0
-        )
+        # one block of each model while it runs, and the root group (both models' embeddings, norms and lm_heads),
+        # which FSDP2 keeps gathered from the forward through the backward
+        gathered = low * (_block_params(student) + p - layers * _block_params(student))
+        if teacher is not None:
+            gathered += low * (_root_params(teacher) + (_block_params(teacher) if teacher_runs else 0))
     return StepMemory(
         states=12 * p / world_size,
         teacher=teacher_bytes,
