@@ -96,3 +96,13 @@ def test_plan_takes_the_configs_cuda_device_on_a_machine_without_one(paper_confi
     ("device: 'cuda' requested but no CUDA device is available") unless --device cuda was repeated."""
     assert cli_main(["train", str(paper_config), "--plan", "--gpu-memory", "141", "--world-size", "8"]) == 0
     assert "8 ranks on cuda" in capsys.readouterr().out
+
+
+def test_plan_names_a_missing_teacher_directory(paper_config, tmp_path, capsys):
+    """It said "no readable config.json (Repo id must be in the form 'repo_name' or 'namespace/repo_name' ...)"."""
+    raw = yaml.safe_load(paper_config.read_text())
+    raw["teacher"]["path"] = str(tmp_path / "no-such-teacher")
+    paper_config.write_text(yaml.safe_dump(raw))
+    assert cli_main(["train", str(paper_config), "--plan", "--device", "cuda", "--gpu-memory", "80"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"workbench train: error: teacher.path: directory {tmp_path / 'no-such-teacher'} not found"], err

@@ -149,6 +149,8 @@ def phase_memory(cfg: RunConfig, world_size: int, device: str) -> list[PhaseMemo
     if cfg.teacher is not None and not cfg.teacher.cache and any(ph.objective != "ce" for ph in cfg.phases):
         from transformers import AutoConfig  # lazy: only a run with a teacher reads its config
 
+        if not Path(cfg.teacher.path).is_dir():  # as phases.hf_config says it (transformers: "Repo id must be ...")
+            raise ConfigError(f"teacher.path: directory {cfg.teacher.path} not found")
         try:
             teacher = models.model_config_of(AutoConfig.from_pretrained(cfg.teacher.path, local_files_only=True))
         except OSError as exc:
