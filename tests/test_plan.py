@@ -64,3 +64,45 @@ def test_plan_on_cpu_and_its_mistakes(paper_config, tmp_path, capsys):
         assert len(err) == 1 and "give --gpu-memory GIB" in err[0], err
     assert cli_main(["train", str(tiny), "--plan", "--gpu-memory", "80", "--device", "cpu"]) == 2
     assert "use it with --device cuda" in capsys.readouterr().err
+
+
+def test_plan_refuses_world_size_0(capsys):
+    """--world-size 0 planned one rank ($WORLD_SIZE's default took over the falsy 0)."""
+    assert cli_main(["train", str(ROOT / "data/configs/tiny-ce-phasewise.yaml"), "--plan", "--world-size", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--world-size must be >= 1, got 0" in err[0], err
+
+
+@pytest.mark.parametrize("option", [["--device", "cpu"], ["--world-size", "8"], ["--gpu-memory", "80"]])
+def test_planning_options_without_plan_are_refused(option, tmp_path, capsys):
+    """A run trained on the config's device, ignoring --device (and --world-size, --gpu-memory) without --plan."""
+    out = tmp_path / "run"
+    assert cli_main(["train", str(ROOT / "data/configs/tiny-ce-phasewise.yaml"), *option, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "use them with --plan" in err[0], err
+    assert not out.exists()
+
+
+def test_plan_refuses_gpu_memory_with_the_budget_variable(paper_config, capsys, monkeypatch):
+    """WORKBENCH_MEMORY_BUDGET_GB silently won over an explicit --gpu-memory."""
+    monkeypatch.setenv("WORKBENCH_MEMORY_BUDGET_GB", "8")
+    assert cli_main(["train", str(paper_config), "--plan", "--device", "cuda", "--gpu-memory", "80"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unset one" in err[0], err
+
+
+def test_plan_takes_the_configs_cuda_device_on_a_machine_without_one(paper_config, capsys):
+    """--device's default is the config's (cuda for the paper runs); it was refused where this machine has no GPU
+    ("device: 'cuda' requested but no CUDA device is available") unless --device cuda was repeated."""
+    assert cli_main(["train", str(paper_config), "--plan", "--gpu-memory", "141", "--world-size", "8"]) == 0
+    assert "8 ranks on cuda" in capsys.readouterr().out
+
+
+def test_plan_names_a_missing_teacher_directory(paper_config, tmp_path, capsys):
+    """It said "no readable config.json (Repo id must be in the form 'repo_name' or 'namespace/repo_name' ...)"."""
+    raw = yaml.safe_load(paper_config.read_text())
+    raw["teacher"]["path"] = str(tmp_path / "no-such-teacher")
+    paper_config.write_text(yaml.safe_dump(raw))
+    assert cli_main(["train", str(paper_config), "--plan", "--device", "cuda", "--gpu-memory", "80"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"workbench train: error: teacher.path: directory {tmp_path / 'no-such-teacher'} not found"], err

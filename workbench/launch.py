@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="GIB",
         help="memory of one GPU in GiB, for planning on a machine without it (e.g. 80 for an H100; default: this "
-        "machine's GPU, or $WORKBENCH_MEMORY_BUDGET_GB as the budget itself)",
+        "machine's GPU, or $WORKBENCH_MEMORY_BUDGET_GB as the budget itself; not both)",
     )
 
 
@@ -58,6 +58,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.config)
     if args.plan:
         return print_plan(cfg, args)
+    if (args.world_size, args.device, args.gpu_memory) != (None, None, None):
+        raise ValueError(
+            "--world-size, --device and --gpu-memory plan a run: use them with --plan (a run trains on the config's "
+            "device, over the ranks torchrun starts)"
+        )
     check_training_eval(cfg, args.config)
     try:
         run_dir = train(cfg, out=args.out, resume=args.resume, progress=not args.no_progress, evaluate=training_eval)
@@ -76,17 +81,22 @@ def print_plan(cfg, args: argparse.Namespace) -> int:
     from workbench import budget, models
     from workbench.train.rundir import TRAIN_CUDA_FRACTION, phase_memory
 
-    world = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    world = args.world_size if args.world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
     if world < 1:
         raise ValueError(f"--world-size must be >= 1, got {world}")
-    device = args.device or models.pick_device(cfg.device).type
+    if args.device or cfg.device == "auto":
+        device = args.device or models.pick_device("auto").type
+    else:  # the config's device, whether or not this machine has it (a cluster run planned on a laptop)
+        device = "cuda" if cfg.device.startswith("cuda") else models.pick_device(cfg.device).type
     if args.gpu_memory is not None and (device != "cuda" or not args.gpu_memory > 0):
         raise ValueError("--gpu-memory GIB (> 0) plans a CUDA run: use it with --device cuda")
-    if args.gpu_memory is not None and not os.environ.get("WORKBENCH_MEMORY_BUDGET_GB"):
+    if args.gpu_memory is not None and os.environ.get("WORKBENCH_MEMORY_BUDGET_GB"):
+        raise ValueError("--gpu-memory and WORKBENCH_MEMORY_BUDGET_GB both give the budget: unset one")
+    if args.gpu_memory is not None:
         limit = TRAIN_CUDA_FRACTION * args.gpu_memory * 2**30
         source = f"{100 * TRAIN_CUDA_FRACTION:.0f} % of --gpu-memory {args.gpu_memory:g} GiB"
     elif device == "cuda" and not torch.cuda.is_available() and not os.environ.get("WORKBENCH_MEMORY_BUDGET_GB"):
-        raise ValueError("--device cuda on a machine without a GPU: give --gpu-memory GIB (one GPU's memory)")
+        raise ValueError("planning a CUDA run on a machine without a GPU: give --gpu-memory GIB (one GPU's memory)")
     else:
         limit = budget.memory_budget(device, cuda_fraction=TRAIN_CUDA_FRACTION)
         source = budget.budget_source(device, TRAIN_CUDA_FRACTION)

@@ -149,6 +149,8 @@ def phase_memory(cfg: RunConfig, world_size: int, device: str) -> list[PhaseMemo
     if cfg.teacher is not None and not cfg.teacher.cache and any(ph.objective != "ce" for ph in cfg.phases):
         from transformers import AutoConfig  # lazy: only a run with a teacher reads its config
 
+        if not Path(cfg.teacher.path).is_dir():  # as phases.hf_config says it (transformers: "Repo id must be ...")
+            raise ConfigError(f"teacher.path: directory {cfg.teacher.path} not found")
         try:
             teacher = models.model_config_of(AutoConfig.from_pretrained(cfg.teacher.path, local_files_only=True))
         except OSError as exc:
@@ -160,17 +162,20 @@ def phase_memory(cfg: RunConfig, world_size: int, device: str) -> list[PhaseMemo
             ph.seq_len,
             micro_batch=cfg.optim.micro_batch_size,
             world_size=world_size,
-            teacher=teacher if ph.objective != "ce" else None,
+            teacher=teacher,  # loaded for the whole run: a CE phase holds it too
+            teacher_runs=ph.objective != "ce",
             chunk=cfg.loss.chunk_size,
             checkpointing=cfg.optim.activation_checkpointing,
             precision=precision,
+            grad_accum=cfg.optim.grad_accum_steps,
         )
         dense = (
             phase_data(cfg, i).packing.attention == "document"
             and attention.resolve_backend("auto", device, grad=True, seq=ph.seq_len) == "dense"
         )  # flex: O((T/128)^2) only
-        mask = attention.dense_mask_bytes(cfg.optim.micro_batch_size, ph.seq_len) if dense else 0.0
-        out.append(PhaseMemory(i, ph.name, ph.seq_len, step, mask, teacher is not None and ph.objective != "ce"))
+        mask_dtype = torch.bfloat16 if precision == "bf16" else torch.float32  # as the trainer builds it
+        mask = attention.dense_mask_bytes(cfg.optim.micro_batch_size, ph.seq_len, mask_dtype) if dense else 0.0
+        out.append(PhaseMemory(i, ph.name, ph.seq_len, step, mask, teacher is not None))
     return out
 
 
