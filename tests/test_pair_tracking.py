@@ -99,3 +99,36 @@ def test_phase_start_snapshot_is_exact_float32():
     snap = snapshot(model)
     assert len(snap) == STUDENT["num_layers"] and all(t.dtype == torch.float32 for t in snap[0].values())
     assert torch.equal(snap[0]["q_proj.weight"], model.model.layers[0].self_attn.q_proj.weight.detach())
+
+
+def test_tracked_critical_pair_follows_the_models_rope_scaling(tmp_path):
+    """The critical pair a record marks is the first pair whose wavelength, as the model runs it, reaches the
+    phase's window: Llama-3 scaling stretches the long wavelengths, so it comes earlier than theta alone says."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def tracker(model, seq_len):
+        return pair_tracking.PairTracker(
+            tmp_path, 0, True, model, phase="a", start_step=0, step=0, theta=500000.0, seq_len=seq_len
+        )
+
+    shape = dict(vocab_size=64, hidden_size=128, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    plain = LlamaForCausalLM(LlamaConfig(**shape, rope_parameters={"rope_type": "default", "rope_theta": 500000.0}))
+    scaled = LlamaForCausalLM(
+        LlamaConfig(
+            **shape,
+            max_position_embeddings=32768,
+            rope_parameters={
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
+        )  # fmt: skip
+    )
+    for length in (256, 4096, 20000):
+        assert tracker(plain, length).critical == rope.critical_pair(500000.0, 64, length)
+    wavelengths = 2 * np.pi / scaled.model.rotary_emb.inv_freq.double().numpy()  # transformers' own
+    assert tracker(scaled, 20000).critical == int(np.argmax(wavelengths >= 20000))
+    assert tracker(scaled, 20000).critical < rope.critical_pair(500000.0, 64, 20000)

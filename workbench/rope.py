@@ -184,6 +184,13 @@ def critical_pair(theta: float, head_dim: int, train_length: int) -> int:
     return critical_dimension(theta, head_dim, train_length) // 2
 
 
+def first_pair_beyond(frequencies: np.ndarray, train_length: int) -> int:
+    """:func:`critical_pair` from the frequencies a model runs with (its theta and any RoPE scaling): the first
+    pair whose wavelength 2*pi/omega_j reaches train_length (d/2 when none does)."""
+    beyond = np.flatnonzero(2 * math.pi / np.asarray(frequencies, dtype=np.float64) >= train_length)
+    return int(beyond[0]) if beyond.size else len(frequencies)
+
+
 def theta_for_target_length(theta: float, train_length: int, target_length: int) -> float:
     """The theta that keeps the critical dimension of (theta, train_length) when the context grows to
     target_length (arXiv 2310.05209): theta' = theta ** (log(T/2pi) / log(L/2pi)), independent of d."""

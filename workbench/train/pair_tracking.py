@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from workbench import rope
+from workbench import models, rope
 from workbench.pair_updates import layer_pair_stats, live_qk_weights
 from workbench.train import metrics as wmetrics
 
@@ -78,6 +78,8 @@ class PairTracker:
         self.run_dir, self.every, self.is_main = Path(run_dir), int(every), is_main
         self.phase, self.start_step, self.theta, self.seq_len = phase, start_step, float(theta), int(seq_len)
         self.head_dim = _shape(model)[3]
+        frequencies = models.model_inv_freq(model).double().cpu().numpy()  # [d/2] at the phase's theta and scaling
+        self.critical = rope.first_pair_beyond(frequencies, self.seq_len)
         self.start: list[dict[str, torch.Tensor]] | None = None
         if not self.every:
             return
@@ -127,7 +129,7 @@ class PairTracker:
         if not self.due(step, phase_end):
             return None
         rel = relative_updates(self.start, model)
-        critical = rope.critical_pair(self.theta, self.head_dim, self.seq_len)
+        critical = self.critical
         record = {
             "kind": "pair_updates",
             "step": step,
