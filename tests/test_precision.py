@@ -162,10 +162,10 @@ def test_device_check_dry_run_prints_the_table(tmp_path):
     )
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     assert (
-        "| check | device | tokens/step | tokens/s/GPU | MFU % | peak mem GB | estimate GB | time s | status |"
+        "| check | device | tokens/step | tokens/s/GPU | MFU % | peak mem GiB | estimate GiB | time s | status |"
         in p.stdout
     )
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     assert [r["check"] for r in rows] == ["kd-32k bf16 KD step +AC", "eval tiny-teacher"]
-    assert rows[0]["tokens/step"] == 1024 and rows[0]["tokens/s/GPU"] > 0 and rows[0]["estimate GB"] > 0
+    assert rows[0]["tokens/step"] == 1024 and rows[0]["tokens/s/GPU"] > 0 and rows[0]["estimate GiB"] > 0
     assert all(r["status"].startswith("ok") for r in rows)

@@ -101,7 +101,17 @@ ROWS = (
 KD_ROWS = ("kd-8k", "kd-32k", "doc-kd-32k", "doc-kd-128k", "kd-8k-compiled", "doc-kd-32k-compiled")
 CHECKPOINTED = ("kd-32k", "doc-kd-32k", "doc-kd-128k", "doc-kd-32k-compiled")  # rows with activation checkpointing
 DOC_LEN = 256  # document length of the document-masked rows
-COLUMNS = ("check", "device", "tokens/step", "tokens/s/GPU", "MFU %", "peak mem GB", "estimate GB", "time s", "status")
+COLUMNS = (
+    "check",
+    "device",
+    "tokens/step",
+    "tokens/s/GPU",
+    "MFU %",
+    "peak mem GiB",
+    "estimate GiB",
+    "time s",
+    "status",
+)
 
 
 def flops_per_token(
@@ -317,8 +327,8 @@ def kd_row(
         "tokens/step": seq_len,
         "tokens/s/GPU": tps,
         "MFU %": None if mfu is None else 100 * mfu,
-        "peak mem GB": max(r["peak_mem_mb"] for r in train_recs) / 1024,
-        "estimate GB": est.total / GB,
+        "peak mem GiB": max(r["peak_mem_mb"] for r in train_recs) / 1024,
+        "estimate GiB": est.total / GB,
         "time s": wall,
         "status": status,
     }
