@@ -58,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.config)
     if args.plan:
         return print_plan(cfg, args)
+    # torchtitan's allocator setting for long windows (fewer fragmentation OOMs); read at the first CUDA allocation
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     if (args.world_size, args.device, args.gpu_memory) != (None, None, None):
         raise ValueError(
             "--world-size, --device and --gpu-memory plan a run: use them with --plan (a run trains on the config's "
@@ -105,16 +107,18 @@ def print_plan(cfg, args: argparse.Namespace) -> int:
     print(
         f"plan: {cfg.name}, {world} rank{'s' if world > 1 else ''} on {device}, micro-batch "
         f"{cfg.optim.micro_batch_size}, budget {limit / gib:,.1f} GiB per {'GPU' if device == 'cuda' else 'process'} "
-        f"({source}); estimated peak GiB per rank (workbench.train.memory, fitted to H200 peaks: docs/gpu.md)"
+        f"({source}); estimated peak per rank (workbench.train.memory, fitted to H200 peaks: docs/gpu.md)"
     )
-    header = ("phase", "seq_len", "weights+AdamW", "teacher", "gathered", "kept act.", "loss|backward", "mask", "total")
+    unit, size = ("GiB", gib) if max(r.total for r in rows) >= gib else ("MiB", 2**20)  # tiny CPU runs read in MiB
+    parts = ("weights+AdamW", "teacher", "gathered", "kept act.", "loss|backward", "mask", "total")
+    header = ("phase", "seq_len", *(f"{p} {unit}" for p in parts))
     table = [header] + [
         (
             r.name,
             f"{r.seq_len:,}",
-            *(f"{getattr(r.step, k) / gib:.1f}" for k in ("states", "teacher", "gathered", "stored", "working")),
-            f"{r.mask / gib:.1f}",
-            f"{r.total / gib:.1f}" + ("" if r.total <= limit else "  OVER"),
+            *(f"{getattr(r.step, k) / size:.1f}" for k in ("states", "teacher", "gathered", "stored", "working")),
+            f"{r.mask / size:.1f}",
+            f"{r.total / size:.1f}" + ("" if r.total <= limit else "  OVER"),
         )
         for r in rows
     ]
