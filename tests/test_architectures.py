@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from tests.tiny import tiny_student
 from workbench import architectures as A
 from workbench import checkpoint_io, config, models
 from workbench.interventions.hooks import act_name
@@ -436,17 +437,7 @@ def test_student_softcap_in_the_chunked_loss_matches_gemma2_logits(plain_dirs):
     assert not torch.allclose(plain, ref, rtol=1e-3)
 
 
-TRAIN_STUDENT = dict(
-    vocab_size=VOCAB,
-    hidden_size=32,
-    num_layers=1,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-    intermediate_size=64,
-    max_position_embeddings=256,
-    rope_theta=100.0,
-)
+TRAIN_STUDENT = tiny_student(vocab_size=VOCAB, max_position_embeddings=256)
 
 
 def _run_cfg(teacher: Path, **model) -> dict:

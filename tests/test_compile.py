@@ -6,20 +6,11 @@ import json
 
 import pytest
 
+from tests.tiny import tiny_student
 from workbench import checkpoint_io, config
 from workbench.train import train
 
-STUDENT = dict(
-    vocab_size=128,
-    hidden_size=32,
-    num_layers=1,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-    intermediate_size=64,
-    max_position_embeddings=512,
-    rope_theta=100.0,
-)
+STUDENT = tiny_student()
 TOL = 1e-5  # absolute, on per-token losses around 5: float reassociation inside the compiled graphs only
 
 

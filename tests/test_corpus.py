@@ -20,22 +20,14 @@ import torch
 import yaml
 from corpus_fixtures import bpe_tokenizer, documents, write_jsonl
 
+from tests.tiny import tiny_student
 from workbench import checkpoint_io, config, models
 from workbench.cli import main as cli_main
 from workbench.data import corpus, make_stream, text
 
 ROOT = Path(__file__).resolve().parents[1]
 # the tiny student (and teacher) on the 512-token BPE
-TINY = dict(
-    vocab_size=512,
-    hidden_size=32,
-    num_layers=1,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-    intermediate_size=64,
-    max_position_embeddings=256,
-)
+TINY = tiny_student(vocab_size=512, max_position_embeddings=256, rope_theta=10000.0)  # the ModelConfig default
 
 
 @pytest.fixture(scope="module")

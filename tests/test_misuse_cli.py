@@ -12,22 +12,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.tiny import tiny_student
 from workbench import checkpoint_io, config, models, writable
 from workbench.cli import main as cli_main
 from workbench.runlock import RunLock
 from workbench.train import rundir, train
 
-STUDENT = dict(
-    vocab_size=128,
-    hidden_size=32,
-    num_layers=1,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-    intermediate_size=64,
-    max_position_embeddings=256,
-    rope_theta=100.0,
-)
+STUDENT = tiny_student(max_position_embeddings=256)
 PRESET = "data/configs/presets/tiny-student.yaml"
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,20 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.tiny import tiny_student
 from workbench import checkpoint_io, config, measurements, models, rope
 from workbench.train import pair_tracking, train
 
-STUDENT = dict(
-    vocab_size=128,
-    hidden_size=32,
-    num_layers=2,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-    intermediate_size=64,
-    max_position_embeddings=512,
-    rope_theta=100.0,
-)
+STUDENT = tiny_student(num_layers=2)
 
 
 def test_tracked_updates_equal_workbench_updates_at_phase_ends(tmp_path):

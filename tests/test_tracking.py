@@ -7,21 +7,12 @@ import json
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from tests.tiny import tiny_student
 from workbench import config
 from workbench.train import train
 from workbench.train.tracking import scalars
 
-STUDENT = dict(
-    vocab_size=128,
-    hidden_size=32,
-    num_layers=1,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-    intermediate_size=64,
-    max_position_embeddings=512,
-    rope_theta=100.0,
-)
+STUDENT = tiny_student()
 
 
 def _cfg(**over) -> config.RunConfig:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from tests.tiny import tiny_student
 from workbench import checkpoint_io, config, models
 from workbench.cli import main as cli_main
 from workbench.evals import training_eval
@@ -22,17 +23,7 @@ from workbench.runs import RunDir
 from workbench.train import TrainingDiverged, distill, phases, train
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDENT = dict(
-    vocab_size=128,
-    hidden_size=32,
-    num_layers=1,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-    intermediate_size=64,
-    max_position_embeddings=512,
-    rope_theta=100.0,
-)
+STUDENT = tiny_student()
 TEACHER = dict(STUDENT, hidden_size=48, num_layers=2, num_heads=3, intermediate_size=96, rope_theta=2000.0)
 
 
