@@ -17,6 +17,7 @@ from app.main import tab_from_query
 from app.paths import OutsideRunsDir, inside, root_of
 from app.views import spectrum as spectrum_view
 from app.views import training as training_view
+from tests.tiny import tiny_student
 from workbench.runs import RunDir
 
 # ------------------------------------------------------------------------------------------- fixtures
@@ -96,17 +97,7 @@ def runs_dir(tmp_path_factory) -> Path:
     good.mkdir(parents=True)
     write_run_yaml(good)
     write_metrics(good / "metrics.jsonl")
-    cfg = ModelConfig(
-        vocab_size=32,
-        hidden_size=32,
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=1,
-        head_dim=16,
-        intermediate_size=64,
-        max_position_embeddings=1024,
-        rope_theta=500.0,
-    )
+    cfg = ModelConfig(**tiny_student(vocab_size=32, max_position_embeddings=1024, rope_theta=500.0))
     save_checkpoint(build_model(cfg, seed=0), good / "ckpt-000020", {"phase": "short", "step": 20})
     (good / ".tmp-ckpt-000040-abcd").mkdir()
     os.utime(good / ".tmp-ckpt-000040-abcd", (0, 0))  # a save killed long ago (a young one counts as live)

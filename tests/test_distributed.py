@@ -19,20 +19,11 @@ import pytest
 import torch
 import yaml
 
+from tests.tiny import tiny_student
 from workbench import checkpoint_io, config, models
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = dict(
-    vocab_size=128,
-    hidden_size=32,
-    num_layers=2,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-    intermediate_size=64,
-    max_position_embeddings=512,
-    rope_theta=100.0,
-)
+MODEL = tiny_student(num_layers=2)
 
 
 def _cfg(teacher: Path, micro: int, precision: str = "fp32") -> dict:

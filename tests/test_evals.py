@@ -11,22 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from tests.tiny import tiny_student
 from workbench.config import ModelConfig
 from workbench.data import tokenizer as syn
 from workbench.evals import TASKS, SyntheticRendering, TextRendering, make_sample, make_samples, quick_eval, scoring
 from workbench.evals.runner import greedy_batch, score_samples
 
-TINY = ModelConfig(
-    vocab_size=128,
-    hidden_size=32,
-    num_layers=1,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-    intermediate_size=64,
-    max_position_embeddings=1024,
-    rope_theta=500.0,
-)
+TINY = ModelConfig(**tiny_student(max_position_embeddings=1024, rope_theta=500.0))
 
 
 def _local_tokenizer():

@@ -12,6 +12,7 @@ import pytest
 import torch
 import xarray as xr
 
+from tests.tiny import tiny_student
 from workbench import checkpoint_io, cli, inputs, models
 from workbench.config import ModelConfig
 from workbench.runs import RunDir
@@ -356,34 +357,14 @@ def test_kd_over_the_real_vocabulary_when_embeddings_are_padded_differently():
 
 def _padded_run(tmp_path, teacher_rows: int, student_rows: int, world) -> dict:
     teacher = tmp_path / f"teacher-{teacher_rows}"
-    cfg = ModelConfig(
-        vocab_size=teacher_rows,
-        hidden_size=32,
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=1,
-        head_dim=16,
-        intermediate_size=64,
-        max_position_embeddings=256,
-        rope_theta=100.0,
-    )
+    cfg = ModelConfig(**tiny_student(vocab_size=teacher_rows, max_position_embeddings=256))
     models.build_model(cfg, seed=5).save_pretrained(teacher)
     for f in world["tok"].iterdir():
         shutil.copy(f, teacher / f.name)
     return {
         "name": "pad",
         "seed": 1,
-        "model": dict(
-            vocab_size=student_rows,
-            hidden_size=32,
-            num_layers=1,
-            num_heads=2,
-            num_kv_heads=1,
-            head_dim=16,
-            intermediate_size=64,
-            max_position_embeddings=256,
-            rope_theta=100.0,
-        ),
+        "model": tiny_student(vocab_size=student_rows, max_position_embeddings=256),
         "data": {"kind": "jsonl", "paths": [str(world["jsonl"])], "tokenizer": str(world["tok"])},
         "optim": {"micro_batch_size": 2, "grad_accum_steps": 1},
         "checkpoint": {"every": 2, "keep_last": 1},
