@@ -273,3 +273,20 @@ def test_read_config_refuses_a_config_json_that_is_no_json_object(tmp_path, cont
     (tmp_path / "config.json").write_bytes(content)
     with pytest.raises(checkpoint_io.CheckpointError, match="config.json: (expected a JSON object|corrupt JSON)"):
         checkpoint_io.read_config(tmp_path, weights=False)
+
+
+def test_save_takes_the_callers_cpu_state_dict_instead_of_a_second_copy(tmp_path):
+    """The trainer already holds the full weights on the CPU (``get_state_dict``); those are what is saved, and a
+    state dict of other keys is refused before anything is written."""
+    from tests.tiny import tiny_student
+    from workbench.config import ModelConfig
+
+    model = models.build_model(ModelConfig(**tiny_student()), seed=0)
+    given = {k: v.clone() + 1 for k, v in model.state_dict().items()}  # different values: the saved ones are these
+    want = {k: v.clone() for k, v in given.items()}
+    checkpoint_io.save_checkpoint(model, tmp_path / "c", {"step": 1}, state_dict=given)
+    saved = checkpoint_io.load(tmp_path / "c")[0].state_dict()
+    assert all(torch.equal(saved[k], want[k]) for k in want)
+    with pytest.raises(ValueError, match="state_dict does not match the model's keys"):
+        checkpoint_io.save_checkpoint(model, tmp_path / "d", {"step": 1}, state_dict={"nope": torch.zeros(1)})
+    assert not (tmp_path / "d").exists()

@@ -109,19 +109,29 @@ def discard_directory(path: Path) -> None:
 
 
 def save_checkpoint(
-    model, path: str | Path, manifest: Mapping[str, Any] | None = None, extra: Callable[[Path], None] | None = None
+    model,
+    path: str | Path,
+    manifest: Mapping[str, Any] | None = None,
+    extra: Callable[[Path], None] | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Save an HF checkpoint directory atomically, with ``manifest.json`` written last.
 
     ``manifest`` holds provenance (phase, step, objective, teacher, data, parent, config_hash ...); the
     theta, scaling, library versions and file hashes are filled in here from the model itself. ``extra``
-    may write more files (e.g. trainer state) into the temp dir before the manifest.
+    may write more files (e.g. trainer state) into the temp dir before the manifest. ``state_dict``: the
+    model's weights already copied to the CPU (the trainer's full state dict), saved instead of a second copy;
+    it is consumed.
     """
     path = Path(path)
     params = dict(model.config.rope_parameters)
+    if state_dict is not None and state_dict.keys() != model.state_dict().keys():
+        differ = sorted(state_dict.keys() ^ model.state_dict().keys())
+        raise ValueError(f"{path}: state_dict does not match the model's keys ({', '.join(differ[:4])} ...)")
 
     def fill(tmp: Path) -> None:
-        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        source = model.state_dict() if state_dict is None else state_dict
+        state = {k: v.detach().to("cpu").contiguous() for k, v in source.items()}  # no copy where already on CPU
         dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in state.values() if v.is_floating_point()})
         model.save_pretrained(tmp, state_dict=state, safe_serialization=True)  # (it empties ``state``)
         if extra is not None:

@@ -108,10 +108,10 @@ class Checkpointer:
             raise RuntimeError(f"{path}: refusing to save non-fp32 master weights ({', '.join(low)})")
         rngs = distributed.all_gather_objects(rng_state(), self.dd)
         if self.dd.is_main:
-            model = student
+            model, weights = student, msd  # msd: the weights already on the CPU (no second copy)
             if self.shadow is not None:
                 self.shadow.load_state_dict(msd)
-                model = self.shadow
+                model, weights = self.shadow, None
             full = {**trainer_state, "optimizer": osd, "rng": rngs}
 
             def extra(tmp: Path) -> None:
@@ -119,7 +119,7 @@ class Checkpointer:
                 if self.tokenizer is not None:  # the run's tokenizer travels with every checkpoint
                     tokenizers.save(self.tokenizer, tmp)
 
-            checkpoint_io.save_checkpoint(model, path, manifest, extra=extra)
+            checkpoint_io.save_checkpoint(model, path, manifest, extra=extra, state_dict=weights)
         distributed.barrier(self.dd)
         if self.dd.is_main:
             prune(self.run_dir, self.keep_last)
