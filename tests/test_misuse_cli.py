@@ -550,3 +550,27 @@ def test_memory_check_counts_the_teacher_of_kd_phases(tmp_path, monkeypatch):
         rundir.check_memory(cfg, 1, "cpu")  # the teacher is loaded for the run: the CE phase before it holds it too
     cfg.phases = cfg.phases[:1]  # a run without a KD phase loads no teacher
     rundir.check_memory(cfg, 1, "cpu")
+
+
+def test_memory_estimate_counts_the_reset_teachers_dense_mask_where_flex_cannot_run(tmp_path):
+    """``teacher.positions: reset`` masks every document for the teacher: on CPU below flex's window that is a
+    second dense [B, 1, T, T] mask (fp32, the hidden states' dtype) beside the student's; on CUDA, flex: none."""
+    import torch
+    from transformers import LlamaConfig
+
+    from workbench import attention
+
+    teacher = tmp_path / "teacher"
+    LlamaConfig(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
+    ).save_pretrained(teacher)  # config.json only
+    phases = [dict(ce_cfg()["phases"][0], objective="kd")]
+    seq = phases[0]["seq_len"]
+    same, reset = (
+        config.from_dict(config.RunConfig, ce_cfg(teacher={"path": str(teacher), "positions": p}, phases=phases))
+        for p in ("same", "reset")
+    )
+    assert seq < attention.CPU_FLEX_MIN_TOKENS  # dense on CPU
+    cpu = [rundir.phase_memory(c, 1, "cpu")[0].mask for c in (same, reset)]
+    assert cpu[1] - cpu[0] == attention.dense_mask_bytes(same.optim.micro_batch_size, seq, torch.float32)
+    assert rundir.phase_memory(reset, 1, "cuda")[0].mask == 0

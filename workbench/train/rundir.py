@@ -175,6 +175,11 @@ def phase_memory(cfg: RunConfig, world_size: int, device: str) -> list[PhaseMemo
         )  # flex: O((T/128)^2) only
         mask_dtype = torch.bfloat16 if precision == "bf16" else torch.float32  # as the trainer builds it
         mask = attention.dense_mask_bytes(cfg.optim.micro_batch_size, ph.seq_len, mask_dtype) if dense else 0.0
+        reset_teacher = teacher is not None and ph.objective != "ce" and cfg.teacher.positions == "reset"
+        if reset_teacher and attention.resolve_backend("auto", device, seq=ph.seq_len) == "dense":
+            # the teacher's own document mask (distill.reset_view), in the hidden states' dtype: fp32 unless
+            # FSDP2 runs the stream in bf16
+            mask += attention.dense_mask_bytes(cfg.optim.micro_batch_size, ph.seq_len, torch.float32)
         out.append(PhaseMemory(i, ph.name, ph.seq_len, step, mask, teacher is not None))
     return out
 
