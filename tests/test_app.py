@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from tiny import tiny_student
 
 from app import create_app
 from app import runs as R
@@ -17,7 +18,6 @@ from app.main import tab_from_query
 from app.paths import OutsideRunsDir, inside, root_of
 from app.views import spectrum as spectrum_view
 from app.views import training as training_view
-from tests.tiny import tiny_student
 from workbench.runs import RunDir
 
 # ------------------------------------------------------------------------------------------- fixtures

@@ -11,12 +11,12 @@ import threading
 from pathlib import Path
 
 import pytest
+from test_app import TRAIN_OUT, TRAIN_OUTPUTS, _train_inputs, write_metrics, write_run_yaml
 
 from app import runs as R
 from app import stores as S
 from app.main import create_app
 from app.paths import root_of
-from tests.test_app import TRAIN_OUT, TRAIN_OUTPUTS, _train_inputs, write_metrics, write_run_yaml
 from workbench.runlock import RunLock
 
 SECRET = "TOP-SECRET-LINE"

@@ -23,9 +23,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from tests.test_app import TRAIN_OUT, TRAIN_OUTPUTS, _train_inputs, write_metrics, write_run_yaml
-from tests.test_app_confinement import SECRET, build_tree
+from test_app import TRAIN_OUT, TRAIN_OUTPUTS, _train_inputs, write_metrics, write_run_yaml
+from test_app_confinement import SECRET, build_tree
 
 TIMEOUT = 30.0  # seconds per request: generous on 2 busy cores; a FIFO read would block forever
 FORBIDDEN = (SECRET, "root:x:0:0", "Traceback")

@@ -16,8 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from tiny import tiny_student
 
-from tests.tiny import tiny_student
 from workbench import architectures as A
 from workbench import checkpoint_io, config, models
 from workbench.interventions.hooks import act_name

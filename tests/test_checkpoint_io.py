@@ -278,7 +278,8 @@ def test_read_config_refuses_a_config_json_that_is_no_json_object(tmp_path, cont
 def test_save_takes_the_callers_cpu_state_dict_instead_of_a_second_copy(tmp_path):
     """The trainer already holds the full weights on the CPU (``get_state_dict``); those are what is saved, and a
     state dict of other keys is refused before anything is written."""
-    from tests.tiny import tiny_student
+    from tiny import tiny_student
+
     from workbench.config import ModelConfig
 
     model = models.build_model(ModelConfig(**tiny_student()), seed=0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from tiny import tiny_student
 
-from tests.tiny import tiny_student
 from workbench import checkpoint_io, config
 from workbench.train import train
 

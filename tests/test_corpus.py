@@ -19,8 +19,8 @@ import pytest
 import torch
 import yaml
 from corpus_fixtures import bpe_tokenizer, documents, write_jsonl
+from tiny import tiny_student
 
-from tests.tiny import tiny_student
 from workbench import checkpoint_io, config, models
 from workbench.cli import main as cli_main
 from workbench.data import corpus, make_stream, text

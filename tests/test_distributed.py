@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tiny import tiny_student
 
-from tests.tiny import tiny_student
 from workbench import checkpoint_io, config, models
 
 ROOT = Path(__file__).resolve().parents[1]

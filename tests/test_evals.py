@@ -10,8 +10,8 @@ import re
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_student
 
-from tests.tiny import tiny_student
 from workbench.config import ModelConfig
 from workbench.data import tokenizer as syn
 from workbench.evals import TASKS, SyntheticRendering, TextRendering, make_sample, make_samples, quick_eval, scoring

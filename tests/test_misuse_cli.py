@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny import tiny_student
 
-from tests.tiny import tiny_student
 from workbench import checkpoint_io, config, models, writable
 from workbench.cli import main as cli_main
 from workbench.runlock import RunLock

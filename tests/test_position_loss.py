@@ -164,9 +164,9 @@ def test_command_writes_store_and_refuses_twice(ckpts, tmp_path, capsys):
 def test_documents_from_a_token_corpus_are_its_held_out_documents(tmp_path):
     """A token corpus (`workbench tokenize`) is a document source: its val split, each document cut to --length,
     read from the memory-map; a checkpoint tokenizer other than the corpus's is refused."""
+    from corpus_fixtures import bpe_tokenizer, documents, write_jsonl
     from transformers import AutoTokenizer
 
-    from tests.corpus_fixtures import bpe_tokenizer, documents, write_jsonl
     from workbench.cli import main as cli_main
     from workbench.data import corpus as wcorpus
 
@@ -205,9 +205,8 @@ def test_documents_from_a_token_corpus_are_its_held_out_documents(tmp_path):
 def test_command_refuses_documents_outside_the_models_vocabulary(ckpts, tmp_path, capsys):
     """Synthetic documents on a model with its own BPE tokenizer, or a teacher of another vocabulary, are one
     clear error before any model runs (the documents' ids are shared by every model)."""
+    from corpus_fixtures import bpe_tokenizer
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    from tests.corpus_fixtures import bpe_tokenizer
 
     cfg = Qwen2Config(
         vocab_size=512,

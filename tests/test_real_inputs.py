@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from tiny import tiny_student
 
-from tests.tiny import tiny_student
 from workbench import checkpoint_io, cli, inputs, models
 from workbench.config import ModelConfig
 from workbench.runs import RunDir

@@ -6,8 +6,8 @@ import json
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tiny import tiny_student
 
-from tests.tiny import tiny_student
 from workbench import config
 from workbench.train import train
 from workbench.train.tracking import scalars

@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from tiny import tiny_student
 
-from tests.tiny import tiny_student
 from workbench import checkpoint_io, config, models
 from workbench.cli import main as cli_main
 from workbench.evals import training_eval
