@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,17 @@ def test_plan_names_a_missing_teacher_directory(paper_config, tmp_path, capsys):
     assert cli_main(["train", str(paper_config), "--plan", "--device", "cuda", "--gpu-memory", "80"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"workbench train: error: teacher.path: directory {tmp_path / 'no-such-teacher'} not found"], err
+
+
+@pytest.mark.parametrize("user", [None, "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"])
+def test_the_launcher_sets_expandable_segments_unless_the_user_set_an_allocator(user, tmp_path, monkeypatch):
+    """torch reads PYTORCH_CUDA_ALLOC_CONF before PYTORCH_ALLOC_CONF (its newer name): the launcher's default under
+    the old name overrode a user's setting under the new one."""
+    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        monkeypatch.delenv(name, raising=False)
+    if user is not None:
+        monkeypatch.setenv(user, "backend:native")
+    run_config = str(ROOT / "data/configs/tiny-ce-phasewise.yaml")
+    assert cli_main(["train", run_config, "--world-size", "8", "--out", str(tmp_path / "run")]) == 2  # stops after it
+    expected = {None: "expandable_segments:True", "PYTORCH_CUDA_ALLOC_CONF": "backend:native"}.get(user)
+    assert os.environ.get("PYTORCH_CUDA_ALLOC_CONF") == expected

@@ -58,8 +58,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.config)
     if args.plan:
         return print_plan(cfg, args)
-    # torchtitan's allocator setting for long windows (fewer fragmentation OOMs); read at the first CUDA allocation
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    # torchtitan's allocator setting for long windows (fewer fragmentation OOMs); read at the first CUDA allocation,
+    # PYTORCH_CUDA_ALLOC_CONF before its newer name PYTORCH_ALLOC_CONF: a user's setting under either is kept
+    if not os.environ.get("PYTORCH_ALLOC_CONF"):
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     if (args.world_size, args.device, args.gpu_memory) != (None, None, None):
         raise ValueError(
             "--world-size, --device and --gpu-memory plan a run: use them with --plan (a run trains on the config's "
