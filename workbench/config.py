@@ -302,29 +302,26 @@ def to_dict(obj: Any) -> dict[str, Any]:
 # A run's checkpoints record ``config_hash`` and ``config_hash_version``; ``--resume`` recomputes the hash of the
 # config it is given (under the checkpoint's version) and refuses a different one. The hash covers only the
 # entries that differ from the defaults, so a new key at its default changes no hash. Version 3 leaves out the
-# entries that do not change what is trained (how the run is described, logged, evaluated and checkpointed), so
-# they may change on --resume; version 4 leaves out how it is compiled too; version 2 hashed them all. Versions 2
-# and 3 hashed optim.compile against its default then (false). Version 1 (manifests without config_hash_version)
-# is one error: retrain, or resume from a checkpoint of a current version.
+# entries that do not change what is trained (how the run is described, logged, evaluated, checkpointed and
+# compiled), so they may change on --resume; version 2 hashed them too, against its own defaults. Version 1
+# (manifests without config_hash_version) is one error: retrain, or resume from a checkpoint of a current version.
 
-HASH_VERSION = 4
-RESUMABLE_VERSIONS = (2, 3, 4)
-UNTRAINED_KEYS = {  # each entry from the hash version on which the hash leaves it out
-    "description": 3,
-    "logging": 3,
-    "metrics_every": 3,
-    "track_every": 3,
-    "eval_every": 3,
-    "eval_lengths": 3,
-    "eval_samples": 3,
-    "eval_tasks": 3,
-    "checkpoint": 3,
-    "out_dir": 3,
-    "optim.compile": 4,  # float reassociation only (tests/test_compile.py)
-}
-# defaults that changed: (the default before, the hash version from which the new one counts); older versions'
-# hashes compare against the old default, as they were written
-CHANGED_DEFAULTS = {"optim.compile": (False, 4)}
+HASH_VERSION = 3
+RESUMABLE_VERSIONS = (2, 3)
+UNTRAINED_KEYS = (
+    "description",
+    "logging",
+    "metrics_every",
+    "track_every",
+    "eval_every",
+    "eval_lengths",
+    "eval_samples",
+    "eval_tasks",
+    "checkpoint",
+    "out_dir",
+    "optim.compile",  # float reassociation only (tests/test_compile.py)
+)
+V2_DEFAULTS = {"optim.compile": False}  # defaults that changed after version 2 (its hashes compare against these)
 
 
 def _without(diff: dict[str, Any], dotted: str, unless_not: Any = dataclasses.MISSING) -> dict[str, Any]:
@@ -387,16 +384,16 @@ def _plain(value: Any) -> Any:
 def config_hash(obj: Any, version: int = HASH_VERSION) -> str:
     """Short stable hash of a config, recorded in manifests.
 
-    Run configs: their entries that differ from the defaults, without ``UNTRAINED_KEYS`` from their version on
-    (``version``: the one a checkpoint recorded, to compare with it; older versions against the old defaults in
-    ``CHANGED_DEFAULTS``). Any other config (data, model) hashes its whole resolved form.
+    Run configs: their entries that differ from the defaults, without ``UNTRAINED_KEYS`` from ``version`` 3 on
+    (``version``: the one a checkpoint recorded, to compare with it; version 2 against ``V2_DEFAULTS``). Any
+    other config (data, model) hashes its whole resolved form.
     """
     if isinstance(obj, RunConfig):
         diff = _diff(obj)
-        for dotted, (old_default, since) in CHANGED_DEFAULTS.items():
-            diff = _without(diff, dotted, unless_not=old_default) if version < since else diff
-        for dotted, since in UNTRAINED_KEYS.items():
-            diff = _without(diff, dotted) if version >= since else diff
+        for dotted, old_default in V2_DEFAULTS.items() if version == 2 else ():
+            diff = _without(diff, dotted, unless_not=old_default)
+        for dotted in UNTRAINED_KEYS if version >= 3 else ():
+            diff = _without(diff, dotted)
         body: Any = {"config_hash_version": version, **diff}
     else:
         body = to_dict(obj)
