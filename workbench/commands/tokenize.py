@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.shard_tokens < 1:
         raise ValueError(f"--shard-tokens must be >= 1, got {args.shard_tokens}")
-    if args.phase and not args.config:
+    if args.phase is not None and not args.config:
         raise ValueError("--phase NAME picks a phase's data section of --config CONFIG.yaml: give --config too")
     if args.config:
         from_config(args)
