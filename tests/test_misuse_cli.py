@@ -84,6 +84,33 @@ def test_second_trainer_on_a_locked_run_fails_at_once_naming_the_holder(tmp_path
     assert not (out / "metrics.jsonl").exists() and not list(out.glob("ckpt-*"))
 
 
+def test_a_live_writer_on_another_host_is_seen_by_its_heartbeat(tmp_path, capsys, monkeypatch):
+    """flock does not reach across hosts on every shared file system: a lock of another host with a recent
+    heartbeat is refused in one line (nothing written), a stale one is taken over; the writer beats while it
+    trains."""
+    import time
+
+    from workbench import runlock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    other = {"pid": 4242, "host": "node-7", "since": time.time() - 3600, "beat": time.time() - 30}
+    (out / "run.lock").write_text(json.dumps(other))
+    assert runlock.writer_alive(out)
+    assert train_cli(tmp_path, ce_cfg(), out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a trainer on node-7 (pid 4242) is writing this run" in err[0], err
+    assert json.loads((out / "run.lock").read_text()) == other and not list(out.glob("ckpt-*"))
+    (out / "run.lock").write_text(json.dumps(dict(other, beat=time.time() - runlock.STALE_AFTER - 1)))
+    assert not runlock.writer_alive(out)
+    monkeypatch.setattr(runlock, "BEAT_EVERY", 0.0)
+    beats = []
+    monkeypatch.setattr(runlock.RunLock, "_record", lambda self, now: beats.append(now) or setattr(self, "beaten", now))
+    with pytest.warns(UserWarning, match="taking over the lock of pid 4242"):
+        assert train_cli(tmp_path, ce_cfg(), out) == 0
+    assert len(beats) >= 1 + 2  # the claim, then one per training step
+
+
 def test_stale_lock_is_taken_over_and_dead_writers_leftovers_are_removed(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()

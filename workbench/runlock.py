@@ -2,9 +2,13 @@
 
 ``run.lock`` in the run directory is held with ``fcntl.flock`` for the whole run by rank 0 (the lock
 dies with the process, so a killed trainer never leaves a lock that blocks the next start); its content,
-``{"pid": ..., "host": ..., "since": ...}``, names the holder for the error a second writer gets and for
-the dashboard, which calls a run's ``.tmp-*`` directories "in progress" only while a live writer holds it.
-A lock file whose holder is dead is taken over with a warning.
+``{"pid": ..., "host": ..., "since": ..., "beat": ...}``, names the holder for the error a second writer gets
+and for the dashboard, which calls a run's ``.tmp-*`` directories "in progress" only while a live writer holds
+it. A lock file whose holder is dead is taken over with a warning.
+
+``flock`` does not reach across hosts on every shared file system (NFS), so the writer also records a heartbeat
+(``beat``, at most every ``BEAT_EVERY`` s while it trains): a lock of another host whose heartbeat is younger
+than ``STALE_AFTER`` s counts as held.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import warnings
 from pathlib import Path
 
 LOCK = "run.lock"
+BEAT_EVERY = 60.0  # seconds between the heartbeats a writer records in run.lock
+STALE_AFTER = 600.0  # another host's lock whose heartbeat is older than this belongs to a dead writer
 
 
 class RunLocked(RuntimeError):
@@ -82,9 +88,15 @@ def writer_alive(run_dir: Path) -> bool:
     finally:
         os.close(fd)
     info = holder(run_dir) or {}
-    if info.get("host") not in (None, socket.gethostname()):
-        return time.time() - float(info.get("since", 0) or 0) < 86400
-    return False
+    return info.get("host") not in (None, socket.gethostname()) and heartbeat_age(info) < STALE_AFTER
+
+
+def heartbeat_age(info: dict) -> float:
+    """Seconds since the holder's last heartbeat (or its start, for a lock of an older workbench)."""
+    try:
+        return time.time() - float(info.get("beat", info.get("since", 0)) or 0)
+    except (TypeError, ValueError):
+        return float("inf")
 
 
 class RunLock:
@@ -93,6 +105,7 @@ class RunLock:
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / LOCK
         self.fd: int | None = None
+        self.since = self.beaten = 0.0
 
     def acquire(self) -> RunLock:
         import fcntl  # lazy: POSIX only
@@ -122,18 +135,37 @@ class RunLock:
                 f"{who.get('host', '?')} since {_when(who.get('since'))}); wait for it or use another "
                 f"--out / name"
             )
+        other_host = before and before.get("host") not in (None, socket.gethostname())
+        if other_host and heartbeat_age(before) < STALE_AFTER:  # flock may not reach that host (NFS)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise RunLocked(
+                f"{self.path.parent}: a trainer on {before.get('host')} (pid {before.get('pid', '?')}) is writing "
+                f"this run: its heartbeat is {heartbeat_age(before):.0f} s old; if it is dead, wait until "
+                f"{STALE_AFTER:.0f} s have passed or remove {self.path}"
+            )
         if before and before.get("pid") != os.getpid():
             warnings.warn(
                 f"{self.path}: taking over the lock of pid {before.get('pid')} on {before.get('host')}, "
                 f"which is no longer running",
                 stacklevel=2,
             )
-        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, record.encode(), 0)
+        self.fd, self.since = fd, time.time()
+        self._record(self.since)
         os.fsync(fd)
-        self.fd = fd
         return self
+
+    def beat(self) -> None:
+        """Record that the writer is alive, at most every ``BEAT_EVERY`` s (cheap: call it every step)."""
+        now = time.time()
+        if self.fd is not None and now - self.beaten >= BEAT_EVERY:
+            self._record(now)
+
+    def _record(self, now: float) -> None:
+        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": self.since, "beat": now})
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, record.encode(), 0)
+        self.beaten = now
 
     def release(self) -> None:
         if self.fd is None:

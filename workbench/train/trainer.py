@@ -434,6 +434,8 @@ def train(
                 stats = train_step(run, ph)
                 report.after_step(stats.seconds)
                 run.step, run.tokens = run.step + 1, run.tokens + stats.tokens
+                if lock is not None:
+                    lock.beat()  # the heartbeat another host checks (workbench.runlock)
                 phase_end = run.step == ph.end
                 run.metrics.log_step(run.step, ph.cfg, stats, run.tokens, phase_end)
                 tracked = tracker.track(run.student, run.step, phase_end)
