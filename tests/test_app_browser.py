@@ -27,7 +27,7 @@ ARGS = [
     "--no-first-run",
 ]
 SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
-TIMEOUT_MS = 30_000
+TIMEOUT_MS = 90_000  # a wait returns as soon as the page is ready; under a loaded machine Dash callbacks took > 30 s
 
 HAS_DATA = """id => { const gd = document.querySelector(`#${id} .js-plotly-plot`);
     return !!gd && !!gd._fullData && gd.offsetParent !== null &&
