@@ -601,3 +601,24 @@ def test_memory_estimate_counts_the_reset_teachers_dense_mask_where_flex_cannot_
     cpu = [rundir.phase_memory(c, 1, "cpu")[0].mask for c in (same, reset)]
     assert cpu[1] - cpu[0] == attention.dense_mask_bytes(same.optim.micro_batch_size, seq, torch.float32)
     assert rundir.phase_memory(reset, 1, "cuda")[0].mask == 0
+
+
+def test_heartbeat_overwrites_the_lock_record_in_place(tmp_path, monkeypatch):
+    """Each heartbeat is one fixed-width write over the record, so a reader never finds the file empty mid-run
+    (a truncate-then-write would show another host 'no holder' between the two)."""
+    from workbench import runlock
+
+    lock = runlock.RunLock(tmp_path).acquire()
+    try:
+        first = runlock.holder(tmp_path)
+        assert (tmp_path / "run.lock").stat().st_size == runlock.RECORD_BYTES and first["pid"] == os.getpid()
+        monkeypatch.setattr(runlock, "BEAT_EVERY", 0.0)
+        truncations = []
+        monkeypatch.setattr(runlock.os, "ftruncate", lambda *a: truncations.append(a))
+        lock.beat()
+        again = runlock.holder(tmp_path)
+        assert again["beat"] >= first["beat"] and again["since"] == first["since"] and not truncations
+    finally:
+        monkeypatch.undo()
+        lock.release()
+    assert (tmp_path / "run.lock").read_text() == ""

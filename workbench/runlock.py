@@ -25,6 +25,7 @@ from pathlib import Path
 LOCK = "run.lock"
 BEAT_EVERY = 60.0  # seconds between the heartbeats a writer records in run.lock
 STALE_AFTER = 600.0  # another host's lock whose heartbeat is older than this belongs to a dead writer
+RECORD_BYTES = 512  # run.lock's fixed width: every heartbeat overwrites the whole record in one write
 
 
 class RunLocked(RuntimeError):
@@ -151,6 +152,7 @@ class RunLock:
                 stacklevel=2,
             )
         self.fd, self.since = fd, time.time()
+        os.ftruncate(fd, 0)  # whatever an older writer left
         self._record(self.since)
         os.fsync(fd)
         return self
@@ -162,9 +164,10 @@ class RunLock:
             self._record(now)
 
     def _record(self, now: float) -> None:
+        """One fixed-width write over the last (JSON then spaces): a reader on any host sees a whole record, never
+        the empty file a truncate-then-write would show it between heartbeats."""
         record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": self.since, "beat": now})
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, record.encode(), 0)
+        os.pwrite(self.fd, record.encode().ljust(RECORD_BYTES), 0)
         self.beaten = now
 
     def release(self) -> None:
