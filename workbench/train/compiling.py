@@ -7,8 +7,8 @@ checkpoints stay those of the plain model. The compile itself happens in the fir
 window length or when a pass switches to ``flex_attention``); the trainer reports the first step's time once.
 
 ``auto`` (the default) compiles on CUDA only: on one H200 the 1.1B KD step ran 1.31x faster compiled at 8k tokens
-and 1.49x with document masks (FlexAttention) at 32k, in 19 % and 7 % less memory, after a 14-17 s first step
-(docs/gpu.md); on CPU the tiny models gained nothing measurable (0.94x-1.07x).
+and 1.49x with document masks (FlexAttention) at 32k (eager measured in another call), in 19 % and 7 % less
+memory, after a 14-17 s first step (docs/gpu.md); on CPU the tiny models gained nothing measurable (0.94x-1.07x).
 """
 
 from __future__ import annotations
